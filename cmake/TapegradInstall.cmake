@@ -1,0 +1,1 @@
+# cmake --install: headers, libraries and a tapegradConfig.cmake for find_package(tapegrad).

@@ -1,0 +1,26 @@
+// Data movement every tensor needs, whatever ops are built on top: strided copies with dtype
+// conversion (contiguous, clone, to, copy_), fill, the same-shape add the engine uses to
+// accumulate gradients, and sum_to — the adjoint of expand (broadcasting). Internal to tapegrad.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "core/tensor.hpp"
+
+namespace tg::detail {
+
+// dst[...] = src[...] converted to dst's dtype. Shapes must match (src may be an expanded view).
+void copy_into(const Tensor& dst, const Tensor& src);
+void fill(const Tensor& dst, double value);
+// a + b for tensors of one shape and dtype, as a new contiguous tensor.
+Tensor add_same_shape(const Tensor& a, const Tensor& b);
+// Sums g (of a shape `shape` broadcasts to) down to `shape`: the backward of expand.
+// Deterministic: each output element is summed in a fixed order, in f64 for float tensors.
+Tensor sum_to(const Tensor& g, const Shape& shape);
+// Linear (row-major) index of the first NaN/Inf element of a floating-point tensor.
+std::optional<std::int64_t> first_non_finite(const Tensor& t);
+std::string describe_non_finite(const Tensor& t, std::int64_t linear_index);  // "NaN", "+Inf", "-Inf"
+
+}  // namespace tg::detail

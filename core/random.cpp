@@ -1,0 +1,150 @@
+#include "core/random.hpp"
+
+#include <cmath>
+#include <numbers>
+#include <vector>
+
+#include "core/parallel.hpp"
+
+namespace tg {
+
+std::array<std::uint32_t, 4> philox(std::uint64_t key, std::uint64_t counter_lo, std::uint64_t counter_hi) {
+  constexpr std::uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr std::uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  std::uint32_t c0 = static_cast<std::uint32_t>(counter_lo), c1 = static_cast<std::uint32_t>(counter_lo >> 32);
+  std::uint32_t c2 = static_cast<std::uint32_t>(counter_hi), c3 = static_cast<std::uint32_t>(counter_hi >> 32);
+  std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(kM0) * c0;
+    const std::uint64_t p1 = static_cast<std::uint64_t>(kM1) * c2;
+    const std::uint32_t hi0 = static_cast<std::uint32_t>(p0 >> 32), lo0 = static_cast<std::uint32_t>(p0);
+    const std::uint32_t hi1 = static_cast<std::uint32_t>(p1 >> 32), lo1 = static_cast<std::uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return {c0, c1, c2, c3};
+}
+
+namespace {
+
+// 53-bit uniform in [0, 1) from two words.
+double u53(std::uint32_t a, std::uint32_t b) {
+  const std::uint64_t bits = (static_cast<std::uint64_t>(a) << 21) ^ (b >> 11);
+  return static_cast<double>(bits & ((std::uint64_t{1} << 53) - 1)) * 0x1.0p-53;
+}
+
+// Standard normal by Box-Muller (cosine branch) from one Philox block.
+double normal_from(const std::array<std::uint32_t, 4>& w) {
+  const double u1 = 1.0 - u53(w[0], w[1]);  // (0, 1]: log is finite
+  const double u2 = u53(w[2], w[3]);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+}
+
+// Fills t (contiguous, fresh) with f(philox block of element i), i over [0, numel).
+template <class F>
+Tensor generate(const Shape& shape, DType dtype, Generator& gen, const char* op, F&& f) {
+  Tensor t = empty(shape, dtype);
+  const std::int64_t n = t.numel();
+  const std::uint64_t seed = gen.seed();
+  const std::uint64_t first = gen.advance(static_cast<std::uint64_t>(n));
+  dispatch(dtype, op, [&]<class T>() {
+    T* p = t.data<T>();
+    parallel_for(n, 1 << 14, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t i = b; i < e; ++i) p[i] = static_cast<T>(f(seed, first + static_cast<std::uint64_t>(i)));
+    });
+  });
+  return t;
+}
+
+}  // namespace
+
+Generator& default_generator() {
+  static Generator g(0);
+  return g;
+}
+void manual_seed(std::uint64_t seed) { default_generator().manual_seed(seed); }
+
+double Generator::uniform() {
+  const auto w = philox(state_.seed, advance(1));
+  return u53(w[0], w[1]);
+}
+double Generator::normal() { return normal_from(philox(state_.seed, advance(1))); }
+std::int64_t Generator::randint(std::int64_t low, std::int64_t high) {
+  TG_CHECK(high > low, "randint: empty range [{}, {})", low, high);
+  const auto w = philox(state_.seed, advance(1));
+  const std::uint64_t r = (static_cast<std::uint64_t>(w[0]) << 32) | w[1];
+  return low + static_cast<std::int64_t>(r % static_cast<std::uint64_t>(high - low));
+}
+
+Tensor rand(const Shape& shape, DType dtype, Generator& gen) {
+  return uniform(shape, 0.0, 1.0, dtype, gen);
+}
+
+Tensor uniform(const Shape& shape, double low, double high, DType dtype, Generator& gen) {
+  TG_CHECK(is_floating(dtype), "uniform: expected a floating dtype, got {}", dtype);
+  TG_CHECK(low <= high, "uniform: low {} > high {}", low, high);
+  return generate(shape, dtype, gen, "uniform", [low, high, dtype](std::uint64_t s, std::uint64_t c) {
+    const auto w = philox(s, c);
+    double v = low + (high - low) * u53(w[0], w[1]);
+    // Rounding to f32 could land exactly on `high`; keep the interval half-open.
+    if (dtype == DType::f32 && static_cast<float>(v) >= static_cast<float>(high) && high > low)
+      v = std::nextafter(static_cast<float>(high), static_cast<float>(low));
+    return v;
+  });
+}
+
+Tensor randn(const Shape& shape, DType dtype, Generator& gen) { return normal(shape, 0.0, 1.0, dtype, gen); }
+
+Tensor normal(const Shape& shape, double mean, double std, DType dtype, Generator& gen) {
+  TG_CHECK(is_floating(dtype), "normal: expected a floating dtype, got {}", dtype);
+  TG_CHECK(std >= 0, "normal: std must be >= 0, got {}", std);
+  return generate(shape, dtype, gen, "normal",
+                  [mean, std](std::uint64_t s, std::uint64_t c) { return mean + std * normal_from(philox(s, c)); });
+}
+
+Tensor trunc_normal(const Shape& shape, double mean, double std, double low, double high, DType dtype,
+                    Generator& gen) {
+  TG_CHECK(is_floating(dtype), "trunc_normal: expected a floating dtype, got {}", dtype);
+  TG_CHECK(std > 0 && low < high, "trunc_normal: need std > 0 and low < high, got std={} [{}, {}]", std, low, high);
+  TG_CHECK(low <= mean + 6 * std && high >= mean - 6 * std,
+           "trunc_normal: the interval [{}, {}] is too far from the mean {} (std {}) to sample by rejection", low,
+           high, mean, std);
+  return generate(shape, dtype, gen, "trunc_normal", [=](std::uint64_t s, std::uint64_t c) {
+    for (std::uint64_t attempt = 0;; ++attempt) {  // the element's own stream: counter_hi = attempt
+      const double v = mean + std * normal_from(philox(s, c, attempt));
+      if (v >= low && v <= high) return v;
+    }
+  });
+}
+
+Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, DType dtype, Generator& gen) {
+  TG_CHECK(high > low, "randint: empty range [{}, {})", low, high);
+  const auto span = static_cast<std::uint64_t>(high - low);
+  return generate(shape, dtype, gen, "randint", [low, span](std::uint64_t s, std::uint64_t c) {
+    const auto w = philox(s, c);
+    const std::uint64_t r = (static_cast<std::uint64_t>(w[0]) << 32) | w[1];
+    return static_cast<double>(low + static_cast<std::int64_t>(r % span));
+  });
+}
+
+Tensor bernoulli(const Shape& shape, double p, DType dtype, Generator& gen) {
+  TG_CHECK(p >= 0 && p <= 1, "bernoulli: probability must be in [0, 1], got {}", p);
+  return generate(shape, dtype, gen, "bernoulli", [p](std::uint64_t s, std::uint64_t c) {
+    const auto w = philox(s, c);
+    return u53(w[0], w[1]) < p ? 1.0 : 0.0;
+  });
+}
+
+Tensor randperm(std::int64_t n, Generator& gen) {
+  TG_CHECK(n >= 0, "randperm: expected n >= 0, got {}", n);
+  Tensor t = arange(n, DType::i64);
+  std::int64_t* p = t.data<std::int64_t>();
+  for (std::int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[gen.randint(0, i + 1)]);  // Fisher-Yates
+  return t;
+}
+
+}  // namespace tg

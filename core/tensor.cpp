@@ -1,0 +1,330 @@
+#include "core/tensor.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/autograd.hpp"
+#include "core/copy.hpp"
+
+namespace tg {
+
+// ---- metadata -------------------------------------------------------------------------------------------
+std::int64_t Tensor::size(std::int64_t axis) const {
+  return shape()[normalize_axis(axis, dim(), "size", shape())];
+}
+
+bool Tensor::is_contiguous() const {
+  const TensorImpl& t = impl();
+  std::int64_t expected = 1;
+  for (int d = t.shape.size() - 1; d >= 0; --d) {
+    if (t.shape[d] == 1) continue;
+    if (t.strides[d] != expected) return false;
+    expected *= t.shape[d];
+  }
+  return true;
+}
+
+void* Tensor::raw_data() const {
+  const TensorImpl& t = impl();
+  return static_cast<char*>(t.storage->data()) + t.offset * static_cast<std::int64_t>(dtype_size(t.dtype));
+}
+
+void Tensor::check_dtype(DType want, const char* op) const {
+  TG_CHECK(dtype() == want, "{}: expected a {} tensor, got {} (shape {})", op, want, dtype(), shape());
+}
+
+namespace detail {
+
+std::int64_t element_offset(const Tensor& t, std::initializer_list<std::int64_t> index) {
+  TG_CHECK(static_cast<int>(index.size()) == t.dim(), "at: got {} indices for a {}-d tensor of shape {}",
+           index.size(), t.dim(), t.shape());
+  std::int64_t off = t.offset();
+  int d = 0;
+  for (std::int64_t i : index) {
+    const std::int64_t n = t.shape()[d];
+    const std::int64_t j = i < 0 ? i + n : i;
+    TG_CHECK(j >= 0 && j < n, "at: index {} is out of range for dim {} of size {} (shape {})", i, d, n, t.shape());
+    off += j * t.strides()[d];
+    ++d;
+  }
+  return off;
+}
+
+double read_as_double(const Tensor& t, std::int64_t element_offset) {
+  return dispatch(t.dtype(), "item", [&]<class T>() {
+    return static_cast<double>(static_cast<const T*>(t.storage()->data())[element_offset]);
+  });
+}
+
+std::int64_t read_as_int(const Tensor& t, std::int64_t element_offset) {
+  return dispatch(t.dtype(), "item", [&]<class T>() {
+    return static_cast<std::int64_t>(static_cast<const T*>(t.storage()->data())[element_offset]);
+  });
+}
+
+Tensor from_buffer(const void* data, DType dtype, const Shape& shape) {
+  Tensor t = empty(shape, dtype);
+  if (t.numel() > 0) std::memcpy(t.raw_data(), data, static_cast<std::size_t>(t.numel()) * dtype_size(dtype));
+  return t;
+}
+
+}  // namespace detail
+
+// ---- autograd -------------------------------------------------------------------------------------------
+bool Tensor::requires_grad() const { return impl().requires_grad || impl().grad_fn != nullptr; }
+
+Tensor& Tensor::requires_grad_(bool on) {
+  TG_CHECK(is_leaf(),
+           "requires_grad_: only leaf tensors can be marked, but this one is the output of '{}'; use "
+           "detach().requires_grad_() to start a new leaf",
+           grad_fn()->name());
+  TG_CHECK(!on || is_floating_point(),
+           "requires_grad_: only floating-point tensors can require gradients, got {} (shape {})", dtype(), shape());
+  impl().requires_grad = on;
+  return *this;
+}
+
+Tensor Tensor::grad() const {
+  const auto& g = impl().grad;
+  return g ? Tensor(g) : Tensor();
+}
+
+void Tensor::set_grad(const Tensor& g) {
+  if (g.defined()) {
+    TG_CHECK(g.shape() == shape() && g.dtype() == dtype(), "set_grad: gradient {} {} does not match tensor {} {}",
+             g.shape(), g.dtype(), shape(), dtype());
+    impl().grad = g.detach().impl_ptr();
+  } else {
+    impl().grad.reset();
+  }
+}
+
+void Tensor::reset_grad() { impl().grad.reset(); }
+
+Tensor Tensor::detach() const {
+  auto d = std::make_shared<TensorImpl>();
+  const TensorImpl& s = impl();
+  d->storage = s.storage;
+  d->shape = s.shape;
+  d->strides = s.strides;
+  d->offset = s.offset;
+  d->dtype = s.dtype;
+  return Tensor(std::move(d));
+}
+
+void Tensor::backward(const Tensor& grad, bool retain_graph) const {
+  autograd::backward({*this}, {grad}, retain_graph);
+}
+
+// ---- in-place ---------------------------------------------------------------------------------------------
+namespace {
+void check_writable(const Tensor& t, const char* op) {
+  TG_CHECK(!(grad_enabled() && t.requires_grad()),
+           "{}: in-place writes to a tensor that requires grad (shape {}) are not recorded; use the "
+           "out-of-place op, or write under NoGradGuard (as optimizers do)",
+           op, t.shape());
+  for (int d = 0; d < t.dim(); ++d)
+    TG_CHECK(t.strides()[d] != 0 || t.shape()[d] <= 1,
+             "{}: cannot write into an expanded tensor (shape {}, stride 0 in dim {}): its elements share memory; "
+             "clone() it first",
+             op, t.shape(), d);
+}
+}  // namespace
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  check_writable(*this, "copy_");
+  Tensor s = src.detach();
+  if (s.shape() != shape()) {
+    broadcast_shapes(shape(), s.shape(), "copy_");  // raises the usual message if incompatible
+    TG_CHECK(broadcast_shapes(shape(), s.shape(), "copy_") == shape(),
+             "copy_: source of shape {} does not broadcast to destination shape {}", s.shape(), shape());
+    s = s.expand(shape());
+  }
+  // Source and destination may overlap (e.g. x.copy_(x.flip(...))): copy through a temporary then.
+  if (s.storage() == storage()) s = s.clone();
+  detail::copy_into(*this, s);
+  impl().storage->bump_version();
+  return *this;
+}
+
+Tensor& Tensor::fill_(double value) {
+  check_writable(*this, "fill_");
+  detail::fill(*this, value);
+  impl().storage->bump_version();
+  return *this;
+}
+
+// ---- factories --------------------------------------------------------------------------------------------
+Tensor empty(const Shape& shape, DType dtype) {
+  for (int d = 0; d < shape.size(); ++d)
+    TG_CHECK(shape[d] >= 0, "empty: negative dimension {} in shape {}", shape[d], shape);
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = Storage::allocate(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor full(const Shape& shape, double value, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  detail::fill(t, value);
+  return t;
+}
+Tensor zeros(const Shape& shape, DType dtype) { return full(shape, 0.0, dtype); }
+Tensor ones(const Shape& shape, DType dtype) { return full(shape, 1.0, dtype); }
+Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype()); }
+Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype()); }
+Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype()); }
+Tensor full_like(const Tensor& t, double value) { return full(t.shape(), value, t.dtype()); }
+Tensor scalar_tensor(double value, DType dtype) { return full(Shape{}, value, dtype); }
+
+Tensor arange(double start, double stop, double step, DType dtype) {
+  TG_CHECK(step != 0.0 && std::isfinite(step) && std::isfinite(start) && std::isfinite(stop),
+           "arange: need finite start/stop and a nonzero step, got ({}, {}, {})", start, stop, step);
+  const double count = std::ceil((stop - start) / step);
+  const auto n = static_cast<std::int64_t>(std::max(0.0, count));
+  Tensor t = empty(Shape{n}, dtype);
+  dispatch(dtype, "arange", [&]<class T>() {
+    T* p = t.data<T>();
+    for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + static_cast<double>(i) * step);
+  });
+  return t;
+}
+Tensor arange(std::int64_t stop, DType dtype) { return arange(0.0, static_cast<double>(stop), 1.0, dtype); }
+
+Tensor linspace(double start, double stop, std::int64_t n, DType dtype) {
+  TG_CHECK(n >= 0, "linspace: expected n >= 0, got {}", n);
+  Tensor t = empty(Shape{n}, dtype);
+  dispatch(dtype, "linspace", [&]<class T>() {
+    T* p = t.data<T>();
+    const double step = n > 1 ? (stop - start) / static_cast<double>(n - 1) : 0.0;
+    for (std::int64_t i = 0; i < n; ++i)  // the last point is exactly `stop`
+      p[i] = static_cast<T>(i == n - 1 && n > 1 ? stop : start + static_cast<double>(i) * step);
+  });
+  return t;
+}
+
+Tensor eye(std::int64_t n, std::int64_t m, DType dtype) {
+  if (m < 0) m = n;
+  TG_CHECK(n >= 0, "eye: expected n >= 0, got {}", n);
+  Tensor t = zeros(Shape{n, m}, dtype);
+  dispatch(dtype, "eye", [&]<class T>() {
+    T* p = t.data<T>();
+    for (std::int64_t i = 0; i < std::min(n, m); ++i) p[i * m + i] = T(1);
+  });
+  return t;
+}
+
+Tensor tensor(std::initializer_list<double> values, DType dtype) {
+  return tensor(values, Shape{static_cast<std::int64_t>(values.size())}, dtype);
+}
+
+Tensor tensor(std::initializer_list<double> values, const Shape& shape, DType dtype) {
+  TG_CHECK(static_cast<std::int64_t>(values.size()) == shape.numel(), "tensor: {} values do not fill shape {} ({} elements)",
+           values.size(), shape, shape.numel());
+  Tensor t = empty(shape, dtype);
+  dispatch(dtype, "tensor", [&]<class T>() {
+    T* p = t.data<T>();
+    std::int64_t i = 0;
+    for (double v : values) p[i++] = static_cast<T>(v);
+  });
+  return t;
+}
+
+// ---- printing ---------------------------------------------------------------------------------------------
+std::string Tensor::summary() const {
+  if (!defined()) return "Tensor(undefined)";
+  std::string s = fmt::format("Tensor{} {}", shape(), dtype());
+  if (grad_fn()) s += fmt::format(" grad_fn={}", grad_fn()->name());
+  else if (requires_grad()) s += " requires_grad";
+  return s;
+}
+
+namespace {
+
+constexpr std::int64_t kSummarizeThreshold = 1000;  // print "..." above this many elements
+constexpr std::int64_t kEdgeItems = 3;
+
+struct Printer {
+  const Tensor& t;  // contiguous f64 or i64 copy
+  bool integral, boolean, summarize;
+  int precision;
+  int width = 1;
+  const double* f = nullptr;
+  const std::int64_t* i = nullptr;
+
+  std::string element(std::int64_t k) const {
+    if (boolean) return i[k] ? "true" : "false";
+    if (integral) return fmt::format("{}", i[k]);
+    const double v = f[k];
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+    return fmt::format("{:.{}f}", v, precision);
+  }
+  bool shown(std::int64_t idx, std::int64_t n) const {
+    return !summarize || n <= 2 * kEdgeItems || idx < kEdgeItems || idx >= n - kEdgeItems;
+  }
+  void measure(int d, std::int64_t base) {
+    const std::int64_t n = t.shape()[d], stride = t.strides()[d];
+    for (std::int64_t k = 0; k < n; ++k) {
+      if (!shown(k, n)) continue;
+      if (d + 1 == t.dim()) width = std::max(width, static_cast<int>(element(base + k * stride).size()));
+      else measure(d + 1, base + k * stride);
+    }
+  }
+  void print(std::string& out, int d, std::int64_t base, int indent) const {
+    const std::int64_t n = t.shape()[d], stride = t.strides()[d];
+    out += '[';
+    bool skipped = false;
+    for (std::int64_t k = 0; k < n; ++k) {
+      if (!shown(k, n)) {
+        if (!skipped) {
+          out += d + 1 == t.dim() ? "..., " : fmt::format("...,\n{:{}}", "", indent + 1);
+          skipped = true;
+        }
+        continue;
+      }
+      if (d + 1 == t.dim()) {
+        out += fmt::format("{:>{}}", element(base + k * stride), width);
+        if (k + 1 < n) out += ", ";
+      } else {
+        print(out, d + 1, base + k * stride, indent + 1);
+        if (k + 1 < n) {
+          out += ',';
+          out.append(static_cast<std::size_t>(t.dim() - d - 1), '\n');
+          out.append(static_cast<std::size_t>(indent + 1), ' ');
+        }
+      }
+    }
+    out += ']';
+  }
+};
+
+}  // namespace
+
+std::string Tensor::to_string(int precision) const {
+  if (!defined()) return "Tensor(undefined)";
+  const bool integral = !is_floating_point();
+  Tensor c = detach().contiguous().to(integral ? DType::i64 : DType::f64);
+  Printer p{c, integral, dtype() == DType::boolean, numel() > kSummarizeThreshold, precision};
+  if (integral) p.i = c.data<std::int64_t>();
+  else p.f = c.data<double>();
+  std::string out = "tensor(";
+  if (dim() == 0) {
+    out += p.element(0);
+  } else if (numel() == 0) {
+    out += "[]";
+  } else {
+    p.measure(0, 0);
+    p.print(out, 0, 0, 7);
+  }
+  out += fmt::format(", shape={}, dtype={}", shape(), dtype());
+  if (grad_fn()) out += fmt::format(", grad_fn={}", grad_fn()->name());
+  else if (requires_grad()) out += ", requires_grad";
+  out += ')';
+  return out;
+}
+
+}  // namespace tg

@@ -1,0 +1,546 @@
+// Elementwise ops: each op's forward functor, its backward rule and its frontend, side by side.
+#include "ops/elementwise.hpp"
+
+#include <cmath>
+#include <numbers>
+
+#include "core/autograd.hpp"
+#include "ops/common.hpp"
+#include "ops/kernels/elementwise.hpp"
+
+namespace tg::ops {
+
+using autograd::input_needs_grad;
+using autograd::record;
+using autograd::SavedTensor;
+using kernels::splat;
+
+namespace detail {
+
+std::pair<Tensor, Tensor> broadcast_pair(const Tensor& a, const Tensor& b, const char* op, DType dtype) {
+  check_defined(a, op, "a");
+  check_defined(b, op, "b");
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  return {a.to(dtype).expand(shape), b.to(dtype).expand(shape)};
+}
+
+std::pair<Tensor, Tensor> broadcast_pair(const Tensor& a, const Tensor& b, const char* op) {
+  check_defined(a, op, "a");
+  check_defined(b, op, "b");
+  return broadcast_pair(a, b, op, promote(a.dtype(), b.dtype()));
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::broadcast_pair;
+using detail::check_defined;
+
+// out = f(ins...) for float tensors of one shape.
+template <class F, class... Ins>
+Tensor apply_float(const char* op, F f, const Tensor& first, const Ins&... rest) {
+  return dispatch_float(first.dtype(), op, [&]<class T>() {
+    Tensor out = empty(first.shape(), first.dtype());
+    kernels::map<T>(out, f, first, rest...);
+    return out;
+  });
+}
+
+template <class F, class... Ins>
+Tensor apply_numeric(const char* op, F f, const Tensor& first, const Ins&... rest) {
+  return dispatch_numeric(first.dtype(), op, [&]<class T>() {
+    Tensor out = empty(first.shape(), first.dtype());
+    kernels::map<T>(out, f, first, rest...);
+    return out;
+  });
+}
+
+// y = f(x) whose gradient needs x: gx = df(x, gy).
+template <class F, class DF>
+Tensor unary_x(const char* op, const Tensor& x, F f, DF df) {
+  check_defined(x, op, "x");
+  Tensor y = apply_float(op, f, x);
+  return record(op, {x}, y, [op, df, sx = SavedTensor(x)](const Tensor& g) {
+    return Tensors{apply_float(op, df, sx.get(), g)};
+  });
+}
+
+// y = f(x) whose gradient is cheaper from the output: gx = df(y, gy).
+template <class F, class DF>
+Tensor unary_y(const char* op, const Tensor& x, F f, DF df) {
+  check_defined(x, op, "x");
+  Tensor y = apply_float(op, f, x);
+  return record(op, {x}, y, [op, df, sy = SavedTensor(y)](const Tensor& g) {
+    return Tensors{apply_float(op, df, sy.get(), g)};
+  });
+}
+
+// y = f(x) with zero gradient (sign, rounding): recorded so that gradients flow as zeros.
+template <class F>
+Tensor unary_zero_grad(const char* op, const Tensor& x, F f, bool integers_too) {
+  check_defined(x, op, "x");
+  Tensor y = integers_too ? apply_numeric(op, f, x) : apply_float(op, f, x);
+  return record(op, {x}, y, [](const Tensor& g) { return Tensors{zeros_like(g)}; });
+}
+
+// Integer exponents by repeated squaring (exact for integer-valued data, fine for negative bases);
+// other exponents through exp/log (NaN for negative bases, as in real arithmetic).
+struct PowScalar {
+  double p;
+  template <class B>
+  B operator()(const B& x) const {
+    if (p == std::trunc(p) && std::fabs(p) <= 64) {
+      auto n = static_cast<long long>(std::fabs(p));
+      B result = splat<B>(1.0), base = x;
+      while (n) {
+        if (n & 1) result *= base;
+        base *= base;
+        n >>= 1;
+      }
+      return p < 0 ? splat<B>(1.0) / result : result;
+    }
+    if (p == 0.5) return xsimd::sqrt(x);
+    return xsimd::pow(x, splat<B>(p));
+  }
+};
+
+// Whether an integer tensor combined with scalar s by an op stays integral (else it becomes f32).
+DType scalar_result_dtype(const Tensor& x, double s, bool integer_op) {
+  if (x.is_floating_point()) return x.dtype();
+  if (integer_op && s == std::trunc(s) && x.dtype() != DType::boolean) return x.dtype();
+  return DType::f32;
+}
+
+template <class F>
+Tensor scalar_op(const char* op, const Tensor& x_in, double s, bool integer_op, F f) {
+  check_defined(x_in, op, "x");
+  const Tensor x = x_in.to(scalar_result_dtype(x_in, s, integer_op));
+  return dispatch_numeric(x.dtype(), op, [&]<class T>() {
+    Tensor out = empty(x.shape(), x.dtype());
+    kernels::map<T>(out, [&](auto v) { return f(v, splat<decltype(v)>(s)); }, x);
+    return out;
+  });
+}
+
+}  // namespace
+
+// ---- arithmetic ---------------------------------------------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b) {
+  auto [x, y] = broadcast_pair(a, b, "add");
+  Tensor out = apply_numeric("add", [](auto p, auto q) { return p + q; }, x, y);
+  return record("add", {x, y}, out, [](const Tensor& g) { return Tensors{g, g}; });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  auto [x, y] = broadcast_pair(a, b, "sub");
+  Tensor out = apply_numeric("sub", [](auto p, auto q) { return p - q; }, x, y);
+  return record("sub", {x, y}, out, [](const Tensor& g) {
+    return Tensors{g, input_needs_grad(1) ? neg(g) : Tensor()};
+  });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  auto [x, y] = broadcast_pair(a, b, "mul");
+  Tensor out = apply_numeric("mul", [](auto p, auto q) { return p * q; }, x, y);
+  return record("mul", {x, y}, out, [sx = SavedTensor(x), sy = SavedTensor(y)](const Tensor& g) {
+    return Tensors{input_needs_grad(0) ? mul(g, sy.get()) : Tensor(), input_needs_grad(1) ? mul(g, sx.get()) : Tensor()};
+  });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  check_defined(a, "div", "a");
+  check_defined(b, "div", "b");
+  DType t = promote(a.dtype(), b.dtype());
+  if (!is_floating(t)) t = DType::f32;  // true division
+  auto [x, y] = broadcast_pair(a, b, "div", t);
+  Tensor out = apply_float("div", [](auto p, auto q) { return p / q; }, x, y);
+  return record("div", {x, y}, out, [sy = SavedTensor(y), so = SavedTensor(out)](const Tensor& g) {
+    const Tensor yv = sy.get();
+    Tensor ga, gb;
+    if (input_needs_grad(0)) ga = apply_float("div", [](auto gg, auto q) { return gg / q; }, g, yv);
+    if (input_needs_grad(1))  // d(a/b)/db = -(a/b)/b
+      gb = apply_float("div", [](auto gg, auto o, auto q) { return -gg * o / q; }, g, so.get(), yv);
+    return Tensors{ga, gb};
+  });
+}
+
+Tensor add(const Tensor& a, double b) {
+  Tensor out = scalar_op("add_scalar", a, b, true, [](auto x, auto s) { return x + s; });
+  return record("add_scalar", {a}, out, [](const Tensor& g) { return Tensors{g}; });
+}
+
+Tensor sub(const Tensor& a, double b) {
+  Tensor out = scalar_op("sub_scalar", a, b, true, [](auto x, auto s) { return x - s; });
+  return record("sub_scalar", {a}, out, [](const Tensor& g) { return Tensors{g}; });
+}
+
+Tensor sub(double a, const Tensor& b) {
+  Tensor out = scalar_op("rsub_scalar", b, a, true, [](auto x, auto s) { return s - x; });
+  return record("rsub_scalar", {b}, out, [](const Tensor& g) { return Tensors{neg(g)}; });
+}
+
+Tensor mul(const Tensor& a, double b) {
+  Tensor out = scalar_op("mul_scalar", a, b, true, [](auto x, auto s) { return x * s; });
+  return record("mul_scalar", {a}, out, [b](const Tensor& g) { return Tensors{mul(g, b)}; });
+}
+
+Tensor div(const Tensor& a, double b) {
+  Tensor out = scalar_op("div_scalar", a, b, false, [](auto x, auto s) { return x / s; });
+  return record("div_scalar", {a}, out, [b](const Tensor& g) { return Tensors{div(g, b)}; });
+}
+
+Tensor div(double a, const Tensor& b) {
+  Tensor out = scalar_op("rdiv_scalar", b, a, false, [](auto x, auto s) { return s / x; });
+  return record("rdiv_scalar", {b}, out, [sb = SavedTensor(b.to(out.dtype())), so = SavedTensor(out)](const Tensor& g) {
+    return Tensors{apply_float("rdiv_scalar", [](auto gg, auto o, auto x) { return -gg * o / x; }, g, so.get(), sb.get())};
+  });
+}
+
+Tensor neg(const Tensor& x) {
+  check_defined(x, "neg", "x");
+  Tensor out = apply_numeric("neg", [](auto v) { return -v; }, x);
+  return record("neg", {x}, out, [](const Tensor& g) { return Tensors{neg(g)}; });
+}
+
+Tensor pow(const Tensor& base, const Tensor& exponent) {
+  check_defined(base, "pow", "base");
+  check_defined(exponent, "pow", "exponent");
+  DType t = promote(base.dtype(), exponent.dtype());
+  if (!is_floating(t)) t = DType::f32;
+  auto [x, p] = broadcast_pair(base, exponent, "pow", t);
+  Tensor out = apply_float("pow", [](auto a, auto b) { return xsimd::pow(a, b); }, x, p);
+  return record("pow", {x, p}, out, [sx = SavedTensor(x), sp = SavedTensor(p), so = SavedTensor(out)](const Tensor& g) {
+    const Tensor xv = sx.get(), pv = sp.get(), ov = so.get();
+    Tensor gx, gp;
+    if (input_needs_grad(0))  // p * x^(p-1), written as p * out / x only where x != 0
+      gx = apply_float("pow", [](auto gg, auto a, auto b) {
+        using B = decltype(a);
+        return gg * b * xsimd::pow(a, b - B(1));
+      }, g, xv, pv);
+    if (input_needs_grad(1))  // out * log(x); 0 where x == 0 and p >= 0 (the limit)
+      gp = apply_float("pow", [](auto gg, auto a, auto o) {
+        using B = decltype(a);
+        return xsimd::select(a == B(0), B(0), gg * o * xsimd::log(a));
+      }, g, xv, ov);
+    return Tensors{gx, gp};
+  });
+}
+
+Tensor pow(const Tensor& base, double exponent) {
+  check_defined(base, "pow_scalar", "base");
+  const Tensor x = base.is_floating_point() ? base : base.to(DType::f32);
+  Tensor out = apply_float("pow_scalar", PowScalar{exponent}, x);
+  return record("pow_scalar", {x}, out, [exponent, sx = SavedTensor(x)](const Tensor& g) {
+    const PowScalar dpow{exponent - 1};
+    return Tensors{apply_float("pow_scalar", [exponent, dpow](auto gg, auto a) {
+      using B = decltype(a);
+      return gg * splat<B>(exponent) * dpow(a);
+    }, g, sx.get())};
+  });
+}
+
+namespace {
+// Gradient share of the first operand of minimum/maximum: 1 where it wins, 1/2 on ties.
+template <bool IsMin>
+Tensor extremum(const char* op, const Tensor& a, const Tensor& b) {
+  auto [x, y] = broadcast_pair(a, b, op);
+  Tensor out = apply_numeric(op, [](auto p, auto q) { return IsMin ? xsimd::min(p, q) : xsimd::max(p, q); }, x, y);
+  return record(op, {x, y}, out, [op, sx = SavedTensor(x), sy = SavedTensor(y)](const Tensor& g) {
+    const Tensor xv = sx.get(), yv = sy.get();
+    auto share = [](auto gg, auto p, auto q) {
+      using B = decltype(gg);
+      const auto wins = IsMin ? (p < q) : (p > q);
+      return gg * xsimd::select(wins, B(1), xsimd::select(p == q, B(0.5), B(0)));
+    };
+    return Tensors{input_needs_grad(0) ? apply_float(op, share, g, xv, yv) : Tensor(),
+                   input_needs_grad(1) ? apply_float(op, share, g, yv, xv) : Tensor()};
+  });
+}
+}  // namespace
+
+Tensor minimum(const Tensor& a, const Tensor& b) { return extremum<true>("minimum", a, b); }
+Tensor maximum(const Tensor& a, const Tensor& b) { return extremum<false>("maximum", a, b); }
+
+Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
+  check_defined(x, "clamp", "x");
+  TG_CHECK(!(low && high) || *low <= *high, "clamp: low {} is greater than high {}", *low, *high);
+  const double lo = low.value_or(-INFINITY), hi = high.value_or(INFINITY);
+  auto f = [lo, hi](auto v) {
+    using B = decltype(v);
+    using T = typename B::value_type;
+    if constexpr (std::is_floating_point_v<T>) {
+      return xsimd::min(xsimd::max(v, splat<B>(lo)), splat<B>(hi));
+    } else {  // integer tensors: clamp the bounds to the type's range first
+      const double l = std::max(lo, static_cast<double>(std::numeric_limits<T>::lowest()));
+      const double h = std::min(hi, static_cast<double>(std::numeric_limits<T>::max()));
+      return xsimd::min(xsimd::max(v, B(static_cast<T>(l))), B(static_cast<T>(h)));
+    }
+  };
+  Tensor out = apply_numeric("clamp", f, x);
+  return record("clamp", {x}, out, [lo, hi, sx = SavedTensor(x)](const Tensor& g) {
+    return Tensors{apply_float("clamp", [lo, hi](auto gg, auto v) {
+      using B = decltype(v);
+      return xsimd::select(v >= splat<B>(lo) && v <= splat<B>(hi), gg, B(0));
+    }, g, sx.get())};
+  });
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  check_defined(cond, "where", "cond");
+  TG_CHECK(cond.dtype() == DType::boolean, "where: cond must be a bool tensor, got {} (shape {})", cond.dtype(),
+           cond.shape());
+  check_defined(a, "where", "a");
+  check_defined(b, "where", "b");
+  const DType t = promote(a.dtype(), b.dtype());
+  const Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  const Tensor c = cond.expand(shape), x = a.to(t).expand(shape), y = b.to(t).expand(shape);
+  Tensor out = empty(shape, t);
+  dispatch(t, "where", [&]<class T>() {
+    kernels::map_scalar<T, bool, T, T>(out, [](bool k, T p, T q) { return k ? p : q; }, c, x, y);
+  });
+  return record("where", {x, y}, out, [sc = SavedTensor(c)](const Tensor& g) {
+    const Tensor cv = sc.get();
+    Tensor ga, gb;
+    dispatch_float(g.dtype(), "where", [&]<class T>() {
+      if (input_needs_grad(0)) {
+        ga = empty(g.shape(), g.dtype());
+        kernels::map_scalar<T, bool, T>(ga, [](bool k, T v) { return k ? v : T(0); }, cv, g);
+      }
+      if (input_needs_grad(1)) {
+        gb = empty(g.shape(), g.dtype());
+        kernels::map_scalar<T, bool, T>(gb, [](bool k, T v) { return k ? T(0) : v; }, cv, g);
+      }
+    });
+    return Tensors{ga, gb};
+  });
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, double b) {
+  check_defined(a, "where", "a");
+  return where(cond, a, scalar_tensor(b, a.dtype()));
+}
+Tensor where(const Tensor& cond, double a, const Tensor& b) {
+  check_defined(b, "where", "b");
+  return where(cond, scalar_tensor(a, b.dtype()), b);
+}
+
+// ---- math -----------------------------------------------------------------------------------------------
+Tensor exp(const Tensor& x) {
+  return unary_y("exp", x, [](auto v) { return xsimd::exp(v); }, [](auto y, auto g) { return g * y; });
+}
+Tensor log(const Tensor& x) {
+  return unary_x("log", x, [](auto v) { return xsimd::log(v); }, [](auto v, auto g) { return g / v; });
+}
+Tensor log1p(const Tensor& x) {
+  return unary_x("log1p", x, [](auto v) { return xsimd::log1p(v); },
+                 [](auto v, auto g) { return g / (v + decltype(v)(1)); });
+}
+Tensor expm1(const Tensor& x) {
+  return unary_y("expm1", x, [](auto v) { return xsimd::expm1(v); },
+                 [](auto y, auto g) { return g * (y + decltype(y)(1)); });
+}
+Tensor sqrt(const Tensor& x) {
+  return unary_y("sqrt", x, [](auto v) { return xsimd::sqrt(v); },
+                 [](auto y, auto g) { return g * decltype(y)(0.5) / y; });
+}
+Tensor rsqrt(const Tensor& x) {  // exact 1/sqrt (hardware rsqrt estimates are too coarse)
+  return unary_y("rsqrt", x, [](auto v) { return decltype(v)(1) / xsimd::sqrt(v); },
+                 [](auto y, auto g) { return g * decltype(y)(-0.5) * y * y * y; });
+}
+Tensor square(const Tensor& x) {
+  return unary_x("square", x, [](auto v) { return v * v; }, [](auto v, auto g) { return g * decltype(v)(2) * v; });
+}
+Tensor reciprocal(const Tensor& x) {
+  return unary_y("reciprocal", x, [](auto v) { return decltype(v)(1) / v; }, [](auto y, auto g) { return -g * y * y; });
+}
+Tensor abs(const Tensor& x) {
+  check_defined(x, "abs", "x");
+  Tensor out = apply_numeric("abs", [](auto v) { return xsimd::abs(v); }, x);
+  return record("abs", {x}, out, [sx = SavedTensor(x)](const Tensor& g) {
+    return Tensors{apply_float("abs", [](auto v, auto gg) { return gg * xsimd::sign(v); }, sx.get(), g)};
+  });
+}
+Tensor sign(const Tensor& x) {
+  return unary_zero_grad("sign", x, [](auto v) { return xsimd::sign(v); }, true);
+}
+Tensor sin(const Tensor& x) {
+  return unary_x("sin", x, [](auto v) { return xsimd::sin(v); }, [](auto v, auto g) { return g * xsimd::cos(v); });
+}
+Tensor cos(const Tensor& x) {
+  return unary_x("cos", x, [](auto v) { return xsimd::cos(v); }, [](auto v, auto g) { return -g * xsimd::sin(v); });
+}
+Tensor tanh(const Tensor& x) {
+  return unary_y("tanh", x, [](auto v) { return xsimd::tanh(v); },
+                 [](auto y, auto g) { return g * (decltype(y)(1) - y * y); });
+}
+Tensor erf(const Tensor& x) {
+  return unary_x("erf", x, [](auto v) { return xsimd::erf(v); }, [](auto v, auto g) {
+    using B = decltype(v);
+    return g * B(2.0 / std::sqrt(std::numbers::pi)) * xsimd::exp(-v * v);
+  });
+}
+Tensor round(const Tensor& x) {
+  return unary_zero_grad("round", x, [](auto v) { return xsimd::nearbyint(v); }, false);
+}
+Tensor floor(const Tensor& x) {
+  return unary_zero_grad("floor", x, [](auto v) { return xsimd::floor(v); }, false);
+}
+Tensor ceil(const Tensor& x) {
+  return unary_zero_grad("ceil", x, [](auto v) { return xsimd::ceil(v); }, false);
+}
+
+// ---- activations ------------------------------------------------------------------------------------------
+namespace {
+constexpr double kSqrt2OverPi = std::numbers::sqrt2 * std::numbers::inv_sqrtpi;
+
+template <class B>
+B sigmoid_of(const B& v) {  // 1 / (1 + e^-v): exp overflows to inf for very negative v, giving 0
+  return B(1) / (B(1) + xsimd::exp(-v));
+}
+}  // namespace
+
+Tensor sigmoid(const Tensor& x) {
+  return unary_y("sigmoid", x, [](auto v) { return sigmoid_of(v); },
+                 [](auto y, auto g) { return g * y * (decltype(y)(1) - y); });
+}
+Tensor relu(const Tensor& x) {
+  return unary_x("relu", x, [](auto v) { return xsimd::max(v, decltype(v)(0)); }, [](auto v, auto g) {
+    using B = decltype(v);
+    return xsimd::select(v > B(0), g, B(0));
+  });
+}
+Tensor leaky_relu(const Tensor& x, double negative_slope) {
+  return unary_x("leaky_relu", x,
+                 [negative_slope](auto v) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(0), v, v * splat<B>(negative_slope));
+                 },
+                 [negative_slope](auto v, auto g) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(0), g, g * splat<B>(negative_slope));
+                 });
+}
+Tensor gelu(const Tensor& x, GeluApprox approx) {
+  if (approx == GeluApprox::none) {
+    return unary_x("gelu", x,
+                   [](auto v) {
+                     using B = decltype(v);
+                     return B(0.5) * v * (B(1) + xsimd::erf(v * B(std::numbers::sqrt2 / 2)));
+                   },
+                   [](auto v, auto g) {  // Phi(v) + v * phi(v)
+                     using B = decltype(v);
+                     const B cdf = B(0.5) * (B(1) + xsimd::erf(v * B(std::numbers::sqrt2 / 2)));
+                     const B pdf = xsimd::exp(B(-0.5) * v * v) * B(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+                     return g * (cdf + v * pdf);
+                   });
+  }
+  // 0.5 v (1 + tanh(k (v + 0.044715 v^3))), k = sqrt(2/pi)
+  constexpr double k = kSqrt2OverPi;
+  return unary_x("gelu_tanh", x,
+                 [k](auto v) {
+                   using B = decltype(v);
+                   return B(0.5) * v * (B(1) + xsimd::tanh(B(k) * (v + B(0.044715) * v * v * v)));
+                 },
+                 [k](auto v, auto g) {
+                   using B = decltype(v);
+                   const B t = xsimd::tanh(B(k) * (v + B(0.044715) * v * v * v));
+                   const B dinner = B(k) * (B(1) + B(3 * 0.044715) * v * v);
+                   return g * (B(0.5) * (B(1) + t) + B(0.5) * v * (B(1) - t * t) * dinner);
+                 });
+}
+Tensor silu(const Tensor& x) {
+  return unary_x("silu", x, [](auto v) { return v * sigmoid_of(v); }, [](auto v, auto g) {
+    using B = decltype(v);
+    const B s = sigmoid_of(v);
+    return g * s * (B(1) + v * (B(1) - s));
+  });
+}
+Tensor softplus(const Tensor& x, double beta, double threshold) {
+  TG_CHECK(beta > 0, "softplus: beta must be positive, got {}", beta);
+  return unary_x("softplus", x,
+                 [beta, threshold](auto v) {
+                   using B = decltype(v);
+                   const B z = v * splat<B>(beta);
+                   // max(z, 0) + log1p(exp(-|z|)) never overflows
+                   const B sp = (xsimd::max(z, B(0)) + xsimd::log1p(xsimd::exp(-xsimd::abs(z)))) / splat<B>(beta);
+                   return xsimd::select(z > splat<B>(threshold), v, sp);
+                 },
+                 [beta, threshold](auto v, auto g) {
+                   using B = decltype(v);
+                   const B z = v * splat<B>(beta);
+                   return xsimd::select(z > splat<B>(threshold), g, g * sigmoid_of(z));
+                 });
+}
+
+// ---- comparisons and logic ----------------------------------------------------------------------------------
+namespace {
+template <class P>
+Tensor compare(const char* op, const Tensor& a, const Tensor& b, P pred) {
+  auto [x, y] = broadcast_pair(a, b, op);
+  if (x.dtype() == DType::boolean) return compare(op, x.to(DType::i32), y.to(DType::i32), pred);  // as 0/1
+  Tensor out = empty(x.shape(), DType::boolean);
+  dispatch_numeric(x.dtype(), op, [&]<class T>() { kernels::map_predicate<T>(out, pred, x, y); });
+  return out;
+}
+template <class P>
+Tensor compare_scalar(const char* op, const Tensor& a, double b, P pred) {
+  check_defined(a, op, "a");
+  const DType t = a.is_floating_point() ? a.dtype() : (b == std::trunc(b) ? DType::i64 : DType::f64);
+  return compare(op, a.to(t), scalar_tensor(b, t), pred);
+}
+template <class F>
+Tensor logical(const char* op, const Tensor& a, const Tensor& b, F f) {
+  check_defined(a, op, "a");
+  check_defined(b, op, "b");
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  const Tensor x = a.to(DType::boolean).expand(shape), y = b.to(DType::boolean).expand(shape);
+  Tensor out = empty(shape, DType::boolean);
+  kernels::map_scalar<bool, bool, bool>(out, f, x, y);
+  return out;
+}
+}  // namespace
+
+Tensor eq(const Tensor& a, const Tensor& b) { return compare("eq", a, b, [](auto p, auto q) { return p == q; }); }
+Tensor ne(const Tensor& a, const Tensor& b) { return compare("ne", a, b, [](auto p, auto q) { return p != q; }); }
+Tensor lt(const Tensor& a, const Tensor& b) { return compare("lt", a, b, [](auto p, auto q) { return p < q; }); }
+Tensor le(const Tensor& a, const Tensor& b) { return compare("le", a, b, [](auto p, auto q) { return p <= q; }); }
+Tensor gt(const Tensor& a, const Tensor& b) { return compare("gt", a, b, [](auto p, auto q) { return p > q; }); }
+Tensor ge(const Tensor& a, const Tensor& b) { return compare("ge", a, b, [](auto p, auto q) { return p >= q; }); }
+Tensor eq(const Tensor& a, double b) { return compare_scalar("eq", a, b, [](auto p, auto q) { return p == q; }); }
+Tensor ne(const Tensor& a, double b) { return compare_scalar("ne", a, b, [](auto p, auto q) { return p != q; }); }
+Tensor lt(const Tensor& a, double b) { return compare_scalar("lt", a, b, [](auto p, auto q) { return p < q; }); }
+Tensor le(const Tensor& a, double b) { return compare_scalar("le", a, b, [](auto p, auto q) { return p <= q; }); }
+Tensor gt(const Tensor& a, double b) { return compare_scalar("gt", a, b, [](auto p, auto q) { return p > q; }); }
+Tensor ge(const Tensor& a, double b) { return compare_scalar("ge", a, b, [](auto p, auto q) { return p >= q; }); }
+
+Tensor logical_and(const Tensor& a, const Tensor& b) { return logical("logical_and", a, b, [](bool p, bool q) { return p && q; }); }
+Tensor logical_or(const Tensor& a, const Tensor& b) { return logical("logical_or", a, b, [](bool p, bool q) { return p || q; }); }
+Tensor logical_xor(const Tensor& a, const Tensor& b) { return logical("logical_xor", a, b, [](bool p, bool q) { return p != q; }); }
+Tensor logical_not(const Tensor& x) {
+  check_defined(x, "logical_not", "x");
+  const Tensor b = x.to(DType::boolean);
+  Tensor out = empty(x.shape(), DType::boolean);
+  kernels::map_scalar<bool, bool>(out, [](bool p) { return !p; }, b);
+  return out;
+}
+
+Tensor isnan(const Tensor& x) {
+  check_defined(x, "isnan", "x");
+  Tensor out = empty(x.shape(), DType::boolean);
+  if (!x.is_floating_point()) return out.fill_(0.0);
+  dispatch_float(x.dtype(), "isnan", [&]<class T>() { kernels::map_predicate<T>(out, [](auto v) { return xsimd::isnan(v); }, x); });
+  return out;
+}
+
+Tensor isfinite(const Tensor& x) {
+  check_defined(x, "isfinite", "x");
+  Tensor out = empty(x.shape(), DType::boolean);
+  if (!x.is_floating_point()) return out.fill_(1.0);
+  dispatch_float(x.dtype(), "isfinite", [&]<class T>() {
+    kernels::map_predicate<T>(out, [](auto v) { return xsimd::abs(v) <= decltype(v)(std::numeric_limits<T>::max()); }, x);
+  });
+  return out;
+}
+
+}  // namespace tg::ops

@@ -1,0 +1,102 @@
+// Elementwise ops. Binary ops follow NumPy broadcasting: the frontend inserts explicit expand
+// nodes (whose backward is the sum), so no backward here ever "unbroadcasts". Mixed dtypes promote
+// (bool < i32 < i64 < f32 < f64). Math functions take floating-point tensors.
+#pragma once
+
+#include <optional>
+
+#include "core/tensor.hpp"
+
+namespace tg::ops {
+
+// ---- arithmetic ---------------------------------------------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);  // true division: integer inputs give f32
+Tensor add(const Tensor& a, double b);
+Tensor sub(const Tensor& a, double b);
+Tensor sub(double a, const Tensor& b);
+Tensor mul(const Tensor& a, double b);
+Tensor div(const Tensor& a, double b);
+Tensor div(double a, const Tensor& b);
+Tensor neg(const Tensor& x);
+Tensor pow(const Tensor& base, const Tensor& exponent);
+Tensor pow(const Tensor& base, double exponent);
+Tensor minimum(const Tensor& a, const Tensor& b);  // ties send half the gradient to each input
+Tensor maximum(const Tensor& a, const Tensor& b);
+// Limits to [low, high] (either bound optional); the gradient passes where low <= x <= high.
+Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high);
+// cond ? a : b, broadcasting all three; cond is a bool tensor.
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, double b);
+Tensor where(const Tensor& cond, double a, const Tensor& b);
+
+// ---- math -----------------------------------------------------------------------------------------------
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor log1p(const Tensor& x);
+Tensor expm1(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor square(const Tensor& x);
+Tensor reciprocal(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor sign(const Tensor& x);  // gradient 0
+Tensor sin(const Tensor& x);
+Tensor cos(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor erf(const Tensor& x);
+// Rounding (gradient 0; round is half-to-even). Use x + (round(x) - x).detach() for a straight-through estimator.
+Tensor round(const Tensor& x);
+Tensor floor(const Tensor& x);
+Tensor ceil(const Tensor& x);
+
+// ---- activations ------------------------------------------------------------------------------------------
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
+enum class GeluApprox { none, tanh };  // none: exact x*Phi(x) with erf
+Tensor gelu(const Tensor& x, GeluApprox approx = GeluApprox::none);
+Tensor silu(const Tensor& x);
+// log(1 + exp(beta*x)) / beta, linear above `threshold` (as PyTorch), computed without overflow.
+Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
+
+// ---- comparisons and logic (not differentiable; bool results) -----------------------------------------------
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor eq(const Tensor& a, double b);
+Tensor ne(const Tensor& a, double b);
+Tensor lt(const Tensor& a, double b);
+Tensor le(const Tensor& a, double b);
+Tensor gt(const Tensor& a, double b);
+Tensor ge(const Tensor& a, double b);
+Tensor logical_and(const Tensor& a, const Tensor& b);
+Tensor logical_or(const Tensor& a, const Tensor& b);
+Tensor logical_xor(const Tensor& a, const Tensor& b);
+Tensor logical_not(const Tensor& x);
+Tensor isnan(const Tensor& x);
+Tensor isfinite(const Tensor& x);
+
+}  // namespace tg::ops
+
+namespace tg {
+// Operators, found by argument-dependent lookup: a + b, x * 2.0, -x, ...
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return ops::add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return ops::sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return ops::mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return ops::div(a, b); }
+inline Tensor operator+(const Tensor& a, double b) { return ops::add(a, b); }
+inline Tensor operator-(const Tensor& a, double b) { return ops::sub(a, b); }
+inline Tensor operator*(const Tensor& a, double b) { return ops::mul(a, b); }
+inline Tensor operator/(const Tensor& a, double b) { return ops::div(a, b); }
+inline Tensor operator+(double a, const Tensor& b) { return ops::add(b, a); }
+inline Tensor operator-(double a, const Tensor& b) { return ops::sub(a, b); }
+inline Tensor operator*(double a, const Tensor& b) { return ops::mul(b, a); }
+inline Tensor operator/(double a, const Tensor& b) { return ops::div(a, b); }
+inline Tensor operator-(const Tensor& x) { return ops::neg(x); }
+}  // namespace tg

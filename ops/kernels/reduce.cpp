@@ -1,0 +1,286 @@
+#include "ops/kernels/reduce.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/parallel.hpp"
+#include "core/strided.hpp"
+
+namespace tg::kernels {
+namespace {
+
+// A row is reduced in blocks of this many elements; block results are folded in order. The
+// blocking depends only on the row length, so rows may be split across threads or not without
+// changing a single bit.
+constexpr std::int64_t kRowBlock = 1 << 14;
+
+template <class T>
+T identity(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return T(0);
+    case ReduceOp::prod: return T(1);
+    case ReduceOp::max:
+      return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
+    case ReduceOp::min:
+      return std::numeric_limits<T>::has_infinity ? std::numeric_limits<T>::infinity() : std::numeric_limits<T>::max();
+  }
+  return T(0);
+}
+
+template <class T>
+T combine(ReduceOp op, T a, T b) {
+  switch (op) {
+    case ReduceOp::sum: return a + b;
+    case ReduceOp::prod: return a * b;
+    case ReduceOp::max:
+      if constexpr (std::is_floating_point_v<T>) {
+        if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
+      }
+      return a > b ? a : b;
+    case ReduceOp::min:
+      if constexpr (std::is_floating_point_v<T>) {
+        if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
+      }
+      return a < b ? a : b;
+  }
+  return a;
+}
+
+template <class B>
+B combine_batch(ReduceOp op, const B& a, const B& b) {
+  using T = typename B::value_type;
+  switch (op) {
+    case ReduceOp::sum: return a + b;
+    case ReduceOp::prod: return a * b;
+    case ReduceOp::max:
+      if constexpr (std::is_floating_point_v<T>) return xsimd::select(xsimd::isnan(a) || a > b, a, b);
+      else return xsimd::max(a, b);
+    case ReduceOp::min:
+      if constexpr (std::is_floating_point_v<T>) return xsimd::select(xsimd::isnan(a) || a < b, a, b);
+      else return xsimd::min(a, b);
+  }
+  return a;
+}
+
+// Reduces n contiguous elements with 4 independent batch accumulators.
+template <class T>
+T reduce_block(ReduceOp op, const T* p, std::int64_t n) {
+  using B = xsimd::batch<T>;
+  constexpr std::int64_t W = B::size;
+  const B id(identity<T>(op));
+  B a0 = id, a1 = id, a2 = id, a3 = id;
+  std::int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    a0 = combine_batch(op, a0, B::load_unaligned(p + i));
+    a1 = combine_batch(op, a1, B::load_unaligned(p + i + W));
+    a2 = combine_batch(op, a2, B::load_unaligned(p + i + 2 * W));
+    a3 = combine_batch(op, a3, B::load_unaligned(p + i + 3 * W));
+  }
+  for (; i + W <= n; i += W) a0 = combine_batch(op, a0, B::load_unaligned(p + i));
+  if (i < n) {
+    alignas(64) T tail[W];
+    for (std::int64_t j = 0; j < W; ++j) tail[j] = i + j < n ? p[i + j] : identity<T>(op);
+    a1 = combine_batch(op, a1, B::load_aligned(tail));
+  }
+  const B acc = combine_batch(op, combine_batch(op, a0, a1), combine_batch(op, a2, a3));
+  alignas(64) T lanes[W];
+  acc.store_aligned(lanes);
+  T r = lanes[0];
+  for (std::int64_t j = 1; j < W; ++j) r = combine(op, r, lanes[j]);
+  return r;
+}
+
+template <class T>
+T reduce_row(ReduceOp op, const T* p, std::int64_t n) {
+  T r = identity<T>(op);
+  for (std::int64_t b = 0; b < n; b += kRowBlock) r = combine(op, r, reduce_block(op, p + b, std::min(kRowBlock, n - b)));
+  return r;
+}
+
+struct Split {
+  Shape kept_shape, kept_strides, red_shape, red_strides;
+};
+
+Split split_axes(const Tensor& x, std::uint32_t mask) {
+  Split s;
+  for (int d = 0; d < x.dim(); ++d) {
+    if (mask & (1u << d)) {
+      s.red_shape.push_back(x.shape()[d]);
+      s.red_strides.push_back(x.strides()[d]);
+    } else {
+      s.kept_shape.push_back(x.shape()[d]);
+      s.kept_strides.push_back(x.strides()[d]);
+    }
+  }
+  return s;
+}
+
+// Path A: each output reduces one contiguous row of length R.
+template <class T>
+void reduce_rows(ReduceOp op, const Tensor& x, const Split& s, T* out) {
+  const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
+  const StridedLoop<1> kept(s.kept_shape, {&s.kept_strides}, {sizeof(T)});
+  char* base = static_cast<char*>(x.raw_data());
+  auto row_ptr = [&](std::int64_t k) {
+    const T* p = nullptr;
+    kept.run({base}, k, k + 1, [&](const std::array<char*, 1>& q, std::int64_t, const std::array<std::int64_t, 1>&) {
+      p = reinterpret_cast<const T*>(q[0]);
+    });
+    return p;
+  };
+  if (K >= 2 * num_threads() || R <= kRowBlock) {
+    const std::int64_t grain = std::max<std::int64_t>(1, kRowBlock / std::max<std::int64_t>(R, 1));
+    parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
+      kept.run({base}, k0, k1, [&](const std::array<char*, 1>& q, std::int64_t n, const std::array<std::int64_t, 1>& st) {
+        for (std::int64_t i = 0; i < n; ++i, ++k0) out[k0] = reduce_row(op, reinterpret_cast<const T*>(q[0] + i * st[0]), R);
+      });
+    });
+    return;
+  }
+  // Few long rows: reduce the blocks of each row in parallel, fold them in order.
+  const std::int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
+  std::vector<T> partial(static_cast<std::size_t>(blocks));
+  for (std::int64_t k = 0; k < K; ++k) {
+    const T* p = row_ptr(k);
+    parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b)
+        partial[b] = reduce_block(op, p + b * kRowBlock, std::min(kRowBlock, R - b * kRowBlock));
+    });
+    T r = identity<T>(op);
+    for (T v : partial) r = combine(op, r, v);
+    out[k] = r;
+  }
+}
+
+// Path B: kept elements are one contiguous run; reduce over the outer (reduced) index space,
+// vectorised across kept elements. Float sums accumulate in f64.
+template <class T>
+void reduce_columns(ReduceOp op, const Tensor& x, const Split& s, T* out) {
+  using Acc = std::conditional_t<std::is_floating_point_v<T> && true, std::conditional_t<std::is_same_v<T, float>, double, T>, T>;
+  const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
+  const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
+  char* base = static_cast<char*>(x.raw_data());
+  constexpr std::int64_t kCols = 512;
+  parallel_for(K, kCols, [&](std::int64_t k0, std::int64_t k1) {
+    const std::int64_t n = k1 - k0;
+    Acc acc[kCols];
+    const Acc id = op == ReduceOp::sum ? Acc(0) : static_cast<Acc>(identity<T>(op));
+    for (std::int64_t j = 0; j < n; ++j) acc[j] = id;
+    red.run({base}, 0, R, [&](const std::array<char*, 1>& q, std::int64_t rn, const std::array<std::int64_t, 1>& st) {
+      for (std::int64_t r = 0; r < rn; ++r) {
+        const T* p = reinterpret_cast<const T*>(q[0] + r * st[0]) + k0;
+        switch (op) {
+          case ReduceOp::sum:
+            for (std::int64_t j = 0; j < n; ++j) acc[j] += static_cast<Acc>(p[j]);
+            break;
+          case ReduceOp::prod:
+            for (std::int64_t j = 0; j < n; ++j) acc[j] *= static_cast<Acc>(p[j]);
+            break;
+          default:
+            for (std::int64_t j = 0; j < n; ++j) acc[j] = static_cast<Acc>(combine(op, static_cast<T>(acc[j]), p[j]));
+        }
+      }
+    });
+    for (std::int64_t j = 0; j < n; ++j) out[k0 + j] = static_cast<T>(acc[j]);
+  });
+}
+
+}  // namespace
+
+void reduce(ReduceOp op, const Tensor& x, std::uint32_t mask, const Tensor& out) {
+  dispatch_numeric(x.dtype(), "reduce", [&]<class T>() {
+    T* o = out.data<T>();
+    const Split s = split_axes(x, mask);
+    const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
+    if (K == 0) return;
+    if (R == 0) {
+      for (std::int64_t k = 0; k < K; ++k) o[k] = identity<T>(op);
+      return;
+    }
+    const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
+    const StridedLoop<1> kept(s.kept_shape, {&s.kept_strides}, {sizeof(T)});
+    if (R == 1 || (red.ndim() == 1 && red.inner_stride(0) == static_cast<std::int64_t>(sizeof(T)))) {
+      reduce_rows<T>(op, x, s, o);
+    } else if (K > 1 && kept.ndim() == 1 && kept.inner_stride(0) == static_cast<std::int64_t>(sizeof(T))) {
+      reduce_columns<T>(op, x, s, o);
+    } else {  // gather the reduced dims into contiguous rows first
+      Shape perm;
+      for (int d = 0; d < x.dim(); ++d)
+        if (!(mask & (1u << d))) perm.push_back(d);
+      for (int d = 0; d < x.dim(); ++d)
+        if (mask & (1u << d)) perm.push_back(d);
+      const Tensor xc = x.detach().permute(perm).contiguous();
+      std::uint32_t tail_mask = 0;
+      for (int d = s.kept_shape.size(); d < x.dim(); ++d) tail_mask |= 1u << d;
+      reduce_rows<T>(op, xc, split_axes(xc, tail_mask), o);
+    }
+  });
+}
+
+void arg_reduce(bool is_max, const Tensor& x, int axis, const Tensor& values, const Tensor& indices) {
+  // Move `axis` last and make rows contiguous.
+  Shape perm;
+  for (int d = 0; d < x.dim(); ++d)
+    if (d != axis) perm.push_back(d);
+  perm.push_back(axis);
+  const Tensor xc = x.detach().permute(perm).contiguous();
+  const std::int64_t R = x.shape()[axis];
+  const std::int64_t K = R ? xc.numel() / R : 0;
+  std::int64_t* idx = indices.data<std::int64_t>();
+  dispatch_numeric(x.dtype(), "arg_reduce", [&]<class T>() {
+    const T* p = xc.data<T>();
+    T* val = values.data<T>();
+    const std::int64_t grain = std::max<std::int64_t>(1, kRowBlock / std::max<std::int64_t>(R, 1));
+    parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
+      for (std::int64_t k = k0; k < k1; ++k) {
+        const T* row = p + k * R;
+        std::int64_t best = 0;
+        for (std::int64_t i = 1; i < R; ++i) {
+          const T v = row[i], b = row[best];
+          if constexpr (std::is_floating_point_v<T>) {
+            if (std::isnan(b)) break;  // the first NaN wins
+            if (std::isnan(v)) {
+              best = i;
+              break;
+            }
+          }
+          if (is_max ? v > b : v < b) best = i;
+        }
+        idx[k] = best;
+        val[k] = row[best];
+      }
+    });
+  });
+}
+
+void cumsum(const Tensor& x, int axis, bool reverse, const Tensor& out) {
+  // out has x's shape; iterate over all positions except `axis`, summing sequentially along it.
+  Shape outer_shape = x.shape(), xs = x.strides(), os = out.strides();
+  const std::int64_t n = x.shape()[axis], x_step = x.strides()[axis], o_step = out.strides()[axis];
+  outer_shape[axis] = 1;
+  dispatch_numeric(x.dtype(), "cumsum", [&]<class T>() {
+    using Acc = std::conditional_t<std::is_same_v<T, float>, double, T>;
+    const StridedLoop<2> loop(outer_shape, {&os, &xs}, {sizeof(T), sizeof(T)});
+    const std::array<char*, 2> base{static_cast<char*>(out.raw_data()), static_cast<char*>(x.raw_data())};
+    const std::int64_t grain = std::max<std::int64_t>(1, (1 << 14) / std::max<std::int64_t>(n, 1));
+    parallel_for(loop.numel(), grain, [&](std::int64_t b, std::int64_t e) {
+      loop.run(base, b, e, [&](const std::array<char*, 2>& p, std::int64_t cnt, const std::array<std::int64_t, 2>& st) {
+        for (std::int64_t c = 0; c < cnt; ++c) {
+          T* o = reinterpret_cast<T*>(p[0] + c * st[0]);
+          const T* v = reinterpret_cast<const T*>(p[1] + c * st[1]);
+          Acc acc(0);
+          for (std::int64_t i = 0; i < n; ++i) {
+            const std::int64_t j = reverse ? n - 1 - i : i;
+            acc += static_cast<Acc>(v[j * x_step]);
+            o[j * o_step] = static_cast<T>(acc);
+          }
+        }
+      });
+    });
+  });
+}
+
+}  // namespace tg::kernels

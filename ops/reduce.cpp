@@ -1,0 +1,254 @@
+// Reductions: frontends and backward rules (kernels in ops/kernels/reduce.cpp).
+#include "ops/reduce.hpp"
+
+#include <cmath>
+
+#include "core/autograd.hpp"
+#include "ops/common.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/kernels/reduce.hpp"
+
+namespace tg::ops {
+
+using autograd::record;
+using autograd::SavedTensor;
+using detail::check_defined;
+
+namespace {
+
+// The axes to reduce as a bit mask (all axes for an empty list).
+std::uint32_t axes_mask(const Tensor& x, const Shape& axes, const char* op) {
+  if (axes.empty()) return x.dim() ? (1u << x.dim()) - 1 : 0;
+  std::uint32_t mask = 0;
+  for (std::int64_t a : axes) {
+    const int d = normalize_axis(a, x.dim(), op, x.shape());
+    TG_CHECK(!(mask & (1u << d)), "{}: axis {} appears twice in {}", op, d, axes);
+    mask |= 1u << d;
+  }
+  return mask;
+}
+
+Shape reduced_shape(const Shape& shape, std::uint32_t mask, bool keepdim) {
+  Shape out;
+  for (int d = 0; d < shape.size(); ++d) {
+    if (!(mask & (1u << d))) out.push_back(shape[d]);
+    else if (keepdim) out.push_back(1);
+  }
+  return out;
+}
+
+std::int64_t reduced_count(const Shape& shape, std::uint32_t mask) {
+  std::int64_t n = 1;
+  for (int d = 0; d < shape.size(); ++d)
+    if (mask & (1u << d)) n *= shape[d];
+  return n;
+}
+
+// A gradient of the reduced shape, broadcast back over the input shape.
+Tensor expand_back(const Tensor& g, const Shape& in_shape, std::uint32_t mask) {
+  return g.reshape(reduced_shape(in_shape, mask, true)).expand(in_shape);
+}
+
+Tensor run_reduce(kernels::ReduceOp op, const Tensor& x, std::uint32_t mask, bool keepdim) {
+  Tensor out = empty(reduced_shape(x.shape(), mask, keepdim), x.dtype());
+  kernels::reduce(op, x, mask, out);
+  return out;
+}
+
+}  // namespace
+
+Tensor sum(const Tensor& x_in, const Shape& axes, bool keepdim) {
+  check_defined(x_in, "sum", "x");
+  const Tensor x = x_in.is_floating_point() || x_in.dtype() == DType::i64 ? x_in : x_in.to(DType::i64);
+  const std::uint32_t mask = axes_mask(x, axes, "sum");
+  Tensor out = run_reduce(kernels::ReduceOp::sum, x, mask, keepdim);
+  return record("sum", {x}, out, [in_shape = x.shape(), mask](const Tensor& g) {
+    return Tensors{expand_back(g, in_shape, mask)};
+  });
+}
+
+Tensor mean(const Tensor& x_in, const Shape& axes, bool keepdim) {
+  check_defined(x_in, "mean", "x");
+  const Tensor x = x_in.is_floating_point() ? x_in : x_in.to(DType::f32);
+  const std::uint32_t mask = axes_mask(x, axes, "mean");
+  const std::int64_t n = reduced_count(x.shape(), mask);
+  Tensor out = run_reduce(kernels::ReduceOp::sum, x, mask, keepdim);
+  {
+    NoGradGuard no_grad;
+    out = div(out, static_cast<double>(n));
+  }
+  return record("mean", {x}, out, [in_shape = x.shape(), mask, n](const Tensor& g) {
+    return Tensors{expand_back(div(g, static_cast<double>(n)), in_shape, mask)};
+  });
+}
+
+Tensor prod(const Tensor& x_in, const Shape& axes, bool keepdim) {
+  check_defined(x_in, "prod", "x");
+  const Tensor x = x_in.is_floating_point() || x_in.dtype() == DType::i64 ? x_in : x_in.to(DType::i64);
+  const std::uint32_t mask = axes_mask(x, axes, "prod");
+  Tensor out = run_reduce(kernels::ReduceOp::prod, x, mask, keepdim);
+  return record("prod", {x}, out, [sx = SavedTensor(x), mask](const Tensor& g) {
+    // d prod / d x_i = product of the other elements, computed with prefix/suffix products so
+    // that zeros are handled exactly (prod / x_i would divide by zero).
+    const Tensor xv = sx.get();
+    Shape perm;
+    for (int d = 0; d < xv.dim(); ++d)
+      if (!(mask & (1u << d))) perm.push_back(d);
+    for (int d = 0; d < xv.dim(); ++d)
+      if (mask & (1u << d)) perm.push_back(d);
+    Shape inverse = Shape::filled(perm.size(), 0);
+    for (int i = 0; i < perm.size(); ++i) inverse[static_cast<int>(perm[i])] = i;
+    const Tensor xp = xv.permute(perm).contiguous();
+    const std::int64_t R = reduced_count(xv.shape(), mask);
+    const std::int64_t K = R ? xp.numel() / R : 0;
+    Tensor others = empty(xp.shape(), xp.dtype());
+    dispatch_float(xp.dtype(), "prod", [&]<class T>() {
+      const T* p = xp.data<T>();
+      T* o = others.data<T>();
+      for (std::int64_t k = 0; k < K; ++k) {
+        T prefix(1);
+        for (std::int64_t i = 0; i < R; ++i) {
+          o[k * R + i] = prefix;
+          prefix *= p[k * R + i];
+        }
+        T suffix(1);
+        for (std::int64_t i = R - 1; i >= 0; --i) {
+          o[k * R + i] *= suffix;
+          suffix *= p[k * R + i];
+        }
+      }
+    });
+    return Tensors{mul(expand_back(g, xv.shape(), mask), others.permute(inverse))};
+  });
+}
+
+namespace {
+template <bool IsMax>
+Tensor extreme(const char* op, const Tensor& x, const Shape& axes, bool keepdim) {
+  check_defined(x, op, "x");
+  const std::uint32_t mask = axes_mask(x, axes, op);
+  TG_CHECK(reduced_count(x.shape(), mask) > 0 || x.numel() == 0,
+           "{}: cannot reduce an empty dimension (shape {})", op, x.shape());
+  TG_CHECK(x.numel() > 0 || !axes.empty(), "{}: cannot reduce an empty tensor (shape {})", op, x.shape());
+  Tensor out = run_reduce(IsMax ? kernels::ReduceOp::max : kernels::ReduceOp::min, x, mask, keepdim);
+  return record(op, {x}, out, [sx = SavedTensor(x), so = SavedTensor(out), mask](const Tensor& g) {
+    const Tensor xv = sx.get();
+    const Shape kshape = reduced_shape(xv.shape(), mask, true);
+    Shape reduced_axes;
+    for (int d = 0; d < xv.dim(); ++d)
+      if (mask & (1u << d)) reduced_axes.push_back(d);
+    const Tensor hit = eq(xv, so.get().reshape(kshape));  // ties share the gradient equally
+    const Tensor count = sum(hit.to(xv.dtype()), reduced_axes, true);
+    return Tensors{where(hit, div(g.reshape(kshape), count).expand(xv.shape()), 0.0)};
+  });
+}
+}  // namespace
+
+Tensor amax(const Tensor& x, const Shape& axes, bool keepdim) { return extreme<true>("amax", x, axes, keepdim); }
+Tensor amin(const Tensor& x, const Shape& axes, bool keepdim) { return extreme<false>("amin", x, axes, keepdim); }
+
+namespace {
+ValuesIndices arg_extreme(const char* op, bool is_max, const Tensor& x, std::int64_t axis, bool keepdim) {
+  check_defined(x, op, "x");
+  TG_CHECK(x.dim() > 0, "{}: expected a tensor with at least one dim, got a 0-d tensor", op);
+  const int a = normalize_axis(axis, x.dim(), op, x.shape());
+  TG_CHECK(x.shape()[a] > 0, "{}: cannot reduce dim {} of size 0 (shape {})", op, a, x.shape());
+  const std::uint32_t mask = 1u << a;
+  Tensor values = empty(reduced_shape(x.shape(), mask, keepdim), x.dtype());
+  Tensor indices = empty(values.shape(), DType::i64);
+  kernels::arg_reduce(is_max, x, a, values, indices);
+  values = record(op, {x}, values, [in_shape = x.shape(), dt = x.dtype(), a, indices](const Tensor& g) {
+    // Scatter each gradient to the position its value came from.
+    Shape perm;
+    for (int d = 0; d < in_shape.size(); ++d)
+      if (d != a) perm.push_back(d);
+    perm.push_back(a);
+    Shape permuted;
+    for (std::int64_t d : perm) permuted.push_back(in_shape[static_cast<int>(d)]);
+    Tensor gx = zeros(permuted, dt);
+    const Tensor gc = g.contiguous();
+    const std::int64_t R = in_shape[a];
+    const std::int64_t* idx = indices.data<std::int64_t>();
+    dispatch_float(dt, "max", [&]<class T>() {
+      T* o = gx.data<T>();
+      const T* gp = gc.data<T>();
+      for (std::int64_t k = 0; k < gc.numel(); ++k) o[k * R + idx[k]] = gp[k];
+    });
+    Shape inverse = Shape::filled(perm.size(), 0);
+    for (int i = 0; i < perm.size(); ++i) inverse[static_cast<int>(perm[i])] = i;
+    return Tensors{gx.permute(inverse)};
+  });
+  return {values, indices};
+}
+}  // namespace
+
+ValuesIndices max(const Tensor& x, std::int64_t axis, bool keepdim) { return arg_extreme("max", true, x, axis, keepdim); }
+ValuesIndices min(const Tensor& x, std::int64_t axis, bool keepdim) { return arg_extreme("min", false, x, axis, keepdim); }
+Tensor argmax(const Tensor& x, std::int64_t axis, bool keepdim) {
+  NoGradGuard no_grad;
+  return arg_extreme("argmax", true, x, axis, keepdim).indices;
+}
+Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim) {
+  NoGradGuard no_grad;
+  return arg_extreme("argmin", false, x, axis, keepdim).indices;
+}
+
+Tensor logsumexp(const Tensor& x, const Shape& axes, bool keepdim) {
+  check_defined(x, "logsumexp", "x");
+  TG_CHECK(x.is_floating_point(), "logsumexp: expected a floating-point tensor, got {}", x.dtype());
+  Tensor shift = amax(x, axes, true).detach();
+  shift = where(isfinite(shift), shift, 0.0);  // all -inf (or inf) rows: no shift, exact result
+  Tensor out = add(log(sum(exp(sub(x, shift)), axes, true)), shift);
+  if (keepdim) return out;
+  return out.reshape(reduced_shape(x.shape(), axes_mask(x, axes, "logsumexp"), false));
+}
+
+Tensor var(const Tensor& x, const Shape& axes, double correction, bool keepdim) {
+  check_defined(x, "var", "x");
+  TG_CHECK(x.is_floating_point(), "var: expected a floating-point tensor, got {}", x.dtype());
+  const std::uint32_t mask = axes_mask(x, axes, "var");
+  const double n = static_cast<double>(reduced_count(x.shape(), mask));
+  const Tensor centered = sub(x, mean(x, axes, true));
+  return div(sum(square(centered), axes, keepdim), std::max(0.0, n - correction));
+}
+
+Tensor stddev(const Tensor& x, const Shape& axes, double correction, bool keepdim) {
+  return sqrt(var(x, axes, correction, keepdim));
+}
+
+Tensor norm(const Tensor& x, double p, const Shape& axes, bool keepdim) {
+  check_defined(x, "norm", "x");
+  TG_CHECK(x.is_floating_point(), "norm: expected a floating-point tensor, got {}", x.dtype());
+  if (p == 1.0) return sum(abs(x), axes, keepdim);
+  if (std::isinf(p) && p > 0) return amax(abs(x), axes, keepdim);
+  TG_CHECK(p == 2.0, "norm: p must be 1, 2 or infinity, got {}", p);
+  const std::uint32_t mask = axes_mask(x, axes, "norm");
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = sqrt(sum(square(x), axes, keepdim));
+  }
+  return record("norm", {x}, out, [sx = SavedTensor(x), so = SavedTensor(out), mask](const Tensor& g) {
+    const Tensor xv = sx.get();
+    const Shape kshape = reduced_shape(xv.shape(), mask, true);
+    const Tensor n = so.get().reshape(kshape);
+    const Tensor scale = where(eq(n, 0.0), 0.0, div(g.reshape(kshape), n));  // subgradient 0 at 0
+    return Tensors{mul(xv, scale)};
+  });
+}
+
+Tensor cumsum(const Tensor& x_in, std::int64_t axis) {
+  check_defined(x_in, "cumsum", "x");
+  const Tensor x = x_in.is_floating_point() || x_in.dtype() == DType::i64 ? x_in : x_in.to(DType::i64);
+  TG_CHECK(x.dim() > 0, "cumsum: expected a tensor with at least one dim, got a 0-d tensor");
+  const int a = normalize_axis(axis, x.dim(), "cumsum", x.shape());
+  Tensor out = empty(x.shape(), x.dtype());
+  kernels::cumsum(x, a, false, out);
+  return record("cumsum", {x}, out, [a](const Tensor& g) {
+    Tensor gx = empty(g.shape(), g.dtype());
+    kernels::cumsum(g, a, true, gx);  // the adjoint sums from the end
+    return Tensors{gx};
+  });
+}
+
+}  // namespace tg::ops

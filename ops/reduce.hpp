@@ -1,0 +1,39 @@
+// Reductions. `axes` lists the axes to reduce (negative axes count from the end); an empty list
+// reduces all axes. keepdim keeps reduced axes as size 1. All are deterministic for any thread count.
+#pragma once
+
+#include <limits>
+
+#include "core/tensor.hpp"
+
+namespace tg::ops {
+
+Tensor sum(const Tensor& x, const Shape& axes = {}, bool keepdim = false);  // bool/ints sum to i64
+Tensor mean(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+Tensor prod(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+// Largest/smallest values; the gradient is shared equally by tied elements. NaN propagates.
+Tensor amax(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+Tensor amin(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+
+// Max/min along one axis with the (first) index where it occurs; the gradient goes to that index.
+struct ValuesIndices {
+  Tensor values;
+  Tensor indices;  // i64
+};
+ValuesIndices max(const Tensor& x, std::int64_t axis, bool keepdim = false);
+ValuesIndices min(const Tensor& x, std::int64_t axis, bool keepdim = false);
+Tensor argmax(const Tensor& x, std::int64_t axis, bool keepdim = false);
+Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim = false);
+
+// log(sum(exp(x))) without overflow.
+Tensor logsumexp(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+// Variance with divisor (N - correction): correction 1 is the unbiased estimate, 0 the population one.
+Tensor var(const Tensor& x, const Shape& axes = {}, double correction = 1.0, bool keepdim = false);
+Tensor stddev(const Tensor& x, const Shape& axes = {}, double correction = 1.0, bool keepdim = false);
+// Vector norm over `axes`: p = 1, 2 or infinity. The L2 gradient at 0 is 0.
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+Tensor norm(const Tensor& x, double p = 2.0, const Shape& axes = {}, bool keepdim = false);
+// Inclusive cumulative sum along `axis`.
+Tensor cumsum(const Tensor& x, std::int64_t axis);
+
+}  // namespace tg::ops

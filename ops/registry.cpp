@@ -1,0 +1,28 @@
+#include "ops/registry.hpp"
+
+#include <array>
+
+namespace tg::ops {
+
+std::span<const OpInfo> differentiable_ops() {
+  static constexpr std::array kOps = std::to_array<OpInfo>({
+      // core/views.cpp
+      {"view", "core"}, {"permute", "core"}, {"expand", "core"}, {"slice", "core"}, {"select", "core"},
+      {"flip", "core"}, {"diagonal", "core"}, {"clone", "core"}, {"to", "core"},
+      // ops/elementwise.cpp
+      {"add", "ops"}, {"sub", "ops"}, {"mul", "ops"}, {"div", "ops"}, {"add_scalar", "ops"}, {"sub_scalar", "ops"},
+      {"rsub_scalar", "ops"}, {"mul_scalar", "ops"}, {"div_scalar", "ops"}, {"rdiv_scalar", "ops"}, {"neg", "ops"},
+      {"pow", "ops"}, {"pow_scalar", "ops"}, {"minimum", "ops"}, {"maximum", "ops"}, {"clamp", "ops"},
+      {"where", "ops"}, {"exp", "ops"}, {"log", "ops"}, {"log1p", "ops"}, {"expm1", "ops"}, {"sqrt", "ops"},
+      {"rsqrt", "ops"}, {"square", "ops"}, {"reciprocal", "ops"}, {"abs", "ops"}, {"sign", "ops"}, {"sin", "ops"},
+      {"cos", "ops"}, {"tanh", "ops"}, {"erf", "ops"}, {"round", "ops"}, {"floor", "ops"}, {"ceil", "ops"},
+      {"sigmoid", "ops"}, {"relu", "ops"}, {"leaky_relu", "ops"}, {"gelu", "ops"}, {"gelu_tanh", "ops"},
+      {"silu", "ops"}, {"softplus", "ops"},
+      // ops/reduce.cpp
+      {"sum", "ops"}, {"mean", "ops"}, {"prod", "ops"}, {"amax", "ops"}, {"amin", "ops"}, {"max", "ops"},
+      {"min", "ops"}, {"norm", "ops"}, {"cumsum", "ops"},
+  });
+  return kOps;
+}
+
+}  // namespace tg::ops

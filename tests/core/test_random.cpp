@@ -1,0 +1,81 @@
+// Counter-based RNG: reproducible by seed, independent of thread count, restorable, sane moments.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/random.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+std::pair<double, double> mean_std(const Tensor& t) {
+  const auto v = t.to_vector<double>();
+  const double m = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return {m, std::sqrt(s / static_cast<double>(v.size()))};
+}
+}  // namespace
+
+TEST_CASE("same seed, same numbers; different seeds differ", "[core][random]") {
+  Generator a(42), b(42), c(43);
+  const Tensor x = randn({1000}, DType::f32, a);
+  CHECK(test::same_bits(x, randn({1000}, DType::f32, b)));
+  CHECK_FALSE(test::same_bits(x, randn({1000}, DType::f32, c)));
+  // Successive draws continue the stream.
+  CHECK_FALSE(test::same_bits(randn({1000}, DType::f32, a), x));
+}
+
+TEST_CASE("random tensors do not depend on the thread count", "[core][random][threads]") {
+  CHECK(test::same_bits_across_threads([] {
+    Generator g(7);
+    return Tensors{randn({200001}, DType::f32, g), rand({70001}, DType::f64, g), randint(-5, 9, {50001}, DType::i64, g),
+                   bernoulli({40001}, 0.3, DType::f32, g)};
+  }));
+}
+
+TEST_CASE("generator state round-trips", "[core][random]") {
+  Generator g(5);
+  (void)randn({10}, DType::f32, g);
+  const Generator::State s = g.state();
+  const Tensor x = rand({100}, DType::f32, g);
+  g.set_state(s);
+  CHECK(test::same_bits(x, rand({100}, DType::f32, g)));
+}
+
+TEST_CASE("distributions have the right support and moments", "[core][random]") {
+  Generator g(11);
+  auto [m, s] = mean_std(randn({200000}, DType::f64, g));
+  CHECK(std::fabs(m) < 0.01);
+  CHECK(std::fabs(s - 1) < 0.01);
+  const Tensor u = rand({100000}, DType::f32, g);
+  const auto uv = u.to_vector<float>();
+  CHECK(*std::min_element(uv.begin(), uv.end()) >= 0.0f);
+  CHECK(*std::max_element(uv.begin(), uv.end()) < 1.0f);
+  CHECK(std::fabs(mean_std(u).first - 0.5) < 0.01);
+  const auto n = normal({100000}, 3.0, 2.0, DType::f64, g);
+  CHECK(std::fabs(mean_std(n).first - 3.0) < 0.03);
+  CHECK(std::fabs(mean_std(n).second - 2.0) < 0.03);
+  const auto ri = randint(-3, 4, {10000}, DType::i64, g).to_vector<std::int64_t>();
+  CHECK(*std::min_element(ri.begin(), ri.end()) == -3);
+  CHECK(*std::max_element(ri.begin(), ri.end()) == 3);
+  CHECK(std::fabs(mean_std(bernoulli({100000}, 0.25, DType::f64, g)).first - 0.25) < 0.01);
+  const auto tn = trunc_normal({20000}, 0.0, 1.0, -2.0, 2.0, DType::f64, g).to_vector<double>();
+  CHECK(*std::min_element(tn.begin(), tn.end()) >= -2.0);
+  CHECK(*std::max_element(tn.begin(), tn.end()) <= 2.0);
+  auto perm = randperm(1000, g).to_vector<std::int64_t>();
+  std::sort(perm.begin(), perm.end());
+  for (std::int64_t i = 0; i < 1000; ++i) CHECK(perm[static_cast<std::size_t>(i)] == i);
+  CHECK(bernoulli({3}, 1.0, DType::boolean, g).to_vector<bool>() == std::vector<bool>{true, true, true});
+}
+
+TEST_CASE("random factories check their arguments", "[core][random][errors]") {
+  CHECK_THROWS_WITH(randint(3, 3, {2}), Contains("randint: empty range [3, 3)"));
+  CHECK_THROWS_WITH(bernoulli({2}, 1.5), Contains("probability must be in [0, 1]"));
+  CHECK_THROWS_WITH(randn({2}, DType::i64), Contains("expected a floating dtype"));
+  CHECK_THROWS_WITH(normal({2}, 0, -1), Contains("std must be >= 0"));
+}

@@ -1,0 +1,135 @@
+// Tensor basics: factories, metadata, element access, copies, in-place writes, printing, errors.
+#include <catch2/catch.hpp>
+
+#include "core/autograd.hpp"
+#include "core/random.hpp"
+#include "core/tensor.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+TEST_CASE("factories fill shapes and dtypes", "[core][tensor]") {
+  const Tensor z = zeros({2, 3});
+  CHECK(z.shape() == Shape{2, 3});
+  CHECK(z.dtype() == DType::f32);
+  CHECK(z.numel() == 6);
+  CHECK(z.is_contiguous());
+  CHECK(z.to_vector<float>() == std::vector<float>(6, 0.0f));
+  CHECK(ones({4}, DType::i32).to_vector<std::int32_t>() == std::vector<std::int32_t>{1, 1, 1, 1});
+  CHECK(full({2}, 2.5, DType::f64).to_vector<double>() == std::vector<double>{2.5, 2.5});
+  CHECK(arange(5).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 2, 3, 4});
+  CHECK(arange(1.0, 2.0, 0.25, DType::f64).to_vector<double>() == std::vector<double>{1.0, 1.25, 1.5, 1.75});
+  CHECK(arange(3.0, 0.0, -1.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{3, 2, 1});
+  CHECK(linspace(0, 1, 5, DType::f64).to_vector<double>() == std::vector<double>{0, 0.25, 0.5, 0.75, 1.0});
+  CHECK(linspace(2, 3, 1).to_vector<float>() == std::vector<float>{2.0f});
+  CHECK(eye(2, 3).to_vector<float>() == std::vector<float>{1, 0, 0, 0, 1, 0});
+  const Tensor t = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
+  CHECK(t.at<double>({1, 2}) == 6.0);
+  CHECK(t.at<double>({-1, 0}) == 4.0);
+  CHECK(scalar_tensor(3.5).dim() == 0);
+  CHECK(scalar_tensor(3.5).item() == 3.5);
+  CHECK(from_vector(std::vector<bool>{true, false, true}).dtype() == DType::boolean);
+  CHECK(from_vector(std::vector<std::int64_t>{7, 8}, {2, 1}).shape() == Shape{2, 1});
+  CHECK(zeros({0, 3}).numel() == 0);
+  CHECK(zeros_like(t).dtype() == DType::f64);
+  CHECK(full_like(t, 7).at<double>({0, 0}) == 7.0);
+}
+
+TEST_CASE("dtype conversion", "[core][tensor]") {
+  const Tensor x = tensor({-1.5, 0.0, 2.7}, DType::f64);
+  CHECK(x.to(DType::i32).to_vector<std::int32_t>() == std::vector<std::int32_t>{-1, 0, 2});
+  CHECK(x.to(DType::boolean).to_vector<bool>() == std::vector<bool>{true, false, true});
+  CHECK(x.to(DType::boolean).to(DType::f32).to_vector<float>() == std::vector<float>{1, 0, 1});
+  CHECK(x.to(DType::f64).is_same(x));  // no-op conversion returns the same tensor
+  CHECK(x.to(DType::f32).at<float>({0}) == -1.5f);
+}
+
+TEST_CASE("element access checks its arguments", "[core][tensor][errors]") {
+  const Tensor t = zeros({2, 3});
+  CHECK_THROWS_WITH(t.at<double>({2, 0}), Contains("at: index 2 is out of range for dim 0 of size 2"));
+  CHECK_THROWS_WITH(t.at<double>({0}), Contains("got 1 indices for a 2-d tensor"));
+  CHECK_THROWS_WITH(t.item(), Contains("item: expected a tensor with one element, got shape [2, 3]"));
+  CHECK_THROWS_WITH(t.data<double>(), Contains("expected a f64 tensor, got f32"));
+  CHECK_THROWS_WITH(Tensor().shape(), Contains("undefined tensor"));
+  CHECK_THROWS_WITH(t.size(2), Contains("size: axis 2 is out of range for a 2-d tensor of shape [2, 3]"));
+  CHECK_THROWS_WITH(zeros({2, -1}), Contains("negative dimension"));
+  CHECK_THROWS_WITH(tensor({1, 2, 3}, {2, 2}), Contains("3 values do not fill shape [2, 2]"));
+  CHECK_THROWS_WITH(zeros({1, 1, 1, 1, 1, 1, 1, 1, 1}), Contains("at most 8 dims"));
+}
+
+TEST_CASE("clone and contiguous copy; copy_ broadcasts and converts", "[core][tensor]") {
+  Tensor a = tensor({1, 2, 3, 4}, {2, 2});
+  Tensor c = a.clone();
+  c.fill_(9);
+  CHECK(a.at<float>({0, 0}) == 1.0f);  // the clone owns its data
+  CHECK(a.contiguous().is_same(a));
+  const Tensor at = a.t();
+  CHECK_FALSE(at.is_contiguous());
+  CHECK(at.contiguous().to_vector<float>() == std::vector<float>{1, 3, 2, 4});
+
+  Tensor dst = zeros({2, 3}, DType::f64);
+  dst.copy_(tensor({1, 2, 3}, DType::i32));
+  CHECK(dst.to_vector<double>() == std::vector<double>{1, 2, 3, 1, 2, 3});
+  CHECK_THROWS_WITH(dst.copy_(zeros({2})), Contains("cannot be broadcast"));
+  // Overlapping source and destination.
+  Tensor v = tensor({1, 2, 3, 4});
+  v.copy_(v.flip({0}));
+  CHECK(v.to_vector<float>() == std::vector<float>{4, 3, 2, 1});
+}
+
+TEST_CASE("in-place writes bump the version and are refused where unsafe", "[core][tensor][errors]") {
+  Tensor a = zeros({3});
+  const auto v0 = a.version();
+  a.fill_(1);
+  CHECK(a.version() == v0 + 1);
+  Tensor view = a.slice(0, 0, 2);
+  view.zero_();
+  CHECK(a.version() == v0 + 2);  // views share the storage counter
+  CHECK(a.to_vector<float>() == std::vector<float>{0, 0, 1});
+
+  Tensor w = zeros({2}).requires_grad_();
+  CHECK_THROWS_WITH(w.fill_(1), Contains("fill_: in-place writes to a tensor that requires grad"));
+  {
+    NoGradGuard no_grad;  // how optimizers update parameters
+    w.fill_(1);
+  }
+  CHECK(w.to_vector<float>() == std::vector<float>{1, 1});
+  Tensor e = zeros({1}).expand({4});
+  CHECK_THROWS_WITH(e.fill_(2), Contains("cannot write into an expanded tensor"));
+}
+
+TEST_CASE("printing", "[core][tensor][format]") {
+  const Tensor t = tensor({1, 2.5, -3, 4}, {2, 2});
+  CHECK(t.to_string(2) == "tensor([[ 1.00,  2.50],\n        [-3.00,  4.00]], shape=[2, 2], dtype=f32)");
+  CHECK(fmt::format("{:.1}", t) == "tensor([[ 1.0,  2.5],\n        [-3.0,  4.0]], shape=[2, 2], dtype=f32)");
+  CHECK(t.summary() == "Tensor[2, 2] f32");
+  CHECK(tensor({1, 0}, DType::boolean).to_string() == "tensor([ true, false], shape=[2], dtype=bool)");
+  CHECK(arange(3).to_string() == "tensor([0, 1, 2], shape=[3], dtype=i64)");
+  CHECK(scalar_tensor(2).to_string(1) == "tensor(2.0, shape=[], dtype=f32)");
+  const std::string big = arange(10000).reshape({100, 100}).to_string();
+  CHECK_THAT(big, Contains("..."));
+  CHECK(big.size() < 1000);  // summarised
+  Tensor x = ones({2}).requires_grad_();
+  CHECK(x.summary() == "Tensor[2] f32 requires_grad");
+  CHECK((x.reshape({1, 2})).summary() == "Tensor[1, 2] f32 grad_fn=view");
+  CHECK(fmt::format("{}", Tensor()) == "Tensor(undefined)");
+  CHECK(fmt::format("{}", Shape{2, 3}) == "[2, 3]");
+}
+
+TEST_CASE("caching allocator reuses freed blocks", "[core][storage]") {
+  empty_allocator_cache();
+  const auto before = allocator_stats();
+  { Tensor a = empty({1 << 20}); }
+  { Tensor b = empty({1 << 20}); }
+  const auto after = allocator_stats();
+  CHECK(after.allocations - before.allocations == 2);
+#ifndef __SANITIZE_ADDRESS__
+  if (!std::getenv("TAPEGRAD_NO_ALLOC_CACHE")) CHECK(after.cache_hits - before.cache_hits == 1);
+#endif
+  CHECK(after.bytes_in_use == before.bytes_in_use);
+  empty_allocator_cache();
+  CHECK(allocator_stats().bytes_cached == 0);
+  // 64-byte alignment for SIMD loads.
+  CHECK(reinterpret_cast<std::uintptr_t>(empty({3}).raw_data()) % 64 == 0);
+}

@@ -1,0 +1,283 @@
+// Elementwise ops: forward vs naive f64 references, f64 gradchecks (broadcast, non-contiguous and
+// odd sizes), 1-vs-N-thread bit equality, dtype rules, extreme inputs and error messages.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <numbers>
+
+#include "core/autograd.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "tests/support/gradcheck.hpp"
+#include "tests/support/helpers.hpp"
+#include "tests/support/reference.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+
+struct UnaryCase {
+  const char* name;
+  std::function<Tensor(const Tensor&)> op;
+  std::function<double(double)> ref;
+  double lo = -3, hi = 3;  // input domain
+};
+
+double gelu_ref(double x) { return 0.5 * x * (1 + std::erf(x / std::numbers::sqrt2)); }
+double gelu_tanh_ref(double x) {
+  const double k = std::sqrt(2 / std::numbers::pi);
+  return 0.5 * x * (1 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+double sigmoid_ref(double x) { return 1 / (1 + std::exp(-x)); }
+
+std::vector<UnaryCase> unary_cases() {
+  return {
+      {"exp", ops::exp, [](double x) { return std::exp(x); }},
+      {"log", ops::log, [](double x) { return std::log(x); }, 0.1, 5},
+      {"log1p", ops::log1p, [](double x) { return std::log1p(x); }, -0.5, 5},
+      {"expm1", ops::expm1, [](double x) { return std::expm1(x); }},
+      {"sqrt", ops::sqrt, [](double x) { return std::sqrt(x); }, 0.1, 5},
+      {"rsqrt", ops::rsqrt, [](double x) { return 1 / std::sqrt(x); }, 0.1, 5},
+      {"square", ops::square, [](double x) { return x * x; }},
+      {"reciprocal", ops::reciprocal, [](double x) { return 1 / x; }, 0.2, 5},
+      {"abs", ops::abs, [](double x) { return std::fabs(x); }},
+      {"sign", ops::sign, [](double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }},
+      {"neg", ops::neg, [](double x) { return -x; }},
+      {"sin", ops::sin, [](double x) { return std::sin(x); }},
+      {"cos", ops::cos, [](double x) { return std::cos(x); }},
+      {"tanh", ops::tanh, [](double x) { return std::tanh(x); }},
+      {"erf", ops::erf, [](double x) { return std::erf(x); }},
+      {"round", ops::round, [](double x) { return std::nearbyint(x); }},
+      {"floor", ops::floor, [](double x) { return std::floor(x); }},
+      {"ceil", ops::ceil, [](double x) { return std::ceil(x); }},
+      {"sigmoid", ops::sigmoid, sigmoid_ref},
+      {"relu", ops::relu, [](double x) { return x > 0 ? x : 0.0; }},
+      {"leaky_relu", [](const Tensor& x) { return ops::leaky_relu(x, 0.2); }, [](double x) { return x > 0 ? x : 0.2 * x; }},
+      {"gelu", [](const Tensor& x) { return ops::gelu(x); }, gelu_ref},
+      {"gelu_tanh", [](const Tensor& x) { return ops::gelu(x, ops::GeluApprox::tanh); }, gelu_tanh_ref},
+      {"silu", ops::silu, [](double x) { return x * sigmoid_ref(x); }},
+      {"softplus", [](const Tensor& x) { return ops::softplus(x); }, [](double x) { return std::log1p(std::exp(x)); }},
+      {"softplus_beta", [](const Tensor& x) { return ops::softplus(x, 2.0, 3.0); },
+       [](double x) { return 2 * x > 3 ? x : std::log1p(std::exp(2 * x)) / 2; }},
+      {"clamp", [](const Tensor& x) { return ops::clamp(x, -1.0, 0.5); }, [](double x) { return std::clamp(x, -1.0, 0.5); }},
+      {"clamp_min", [](const Tensor& x) { return ops::clamp(x, 0.0, std::nullopt); }, [](double x) { return std::max(x, 0.0); }},
+      {"pow_scalar_3", [](const Tensor& x) { return ops::pow(x, 3.0); }, [](double x) { return x * x * x; }},
+      {"pow_scalar_-2", [](const Tensor& x) { return ops::pow(x, -2.0); }, [](double x) { return 1 / (x * x); }, 0.3, 3},
+      {"pow_scalar_2.5", [](const Tensor& x) { return ops::pow(x, 2.5); }, [](double x) { return std::pow(x, 2.5); }, 0.1, 3},
+      {"pow_scalar_0.5", [](const Tensor& x) { return ops::pow(x, 0.5); }, [](double x) { return std::sqrt(x); }, 0.1, 3},
+      {"add_scalar", [](const Tensor& x) { return x + 1.5; }, [](double x) { return x + 1.5; }},
+      {"sub_scalar", [](const Tensor& x) { return x - 1.5; }, [](double x) { return x - 1.5; }},
+      {"rsub_scalar", [](const Tensor& x) { return 1.5 - x; }, [](double x) { return 1.5 - x; }},
+      {"mul_scalar", [](const Tensor& x) { return x * -2.5; }, [](double x) { return x * -2.5; }},
+      {"div_scalar", [](const Tensor& x) { return x / 4.0; }, [](double x) { return x / 4.0; }},
+      {"rdiv_scalar", [](const Tensor& x) { return 3.0 / x; }, [](double x) { return 3.0 / x; }, 0.2, 4},
+  };
+}
+
+const Shape kOddSizes[] = {{1}, {7}, {17}, {1003}};
+
+}  // namespace
+
+TEST_CASE("unary ops: forward matches the f64 reference (f32 and f64, odd sizes, strided)", "[ops][elementwise]") {
+  for (const UnaryCase& c : unary_cases()) {
+    INFO(c.name);
+    for (const Shape& s : kOddSizes) {
+      const Tensor x64 = test::uniform(s, c.lo, c.hi, DType::f64, 3);
+      CHECK_ALLCLOSE(c.op(x64), test::ref::unary(x64, c.ref), 1e-12, 1e-14);
+      const Tensor x32 = x64.to(DType::f32);
+      const Tensor y32 = c.op(x32);
+      CHECK(y32.dtype() == DType::f32);
+      CHECK_ALLCLOSE(y32, test::ref::unary(x32, c.ref), 1e-5, 1e-6);
+    }
+    const Tensor xt = test::transposed_layout(test::uniform({5, 9}, c.lo, c.hi, DType::f32, 4));
+    CHECK_ALLCLOSE(c.op(xt), test::ref::unary(xt, c.ref), 1e-5, 1e-6);
+    const Tensor xs = test::strided_layout(test::uniform({3, 33}, c.lo, c.hi, DType::f32, 5));
+    CHECK_ALLCLOSE(c.op(xs), test::ref::unary(xs, c.ref), 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("unary ops: gradcheck",
+          "[ops][elementwise][grad][exp][log][log1p][expm1][sqrt][rsqrt][square][reciprocal][abs][sign][neg][sin][cos]"
+          "[tanh][erf][round][floor][ceil][sigmoid][relu][leaky_relu][gelu][gelu_tanh][silu][softplus][clamp]"
+          "[pow_scalar][add_scalar][sub_scalar][rsub_scalar][mul_scalar][div_scalar][rdiv_scalar]") {
+  for (const UnaryCase& c : unary_cases()) {
+    INFO(c.name);
+    auto f = [&](const Tensors& v) { return c.op(v[0]); };
+    for (const Shape& s : kOddSizes) CHECK_GRADCHECK(f, {test::uniform(s, c.lo, c.hi, DType::f64, 6)});
+    CHECK_GRADCHECK(f, {test::transposed_layout(test::uniform({4, 5}, c.lo, c.hi, DType::f64, 7))});
+    CHECK_GRADCHECK(f, {test::strided_layout(test::uniform({2, 9}, c.lo, c.hi, DType::f64, 8))});
+  }
+}
+
+TEST_CASE("unary ops: 1 vs N threads give identical bits", "[ops][elementwise][threads]") {
+  for (const UnaryCase& c : unary_cases()) {
+    INFO(c.name);
+    const Tensor x = test::uniform({100003}, c.lo, c.hi, DType::f32, 9);
+    const Tensor g = test::randn({100003}, DType::f32, 10);
+    CHECK(test::same_bits_across_threads([&] {
+      Tensor xr = x.detach().requires_grad_();
+      Tensor y = c.op(xr);
+      y.backward(g);
+      return Tensors{y, xr.grad()};
+    }));
+  }
+}
+
+namespace {
+struct BinaryCase {
+  const char* name;
+  std::function<Tensor(const Tensor&, const Tensor&)> op;
+  std::function<double(double, double)> ref;
+  double lo = -3, hi = 3;
+};
+
+std::vector<BinaryCase> binary_cases() {
+  return {
+      {"add", [](const Tensor& a, const Tensor& b) { return ops::add(a, b); }, [](double a, double b) { return a + b; }},
+      {"sub", [](const Tensor& a, const Tensor& b) { return ops::sub(a, b); }, [](double a, double b) { return a - b; }},
+      {"mul", [](const Tensor& a, const Tensor& b) { return ops::mul(a, b); }, [](double a, double b) { return a * b; }},
+      {"div", [](const Tensor& a, const Tensor& b) { return ops::div(a, b); }, [](double a, double b) { return a / b; }, 0.5, 3},
+      {"pow", [](const Tensor& a, const Tensor& b) { return ops::pow(a, b); }, [](double a, double b) { return std::pow(a, b); }, 0.2, 2},
+      {"minimum", [](const Tensor& a, const Tensor& b) { return ops::minimum(a, b); }, [](double a, double b) { return std::min(a, b); }},
+      {"maximum", [](const Tensor& a, const Tensor& b) { return ops::maximum(a, b); }, [](double a, double b) { return std::max(a, b); }},
+  };
+}
+
+// Broadcast shape pairs, including 0-d and odd sizes.
+const std::pair<Shape, Shape> kBroadcastPairs[] = {
+    {{3, 4}, {3, 4}}, {{3, 4}, {4}}, {{2, 1, 4}, {3, 1}}, {{1003}, {1}}, {{5}, {}}, {{1}, {7}}, {{17, 1}, {1, 3}}};
+}  // namespace
+
+TEST_CASE("binary ops: forward with broadcasting matches the reference", "[ops][elementwise]") {
+  for (const BinaryCase& c : binary_cases()) {
+    INFO(c.name);
+    for (const auto& [sa, sb] : kBroadcastPairs) {
+      INFO(fmt::format("{} {}", sa, sb));
+      const Tensor a = test::uniform(sa, c.lo, c.hi, DType::f64, 11), b = test::uniform(sb, c.lo, c.hi, DType::f64, 12);
+      CHECK_ALLCLOSE(c.op(a, b), test::ref::binary(a, b, c.ref), 1e-12, 1e-14);
+      CHECK_ALLCLOSE(c.op(a.to(DType::f32), b.to(DType::f32)), test::ref::binary(a.to(DType::f32), b.to(DType::f32), c.ref), 1e-5, 1e-6);
+    }
+    const Tensor at = test::transposed_layout(test::uniform({6, 5}, c.lo, c.hi, DType::f32, 13));
+    const Tensor bs = test::strided_layout(test::uniform({5}, c.lo, c.hi, DType::f32, 14));
+    CHECK_ALLCLOSE(c.op(at, bs), test::ref::binary(at, bs, c.ref), 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("binary ops: gradcheck with broadcasting and non-contiguous inputs",
+          "[ops][elementwise][grad][add][sub][mul][div][pow][minimum][maximum]") {
+  for (const BinaryCase& c : binary_cases()) {
+    INFO(c.name);
+    auto f = [&](const Tensors& v) { return c.op(v[0], v[1]); };
+    for (const auto& [sa, sb] : kBroadcastPairs) {
+      INFO(fmt::format("{} {}", sa, sb));
+      CHECK_GRADCHECK(f, {test::uniform(sa, c.lo, c.hi, DType::f64, 15), test::uniform(sb, c.lo, c.hi, DType::f64, 16)});
+    }
+    CHECK_GRADCHECK(f, {test::transposed_layout(test::uniform({4, 3}, c.lo, c.hi, DType::f64, 17)),
+                        test::strided_layout(test::uniform({3}, c.lo, c.hi, DType::f64, 18))});
+    // The same tensor on both sides.
+    CHECK_GRADCHECK([&](const Tensors& v) { return c.op(v[0], v[0]); }, {test::uniform({7}, c.lo, c.hi, DType::f64, 19)});
+  }
+}
+
+TEST_CASE("minimum/maximum split the gradient on ties", "[ops][elementwise]") {
+  Tensor a = tensor({1, 2, 3}, DType::f64).requires_grad_();
+  Tensor b = tensor({1, 5, 0}, DType::f64).requires_grad_();
+  ops::sum(ops::maximum(a, b)).backward();
+  CHECK(a.grad().to_vector<double>() == std::vector<double>{0.5, 0, 1});
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{0.5, 1, 0});
+}
+
+TEST_CASE("binary ops: 1 vs N threads give identical bits", "[ops][elementwise][threads]") {
+  for (const BinaryCase& c : binary_cases()) {
+    INFO(c.name);
+    const Tensor a = test::uniform({301, 333}, c.lo, c.hi, DType::f32, 20), b = test::uniform({333}, c.lo, c.hi, DType::f32, 21);
+    const Tensor g = test::randn({301, 333}, DType::f32, 22);
+    CHECK(test::same_bits_across_threads([&] {
+      Tensor x = a.detach().requires_grad_(), y = b.detach().requires_grad_();
+      Tensor out = c.op(x, y);
+      out.backward(g);
+      return Tensors{out, x.grad(), y.grad()};
+    }));
+  }
+}
+
+TEST_CASE("where: forward, broadcasting, gradcheck", "[ops][elementwise][grad][where]") {
+  const Tensor cond = tensor({1, 0, 1, 0, 0, 1}, {2, 3}, DType::boolean);
+  const Tensor a = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64), b = tensor({-1, -2, -3}, DType::f64);
+  CHECK(ops::where(cond, a, b).to_vector<double>() == std::vector<double>{1, -2, 3, -1, -2, 6});
+  CHECK(ops::where(cond, a, 0.0).to_vector<double>() == std::vector<double>{1, 0, 3, 0, 0, 6});
+  CHECK(ops::where(cond, 7.0, b).to_vector<double>() == std::vector<double>{7, -2, 7, -1, -2, 7});
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::where(cond, v[0], v[1]); },
+                  {test::transposed_layout(test::randn({2, 3}, DType::f64, 23)), test::randn({3}, DType::f64, 24)});
+  const Tensor big = ops::gt(test::randn({100003}, DType::f32, 25), 0.0);
+  CHECK(test::same_bits_across_threads([&] { return Tensors{ops::where(big, test::randn({100003}, DType::f32, 26), -1.0)}; }));
+  CHECK_THROWS_WITH(ops::where(a, a, b), Contains("where: cond must be a bool tensor, got f64"));
+}
+
+TEST_CASE("comparisons and logic produce bool tensors", "[ops][elementwise]") {
+  const Tensor a = tensor({1, 2, 3}), b = tensor({3, 2, 1});
+  CHECK(ops::lt(a, b).to_vector<bool>() == std::vector<bool>{true, false, false});
+  CHECK(ops::le(a, b).to_vector<bool>() == std::vector<bool>{true, true, false});
+  CHECK(ops::eq(a, b).to_vector<bool>() == std::vector<bool>{false, true, false});
+  CHECK(ops::ne(a, 2.0).to_vector<bool>() == std::vector<bool>{true, false, true});
+  CHECK(ops::gt(a, 1.5).to_vector<bool>() == std::vector<bool>{false, true, true});
+  CHECK(ops::ge(arange(3), 1.0).to_vector<bool>() == std::vector<bool>{false, true, true});
+  CHECK(ops::lt(arange(3), 0.5).to_vector<bool>() == std::vector<bool>{true, false, false});  // i64 vs fractional
+  CHECK(ops::eq(a.reshape({3, 1}), b).shape() == Shape{3, 3});
+  const Tensor p = tensor({1, 1, 0, 0}, DType::boolean), q = tensor({1, 0, 1, 0}, DType::boolean);
+  CHECK(ops::logical_and(p, q).to_vector<bool>() == std::vector<bool>{true, false, false, false});
+  CHECK(ops::logical_or(p, q).to_vector<bool>() == std::vector<bool>{true, true, true, false});
+  CHECK(ops::logical_xor(p, q).to_vector<bool>() == std::vector<bool>{false, true, true, false});
+  CHECK(ops::logical_not(p).to_vector<bool>() == std::vector<bool>{false, false, true, true});
+  CHECK(ops::eq(p, q).to_vector<bool>() == std::vector<bool>{true, false, false, true});
+  const Tensor w = tensor({1, NAN, INFINITY, -INFINITY});
+  CHECK(ops::isnan(w).to_vector<bool>() == std::vector<bool>{false, true, false, false});
+  CHECK(ops::isfinite(w).to_vector<bool>() == std::vector<bool>{true, false, false, false});
+  CHECK(ops::isfinite(arange(2)).to_vector<bool>() == std::vector<bool>{true, true});
+  CHECK_FALSE(ops::lt(ones({2}).requires_grad_(), 0.0).requires_grad());
+}
+
+TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][elementwise]") {
+  const Tensor i = tensor({1, 2, 3}, DType::i64);
+  CHECK((i + i).dtype() == DType::i64);
+  CHECK((i * 2.0).dtype() == DType::i64);
+  CHECK((i * 2.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{2, 4, 6});
+  CHECK((i * 0.5).dtype() == DType::f32);
+  CHECK((i / i).dtype() == DType::f32);
+  CHECK((i / 2.0).to_vector<float>() == std::vector<float>{0.5f, 1.0f, 1.5f});
+  CHECK((i + tensor({0.5, 0.5, 0.5}, DType::f64)).dtype() == DType::f64);
+  CHECK((tensor({1}, DType::i32) + tensor({1}, DType::i64)).dtype() == DType::i64);
+  CHECK(ops::abs(tensor({-3, 4}, DType::i32)).to_vector<std::int32_t>() == std::vector<std::int32_t>{3, 4});
+  CHECK(ops::clamp(tensor({-3, 4, 9}, DType::i64), 0.0, 5.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 4, 5});
+  CHECK(ops::maximum(tensor({-3, 4}, DType::i32), tensor({0}, DType::i32)).to_vector<std::int32_t>() == std::vector<std::int32_t>{0, 4});
+  CHECK(ops::pow(tensor({-2, 3}, DType::f64), 3.0).to_vector<double>() == std::vector<double>{-8, 27});
+  CHECK(ops::pow(tensor({-2}, DType::f64), 2.0).to_vector<double>() == std::vector<double>{4});
+  CHECK(ops::pow(tensor({2}, DType::i64), 2.0).dtype() == DType::f32);
+}
+
+TEST_CASE("extreme inputs stay finite where the math is finite", "[ops][elementwise]") {
+  const Tensor x = tensor({-1000, -80, 0, 80, 1000});
+  CHECK(ops::softplus(x).to_vector<float>() == std::vector<float>{0, std::log1p(std::exp(-80.0f)), std::log(2.0f), 80, 1000});
+  const auto s = ops::sigmoid(x).to_vector<float>();
+  CHECK(s[0] == 0.0f);
+  CHECK(s[4] == 1.0f);
+  CHECK(ops::silu(x).to_vector<float>()[0] == -0.0f);
+  CHECK(ops::tanh(x).to_vector<float>()[4] == 1.0f);
+  CHECK(std::isinf(ops::exp(x).to_vector<float>()[4]));
+  CHECK(ops::gelu(x).to_vector<float>()[0] == 0.0f);
+  // Gradients at the extremes are finite too.
+  Tensor xr = x.detach().requires_grad_();
+  ops::sum(ops::softplus(xr) + ops::sigmoid(xr) + ops::silu(xr) + ops::gelu(xr) + ops::tanh(xr)).backward();
+  for (float g : xr.grad().to_vector<float>()) CHECK(std::isfinite(g));
+}
+
+TEST_CASE("elementwise ops report bad input clearly", "[ops][elementwise][errors]") {
+  CHECK_THROWS_WITH(ops::add(zeros({2, 3}), zeros({4})), Contains("add: shapes [2, 3] and [4] cannot be broadcast (dim -1: 3 vs 4)"));
+  CHECK_THROWS_WITH(ops::mul(zeros({2, 3}), zeros({3, 3})), Contains("mul: shapes [2, 3] and [3, 3] cannot be broadcast (dim -2: 2 vs 3)"));
+  CHECK_THROWS_WITH(ops::exp(arange(3)), Contains("exp: expected a floating-point tensor (f32 or f64), got i64"));
+  CHECK_THROWS_WITH(ops::add(Tensor(), zeros({1})), Contains("add: argument 'a' is an undefined tensor"));
+  CHECK_THROWS_WITH(ops::clamp(zeros({1}), 2.0, 1.0), Contains("clamp: low 2 is greater than high 1"));
+  CHECK_THROWS_WITH(ops::softplus(zeros({1}), 0.0), Contains("softplus: beta must be positive"));
+  CHECK_THROWS_WITH(ops::add(zeros({1}, DType::boolean), zeros({1}, DType::boolean)), Contains("add: expected a numeric tensor, got bool"));
+}

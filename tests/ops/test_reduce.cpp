@@ -1,0 +1,193 @@
+// Reductions: forward vs naive references over many axis sets and layouts, gradchecks, NaN and
+// tie handling, determinism across thread counts, errors.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/autograd.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "tests/support/gradcheck.hpp"
+#include "tests/support/helpers.hpp"
+#include "tests/support/reference.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+
+double ref_sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+double ref_prod(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 1.0, std::multiplies<>()); }
+double ref_max(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
+double ref_min(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
+double ref_mean(const std::vector<double>& v) { return ref_sum(v) / static_cast<double>(v.size()); }
+double ref_var(const std::vector<double>& v) {
+  const double m = ref_mean(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return s / static_cast<double>(v.size() - 1);
+}
+double ref_lse(const std::vector<double>& v) {
+  const double m = ref_max(v);
+  double s = 0;
+  for (double x : v) s += std::exp(x - m);
+  return m + std::log(s);
+}
+double ref_l2(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return std::sqrt(s);
+}
+
+struct ReduceCase {
+  const char* name;
+  std::function<Tensor(const Tensor&, const Shape&, bool)> op;
+  std::function<double(const std::vector<double>&)> ref;
+};
+
+std::vector<ReduceCase> reduce_cases() {
+  return {
+      {"sum", [](const Tensor& x, const Shape& a, bool k) { return ops::sum(x, a, k); }, ref_sum},
+      {"mean", [](const Tensor& x, const Shape& a, bool k) { return ops::mean(x, a, k); }, ref_mean},
+      {"prod", [](const Tensor& x, const Shape& a, bool k) { return ops::prod(x, a, k); }, ref_prod},
+      {"amax", [](const Tensor& x, const Shape& a, bool k) { return ops::amax(x, a, k); }, ref_max},
+      {"amin", [](const Tensor& x, const Shape& a, bool k) { return ops::amin(x, a, k); }, ref_min},
+      {"logsumexp", [](const Tensor& x, const Shape& a, bool k) { return ops::logsumexp(x, a, k); }, ref_lse},
+      {"var", [](const Tensor& x, const Shape& a, bool k) { return ops::var(x, a, 1.0, k); }, ref_var},
+      {"stddev", [](const Tensor& x, const Shape& a, bool k) { return ops::stddev(x, a, 1.0, k); },
+       [](const std::vector<double>& v) { return std::sqrt(ref_var(v)); }},
+      {"norm", [](const Tensor& x, const Shape& a, bool k) { return ops::norm(x, 2.0, a, k); }, ref_l2},
+      {"norm1", [](const Tensor& x, const Shape& a, bool k) { return ops::norm(x, 1.0, a, k); },
+       [](const std::vector<double>& v) { double s = 0; for (double x : v) s += std::fabs(x); return s; }},
+      {"norm_inf", [](const Tensor& x, const Shape& a, bool k) { return ops::norm(x, ops::kInf, a, k); },
+       [](const std::vector<double>& v) { double s = 0; for (double x : v) s = std::max(s, std::fabs(x)); return s; }},
+  };
+}
+
+const Shape kAxisSets[] = {{}, {0}, {1}, {2}, {-1}, {0, 2}, {1, 2}, {0, 1}};
+
+}  // namespace
+
+TEST_CASE("reductions: forward matches the reference for every axis set and layout", "[ops][reduce]") {
+  const Tensor x = test::uniform({3, 5, 7}, 0.5, 1.5, DType::f64, 1);
+  const Tensor xt = test::transposed_layout(x);
+  const Tensor xs = test::strided_layout(x);
+  for (const ReduceCase& c : reduce_cases()) {
+    INFO(c.name);
+    for (const Shape& axes : kAxisSets) {
+      for (bool keepdim : {false, true}) {
+        INFO(fmt::format("axes {} keepdim {}", axes, keepdim));
+        const Tensor want = test::ref::reduce(x, axes, keepdim, c.ref);
+        CHECK_ALLCLOSE(c.op(x, axes, keepdim), want, 1e-12, 1e-13);
+        CHECK_ALLCLOSE(c.op(xt, axes, keepdim), want, 1e-12, 1e-13);
+        CHECK_ALLCLOSE(c.op(xs, axes, keepdim), want, 1e-12, 1e-13);
+        CHECK_ALLCLOSE(c.op(x.to(DType::f32), axes, keepdim), want, 2e-5, 1e-6);
+      }
+    }
+    // Odd sizes along a single axis, and long rows that span several blocks.
+    for (std::int64_t n : {1, 17, 1003, 40009}) {
+      const Tensor v = test::uniform({2, n}, 0.9, 1.1, DType::f64, 2);
+      CHECK_ALLCLOSE(c.op(v, {1}, false), test::ref::reduce(v, {1}, false, c.ref), 1e-10, 1e-12);
+      CHECK_ALLCLOSE(c.op(v.t(), {0}, false), test::ref::reduce(v, {1}, false, c.ref), 1e-10, 1e-12);
+    }
+  }
+}
+
+TEST_CASE("reductions: gradcheck", "[ops][reduce][grad][sum][mean][prod][amax][amin][norm]") {
+  for (const ReduceCase& c : reduce_cases()) {
+    INFO(c.name);
+    for (const Shape& axes : kAxisSets) {
+      INFO(fmt::format("axes {}", axes));
+      auto f = [&](const Tensors& v) { return c.op(v[0], axes, false); };
+      CHECK_GRADCHECK(f, {test::uniform({3, 4, 5}, 0.5, 1.5, DType::f64, 3)});
+      CHECK_GRADCHECK(f, {test::transposed_layout(test::uniform({2, 3, 5}, 0.5, 1.5, DType::f64, 4))});
+    }
+    auto f = [&](const Tensors& v) { return c.op(v[0], {}, true); };
+    CHECK_GRADCHECK(f, {test::strided_layout(test::uniform({1003}, 0.5, 1.5, DType::f64, 5))});
+    if (std::string_view(c.name) != "var" && std::string_view(c.name) != "stddev")  // 0/0 for one element
+      CHECK_GRADCHECK(f, {test::uniform({1}, 0.5, 1.5, DType::f64, 6)});
+  }
+}
+
+TEST_CASE("prod gradient is exact with zeros; amax shares ties", "[ops][reduce]") {
+  Tensor x = tensor({2, 0, 3, 0, 5, 4}, {2, 3}, DType::f64).requires_grad_();
+  ops::sum(ops::prod(x, {1})).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 6, 0, 20, 0, 0});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::prod(v[0], {1}); }, {tensor({2, 0, 3, 0, 5, 4}, {2, 3}, DType::f64)});
+  Tensor y = tensor({1, 3, 3, 2}, DType::f64).requires_grad_();
+  ops::amax(y).backward();
+  CHECK(y.grad().to_vector<double>() == std::vector<double>{0, 0.5, 0.5, 0});
+  Tensor z = tensor({0, 0}, DType::f64).requires_grad_();
+  ops::norm(z).backward();
+  CHECK(z.grad().to_vector<double>() == std::vector<double>{0, 0});  // subgradient, not NaN
+}
+
+TEST_CASE("max/min with indices, argmax/argmin", "[ops][reduce][grad][max][min]") {
+  const Tensor x = tensor({1, 5, 5, 2, -1, 0, 7, 7}, {2, 4}, DType::f64);
+  const auto mx = ops::max(x, 1);
+  CHECK(mx.values.to_vector<double>() == std::vector<double>{5, 7});
+  CHECK(mx.indices.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 2});  // first occurrence
+  CHECK(ops::min(x, 0, true).values.shape() == Shape{1, 4});
+  CHECK(ops::argmin(x, 1).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0});
+  CHECK(ops::argmax(x.t(), 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 2});
+  CHECK(ops::argmax(tensor({1, NAN, 3}), 0).item<std::int64_t>() == 1);  // NaN is the max
+  Tensor xr = x.detach().requires_grad_();
+  ops::sum(ops::max(xr, 1).values).backward();
+  CHECK(xr.grad().to_vector<double>() == std::vector<double>{0, 1, 0, 0, 0, 0, 1, 0});
+  const Tensor distinct = test::randn({4, 5, 3}, DType::f64, 7);
+  for (int axis = 0; axis < 3; ++axis) {
+    CHECK_GRADCHECK([axis](const Tensors& v) { return ops::max(v[0], axis).values; }, {distinct});
+    CHECK_GRADCHECK([axis](const Tensors& v) { return ops::min(v[0], axis, true).values; }, {test::transposed_layout(distinct)});
+  }
+}
+
+TEST_CASE("cumsum", "[ops][reduce][grad][cumsum]") {
+  const Tensor x = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
+  CHECK(ops::cumsum(x, 1).to_vector<double>() == std::vector<double>{1, 3, 6, 4, 9, 15});
+  CHECK(ops::cumsum(x, 0).to_vector<double>() == std::vector<double>{1, 2, 3, 5, 7, 9});
+  CHECK(ops::cumsum(arange(4), 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 3, 6});
+  for (int axis : {0, 1, -1})
+    CHECK_GRADCHECK([axis](const Tensors& v) { return ops::cumsum(v[0], axis); },
+                    {test::transposed_layout(test::randn({7, 17}, DType::f64, 8))});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::cumsum(v[0], 0); }, {test::randn({1003}, DType::f64, 9)});
+}
+
+TEST_CASE("reductions: NaN, integer and empty inputs", "[ops][reduce]") {
+  CHECK(std::isnan(ops::amax(tensor({1, NAN, 3})).item()));
+  CHECK(std::isnan(ops::amin(tensor({NAN, 1})).item()));
+  CHECK(ops::sum(tensor({1, 1, 0}, DType::boolean)).item<std::int64_t>() == 2);
+  CHECK(ops::sum(tensor({1, 2}, DType::i32)).dtype() == DType::i64);
+  CHECK(ops::mean(arange(4)).item() == 1.5);
+  CHECK(ops::sum(zeros({0, 3}), {0}).to_vector<float>() == std::vector<float>{0, 0, 0});
+  CHECK(ops::prod(zeros({0})).item() == 1.0);
+  CHECK(ops::logsumexp(tensor({-INFINITY, -INFINITY})).item() == -INFINITY);
+  CHECK(ops::logsumexp(tensor({1000, 1000})).item<float>() == Approx(1000 + std::log(2.0)));
+  CHECK(ops::var(tensor({1, 2, 3, 4}), {}, 0.0).item() == Approx(1.25));
+}
+
+TEST_CASE("reductions: 1 vs N threads give identical bits", "[ops][reduce][threads]") {
+  const Tensor big = test::randn({64, 3001}, DType::f32, 10);
+  const Tensor longrow = test::randn({2, 200003}, DType::f32, 11);
+  for (const ReduceCase& c : reduce_cases()) {
+    INFO(c.name);
+    CHECK(test::same_bits_across_threads([&] {
+      Tensor x = big.detach().requires_grad_();
+      Tensor a = c.op(x, {1}, false), b = c.op(x, {0}, false), d = c.op(longrow, {1}, false), e = c.op(longrow, {}, false);
+      ops::sum(a).backward();
+      return Tensors{a, b, d, e, x.grad()};
+    }));
+  }
+  CHECK(test::same_bits_across_threads([&] { return Tensors{ops::cumsum(big, 1), ops::argmax(big, 1)}; }));
+}
+
+TEST_CASE("reductions report bad axes", "[ops][reduce][errors]") {
+  const Tensor x = zeros({2, 3});
+  CHECK_THROWS_WITH(ops::sum(x, {2}), Contains("sum: axis 2 is out of range for a 2-d tensor of shape [2, 3]"));
+  CHECK_THROWS_WITH(ops::sum(x, {1, -1}), Contains("sum: axis 1 appears twice"));
+  CHECK_THROWS_WITH(ops::max(zeros({0}), 0), Contains("max: cannot reduce dim 0 of size 0"));
+  CHECK_THROWS_WITH(ops::amax(zeros({0})), Contains("amax: cannot reduce an empty"));
+  CHECK_THROWS_WITH(ops::norm(x, 3.0), Contains("norm: p must be 1, 2 or infinity, got 3"));
+  CHECK_THROWS_WITH(ops::cumsum(scalar_tensor(1), 0), Contains("cumsum: expected a tensor with at least one dim"));
+}
