@@ -21,6 +21,10 @@ std::span<const OpInfo> differentiable_ops() {
       // ops/reduce.cpp
       {"sum", "ops"}, {"mean", "ops"}, {"prod", "ops"}, {"amax", "ops"}, {"amin", "ops"}, {"max", "ops"},
       {"min", "ops"}, {"norm", "ops"}, {"cumsum", "ops"},
+      // ops/shape.cpp
+      {"cat", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
+      // ops/loss.cpp
+      {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"},
   });
   return kOps;
 }

@@ -1,0 +1,118 @@
+#include "ops/kernels/index.hpp"
+
+#include <cstring>
+
+#include "core/parallel.hpp"
+
+namespace tg::kernels {
+namespace {
+
+// [outer, axis, inner] sizes of a contiguous tensor around `axis`.
+struct Around {
+  std::int64_t outer = 1, len = 1, inner = 1;
+};
+Around around(const Shape& shape, int axis) {
+  Around a;
+  for (int d = 0; d < axis; ++d) a.outer *= shape[d];
+  a.len = shape[axis];
+  for (int d = axis + 1; d < shape.size(); ++d) a.inner *= shape[d];
+  return a;
+}
+
+}  // namespace
+
+void index_select(const Tensor& x, const Tensor& index, const Tensor& out) {
+  const std::int64_t M = index.numel();
+  const std::int64_t O = out.shape()[0], N = x.shape()[1], I = x.shape()[2];
+  const std::int64_t* idx = index.data<std::int64_t>();
+  const std::size_t row_bytes = static_cast<std::size_t>(I) * x.element_size();
+  const char* src = static_cast<const char*>(x.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+  const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(I, 1));
+  parallel_for(O * M, grain, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t r = b; r < e; ++r) {
+      const std::int64_t o = r / M, i = r % M;
+      std::memcpy(dst + static_cast<std::size_t>(r) * row_bytes, src + static_cast<std::size_t>(o * N + idx[i]) * row_bytes,
+                  row_bytes);
+    }
+  });
+}
+
+void index_add(const Tensor& out, const Tensor& index, const Tensor& src) {
+  const std::int64_t M = index.numel();
+  const std::int64_t O = out.shape()[0], N = out.shape()[1], I = out.shape()[2];
+  const std::int64_t* idx = index.data<std::int64_t>();
+  dispatch_numeric(out.dtype(), "index_add", [&]<class T>() {
+    T* o = out.data<T>();
+    const T* s = src.data<T>();
+    // Parallel over (outer, column block); each task walks the indices in order: one writer per
+    // element and a fixed summation order.
+    constexpr std::int64_t kCols = 256;
+    const std::int64_t col_blocks = (I + kCols - 1) / kCols;
+    parallel_for(O * col_blocks, 1, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t t = b; t < e; ++t) {
+        const std::int64_t ob = t / col_blocks, c0 = (t % col_blocks) * kCols, c1 = std::min(I, c0 + kCols);
+        for (std::int64_t i = 0; i < M; ++i) {
+          T* dst = o + (ob * N + idx[i]) * I;
+          const T* from = s + (ob * M + i) * I;
+          for (std::int64_t c = c0; c < c1; ++c) dst[c] += from[c];
+        }
+      }
+    });
+  });
+}
+
+void gather(const Tensor& x, int axis, const Tensor& index, const Tensor& out) {
+  // out and index share a shape; x may be larger in every dim but `axis` is indexed.
+  const Shape& is = index.shape();
+  const Strides xs = x.strides();
+  const std::int64_t* idx = index.data<std::int64_t>();
+  const std::int64_t n = index.numel();
+  dispatch(x.dtype(), "gather", [&]<class T>() {
+    const T* xp = x.data<T>();
+    T* op = out.data<T>();
+    parallel_for(n, 1 << 14, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t f = b; f < e; ++f) {
+        std::int64_t rem = f, off = 0;
+        for (int d = is.size() - 1; d >= 0; --d) {
+          const std::int64_t i = rem % is[d];
+          rem /= is[d];
+          off += (d == axis ? idx[f] : i) * xs[d];
+        }
+        op[f] = xp[off];
+      }
+    });
+  });
+}
+
+void scatter_add(const Tensor& out, int axis, const Tensor& index, const Tensor& src) {
+  // Parallel over the positions of index with its `axis` coordinate fixed to 0; each task adds
+  // the entries along `axis` in order, so no two tasks touch one output element.
+  const Shape& is = index.shape();
+  const Strides os = out.strides(), ss = contiguous_strides(is);
+  Shape lanes = is;
+  lanes[axis] = 1;
+  const std::int64_t L = lanes.numel(), len = is[axis];
+  const std::int64_t* idx = index.data<std::int64_t>();
+  dispatch_numeric(out.dtype(), "scatter_add", [&]<class T>() {
+    T* op = out.data<T>();
+    const T* sp = src.data<T>();
+    parallel_for(L, 1 << 12, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t f = b; f < e; ++f) {
+        std::int64_t rem = f, out_off = 0, src_off = 0;
+        for (int d = lanes.size() - 1; d >= 0; --d) {
+          const std::int64_t i = rem % lanes[d];
+          rem /= lanes[d];
+          out_off += i * os[d];
+          src_off += i * ss[d];
+        }
+        for (std::int64_t j = 0; j < len; ++j) {
+          const std::int64_t s = src_off + j * ss[axis];
+          op[out_off + idx[s] * os[axis]] += sp[s];
+        }
+      }
+    });
+  });
+}
+
+}  // namespace tg::kernels

@@ -1,0 +1,136 @@
+#include "ops/kernels/softmax.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "core/parallel.hpp"
+
+namespace tg::kernels {
+namespace {
+
+template <class T>
+using B = xsimd::batch<T>;
+
+// A reduction over a row with 2 batch accumulators and a padded tail; `combine` works on batches
+// and on scalars.
+template <class T, class Load, class Combine>
+T row_reduce(std::int64_t n, T identity, Load load, Combine combine) {
+  constexpr std::int64_t W = B<T>::size;
+  B<T> a0(identity), a1(identity);
+  std::int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    a0 = combine(a0, load(i, W));
+    a1 = combine(a1, load(i + W, W));
+  }
+  for (; i < n; i += W) a0 = combine(a0, load(i, std::min(W, n - i)));
+  alignas(64) T lanes[W];
+  combine(a0, a1).store_aligned(lanes);
+  T r = lanes[0];
+  for (std::int64_t j = 1; j < W; ++j) r = combine(r, lanes[j]);
+  return r;
+}
+
+// Loads up to W elements (padding with `fill`).
+template <class T>
+B<T> load_partial(const T* p, std::int64_t count, T fill) {
+  constexpr std::int64_t W = B<T>::size;
+  if (count == W) return B<T>::load_unaligned(p);
+  alignas(64) T buf[W];
+  for (std::int64_t j = 0; j < W; ++j) buf[j] = j < count ? p[j] : fill;
+  return B<T>::load_aligned(buf);
+}
+
+template <class T>
+void store_partial(T* p, std::int64_t count, const B<T>& v) {
+  constexpr std::int64_t W = B<T>::size;
+  if (count == W) {
+    v.store_unaligned(p);
+    return;
+  }
+  alignas(64) T buf[W];
+  v.store_aligned(buf);
+  for (std::int64_t j = 0; j < count; ++j) p[j] = buf[j];
+}
+
+template <class T>
+void forward_row(const T* x, T* y, std::int64_t n, bool log) {
+  constexpr std::int64_t W = B<T>::size;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const T m = row_reduce<T>(n, neg_inf, [&](std::int64_t i, std::int64_t c) { return load_partial(x + i, c, neg_inf); },
+                            [](const auto& a, const auto& b) { return xsimd::max(a, b); });
+  const B<T> mb(m);
+  // Sum of exp(x - m); softmax stores the exponentials on the way.
+  const T s = row_reduce<T>(n, T(0),
+                            [&](std::int64_t i, std::int64_t c) {
+                              const B<T> e = xsimd::exp(load_partial(x + i, c, neg_inf) - mb);
+                              if (!log) store_partial(y + i, c, e);
+                              return e;
+                            },
+                            [](const auto& a, const auto& b) { return a + b; });
+  if (log) {
+    const B<T> shift(m + std::log(s));
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      store_partial(y + i, c, load_partial(x + i, c, T(0)) - shift);
+    }
+  } else {
+    const B<T> inv(T(1) / s);
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      store_partial(y + i, c, load_partial(y + i, c, T(0)) * inv);
+    }
+  }
+}
+
+template <class T>
+void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
+  constexpr std::int64_t W = B<T>::size;
+  auto add = [](const auto& a, const auto& b) { return a + b; };
+  if (log) {
+    const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_partial(g + i, c, T(0)); }, add));
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      store_partial(gx + i, c, load_partial(g + i, c, T(0)) - xsimd::exp(load_partial(y + i, c, T(0))) * sg);
+    }
+  } else {
+    const B<T> dot(row_reduce<T>(
+        n, T(0), [&](std::int64_t i, std::int64_t c) { return load_partial(g + i, c, T(0)) * load_partial(y + i, c, T(0)); },
+        add));
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      const B<T> yv = load_partial(y + i, c, T(0));
+      store_partial(gx + i, c, yv * (load_partial(g + i, c, T(0)) - dot));
+    }
+  }
+}
+
+std::int64_t row_grain(std::int64_t n) { return std::max<std::int64_t>(1, (1 << 14) / std::max<std::int64_t>(n, 1)); }
+
+}  // namespace
+
+void softmax_forward(const Tensor& x, const Tensor& y, bool log) {
+  const std::int64_t rows = x.shape()[0], n = x.shape()[1];
+  dispatch_float(x.dtype(), "softmax", [&]<class T>() {
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    parallel_for(rows, row_grain(n), [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t r = b; r < e; ++r) forward_row(xp + r * n, yp + r * n, n, log);
+    });
+  });
+}
+
+void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& gx, bool log) {
+  const std::int64_t rows = y.shape()[0], n = y.shape()[1];
+  dispatch_float(y.dtype(), "softmax", [&]<class T>() {
+    const T* yp = y.data<T>();
+    const T* gp = g.data<T>();
+    T* gxp = gx.data<T>();
+    parallel_for(rows, row_grain(n), [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t r = b; r < e; ++r) backward_row(yp + r * n, gp + r * n, gxp + r * n, n, log);
+    });
+  });
+}
+
+}  // namespace tg::kernels

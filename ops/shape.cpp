@@ -1,0 +1,315 @@
+// Shape and indexing ops: frontends and backward rules (kernels in ops/kernels/index.cpp).
+#include "ops/shape.hpp"
+
+#include <numeric>
+
+#include "core/autograd.hpp"
+#include "core/copy.hpp"
+#include "ops/common.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/kernels/index.hpp"
+
+namespace tg::ops {
+
+using autograd::input_needs_grad;
+using autograd::record;
+using detail::check_defined;
+
+namespace {
+
+// An index tensor as contiguous i64, with every entry checked against [-size, size).
+// Negative entries count from the end, as in Python.
+Tensor checked_index(const Tensor& index, std::int64_t size, const char* op) {
+  check_defined(index, op, "index");
+  TG_CHECK(index.dtype() == DType::i64 || index.dtype() == DType::i32,
+           "{}: index must be an integer tensor (i64 or i32), got {} (shape {})", op, index.dtype(), index.shape());
+  Tensor idx = index.detach().to(DType::i64).contiguous();
+  if (idx.is_same(index)) idx = idx.clone();  // we may rewrite negative entries
+  std::int64_t* p = idx.data<std::int64_t>();
+  for (std::int64_t i = 0; i < idx.numel(); ++i) {
+    TG_CHECK(p[i] >= -size && p[i] < size, "{}: index {} is out of range for a dim of size {}", op, p[i], size);
+    if (p[i] < 0) p[i] += size;
+  }
+  return idx;
+}
+
+}  // namespace
+
+Tensor cat(const Tensors& xs, std::int64_t axis) {
+  TG_CHECK(!xs.empty(), "cat: expected at least one tensor");
+  for (std::size_t i = 0; i < xs.size(); ++i) TG_CHECK(xs[i].defined(), "cat: tensor {} is undefined", i);
+  const Shape& first = xs[0].shape();
+  TG_CHECK(first.size() > 0, "cat: cannot concatenate 0-d tensors; use stack");
+  const int a = normalize_axis(axis, first.size(), "cat", first);
+  DType dtype = xs[0].dtype();
+  Shape out_shape = first;
+  out_shape[a] = 0;
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const Shape& s = xs[i].shape();
+    bool match = s.size() == first.size();
+    for (int d = 0; match && d < s.size(); ++d) match = d == a || s[d] == first[d];
+    TG_CHECK(match, "cat: tensor {} has shape {}, which does not match shape {} of tensor 0 outside dim {}", i, s,
+             first, a);
+    out_shape[a] += s[a];
+    dtype = promote(dtype, xs[i].dtype());
+  }
+  Tensor out = empty(out_shape, dtype);
+  std::vector<std::int64_t> sizes;
+  std::int64_t at = 0;
+  for (const Tensor& x : xs) {
+    tg::detail::copy_into(out.narrow(a, at, x.shape()[a]).detach(), x);
+    at += x.shape()[a];
+    sizes.push_back(x.shape()[a]);
+  }
+  Tensors inputs;
+  for (const Tensor& x : xs) inputs.push_back(x.to(dtype));
+  return record("cat", inputs, out, [a, sizes](const Tensor& g) {
+    Tensors grads;
+    std::int64_t off = 0;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      grads.push_back(input_needs_grad(i) ? g.narrow(a, off, sizes[i]) : Tensor());
+      off += sizes[i];
+    }
+    return grads;
+  });
+}
+
+Tensor stack(const Tensors& xs, std::int64_t axis) {
+  TG_CHECK(!xs.empty(), "stack: expected at least one tensor");
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    TG_CHECK(xs[i].defined(), "stack: tensor {} is undefined", i);
+    TG_CHECK(xs[i].shape() == xs[0].shape(), "stack: tensor {} has shape {} but tensor 0 has shape {}", i,
+             xs[i].shape(), xs[0].shape());
+  }
+  const int a = normalize_axis(axis, xs[0].dim() + 1, "stack", xs[0].shape());
+  Tensors expanded;
+  for (const Tensor& x : xs) expanded.push_back(x.unsqueeze(a));
+  return cat(expanded, a);
+}
+
+Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis) {
+  check_defined(x, "split", "x");
+  const int a = normalize_axis(axis, x.dim(), "split", x.shape());
+  TG_CHECK(size > 0, "split: size must be positive, got {}", size);
+  Tensors parts;
+  for (std::int64_t at = 0; at < x.shape()[a]; at += size) parts.push_back(x.narrow(a, at, std::min(size, x.shape()[a] - at)));
+  return parts;
+}
+
+Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis) {
+  check_defined(x, "split", "x");
+  const int a = normalize_axis(axis, x.dim(), "split", x.shape());
+  const std::int64_t total = std::accumulate(sizes.begin(), sizes.end(), std::int64_t{0});
+  TG_CHECK(total == x.shape()[a], "split: sizes add up to {} but dim {} has size {} (shape {})", total, a,
+           x.shape()[a], x.shape());
+  Tensors parts;
+  std::int64_t at = 0;
+  for (std::int64_t s : sizes) {
+    TG_CHECK(s >= 0, "split: negative size {}", s);
+    parts.push_back(x.narrow(a, at, s));
+    at += s;
+  }
+  return parts;
+}
+
+Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis) {
+  check_defined(x, "chunk", "x");
+  TG_CHECK(n > 0, "chunk: the number of chunks must be positive, got {}", n);
+  const int a = normalize_axis(axis, x.dim(), "chunk", x.shape());
+  const std::int64_t size = std::max<std::int64_t>(1, (x.shape()[a] + n - 1) / n);
+  return split(x, size, a);
+}
+
+Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index) {
+  check_defined(x, "index_select", "x");
+  TG_CHECK(x.dim() > 0, "index_select: expected a tensor with at least one dim");
+  const int a = normalize_axis(axis, x.dim(), "index_select", x.shape());
+  TG_CHECK(index.defined() && index.dim() <= 1, "index_select: index must be 1-D, got shape {}",
+           index.defined() ? index.shape() : Shape{});
+  const Tensor idx = checked_index(index, x.shape()[a], "index_select");
+  // View x as [outer, N, inner] (contiguous) and gather rows.
+  std::int64_t outer = 1, inner = 1;
+  for (int d = 0; d < a; ++d) outer *= x.shape()[d];
+  for (int d = a + 1; d < x.dim(); ++d) inner *= x.shape()[d];
+  const Tensor xc = x.detach().contiguous().reshape({outer, x.shape()[a], inner});
+  Shape out_shape = x.shape();
+  out_shape[a] = idx.numel();
+  Tensor out = empty(out_shape, x.dtype());
+  kernels::index_select(xc, idx, out.reshape({outer, idx.numel(), inner}));
+  return record("index_select", {x}, out, [in_shape = x.shape(), outer, n = x.shape()[a], inner, idx](const Tensor& g) {
+    Tensor gx = zeros({outer, n, inner}, g.dtype());
+    kernels::index_add(gx, idx, g.contiguous().reshape({outer, idx.numel(), inner}));
+    return Tensors{gx.reshape(in_shape)};
+  });
+}
+
+Tensor embedding(const Tensor& weight, const Tensor& index) {
+  check_defined(weight, "embedding", "weight");
+  TG_CHECK(weight.dim() == 2, "embedding: weight must be [num_embeddings, dim], got shape {}", weight.shape());
+  check_defined(index, "embedding", "index");
+  Shape out_shape = index.shape();
+  out_shape.push_back(weight.shape()[1]);
+  return index_select(weight, 0, index.reshape({-1})).reshape(out_shape);
+}
+
+Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index) {
+  check_defined(x, "gather", "x");
+  check_defined(index, "gather", "index");
+  const int a = normalize_axis(axis, x.dim(), "gather", x.shape());
+  TG_CHECK(index.dim() == x.dim(), "gather: index has {} dims but x has {} (shapes {} and {})", index.dim(), x.dim(),
+           index.shape(), x.shape());
+  for (int d = 0; d < x.dim(); ++d)
+    TG_CHECK(d == a || index.shape()[d] <= x.shape()[d],
+             "gather: index shape {} exceeds x shape {} in dim {} ({} > {})", index.shape(), x.shape(), d,
+             index.shape()[d], x.shape()[d]);
+  const Tensor idx = checked_index(index, x.shape()[a], "gather");
+  Tensor out = empty(index.shape(), x.dtype());
+  kernels::gather(x.detach(), a, idx, out);
+  return record("gather", {x}, out, [in_shape = x.shape(), a, idx](const Tensor& g) {
+    Tensor gx = zeros(in_shape, g.dtype());
+    kernels::scatter_add(gx, a, idx, g.contiguous());
+    return Tensors{gx};
+  });
+}
+
+Tensor scatter_add(const Tensor& x, std::int64_t axis, const Tensor& index, const Tensor& src) {
+  check_defined(x, "scatter_add", "x");
+  check_defined(src, "scatter_add", "src");
+  check_defined(index, "scatter_add", "index");
+  const int a = normalize_axis(axis, x.dim(), "scatter_add", x.shape());
+  TG_CHECK(index.shape() == src.shape(), "scatter_add: index shape {} must equal src shape {}", index.shape(),
+           src.shape());
+  TG_CHECK(index.dim() == x.dim(), "scatter_add: index has {} dims but x has {}", index.dim(), x.dim());
+  for (int d = 0; d < x.dim(); ++d)
+    TG_CHECK(d == a || index.shape()[d] <= x.shape()[d],
+             "scatter_add: index shape {} exceeds x shape {} in dim {}", index.shape(), x.shape(), d);
+  const Tensor idx = checked_index(index, x.shape()[a], "scatter_add");
+  const Tensor s = src.to(x.dtype());
+  Tensor out = x.detach().clone();
+  kernels::scatter_add(out, a, idx, s.detach().contiguous());
+  return record("scatter_add", {x, s}, out, [a, idx](const Tensor& g) {
+    Tensor gs;
+    if (input_needs_grad(1)) {
+      gs = empty(idx.shape(), g.dtype());
+      kernels::gather(g, a, idx, gs);
+    }
+    return Tensors{g, gs};
+  });
+}
+
+Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype) {
+  TG_CHECK(num_classes > 0, "one_hot: num_classes must be positive, got {}", num_classes);
+  const Tensor idx = checked_index(index, num_classes, "one_hot");
+  Shape shape = index.shape();
+  shape.push_back(num_classes);
+  Tensor out = zeros(shape, dtype);
+  const std::int64_t* p = idx.data<std::int64_t>();
+  dispatch(dtype, "one_hot", [&]<class T>() {
+    T* o = out.data<T>();
+    for (std::int64_t i = 0; i < idx.numel(); ++i) o[i * num_classes + p[i]] = T(1);
+  });
+  return out;
+}
+
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  check_defined(x, "masked_fill", "x");
+  check_defined(mask, "masked_fill", "mask");
+  TG_CHECK(mask.dtype() == DType::boolean, "masked_fill: mask must be a bool tensor, got {}", mask.dtype());
+  TG_CHECK(broadcast_shapes(x.shape(), mask.shape(), "masked_fill") == x.shape(),
+           "masked_fill: mask of shape {} does not broadcast to x's shape {}", mask.shape(), x.shape());
+  return where(mask, value, x);
+}
+
+namespace {
+Tensor triangle(const char* op, const Tensor& x, std::int64_t k, bool lower) {
+  check_defined(x, op, "x");
+  TG_CHECK(x.dim() >= 2, "{}: expected a tensor with at least 2 dims, got shape {}", op, x.shape());
+  const std::int64_t n = x.shape()[x.dim() - 2], m = x.shape()[x.dim() - 1];
+  Tensor keep = empty({n, m}, DType::boolean);
+  bool* p = keep.data<bool>();
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < m; ++j) p[i * m + j] = lower ? j - i <= k : j - i >= k;
+  return where(keep, x, 0.0);
+}
+}  // namespace
+
+Tensor tril(const Tensor& x, std::int64_t k) { return triangle("tril", x, k, true); }
+Tensor triu(const Tensor& x, std::int64_t k) { return triangle("triu", x, k, false); }
+
+Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode, double value) {
+  check_defined(x, "pad", "x");
+  TG_CHECK(pads.size() % 2 == 0 && static_cast<int>(pads.size()) / 2 <= x.dim(),
+           "pad: expected an even number of pad sizes for at most {} dims, got {}", x.dim(), pads.size());
+  Tensor out = x;
+  for (std::size_t p = 0; p < pads.size() / 2; ++p) {
+    const int d = x.dim() - 1 - static_cast<int>(p);
+    const std::int64_t left = pads[2 * p], right = pads[2 * p + 1], n = out.shape()[d];
+    if (left == 0 && right == 0) continue;
+    if (mode == PadMode::constant) {
+      // Crop first (negative pads), then surround with constant blocks.
+      const std::int64_t crop_l = std::max<std::int64_t>(0, -left), crop_r = std::max<std::int64_t>(0, -right);
+      TG_CHECK(crop_l + crop_r <= n, "pad: cropping {} elements from dim {} of size {}", crop_l + crop_r, d, n);
+      out = out.narrow(d, crop_l, n - crop_l - crop_r);
+      Tensors parts;
+      Shape side = out.shape();
+      if (left > 0) {
+        side[d] = left;
+        parts.push_back(full(side, value, out.dtype()));
+      }
+      parts.push_back(out);
+      if (right > 0) {
+        side[d] = right;
+        parts.push_back(full(side, value, out.dtype()));
+      }
+      out = parts.size() == 1 ? out : cat(parts, d);
+      continue;
+    }
+    // reflect / replicate: gather source positions with index_select (its backward sums repeats).
+    TG_CHECK(left >= 0 && right >= 0, "pad: {} padding needs non-negative pad sizes, got {} and {}",
+             mode == PadMode::reflect ? "reflect" : "replicate", left, right);
+    TG_CHECK(mode != PadMode::reflect || (left < n && right < n),
+             "pad: reflect padding ({}, {}) must be smaller than dim {} of size {}", left, right, d, n);
+    TG_CHECK(n > 0, "pad: cannot pad dim {} of size 0 with {} mode", d, mode == PadMode::reflect ? "reflect" : "replicate");
+    std::vector<std::int64_t> src;
+    for (std::int64_t i = -left; i < n + right; ++i) {
+      std::int64_t j = i;
+      if (mode == PadMode::reflect) j = i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i);
+      else j = std::clamp<std::int64_t>(i, 0, n - 1);
+      src.push_back(j);
+    }
+    out = index_select(out, d, from_vector(src));
+  }
+  return out.is_same(x) ? x : out;
+}
+
+Tensor repeat(const Tensor& x, const Shape& repeats) {
+  check_defined(x, "repeat", "x");
+  TG_CHECK(repeats.size() >= x.dim(), "repeat: got {} repeats for a {}-d tensor; need at least one per dim",
+           repeats.size(), x.dim());
+  const int lead = repeats.size() - x.dim();
+  Shape interleaved, expanded, out_shape;  // [r0, s0, r1, s1, ...] -> expand -> merge pairs
+  for (int d = 0; d < repeats.size(); ++d) {
+    const std::int64_t s = d < lead ? 1 : x.shape()[d - lead];
+    TG_CHECK(repeats[d] >= 0, "repeat: negative repeat count {}", repeats[d]);
+    interleaved.push_back(1);
+    interleaved.push_back(s);
+    expanded.push_back(repeats[d]);
+    expanded.push_back(s);
+    out_shape.push_back(repeats[d] * s);
+  }
+  TG_CHECK(interleaved.size() <= kMaxDims, "repeat: {} dims would need an intermediate of {} dims (max {})",
+           repeats.size(), interleaved.size(), kMaxDims);
+  return x.reshape(interleaved).expand(expanded).reshape(out_shape);
+}
+
+Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis) {
+  check_defined(x, "roll", "x");
+  const int a = normalize_axis(axis, x.dim(), "roll", x.shape());
+  const std::int64_t n = x.shape()[a];
+  if (n == 0) return x;
+  const std::int64_t s = ((shift % n) + n) % n;
+  if (s == 0) return x;
+  return cat({x.narrow(a, n - s, s), x.narrow(a, 0, n - s)}, a);
+}
+
+}  // namespace tg::ops

@@ -1,0 +1,49 @@
+// Shape and indexing ops: joining and splitting, gathering and scattering, padding, masks.
+// Index tensors are i64 (or i32); out-of-range indices raise an error naming the op.
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace tg::ops {
+
+// Joins tensors of equal shape except along `axis` (dtypes promote).
+Tensor cat(const Tensors& xs, std::int64_t axis);
+// Joins tensors of equal shape along a new axis.
+Tensor stack(const Tensors& xs, std::int64_t axis);
+// Views of consecutive pieces along `axis`: of `size` elements each (the last may be shorter), or
+// of the listed sizes (which must add up to the dim).
+Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis);
+Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis);
+// n pieces of (nearly) equal size, as torch.chunk.
+Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis);
+
+// Rows `index[i]` of x along `axis`: out.shape[axis] = index.numel() (index is 1-D).
+Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);
+// out[..., i, ...] = x[..., index[..., i, ...], ...] along `axis` (torch.gather); index has x's rank.
+Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index);
+// x with src added at the positions `index` names along `axis` (torch.scatter_add); deterministic.
+Tensor scatter_add(const Tensor& x, std::int64_t axis, const Tensor& index, const Tensor& src);
+// Rows of an embedding table: weight [V, D], index of any shape -> [*index.shape, D].
+Tensor embedding(const Tensor& weight, const Tensor& index);
+// One-hot encoding of integer classes: [*index.shape, num_classes] (not differentiable).
+Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype = DType::f32);
+
+// x with `value` where mask (bool, broadcast to x's shape) is true.
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+// Lower/upper triangle of the last two dims (k shifts the diagonal), zeros elsewhere.
+Tensor tril(const Tensor& x, std::int64_t k = 0);
+Tensor triu(const Tensor& x, std::int64_t k = 0);
+
+enum class PadMode { constant, reflect, replicate };
+// Pads the last dims: pads = {left, right} for the last dim, then {left, right} for the one
+// before, and so on (torch.nn.functional.pad order). Negative pads crop (constant mode).
+Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode = PadMode::constant,
+           double value = 0.0);
+// Tiles x: out.shape[d] = x.shape[d] * repeats[d] (extra leading repeats add dims), as torch.repeat.
+Tensor repeat(const Tensor& x, const Shape& repeats);
+// Shifts elements along `axis` by `shift` (wrapping around).
+Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis);
+
+}  // namespace tg::ops

@@ -1,0 +1,138 @@
+// Shape and indexing ops: forward vs hand-computed/naive results, gradchecks (non-contiguous and
+// odd sizes), determinism of scatters across thread counts, errors for bad indices.
+#include <catch2/catch.hpp>
+
+#include "core/autograd.hpp"
+#include "core/random.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+#include "tests/support/gradcheck.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+Tensor i64(std::initializer_list<double> v, const Shape& s) { return tensor(v, s, DType::i64); }
+Tensor i64(std::initializer_list<double> v) { return tensor(v, DType::i64); }
+}  // namespace
+
+TEST_CASE("cat, stack, split, chunk", "[ops][shape][grad][cat]") {
+  const Tensor a = tensor({1, 2, 3, 4}, {2, 2}), b = tensor({5, 6}, {2, 1});
+  CHECK(ops::cat({a, b}, 1).to_vector<float>() == std::vector<float>{1, 2, 5, 3, 4, 6});
+  CHECK(ops::cat({a, a}, 0).shape() == Shape{4, 2});
+  CHECK(ops::cat({a, tensor({7, 8}, {1, 2}, DType::f64)}, 0).dtype() == DType::f64);
+  CHECK(ops::stack({a, a}, 0).shape() == Shape{2, 2, 2});
+  CHECK(ops::stack({a, a}, 2).shape() == Shape{2, 2, 2});
+  CHECK(ops::stack({a, a}, -1).at<float>({1, 0, 1}) == 3.0f);
+  const Tensors parts = ops::split(arange(7), 3, 0);
+  REQUIRE(parts.size() == 3);
+  CHECK(parts[2].to_vector<std::int64_t>() == std::vector<std::int64_t>{6});
+  CHECK(ops::split(arange(7), {2, 5}, 0)[1].numel() == 5);
+  CHECK(ops::chunk(arange(10), 3, 0).size() == 3);
+  CHECK(ops::chunk(arange(10), 3, 0)[0].numel() == 4);
+
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::cat({v[0], v[1], v[0]}, 1); },
+                  {test::transposed_layout(test::randn({3, 4}, DType::f64, 1)), test::randn({3, 1}, DType::f64, 2)});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::stack({v[0], v[1]}, 1); },
+                  {test::randn({7}, DType::f64, 3), test::strided_layout(test::randn({7}, DType::f64, 4))});
+  CHECK_GRADCHECK([](const Tensors& v) {
+    const Tensors p = ops::chunk(v[0], 3, 1);
+    return p[2] * p[0].narrow(1, 0, p[2].shape()[1]);
+  }, {test::randn({2, 17}, DType::f64, 5)});
+  CHECK_THROWS_WITH(ops::cat({a, tensor({1, 2, 3}, {1, 3})}, 0),
+                    Contains("cat: tensor 1 has shape [1, 3], which does not match shape [2, 2] of tensor 0 outside dim 0"));
+  CHECK_THROWS_WITH(ops::stack({a, b}, 0), Contains("stack: tensor 1 has shape [2, 1] but tensor 0 has shape [2, 2]"));
+  CHECK_THROWS_WITH(ops::split(arange(4), {1, 2}, 0), Contains("split: sizes add up to 3 but dim 0 has size 4"));
+}
+
+TEST_CASE("index_select and embedding", "[ops][shape][grad][index_select]") {
+  const Tensor x = arange(0.0, 12.0, 1.0, DType::f64).reshape({3, 4});
+  CHECK(ops::index_select(x, 0, i64({2, 0, 2})).to_vector<double>() ==
+        std::vector<double>{8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11});
+  CHECK(ops::index_select(x, 1, i64({-1})).to_vector<double>() == std::vector<double>{3, 7, 11});
+  CHECK(ops::index_select(x.t(), 0, tensor({1}, DType::i32)).to_vector<double>() == std::vector<double>{1, 5, 9});
+  const Tensor emb = ops::embedding(x, i64({1, 1, 0, 2}, {2, 2}));
+  CHECK(emb.shape() == Shape{2, 2, 4});
+  CHECK(emb.at<double>({1, 1, 3}) == 11.0);
+  // Repeated indices accumulate in the backward.
+  Tensor w = zeros({3, 2}, DType::f64).requires_grad_();
+  ops::sum(ops::embedding(w, i64({1, 1, 1, 0}))).backward();
+  CHECK(w.grad().to_vector<double>() == std::vector<double>{1, 1, 3, 3, 0, 0});
+  for (int axis : {0, 1, 2})
+    CHECK_GRADCHECK([axis](const Tensors& v) { return ops::index_select(v[0], axis, i64({2, 0, 2, 1})); },
+                    {test::transposed_layout(test::randn({3, 4, 5}, DType::f64, 6))});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::embedding(v[0], i64({6, 0, 6, 3, 6}, {5})); },
+                  {test::randn({7, 17}, DType::f64, 7)});
+  CHECK_THROWS_WITH(ops::index_select(x, 0, i64({3})), Contains("index_select: index 3 is out of range for a dim of size 3"));
+  CHECK_THROWS_WITH(ops::embedding(x, i64({-4})), Contains("out of range"));
+  CHECK_THROWS_WITH(ops::index_select(x, 0, tensor({0.0})), Contains("index must be an integer tensor"));
+  // Deterministic accumulation for many repeated rows.
+  const Tensor idx = randint(0, 50, {20000}, DType::i64);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor table = test::randn({50, 300}, DType::f32, 8).requires_grad_();
+    ops::embedding(table, idx).backward(test::randn({20000, 300}, DType::f32, 9));
+    return Tensors{table.grad()};
+  }));
+}
+
+TEST_CASE("gather and scatter_add", "[ops][shape][grad][gather][scatter_add]") {
+  const Tensor x = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
+  CHECK(ops::gather(x, 1, i64({2, 0, 1, 1}, {2, 2})).to_vector<double>() == std::vector<double>{3, 1, 5, 5});
+  CHECK(ops::gather(x, 0, i64({1, 0, 1}, {1, 3})).to_vector<double>() == std::vector<double>{4, 2, 6});
+  const Tensor s = ops::scatter_add(zeros({2, 3}, DType::f64), 1, i64({0, 0, 2, 1}, {2, 2}), tensor({1, 2, 3, 4}, {2, 2}, DType::f64));
+  CHECK(s.to_vector<double>() == std::vector<double>{3, 0, 0, 0, 4, 3});
+  const Tensor idx = i64({2, 0, 1, 1, 0, 2, 2, 2}, {2, 4});
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::gather(v[0], 1, idx); },
+                  {test::transposed_layout(test::randn({2, 3}, DType::f64, 10))});
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::scatter_add(v[0], 1, idx, v[1]); },
+                  {test::randn({3, 3}, DType::f64, 11), test::strided_layout(test::randn({2, 4}, DType::f64, 12))});
+  CHECK_THROWS_WITH(ops::gather(x, 1, i64({3}, {1, 1})), Contains("gather: index 3 is out of range"));
+  CHECK_THROWS_WITH(ops::gather(x, 1, i64({0}, {1})), Contains("gather: index has 1 dims but x has 2"));
+  CHECK_THROWS_WITH(ops::scatter_add(x, 0, i64({0}, {1, 1}), zeros({2, 1}, DType::f64)), Contains("must equal src shape"));
+  const Tensor big_idx = randint(0, 40, {64, 3000}, DType::i64);
+  CHECK(test::same_bits_across_threads([&] {
+    return Tensors{ops::scatter_add(zeros({64, 40}), 1, big_idx, test::randn({64, 3000}, DType::f32, 13))};
+  }));
+}
+
+TEST_CASE("masked_fill, tril, triu, one_hot", "[ops][shape]") {
+  const Tensor x = tensor({1, 2, 3, 4, 5, 6, 7, 8, 9}, {3, 3}, DType::f64);
+  CHECK(ops::masked_fill(x, ops::gt(x, 4.0), -1).to_vector<double>() == std::vector<double>{1, 2, 3, 4, -1, -1, -1, -1, -1});
+  CHECK(ops::masked_fill(x, tensor({1, 0, 0}, DType::boolean), 0).to_vector<double>() == std::vector<double>{0, 2, 3, 0, 5, 6, 0, 8, 9});
+  CHECK(ops::tril(x).to_vector<double>() == std::vector<double>{1, 0, 0, 4, 5, 0, 7, 8, 9});
+  CHECK(ops::triu(x, 1).to_vector<double>() == std::vector<double>{0, 2, 3, 0, 0, 6, 0, 0, 0});
+  CHECK(ops::tril(x, -1).to_vector<double>() == std::vector<double>{0, 0, 0, 4, 0, 0, 7, 8, 0});
+  CHECK(ops::one_hot(i64({2, 0}), 3).to_vector<float>() == std::vector<float>{0, 0, 1, 1, 0, 0});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::tril(v[0], 1) + ops::masked_fill(v[0], ops::gt(v[0], 0.0), 2.0); },
+                  {test::transposed_layout(test::randn({4, 5}, DType::f64, 14))});
+  CHECK_THROWS_WITH(ops::one_hot(i64({3}), 3), Contains("one_hot: index 3 is out of range for a dim of size 3"));
+  CHECK_THROWS_WITH(ops::masked_fill(x, tensor({1, 0}, DType::boolean), 0), Contains("cannot be broadcast"));
+  CHECK_THROWS_WITH(ops::masked_fill(zeros({3}), ones({2, 3}, DType::boolean), 0), Contains("does not broadcast to x's shape"));
+}
+
+TEST_CASE("pad, repeat, roll", "[ops][shape]") {
+  const Tensor x = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
+  CHECK(ops::pad(x, {1, 2}).to_vector<double>() == std::vector<double>{0, 1, 2, 3, 0, 0, 0, 4, 5, 6, 0, 0});
+  CHECK(ops::pad(x, {0, 0, 1, 0}, ops::PadMode::constant, 9).to_vector<double>() ==
+        std::vector<double>{9, 9, 9, 1, 2, 3, 4, 5, 6});
+  CHECK(ops::pad(x, {2, 1}, ops::PadMode::reflect).to_vector<double>() ==
+        std::vector<double>{3, 2, 1, 2, 3, 2, 6, 5, 4, 5, 6, 5});
+  CHECK(ops::pad(x, {1, 1}, ops::PadMode::replicate).to_vector<double>() ==
+        std::vector<double>{1, 1, 2, 3, 3, 4, 4, 5, 6, 6});
+  CHECK(ops::pad(x, {-1, 0}).to_vector<double>() == std::vector<double>{2, 3, 5, 6});
+  CHECK(ops::repeat(tensor({1, 2}), {2, 2}).to_vector<float>() == std::vector<float>{1, 2, 1, 2, 1, 2, 1, 2});
+  CHECK(ops::repeat(x, {1, 2}).shape() == Shape{2, 6});
+  CHECK(ops::roll(arange(5), 2, 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{3, 4, 0, 1, 2});
+  CHECK(ops::roll(arange(5), -1, 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 2, 3, 4, 0});
+  const Tensor in = test::transposed_layout(test::randn({3, 5}, DType::f64, 15));
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {1, 2, 2, 1}, ops::PadMode::reflect); }, {in});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {2, 3}, ops::PadMode::replicate); }, {in});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {1, -1, 0, 2}, ops::PadMode::constant, 0.5); }, {in});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::repeat(v[0], {2, 1, 3}); }, {in});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::roll(v[0], 3, 1); }, {in});
+  CHECK_THROWS_WITH(ops::pad(x, {3, 0}, ops::PadMode::reflect), Contains("reflect padding (3, 0) must be smaller than dim 1 of size 3"));
+  CHECK_THROWS_WITH(ops::pad(x, {1}), Contains("pad: expected an even number of pad sizes"));
+  CHECK_THROWS_WITH(ops::repeat(x, {2}), Contains("repeat: got 1 repeats for a 2-d tensor"));
+}
