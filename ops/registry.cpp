@@ -25,6 +25,8 @@ std::span<const OpInfo> differentiable_ops() {
       {"cat", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
       // ops/loss.cpp
       {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"},
+      // ops/linalg.cpp
+      {"matmul", "ops"}, {"linear", "ops"},
   });
   return kOps;
 }

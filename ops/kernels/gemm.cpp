@@ -1,0 +1,699 @@
+// GEMM for strided fp32 / fp64 matrices, GotoBLAS/BLIS style.
+//
+// Blocking scheme (MR x NR micro-tile, KC k-block, MC x NC cache blocks):
+//
+//   C[m, n] is computed in k-blocks of (at most) KC: for block q, C += A[:, q] · B[q, :]
+//   (block 0 overwrites C unless accumulating). KC depends only on k, so the summation order of
+//   every element is fixed: within a block one FMA chain in k order starting from 0, then one add
+//   into C per block, in block order. Nothing else (thread count, tiling, which code path handles
+//   an edge) changes the bits.
+//
+//   1. A is packed once per call into a shared buffer: per k-block, row panels of MR rows stored
+//      k-major (MR consecutive values per k). Packing absorbs any strides / transposition.
+//   2. C is cut into tiles (column tiles first, then row tiles if needed for parallelism); TBB
+//      runs the tiles. A tile walks its columns in chunks of NC; per (chunk, k-block) it packs
+//      B into a thread-local buffer (column panels of NR, k-major, L2-resident) and then, for row
+//      blocks of MC (the A block stays in L2), runs the micro-kernel over every NR x MR pair.
+//   3. The micro-kernel keeps an MR x NR tile of C in registers (AVX-512 fp32: 14 x 32 = 28 zmm
+//      accumulators), per k loads NR values of B as vectors and broadcasts MR values of A.
+//      Edge tiles use the same kernel instantiated for fewer rows / vectors, with masked stores
+//      for a partial last vector, so no work is wasted on padding rows.
+//
+// Small products run the same algorithm on the calling thread (no TBB overhead); a column-major
+// C is handled by computing C^T = B^T · A^T, which has identical bits.
+#include "ops/kernels/gemm.hpp"
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+#include <oneapi/tbb/task_arena.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+#if XSIMD_WITH_AVX512F
+#include <immintrin.h>
+#endif
+
+namespace tg::kernels {
+namespace {
+
+template <class T>
+using Batch = xsimd::batch<T>;
+
+// Register blocking per target. AVX-512: 32 zmm registers = 28 accumulators + 2 B vectors +
+// 1 broadcast (measured ~95% of FMA peak in L1). Narrower targets have 16 registers: 6 x 2 vectors.
+#if XSIMD_WITH_AVX512F
+constexpr int kMR = 14;
+#else
+constexpr int kMR = 6;
+#endif
+constexpr int kNV = 2;  // B vectors per k step (NR = kNV * lanes)
+
+template <class T>
+struct Blocking {
+  static constexpr int L = static_cast<int>(Batch<T>::size);
+  static constexpr int MR = kMR;
+  static constexpr int NR = kNV * L;
+  // Cache blocks in bytes-equivalent terms: B chunk KC x NC (~768 KiB fp32) and A block MC x KC
+  // (~340 KiB fp32) share the 2 MiB L2; a KC x NR B micro-panel (48 KiB) sits in L1/L2.
+#ifndef PF_LOC
+#define PF_LOC 3
+#endif
+#ifndef TUNE_KC
+#define TUNE_KC 384
+#define TUNE_MCP 16
+#define TUNE_NCP 16
+#endif
+  static constexpr int64_t KC = TUNE_KC;
+  static constexpr int64_t MC = TUNE_MCP * MR;
+  static constexpr int64_t NC = TUNE_NCP * NR;
+};
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------------------------------------
+// Scratch memory. Big blocks are 2 MiB aligned and marked for transparent huge pages (packed
+// panels are streamed, so TLB misses matter). Buffers are kept for reuse: a fresh allocation per
+// call would cost page faults.
+
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(ptr_); }
+
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(ptr_);
+      constexpr size_t kHuge = size_t{2} << 20;
+      size_t align = bytes >= kHuge / 2 ? kHuge : 4096;
+      size_ = (bytes + align - 1) / align * align;
+      ptr_ = std::aligned_alloc(align, size_);
+      if (!ptr_) {
+        size_ = 0;
+        throw std::bad_alloc();
+      }
+      if (align == kHuge) madvise(ptr_, size_, MADV_HUGEPAGE);
+    }
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Per-call buffers (the packed A shared by all tiles of one call). A pool rather than a
+// thread_local: a thread waiting in parallel_for may run tasks of another gemm call.
+class BufferPool {
+ public:
+  std::unique_ptr<AlignedBuffer> acquire() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<AlignedBuffer>();
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void release(std::unique_ptr<AlignedBuffer> b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<AlignedBuffer>> free_;
+};
+
+BufferPool& buffer_pool() {
+  static BufferPool pool;
+  return pool;
+}
+
+struct PooledBuffer {
+  std::unique_ptr<AlignedBuffer> buf = buffer_pool().acquire();
+  ~PooledBuffer() { buffer_pool().release(std::move(buf)); }
+};
+
+// Thread-local scratch for B panels. Only used inside leaf work (no TBB waits while it is live),
+// so no other task can run on this thread and reuse it meanwhile.
+template <class T>
+T* thread_scratch(size_t elems) {
+  thread_local AlignedBuffer buf;
+  return static_cast<T*>(buf.get(elems * sizeof(T)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing. A panel holds `lines` (<= W) lines of length kc and is stored k-major:
+// dst[p * W + l] = src(l, p) = src[l * ls + p * ps], zero for lines <= l < W.
+// For A the lines are rows (ls = rs, ps = cs), for B the lines are columns (ls = cs, ps = rs).
+
+#if XSIMD_WITH_AVX512F
+// In-register transposes: r[i][j] -> r[j][i].
+inline void transpose16x16(__m512 r[16]) {
+  __m512 u[16], v[16];
+  for (int i = 0; i < 16; i += 2) {  // interleave row pairs within 128-bit lanes
+    u[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    u[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 64-bit interleave: lane l of v[i + c] = column 4l + c
+    __m512d a0 = _mm512_castps_pd(u[i]), a1 = _mm512_castps_pd(u[i + 1]);
+    __m512d a2 = _mm512_castps_pd(u[i + 2]), a3 = _mm512_castps_pd(u[i + 3]);
+    v[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    v[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    v[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    v[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int c = 0; c < 4; ++c) {  // gather the four 128-bit lanes of column 4l + c
+    __m512 w0 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0x88);
+    __m512 w1 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0xDD);
+    __m512 x0 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0x88);
+    __m512 x1 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(w0, x0, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(w0, x0, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(w1, x1, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(w1, x1, 0xDD);
+  }
+}
+
+inline void transpose8x8(__m512d r[8]) {
+  __m512d u[8];
+  for (int i = 0; i < 8; i += 2) {  // lane l of u[i + c] = column 2l + c of rows i, i + 1
+    u[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
+    u[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
+  }
+  for (int c = 0; c < 2; ++c) {
+    __m512d w0 = _mm512_shuffle_f64x2(u[c], u[2 + c], 0x88);
+    __m512d w1 = _mm512_shuffle_f64x2(u[c], u[2 + c], 0xDD);
+    __m512d x0 = _mm512_shuffle_f64x2(u[4 + c], u[6 + c], 0x88);
+    __m512d x1 = _mm512_shuffle_f64x2(u[4 + c], u[6 + c], 0xDD);
+    r[c] = _mm512_shuffle_f64x2(w0, x0, 0x88);
+    r[4 + c] = _mm512_shuffle_f64x2(w0, x0, 0xDD);
+    r[2 + c] = _mm512_shuffle_f64x2(w1, x1, 0x88);
+    r[6 + c] = _mm512_shuffle_f64x2(w1, x1, 0xDD);
+  }
+}
+
+// ps == 1: every line is contiguous along k, so transpose 16 x 16 (8 x 8) blocks in registers.
+template <int W>
+void pack_transposed(const float* src, int64_t ls, int lines, int64_t kc, float* dst) {
+  for (int g = 0; g < W; g += 16) {
+    const int gl = std::clamp(lines - g, 0, 16);
+    const __mmask16 store_mask = static_cast<__mmask16>((1u << std::min(16, W - g)) - 1);
+    for (int64_t p = 0; p < kc; p += 16) {
+      const int kk = static_cast<int>(std::min<int64_t>(16, kc - p));
+      const __mmask16 load_mask = static_cast<__mmask16>((1u << kk) - 1);
+      __m512 r[16];
+      for (int l = 0; l < 16; ++l)
+        r[l] = l < gl ? _mm512_maskz_loadu_ps(load_mask, src + (g + l) * ls + p) : _mm512_setzero_ps();
+      transpose16x16(r);
+      for (int q = 0; q < kk; ++q) _mm512_mask_storeu_ps(dst + (p + q) * W + g, store_mask, r[q]);
+    }
+  }
+}
+
+template <int W>
+void pack_transposed(const double* src, int64_t ls, int lines, int64_t kc, double* dst) {
+  for (int g = 0; g < W; g += 8) {
+    const int gl = std::clamp(lines - g, 0, 8);
+    const __mmask8 store_mask = static_cast<__mmask8>((1u << std::min(8, W - g)) - 1);
+    for (int64_t p = 0; p < kc; p += 8) {
+      const int kk = static_cast<int>(std::min<int64_t>(8, kc - p));
+      const __mmask8 load_mask = static_cast<__mmask8>((1u << kk) - 1);
+      __m512d r[8];
+      for (int l = 0; l < 8; ++l)
+        r[l] = l < gl ? _mm512_maskz_loadu_pd(load_mask, src + (g + l) * ls + p) : _mm512_setzero_pd();
+      transpose8x8(r);
+      for (int q = 0; q < kk; ++q) _mm512_mask_storeu_pd(dst + (p + q) * W + g, store_mask, r[q]);
+    }
+  }
+}
+#else
+template <int W, class T>
+void pack_transposed(const T* src, int64_t ls, int lines, int64_t kc, T* dst) {
+  for (int64_t p = 0; p < kc; ++p) {
+    for (int l = 0; l < lines; ++l) dst[p * W + l] = src[l * ls + p];
+    for (int l = lines; l < W; ++l) dst[p * W + l] = T(0);
+  }
+}
+#endif
+
+template <int W, class T>
+void pack_panel(const T* src, int64_t ls, int64_t ps, int lines, int64_t kc, T* dst) {
+  if (ps == 1 && ls != 1) {
+    pack_transposed<W>(src, ls, lines, kc, dst);
+  } else if (ls == 1 && lines == W) {  // lines contiguous for each k: plain copies
+    for (int64_t p = 0; p < kc; ++p) std::memcpy(dst + p * W, src + p * ps, W * sizeof(T));
+  } else {
+    for (int64_t p = 0; p < kc; ++p) {
+      for (int l = 0; l < lines; ++l) dst[p * W + l] = src[l * ls + p * ps];
+      for (int l = lines; l < W; ++l) dst[p * W + l] = T(0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernel: C[ROWS, cols] (+)= A[ROWS, kc] · B[kc, NV * L] with cols <= NV * L.
+// B row p is read at b + p * bs (bs = NR for packed panels, the row stride for B read in place).
+// A is read k-major (element (i, p) at a[i + p * as]: packed panels, or a transposed A in place)
+// or, for small products, row-major in place (element (i, p) at a[i * as + p]).
+
+template <class T>
+struct CTile {
+  T* p;
+  int64_t rs, cs;
+  int cols;  // valid columns (the kernel computes NV * L)
+  bool add;  // C += result (else C = result; C is not read)
+};
+
+// Stores the first `count` lanes of v at q (adding q's old values if `add`).
+template <class T>
+inline void store_lanes(T* q, Batch<T> v, int count, bool add) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << count) - 1);
+    __m512 x = v;
+    if (add) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk, q));
+    _mm512_mask_storeu_ps(q, mk, x);
+  } else {
+    const __mmask8 mk = static_cast<__mmask8>((1u << count) - 1);
+    __m512d x = v;
+    if (add) x = _mm512_add_pd(x, _mm512_maskz_loadu_pd(mk, q));
+    _mm512_mask_storeu_pd(q, mk, x);
+  }
+#else
+  alignas(64) T tmp[Batch<T>::size];
+  v.store_aligned(tmp);
+  for (int i = 0; i < count; ++i) q[i] = add ? q[i] + tmp[i] : tmp[i];
+#endif
+}
+
+// Row access for the A operand of the micro-kernel; row(i) is A(i, p) for the current p.
+template <class T, int ROWS, bool ROW_MAJOR>
+struct ARows;
+
+template <class T, int ROWS>
+struct ARows<T, ROWS, false> {
+  const T* a;
+  int64_t as;
+  T row(int i) const { return a[i]; }
+  void next() { a += as; }
+#ifndef TUNE_APF
+#define TUNE_APF 32
+#endif
+  const T* prefetch_address() const { return a + TUNE_APF * as; }  // ~32 k steps ahead
+};
+
+// Row-major A in place: one pointer per three rows, the other two are reached with the row
+// stride as index register ([base], [base + s], [base + 2s]), so only 5 pointers advance per k.
+template <class T, int ROWS>
+struct ARows<T, ROWS, true> {
+  static constexpr int G = (ROWS + 2) / 3;
+  const T* base[G];
+  int64_t as;
+  ARows(const T* a, int64_t s) : as(s) {
+    for (int g = 0; g < G; ++g) base[g] = a + 3 * g * s;
+  }
+  T row(int i) const { return base[i / 3][(i % 3) * as]; }
+  void next() {
+    for (int g = 0; g < G; ++g) ++base[g];
+  }
+  const T* prefetch_address() const { return nullptr; }
+};
+
+template <class T, int ROWS, int NV, class A>
+__attribute__((always_inline)) inline void fma_step(Batch<T> (&acc)[ROWS][NV], const A& a, const T* b) {
+  using B = Batch<T>;
+  constexpr int L = B::size;
+  B bv[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) bv[j] = B::load_unaligned(b + j * L);
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i) {
+    const B av(a.row(i));
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
+  }
+}
+
+template <class T, int ROWS, int NV, bool A_ROW_MAJOR>
+void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs, const CTile<T>& c) {
+  using B = Batch<T>;
+  constexpr int L = B::size;
+  ARows<T, ROWS, A_ROW_MAJOR> a{a_ptr, as};
+  B acc[ROWS][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = B(T(0));
+
+  // Long k loops work on data streamed from L3: prefetch A ahead of the hardware prefetcher, and
+  // request the C rows (swept once per k-block, so usually not cached) during the first ROWS
+  // steps so that they arrive before the stores without a burst of misses.
+  int64_t p = 0;
+  if (kc >= 64) {
+    const int64_t pre = c.cs == 1 ? std::min<int64_t>(kc, ROWS) : 0;
+    for (; p < pre; ++p) {
+      __builtin_prefetch(c.p + p * c.rs, 1, 3);
+      __builtin_prefetch(c.p + p * c.rs + NV * L - 1, 1, 3);
+      if constexpr (!A_ROW_MAJOR) __builtin_prefetch(a.prefetch_address(), 0, 3);
+      fma_step<T, ROWS, NV>(acc, a, b);
+      a.next();
+      b += bs;
+    }
+#ifdef TUNE_UNROLL
+#define TG_STR2(x) #x
+#define TG_STR(x) TG_STR2(x)
+    _Pragma(TG_STR(GCC unroll TUNE_UNROLL))
+#endif
+    for (; p < kc; ++p) {
+      if constexpr (!A_ROW_MAJOR) __builtin_prefetch(a.prefetch_address(), 0, 3);
+#ifdef TUNE_BPF
+      __builtin_prefetch(b + TUNE_BPF * bs, 0, 3);
+      __builtin_prefetch(b + TUNE_BPF * bs + NV * L - 1, 0, 3);
+#endif
+      fma_step<T, ROWS, NV>(acc, a, b);
+      a.next();
+      b += bs;
+    }
+  } else {
+    for (; p < kc; ++p) {
+      fma_step<T, ROWS, NV>(acc, a, b);
+      a.next();
+      b += bs;
+    }
+  }
+
+  if (c.cs == 1 && c.cols == NV * L) {
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        T* q = c.p + i * c.rs + j * L;
+        B v = acc[i][j];
+        if (c.add) v += B::load_unaligned(q);
+        v.store_unaligned(q);
+      }
+  } else if (c.cs == 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j)
+        if (j * L < c.cols) store_lanes(c.p + i * c.rs + j * L, acc[i][j], std::min(L, c.cols - j * L), c.add);
+  } else {  // arbitrary column stride: scalar stores
+    alignas(64) T tmp[NV * L];
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j].store_aligned(tmp + j * L);
+      T* q = c.p + i * c.rs;
+      for (int j = 0; j < c.cols; ++j) q[j * c.cs] = c.add ? q[j * c.cs] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+template <class T>
+using KernelFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, const CTile<T>&);
+
+// table[nv - 1][rows - 1] = micro_kernel<T, rows, nv, ROW_MAJOR>
+template <class T, bool ROW_MAJOR, size_t... R, size_t... V>
+constexpr auto make_kernel_table(std::index_sequence<R...>, std::index_sequence<V...>) {
+  auto row = [](auto nv) {
+    return std::array<KernelFn<T>, sizeof...(R)>{&micro_kernel<T, int(R) + 1, decltype(nv)::value + 1, ROW_MAJOR>...};
+  };
+  return std::array<std::array<KernelFn<T>, sizeof...(R)>, sizeof...(V)>{row(std::integral_constant<int, int(V)>{})...};
+}
+
+template <class T, bool ROW_MAJOR>
+constexpr auto kKernels =
+    make_kernel_table<T, ROW_MAJOR>(std::make_index_sequence<kMR>{}, std::make_index_sequence<kNV>{});
+
+// ---------------------------------------------------------------------------------------------
+// Driver.
+
+template <class T>
+struct Panel {
+  const T* p;
+  int64_t stride;
+};
+
+template <class T>
+struct Problem {
+  int64_t m, n, k;
+  ConstMatrix<T> a, b;
+  Matrix<T> c;
+  bool accumulate;
+  int64_t kc;       // k-block size; block q covers [q * kc, min(k, (q + 1) * kc))
+  int64_t nkb;      // number of k-blocks
+  int64_t mpanels;  // ceil(m / MR)
+  // Small products skip packing where the layout allows: A is read in place when it is row-major
+  // (a_row_major) or k-major (a.rs == 1), full-width B panels when B is row-major.
+  bool direct_a, a_row_major, direct_b;
+  T* apack;  // packed A (when !direct_a), see a_panel()
+
+  int64_t kc_of(int64_t q) const { return std::min(kc, k - q * kc); }
+  // Block q of packed A holds mpanels panels of MR x kc_of(q), one after the other.
+  T* packed_a(int64_t q, int64_t panel) const {
+    return apack + mpanels * Blocking<T>::MR * q * kc + panel * Blocking<T>::MR * kc_of(q);
+  }
+  Panel<T> a_panel(int64_t q, int64_t panel) const {
+    if (!direct_a) return {packed_a(q, panel), Blocking<T>::MR};
+    const T* p = a.data + panel * Blocking<T>::MR * a.rs + q * kc * a.cs;
+    return {p, a_row_major ? a.rs : a.cs};
+  }
+};
+
+// The k-blocking depends on k only (never on threads or tiling): equal blocks of at most KC,
+// rounded to a multiple of 16 so packed panels stay vector aligned.
+template <class T>
+int64_t k_block_size(int64_t k) {
+  const int64_t nb = ceil_div(k, Blocking<T>::KC);
+  return std::min(k, ceil_div(ceil_div(k, nb), 16) * 16);
+}
+
+template <class T>
+void pack_a_panel(const Problem<T>& pr, int64_t q, int64_t panel) {
+  constexpr int MR = Blocking<T>::MR;
+  const int64_t i0 = panel * MR;
+  const T* src = pr.a.data + i0 * pr.a.rs + q * pr.kc * pr.a.cs;
+  pack_panel<MR>(src, pr.a.rs, pr.a.cs, static_cast<int>(std::min<int64_t>(MR, pr.m - i0)), pr.kc_of(q),
+                 pr.packed_a(q, panel));
+}
+
+// Prepares the B panels of columns [jc, jc + nc) for k-block q: packed into `buf` (panel t at
+// buf + t * NR * kc) or, in direct mode, pointing into B itself.
+template <class T>
+void prepare_b(const Problem<T>& pr, int64_t q, int64_t jc, int64_t nc, T* buf, Panel<T>* panels) {
+  constexpr int NR = Blocking<T>::NR;
+  const ConstMatrix<T> b = pr.b;
+  const int64_t k0 = q * pr.kc, kc = pr.kc_of(q), npanels = ceil_div(nc, NR);
+  const T* src = b.data + k0 * b.rs + jc * b.cs;
+  if (pr.direct_b) {
+    for (int64_t t = 0; t < npanels; ++t) {
+      const int cols = static_cast<int>(std::min<int64_t>(NR, nc - t * NR));
+      if (cols == NR) {
+        panels[t] = {src + t * NR, b.rs};
+      } else {
+        pack_panel<NR>(src + t * NR, 1, b.rs, cols, kc, buf + t * NR * kc);
+        panels[t] = {buf + t * NR * kc, NR};
+      }
+    }
+    return;
+  }
+  for (int64_t t = 0; t < npanels; ++t) panels[t] = {buf + t * NR * kc, NR};
+  if (b.cs == 1) {
+    // Row-major B: copy row by row, so the source is read sequentially (reading it panel by
+    // panel would touch kc rows at once, too many streams for the hardware prefetcher).
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* row = src + p * b.rs;
+      for (int64_t t = 0; t < npanels; ++t) {
+        T* d = buf + t * NR * kc + p * NR;
+        const int64_t cols = std::min<int64_t>(NR, nc - t * NR);
+        if (cols == NR) {
+          std::memcpy(d, row + t * NR, NR * sizeof(T));
+        } else {
+          std::memcpy(d, row + t * NR, static_cast<size_t>(cols) * sizeof(T));
+          std::fill(d + cols, d + NR, T(0));
+        }
+      }
+    }
+  } else {
+    for (int64_t t = 0; t < npanels; ++t)
+      pack_panel<NR>(src + t * NR * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(NR, nc - t * NR)), kc,
+                     buf + t * NR * kc);
+  }
+}
+
+// Computes the C tile rows [i0, i1) x columns [j0, j1); i0 and j0 are multiples of MR and NR.
+template <class T>
+void run_tile(const Problem<T>& pr, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, L = Blocking<T>::L;
+  constexpr int64_t NC = Blocking<T>::NC;
+  T* bbuf = thread_scratch<T>(static_cast<size_t>(pr.kc * NC));
+  Panel<T> bpanels[NC / NR];
+  const Matrix<T> c = pr.c;
+  const auto& kernels = pr.direct_a && pr.a_row_major ? kKernels<T, true> : kKernels<T, false>;
+
+  for (int64_t jc = j0; jc < j1; jc += NC) {
+    const int64_t nc = std::min(NC, j1 - jc);
+    const int64_t npanels = ceil_div(nc, NR);
+    for (int64_t q = 0; q < pr.nkb; ++q) {
+      const int64_t kc = pr.kc_of(q);
+      prepare_b(pr, q, jc, nc, bbuf, bpanels);
+      const bool add = pr.accumulate || q > 0;
+      // A micro-panel outer (it stays in L1), B micro-panels inner (the chunk stays in L2): each
+      // A panel is fetched from memory once per chunk and C is walked along its rows.
+      for (int64_t i = i0; i < i1; i += MR) {
+        const int rows = static_cast<int>(std::min<int64_t>(MR, pr.m - i));
+        const Panel<T> ap = pr.a_panel(q, i / MR);
+        for (int64_t t = 0; t < npanels; ++t) {
+          const int64_t j = jc + t * NR;
+          const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
+          const CTile<T> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, add};
+          kernels[(cols + L - 1) / L - 1][rows - 1](kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile);
+        }
+      }
+    }
+  }
+}
+
+// Splits `panels` panels into `parts` nearly equal contiguous ranges; returns the start of `idx`.
+inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
+
+// Products up to this many multiply-adds run on the calling thread; up to kDirectMax they also
+// read A and B in place instead of packing them (the copies would cost more than they save).
+#ifndef TUNE_SERIAL
+#define TUNE_SERIAL (1 << 20)
+#endif
+#ifndef TUNE_DIRECT
+#define TUNE_DIRECT (1 << 19)
+#endif
+constexpr double kSerialMax = TUNE_SERIAL;
+constexpr double kDirectMax = TUNE_DIRECT;
+
+template <class T>
+void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T> b, Matrix<T> c, bool accumulate,
+               bool allow_threads) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c.data[i * c.rs + j * c.cs] = T(0);
+    return;
+  }
+  // Column-major C: compute C^T = B^T A^T instead (same products, same k order, same bits) so
+  // the micro-kernel stores contiguous vectors.
+  if (c.cs != 1 && c.rs == 1) {
+    std::swap(m, n);
+    const ConstMatrix<T> at{a.data, a.cs, a.rs};
+    a = {b.data, b.cs, b.rs};
+    b = at;
+    c = {c.data, c.cs, c.rs};
+  }
+
+  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  const double madds = double(m) * double(n) * double(k);
+  const bool direct = madds <= kDirectMax;
+  Problem<T> pr{m, n, k, a, b, c, accumulate, k_block_size<T>(k), 0, ceil_div(m, MR),
+                direct && (a.cs == 1 || a.rs == 1), a.cs == 1, direct && b.cs == 1, nullptr};
+  pr.nkb = ceil_div(k, pr.kc);
+  const int64_t npanels = ceil_div(n, NR);
+
+  // Parallelism: tiles of at least ~0.5M multiply-adds each, up to 4 per thread for load
+  // balance. The tiling never changes results, only who computes which tile.
+  const int64_t threads = allow_threads && madds > kSerialMax ? tbb::this_task_arena::max_concurrency() : 1;
+  int64_t target = std::min<int64_t>(4 * threads, static_cast<int64_t>(madds / 5e5));
+  if (threads <= 1 || target < 2) target = 1;
+  const int64_t tn = std::min(npanels, target);
+  const int64_t tm = std::min(pr.mpanels, ceil_div(target, tn));
+
+  PooledBuffer abuf;
+  if (!pr.direct_a) {
+    pr.apack = static_cast<T*>(abuf.buf->get(static_cast<size_t>(pr.mpanels * MR * k) * sizeof(T)));
+    // Panel-major order: a job reads MR whole rows (or columns) of A sequentially.
+    const int64_t jobs = pr.nkb * pr.mpanels;
+    auto pack_range = [&](int64_t lo, int64_t hi) {
+      for (int64_t job = lo; job < hi; ++job) pack_a_panel(pr, job % pr.nkb, job / pr.nkb);
+    };
+    if (tm * tn > 1 && jobs > 8) {
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, jobs, 4),
+                        [&](const tbb::blocked_range<int64_t>& r) { pack_range(r.begin(), r.end()); });
+    } else {
+      pack_range(0, jobs);
+    }
+  }
+
+  auto tile = [&](int64_t idx) {
+    const int64_t ti = idx / tn, tj = idx % tn;
+    const int64_t i0 = split_point(pr.mpanels, tm, ti) * MR;
+    const int64_t i1 = std::min(m, split_point(pr.mpanels, tm, ti + 1) * MR);
+    const int64_t j0 = split_point(npanels, tn, tj) * NR;
+    const int64_t j1 = std::min(n, split_point(npanels, tn, tj + 1) * NR);
+    if (i0 < i1 && j0 < j1) run_tile(pr, i0, i1, j0, j1);
+  };
+  if (tm * tn == 1) {
+    tile(0);
+  } else {
+    tbb::parallel_for(
+        tbb::blocked_range<int64_t>(0, tm * tn, 1),
+        [&](const tbb::blocked_range<int64_t>& r) {
+          for (int64_t idx = r.begin(); idx < r.end(); ++idx) tile(idx);
+        },
+        tbb::simple_partitioner());
+  }
+}
+
+template <class T>
+void gemm_batched_impl(int64_t batch, int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, int64_t sa, ConstMatrix<T> b,
+                       int64_t sb, Matrix<T> c, int64_t sc, bool accumulate) {
+  if (batch <= 0 || m <= 0 || n <= 0) return;
+  auto one = [&](int64_t i, bool threads) {
+    gemm_impl<T>(m, n, k, {a.data + i * sa, a.rs, a.cs}, {b.data + i * sb, b.rs, b.cs}, {c.data + i * sc, c.rs, c.cs},
+                 accumulate, threads);
+  };
+  // A shared C (stride 0) is updated product by product, in batch order. Large products are
+  // parallel on their own; small ones run one per task.
+  const double madds = double(m) * double(n) * double(k);
+  if (batch == 1 || sc == 0 || madds >= 8e6) {
+    for (int64_t i = 0; i < batch; ++i) one(i, true);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, batch, 1), [&](const tbb::blocked_range<int64_t>& r) {
+    for (int64_t i = r.begin(); i < r.end(); ++i) one(i, false);
+  });
+}
+
+}  // namespace
+
+void gemm(int64_t m, int64_t n, int64_t k, ConstMatrix<float> a, ConstMatrix<float> b, Matrix<float> c,
+          bool accumulate) {
+  gemm_impl<float>(m, n, k, a, b, c, accumulate, true);
+}
+void gemm(int64_t m, int64_t n, int64_t k, ConstMatrix<double> a, ConstMatrix<double> b, Matrix<double> c,
+          bool accumulate) {
+  gemm_impl<double>(m, n, k, a, b, c, accumulate, true);
+}
+
+void gemm_batched(int64_t batch, int64_t m, int64_t n, int64_t k, ConstMatrix<float> a, int64_t a_batch_stride,
+                  ConstMatrix<float> b, int64_t b_batch_stride, Matrix<float> c, int64_t c_batch_stride,
+                  bool accumulate) {
+  gemm_batched_impl<float>(batch, m, n, k, a, a_batch_stride, b, b_batch_stride, c, c_batch_stride, accumulate);
+}
+void gemm_batched(int64_t batch, int64_t m, int64_t n, int64_t k, ConstMatrix<double> a, int64_t a_batch_stride,
+                  ConstMatrix<double> b, int64_t b_batch_stride, Matrix<double> c, int64_t c_batch_stride,
+                  bool accumulate) {
+  gemm_batched_impl<double>(batch, m, n, k, a, a_batch_stride, b, b_batch_stride, c, c_batch_stride, accumulate);
+}
+
+}  // namespace tg::kernels
