@@ -27,6 +27,16 @@ std::span<const OpInfo> differentiable_ops() {
       {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"},
       // ops/linalg.cpp
       {"matmul", "ops"}, {"linear", "ops"},
+      // ops/conv.cpp
+      {"conv2d", "ops"}, {"conv_transpose2d", "ops"}, {"max_pool2d", "ops"}, {"avg_pool2d", "ops"},
+      {"adaptive_avg_pool2d", "ops"}, {"upsample_nearest2d", "ops"}, {"upsample_bilinear2d", "ops"},
+      // ops/norm.cpp
+      {"layer_norm", "ops"}, {"rms_norm", "ops"}, {"group_norm", "ops"},
+      // ops/fft.cpp
+      {"rfft", "ops"}, {"irfft", "ops"}, {"fft", "ops"}, {"complex_mul", "ops"}, {"complex_div", "ops"},
+      {"complex_conj", "ops"}, {"complex_abs", "ops"}, {"fft_conv", "ops"},
+      // ops/attention.cpp, ops/rotary.cpp, ops/dropout.cpp
+      {"scaled_dot_product_attention", "ops"}, {"apply_rotary", "ops"}, {"dropout", "ops"},
   });
   return kOps;
 }

@@ -24,6 +24,7 @@
 #include "ops/kernels/gemm.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
@@ -98,7 +99,11 @@ class AlignedBuffer {
     if (bytes > size_) {
       std::free(ptr_);
       constexpr size_t kHuge = size_t{2} << 20;
+#ifdef TUNE_ALLHUGE
+      size_t align = kHuge;
+#else
       size_t align = bytes >= kHuge / 2 ? kHuge : 4096;
+#endif
       size_ = (bytes + align - 1) / align * align;
       ptr_ = std::aligned_alloc(align, size_);
       if (!ptr_) {
@@ -141,9 +146,22 @@ BufferPool& buffer_pool() {
   return pool;
 }
 
-struct PooledBuffer {
-  std::unique_ptr<AlignedBuffer> buf = buffer_pool().acquire();
-  ~PooledBuffer() { buffer_pool().release(std::move(buf)); }
+// A pool buffer held for the duration of one call (acquired on first use).
+class PooledBuffer {
+ public:
+  PooledBuffer() = default;
+  PooledBuffer(const PooledBuffer&) = delete;
+  PooledBuffer& operator=(const PooledBuffer&) = delete;
+  ~PooledBuffer() {
+    if (buf_) buffer_pool().release(std::move(buf_));
+  }
+  void* get(size_t bytes) {
+    if (!buf_) buf_ = buffer_pool().acquire();
+    return buf_->get(bytes);
+  }
+
+ private:
+  std::unique_ptr<AlignedBuffer> buf_;
 };
 
 // Thread-local scratch for B panels. Only used inside leaf work (no TBB waits while it is live),
@@ -160,6 +178,10 @@ T* thread_scratch(size_t elems) {
 // For A the lines are rows (ls = rs, ps = cs), for B the lines are columns (ls = cs, ps = rs).
 
 #if XSIMD_WITH_AVX512F
+// GCC 12's shuffle intrinsics use a self-initialised _mm512_undefined_ps(), which -Wall reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // In-register transposes: r[i][j] -> r[j][i].
 inline void transpose16x16(__m512 r[16]) {
   __m512 u[16], v[16];
@@ -239,6 +261,7 @@ void pack_transposed(const double* src, int64_t ls, int lines, int64_t kc, doubl
     }
   }
 }
+#pragma GCC diagnostic pop
 #else
 template <int W, class T>
 void pack_transposed(const T* src, int64_t ls, int lines, int64_t kc, T* dst) {
@@ -460,17 +483,14 @@ struct Problem {
   // Small products skip packing where the layout allows: A is read in place when it is row-major
   // (a_row_major) or k-major (a.rs == 1), full-width B panels when B is row-major.
   bool direct_a, a_row_major, direct_b;
-  T* apack;  // packed A (when !direct_a), see a_panel()
+  // Packed A for the whole product (when A panels are shared by several column chunks), or
+  // nullptr: then each tile packs an A panel right before using it.
+  T* apack;
 
   int64_t kc_of(int64_t q) const { return std::min(kc, k - q * kc); }
   // Block q of packed A holds mpanels panels of MR x kc_of(q), one after the other.
   T* packed_a(int64_t q, int64_t panel) const {
     return apack + mpanels * Blocking<T>::MR * q * kc + panel * Blocking<T>::MR * kc_of(q);
-  }
-  Panel<T> a_panel(int64_t q, int64_t panel) const {
-    if (!direct_a) return {packed_a(q, panel), Blocking<T>::MR};
-    const T* p = a.data + panel * Blocking<T>::MR * a.rs + q * kc * a.cs;
-    return {p, a_row_major ? a.rs : a.cs};
   }
 };
 
@@ -483,12 +503,21 @@ int64_t k_block_size(int64_t k) {
 }
 
 template <class T>
-void pack_a_panel(const Problem<T>& pr, int64_t q, int64_t panel) {
+void pack_a_panel(const Problem<T>& pr, int64_t q, int64_t panel, T* dst) {
   constexpr int MR = Blocking<T>::MR;
   const int64_t i0 = panel * MR;
   const T* src = pr.a.data + i0 * pr.a.rs + q * pr.kc * pr.a.cs;
-  pack_panel<MR>(src, pr.a.rs, pr.a.cs, static_cast<int>(std::min<int64_t>(MR, pr.m - i0)), pr.kc_of(q),
-                 pr.packed_a(q, panel));
+  pack_panel<MR>(src, pr.a.rs, pr.a.cs, static_cast<int>(std::min<int64_t>(MR, pr.m - i0)), pr.kc_of(q), dst);
+}
+
+// A panel (rows panel * MR ...) of k-block q: pre-packed, read in place, or packed now into buf.
+template <class T>
+Panel<T> a_panel(const Problem<T>& pr, int64_t q, int64_t panel, T* buf) {
+  constexpr int MR = Blocking<T>::MR;
+  if (pr.apack) return {pr.packed_a(q, panel), MR};
+  if (pr.direct_a) return {pr.a.data + panel * MR * pr.a.rs + q * pr.kc * pr.a.cs, pr.a_row_major ? pr.a.rs : pr.a.cs};
+  pack_a_panel(pr, q, panel, buf);
+  return {buf, MR};
 }
 
 // Prepares the B panels of columns [jc, jc + nc) for k-block q: packed into `buf` (panel t at
@@ -513,18 +542,24 @@ void prepare_b(const Problem<T>& pr, int64_t q, int64_t jc, int64_t nc, T* buf, 
   }
   for (int64_t t = 0; t < npanels; ++t) panels[t] = {buf + t * NR * kc, NR};
   if (b.cs == 1) {
-    // Row-major B: copy row by row, so the source is read sequentially (reading it panel by
-    // panel would touch kc rows at once, too many streams for the hardware prefetcher).
-    for (int64_t p = 0; p < kc; ++p) {
-      const T* row = src + p * b.rs;
+    // Row-major B: copy groups of a few rows at a time, panel by panel. The source is then read
+    // as a few sequential streams (panel by panel over all kc rows would be too many streams for
+    // the hardware prefetcher) and the stores go to one panel at a time (row by row over all
+    // panels would write npanels streams whose addresses can collide in the same L1 set).
+    constexpr int64_t kRows = 8;
+    for (int64_t p0 = 0; p0 < kc; p0 += kRows) {
+      const int64_t p1 = std::min(kc, p0 + kRows);
       for (int64_t t = 0; t < npanels; ++t) {
-        T* d = buf + t * NR * kc + p * NR;
         const int64_t cols = std::min<int64_t>(NR, nc - t * NR);
-        if (cols == NR) {
-          std::memcpy(d, row + t * NR, NR * sizeof(T));
-        } else {
-          std::memcpy(d, row + t * NR, static_cast<size_t>(cols) * sizeof(T));
-          std::fill(d + cols, d + NR, T(0));
+        for (int64_t p = p0; p < p1; ++p) {
+          T* d = buf + t * NR * kc + p * NR;
+          const T* row = src + p * b.rs + t * NR;
+          if (cols == NR) {
+            std::memcpy(d, row, NR * sizeof(T));
+          } else {
+            std::memcpy(d, row, static_cast<size_t>(cols) * sizeof(T));
+            std::fill(d + cols, d + NR, T(0));
+          }
         }
       }
     }
@@ -540,7 +575,9 @@ template <class T>
 void run_tile(const Problem<T>& pr, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, L = Blocking<T>::L;
   constexpr int64_t NC = Blocking<T>::NC;
-  T* bbuf = thread_scratch<T>(static_cast<size_t>(pr.kc * NC));
+  // (+ slack: the micro-kernel prefetches A up to 32 steps beyond the panel)
+  T* bbuf = thread_scratch<T>(static_cast<size_t>(pr.kc * (NC + MR) + 64 * MR));
+  T* abuf = bbuf + pr.kc * NC;
   Panel<T> bpanels[NC / NR];
   const Matrix<T> c = pr.c;
   const auto& kernels = pr.direct_a && pr.a_row_major ? kKernels<T, true> : kKernels<T, false>;
@@ -556,7 +593,7 @@ void run_tile(const Problem<T>& pr, int64_t i0, int64_t i1, int64_t j0, int64_t 
       // A panel is fetched from memory once per chunk and C is walked along its rows.
       for (int64_t i = i0; i < i1; i += MR) {
         const int rows = static_cast<int>(std::min<int64_t>(MR, pr.m - i));
-        const Panel<T> ap = pr.a_panel(q, i / MR);
+        const Panel<T> ap = a_panel(pr, q, i / MR, abuf);
         for (int64_t t = 0; t < npanels; ++t) {
           const int64_t j = jc + t * NR;
           const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
@@ -581,6 +618,59 @@ inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return 
 #endif
 constexpr double kSerialMax = TUNE_SERIAL;
 constexpr double kDirectMax = TUNE_DIRECT;
+
+// Threads that can run: the arena's slots, capped by a tbb::global_control limit if any.
+inline int64_t usable_threads() {
+  const size_t limit = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
+  return std::max<int64_t>(1, std::min<int64_t>(tbb::this_task_arena::max_concurrency(), int64_t(limit)));
+}
+
+// How C is cut into tiles (tm row ranges x tn column ranges of whole panels), and whether A is
+// packed once up front (shared by all tiles) or by each tile for its own rows as it goes.
+struct TilePlan {
+  int64_t tm = 1, tn = 1;
+  bool prepack_a = false;
+};
+
+#ifndef TUNE_BARRIER
+#define TUNE_BARRIER 20000
+#endif
+// The tiling never changes results, only who computes which tile, so it may depend on the
+// thread count. Aim for up to 4 tiles per thread (load balance on a shared machine) of at least
+// ~0.5M multiply-adds, and pick the split that copies the fewest elements: a tile packs the B
+// panels of its columns and (without prepacking) the A panels of its rows.
+template <class T>
+TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
+  constexpr int64_t NR = Blocking<T>::NR, NC = Blocking<T>::NC;
+  const double m = double(pr.m), n = double(pr.n), k = double(pr.k);
+  const int64_t npanels = ceil_div(pr.n, NR);
+  int64_t target = std::min<int64_t>(4 * threads, static_cast<int64_t>(m * n * k / 5e5));
+  if (threads <= 1 || target < 2) target = 1;
+
+  TilePlan best;
+  if (pr.direct_a) {  // A is read in place: only B copies count, so split columns first
+    best.tn = std::min(npanels, target);
+    best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
+    return best;
+  }
+  // Prepacking: A copied once, plus one extra pass of synchronisation when threaded.
+  best.prepack_a = true;
+  best.tn = std::min(npanels, target);
+  best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
+  double best_cost = m * k + k * n * double(best.tm) + (target > 1 ? TUNE_BARRIER : 0);
+  // Per-tile packing: A copied once per column tile; only when a tile is one column chunk wide
+  // (otherwise every chunk would pack the tile's A panels again).
+  for (int64_t tm = 1; tm <= std::min(pr.mpanels, target); ++tm) {
+    const int64_t tn = std::min(npanels, ceil_div(target, tm));
+    if (ceil_div(npanels, tn) * NR > NC) continue;
+    const double cost = m * k * double(tn) + k * n * double(tm);
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = {tm, tn, false};
+    }
+  }
+  return best;
+}
 
 template <class T>
 void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T> b, Matrix<T> c, bool accumulate,
@@ -610,21 +700,21 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   pr.nkb = ceil_div(k, pr.kc);
   const int64_t npanels = ceil_div(n, NR);
 
-  // Parallelism: tiles of at least ~0.5M multiply-adds each, up to 4 per thread for load
-  // balance. The tiling never changes results, only who computes which tile.
-  const int64_t threads = allow_threads && madds > kSerialMax ? tbb::this_task_arena::max_concurrency() : 1;
-  int64_t target = std::min<int64_t>(4 * threads, static_cast<int64_t>(madds / 5e5));
-  if (threads <= 1 || target < 2) target = 1;
-  const int64_t tn = std::min(npanels, target);
-  const int64_t tm = std::min(pr.mpanels, ceil_div(target, tn));
+  const int64_t threads = allow_threads && madds > kSerialMax ? usable_threads() : 1;
+  const TilePlan plan = plan_tiles<T>(pr, threads);
+  const int64_t tm = plan.tm, tn = plan.tn;
+  const bool prepack_a = plan.prepack_a;
 
   PooledBuffer abuf;
-  if (!pr.direct_a) {
-    pr.apack = static_cast<T*>(abuf.buf->get(static_cast<size_t>(pr.mpanels * MR * k) * sizeof(T)));
+  if (prepack_a) {
+    pr.apack = static_cast<T*>(abuf.get(static_cast<size_t>(pr.mpanels * MR * k) * sizeof(T)));
     // Panel-major order: a job reads MR whole rows (or columns) of A sequentially.
     const int64_t jobs = pr.nkb * pr.mpanels;
     auto pack_range = [&](int64_t lo, int64_t hi) {
-      for (int64_t job = lo; job < hi; ++job) pack_a_panel(pr, job % pr.nkb, job / pr.nkb);
+      for (int64_t job = lo; job < hi; ++job) {
+        const int64_t q = job % pr.nkb, panel = job / pr.nkb;
+        pack_a_panel(pr, q, panel, pr.packed_a(q, panel));
+      }
     };
     if (tm * tn > 1 && jobs > 8) {
       tbb::parallel_for(tbb::blocked_range<int64_t>(0, jobs, 4),

@@ -1,0 +1,232 @@
+// Fashion-MNIST classifiers: train (MLP or CNN), evaluate, predict — with a run folder holding the
+// config, metrics, loss plot, confusion matrix, a grid of labelled test images and checkpoints.
+//
+//   build/examples/fashion_mnist train --model cnn --epochs 3 --out runs/fmnist-cnn
+//   build/examples/fashion_mnist eval --run runs/fmnist-cnn
+//   build/examples/fashion_mnist predict --run runs/fmnist-cnn --count 16
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/autograd.hpp"
+#include "core/parallel.hpp"
+#include "models/classifier/train.hpp"
+#include "nn/checkpoint.hpp"
+#include "nn/metrics.hpp"
+#include "nn/output.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+
+using namespace tg;
+namespace fs = std::filesystem;
+namespace cls = tg::models::classifier;
+
+namespace {
+
+struct TrainArgs {
+  std::string model = "mlp", out, data;
+  std::int64_t epochs = 3, batch = 128, max_steps = -1, max_train = 0;
+  double lr = 1e-3;
+  std::uint64_t seed = 0;
+  bool synthetic = false, resume = false;
+};
+
+// Writes the labelled prediction grid and the confusion matrix of an evaluation.
+void write_evaluation(const std::string& dir, const cls::Evaluation& ev, const nn::data::ImageDataset& test,
+                      std::int64_t count) {
+  const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, test.labels, 10);
+  {
+    nn::output::CsvWriter csv(dir + "/confusion_matrix.csv", [&] {
+      std::vector<std::string> h{"true\\predicted"};
+      for (const auto& c : test.class_names) h.push_back(c);
+      return h;
+    }());
+    const auto v = cm.to_vector<std::int64_t>();
+    for (std::int64_t r = 0; r < 10; ++r) {
+      std::vector<std::string> row{test.class_names[static_cast<std::size_t>(r)]};
+      for (std::int64_t c = 0; c < 10; ++c) row.push_back(std::to_string(v[static_cast<std::size_t>(r * 10 + c)]));
+      csv.row(row);
+    }
+  }
+  // The confusion matrix as an image: row-normalised counts, one 24x24 cell per entry.
+  {
+    Tensor cells = cm.to(DType::f32);
+    const Tensor rows = ops::sum(cells, {1}, true);
+    cells = cells / ops::maximum(rows, ones({1}));
+    nn::output::save_png(dir + "/confusion_matrix.png", ops::repeat(cells.reshape({10, 1, 10, 1}), {1, 24, 1, 24}).reshape({240, 240}));
+  }
+  const std::int64_t n = std::min(count, test.size());
+  const auto pred = ev.predictions.narrow(0, 0, n).to_vector<std::int64_t>();
+  const auto truth = test.labels.narrow(0, 0, n).to_vector<std::int64_t>();
+  nn::output::GridOptions grid{.columns = 8, .scale = 3};
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::string name = test.class_names[static_cast<std::size_t>(pred[i])];
+    if (name.size() > 12) name = name.substr(0, 12);
+    grid.captions.push_back(name);
+    grid.caption_red.push_back(pred[i] != truth[i]);
+  }
+  nn::output::save_image_grid(dir + "/test_predictions.png", test.images.narrow(0, 0, n), grid);
+}
+
+int train(const TrainArgs& a) {
+  const cls::Arch arch = cls::parse_arch(a.model);
+  const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
+  fs::create_directories(out);
+  const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
+  fmt::print("data: {} ({} train / {} test images)\n", data.train.source, data.train.size(), data.test.size());
+
+  Generator init(a.seed);
+  cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28}, &init);
+  fmt::print("{}\n", model.to_string());
+  {
+    nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},
+                          {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
+                          {"max_steps", a.max_steps}, {"max_train", a.max_train}, {"parameters", model.num_parameters()}};
+    std::ofstream(out + "/config.json") << cfg.dump(2) << "\n";
+  }
+  nn::output::CsvWriter metrics(out + "/metrics.csv", {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "epoch_seconds"});
+  nn::output::Series step_loss{"train loss (per step)", {}, {}}, test_loss{"test loss (per epoch)", {}, {}};
+  cls::FitOptions fo{.epochs = a.epochs, .batch = a.batch, .lr = a.lr, .seed = a.seed, .max_steps = a.max_steps,
+                     .checkpoint = out + "/checkpoint.safetensors", .resume = a.resume};
+  fo.on_step = [&](std::int64_t step, double loss) {
+    step_loss.x.push_back(static_cast<double>(step));
+    step_loss.y.push_back(loss);
+  };
+  fo.on_epoch = [&](const cls::EpochStats& s) {
+    metrics.row(std::vector<double>{static_cast<double>(s.epoch), static_cast<double>(s.step), s.train_loss, s.test_loss,
+                                    s.test_accuracy, s.seconds});
+    test_loss.x.push_back(static_cast<double>(s.step));
+    test_loss.y.push_back(s.test_loss);
+    fmt::print("epoch {}: train loss {:.4f}  test loss {:.4f}  test accuracy {:.2f}%  ({:.1f} s, {:.2f} ms/step)\n",
+               s.epoch, s.train_loss, s.test_loss, 100 * s.test_accuracy, s.seconds,
+               1e3 * s.seconds / static_cast<double>(std::max<std::int64_t>(1, s.step - (s.epoch - 1) * ((data.train.size() + a.batch - 1) / a.batch))));
+  };
+  const cls::FitResult r = cls::fit(model, data.train, data.test, fo);
+  nn::output::plot_svg(out + "/loss.svg", {step_loss, test_loss},
+                       {.title = fmt::format("Fashion-MNIST {} ({} steps)", a.model, r.steps), .x_label = "step",
+                        .y_label = "cross-entropy", .log_y = true});
+  nn::save_module(model, out + "/model.safetensors", {{"model", a.model}});
+  const cls::Evaluation ev = cls::evaluate(model, data.test);
+  write_evaluation(out, ev, data.test, 32);
+  fmt::print("run folder: {}\n", out);
+  fmt::print("  config.json metrics.csv loss.svg confusion_matrix.csv confusion_matrix.png test_predictions.png\n");
+  fmt::print("  model.safetensors (weights) checkpoint.safetensors (resumable training state)\n");
+  fmt::print("test accuracy: {:.2f}%\n", 100 * ev.accuracy);
+  return 0;
+}
+
+// Loads the model of a run folder.
+cls::Classifier load_run(const std::string& run) {
+  std::ifstream in(run + "/config.json");
+  TG_CHECK(in.good(), "no config.json in run folder '{}'", run);
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    TG_FAIL("'{}/config.json' is not valid JSON: {}", run, e.what());
+  }
+  const cls::Arch arch = cls::parse_arch(cfg.value("model", std::string("?")));
+  cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28});
+  nn::load_module(model, run + "/model.safetensors");
+  model.eval();
+  return model;
+}
+
+int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
+  cls::Classifier model = load_run(run);
+  const cls::Data data = cls::load_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic, 1);
+  const cls::Evaluation ev = cls::evaluate(model, data.test);
+  const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, data.test.labels, 10);
+  const auto v = cm.to_vector<std::int64_t>();
+  fmt::print("{} on {} test images\n", cls::arch_name(model.config.arch), data.test.size());
+  for (std::int64_t c = 0; c < 10; ++c) {
+    std::int64_t total = 0;
+    for (std::int64_t p = 0; p < 10; ++p) total += v[static_cast<std::size_t>(c * 10 + p)];
+    fmt::print("  {:12s} {:6.2f}%\n", data.test.class_names[static_cast<std::size_t>(c)],
+               100.0 * static_cast<double>(v[static_cast<std::size_t>(c * 11)]) / static_cast<double>(std::max<std::int64_t>(total, 1)));
+  }
+  fmt::print("test loss {:.4f}\ntest accuracy: {:.2f}%\n", ev.loss, 100 * ev.accuracy);
+  return 0;
+}
+
+int predict(const std::string& run, std::int64_t count, std::int64_t first, const std::string& png, const std::string& data_dir,
+            bool synthetic) {
+  cls::Classifier model = load_run(run);
+  cls::Data data = cls::load_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic, 1);
+  TG_CHECK(first >= 0 && first < data.test.size(), "predict: --first {} is outside the {} test images", first, data.test.size());
+  count = std::min(count, data.test.size() - first);
+  data.test.images = data.test.images.narrow(0, first, count);
+  data.test.labels = data.test.labels.narrow(0, first, count);
+  const cls::Evaluation ev = cls::evaluate(model, data.test);
+  const auto p = ev.predictions.to_vector<std::int64_t>(), t = data.test.labels.to_vector<std::int64_t>();
+  for (std::int64_t i = 0; i < count; ++i)
+    fmt::print("test image {:5d}: predicted {:12s} true {:12s}{}\n", first + i, data.test.class_names[static_cast<std::size_t>(p[i])],
+               data.test.class_names[static_cast<std::size_t>(t[i])], p[i] == t[i] ? "" : "  (wrong)");
+  const std::string out = png.empty() ? run + "/predictions.png" : png;
+  nn::output::GridOptions grid{.columns = 8, .scale = 3};
+  for (std::int64_t i = 0; i < count; ++i) {
+    grid.captions.push_back(data.test.class_names[static_cast<std::size_t>(p[i])].substr(0, 12));
+    grid.caption_red.push_back(p[i] != t[i]);
+  }
+  nn::output::save_image_grid(out, data.test.images, grid);
+  fmt::print("grid: {}\naccuracy on these images: {:.2f}%\n", out, 100 * ev.accuracy);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Fashion-MNIST classifiers with tapegrad: train, evaluate and predict"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  TrainArgs ta;
+  CLI::App* tr = app.add_subcommand("train", "Train a classifier and write a run folder");
+  tr->add_option("--model", ta.model, "Architecture: mlp (784-512-512-10) or cnn (2 conv + 2 linear)")
+      ->check(CLI::IsMember({"mlp", "cnn", "fdmlp"}));
+  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(CLI::PositiveNumber);
+  tr->add_option("--batch", ta.batch, "Batch size")->check(CLI::PositiveNumber);
+  tr->add_option("--lr", ta.lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  tr->add_option("--seed", ta.seed, "Seed for initialisation and batch order");
+  tr->add_option("--out", ta.out, "Run folder (default runs/fashion_mnist-<model>)");
+  tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
+  tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
+  tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs)");
+  tr->add_option("--max-train", ta.max_train, "Use only the first N training images");
+  tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors");
+  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  std::string run, data_dir, png;
+  bool synthetic = false;
+  std::int64_t count = 16, first = 0;
+  CLI::App* ev = app.add_subcommand("eval", "Evaluate a trained run on the test set (per-class accuracy)");
+  ev->add_option("--run", run, "Run folder written by train")->required();
+  ev->add_option("--data", data_dir, "Folder with the Fashion-MNIST IDX files");
+  ev->add_flag("--synthetic", synthetic, "Evaluate on the synthetic shapes");
+  ev->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  CLI::App* pr = app.add_subcommand("predict", "Classify test images and write a labelled grid");
+  pr->add_option("--run", run, "Run folder written by train")->required();
+  pr->add_option("--count", count, "Number of test images")->check(CLI::PositiveNumber);
+  pr->add_option("--first", first, "Index of the first test image")->check(CLI::NonNegativeNumber);
+  pr->add_option("--png", png, "Output PNG (default <run>/predictions.png)");
+  pr->add_option("--data", data_dir, "Folder with the Fashion-MNIST IDX files");
+  pr->add_flag("--synthetic", synthetic, "Use the synthetic shapes");
+  pr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (threads > 0) set_num_threads(threads);
+    if (tr->parsed()) return train(ta);
+    if (ev->parsed()) return eval(run, data_dir, synthetic);
+    if (pr->parsed()) return predict(run, count, first, png, data_dir, synthetic);
+  } catch (const tg::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,146 @@
+#include "models/classifier/train.hpp"
+
+#include <chrono>
+#include <filesystem>
+
+#include "core/autograd.hpp"
+#include "nn/checkpoint.hpp"
+#include "nn/metrics.hpp"
+#include "nn/optim.hpp"
+#include "nn/output.hpp"
+#include "ops/loss.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+
+namespace tg::models::classifier {
+
+Evaluation evaluate(Classifier& model, const nn::data::ImageDataset& data, std::int64_t batch) {
+  NoGradGuard no_grad;
+  const bool was_training = model.training();
+  model.eval();
+  const std::int64_t n = data.size();
+  double loss_sum = 0;
+  Tensors predictions;
+  for (std::int64_t start = 0; start < n; start += batch) {
+    const std::int64_t m = std::min(batch, n - start);
+    const Tensor x = preprocess(model.config, data.images.narrow(0, start, m));  // [m, 1, S, S]
+    const Tensor y = data.labels.narrow(0, start, m);                             // [m]
+    const Tensor logits = model(x);                                                // [m, classes]
+    loss_sum += ops::cross_entropy(logits, y, {.reduction = ops::Reduction::sum}).item();
+    predictions.push_back(ops::argmax(logits, 1));
+  }
+  model.train(was_training);
+  Evaluation e;
+  e.predictions = ops::cat(predictions, 0);
+  e.loss = loss_sum / static_cast<double>(n);
+  e.accuracy = nn::metrics::accuracy(e.predictions, data.labels);
+  return e;
+}
+
+FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::data::ImageDataset& test,
+              const FitOptions& o) {
+  nn::Adam opt(model.named_parameters(), {.lr = o.lr});
+  nn::data::BatchSampler sampler(train.size(), o.batch, /*shuffle=*/true, o.seed);
+  Generator gen(o.seed);  // saved with checkpoints (no randomness in these models' steps today)
+  const std::int64_t per_epoch = sampler.batches_per_epoch();
+  std::int64_t step = 0;
+  FitResult result;
+  if (o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
+    step = nn::load_training_checkpoint(o.checkpoint, model, opt, gen).step;
+    fmt::print(stderr, "resumed from {} at step {}\n", o.checkpoint, step);
+  }
+  const std::int64_t total = o.max_steps >= 0 ? std::min(o.max_steps, o.epochs * per_epoch) : o.epochs * per_epoch;
+  model.train();
+  while (step < total) {
+    const std::int64_t epoch = step / per_epoch;
+    nn::output::ProgressBar bar(std::min(per_epoch, total - epoch * per_epoch), fmt::format("epoch {}/{}", epoch + 1, o.epochs));
+    double loss_sum = 0;
+    std::int64_t count = 0;
+    const auto start = std::chrono::steady_clock::now();
+    for (std::int64_t b = step % per_epoch; b < per_epoch && step < total; ++b, ++step) {
+      const auto [images, labels] = nn::data::gather_batch(train, sampler.batch(epoch, b));  // [B, 1, 28, 28], [B]
+      const Tensor logits = model(preprocess(model.config, images));                         // [B, classes]
+      const Tensor loss = ops::cross_entropy(logits, labels);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      const double l = loss.item();
+      loss_sum += l;
+      ++count;
+      if (o.on_step) o.on_step(step + 1, l);
+      if (o.progress) bar.update(count, l);
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (o.progress) bar.finish();
+    const Evaluation ev = evaluate(model, test);
+    EpochStats s{epoch + 1, step, count ? loss_sum / static_cast<double>(count) : 0.0, ev.loss, ev.accuracy, secs};
+    result.history.push_back(s);
+    if (!o.checkpoint.empty()) nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen);
+    if (o.on_epoch) o.on_epoch(s);
+  }
+  result.steps = step;
+  return result;
+}
+
+Data load_data(const std::optional<std::string>& folder, bool force_synthetic, std::int64_t max_train) {
+  Data d;
+  const auto found = folder ? folder : nn::data::find_fashion_mnist();
+  if (!force_synthetic && found) {
+    d.train = nn::data::load_fashion_mnist(*found, true);
+    d.test = nn::data::load_fashion_mnist(*found, false);
+  } else {
+    if (!force_synthetic)
+      fmt::print(stderr,
+                 "Fashion-MNIST not found (install the Debian package dataset-fashion-mnist, or set "
+                 "TAPEGRAD_FASHION_MNIST); using the built-in synthetic shapes instead\n");
+    d.train = nn::data::synthetic_shapes(60000, 1);
+    d.test = nn::data::synthetic_shapes(10000, 2);
+    d.synthetic = true;
+  }
+  if (max_train > 0 && max_train < d.train.size()) {
+    d.train.images = d.train.images.narrow(0, 0, max_train);
+    d.train.labels = d.train.labels.narrow(0, 0, max_train);
+  }
+  return d;
+}
+
+std::string default_fd_classifier_path() {
+  if (const char* env = std::getenv("TAPEGRAD_FD_CLASSIFIER")) return env;
+  return "runs/fd_classifier/fdmlp.safetensors";
+}
+
+Classifier load_or_train_fd_classifier(const std::string& path, const Data& data) {
+  Generator gen(1234);
+  Classifier fd({.arch = Arch::fdmlp, .image_size = 14}, &gen);
+  if (std::filesystem::exists(path)) {
+    const nn::Metadata meta = nn::load_module(fd, path);
+    auto it = meta.find("data");
+    const std::string want = data.synthetic ? "synthetic" : "fashion-mnist";
+    TG_CHECK(it != meta.end() && it->second == want,
+             "FD classifier '{}' was trained on '{}' data but this run uses '{}'; delete it to retrain", path,
+             it == meta.end() ? "unknown" : it->second, want);
+    fd.eval();
+    return fd;
+  }
+  fmt::print(stderr, "training the FD_clf feature extractor (fdmlp on 14x14, 3 epochs) -> {}\n", path);
+  const FitResult r = fit(fd, data.train, data.test, {.epochs = 3, .batch = 128, .lr = 1e-3, .seed = 1234});
+  const double acc = r.history.back().test_accuracy;
+  fmt::print(stderr, "FD classifier test accuracy {:.2f}%\n", 100 * acc);
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  nn::save_module(fd, path, {{"data", data.synthetic ? "synthetic" : "fashion-mnist"},
+                             {"test_accuracy", fmt::format("{:.4f}", acc)}});
+  fd.eval();
+  return fd;
+}
+
+Tensor fd_features(Classifier& fd, const Tensor& images) {
+  NoGradGuard no_grad;
+  Tensors parts;
+  for (std::int64_t s = 0; s < images.shape()[0]; s += 1000) {
+    const Tensor x = images.narrow(0, s, std::min<std::int64_t>(1000, images.shape()[0] - s));
+    parts.push_back(fd.features(preprocess(fd.config, x)));  // [b, 128]
+  }
+  return ops::cat(parts, 0);
+}
+
+}  // namespace tg::models::classifier

@@ -1,0 +1,113 @@
+#include "nn/attention.hpp"
+
+#include <fmt/format.h>
+
+#include "core/autograd.hpp"
+#include "ops/attention.hpp"
+#include "ops/elementwise.hpp"
+
+namespace tg::nn {
+
+MultiheadAttention::MultiheadAttention(std::int64_t dim, std::int64_t h, const AttentionOptions& o)
+    : heads(h), cross(o.kv_dim > 0), dropout(o.dropout), gen(o.gen) {
+  TG_CHECK(dim > 0 && h > 0 && dim % h == 0, "MultiheadAttention: {} heads must divide dim {}", h, dim);
+  head_dim = dim / h;
+  const LinearOptions lin{.bias = o.bias, .dtype = o.dtype, .gen = o.gen};
+  if (cross) {
+    q = Linear(dim, dim, lin);
+    kv = Linear(o.kv_dim, 2 * dim, lin);
+  } else {
+    qkv = Linear(dim, 3 * dim, lin);
+  }
+  LinearOptions out_opt = lin;
+  out_opt.init = o.out_init;
+  if (o.out_init) out_opt.bias_init = init::zeros();
+  out = Linear(dim, dim, out_opt);
+}
+
+Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) const {
+  TG_CHECK(x.dim() == 3, "MultiheadAttention: expected x [B, T, dim], got {}", x.shape());
+  const std::int64_t B = x.shape()[0], T = x.shape()[1], C = heads * head_dim;
+  // Project and split heads: q, k, v [B, H, T, d] (permuted views, read in place by the kernel).
+  Tensor qh, kh, vh;
+  if (cross) {
+    TG_CHECK(a.context != nullptr, "MultiheadAttention: cross-attention needs a context");
+    const Tensor& ctx = *a.context;                                                  // [B, S, kv_dim]
+    TG_CHECK(ctx.dim() == 3 && ctx.shape()[0] == B, "MultiheadAttention: context {} does not match x {}", ctx.shape(), x.shape());
+    qh = q(x).reshape({B, T, heads, head_dim}).permute({0, 2, 1, 3});              // [B, H, T, d]
+    const Tensor kvp = kv(ctx).reshape({B, ctx.shape()[1], 2, heads, head_dim});  // [B, S, 2, H, d]
+    kh = kvp.select(2, 0).permute({0, 2, 1, 3});                                  // [B, H, S, d]
+    vh = kvp.select(2, 1).permute({0, 2, 1, 3});                                  // [B, H, S, d]
+  } else {
+    TG_CHECK(a.context == nullptr, "MultiheadAttention: a context was given to a self-attention layer");
+    const Tensor p = qkv(x).reshape({B, T, 3, heads, head_dim});  // [B, T, 3, H, d]
+    qh = p.select(2, 0).permute({0, 2, 1, 3});                    // [B, H, T, d]
+    kh = p.select(2, 1).permute({0, 2, 1, 3});
+    vh = p.select(2, 2).permute({0, 2, 1, 3});
+  }
+  if (a.rotary) {
+    qh = ops::apply_rotary(qh, a.rotary->cos, a.rotary->sin, a.rotary->layout);
+    kh = ops::apply_rotary(kh, a.rotary->cos, a.rotary->sin, a.rotary->layout);
+  }
+  if (a.cache) {
+    KVCache& c = *a.cache;
+    TG_CHECK(!grad_enabled() || !kh.requires_grad(),
+             "MultiheadAttention: the KV cache is for inference; run decoding under NoGradGuard");
+    TG_CHECK(c.length + T <= c.capacity, "MultiheadAttention: the KV cache holds {} positions; {} + {} do not fit",
+             c.capacity, c.length, T);
+    if (!c.k.defined() || c.k.shape()[0] != B) {
+      c.k = zeros({B, heads, c.capacity, head_dim}, x.dtype());
+      c.v = zeros({B, heads, c.capacity, head_dim}, x.dtype());
+      TG_CHECK(c.length == 0, "MultiheadAttention: the KV cache was filled for another batch size");
+    }
+    NoGradGuard no_grad;
+    c.k.narrow(2, c.length, T).copy_(kh);
+    c.v.narrow(2, c.length, T).copy_(vh);
+    c.length += T;
+    kh = c.k.narrow(2, 0, c.length);  // [B, H, cached + T, d]
+    vh = c.v.narrow(2, 0, c.length);
+  }
+  ops::AttentionOptions opt;
+  opt.causal = a.causal;
+  opt.mask = a.mask;
+  opt.dropout_p = training() ? dropout : 0.0;
+  opt.generator = gen;
+  const Tensor o = ops::scaled_dot_product_attention(qh, kh, vh, opt);  // [B, H, T, d]
+  return out(o.permute({0, 2, 1, 3}).reshape({B, T, C}));               // [B, T, dim]
+}
+
+void MultiheadAttention::visit(Visitor& v) {
+  if (cross) {
+    v.module("q", q);
+    v.module("kv", kv);
+  } else {
+    v.module("qkv", qkv);
+  }
+  v.module("out", out);
+}
+
+std::string MultiheadAttention::extra_repr() const {
+  return fmt::format("dim={}, heads={}{}", heads * head_dim, heads, cross ? ", cross" : "");
+}
+
+TransformerBlock::TransformerBlock(std::int64_t dim, std::int64_t heads, const TransformerBlockOptions& o)
+    : norm1(dim, o.norm, {.eps = o.norm_eps, .dtype = o.dtype}),
+      norm2(dim, o.norm, {.eps = o.norm_eps, .dtype = o.dtype}),
+      attn(dim, heads, {.bias = o.bias, .dropout = o.dropout, .dtype = o.dtype, .gen = o.gen}),
+      mlp(dim, static_cast<std::int64_t>(o.mlp_ratio * static_cast<double>(dim)), dim,
+          {.activation = o.activation, .swiglu = o.swiglu, .bias = o.bias, .dtype = o.dtype, .gen = o.gen}),
+      drop(o.dropout, o.gen) {}
+
+Tensor TransformerBlock::operator()(const Tensor& x, const AttentionArgs& args) const {
+  const Tensor h = x + drop(attn(norm1(x), args));  // [B, T, dim]
+  return h + drop(mlp(norm2(h)));                   // [B, T, dim]
+}
+
+void TransformerBlock::visit(Visitor& v) {
+  v.module("norm1", norm1);
+  v.module("attn", attn);
+  v.module("norm2", norm2);
+  v.module("mlp", mlp);
+}
+
+}  // namespace tg::nn

@@ -1,0 +1,344 @@
+#include "nn/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <nlohmann/json.hpp>
+
+#include "core/autograd.hpp"
+#include "nn/optim.hpp"
+
+namespace tg::nn {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr std::uint64_t kMaxHeaderBytes = 100u << 20;
+constexpr const char* kCrcKey = "tapegrad.crc32";
+
+const char* safetensors_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+    case DType::boolean: return "BOOL";
+  }
+  return "?";
+}
+
+std::optional<DType> parse_dtype(const std::string& s) {
+  if (s == "F32") return DType::f32;
+  if (s == "F64") return DType::f64;
+  if (s == "I32") return DType::i32;
+  if (s == "I64") return DType::i64;
+  if (s == "BOOL") return DType::boolean;
+  return std::nullopt;
+}
+
+// Writes `bytes` to path atomically.
+void write_atomically(const std::string& path, const std::string& header, const std::vector<Tensor>& data) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  TG_CHECK(fs::is_directory(dir), "save: folder '{}' does not exist", dir.string());
+  const std::string tmp = (dir / (target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  TG_CHECK(fd >= 0, "save: cannot create '{}': {}", tmp, std::strerror(errno));
+  auto write_all = [&](const void* p, std::size_t n) {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, c, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const int err = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        TG_FAIL("save: writing '{}' failed: {}", tmp, std::strerror(err));
+      }
+      c += w;
+      n -= static_cast<std::size_t>(w);
+    }
+  };
+  const std::uint64_t n = header.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));  // little-endian
+  write_all(len, 8);
+  write_all(header.data(), header.size());
+  for (const Tensor& t : data) write_all(t.raw_data(), static_cast<std::size_t>(t.numel()) * t.element_size());
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    ::unlink(tmp.c_str());
+    TG_FAIL("save: flushing '{}' failed: {}", tmp, std::strerror(errno));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    TG_FAIL("save: renaming '{}' to '{}' failed: {}", tmp, path, std::strerror(err));
+  }
+  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);  // make the rename itself durable
+    ::close(dfd);
+  }
+}
+
+std::uint32_t crc_of(const std::vector<Tensor>& data) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (const Tensor& t : data) {
+    const auto* p = static_cast<const Bytef*>(t.raw_data());
+    std::size_t n = static_cast<std::size_t>(t.numel()) * t.element_size();
+    while (n > 0) {  // zlib takes 32-bit lengths
+      const uInt chunk = static_cast<uInt>(std::min<std::size_t>(n, 1u << 30));
+      crc = crc32(crc, p, chunk);
+      p += chunk;
+      n -= chunk;
+    }
+  }
+  return static_cast<std::uint32_t>(crc);
+}
+
+}  // namespace
+
+const Tensor* SafetensorsFile::find(const std::string& name) const {
+  for (const NamedTensor& t : tensors)
+    if (t.name == name) return &t.tensor;
+  return nullptr;
+}
+
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors, const Metadata& metadata) {
+  json header = json::object();
+  std::vector<Tensor> data;
+  std::uint64_t offset = 0;
+  for (const NamedTensor& nt : tensors) {
+    TG_CHECK(nt.tensor.defined(), "save: tensor '{}' is undefined", nt.name);
+    TG_CHECK(nt.name != "__metadata__" && !nt.name.empty(), "save: invalid tensor name '{}'", nt.name);
+    TG_CHECK(!header.contains(nt.name), "save: tensor name '{}' appears twice", nt.name);
+    const Tensor t = nt.tensor.detach().contiguous();
+    const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
+    header[nt.name] = {{"dtype", safetensors_dtype(t.dtype())},
+                       {"shape", t.shape().to_vector()},
+                       {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(t);
+  }
+  json meta = json::object();
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  meta[kCrcKey] = std::to_string(crc_of(data));
+  header["__metadata__"] = meta;
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  write_atomically(path, text, data);
+}
+
+SafetensorsFile load_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TG_CHECK(in.good(), "load: cannot open '{}'", path);
+  in.seekg(0, std::ios::end);
+  const auto file_size = static_cast<std::uint64_t>(in.tellg());
+  in.seekg(0);
+  TG_CHECK(file_size >= 8, "load: '{}' is truncated ({} bytes; a safetensors file starts with an 8-byte header length)",
+           path, file_size);
+  unsigned char len[8];
+  in.read(reinterpret_cast<char*>(len), 8);
+  std::uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len[i];
+  TG_CHECK(header_len <= kMaxHeaderBytes && header_len <= file_size - 8,
+           "load: '{}' is corrupt or truncated: header length {} exceeds the file size {}", path, header_len, file_size);
+  std::string text(static_cast<std::size_t>(header_len), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(header_len));
+  TG_CHECK(in.good(), "load: '{}' is truncated inside the header", path);
+  json header;
+  try {
+    header = json::parse(text);
+  } catch (const json::exception& e) {
+    TG_FAIL("load: '{}' has a corrupt header: {}", path, e.what());
+  }
+  TG_CHECK(header.is_object(), "load: '{}' has a corrupt header (not a JSON object)", path);
+  const std::uint64_t data_size = file_size - 8 - header_len;
+
+  SafetensorsFile file;
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    std::uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      TG_CHECK(it->is_object(), "load: '{}': __metadata__ must be an object", path);
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        TG_CHECK(m->is_string(), "load: '{}': metadata value '{}' is not a string", path, m.key());
+        file.metadata[m.key()] = m->get<std::string>();
+      }
+      continue;
+    }
+    const json& e = *it;
+    TG_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
+             "load: '{}': entry '{}' needs dtype, shape and data_offsets", path, it.key());
+    TG_CHECK(e["dtype"].is_string(), "load: '{}': entry '{}' has a non-string dtype", path, it.key());
+    const auto dtype = parse_dtype(e["dtype"].get<std::string>());
+    TG_CHECK(dtype.has_value(), "load: '{}': tensor '{}' has unsupported dtype '{}'", path, it.key(),
+             e["dtype"].get<std::string>());
+    TG_CHECK(e["shape"].is_array() && e["shape"].size() <= static_cast<std::size_t>(kMaxDims),
+             "load: '{}': tensor '{}' has an invalid shape", path, it.key());
+    Shape shape;
+    std::uint64_t numel = 1;
+    for (const json& d : e["shape"]) {
+      TG_CHECK(d.is_number_unsigned(), "load: '{}': tensor '{}' has a negative or non-integer dim", path, it.key());
+      const std::uint64_t v = d.get<std::uint64_t>();
+      TG_CHECK(v < (std::uint64_t{1} << 40), "load: '{}': tensor '{}' has an absurd dim {}", path, it.key(), v);
+      shape.push_back(static_cast<std::int64_t>(v));
+      numel *= v;
+      TG_CHECK(numel < (std::uint64_t{1} << 44), "load: '{}': tensor '{}' is too large", path, it.key());
+    }
+    const json& off = e["data_offsets"];
+    TG_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
+             "load: '{}': tensor '{}' has invalid data_offsets", path, it.key());
+    const std::uint64_t b = off[0].get<std::uint64_t>(), end = off[1].get<std::uint64_t>();
+    TG_CHECK(b <= end && end <= data_size,
+             "load: '{}' is truncated or corrupt: tensor '{}' needs bytes [{}, {}) but the data section has {}", path,
+             it.key(), b, end, data_size);
+    TG_CHECK(end - b == numel * dtype_size(*dtype),
+             "load: '{}': tensor '{}' of shape {} ({}) should span {} bytes, its offsets span {}", path, it.key(), shape,
+             dtype_name(*dtype), numel * dtype_size(*dtype), end - b);
+    entries.push_back({it.key(), *dtype, shape, b, end});
+  }
+  // The data section must be covered exactly once, without holes or overlaps.
+  std::vector<const Entry*> sorted;
+  for (const Entry& e : entries) sorted.push_back(&e);
+  std::sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  std::uint64_t cursor = 0;
+  for (const Entry* e : sorted) {
+    TG_CHECK(e->begin == cursor, "load: '{}' is corrupt: tensor '{}' starts at byte {} but the previous one ends at {}",
+             path, e->name, e->begin, cursor);
+    cursor = e->end;
+  }
+  TG_CHECK(cursor == data_size, "load: '{}' is corrupt: {} bytes of data after the last tensor (expected {})", path,
+           data_size - cursor, cursor);
+  // Read the data in file order.
+  std::vector<Tensor> data;
+  std::vector<std::pair<const Entry*, Tensor>> read;
+  for (const Entry* e : sorted) {
+    Tensor t = empty(e->shape, e->dtype);
+    in.read(static_cast<char*>(t.raw_data()), static_cast<std::streamsize>(e->end - e->begin));
+    TG_CHECK(in.good() || e->end == e->begin, "load: '{}' is truncated inside tensor '{}'", path, e->name);
+    if (e->dtype == DType::boolean) {  // only 0/1 are valid bool bytes
+      const auto* p = static_cast<const unsigned char*>(t.raw_data());
+      for (std::int64_t i = 0; i < t.numel(); ++i)
+        TG_CHECK(p[i] <= 1, "load: '{}': bool tensor '{}' holds the byte {}", path, e->name, p[i]);
+    }
+    data.push_back(t);
+    read.emplace_back(e, t);
+  }
+  if (auto crc = file.metadata.find(kCrcKey); crc != file.metadata.end()) {
+    TG_CHECK(crc->second == std::to_string(crc_of(data)),
+             "load: '{}' is corrupt: its data does not match the checksum stored when it was written", path);
+  }
+  // Report tensors in header order (stable for users).
+  for (const Entry& e : entries)
+    for (const auto& [entry, t] : read)
+      if (entry == &e) file.tensors.push_back({e.name, t});
+  return file;
+}
+
+void save_module(Module& m, const std::string& path, const Metadata& metadata) {
+  save_safetensors(path, m.state(), metadata);
+}
+
+namespace {
+// Validates that `file` holds exactly `targets` (with `prefix`), then copies. All or nothing.
+void restore(const SafetensorsFile& file, const std::vector<NamedTensor>& targets, const std::string& prefix,
+             const std::string& path, const char* what) {
+  for (const NamedTensor& t : targets) {
+    const Tensor* src = file.find(prefix + t.name);
+    TG_CHECK(src != nullptr, "load: '{}' has no tensor '{}' for the {}", path, prefix + t.name, what);
+    TG_CHECK(src->shape() == t.tensor.shape() && src->dtype() == t.tensor.dtype(),
+             "load: '{}': tensor '{}' is {} {} in the file but {} {} in the {}", path, prefix + t.name, src->shape(),
+             src->dtype(), t.tensor.shape(), t.tensor.dtype(), what);
+  }
+}
+void copy_all(const SafetensorsFile& file, std::vector<NamedTensor>& targets, const std::string& prefix) {
+  NoGradGuard no_grad;
+  for (NamedTensor& t : targets) t.tensor.copy_(*file.find(prefix + t.name));
+}
+std::size_t count_prefixed(const SafetensorsFile& file, const std::string& prefix) {
+  return static_cast<std::size_t>(std::count_if(file.tensors.begin(), file.tensors.end(), [&](const NamedTensor& t) {
+    return t.name.rfind(prefix, 0) == 0;
+  }));
+}
+}  // namespace
+
+Metadata load_module(Module& m, const std::string& path) {
+  const SafetensorsFile file = load_safetensors(path);
+  std::vector<NamedTensor> targets = m.state();
+  restore(file, targets, "", path, "model");
+  TG_CHECK(file.tensors.size() == targets.size(), "load: '{}' holds {} tensors but the model has {}", path,
+           file.tensors.size(), targets.size());
+  copy_all(file, targets, "");
+  return file.metadata;
+}
+
+void save_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, std::int64_t step,
+                              const Generator& gen, const EMA* ema, const Metadata& metadata) {
+  std::vector<NamedTensor> all;
+  for (const NamedTensor& t : model.state()) all.push_back({"model." + t.name, t.tensor});
+  for (const NamedTensor& t : optimizer.state()) all.push_back({"optim." + t.name, t.tensor});
+  if (ema)
+    for (const NamedTensor& t : ema->state()) all.push_back({"ema." + t.name, t.tensor});
+  Metadata meta = metadata;
+  meta["format"] = "tapegrad-training-v1";
+  meta["step"] = std::to_string(step);
+  meta["optimizer"] = optimizer.type_name();
+  meta["optimizer.step"] = std::to_string(optimizer.step_count());
+  meta["rng.seed"] = std::to_string(gen.state().seed);
+  meta["rng.offset"] = std::to_string(gen.state().offset);
+  save_safetensors(path, all, meta);
+}
+
+TrainingState load_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, Generator& gen,
+                                       EMA* ema) {
+  const SafetensorsFile file = load_safetensors(path);
+  auto meta = [&](const char* key) -> const std::string& {
+    auto it = file.metadata.find(key);
+    TG_CHECK(it != file.metadata.end(), "load: '{}' is not a tapegrad training checkpoint (no '{}' entry)", path, key);
+    return it->second;
+  };
+  TG_CHECK(meta("format") == "tapegrad-training-v1", "load: '{}' has unknown format '{}'", path, meta("format"));
+  TG_CHECK(meta("optimizer") == optimizer.type_name(), "load: '{}' was saved with {} but the optimizer is {}", path,
+           meta("optimizer"), optimizer.type_name());
+  std::vector<NamedTensor> model_t = model.state(), optim_t = optimizer.state();
+  std::vector<NamedTensor> ema_t = ema ? ema->state() : std::vector<NamedTensor>{};
+  restore(file, model_t, "model.", path, "model");
+  restore(file, optim_t, "optim.", path, "optimizer");
+  if (ema) restore(file, ema_t, "ema.", path, "EMA");
+  TG_CHECK(count_prefixed(file, "model.") == model_t.size(), "load: '{}' holds {} model tensors but the model has {}",
+           path, count_prefixed(file, "model."), model_t.size());
+  TG_CHECK(count_prefixed(file, "optim.") == optim_t.size(), "load: '{}' holds {} optimizer tensors but the optimizer has {}",
+           path, count_prefixed(file, "optim."), optim_t.size());
+  TrainingState state;
+  try {
+    state.step = std::stoll(meta("step"));
+    const std::int64_t opt_step = std::stoll(meta("optimizer.step"));
+    const Generator::State rng{std::stoull(meta("rng.seed")), std::stoull(meta("rng.offset"))};
+    copy_all(file, model_t, "model.");
+    copy_all(file, optim_t, "optim.");
+    if (ema) copy_all(file, ema_t, "ema.");
+    optimizer.set_step_count(opt_step);
+    gen.set_state(rng);
+  } catch (const std::logic_error& e) {  // stoll/stoull on malformed metadata
+    TG_FAIL("load: '{}' has malformed step/RNG metadata: {}", path, e.what());
+  }
+  for (const auto& [k, v] : file.metadata)
+    if (k.rfind("tapegrad.", 0) != 0) state.metadata[k] = v;
+  return state;
+}
+
+}  // namespace tg::nn

@@ -1,0 +1,51 @@
+// Checkpoints in the safetensors format: an 8-byte little-endian header length, a JSON header
+// ({"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}})
+// and the raw little-endian data — readable by Python's safetensors and PyTorch.
+//
+// Writes are atomic (temporary file, fsync, rename, fsync of the folder): a crash leaves either the
+// old file or the new one. Reads validate everything (header length, JSON, dtypes, shapes, offsets,
+// sizes, and the CRC-32 tapegrad stores in the metadata) before touching any tensor, and raise a
+// clear error for truncated, corrupted or mismatched files.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/random.hpp"
+#include "nn/module.hpp"
+
+namespace tg::nn {
+
+class Optimizer;
+class EMA;
+
+using Metadata = std::map<std::string, std::string>;
+
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors, const Metadata& metadata = {});
+
+struct SafetensorsFile {
+  std::vector<NamedTensor> tensors;  // in file order
+  Metadata metadata;
+  const Tensor* find(const std::string& name) const;
+};
+SafetensorsFile load_safetensors(const std::string& path);
+
+// A module's parameters and buffers (names as in Module::state()).
+void save_module(Module& m, const std::string& path, const Metadata& metadata = {});
+// Loads exactly the module's tensors: every name must be present with the same shape and dtype,
+// and no other tensor may be in the file. On any mismatch nothing is modified.
+Metadata load_module(Module& m, const std::string& path);
+
+// Everything needed to resume training bit for bit: model, optimizer state and step, the RNG
+// stream, and optionally an EMA of the weights.
+struct TrainingState {
+  std::int64_t step = 0;
+  Metadata metadata;  // user entries passed at save time
+};
+void save_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, std::int64_t step,
+                              const Generator& gen, const EMA* ema = nullptr, const Metadata& metadata = {});
+TrainingState load_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, Generator& gen,
+                                       EMA* ema = nullptr);
+
+}  // namespace tg::nn

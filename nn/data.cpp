@@ -1,0 +1,255 @@
+#include "nn/data.hpp"
+
+#include <zlib.h>
+
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <numbers>
+
+#include "core/autograd.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+
+namespace tg::nn::data {
+
+// ---- IDX ------------------------------------------------------------------------------------------------------
+Tensor read_idx(const std::string& path) {
+  std::unique_ptr<gzFile_s, int (*)(gzFile)> f(gzopen(path.c_str(), "rb"), &gzclose);
+  TG_CHECK(f != nullptr, "read_idx: cannot open '{}'", path);
+  auto read_exact = [&](void* buf, std::size_t n, const char* what) {
+    std::size_t done = 0;
+    while (done < n) {
+      const unsigned chunk = static_cast<unsigned>(std::min<std::size_t>(n - done, 1u << 30));
+      const int r = gzread(f.get(), static_cast<char*>(buf) + done, chunk);
+      if (r < 0) {
+        int errnum = 0;
+        const char* msg = gzerror(f.get(), &errnum);
+        TG_FAIL("read_idx: '{}' is corrupt while reading the {}: {}", path, what, msg ? msg : "unknown error");
+      }
+      TG_CHECK(r > 0, "read_idx: '{}' is truncated: it ends inside the {} ({} of {} bytes)", path, what, done, n);
+      done += static_cast<std::size_t>(r);
+    }
+  };
+  unsigned char magic[4];
+  read_exact(magic, 4, "magic number");
+  TG_CHECK(magic[0] == 0 && magic[1] == 0, "read_idx: '{}' is not an IDX file (bad magic number)", path);
+  TG_CHECK(magic[2] == 0x08, "read_idx: '{}' holds IDX type 0x{:02x}; only unsigned bytes (0x08) are supported", path,
+           magic[2]);
+  const int ndim = magic[3];
+  TG_CHECK(ndim >= 1 && ndim <= 4, "read_idx: '{}' claims {} dims", path, ndim);
+  Shape shape;
+  std::uint64_t total = 1;
+  for (int d = 0; d < ndim; ++d) {
+    unsigned char b[4];
+    read_exact(b, 4, "dims");
+    const std::uint64_t n = (std::uint64_t{b[0]} << 24) | (std::uint64_t{b[1]} << 16) | (std::uint64_t{b[2]} << 8) | b[3];
+    TG_CHECK(n > 0 && n <= 100'000'000, "read_idx: '{}' has an implausible dim {} ({})", path, d, n);
+    total *= n;
+    TG_CHECK(total <= (std::uint64_t{1} << 33), "read_idx: '{}' is implausibly large", path);
+    shape.push_back(static_cast<std::int64_t>(n));
+  }
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(total));
+  read_exact(bytes.data(), bytes.size(), "data");
+  char extra;
+  TG_CHECK(gzread(f.get(), &extra, 1) == 0, "read_idx: '{}' has data beyond the {} bytes its header declares", path, total);
+  Tensor t = empty(shape, DType::i32);
+  std::int32_t* p = t.data<std::int32_t>();
+  for (std::size_t i = 0; i < bytes.size(); ++i) p[i] = bytes[i];
+  return t;
+}
+
+std::optional<std::string> find_fashion_mnist() {
+  namespace fs = std::filesystem;
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("TAPEGRAD_FASHION_MNIST")) candidates.emplace_back(env);
+  candidates.emplace_back("/usr/share/datasets/fashion-mnist");
+  for (const std::string& dir : candidates)
+    if (fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz") && fs::exists(fs::path(dir) / "t10k-labels-idx1-ubyte.gz"))
+      return dir;
+  return std::nullopt;
+}
+
+const std::vector<std::string>& fashion_mnist_classes() {
+  static const std::vector<std::string> names{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                              "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  return names;
+}
+
+ImageDataset load_fashion_mnist(const std::string& folder, bool train) {
+  const std::string prefix = folder + (train ? "/train" : "/t10k");
+  const Tensor images = read_idx(prefix + "-images-idx3-ubyte.gz");
+  const Tensor labels = read_idx(prefix + "-labels-idx1-ubyte.gz");
+  TG_CHECK(images.dim() == 3 && labels.dim() == 1 && images.shape()[0] == labels.shape()[0],
+           "load_fashion_mnist: images {} and labels {} do not match", images.shape(), labels.shape());
+  const auto lv = labels.to_vector<std::int32_t>();
+  for (std::int32_t l : lv) TG_CHECK(l >= 0 && l < 10, "load_fashion_mnist: label {} outside 0..9", l);
+  ImageDataset d;
+  d.images = (images.to(DType::f32) / 255.0).unsqueeze(1);  // [N, 1, 28, 28]
+  d.labels = labels.to(DType::i64);
+  d.class_names = fashion_mnist_classes();
+  d.source = "fashion-mnist:" + folder;
+  return d;
+}
+
+// ---- synthetic shapes -----------------------------------------------------------------------------------------
+const std::vector<std::string>& synthetic_shape_classes() {
+  static const std::vector<std::string> names{"disc",     "ring",  "square", "frame", "triangle",
+                                              "plus",     "cross", "hbars",  "vbars", "diamond"};
+  return names;
+}
+
+ImageDataset synthetic_shapes(std::int64_t n, std::uint64_t seed, std::int64_t size) {
+  TG_CHECK(n > 0 && size >= 8, "synthetic_shapes: need n > 0 and size >= 8, got {} and {}", n, size);
+  Generator gen(seed);
+  Tensor images = zeros({n, 1, size, size});
+  Tensor labels = empty({n}, DType::i64);
+  float* img = images.data<float>();
+  std::int64_t* lab = labels.data<std::int64_t>();
+  const double half = static_cast<double>(size) / 2;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t cls = gen.randint(0, 10);
+    lab[i] = cls;
+    const double cx = half + (gen.uniform() - 0.5) * size * 0.2, cy = half + (gen.uniform() - 0.5) * size * 0.2;
+    const double r = size * (0.22 + 0.14 * gen.uniform());  // shape "radius"
+    const double ink = 0.6 + 0.4 * gen.uniform();
+    const double w = std::max(1.5, r * 0.25);  // stroke width
+    float* px = img + i * size * size;
+    for (std::int64_t y = 0; y < size; ++y) {
+      for (std::int64_t x = 0; x < size; ++x) {
+        const double dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+        const double d = std::hypot(dx, dy), ax = std::fabs(dx), ay = std::fabs(dy);
+        bool on = false;
+        switch (cls) {
+          case 0: on = d <= r; break;                                      // disc
+          case 1: on = std::fabs(d - r * 0.8) <= w * 0.6; break;           // ring
+          case 2: on = ax <= r * 0.8 && ay <= r * 0.8; break;              // square
+          case 3: on = std::max(ax, ay) <= r * 0.85 && std::max(ax, ay) >= r * 0.85 - w; break;  // frame
+          case 4: on = dy <= r * 0.7 && dy >= -r * 0.9 + 1.8 * ax; break;  // triangle (apex up)
+          case 5: on = (ax <= w * 0.6 && ay <= r) || (ay <= w * 0.6 && ax <= r); break;          // plus
+          case 6: on = std::fabs(ax - ay) <= w * 0.8 && d <= r * 1.1; break;                     // cross (x)
+          case 7: on = ax <= r && std::fmod(ay + r, r * 0.66) < w; break;  // horizontal bars
+          case 8: on = ay <= r && std::fmod(ax + r, r * 0.66) < w; break;  // vertical bars
+          case 9: on = ax + ay <= r; break;                                // diamond
+        }
+        if (on) px[y * size + x] = static_cast<float>(ink);
+      }
+    }
+  }
+  // Sensor noise, then back to [0, 1].
+  {
+    NoGradGuard no_grad;
+    images = ops::clamp(images + normal(images.shape(), 0.0, 0.05, DType::f32, gen), 0.0, 1.0);
+  }
+  return {images, labels, synthetic_shape_classes(), "synthetic-shapes"};
+}
+
+// ---- 2-D toys -------------------------------------------------------------------------------------------------
+namespace {
+Points make_points(std::int64_t n, std::uint64_t seed, const std::function<void(Generator&, std::int64_t, float*, std::int64_t&)>& draw) {
+  TG_CHECK(n > 0, "toy data: n must be positive, got {}", n);
+  Generator gen(seed);
+  Points p{empty({n, 2}), empty({n}, DType::i64)};
+  float* x = p.x.data<float>();
+  std::int64_t* y = p.y.data<std::int64_t>();
+  for (std::int64_t i = 0; i < n; ++i) draw(gen, i, x + 2 * i, y[i]);
+  return p;
+}
+}  // namespace
+
+Points two_moons(std::int64_t n, double noise, std::uint64_t seed) {
+  return make_points(n, seed, [&](Generator& g, std::int64_t i, float* x, std::int64_t& y) {
+    y = i % 2;
+    const double t = std::numbers::pi * g.uniform();
+    x[0] = static_cast<float>((y ? 1 - std::cos(t) : std::cos(t)) + noise * g.normal());
+    x[1] = static_cast<float>((y ? 0.5 - std::sin(t) : std::sin(t)) + noise * g.normal());
+  });
+}
+
+Points two_spirals(std::int64_t n, double noise, std::uint64_t seed) {
+  return make_points(n, seed, [&](Generator& g, std::int64_t i, float* x, std::int64_t& y) {
+    y = i % 2;
+    const double t = 0.25 + 2.75 * std::numbers::pi * g.uniform();
+    const double r = t / (3 * std::numbers::pi), a = t + std::numbers::pi * static_cast<double>(y);
+    x[0] = static_cast<float>(r * std::cos(a) + noise * g.normal());
+    x[1] = static_cast<float>(r * std::sin(a) + noise * g.normal());
+  });
+}
+
+Points gaussian_mixture(std::int64_t n, std::int64_t modes, double radius, double std, std::uint64_t seed) {
+  TG_CHECK(modes > 0, "gaussian_mixture: modes must be positive");
+  return make_points(n, seed, [&](Generator& g, std::int64_t, float* x, std::int64_t& y) {
+    y = g.randint(0, modes);
+    const double a = 2 * std::numbers::pi * static_cast<double>(y) / static_cast<double>(modes);
+    x[0] = static_cast<float>(radius * std::cos(a) + std * g.normal());
+    x[1] = static_cast<float>(radius * std::sin(a) + std * g.normal());
+  });
+}
+
+Points checkerboard(std::int64_t n, std::uint64_t seed) {
+  return make_points(n, seed, [&](Generator& g, std::int64_t, float* x, std::int64_t& y) {
+    // Uniform on the 8 dark cells of a 4x4 board over [-2, 2]^2.
+    const std::int64_t cell = g.randint(0, 8), row = cell / 2, col = 2 * (cell % 2) + (row % 2);
+    x[0] = static_cast<float>(-2 + col + g.uniform());
+    x[1] = static_cast<float>(-2 + row + g.uniform());
+    y = (row + col) % 2;
+  });
+}
+
+// ---- batching -------------------------------------------------------------------------------------------------
+BatchSampler::BatchSampler(std::int64_t n, std::int64_t batch, bool shuffle, std::uint64_t seed, bool drop_last)
+    : n_(n), batch_(batch), shuffle_(shuffle), drop_last_(drop_last), seed_(seed) {
+  TG_CHECK(n > 0 && batch > 0, "BatchSampler: dataset size and batch size must be positive, got {} and {}", n, batch);
+}
+
+std::int64_t BatchSampler::batches_per_epoch() const { return drop_last_ ? n_ / batch_ : (n_ + batch_ - 1) / batch_; }
+
+Tensor BatchSampler::batch(std::int64_t epoch, std::int64_t b) const {
+  TG_CHECK(b >= 0 && b < batches_per_epoch(), "BatchSampler: batch {} out of range ({} per epoch)", b, batches_per_epoch());
+  if (cached_epoch_ != epoch) {
+    if (shuffle_) {
+      // The epoch's own stream: same order for (seed, epoch) whatever happened before.
+      Generator gen(seed_ * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(epoch) + 1);
+      order_ = randperm(n_, gen);
+    } else {
+      order_ = arange(n_);
+    }
+    cached_epoch_ = epoch;
+  }
+  const std::int64_t start = b * batch_;
+  return order_.narrow(0, start, std::min(batch_, n_ - start)).clone();
+}
+
+std::pair<Tensor, Tensor> gather_batch(const ImageDataset& d, const Tensor& indices) {
+  NoGradGuard no_grad;
+  return {ops::index_select(d.images, 0, indices), ops::index_select(d.labels, 0, indices)};
+}
+
+Tensor normalize(const Tensor& images, double mean, double std) {
+  TG_CHECK(std > 0, "normalize: std must be positive, got {}", std);
+  return (images - mean) / std;
+}
+
+Tensor downsample(const Tensor& images, std::int64_t factor) {
+  TG_CHECK(images.dim() == 4, "downsample: expected images [N, C, H, W], got {}", images.shape());
+  const std::int64_t N = images.shape()[0], C = images.shape()[1], H = images.shape()[2], W = images.shape()[3];
+  TG_CHECK(factor > 0 && H % factor == 0 && W % factor == 0, "downsample: factor {} does not divide {}x{}", factor, H, W);
+  return ops::mean(images.reshape({N, C, H / factor, factor, W / factor, factor}), {3, 5});
+}
+
+Tensor pad_to(const Tensor& images, std::int64_t size) {
+  TG_CHECK(images.dim() == 4, "pad_to: expected images [N, C, H, W], got {}", images.shape());
+  const std::int64_t H = images.shape()[2], W = images.shape()[3];
+  TG_CHECK(size >= H && size >= W, "pad_to: cannot pad {}x{} to {}", H, W, size);
+  const std::int64_t top = (size - H) / 2, left = (size - W) / 2;
+  return ops::pad(images, {left, size - W - left, top, size - H - top});
+}
+
+Tensor random_hflip(const Tensor& images, double p, Generator& gen) {
+  TG_CHECK(images.dim() == 4, "random_hflip: expected images [N, C, H, W], got {}", images.shape());
+  const Tensor flip = bernoulli({images.shape()[0], 1, 1, 1}, p, DType::boolean, gen);
+  return ops::where(flip.expand(images.shape()), images.flip({3}), images);
+}
+
+}  // namespace tg::nn::data

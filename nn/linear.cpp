@@ -1,0 +1,97 @@
+#include "nn/linear.hpp"
+
+#include <fmt/format.h>
+
+#include "ops/dropout.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/linalg.hpp"
+#include "ops/shape.hpp"
+
+namespace tg::nn {
+
+Linear::Linear(std::int64_t in_features, std::int64_t out_features, const LinearOptions& o) {
+  TG_CHECK(in_features > 0 && out_features > 0, "Linear: feature sizes must be positive, got in={} out={}",
+           in_features, out_features);
+  Generator& gen = o.gen ? *o.gen : default_generator();
+  weight = empty({out_features, in_features}, o.dtype);
+  init::apply(weight, o.init ? o.init : init::torch_default(), gen);
+  weight.requires_grad_();
+  if (o.bias) {
+    bias = empty({out_features}, o.dtype);
+    init::apply(bias, o.bias_init ? o.bias_init : init::torch_default_bias(in_features), gen);
+    bias.requires_grad_();
+  }
+}
+
+Tensor Linear::operator()(const Tensor& x) const { return ops::linear(x, weight, bias); }
+
+void Linear::visit(Visitor& v) {
+  v.param("weight", weight);
+  v.param("bias", bias);
+}
+
+std::string Linear::extra_repr() const {
+  return fmt::format("in={}, out={}, bias={}", weight.size(1), weight.size(0), bias.defined());
+}
+
+Embedding::Embedding(std::int64_t num_embeddings, std::int64_t dim, const EmbeddingOptions& o) {
+  TG_CHECK(num_embeddings > 0 && dim > 0, "Embedding: sizes must be positive, got {} x {}", num_embeddings, dim);
+  weight = empty({num_embeddings, dim}, o.dtype);
+  init::apply(weight, o.init ? o.init : init::normal(0.0, 1.0), o.gen ? *o.gen : default_generator());
+  weight.requires_grad_();
+}
+
+Tensor Embedding::operator()(const Tensor& index) const { return ops::embedding(weight, index); }
+
+std::string Embedding::extra_repr() const { return fmt::format("num={}, dim={}", weight.size(0), weight.size(1)); }
+
+Tensor activate(const Tensor& x, Activation a) {
+  switch (a) {
+    case Activation::relu: return ops::relu(x);
+    case Activation::gelu: return ops::gelu(x);
+    case Activation::gelu_tanh: return ops::gelu(x, ops::GeluApprox::tanh);
+    case Activation::silu: return ops::silu(x);
+    case Activation::tanh: return ops::tanh(x);
+  }
+  return x;
+}
+
+MLP::MLP(std::int64_t dim, std::int64_t hidden, std::int64_t out_dim, const MLPOptions& o) : options(o) {
+  if (out_dim < 0) out_dim = dim;
+  LinearOptions lin{.bias = o.bias, .dtype = o.dtype, .gen = o.gen};
+  fc1 = Linear(dim, hidden, lin);
+  if (o.swiglu) gate = Linear(dim, hidden, lin);
+  LinearOptions out = lin;
+  out.init = o.out_init;
+  if (o.out_init) out.bias_init = init::zeros();
+  fc2 = Linear(hidden, out_dim, out);
+}
+
+Tensor MLP::operator()(const Tensor& x) const {
+  if (options.swiglu) return fc2(ops::silu(gate(x)) * fc1(x));  // [..., hidden] -> [..., out]
+  return fc2(activate(fc1(x), options.activation));
+}
+
+void MLP::visit(Visitor& v) {
+  v.module("fc1", fc1);
+  if (options.swiglu) v.module("gate", gate);
+  v.module("fc2", fc2);
+}
+
+std::string MLP::extra_repr() const {
+  static constexpr const char* kNames[] = {"relu", "gelu", "gelu_tanh", "silu", "tanh"};
+  return fmt::format("{}, hidden={}", options.swiglu ? "swiglu" : kNames[static_cast<int>(options.activation)],
+                     fc1.weight.size(0));
+}
+
+Dropout::Dropout(double p_, Generator* g) : p(p_), gen(g) {
+  TG_CHECK(p >= 0 && p < 1, "Dropout: p must be in [0, 1), got {}", p);
+}
+
+Tensor Dropout::operator()(const Tensor& x) const {
+  return ops::dropout(x, p, training(), gen ? *gen : default_generator());
+}
+
+std::string Dropout::extra_repr() const { return fmt::format("p={}", p); }
+
+}  // namespace tg::nn

@@ -1,0 +1,98 @@
+// Basic layers: Linear, Embedding, MLP (GELU / SiLU / SwiGLU), Dropout.
+#pragma once
+
+#include "core/random.hpp"
+#include "nn/init.hpp"
+#include "nn/module.hpp"
+
+namespace tg::nn {
+
+struct LinearOptions {
+  bool bias = true;
+  init::Initializer init;       // weight init; default: PyTorch's (U(+-1/sqrt(in)))
+  init::Initializer bias_init;  // default: PyTorch's (U(+-1/sqrt(in)))
+  DType dtype = DType::f32;
+  Generator* gen = nullptr;     // default: the default generator
+};
+
+// y = x W^T + b:  x [..., in] -> [..., out]
+class Linear : public Module {
+ public:
+  Linear() = default;
+  Linear(std::int64_t in_features, std::int64_t out_features, const LinearOptions& options = {});
+
+  Tensor operator()(const Tensor& x) const;
+
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return "Linear"; }
+  std::string extra_repr() const override;
+
+  Tensor weight;  // [out, in]
+  Tensor bias;    // [out] or undefined
+};
+
+struct EmbeddingOptions {
+  init::Initializer init;  // default N(0, 1) as PyTorch
+  DType dtype = DType::f32;
+  Generator* gen = nullptr;
+};
+
+// Rows of a table: index [...] (integer) -> [..., dim]
+class Embedding : public Module {
+ public:
+  Embedding() = default;
+  Embedding(std::int64_t num_embeddings, std::int64_t dim, const EmbeddingOptions& options = {});
+
+  Tensor operator()(const Tensor& index) const;
+
+  void visit(Visitor& v) override { v.param("weight", weight); }
+  std::string type_name() const override { return "Embedding"; }
+  std::string extra_repr() const override;
+
+  Tensor weight;  // [num_embeddings, dim]
+};
+
+enum class Activation { relu, gelu, gelu_tanh, silu, tanh };
+Tensor activate(const Tensor& x, Activation a);
+
+struct MLPOptions {
+  Activation activation = Activation::gelu;
+  bool swiglu = false;  // SwiGLU: out(silu(gate(x)) * up(x)); `activation` is ignored
+  bool bias = true;
+  init::Initializer out_init;  // e.g. zeros() for residual branches; default as Linear
+  DType dtype = DType::f32;
+  Generator* gen = nullptr;
+};
+
+// Two-layer perceptron: [..., dim] -> hidden -> [..., out_dim (default dim)]
+class MLP : public Module {
+ public:
+  MLP() = default;
+  MLP(std::int64_t dim, std::int64_t hidden, std::int64_t out_dim = -1, const MLPOptions& options = {});
+
+  Tensor operator()(const Tensor& x) const;
+
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return "MLP"; }
+  std::string extra_repr() const override;
+
+  Linear fc1;   // dim -> hidden (the "up" projection for SwiGLU)
+  Linear gate;  // dim -> hidden (SwiGLU only)
+  Linear fc2;   // hidden -> out_dim
+  MLPOptions options;
+};
+
+// Inverted dropout in training mode, identity in eval mode.
+class Dropout : public Module {
+ public:
+  explicit Dropout(double p = 0.1, Generator* gen = nullptr);
+  Tensor operator()(const Tensor& x) const;
+  void visit(Visitor&) override {}
+  std::string type_name() const override { return "Dropout"; }
+  std::string extra_repr() const override;
+
+  double p;
+  Generator* gen;  // not owned; default generator when null
+};
+
+}  // namespace tg::nn

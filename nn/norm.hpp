@@ -1,0 +1,76 @@
+// Normalisation layers (fused ops from ops/norm.hpp).
+#pragma once
+
+#include "nn/module.hpp"
+
+namespace tg::nn {
+
+struct NormOptions {
+  bool affine = true;  // learnable scale (and bias where the norm has one)
+  double eps = 1e-5;
+  DType dtype = DType::f32;
+};
+
+// Normalises the last dim(s): x [..., *shape] -> same shape.
+class LayerNorm : public Module {
+ public:
+  LayerNorm() = default;
+  explicit LayerNorm(std::int64_t dim, const NormOptions& options = {}) : LayerNorm(Shape{dim}, options) {}
+  LayerNorm(const Shape& shape, const NormOptions& options);
+  Tensor operator()(const Tensor& x) const;
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return "LayerNorm"; }
+  std::string extra_repr() const override;
+
+  Tensor weight, bias;  // [*shape] or undefined
+  Shape shape;
+  double eps = 1e-5;
+};
+
+// x / rms(x) * weight over the last dim(s).
+class RMSNorm : public Module {
+ public:
+  RMSNorm() = default;
+  explicit RMSNorm(std::int64_t dim, const NormOptions& options = {.eps = 1e-6});
+  Tensor operator()(const Tensor& x) const;
+  void visit(Visitor& v) override { v.param("weight", weight); }
+  std::string type_name() const override { return "RMSNorm"; }
+  std::string extra_repr() const override;
+
+  Tensor weight;  // [dim] or undefined
+  Shape shape;
+  double eps = 1e-6;
+};
+
+// Group normalisation of x [N, C, *].
+class GroupNorm : public Module {
+ public:
+  GroupNorm() = default;
+  GroupNorm(std::int64_t groups, std::int64_t channels, const NormOptions& options = {});
+  Tensor operator()(const Tensor& x) const;
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return "GroupNorm"; }
+  std::string extra_repr() const override;
+
+  Tensor weight, bias;  // [C] or undefined
+  std::int64_t groups = 1;
+  double eps = 1e-5;
+};
+
+// LayerNorm or RMSNorm, chosen at construction (model configs pick one by name).
+enum class NormKind { layer, rms };
+class Norm : public Module {
+ public:
+  Norm() = default;
+  Norm(std::int64_t dim, NormKind kind, const NormOptions& options = {});
+  Tensor operator()(const Tensor& x) const { return kind == NormKind::layer ? layer(x) : rms(x); }
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return kind == NormKind::layer ? "LayerNorm" : "RMSNorm"; }
+  std::string extra_repr() const override { return kind == NormKind::layer ? layer.extra_repr() : rms.extra_repr(); }
+
+  NormKind kind = NormKind::layer;
+  LayerNorm layer;
+  RMSNorm rms;
+};
+
+}  // namespace tg::nn

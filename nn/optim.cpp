@@ -1,0 +1,175 @@
+#include "nn/optim.hpp"
+
+#include <cmath>
+#include <numbers>
+
+#include "core/autograd.hpp"
+#include "ops/fused.hpp"
+
+namespace tg::nn {
+
+Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::move(groups)), lr_(lr) {
+  TG_CHECK(lr >= 0, "{}: learning rate must be >= 0, got {}", "optimizer", lr);
+  for (const ParamGroup& g : groups_)
+    for (const NamedTensor& p : g.params) {
+      TG_CHECK(p.tensor.defined() && p.tensor.is_leaf() && p.tensor.is_floating_point(),
+               "optimizer: parameter '{}' must be a floating-point leaf tensor", p.name);
+      TG_CHECK(p.tensor.is_contiguous(), "optimizer: parameter '{}' must be contiguous", p.name);
+    }
+}
+
+void Optimizer::zero_grad() {
+  for (ParamGroup& g : groups_)
+    for (NamedTensor& p : g.params) p.tensor.reset_grad();
+}
+
+void Optimizer::add_state(const std::string& suffix) {
+  suffixes_.push_back(suffix);
+  auto& per_group = state_.emplace_back();
+  for (const ParamGroup& g : groups_) {
+    auto& tensors = per_group.emplace_back();
+    for (const NamedTensor& p : g.params) tensors.push_back(zeros_like(p.tensor));
+  }
+}
+
+Tensor& Optimizer::state_of(std::size_t group, std::size_t index, const std::string& suffix) {
+  for (std::size_t s = 0; s < suffixes_.size(); ++s)
+    if (suffixes_[s] == suffix) return state_[s][group][index];
+  TG_FAIL("optimizer: no state '{}'", suffix);
+}
+
+std::vector<NamedTensor> Optimizer::state() {
+  std::vector<NamedTensor> out;
+  for (std::size_t s = 0; s < suffixes_.size(); ++s)
+    for (std::size_t g = 0; g < groups_.size(); ++g)
+      for (std::size_t i = 0; i < groups_[g].params.size(); ++i)
+        out.push_back({groups_[g].params[i].name + "." + suffixes_[s], state_[s][g][i]});
+  return out;
+}
+
+namespace {
+std::vector<ParamGroup> one_group(std::vector<NamedTensor> params) { return {ParamGroup{std::move(params)}}; }
+
+// The parameters of a group that have a gradient, with their index in the group.
+struct Live {
+  Tensors params, grads;
+  std::vector<std::size_t> index;
+};
+Live live(const ParamGroup& g) {
+  Live l;
+  for (std::size_t i = 0; i < g.params.size(); ++i) {
+    const Tensor grad = g.params[i].tensor.grad();
+    if (!grad.defined()) continue;
+    l.params.push_back(g.params[i].tensor);
+    l.grads.push_back(grad.is_contiguous() ? grad : grad.contiguous());
+    l.index.push_back(i);
+  }
+  return l;
+}
+}  // namespace
+
+SGD::SGD(std::vector<NamedTensor> params, const SGDOptions& o) : SGD(one_group(std::move(params)), o) {}
+SGD::SGD(std::vector<ParamGroup> groups, const SGDOptions& o) : Optimizer(std::move(groups), o.lr), options(o) {
+  TG_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "SGD: nesterov needs momentum > 0 and dampening 0");
+  if (o.momentum != 0) add_state("momentum_buffer");
+}
+
+void SGD::step() {
+  NoGradGuard no_grad;
+  const bool first = step_ == 0;
+  ++step_;
+  for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+    const ParamGroup& g = groups_[gi];
+    Live l = live(g);
+    if (l.params.empty()) continue;
+    Tensors bufs;
+    if (options.momentum != 0)
+      for (std::size_t i : l.index) bufs.push_back(state_of(gi, i, "momentum_buffer"));
+    ops::SGDHyper h{lr_ * g.lr_scale, options.momentum, options.dampening,
+                    g.weight_decay >= 0 ? g.weight_decay : options.weight_decay, options.nesterov, first};
+    ops::sgd_step(l.params, l.grads, bufs, h);
+  }
+}
+
+Adam::Adam(std::vector<NamedTensor> params, const AdamOptions& o, bool decoupled)
+    : Adam(one_group(std::move(params)), o, decoupled) {}
+Adam::Adam(std::vector<ParamGroup> groups, const AdamOptions& o, bool decoupled)
+    : Optimizer(std::move(groups), o.lr), options(o), decoupled_(decoupled) {
+  TG_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, "{}: betas must be in [0, 1), got ({}, {})",
+           type_name(), o.beta1, o.beta2);
+  TG_CHECK(o.eps >= 0, "{}: eps must be >= 0", type_name());
+  add_state("exp_avg");
+  add_state("exp_avg_sq");
+}
+
+void Adam::step() {
+  NoGradGuard no_grad;
+  ++step_;
+  for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+    const ParamGroup& g = groups_[gi];
+    Live l = live(g);
+    if (l.params.empty()) continue;
+    Tensors m, v;
+    for (std::size_t i : l.index) {
+      m.push_back(state_of(gi, i, "exp_avg"));
+      v.push_back(state_of(gi, i, "exp_avg_sq"));
+    }
+    ops::AdamHyper h{lr_ * g.lr_scale, options.beta1, options.beta2, options.eps,
+                     g.weight_decay >= 0 ? g.weight_decay : options.weight_decay, decoupled_, step_};
+    ops::adam_step(l.params, l.grads, m, v, h);
+  }
+}
+
+double clip_grad_norm(const Tensors& params, double max_norm) {
+  TG_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got {}", max_norm);
+  NoGradGuard no_grad;
+  Tensors grads;
+  for (const Tensor& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  const double norm = std::sqrt(ops::sum_of_squares(grads));
+  const double scale = max_norm / (norm + 1e-6);
+  if (scale < 1) ops::scale_(grads, scale);
+  return norm;
+}
+
+double constant_schedule(std::int64_t) { return 1.0; }
+
+double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64_t total, double min_ratio) {
+  if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (step >= total) return min_ratio;
+  const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<std::int64_t>(1, total - warmup));
+  return min_ratio + (1 - min_ratio) * 0.5 * (1 + std::cos(std::numbers::pi * progress));
+}
+
+EMA::EMA(Module& model, double decay) : decay_(decay) {
+  TG_CHECK(decay >= 0 && decay <= 1, "EMA: decay must be in [0, 1], got {}", decay);
+  NoGradGuard no_grad;
+  for (const NamedTensor& t : model.state()) shadow_.push_back({t.name, t.tensor.detach().clone()});
+}
+
+void EMA::update(Module& model) {
+  NoGradGuard no_grad;
+  const auto current = model.state();
+  TG_CHECK(current.size() == shadow_.size(), "EMA: the model has {} tensors, the average {}", current.size(), shadow_.size());
+  Tensors params, shadow;
+  for (std::size_t i = 0; i < current.size(); ++i) {
+    TG_CHECK(current[i].name == shadow_[i].name, "EMA: tensor {} is '{}' in the model but '{}' in the average", i,
+             current[i].name, shadow_[i].name);
+    if (current[i].tensor.is_floating_point()) {
+      params.push_back(current[i].tensor.contiguous());
+      shadow.push_back(shadow_[i].tensor);
+    } else {
+      shadow_[i].tensor.copy_(current[i].tensor);
+    }
+  }
+  ops::ema_update(shadow, params, decay_);
+}
+
+void EMA::copy_to(Module& model) const {
+  NoGradGuard no_grad;
+  auto current = model.state();
+  TG_CHECK(current.size() == shadow_.size(), "EMA: the model has {} tensors, the average {}", current.size(), shadow_.size());
+  for (std::size_t i = 0; i < current.size(); ++i) current[i].tensor.copy_(shadow_[i].tensor);
+}
+
+}  // namespace tg::nn

@@ -1,0 +1,108 @@
+// Optimizers (SGD, Adam, AdamW), gradient clipping, learning-rate schedules and parameter EMA.
+// Each step updates all parameters in one fused parallel pass (ops/fused.hpp).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/module.hpp"
+
+namespace tg::nn {
+
+// A set of parameters sharing hyper-parameters; lr_scale multiplies the optimizer's learning rate.
+struct ParamGroup {
+  std::vector<NamedTensor> params;
+  double lr_scale = 1.0;
+  double weight_decay = -1.0;  // < 0: the optimizer's default
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // Applies one update from the parameters' .grad() (parameters without a gradient are skipped).
+  virtual void step() = 0;
+  virtual std::string type_name() const = 0;
+  void zero_grad();
+
+  double lr() const { return lr_; }
+  void set_lr(double lr) { lr_ = lr; }
+  std::int64_t step_count() const { return step_; }
+  void set_step_count(std::int64_t s) { step_ = s; }
+
+  // The optimizer's state tensors by name ("<param name>.exp_avg"), for checkpoints. The names
+  // are stable; load fills the same tensors in place.
+  std::vector<NamedTensor> state();
+  const std::vector<ParamGroup>& groups() const { return groups_; }
+
+ protected:
+  Optimizer(std::vector<ParamGroup> groups, double lr);
+  // Allocates a zero state tensor per parameter under `suffix` (once).
+  void add_state(const std::string& suffix);
+  Tensor& state_of(std::size_t group, std::size_t index, const std::string& suffix);
+
+  std::vector<ParamGroup> groups_;
+  double lr_;
+  std::int64_t step_ = 0;
+  std::vector<std::string> suffixes_;
+  std::vector<std::vector<std::vector<Tensor>>> state_;  // [suffix][group][param]
+};
+
+struct SGDOptions {
+  double lr = 1e-2, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
+  bool nesterov = false;
+};
+class SGD : public Optimizer {
+ public:
+  SGD(std::vector<NamedTensor> params, const SGDOptions& options);
+  SGD(std::vector<ParamGroup> groups, const SGDOptions& options);
+  void step() override;
+  std::string type_name() const override { return "SGD"; }
+  SGDOptions options;
+};
+
+struct AdamOptions {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+};
+// Adam (L2 penalty added to the gradient) or AdamW (decoupled weight decay), as in PyTorch.
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<NamedTensor> params, const AdamOptions& options, bool decoupled = false);
+  Adam(std::vector<ParamGroup> groups, const AdamOptions& options, bool decoupled = false);
+  void step() override;
+  std::string type_name() const override { return decoupled_ ? "AdamW" : "Adam"; }
+  AdamOptions options;
+
+ private:
+  bool decoupled_;
+};
+class AdamW : public Adam {
+ public:
+  AdamW(std::vector<NamedTensor> params, const AdamOptions& options) : Adam(std::move(params), options, true) {}
+  AdamW(std::vector<ParamGroup> groups, const AdamOptions& options) : Adam(std::move(groups), options, true) {}
+};
+
+// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before
+// clipping (computed in f64, deterministically).
+double clip_grad_norm(const Tensors& params, double max_norm);
+
+// Learning-rate multipliers by step (0-based).
+double constant_schedule(std::int64_t step);
+// Linear warmup from 0 over `warmup` steps, then cosine decay to min_ratio at `total` steps.
+double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64_t total, double min_ratio = 0.0);
+
+// Exponential moving average of a module's parameters (buffers are copied as they are).
+class EMA {
+ public:
+  EMA(Module& model, double decay);
+  void update(Module& model);        // shadow = decay * shadow + (1 - decay) * param
+  void copy_to(Module& model) const;  // writes the averaged weights into the model
+  std::vector<NamedTensor> state() const { return shadow_; }  // for checkpoints ("ema.<name>")
+  double decay() const { return decay_; }
+
+ private:
+  double decay_;
+  std::vector<NamedTensor> shadow_;
+};
+
+}  // namespace tg::nn

@@ -1,0 +1,226 @@
+#include "nn/output.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fmt/format.h>
+#include <fstream>
+#include <limits>
+
+#include "core/autograd.hpp"
+
+extern "C" {
+#include <stb/stb_easy_font.h>
+int stbi_write_png(char const* filename, int w, int h, int comp, const void* data, int stride_in_bytes);
+}
+
+namespace tg::nn::output {
+namespace {
+
+std::uint8_t to_byte(float v) {
+  if (!(v > 0)) return 0;  // also NaN
+  if (v >= 1) return 255;
+  return static_cast<std::uint8_t>(std::lround(v * 255.0f));
+}
+
+void write_png(const std::string& path, const std::vector<std::uint8_t>& rgb, std::int64_t w, std::int64_t h) {
+  TG_CHECK(stbi_write_png(path.c_str(), static_cast<int>(w), static_cast<int>(h), 3, rgb.data(), static_cast<int>(w * 3)) != 0,
+           "save_png: cannot write '{}'", path);
+}
+
+// Draws text with stb_easy_font (axis-aligned quads) into an RGB buffer.
+void draw_text(std::vector<std::uint8_t>& rgb, std::int64_t w, std::int64_t h, std::int64_t x0, std::int64_t y0,
+               const std::string& text, std::uint8_t r, std::uint8_t g, std::uint8_t b) {
+  static char buffer[64 * 1024];
+  const int quads = stb_easy_font_print(0, 0, const_cast<char*>(text.c_str()), nullptr, buffer, sizeof(buffer));
+  const float* v = reinterpret_cast<const float*>(buffer);
+  for (int q = 0; q < quads; ++q) {
+    const float* quad = v + q * 16;  // 4 vertices of (x, y, z, color)
+    const auto xa = static_cast<std::int64_t>(quad[0]), ya = static_cast<std::int64_t>(quad[1]);
+    const auto xb = static_cast<std::int64_t>(quad[8]), yb = static_cast<std::int64_t>(quad[9]);
+    for (std::int64_t y = std::min(ya, yb); y < std::max(ya, yb); ++y)
+      for (std::int64_t x = std::min(xa, xb); x < std::max(xa, xb); ++x) {
+        const std::int64_t px = x0 + x, py = y0 + y;
+        if (px < 0 || py < 0 || px >= w || py >= h) continue;
+        std::uint8_t* p = &rgb[static_cast<std::size_t>((py * w + px) * 3)];
+        p[0] = r;
+        p[1] = g;
+        p[2] = b;
+      }
+  }
+}
+
+}  // namespace
+
+void save_png(const std::string& path, const Tensor& image) {
+  TG_CHECK(image.dim() == 2 || image.dim() == 3, "save_png: expected [H, W] or [C, H, W], got {}", image.shape());
+  const Tensor img = (image.dim() == 2 ? image.unsqueeze(0) : image).detach().to(DType::f32).contiguous();
+  const std::int64_t C = img.shape()[0], H = img.shape()[1], W = img.shape()[2];
+  TG_CHECK(C == 1 || C == 3, "save_png: expected 1 or 3 channels, got {}", C);
+  const float* p = img.data<float>();
+  std::vector<std::uint8_t> rgb(static_cast<std::size_t>(H * W * 3));
+  for (std::int64_t y = 0; y < H; ++y)
+    for (std::int64_t x = 0; x < W; ++x)
+      for (std::int64_t c = 0; c < 3; ++c) rgb[(y * W + x) * 3 + c] = to_byte(p[(C == 1 ? 0 : c) * H * W + y * W + x]);
+  write_png(path, rgb, W, H);
+}
+
+void save_image_grid(const std::string& path, const Tensor& images, const GridOptions& o) {
+  TG_CHECK(images.dim() == 4, "save_image_grid: expected images [N, C, H, W], got {}", images.shape());
+  const Tensor img = images.detach().to(DType::f32).contiguous();
+  const std::int64_t N = img.shape()[0], C = img.shape()[1], H = img.shape()[2], W = img.shape()[3];
+  TG_CHECK(C == 1 || C == 3, "save_image_grid: expected 1 or 3 channels, got {}", C);
+  TG_CHECK(N > 0 && o.columns > 0 && o.scale > 0 && o.padding >= 0, "save_image_grid: bad grid options or no images");
+  TG_CHECK(o.captions.empty() || static_cast<std::int64_t>(o.captions.size()) == N,
+           "save_image_grid: {} captions for {} images", o.captions.size(), N);
+  const std::int64_t cols = std::min(o.columns, N), rows = (N + cols - 1) / cols;
+  const std::int64_t caption_h = o.captions.empty() ? 0 : 12;
+  const std::int64_t tile_w = W * o.scale, tile_h = H * o.scale + caption_h;
+  const std::int64_t gw = cols * tile_w + (cols + 1) * o.padding, gh = rows * tile_h + (rows + 1) * o.padding;
+  std::vector<std::uint8_t> rgb(static_cast<std::size_t>(gw * gh * 3), 40);  // dark grey background
+  const float* p = img.data<float>();
+  for (std::int64_t n = 0; n < N; ++n) {
+    const std::int64_t ox = o.padding + (n % cols) * (tile_w + o.padding);
+    const std::int64_t oy = o.padding + (n / cols) * (tile_h + o.padding);
+    for (std::int64_t y = 0; y < H * o.scale; ++y)
+      for (std::int64_t x = 0; x < W * o.scale; ++x)
+        for (std::int64_t c = 0; c < 3; ++c)
+          rgb[((oy + y) * gw + ox + x) * 3 + c] =
+              to_byte(p[((n * C + (C == 1 ? 0 : c)) * H + y / o.scale) * W + x / o.scale]);
+    if (!o.captions.empty()) {
+      const bool red = !o.caption_red.empty() && o.caption_red[static_cast<std::size_t>(n)];
+      draw_text(rgb, gw, gh, ox + 1, oy + H * o.scale + 2, o.captions[static_cast<std::size_t>(n)], red ? 255 : 230,
+                red ? 80 : 230, red ? 80 : 230);
+    }
+  }
+  write_png(path, rgb, gw, gh);
+}
+
+CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header) : columns_(header.size()) {
+  f_ = std::fopen(path.c_str(), "w");
+  TG_CHECK(f_ != nullptr, "CsvWriter: cannot create '{}'", path);
+  row(header);
+}
+
+CsvWriter::~CsvWriter() {
+  if (f_) std::fclose(f_);
+}
+
+void CsvWriter::row(const std::vector<std::string>& values) {
+  TG_CHECK(values.size() == columns_, "CsvWriter: {} values for {} columns", values.size(), columns_);
+  for (std::size_t i = 0; i < values.size(); ++i) fmt::print(f_, "{}{}", i ? "," : "", values[i]);
+  fmt::print(f_, "\n");
+  std::fflush(f_);
+}
+
+void CsvWriter::row(const std::vector<double>& values) {
+  std::vector<std::string> s;
+  for (double v : values) s.push_back(fmt::format("{:.6g}", v));
+  row(s);
+}
+
+void plot_svg(const std::string& path, const std::vector<Series>& series, const PlotOptions& o) {
+  double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
+  auto ty = [&](double y) { return o.log_y ? std::log10(std::max(y, 1e-300)) : y; };
+  for (const Series& s : series) {
+    TG_CHECK(s.x.size() == s.y.size(), "plot_svg: series '{}' has {} x and {} y values", s.name, s.x.size(), s.y.size());
+    for (std::size_t i = 0; i < s.x.size(); ++i) {
+      if (!std::isfinite(s.y[i]) || (o.log_y && s.y[i] <= 0)) continue;
+      x0 = std::min(x0, s.x[i]);
+      x1 = std::max(x1, s.x[i]);
+      y0 = std::min(y0, ty(s.y[i]));
+      y1 = std::max(y1, ty(s.y[i]));
+    }
+  }
+  if (!(x1 > x0)) x1 = x0 + 1;
+  if (!(y1 > y0)) y1 = y0 + 1;
+  if (!std::isfinite(x0)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+  const double left = 70, right = 170, top = 40, bottom = 50;
+  const double pw = o.width - left - right, ph = o.height - top - bottom;
+  auto sx = [&](double x) { return left + (x - x0) / (x1 - x0) * pw; };
+  auto sy = [&](double y) { return top + (1 - (ty(y) - y0) / (y1 - y0)) * ph; };
+  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>\n",
+      o.width, o.height, left + pw / 2, o.title);
+  for (int t = 0; t <= 5; ++t) {  // grid and tick labels
+    const double fy = y0 + (y1 - y0) * t / 5, fx = x0 + (x1 - x0) * t / 5;
+    const double py = top + (1 - t / 5.0) * ph, px = left + t / 5.0 * pw;
+    svg += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n", left, py, left + pw, py);
+    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.4g}</text>\n", left - 6, py + 4,
+                       o.log_y ? std::pow(10.0, fy) : fy);
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.4g}</text>\n", px, top + ph + 18, fx);
+  }
+  svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n", left, top, pw, ph);
+  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", left + pw / 2, o.height - 10, o.x_label);
+  svg += fmt::format("<text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">{}</text>\n",
+                     top + ph / 2, top + ph / 2, o.y_label);
+  for (std::size_t k = 0; k < series.size(); ++k) {
+    const Series& s = series[k];
+    const char* color = kColors[k % 8];
+    std::string points;
+    for (std::size_t i = 0; i < s.x.size(); ++i)
+      if (std::isfinite(s.y[i]) && !(o.log_y && s.y[i] <= 0)) points += fmt::format("{:.1f},{:.1f} ", sx(s.x[i]), sy(s.y[i]));
+    svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.8\" points=\"{}\"/>\n", color, points);
+    if (s.x.size() <= 40)
+      for (std::size_t i = 0; i < s.x.size(); ++i)
+        if (std::isfinite(s.y[i]) && !(o.log_y && s.y[i] <= 0))
+          svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.5\" fill=\"{}\"/>\n", sx(s.x[i]), sy(s.y[i]), color);
+    const double ly = top + 10 + 18.0 * static_cast<double>(k);
+    svg += fmt::format("<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"/>\n", left + pw + 12,
+                       ly, left + pw + 32, ly, color);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\">{}</text>\n", left + pw + 38, ly + 4, s.name);
+  }
+  svg += "</svg>\n";
+  std::ofstream out(path);
+  TG_CHECK(out.good(), "plot_svg: cannot create '{}'", path);
+  out << svg;
+}
+
+ProgressBar::ProgressBar(std::int64_t total, std::string label)
+    : total_(std::max<std::int64_t>(total, 1)), label_(std::move(label)), tty_(::isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
+
+void ProgressBar::update(std::int64_t done, double loss) {
+  if (std::isfinite(loss)) {
+    smoothed_loss_ = has_loss_ ? 0.95 * smoothed_loss_ + 0.05 * loss : loss;
+    has_loss_ = true;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (tty_) {
+    if (now - last_draw_ < std::chrono::milliseconds(100) && done < total_) return;
+  } else {
+    const std::int64_t decile = done * 10 / total_;
+    if (decile == last_printed_ || done == 0) return;
+    last_printed_ = decile;
+  }
+  last_draw_ = now;
+  draw(done, loss, false);
+}
+
+void ProgressBar::draw(std::int64_t done, double, bool final) {
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  last_drawn_ = done;
+  const double rate = secs > 0.05 ? static_cast<double>(done) / secs : 0;  // too early for a rate otherwise
+  const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : 0;
+  const int width = 24;
+  const int filled = static_cast<int>(width * std::min<std::int64_t>(done, total_) / total_);
+  const auto eta_s = static_cast<long>(eta);
+  std::string line = fmt::format("{} [{}{}] {:3d}%  {}/{}", label_, std::string(filled, '#'), std::string(width - filled, '.'),
+                                 static_cast<int>(100 * done / total_), done, total_);
+  if (rate > 0) line += fmt::format("  {:.1f} it/s  ETA {}:{:02d}", rate, eta_s / 60, eta_s % 60);
+  if (has_loss_) line += fmt::format("  loss {:.4f}", smoothed_loss_);
+  if (tty_) fmt::print(stderr, "\r{}\x1b[K{}", line, final ? "\n" : "");
+  else fmt::print(stderr, "{}\n", line);
+  std::fflush(stderr);
+}
+
+void ProgressBar::finish(const std::string& message) {
+  if (tty_ || last_drawn_ != total_) draw(total_, smoothed_loss_, true);
+  if (!message.empty()) fmt::print(stderr, "{}\n", message);
+}
+
+}  // namespace tg::nn::output

@@ -1,0 +1,76 @@
+// Output helpers for training runs: PNG images and labelled image grids, metrics CSV files,
+// SVG line plots, and a terminal progress bar with rate, ETA and the running loss.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace tg::nn::output {
+
+// Writes image [H, W] or [C, H, W] (C = 1 or 3; f32 in [0, 1], clamped) as a PNG.
+void save_png(const std::string& path, const Tensor& image);
+
+// Tiles images [N, C, H, W] (f32 in [0, 1]) into a grid of `columns` columns with a border, each
+// tile optionally captioned (captions in a small built-in font, e.g. predicted labels), scaled up
+// by an integer factor for legibility, and writes a PNG.
+struct GridOptions {
+  std::int64_t columns = 8;
+  std::int64_t scale = 2;          // pixels per image pixel
+  std::int64_t padding = 2;        // border between tiles (pixels after scaling)
+  std::vector<std::string> captions;  // empty, or one per image
+  std::vector<bool> caption_red;      // empty, or one per image: draw that caption in red
+};
+void save_image_grid(const std::string& path, const Tensor& images, const GridOptions& options = {});
+
+// Appends rows to a CSV file (created with the header on first use).
+class CsvWriter {
+ public:
+  CsvWriter(const std::string& path, std::vector<std::string> header);
+  ~CsvWriter();
+  CsvWriter(const CsvWriter&) = delete;
+  CsvWriter& operator=(const CsvWriter&) = delete;
+  void row(const std::vector<double>& values);
+  void row(const std::vector<std::string>& values);
+
+ private:
+  std::FILE* f_;
+  std::size_t columns_;
+};
+
+// A line chart as a self-contained SVG file.
+struct Series {
+  std::string name;
+  std::vector<double> x, y;
+};
+struct PlotOptions {
+  std::string title, x_label, y_label;
+  bool log_y = false;
+  int width = 720, height = 420;
+};
+void plot_svg(const std::string& path, const std::vector<Series>& series, const PlotOptions& options = {});
+
+// "[#######.....] 45%  1234/2745  87.3 it/s  ETA 0:17  loss 0.4321" on stderr, redrawn in place on a
+// terminal and printed about every 10% otherwise (logs stay readable).
+class ProgressBar {
+ public:
+  ProgressBar(std::int64_t total, std::string label);
+  void update(std::int64_t done, double loss);
+  void finish(const std::string& message = "");
+
+ private:
+  void draw(std::int64_t done, double loss, bool final);
+  std::int64_t total_;
+  std::string label_;
+  bool tty_;
+  std::int64_t last_printed_ = -1;  // decile last printed (non-terminal output)
+  std::int64_t last_drawn_ = -1;    // `done` at the last draw
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  double smoothed_loss_ = 0;
+  bool has_loss_ = false;
+};
+
+}  // namespace tg::nn::output

@@ -1,0 +1,1063 @@
+// Convolution-family kernels.
+//
+// Convolution, general path (im2col + the project's GEMM):
+//   forward       per image and group: col [K, P] = im2col(x) (K = C/groups * kh * kw, P = ho * wo),
+//                 y = W_g [O_g, K] · col (a 1x1 / stride 1 / no-pad conv reads x in place);
+//                 the bias is written first and the GEMM accumulates onto it.
+//   input grad    per image and group: col = W_g^T · gy, then col2im scatters col into gx. The
+//                 scatter is sequential inside the task that owns the image, so its order is fixed.
+//   weight grad   the batch is cut into at most 8 fixed groups of images (independent of the
+//                 thread count); each group walks its images in chunks whose column buffer fits in
+//                 L2, and per chunk runs one GEMM dW_g += gy_chunk [O_g, nb*P] · col_chunk^T, so the
+//                 GEMM has a long k. Group partials are summed in group order (in f64).
+//   Images are distributed over tasks with parallel_for (fixed chunking); a task owns its
+//   scratch buffers (never thread-locals: a task waiting inside a nested GEMM may run another one).
+//
+// Convolution, direct path for few taps per output (K = C/groups * kh * kw <= 32, stride 1 along
+// the width: e.g. the first layer of a CNN on grey or RGB images, depthwise convolutions):
+//   forward       the image is copied into a zero-padded buffer once; every output row is then
+//                 K FMAs per SIMD vector along the width, with weights broadcast and 4 output
+//                 channels x 2 vectors in registers (no im2col, no packing).
+//   weight grad   per output channel, K (in blocks of up to 16) vector accumulators sweep the
+//                 output rows: acc[k] += gy_row * shifted input row; the bias gradient rides along.
+//                 Lanes are reduced per image group, groups summed in order.
+//
+// Pooling and upsampling work plane by plane (n * c planes, parallel with fixed chunking); each
+// backward zeroes its plane of gx and adds contributions in output order.
+#include "ops/kernels/conv.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#if XSIMD_WITH_AVX512F
+#include <immintrin.h>
+#endif
+
+#include "core/parallel.hpp"
+#include "core/tensor.hpp"
+#include "ops/kernels/gemm.hpp"
+
+namespace tg::kernels {
+namespace {
+
+template <class T>
+using Vec = xsimd::batch<T>;
+template <class T>
+constexpr int64_t kLanes = static_cast<int64_t>(Vec<T>::size);
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A task-owned scratch buffer from the caching allocator (64-byte aligned, reused across calls).
+template <class T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : t_(empty({std::max<int64_t>(n, 1)}, dtype_of<T>())), p_(t_.data<T>()) {}
+  T* get() const { return p_; }
+
+ private:
+  Tensor t_;
+  T* p_;
+};
+
+// Loads the first n (< lanes) elements, zero in the other lanes; never reads past p + n.
+template <class T>
+inline Vec<T> load_n(const T* p, int64_t n) {
+  if (n >= kLanes<T>) return Vec<T>::load_unaligned(p);
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec<T>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+  } else {
+    return Vec<T>(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p));
+  }
+#else
+  alignas(64) T buf[kLanes<T>] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+  return Vec<T>::load_aligned(buf);
+#endif
+}
+
+// Stores the first n lanes of v (all when n >= lanes).
+template <class T>
+inline void store_n(T* p, const Vec<T>& v, int64_t n) {
+  if (n >= kLanes<T>) {
+    v.store_unaligned(p);
+    return;
+  }
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+  } else {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+  }
+#else
+  alignas(64) T buf[kLanes<T>];
+  v.store_aligned(buf);
+  for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
+#endif
+}
+
+// Sum of n contiguous values in a fixed order (vector lanes, then the lane reduction).
+template <class T>
+inline T row_sum(const T* p, int64_t n) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> a0(T(0)), a1(T(0));
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    a0 += Vec<T>::load_unaligned(p + i);
+    a1 += Vec<T>::load_unaligned(p + i + L);
+  }
+  for (; i < n; i += L) a0 += load_n(p + i, n - i);
+  return xsimd::hadd(a0 + a1);
+}
+
+// Work per task, in multiply-adds: enough to hide the task overhead.
+constexpr int64_t kTaskWork = int64_t{1} << 19;
+int64_t items_per_task(int64_t work_per_item) { return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(work_per_item, 1)); }
+
+// The batch split for weight-gradient reductions: at most 8 contiguous groups of images (fixed
+// by n alone), fewer when the partial gradients would be large.
+int64_t reduction_groups(int64_t n, int64_t partial_elems) {
+  const int64_t budget = int64_t{1} << 22;  // elements of all partials together
+  return std::max<int64_t>(1, std::min({n, int64_t{8}, budget / std::max<int64_t>(partial_elems, 1)}));
+}
+inline int64_t group_begin(int64_t n, int64_t groups, int64_t s) { return n * s / groups; }
+
+// ---------------------------------------------------------------------------------------------
+// im2col / col2im
+
+struct Range {
+  int64_t lo, hi;
+};
+// Output positions j in [0, count) with 0 <= j * stride + off < size.
+inline Range valid_range(int64_t off, int64_t stride, int64_t size, int64_t count) {
+  int64_t lo = off >= 0 ? 0 : ceil_div(-off, stride);
+  int64_t hi = size - 1 - off < 0 ? 0 : (size - 1 - off) / stride + 1;
+  hi = std::min(hi, count);
+  lo = std::min(lo, hi);
+  return {lo, hi};
+}
+
+// col[(c * kh + p) * kw + q][i * wo + j] (row stride ld) = x[c, i*sh - ph + p*dh, j*sw - pw + q*dw]
+// for the cg channels starting at x (zero outside).
+template <class T>
+void im2col(const ConvGeometry& g, const T* x, int64_t cg, T* col, int64_t ld) {
+  const int64_t H = g.h, W = g.w, Ho = g.ho, Wo = g.wo;
+  for (int64_t c = 0; c < cg; ++c) {
+    const T* xc = x + c * H * W;
+    for (int64_t p = 0; p < g.kh; ++p) {
+      for (int64_t q = 0; q < g.kw; ++q) {
+        T* row = col + ((c * g.kh + p) * g.kw + q) * ld;
+        const int64_t off = q * g.dw - g.pw;
+        const Range r = valid_range(off, g.sw, W, Wo);
+        for (int64_t i = 0; i < Ho; ++i) {
+          T* out = row + i * Wo;
+          const int64_t hi = i * g.sh - g.ph + p * g.dh;
+          if (hi < 0 || hi >= H) {
+            std::fill(out, out + Wo, T(0));
+            continue;
+          }
+          const T* xr = xc + hi * W;
+          std::fill(out, out + r.lo, T(0));
+          if (g.sw == 1) {
+            if (r.lo < r.hi) std::memcpy(out + r.lo, xr + (r.lo + off), static_cast<size_t>(r.hi - r.lo) * sizeof(T));
+          } else {
+            for (int64_t j = r.lo; j < r.hi; ++j) out[j] = xr[j * g.sw + off];
+          }
+          std::fill(out + r.hi, out + Wo, T(0));
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col (row stride ho * wo): x[c, ...] += col[...]; x must be zeroed first.
+template <class T>
+void col2im(const ConvGeometry& g, const T* col, int64_t cg, T* x) {
+  const int64_t H = g.h, W = g.w, Ho = g.ho, Wo = g.wo, ld = Ho * Wo;
+  for (int64_t c = 0; c < cg; ++c) {
+    T* xc = x + c * H * W;
+    for (int64_t p = 0; p < g.kh; ++p) {
+      for (int64_t q = 0; q < g.kw; ++q) {
+        const T* row = col + ((c * g.kh + p) * g.kw + q) * ld;
+        const int64_t off = q * g.dw - g.pw;
+        const Range r = valid_range(off, g.sw, W, Wo);
+        for (int64_t i = 0; i < Ho; ++i) {
+          const int64_t hi = i * g.sh - g.ph + p * g.dh;
+          if (hi < 0 || hi >= H) continue;
+          const T* in = row + i * Wo;
+          T* xr = xc + hi * W;
+          if (g.sw == 1) {
+            T* dst = xr + (r.lo + off);
+            const T* src = in + r.lo;
+            const int64_t len = r.hi - r.lo;
+            for (int64_t j = 0; j < len; ++j) dst[j] += src[j];
+          } else {
+            for (int64_t j = r.lo; j < r.hi; ++j) xr[j * g.sw + off] += in[j];
+          }
+        }
+      }
+    }
+  }
+}
+
+bool is_pointwise(const ConvGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.ho == g.h && g.wo == g.w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// General path: im2col + GEMM.
+
+template <class T>
+void forward_gemm(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const bool pointwise = is_pointwise(g);
+  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+    Scratch<T> col(pointwise ? 0 : K * P);
+    for (int64_t n = b; n < e; ++n) {
+      T* yn = y + n * g.o * P;
+      if (bias)
+        for (int64_t oc = 0; oc < g.o; ++oc) std::fill(yn + oc * P, yn + (oc + 1) * P, bias[oc]);
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const T* xg = x + (n * g.c + gi * cg) * g.h * g.w;
+        const T* bm = xg;
+        if (!pointwise) {
+          im2col(g, xg, cg, col.get(), P);
+          bm = col.get();
+        }
+        gemm(og, P, K, ConstMatrix<T>{w + gi * og * K, K, 1}, ConstMatrix<T>{bm, P, 1},
+             Matrix<T>{yn + gi * og * P, P, 1}, bias != nullptr);
+      }
+    }
+  });
+}
+
+template <class T>
+void backward_input_gemm(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const int64_t plane = g.h * g.w;
+  const bool pointwise = is_pointwise(g);
+  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+    Scratch<T> col(pointwise ? 0 : K * P);
+    for (int64_t n = b; n < e; ++n) {
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        T* gxg = gx + (n * g.c + gi * cg) * plane;
+        const ConstMatrix<T> wt{w + gi * og * K, 1, K};  // W_g^T: element (k, o) at w[o * K + k]
+        const ConstMatrix<T> gyg{gy + (n * g.o + gi * og) * P, P, 1};
+        if (pointwise) {
+          gemm(K, P, og, wt, gyg, Matrix<T>{gxg, P, 1}, false);
+        } else {
+          gemm(K, P, og, wt, gyg, Matrix<T>{col.get(), P, 1}, false);
+          std::fill(gxg, gxg + cg * plane, T(0));
+          col2im(g, col.get(), cg, gxg);
+        }
+      }
+    }
+  });
+}
+
+// Sums per-group partials (group-major, `elems` each) in group order, in f64.
+template <class T, class P>
+void combine_partials(const P* part, int64_t groups, int64_t elems, T* out) {
+  for (int64_t i = 0; i < elems; ++i) {
+    double acc = 0;
+    for (int64_t s = 0; s < groups; ++s) acc += static_cast<double>(part[s * elems + i]);
+    out[i] = static_cast<T>(acc);
+  }
+}
+
+template <class T>
+void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const int64_t WK = g.o * K;
+  const int64_t S = reduction_groups(g.n, WK);
+  // Images per chunk: the chunk's column buffer stays around 1 MiB (L2).
+  const int64_t nb = std::max<int64_t>(1, std::min<int64_t>(g.n, (int64_t{1} << 20) / std::max<int64_t>(K * P * int64_t(sizeof(T)), 1)));
+  Scratch<T> part(S * WK);
+  std::vector<double> bpart(static_cast<size_t>(S * g.o), 0.0);
+  parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t b0 = group_begin(g.n, S, s), b1 = group_begin(g.n, S, s + 1);
+      T* ps = part.get() + s * WK;
+      double* pb = bpart.data() + s * g.o;
+      if (b0 == b1 || P == 0) {
+        std::fill(ps, ps + WK, T(0));
+        continue;
+      }
+      Scratch<T> col(K * nb * P), gyt(og * nb * P);
+      for (int64_t c0 = b0; c0 < b1; c0 += nb) {
+        const int64_t nc = std::min(nb, b1 - c0), ld = nc * P;
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          for (int64_t b = 0; b < nc; ++b) im2col(g, x + ((c0 + b) * g.c + gi * cg) * g.h * g.w, cg, col.get() + b * P, ld);
+          ConstMatrix<T> a{gy + (c0 * g.o + gi * og) * P, P, 1};
+          if (nc > 1) {  // gather the chunk's gy rows side by side: [og, nc * P]
+            for (int64_t o = 0; o < og; ++o)
+              for (int64_t b = 0; b < nc; ++b)
+                std::memcpy(gyt.get() + o * ld + b * P, gy + ((c0 + b) * g.o + gi * og + o) * P, static_cast<size_t>(P) * sizeof(T));
+            a = ConstMatrix<T>{gyt.get(), ld, 1};
+          }
+          gemm(og, K, ld, a, ConstMatrix<T>{col.get(), 1, ld}, Matrix<T>{ps + gi * og * K, K, 1}, c0 != b0);
+          if (gbias)
+            for (int64_t o = 0; o < og; ++o)
+              for (int64_t b = 0; b < nc; ++b) pb[gi * og + o] += row_sum(gy + ((c0 + b) * g.o + gi * og + o) * P, P);
+        }
+      }
+    }
+  });
+  combine_partials(part.get(), S, WK, gw);
+  if (gbias) combine_partials(bpart.data(), S, g.o, gbias);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct path (few taps, unit width stride).
+
+constexpr int64_t kDirectMaxTaps = 32;
+
+bool use_direct(const ConvGeometry& g) {
+  const int64_t taps = g.c / g.groups * g.kh * g.kw;
+  return g.sw == 1 && taps > 0 && taps <= kDirectMaxTaps && g.wo > 0 && g.ho > 0;
+}
+
+// The cg planes of one image and group, zero padded: row r, column q hold x[r - ph, q - pw].
+// Wide enough for whole vectors past the last output column.
+template <class T>
+struct PaddedPlanes {
+  int64_t hp, wb, nv;
+  PaddedPlanes(const ConvGeometry& g)  // NOLINT(google-explicit-constructor)
+      : hp(std::max(g.h + 2 * g.ph, (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1)),
+        wb(std::max(g.w + 2 * g.pw, ceil_div(g.wo, kLanes<T>) * kLanes<T> + (g.kw - 1) * g.dw)),
+        nv(ceil_div(g.wo, kLanes<T>)) {}
+  int64_t size(int64_t cg) const { return cg * hp * wb; }
+  // Copies the planes into a buffer whose borders are zero (zeroed once by its owner: the
+  // interior is all that changes from image to image).
+  void fill(const ConvGeometry& g, const T* x, int64_t cg, T* buf) const {
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t h = 0; h < g.h; ++h)
+        std::memcpy(buf + (c * hp + h + g.ph) * wb + g.pw, x + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+  }
+  // Offsets of the taps (c, p, q) relative to the output row's first input row.
+  void tap_offsets(const ConvGeometry& g, int64_t cg, int64_t* off) const {
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t p = 0; p < g.kh; ++p)
+        for (int64_t q = 0; q < g.kw; ++q) off[(c * g.kh + p) * g.kw + q] = (c * hp + p * g.dh) * wb + q * g.dw;
+  }
+};
+
+// OB output channels x NV vectors of one output row: acc = bias + sum_k w[o, k] * x_k.
+template <class T, int OB, int NV>
+inline void direct_forward_tile(int64_t K, const T* const* ptr, int64_t col, const T* w, int64_t wstride,
+                                const T* bias, T* y, int64_t ystride, int64_t last_count) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[OB][NV];
+#pragma GCC unroll 4
+  for (int q = 0; q < OB; ++q) {
+    const Vec<T> b0(bias ? bias[q] : T(0));
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[q][v] = b0;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<T> xv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) xv[v] = Vec<T>::load_unaligned(ptr[k] + col + v * L);
+#pragma GCC unroll 4
+    for (int q = 0; q < OB; ++q) {
+      const Vec<T> wv(w[q * wstride + k]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[q][v] = xsimd::fma(wv, xv[v], acc[q][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < OB; ++q)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) store_n(y + q * ystride + col + v * L, acc[q][v], v == NV - 1 ? last_count : L);
+}
+
+template <class T, int NV>
+inline void direct_forward_row(int64_t K, int64_t og, const T* const* ptr, int64_t col, const T* w, const T* bias,
+                               T* y, int64_t plane, int64_t last_count) {
+  int64_t o = 0;
+  for (; o + 4 <= og; o += 4)
+    direct_forward_tile<T, 4, NV>(K, ptr, col, w + o * K, K, bias ? bias + o : nullptr, y + o * plane, plane, last_count);
+  for (; o < og; ++o)
+    direct_forward_tile<T, 1, NV>(K, ptr, col, w + o * K, K, bias ? bias + o : nullptr, y + o * plane, plane, last_count);
+}
+
+template <class T>
+void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const PaddedPlanes<T> pad(g);
+  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+    Scratch<T> buf(pad.size(cg));
+    std::fill(buf.get(), buf.get() + pad.size(cg), T(0));
+    int64_t off[kDirectMaxTaps];
+    const T* ptr[kDirectMaxTaps];
+    pad.tap_offsets(g, cg, off);
+    for (int64_t n = b; n < e; ++n) {
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        pad.fill(g, x + (n * g.c + gi * cg) * g.h * g.w, cg, buf.get());
+        const T* wg = w + gi * og * K;
+        const T* bg = bias ? bias + gi * og : nullptr;
+        T* yg = y + (n * g.o + gi * og) * P;
+        for (int64_t i = 0; i < g.ho; ++i) {
+          const T* rowbase = buf.get() + i * g.sh * pad.wb;
+          for (int64_t k = 0; k < K; ++k) ptr[k] = rowbase + off[k];
+          T* yrow = yg + i * g.wo;
+          for (int64_t v = 0; v < pad.nv; v += 2) {
+            if (v + 1 < pad.nv) {
+              direct_forward_row<T, 2>(K, og, ptr, v * L, wg, bg, yrow, P, std::min(L, g.wo - (v + 1) * L));
+            } else {
+              direct_forward_row<T, 1>(K, og, ptr, v * L, wg, bg, yrow, P, g.wo - v * L);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Accumulates, for KB taps, acc[k] += gy_row * (tap k's input row) over the output rows of one
+// (image, channel); the tail vector masks both operands. With BIAS, bacc += gy_row too.
+template <class T, int KB, bool BIAS>
+void direct_weight_taps(const ConvGeometry& g, int64_t nv, const T* gyp, const T* const* ptr, int64_t rowstep,
+                        Vec<T>* acc_mem, Vec<T>* bacc_mem) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[KB];
+#pragma GCC unroll 16
+  for (int k = 0; k < KB; ++k) acc[k] = Vec<T>(T(0));
+  Vec<T> bacc(T(0));
+  const int64_t full = g.wo / L, tail = g.wo - full * L;
+  for (int64_t i = 0; i < g.ho; ++i) {
+    const T* gr = gyp + i * g.wo;
+    const int64_t roff = i * rowstep;
+    for (int64_t v = 0; v < full; ++v) {
+      const Vec<T> gv = Vec<T>::load_unaligned(gr + v * L);
+      if constexpr (BIAS) bacc += gv;
+#pragma GCC unroll 16
+      for (int k = 0; k < KB; ++k) acc[k] = xsimd::fma(gv, Vec<T>::load_unaligned(ptr[k] + roff + v * L), acc[k]);
+    }
+    if (tail) {
+      const Vec<T> gv = load_n(gr + full * L, tail);
+      if constexpr (BIAS) bacc += gv;
+#pragma GCC unroll 16
+      for (int k = 0; k < KB; ++k) acc[k] = xsimd::fma(gv, load_n(ptr[k] + roff + full * L, tail), acc[k]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < KB; ++k) acc_mem[k] += acc[k];
+  if constexpr (BIAS) *bacc_mem += bacc;
+  (void)nv;
+}
+
+template <class T>
+using WeightTapsFn = void (*)(const ConvGeometry&, int64_t, const T*, const T* const*, int64_t, Vec<T>*, Vec<T>*);
+
+template <class T, bool BIAS, size_t... I>
+constexpr auto make_weight_taps_table(std::index_sequence<I...>) {
+  return std::array<WeightTapsFn<T>, sizeof...(I)>{&direct_weight_taps<T, int(I) + 1, BIAS>...};
+}
+constexpr int kMaxTapBlock = 16;
+template <class T, bool BIAS>
+constexpr auto kWeightTaps = make_weight_taps_table<T, BIAS>(std::make_index_sequence<kMaxTapBlock>{});
+
+template <class T>
+void backward_weight_direct(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const int64_t WK = g.o * K;
+  const int64_t S = reduction_groups(g.n, WK + g.o);
+  const int64_t nblocks = ceil_div(K, kMaxTapBlock), kb_size = ceil_div(K, nblocks);
+  const PaddedPlanes<T> pad(g);
+  Scratch<T> part(S * (WK + g.o));  // per group: gw partial, then gbias partial
+  parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
+    Scratch<T> buf(pad.size(cg));
+    std::fill(buf.get(), buf.get() + pad.size(cg), T(0));
+    std::vector<Vec<T>, xsimd::aligned_allocator<Vec<T>>> acc(static_cast<size_t>(WK + g.o), Vec<T>(T(0)));
+    int64_t off[kDirectMaxTaps];
+    const T* ptr[kMaxTapBlock];
+    pad.tap_offsets(g, cg, off);
+    for (int64_t s = s0; s < s1; ++s) {
+      std::fill(acc.begin(), acc.end(), Vec<T>(T(0)));
+      for (int64_t n = group_begin(g.n, S, s); n < group_begin(g.n, S, s + 1); ++n) {
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          pad.fill(g, x + (n * g.c + gi * cg) * g.h * g.w, cg, buf.get());
+          for (int64_t o = 0; o < og; ++o) {
+            const int64_t oc = gi * og + o;
+            const T* gyp = gy + (n * g.o + oc) * P;
+            for (int64_t k0 = 0; k0 < K; k0 += kb_size) {
+              const int64_t kc = std::min(kb_size, K - k0);
+              for (int64_t k = 0; k < kc; ++k) ptr[k] = buf.get() + off[k0 + k];
+              const bool with_bias = gbias && k0 == 0;
+              const auto fn = with_bias ? kWeightTaps<T, true>[kc - 1] : kWeightTaps<T, false>[kc - 1];
+              fn(g, pad.nv, gyp, ptr, g.sh * pad.wb, acc.data() + oc * K + k0, acc.data() + WK + oc);
+            }
+          }
+        }
+      }
+      T* ps = part.get() + s * (WK + g.o);
+      for (int64_t i = 0; i < WK + g.o; ++i) ps[i] = xsimd::hadd(acc[static_cast<size_t>(i)]);
+    }
+  });
+  (void)L;
+  std::vector<T> total(static_cast<size_t>(WK + g.o));
+  combine_partials(part.get(), S, WK + g.o, total.data());
+  std::copy(total.begin(), total.begin() + WK, gw);
+  if (gbias) std::copy(total.begin() + WK, total.end(), gbias);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Implicit GEMM for unit-stride convolutions (no im2col).
+//
+// The cg input planes of an image are copied into a zero-padded buffer of row width wp = w + 2 pw.
+// Output pixel (i, j) is "position" i * wp + j, and tap k = (c, p, q) reads the buffer at
+// off[k] + position with off[k] = c * plane + p * dh * wp + q * dw: along consecutive positions
+// the GEMM's B operand is a plain unaligned vector load. A micro-tile keeps 8 output channels x 3
+// vectors of positions in registers and broadcasts pre-packed weights; the wp - wo positions past
+// the end of each output row are computed into a row buffer and dropped when it is copied out.
+
+constexpr int kImplicitMR = 8;  // output channels per micro-tile
+constexpr int kImplicitNV = 3;  // vectors of positions per micro-tile
+
+bool natural_unit_stride(const ConvGeometry& g) {
+  return g.sh == 1 && g.sw == 1 && g.ho == g.h + 2 * g.ph - (g.kh - 1) * g.dh &&
+         g.wo == g.w + 2 * g.pw - (g.kw - 1) * g.dw;
+}
+
+template <class T, int ROWS, int NV>
+void implicit_tile(int64_t K, const int64_t* off, const T* x, const T* w, T* out, int64_t ostride) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[ROWS][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>(T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    const T* src = x + off[k];
+    Vec<T> b[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) b[v] = Vec<T>::load_unaligned(src + v * L);
+    const T* wk = w + k * kImplicitMR;
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const Vec<T> a(wk[r]);
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[r][v].store_unaligned(out + r * ostride + v * L);
+}
+
+template <class T>
+using ImplicitTileFn = void (*)(int64_t, const int64_t*, const T*, const T*, T*, int64_t);
+
+template <class T, int NV, size_t... R>
+constexpr auto make_implicit_row(std::index_sequence<R...>) {
+  return std::array<ImplicitTileFn<T>, sizeof...(R)>{&implicit_tile<T, int(R) + 1, NV>...};
+}
+template <class T>
+const std::array<std::array<ImplicitTileFn<T>, kImplicitMR>, kImplicitNV> kImplicitTiles{
+    make_implicit_row<T, 1>(std::make_index_sequence<kImplicitMR>{}),
+    make_implicit_row<T, 2>(std::make_index_sequence<kImplicitMR>{}),
+    make_implicit_row<T, 3>(std::make_index_sequence<kImplicitMR>{})};
+
+template <class T>
+void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int MR = kImplicitMR;
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, plane = hp * wp;
+  const int64_t nvec = ceil_div(g.ho * wp, L), ystride = nvec * L;
+  // Reads reach at most (cg - 1) plane + (kh - 1) dh wp + (kw - 1) dw + nvec L - 1
+  //                   <= cg plane + (kw - 1) dw + L - 1   (since ho + (kh - 1) dh = hp).
+  const int64_t xsize = cg * plane + (g.kw - 1) * g.dw + L;
+  const int64_t panels = ceil_div(og, MR);
+  // Weights in micro-panels, k-major: wpack[gi][panel][k][MR] (zero rows past og).
+  std::vector<T> wpack(static_cast<size_t>(g.groups * panels * K * MR), T(0));
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t o = 0; o < og; ++o)
+      for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
+  std::vector<int64_t> off(static_cast<size_t>(K));
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t p = 0; p < g.kh; ++p)
+      for (int64_t q = 0; q < g.kw; ++q) off[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * plane + p * g.dh * wp + q * g.dw;
+  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+    Scratch<T> xb(xsize), yb(og * ystride);
+    std::fill(xb.get(), xb.get() + xsize, T(0));
+    for (int64_t n = b; n < e; ++n) {
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const T* xs = x + (n * g.c + gi * cg) * g.h * g.w;
+        for (int64_t c = 0; c < cg; ++c)
+          for (int64_t h = 0; h < g.h; ++h)
+            std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+        for (int64_t panel = 0; panel < panels; ++panel) {
+          const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
+          const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
+          for (int64_t v0 = 0; v0 < nvec; v0 += kImplicitNV) {
+            const int nv = static_cast<int>(std::min<int64_t>(kImplicitNV, nvec - v0));
+            kImplicitTiles<T>[nv - 1][rows - 1](K, off.data(), xb.get() + v0 * L, wpan, yb.get() + panel * MR * ystride + v0 * L, ystride);
+          }
+        }
+        T* yo = y + (n * g.o + gi * og) * P;
+        for (int64_t o = 0; o < og; ++o) {  // drop the positions past each row's end, add the bias
+          const T* src = yb.get() + o * ystride;
+          T* dst = yo + o * P;
+          const Vec<T> bv(bias ? bias[gi * og + o] : T(0));
+          for (int64_t i = 0; i < g.ho; ++i)
+            for (int64_t j = 0; j < g.wo; j += L) {
+              const int64_t cnt = std::min(L, g.wo - j);
+              Vec<T> v = load_n(src + i * wp + j, cnt);
+              if (bias) v += bv;
+              store_n(dst + i * g.wo + j, v, cnt);
+            }
+        }
+      }
+    }
+  });
+}
+
+// The input gradient of a unit-stride convolution is the unit-stride convolution of gy with the
+// kernel flipped and the channel roles swapped, padded by (k - 1) d - p (when that is >= 0).
+bool implicit_input_grad(const ConvGeometry& g) {
+  return natural_unit_stride(g) && g.ph <= (g.kh - 1) * g.dh && g.pw <= (g.kw - 1) * g.dw;
+}
+
+template <class T>
+void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, kh = g.kh, kw = g.kw;
+  std::vector<T> wf(static_cast<size_t>(g.c * og * kh * kw));  // [C][og][kh][kw], flipped
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t o = 0; o < og; ++o)
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t p = 0; p < kh; ++p)
+          for (int64_t q = 0; q < kw; ++q)
+            wf[static_cast<size_t>((((gi * cg + c) * og + o) * kh + p) * kw + q)] =
+                w[(((gi * og + o) * cg + c) * kh + (kh - 1 - p)) * kw + (kw - 1 - q)];
+  const ConvGeometry t{g.n, g.o, g.ho, g.wo, g.c, kh, kw, g.h, g.w, 1, 1,
+                       (kh - 1) * g.dh - g.ph, (kw - 1) * g.dw - g.pw, g.dh, g.dw, g.groups};
+  forward_implicit(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
+}
+
+// Weight gradient as outer products over positions: dW^T[k][o] += x_k(pos) * gy[o](pos), with the
+// output channels along the vector lanes (gy transposed per image to [pos][o]) and the tap values
+// broadcast. A micro-tile keeps KR taps x NVO vectors of channels in registers for a block of
+// positions; the reduction over positions and images needs no horizontal sums. Any strides work.
+constexpr int64_t kWgradPositions = 64;  // positions per block (the block of gy^T stays in L1)
+
+template <class T, int KR, int NVO>
+void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T* xb, const T* gyt, int64_t gstride,
+                T* acc_mem, int64_t astride) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[KR][NVO];
+  const T* tap[KR];
+#pragma GCC unroll 16
+  for (int r = 0; r < KR; ++r) {
+    tap[r] = xb + toff[r];
+#pragma GCC unroll 4
+    for (int v = 0; v < NVO; ++v) acc[r][v] = Vec<T>::load_unaligned(acc_mem + r * astride + v * L);
+  }
+  for (int64_t pos = 0; pos < npos; ++pos) {
+    const int64_t xo = xoff[pos];
+    const T* gp = gyt + pos * gstride;
+    Vec<T> gv[NVO];
+#pragma GCC unroll 4
+    for (int v = 0; v < NVO; ++v) gv[v] = Vec<T>::load_unaligned(gp + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < KR; ++r) {
+      const Vec<T> a(tap[r][xo]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NVO; ++v) acc[r][v] = xsimd::fma(a, gv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < KR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVO; ++v) acc[r][v].store_unaligned(acc_mem + r * astride + v * L);
+}
+
+template <class T>
+using WgradTileFn = void (*)(int64_t, const int64_t*, const int64_t*, const T*, const T*, int64_t, T*, int64_t);
+
+template <class T, int NVO, size_t... R>
+constexpr auto make_wgrad_row(std::index_sequence<R...>) {
+  return std::array<WgradTileFn<T>, sizeof...(R)>{&wgrad_tile<T, int(R) + 1, NVO>...};
+}
+// Taps per micro-tile for 1..4 vectors of channels (at most 24 accumulators).
+constexpr int kWgradTaps[5] = {0, 16, 12, 8, 6};
+template <class T>
+const auto kWgrad1 = make_wgrad_row<T, 1>(std::make_index_sequence<16>{});
+template <class T>
+const auto kWgrad2 = make_wgrad_row<T, 2>(std::make_index_sequence<12>{});
+template <class T>
+const auto kWgrad3 = make_wgrad_row<T, 3>(std::make_index_sequence<8>{});
+template <class T>
+const auto kWgrad4 = make_wgrad_row<T, 4>(std::make_index_sequence<6>{});
+
+template <class T>
+WgradTileFn<T> wgrad_fn(int nvo, int kr) {
+  switch (nvo) {
+    case 1: return kWgrad1<T>[kr - 1];
+    case 2: return kWgrad2<T>[kr - 1];
+    case 3: return kWgrad3<T>[kr - 1];
+    default: return kWgrad4<T>[kr - 1];
+  }
+}
+
+// dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols, in 16 x 16 blocks (both sides stay in L1).
+template <class T>
+void transpose(const T* src, int64_t rows, int64_t cols, int64_t ss, T* dst, int64_t ds) {
+  constexpr int64_t B = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += B)
+    for (int64_t c0 = 0; c0 < cols; c0 += B) {
+      const int64_t r1 = std::min(rows, r0 + B), c1 = std::min(cols, c0 + B);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * ds + r] = src[r * ss + c];
+    }
+}
+
+// The windows stay inside the padded planes (always true for the sizes conv2d computes).
+bool windows_inside(const ConvGeometry& g) {
+  return (g.ho - 1) * g.sh + (g.kh - 1) * g.dh <= g.h + 2 * g.ph - 1 && (g.wo - 1) * g.sw + (g.kw - 1) * g.dw <= g.w + 2 * g.pw - 1;
+}
+
+template <class T>
+void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, plane = hp * wp;
+  const int64_t ogp = ceil_div(og, L) * L;  // channel stride of gy^T and of the partials (padded lanes stay 0)
+  const int64_t part_size = g.groups * K * ogp;
+  const int64_t S = reduction_groups(g.n, part_size);
+  Scratch<T> part(S * part_size);
+  std::vector<double> bpart(static_cast<size_t>(S * g.o), 0.0);
+  std::vector<int64_t> xoff(static_cast<size_t>(P)), toff(static_cast<size_t>(K));
+  for (int64_t i = 0; i < g.ho; ++i)
+    for (int64_t j = 0; j < g.wo; ++j) xoff[static_cast<size_t>(i * g.wo + j)] = i * g.sh * wp + j * g.sw;
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t p = 0; p < g.kh; ++p)
+      for (int64_t q = 0; q < g.kw; ++q) toff[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * plane + p * g.dh * wp + q * g.dw;
+  parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
+    Scratch<T> xb(cg * plane), gyt(P * ogp);
+    std::fill(xb.get(), xb.get() + cg * plane, T(0));
+    std::fill(gyt.get(), gyt.get() + P * ogp, T(0));
+    for (int64_t s = s0; s < s1; ++s) {
+      T* ps = part.get() + s * part_size;
+      std::fill(ps, ps + part_size, T(0));
+      for (int64_t n = group_begin(g.n, S, s); n < group_begin(g.n, S, s + 1); ++n) {
+        for (int64_t gi = 0; gi < g.groups; ++gi) {
+          const T* xs = x + (n * g.c + gi * cg) * g.h * g.w;
+          for (int64_t c = 0; c < cg; ++c)
+            for (int64_t h = 0; h < g.h; ++h)
+              std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+          const T* gys = gy + (n * g.o + gi * og) * P;
+          transpose(gys, og, P, P, gyt.get(), ogp);
+          if (gbias)
+            for (int64_t o = 0; o < og; ++o) bpart[static_cast<size_t>(s * g.o + gi * og + o)] += row_sum(gys + o * P, P);
+          T* pg = ps + gi * K * ogp;
+          for (int64_t p0 = 0; p0 < P; p0 += kWgradPositions) {
+            const int64_t np = std::min(kWgradPositions, P - p0);
+            for (int64_t o0 = 0; o0 < ogp; o0 += 4 * L) {
+              const int nvo = static_cast<int>(std::min<int64_t>(4, (ogp - o0) / L));
+              const int kr_max = kWgradTaps[nvo];
+              for (int64_t k0 = 0; k0 < K; k0 += kr_max) {
+                const int kr = static_cast<int>(std::min<int64_t>(kr_max, K - k0));
+                wgrad_fn<T>(nvo, kr)(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp,
+                                     pg + k0 * ogp + o0, ogp);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t o = 0; o < og; ++o)
+      for (int64_t k = 0; k < K; ++k) {
+        double acc = 0;
+        for (int64_t s = 0; s < S; ++s) acc += static_cast<double>(part.get()[s * part_size + (gi * K + k) * ogp + o]);
+        gw[(gi * og + o) * K + k] = static_cast<T>(acc);
+      }
+  if (gbias) combine_partials(bpart.data(), S, g.o, gbias);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooling
+
+int64_t planes_per_task(int64_t work_per_plane) {
+  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(work_per_plane, 1));
+}
+
+template <class T>
+inline bool takes(T v, T best) {
+  return v > best || v != v;  // first maximum; a NaN replaces anything
+}
+
+template <class T>
+void max_pool_plane_2x2(const PoolGeometry& g, const T* xp, T* yp, int32_t* ip) {
+  const int64_t W = g.w;
+  for (int64_t i = 0; i < g.ho; ++i) {
+    const T* r0 = xp + 2 * i * W;
+    const T* r1 = r0 + W;
+    const int32_t base0 = static_cast<int32_t>(2 * i * W), base1 = static_cast<int32_t>((2 * i + 1) * W);
+    for (int64_t j = 0; j < g.wo; ++j) {
+      const T a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
+      const bool tb = takes(b, a), td = takes(d, c);
+      const T m0 = tb ? b : a, m1 = td ? d : c;
+      const int32_t i0 = base0 + static_cast<int32_t>(2 * j) + (tb ? 1 : 0);
+      const int32_t i1 = base1 + static_cast<int32_t>(2 * j) + (td ? 1 : 0);
+      const bool t1 = takes(m1, m0);
+      yp[i * g.wo + j] = t1 ? m1 : m0;
+      ip[i * g.wo + j] = t1 ? i1 : i0;
+    }
+  }
+}
+
+template <class T>
+void max_pool_plane(const PoolGeometry& g, const T* xp, T* yp, int32_t* ip) {
+  for (int64_t i = 0; i < g.ho; ++i) {
+    int64_t hs = i * g.sh - g.ph;
+    const int64_t he = std::min(hs + (g.kh - 1) * g.dh + 1, g.h);
+    while (hs < 0) hs += g.dh;
+    for (int64_t j = 0; j < g.wo; ++j) {
+      int64_t ws = j * g.sw - g.pw;
+      const int64_t we = std::min(ws + (g.kw - 1) * g.dw + 1, g.w);
+      while (ws < 0) ws += g.dw;
+      T best = -std::numeric_limits<T>::infinity();
+      int64_t bi = hs < he && ws < we ? hs * g.w + ws : -1;
+      for (int64_t h = hs; h < he; h += g.dh)
+        for (int64_t w = ws; w < we; w += g.dw) {
+          const T v = xp[h * g.w + w];
+          if (takes(v, best)) {
+            best = v;
+            bi = h * g.w + w;
+          }
+        }
+      yp[i * g.wo + j] = best;
+      ip[i * g.wo + j] = static_cast<int32_t>(bi);
+    }
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+template <class T>
+void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  if (g.n == 0 || g.o == 0 || g.ho == 0 || g.wo == 0) return;
+  if (use_direct(g)) {
+    forward_direct(g, x, w, bias, y);
+  } else if (natural_unit_stride(g)) {
+    forward_implicit(g, x, w, bias, y);
+  } else {
+    forward_gemm(g, x, w, bias, y);
+  }
+}
+
+template <class T>
+void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+  if (g.n == 0 || g.c == 0 || g.h == 0 || g.w == 0) return;
+  if (implicit_input_grad(g)) {
+    backward_input_implicit(g, gy, w, gx);
+  } else {
+    backward_input_gemm(g, gy, w, gx);
+  }
+}
+
+template <class T>
+void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
+  const int64_t K = g.c / g.groups * g.kh * g.kw;
+  if (g.n == 0 || g.ho == 0 || g.wo == 0) {
+    std::fill(gw, gw + g.o * K, T(0));
+    if (gbias) std::fill(gbias, gbias + g.o, T(0));
+    return;
+  }
+  if (g.o == 0) return;
+  if (use_direct(g)) {
+    backward_weight_direct(g, x, gy, gw, gbias);
+  } else if (windows_inside(g)) {
+    backward_weight_implicit(g, x, gy, gw, gbias);
+  } else {
+    backward_weight_gemm(g, x, gy, gw, gbias);
+  }
+}
+
+template <class T>
+void add_channel_bias(int64_t n, int64_t channels, int64_t plane, const T* bias, T* y) {
+  parallel_for(n * channels, std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(plane, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const T v = bias[pl % channels];
+      T* p = y + pl * plane;
+      for (int64_t i = 0; i < plane; ++i) p[i] += v;
+    }
+  });
+}
+
+template <class T>
+void channel_sums(int64_t n, int64_t channels, int64_t plane, const T* y, T* out) {
+  parallel_for(channels, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(n * plane, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      double acc = 0;
+      for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(row_sum(y + (i * channels + c) * plane, plane));
+      out[c] = static_cast<T>(acc);
+    }
+  });
+}
+
+template <class T>
+void max_pool2d_forward(const PoolGeometry& g, const T* x, T* y, int32_t* idx) {
+  const bool two_by_two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+                          g.dh == 1 && g.dw == 1 && 2 * g.ho <= g.h && 2 * g.wo <= g.w;
+  const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  parallel_for(g.planes, planes_per_task(out_plane * g.kh * g.kw), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      if (two_by_two) {
+        max_pool_plane_2x2(g, x + pl * in_plane, y + pl * out_plane, idx + pl * out_plane);
+      } else {
+        max_pool_plane(g, x + pl * in_plane, y + pl * out_plane, idx + pl * out_plane);
+      }
+    }
+  });
+}
+
+template <class T>
+void max_pool2d_backward(const PoolGeometry& g, const T* gy, const int32_t* idx, T* gx) {
+  const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  parallel_for(g.planes, planes_per_task(in_plane + out_plane), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      T* gxp = gx + pl * in_plane;
+      const T* gyp = gy + pl * out_plane;
+      const int32_t* ip = idx + pl * out_plane;
+      std::fill(gxp, gxp + in_plane, T(0));
+      for (int64_t i = 0; i < out_plane; ++i)
+        if (ip[i] >= 0) gxp[ip[i]] += gyp[i];
+    }
+  });
+}
+
+template <class T>
+void avg_pool2d_forward(int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo, const AvgPoolWindows& win,
+                        const T* x, T* y) {
+  parallel_for(planes, planes_per_task(h * w + ho * wo), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const T* xp = x + pl * h * w;
+      T* yp = y + pl * ho * wo;
+      for (int64_t i = 0; i < ho; ++i)
+        for (int64_t j = 0; j < wo; ++j) {
+          T s = 0;
+          for (int64_t r = win.h0[i]; r < win.h1[i]; ++r)
+            for (int64_t c = win.w0[j]; c < win.w1[j]; ++c) s += xp[r * w + c];
+          const int64_t div = win.hdiv[i] * win.wdiv[j];
+          yp[i * wo + j] = div != 0 ? s / static_cast<T>(div) : T(0);
+        }
+    }
+  });
+}
+
+template <class T>
+void avg_pool2d_backward(int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo, const AvgPoolWindows& win,
+                         const T* gy, T* gx) {
+  parallel_for(planes, planes_per_task(h * w + ho * wo), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      T* gxp = gx + pl * h * w;
+      const T* gyp = gy + pl * ho * wo;
+      std::fill(gxp, gxp + h * w, T(0));
+      for (int64_t i = 0; i < ho; ++i)
+        for (int64_t j = 0; j < wo; ++j) {
+          const int64_t div = win.hdiv[i] * win.wdiv[j];
+          if (div == 0) continue;
+          const T gv = gyp[i * wo + j] / static_cast<T>(div);
+          for (int64_t r = win.h0[i]; r < win.h1[i]; ++r)
+            for (int64_t c = win.w0[j]; c < win.w1[j]; ++c) gxp[r * w + c] += gv;
+        }
+    }
+  });
+}
+
+template <class T>
+void upsample2d_forward(int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo, const InterpTable<T>& rows,
+                        const InterpTable<T>& cols, bool nearest, const T* x, T* y) {
+  parallel_for(planes, planes_per_task(4 * ho * wo), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const T* xp = x + pl * h * w;
+      T* yp = y + pl * ho * wo;
+      for (int64_t i = 0; i < ho; ++i) {
+        T* yr = yp + i * wo;
+        const T* x0 = xp + rows.r0[i] * w;
+        if (nearest) {
+          for (int64_t j = 0; j < wo; ++j) yr[j] = x0[cols.r0[j]];
+          continue;
+        }
+        const T* x1 = xp + rows.r1[i] * w;
+        const T a0 = rows.l0[i], a1 = rows.l1[i];
+        for (int64_t j = 0; j < wo; ++j) {
+          const int64_t c0 = cols.r0[j], c1 = cols.r1[j];
+          const T b0 = cols.l0[j], b1 = cols.l1[j];
+          yr[j] = a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void upsample2d_backward(int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo, const InterpTable<T>& rows,
+                         const InterpTable<T>& cols, bool nearest, const T* gy, T* gx) {
+  parallel_for(planes, planes_per_task(4 * ho * wo + h * w), [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      T* gxp = gx + pl * h * w;
+      const T* gyp = gy + pl * ho * wo;
+      std::fill(gxp, gxp + h * w, T(0));
+      for (int64_t i = 0; i < ho; ++i) {
+        const T* gr = gyp + i * wo;
+        T* x0 = gxp + rows.r0[i] * w;
+        if (nearest) {
+          for (int64_t j = 0; j < wo; ++j) x0[cols.r0[j]] += gr[j];
+          continue;
+        }
+        T* x1 = gxp + rows.r1[i] * w;
+        const T a0 = rows.l0[i], a1 = rows.l1[i];
+        for (int64_t j = 0; j < wo; ++j) {
+          const int64_t c0 = cols.r0[j], c1 = cols.r1[j];
+          const T b0 = cols.l0[j], b1 = cols.l1[j], gv = gr[j];
+          x0[c0] += a0 * b0 * gv;
+          x0[c1] += a0 * b1 * gv;
+          x1[c0] += a1 * b0 * gv;
+          x1[c1] += a1 * b1 * gv;
+        }
+      }
+    }
+  });
+}
+
+#define TG_CONV_INSTANTIATE(T)                                                                                      \
+  template void conv2d_forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*);                          \
+  template void conv2d_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);                             \
+  template void conv2d_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, T*);                        \
+  template void add_channel_bias<T>(int64_t, int64_t, int64_t, const T*, T*);                                      \
+  template void channel_sums<T>(int64_t, int64_t, int64_t, const T*, T*);                                          \
+  template void max_pool2d_forward<T>(const PoolGeometry&, const T*, T*, int32_t*);                                \
+  template void max_pool2d_backward<T>(const PoolGeometry&, const T*, const int32_t*, T*);                         \
+  template void avg_pool2d_forward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const AvgPoolWindows&, const T*, \
+                                      T*);                                                                          \
+  template void avg_pool2d_backward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const AvgPoolWindows&,         \
+                                       const T*, T*);                                                               \
+  template void upsample2d_forward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const InterpTable<T>&,          \
+                                      const InterpTable<T>&, bool, const T*, T*);                                   \
+  template void upsample2d_backward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const InterpTable<T>&,         \
+                                       const InterpTable<T>&, bool, const T*, T*);
+
+TG_CONV_INSTANTIATE(float)
+TG_CONV_INSTANTIATE(double)
+#undef TG_CONV_INSTANTIATE
+
+}  // namespace tg::kernels

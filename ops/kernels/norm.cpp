@@ -1,0 +1,475 @@
+// Normalisation kernels: one row (or group block) per step, SIMD over the row.
+//
+// Forward (per row, the row stays in L1 between passes):
+//   pass 1  mean = sum(x) / n                     f64 accumulators (f32 lanes widened to f64)
+//   pass 2  var  = sum((x - mean)^2) / n          f64, x widened before subtracting
+//   pass 3  y    = (x - mean_T) * rstd_T * w + b  in the input precision
+// (RMS norm skips pass 1 and uses mean(x^2).) mean_T, rstd_T are the saved statistics, rounded to
+// the input dtype, so forward and backward see the same x_hat.
+//
+// Backward (per row), with x_hat = (x - mean) * rstd and g = w * dy:
+//   pass 1  s1 = sum(g), s2 = sum(g * x_hat)      products in the input precision, sums in f64
+//   pass 2  dx = rstd * g - rstd * s1 / n - x_hat * rstd * s2 / n
+//           dw_acc += dy * x_hat, db_acc += dy           (input precision, over <= 16 rows)
+// Every 16 rows the accumulators are added into the chunk's f64 partials; the partials of the
+// chunks are then added in chunk order (f64).
+#include "ops/kernels/norm.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "core/parallel.hpp"
+
+namespace tg::kernels {
+namespace {
+
+template <class T>
+using B = xsimd::batch<T>;
+using D = xsimd::batch<double>;
+static_assert(B<float>::size == 2 * D::size, "norm kernels assume f32 batches hold twice as many lanes as f64 ones");
+
+// The two f64 halves of an f32 batch.
+inline void widen(const B<float>& v, D& lo, D& hi) {
+#if XSIMD_WITH_AVX512F
+  const __m512 r = v;
+  lo = D(_mm512_cvtps_pd(_mm512_castps512_ps256(r)));
+  hi = D(_mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4(r, r, 0xEE))));
+#elif XSIMD_WITH_AVX
+  const __m256 r = v;
+  lo = D(_mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+  hi = D(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+#else
+  alignas(64) float f[B<float>::size];
+  alignas(64) double d[B<float>::size];
+  v.store_aligned(f);
+  for (std::size_t j = 0; j < B<float>::size; ++j) d[j] = f[j];
+  lo = D::load_aligned(d);
+  hi = D::load_aligned(d + D::size);
+#endif
+}
+
+// Sum of the lanes, in lane order (xsimd::hadd trips a GCC 12 -Wuninitialized false positive).
+inline double hsum(const D& v) {
+  alignas(64) double lanes[D::size];
+  v.store_aligned(lanes);
+  double s = lanes[0];
+  for (std::size_t j = 1; j < D::size; ++j) s += lanes[j];
+  return s;
+}
+
+// acc (two f64 accumulators) += f(v) for the f64 lanes of v.
+template <class F>
+inline void add_wide(F& f, const B<double>& v, D& lo, D& /*hi*/) {
+  lo += f(v);
+}
+template <class F>
+inline void add_wide(F& f, const B<float>& v, D& lo, D& hi) {
+  D l, h;
+  widen(v, l, h);
+  lo += f(l);
+  hi += f(h);
+}
+
+// sum_i f(x[i]) in f64; f is a generic callable usable on D batches and on doubles. The ragged
+// tail is added by a scalar loop (no padding value could be neutral for every f).
+template <class T, class F>
+double wide_sum(const T* x, std::int64_t n, F f) {
+  constexpr std::int64_t W = B<T>::size;
+  D a0(0.0), a1(0.0), a2(0.0), a3(0.0);
+  std::int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    add_wide(f, B<T>::load_unaligned(x + i), a0, a1);
+    add_wide(f, B<T>::load_unaligned(x + i + W), a2, a3);
+  }
+  for (; i + W <= n; i += W) add_wide(f, B<T>::load_unaligned(x + i), a0, a1);
+  double tail = 0;
+  for (; i < n; ++i) tail += f(static_cast<double>(x[i]));
+  return hsum((a0 + a2) + (a1 + a3)) + tail;
+}
+
+template <class T>
+inline B<T> load_part(const T* p, std::int64_t count, T fill) {
+  constexpr std::int64_t W = B<T>::size;
+  if (count == W) return B<T>::load_unaligned(p);
+  alignas(64) T buf[W];
+  for (std::int64_t j = 0; j < W; ++j) buf[j] = j < count ? p[j] : fill;
+  return B<T>::load_aligned(buf);
+}
+
+template <class T>
+inline void store_part(T* p, std::int64_t count, const B<T>& v) {
+  constexpr std::int64_t W = B<T>::size;
+  if (count == W) {
+    v.store_unaligned(p);
+    return;
+  }
+  alignas(64) T buf[W];
+  v.store_aligned(buf);
+  for (std::int64_t j = 0; j < count; ++j) p[j] = buf[j];
+}
+
+// dst[0..count) += v (widened to f64).
+template <class T>
+inline void add_into(double* dst, std::int64_t count, const B<T>& v) {
+  constexpr std::int64_t W = B<T>::size;
+  if (count == W) {
+    if constexpr (std::is_same_v<T, double>) {
+      (D::load_unaligned(dst) + v).store_unaligned(dst);
+    } else {
+      D lo, hi;
+      widen(v, lo, hi);
+      (D::load_unaligned(dst) + lo).store_unaligned(dst);
+      (D::load_unaligned(dst + D::size) + hi).store_unaligned(dst + D::size);
+    }
+    return;
+  }
+  alignas(64) T buf[W];
+  v.store_aligned(buf);
+  for (std::int64_t j = 0; j < count; ++j) dst[j] += static_cast<double>(buf[j]);
+}
+
+// Mean (when Center) and rstd of one row or block, as doubles.
+template <class T, bool Center>
+void row_stats(const T* x, std::int64_t n, double eps, double& mean, double& rstd) {
+  const double inv_n = 1.0 / static_cast<double>(n);
+  double var;
+  if constexpr (Center) {
+    mean = wide_sum(x, n, [](auto v) { return v; }) * inv_n;
+    const double m = mean;
+    var = wide_sum(x, n, [m](auto v) {
+            const auto d = v - m;
+            return d * d;
+          }) * inv_n;
+  } else {
+    mean = 0;
+    var = wide_sum(x, n, [](auto v) { return v * v; }) * inv_n;
+  }
+  rstd = 1.0 / std::sqrt(var + eps);
+}
+
+// y = (x - mean) * rstd [* w] [+ b] over n elements; w, b may be null.
+template <class T, bool Center>
+void normalize_row(const T* x, const T* w, const T* b, T* y, std::int64_t n, T mean, T rstd) {
+  constexpr std::int64_t W = B<T>::size;
+  const B<T> mb(mean), rb(rstd);
+  auto one = [&](std::int64_t i, std::int64_t c) {
+    B<T> v = load_part(x + i, c, T(0));
+    if constexpr (Center) v = v - mb;
+    v = v * rb;
+    if (w && b) v = xsimd::fma(v, load_part(w + i, c, T(0)), load_part(b + i, c, T(0)));
+    else if (w) v = v * load_part(w + i, c, T(0));
+    else if (b) v = v + load_part(b + i, c, T(0));
+    store_part(y + i, c, v);
+  };
+  std::int64_t i = 0;
+  if (w && b) {  // the common case without per-batch branches
+    for (; i + W <= n; i += W) {
+      B<T> v = B<T>::load_unaligned(x + i);
+      if constexpr (Center) v = v - mb;
+      xsimd::fma(v * rb, B<T>::load_unaligned(w + i), B<T>::load_unaligned(b + i)).store_unaligned(y + i);
+    }
+  } else if (w) {
+    for (; i + W <= n; i += W) {
+      B<T> v = B<T>::load_unaligned(x + i);
+      if constexpr (Center) v = v - mb;
+      (v * rb * B<T>::load_unaligned(w + i)).store_unaligned(y + i);
+    }
+  }
+  for (; i < n; i += W) one(i, std::min(W, n - i));
+}
+
+// Rows whose weight/bias gradient contributions are summed in the input precision before being
+// added to the chunk's f64 partials.
+constexpr std::int64_t kFold = 16;
+
+// Elements per forward chunk; backward chunks are larger (each carries f64 partials of size n).
+constexpr std::int64_t kForwardChunk = 1 << 15;
+
+std::int64_t forward_grain(std::int64_t n) { return std::max<std::int64_t>(1, kForwardChunk / std::max<std::int64_t>(n, 1)); }
+
+// Rows per backward chunk: at least 64K elements, and at most ~64 chunks.
+std::int64_t backward_grain(std::int64_t rows, std::int64_t n) {
+  const std::int64_t by_size = std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(n, 1));
+  const std::int64_t by_count = (rows + 63) / 64;
+  return std::max(by_size, by_count);
+}
+
+template <class T, bool Center>
+void row_forward_impl(const Tensor& x, const Tensor& wt, const Tensor& bt, double eps, const Tensor& y,
+                      const Tensor& mean_t, const Tensor& rstd_t) {
+  const std::int64_t rows = x.shape()[0], n = x.shape()[1];
+  const T* xp = x.data<T>();
+  const T* w = wt.defined() ? wt.data<T>() : nullptr;
+  const T* b = bt.defined() ? bt.data<T>() : nullptr;
+  T* yp = y.data<T>();
+  T* mp = Center ? mean_t.data<T>() : nullptr;
+  T* rp = rstd_t.data<T>();
+  parallel_for(rows, forward_grain(n), [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t r = lo; r < hi; ++r) {
+      const T* xr = xp + r * n;
+      double mean, rstd;
+      row_stats<T, Center>(xr, n, eps, mean, rstd);
+      const T m = static_cast<T>(mean), s = static_cast<T>(rstd);
+      if (Center) mp[r] = m;
+      rp[r] = s;
+      normalize_row<T, Center>(xr, w, b, yp + r * n, n, m, s);
+    }
+  });
+}
+
+// dst[0..count) += v in the input precision.
+template <class T>
+inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
+  store_part(dst, count, load_part(dst, count, T(0)) + v);
+}
+
+// One row of the backward. pw, pb: running sums of dy * x_hat and dy over a few rows, in the input
+// precision (null when not wanted); the caller folds them into f64 partials.
+template <class T, bool Center>
+void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, T* gx, T* pw, T* pb) {
+  constexpr std::int64_t W = B<T>::size;
+  const B<T> mb(mean), rb(rstd);
+  auto xhat = [&](const B<T>& xv) {
+    if constexpr (Center) return (xv - mb) * rb;
+    else return xv * rb;
+  };
+  if (gx) {
+    // Padded lanes have dy = 0 and w = 0, so they add exact zeros.
+    auto id = [](const D& v) { return v; };
+    D s1a(0.0), s1b(0.0), s2a(0.0), s2b(0.0);
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      const B<T> xh = xhat(load_part(x + i, c, T(0)));
+      B<T> g = load_part(gy + i, c, T(0));
+      if (w) g = g * load_part(w + i, c, T(0));
+      if constexpr (Center) add_wide(id, g, s1a, s1b);
+      add_wide(id, g * xh, s2a, s2b);
+    }
+    const double inv_n = 1.0 / static_cast<double>(n);
+    const double s1 = hsum(s1a + s1b), s2 = hsum(s2a + s2b);
+    const B<T> c1(static_cast<T>(static_cast<double>(rstd) * s1 * inv_n));
+    const B<T> c2(static_cast<T>(static_cast<double>(rstd) * s2 * inv_n));
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      const B<T> xh = xhat(load_part(x + i, c, T(0)));
+      const B<T> dy = load_part(gy + i, c, T(0));
+      const B<T> g = w ? dy * load_part(w + i, c, T(0)) : dy;
+      B<T> d = g * rb;
+      if constexpr (Center) d = d - c1;
+      store_part(gx + i, c, xsimd::fnma(xh, c2, d));
+      if (pw) acc_into(pw + i, c, dy * xh);
+      if (pb) acc_into(pb + i, c, dy);
+    }
+  } else if (pw || pb) {
+    for (std::int64_t i = 0; i < n; i += W) {
+      const std::int64_t c = std::min(W, n - i);
+      const B<T> dy = load_part(gy + i, c, T(0));
+      if (pw) acc_into(pw + i, c, dy * xhat(load_part(x + i, c, T(0))));
+      if (pb) acc_into(pb + i, c, dy);
+    }
+  }
+}
+
+// out[j] = sum over chunks c (in order) of part[c * n + j], cast to T.
+template <class T>
+void combine_partials(const double* part, std::int64_t chunks, std::int64_t n, T* out) {
+  parallel_for(n, 4096, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t j = lo; j < hi; ++j) {
+      double s = 0;
+      for (std::int64_t c = 0; c < chunks; ++c) s += part[c * n + j];
+      out[j] = static_cast<T>(s);
+    }
+  });
+}
+
+template <class T, bool Center>
+void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, const Tensor& mean_t,
+                       const Tensor& rstd_t, const Tensor& gx_t, const Tensor& gw_t, const Tensor& gb_t) {
+  const std::int64_t rows = x.shape()[0], n = x.shape()[1];
+  const T* xp = x.data<T>();
+  const T* gp = gy.data<T>();
+  const T* w = wt.defined() ? wt.data<T>() : nullptr;
+  const T* mp = Center ? mean_t.data<T>() : nullptr;
+  const T* rp = rstd_t.data<T>();
+  T* gx = gx_t.defined() ? gx_t.data<T>() : nullptr;
+  const bool want_w = gw_t.defined(), want_b = Center && gb_t.defined();
+  const std::int64_t grain = backward_grain(rows, n);
+  const std::int64_t chunks = (rows + grain - 1) / grain;
+  Tensor part_w = want_w ? empty({chunks, n}, DType::f64) : Tensor();
+  Tensor part_b = want_b ? empty({chunks, n}, DType::f64) : Tensor();
+  double* pw_all = want_w ? part_w.data<double>() : nullptr;
+  double* pb_all = want_b ? part_b.data<double>() : nullptr;
+  parallel_for(rows, grain, [&](std::int64_t lo, std::int64_t hi) {
+    const std::int64_t c = lo / grain;
+    double* pw = pw_all ? pw_all + c * n : nullptr;
+    double* pb = pb_all ? pb_all + c * n : nullptr;
+    // Groups of kFold rows are summed in the input precision, then folded into the f64 partials.
+    std::vector<T> acc((pw ? n : 0) + (pb ? n : 0), T(0));
+    T* aw = pw ? acc.data() : nullptr;
+    T* ab = pb ? acc.data() + (pw ? n : 0) : nullptr;
+    if (pw) std::fill(pw, pw + n, 0.0);
+    if (pb) std::fill(pb, pb + n, 0.0);
+    for (std::int64_t r = lo; r < hi; ++r) {
+      backward_row<T, Center>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n, gx ? gx + r * n : nullptr,
+                              aw, ab);
+      if ((r - lo + 1) % kFold == 0 || r + 1 == hi) {
+        for (auto [a, p] : {std::pair{aw, pw}, std::pair{ab, pb}}) {
+          if (!a) continue;
+          constexpr std::int64_t W = B<T>::size;
+          for (std::int64_t i = 0; i < n; i += W) add_into(p + i, std::min(W, n - i), load_part(a + i, std::min(W, n - i), T(0)));
+          std::fill(a, a + n, T(0));
+        }
+      }
+    }
+  });
+  if (want_w) combine_partials(pw_all, chunks, n, gw_t.data<T>());
+  if (want_b) combine_partials(pb_all, chunks, n, gb_t.data<T>());
+}
+
+// ---- group norm ------------------------------------------------------------------------------------
+
+template <class T>
+void group_forward_impl(const Tensor& x, std::int64_t G, const Tensor& wt, const Tensor& bt, double eps,
+                        const Tensor& y, const Tensor& mean_t, const Tensor& rstd_t) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.shape()[2];
+  const std::int64_t Cg = C / G, M = Cg * S;
+  const T* xp = x.data<T>();
+  const T* w = wt.defined() ? wt.data<T>() : nullptr;
+  const T* b = bt.defined() ? bt.data<T>() : nullptr;
+  T* yp = y.data<T>();
+  T* mp = mean_t.data<T>();
+  T* rp = rstd_t.data<T>();
+  parallel_for(N * G, forward_grain(M), [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t ng = lo; ng < hi; ++ng) {
+      const std::int64_t g = ng % G;
+      const T* xb = xp + ng * M;  // (n * C + g * Cg) * S
+      double mean, rstd;
+      row_stats<T, true>(xb, M, eps, mean, rstd);
+      const T m = static_cast<T>(mean), s = static_cast<T>(rstd);
+      mp[ng] = m;
+      rp[ng] = s;
+      constexpr std::int64_t W = B<T>::size;
+      const B<T> mb(m), rb(s);
+      for (std::int64_t cc = 0; cc < Cg; ++cc) {
+        const std::int64_t ch = g * Cg + cc;
+        const B<T> wc(w ? w[ch] : T(1)), bc(b ? b[ch] : T(0));
+        const T* xr = xb + cc * S;
+        T* yr = yp + ng * M + cc * S;
+        for (std::int64_t i = 0; i < S; i += W) {
+          const std::int64_t c = std::min(W, S - i);
+          store_part(yr + i, c, xsimd::fma((load_part(xr + i, c, T(0)) - mb) * rb, wc, bc));
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, const Tensor& wt, const Tensor& mean_t,
+                         const Tensor& rstd_t, const Tensor& gx_t, const Tensor& gw_t, const Tensor& gb_t) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.shape()[2];
+  const std::int64_t Cg = C / G, M = Cg * S;
+  const T* xp = x.data<T>();
+  const T* gp = gy.data<T>();
+  const T* w = wt.defined() ? wt.data<T>() : nullptr;
+  const T* mp = mean_t.data<T>();
+  const T* rp = rstd_t.data<T>();
+  T* gx = gx_t.defined() ? gx_t.data<T>() : nullptr;
+  // Per (sample, channel): A = sum_s dy, Bsum = sum_s dy * x_hat (f64). dw, db sum them over samples in order.
+  Tensor sums = empty({2, N, C}, DType::f64);
+  double* A = sums.data<double>();
+  double* Bs = A + N * C;
+  constexpr std::int64_t W = B<T>::size;
+  auto id = [](const D& v) { return v; };
+  parallel_for(N * G, forward_grain(M), [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t ng = lo; ng < hi; ++ng) {
+      const std::int64_t nn = ng / G, g = ng % G;
+      const B<T> mb(mp[ng]), rb(rp[ng]);
+      const T* xb = xp + ng * M;
+      const T* gb = gp + ng * M;
+      double s1 = 0, s2 = 0;
+      for (std::int64_t cc = 0; cc < Cg; ++cc) {
+        const std::int64_t ch = g * Cg + cc;
+        D a0(0.0), a1(0.0), b0(0.0), b1(0.0);
+        for (std::int64_t i = 0; i < S; i += W) {  // padded lanes: dy = 0
+          const std::int64_t c = std::min(W, S - i);
+          const B<T> dy = load_part(gb + cc * S + i, c, T(0));
+          const B<T> xh = (load_part(xb + cc * S + i, c, T(0)) - mb) * rb;
+          add_wide(id, dy, a0, a1);
+          add_wide(id, dy * xh, b0, b1);
+        }
+        const double sa = hsum(a0 + a1), sb = hsum(b0 + b1);
+        A[nn * C + ch] = sa;
+        Bs[nn * C + ch] = sb;
+        const double wc = w ? static_cast<double>(w[ch]) : 1.0;
+        s1 += wc * sa;
+        s2 += wc * sb;
+      }
+      if (!gx) continue;
+      const double inv_m = 1.0 / static_cast<double>(M), rs = static_cast<double>(rp[ng]);
+      const B<T> c1(static_cast<T>(rs * s1 * inv_m)), c2(static_cast<T>(rs * s2 * inv_m));
+      for (std::int64_t cc = 0; cc < Cg; ++cc) {
+        const std::int64_t ch = g * Cg + cc;
+        const B<T> wr(static_cast<T>((w ? w[ch] : T(1)) * rp[ng]));
+        for (std::int64_t i = 0; i < S; i += W) {
+          const std::int64_t c = std::min(W, S - i);
+          const B<T> dy = load_part(gb + cc * S + i, c, T(0));
+          const B<T> xh = (load_part(xb + cc * S + i, c, T(0)) - mb) * rb;
+          store_part(gx + ng * M + cc * S + i, c, xsimd::fnma(xh, c2, dy * wr - c1));
+        }
+      }
+    }
+  });
+  auto reduce_over_samples = [&](const double* src, T* out) {
+    parallel_for(C, 4096, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t ch = lo; ch < hi; ++ch) {
+        double s = 0;
+        for (std::int64_t nn = 0; nn < N; ++nn) s += src[nn * C + ch];
+        out[ch] = static_cast<T>(s);
+      }
+    });
+  };
+  if (gw_t.defined()) reduce_over_samples(Bs, gw_t.data<T>());
+  if (gb_t.defined()) reduce_over_samples(A, gb_t.data<T>());
+}
+
+}  // namespace
+
+void row_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, bool center, const Tensor& y,
+                      const Tensor& mean, const Tensor& rstd) {
+  dispatch_float(x.dtype(), center ? "layer_norm" : "rms_norm", [&]<class T>() {
+    if (center) row_forward_impl<T, true>(x, w, b, eps, y, mean, rstd);
+    else row_forward_impl<T, false>(x, w, b, eps, y, mean, rstd);
+  });
+}
+
+void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                       bool center, const Tensor& gx, const Tensor& gw, const Tensor& gb) {
+  dispatch_float(x.dtype(), center ? "layer_norm" : "rms_norm", [&]<class T>() {
+    if (center) row_backward_impl<T, true>(x, gy, w, mean, rstd, gx, gw, gb);
+    else row_backward_impl<T, false>(x, gy, w, mean, rstd, gx, gw, gb);
+  });
+}
+
+void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps,
+                        const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+  dispatch_float(x.dtype(), "group_norm",
+                 [&]<class T>() { group_forward_impl<T>(x, groups, w, b, eps, y, mean, rstd); });
+}
+
+void group_norm_backward(const Tensor& x, const Tensor& gy, std::int64_t groups, const Tensor& w, const Tensor& mean,
+                         const Tensor& rstd, const Tensor& gx, const Tensor& gw, const Tensor& gb) {
+  dispatch_float(x.dtype(), "group_norm",
+                 [&]<class T>() { group_backward_impl<T>(x, gy, groups, w, mean, rstd, gx, gw, gb); });
+}
+
+}  // namespace tg::kernels

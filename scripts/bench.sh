@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Benchmarks tapegrad side by side with the reference systems, in one invocation.
+#
+#   scripts/bench.sh WORKLOAD...     workloads: gemm conv2d attention norms fftconv
+#                                               train_mlp train_cnn train_transformer train_unet
+#                                    (or "all")
+# Every workload runs tapegrad's program and the reference (PyTorch 1.13 CPU; OpenBLAS for gemm)
+# alternately, REPEATS times (default 3), at 1 and 2 threads (THREADS="1 2"), and prints one JSON
+# line per measurement (fields workload, shape, threads, impl, median_s, min_s, max_s, ...), then a
+# table of tapegrad/reference time ratios (medians of the per-run medians). The JSON lines are also
+# kept in build/bench/results-<time>.jsonl. For 2 threads PyTorch runs in its best setup on this
+# machine ("2T+ompblas": the OpenMP build of OpenBLAS first on the library path, so torch and BLAS
+# share one pool). python3-torch and libopenblas-dev are installed for this script only; they are
+# never build dependencies of tapegrad.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+all=(gemm conv2d attention norms fftconv train_mlp train_cnn train_transformer train_unet)
+if [[ $# -eq 0 ]]; then
+  sed -n '2,15p' "$0"
+  exit 2
+fi
+workloads=("$@")
+[[ "$1" == "all" ]] && workloads=("${all[@]}")
+REPEATS=${REPEATS:-3}
+THREADS=${THREADS:-"1 2"}
+
+scripts/install-deps.sh --bench
+PY=""
+for p in /usr/bin/python3 $(which -a python3 2>/dev/null); do
+  if "$p" -c 'import torch' >/dev/null 2>&1; then PY=$p; break; fi
+done
+[[ -n "$PY" ]] || { echo "bench: no python3 with torch (apt-get install python3-torch)" >&2; exit 1; }
+ompblas=$(dpkg -L libopenblas0-openmp 2>/dev/null | grep '/openblas-openmp/libblas.so.3$' | head -1 || true)
+
+jobs=$(nproc 2>/dev/null || echo 2)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_BUILD_BENCH=ON >/dev/null
+targets=()
+for w in "${workloads[@]}"; do
+  case $w in
+    gemm) targets+=(gemm_bench) ;;
+    conv2d) targets+=(bench_conv) ;;
+    attention) targets+=(bench_attention) ;;
+    norms) targets+=(bench_norms) ;;
+    fftconv) targets+=(bench_fftconv) ;;
+    train_*) targets+=(bench_train) ;;
+    *) echo "bench: unknown workload '$w' (known: ${all[*]})" >&2; exit 2 ;;
+  esac
+done
+cmake --build build -j "$jobs" --target "${targets[@]}" >/dev/null
+if [[ " ${workloads[*]} " == *" gemm "* ]]; then
+  gcc -O2 -std=c11 tests/bench/ref_sgemm_openblas.c -o build/bench/ref_sgemm_openblas -lopenblas
+fi
+
+B=build/bench
+T=tests/bench
+results=$B/results-$(date +%Y%m%d-%H%M%S).jsonl
+clean_env=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -u OMP_NUM_THREADS -u OPENBLAS_NUM_THREADS)
+
+# The two commands of a workload at t threads (each prints JSON lines on stdout).
+run_pair() {
+  local w=$1 t=$2 torch_env=()
+  if [[ $t -gt 1 && -n "$ompblas" ]]; then torch_env=(LD_LIBRARY_PATH="$(dirname "$ompblas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"); fi
+  local ours ref
+  case $w in
+    gemm) ours=($B/gemm_bench $T/gemm_shapes.txt "$t" 5 0.05); ref=($B/ref_sgemm_openblas $T/gemm_shapes.txt "$t" 5 0.05); torch_env=() ;;
+    conv2d) ours=($B/bench_conv --threads "$t"); ref=("$PY" $T/ref_conv.py --threads "$t") ;;
+    attention) ours=($B/bench_attention --threads "$t"); ref=("$PY" $T/ref_attention.py --threads "$t") ;;
+    norms) ours=($B/bench_norms --threads "$t"); ref=("$PY" $T/ref_norms.py --threads "$t") ;;
+    fftconv) ours=($B/bench_fftconv --threads "$t"); ref=("$PY" $T/ref_fftconv.py --threads "$t") ;;
+    train_mlp) ours=($B/bench_train mlp --threads "$t" --warmup 20 --steps 200); ref=("$PY" $T/ref_train.py mlp --threads "$t" --warmup 20 --steps 200) ;;
+    train_cnn) ours=($B/bench_train cnn --threads "$t" --warmup 5 --steps 40); ref=("$PY" $T/ref_train.py cnn --threads "$t" --warmup 5 --steps 40) ;;
+    train_transformer) ours=($B/bench_train transformer --threads "$t" --warmup 3 --steps 20); ref=("$PY" $T/ref_train.py transformer --threads "$t" --warmup 3 --steps 20) ;;
+    train_unet) ours=($B/bench_train unet --threads "$t" --warmup 3 --steps 15); ref=("$PY" $T/ref_train.py unet --threads "$t" --warmup 3 --steps 15) ;;
+  esac
+  "${clean_env[@]}" "${ours[@]}" | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
+  "${clean_env[@]}" "${torch_env[@]}" "${ref[@]}" 2>/dev/null | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
+}
+
+for r in $(seq 1 "$REPEATS"); do
+  for t in $THREADS; do
+    for w in "${workloads[@]}"; do
+      echo "# run $r/$REPEATS, $t thread(s): $w" >&2
+      run_pair "$w" "$t"
+    done
+  done
+done
+echo
+echo "results: $results"
+python3 $T/summarize.py "$results"

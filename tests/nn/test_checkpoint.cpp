@@ -1,0 +1,196 @@
+// safetensors checkpoints: round trips, the file format, corruption and mismatch cases (the model
+// stays untouched), atomic writes, and bit-exact resume of training.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/autograd.hpp"
+#include "nn/checkpoint.hpp"
+#include "nn/linear.hpp"
+#include "nn/optim.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/loss.hpp"
+#include "ops/shape.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / fmt::format("tapegrad-test-{}-{}", ::getpid(), counter()++);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+  static int& counter() {
+    static int c = 0;
+    return c;
+  }
+};
+
+struct Net : nn::Module {
+  nn::Linear fc1, fc2;
+  nn::Dropout drop{0.2};
+  Tensor steps = zeros({1}, DType::i64);  // a non-float buffer
+  explicit Net(Generator* g = nullptr) : fc1(6, 16, {.gen = g}), fc2(16, 3, {.gen = g}) {}
+  Tensor operator()(const Tensor& x) { return fc2(drop(ops::relu(fc1(x)))); }
+  void visit(nn::Visitor& v) override {
+    v.module("fc1", fc1);
+    v.module("fc2", fc2);
+    v.buffer("steps", steps);
+  }
+  std::string type_name() const override { return "Net"; }
+};
+
+std::string read_file(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+void write_file(const std::string& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary);
+  out << bytes;
+}
+bool same_state(nn::Module& a, nn::Module& b) {
+  auto sa = a.state(), sb = b.state();
+  if (sa.size() != sb.size()) return false;
+  for (std::size_t i = 0; i < sa.size(); ++i)
+    if (sa[i].name != sb[i].name || !test::same_bits(sa[i].tensor, sb[i].tensor)) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("module round trip and the safetensors layout", "[nn][checkpoint]") {
+  TempDir dir;
+  Generator g1(1), g2(2);
+  Net a(&g1), b(&g2);
+  a.steps.fill_(42);
+  nn::save_module(a, dir.file("m.safetensors"), {{"note", "hello"}});
+  CHECK_FALSE(same_state(a, b));
+  const nn::Metadata meta = nn::load_module(b, dir.file("m.safetensors"));
+  CHECK(same_state(a, b));
+  CHECK(meta.at("note") == "hello");
+  // Layout: little-endian u64 header length, then a JSON header, data 8-byte aligned.
+  const std::string bytes = read_file(dir.file("m.safetensors"));
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  CHECK(n % 8 == 0);
+  const std::string header = bytes.substr(8, n);
+  CHECK_THAT(header, Contains("\"fc1.weight\":{\"data_offsets\":[0,384],\"dtype\":\"F32\",\"shape\":[16,6]}"));
+  CHECK_THAT(header, Contains("\"steps\":{\"data_offsets\""));
+  CHECK_THAT(header, Contains("\"dtype\":\"I64\""));
+  const auto file = nn::load_safetensors(dir.file("m.safetensors"));
+  CHECK(file.tensors.size() == 5);
+  CHECK(file.find("fc2.bias")->shape() == Shape{3});
+  // f64, bool and 0-d tensors survive too.
+  nn::save_safetensors(dir.file("t.safetensors"),
+                       {{"x", test::randn({3, 2}, DType::f64, 3)}, {"m", tensor({1, 0}, DType::boolean)}, {"s", scalar_tensor(7)}});
+  const auto t = nn::load_safetensors(dir.file("t.safetensors"));
+  CHECK(test::same_bits(*t.find("x"), test::randn({3, 2}, DType::f64, 3)));
+  CHECK(t.find("m")->to_vector<bool>() == std::vector<bool>{true, false});
+  CHECK(t.find("s")->dim() == 0);
+}
+
+TEST_CASE("loading rejects truncated, corrupted and mismatched files without touching the model", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Generator g1(1), g2(2);
+  Net a(&g1), b(&g2);
+  const std::string path = dir.file("a.safetensors");
+  nn::save_module(a, path);
+  const std::string good = read_file(path);
+  Net before = b;
+  before.clone_parameters();
+
+  auto expect_error = [&](const std::string& bytes, const std::string& message) {
+    write_file(dir.file("bad.safetensors"), bytes);
+    CHECK_THROWS_WITH(nn::load_module(b, dir.file("bad.safetensors")), Contains(message));
+    CHECK(same_state(b, before));  // untouched
+  };
+  expect_error("", "is truncated");
+  expect_error(good.substr(0, 5), "is truncated");
+  expect_error(good.substr(0, 40), "header length");
+  expect_error(good.substr(0, good.size() - 7), "is truncated or corrupt");
+  std::string flipped = good;
+  flipped[flipped.size() - 3] ^= 0x40;
+  expect_error(flipped, "does not match the checksum");
+  std::string bad_json = good;
+  bad_json[8] = '#';  // the opening brace
+  expect_error(bad_json, "has a corrupt header");
+  std::string huge = good;
+  huge[7] = 0x7f;
+  expect_error(huge, "header length");
+  CHECK_THROWS_WITH(nn::load_module(b, dir.file("missing.safetensors")), Contains("cannot open"));
+
+  struct Other : nn::Module {
+    nn::Linear fc1{6, 8};
+    void visit(nn::Visitor& v) override { v.module("fc1", fc1); }
+    std::string type_name() const override { return "Other"; }
+  } other;
+  CHECK_THROWS_WITH(nn::load_module(other, path), Contains("tensor 'fc1.weight' is [16, 6] f32 in the file but [8, 6] f32 in the model"));
+  nn::save_safetensors(dir.file("partial.safetensors"), {{"fc1.weight", a.fc1.weight}});
+  CHECK_THROWS_WITH(nn::load_module(b, dir.file("partial.safetensors")), Contains("has no tensor 'fc1.bias'"));
+  CHECK(same_state(b, before));
+  CHECK_THROWS_WITH(nn::save_safetensors(dir.file("nofolder/x.safetensors"), {}), Contains("does not exist"));
+}
+
+TEST_CASE("saves are atomic: an existing file survives a failed save; no temporaries are left", "[nn][checkpoint]") {
+  TempDir dir;
+  Net a;
+  const std::string path = dir.file("a.safetensors");
+  nn::save_module(a, path);
+  const std::string before = read_file(path);
+  Tensor undefined;
+  CHECK_THROWS(nn::save_safetensors(path, {{"w", a.fc1.weight}, {"bad", undefined}}));
+  CHECK(read_file(path) == before);
+  nn::save_module(a, path);  // overwrite in place
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
+  CHECK(files == 1);
+}
+
+TEST_CASE("resuming from a training checkpoint reproduces the uninterrupted run bit for bit", "[nn][checkpoint]") {
+  TempDir dir;
+  const Tensor x = test::randn({64, 6}, DType::f32, 5);
+  const Tensor y = ops::repeat(tensor({0, 1, 2, 1, 0, 2, 2, 1}, DType::i64), {8});
+  auto train = [&](Net& net, nn::AdamW& opt, Generator& gen, int from, int to) {
+    for (int step = from; step < to; ++step) {
+      net.drop.gen = &gen;  // dropout masks come from the run's generator
+      Tensor loss = ops::cross_entropy(net(x), y);
+      opt.zero_grad();
+      loss.backward();
+      nn::clip_grad_norm(net.parameters(), 1.0);
+      opt.step();
+    }
+  };
+  // Uninterrupted: 10 steps.
+  Generator init1(7), run1(99);
+  Net straight(&init1);
+  nn::AdamW opt1(straight.named_parameters(), {.lr = 0.01, .weight_decay = 0.01});
+  train(straight, opt1, run1, 0, 10);
+  // Interrupted after 4 steps, saved, restored into fresh objects, continued.
+  Generator init2(7), run2(99);
+  Net first(&init2);
+  nn::AdamW opt2(first.named_parameters(), {.lr = 0.01, .weight_decay = 0.01});
+  train(first, opt2, run2, 0, 4);
+  nn::EMA ema(first, 0.9);
+  nn::save_training_checkpoint(dir.file("ckpt.safetensors"), first, opt2, 4, run2, &ema, {{"epoch", "0"}});
+  Generator init3(123), run3(0);
+  Net resumed(&init3);
+  nn::AdamW opt3(resumed.named_parameters(), {.lr = 0.01, .weight_decay = 0.01});
+  nn::EMA ema3(resumed, 0.9);
+  const auto state = nn::load_training_checkpoint(dir.file("ckpt.safetensors"), resumed, opt3, run3, &ema3);
+  CHECK(state.step == 4);
+  CHECK(state.metadata.at("epoch") == "0");
+  CHECK(opt3.step_count() == 4);
+  train(resumed, opt3, run3, 4, 10);
+  CHECK(same_state(resumed, straight));
+  // A checkpoint for another optimizer type is refused.
+  nn::SGD sgd(resumed.named_parameters(), {.lr = 0.1});
+  CHECK_THROWS_WITH(nn::load_training_checkpoint(dir.file("ckpt.safetensors"), resumed, sgd, run3), Contains("was saved with AdamW but the optimizer is SGD"));
+}

@@ -1,0 +1,144 @@
+// Layers on the heavy ops: norms, convolutions, attention (self/cross, masks, rotary, KV cache),
+// the transformer block, time embeddings and adaLN.
+#include <catch2/catch.hpp>
+
+#include "core/autograd.hpp"
+#include "nn/attention.hpp"
+#include "nn/conv.hpp"
+#include "nn/norm.hpp"
+#include "nn/positional.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+#include "tests/support/gradcheck.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+TEST_CASE("norm layers normalise and list their parameters", "[nn][layers]") {
+  nn::LayerNorm ln(8);
+  const Tensor x = test::randn({4, 8}, DType::f32, 1) * 3.0 + 2.0;
+  const Tensor y = ln(x);
+  CHECK(ops::amax(ops::abs(ops::mean(y, {1}))).item() < 1e-5);
+  CHECK(ln.named_parameters().size() == 2);
+  nn::RMSNorm rms(8);
+  CHECK(ops::amax(ops::abs(ops::mean(ops::square(rms(x)), {1}) - 1.0)).item() < 1e-4);
+  CHECK(rms.named_parameters().size() == 1);
+  nn::LayerNorm plain(8, {.affine = false});
+  CHECK(plain.named_parameters().empty());
+  nn::GroupNorm gn(2, 4);
+  CHECK(gn(test::randn({2, 4, 3, 3}, DType::f32, 2)).shape() == Shape{2, 4, 3, 3});
+  nn::Norm either(8, nn::NormKind::rms, {.eps = 1e-6});
+  CHECK(test::same_bits(either(x), rms(x)));
+  CHECK(either.named_parameters()[0].name == "weight");
+  CHECK_THROWS_WITH(nn::GroupNorm(3, 4), Contains("GroupNorm: 3 groups do not divide 4 channels"));
+}
+
+TEST_CASE("conv layers: shapes, parameter names, gradients", "[nn][layers]") {
+  Generator gen(3);
+  nn::Conv2d conv(3, 8, 3, {.stride = {2, 2}, .padding = {1, 1}, .dtype = DType::f64, .gen = &gen});
+  CHECK(conv(test::randn({2, 3, 9, 9})).shape() == Shape{2, 8, 5, 5});
+  CHECK(conv.named_parameters()[0].name == "weight");
+  CHECK_GRADCHECK([&](const Tensors& v) { return conv(v[0]); }, {test::randn({1, 3, 5, 5}, DType::f64, 4)});
+  nn::ConvTranspose2d up(8, 4, {4, 4}, {.stride = {2, 2}, .padding = {1, 1}, .gen = &gen});
+  CHECK(up(test::randn({2, 8, 5, 5}, DType::f32)).shape() == Shape{2, 4, 10, 10});
+  nn::Conv2d depthwise(4, 4, 3, {.padding = {1, 1}, .groups = 4});
+  CHECK(depthwise.weight.shape() == Shape{4, 1, 3, 3});
+  CHECK_THROWS_WITH(nn::Conv2d(3, 4, 3, {.groups = 2}), Contains("groups must divide"));
+}
+
+TEST_CASE("attention: shapes, causality, cross-attention, gradients", "[nn][attention]") {
+  Generator gen(5);
+  nn::MultiheadAttention attn(16, 4, {.gen = &gen});
+  const Tensor x = test::randn({2, 7, 16}, DType::f32, 6);
+  CHECK(attn(x).shape() == Shape{2, 7, 16});
+  // Causal: changing later tokens never changes earlier outputs.
+  const Tensor y = attn(x, {.causal = true});
+  Tensor x2 = x.clone();
+  x2.narrow(1, 4, 3).fill_(5.0);
+  const Tensor y2 = attn(x2, {.causal = true});
+  CHECK(test::same_bits(y.narrow(1, 0, 4), y2.narrow(1, 0, 4)));
+  CHECK_FALSE(test::same_bits(y.narrow(1, 4, 3), y2.narrow(1, 4, 3)));
+  // Cross-attention over a context of another length and width.
+  nn::MultiheadAttention cross(16, 2, {.kv_dim = 6, .gen = &gen});
+  const Tensor ctx = test::randn({2, 5, 6}, DType::f32, 7);
+  CHECK(cross(x, {.context = &ctx}).shape() == Shape{2, 7, 16});
+  CHECK(cross.named_parameters().size() == 6);
+  CHECK_THROWS_WITH(cross(x), Contains("cross-attention needs a context"));
+  // Gradients through the whole layer (f64 parameters), with a mask and rotary tables.
+  nn::MultiheadAttention a64(8, 2, {.dtype = DType::f64, .gen = &gen});
+  const Tensor mask = tensor({1, 1, 0, 1, 0, 1, 1, 1, 1}, {3, 3}, DType::boolean);
+  const nn::RotaryTables rot{test::uniform({3, 2}, -1, 1, DType::f64, 20), test::uniform({3, 2}, -1, 1, DType::f64, 21)};
+  CHECK_GRADCHECK([&](const Tensors& v) { return a64(v[0], {.mask = mask, .rotary = &rot}); },
+                  {test::randn({2, 3, 8}, DType::f64, 8)});
+  nn::TransformerBlock b64(8, 2, {.dtype = DType::f64, .gen = &gen});
+  CHECK_GRADCHECK([&](const Tensors& v) { return b64(v[0], {.causal = true}); }, {test::randn({1, 4, 8}, DType::f64, 9)});
+  CHECK_THROWS_WITH(nn::MultiheadAttention(10, 4), Contains("4 heads must divide dim 10"));
+}
+
+TEST_CASE("KV-cache decoding equals full recomputation", "[nn][attention]") {
+  Generator gen(9);
+  nn::TransformerBlock block(16, 4, {.gen = &gen});
+  const Tensor x = test::randn({2, 9, 16}, DType::f32, 10);
+  // Rotary tables for positions 0..8 (head_dim 4 -> 2 frequencies).
+  std::vector<double> c, s;
+  for (int t = 0; t < 9; ++t)
+    for (int i = 0; i < 2; ++i) {
+      const double angle = t * std::pow(10000.0, -static_cast<double>(i) / 2);
+      c.push_back(std::cos(angle));
+      s.push_back(std::sin(angle));
+    }
+  const Tensor cos = from_vector(c, {9, 2}), sin = from_vector(s, {9, 2});
+  NoGradGuard no_grad;
+  const nn::RotaryTables all{cos, sin};
+  const Tensor full = block(x, {.causal = true, .rotary = &all});
+  nn::KVCache cache(9);
+  Tensors steps;
+  // A prompt of 4 tokens, then one token at a time.
+  const nn::RotaryTables prompt{cos.narrow(0, 0, 4), sin.narrow(0, 0, 4)};
+  steps.push_back(block(x.narrow(1, 0, 4), {.causal = true, .rotary = &prompt, .cache = &cache}));
+  for (int t = 4; t < 9; ++t) {
+    const nn::RotaryTables one{cos.narrow(0, t, 1), sin.narrow(0, t, 1)};
+    steps.push_back(block(x.narrow(1, t, 1), {.causal = true, .rotary = &one, .cache = &cache}));
+  }
+  CHECK(cache.length == 9);
+  CHECK_ALLCLOSE(ops::cat(steps, 1), full, 1e-5, 1e-5);
+  const nn::RotaryTables extra{cos.narrow(0, 0, 1), sin.narrow(0, 0, 1)};
+  CHECK_THROWS_WITH(block(x.narrow(1, 0, 1), {.causal = true, .rotary = &extra, .cache = &cache}), Contains("do not fit"));
+}
+
+TEST_CASE("transformer block: residual structure, names, training gradients", "[nn][attention]") {
+  Generator gen(11);
+  nn::TransformerBlock block(8, 2, {.norm = nn::NormKind::rms, .swiglu = true, .gen = &gen});
+  std::vector<std::string> names;
+  for (const auto& p : block.named_parameters()) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"norm1.weight", "attn.qkv.weight", "attn.qkv.bias", "attn.out.weight",
+                                          "attn.out.bias", "norm2.weight", "mlp.fc1.weight", "mlp.fc1.bias",
+                                          "mlp.gate.weight", "mlp.gate.bias", "mlp.fc2.weight", "mlp.fc2.bias"});
+  const Tensor x = test::randn({2, 5, 8}, DType::f32, 12);
+  ops::sum(ops::square(block(x, {.causal = true}))).backward();
+  for (const auto& p : block.named_parameters()) {
+    INFO(p.name);
+    CHECK(p.tensor.grad().defined());
+  }
+}
+
+TEST_CASE("timestep embeddings and adaLN", "[nn][layers]") {
+  const Tensor e = nn::sinusoidal_embedding(tensor({0.0, 1.0, 500.0}), 8);
+  CHECK(e.shape() == Shape{3, 8});
+  CHECK(e.at<float>({0, 0}) == 1.0f);  // cos(0)
+  CHECK(e.at<float>({0, 4}) == 0.0f);  // sin(0)
+  CHECK(e.at<float>({1, 4}) == Approx(std::sin(1.0)));
+  Generator gen(13);
+  nn::TimestepEmbedder te(16, 32, &gen);
+  CHECK(te(tensor({0.1, 0.5})).shape() == Shape{2, 16});
+  nn::AdaLNModulation ada(16, 8, 3, &gen);
+  const Tensors mods = ada(test::randn({2, 16}, DType::f32, 14));
+  REQUIRE(mods.size() == 3);
+  CHECK(mods[1].shape() == Shape{2, 8});
+  CHECK(ops::amax(ops::abs(mods[0])).item() == 0.0);  // zero-initialised: identity at start
+  const Tensor x = test::randn({2, 5, 8}, DType::f32, 15);
+  CHECK(test::same_bits(nn::modulate(x, mods[0], mods[1]), x));
+  CHECK_THROWS_WITH(nn::modulate(x, zeros({2, 7}), zeros({2, 7})), Contains("modulate: shift/scale [B, C] must match"));
+}

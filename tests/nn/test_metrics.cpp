@@ -1,0 +1,81 @@
+// Metrics against closed forms; output helpers write what they claim.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "nn/metrics.hpp"
+#include "nn/output.hpp"
+#include "ops/elementwise.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+TEST_CASE("accuracy and confusion matrix", "[nn][metrics]") {
+  const Tensor logits = tensor({2, 1, 0, 0, 3, 1, 1, 0, 5}, {3, 3});
+  const Tensor labels = tensor({0, 2, 2}, DType::i64);
+  CHECK(nn::metrics::accuracy(logits, labels) == Approx(2.0 / 3));
+  CHECK(nn::metrics::accuracy(tensor({0, 1}, DType::i64), tensor({0, 0}, DType::i64)) == 0.5);
+  const Tensor cm = nn::metrics::confusion_matrix(tensor({0, 1, 2, 2}, DType::i64), tensor({0, 2, 2, 1}, DType::i64), 3);
+  CHECK(cm.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 0, 0, 0, 1, 0, 1, 1});
+}
+
+TEST_CASE("Fréchet distance matches the closed form for Gaussians", "[nn][metrics]") {
+  Generator gen(3);
+  const std::int64_t n = 20000;
+  const Tensor a = randn({n, 4}, DType::f64, gen);
+  const Tensor b = randn({n, 4}, DType::f64, gen) * 2.0 + 1.0;  // mean 1, cov 4 I
+  // |mu|^2 = 4; Tr(I) + Tr(4I) - 2 Tr(2I) = 4 + 16 - 16 = 4  => FD = 8
+  CHECK(nn::metrics::frechet_distance(a, b) == Approx(8.0).epsilon(0.03));
+  CHECK(nn::metrics::frechet_distance(a, a) == Approx(0.0).margin(1e-8));
+  const double floor = nn::metrics::frechet_noise_floor(a);
+  CHECK(floor > 0.0);
+  CHECK(floor < 0.01);
+  CHECK_THROWS_WITH(nn::metrics::frechet_distance(a, zeros({5, 3})), Contains("feature sets"));
+}
+
+TEST_CASE("bits per dim and sliced Wasserstein", "[nn][metrics]") {
+  // A uniform model over 256 levels on [-1, 1]: density 1/2 per dim, nll = D log 2 -> 8 bits/dim.
+  CHECK(nn::metrics::bits_per_dim(3 * std::log(2.0), 3, 256) == Approx(8.0));
+  Generator gen(4);
+  const Tensor x = randn({4000, 2}, DType::f64, gen);
+  CHECK(nn::metrics::sliced_wasserstein(x, x, 64, gen) == 0.0);
+  const Tensor shifted = x + tensor({3.0, 0.0}, DType::f64);
+  // Projections shift by 3 cos(theta): sqrt(E[9 cos^2]) = 3 / sqrt(2) for random directions.
+  CHECK(nn::metrics::sliced_wasserstein(x, shifted, 4000, gen) == Approx(3.0 / std::sqrt(2.0)).epsilon(0.03));
+}
+
+TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("tapegrad-out-{}", ::getpid());
+  fs::create_directories(dir);
+  const Tensor imgs = uniform({5, 1, 8, 8}, 0, 1);
+  nn::output::save_image_grid((dir / "grid.png").string(), imgs, {.columns = 3, .captions = {"a", "b", "c", "d", "e"}});
+  nn::output::save_png((dir / "one.png").string(), imgs.select(0, 0));
+  for (const char* f : {"grid.png", "one.png"}) {
+    std::ifstream in(dir / f, std::ios::binary);
+    char sig[8];
+    in.read(sig, 8);
+    CHECK(std::string(sig + 1, 3) == "PNG");
+  }
+  {
+    nn::output::CsvWriter csv((dir / "m.csv").string(), {"step", "loss"});
+    csv.row(std::vector<double>{1, 0.5});
+    CHECK_THROWS_WITH(csv.row(std::vector<double>{1}), Contains("1 values for 2 columns"));
+  }
+  std::ifstream in(dir / "m.csv");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  CHECK(text == "step,loss\n1,0.5\n");
+  nn::output::plot_svg((dir / "p.svg").string(), {{"train", {1, 2, 3}, {1.0, 0.5, 0.25}}, {"test", {1, 3}, {1.2, 0.4}}},
+                       {.title = "loss", .log_y = true});
+  std::ifstream svg(dir / "p.svg");
+  std::string s((std::istreambuf_iterator<char>(svg)), {});
+  CHECK_THAT(s, Contains("<polyline"));
+  CHECK_THAT(s, Contains(">train</text>"));
+  nn::output::ProgressBar bar(10, "test");
+  for (int i = 1; i <= 10; ++i) bar.update(i, 1.0 / i);
+  bar.finish();
+  CHECK_THROWS_WITH(nn::output::save_png((dir / "x.png").string(), zeros({2, 4, 4})), Contains("expected 1 or 3 channels"));
+  fs::remove_all(dir);
+}

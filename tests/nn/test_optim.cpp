@@ -1,0 +1,130 @@
+// Optimizers against hand-computed steps, clipping, schedules, EMA.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "core/autograd.hpp"
+#include "nn/optim.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+// A parameter with a fixed gradient.
+nn::NamedTensor param(std::initializer_list<double> values, DType dtype = DType::f64) {
+  return {"p", tensor(values, dtype).requires_grad_()};
+}
+void set_grad(Tensor& p, std::initializer_list<double> g) { p.set_grad(tensor(g, p.dtype())); }
+}  // namespace
+
+TEST_CASE("SGD: plain, momentum, nesterov, weight decay match hand-computed steps", "[nn][optim]") {
+  auto p = param({1.0, -2.0});
+  nn::SGD sgd({p}, {.lr = 0.1, .momentum = 0.9});
+  set_grad(p.tensor, {0.5, 1.0});
+  sgd.step();  // b = g; p -= lr b
+  CHECK(p.tensor.to_vector<double>() == std::vector<double>{1.0 - 0.05, -2.0 - 0.1});
+  sgd.step();  // b = 0.9 b + g
+  CHECK(p.tensor.at<double>({0}) == Approx(0.95 - 0.1 * (0.9 * 0.5 + 0.5)).epsilon(1e-15));
+
+  auto q = param({1.0});
+  nn::SGD nest({q}, {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01, .nesterov = true});
+  set_grad(q.tensor, {0.5});
+  nest.step();  // d = g + wd p = 0.51; b = d; d = d + 0.9 b
+  CHECK(q.tensor.item() == Approx(1.0 - 0.1 * (0.51 + 0.9 * 0.51)).epsilon(1e-15));
+
+  auto r = param({3.0});
+  nn::SGD plain({r}, {.lr = 0.5});
+  set_grad(r.tensor, {2.0});
+  plain.step();
+  CHECK(r.tensor.item() == 2.0);
+  CHECK(plain.state().empty());
+}
+
+TEST_CASE("Adam and AdamW match hand-computed steps", "[nn][optim]") {
+  const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+  for (bool decoupled : {false, true}) {
+    auto p = param({0.5, -1.5});
+    nn::Adam opt({p}, {.lr = lr, .weight_decay = wd}, decoupled);
+    CHECK(opt.type_name() == (decoupled ? "AdamW" : "Adam"));
+    double x = 0.5, m = 0, v = 0;
+    for (int t = 1; t <= 3; ++t) {
+      const double g0 = 0.3 * t;
+      set_grad(p.tensor, {g0, -0.2});
+      opt.step();
+      double g = g0;
+      if (decoupled) x *= 1 - lr * wd;
+      else g += wd * x;
+      m = b1 * m + (1 - b1) * g;
+      v = b2 * v + (1 - b2) * g * g;
+      const double mhat = m / (1 - std::pow(b1, t)), vhat = v / (1 - std::pow(b2, t));
+      x -= lr * mhat / (std::sqrt(vhat) + eps);
+      CHECK(p.tensor.at<double>({0}) == Approx(x).epsilon(1e-12));
+    }
+    CHECK(opt.step_count() == 3);
+    CHECK(opt.state().size() == 2);
+    CHECK(opt.state()[0].name == "p.exp_avg");
+  }
+}
+
+TEST_CASE("optimizers: groups, missing gradients, 1 vs N threads", "[nn][optim]") {
+  auto a = param({1.0}), b = param({1.0});
+  nn::SGD sgd({nn::ParamGroup{{a}, 1.0}, nn::ParamGroup{{b}, 0.5}}, {.lr = 1.0});
+  set_grad(a.tensor, {1.0});
+  sgd.step();  // b has no gradient: untouched
+  CHECK(a.tensor.item() == 0.0);
+  CHECK(b.tensor.item() == 1.0);
+  set_grad(b.tensor, {1.0});
+  sgd.step();
+  CHECK(b.tensor.item() == 0.5);
+
+  CHECK(test::same_bits_across_threads([] {
+    std::vector<nn::NamedTensor> ps;
+    for (int i = 0; i < 5; ++i) {
+      Tensor t = test::randn({1000 + 777 * i}, DType::f32, static_cast<std::uint64_t>(i)).requires_grad_();
+      t.set_grad(test::randn(t.shape(), DType::f32, static_cast<std::uint64_t>(10 + i)));
+      ps.push_back({"p" + std::to_string(i), t});
+    }
+    nn::AdamW opt(ps, {.lr = 0.01, .weight_decay = 0.05});
+    for (int s = 0; s < 3; ++s) opt.step();
+    Tensors out;
+    for (auto& p : ps) out.push_back(p.tensor);
+    return out;
+  }));
+  CHECK_THROWS_WITH(nn::SGD({{"x", ones({2}).requires_grad_() * 2.0}}, {}), Contains("must be a floating-point leaf"));
+}
+
+TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
+  Tensor a = ones({3}, DType::f64).requires_grad_(), b = ones({4}, DType::f64).requires_grad_();
+  a.set_grad(full({3}, 2.0, DType::f64));
+  b.set_grad(full({4}, 2.0, DType::f64));
+  const double norm = nn::clip_grad_norm({a, b}, 1.0);
+  CHECK(norm == Approx(std::sqrt(7 * 4.0)));
+  CHECK(std::sqrt(ops::sum(ops::square(a.grad())).item() + ops::sum(ops::square(b.grad())).item()) == Approx(1.0).epsilon(1e-5));
+  CHECK(nn::clip_grad_norm({a, b}, 10.0) == Approx(1.0).epsilon(1e-5));  // below the limit: unchanged
+  CHECK(a.grad().at<double>({0}) == Approx(2.0 / std::sqrt(28.0)).epsilon(1e-5));
+
+  CHECK(nn::warmup_cosine_schedule(0, 10, 110) == Approx(0.1));
+  CHECK(nn::warmup_cosine_schedule(9, 10, 110) == Approx(1.0));
+  CHECK(nn::warmup_cosine_schedule(60, 10, 110, 0.1) == Approx(0.55));
+  CHECK(nn::warmup_cosine_schedule(110, 10, 110, 0.1) == Approx(0.1));
+  CHECK(nn::constant_schedule(5) == 1.0);
+
+  struct Tiny : nn::Module {
+    Tensor w = zeros({2}).requires_grad_();
+    void visit(nn::Visitor& v) override { v.param("w", w); }
+    std::string type_name() const override { return "Tiny"; }
+  } model;
+  nn::EMA ema(model, 0.5);
+  {
+    NoGradGuard no_grad;
+    model.w.fill_(4);
+  }
+  ema.update(model);  // 0.5 * 0 + 0.5 * 4
+  ema.update(model);  // 0.5 * 2 + 0.5 * 4
+  Tiny other;
+  ema.copy_to(other);
+  CHECK(other.w.to_vector<float>() == std::vector<float>{3, 3});
+}

@@ -1,0 +1,205 @@
+// Normalisation layers: naive f64 references (explicit mean/variance loops) over tables of shapes
+// and layouts, gradchecks for x, weight and bias, thread-count determinism, errors.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include "core/autograd.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/norm.hpp"
+#include "ops/reduce.hpp"
+#include "tests/support/gradcheck.hpp"
+#include "tests/support/helpers.hpp"
+#include "tests/support/reference.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Normalises consecutive rows of n values (row-major view of x) in f64; w, b of n values or empty.
+Tensor ref_row_norm(const Tensor& x, std::int64_t n, const Tensor& w, const Tensor& b, double eps, bool center) {
+  const auto v = x.to_vector<double>();
+  const auto wv = w.defined() ? w.to_vector<double>() : std::vector<double>(n, 1.0);
+  const auto bv = b.defined() ? b.to_vector<double>() : std::vector<double>(n, 0.0);
+  std::vector<double> out(v.size());
+  for (std::size_t r = 0; r * n < v.size(); ++r) {
+    const double* row = v.data() + r * n;
+    double mean = 0, var = 0;
+    if (center) {
+      for (std::int64_t j = 0; j < n; ++j) mean += row[j];
+      mean /= static_cast<double>(n);
+    }
+    for (std::int64_t j = 0; j < n; ++j) var += (row[j] - mean) * (row[j] - mean);
+    var /= static_cast<double>(n);
+    const double rstd = 1.0 / std::sqrt(var + eps);
+    for (std::int64_t j = 0; j < n; ++j) out[r * n + j] = (row[j] - mean) * rstd * wv[j] + bv[j];
+  }
+  return from_vector(out, x.shape());
+}
+
+// Group norm of x [N, C, *] in f64.
+Tensor ref_group_norm(const Tensor& x, std::int64_t G, const Tensor& w, const Tensor& b, double eps) {
+  const auto v = x.to_vector<double>();
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / std::max<std::int64_t>(1, N * C);
+  const std::int64_t Cg = C / G, M = Cg * S;
+  const auto wv = w.defined() ? w.to_vector<double>() : std::vector<double>(C, 1.0);
+  const auto bv = b.defined() ? b.to_vector<double>() : std::vector<double>(C, 0.0);
+  std::vector<double> out(v.size());
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t g = 0; g < G; ++g) {
+      const std::int64_t base = (n * C + g * Cg) * S;
+      double mean = 0, var = 0;
+      for (std::int64_t i = 0; i < M; ++i) mean += v[base + i];
+      mean /= static_cast<double>(M);
+      for (std::int64_t i = 0; i < M; ++i) var += (v[base + i] - mean) * (v[base + i] - mean);
+      var /= static_cast<double>(M);
+      const double rstd = 1.0 / std::sqrt(var + eps);
+      for (std::int64_t i = 0; i < M; ++i) {
+        const std::int64_t c = g * Cg + i / S;
+        out[base + i] = (v[base + i] - mean) * rstd * wv[c] + bv[c];
+      }
+    }
+  return from_vector(out, x.shape());
+}
+
+Tensor layouts(const Tensor& t, int which) {
+  switch (which) {
+    case 1: return test::transposed_layout(t);
+    case 2: return test::strided_layout(t);
+    default: return t;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("layer_norm and rms_norm: forward matches the naive loops", "[ops][norm]") {
+  struct Case {
+    Shape shape;
+    Shape normalized;
+  };
+  const Case cases[] = {{{5, 1}, {1}},     {{4, 7}, {7}},       {{3, 1003}, {1003}}, {{2, 3, 17}, {17}},
+                        {{2, 3, 5}, {3, 5}}, {{1, 64}, {64}},   {{33, 16}, {16}},    {{7}, {7}}};
+  for (const Case& c : cases) {
+    for (int layout = 0; layout < 3; ++layout) {
+      for (DType dt : {DType::f64, DType::f32}) {
+        const Tensor x0 = test::randn(c.shape, DType::f64, 1) * 3.0 + 2.0;
+        const Tensor w0 = test::randn(c.normalized, DType::f64, 2), b0 = test::randn(c.normalized, DType::f64, 3);
+        const Tensor x = layouts(x0.to(dt), layout), w = w0.to(dt), b = b0.to(dt);
+        const std::int64_t n = c.normalized.numel();
+        const double rtol = dt == DType::f64 ? 1e-12 : 2e-5, atol = dt == DType::f64 ? 1e-12 : 2e-5;
+        INFO("shape " << fmt::format("{}", c.shape) << " layout " << layout << " dtype " << dtype_name(dt));
+        CHECK_ALLCLOSE(ops::layer_norm(x, c.normalized, w, b), ref_row_norm(x, n, w, b, 1e-5, true), rtol, atol);
+        CHECK_ALLCLOSE(ops::layer_norm(x, c.normalized), ref_row_norm(x, n, {}, {}, 1e-5, true), rtol, atol);
+        CHECK_ALLCLOSE(ops::layer_norm(x, c.normalized, w, {}, 0.1), ref_row_norm(x, n, w, {}, 0.1, true), rtol, atol);
+        CHECK_ALLCLOSE(ops::layer_norm(x, c.normalized, {}, b), ref_row_norm(x, n, {}, b, 1e-5, true), rtol, atol);
+        CHECK_ALLCLOSE(ops::rms_norm(x, c.normalized, w), ref_row_norm(x, n, w, {}, 1e-6, false), rtol, atol);
+        CHECK_ALLCLOSE(ops::rms_norm(x, c.normalized), ref_row_norm(x, n, {}, {}, 1e-6, false), rtol, atol);
+      }
+    }
+  }
+  // A permuted view ([B, T, H, d] -> [B, H, T, d]) normalised over d.
+  const Tensor p = test::randn({2, 5, 3, 8}, DType::f64, 4).permute({0, 2, 1, 3});
+  CHECK_ALLCLOSE(ops::layer_norm(p, {8}), ref_row_norm(p, 8, {}, {}, 1e-5, true), 1e-12, 1e-12);
+  // f32 statistics are accumulated in f64: a large common offset does not cancel.
+  const Tensor off = (test::randn({4, 1003}, DType::f64, 5) + 1e4).to(DType::f32);
+  CHECK_ALLCLOSE(ops::layer_norm(off, {1003}), ref_row_norm(off, 1003, {}, {}, 1e-5, true), 1e-3, 2e-3);
+  // Constant rows normalise to the bias.
+  const Tensor cst = full({3, 7}, 2.5, DType::f64);
+  CHECK(ops::layer_norm(cst, {7}, {}, full({7}, 0.5, DType::f64)).to_vector<double>() == std::vector<double>(21, 0.5));
+  // Empty inputs.
+  CHECK(ops::layer_norm(zeros({0, 4}), {4}).shape() == Shape{0, 4});
+  CHECK(ops::rms_norm(zeros({3, 0}), {0}).shape() == Shape{3, 0});
+}
+
+TEST_CASE("layer_norm: gradcheck for x, weight and bias", "[ops][norm][grad][layer_norm]") {
+  for (const auto& [shape, normalized] : std::vector<std::pair<Shape, Shape>>{
+           {{3, 7}, {7}}, {{2, 1}, {1}}, {{2, 3, 5}, {3, 5}}, {{4, 17}, {17}}}) {
+    const Tensor x = test::transposed_layout(test::randn(shape, DType::f64, 10) * 2.0);
+    const Tensor w = test::randn(normalized, DType::f64, 11), b = test::randn(normalized, DType::f64, 12);
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized, v[1], v[2]); }, {x, w, b});
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized); }, {test::strided_layout(x)});
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized, v[1], {}, 0.3); }, {x, w});
+  }
+  // Only the weight (autograd::grad skips the others).
+  Tensor x = test::randn({3, 5}, DType::f64, 13), w = test::randn({5}, DType::f64, 14).requires_grad_();
+  const Tensor g = autograd::grad({ops::sum(ops::layer_norm(x, {5}, w))}, {w})[0];
+  CHECK(g.shape() == Shape{5});
+  // Broadcasting from a 0-d upstream gradient (non-contiguous gy).
+  Tensor xr = test::randn({4, 6}, DType::f64, 15).requires_grad_();
+  ops::sum(ops::layer_norm(xr, {6})).backward();
+  CHECK(test::max_abs_diff(xr.grad(), zeros({4, 6}, DType::f64)) < 1e-12);  // sum of a normalised row is constant
+}
+
+TEST_CASE("rms_norm: gradcheck for x and weight", "[ops][norm][grad][rms_norm]") {
+  for (const auto& [shape, normalized] : std::vector<std::pair<Shape, Shape>>{
+           {{3, 7}, {7}}, {{2, 1}, {1}}, {{2, 3, 5}, {3, 5}}, {{4, 17}, {17}}}) {
+    const Tensor x = test::transposed_layout(test::randn(shape, DType::f64, 20));
+    const Tensor w = test::randn(normalized, DType::f64, 21);
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::rms_norm(v[0], normalized, v[1]); }, {x, w});
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::rms_norm(v[0], normalized, {}, 0.1); }, {test::strided_layout(x)});
+  }
+}
+
+TEST_CASE("group_norm: forward and gradcheck", "[ops][norm][grad][group_norm]") {
+  struct Case {
+    Shape shape;
+    std::int64_t groups;
+  };
+  const Case cases[] = {{{2, 6, 5}, 3}, {{3, 4}, 2}, {{2, 4, 3, 2}, 1}, {{2, 4, 3, 2}, 4}, {{1, 3, 17}, 3}, {{2, 8, 7, 9}, 2}};
+  for (const Case& c : cases) {
+    const std::int64_t C = c.shape[1];
+    const Tensor x = test::randn(c.shape, DType::f64, 30) * 2.0 - 1.0;
+    const Tensor w = test::randn({C}, DType::f64, 31), b = test::randn({C}, DType::f64, 32);
+    INFO("shape " << fmt::format("{}", c.shape) << " groups " << c.groups);
+    CHECK_ALLCLOSE(ops::group_norm(x, c.groups, w, b), ref_group_norm(x, c.groups, w, b, 1e-5), 1e-12, 1e-12);
+    CHECK_ALLCLOSE(ops::group_norm(test::transposed_layout(x), c.groups), ref_group_norm(x, c.groups, {}, {}, 1e-5), 1e-12, 1e-12);
+    const Tensor x32 = x.to(DType::f32);
+    CHECK_ALLCLOSE(ops::group_norm(x32, c.groups, w.to(DType::f32), b.to(DType::f32)),
+                   ref_group_norm(x32, c.groups, w, b, 1e-5), 2e-5, 2e-5);
+    if (c.shape.numel() <= 200) {
+      CHECK_GRADCHECK([&](const Tensors& v) { return ops::group_norm(v[0], c.groups, v[1], v[2]); },
+                      {test::transposed_layout(x), w, b});
+      CHECK_GRADCHECK([&](const Tensors& v) { return ops::group_norm(v[0], c.groups, {}, {}, 0.2); }, {x});
+    }
+  }
+}
+
+TEST_CASE("norms: 1 vs N threads give identical bits (forward and backward)", "[ops][norm][threads]") {
+  const Tensor x0 = test::randn({513, 1003}, DType::f32, 40), gy = test::randn({513, 1003}, DType::f32, 41);
+  const Tensor w0 = test::randn({1003}, DType::f32, 42), b0 = test::randn({1003}, DType::f32, 43);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor x = x0.detach().requires_grad_(), w = w0.detach().requires_grad_(), b = b0.detach().requires_grad_();
+    Tensor y = ops::layer_norm(x, {1003}, w, b);
+    Tensor z = ops::rms_norm(y, {1003}, w);
+    z.backward(gy);
+    return Tensors{y, z, x.grad(), w.grad(), b.grad()};
+  }));
+  const Tensor g0 = test::randn({9, 32, 40, 41}, DType::f32, 44);
+  const Tensor gw0 = test::randn({32}, DType::f32, 45), gb0 = test::randn({32}, DType::f32, 46);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor x = g0.detach().requires_grad_(), w = gw0.detach().requires_grad_(), b = gb0.detach().requires_grad_();
+    Tensor y = ops::group_norm(x, 8, w, b);
+    y.backward(g0 * 0.5);
+    return Tensors{y, x.grad(), w.grad(), b.grad()};
+  }));
+}
+
+TEST_CASE("norms: errors name the op, the shapes and the dim", "[ops][norm][errors]") {
+  const Tensor x = zeros({2, 3, 4});
+  CHECK_THROWS_WITH(ops::layer_norm(x, {3}),
+                    Contains("layer_norm: normalized_shape [3] does not match the trailing dims of x (shape [2, 3, 4]): dim 2 of x is 4, expected 3"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {1, 2, 3, 4}), Contains("layer_norm: normalized_shape [1, 2, 3, 4] has more dims than x"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {}), Contains("normalized_shape must have at least one dim"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {4}, zeros({3})), Contains("layer_norm: weight must have shape [4], got shape [3]"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {3, 4}, {}, zeros({4})), Contains("layer_norm: bias must have shape [3, 4], got shape [4]"));
+  CHECK_THROWS_WITH(ops::rms_norm(x, {4}, zeros({4, 1})), Contains("rms_norm: weight must have shape [4], got shape [4, 1]"));
+  CHECK_THROWS_WITH(ops::rms_norm(arange(4), {4}), Contains("rms_norm: expected a floating-point tensor"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {4}, {}, {}, -1.0), Contains("layer_norm: eps must be a finite number >= 0"));
+  CHECK_THROWS_WITH(ops::group_norm(x, 2), Contains("group_norm: num_groups 2 must divide the number of channels C = 3 (dim 1 of x, shape [2, 3, 4])"));
+  CHECK_THROWS_WITH(ops::group_norm(x, 0), Contains("group_norm: num_groups must be >= 1"));
+  CHECK_THROWS_WITH(ops::group_norm(zeros({4}), 1), Contains("group_norm: expected x of shape [N, C, *]"));
+  CHECK_THROWS_WITH(ops::group_norm(x, 3, zeros({4})), Contains("group_norm: weight must have shape [3], got shape [4]"));
+  CHECK_THROWS_WITH(ops::layer_norm(Tensor(), {4}), Contains("layer_norm: argument 'x' is an undefined tensor"));
+}
