@@ -2,12 +2,14 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <memory>
 #include <numbers>
 
 #include "core/autograd.hpp"
+#include "core/parallel.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
@@ -102,46 +104,47 @@ const std::vector<std::string>& synthetic_shape_classes() {
 
 ImageDataset synthetic_shapes(std::int64_t n, std::uint64_t seed, std::int64_t size) {
   TG_CHECK(n > 0 && size >= 8, "synthetic_shapes: need n > 0 and size >= 8, got {} and {}", n, size);
-  Generator gen(seed);
   Tensor images = zeros({n, 1, size, size});
   Tensor labels = empty({n}, DType::i64);
   float* img = images.data<float>();
   std::int64_t* lab = labels.data<std::int64_t>();
   const double half = static_cast<double>(size) / 2;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t cls = gen.randint(0, 10);
-    lab[i] = cls;
-    const double cx = half + (gen.uniform() - 0.5) * size * 0.2, cy = half + (gen.uniform() - 0.5) * size * 0.2;
-    const double r = size * (0.22 + 0.14 * gen.uniform());  // shape "radius"
-    const double ink = 0.6 + 0.4 * gen.uniform();
-    const double w = std::max(1.5, r * 0.25);  // stroke width
-    float* px = img + i * size * size;
-    for (std::int64_t y = 0; y < size; ++y) {
-      for (std::int64_t x = 0; x < size; ++x) {
-        const double dx = x + 0.5 - cx, dy = y + 0.5 - cy;
-        const double d = std::hypot(dx, dy), ax = std::fabs(dx), ay = std::fabs(dy);
-        bool on = false;
-        switch (cls) {
-          case 0: on = d <= r; break;                                      // disc
-          case 1: on = std::fabs(d - r * 0.8) <= w * 0.6; break;           // ring
-          case 2: on = ax <= r * 0.8 && ay <= r * 0.8; break;              // square
-          case 3: on = std::max(ax, ay) <= r * 0.85 && std::max(ax, ay) >= r * 0.85 - w; break;  // frame
-          case 4: on = dy <= r * 0.7 && dy >= -r * 0.9 + 1.8 * ax; break;  // triangle (apex up)
-          case 5: on = (ax <= w * 0.6 && ay <= r) || (ay <= w * 0.6 && ax <= r); break;          // plus
-          case 6: on = std::fabs(ax - ay) <= w * 0.8 && d <= r * 1.1; break;                     // cross (x)
-          case 7: on = ax <= r && std::fmod(ay + r, r * 0.66) < w; break;  // horizontal bars
-          case 8: on = ay <= r && std::fmod(ax + r, r * 0.66) < w; break;  // vertical bars
-          case 9: on = ax + ay <= r; break;                                // diamond
+  // Image i is drawn from its own stream, so images can be drawn in parallel and the set is the
+  // same for any thread count.
+  parallel_for(n, 64, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      Generator gen(seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(i));
+      const std::int64_t cls = gen.randint(0, 10);
+      lab[i] = cls;
+      const double cx = half + (gen.uniform() - 0.5) * size * 0.2, cy = half + (gen.uniform() - 0.5) * size * 0.2;
+      const double r = size * (0.22 + 0.14 * gen.uniform());  // shape "radius"
+      const double ink = 0.6 + 0.4 * gen.uniform();
+      const double w = std::max(1.5, r * 0.25);  // stroke width
+      float* px = img + i * size * size;
+      for (std::int64_t y = 0; y < size; ++y) {
+        for (std::int64_t x = 0; x < size; ++x) {
+          const double dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+          const double d = std::hypot(dx, dy), ax = std::fabs(dx), ay = std::fabs(dy);
+          bool on = false;
+          switch (cls) {
+            case 0: on = d <= r; break;                                      // disc
+            case 1: on = std::fabs(d - r * 0.8) <= w * 0.6; break;           // ring
+            case 2: on = ax <= r * 0.8 && ay <= r * 0.8; break;              // square
+            case 3: on = std::max(ax, ay) <= r * 0.85 && std::max(ax, ay) >= r * 0.85 - w; break;  // frame
+            case 4: on = dy <= r * 0.7 && dy >= -r * 0.9 + 1.8 * ax; break;  // triangle (apex up)
+            case 5: on = (ax <= w * 0.6 && ay <= r) || (ay <= w * 0.6 && ax <= r); break;          // plus
+            case 6: on = std::fabs(ax - ay) <= w * 0.8 && d <= r * 1.1; break;                     // cross (x)
+            case 7: on = ax <= r && std::fmod(ay + r, r * 0.66) < w; break;  // horizontal bars
+            case 8: on = ay <= r && std::fmod(ax + r, r * 0.66) < w; break;  // vertical bars
+            case 9: on = ax + ay <= r; break;                                // diamond
+          }
+          // Ink plus sensor noise, clamped to [0, 1].
+          const double v = (on ? ink : 0.0) + 0.05 * gen.normal();
+          px[y * size + x] = static_cast<float>(std::clamp(v, 0.0, 1.0));
         }
-        if (on) px[y * size + x] = static_cast<float>(ink);
       }
     }
-  }
-  // Sensor noise, then back to [0, 1].
-  {
-    NoGradGuard no_grad;
-    images = ops::clamp(images + normal(images.shape(), 0.0, 0.05, DType::f32, gen), 0.0, 1.0);
-  }
+  });
   return {images, labels, synthetic_shape_classes(), "synthetic-shapes"};
 }
 

@@ -93,7 +93,7 @@ Data load_data(const std::optional<std::string>& folder, bool force_synthetic, s
       fmt::print(stderr,
                  "Fashion-MNIST not found (install the Debian package dataset-fashion-mnist, or set "
                  "TAPEGRAD_FASHION_MNIST); using the built-in synthetic shapes instead\n");
-    d.train = nn::data::synthetic_shapes(60000, 1);
+    d.train = nn::data::synthetic_shapes(max_train > 0 ? std::min<std::int64_t>(max_train, 60000) : 60000, 1);
     d.test = nn::data::synthetic_shapes(10000, 2);
     d.synthetic = true;
   }

@@ -1,0 +1,62 @@
+// The classifiers: shapes and parameter names of each architecture, a short training run that
+// learns, evaluation, and the FD_clf feature extractor.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+
+#include "models/classifier/train.hpp"
+#include "nn/metrics.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+namespace cls = tg::models::classifier;
+using Catch::Matchers::Contains;
+
+TEST_CASE("classifier architectures: shapes, features, parameter names", "[models][classifier]") {
+  Generator gen(1);
+  const Tensor x = rand({3, 1, 28, 28}, DType::f32, gen);
+  cls::Classifier mlp({.arch = cls::Arch::mlp}, &gen);
+  CHECK(mlp(x).shape() == Shape{3, 10});
+  CHECK(mlp.features(x).shape() == Shape{3, 512});
+  CHECK(mlp.num_parameters() == 784 * 512 + 512 + 512 * 512 + 512 + 5130);
+  cls::Classifier cnn({.arch = cls::Arch::cnn}, &gen);
+  CHECK(cnn(x).shape() == Shape{3, 10});
+  CHECK(cnn.named_parameters()[0].name == "conv1.weight");
+  cls::Classifier fd({.arch = cls::Arch::fdmlp, .image_size = 14}, &gen);
+  CHECK(fd(cls::preprocess(fd.config, x)).shape() == Shape{3, 10});
+  CHECK(cls::fd_features(fd, x).shape() == Shape{3, 128});
+  CHECK_THROWS_WITH(mlp(rand({2, 1, 14, 14})), Contains("expected images [B, 1, 28, 28]"));
+  CHECK_THROWS_WITH(cls::parse_arch("vgg"), Contains("unknown model 'vgg'"));
+}
+
+TEST_CASE("a short training run learns the synthetic shapes", "[models][classifier]") {
+  const auto train = nn::data::synthetic_shapes(1024, 3), test = nn::data::synthetic_shapes(256, 4);
+  Generator gen(2);
+  cls::Classifier model({.arch = cls::Arch::mlp}, &gen);
+  const double before = cls::evaluate(model, test).accuracy;
+  const cls::FitResult r = cls::fit(model, train, test, {.epochs = 3, .batch = 64, .lr = 1e-3, .seed = 5, .progress = false});
+  REQUIRE(r.history.size() == 3);
+  CHECK(r.steps == 48);
+  CHECK(r.history.back().train_loss < r.history.front().train_loss);
+  CHECK(r.history.back().test_accuracy > 0.6);
+  CHECK(r.history.back().test_accuracy > before + 0.3);
+  const auto ev = cls::evaluate(model, test);
+  CHECK(ev.predictions.shape() == Shape{256});
+  CHECK(ev.accuracy == Approx(r.history.back().test_accuracy));
+}
+
+TEST_CASE("fit resumes from its checkpoint exactly", "[models][classifier]") {
+  const auto train = nn::data::synthetic_shapes(512, 6), test = nn::data::synthetic_shapes(64, 7);
+  const std::string ckpt = (std::filesystem::temp_directory_path() / fmt::format("tg-fit-{}.safetensors", ::getpid())).string();
+  Generator g1(3), g2(3);
+  cls::Classifier straight({.arch = cls::Arch::mlp}, &g1), resumed({.arch = cls::Arch::mlp}, &g2);
+  cls::fit(straight, train, test, {.epochs = 2, .batch = 64, .seed = 9, .progress = false});
+  cls::fit(resumed, train, test, {.epochs = 1, .batch = 64, .seed = 9, .checkpoint = ckpt, .progress = false});
+  Generator g3(99);
+  cls::Classifier fresh({.arch = cls::Arch::mlp}, &g3);  // different init: everything comes from the checkpoint
+  cls::fit(fresh, train, test, {.epochs = 2, .batch = 64, .seed = 9, .checkpoint = ckpt, .resume = true, .progress = false});
+  auto a = straight.state(), b = fresh.state();
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(test::same_bits(a[i].tensor, b[i].tensor));
+  std::filesystem::remove(ckpt);
+}
