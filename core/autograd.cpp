@@ -222,7 +222,10 @@ class Engine {
                   const char* caller);
 
  private:
-  static void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? detail::add_same_shape(slot, g) : g; }
+  static void accumulate(Tensor& slot, const Tensor& g) {
+    if (slot.defined()) detail::accumulate(slot, g);
+    else slot = g;
+  }
   static void accumulate_into_leaf(TensorImpl& leaf, const Tensor& g);
 };
 
@@ -233,7 +236,9 @@ void Engine::accumulate_into_leaf(TensorImpl& leaf, const Tensor& g) {
                        static_cast<std::size_t>(g.numel()) * g.element_size() == g.storage()->nbytes();
     leaf.grad = owned ? g.detach().impl_ptr() : g.clone().impl_ptr();
   } else {
-    leaf.grad = detail::add_same_shape(Tensor(leaf.grad), g).impl_ptr();
+    Tensor acc(std::move(leaf.grad));  // in place unless someone else holds this gradient
+    detail::accumulate(acc, g);
+    leaf.grad = acc.impl_ptr();
   }
 }
 

@@ -85,6 +85,33 @@ Tensor add_same_shape(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+void accumulate(Tensor& acc, const Tensor& g) {
+  const bool owned = acc.impl_ptr().use_count() == 1 && acc.storage().use_count() == 1 && acc.is_contiguous() &&
+                     static_cast<std::size_t>(acc.numel()) * acc.element_size() == acc.storage()->nbytes();
+  if (!owned || g.storage() == acc.storage()) {
+    acc = add_same_shape(acc, g);
+    return;
+  }
+  TG_CHECK(acc.shape() == g.shape() && acc.dtype() == g.dtype(), "accumulate: {} {} += {} {}", acc.shape(), acc.dtype(),
+           g.shape(), g.dtype());
+  const StridedLoop<2> loop(acc.shape(), {&acc.strides(), &g.strides()}, {acc.element_size(), g.element_size()});
+  const std::array<char*, 2> base{static_cast<char*>(acc.raw_data()), static_cast<char*>(g.raw_data())};
+  dispatch_numeric(acc.dtype(), "accumulate", [&]<class T>() {
+    parallel_for(loop.numel(), kCopyGrain, [&](std::int64_t lo, std::int64_t hi) {
+      loop.run(base, lo, hi, [](const std::array<char*, 2>& p, std::int64_t n, const std::array<std::int64_t, 2>& s) {
+        T* o = reinterpret_cast<T*>(p[0]);  // contiguous
+        if (s[1] == sizeof(T)) {
+          const T* x = reinterpret_cast<const T*>(p[1]);
+          for (std::int64_t i = 0; i < n; ++i) o[i] += x[i];
+          return;
+        }
+        for (std::int64_t i = 0; i < n; ++i) o[i] += *reinterpret_cast<const T*>(p[1] + i * s[1]);
+      });
+    });
+  });
+  acc.storage()->bump_version();
+}
+
 Tensor sum_to(const Tensor& g, const Shape& shape) {
   if (g.shape() == shape) return g;
   const int nd = g.dim();

@@ -16,6 +16,9 @@ void copy_into(const Tensor& dst, const Tensor& src);
 void fill(const Tensor& dst, double value);
 // a + b for tensors of one shape and dtype, as a new contiguous tensor.
 Tensor add_same_shape(const Tensor& a, const Tensor& b);
+// acc += g (same shape and dtype): in place when acc is the only handle to its own contiguous
+// storage, otherwise acc becomes a new tensor acc + g. For gradient accumulation.
+void accumulate(Tensor& acc, const Tensor& g);
 // Sums g (of a shape `shape` broadcasts to) down to `shape`: the backward of expand.
 // Deterministic: each output element is summed in a fixed order, in f64 for float tensors.
 Tensor sum_to(const Tensor& g, const Shape& shape);

@@ -5,6 +5,7 @@
 #include "core/autograd.hpp"
 #include "ops/attention.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
 
 namespace tg::nn {
 
@@ -35,15 +36,15 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
     const Tensor& ctx = *a.context;                                                  // [B, S, kv_dim]
     TG_CHECK(ctx.dim() == 3 && ctx.shape()[0] == B, "MultiheadAttention: context {} does not match x {}", ctx.shape(), x.shape());
     qh = q(x).reshape({B, T, heads, head_dim}).permute({0, 2, 1, 3});              // [B, H, T, d]
-    const Tensor kvp = kv(ctx).reshape({B, ctx.shape()[1], 2, heads, head_dim});  // [B, S, 2, H, d]
-    kh = kvp.select(2, 0).permute({0, 2, 1, 3});                                  // [B, H, S, d]
-    vh = kvp.select(2, 1).permute({0, 2, 1, 3});                                  // [B, H, S, d]
+    const Tensors kvp = ops::unbind(kv(ctx).reshape({B, ctx.shape()[1], 2, heads, head_dim}), 2);  // 2 x [B, S, H, d]
+    kh = kvp[0].permute({0, 2, 1, 3});                                                                // [B, H, S, d]
+    vh = kvp[1].permute({0, 2, 1, 3});                                                                // [B, H, S, d]
   } else {
     TG_CHECK(a.context == nullptr, "MultiheadAttention: a context was given to a self-attention layer");
-    const Tensor p = qkv(x).reshape({B, T, 3, heads, head_dim});  // [B, T, 3, H, d]
-    qh = p.select(2, 0).permute({0, 2, 1, 3});                    // [B, H, T, d]
-    kh = p.select(2, 1).permute({0, 2, 1, 3});
-    vh = p.select(2, 2).permute({0, 2, 1, 3});
+    const Tensors p = ops::unbind(qkv(x).reshape({B, T, 3, heads, head_dim}), 2);  // 3 x [B, T, H, d]
+    qh = p[0].permute({0, 2, 1, 3});                                               // [B, H, T, d]
+    kh = p[1].permute({0, 2, 1, 3});
+    vh = p[2].permute({0, 2, 1, 3});
   }
   if (a.rotary) {
     qh = ops::apply_rotary(qh, a.rotary->cos, a.rotary->sin, a.rotary->layout);

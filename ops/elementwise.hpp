@@ -56,7 +56,9 @@ Tensor ceil(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
-enum class GeluApprox { none, tanh };  // none: exact x*Phi(x) with erf
+// none: x*Phi(x) with erf (for f32 through a rational erf accurate to 4e-7, as PyTorch's
+// vectorised GELU; f64 exact); tanh: the tanh approximation.
+enum class GeluApprox { none, tanh };
 Tensor gelu(const Tensor& x, GeluApprox approx = GeluApprox::none);
 Tensor silu(const Tensor& x);
 // log(1 + exp(beta*x)) / beta, linear above `threshold` (as PyTorch), computed without overflow.

@@ -365,7 +365,7 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& k_in, bool causal) {
   const bool recording = autograd::any_requires_grad({u, k});
   const bool keep_U = recording && k.requires_grad() && !fft_conv_recompute();
   Tensor Kspec = empty({ck, nb, 2}, dt);
-  Tensor Uspec = keep_U ? empty({rows, nb, 2}, dt) : Tensor();
+  Tensor Uspec = keep_U ? empty({rows, kernels::fft_conv_saved_stride(nf, dtype_size(dt))}, dt) : Tensor();
   const Rows ur = as_rows(u, 1), kr = as_rows(k, 1);
   dispatch_float(dt, "fft_conv", [&]<class T>() {
     if (rows == 0) return;

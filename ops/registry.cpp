@@ -22,7 +22,7 @@ std::span<const OpInfo> differentiable_ops() {
       {"sum", "ops"}, {"mean", "ops"}, {"prod", "ops"}, {"amax", "ops"}, {"amin", "ops"}, {"max", "ops"},
       {"min", "ops"}, {"norm", "ops"}, {"cumsum", "ops"},
       // ops/shape.cpp
-      {"cat", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
+      {"cat", "ops"}, {"split", "ops"}, {"unbind", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
       // ops/loss.cpp
       {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"},
       // ops/linalg.cpp

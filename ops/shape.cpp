@@ -87,13 +87,39 @@ Tensor stack(const Tensors& xs, std::int64_t axis) {
   return cat(expanded, a);
 }
 
+namespace {
+// The pieces of x along `axis` (views) as ONE recorded op: its backward writes every piece's
+// gradient into its slice of a single buffer, instead of one zero-filled full-size gradient per
+// piece (which is what separate narrow/select views would cost).
+Tensors split_views(const Tensor& x, int a, const std::vector<std::int64_t>& sizes, bool drop_axis) {
+  const Tensor xd = x.detach();
+  Tensors parts;
+  std::int64_t at = 0;
+  for (std::int64_t s : sizes) {
+    parts.push_back(drop_axis ? xd.select(a, at) : xd.narrow(a, at, s));
+    at += s;
+  }
+  return record(drop_axis ? "unbind" : "split", {x}, parts,
+                [a, sizes, drop_axis, in_shape = x.shape(), dt = x.dtype()](const Tensors& grads) {
+                  Tensor gx = empty(in_shape, dt);
+                  std::int64_t off = 0;
+                  for (std::size_t i = 0; i < sizes.size(); ++i) {  // the engine passes zeros for unused pieces
+                    Tensor slot = drop_axis ? gx.select(a, off) : gx.narrow(a, off, sizes[i]);
+                    tg::detail::copy_into(slot, grads[i]);
+                    off += sizes[i];
+                  }
+                  return Tensors{gx};
+                });
+}
+}  // namespace
+
 Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis) {
   check_defined(x, "split", "x");
   const int a = normalize_axis(axis, x.dim(), "split", x.shape());
   TG_CHECK(size > 0, "split: size must be positive, got {}", size);
-  Tensors parts;
-  for (std::int64_t at = 0; at < x.shape()[a]; at += size) parts.push_back(x.narrow(a, at, std::min(size, x.shape()[a] - at)));
-  return parts;
+  std::vector<std::int64_t> sizes;
+  for (std::int64_t at = 0; at < x.shape()[a]; at += size) sizes.push_back(std::min(size, x.shape()[a] - at));
+  return split_views(x, a, sizes, false);
 }
 
 Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis) {
@@ -102,14 +128,15 @@ Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int6
   const std::int64_t total = std::accumulate(sizes.begin(), sizes.end(), std::int64_t{0});
   TG_CHECK(total == x.shape()[a], "split: sizes add up to {} but dim {} has size {} (shape {})", total, a,
            x.shape()[a], x.shape());
-  Tensors parts;
-  std::int64_t at = 0;
-  for (std::int64_t s : sizes) {
-    TG_CHECK(s >= 0, "split: negative size {}", s);
-    parts.push_back(x.narrow(a, at, s));
-    at += s;
-  }
-  return parts;
+  for (std::int64_t s : sizes) TG_CHECK(s >= 0, "split: negative size {}", s);
+  return split_views(x, a, sizes, false);
+}
+
+Tensors unbind(const Tensor& x, std::int64_t axis) {
+  check_defined(x, "unbind", "x");
+  TG_CHECK(x.dim() > 0, "unbind: expected a tensor with at least one dim, got a 0-d tensor");
+  const int a = normalize_axis(axis, x.dim(), "unbind", x.shape());
+  return split_views(x, a, std::vector<std::int64_t>(static_cast<std::size_t>(x.shape()[a]), 1), true);
 }
 
 Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis) {

@@ -18,6 +18,9 @@ Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis);
 Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis);
 // n pieces of (nearly) equal size, as torch.chunk.
 Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis);
+// The slices x.select(axis, i) for every i (e.g. q, k, v of a fused projection).
+// split, chunk and unbind are each one recorded op: their backward assembles one gradient.
+Tensors unbind(const Tensor& x, std::int64_t axis);
 
 // Rows `index[i]` of x along `axis`: out.shape[axis] = index.numel() (index is 1-D).
 Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);

@@ -43,7 +43,9 @@ for w in "${workloads[@]}"; do
     attention) targets+=(bench_attention) ;;
     norms) targets+=(bench_norms) ;;
     fftconv) targets+=(bench_fftconv) ;;
-    train_*) targets+=(bench_train) ;;
+    train_mlp|train_cnn) targets+=(bench_train) ;;
+    train_transformer) targets+=(bench_transformer) ;;
+    train_unet) targets+=(bench_unet) ;;
     *) echo "bench: unknown workload '$w' (known: ${all[*]})" >&2; exit 2 ;;
   esac
 done
@@ -70,8 +72,8 @@ run_pair() {
     fftconv) ours=($B/bench_fftconv --threads "$t"); ref=("$PY" $T/ref_fftconv.py --threads "$t") ;;
     train_mlp) ours=($B/bench_train mlp --threads "$t" --warmup 20 --steps 200); ref=("$PY" $T/ref_train.py mlp --threads "$t" --warmup 20 --steps 200) ;;
     train_cnn) ours=($B/bench_train cnn --threads "$t" --warmup 5 --steps 40); ref=("$PY" $T/ref_train.py cnn --threads "$t" --warmup 5 --steps 40) ;;
-    train_transformer) ours=($B/bench_train transformer --threads "$t" --warmup 3 --steps 20); ref=("$PY" $T/ref_train.py transformer --threads "$t" --warmup 3 --steps 20) ;;
-    train_unet) ours=($B/bench_train unet --threads "$t" --warmup 3 --steps 15); ref=("$PY" $T/ref_train.py unet --threads "$t" --warmup 3 --steps 15) ;;
+    train_transformer) ours=($B/bench_transformer --threads "$t" --warmup 3 --steps 20); ref=("$PY" $T/ref_transformer.py --threads "$t" --warmup 3 --steps 20) ;;
+    train_unet) ours=($B/bench_unet --threads "$t" --warmup 3 --steps 15); ref=("$PY" $T/ref_unet.py --threads "$t" --warmup 3 --steps 15) ;;
   esac
   "${clean_env[@]}" "${ours[@]}" | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
   "${clean_env[@]}" "${torch_env[@]}" "${ref[@]}" 2>/dev/null | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"

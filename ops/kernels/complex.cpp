@@ -3,12 +3,19 @@
 
 #include <xsimd/xsimd.hpp>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <complex>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <new>
+#include <type_traits>
+#include <vector>
 
 #include "core/parallel.hpp"
 #include "core/strided.hpp"
@@ -196,71 +203,127 @@ inline V<T> cabs(const Cx<T>& z) {
 // ---------------------------------------------------------------------------------------------
 // Rows of interleaved complex numbers (fused convolution)
 // ---------------------------------------------------------------------------------------------
+// Arithmetic directly on interleaved batches [re0, im0, re1, im1, ...] (W/2 complex numbers per
+// batch): in-register pair swaps and duplications instead of de-interleaving loads.
 
-// Calls op(x, y) -> Cx for the nb complex elements of rows a and b and stores into dst (which may
-// alias a). The ragged tail is padded into a full batch: every element sees the same SIMD code.
+template <class T>
+using UIdx = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+struct SwapPairs {
+  static constexpr unsigned get(unsigned i, unsigned) { return i ^ 1u; }
+};
+struct DupEven {
+  static constexpr unsigned get(unsigned i, unsigned) { return i & ~1u; }
+};
+struct DupOdd {
+  static constexpr unsigned get(unsigned i, unsigned) { return i | 1u; }
+};
+template <class T, class G>
+inline V<T> swz(const V<T>& x) {
+  return xsimd::swizzle(x, xsimd::make_batch_constant<xsimd::batch<UIdx<T>, typename V<T>::arch_type>, G>());
+}
+// Sign masks: -0.0 in the odd (imaginary) / even (real) lanes, 0 elsewhere (xor flips those signs).
+template <class T>
+struct SignMasks {
+  V<T> odd, even;
+  SignMasks() {
+    alignas(64) T mo[kW<T>], me[kW<T>];
+    for (std::int64_t j = 0; j < kW<T>; ++j) {
+      mo[j] = j % 2 ? T(-0.0) : T(0);
+      me[j] = j % 2 ? T(0) : T(-0.0);
+    }
+    odd = V<T>::load_aligned(mo);
+    even = V<T>::load_aligned(me);
+  }
+};
+
+// a * b: [ar br - ai bi, ai br + ar bi] = a * dup(br) + swap(a) * [-bi, bi].
+template <class T>
+inline V<T> imul(const V<T>& a, const V<T>& b, const SignMasks<T>& m) {
+  return xsimd::fma(a, swz<T, DupEven>(b), swz<T, SwapPairs>(a) * xsimd::bitwise_xor(swz<T, DupOdd>(b), m.even));
+}
+// a * conj(b): [ar br + ai bi, ai br - ar bi] = a * dup(br) + swap(a) * [bi, -bi].
+template <class T>
+inline V<T> imul_conj(const V<T>& a, const V<T>& b, const SignMasks<T>& m) {
+  return xsimd::fma(a, swz<T, DupEven>(b), swz<T, SwapPairs>(a) * xsimd::bitwise_xor(swz<T, DupOdd>(b), m.odd));
+}
+// acc + a * conj(b), as two fused steps.
+template <class T>
+inline V<T> imac_conj(const V<T>& acc, const V<T>& a, const V<T>& b, const SignMasks<T>& m) {
+  const V<T> s = xsimd::fma(a, swz<T, DupEven>(b), acc);
+  return xsimd::fma(swz<T, SwapPairs>(a), xsimd::bitwise_xor(swz<T, DupOdd>(b), m.odd), s);
+}
+
+// dst[j] = op(a[j], b[j]) over n scalars (n even; dst may alias a). The ragged tail is padded
+// into a full batch, so every element goes through the same SIMD code.
 template <class T, class Op>
-inline void row_binary(std::complex<T>* dst, const std::complex<T>* a, const std::complex<T>* b, std::int64_t nb, Op op) {
+inline void row_map2(T* dst, const T* a, const T* b, std::int64_t n, Op op) {
   constexpr std::int64_t W = kW<T>;
   std::int64_t i = 0;
-  for (; i + W <= nb; i += W) {
-    const CB<T> x = CB<T>::load_unaligned(a + i), y = CB<T>::load_unaligned(b + i);
-    const Cx<T> r = op(Cx<T>{x.real(), x.imag()}, Cx<T>{y.real(), y.imag()});
-    CB<T>(r.re, r.im).store_unaligned(dst + i);
-  }
-  if (i < nb) {
-    alignas(64) std::complex<T> ta[W], tb[W], tc[W];
-    const std::int64_t cnt = nb - i;
-    for (std::int64_t j = 0; j < W; ++j) {
-      ta[j] = j < cnt ? a[i + j] : std::complex<T>();
-      tb[j] = j < cnt ? b[i + j] : std::complex<T>();
-    }
-    const CB<T> x = CB<T>::load_aligned(ta), y = CB<T>::load_aligned(tb);
-    const Cx<T> r = op(Cx<T>{x.real(), x.imag()}, Cx<T>{y.real(), y.imag()});
-    CB<T>(r.re, r.im).store_aligned(tc);
-    for (std::int64_t j = 0; j < cnt; ++j) dst[i + j] = tc[j];
+  for (; i + W <= n; i += W) op(V<T>::load_unaligned(a + i), V<T>::load_unaligned(b + i)).store_unaligned(dst + i);
+  if (i < n) {
+    alignas(64) T ta[W] = {}, tb[W] = {};
+    std::copy(a + i, a + n, ta);
+    std::copy(b + i, b + n, tb);
+    op(V<T>::load_aligned(ta), V<T>::load_aligned(tb)).store_aligned(ta);
+    std::copy(ta, ta + (n - i), dst + i);
   }
 }
 
-// acc = (first ? 0 : acc) + a * conj(b) over a row of nb complex numbers.
+// acc[j] += sum_{r < cnt} a_r[j] * conj(b_r[j]) over n scalars (n even), rows a_r = a + r*as,
+// b_r = b + r*bs, summed in increasing r (fixed order: deterministic). Row-outer, so that each
+// b row (the saved spectra, from memory) is streamed sequentially; acc stays in cache.
 template <class T>
-inline void row_mac_conj(std::complex<T>* acc, const std::complex<T>* a, const std::complex<T>* b, std::int64_t nb,
-                         bool first) {
-  if (first) {
-    row_binary<T>(acc, a, b, nb, [](const Cx<T>& x, const Cx<T>& y) { return cmul_conj(x, y); });
-    return;
-  }
+inline void rows_mac_conj(T* acc, const T* a, std::int64_t as, const T* b, std::int64_t bs, std::int64_t cnt, std::int64_t n,
+                          const SignMasks<T>& m) {
   constexpr std::int64_t W = kW<T>;
-  std::int64_t i = 0;
-  auto step = [](const CB<T>& s, const CB<T>& x, const CB<T>& y) {
-    // s + x conj(y): re = s.re + x.re y.re + x.im y.im, im = s.im + x.im y.re - x.re y.im
-    const V<T> re = xsimd::fma(x.real(), y.real(), xsimd::fma(x.imag(), y.imag(), s.real()));
-    const V<T> im = xsimd::fma(x.imag(), y.real(), xsimd::fnma(x.real(), y.imag(), s.imag()));
-    return CB<T>(re, im);
-  };
-  for (; i + W <= nb; i += W)
-    step(CB<T>::load_unaligned(acc + i), CB<T>::load_unaligned(a + i), CB<T>::load_unaligned(b + i))
-        .store_unaligned(acc + i);
-  if (i < nb) {
-    alignas(64) std::complex<T> ts[W], ta[W], tb[W];
-    const std::int64_t cnt = nb - i;
-    for (std::int64_t j = 0; j < W; ++j) {
-      ts[j] = j < cnt ? acc[i + j] : std::complex<T>();
-      ta[j] = j < cnt ? a[i + j] : std::complex<T>();
-      tb[j] = j < cnt ? b[i + j] : std::complex<T>();
+  const std::int64_t nfull = n - n % W;
+  for (std::int64_t r = 0; r < cnt; ++r) {
+    const T* ar = a + r * as;
+    const T* br = b + r * bs;
+    for (std::int64_t i = 0; i < nfull; i += W)
+      imac_conj(V<T>::load_unaligned(acc + i), V<T>::load_unaligned(ar + i), V<T>::load_unaligned(br + i), m)
+          .store_unaligned(acc + i);
+    if (nfull < n) {
+      alignas(64) T ts[W] = {}, ta[W] = {}, tb[W] = {};
+      std::copy(acc + nfull, acc + n, ts);
+      std::copy(ar + nfull, ar + n, ta);
+      std::copy(br + nfull, br + n, tb);
+      imac_conj(V<T>::load_aligned(ts), V<T>::load_aligned(ta), V<T>::load_aligned(tb), m).store_aligned(ts);
+      std::copy(ts, ts + (n - nfull), acc + nfull);
     }
-    step(CB<T>::load_aligned(ts), CB<T>::load_aligned(ta), CB<T>::load_aligned(tb)).store_aligned(ts);
-    for (std::int64_t j = 0; j < cnt; ++j) acc[i + j] = ts[j];
   }
+}
+
+// dst[0, n) = src[0, n) with non-temporal stores where available (dst 64-byte aligned): the saved
+// spectra are read again only in the backward pass, so they should not evict useful cache lines
+// nor pay the read-for-ownership of a normal store.
+template <class T>
+inline void stream_copy(T* dst, const T* src, std::int64_t n) {
+#if defined(__AVX512F__)
+  constexpr std::int64_t W = 64 / sizeof(T);
+  std::int64_t i = 0;
+  if (reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
+    for (; i + W <= n; i += W) {
+      if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+      else _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+    }
+  }
+  std::copy(src + i, src + n, dst + i);
+#else
+  std::copy(src, src + n, dst);
+#endif
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 // acc += a over a row of n scalars (fixed order: deterministic).
 template <class T>
 inline void row_add(T* acc, const T* a, std::int64_t n) {
-  constexpr std::int64_t W = kW<T>;
-  std::int64_t i = 0;
-  for (; i + W <= n; i += W) (V<T>::load_unaligned(acc + i) + V<T>::load_unaligned(a + i)).store_unaligned(acc + i);
-  for (; i < n; ++i) acc[i] += a[i];
+  row_map2<T>(acc, acc, a, n, [](const V<T>& x, const V<T>& y) { return x + y; });
 }
 
 // A per-thread, 64-byte aligned scratch buffer (slot: independent buffers), grown on demand.
@@ -288,41 +351,76 @@ std::int64_t fft_rows_per_call() {
   else return fft_row_batch_double();
 }
 
-template <class T>
-std::complex<T>* as_complex(T* p) {
-  return reinterpret_cast<std::complex<T>*>(p);
-}
-template <class T>
-const std::complex<T>* as_complex(const T* p) {
-  return reinterpret_cast<const std::complex<T>*>(p);
-}
-
 // Parallel tasks of at least ~this many FFT points (rows * nf) each.
 constexpr std::int64_t kConvTaskPoints = 1 << 15;
 
-// Below this many independent (kernel-row block) tasks, the backward pass also splits the rows
-// that share a kernel row into this many groups, with partial spectra summed in group order.
+// The backward pass wants at least this many independent tasks; with fewer blocks of kernel rows,
+// the rows that share a kernel row are split into groups whose partial spectra are summed in
+// group order.
 constexpr std::int64_t kMinReductionTasks = 16;
+
+// A block of up to R rows transformed by one kernel call: rows r0 + i*step, i < cnt. Output row
+// r = p*ck + c uses kernel row c. "p-major" blocks hold rows of one kernel row c (step ck: the
+// kernel spectrum is read once and, in the backward pass, the block's kernel-gradient spectra are
+// reduced in registers); "c-major" blocks hold consecutive rows (step 1, kernel rows c .. c+cnt-1).
+struct Block {
+  std::int64_t r0, step, cnt, c;
+  bool p_major;
+};
+
+// The blocks covering rows p in [pb, pe) x kernel rows c in [c0, c1), in a fixed order: full
+// p-major blocks (c outer, p inner), then the remaining p < R rows per kernel row, in whichever
+// orientation needs fewer kernel calls.
+void make_blocks(std::vector<Block>& out, std::int64_t ck, std::int64_t R, std::int64_t pb, std::int64_t pe,
+                 std::int64_t c0, std::int64_t c1) {
+  const std::int64_t n = pe - pb, full = n / R, rem = n % R, nc = c1 - c0;
+  for (std::int64_t c = c0; c < c1; ++c)
+    for (std::int64_t j = 0; j < full; ++j) out.push_back({(pb + j * R) * ck + c, ck, R, c, true});
+  if (rem == 0) return;
+  const std::int64_t p1 = pb + full * R;
+  if (rem * ((nc + R - 1) / R) <= nc) {
+    for (std::int64_t p = p1; p < pe; ++p)
+      for (std::int64_t c = c0; c < c1; c += R) out.push_back({p * ck + c, 1, std::min(R, c1 - c), c, false});
+  } else {
+    for (std::int64_t c = c0; c < c1; ++c) out.push_back({p1 * ck + c, ck, rem, c, true});
+  }
+}
+
+// S_i = src_i * K_{c(i)} (or * conj(K)) for the rows i of block b; S holds cnt contiguous rows of
+// row2 scalars, src rows are src_step scalars apart (src may be S itself).
+template <class T>
+void mul_kernel_rows(T* S, const T* src, std::int64_t src_step, const T* K, const Block& b, std::int64_t row2, bool conj,
+                     const SignMasks<T>& m) {
+  for (std::int64_t i = 0; i < b.cnt; ++i) {
+    const T* k = K + (b.p_major ? b.c : b.c + i) * row2;
+    T* s = S + i * row2;
+    const T* x = src + i * src_step;
+    if (conj) row_map2<T>(s, x, k, row2, [&](const V<T>& a, const V<T>& w) { return imul_conj(a, w, m); });
+    else row_map2<T>(s, x, k, row2, [&](const V<T>& a, const V<T>& w) { return imul(a, w, m); });
+  }
+}
 
 template <class T>
 void conv_forward(const T* u, std::int64_t us, const T* K, T* y, T* Usave, const FftConvGeometry& g) {
   if (g.rows <= 0 || g.out_len <= 0) return;
   const std::int64_t R = fft_rows_per_call<T>(), nb = g.nf / 2 + 1, row2 = 2 * nb;
-  const std::int64_t blocks = (g.rows + R - 1) / R;
+  const std::int64_t ss = fft_conv_saved_stride(g.nf, sizeof(T));
+  std::vector<Block> blocks;
+  make_blocks(blocks, g.ck, R, 0, g.rows / g.ck, 0, g.ck);
   const std::int64_t grain = std::max<std::int64_t>(1, kConvTaskPoints / (R * g.nf));
-  parallel_for(blocks, grain, [&](std::int64_t b0, std::int64_t b1) {
+  const SignMasks<T> masks;
+  parallel_for(static_cast<std::int64_t>(blocks.size()), grain, [&](std::int64_t b0, std::int64_t b1) {
     T* S = thread_buffer<T, 0>(R * row2);
-    for (std::int64_t blk = b0; blk < b1; ++blk) {
-      const std::int64_t r0 = blk * R, cnt = std::min(R, g.rows - r0);
-      T* U = Usave ? Usave + r0 * row2 : S;
-      rfft_padded(u + r0 * us, us, g.L, U, row2, cnt, g.nf);
-      for (std::int64_t i = 0; i < cnt; ++i) {
-        const std::int64_t c = (r0 + i) % g.ck;
-        row_binary<T>(as_complex(S + i * row2), as_complex(U + i * row2), as_complex(K + c * row2), nb,
-                      [](const Cx<T>& x, const Cx<T>& w) { return cmul(x, w); });
+    for (std::int64_t t = b0; t < b1; ++t) {
+      const Block& b = blocks[static_cast<std::size_t>(t)];
+      rfft_padded(u + b.r0 * us, b.step * us, g.L, S, row2, b.cnt, g.nf);
+      if (Usave) {  // keep the signal spectrum for the backward pass
+        for (std::int64_t i = 0; i < b.cnt; ++i) stream_copy(Usave + (b.r0 + i * b.step) * ss, S + i * row2, row2);
       }
-      irfft_truncated(S, row2, y + r0 * g.out_len, g.out_len, cnt, g.nf, g.out_len);
+      mul_kernel_rows<T>(S, S, row2, K, b, row2, false, masks);
+      irfft_truncated(S, row2, y + b.r0 * g.out_len, b.step * g.out_len, b.cnt, g.nf, g.out_len);
     }
+    if (Usave) stream_fence();
   });
 }
 
@@ -331,50 +429,65 @@ void conv_backward(const T* u, std::int64_t us, const T* Usaved, const T* gy, st
                    const FftConvGeometry& g) {
   if (g.rows <= 0 || (!gu && !gk)) return;
   const std::int64_t R = fft_rows_per_call<T>(), nb = g.nf / 2 + 1, row2 = 2 * nb;
-  const std::int64_t P = g.rows / g.ck, cblocks = (g.ck + R - 1) / R;
-  auto mul_conj_k = [&](T* S, std::int64_t c0, std::int64_t cnt) {  // S_i *= conj(K_{c0+i})
-    for (std::int64_t i = 0; i < cnt; ++i)
-      row_binary<T>(as_complex(S + i * row2), as_complex(S + i * row2), as_complex(K + (c0 + i) * row2), nb,
-                    [](const Cx<T>& x, const Cx<T>& w) { return cmul_conj(x, w); });
+  const std::int64_t P = g.rows / g.ck, ss = fft_conv_saved_stride(g.nf, sizeof(T));
+  const SignMasks<T> masks;
+  // G = rfft(gy) of block b into S; then, when wanted, gu = irfft(G * conj(K)).
+  auto grad_rows = [&](const Block& b, T* S) {
+    rfft_padded(gy + b.r0 * gs, b.step * gs, g.out_len, S, row2, b.cnt, g.nf);
   };
-  if (!gk) {  // only gu: every block of rows is independent
+  auto grad_u = [&](const Block& b, T* S) {
+    mul_kernel_rows<T>(S, S, row2, K, b, row2, true, masks);
+    irfft_truncated(S, row2, gu + b.r0 * g.L, b.step * g.L, b.cnt, g.nf, g.L);
+  };
+  if (!gk) {  // only gu: every block is independent
+    std::vector<Block> blocks;
+    make_blocks(blocks, g.ck, R, 0, P, 0, g.ck);
     const std::int64_t grain = std::max<std::int64_t>(1, kConvTaskPoints / (R * g.nf));
-    parallel_for(P * cblocks, grain, [&](std::int64_t t0, std::int64_t t1) {
+    parallel_for(static_cast<std::int64_t>(blocks.size()), grain, [&](std::int64_t t0, std::int64_t t1) {
       T* S = thread_buffer<T, 0>(R * row2);
       for (std::int64_t t = t0; t < t1; ++t) {
-        const std::int64_t p = t / cblocks, c0 = (t % cblocks) * R, cnt = std::min(R, g.ck - c0);
-        const std::int64_t r0 = p * g.ck + c0;
-        rfft_padded(gy + r0 * gs, gs, g.out_len, S, row2, cnt, g.nf);
-        mul_conj_k(S, c0, cnt);
-        irfft_truncated(S, row2, gu + r0 * g.L, g.L, cnt, g.nf, g.L);
+        grad_rows(blocks[static_cast<std::size_t>(t)], S);
+        grad_u(blocks[static_cast<std::size_t>(t)], S);
       }
     });
     return;
   }
-  // Tasks (kernel-row block cb, row group q); group q holds the rows p in [q P / Q, (q+1) P / Q).
-  const std::int64_t Q = cblocks >= kMinReductionTasks
-                             ? 1
-                             : std::min<std::int64_t>(P, (kMinReductionTasks + cblocks - 1) / cblocks);
-  Tensor part_t = empty({Q * g.ck * row2}, std::is_same_v<T, float> ? DType::f32 : DType::f64);
+  // Tasks (kernel rows [c0, c0 + R), row group q). Group q holds the chunks of R rows p in
+  // [q nch / Q, (q+1) nch / Q) (nch = ceil(P / R)) and accumulates its kernel-gradient spectra into
+  // its own partial part[q]; the partials are summed in q order at the end.
+  const std::int64_t cblocks = (g.ck + R - 1) / R, nch = (P + R - 1) / R;
+  const std::int64_t Q = std::min<std::int64_t>(nch, (kMinReductionTasks + cblocks - 1) / cblocks);
+  Tensor part_t = zeros({Q * g.ck * row2}, std::is_same_v<T, float> ? DType::f32 : DType::f64);
   T* part = part_t.data<T>();
   parallel_for(Q * cblocks, 1, [&](std::int64_t t0, std::int64_t t1) {
     T* S = thread_buffer<T, 0>(R * row2);
-    T* Ub = thread_buffer<T, 1>(Usaved ? 0 : R * row2);
+    T* Ub = thread_buffer<T, 1>(Usaved ? 1 : R * row2);
+    std::vector<Block> blocks;
     for (std::int64_t t = t0; t < t1; ++t) {
-      const std::int64_t q = t / cblocks, c0 = (t % cblocks) * R, cnt = std::min(R, g.ck - c0);
-      const std::int64_t pb = q * P / Q, pe = (q + 1) * P / Q;
-      T* acc = part + (q * g.ck + c0) * row2;
-      for (std::int64_t p = pb; p < pe; ++p) {
-        const std::int64_t r0 = p * g.ck + c0;
-        rfft_padded(gy + r0 * gs, gs, g.out_len, S, row2, cnt, g.nf);
-        const T* U = Usaved ? Usaved + r0 * row2 : Ub;
-        if (!Usaved) rfft_padded(u + r0 * us, us, g.L, Ub, row2, cnt, g.nf);
-        for (std::int64_t i = 0; i < cnt; ++i)
-          row_mac_conj<T>(as_complex(acc + i * row2), as_complex(S + i * row2), as_complex(U + i * row2), nb, p == pb);
-        if (gu) {
-          mul_conj_k(S, c0, cnt);
-          irfft_truncated(S, row2, gu + r0 * g.L, g.L, cnt, g.nf, g.L);
+      const std::int64_t q = t / cblocks, c0 = (t % cblocks) * R, c1 = std::min(g.ck, c0 + R);
+      const std::int64_t pb = std::min(P, R * (q * nch / Q)), pe = std::min(P, R * ((q + 1) * nch / Q));
+      blocks.clear();
+      make_blocks(blocks, g.ck, R, pb, pe, c0, c1);
+      T* acc = part + q * g.ck * row2;
+      for (const Block& b : blocks) {
+        grad_rows(b, S);
+        const T* U;
+        std::int64_t ustep;
+        if (Usaved) {
+          U = Usaved + b.r0 * ss;
+          ustep = b.step * ss;
+        } else {
+          rfft_padded(u + b.r0 * us, b.step * us, g.L, Ub, row2, b.cnt, g.nf);
+          U = Ub;
+          ustep = row2;
         }
+        if (b.p_major) {
+          rows_mac_conj<T>(acc + b.c * row2, S, row2, U, ustep, b.cnt, row2, masks);
+        } else {
+          for (std::int64_t i = 0; i < b.cnt; ++i)
+            rows_mac_conj<T>(acc + (b.c + i) * row2, S + i * row2, row2, U + i * ustep, ustep, 1, row2, masks);
+        }
+        if (gu) grad_u(b, S);
       }
     }
   });
@@ -437,6 +550,12 @@ void complex_abs_backward(const Tensor& out, const Tensor& g, const Tensor& a, c
 }
 
 // ---- fused convolution entry points -----------------------------------------------------------------
+
+std::int64_t fft_conv_saved_stride(std::int64_t nf, std::size_t scalar_size) {
+  const std::int64_t per_line = 64 / static_cast<std::int64_t>(scalar_size);
+  const std::int64_t row2 = 2 * (nf / 2 + 1);
+  return (row2 + per_line - 1) / per_line * per_line;
+}
 
 void fft_conv_forward(const float* u, std::int64_t u_stride, const float* K, float* y, float* U_save,
                       const FftConvGeometry& g) {

@@ -8,6 +8,7 @@
 // thread count.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/tensor.hpp"
@@ -31,7 +32,8 @@ void complex_abs_backward(const Tensor& out, const Tensor& g, const Tensor& a, c
 //   y[r, t] = sum_{s <= t} k[r % ck, s] u[r, t - s],  t < out_len   (out_len <= L + Lk - 1 <= nf)
 // computed as irfft(rfft(u_r, nf) * K_{r % ck}, nf)[:out_len], a block of rows at a time, the
 // spectra staying in per-thread scratch. y is contiguous [rows, out_len]. When U_save is not null,
-// rfft(u_r, nf) is also kept there ([rows, nb, 2], contiguous) for the backward pass.
+// rfft(u_r, nf) is also kept there for the backward pass: row r at U_save + r * saved_stride
+// (fft_conv_saved_stride: 2*nb scalars rounded up to 64 bytes, written with streaming stores).
 struct FftConvGeometry {
   std::int64_t rows = 0;     // rows of u / y (a multiple of ck)
   std::int64_t ck = 0;       // rows of the kernel
@@ -40,6 +42,7 @@ struct FftConvGeometry {
   std::int64_t out_len = 0;  // samples per row of y (and of gy)
   std::int64_t nf = 0;       // FFT length, >= L + Lk - 1
 };
+std::int64_t fft_conv_saved_stride(std::int64_t nf, std::size_t scalar_size);
 void fft_conv_forward(const float* u, std::int64_t u_stride, const float* K, float* y, float* U_save,
                       const FftConvGeometry& g);
 void fft_conv_forward(const double* u, std::int64_t u_stride, const double* K, double* y, double* U_save,

@@ -1,26 +1,34 @@
 // Convolution-family kernels.
 //
-// Convolution, general path (im2col + the project's GEMM):
-//   forward       per image and group: col [K, P] = im2col(x) (K = C/groups * kh * kw, P = ho * wo),
-//                 y = W_g [O_g, K] · col (a 1x1 / stride 1 / no-pad conv reads x in place);
-//                 the bias is written first and the GEMM accumulates onto it.
-//   input grad    per image and group: col = W_g^T · gy, then col2im scatters col into gx. The
-//                 scatter is sequential inside the task that owns the image, so its order is fixed.
-//   weight grad   the batch is cut into at most 8 fixed groups of images (independent of the
-//                 thread count); each group walks its images in chunks whose column buffer fits in
-//                 L2, and per chunk runs one GEMM dW_g += gy_chunk [O_g, nb*P] · col_chunk^T, so the
-//                 GEMM has a long k. Group partials are summed in group order (in f64).
-//   Images are distributed over tasks with parallel_for (fixed chunking); a task owns its
-//   scratch buffers (never thread-locals: a task waiting inside a nested GEMM may run another one).
+// Convolution: three paths, chosen from the geometry alone (so the bits never depend on threads).
 //
-// Convolution, direct path for few taps per output (K = C/groups * kh * kw <= 32, stride 1 along
-// the width: e.g. the first layer of a CNN on grey or RGB images, depthwise convolutions):
-//   forward       the image is copied into a zero-padded buffer once; every output row is then
-//                 K FMAs per SIMD vector along the width, with weights broadcast and 4 output
-//                 channels x 2 vectors in registers (no im2col, no packing).
-//   weight grad   per output channel, K (in blocks of up to 16) vector accumulators sweep the
-//                 output rows: acc[k] += gy_row * shifted input row; the bias gradient rides along.
-//                 Lanes are reduced per image group, groups summed in order.
+//   direct        few taps per output (K = C/groups * kh * kw <= 32) and unit width stride: the
+//                 first layer of a CNN on grey or RGB images, depthwise convolutions.
+//                 forward: the image is copied once into a zero-padded buffer; each output row is
+//                 K FMAs per SIMD vector along the width (weights broadcast, 4 channels x 2 vectors
+//                 in registers, no im2col). weight grad: per output channel, K vector accumulators
+//                 (blocks of up to 16) sweep the rows, acc[k] += gy_row * shifted input row; the
+//                 bias gradient rides along; lanes are reduced per image group.
+//   implicit GEMM unit stride, natural output size (e.g. 3x3 / pad 1): the padded planes are laid
+//                 out with row width wp, output pixel (i, j) is position i * wp + j, and tap k reads
+//                 the buffer at off[k] + position, so the GEMM's B operand is a plain vector load
+//                 (no im2col, no packing of the input). 8 output channels x 3 vectors of positions
+//                 per micro-tile; the wp - wo positions past each row end are computed and dropped.
+//                 The input gradient is the same kernel on gy with the kernel flipped and channels
+//                 swapped (when the padding is at most the dilated kernel extent - 1).
+//   im2col + GEMM everything else (strided convolutions, big paddings): per image and group,
+//                 col = im2col(x), y = W_g · col on the project's GEMM; input grad: col = W_g^T · gy
+//                 then col2im (a scatter owned by the image's task, fixed order).
+//
+//   Weight gradient outside the direct path, any strides: outer products over positions,
+//                 dW^T[k][o] += x_k(pos) * gy(pos)[o], with output channels along the vector lanes
+//                 (gy transposed per image) and tap values broadcast: KR taps x up to 4 vectors of
+//                 channels in registers over blocks of positions, no horizontal sums.
+//
+//   Weight/bias reductions cut the batch into at most 8 fixed groups of images (independent of the
+//   thread count), each summed in order into its own partial; partials are added in group order
+//   in f64. Tasks own their scratch buffers (never thread-locals: a task waiting inside a nested
+//   GEMM may run another task) and prefetch the next image while computing the current one.
 //
 // Pooling and upsampling work plane by plane (n * c planes, parallel with fixed chunking); each
 // backward zeroes its plane of gx and adds contributions in output order.
@@ -117,9 +125,23 @@ inline T row_sum(const T* p, int64_t n) {
   return xsimd::hadd(a0 + a1);
 }
 
+// Asks for [p, p + bytes) to be brought into the cache ahead of use (e.g. the next image's data
+// while the current one is computed: the strided reads that follow would otherwise wait on memory).
+inline void prefetch_range(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
+}
+inline void prefetch_range_for_write(void* p, int64_t bytes) {
+  char* c = static_cast<char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 2);
+}
+
 // Work per task, in multiply-adds: enough to hide the task overhead.
 constexpr int64_t kTaskWork = int64_t{1} << 19;
 int64_t items_per_task(int64_t work_per_item) { return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(work_per_item, 1)); }
+// Images per task for the batch loops: enough work per task, and at most ~32 tasks so that a task
+// walks several images (it prefetches the next one while computing the current one).
+int64_t images_per_task(int64_t n, int64_t work_per_image) { return std::max(items_per_task(work_per_image), n / 32); }
 
 // The batch split for weight-gradient reductions: at most 8 contiguous groups of images (fixed
 // by n alone), fewer when the partial gradients would be large.
@@ -218,7 +240,7 @@ template <class T>
 void forward_gemm(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
   const bool pointwise = is_pointwise(g);
-  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+  parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
     Scratch<T> col(pointwise ? 0 : K * P);
     for (int64_t n = b; n < e; ++n) {
       T* yn = y + n * g.o * P;
@@ -243,7 +265,7 @@ void backward_input_gemm(const ConvGeometry& g, const T* gy, const T* w, T* gx) 
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
   const int64_t plane = g.h * g.w;
   const bool pointwise = is_pointwise(g);
-  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+  parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
     Scratch<T> col(pointwise ? 0 : K * P);
     for (int64_t n = b; n < e; ++n) {
       for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -270,48 +292,6 @@ void combine_partials(const P* part, int64_t groups, int64_t elems, T* out) {
     for (int64_t s = 0; s < groups; ++s) acc += static_cast<double>(part[s * elems + i]);
     out[i] = static_cast<T>(acc);
   }
-}
-
-template <class T>
-void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
-  const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
-  const int64_t WK = g.o * K;
-  const int64_t S = reduction_groups(g.n, WK);
-  // Images per chunk: the chunk's column buffer stays around 1 MiB (L2).
-  const int64_t nb = std::max<int64_t>(1, std::min<int64_t>(g.n, (int64_t{1} << 20) / std::max<int64_t>(K * P * int64_t(sizeof(T)), 1)));
-  Scratch<T> part(S * WK);
-  std::vector<double> bpart(static_cast<size_t>(S * g.o), 0.0);
-  parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t b0 = group_begin(g.n, S, s), b1 = group_begin(g.n, S, s + 1);
-      T* ps = part.get() + s * WK;
-      double* pb = bpart.data() + s * g.o;
-      if (b0 == b1 || P == 0) {
-        std::fill(ps, ps + WK, T(0));
-        continue;
-      }
-      Scratch<T> col(K * nb * P), gyt(og * nb * P);
-      for (int64_t c0 = b0; c0 < b1; c0 += nb) {
-        const int64_t nc = std::min(nb, b1 - c0), ld = nc * P;
-        for (int64_t gi = 0; gi < g.groups; ++gi) {
-          for (int64_t b = 0; b < nc; ++b) im2col(g, x + ((c0 + b) * g.c + gi * cg) * g.h * g.w, cg, col.get() + b * P, ld);
-          ConstMatrix<T> a{gy + (c0 * g.o + gi * og) * P, P, 1};
-          if (nc > 1) {  // gather the chunk's gy rows side by side: [og, nc * P]
-            for (int64_t o = 0; o < og; ++o)
-              for (int64_t b = 0; b < nc; ++b)
-                std::memcpy(gyt.get() + o * ld + b * P, gy + ((c0 + b) * g.o + gi * og + o) * P, static_cast<size_t>(P) * sizeof(T));
-            a = ConstMatrix<T>{gyt.get(), ld, 1};
-          }
-          gemm(og, K, ld, a, ConstMatrix<T>{col.get(), 1, ld}, Matrix<T>{ps + gi * og * K, K, 1}, c0 != b0);
-          if (gbias)
-            for (int64_t o = 0; o < og; ++o)
-              for (int64_t b = 0; b < nc; ++b) pb[gi * og + o] += row_sum(gy + ((c0 + b) * g.o + gi * og + o) * P, P);
-        }
-      }
-    }
-  });
-  combine_partials(part.get(), S, WK, gw);
-  if (gbias) combine_partials(bpart.data(), S, g.o, gbias);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,7 +373,7 @@ void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias
   constexpr int64_t L = kLanes<T>;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
   const PaddedPlanes<T> pad(g);
-  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
+  parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
     Scratch<T> buf(pad.size(cg));
     std::fill(buf.get(), buf.get() + pad.size(cg), T(0));
     int64_t off[kDirectMaxTaps];
@@ -423,10 +403,10 @@ void forward_direct(const ConvGeometry& g, const T* x, const T* w, const T* bias
 }
 
 // Accumulates, for KB taps, acc[k] += gy_row * (tap k's input row) over the output rows of one
-// (image, channel); the tail vector masks both operands. With BIAS, bacc += gy_row too.
-template <class T, int KB, bool BIAS>
-void direct_weight_taps(const ConvGeometry& g, int64_t nv, const T* gyp, const T* const* ptr, int64_t rowstep,
-                        Vec<T>* acc_mem, Vec<T>* bacc_mem) {
+// (image, channel), and bacc += gy_row (the bias gradient); the tail vector masks both operands.
+template <class T, int KB>
+void direct_weight_taps(const ConvGeometry& g, const T* gyp, const T* const* ptr, int64_t rowstep, Vec<T>* acc_mem,
+                        Vec<T>* bacc_mem) {
   constexpr int64_t L = kLanes<T>;
   Vec<T> acc[KB];
 #pragma GCC unroll 16
@@ -438,47 +418,50 @@ void direct_weight_taps(const ConvGeometry& g, int64_t nv, const T* gyp, const T
     const int64_t roff = i * rowstep;
     for (int64_t v = 0; v < full; ++v) {
       const Vec<T> gv = Vec<T>::load_unaligned(gr + v * L);
-      if constexpr (BIAS) bacc += gv;
+      bacc += gv;
 #pragma GCC unroll 16
       for (int k = 0; k < KB; ++k) acc[k] = xsimd::fma(gv, Vec<T>::load_unaligned(ptr[k] + roff + v * L), acc[k]);
     }
     if (tail) {
       const Vec<T> gv = load_n(gr + full * L, tail);
-      if constexpr (BIAS) bacc += gv;
+      bacc += gv;
 #pragma GCC unroll 16
       for (int k = 0; k < KB; ++k) acc[k] = xsimd::fma(gv, load_n(ptr[k] + roff + full * L, tail), acc[k]);
     }
   }
 #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k) acc_mem[k] += acc[k];
-  if constexpr (BIAS) *bacc_mem += bacc;
-  (void)nv;
+  if (bacc_mem) *bacc_mem += bacc;
 }
 
 template <class T>
-using WeightTapsFn = void (*)(const ConvGeometry&, int64_t, const T*, const T* const*, int64_t, Vec<T>*, Vec<T>*);
+using WeightTapsFn = void (*)(const ConvGeometry&, const T*, const T* const*, int64_t, Vec<T>*, Vec<T>*);
 
-template <class T, bool BIAS, size_t... I>
-constexpr auto make_weight_taps_table(std::index_sequence<I...>) {
-  return std::array<WeightTapsFn<T>, sizeof...(I)>{&direct_weight_taps<T, int(I) + 1, BIAS>...};
-}
+// Tap-block sizes that are instantiated (few, to keep compile times down); a block is rounded up
+// to one of them with dummy taps whose accumulators are ignored.
+constexpr std::array<int, 6> kTapBlocks{2, 4, 6, 9, 12, 16};
 constexpr int kMaxTapBlock = 16;
-template <class T, bool BIAS>
-constexpr auto kWeightTaps = make_weight_taps_table<T, BIAS>(std::make_index_sequence<kMaxTapBlock>{});
+template <class T>
+const std::array<WeightTapsFn<T>, 6> kWeightTaps{&direct_weight_taps<T, 2>, &direct_weight_taps<T, 4>,
+                                                 &direct_weight_taps<T, 6>, &direct_weight_taps<T, 9>,
+                                                 &direct_weight_taps<T, 12>, &direct_weight_taps<T, 16>};
 
 template <class T>
 void backward_weight_direct(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
-  constexpr int64_t L = kLanes<T>;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
   const int64_t WK = g.o * K;
   const int64_t S = reduction_groups(g.n, WK + g.o);
-  const int64_t nblocks = ceil_div(K, kMaxTapBlock), kb_size = ceil_div(K, nblocks);
+  const int64_t nblocks = ceil_div(K, kMaxTapBlock), need = ceil_div(K, nblocks);
+  int bi = 0;
+  while (kTapBlocks[static_cast<size_t>(bi)] < need) ++bi;
+  const int64_t KB = kTapBlocks[static_cast<size_t>(bi)], Kp = nblocks * KB;  // accumulator rows per channel
+  const WeightTapsFn<T> fn = kWeightTaps<T>[static_cast<size_t>(bi)];
   const PaddedPlanes<T> pad(g);
   Scratch<T> part(S * (WK + g.o));  // per group: gw partial, then gbias partial
   parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
     Scratch<T> buf(pad.size(cg));
     std::fill(buf.get(), buf.get() + pad.size(cg), T(0));
-    std::vector<Vec<T>, xsimd::aligned_allocator<Vec<T>>> acc(static_cast<size_t>(WK + g.o), Vec<T>(T(0)));
+    std::vector<Vec<T>, xsimd::aligned_allocator<Vec<T>>> acc(static_cast<size_t>(g.o * Kp + g.o), Vec<T>(T(0)));
     int64_t off[kDirectMaxTaps];
     const T* ptr[kMaxTapBlock];
     pad.tap_offsets(g, cg, off);
@@ -490,21 +473,21 @@ void backward_weight_direct(const ConvGeometry& g, const T* x, const T* gy, T* g
           for (int64_t o = 0; o < og; ++o) {
             const int64_t oc = gi * og + o;
             const T* gyp = gy + (n * g.o + oc) * P;
-            for (int64_t k0 = 0; k0 < K; k0 += kb_size) {
-              const int64_t kc = std::min(kb_size, K - k0);
-              for (int64_t k = 0; k < kc; ++k) ptr[k] = buf.get() + off[k0 + k];
-              const bool with_bias = gbias && k0 == 0;
-              const auto fn = with_bias ? kWeightTaps<T, true>[kc - 1] : kWeightTaps<T, false>[kc - 1];
-              fn(g, pad.nv, gyp, ptr, g.sh * pad.wb, acc.data() + oc * K + k0, acc.data() + WK + oc);
+            for (int64_t blk = 0; blk < nblocks; ++blk) {
+              const int64_t k0 = blk * KB;
+              for (int64_t k = 0; k < KB; ++k) ptr[k] = buf.get() + off[std::min(k0 + k, K - 1)];  // dummies: valid memory
+              fn(g, gyp, ptr, g.sh * pad.wb, acc.data() + oc * Kp + k0, gbias && blk == 0 ? acc.data() + g.o * Kp + oc : nullptr);
             }
           }
         }
       }
       T* ps = part.get() + s * (WK + g.o);
-      for (int64_t i = 0; i < WK + g.o; ++i) ps[i] = xsimd::hadd(acc[static_cast<size_t>(i)]);
+      for (int64_t oc = 0; oc < g.o; ++oc) {
+        for (int64_t k = 0; k < K; ++k) ps[oc * K + k] = xsimd::hadd(acc[static_cast<size_t>(oc * Kp + k)]);
+        ps[WK + oc] = xsimd::hadd(acc[static_cast<size_t>(g.o * Kp + oc)]);
+      }
     }
   });
-  (void)L;
   std::vector<T> total(static_cast<size_t>(WK + g.o));
   combine_partials(part.get(), S, WK + g.o, total.data());
   std::copy(total.begin(), total.begin() + WK, gw);
@@ -537,6 +520,7 @@ void implicit_tile(int64_t K, const int64_t* off, const T* x, const T* w, T* out
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>(T(0));
+#pragma GCC unroll 2
   for (int64_t k = 0; k < K; ++k) {
     const T* src = x + off[k];
     Vec<T> b[NV];
@@ -559,15 +543,16 @@ void implicit_tile(int64_t K, const int64_t* off, const T* x, const T* w, T* out
 template <class T>
 using ImplicitTileFn = void (*)(int64_t, const int64_t*, const T*, const T*, T*, int64_t);
 
-template <class T, int NV, size_t... R>
-constexpr auto make_implicit_row(std::index_sequence<R...>) {
-  return std::array<ImplicitTileFn<T>, sizeof...(R)>{&implicit_tile<T, int(R) + 1, NV>...};
+// Instantiated for 1, 2, 4 and 8 rows (a panel's rows are rounded up: the packed weights of the
+// extra rows are zero) and 1 to 3 vectors.
+template <class T, int NV>
+constexpr std::array<ImplicitTileFn<T>, 4> make_implicit_row() {
+  return {&implicit_tile<T, 1, NV>, &implicit_tile<T, 2, NV>, &implicit_tile<T, 4, NV>, &implicit_tile<T, 8, NV>};
 }
 template <class T>
-const std::array<std::array<ImplicitTileFn<T>, kImplicitMR>, kImplicitNV> kImplicitTiles{
-    make_implicit_row<T, 1>(std::make_index_sequence<kImplicitMR>{}),
-    make_implicit_row<T, 2>(std::make_index_sequence<kImplicitMR>{}),
-    make_implicit_row<T, 3>(std::make_index_sequence<kImplicitMR>{})};
+const std::array<std::array<ImplicitTileFn<T>, 4>, kImplicitNV> kImplicitTiles{
+    make_implicit_row<T, 1>(), make_implicit_row<T, 2>(), make_implicit_row<T, 3>()};
+inline int implicit_rows_index(int rows) { return rows <= 1 ? 0 : rows <= 2 ? 1 : rows <= 4 ? 2 : 3; }
 
 template <class T>
 void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
@@ -589,8 +574,8 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t p = 0; p < g.kh; ++p)
       for (int64_t q = 0; q < g.kw; ++q) off[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * plane + p * g.dh * wp + q * g.dw;
-  parallel_for(g.n, items_per_task(g.o * P * K), [&](int64_t b, int64_t e) {
-    Scratch<T> xb(xsize), yb(og * ystride);
+  parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
+    Scratch<T> xb(xsize), yb(panels * MR * ystride);
     std::fill(xb.get(), xb.get() + xsize, T(0));
     for (int64_t n = b; n < e; ++n) {
       for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -598,12 +583,17 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
         for (int64_t c = 0; c < cg; ++c)
           for (int64_t h = 0; h < g.h; ++h)
             std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+        if (n + 1 < e) {  // the next image's input and output, while this one is computed
+          prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
+          prefetch_range_for_write(y + ((n + 1) * g.o + gi * og) * P, og * P * int64_t(sizeof(T)));
+        }
         for (int64_t panel = 0; panel < panels; ++panel) {
           const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
           const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
           for (int64_t v0 = 0; v0 < nvec; v0 += kImplicitNV) {
             const int nv = static_cast<int>(std::min<int64_t>(kImplicitNV, nvec - v0));
-            kImplicitTiles<T>[nv - 1][rows - 1](K, off.data(), xb.get() + v0 * L, wpan, yb.get() + panel * MR * ystride + v0 * L, ystride);
+            kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, off.data(), xb.get() + v0 * L, wpan,
+                                                                 yb.get() + panel * MR * ystride + v0 * L, ystride);
           }
         }
         T* yo = y + (n * g.o + gi * og) * P;
@@ -650,7 +640,7 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
 // output channels along the vector lanes (gy transposed per image to [pos][o]) and the tap values
 // broadcast. A micro-tile keeps KR taps x NVO vectors of channels in registers for a block of
 // positions; the reduction over positions and images needs no horizontal sums. Any strides work.
-constexpr int64_t kWgradPositions = 64;  // positions per block (the block of gy^T stays in L1)
+constexpr int64_t kWgradPositions = 128;  // at most this many positions per block (gy^T block in L1)
 
 template <class T, int KR, int NVO>
 void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T* xb, const T* gyt, int64_t gstride,
@@ -664,6 +654,7 @@ void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T*
 #pragma GCC unroll 4
     for (int v = 0; v < NVO; ++v) acc[r][v] = Vec<T>::load_unaligned(acc_mem + r * astride + v * L);
   }
+#pragma GCC unroll 2
   for (int64_t pos = 0; pos < npos; ++pos) {
     const int64_t xo = xoff[pos];
     const T* gp = gyt + pos * gstride;
@@ -686,30 +677,14 @@ void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T*
 template <class T>
 using WgradTileFn = void (*)(int64_t, const int64_t*, const int64_t*, const T*, const T*, int64_t, T*, int64_t);
 
-template <class T, int NVO, size_t... R>
-constexpr auto make_wgrad_row(std::index_sequence<R...>) {
-  return std::array<WgradTileFn<T>, sizeof...(R)>{&wgrad_tile<T, int(R) + 1, NVO>...};
-}
-// Taps per micro-tile for 1..4 vectors of channels (at most 24 accumulators).
+// Taps per micro-tile for 1..4 vectors of channels (at most 24 accumulators). Only these four
+// tiles are instantiated: the last block of taps is padded with dummy taps (rows of the partial
+// past K, ignored).
 constexpr int kWgradTaps[5] = {0, 16, 12, 8, 6};
+constexpr int64_t kWgradMaxTaps = 16;
 template <class T>
-const auto kWgrad1 = make_wgrad_row<T, 1>(std::make_index_sequence<16>{});
-template <class T>
-const auto kWgrad2 = make_wgrad_row<T, 2>(std::make_index_sequence<12>{});
-template <class T>
-const auto kWgrad3 = make_wgrad_row<T, 3>(std::make_index_sequence<8>{});
-template <class T>
-const auto kWgrad4 = make_wgrad_row<T, 4>(std::make_index_sequence<6>{});
-
-template <class T>
-WgradTileFn<T> wgrad_fn(int nvo, int kr) {
-  switch (nvo) {
-    case 1: return kWgrad1<T>[kr - 1];
-    case 2: return kWgrad2<T>[kr - 1];
-    case 3: return kWgrad3<T>[kr - 1];
-    default: return kWgrad4<T>[kr - 1];
-  }
-}
+const std::array<WgradTileFn<T>, 4> kWgradTiles{&wgrad_tile<T, 16, 1>, &wgrad_tile<T, 12, 2>, &wgrad_tile<T, 8, 3>,
+                                                &wgrad_tile<T, 6, 4>};
 
 // dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols, in 16 x 16 blocks (both sides stay in L1).
 template <class T>
@@ -723,22 +698,21 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t ss, T* dst, int
     }
 }
 
-// The windows stay inside the padded planes (always true for the sizes conv2d computes).
-bool windows_inside(const ConvGeometry& g) {
-  return (g.ho - 1) * g.sh + (g.kh - 1) * g.dh <= g.h + 2 * g.ph - 1 && (g.wo - 1) * g.sw + (g.kw - 1) * g.dw <= g.w + 2 * g.pw - 1;
-}
-
 template <class T>
 void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T* gw, T* gbias) {
   constexpr int64_t L = kLanes<T>;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
-  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, plane = hp * wp;
+  // Padded planes large enough for every window (also when ho/wo exceed the natural sizes).
+  const int64_t hp = std::max(g.h + 2 * g.ph, (g.ho - 1) * g.sh + (g.kh - 1) * g.dh + 1);
+  const int64_t wp = std::max(g.w + 2 * g.pw, (g.wo - 1) * g.sw + (g.kw - 1) * g.dw + 1), plane = hp * wp;
   const int64_t ogp = ceil_div(og, L) * L;  // channel stride of gy^T and of the partials (padded lanes stay 0)
-  const int64_t part_size = g.groups * K * ogp;
+  const int64_t Kp = K + kWgradMaxTaps;      // partial rows per group: K taps + room for dummy taps
+  const int64_t part_size = g.groups * Kp * ogp;
+  const int64_t pblock = ceil_div(P, ceil_div(P, kWgradPositions));  // equal blocks
   const int64_t S = reduction_groups(g.n, part_size);
   Scratch<T> part(S * part_size);
   std::vector<double> bpart(static_cast<size_t>(S * g.o), 0.0);
-  std::vector<int64_t> xoff(static_cast<size_t>(P)), toff(static_cast<size_t>(K));
+  std::vector<int64_t> xoff(static_cast<size_t>(P)), toff(static_cast<size_t>(Kp), 0);  // dummy taps read offset 0
   for (int64_t i = 0; i < g.ho; ++i)
     for (int64_t j = 0; j < g.wo; ++j) xoff[static_cast<size_t>(i * g.wo + j)] = i * g.sh * wp + j * g.sw;
   for (int64_t c = 0; c < cg; ++c)
@@ -759,19 +733,20 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
               std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
           const T* gys = gy + (n * g.o + gi * og) * P;
           transpose(gys, og, P, P, gyt.get(), ogp);
+          if (n + 1 < group_begin(g.n, S, s + 1)) {  // the next image, while this one is computed
+            prefetch_range(gys + g.o * P, og * P * int64_t(sizeof(T)));
+            prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
+          }
           if (gbias)
             for (int64_t o = 0; o < og; ++o) bpart[static_cast<size_t>(s * g.o + gi * og + o)] += row_sum(gys + o * P, P);
-          T* pg = ps + gi * K * ogp;
-          for (int64_t p0 = 0; p0 < P; p0 += kWgradPositions) {
-            const int64_t np = std::min(kWgradPositions, P - p0);
+          T* pg = ps + gi * Kp * ogp;
+          for (int64_t p0 = 0; p0 < P; p0 += pblock) {
+            const int64_t np = std::min(pblock, P - p0);
             for (int64_t o0 = 0; o0 < ogp; o0 += 4 * L) {
               const int nvo = static_cast<int>(std::min<int64_t>(4, (ogp - o0) / L));
-              const int kr_max = kWgradTaps[nvo];
-              for (int64_t k0 = 0; k0 < K; k0 += kr_max) {
-                const int kr = static_cast<int>(std::min<int64_t>(kr_max, K - k0));
-                wgrad_fn<T>(nvo, kr)(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp,
-                                     pg + k0 * ogp + o0, ogp);
-              }
+              const WgradTileFn<T> fn = kWgradTiles<T>[static_cast<size_t>(nvo - 1)];
+              for (int64_t k0 = 0; k0 < K; k0 += kWgradTaps[nvo])
+                fn(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp, pg + k0 * ogp + o0, ogp);
             }
           }
         }
@@ -782,7 +757,7 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
     for (int64_t o = 0; o < og; ++o)
       for (int64_t k = 0; k < K; ++k) {
         double acc = 0;
-        for (int64_t s = 0; s < S; ++s) acc += static_cast<double>(part.get()[s * part_size + (gi * K + k) * ogp + o]);
+        for (int64_t s = 0; s < S; ++s) acc += static_cast<double>(part.get()[s * part_size + (gi * Kp + k) * ogp + o]);
         gw[(gi * og + o) * K + k] = static_cast<T>(acc);
       }
   if (gbias) combine_partials(bpart.data(), S, g.o, gbias);
@@ -800,6 +775,61 @@ inline bool takes(T v, T best) {
   return v > best || v != v;  // first maximum; a NaN replaces anything
 }
 
+#if XSIMD_WITH_AVX512F
+// One vector of outputs of a 2x2 / stride 2 window row pair: even and odd columns are separated
+// with a two-source permute; then the same selection rule as the scalar code below (first maximum
+// in row-major order, NaN wins), as masks.
+inline void max_pool_2x2_vec(const float* r0, const float* r1, int32_t base0, int32_t base1, int64_t j, int64_t cnt,
+                             float* y, int32_t* idx) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const int64_t n = 2 * cnt;  // input columns to read
+  const __m512 lo0 = load_n(r0 + 2 * j, std::min<int64_t>(n, 16)), hi0 = load_n(r0 + 2 * j + 16, std::max<int64_t>(n - 16, 0));
+  const __m512 lo1 = load_n(r1 + 2 * j, std::min<int64_t>(n, 16)), hi1 = load_n(r1 + 2 * j + 16, std::max<int64_t>(n - 16, 0));
+  const __m512 a = _mm512_permutex2var_ps(lo0, even, hi0), b = _mm512_permutex2var_ps(lo0, odd, hi0);
+  const __m512 c = _mm512_permutex2var_ps(lo1, even, hi1), d = _mm512_permutex2var_ps(lo1, odd, hi1);
+  auto takes_mask = [](__m512 v, __m512 best) {
+    return static_cast<__mmask16>(_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+  };
+  const __mmask16 tb = takes_mask(b, a), td = takes_mask(d, c);
+  const __m512 m0 = _mm512_mask_blend_ps(tb, a, b), m1 = _mm512_mask_blend_ps(td, c, d);
+  const __mmask16 t1 = takes_mask(m1, m0);
+  const __m512i col = _mm512_add_epi32(even, _mm512_set1_epi32(static_cast<int32_t>(2 * j)));
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i i0 = _mm512_add_epi32(col, _mm512_set1_epi32(base0)), i1 = _mm512_add_epi32(col, _mm512_set1_epi32(base1));
+  i0 = _mm512_mask_add_epi32(i0, tb, i0, one);
+  i1 = _mm512_mask_add_epi32(i1, td, i1, one);
+  const __mmask16 keep = static_cast<__mmask16>((cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1));
+  _mm512_mask_storeu_ps(y + j, keep, _mm512_mask_blend_ps(t1, m0, m1));
+  _mm512_mask_storeu_epi32(idx + j, keep, _mm512_mask_blend_epi32(t1, i0, i1));
+}
+
+inline void max_pool_2x2_vec(const double* r0, const double* r1, int32_t base0, int32_t base1, int64_t j, int64_t cnt,
+                             double* y, int32_t* idx) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd = _mm512_add_epi64(even, _mm512_set1_epi64(1));
+  const int64_t n = 2 * cnt;
+  const __m512d lo0 = load_n(r0 + 2 * j, std::min<int64_t>(n, 8)), hi0 = load_n(r0 + 2 * j + 8, std::max<int64_t>(n - 8, 0));
+  const __m512d lo1 = load_n(r1 + 2 * j, std::min<int64_t>(n, 8)), hi1 = load_n(r1 + 2 * j + 8, std::max<int64_t>(n - 8, 0));
+  const __m512d a = _mm512_permutex2var_pd(lo0, even, hi0), b = _mm512_permutex2var_pd(lo0, odd, hi0);
+  const __m512d c = _mm512_permutex2var_pd(lo1, even, hi1), d = _mm512_permutex2var_pd(lo1, odd, hi1);
+  auto takes_mask = [](__m512d v, __m512d best) {
+    return static_cast<__mmask8>(_mm512_cmp_pd_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q));
+  };
+  const __mmask8 tb = takes_mask(b, a), td = takes_mask(d, c);
+  const __m512d m0 = _mm512_mask_blend_pd(tb, a, b), m1 = _mm512_mask_blend_pd(td, c, d);
+  const __mmask8 t1 = takes_mask(m1, m0);
+  const __m256i col = _mm256_add_epi32(_mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), _mm256_set1_epi32(static_cast<int32_t>(2 * j)));
+  const __m256i one = _mm256_set1_epi32(1);
+  __m256i i0 = _mm256_add_epi32(col, _mm256_set1_epi32(base0)), i1 = _mm256_add_epi32(col, _mm256_set1_epi32(base1));
+  i0 = _mm256_mask_add_epi32(i0, tb, i0, one);
+  i1 = _mm256_mask_add_epi32(i1, td, i1, one);
+  const __mmask8 keep = static_cast<__mmask8>(cnt >= 8 ? 0xFFu : (1u << cnt) - 1);
+  _mm512_mask_storeu_pd(y + j, keep, _mm512_mask_blend_pd(t1, m0, m1));
+  _mm256_mask_storeu_epi32(idx + j, keep, _mm256_mask_blend_epi32(t1, i0, i1));
+}
+#endif
+
 template <class T>
 void max_pool_plane_2x2(const PoolGeometry& g, const T* xp, T* yp, int32_t* ip) {
   const int64_t W = g.w;
@@ -807,6 +837,11 @@ void max_pool_plane_2x2(const PoolGeometry& g, const T* xp, T* yp, int32_t* ip) 
     const T* r0 = xp + 2 * i * W;
     const T* r1 = r0 + W;
     const int32_t base0 = static_cast<int32_t>(2 * i * W), base1 = static_cast<int32_t>((2 * i + 1) * W);
+#if XSIMD_WITH_AVX512F
+    for (int64_t j = 0; j < g.wo; j += kLanes<T>)
+      max_pool_2x2_vec(r0, r1, base0, base1, j, std::min(kLanes<T>, g.wo - j), yp + i * g.wo, ip + i * g.wo);
+    continue;
+#endif
     for (int64_t j = 0; j < g.wo; ++j) {
       const T a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
       const bool tb = takes(b, a), td = takes(d, c);
@@ -884,10 +919,8 @@ void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* gy, T* g
   if (g.o == 0) return;
   if (use_direct(g)) {
     backward_weight_direct(g, x, gy, gw, gbias);
-  } else if (windows_inside(g)) {
-    backward_weight_implicit(g, x, gy, gw, gbias);
   } else {
-    backward_weight_gemm(g, x, gy, gw, gbias);
+    backward_weight_implicit(g, x, gy, gw, gbias);
   }
 }
 

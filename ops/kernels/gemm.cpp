@@ -1,26 +1,34 @@
 // GEMM for strided fp32 / fp64 matrices, GotoBLAS/BLIS style.
 //
-// Blocking scheme (MR x NR micro-tile, KC k-block, MC x NC cache blocks):
+// Summation order (what makes results deterministic). k is split into equal k-blocks of at most
+// KC (a function of k only). For every element of C: per k-block one FMA chain in k order
+// starting from 0, then one add into C per block, in block order (block 0 overwrites C unless
+// accumulating). Nothing else -- thread count, tiling, which code path or kernel height handles
+// an element, batching, operand layouts -- changes the bits.
 //
-//   C[m, n] is computed in k-blocks of (at most) KC: for block q, C += A[:, q] · B[q, :]
-//   (block 0 overwrites C unless accumulating). KC depends only on k, so the summation order of
-//   every element is fixed: within a block one FMA chain in k order starting from 0, then one add
-//   into C per block, in block order. Nothing else (thread count, tiling, which code path handles
-//   an edge) changes the bits.
+// Blocking (AVX-512 fp32 values; MR x NR micro-tile, KC k-block, NC column chunk):
+//   micro-kernel  MR x NR = 14 x 32: 28 zmm accumulators, per k step 2 B vectors are loaded and
+//                 14 A values broadcast (~95% of FMA peak with operands in L1).
+//   KC = 384      equal k-blocks rounded to 16 (k = 1024 -> 3 blocks of 352/352/320).
+//   NC = 512      columns per B chunk: a packed KC x NC chunk (~768 KiB) stays in the 2 MiB L2.
+//   Loop order in a tile, per (column chunk, k-block): pack B chunk; for each A panel (MR rows,
+//   stays in L1): for each B panel (NR columns): micro-kernel. C is walked along its rows and
+//   prefetched by the kernel; packed A is prefetched ~32 k steps ahead.
 //
-//   1. A is packed once per call into a shared buffer: per k-block, row panels of MR rows stored
-//      k-major (MR consecutive values per k). Packing absorbs any strides / transposition.
-//   2. C is cut into tiles (column tiles first, then row tiles if needed for parallelism); TBB
-//      runs the tiles. A tile walks its columns in chunks of NC; per (chunk, k-block) it packs
-//      B into a thread-local buffer (column panels of NR, k-major, L2-resident) and then, for row
-//      blocks of MC (the A block stays in L2), runs the micro-kernel over every NR x MR pair.
-//   3. The micro-kernel keeps an MR x NR tile of C in registers (AVX-512 fp32: 14 x 32 = 28 zmm
-//      accumulators), per k loads NR values of B as vectors and broadcasts MR values of A.
-//      Edge tiles use the same kernel instantiated for fewer rows / vectors, with masked stores
-//      for a partial last vector, so no work is wasted on padding rows.
+// Packing. B panels are packed per tile into a thread-local buffer (row-major B: plain copies;
+// transposed B: 16 x 16 in-register transposes). A panels (MR rows, k-major) are either packed
+// by each tile as it goes (when C is at most one chunk wide) or, when every A panel is used by
+// several tiles / chunks, packed once per k-block into a shared buffer, in parallel, before the
+// tiles run. Small products (<= 2^19 multiply-adds) read a row-major or transposed A and full
+// row-major B panels in place instead of packing them.
 //
-// Small products run the same algorithm on the calling thread (no TBB overhead); a column-major
-// C is handled by computing C^T = B^T · A^T, which has identical bits.
+// Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
+// multiply-adds each), choosing the row/column split that copies the fewest elements; tiles run
+// under tbb::parallel_for. Products up to 2^20 multiply-adds run on the calling thread.
+//
+// Edges. Partial row panels run as sums of 8/4/2/1-row kernels, a partial last column panel uses
+// masked stores, C with a column stride != 1 is stored element-wise -- and a column-major C is
+// handled as C^T = B^T A^T. Other targets (SSE2/AVX2 builds) use a 6 x 2-vector kernel.
 #include "ops/kernels/gemm.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
@@ -66,26 +74,19 @@ struct Blocking {
   static constexpr int L = static_cast<int>(Batch<T>::size);
   static constexpr int MR = kMR;
   static constexpr int NR = kNV * L;
-  // Cache blocks in bytes-equivalent terms: B chunk KC x NC (~768 KiB fp32) and A block MC x KC
-  // (~340 KiB fp32) share the 2 MiB L2; a KC x NR B micro-panel (48 KiB) sits in L1/L2.
-#ifndef PF_LOC
-#define PF_LOC 3
-#endif
-#ifndef TUNE_KC
-#define TUNE_KC 384
-#define TUNE_MCP 16
-#define TUNE_NCP 16
-#endif
-  static constexpr int64_t KC = TUNE_KC;
-  static constexpr int64_t MC = TUNE_MCP * MR;
-  static constexpr int64_t NC = TUNE_NCP * NR;
+  // k-block: the KC x NR B micro-panel (48 KiB fp32) and the MR x KC A panel stream from L2 / L1;
+  // larger blocks mean fewer passes over C. Column chunk: a packed KC x NC B chunk (768 KiB fp32)
+  // stays in the 2 MiB L2 while every A panel of the tile runs over it. (Measured plateau:
+  // KC 256..512 and NC 8..32 panels perform alike on this machine.)
+  static constexpr int64_t KC = 384;
+  static constexpr int64_t NC = 16 * NR;
 };
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------------------------
-// Scratch memory. Big blocks are 2 MiB aligned and marked for transparent huge pages (packed
-// panels are streamed, so TLB misses matter). Buffers are kept for reuse: a fresh allocation per
+// Scratch memory. Blocks from 256 KiB up are 2 MiB aligned and marked for transparent huge
+// pages (the kernels stream packed panels: a 4 KiB page lasts only a few k steps). Buffers are kept for reuse: a fresh allocation per
 // call would cost page faults.
 
 class AlignedBuffer {
@@ -99,11 +100,7 @@ class AlignedBuffer {
     if (bytes > size_) {
       std::free(ptr_);
       constexpr size_t kHuge = size_t{2} << 20;
-#ifdef TUNE_ALLHUGE
-      size_t align = kHuge;
-#else
-      size_t align = bytes >= kHuge / 2 ? kHuge : 4096;
-#endif
+      const size_t align = bytes >= kHuge / 8 ? kHuge : 4096;
       size_ = (bytes + align - 1) / align * align;
       ptr_ = std::aligned_alloc(align, size_);
       if (!ptr_) {
@@ -287,7 +284,7 @@ void pack_panel(const T* src, int64_t ls, int64_t ps, int lines, int64_t kc, T* 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Micro-kernel: C[ROWS, cols] (+)= A[ROWS, kc] · B[kc, NV * L] with cols <= NV * L.
+// Micro-kernel: C[ROWS, cols] (+)= A[ROWS, kc] · B[kc, NR] with cols <= NR.
 // B row p is read at b + p * bs (bs = NR for packed panels, the row stride for B read in place).
 // A is read k-major (element (i, p) at a[i + p * as]: packed panels, or a transposed A in place)
 // or, for small products, row-major in place (element (i, p) at a[i * as + p]).
@@ -296,7 +293,7 @@ template <class T>
 struct CTile {
   T* p;
   int64_t rs, cs;
-  int cols;  // valid columns (the kernel computes NV * L)
+  int cols;  // valid columns (the kernel computes NR)
   bool add;  // C += result (else C = result; C is not read)
 };
 
@@ -322,6 +319,23 @@ inline void store_lanes(T* q, Batch<T> v, int count, bool add) {
 #endif
 }
 
+// C (+)= tile for a partial last column panel or a C with column stride != 1; the tile is
+// `rows` x NR, row-major. Kept out of the kernel instantiations.
+template <class T>
+void store_tile(const T* tile, int rows, const CTile<T>& c) {
+  constexpr int L = Batch<T>::size, NR = kNV * L;
+  for (int i = 0; i < rows; ++i) {
+    const T* src = tile + i * NR;
+    T* q = c.p + i * c.rs;
+    if (c.cs == 1) {
+      for (int j = 0; j < c.cols; j += L)
+        store_lanes(q + j, Batch<T>::load_aligned(src + j), std::min(L, c.cols - j), c.add);
+    } else {
+      for (int j = 0; j < c.cols; ++j) q[j * c.cs] = c.add ? q[j * c.cs] + src[j] : src[j];
+    }
+  }
+}
+
 // Row access for the A operand of the micro-kernel; row(i) is A(i, p) for the current p.
 template <class T, int ROWS, bool ROW_MAJOR>
 struct ARows;
@@ -332,14 +346,10 @@ struct ARows<T, ROWS, false> {
   int64_t as;
   T row(int i) const { return a[i]; }
   void next() { a += as; }
-#ifndef TUNE_APF
-#define TUNE_APF 32
-#endif
-  const T* prefetch_address() const { return a + TUNE_APF * as; }  // ~32 k steps ahead
 };
 
 // Row-major A in place: one pointer per three rows, the other two are reached with the row
-// stride as index register ([base], [base + s], [base + 2s]), so only 5 pointers advance per k.
+// stride as index register ([base], [base + s], [base + 2s]), so only a few pointers advance.
 template <class T, int ROWS>
 struct ARows<T, ROWS, true> {
   static constexpr int G = (ROWS + 2) / 3;
@@ -352,28 +362,20 @@ struct ARows<T, ROWS, true> {
   void next() {
     for (int g = 0; g < G; ++g) ++base[g];
   }
-  const T* prefetch_address() const { return nullptr; }
 };
 
-template <class T, int ROWS, int NV, class A>
-__attribute__((always_inline)) inline void fma_step(Batch<T> (&acc)[ROWS][NV], const A& a, const T* b) {
-  using B = Batch<T>;
-  constexpr int L = B::size;
-  B bv[NV];
-#pragma GCC unroll 4
-  for (int j = 0; j < NV; ++j) bv[j] = B::load_unaligned(b + j * L);
-#pragma GCC unroll 16
-  for (int i = 0; i < ROWS; ++i) {
-    const B av(a.row(i));
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
-  }
-}
-
-template <class T, int ROWS, int NV, bool A_ROW_MAJOR>
+template <class T, int ROWS, bool A_ROW_MAJOR>
 void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs, const CTile<T>& c) {
   using B = Batch<T>;
   constexpr int L = B::size;
+  constexpr int NV = kNV;
+  // C is swept once per k-block, so it is usually not cached: request it now, it is needed at
+  // the end. Packed A is prefetched ~32 k steps ahead: a panel's first use comes from L3.
+  if (c.cs == 1)
+    for (int i = 0; i < ROWS; ++i) {
+      __builtin_prefetch(c.p + i * c.rs, 1, 3);
+      __builtin_prefetch(c.p + i * c.rs + NV * L - 1, 1, 3);
+    }
   ARows<T, ROWS, A_ROW_MAJOR> a{a_ptr, as};
   B acc[ROWS][NV];
 #pragma GCC unroll 16
@@ -381,41 +383,19 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = B(T(0));
 
-  // Long k loops work on data streamed from L3: prefetch A ahead of the hardware prefetcher, and
-  // request the C rows (swept once per k-block, so usually not cached) during the first ROWS
-  // steps so that they arrive before the stores without a burst of misses.
-  int64_t p = 0;
-  if (kc >= 64) {
-    const int64_t pre = c.cs == 1 ? std::min<int64_t>(kc, ROWS) : 0;
-    for (; p < pre; ++p) {
-      __builtin_prefetch(c.p + p * c.rs, 1, 3);
-      __builtin_prefetch(c.p + p * c.rs + NV * L - 1, 1, 3);
-      if constexpr (!A_ROW_MAJOR) __builtin_prefetch(a.prefetch_address(), 0, 3);
-      fma_step<T, ROWS, NV>(acc, a, b);
-      a.next();
-      b += bs;
+  for (int64_t p = 0; p < kc; ++p) {
+    if constexpr (!A_ROW_MAJOR) __builtin_prefetch(a.a + 32 * as, 0, 3);
+    B bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = B::load_unaligned(b + j * L);
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i) {
+      const B av(a.row(i));
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
     }
-#ifdef TUNE_UNROLL
-#define TG_STR2(x) #x
-#define TG_STR(x) TG_STR2(x)
-    _Pragma(TG_STR(GCC unroll TUNE_UNROLL))
-#endif
-    for (; p < kc; ++p) {
-      if constexpr (!A_ROW_MAJOR) __builtin_prefetch(a.prefetch_address(), 0, 3);
-#ifdef TUNE_BPF
-      __builtin_prefetch(b + TUNE_BPF * bs, 0, 3);
-      __builtin_prefetch(b + TUNE_BPF * bs + NV * L - 1, 0, 3);
-#endif
-      fma_step<T, ROWS, NV>(acc, a, b);
-      a.next();
-      b += bs;
-    }
-  } else {
-    for (; p < kc; ++p) {
-      fma_step<T, ROWS, NV>(acc, a, b);
-      a.next();
-      b += bs;
-    }
+    a.next();
+    b += bs;
   }
 
   if (c.cs == 1 && c.cols == NV * L) {
@@ -428,39 +408,46 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
         if (c.add) v += B::load_unaligned(q);
         v.store_unaligned(q);
       }
-  } else if (c.cs == 1) {
+  } else {  // edge or strided tile: spill the accumulators, store from memory
+    alignas(64) T tmp[ROWS * NV * L];
 #pragma GCC unroll 16
     for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j)
-        if (j * L < c.cols) store_lanes(c.p + i * c.rs + j * L, acc[i][j], std::min(L, c.cols - j * L), c.add);
-  } else {  // arbitrary column stride: scalar stores
-    alignas(64) T tmp[NV * L];
-#pragma GCC unroll 16
-    for (int i = 0; i < ROWS; ++i) {
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j].store_aligned(tmp + j * L);
-      T* q = c.p + i * c.rs;
-      for (int j = 0; j < c.cols; ++j) q[j * c.cs] = c.add ? q[j * c.cs] + tmp[j] : tmp[j];
-    }
+      for (int j = 0; j < NV; ++j) acc[i][j].store_aligned(tmp + (i * NV + j) * L);
+    store_tile(tmp, ROWS, c);
   }
 }
 
 template <class T>
 using KernelFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, const CTile<T>&);
 
-// table[nv - 1][rows - 1] = micro_kernel<T, rows, nv, ROW_MAJOR>
-template <class T, bool ROW_MAJOR, size_t... R, size_t... V>
-constexpr auto make_kernel_table(std::index_sequence<R...>, std::index_sequence<V...>) {
-  auto row = [](auto nv) {
-    return std::array<KernelFn<T>, sizeof...(R)>{&micro_kernel<T, int(R) + 1, decltype(nv)::value + 1, ROW_MAJOR>...};
-  };
-  return std::array<std::array<KernelFn<T>, sizeof...(R)>, sizeof...(V)>{row(std::integral_constant<int, int(V)>{})...};
-}
-
+// Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; a partial row panel runs as a
+// sum of those (e.g. 13 = 8 + 4 + 1). Rows are independent, so the bits are the same as with
+// one kernel of the exact height, and there are 5 instantiations instead of MR (compile time).
 template <class T, bool ROW_MAJOR>
-constexpr auto kKernels =
-    make_kernel_table<T, ROW_MAJOR>(std::make_index_sequence<kMR>{}, std::make_index_sequence<kNV>{});
+struct KernelSet {
+  static constexpr int kSizes[] = {8, 4, 2, 1};
+
+  static void run(int rows, int64_t kc, const T* a, int64_t as, const T* b, int64_t bs, const CTile<T>& c) {
+    if (rows == kMR) {
+      micro_kernel<T, kMR, ROW_MAJOR>(kc, a, as, b, bs, c);
+      return;
+    }
+    int done = 0;
+    for (int size : kSizes) {
+      if (size >= kMR || rows - done < size) continue;
+      const T* ap = ROW_MAJOR ? a + done * as : a + done;
+      const CTile<T> part{c.p + done * c.rs, c.rs, c.cs, c.cols, c.add};
+      switch (size) {
+        case 8: micro_kernel<T, std::min(8, kMR), ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        case 4: micro_kernel<T, std::min(4, kMR), ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        case 2: micro_kernel<T, 2, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        default: micro_kernel<T, 1, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+      }
+      done += size;
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Driver.
@@ -483,15 +470,13 @@ struct Problem {
   // Small products skip packing where the layout allows: A is read in place when it is row-major
   // (a_row_major) or k-major (a.rs == 1), full-width B panels when B is row-major.
   bool direct_a, a_row_major, direct_b;
-  // Packed A for the whole product (when A panels are shared by several column chunks), or
-  // nullptr: then each tile packs an A panel right before using it.
+  // Packed A of the current k-block (when its panels are shared by several tiles or column
+  // chunks): mpanels panels of MR x kc_of(q), one after the other. Or nullptr: then each tile
+  // packs an A panel right before using it.
   T* apack;
 
   int64_t kc_of(int64_t q) const { return std::min(kc, k - q * kc); }
-  // Block q of packed A holds mpanels panels of MR x kc_of(q), one after the other.
-  T* packed_a(int64_t q, int64_t panel) const {
-    return apack + mpanels * Blocking<T>::MR * q * kc + panel * Blocking<T>::MR * kc_of(q);
-  }
+  T* packed_a(int64_t q, int64_t panel) const { return apack + panel * Blocking<T>::MR * kc_of(q); }
 };
 
 // The k-blocking depends on k only (never on threads or tiling): equal blocks of at most KC,
@@ -570,22 +555,25 @@ void prepare_b(const Problem<T>& pr, int64_t q, int64_t jc, int64_t nc, T* buf, 
   }
 }
 
-// Computes the C tile rows [i0, i1) x columns [j0, j1); i0 and j0 are multiples of MR and NR.
+// Adds the k-blocks [q0, q1) to the C tile rows [i0, i1) x columns [j0, j1) (block 0 overwrites
+// unless accumulating); i0 and j0 are multiples of MR and NR.
 template <class T>
-void run_tile(const Problem<T>& pr, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, L = Blocking<T>::L;
+void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t NC = Blocking<T>::NC;
   // (+ slack: the micro-kernel prefetches A up to 32 steps beyond the panel)
   T* bbuf = thread_scratch<T>(static_cast<size_t>(pr.kc * (NC + MR) + 64 * MR));
   T* abuf = bbuf + pr.kc * NC;
   Panel<T> bpanels[NC / NR];
   const Matrix<T> c = pr.c;
-  const auto& kernels = pr.direct_a && pr.a_row_major ? kKernels<T, true> : kKernels<T, false>;
+  auto run_kernel = &KernelSet<T, false>::run;
+  if constexpr (std::is_same_v<T, float>)
+    if (pr.direct_a && pr.a_row_major) run_kernel = &KernelSet<T, true>::run;
 
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = std::min(NC, j1 - jc);
     const int64_t npanels = ceil_div(nc, NR);
-    for (int64_t q = 0; q < pr.nkb; ++q) {
+    for (int64_t q = q0; q < q1; ++q) {
       const int64_t kc = pr.kc_of(q);
       prepare_b(pr, q, jc, nc, bbuf, bpanels);
       const bool add = pr.accumulate || q > 0;
@@ -598,7 +586,7 @@ void run_tile(const Problem<T>& pr, int64_t i0, int64_t i1, int64_t j0, int64_t 
           const int64_t j = jc + t * NR;
           const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
           const CTile<T> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, add};
-          kernels[(cols + L - 1) / L - 1][rows - 1](kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile);
+          run_kernel(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile);
         }
       }
     }
@@ -608,16 +596,11 @@ void run_tile(const Problem<T>& pr, int64_t i0, int64_t i1, int64_t j0, int64_t 
 // Splits `panels` panels into `parts` nearly equal contiguous ranges; returns the start of `idx`.
 inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
 
-// Products up to this many multiply-adds run on the calling thread; up to kDirectMax they also
-// read A and B in place instead of packing them (the copies would cost more than they save).
-#ifndef TUNE_SERIAL
-#define TUNE_SERIAL (1 << 20)
-#endif
-#ifndef TUNE_DIRECT
-#define TUNE_DIRECT (1 << 19)
-#endif
-constexpr double kSerialMax = TUNE_SERIAL;
-constexpr double kDirectMax = TUNE_DIRECT;
+// Products up to kSerialMax multiply-adds run on the calling thread (~5 us: less than waking
+// and joining a worker is worth). Up to kDirectMax they read A and B in place where the layout
+// allows instead of packing them (the copies would cost more than they save).
+constexpr double kSerialMax = 1 << 20;
+constexpr double kDirectMax = 1 << 21;
 
 // Threads that can run: the arena's slots, capped by a tbb::global_control limit if any.
 inline int64_t usable_threads() {
@@ -632,9 +615,9 @@ struct TilePlan {
   bool prepack_a = false;
 };
 
-#ifndef TUNE_BARRIER
-#define TUNE_BARRIER 20000
-#endif
+// A parallel pass (fork + join of the TBB threads), in element copies: ~5 us.
+constexpr double kBarrierCost = 20000;
+
 // The tiling never changes results, only who computes which tile, so it may depend on the
 // thread count. Aim for up to 4 tiles per thread (load balance on a shared machine) of at least
 // ~0.5M multiply-adds, and pick the split that copies the fewest elements: a tile packs the B
@@ -653,18 +636,18 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
     best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
     return best;
   }
-  // Prepacking: A copied once, plus one extra pass of synchronisation when threaded.
+  // Prepacking: A copied once, plus two passes of synchronisation per k-block when threaded.
   best.prepack_a = true;
   best.tn = std::min(npanels, target);
   best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
-  double best_cost = m * k + k * n * double(best.tm) + (target > 1 ? TUNE_BARRIER : 0);
+  double best_cost = m * k + k * n * double(best.tm) + (target > 1 ? 2.0 * kBarrierCost * double(pr.nkb) : 0.0);
   // Per-tile packing: A copied once per column tile; only when a tile is one column chunk wide
   // (otherwise every chunk would pack the tile's A panels again).
   for (int64_t tm = 1; tm <= std::min(pr.mpanels, target); ++tm) {
     const int64_t tn = std::min(npanels, ceil_div(target, tm));
     if (ceil_div(npanels, tn) * NR > NC) continue;
     const double cost = m * k * double(tn) + k * n * double(tm);
-    if (cost < best_cost) {
+    if (cost <= best_cost) {  // ties: per-tile packing (no shared buffer, no extra pass)
       best_cost = cost;
       best = {tm, tn, false};
     }
@@ -695,8 +678,10 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   const double madds = double(m) * double(n) * double(k);
   const bool direct = madds <= kDirectMax;
+  // In place: k-major A (a.rs == 1) always; row-major A only for fp32 (fewer kernel variants).
+  const bool a_row_major = std::is_same_v<T, float> && a.rs != 1 && a.cs == 1;
   Problem<T> pr{m, n, k, a, b, c, accumulate, k_block_size<T>(k), 0, ceil_div(m, MR),
-                direct && (a.cs == 1 || a.rs == 1), a.cs == 1, direct && b.cs == 1, nullptr};
+                direct && (a.rs == 1 || a_row_major), a_row_major, direct && b.cs == 1, nullptr};
   pr.nkb = ceil_div(k, pr.kc);
   const int64_t npanels = ceil_div(n, NR);
 
@@ -705,42 +690,45 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   const int64_t tm = plan.tm, tn = plan.tn;
   const bool prepack_a = plan.prepack_a;
 
-  PooledBuffer abuf;
-  if (prepack_a) {
-    pr.apack = static_cast<T*>(abuf.get(static_cast<size_t>(pr.mpanels * MR * k) * sizeof(T)));
-    // Panel-major order: a job reads MR whole rows (or columns) of A sequentially.
-    const int64_t jobs = pr.nkb * pr.mpanels;
-    auto pack_range = [&](int64_t lo, int64_t hi) {
-      for (int64_t job = lo; job < hi; ++job) {
-        const int64_t q = job % pr.nkb, panel = job / pr.nkb;
-        pack_a_panel(pr, q, panel, pr.packed_a(q, panel));
-      }
-    };
-    if (tm * tn > 1 && jobs > 8) {
-      tbb::parallel_for(tbb::blocked_range<int64_t>(0, jobs, 4),
-                        [&](const tbb::blocked_range<int64_t>& r) { pack_range(r.begin(), r.end()); });
-    } else {
-      pack_range(0, jobs);
-    }
-  }
-
-  auto tile = [&](int64_t idx) {
+  // Tile idx adds k-blocks [q0, q1).
+  auto tile = [&](int64_t idx, int64_t q0, int64_t q1) {
     const int64_t ti = idx / tn, tj = idx % tn;
     const int64_t i0 = split_point(pr.mpanels, tm, ti) * MR;
     const int64_t i1 = std::min(m, split_point(pr.mpanels, tm, ti + 1) * MR);
     const int64_t j0 = split_point(npanels, tn, tj) * NR;
     const int64_t j1 = std::min(n, split_point(npanels, tn, tj + 1) * NR);
-    if (i0 < i1 && j0 < j1) run_tile(pr, i0, i1, j0, j1);
+    if (i0 < i1 && j0 < j1) run_tile(pr, q0, q1, i0, i1, j0, j1);
   };
-  if (tm * tn == 1) {
-    tile(0);
-  } else {
+  auto all_tiles = [&](int64_t q0, int64_t q1) {
+    if (tm * tn == 1) {
+      tile(0, q0, q1);
+      return;
+    }
     tbb::parallel_for(
         tbb::blocked_range<int64_t>(0, tm * tn, 1),
         [&](const tbb::blocked_range<int64_t>& r) {
-          for (int64_t idx = r.begin(); idx < r.end(); ++idx) tile(idx);
+          for (int64_t idx = r.begin(); idx < r.end(); ++idx) tile(idx, q0, q1);
         },
         tbb::simple_partitioner());
+  };
+
+  if (!prepack_a) {
+    all_tiles(0, pr.nkb);
+    return;
+  }
+  // Prepacked A, one k-block at a time: the packed block (m x kc) stays in cache while all
+  // tiles use it. The blocks are added to C in order, as in the per-tile loop.
+  PooledBuffer abuf;
+  pr.apack = static_cast<T*>(abuf.get(static_cast<size_t>(pr.mpanels * MR * pr.kc + 64 * MR) * sizeof(T)));
+  for (int64_t q = 0; q < pr.nkb; ++q) {
+    if (tm * tn > 1 && pr.mpanels > 8) {
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, pr.mpanels, 4), [&](const tbb::blocked_range<int64_t>& r) {
+        for (int64_t panel = r.begin(); panel < r.end(); ++panel) pack_a_panel(pr, q, panel, pr.packed_a(q, panel));
+      });
+    } else {
+      for (int64_t panel = 0; panel < pr.mpanels; ++panel) pack_a_panel(pr, q, panel, pr.packed_a(q, panel));
+    }
+    all_tiles(q, q + 1);
   }
 }
 

@@ -13,6 +13,11 @@
 //
 // Usage: bench_conv [--threads N] [--warmup W] [--steps S]
 #include <fmt/core.h>
+#include <time.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "core/autograd.hpp"
 #include "core/random.hpp"
@@ -21,6 +26,14 @@
 #include "tests/bench/bench_util.hpp"
 
 using namespace tg;
+
+namespace {
+double cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   const bench::Args args = bench::parse_args(argc, argv);
@@ -41,10 +54,23 @@ int main(int argc, char** argv) {
   };
 
   const double conv1_flops = 2.0 * B * 28 * 28 * 32 * 9, conv2_flops = 2.0 * B * 14 * 14 * 64 * 32 * 9;
+  // Wall time per step (bench_util's statistics) and, as an extra field, the process CPU time per
+  // step: on a shared machine the CPU time of a 1-thread run is robust to other processes.
   auto run = [&](const char* shape, double flops, auto&& fn) {
-    const bench::Stats s = bench::time_steps(fn, args.warmup, args.steps);
-    bench::emit("conv2d", shape, args.threads, s,
-                flops > 0 ? fmt::format("\"gflops\": {:.1f}", flops / s.median_s / 1e9) : std::string());
+    std::vector<double> cpu;
+    const bench::Stats s = bench::time_steps(
+        [&] {
+          const double c0 = cpu_seconds();
+          fn();
+          cpu.push_back(cpu_seconds() - c0);
+        },
+        args.warmup, args.steps);
+    cpu.erase(cpu.begin(), cpu.begin() + args.warmup);
+    std::sort(cpu.begin(), cpu.end());
+    const double cpu_median = cpu.size() % 2 ? cpu[cpu.size() / 2] : 0.5 * (cpu[cpu.size() / 2 - 1] + cpu[cpu.size() / 2]);
+    std::string extra = fmt::format("\"cpu_median_s\": {:.6g}", cpu_median);
+    if (flops > 0) extra += fmt::format(", \"gflops\": {:.1f}", flops / s.median_s / 1e9);
+    bench::emit("conv2d", shape, args.threads, s, extra);
   };
 
   run("conv1 3x3 1->32 pad1 N128 28x28 fwd", conv1_flops, [&] {

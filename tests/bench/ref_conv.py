@@ -17,6 +17,7 @@ Usage: python3 tests/bench/ref_conv.py --threads 1 [--warmup 3 --steps 20]
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_util as bu  # noqa: E402
@@ -45,9 +46,20 @@ def main():
 
     conv1_flops, conv2_flops = 2.0 * B * 28 * 28 * 32 * 9, 2.0 * B * 14 * 14 * 64 * 32 * 9
 
+    # Wall time per step (bench_util) and, as an extra field, the process CPU time per step: on a
+    # shared machine the CPU time of a 1-thread run is robust to other processes.
     def run(shape, fn, flops=0):
-        times = bu.time_steps(fn, args.warmup, args.steps)
-        extra = {"gflops": round(flops / statistics.median(times) / 1e9, 1)} if flops else {}
+        cpu = []
+
+        def step():
+            c0 = time.process_time()
+            fn()
+            cpu.append(time.process_time() - c0)
+
+        times = bu.time_steps(step, args.warmup, args.steps)
+        extra = {"cpu_median_s": statistics.median(cpu[args.warmup:])}
+        if flops:
+            extra["gflops"] = round(flops / statistics.median(times) / 1e9, 1)
         bu.emit("conv2d", shape, args.threads, times, **extra)
 
     def conv1_fwd():

@@ -286,6 +286,9 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{21, 32, 12, 12}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // GEMM, several images per chunk
       {{11, 6, 9, 7}, 6, {3, 3}, {{2, 1}, {1, 1}, {1, 1}, 3}, true},     // GEMM, groups 3
       {{9, 8, 6, 6}, 4, {1, 1}, {{1, 1}, {0, 0}, {1, 1}, 2}, false},     // pointwise, groups 2
+      {{5, 2, 9, 9}, 3, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},      // few taps but stride 2 (im2col forward)
+      {{4, 5, 11, 10}, 20, {3, 3}, {{2, 2}, {2, 1}, {2, 2}, 1}, true},   // stride and dilation 2, 20 channels
+      {{3, 4, 8, 8}, 3, {3, 3}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},      // padding beyond the kernel (im2col input grad)
   };
   for (const ConvCase& c : cases) {
     INFO(describe(c));
@@ -316,6 +319,26 @@ TEST_CASE("conv2d: gradcheck", "[ops][conv][grad][conv2d]") {
                       {test::transposed_layout(x), w, test::strided_layout(conv_bias(c, DType::f64, 10))});
     } else {
       CHECK_GRADCHECK([&](const Tensors& v) { return ops::conv2d(v[0], v[1], {}, c.opt); }, {x, test::strided_layout(w)});
+    }
+  }
+  // Small cases for the paths the table only checks forward: groups, depthwise, dilation, the
+  // implicit GEMM (more than 32 taps, unit stride) and strided weight gradients.
+  const ConvCase small[] = {
+      {{1, 4, 5, 5}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 4}, true},   // depthwise
+      {{1, 4, 7, 6}, 6, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 2}, true},   // groups 2, stride 2
+      {{1, 2, 9, 8}, 2, {3, 3}, {{1, 1}, {2, 2}, {2, 2}, 1}, false},  // dilation 2
+      {{1, 6, 6, 6}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // implicit GEMM (54 taps)
+      {{2, 8, 5, 6}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 2}, false},  // implicit GEMM (36 taps), groups 2
+      {{1, 7, 7, 7}, 3, {5, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, true},   // strided, 105 taps
+  };
+  for (const ConvCase& c : small) {
+    INFO(describe(c));
+    const Tensor x = conv_input(c, DType::f64, 23), w = conv_weight(c, DType::f64, 24);
+    if (c.bias) {
+      CHECK_GRADCHECK([&](const Tensors& v) { return ops::conv2d(v[0], v[1], v[2], c.opt); },
+                      {x, test::transposed_layout(w), conv_bias(c, DType::f64, 25)});
+    } else {
+      CHECK_GRADCHECK([&](const Tensors& v) { return ops::conv2d(v[0], v[1], {}, c.opt); }, {test::strided_layout(x), w});
     }
   }
   // Unbatched input, and a weight shared by two convolutions.
@@ -419,6 +442,7 @@ struct PoolCase {
 const PoolCase kPoolCases[] = {
     {{2, 3, 8, 6}, {2, 2}, {2, 2}, {0, 0}, {1, 1}},   // the common 2x2 / stride 2 (fast path)
     {{1, 2, 7, 9}, {2, 2}, {2, 2}, {0, 0}, {1, 1}},   // odd sizes: the last row/column is dropped
+    {{1, 2, 4, 70}, {2, 2}, {2, 2}, {0, 0}, {1, 1}},  // 35 outputs per row: full and partial vectors
     {{2, 2, 7, 7}, {3, 3}, {2, 2}, {1, 1}, {1, 1}},   // padding
     {{1, 3, 17, 5}, {3, 2}, {1, 2}, {1, 1}, {1, 1}},  // overlapping windows, non-square
     {{1, 2, 9, 9}, {3, 3}, {1, 1}, {2, 1}, {2, 1}},   // dilation

@@ -18,7 +18,7 @@ Tensor i64(std::initializer_list<double> v, const Shape& s) { return tensor(v, s
 Tensor i64(std::initializer_list<double> v) { return tensor(v, DType::i64); }
 }  // namespace
 
-TEST_CASE("cat, stack, split, chunk", "[ops][shape][grad][cat]") {
+TEST_CASE("cat, stack, split, chunk, unbind", "[ops][shape][grad][cat][split][unbind]") {
   const Tensor a = tensor({1, 2, 3, 4}, {2, 2}), b = tensor({5, 6}, {2, 1});
   CHECK(ops::cat({a, b}, 1).to_vector<float>() == std::vector<float>{1, 2, 5, 3, 4, 6});
   CHECK(ops::cat({a, a}, 0).shape() == Shape{4, 2});
@@ -41,6 +41,19 @@ TEST_CASE("cat, stack, split, chunk", "[ops][shape][grad][cat]") {
     const Tensors p = ops::chunk(v[0], 3, 1);
     return p[2] * p[0].narrow(1, 0, p[2].shape()[1]);
   }, {test::randn({2, 17}, DType::f64, 5)});
+  const Tensors rows = ops::unbind(a, 0);
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[1].to_vector<float>() == std::vector<float>{3, 4});
+  CHECK(ops::unbind(a, 1)[0].to_vector<float>() == std::vector<float>{1, 3});
+  CHECK_GRADCHECK([](const Tensors& v) {
+    const Tensors p = ops::unbind(v[0], 1);  // only two of three pieces used: zeros for the third
+    return p[0] * p[2] + p[2];
+  }, {test::transposed_layout(test::randn({4, 3, 2}, DType::f64, 30))});
+  CHECK_GRADCHECK([](const Tensors& v) {
+    const Tensors p = ops::split(v[0], std::vector<std::int64_t>{2, 0, 5}, 0);
+    return ops::cat({p[2], p[0]}, 0);
+  }, {test::strided_layout(test::randn({7, 3}, DType::f64, 31))});
+  CHECK_THROWS_WITH(ops::unbind(scalar_tensor(1), 0), Contains("unbind: expected a tensor with at least one dim"));
   CHECK_THROWS_WITH(ops::cat({a, tensor({1, 2, 3}, {1, 3})}, 0),
                     Contains("cat: tensor 1 has shape [1, 3], which does not match shape [2, 2] of tensor 0 outside dim 0"));
   CHECK_THROWS_WITH(ops::stack({a, b}, 0), Contains("stack: tensor 1 has shape [2, 1] but tensor 0 has shape [2, 2]"));

@@ -1,0 +1,750 @@
+// Diffusion on Fashion-MNIST with tapegrad: an EDM-style UNet trained with the EDM loss, sampled with
+// EDM Euler/Heun, DDIM and DDPM, and Skip-Tuning (spec techniques-B §1) as a training-free sampling
+// option. Every command works on a run folder.
+//
+//   build/examples/diffusion train --minutes 12 --out runs/diffusion        # EMA checkpoints, loss plot, grid
+//   build/examples/diffusion sample --run runs/diffusion --sampler heun --nfe 9 --rho-bottom 0.8
+//   build/examples/diffusion eval --run runs/diffusion --sampler heun --nfe 9 --count 2000
+//   build/examples/diffusion sweep --run runs/diffusion                     # FD_clf over rho x NFE x sampler
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "core/autograd.hpp"
+#include "core/parallel.hpp"
+#include "models/classifier/train.hpp"
+#include "models/diffusion/train.hpp"
+#include "nn/checkpoint.hpp"
+#include "nn/metrics.hpp"
+#include "nn/output.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+
+using namespace tg;
+namespace fs = std::filesystem;
+namespace cls = tg::models::classifier;
+namespace diff = tg::models::diffusion;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// ---- run folder ------------------------------------------------------------------------------------------------
+
+nlohmann::json config_json(const diff::UNetConfig& c) {
+  return {{"image_size", c.image_size}, {"in_channels", c.in_channels}, {"channels", c.channels},
+          {"blocks_per_level", c.blocks_per_level}, {"attention_levels", c.attention_levels},
+          {"head_channels", c.head_channels}, {"noise_channels", c.noise_channels}, {"emb_dim", c.emb_dim},
+          {"num_classes", c.num_classes}, {"dropout", c.dropout}};
+}
+
+diff::UNetConfig config_from_json(const nlohmann::json& j) {
+  diff::UNetConfig c;
+  c.image_size = j.at("image_size");
+  c.in_channels = j.at("in_channels");
+  c.channels = j.at("channels").get<std::vector<std::int64_t>>();
+  c.blocks_per_level = j.at("blocks_per_level");
+  c.attention_levels = j.at("attention_levels").get<std::vector<std::int64_t>>();
+  c.head_channels = j.at("head_channels");
+  c.noise_channels = j.at("noise_channels");
+  c.emb_dim = j.at("emb_dim");
+  c.num_classes = j.at("num_classes");
+  c.dropout = j.at("dropout");
+  return c;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  TG_CHECK(in.good(), "cannot read '{}'", path);
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    TG_FAIL("'{}' is not valid JSON: {}", path, e.what());
+  }
+}
+
+struct Run {
+  diff::UNetConfig config;
+  nlohmann::json json;  // the whole config.json
+  bool synthetic = false;
+};
+
+Run read_run(const std::string& dir) {
+  Run r;
+  r.json = read_json(dir + "/config.json");
+  try {
+    r.config = config_from_json(r.json.at("model"));
+    r.synthetic = r.json.value("synthetic", false);
+  } catch (const nlohmann::json::exception& e) {
+    TG_FAIL("'{}/config.json' lacks model settings: {}", dir, e.what());
+  }
+  return r;
+}
+
+// The run's model with its EMA weights (or the raw weights).
+diff::UNet load_model(const std::string& dir, bool raw) {
+  const Run r = read_run(dir);
+  diff::UNet net(r.config);
+  const std::string path = dir + (raw ? "/model.safetensors" : "/model_ema.safetensors");
+  TG_CHECK(fs::exists(path), "no {} in run folder '{}' (train first)", fs::path(path).filename().string(), dir);
+  nn::load_module(net, path);
+  net.eval();
+  return net;
+}
+
+cls::Data load_data(const std::string& folder, bool synthetic, std::int64_t max_train = 0) {
+  return cls::load_data(folder.empty() ? std::nullopt : std::optional<std::string>(folder), synthetic, max_train);
+}
+
+// ---- FD_clf ------------------------------------------------------------------------------------------------------
+
+struct FDContext {
+  cls::Classifier fd;
+  Tensor real;                                  // [N_test, 128] features of the real test images
+  double floor_half = 0;                        // FD between two halves of the test set
+  std::map<std::int64_t, double> floor_matched; // FD between n real test images and the other N_test - n
+  std::vector<std::string> class_names;
+
+  double matched_floor(std::int64_t n) {
+    auto it = floor_matched.find(n);
+    if (it != floor_matched.end()) return it->second;
+    const std::int64_t N = real.shape()[0];
+    TG_CHECK(n >= 2 && n <= N - 2, "FD: {} samples, but the test set has {} images", n, N);
+    Generator gen(12345);
+    const Tensor shuffled = ops::index_select(real, 0, randperm(N, gen));
+    const double f = nn::metrics::frechet_distance(shuffled.narrow(0, 0, n), shuffled.narrow(0, n, N - n));
+    floor_matched[n] = f;
+    return f;
+  }
+};
+
+FDContext make_fd(const cls::Data& data, const std::string& classifier_path) {
+  FDContext c{cls::load_or_train_fd_classifier(classifier_path, data), {}, 0, {}, data.test.class_names};
+  c.real = cls::fd_features(c.fd, data.test.images);  // [N_test, 128]
+  c.floor_half = nn::metrics::frechet_noise_floor(c.real);
+  return c;
+}
+
+struct Score {
+  double fd = 0;
+  double accuracy = -1;  // of the FD classifier on conditional samples (-1: unconditional)
+};
+
+Score score(FDContext& c, const diff::Generated& g, std::int64_t size) {
+  NoGradGuard no_grad;
+  const Tensor img = diff::to_image_space(g.x, size);  // [N, 1, 28, 28] in [0, 1]
+  Score s;
+  s.fd = nn::metrics::frechet_distance(cls::fd_features(c.fd, img), c.real);
+  if (g.labels.defined()) s.accuracy = nn::metrics::accuracy(c.fd(cls::preprocess(c.fd.config, img)), g.labels);
+  return s;
+}
+
+std::string rho_str(double r) { return fmt::format("{:g}", r); }
+
+// A grid of generated images (model space) with the class names on the first row.
+void save_samples(const std::string& path, const diff::Generated& g, std::int64_t size, const std::vector<std::string>& names,
+                  std::int64_t columns) {
+  nn::output::GridOptions opt{.columns = columns, .scale = 3};
+  if (g.labels.defined()) {
+    const auto y = g.labels.to_vector<std::int64_t>();
+    for (std::size_t i = 0; i < y.size(); ++i)
+      opt.captions.push_back(static_cast<std::int64_t>(i) < columns ? names[static_cast<std::size_t>(y[i])].substr(0, 9) : "");
+  }
+  nn::output::save_image_grid(path, diff::to_image_space(g.x, size), opt);
+}
+
+// One image of the samples as an n x n mosaic [1, n*28, n*28].
+Tensor mosaic(const Tensor& images, std::int64_t n) {
+  return images.narrow(0, 0, n * n).reshape({n, n, 28, 28}).permute({0, 2, 1, 3}).reshape({1, n * 28, n * 28});
+}
+
+// ---- train --------------------------------------------------------------------------------------------------------
+
+struct TrainArgs {
+  std::string out = "runs/diffusion", data;
+  bool synthetic = false, resume = false, unconditional = false;
+  double minutes = 12, lr = 1e-3, lr_min_ratio = 0.1, ema = 0.999, label_dropout = 0.1, dropout = 0.0;
+  std::int64_t steps = -1, batch = 64, warmup = 200, size = 16, blocks = 1, max_train = 0, checkpoint_every = 500,
+               grid_nfe = 19, head_channels = 64;
+  std::vector<std::int64_t> channels{32, 64, 64}, attention{2};
+  std::uint64_t seed = 0;
+};
+
+int train(const TrainArgs& a) {
+  fs::create_directories(a.out);
+  const std::string cfg_path = a.out + "/config.json";
+  diff::UNetConfig mc;
+  if (a.resume && fs::exists(cfg_path)) {
+    mc = read_run(a.out).config;
+    fmt::print("resuming: model settings from {} (model flags on the command line are ignored)\n", cfg_path);
+  } else {
+    mc.image_size = a.size;
+    mc.channels = a.channels;
+    mc.blocks_per_level = a.blocks;
+    mc.attention_levels = a.attention;
+    mc.head_channels = a.head_channels;
+    mc.num_classes = a.unconditional ? 0 : 10;
+    mc.dropout = a.dropout;
+  }
+  const cls::Data data = load_data(a.data, a.synthetic, a.max_train);
+  fmt::print("data: {} ({} training images)\n", data.train.source, data.train.size());
+  const Tensor images = diff::to_model_space(data.train.images, mc.image_size);  // [N, 1, S, S] in [-1, 1]
+  Generator init(a.seed);
+  diff::UNet model(mc, &init);
+  mc = model.config;  // with the derived widths
+  nn::EMA ema(model, a.ema);
+  fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
+  {
+    nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
+                          {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup}, {"ema", a.ema}, {"label_dropout", a.label_dropout},
+                          {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
+                          {"synthetic", data.synthetic}, {"max_train", a.max_train},
+                          {"parameters", model.num_parameters()}, {"skips", model.num_skips()},
+                          {"edm", {{"sigma_data", 0.5}, {"p_mean", -1.2}, {"p_std", 1.2}}}};
+    std::ofstream(cfg_path) << cfg.dump(2) << "\n";
+  }
+  if (!(a.resume && fs::exists(a.out + "/checkpoint.safetensors"))) fs::remove(a.out + "/metrics.csv");  // a fresh run
+  nn::output::CsvWriter metrics(a.out + "/metrics.csv", {"step", "loss", "lr", "seconds"});
+  double acc = 0;
+  std::int64_t n_acc = 0;
+  const std::int64_t every = 20;
+  double last_log = 0;
+  diff::TrainOptions o{.batch = a.batch, .lr = a.lr, .warmup = a.warmup, .minutes = a.steps >= 0 ? 0.0 : a.minutes,
+                       .max_steps = a.steps, .seed = a.seed};
+  o.edm.label_dropout = a.label_dropout;
+  o.min_lr_ratio = a.lr_min_ratio;
+  o.class_conditional = mc.num_classes > 0;
+  o.checkpoint = a.out + "/checkpoint.safetensors";
+  o.checkpoint_every = a.checkpoint_every;
+  o.resume = a.resume;
+  o.on_step = [&](const diff::StepStats& s) {
+    acc += s.loss;
+    ++n_acc;
+    if (s.step % every == 0) {
+      metrics.row(std::vector<double>{static_cast<double>(s.step), acc / static_cast<double>(n_acc), s.lr, s.seconds});
+      acc = 0;
+      n_acc = 0;
+    }
+    if (s.seconds - last_log >= 60) {
+      last_log = s.seconds;
+      fmt::print("step {:6d}  {:6.1f} min  loss {:.4f}\n", s.step, s.seconds / 60, s.loss);
+      std::fflush(stdout);
+    }
+  };
+  const diff::TrainResult r = diff::fit(model, ema, images, data.train.labels, o);
+  // Loss plot from the whole metrics file (resumed runs included).
+  nn::output::Series loss{"EDM loss (mean of 20 steps)", {}, {}};
+  {
+    std::ifstream in(a.out + "/metrics.csv");
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::stringstream ss(line);
+      std::string step, l;
+      if (std::getline(ss, step, ',') && std::getline(ss, l, ',')) {
+        loss.x.push_back(std::stod(step));
+        loss.y.push_back(std::stod(l));
+      }
+    }
+  }
+  nn::output::plot_svg(a.out + "/loss.svg", {loss},
+                       {.title = fmt::format("EDM UNet on {} ({} steps)", data.synthetic ? "synthetic shapes" : "Fashion-MNIST", r.steps),
+                        .x_label = "step", .y_label = "loss", .log_y = true});
+  nn::save_module(model, a.out + "/model.safetensors");
+  diff::UNet averaged(mc);
+  ema.copy_to(averaged);
+  nn::save_module(averaged, a.out + "/model_ema.safetensors", {{"ema_decay", fmt::format("{}", a.ema)}, {"steps", std::to_string(r.steps)}});
+  averaged.eval();
+  const auto t0 = Clock::now();
+  const diff::Generated g = diff::generate(
+      averaged, {.sampler = diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe), .count = 80, .batch = 80, .noise_seed = 1});
+  save_samples(a.out + "/samples.png", g, mc.image_size, data.test.class_names, 10);
+  fmt::print("trained {} steps in {:.1f} min ({:.2f} steps/s); final loss (mean of the last 200 steps) {:.4f}\n", r.steps,
+             r.seconds / 60, static_cast<double>(r.steps) / std::max(r.seconds, 1e-9), r.final_loss);
+  fmt::print("run folder: {}\n  config.json metrics.csv loss.svg samples.png (Heun, {} NFE, {:.1f} s)\n", a.out, a.grid_nfe, seconds_since(t0));
+  fmt::print("  model_ema.safetensors (EMA weights, used for sampling) model.safetensors checkpoint.safetensors (resumable)\n");
+  return 0;
+}
+
+// ---- sample / eval ---------------------------------------------------------------------------------------------
+
+struct SampleArgs {
+  std::string run = "runs/diffusion", sampler = "heun", png, data, fd_classifier;
+  std::int64_t nfe = 19, count = 0, seeds = 1, batch = 500, fd_train = 0;  // count 0: 80 (sample), 2000 (eval)
+  double eta = 0, rho_bottom = 1, rho_top = 1, guidance = 1;
+  std::uint64_t seed = 1;
+  bool raw = false, unconditional = false, synthetic = false;
+};
+
+diff::GenerateOptions generate_options(const SampleArgs& a, std::uint64_t seed) {
+  diff::GenerateOptions g;
+  g.sampler = diff::sampler_for_nfe(diff::parse_sampler(a.sampler), a.nfe, a.eta);
+  g.count = a.count;
+  g.batch = a.batch;
+  g.noise_seed = seed;
+  g.guidance = a.guidance;
+  g.class_conditional = !a.unconditional;
+  return g;
+}
+
+int sample_cmd(SampleArgs a) {
+  if (a.count == 0) a.count = 80;
+  diff::UNet net = load_model(a.run, a.raw);
+  net.set_skip_tuning(a.rho_bottom, a.rho_top);
+  const auto t0 = Clock::now();
+  const diff::Generated g = diff::generate(net, generate_options(a, a.seed));
+  const std::string out = a.png.empty() ? fmt::format("{}/samples_{}_nfe{}_rho{}.png", a.run, a.sampler, g.nfe, rho_str(a.rho_bottom)) : a.png;
+  save_samples(out, g, net.config.image_size, read_run(a.run).synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
+  fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}: {:.1f} s\ngrid: {}\n", a.count,
+             a.sampler, g.nfe, a.rho_bottom, a.rho_top, net.num_skips(), a.guidance, seconds_since(t0), out);
+  return 0;
+}
+
+int eval_cmd(SampleArgs a) {
+  if (a.count == 0) a.count = 2000;
+  diff::UNet net = load_model(a.run, a.raw);
+  const Run run = read_run(a.run);
+  const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
+  FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
+  net.set_skip_tuning(a.rho_bottom, a.rho_top);
+  std::vector<double> fds;
+  double acc = 0;
+  const auto t0 = Clock::now();
+  for (std::int64_t s = 0; s < a.seeds; ++s) {
+    const diff::Generated g = diff::generate(net, generate_options(a, a.seed + static_cast<std::uint64_t>(s)));
+    const Score sc = score(fd, g, net.config.image_size);
+    fds.push_back(sc.fd);
+    acc += sc.accuracy / static_cast<double>(a.seeds);
+    fmt::print("noise seed {}: FD_clf {:.3f}{}\n", a.seed + static_cast<std::uint64_t>(s), sc.fd, sc.accuracy >= 0 ? fmt::format("  class accuracy {:.1f}%", 100 * sc.accuracy) : "");
+  }
+  const double mean = std::accumulate(fds.begin(), fds.end(), 0.0) / static_cast<double>(fds.size());
+  const double floor_n = fd.matched_floor(a.count);
+  fmt::print("{} NFE {} rho_bottom {} rho_top {}: FD_clf {:.3f} on {} samples x {} seeds ({:.1f} s)\n", a.sampler, a.nfe,
+             a.rho_bottom, a.rho_top, mean, a.count, a.seeds, seconds_since(t0));
+  fmt::print("noise floor: {:.3f} (test halves, 5000 vs 5000), {:.3f} ({} real test images vs the other {})\n", fd.floor_half,
+             floor_n, a.count, fd.real.shape()[0] - a.count);
+  nn::output::CsvWriter csv(a.run + "/eval.csv", {"sampler", "nfe", "rho_bottom", "rho_top", "guidance", "count", "seeds", "fd_clf",
+                                                  "class_accuracy", "noise_floor_halves", "noise_floor_matched"});
+  csv.row(std::vector<std::string>{a.sampler, std::to_string(a.nfe), rho_str(a.rho_bottom), rho_str(a.rho_top), rho_str(a.guidance),
+                                   std::to_string(a.count), std::to_string(a.seeds), fmt::format("{:.4f}", mean),
+                                   fmt::format("{:.4f}", acc), fmt::format("{:.4f}", fd.floor_half), fmt::format("{:.4f}", floor_n)});
+  return 0;
+}
+
+// ---- sweep ----------------------------------------------------------------------------------------------------
+
+struct SweepArgs {
+  std::string run = "runs/diffusion", data, fd_classifier, out;
+  std::vector<double> rhos{1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5};
+  double rho_top = 1.0;
+  std::vector<std::int64_t> heun{3, 5, 9, 19}, ddim{5, 10}, euler, ddpm;
+  std::int64_t count = 1000, seeds = 2, batch = 500, denoise_count = 1000, fd_train = 0;
+  std::vector<double> denoise_sigmas{0.05, 0.2, 0.5, 1.0, 2.0, 5.0};
+  bool synthetic = false, resume = false;
+};
+
+struct Cell {
+  std::string sampler;
+  std::int64_t nfe = 0;
+  double rho = 1;
+  std::vector<double> fd, acc;  // per noise seed
+  double mean() const { return std::accumulate(fd.begin(), fd.end(), 0.0) / static_cast<double>(fd.size()); }
+  double accuracy() const { return std::accumulate(acc.begin(), acc.end(), 0.0) / static_cast<double>(acc.size()); }
+};
+
+// Mean and sample standard deviation.
+std::pair<double, double> mean_std(const std::vector<double>& v) {
+  const double m = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0};
+}
+
+// Rows of a CSV file with a header, as name -> value maps.
+std::vector<std::map<std::string, std::string>> read_csv(const std::string& path) {
+  std::vector<std::map<std::string, std::string>> rows;
+  std::ifstream in(path);
+  std::string line;
+  std::vector<std::string> header;
+  auto split = [](const std::string& l) {
+    std::vector<std::string> f;
+    std::stringstream ss(l);
+    std::string x;
+    while (std::getline(ss, x, ',')) f.push_back(x);
+    return f;
+  };
+  if (!std::getline(in, line)) return rows;
+  header = split(line);
+  while (std::getline(in, line)) {
+    const auto f = split(line);
+    if (f.size() != header.size()) continue;
+    std::map<std::string, std::string> r;
+    for (std::size_t i = 0; i < f.size(); ++i) r[header[i]] = f[i];
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+int sweep_cmd(const SweepArgs& a) {
+  diff::UNet net = load_model(a.run, false);
+  const Run run = read_run(a.run);
+  const std::string out = a.out.empty() ? a.run + "/sweep" : a.out;
+  fs::create_directories(out);
+  const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
+  FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
+  const double floor_n = fd.matched_floor(a.count);
+  const std::int64_t S = net.config.image_size;
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> plan;
+  if (!a.heun.empty()) plan.push_back({"heun", a.heun});
+  if (!a.ddim.empty()) plan.push_back({"ddim", a.ddim});
+  if (!a.euler.empty()) plan.push_back({"euler", a.euler});
+  if (!a.ddpm.empty()) plan.push_back({"ddpm", a.ddpm});
+  TG_CHECK(!plan.empty() && !a.rhos.empty(), "sweep: nothing to do (no samplers or no rho values)");
+  TG_CHECK(std::find(a.rhos.begin(), a.rhos.end(), 1.0) != a.rhos.end(), "sweep: the rho values must include the baseline 1");
+  std::int64_t total_nfe = 0, pairs = 0;
+  for (auto& [s, nfes] : plan)
+    for (auto n : nfes) {
+      total_nfe += n;
+      ++pairs;
+    }
+  fmt::print("sweep: {} rho values x {} (sampler, NFE) cells x {} seeds x {} samples = {} image-evaluations; {} skips\n",
+             a.rhos.size(), pairs, a.seeds, a.count, total_nfe * static_cast<std::int64_t>(a.rhos.size()) * a.seeds * a.count,
+             net.num_skips());
+  fmt::print("noise floor: {:.3f} (test halves), {:.3f} ({} real vs the other {})\n", fd.floor_half, floor_n, a.count,
+             fd.real.shape()[0] - a.count);
+
+  // Per-seed results: reused from an earlier (interrupted) sweep with --resume, else computed.
+  const std::string runs_csv = out + "/sweep_runs.csv";
+  using Key = std::tuple<std::string, std::int64_t, std::string, std::string, std::string, std::int64_t>;
+  std::map<Key, std::pair<double, double>> done;  // (sampler, nfe, rho, rho_top, seed, count) -> (fd, accuracy)
+  if (a.resume) {
+    for (auto& r : read_csv(runs_csv))
+      done[{r["sampler"], std::stoll(r["nfe"]), r["rho_bottom"], r["rho_top"], r["seed"], std::stoll(r["count"])}] = {
+          std::stod(r["fd_clf"]), std::stod(r["class_accuracy"])};
+    fmt::print("resume: {} earlier results in {}\n", done.size(), runs_csv);
+  } else {
+    fs::remove(runs_csv);
+  }
+  for (const char* f : {"/sweep.csv", "/denoise_error.csv"}) fs::remove(out + f);
+  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds"});
+  std::vector<Cell> cells;
+  const auto t_all = Clock::now();
+  auto options = [&](const std::string& sname, std::int64_t nfe, std::int64_t count, std::uint64_t seed) {
+    diff::GenerateOptions go;
+    go.sampler = diff::sampler_for_nfe(diff::parse_sampler(sname), nfe);
+    go.count = count;
+    go.batch = a.batch;
+    go.noise_seed = seed;
+    return go;
+  };
+  for (auto& [sname, nfes] : plan)
+    for (std::int64_t nfe : nfes)
+      for (double rho : a.rhos) {
+        Cell c{sname, nfe, rho, {}, {}};
+        net.set_skip_tuning(rho, a.rho_top);
+        for (std::int64_t s = 0; s < a.seeds; ++s) {
+          const std::uint64_t seed = 1000 + static_cast<std::uint64_t>(s);  // the same noise for every rho
+          const Key key{sname, nfe, rho_str(rho), rho_str(a.rho_top), std::to_string(seed), a.count};
+          if (auto it = done.find(key); it != done.end()) {
+            c.fd.push_back(it->second.first);
+            c.acc.push_back(it->second.second);
+            continue;
+          }
+          const auto t0 = Clock::now();
+          const diff::Generated g = diff::generate(net, options(sname, nfe, a.count, seed));
+          TG_CHECK(g.nfe == nfe, "sweep: {} made {} evaluations instead of {}", sname, g.nfe, nfe);
+          const Score sc = score(fd, g, S);
+          c.fd.push_back(sc.fd);
+          c.acc.push_back(sc.accuracy);
+          raw.row(std::vector<std::string>{sname, std::to_string(nfe), rho_str(rho), rho_str(a.rho_top), std::to_string(seed),
+                                           std::to_string(a.count), fmt::format("{:.4f}", sc.fd), fmt::format("{:.4f}", sc.accuracy),
+                                           fmt::format("{:.1f}", seconds_since(t0))});
+        }
+        const auto [m, sd] = mean_std(c.fd);
+        fmt::print("{:5s} NFE {:3d} rho_bottom {:4}: FD_clf {:8.3f} +- {:6.3f}  acc {:5.1f}%   [{:.0f} s elapsed]\n", sname, nfe,
+                   rho_str(rho), m, sd, 100 * c.accuracy(), seconds_since(t_all));
+        std::fflush(stdout);
+        cells.push_back(c);
+      }
+  net.clear_skip_tuning();
+
+  // Tables: FD per cell (mean +- std over the noise seeds), and the best rho's gain over rho = 1,
+  // paired over the seeds (same initial noise), so that seed-to-seed variation cancels.
+  nn::output::CsvWriter summary(out + "/sweep.csv", {"sampler", "nfe", "rho_bottom", "rho_top", "fd_mean", "fd_std_over_seeds",
+                                                      "gain_vs_rho1_paired_mean", "gain_vs_rho1_paired_std", "class_accuracy",
+                                                      "seeds", "count", "noise_floor_halves", "noise_floor_matched"});
+  auto cell = [&](const std::string& sname, std::int64_t nfe, double rho) -> const Cell& {
+    for (const Cell& c : cells)
+      if (c.sampler == sname && c.nfe == nfe && c.rho == rho) return c;
+    TG_FAIL("sweep: no cell {} {} {}", sname, nfe, rho);
+  };
+  auto paired_gain = [](const Cell& base, const Cell& c) {
+    std::vector<double> d;
+    for (std::size_t i = 0; i < c.fd.size(); ++i) d.push_back(base.fd[i] - c.fd[i]);
+    return mean_std(d);
+  };
+  for (const Cell& c : cells) {
+    const auto [m, sd] = mean_std(c.fd);
+    const auto [g, gs] = paired_gain(cell(c.sampler, c.nfe, 1.0), c);
+    summary.row(std::vector<std::string>{c.sampler, std::to_string(c.nfe), rho_str(c.rho), rho_str(a.rho_top), fmt::format("{:.4f}", m),
+                                         fmt::format("{:.4f}", sd), fmt::format("{:.4f}", g), fmt::format("{:.4f}", gs),
+                                         fmt::format("{:.4f}", c.accuracy()), std::to_string(a.seeds), std::to_string(a.count),
+                                         fmt::format("{:.4f}", fd.floor_half), fmt::format("{:.4f}", floor_n)});
+  }
+  std::string md = fmt::format("FD_clf (lower is better; mean ± std over {} noise seeds of {} samples each, the same noise for every "
+                               "rho; rho_top = {}). Noise floor: {:.3f} (two halves of the test set), {:.3f} ({} real test images "
+                               "vs the other {}). Gain: FD(rho = 1) - FD(best rho), paired over the seeds.\n\n",
+                               a.seeds, a.count, rho_str(a.rho_top), fd.floor_half, floor_n, a.count, fd.real.shape()[0] - a.count);
+  md += "| sampler | NFE |";
+  for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
+  md += " best rho | gain (paired) |\n|---|---|";
+  for (std::size_t i = 0; i < a.rhos.size() + 2; ++i) md += "---|";
+  md += "\n";
+  std::map<std::string, nn::output::Series> base_series, best_series;
+  std::vector<std::tuple<std::string, std::int64_t, double>> bests;
+  for (auto& [sname, nfes] : plan)
+    for (std::int64_t nfe : nfes) {
+      const Cell& base = cell(sname, nfe, 1.0);
+      const Cell* best = &base;
+      for (double r : a.rhos)
+        if (cell(sname, nfe, r).mean() < best->mean()) best = &cell(sname, nfe, r);
+      md += fmt::format("| {} | {} |", sname, nfe);
+      for (double r : a.rhos) {
+        const auto [m, sd] = mean_std(cell(sname, nfe, r).fd);
+        md += &cell(sname, nfe, r) == best ? fmt::format(" **{:.2f}** ±{:.2f} |", m, sd) : fmt::format(" {:.2f} ±{:.2f} |", m, sd);
+      }
+      const auto [g, gs] = paired_gain(base, *best);
+      md += fmt::format(" {} | {:.2f} ±{:.2f} ({:.1f}%) |\n", rho_str(best->rho), g, gs, 100 * g / base.mean());
+      bests.emplace_back(sname, nfe, best->rho);
+      base_series[sname].name = sname + " rho=1";
+      base_series[sname].x.push_back(static_cast<double>(nfe));
+      base_series[sname].y.push_back(base.mean());
+      best_series[sname].name = sname + " best rho";
+      best_series[sname].x.push_back(static_cast<double>(nfe));
+      best_series[sname].y.push_back(best->mean());
+    }
+  md += "\nClass accuracy (%) of the FD classifier on the conditional samples (does the sample show the requested class?):\n\n"
+        "| sampler | NFE |";
+  for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
+  md += "\n|---|---|";
+  for (std::size_t i = 0; i < a.rhos.size(); ++i) md += "---|";
+  md += "\n";
+  for (auto& [sname, nfes] : plan)
+    for (std::int64_t nfe : nfes) {
+      md += fmt::format("| {} | {} |", sname, nfe);
+      for (double r : a.rhos) md += fmt::format(" {:.1f} |", 100 * cell(sname, nfe, r).accuracy());
+      md += "\n";
+    }
+
+  // Pixel vs feature denoising error with and without Skip-Tuning (the paper: pixel error rises,
+  // feature error falls at intermediate sigma).
+  if (a.denoise_count > 0 && !a.denoise_sigmas.empty()) {
+    NoGradGuard no_grad;
+    const std::int64_t n = std::min(a.denoise_count, data.test.size());
+    const Tensor x0 = diff::to_model_space(data.test.images.narrow(0, 0, n), S).to(DType::f64);  // [n, 1, S, S]
+    const Tensor y = data.test.labels.narrow(0, 0, n);
+    const Tensor f0 = cls::fd_features(fd.fd, diff::to_image_space(x0, S));  // [n, 128]
+    Generator g(777);
+    const Tensor noise = randn(x0.shape(), DType::f64, g);
+    nn::output::CsvWriter dcsv(out + "/denoise_error.csv", {"sigma", "rho_bottom", "pixel_mse", "feature_mse"});
+    md += fmt::format("\nDenoising error of D(x0 + sigma n; sigma) on {} test images: pixel MSE (model space, [-1, 1]) / "
+                      "feature MSE (FD classifier features), by rho_bottom:\n\n| sigma |", n);
+    for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
+    md += "\n|---|";
+    for (std::size_t i = 0; i < a.rhos.size(); ++i) md += "---|";
+    md += "\n";
+    for (double sigma : a.denoise_sigmas) {
+      md += fmt::format("| {} |", sigma);
+      for (double rho : a.rhos) {
+        net.set_skip_tuning(rho, a.rho_top);
+        Tensors parts;
+        for (std::int64_t s = 0; s < n; s += a.batch) {
+          const std::int64_t m = std::min(a.batch, n - s);
+          const diff::Denoiser D = diff::unet_denoiser(net, net.config.num_classes > 0 ? y.narrow(0, s, m) : Tensor());
+          parts.push_back(D(x0.narrow(0, s, m) + noise.narrow(0, s, m) * sigma, sigma));
+        }
+        const Tensor d = ops::cat(parts, 0);
+        const double pix = ops::mean(ops::square(d - x0)).item();
+        const double feat = ops::mean(ops::square(cls::fd_features(fd.fd, diff::to_image_space(d, S)) - f0)).item();
+        dcsv.row(std::vector<double>{sigma, rho, pix, feat});
+        md += fmt::format(" {:.4f} / {:.3f} |", pix, feat);
+      }
+      md += "\n";
+    }
+    net.clear_skip_tuning();
+  }
+  std::ofstream(out + "/sweep.md") << md;
+  std::vector<nn::output::Series> series;
+  for (auto& [sname, nfes] : plan) {
+    series.push_back(base_series[sname]);
+    series.push_back(best_series[sname]);
+  }
+  nn::output::plot_svg(out + "/fd_vs_nfe.svg", series,
+                       {.title = fmt::format("FD_clf vs NFE, with and without Skip-Tuning (noise floor {:.2f})", floor_n),
+                        .x_label = "NFE", .y_label = "FD_clf", .log_y = true});
+  // Side-by-side grids: rho = 1 | best rho, from the same 64 initial noises (seed 1000).
+  for (const auto& [sname, nfe, rho] : bests) {
+    Tensors halves;
+    for (double r : {1.0, rho}) {
+      net.set_skip_tuning(r, a.rho_top);
+      halves.push_back(mosaic(diff::to_image_space(diff::generate(net, options(sname, nfe, 64, 1000)).x, S), 8));  // [1, 224, 224]
+    }
+    net.clear_skip_tuning();
+    nn::output::GridOptions go;
+    go.columns = 2;
+    go.scale = 2;
+    go.padding = 8;
+    go.captions = {"rho_bottom = 1 (baseline)", fmt::format("rho_bottom = {} (best)", rho_str(rho))};
+    nn::output::save_image_grid(fmt::format("{}/compare_{}_nfe{}.png", out, sname, nfe), ops::stack(halves, 0), go);
+  }
+  fmt::print("\n{}\n", md);
+  fmt::print("sweep folder: {}\n  sweep.md sweep.csv sweep_runs.csv denoise_error.csv fd_vs_nfe.svg compare_<sampler>_nfe<N>.png\n"
+             "total {:.1f} min\n", out, seconds_since(t_all) / 60);
+  return 0;
+}
+
+template <class T>
+std::vector<T> parse_list(const std::string& s, const char* what) {
+  std::vector<T> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    try {
+      if constexpr (std::is_floating_point_v<T>) v.push_back(std::stod(item));
+      else v.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      TG_FAIL("{}: '{}' is not a number", what, item);
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Diffusion (EDM UNet) on Fashion-MNIST with tapegrad: train, sample, evaluate FD_clf, Skip-Tuning sweep"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  TrainArgs ta;
+  std::string channels = "32,64,64", attention = "2";
+  CLI::App* tr = app.add_subcommand("train", "Train the UNet (EDM loss, EMA) for a time budget and write a run folder");
+  tr->add_option("--minutes", ta.minutes, "Wall-clock training budget in minutes")->check(CLI::PositiveNumber);
+  tr->add_option("--steps", ta.steps, "Train exactly this many steps instead of a time budget (reproducible)");
+  tr->add_option("--out", ta.out, "Run folder");
+  tr->add_option("--size", ta.size, "Model image size: 16 (28->14 pooled, padded; the spec's setting) or 32 (28 padded)");
+  tr->add_option("--channels", channels, "Channels per resolution level, comma separated");
+  tr->add_option("--blocks", ta.blocks, "Residual blocks per level (the decoder has one more)")->check(CLI::PositiveNumber);
+  tr->add_option("--attention", attention, "Levels with self-attention (0 = top), comma separated; empty for none");
+  tr->add_option("--head-channels", ta.head_channels, "Channels per attention head")->check(CLI::PositiveNumber);
+  tr->add_flag("--unconditional", ta.unconditional, "No class conditioning (default: class-conditional with label dropout)");
+  tr->add_option("--label-dropout", ta.label_dropout, "Probability of dropping the label (classifier-free guidance)")->check(CLI::Range(0.0, 1.0));
+  tr->add_option("--dropout", ta.dropout, "Dropout inside the residual blocks")->check(CLI::Range(0.0, 0.9));
+  tr->add_option("--batch", ta.batch, "Batch size")->check(CLI::PositiveNumber);
+  tr->add_option("--lr", ta.lr, "Adam learning rate (after the warmup)")->check(CLI::PositiveNumber);
+  tr->add_option("--warmup", ta.warmup, "Linear learning-rate warmup steps")->check(CLI::NonNegativeNumber);
+  tr->add_option("--lr-min-ratio", ta.lr_min_ratio, "Cosine decay (over --steps, or over the time budget) to lr * this; 1: constant")
+      ->check(CLI::Range(0.0, 1.0));
+  tr->add_option("--ema", ta.ema, "Decay of the weight EMA used for sampling (ramped up as min(decay, (1+t)/(10+t)))")->check(CLI::Range(0.0, 1.0));
+  tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(CLI::PositiveNumber);
+  tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")->check(CLI::PositiveNumber);
+  tr->add_option("--seed", ta.seed, "Seed for the initialisation, batch order and noise");
+  tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
+  tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
+  tr->add_option("--max-train", ta.max_train, "Use only the first N training images")->check(CLI::NonNegativeNumber);
+  tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings)");
+  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  SampleArgs sa;
+  auto add_sampling = [&](CLI::App* c, bool for_eval) {
+    c->add_option("--run", sa.run, "Run folder written by train");
+    c->add_option("--sampler", sa.sampler, "heun | euler (EDM ODE), ddim (eta), ddpm (ancestral)")
+        ->check(CLI::IsMember({"heun", "euler", "ddim", "ddpm"}));
+    c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")->check(CLI::PositiveNumber);
+    c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic)")->check(CLI::NonNegativeNumber);
+    c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (1: off)");
+    c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)");
+    c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional)");
+    c->add_flag("--unconditional", sa.unconditional, "Sample without labels (the 'no label' embedding)");
+    c->add_option("--count", sa.count, for_eval ? "Samples per seed (default 2000; >= 1000 for a meaningful FD)" : "Samples in the grid (default 80)")
+        ->check(CLI::PositiveNumber);
+    c->add_option("--batch", sa.batch, "Samples per network batch")->check(CLI::PositiveNumber);
+    c->add_option("--seed", sa.seed, "Seed of the initial noise");
+    c->add_flag("--raw", sa.raw, "Use the raw weights instead of the EMA");
+    c->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  };
+  CLI::App* sm = app.add_subcommand("sample", "Draw samples into a PNG grid (one class per column)");
+  add_sampling(sm, false);
+  sm->add_option("--png", sa.png, "Output PNG (default <run>/samples_<sampler>_nfe<N>_rho<r>.png)");
+  CLI::App* ev = app.add_subcommand("eval", "FD_clf of generated samples against the test set, with its noise floor");
+  add_sampling(ev, true);
+  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(CLI::PositiveNumber);
+  ev->add_option("--data", sa.data, "Folder with the Fashion-MNIST IDX files");
+  ev->add_flag("--synthetic", sa.synthetic, "Evaluate against the synthetic shapes");
+  ev->add_option("--fd-classifier", sa.fd_classifier, "FD_clf feature extractor file (default $TAPEGRAD_FD_CLASSIFIER or runs/fd_classifier/fdmlp.safetensors; trained if missing)");
+  ev->add_option("--fd-train", sa.fd_train, "Training images for the FD classifier when it must be trained (0: all)")
+      ->check(CLI::NonNegativeNumber);
+
+  SweepArgs wa;
+  std::string rhos = "1,0.95,0.9,0.85,0.8,0.7,0.6,0.5", heun = "3,5,9,19", ddim = "5,10", euler, ddpm, sigmas = "0.05,0.2,0.5,1,2,5";
+  CLI::App* sw = app.add_subcommand("sweep", "Skip-Tuning experiment: FD_clf over rho_bottom x NFE x sampler from one model");
+  sw->add_option("--run", wa.run, "Run folder written by train");
+  sw->add_option("--out", wa.out, "Output folder (default <run>/sweep)");
+  sw->add_option("--rhos", rhos, "rho_bottom values, comma separated");
+  sw->add_option("--rho-top", wa.rho_top, "rho_top for every cell");
+  sw->add_option("--heun-nfe", heun, "Heun NFE values (odd), comma separated; empty to skip");
+  sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; empty to skip");
+  sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; empty to skip");
+  sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; empty to skip");
+  sw->add_option("--count", wa.count, "Samples per cell and seed")->check(CLI::PositiveNumber);
+  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(CLI::PositiveNumber);
+  sw->add_option("--batch", wa.batch, "Samples per network batch")->check(CLI::PositiveNumber);
+  sw->add_option("--denoise-count", wa.denoise_count, "Test images for the pixel/feature denoising-error table (0: skip)")
+      ->check(CLI::NonNegativeNumber);
+  sw->add_option("--denoise-sigmas", sigmas, "Noise levels of the denoising-error table");
+  sw->add_option("--data", wa.data, "Folder with the Fashion-MNIST IDX files");
+  sw->add_flag("--synthetic", wa.synthetic, "Evaluate against the synthetic shapes");
+  sw->add_flag("--resume", wa.resume, "Reuse the per-seed results already in <out>/sweep_runs.csv (an interrupted sweep)");
+  sw->add_option("--fd-classifier", wa.fd_classifier, "FD_clf feature extractor file (default as eval)");
+  sw->add_option("--fd-train", wa.fd_train, "Training images for the FD classifier when it must be trained (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  sw->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (threads > 0) set_num_threads(threads);
+    if (tr->parsed()) {
+      ta.channels = parse_list<std::int64_t>(channels, "--channels");
+      ta.attention = parse_list<std::int64_t>(attention, "--attention");
+      return train(ta);
+    }
+    if (sm->parsed()) return sample_cmd(sa);
+    if (ev->parsed()) return eval_cmd(sa);
+    if (sw->parsed()) {
+      wa.rhos = parse_list<double>(rhos, "--rhos");
+      wa.heun = parse_list<std::int64_t>(heun, "--heun-nfe");
+      wa.ddim = parse_list<std::int64_t>(ddim, "--ddim-nfe");
+      wa.euler = parse_list<std::int64_t>(euler, "--euler-nfe");
+      wa.ddpm = parse_list<std::int64_t>(ddpm, "--ddpm-nfe");
+      wa.denoise_sigmas = parse_list<double>(sigmas, "--denoise-sigmas");
+      return sweep_cmd(wa);
+    }
+  } catch (const tg::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,202 @@
+#include "models/diffusion/samplers.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/autograd.hpp"
+#include "ops/elementwise.hpp"
+
+namespace tg::models::diffusion {
+
+SamplerKind parse_sampler(const std::string& name) {
+  if (name == "euler") return SamplerKind::euler;
+  if (name == "heun") return SamplerKind::heun;
+  if (name == "ddim") return SamplerKind::ddim;
+  if (name == "ddpm") return SamplerKind::ddpm;
+  TG_FAIL("sampler: unknown sampler '{}' (expected euler, heun, ddim or ddpm)", name);
+}
+
+std::string sampler_name(SamplerKind k) {
+  switch (k) {
+    case SamplerKind::euler: return "euler";
+    case SamplerKind::heun: return "heun";
+    case SamplerKind::ddim: return "ddim";
+    case SamplerKind::ddpm: return "ddpm";
+  }
+  return "?";
+}
+
+std::vector<double> edm_sigmas(std::int64_t N, const EDMGrid& g) {
+  TG_CHECK(N >= 1, "edm_sigmas: need at least one step, got {}", N);
+  TG_CHECK(g.sigma_min > 0 && g.sigma_max > g.sigma_min && g.rho > 0,
+           "edm_sigmas: need 0 < sigma_min ({}) < sigma_max ({}) and rho > 0 ({})", g.sigma_min, g.sigma_max, g.rho);
+  std::vector<double> s(static_cast<std::size_t>(N + 1), 0.0);
+  const double a = std::pow(g.sigma_max, 1.0 / g.rho), b = std::pow(g.sigma_min, 1.0 / g.rho);
+  for (std::int64_t i = 0; i < N; ++i)
+    s[static_cast<std::size_t>(i)] = N == 1 ? g.sigma_max : std::pow(a + static_cast<double>(i) / static_cast<double>(N - 1) * (b - a), g.rho);
+  s[0] = g.sigma_max;  // exact ends
+  if (N > 1) s[static_cast<std::size_t>(N - 1)] = g.sigma_min;
+  return s;
+}
+
+VPSchedule::VPSchedule(std::int64_t t, double beta_start, double beta_end) : T(t) {
+  TG_CHECK(T >= 2, "VPSchedule: need at least 2 steps, got {}", T);
+  TG_CHECK(beta_start > 0 && beta_end >= beta_start && beta_end < 1, "VPSchedule: need 0 < beta_start ({}) <= beta_end ({}) < 1",
+           beta_start, beta_end);
+  beta.assign(static_cast<std::size_t>(T + 1), 0.0);
+  alpha_bar.assign(static_cast<std::size_t>(T + 1), 1.0);
+  for (std::int64_t i = 1; i <= T; ++i) {
+    const auto u = static_cast<std::size_t>(i);
+    beta[u] = beta_start + (beta_end - beta_start) * static_cast<double>(i - 1) / static_cast<double>(T - 1);
+    alpha_bar[u] = alpha_bar[u - 1] * (1.0 - beta[u]);
+  }
+}
+
+double VPSchedule::sigma(std::int64_t t) const {
+  TG_CHECK(t >= 0 && t <= T, "VPSchedule: step {} is outside 0..{}", t, T);
+  const double ab = alpha_bar[static_cast<std::size_t>(t)];
+  return std::sqrt((1.0 - ab) / ab);
+}
+
+std::vector<std::int64_t> VPSchedule::timesteps(std::int64_t S) const {
+  TG_CHECK(S >= 1 && S <= T, "VPSchedule: {} sampling steps for a schedule of {}", S, T);
+  std::vector<std::int64_t> taus(static_cast<std::size_t>(S));
+  for (std::int64_t i = 0; i < S; ++i) taus[static_cast<std::size_t>(i)] = 1 + i * T / S;
+  return taus;
+}
+
+Tensor euler_step(const Tensor& x, const Tensor& denoised, double sigma, double sigma_next) {
+  TG_CHECK(sigma > 0, "euler_step: sigma must be positive, got {}", sigma);
+  return x + (x - denoised) * ((sigma_next - sigma) / sigma);
+}
+
+double ddim_sigma(double abar_t, double abar_s, double eta) {
+  TG_CHECK(abar_t > 0 && abar_t < abar_s && abar_s <= 1, "ddim: need 0 < abar_t ({}) < abar_s ({}) <= 1", abar_t, abar_s);
+  return eta * std::sqrt((1.0 - abar_s) / (1.0 - abar_t)) * std::sqrt(1.0 - abar_t / abar_s);
+}
+
+Tensor ddim_step(const Tensor& x_t, const Tensor& eps, double abar_t, double abar_s, double eta, const Tensor& z) {
+  const double sig = ddim_sigma(abar_t, abar_s, eta);
+  const Tensor x0 = (x_t - eps * std::sqrt(1.0 - abar_t)) / std::sqrt(abar_t);
+  Tensor x_s = x0 * std::sqrt(abar_s) + eps * std::sqrt(std::max(0.0, 1.0 - abar_s - sig * sig));
+  if (sig > 0) {
+    TG_CHECK(z.defined(), "ddim_step: eta = {} needs the noise z", eta);
+    x_s = x_s + z * sig;
+  }
+  return x_s;
+}
+
+namespace {
+
+// D with its evaluations counted, and the state checked.
+struct Counted {
+  const Denoiser& D;
+  std::int64_t n = 0;
+  Tensor operator()(const Tensor& x, double sigma) {
+    ++n;
+    Tensor d = D(x, sigma);
+    TG_CHECK(d.defined() && d.shape() == x.shape(), "sampler: the denoiser returned {} for x {}",
+             d.defined() ? d.shape() : Shape{}, x.shape());
+    return d.to(DType::f64);
+  }
+};
+
+void check_sigmas(const std::vector<double>& s) {
+  TG_CHECK(s.size() >= 2 && s.back() == 0.0, "sampler: the noise levels must end with 0 (got {} levels)", s.size());
+  for (std::size_t i = 0; i + 1 < s.size(); ++i)
+    TG_CHECK(s[i] > s[i + 1], "sampler: noise levels must decrease (sigma_{} = {}, sigma_{} = {})", i, s[i], i + 1, s[i + 1]);
+}
+
+}  // namespace
+
+SampleResult edm_euler(const Denoiser& D, const Tensor& x0, const std::vector<double>& sigmas) {
+  check_sigmas(sigmas);
+  NoGradGuard no_grad;
+  Counted d{D};
+  Tensor x = x0.to(DType::f64);  // [B, C, S, S]
+  for (std::size_t i = 0; i + 1 < sigmas.size(); ++i) x = euler_step(x, d(x, sigmas[i]), sigmas[i], sigmas[i + 1]);
+  return {x, d.n};
+}
+
+SampleResult edm_heun(const Denoiser& D, const Tensor& x0, const std::vector<double>& sigmas) {
+  check_sigmas(sigmas);
+  NoGradGuard no_grad;
+  Counted d{D};
+  Tensor x = x0.to(DType::f64);  // [B, C, S, S]
+  for (std::size_t i = 0; i + 1 < sigmas.size(); ++i) {
+    const double s = sigmas[i], s_next = sigmas[i + 1];
+    const Tensor di = (x - d(x, s)) / s;  // dx/dsigma at (x, s)
+    const Tensor xe = x + di * (s_next - s);
+    if (s_next == 0.0) {
+      x = xe;
+    } else {
+      const Tensor dn = (xe - d(xe, s_next)) / s_next;
+      x = x + (di + dn) * (0.5 * (s_next - s));
+    }
+  }
+  return {x, d.n};
+}
+
+SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& sch, const std::vector<std::int64_t>& taus,
+                  double eta, Generator* gen) {
+  TG_CHECK(!taus.empty(), "ddim: no time steps");
+  for (std::size_t i = 0; i < taus.size(); ++i)
+    TG_CHECK(taus[i] >= 1 && taus[i] <= sch.T && (i == 0 || taus[i] > taus[i - 1]),
+             "ddim: time steps must increase within 1..{} (tau_{} = {})", sch.T, i + 1, taus[i]);
+  TG_CHECK(eta >= 0, "ddim: eta must be >= 0, got {}", eta);
+  TG_CHECK(eta == 0 || gen != nullptr, "ddim: eta = {} needs a generator for the noise", eta);
+  NoGradGuard no_grad;
+  Counted d{D};
+  Tensor x = x_T.to(DType::f64);  // [B, C, S, S], VP coordinates
+  for (std::size_t i = taus.size(); i-- > 0;) {
+    const double abar_t = sch.alpha_bar[static_cast<std::size_t>(taus[i])];
+    const double abar_s = i > 0 ? sch.alpha_bar[static_cast<std::size_t>(taus[i - 1])] : 1.0;
+    const double sigma = sch.sigma(taus[i]);
+    const Tensor xbar = x / std::sqrt(abar_t);         // EDM coordinates
+    const Tensor eps = (xbar - d(xbar, sigma)) / sigma;  // predicted noise
+    Tensor z;
+    if (ddim_sigma(abar_t, abar_s, eta) > 0) z = randn(x.shape(), DType::f64, *gen);
+    x = ddim_step(x, eps, abar_t, abar_s, eta, z);
+  }
+  return {x, d.n};
+}
+
+std::int64_t expected_nfe(const SamplerConfig& c) {
+  TG_CHECK(c.steps >= 1, "sampler: need at least one step, got {}", c.steps);
+  return c.kind == SamplerKind::heun ? 2 * c.steps - 1 : c.steps;
+}
+
+SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta) {
+  TG_CHECK(nfe >= 1, "sampler: NFE must be positive, got {}", nfe);
+  SamplerConfig c;
+  c.kind = kind;
+  c.eta = kind == SamplerKind::ddpm ? 1.0 : eta;
+  if (kind == SamplerKind::heun) {
+    TG_CHECK(nfe % 2 == 1, "sampler: Heun makes 2N - 1 evaluations for N steps, so NFE must be odd (got {})", nfe);
+    c.steps = (nfe + 1) / 2;
+  } else {
+    c.steps = nfe;
+  }
+  return c;
+}
+
+SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, Generator* gen) {
+  TG_CHECK(noise.defined() && noise.is_floating_point(), "sample: the noise must be a float tensor");
+  TG_CHECK(c.steps >= 1, "sample: need at least one step, got {}", c.steps);
+  switch (c.kind) {
+    case SamplerKind::euler:
+    case SamplerKind::heun: {
+      const std::vector<double> s = edm_sigmas(c.steps, c.grid);
+      const Tensor x = noise.to(DType::f64) * s[0];
+      return c.kind == SamplerKind::euler ? edm_euler(D, x, s) : edm_heun(D, x, s);
+    }
+    case SamplerKind::ddim:
+    case SamplerKind::ddpm: {
+      const VPSchedule sch(c.T);
+      return ddim(D, noise, sch, sch.timesteps(c.steps), c.kind == SamplerKind::ddpm ? 1.0 : c.eta, gen);
+    }
+  }
+  TG_FAIL("sample: unknown sampler");
+}
+
+}  // namespace tg::models::diffusion

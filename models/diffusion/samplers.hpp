@@ -1,0 +1,89 @@
+// Diffusion samplers with an exact count of denoiser evaluations (NFE), on a denoiser D(x; sigma)
+// (edm.hpp). The sampler state is f64 (as the official EDM code); the network may run in f32.
+//
+//   EDM Euler (NFE = N) and Heun (NFE = 2N - 1) on the probability-flow ODE dx/dsigma = (x - D)/sigma
+//   over the grid sigma_i = (smax^(1/r) + i/(N-1) (smin^(1/r) - smax^(1/r)))^r, sigma_N = 0; the last
+//   step (to sigma = 0) is a plain Euler step. Start: x = sigma_0 n.
+//
+//   DDIM(eta) and DDPM ancestral (= DDIM with eta = 1) on the VP schedule abar_t = prod_{s<=t}(1 - beta_s),
+//   beta linear 1e-4 -> 0.02 over T = 1000, for the sub-sequence tau_i = 1 + floor((i - 1) T / S),
+//   i = 1..S (the DDIM paper's uniform spacing; S = T is the full chain). Start: x_T = n. With
+//   t = tau_i, s = tau_{i-1} (abar_0 = 1):
+//     x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+//     sig_t  = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t / abar_s)
+//     x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sig_t^2) eps + sig_t z
+//   where the eps-prediction comes from D in EDM coordinates: xbar = x / sqrt(abar), sigma(t) =
+//   sqrt((1 - abar_t) / abar_t), eps = (xbar - D(xbar; sigma)) / sigma (so x0_hat = D). A DDIM (eta = 0)
+//   step is then exactly an Euler step in (xbar, sigma) coordinates (spec §1.4.2).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/random.hpp"
+#include "models/diffusion/edm.hpp"
+
+namespace tg::models::diffusion {
+
+enum class SamplerKind { euler, heun, ddim, ddpm };
+SamplerKind parse_sampler(const std::string& name);  // "euler", "heun", "ddim", "ddpm"
+std::string sampler_name(SamplerKind k);
+
+struct EDMGrid {
+  double sigma_min = 0.002, sigma_max = 80.0, rho = 7.0;
+};
+// N + 1 noise levels sigma_0 = sigma_max > ... > sigma_{N-1} = sigma_min > sigma_N = 0 (N >= 1; N = 1 gives
+// {sigma_max, 0}).
+std::vector<double> edm_sigmas(std::int64_t steps, const EDMGrid& grid = {});
+
+// The discrete VP (DDPM) schedule, 1-based: beta[t], alpha_bar[t] for t = 1..T; alpha_bar[0] = 1.
+struct VPSchedule {
+  explicit VPSchedule(std::int64_t T = 1000, double beta_start = 1e-4, double beta_end = 0.02);
+  std::int64_t T;
+  std::vector<double> beta, alpha_bar;  // [T + 1]
+  // sqrt((1 - abar_t) / abar_t): the EDM noise level of step t (0 for t = 0).
+  double sigma(std::int64_t t) const;
+  // tau_1 < ... < tau_S (see the file comment); 1 <= S <= T.
+  std::vector<std::int64_t> timesteps(std::int64_t S) const;
+};
+
+// ---- single steps (f64 tensors of any shape) ------------------------------------------------------------------
+// x + (sigma_next - sigma) (x - denoised) / sigma.
+Tensor euler_step(const Tensor& x, const Tensor& denoised, double sigma, double sigma_next);
+// sig_t of a DDIM step from abar_t to abar_s.
+double ddim_sigma(double abar_t, double abar_s, double eta);
+// x_s from x_t and the predicted noise eps; z is the fresh noise (may be undefined when eta = 0).
+Tensor ddim_step(const Tensor& x_t, const Tensor& eps, double abar_t, double abar_s, double eta, const Tensor& z = {});
+
+// ---- samplers -------------------------------------------------------------------------------------------------
+struct SampleResult {
+  Tensor x;             // f64 [B, C, S, S], the sample at sigma = 0
+  std::int64_t nfe = 0;  // denoiser evaluations actually made
+};
+
+// From the initial state x (f64, already at sigma_0: x = sigma_0 n for the EDM start) along `sigmas`
+// (decreasing, last = 0).
+SampleResult edm_euler(const Denoiser& D, const Tensor& x, const std::vector<double>& sigmas);
+SampleResult edm_heun(const Denoiser& D, const Tensor& x, const std::vector<double>& sigmas);
+// From x_T (VP coordinates) over the increasing time steps taus (tau_1 .. tau_S). gen draws z when
+// eta > 0 (required then).
+SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& schedule, const std::vector<std::int64_t>& taus,
+                  double eta, Generator* gen = nullptr);
+
+struct SamplerConfig {
+  SamplerKind kind = SamplerKind::heun;
+  std::int64_t steps = 5;  // N for Euler/Heun, S for DDIM/DDPM
+  double eta = 0.0;        // DDIM only (DDPM always uses 1)
+  EDMGrid grid;
+  std::int64_t T = 1000;   // VP schedule length for DDIM/DDPM
+};
+// The number of denoiser evaluations of a configuration: N, 2N - 1 (Heun), S.
+std::int64_t expected_nfe(const SamplerConfig& c);
+// The configuration with exactly `nfe` evaluations (Heun needs an odd nfe >= 1).
+SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta = 0.0);
+
+// Samples from the standard-normal noise n [B, C, S, S] (any float dtype): Euler/Heun start at
+// sigma_max n, DDIM/DDPM at x_T = n. gen draws the ancestral noise of DDPM / DDIM with eta > 0.
+SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, Generator* gen = nullptr);
+
+}  // namespace tg::models::diffusion

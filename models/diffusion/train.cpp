@@ -1,0 +1,156 @@
+#include "models/diffusion/train.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numbers>
+#include <deque>
+#include <filesystem>
+#include <optional>
+
+#include "core/autograd.hpp"
+#include "nn/checkpoint.hpp"
+#include "nn/data.hpp"
+#include "nn/output.hpp"
+#include "ops/conv.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
+
+namespace tg::models::diffusion {
+
+std::int64_t content_size(std::int64_t size) {
+  const std::int64_t c = size >= 28 ? 28 : 14;
+  TG_CHECK(size >= c && (size - c) % 2 == 0, "diffusion data: image size {} must be 14 or 28 plus an even padding", size);
+  return c;
+}
+
+Tensor to_model_space(const Tensor& images, std::int64_t size) {
+  TG_CHECK(images.dim() == 4 && images.shape()[1] == 1 && images.shape()[2] == 28 && images.shape()[3] == 28,
+           "to_model_space: expected images [N, 1, 28, 28], got {}", images.shape());
+  const std::int64_t c = content_size(size);
+  Tensor x = c == 14 ? nn::data::downsample(images, 2) : images;  // [N, 1, c, c] in [0, 1]
+  if (size != c) x = nn::data::pad_to(x, size);                     // [N, 1, size, size]
+  return x * 2.0 - 1.0;                                             // [-1, 1]
+}
+
+Tensor to_image_space(const Tensor& x, std::int64_t size) {
+  TG_CHECK(x.dim() == 4 && x.shape()[2] == size && x.shape()[3] == size, "to_image_space: expected x [N, C, {}, {}], got {}",
+           size, size, x.shape());
+  const std::int64_t c = content_size(size), off = (size - c) / 2;
+  const Tensor crop = x.narrow(2, off, c).narrow(3, off, c);                   // [N, C, c, c]
+  const Tensor img = ops::clamp((crop.to(DType::f32) + 1.0) * 0.5, 0.0, 1.0);  // [0, 1]
+  return c == 14 ? ops::upsample(img, 2.0) : img.contiguous();                 // [N, C, 28, 28]
+}
+
+TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& labels, const TrainOptions& o) {
+  TG_CHECK(images.dim() == 4 && images.shape()[0] > 0, "diffusion fit: expected images [N, C, S, S], got {}", images.shape());
+  TG_CHECK(!o.class_conditional || (labels.defined() && labels.shape()[0] == images.shape()[0] && model.config.num_classes > 0),
+           "diffusion fit: class-conditional training needs labels [N] and a model with num_classes > 0");
+  TG_CHECK(o.batch > 0 && o.lr > 0 && o.warmup >= 0 && o.checkpoint_every > 0, "diffusion fit: bad batch {}, lr {}, warmup {}",
+           o.batch, o.lr, o.warmup);
+  TG_CHECK(o.minutes > 0 || o.max_steps >= 0, "diffusion fit: give a time budget or a step limit");
+  TG_CHECK(model.skip_scales.empty(), "diffusion fit: Skip-Tuning is a sampling option; clear it before training");
+  nn::Adam opt(model.named_parameters(), {.lr = o.lr});
+  nn::data::BatchSampler sampler(images.shape()[0], o.batch, /*shuffle=*/true, o.seed, /*drop_last=*/true);
+  Generator gen(o.seed + 1);
+  const std::int64_t per_epoch = sampler.batches_per_epoch();
+  TG_CHECK(per_epoch > 0, "diffusion fit: {} images do not fill one batch of {}", images.shape()[0], o.batch);
+  std::int64_t step = 0;
+  double prior_seconds = 0;
+  if (o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
+    const nn::TrainingState st = nn::load_training_checkpoint(o.checkpoint, model, opt, gen, &ema);
+    step = st.step;
+    if (auto it = st.metadata.find("train_seconds"); it != st.metadata.end()) prior_seconds = std::stod(it->second);
+    fmt::print(stderr, "resumed from {} at step {} ({:.0f} s trained)\n", o.checkpoint, step, prior_seconds);
+  }
+  auto save = [&](double seconds) {
+    if (!o.checkpoint.empty())
+      nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen, &ema,
+                                   {{"train_seconds", fmt::format("{:.3f}", seconds)}});
+  };
+  const double budget = o.minutes > 0 ? o.minutes * 60.0 : 0.0;
+  std::optional<nn::output::ProgressBar> bar;
+  if (o.progress) {
+    if (o.max_steps >= 0) bar.emplace(std::max<std::int64_t>(0, o.max_steps - step), "train (steps)");
+    else bar.emplace(static_cast<std::int64_t>(std::max(0.0, budget - prior_seconds)), "train (seconds of budget)");
+  }
+  model.train();
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  std::deque<double> recent;
+  const std::int64_t first = step;
+  while (true) {
+    const double secs = prior_seconds + elapsed();
+    if ((o.max_steps >= 0 && step >= o.max_steps) || (budget > 0 && secs >= budget)) break;
+    if (o.stop_after >= 0 && step - first >= o.stop_after) break;
+    const Tensor idx = sampler.batch(step / per_epoch, step % per_epoch);            // [B] i64
+    const Tensor x0 = ops::index_select(images, 0, idx);                             // [B, C, S, S]
+    const Tensor y = o.class_conditional ? ops::index_select(labels, 0, idx) : Tensor();  // [B]
+    const double frac = o.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(o.max_steps) : secs / budget;
+    const double warm = o.warmup > 0 ? std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(o.warmup)) : 1.0;
+    const double lr = o.lr * warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + std::cos(std::numbers::pi * std::min(1.0, frac))));
+    opt.set_lr(lr);
+    opt.zero_grad();
+    const Tensor loss = edm_loss(model, x0, y, o.edm, gen).loss;
+    loss.backward();
+    opt.step();
+    const double decay = o.ema_warmup ? std::min(ema.decay(), (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)))
+                                      : ema.decay();
+    if (decay < ema.decay()) {  // shadow = decay * shadow + (1 - decay) * param, on the EMA's own tensors
+      NoGradGuard no_grad;
+      const auto params = model.state();
+      auto shadow = ema.state();
+      for (std::size_t i = 0; i < params.size(); ++i)
+        shadow[i].tensor.copy_(shadow[i].tensor * decay + params[i].tensor.detach() * (1 - decay));
+    } else {
+      ema.update(model);
+    }
+    ++step;
+    const double l = loss.item();
+    TG_CHECK(std::isfinite(l), "diffusion fit: the loss is {} at step {}", l, step);
+    recent.push_back(l);
+    if (recent.size() > 200) recent.pop_front();
+    const double now = prior_seconds + elapsed();
+    if (o.on_step) o.on_step({step, l, lr, now});
+    if (bar) bar->update(o.max_steps >= 0 ? step - first : static_cast<std::int64_t>(now - prior_seconds), l);
+    if (step % o.checkpoint_every == 0) save(now);
+  }
+  const double total = prior_seconds + elapsed();
+  if (bar) bar->finish();
+  save(total);
+  model.eval();
+  TrainResult r;
+  r.steps = step;
+  r.seconds = total;
+  for (double l : recent) r.final_loss += l / static_cast<double>(recent.size());
+  return r;
+}
+
+Generated generate(const UNet& net, const GenerateOptions& o) {
+  TG_CHECK(o.count > 0 && o.batch > 0, "generate: count ({}) and batch ({}) must be positive", o.count, o.batch);
+  const std::int64_t S = net.config.image_size, C = net.config.in_channels;
+  Generator noise_gen(o.noise_seed);
+  const Tensor noise = randn({o.count, C, S, S}, DType::f32, noise_gen);  // [count, C, S, S]
+  Generated g;
+  const bool cond = o.class_conditional && net.config.num_classes > 0;
+  if (cond) {  // balanced classes: i mod num_classes
+    std::vector<std::int64_t> y(static_cast<std::size_t>(o.count));
+    for (std::int64_t i = 0; i < o.count; ++i) y[static_cast<std::size_t>(i)] = i % net.config.num_classes;
+    g.labels = from_vector(y, {o.count});
+  }
+  Tensors parts;
+  for (std::int64_t s = 0; s < o.count; s += o.batch) {
+    const std::int64_t m = std::min(o.batch, o.count - s);
+    const Tensor y = cond ? g.labels.narrow(0, s, m) : Tensor();
+    Generator anc(o.noise_seed * 1000003ULL + 7919ULL * static_cast<std::uint64_t>(s / o.batch) + 1ULL);
+    const SampleResult r = sample(unet_denoiser(net, y, o.guidance), noise.narrow(0, s, m), o.sampler, &anc);
+    g.nfe = r.nfe;
+    parts.push_back(r.x.to(DType::f32));  // [m, C, S, S]
+  }
+  g.x = ops::cat(parts, 0);
+  return g;
+}
+
+}  // namespace tg::models::diffusion
