@@ -14,67 +14,15 @@
 
 namespace tg::models::transformer {
 
-SelfAttention::SelfAttention(std::int64_t dim, std::int64_t h, bool bias, Generator* gen) : heads(h) {
-  TG_CHECK(dim > 0 && h > 0 && dim % h == 0, "SelfAttention: {} heads must divide dim {}", h, dim);
-  head_dim = dim / h;
-  const nn::LinearOptions lin{.bias = bias, .gen = gen};
-  q = nn::Linear(dim, dim, lin);
-  k = nn::Linear(dim, dim, lin);
-  v = nn::Linear(dim, dim, lin);
-  out = nn::Linear(dim, dim, lin);
-}
-
-Tensor SelfAttention::operator()(const Tensor& x, const nn::RotaryTables& rot, nn::KVCache* cache) const {
-  TG_CHECK(x.dim() == 3 && x.shape()[2] == heads * head_dim, "SelfAttention: expected x [B, T, {}], got {}",
-           heads * head_dim, x.shape());
-  const std::int64_t B = x.shape()[0], T = x.shape()[1], C = heads * head_dim;
-  const Tensor qr = ops::apply_rotary(q(x).reshape({B, T, heads, head_dim}), rot.cos, rot.sin, rot.layout);  // [B, T, H, d]
-  const Tensor kr = ops::apply_rotary(k(x).reshape({B, T, heads, head_dim}), rot.cos, rot.sin, rot.layout);  // [B, T, H, d]
-  const Tensor vr = v(x).reshape({B, T, heads, head_dim});                                                   // [B, T, H, d]
-  const Tensor qh = qr.permute({0, 2, 1, 3});  // [B, H, T, d] (a view: the attention kernel reads it in place)
-  Tensor kh = kr.permute({0, 2, 1, 3});        // [B, H, T, d]
-  Tensor vh = vr.permute({0, 2, 1, 3});        // [B, H, T, d]
-  if (cache) {
-    nn::KVCache& c = *cache;
-    TG_CHECK(!grad_enabled() || !kh.requires_grad(),
-             "SelfAttention: the KV cache is for inference; run decoding under NoGradGuard");
-    TG_CHECK(c.length + T <= c.capacity, "SelfAttention: the KV cache holds {} positions; {} + {} do not fit",
-             c.capacity, c.length, T);
-    if (!c.k.defined() || c.k.shape()[0] != B) {
-      TG_CHECK(c.length == 0, "SelfAttention: the KV cache was filled for another batch size");
-      c.k = zeros({B, heads, c.capacity, head_dim}, x.dtype());  // [B, H, capacity, d]: rotated keys
-      c.v = zeros({B, heads, c.capacity, head_dim}, x.dtype());  // [B, H, capacity, d]
-    }
-    c.k.narrow(2, c.length, T).copy_(kh);
-    c.v.narrow(2, c.length, T).copy_(vh);
-    c.length += T;
-    kh = c.k.narrow(2, 0, c.length);  // [B, H, cached + T, d]
-    vh = c.v.narrow(2, 0, c.length);  // [B, H, cached + T, d]
-  }
-  ops::AttentionOptions opt;
-  opt.causal = true;  // bottom-right aligned: with a cache, the new queries see all cached keys
-  const Tensor o = ops::scaled_dot_product_attention(qh, kh, vh, opt);  // [B, H, T, d]
-  return out(o.permute({0, 2, 1, 3}).reshape({B, T, C}));               // [B, T, dim]
-}
-
-void SelfAttention::visit(nn::Visitor& vis) {
-  vis.module("q", q);
-  vis.module("k", k);
-  vis.module("v", v);
-  vis.module("out", out);
-}
-
-std::string SelfAttention::extra_repr() const { return fmt::format("dim={}, heads={}", heads * head_dim, heads); }
-
 Block::Block(const Config& c, Generator* gen)
     : norm1(c.dim, c.norm, {.eps = c.norm_eps}),
       norm2(c.dim, c.norm, {.eps = c.norm_eps}),
-      attn(c.dim, c.heads, c.bias, gen),
+      attn(c.dim, c.heads, {.bias = c.bias, .gen = gen}),
       mlp(c.dim, static_cast<std::int64_t>(c.mlp_ratio * static_cast<double>(c.dim)), c.dim,
           {.activation = c.activation, .swiglu = c.swiglu, .bias = c.bias, .gen = gen}) {}
 
 Tensor Block::operator()(const Tensor& x, const nn::RotaryTables& rotary, nn::KVCache* cache) const {
-  const Tensor h = x + attn(norm1(x), rotary, cache);  // [B, T, dim]
+  const Tensor h = x + attn(norm1(x), {.causal = true, .rotary = &rotary, .cache = cache});  // [B, T, dim]
   return h + mlp(norm2(h));                           // [B, T, dim]
 }
 
@@ -129,12 +77,7 @@ Tensor Transformer::hidden(const Inputs& in, std::vector<nn::KVCache>* caches) c
   } else {
     TG_CHECK(!in.patches.defined(), "Transformer: patches were given without is_patch (which positions are patches?)");
   }
-  // Rotary tables in the attention's [B, T, H, d] layout, materialised once for every layer (the
-  // rotary op would otherwise expand them per call): [B, T, H, hd/2].
-  nn::RotaryTables rot = rope.tables(in.positions, x.dtype());  // cos/sin [T, hd/2] or [B, 1, T, hd/2]
-  const std::int64_t H = config.heads, half = config.head_dim() / 2;
-  for (Tensor* t : {&rot.cos, &rot.sin})
-    *t = (t->dim() == 2 ? t->reshape({1, T, 1, half}) : t->reshape({B, T, 1, half})).expand({B, T, H, half}).contiguous();
+  const nn::RotaryTables rot = rope.tables(in.positions, x.dtype());  // cos/sin [T, hd/2] or [B, 1, T, hd/2]
   for (std::size_t l = 0; l < blocks.size(); ++l) x = blocks[l](x, rot, caches ? &(*caches)[l] : nullptr);  // [B, T, dim]
   return norm(x);  // [B, T, dim]
 }

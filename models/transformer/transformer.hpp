@@ -46,29 +46,6 @@ struct Inputs {
   Tensor positions;  // [T, A] (shared by the batch) or [B, T, A], e.g. PositionBuilder::positions()
 };
 
-// Causal self-attention with separate q, k, v projections (dim -> dim each) and rotary q/k.
-//   x [B, T, dim] -> [B, T, dim]
-// Compared with nn::MultiheadAttention (one fused dim -> 3 dim projection, then a select per q/k/v),
-// separate projections avoid three full-size zero-filled gradients (the backward of each select)
-// per layer and step, and rotary embeddings are applied in the projection's own [B, T, H, d]
-// layout without a copy (about 4% of a training step of the benchmark model; see the README).
-class SelfAttention : public nn::Module {
- public:
-  SelfAttention() = default;
-  SelfAttention(std::int64_t dim, std::int64_t heads, bool bias, Generator* gen);
-
-  // rotary: cos/sin [B, T, H, d/2] (or [T, H, d/2]; Transformer::hidden lays them out). With a
-  // cache: appends this call's rotated keys and values and attends over everything cached.
-  Tensor operator()(const Tensor& x, const nn::RotaryTables& rotary, nn::KVCache* cache = nullptr) const;
-
-  void visit(nn::Visitor& v) override;
-  std::string type_name() const override { return "SelfAttention"; }
-  std::string extra_repr() const override;
-
-  nn::Linear q, k, v, out;
-  std::int64_t heads = 1, head_dim = 1;
-};
-
 // Pre-norm block: h = x + attn(norm1(x)); h + mlp(norm2(h)).   x [B, T, dim] -> [B, T, dim]
 class Block : public nn::Module {
  public:
@@ -79,7 +56,7 @@ class Block : public nn::Module {
   std::string type_name() const override { return "Block"; }
 
   nn::Norm norm1, norm2;
-  SelfAttention attn;
+  nn::MultiheadAttention attn;  // causal self-attention, rotary q/k, optional KV cache
   nn::MLP mlp;
 };
 

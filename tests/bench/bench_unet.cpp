@@ -14,6 +14,8 @@
 //   bench_unet [--threads N] [--warmup W] [--steps S] [batch] [all|step|fwd]   (step/fwd: one of the two, e.g. for perf)
 #include <fmt/core.h>
 
+#include <ctime>
+
 #include "core/autograd.hpp"
 #include "core/random.hpp"
 #include "nn/conv.hpp"
@@ -32,7 +34,10 @@ using namespace tg;
 namespace {
 
 nn::Conv2d conv3(std::int64_t in, std::int64_t out, std::int64_t stride = 1) {
-  return nn::Conv2d(in, out, 3, {.stride = {stride, stride}, .padding = {1, 1}});
+  nn::Conv2dOptions options;
+  options.stride = {stride, stride};
+  options.padding = {1, 1};
+  return nn::Conv2d(in, out, 3, options);
 }
 
 struct ResBlock : nn::Module {
@@ -143,16 +148,23 @@ int main(int argc, char** argv) {
       opt.step();
     };
     const std::string shape = fmt::format("unet B{} 28x28", B);
-    if (what != "fwd") {
-      const bench::Stats st = bench::time_steps(step, args.warmup, args.steps);
-      bench::emit("train_unet", shape + " step", args.threads, st,
-                  fmt::format("\"samples_per_s\": {:.1f}, \"params\": {}", B / st.median_s, model.num_parameters()));
-    }
+    // Times the steps after the warmup, and adds the process CPU time per step: at 1 thread it is
+    // the compute time even when other jobs share the cores (wall time then includes waiting).
+    auto measure = [&](auto&& fn, int warmup, const std::string& name, const std::string& extra) {
+      for (int i = 0; i < warmup; ++i) fn();
+      const std::clock_t c0 = std::clock();
+      const bench::Stats st = bench::time_steps(fn, 0, args.steps);
+      const double cpu = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC / args.steps;
+      bench::emit("train_unet", shape + name, args.threads, st,
+                  fmt::format("\"cpu_s_per_step\": {:.6g}{}{}", cpu, extra.empty() ? "" : ", ", extra));
+      return st;
+    };
+    if (what != "fwd") measure(step, args.warmup, " step", fmt::format("\"params\": {}", model.num_parameters()));
     auto fwd = [&] {
       NoGradGuard no_grad;
       (void)model(x0[0], ts[0]);
     };
-    if (what != "step") bench::emit("train_unet", shape + " fwd (no_grad)", args.threads, bench::time_steps(fwd, 3, args.steps));
+    if (what != "step") measure(fwd, 3, " fwd (no_grad)", "");
   } catch (const tg::Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;

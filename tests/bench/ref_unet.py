@@ -5,6 +5,7 @@
   python3 ref_unet.py [--threads N] [--warmup W] [--steps S] [--batch B]
 """
 import math
+import time
 
 import bench_util as bu
 
@@ -97,15 +98,25 @@ def main():
         opt.step()
 
     shape = "unet B%d 28x28" % B
-    times = bu.time_steps(step, args.warmup, args.steps)
-    bu.emit("train_unet", shape + " step", args.threads, times,
-            samples_per_s=round(B / sorted(times)[len(times) // 2], 1), params=nparams)
+
+    def measure(fn, warmup):
+        # The steps after the warmup, and the process CPU time per step (at 1 thread the compute
+        # time even when other jobs share the cores).
+        for _ in range(warmup):
+            fn()
+        c0 = time.process_time()
+        times = bu.time_steps(fn, 0, args.steps)
+        return times, (time.process_time() - c0) / args.steps
+
+    times, cpu = measure(step, args.warmup)
+    bu.emit("train_unet", shape + " step", args.threads, times, cpu_s_per_step=round(cpu, 6), params=nparams)
 
     def fwd():
         with torch.no_grad():
             model(x0[0], ts[0])
 
-    bu.emit("train_unet", shape + " fwd (no_grad)", args.threads, bu.time_steps(fwd, 3, args.steps))
+    times, cpu = measure(fwd, 3)
+    bu.emit("train_unet", shape + " fwd (no_grad)", args.threads, times, cpu_s_per_step=round(cpu, 6))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ TEST_CASE("transformer: shapes, parameter names, tied head, errors", "[models][t
   CHECK(names[1] == "patch_in.weight");
   CHECK(names[3] == "blocks.0.norm1.weight");
   CHECK(names.back() == "head.weight");
-  CHECK(m.blocks[0].attn.q.bias.defined() == false);  // biases off by default
+  CHECK(m.blocks[0].attn.qkv.bias.defined() == false);  // biases off by default
   tf::Config tied = small_config(1);
   tied.tied_head = true;
   tied.norm = nn::NormKind::rms;
