@@ -587,11 +587,13 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
           prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
           prefetch_range_for_write(y + ((n + 1) * g.o + gi * og) * P, og * P * int64_t(sizeof(T)));
         }
-        for (int64_t panel = 0; panel < panels; ++panel) {
-          const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
-          const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
-          for (int64_t v0 = 0; v0 < nvec; v0 += kImplicitNV) {
-            const int nv = static_cast<int>(std::min<int64_t>(kImplicitNV, nvec - v0));
+        // Positions outer, output-channel panels inner: the input window of a strip of positions
+        // (cg planes x kh rows x ~3 vectors) stays in L1 while every panel's weights stream past it.
+        for (int64_t v0 = 0; v0 < nvec; v0 += kImplicitNV) {
+          const int nv = static_cast<int>(std::min<int64_t>(kImplicitNV, nvec - v0));
+          for (int64_t panel = 0; panel < panels; ++panel) {
+            const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
+            const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
             kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, off.data(), xb.get() + v0 * L, wpan,
                                                                  yb.get() + panel * MR * ystride + v0 * L, ystride);
           }
