@@ -1,7 +1,6 @@
 // Standalone correctness checker for ops/kernels/fft.{hpp,cpp}.
 //
-//   g++ -O2 -std=c++20 -I<repo> tests/bench/fft_check.cpp ops/kernels/fft.cpp -ltbb -o fft_check
-//   ./fft_check            (exit status 0 when every check passes)
+//   build/tests/fft_check [quick]   (exit status 0 when every check passes; ctest runs "quick")
 //
 // Checks, for float and double:
 //  * accuracy against a naive O(n^2) DFT in long double, for every n in 1..300 and a set of
