@@ -30,7 +30,8 @@ namespace {
 struct TrainArgs {
   std::string model = "mlp", out, data;
   std::int64_t epochs = 3, batch = 128, max_steps = -1, max_train = 0;
-  double lr = 1e-3;
+  double lr = 2e-3;
+  std::string schedule = "cosine";
   std::uint64_t seed = 0;
   bool synthetic = false, resume = false;
 };
@@ -84,13 +85,13 @@ int train(const TrainArgs& a) {
   fmt::print("{}\n", model.to_string());
   {
     nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},
-                          {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
+                          {"schedule", a.schedule}, {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
                           {"max_steps", a.max_steps}, {"max_train", a.max_train}, {"parameters", model.num_parameters()}};
     std::ofstream(out + "/config.json") << cfg.dump(2) << "\n";
   }
   nn::output::CsvWriter metrics(out + "/metrics.csv", {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "epoch_seconds"});
   nn::output::Series step_loss{"train loss (per step)", {}, {}}, test_loss{"test loss (per epoch)", {}, {}};
-  cls::FitOptions fo{.epochs = a.epochs, .batch = a.batch, .lr = a.lr, .seed = a.seed, .max_steps = a.max_steps,
+  cls::FitOptions fo{.epochs = a.epochs, .batch = a.batch, .lr = a.lr, .schedule = a.schedule, .seed = a.seed, .max_steps = a.max_steps,
                      .checkpoint = out + "/checkpoint.safetensors", .resume = a.resume};
   fo.on_step = [&](std::int64_t step, double loss) {
     step_loss.x.push_back(static_cast<double>(step));
@@ -192,6 +193,8 @@ int main(int argc, char** argv) {
   tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(CLI::PositiveNumber);
   tr->add_option("--batch", ta.batch, "Batch size")->check(CLI::PositiveNumber);
   tr->add_option("--lr", ta.lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  tr->add_option("--schedule", ta.schedule, "Learning rate over the run: cosine (decays to 0 by the last epoch) or constant")
+      ->check(CLI::IsMember({"cosine", "constant"}));
   tr->add_option("--seed", ta.seed, "Seed for initialisation and batch order");
   tr->add_option("--out", ta.out, "Run folder (default runs/fashion_mnist-<model>)");
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");

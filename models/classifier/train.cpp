@@ -39,6 +39,8 @@ Evaluation evaluate(Classifier& model, const nn::data::ImageDataset& data, std::
 
 FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::data::ImageDataset& test,
               const FitOptions& o) {
+  TG_CHECK(o.schedule == "cosine" || o.schedule == "constant",
+           "classifier fit: unknown learning-rate schedule '{}' (cosine or constant)", o.schedule);
   nn::Adam opt(model.named_parameters(), {.lr = o.lr});
   nn::data::BatchSampler sampler(train.size(), o.batch, /*shuffle=*/true, o.seed);
   Generator gen(o.seed);  // saved with checkpoints (no randomness in these models' steps today)
@@ -63,6 +65,7 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       const Tensor loss = ops::cross_entropy(logits, labels);
       opt.zero_grad();
       loss.backward();
+      if (o.schedule == "cosine") opt.set_lr(o.lr * nn::warmup_cosine_schedule(step, 0, o.epochs * per_epoch));
       opt.step();
       const double l = loss.item();
       loss_sum += l;
@@ -123,7 +126,7 @@ Classifier load_or_train_fd_classifier(const std::string& path, const Data& data
     return fd;
   }
   fmt::print(stderr, "training the FD_clf feature extractor (fdmlp on 14x14, 3 epochs) -> {}\n", path);
-  const FitResult r = fit(fd, data.train, data.test, {.epochs = 3, .batch = 128, .lr = 1e-3, .seed = 1234});
+  const FitResult r = fit(fd, data.train, data.test, {.epochs = 3, .batch = 128, .lr = 1e-3, .schedule = "constant", .seed = 1234});
   const double acc = r.history.back().test_accuracy;
   fmt::print(stderr, "FD classifier test accuracy {:.2f}%\n", 100 * acc);
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());

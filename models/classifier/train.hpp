@@ -24,7 +24,10 @@ struct EpochStats {
 struct FitOptions {
   std::int64_t epochs = 3;
   std::int64_t batch = 128;
-  double lr = 1e-3;
+  double lr = 2e-3;
+  // "cosine": the learning rate decays from lr to 0 over the epochs (a function of the step only,
+  // so resuming stays exact); "constant": lr throughout.
+  std::string schedule = "cosine";
   std::uint64_t seed = 0;
   std::int64_t max_steps = -1;        // stop early (smoke runs); -1: all epochs
   std::string checkpoint;             // training checkpoint written after every epoch ("" = none)
