@@ -51,7 +51,8 @@ TEST_CASE("fit resumes from its checkpoint exactly", "[models][classifier]") {
   Generator g1(3), g2(3);
   cls::Classifier straight({.arch = cls::Arch::mlp}, &g1), resumed({.arch = cls::Arch::mlp}, &g2);
   cls::fit(straight, train, test, {.epochs = 2, .batch = 64, .seed = 9, .progress = false});
-  cls::fit(resumed, train, test, {.epochs = 1, .batch = 64, .seed = 9, .checkpoint = ckpt, .progress = false});
+  // Interrupted after the first epoch (8 steps) of a 2-epoch run: the cosine schedule is the same.
+  cls::fit(resumed, train, test, {.epochs = 2, .batch = 64, .seed = 9, .max_steps = 8, .checkpoint = ckpt, .progress = false});
   Generator g3(99);
   cls::Classifier fresh({.arch = cls::Arch::mlp}, &g3);  // different init: everything comes from the checkpoint
   cls::fit(fresh, train, test, {.epochs = 2, .batch = 64, .seed = 9, .checkpoint = ckpt, .resume = true, .progress = false});
