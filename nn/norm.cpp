@@ -35,6 +35,7 @@ GroupNorm::GroupNorm(std::int64_t g, std::int64_t channels, const NormOptions& o
   }
 }
 Tensor GroupNorm::operator()(const Tensor& x) const { return ops::group_norm(x, groups, weight, bias, eps); }
+Tensor GroupNorm::with_silu(const Tensor& x) const { return ops::group_norm_silu(x, groups, weight, bias, eps); }
 void GroupNorm::visit(Visitor& v) {
   v.param("weight", weight);
   v.param("bias", bias);

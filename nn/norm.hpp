@@ -48,6 +48,8 @@ class GroupNorm : public Module {
   GroupNorm() = default;
   GroupNorm(std::int64_t groups, std::int64_t channels, const NormOptions& options = {});
   Tensor operator()(const Tensor& x) const;
+  // silu(norm(x)) as one fused op (ops::group_norm_silu): same bits, one pass instead of three.
+  Tensor with_silu(const Tensor& x) const;
   void visit(Visitor& v) override;
   std::string type_name() const override { return "GroupNorm"; }
   std::string extra_repr() const override;

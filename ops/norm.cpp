@@ -92,15 +92,17 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   return row_norm("rms_norm", false, x, normalized_shape, weight, Tensor(), eps);
 }
 
-Tensor group_norm(const Tensor& x, std::int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
-  constexpr const char* op = "group_norm";
+namespace {
+
+// group_norm, and with `silu` the fused silu(group_norm(x)) (op name "group_norm_silu").
+Tensor group_norm_impl(const char* op, const Tensor& x, std::int64_t num_groups, const Tensor& weight,
+                       const Tensor& bias, double eps, bool silu) {
   check_input(op, x, eps);
-  TG_CHECK(x.dim() >= 2, "group_norm: expected x of shape [N, C, *] (at least 2 dims), got shape {}", x.shape());
+  TG_CHECK(x.dim() >= 2, "{}: expected x of shape [N, C, *] (at least 2 dims), got shape {}", op, x.shape());
   const std::int64_t N = x.shape()[0], C = x.shape()[1];
-  TG_CHECK(num_groups >= 1, "group_norm: num_groups must be >= 1, got {}", num_groups);
-  TG_CHECK(C % num_groups == 0,
-           "group_norm: num_groups {} must divide the number of channels C = {} (dim 1 of x, shape {})", num_groups, C,
-           x.shape());
+  TG_CHECK(num_groups >= 1, "{}: num_groups must be >= 1, got {}", op, num_groups);
+  TG_CHECK(C % num_groups == 0, "{}: num_groups {} must divide the number of channels C = {} (dim 1 of x, shape {})",
+           op, num_groups, C, x.shape());
   const Tensor w = affine_param(op, "weight", weight, Shape{C}, x.dtype());
   const Tensor b = affine_param(op, "bias", bias, Shape{C}, x.dtype());
   std::int64_t S = 1;
@@ -112,25 +114,37 @@ Tensor group_norm(const Tensor& x, std::int64_t num_groups, const Tensor& weight
   Tensor y = empty(x.shape(), x.dtype());
   Tensor mean = empty({N, G}, x.dtype()), rstd = empty({N, G}, x.dtype());
   const bool work = x.numel() > 0;
-  if (work) kernels::group_norm_forward(xc.reshape({N, C, S}), G, wc, bc, eps, y.reshape({N, C, S}), mean, rstd);
+  if (work) kernels::group_norm_forward(xc.reshape({N, C, S}), G, wc, bc, eps, silu, y.reshape({N, C, S}), mean, rstd);
 
+  // The fused SiLU's backward recomputes the pre-activation, so it also keeps the bias.
+  const SavedTensor sb = silu ? SavedTensor(bc) : SavedTensor();
   return record(op, {x, w, b}, y,
-                [sx = SavedTensor(xc), sw = SavedTensor(wc), has_w = w.defined(), has_b = b.defined(), mean, rstd, N,
-                 C, S, G, work](const Tensor& gy) {
-                  const Tensor xv = sx.get(), wv = sw.get();
+                [sx = SavedTensor(xc), sw = SavedTensor(wc), sb, silu, has_w = w.defined(), has_b = b.defined(), mean,
+                 rstd, N, C, S, G, work](const Tensor& gy) {
+                  const Tensor xv = sx.get(), wv = sw.get(), bv = sb.defined() ? sb.get() : Tensor();
                   Tensor gx, gw, gb;
                   if (input_needs_grad(0)) gx = empty(xv.shape(), xv.dtype());
                   if (has_w && input_needs_grad(1)) gw = empty({C}, xv.dtype());
                   if (has_b && input_needs_grad(2)) gb = empty({C}, xv.dtype());
                   if (work) {
-                    kernels::group_norm_backward(xv.reshape({N, C, S}), gy.contiguous().reshape({N, C, S}), G, wv,
-                                                 mean, rstd, gx.defined() ? gx.reshape({N, C, S}) : gx, gw, gb);
+                    kernels::group_norm_backward(xv.reshape({N, C, S}), gy.contiguous().reshape({N, C, S}), G, wv, bv,
+                                                 silu, mean, rstd, gx.defined() ? gx.reshape({N, C, S}) : gx, gw, gb);
                   } else {
                     if (gw.defined()) gw.zero_();
                     if (gb.defined()) gb.zero_();
                   }
                   return Tensors{gx, gw, gb};
                 });
+}
+
+}  // namespace
+
+Tensor group_norm(const Tensor& x, std::int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
+  return group_norm_impl("group_norm", x, num_groups, weight, bias, eps, false);
+}
+
+Tensor group_norm_silu(const Tensor& x, std::int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
+  return group_norm_impl("group_norm_silu", x, num_groups, weight, bias, eps, true);
 }
 
 }  // namespace tg::ops

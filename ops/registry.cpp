@@ -31,7 +31,7 @@ std::span<const OpInfo> differentiable_ops() {
       {"conv2d", "ops"}, {"conv_transpose2d", "ops"}, {"max_pool2d", "ops"}, {"avg_pool2d", "ops"},
       {"adaptive_avg_pool2d", "ops"}, {"upsample_nearest2d", "ops"}, {"upsample_bilinear2d", "ops"},
       // ops/norm.cpp
-      {"layer_norm", "ops"}, {"rms_norm", "ops"}, {"group_norm", "ops"},
+      {"layer_norm", "ops"}, {"rms_norm", "ops"}, {"group_norm", "ops"}, {"group_norm_silu", "ops"},
       // ops/fft.cpp
       {"rfft", "ops"}, {"irfft", "ops"}, {"fft", "ops"}, {"complex_mul", "ops"}, {"complex_div", "ops"},
       {"complex_conj", "ops"}, {"complex_abs", "ops"}, {"fft_conv", "ops"},

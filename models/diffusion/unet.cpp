@@ -96,7 +96,7 @@ Tensor UNetBlock::operator()(const Tensor& x, const Tensor& emb) const {
     return t;
   };
   // Main branch, norm first.
-  Tensor h = conv0(resample(ops::silu(norm0(x))));                       // [B, out, H', W']
+  Tensor h = conv0(resample(norm0.with_silu(x)));                        // [B, out, H', W']
   const Tensors ss = ops::chunk(affine(emb).reshape({B, 2 * out_channels, 1, 1}), 2, 1);  // 2 x [B, out, 1, 1]
   h = ops::silu(norm1(h) * (ss[0] + 1.0) + ss[1]);                       // [B, out, H', W']
   h = conv1(drop(h));                                                    // [B, out, H', W']
@@ -244,7 +244,7 @@ Tensor UNet::operator()(const Tensor& x, const Tensor& c_noise, const Tensor& la
     }
     h = dec[j](h, emb);  // [B, C_l, H, W] (2H, 2W after an up block)
   }
-  return out_conv(ops::silu(out_norm(h)));  // [B, in_channels, S, S]
+  return out_conv(out_norm.with_silu(h));  // [B, in_channels, S, S]
 }
 
 void UNet::set_skip_tuning(double rho_bottom, double rho_top) {

@@ -337,7 +337,19 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
 
 // ---- group norm ------------------------------------------------------------------------------------
 
-template <class T>
+// SiLU, z * sigmoid(z), written exactly as ops::silu computes it (so the fused op matches silu of
+// the unfused output bit for bit); and its derivative applied to dy.
+template <class V>
+inline V silu_of(const V& z) {
+  return z * (V(1) / (V(1) + xsimd::exp(-z)));
+}
+template <class V>
+inline V silu_backward_of(const V& z, const V& dy) {
+  const V s = V(1) / (V(1) + xsimd::exp(-z));
+  return dy * s * (V(1) + z * (V(1) - s));
+}
+
+template <class T, bool Silu>
 void group_forward_impl(const Tensor& x, std::int64_t G, const Tensor& wt, const Tensor& bt, double eps,
                         const Tensor& y, const Tensor& mean_t, const Tensor& rstd_t) {
   const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.shape()[2];
@@ -366,21 +378,28 @@ void group_forward_impl(const Tensor& x, std::int64_t G, const Tensor& wt, const
         T* yr = yp + ng * M + cc * S;
         for (std::int64_t i = 0; i < S; i += W) {
           const std::int64_t c = std::min(W, S - i);
-          store_part(yr + i, c, xsimd::fma((load_part(xr + i, c, T(0)) - mb) * rb, wc, bc));
+          const B<T> z = xsimd::fma((load_part(xr + i, c, T(0)) - mb) * rb, wc, bc);
+          if constexpr (Silu) store_part(yr + i, c, silu_of(z));
+          else store_part(yr + i, c, z);
         }
       }
     }
   });
 }
 
-template <class T>
-void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, const Tensor& wt, const Tensor& mean_t,
-                         const Tensor& rstd_t, const Tensor& gx_t, const Tensor& gw_t, const Tensor& gb_t) {
+// With Silu, the output gradient is first taken through the activation: dz = dy * silu'(z), with
+// z = x_hat * w + b recomputed exactly as in the forward. dz is written once per block (into the
+// block of gx, which is overwritten afterwards, or into task scratch) and read by both passes.
+template <class T, bool Silu>
+void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, const Tensor& wt, const Tensor& bt,
+                         const Tensor& mean_t, const Tensor& rstd_t, const Tensor& gx_t, const Tensor& gw_t,
+                         const Tensor& gb_t) {
   const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.shape()[2];
   const std::int64_t Cg = C / G, M = Cg * S;
   const T* xp = x.data<T>();
   const T* gp = gy.data<T>();
   const T* w = wt.defined() ? wt.data<T>() : nullptr;
+  const T* bias = bt.defined() ? bt.data<T>() : nullptr;
   const T* mp = mean_t.data<T>();
   const T* rp = rstd_t.data<T>();
   T* gx = gx_t.defined() ? gx_t.data<T>() : nullptr;
@@ -391,11 +410,25 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
   constexpr std::int64_t W = B<T>::size;
   auto id = [](const D& v) { return v; };
   parallel_for(N * G, forward_grain(M), [&](std::int64_t lo, std::int64_t hi) {
+    std::vector<T> dz_scratch(Silu && !gx ? static_cast<std::size_t>(M) : 0);
     for (std::int64_t ng = lo; ng < hi; ++ng) {
       const std::int64_t nn = ng / G, g = ng % G;
       const B<T> mb(mp[ng]), rb(rp[ng]);
       const T* xb = xp + ng * M;
       const T* gb = gp + ng * M;
+      if constexpr (Silu) {  // gb := dz for this block
+        T* dz = gx ? gx + ng * M : dz_scratch.data();
+        for (std::int64_t cc = 0; cc < Cg; ++cc) {
+          const std::int64_t ch = g * Cg + cc;
+          const B<T> wc(w ? w[ch] : T(1)), bc(bias ? bias[ch] : T(0));
+          for (std::int64_t i = 0; i < S; i += W) {
+            const std::int64_t c = std::min(W, S - i);
+            const B<T> z = xsimd::fma((load_part(xb + cc * S + i, c, T(0)) - mb) * rb, wc, bc);
+            store_part(dz + cc * S + i, c, silu_backward_of(z, load_part(gb + cc * S + i, c, T(0))));
+          }
+        }
+        gb = dz;
+      }
       double s1 = 0, s2 = 0;
       for (std::int64_t cc = 0; cc < Cg; ++cc) {
         const std::int64_t ch = g * Cg + cc;
@@ -460,16 +493,21 @@ void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const
   });
 }
 
-void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps,
+void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps, bool silu,
                         const Tensor& y, const Tensor& mean, const Tensor& rstd) {
-  dispatch_float(x.dtype(), "group_norm",
-                 [&]<class T>() { group_forward_impl<T>(x, groups, w, b, eps, y, mean, rstd); });
+  dispatch_float(x.dtype(), "group_norm", [&]<class T>() {
+    if (silu) group_forward_impl<T, true>(x, groups, w, b, eps, y, mean, rstd);
+    else group_forward_impl<T, false>(x, groups, w, b, eps, y, mean, rstd);
+  });
 }
 
-void group_norm_backward(const Tensor& x, const Tensor& gy, std::int64_t groups, const Tensor& w, const Tensor& mean,
-                         const Tensor& rstd, const Tensor& gx, const Tensor& gw, const Tensor& gb) {
-  dispatch_float(x.dtype(), "group_norm",
-                 [&]<class T>() { group_backward_impl<T>(x, gy, groups, w, mean, rstd, gx, gw, gb); });
+void group_norm_backward(const Tensor& x, const Tensor& gy, std::int64_t groups, const Tensor& w, const Tensor& b,
+                         bool silu, const Tensor& mean, const Tensor& rstd, const Tensor& gx, const Tensor& gw,
+                         const Tensor& gb) {
+  dispatch_float(x.dtype(), "group_norm", [&]<class T>() {
+    if (silu) group_backward_impl<T, true>(x, gy, groups, w, b, mean, rstd, gx, gw, gb);
+    else group_backward_impl<T, false>(x, gy, groups, w, b, mean, rstd, gx, gw, gb);
+  });
 }
 
 }  // namespace tg::kernels

@@ -29,10 +29,12 @@ void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const
 
 // Group normalisation of x [N, C, S] (contiguous) with `groups` groups of C / groups channels:
 // statistics over each (sample, group) block of (C / groups) * S elements; w, b: [C] or undefined;
-// mean, rstd: [N, groups].
-void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps,
+// mean, rstd: [N, groups]. With silu, y = silu(group_norm(x)) in the same pass, and the backward
+// takes gy through the activation first (it needs b for that).
+void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps, bool silu,
                         const Tensor& y, const Tensor& mean, const Tensor& rstd);
-void group_norm_backward(const Tensor& x, const Tensor& gy, std::int64_t groups, const Tensor& w, const Tensor& mean,
-                         const Tensor& rstd, const Tensor& gx, const Tensor& gw, const Tensor& gb);
+void group_norm_backward(const Tensor& x, const Tensor& gy, std::int64_t groups, const Tensor& w, const Tensor& b,
+                         bool silu, const Tensor& mean, const Tensor& rstd, const Tensor& gx, const Tensor& gw,
+                         const Tensor& gb);
 
 }  // namespace tg::kernels

@@ -50,9 +50,9 @@ struct ResBlock : nn::Module {
   }
   Tensor operator()(const Tensor& x, const Tensor& temb) const {
     const std::int64_t B = x.shape()[0], C = c1.weight.shape()[0];
-    Tensor h = c1(ops::silu(n1(x)));     // [B, cout, H, W]
+    Tensor h = c1(n1.with_silu(x));      // [B, cout, H, W]
     h = h + t(temb).reshape({B, C, 1, 1});
-    h = c2(ops::silu(n2(h)));            // [B, cout, H, W]
+    h = c2(n2.with_silu(h));             // [B, cout, H, W]
     return h + (skip.weight.defined() ? skip(x) : x);
   }
   void visit(nn::Visitor& v) override {
@@ -90,7 +90,7 @@ struct RefUNet : nn::Module {
     h = r2(ops::cat({h, h1}, 1), temb);                                        // [B, 64, 14, 14]
     h = u0(ops::upsample(h, 2.0));                                             // [B, 64, 28, 28]
     h = r3(ops::cat({h, h0}, 1), temb);                                        // [B, 32, 28, 28]
-    return cout(ops::silu(nout(h)));                                           // [B, 1, 28, 28]
+    return cout(nout.with_silu(h));                                            // [B, 1, 28, 28]
   }
   void visit(nn::Visitor& v) override {
     v.module("tm0", tm0);

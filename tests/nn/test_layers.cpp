@@ -28,7 +28,9 @@ TEST_CASE("norm layers normalise and list their parameters", "[nn][layers]") {
   nn::LayerNorm plain(8, {.affine = false});
   CHECK(plain.named_parameters().empty());
   nn::GroupNorm gn(2, 4);
-  CHECK(gn(test::randn({2, 4, 3, 3}, DType::f32, 2)).shape() == Shape{2, 4, 3, 3});
+  const Tensor xg = test::randn({2, 4, 3, 3}, DType::f32, 2);
+  CHECK(gn(xg).shape() == Shape{2, 4, 3, 3});
+  CHECK(test::same_bits(gn.with_silu(xg), ops::silu(gn(xg))));
   nn::Norm either(8, nn::NormKind::rms, {.eps = 1e-6});
   CHECK(test::same_bits(either(x), rms(x)));
   CHECK(either.named_parameters()[0].name == "weight");
