@@ -7,8 +7,10 @@
 # Every workload runs tapegrad's program and the reference (PyTorch 1.13 CPU; OpenBLAS for gemm)
 # alternately, REPEATS times (default 3), at 1 and 2 threads (THREADS="1 2"), and prints one JSON
 # line per measurement (fields workload, shape, threads, impl, median_s, min_s, max_s, ...), then a
-# table of tapegrad/reference time ratios (medians of the per-run medians). The JSON lines are also
-# kept in build/bench/results-<time>.jsonl. For 2 threads PyTorch runs in its best setup on this
+# table of tapegrad/reference time ratios (medians of the per-run medians), and with gemm the GFLOP/s
+# of every GEMM shape against this machine's fp32 FMA peak measured in the same run (fma_peak.cpp,
+# copied from the reference workloads). The JSON lines are also kept in
+# build/bench/results-<time>.jsonl. For 2 threads PyTorch runs in its best setup on this
 # machine ("2T+ompblas": the OpenMP build of OpenBLAS first on the library path, so torch and BLAS
 # share one pool). python3-torch and libopenblas-dev are installed for this script only; they are
 # never build dependencies of tapegrad.
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 all=(gemm conv2d attention norms fftconv train_mlp train_cnn train_transformer train_unet)
 if [[ $# -eq 0 ]]; then
-  sed -n '2,15p' "$0"
+  sed -n '2,16p' "$0"
   exit 2
 fi
 workloads=("$@")
@@ -52,6 +54,7 @@ done
 cmake --build build -j "$jobs" --target "${targets[@]}" >/dev/null
 if [[ " ${workloads[*]} " == *" gemm "* ]]; then
   gcc -O2 -std=c11 tests/bench/ref_sgemm_openblas.c -o build/bench/ref_sgemm_openblas -lopenblas
+  g++ -O3 -march=native -std=c++20 -pthread tests/bench/fma_peak.cpp -o build/bench/fma_peak
 fi
 
 B=build/bench
@@ -78,6 +81,12 @@ run_pair() {
   "${clean_env[@]}" "${ours[@]}" | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
   "${clean_env[@]}" "${torch_env[@]}" "${ref[@]}" 2>/dev/null | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
 }
+
+# The machine's fp32 FMA peak, measured in this run (the GEMM efficiency table refers to it).
+if [[ " ${workloads[*]} " == *" gemm "* ]]; then
+  echo "# fp32 FMA peak" >&2
+  build/bench/fma_peak 5 0.3 | grep '^RESULT' | sed -u 's/^RESULT //' | grep '"fma_peak"' | tee -a "$results"
+fi
 
 for r in $(seq 1 "$REPEATS"); do
   for t in $THREADS; do

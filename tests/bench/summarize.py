@@ -1,7 +1,9 @@
 """Summarises benchmark JSON lines (one measurement per line, as printed by the tapegrad
 benchmark programs and the reference scripts; a leading "RESULT " is ignored) into a table of
 ratios: for every (workload, shape, threads), the median over runs of each implementation's
-median time, and tapegrad's time divided by the reference's (< 1: tapegrad is faster).
+median time, and tapegrad's time divided by the reference's (< 1: tapegrad is faster). When the
+file also holds fp32 FMA peak measurements (fma_peak, run by scripts/bench.sh with the gemm
+workload), a second table gives every GEMM shape's GFLOP/s as a fraction of that peak.
 
   python3 summarize.py results.jsonl [more.jsonl ...]
 """
@@ -32,7 +34,13 @@ def main():
     recs = load(sys.argv[1:])
     times = collections.defaultdict(list)  # (workload, shape, threads, impl) -> [median_s per run]
     order = []
+    peaks = collections.defaultdict(list)  # threads -> fp32 FMA peak GFLOP/s (AVX-512 and AVX2 kernels)
     for r in recs:
+        if r.get("bench") == "fma_peak":
+            peaks[int(r["threads"])].append(float(r["gflops_median"]))
+            continue
+        if "workload" not in r:
+            continue
         key = (r["workload"], r["shape"], int(r["threads"]), r["impl"])
         if key not in times:
             order.append(key)
@@ -61,6 +69,34 @@ def main():
     for (w, t, ref), ratios in per_group.items():
         g = math.exp(sum(math.log(1 / r) for r in ratios) / len(ratios))
         print("| %s | %d | %s | %.2fx | %d |" % (w, t, ref, g, len(ratios)))
+    if peaks:
+        gemm_efficiency(recs, rows, {t: max(v) for t, v in peaks.items()})
+
+
+def gemm_efficiency(recs, rows, peak):
+    """GFLOP/s of every GEMM shape (from the median time) against the measured fp32 FMA peak."""
+    dims = {}
+    for r in recs:
+        if r.get("workload") == "gemm" and "M" in r:
+            dims[r["shape"]] = (int(r["M"]), int(r["N"]), int(r["K"]))
+    print()
+    print("fp32 FMA peak measured in this run: " +
+          ", ".join("%.1f GFLOP/s at %d thread(s)" % (peak[t], t) for t in sorted(peak)))
+    print()
+    print("| gemm shape | threads | tapegrad GFLOP/s | % of peak | openblas GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|")
+    for (w, s, t), impls in rows.items():
+        if w != "gemm" or s not in dims or t not in peak:
+            continue
+        m, n, k = dims[s]
+        cells = []
+        for impl in ("tapegrad", "openblas"):
+            if impl in impls:
+                gf = 2.0 * m * n * k / impls[impl] / 1e9
+                cells += ["%.1f" % gf, "%.0f%%" % (100 * gf / peak[t])]
+            else:
+                cells += ["-", "-"]
+        print("| %s | %d | %s |" % (s, t, " | ".join(cells)))
 
 
 if __name__ == "__main__":
