@@ -51,7 +51,7 @@ TEST_CASE("diamond graph: a tensor used twice sums both paths", "[core][autograd
   CHECK(x.grad().item() == Approx(expect).epsilon(1e-12));
 }
 
-TEST_CASE("gradients accumulate over backward calls; leaves never share a gradient buffer", "[core][autograd]") {
+TEST_CASE("gradients accumulate over backward calls, leaves never share a gradient buffer", "[core][autograd]") {
   Tensor x = tensor({1, 2}, DType::f64).requires_grad_();
   Tensor w = tensor({3, 4}, DType::f64).requires_grad_();
   ops::sum(x * w).backward();
@@ -93,7 +93,7 @@ TEST_CASE("modifying a saved tensor in place is detected", "[core][autograd][err
                     Contains("was modified in place after it was saved") && Contains("in the backward of 'mul'"));
 }
 
-TEST_CASE("no_grad records nothing; grad mode is per thread", "[core][autograd]") {
+TEST_CASE("no_grad records nothing, grad mode is per thread", "[core][autograd]") {
   Tensor x = ones({3}).requires_grad_();
   const auto nodes_before = autograd::live_node_count();
   {

@@ -21,7 +21,7 @@ std::pair<double, double> mean_std(const Tensor& t) {
 }
 }  // namespace
 
-TEST_CASE("same seed, same numbers; different seeds differ", "[core][random]") {
+TEST_CASE("same seed, same numbers, different seeds differ", "[core][random]") {
   Generator a(42), b(42), c(43);
   const Tensor x = randn({1000}, DType::f32, a);
   CHECK(test::same_bits(x, randn({1000}, DType::f32, b)));

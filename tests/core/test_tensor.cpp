@@ -58,7 +58,7 @@ TEST_CASE("element access checks its arguments", "[core][tensor][errors]") {
   CHECK_THROWS_WITH(zeros({1, 1, 1, 1, 1, 1, 1, 1, 1}), Contains("at most 8 dims"));
 }
 
-TEST_CASE("clone and contiguous copy; copy_ broadcasts and converts", "[core][tensor]") {
+TEST_CASE("clone and contiguous copy, copy_ broadcasts and converts", "[core][tensor]") {
   Tensor a = tensor({1, 2, 3, 4}, {2, 2});
   Tensor c = a.clone();
   c.fill_(9);

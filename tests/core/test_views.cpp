@@ -53,7 +53,7 @@ TEST_CASE("writes through a view reach the base tensor", "[core][views]") {
   CHECK(a.at<float>({1, 0}) == -1.0f);
 }
 
-TEST_CASE("reshape of a non-viewable tensor copies; view refuses", "[core][views][errors]") {
+TEST_CASE("reshape of a non-viewable tensor copies, view refuses", "[core][views][errors]") {
   const Tensor a = arange(0.0, 6.0, 1.0, DType::f32).reshape({2, 3});
   const Tensor t = a.t();
   const Tensor r = t.reshape({6});

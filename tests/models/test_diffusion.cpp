@@ -143,7 +143,7 @@ TEST_CASE("Skip-Tuning scales the consumed skips deepest first, in one place", "
   CHECK(test::same_bits(net(x, cn, y), manual_forward(net, x, cn, y, {1, 1, 1, 1})));
 }
 
-TEST_CASE("Skip-Tuning: rho = 1 reproduces every sampler bit for bit; rho != 1 changes D; weights untouched",
+TEST_CASE("Skip-Tuning: rho = 1 reproduces every sampler bit for bit, rho != 1 changes D, weights untouched",
           "[models][diffusion]") {
   Generator gen(3);
   UNet net(tiny_config(), &gen);
@@ -466,7 +466,7 @@ TEST_CASE("data mapping: padded [-1, 1] model space and back", "[models][diffusi
   CHECK_THROWS_WITH(to_model_space(img, 17), Contains("even padding"));
 }
 
-TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit; generation is deterministic",
+TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit, generation is deterministic",
           "[models][diffusion]") {
   const auto data = nn::data::synthetic_shapes(64, 3);
   const Tensor images = to_model_space(data.images, 14);  // [64, 1, 14, 14], no padding

@@ -139,7 +139,7 @@ TEST_CASE("loading rejects truncated, corrupted and mismatched files without tou
   CHECK_THROWS_WITH(nn::save_safetensors(dir.file("nofolder/x.safetensors"), {}), Contains("does not exist"));
 }
 
-TEST_CASE("saves are atomic: an existing file survives a failed save; no temporaries are left", "[nn][checkpoint]") {
+TEST_CASE("saves are atomic: an existing file survives a failed save, no temporaries are left", "[nn][checkpoint]") {
   TempDir dir;
   Net a;
   const std::string path = dir.file("a.safetensors");

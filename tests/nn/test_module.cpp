@@ -55,7 +55,7 @@ TEST_CASE("named parameters follow the visit order and nesting", "[nn][module]")
   CHECK_THAT(text, Contains("scale: [3] f32 (buffer)"));
 }
 
-TEST_CASE("train/eval propagate; zero_grad; freezing; clone_parameters", "[nn][module]") {
+TEST_CASE("train/eval propagate, zero_grad, freezing, clone_parameters", "[nn][module]") {
   Net net;
   CHECK(net.blocks[1].drop.training());
   net.eval();

@@ -339,7 +339,7 @@ TEST_CASE("complex_div: gradcheck with broadcasting (shared denominator) and lay
                   {test::randn({2, 2}, DType::f64, 49), tensor({3.0, 0.5, 0.5, -3.0}, {2, 2}, DType::f64)});
 }
 
-TEST_CASE("complex_conj / complex_abs: gradcheck; |z| has zero gradient at 0", "[ops][fft][grad][complex_conj][complex_abs]") {
+TEST_CASE("complex_conj / complex_abs: gradcheck, |z| has zero gradient at 0", "[ops][fft][grad][complex_conj][complex_abs]") {
   CHECK_GRADCHECK([](const Tensors& v) { return ops::complex_conj(v[0]); }, {test::transposed_layout(test::randn({3, 4, 2}, DType::f64, 50))});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::complex_abs(v[0]); }, {away_from_zero({3, 4, 2}, 51)});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::complex_abs(v[0]); }, {test::strided_layout(away_from_zero({5, 2}, 52))});

@@ -111,7 +111,7 @@ TEST_CASE("reductions: gradcheck", "[ops][reduce][grad][sum][mean][prod][amax][a
   }
 }
 
-TEST_CASE("prod gradient is exact with zeros; amax shares ties", "[ops][reduce]") {
+TEST_CASE("prod gradient is exact with zeros, amax shares ties", "[ops][reduce]") {
   Tensor x = tensor({2, 0, 3, 0, 5, 4}, {2, 3}, DType::f64).requires_grad_();
   ops::sum(ops::prod(x, {1})).backward();
   CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 6, 0, 20, 0, 0});
