@@ -20,7 +20,9 @@ if(TAPEGRAD_SANITIZE)
 endif()
 
 function(tapegrad_set_flags target)
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter
+  # -Wno-missing-field-initializers: GCC 12 warns for designated initializers that leave members
+  # at their defaults ({.lr = 1e-3}), the idiom every options struct here is used with.
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
                                            $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized> ${TAPEGRAD_ARCH_FLAGS}
                                            ${TAPEGRAD_SANITIZE_FLAGS})
   if(TAPEGRAD_SANITIZE)

@@ -5,21 +5,6 @@
 #include "core/parallel.hpp"
 
 namespace tg::kernels {
-namespace {
-
-// [outer, axis, inner] sizes of a contiguous tensor around `axis`.
-struct Around {
-  std::int64_t outer = 1, len = 1, inner = 1;
-};
-Around around(const Shape& shape, int axis) {
-  Around a;
-  for (int d = 0; d < axis; ++d) a.outer *= shape[d];
-  a.len = shape[axis];
-  for (int d = axis + 1; d < shape.size(); ++d) a.inner *= shape[d];
-  return a;
-}
-
-}  // namespace
 
 void index_select(const Tensor& x, const Tensor& index, const Tensor& out) {
   const std::int64_t M = index.numel();

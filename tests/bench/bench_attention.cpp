@@ -5,10 +5,8 @@
 // for causal): forward 4*B*H*T*T*d, forward+backward 3x that.
 // PyTorch counterpart: tests/bench/ref_attention.py.
 //
-// Build (not wired into CMake):
-//   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -I/work/main tests/bench/bench_attention.cpp \
-//       build-attn/ops/libtapegrad_ops.a build-attn/core/libtapegrad_core.a -lfmt -ltbb -o /tmp/bench_attention
-// Run: /tmp/bench_attention --threads 1 [--B 16 --H 4 --T 128 --d 64]
+// Built with the project (build/bench/bench_attention); scripts/bench.sh runs it next to the reference.
+// Run: build/bench/bench_attention --threads 1 [--B 16 --H 4 --T 128 --d 64]
 #include <fmt/core.h>
 
 #include <functional>

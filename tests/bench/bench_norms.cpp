@@ -7,10 +7,8 @@
 // the engine's bookkeeping), gradients for x, weight and bias where they exist.
 // PyTorch counterpart: tests/bench/ref_norms.py.
 //
-// Build (not wired into CMake):
-//   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -I/work/main tests/bench/bench_norms.cpp \
-//       build-attn/ops/libtapegrad_ops.a build-attn/core/libtapegrad_core.a -lfmt -ltbb -o /tmp/bench_norms
-// Run: /tmp/bench_norms --threads 1 [--rows 4096 --cols 1024]
+// Built with the project (build/bench/bench_norms); scripts/bench.sh runs it next to the reference.
+// Run: build/bench/bench_norms --threads 1 [--rows 4096 --cols 1024]
 #include <fmt/core.h>
 
 #include <functional>
