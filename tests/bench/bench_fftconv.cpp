@@ -6,10 +6,8 @@
 //   fwd+bwd : y, then y.backward(g) for a fixed random g (gradients for u, k and D; grads reset first)
 // for L in {1024, 4096}. PyTorch counterpart: tests/bench/ref_fftconv.py (same JSON lines).
 //
-// Build (not wired into CMake):
-//   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -I/work/main tests/bench/bench_fftconv.cpp \
-//       build-fft/ops/libtapegrad_ops.a build-fft/core/libtapegrad_core.a -lfmt -ltbb -o /tmp/bench_fftconv
-// Run: /tmp/bench_fftconv --threads 1 [--warmup 3 --steps 20 --batch 16 --channels 256 --lengths 1024,4096
+// Built with the project (build/bench/bench_fftconv); scripts/bench.sh runs it next to the reference.
+// Run: build/bench/bench_fftconv --threads 1 [--warmup 3 --steps 20 --batch 16 --channels 256 --lengths 1024,4096
 //      --recompute]   (--recompute: fft_conv recomputes rfft(u) in backward instead of keeping it)
 #include <fmt/core.h>
 

@@ -85,7 +85,9 @@ TEST_CASE("optimizers: groups, missing gradients, 1 vs N threads", "[nn][optim]"
     for (int i = 0; i < 5; ++i) {
       Tensor t = test::randn({1000 + 777 * i}, DType::f32, static_cast<std::uint64_t>(i)).requires_grad_();
       t.set_grad(test::randn(t.shape(), DType::f32, static_cast<std::uint64_t>(10 + i)));
-      ps.push_back({"p" + std::to_string(i), t});
+      std::string name = "p";  // (not "p" + to_string: GCC 12 -O3 reports a false -Wstringop-overflow)
+      name += std::to_string(i);
+      ps.push_back({name, t});
     }
     nn::AdamW opt(ps, {.lr = 0.01, .weight_decay = 0.05});
     for (int s = 0; s < 3; ++s) opt.step();
