@@ -52,6 +52,7 @@
 #include <vector>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/simd_transpose.hpp"
 #include "core/random.hpp"
 
 // GCC 12 flags the _mm512_undefined_* placeholders inside AVX-512 intrinsics (transposes, xsimd
@@ -217,60 +218,19 @@ void pack_rows(T* dst, std::int64_t ld, const AttnOperand<T>& src, std::int64_t 
 }
 
 #if XSIMD_WITH_AVX512F
-// In-register transposes: r[i] lane j -> r[j] lane i.
-inline void transpose16(__m512 r[16]) {
-  __m512 u[16], v[16];
-  for (int i = 0; i < 16; i += 2) {
-    u[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    u[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    const __m512d a0 = _mm512_castps_pd(u[i]), a1 = _mm512_castps_pd(u[i + 1]);
-    const __m512d a2 = _mm512_castps_pd(u[i + 2]), a3 = _mm512_castps_pd(u[i + 3]);
-    v[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-    v[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-    v[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-    v[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 w0 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0x88), w1 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0xDD);
-    const __m512 x0 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0x88), x1 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0xDD);
-    r[c] = _mm512_shuffle_f32x4(w0, x0, 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(w0, x0, 0xDD);
-    r[4 + c] = _mm512_shuffle_f32x4(w1, x1, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(w1, x1, 0xDD);
-  }
-}
-
-inline void transpose8(__m512d r[8]) {
-  __m512d u[8];
-  for (int i = 0; i < 8; i += 2) {
-    u[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
-    u[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
-  }
-  for (int c = 0; c < 2; ++c) {
-    const __m512d w0 = _mm512_shuffle_f64x2(u[c], u[2 + c], 0x88), w1 = _mm512_shuffle_f64x2(u[c], u[2 + c], 0xDD);
-    const __m512d x0 = _mm512_shuffle_f64x2(u[4 + c], u[6 + c], 0x88), x1 = _mm512_shuffle_f64x2(u[4 + c], u[6 + c], 0xDD);
-    r[c] = _mm512_shuffle_f64x2(w0, x0, 0x88);
-    r[4 + c] = _mm512_shuffle_f64x2(w0, x0, 0xDD);
-    r[2 + c] = _mm512_shuffle_f64x2(w1, x1, 0x88);
-    r[6 + c] = _mm512_shuffle_f64x2(w1, x1, 0xDD);
-  }
-}
-
 // One full tile (cs == 1): dst[p * ld + r] = mult * s[r * rs + p] for r, p < L.
 inline void transpose_tile(float* dst, std::int64_t ld, const float* s, std::int64_t rs, float mult) {
   __m512 r[16];
   const __m512 m = _mm512_set1_ps(mult);
   for (int i = 0; i < 16; ++i) r[i] = _mm512_mul_ps(_mm512_loadu_ps(s + i * rs), m);
-  transpose16(r);
+  simd::transpose16x16(r);
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
 }
 inline void transpose_tile(double* dst, std::int64_t ld, const double* s, std::int64_t rs, double mult) {
   __m512d r[8];
   const __m512d m = _mm512_set1_pd(mult);
   for (int i = 0; i < 8; ++i) r[i] = _mm512_mul_pd(_mm512_loadu_pd(s + i * rs), m);
-  transpose8(r);
+  simd::transpose8x8(r);
   for (int i = 0; i < 8; ++i) _mm512_storeu_pd(dst + i * ld, r[i]);
 }
 #endif

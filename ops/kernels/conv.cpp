@@ -51,6 +51,7 @@
 #include "core/parallel.hpp"
 #include "core/tensor.hpp"
 #include "ops/kernels/gemm.hpp"
+#include "ops/kernels/simd_transpose.hpp"
 
 namespace tg::kernels {
 namespace {
@@ -688,9 +689,13 @@ template <class T>
 const std::array<WgradTileFn<T>, 4> kWgradTiles{&wgrad_tile<T, 16, 1>, &wgrad_tile<T, 12, 2>, &wgrad_tile<T, 8, 3>,
                                                 &wgrad_tile<T, 6, 4>};
 
-// dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols, in 16 x 16 blocks (both sides stay in L1).
+// dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols: through registers in 16 x 16 blocks
+// on AVX-512, else in 16 x 16 blocks of scalar copies (both sides stay in L1).
 template <class T>
 void transpose(const T* src, int64_t rows, int64_t cols, int64_t ss, T* dst, int64_t ds) {
+#if defined(__AVX512F__)
+  simd::transpose_matrix(src, rows, cols, ss, dst, ds);
+#else
   constexpr int64_t B = 16;
   for (int64_t r0 = 0; r0 < rows; r0 += B)
     for (int64_t c0 = 0; c0 < cols; c0 += B) {
@@ -698,6 +703,7 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t ss, T* dst, int
       for (int64_t c = c0; c < c1; ++c)
         for (int64_t r = r0; r < r1; ++r) dst[c * ds + r] = src[r * ss + c];
     }
+#endif
 }
 
 template <class T>

@@ -46,6 +46,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "ops/kernels/simd_transpose.hpp"
 #endif
 
 #include <algorithm>
@@ -497,50 +499,8 @@ void execute(const CPlan<T>& p, Vec<T>* re, Vec<T>* im, Vec<T>* scratch) {
 // ---------------------------------------------------------------------------------------------
 
 #if defined(__AVX512F__)
-inline void transpose16x16(__m512* r) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  // u[4g + e], 128-bit lane L: rows 4g..4g+3 of column 4L + e.
-  for (int i = 0; i < 16; i += 4) {
-    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int e = 0; e < 4; ++e) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x88);
-    const __m512 v1 = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xdd);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x88);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xdd);
-    r[e] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[8 + e] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
-    r[4 + e] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[12 + e] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
-  }
-}
-
-inline void transpose8x8(__m512d* r) {
-  __m512d t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0x88);
-    u[i + 1] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0x88);
-    u[i + 2] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0xdd);
-    u[i + 3] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0xdd);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f64x2(u[i], u[i + 4], 0x88);
-    r[i + 4] = _mm512_shuffle_f64x2(u[i], u[i + 4], 0xdd);
-  }
-}
+using simd::transpose16x16;
+using simd::transpose8x8;
 #endif
 
 // cols[t] lane l = rp[l][c + t], t < W.

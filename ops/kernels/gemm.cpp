@@ -52,6 +52,8 @@
 
 #if XSIMD_WITH_AVX512F
 #include <immintrin.h>
+
+#include "ops/kernels/simd_transpose.hpp"
 #endif
 
 namespace tg::kernels {
@@ -179,50 +181,8 @@ T* thread_scratch(size_t elems) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// In-register transposes: r[i][j] -> r[j][i].
-inline void transpose16x16(__m512 r[16]) {
-  __m512 u[16], v[16];
-  for (int i = 0; i < 16; i += 2) {  // interleave row pairs within 128-bit lanes
-    u[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    u[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {  // 64-bit interleave: lane l of v[i + c] = column 4l + c
-    __m512d a0 = _mm512_castps_pd(u[i]), a1 = _mm512_castps_pd(u[i + 1]);
-    __m512d a2 = _mm512_castps_pd(u[i + 2]), a3 = _mm512_castps_pd(u[i + 3]);
-    v[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-    v[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-    v[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-    v[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-  }
-  for (int c = 0; c < 4; ++c) {  // gather the four 128-bit lanes of column 4l + c
-    __m512 w0 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0x88);
-    __m512 w1 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0xDD);
-    __m512 x0 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0x88);
-    __m512 x1 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0xDD);
-    r[c] = _mm512_shuffle_f32x4(w0, x0, 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(w0, x0, 0xDD);
-    r[4 + c] = _mm512_shuffle_f32x4(w1, x1, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(w1, x1, 0xDD);
-  }
-}
-
-inline void transpose8x8(__m512d r[8]) {
-  __m512d u[8];
-  for (int i = 0; i < 8; i += 2) {  // lane l of u[i + c] = column 2l + c of rows i, i + 1
-    u[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
-    u[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
-  }
-  for (int c = 0; c < 2; ++c) {
-    __m512d w0 = _mm512_shuffle_f64x2(u[c], u[2 + c], 0x88);
-    __m512d w1 = _mm512_shuffle_f64x2(u[c], u[2 + c], 0xDD);
-    __m512d x0 = _mm512_shuffle_f64x2(u[4 + c], u[6 + c], 0x88);
-    __m512d x1 = _mm512_shuffle_f64x2(u[4 + c], u[6 + c], 0xDD);
-    r[c] = _mm512_shuffle_f64x2(w0, x0, 0x88);
-    r[4 + c] = _mm512_shuffle_f64x2(w0, x0, 0xDD);
-    r[2 + c] = _mm512_shuffle_f64x2(w1, x1, 0x88);
-    r[6 + c] = _mm512_shuffle_f64x2(w1, x1, 0xDD);
-  }
-}
+using simd::transpose16x16;
+using simd::transpose8x8;
 
 // ps == 1: every line is contiguous along k, so transpose 16 x 16 (8 x 8) blocks in registers.
 template <int W>
