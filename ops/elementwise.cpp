@@ -13,6 +13,9 @@ namespace tg::ops {
 using autograd::input_needs_grad;
 using autograd::record;
 using autograd::SavedTensor;
+using kernels::sigmoid_of;
+using kernels::silu_backward_of;
+using kernels::silu_of;
 using kernels::splat;
 
 namespace detail {
@@ -423,11 +426,6 @@ B gelu_erf(const B& x) {
     return xsimd::erf(x);
   }
 }
-
-template <class B>
-B sigmoid_of(const B& v) {  // 1 / (1 + e^-v): exp overflows to inf for very negative v, giving 0
-  return B(1) / (B(1) + xsimd::exp(-v));
-}
 }  // namespace
 
 Tensor sigmoid(const Tensor& x) {
@@ -480,11 +478,7 @@ Tensor gelu(const Tensor& x, GeluApprox approx) {
                  });
 }
 Tensor silu(const Tensor& x) {
-  return unary_x("silu", x, [](auto v) { return v * sigmoid_of(v); }, [](auto v, auto g) {
-    using B = decltype(v);
-    const B s = sigmoid_of(v);
-    return g * s * (B(1) + v * (B(1) - s));
-  });
+  return unary_x("silu", x, [](auto v) { return silu_of(v); }, [](auto v, auto g) { return silu_backward_of(v, g); });
 }
 Tensor softplus(const Tensor& x, double beta, double threshold) {
   TG_CHECK(beta > 0, "softplus: beta must be positive, got {}", beta);

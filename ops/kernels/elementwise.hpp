@@ -35,6 +35,23 @@ inline B splat(double v) {
   return B(static_cast<typename B::value_type>(v));
 }
 
+// Activation formulas shared by the elementwise ops and the fused kernels that apply the same
+// activation (group_norm_silu), so that a fused result equals the separate ops bit for bit.
+template <class B>
+inline B sigmoid_of(const B& v) {  // 1 / (1 + e^-v): exp overflows to inf for very negative v, giving 0
+  return B(1) / (B(1) + xsimd::exp(-v));
+}
+template <class B>
+inline B silu_of(const B& v) {
+  return v * sigmoid_of(v);
+}
+// The gradient g of silu(v) taken back to v.
+template <class B>
+inline B silu_backward_of(const B& v, const B& g) {
+  const B s = sigmoid_of(v);
+  return g * s * (B(1) + v * (B(1) - s));
+}
+
 // Elements per parallel chunk for memory-bound elementwise loops.
 inline constexpr std::int64_t kElementwiseGrain = 1 << 15;
 

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/elementwise.hpp"  // silu_of / silu_backward_of: the same formulas as ops::silu
 
 namespace tg::kernels {
 namespace {
@@ -336,18 +337,6 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
 }
 
 // ---- group norm ------------------------------------------------------------------------------------
-
-// SiLU, z * sigmoid(z), written exactly as ops::silu computes it (so the fused op matches silu of
-// the unfused output bit for bit); and its derivative applied to dy.
-template <class V>
-inline V silu_of(const V& z) {
-  return z * (V(1) / (V(1) + xsimd::exp(-z)));
-}
-template <class V>
-inline V silu_backward_of(const V& z, const V& dy) {
-  const V s = V(1) / (V(1) + xsimd::exp(-z));
-  return dy * s * (V(1) + z * (V(1) - s));
-}
 
 template <class T, bool Silu>
 void group_forward_impl(const Tensor& x, std::int64_t G, const Tensor& wt, const Tensor& bt, double eps,
