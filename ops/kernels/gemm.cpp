@@ -177,48 +177,13 @@ T* thread_scratch(size_t elems) {
 // For A the lines are rows (ls = rs, ps = cs), for B the lines are columns (ls = cs, ps = rs).
 
 #if XSIMD_WITH_AVX512F
-// GCC 12's shuffle intrinsics use a self-initialised _mm512_undefined_ps(), which -Wall reports.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-using simd::transpose16x16;
-using simd::transpose8x8;
-
-// ps == 1: every line is contiguous along k, so transpose 16 x 16 (8 x 8) blocks in registers.
-template <int W>
-void pack_transposed(const float* src, int64_t ls, int lines, int64_t kc, float* dst) {
-  for (int g = 0; g < W; g += 16) {
-    const int gl = std::clamp(lines - g, 0, 16);
-    const __mmask16 store_mask = static_cast<__mmask16>((1u << std::min(16, W - g)) - 1);
-    for (int64_t p = 0; p < kc; p += 16) {
-      const int kk = static_cast<int>(std::min<int64_t>(16, kc - p));
-      const __mmask16 load_mask = static_cast<__mmask16>((1u << kk) - 1);
-      __m512 r[16];
-      for (int l = 0; l < 16; ++l)
-        r[l] = l < gl ? _mm512_maskz_loadu_ps(load_mask, src + (g + l) * ls + p) : _mm512_setzero_ps();
-      transpose16x16(r);
-      for (int q = 0; q < kk; ++q) _mm512_mask_storeu_ps(dst + (p + q) * W + g, store_mask, r[q]);
-    }
-  }
+// ps == 1: every line is contiguous along k, so transpose 16 x 16 (8 x 8) blocks in registers;
+// the lanes past `lines` of a partial panel are zero.
+template <int W, class T>
+void pack_transposed(const T* src, int64_t ls, int lines, int64_t kc, T* dst) {
+  if (lines < W) std::fill(dst, dst + kc * W, T(0));
+  simd::transpose_matrix(src, lines, kc, ls, dst, W);
 }
-
-template <int W>
-void pack_transposed(const double* src, int64_t ls, int lines, int64_t kc, double* dst) {
-  for (int g = 0; g < W; g += 8) {
-    const int gl = std::clamp(lines - g, 0, 8);
-    const __mmask8 store_mask = static_cast<__mmask8>((1u << std::min(8, W - g)) - 1);
-    for (int64_t p = 0; p < kc; p += 8) {
-      const int kk = static_cast<int>(std::min<int64_t>(8, kc - p));
-      const __mmask8 load_mask = static_cast<__mmask8>((1u << kk) - 1);
-      __m512d r[8];
-      for (int l = 0; l < 8; ++l)
-        r[l] = l < gl ? _mm512_maskz_loadu_pd(load_mask, src + (g + l) * ls + p) : _mm512_setzero_pd();
-      transpose8x8(r);
-      for (int q = 0; q < kk; ++q) _mm512_mask_storeu_pd(dst + (p + q) * W + g, store_mask, r[q]);
-    }
-  }
-}
-#pragma GCC diagnostic pop
 #else
 template <int W, class T>
 void pack_transposed(const T* src, int64_t ls, int lines, int64_t kc, T* dst) {
