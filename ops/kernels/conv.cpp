@@ -13,7 +13,8 @@
 //                 out with row width wp, output pixel (i, j) is position i * wp + j, and tap k reads
 //                 the buffer at off[k] + position, so the GEMM's B operand is a plain vector load
 //                 (no im2col, no packing of the input). 8 output channels x 3 vectors of positions
-//                 per micro-tile; the wp - wo positions past each row end are computed and dropped.
+//                 per micro-tile; the wp - wo positions past each row end are computed and dropped
+//                 (the tile stores its vectors straight into y as masked runs of one output row).
 //                 The input gradient is the same kernel on gy with the kernel flipped and channels
 //                 swapped (when the padding is at most the dilated kernel extent - 1).
 //   im2col + GEMM everything else (strided convolutions, big paddings): per image and group,
@@ -502,8 +503,9 @@ void backward_weight_direct(const ConvGeometry& g, const T* x, const T* gy, T* g
 // Output pixel (i, j) is "position" i * wp + j, and tap k = (c, p, q) reads the buffer at
 // off[k] + position with off[k] = c * plane + p * dh * wp + q * dw: along consecutive positions
 // the GEMM's B operand is a plain unaligned vector load. A micro-tile keeps 8 output channels x 3
-// vectors of positions in registers and broadcasts pre-packed weights; the wp - wo positions past
-// the end of each output row are computed into a row buffer and dropped when it is copied out.
+// vectors of positions in registers and broadcasts pre-packed weights. The wp - wo positions past
+// the end of each output row are computed and dropped: each vector of positions is stored straight
+// into y as the runs of lanes that fall on one output row (masked stores, bias added on the way).
 
 constexpr int kImplicitMR = 8;  // output channels per micro-tile
 constexpr int kImplicitNV = 3;  // vectors of positions per micro-tile
@@ -513,8 +515,62 @@ bool natural_unit_stride(const ConvGeometry& g) {
          g.wo == g.w + 2 * g.pw - (g.kw - 1) * g.dw;
 }
 
+// Lanes [lane_begin, lane_end) of a vector of positions land on consecutive outputs of one row:
+// lane l goes to y-plane offset `base + l` (base >= 0: lane_begin's output index minus lane_begin).
+struct RowRun {
+  int64_t base;
+  int lane_begin, lane_end;
+};
+
+// Where the vectors of positions go: the runs of vector v are runs[first[v] .. first[v + 1]).
+struct StorePlan {
+  std::vector<RowRun> runs;
+  std::vector<int64_t> first;
+};
+
+StorePlan make_store_plan(int64_t ho, int64_t wo, int64_t wp, int64_t nvec, int64_t lanes) {
+  StorePlan plan;
+  plan.first.reserve(static_cast<size_t>(nvec + 1));
+  for (int64_t v = 0; v < nvec; ++v) {
+    plan.first.push_back(static_cast<int64_t>(plan.runs.size()));
+    int64_t l = 0;
+    while (l < lanes) {
+      const int64_t pos = v * lanes + l, i = pos / wp, j = pos % wp;
+      if (i >= ho) break;
+      if (j >= wo) {  // padding columns: skip to the next row
+        l += wp - j;
+        continue;
+      }
+      const int64_t len = std::min(lanes - l, wo - j);
+      plan.runs.push_back({i * wo + j - l, static_cast<int>(l), static_cast<int>(l + len)});
+      l += len;
+    }
+  }
+  plan.first.push_back(static_cast<int64_t>(plan.runs.size()));
+  return plan;
+}
+
+// Stores lanes [r.lane_begin, r.lane_end) of v at y + r.base + lane.
+template <class T>
+inline void store_run(T* y, const Vec<T>& v, const RowRun& r) {
+#if XSIMD_WITH_AVX512F
+  const unsigned bits = ((1u << (r.lane_end - r.lane_begin)) - 1) << r.lane_begin;
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(y + r.base, static_cast<__mmask16>(bits), v);
+  } else {
+    _mm512_mask_storeu_pd(y + r.base, static_cast<__mmask8>(bits), v);
+  }
+#else
+  alignas(64) T buf[kLanes<T>];
+  v.store_aligned(buf);
+  for (int l = r.lane_begin; l < r.lane_end; ++l) y[r.base + l] = buf[l];
+#endif
+}
+
+// out rows [0, rows) (rows <= ROWS; the others are padding of a partial panel) at y + r * ystride.
 template <class T, int ROWS, int NV>
-void implicit_tile(int64_t K, const int64_t* off, const T* x, const T* w, T* out, int64_t ostride) {
+void implicit_tile(int64_t K, const int64_t* off, const T* x, const T* w, int rows, const T* bias, const StorePlan& plan,
+                   int64_t v0, T* y, int64_t ystride) {
   constexpr int64_t L = kLanes<T>;
   Vec<T> acc[ROWS][NV];
 #pragma GCC unroll 8
@@ -535,14 +591,29 @@ void implicit_tile(int64_t K, const int64_t* off, const T* x, const T* w, T* out
       for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
     }
   }
+  // Unrolled with compile-time indices (a runtime row count would force acc into memory).
+  if (bias)
 #pragma GCC unroll 8
-  for (int r = 0; r < ROWS; ++r)
+    for (int r = 0; r < ROWS; ++r) {
+      const Vec<T> bv(r < rows ? bias[r] : T(0));
 #pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[r][v].store_unaligned(out + r * ostride + v * L);
+      for (int v = 0; v < NV; ++v) acc[r][v] += bv;
+    }
+  const RowRun* runs = plan.runs.data();
+  const int64_t* first = plan.first.data() + v0;
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) {
+    if (r >= rows) break;
+    T* yr = y + r * ystride;
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v)
+      for (int64_t q = first[v]; q < first[v + 1]; ++q) store_run(yr, acc[r][v], runs[q]);
+  }
 }
 
 template <class T>
-using ImplicitTileFn = void (*)(int64_t, const int64_t*, const T*, const T*, T*, int64_t);
+using ImplicitTileFn = void (*)(int64_t, const int64_t*, const T*, const T*, int, const T*, const StorePlan&, int64_t,
+                                T*, int64_t);
 
 // Instantiated for 1, 2, 4 and 8 rows (a panel's rows are rounded up: the packed weights of the
 // extra rows are zero) and 1 to 3 vectors.
@@ -555,13 +626,22 @@ const std::array<std::array<ImplicitTileFn<T>, 4>, kImplicitNV> kImplicitTiles{
     make_implicit_row<T, 1>(), make_implicit_row<T, 2>(), make_implicit_row<T, 3>()};
 inline int implicit_rows_index(int rows) { return rows <= 1 ? 0 : rows <= 2 ? 1 : rows <= 4 ? 2 : 3; }
 
+// Vectors per strip: 3, except that a remainder of one vector is avoided (4 = 2 + 2): a 1-vector
+// tile needs a broadcast per FMA and runs at less than half speed. The strips only decide which
+// tile computes a position, never its sum (same FMA chain over the taps), so results do not change.
+inline int strip_vectors(int64_t v0, int64_t nvec) {
+  const int64_t left = nvec - v0;
+  if (left == 4) return 2;
+  return static_cast<int>(std::min<int64_t>(kImplicitNV, left));
+}
+
 template <class T>
 void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   constexpr int64_t L = kLanes<T>;
   constexpr int MR = kImplicitMR;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
   const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, plane = hp * wp;
-  const int64_t nvec = ceil_div(g.ho * wp, L), ystride = nvec * L;
+  const int64_t nvec = ceil_div(g.ho * wp, L);
   // Reads reach at most (cg - 1) plane + (kh - 1) dh wp + (kw - 1) dw + nvec L - 1
   //                   <= cg plane + (kw - 1) dw + L - 1   (since ho + (kh - 1) dh = hp).
   const int64_t xsize = cg * plane + (g.kw - 1) * g.dw + L;
@@ -575,8 +655,9 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t p = 0; p < g.kh; ++p)
       for (int64_t q = 0; q < g.kw; ++q) off[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * plane + p * g.dh * wp + q * g.dw;
+  const StorePlan plan = make_store_plan(g.ho, g.wo, wp, nvec, L);
   parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
-    Scratch<T> xb(xsize), yb(panels * MR * ystride);
+    Scratch<T> xb(xsize);
     std::fill(xb.get(), xb.get() + xsize, T(0));
     for (int64_t n = b; n < e; ++n) {
       for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -584,33 +665,23 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
         for (int64_t c = 0; c < cg; ++c)
           for (int64_t h = 0; h < g.h; ++h)
             std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+        T* yo = y + (n * g.o + gi * og) * P;
         if (n + 1 < e) {  // the next image's input and output, while this one is computed
           prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
-          prefetch_range_for_write(y + ((n + 1) * g.o + gi * og) * P, og * P * int64_t(sizeof(T)));
+          prefetch_range_for_write(yo + g.o * P, og * P * int64_t(sizeof(T)));
         }
         // Positions outer, output-channel panels inner: the input window of a strip of positions
         // (cg planes x kh rows x ~3 vectors) stays in L1 while every panel's weights stream past it.
-        for (int64_t v0 = 0; v0 < nvec; v0 += kImplicitNV) {
-          const int nv = static_cast<int>(std::min<int64_t>(kImplicitNV, nvec - v0));
+        for (int64_t v0 = 0; v0 < nvec;) {
+          const int nv = strip_vectors(v0, nvec);
           for (int64_t panel = 0; panel < panels; ++panel) {
             const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
             const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
-            kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, off.data(), xb.get() + v0 * L, wpan,
-                                                                 yb.get() + panel * MR * ystride + v0 * L, ystride);
+            kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, off.data(), xb.get() + v0 * L, wpan, rows,
+                                                                 bias ? bias + gi * og + panel * MR : nullptr, plan,
+                                                                 v0, yo + panel * MR * P, P);
           }
-        }
-        T* yo = y + (n * g.o + gi * og) * P;
-        for (int64_t o = 0; o < og; ++o) {  // drop the positions past each row's end, add the bias
-          const T* src = yb.get() + o * ystride;
-          T* dst = yo + o * P;
-          const Vec<T> bv(bias ? bias[gi * og + o] : T(0));
-          for (int64_t i = 0; i < g.ho; ++i)
-            for (int64_t j = 0; j < g.wo; j += L) {
-              const int64_t cnt = std::min(L, g.wo - j);
-              Vec<T> v = load_n(src + i * wp + j, cnt);
-              if (bias) v += bv;
-              store_n(dst + i * g.wo + j, v, cnt);
-            }
+          v0 += nv;
         }
       }
     }
