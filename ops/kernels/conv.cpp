@@ -499,7 +499,7 @@ void backward_weight_direct(const ConvGeometry& g, const T* x, const T* gy, T* g
 // ---------------------------------------------------------------------------------------------
 // Implicit GEMM for unit-stride convolutions (no im2col).
 //
-// The cg input planes of an image are copied into a zero-padded buffer of row width wp = w + 2 pw.
+// The cg input planes of an image are copied into a zero-padded buffer of row width wp = w + pw.
 // Output pixel (i, j) is "position" i * wp + j, and tap k = (c, p, q) reads the buffer at
 // off[k] + position with off[k] = c * plane + p * dh * wp + q * dw: along consecutive positions
 // the GEMM's B operand is a plain unaligned vector load. A micro-tile keeps 8 output channels x 3
@@ -640,7 +640,11 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
   constexpr int64_t L = kLanes<T>;
   constexpr int MR = kImplicitMR;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
-  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, plane = hp * wp;
+  // Rows share their zero padding: row r's data starts pw after the row start and the next row
+  // starts pw after its end, so a read past a row's right end lands in the next row's left gap
+  // (also across planes: a plane's first row starts with the gap). That needs pw <= (kw - 1) dw,
+  // which also keeps the output row inside a buffer row (wo <= wp); else both sides are padded.
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + (g.pw <= (g.kw - 1) * g.dw ? g.pw : 2 * g.pw), plane = hp * wp;
   const int64_t nvec = ceil_div(g.ho * wp, L);
   // Reads reach at most (cg - 1) plane + (kh - 1) dh wp + (kw - 1) dw + nvec L - 1
   //                   <= cg plane + (kw - 1) dw + L - 1   (since ho + (kh - 1) dh = hp).
