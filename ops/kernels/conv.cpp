@@ -516,7 +516,8 @@ bool natural_unit_stride(const ConvGeometry& g) {
 }
 
 // Lanes [lane_begin, lane_end) of a vector of positions land on consecutive outputs of one row:
-// lane l goes to y-plane offset `base + l` (base >= 0: lane_begin's output index minus lane_begin).
+// lane l goes to y-plane offset `base + l` (base + lane_begin >= 0; base itself can be negative
+// when output rows are shorter than a vector).
 struct RowRun {
   int64_t base;
   int lane_begin, lane_end;
@@ -550,15 +551,26 @@ StorePlan make_store_plan(int64_t ho, int64_t wo, int64_t wp, int64_t nvec, int6
   return plan;
 }
 
-// Stores lanes [r.lane_begin, r.lane_end) of v at y + r.base + lane.
+// Stores lanes [r.lane_begin, r.lane_end) of v at y + r.base + lane. A run whose base lies before
+// the plane is first moved down to lane 0 (no pointer outside y is ever formed).
 template <class T>
 inline void store_run(T* y, const Vec<T>& v, const RowRun& r) {
 #if XSIMD_WITH_AVX512F
-  const unsigned bits = ((1u << (r.lane_end - r.lane_begin)) - 1) << r.lane_begin;
+  const unsigned low = (1u << (r.lane_end - r.lane_begin)) - 1, bits = low << r.lane_begin;
   if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(y + r.base, static_cast<__mmask16>(bits), v);
+    if (r.base >= 0) {
+      _mm512_mask_storeu_ps(y + r.base, static_cast<__mmask16>(bits), v);
+    } else {
+      _mm512_mask_storeu_ps(y + (r.base + r.lane_begin), static_cast<__mmask16>(low),
+                            _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), v));
+    }
   } else {
-    _mm512_mask_storeu_pd(y + r.base, static_cast<__mmask8>(bits), v);
+    if (r.base >= 0) {
+      _mm512_mask_storeu_pd(y + r.base, static_cast<__mmask8>(bits), v);
+    } else {
+      _mm512_mask_storeu_pd(y + (r.base + r.lane_begin), static_cast<__mmask8>(low),
+                            _mm512_maskz_compress_pd(static_cast<__mmask8>(bits), v));
+    }
   }
 #else
   alignas(64) T buf[kLanes<T>];
