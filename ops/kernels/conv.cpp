@@ -848,18 +848,13 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
       }
     }
   });
-  // Partials added in group order in f64, a tap row of channels at a time (contiguous reads; the
-  // partials of a big layer do not fit in cache).
-  std::vector<double> row(static_cast<size_t>(og));
+  // Partials added in their own [tap][channel] layout (contiguous reads: the partials of a big
+  // layer do not fit in cache), then transposed into gw [o][tap].
+  std::vector<T> total(static_cast<size_t>(part_size));
+  combine_partials(part.get(), S, part_size, total.data());
   for (int64_t gi = 0; gi < g.groups; ++gi)
-    for (int64_t k = 0; k < K; ++k) {
-      std::fill(row.begin(), row.end(), 0.0);
-      for (int64_t s = 0; s < S; ++s) {
-        const T* src = part.get() + s * part_size + (gi * Kp + k) * ogp;
-        for (int64_t o = 0; o < og; ++o) row[static_cast<size_t>(o)] += static_cast<double>(src[o]);
-      }
-      for (int64_t o = 0; o < og; ++o) gw[(gi * og + o) * K + k] = static_cast<T>(row[static_cast<size_t>(o)]);
-    }
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t o = 0; o < og; ++o) gw[(gi * og + o) * K + k] = total[static_cast<size_t>((gi * Kp + k) * ogp + o)];
   if (gbias) combine_partials(bpart.data(), S, g.o, gbias);
 }
 
