@@ -51,67 +51,24 @@
 
 #include "core/parallel.hpp"
 #include "core/tensor.hpp"
+#include "ops/kernels/conv_util.hpp"
+#include "ops/kernels/conv_winograd.hpp"
 #include "ops/kernels/gemm.hpp"
 #include "ops/kernels/simd_transpose.hpp"
 
 namespace tg::kernels {
 namespace {
 
-template <class T>
-using Vec = xsimd::batch<T>;
-template <class T>
-constexpr int64_t kLanes = static_cast<int64_t>(Vec<T>::size);
-
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// A task-owned scratch buffer from the caching allocator (64-byte aligned, reused across calls).
-template <class T>
-class Scratch {
- public:
-  explicit Scratch(int64_t n) : t_(empty({std::max<int64_t>(n, 1)}, dtype_of<T>())), p_(t_.data<T>()) {}
-  T* get() const { return p_; }
-
- private:
-  Tensor t_;
-  T* p_;
-};
-
-// Loads the first n (< lanes) elements, zero in the other lanes; never reads past p + n.
-template <class T>
-inline Vec<T> load_n(const T* p, int64_t n) {
-  if (n >= kLanes<T>) return Vec<T>::load_unaligned(p);
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    return Vec<T>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
-  } else {
-    return Vec<T>(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p));
-  }
-#else
-  alignas(64) T buf[kLanes<T>] = {};
-  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
-  return Vec<T>::load_aligned(buf);
-#endif
-}
-
-// Stores the first n lanes of v (all when n >= lanes).
-template <class T>
-inline void store_n(T* p, const Vec<T>& v, int64_t n) {
-  if (n >= kLanes<T>) {
-    v.store_unaligned(p);
-    return;
-  }
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
-  } else {
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
-  }
-#else
-  alignas(64) T buf[kLanes<T>];
-  v.store_aligned(buf);
-  for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
-#endif
-}
+using conv_util::ceil_div;
+using conv_util::images_per_task;
+using conv_util::items_per_task;
+using conv_util::kLanes;
+using conv_util::load_n;
+using conv_util::prefetch_range;
+using conv_util::prefetch_range_for_write;
+using conv_util::Scratch;
+using conv_util::store_n;
+using conv_util::Vec;
 
 // Sum of n contiguous values in a fixed order (vector lanes, then the lane reduction).
 template <class T>
@@ -126,24 +83,6 @@ inline T row_sum(const T* p, int64_t n) {
   for (; i < n; i += L) a0 += load_n(p + i, n - i);
   return xsimd::hadd(a0 + a1);
 }
-
-// Asks for [p, p + bytes) to be brought into the cache ahead of use (e.g. the next image's data
-// while the current one is computed: the strided reads that follow would otherwise wait on memory).
-inline void prefetch_range(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
-}
-inline void prefetch_range_for_write(void* p, int64_t bytes) {
-  char* c = static_cast<char*>(p);
-  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 2);
-}
-
-// Work per task, in multiply-adds: enough to hide the task overhead.
-constexpr int64_t kTaskWork = int64_t{1} << 19;
-int64_t items_per_task(int64_t work_per_item) { return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(work_per_item, 1)); }
-// Images per task for the batch loops: enough work per task, and at most ~32 tasks so that a task
-// walks several images (it prefetches the next one while computing the current one).
-int64_t images_per_task(int64_t n, int64_t work_per_image) { return std::max(items_per_task(work_per_image), n / 32); }
 
 // The batch split for weight-gradient reductions: at most 8 contiguous groups of images (fixed
 // by n alone), fewer when the partial gradients would be large.
@@ -723,7 +662,11 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
                 w[(((gi * og + o) * cg + c) * kh + (kh - 1 - p)) * kw + (kw - 1 - q)];
   const ConvGeometry t{g.n, g.o, g.ho, g.wo, g.c, kh, kw, g.h, g.w, 1, 1,
                        (kh - 1) * g.dh - g.ph, (kw - 1) * g.dw - g.pw, g.dh, g.dw, g.groups};
-  forward_implicit(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
+  if (winograd_applies(t)) {
+    winograd_forward(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
+  } else {
+    forward_implicit(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
+  }
 }
 
 // Weight gradient as outer products over positions: dW^T[k][o] += x_k(pos) * gy[o](pos), with the
@@ -986,6 +929,8 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
   if (g.n == 0 || g.o == 0 || g.ho == 0 || g.wo == 0) return;
   if (use_direct(g)) {
     forward_direct(g, x, w, bias, y);
+  } else if (winograd_applies(g)) {
+    winograd_forward(g, x, w, bias, y);
   } else if (natural_unit_stride(g)) {
     forward_implicit(g, x, w, bias, y);
   } else {

@@ -404,6 +404,7 @@ void group_forward_impl(const Tensor& x, std::int64_t G, const Tensor& wt, const
           const B<T> z = xsimd::fma((load_part(xr + i, c, T(0)) - mb) * rb, wc, bc);
           if constexpr (Silu) store_part(yr + i, c, silu_of(z));
           else store_part(yr + i, c, z);
+          if (ng + 1 < hi) prefetch_next_row(xr + M + i, yr + M + i);
         }
       }
     }
@@ -481,6 +482,7 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
           const B<T> dy = load_part(gb + cc * S + i, c, T(0));
           const B<T> xh = (load_part(xb + cc * S + i, c, T(0)) - mb) * rb;
           store_part(gx + ng * M + cc * S + i, c, xsimd::fnma(xh, c2, dy * wr - c1));
+          if (ng + 1 < hi) prefetch_next_row(xb + M + cc * S + i, gp + (ng + 1) * M + cc * S + i, gx + (ng + 1) * M + cc * S + i);
         }
       }
     }

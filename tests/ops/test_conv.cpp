@@ -251,6 +251,13 @@ const ConvCase kConvCases[] = {
     {{1, 4, 6, 6}, 2, {2, 2}, {{1, 2}, {0, 0}, {2, 1}, 1}, false},     // even kernel, stride 2 along the width
     {{2, 1, 9, 9}, 3, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},      // one channel, stride 2 (GEMM, 9 taps)
     {{1, 3, 7, 17}, 4, {7, 7}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},     // large kernel (147 taps)
+    // Winograd F(2x2, 3x3): odd output sizes (partial tiles), channel counts not multiples of 8,
+    // asymmetric and larger paddings, rows longer than two vectors, a single image (split by
+    // output channels).
+    {{3, 9, 11, 13}, 13, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{2, 8, 10, 9}, 16, {3, 3}, {{1, 1}, {0, 2}, {1, 1}, 1}, false},
+    {{1, 10, 12, 12}, 9, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
+    {{1, 8, 5, 40}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
 };
 
 Tensor conv_input(const ConvCase& c, DType dt, std::uint64_t seed) { return test::randn(c.x, dt, seed); }
@@ -289,6 +296,8 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{5, 2, 9, 9}, 3, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},      // few taps but stride 2 (im2col forward)
       {{4, 5, 11, 10}, 20, {3, 3}, {{2, 2}, {2, 1}, {2, 2}, 1}, true},   // stride and dilation 2, 20 channels
       {{3, 4, 8, 8}, 3, {3, 3}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},      // padding beyond the kernel (im2col input grad)
+      {{5, 9, 11, 10}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
+      {{2, 16, 14, 14}, 24, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false}, // Winograd, images split by channels
   };
   for (const ConvCase& c : cases) {
     INFO(describe(c));
@@ -330,6 +339,7 @@ TEST_CASE("conv2d: gradcheck", "[ops][conv][grad][conv2d]") {
       {{1, 6, 6, 6}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // implicit GEMM (54 taps)
       {{2, 8, 5, 6}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 2}, false},  // implicit GEMM (36 taps), groups 2
       {{1, 7, 7, 7}, 3, {5, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, true},   // strided, 105 taps
+      {{1, 8, 6, 7}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
   };
   for (const ConvCase& c : small) {
     INFO(describe(c));

@@ -1,0 +1,99 @@
+// Helpers shared by the convolution kernels (conv.cpp, conv_winograd.cpp): SIMD batch aliases,
+// partial vector loads/stores and task-owned scratch buffers. Internal to ops/kernels.
+#pragma once
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#if XSIMD_WITH_AVX512F
+#include <immintrin.h>
+#endif
+
+#include "core/tensor.hpp"
+
+namespace tg::kernels::conv_util {
+
+template <class T>
+using Vec = xsimd::batch<T>;
+template <class T>
+constexpr int64_t kLanes = static_cast<int64_t>(Vec<T>::size);
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Work per task, in multiply-adds: enough to hide the task overhead.
+constexpr int64_t kTaskWork = int64_t{1} << 19;
+inline int64_t items_per_task(int64_t work_per_item) {
+  return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(work_per_item, 1));
+}
+// Images per task for the batch loops: enough work per task, and at most ~32 tasks so that a task
+// walks several images (reusing its scratch, prefetching the next image while computing one).
+inline int64_t images_per_task(int64_t n, int64_t work_per_image) {
+  return std::max(items_per_task(work_per_image), n / 32);
+}
+
+// A task-owned scratch buffer from the caching allocator (64-byte aligned, reused across calls).
+template <class T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : t_(empty({std::max<int64_t>(n, 1)}, dtype_of<T>())), p_(t_.data<T>()) {}
+  T* get() const { return p_; }
+
+ private:
+  Tensor t_;
+  T* p_;
+};
+
+// Loads the first n elements (all lanes when n >= lanes), zero in the other lanes; never reads
+// past p + n (nothing when n <= 0).
+template <class T>
+inline Vec<T> load_n(const T* p, int64_t n) {
+  if (n >= kLanes<T>) return Vec<T>::load_unaligned(p);
+  if (n <= 0) return Vec<T>(T(0));
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec<T>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+  } else {
+    return Vec<T>(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p));
+  }
+#else
+  alignas(64) T buf[kLanes<T>] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+  return Vec<T>::load_aligned(buf);
+#endif
+}
+
+// Stores the first n lanes of v (all when n >= lanes, none when n <= 0).
+template <class T>
+inline void store_n(T* p, const Vec<T>& v, int64_t n) {
+  if (n >= kLanes<T>) {
+    v.store_unaligned(p);
+    return;
+  }
+  if (n <= 0) return;
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+  } else {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+  }
+#else
+  alignas(64) T buf[kLanes<T>];
+  v.store_aligned(buf);
+  for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
+#endif
+}
+
+// Asks for [p, p + bytes) to be brought into the cache ahead of use (e.g. the next image's data
+// while the current one is computed: the strided reads that follow would otherwise wait on memory).
+inline void prefetch_range(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
+}
+inline void prefetch_range_for_write(void* p, int64_t bytes) {
+  char* c = static_cast<char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 2);
+}
+
+}  // namespace tg::kernels::conv_util

@@ -1,0 +1,18 @@
+// Winograd F(2x2, 3x3) convolution: the fast path of conv2d_forward and of the input gradient for
+// 3x3 kernels with unit stride and dilation (internal to the convolution kernels; see
+// conv_winograd.cpp for the algorithm).
+#pragma once
+#include "ops/kernels/conv.hpp"
+
+namespace tg::kernels {
+
+// True when g is a 3x3, unit-stride, undilated convolution with one group, an output no larger
+// than the natural one, and enough channels on both sides for the transforms to pay off.
+bool winograd_applies(const ConvGeometry& g);
+
+// y = conv(x, w) (+ bias[o]) for a geometry where winograd_applies(g); same contract as
+// conv2d_forward (y overwritten, bits independent of the thread count).
+template <class T>
+void winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
+
+}  // namespace tg::kernels
