@@ -60,6 +60,7 @@ namespace tg::kernels {
 namespace {
 
 using conv_util::ceil_div;
+using conv_util::copy_row;
 using conv_util::images_per_task;
 using conv_util::items_per_task;
 using conv_util::kLanes;
@@ -129,7 +130,7 @@ void im2col(const ConvGeometry& g, const T* x, int64_t cg, T* col, int64_t ld) {
           const T* xr = xc + hi * W;
           std::fill(out, out + r.lo, T(0));
           if (g.sw == 1) {
-            if (r.lo < r.hi) std::memcpy(out + r.lo, xr + (r.lo + off), static_cast<size_t>(r.hi - r.lo) * sizeof(T));
+            if (r.lo < r.hi) copy_row(out + r.lo, xr + (r.lo + off), r.hi - r.lo);
           } else {
             for (int64_t j = r.lo; j < r.hi; ++j) out[j] = xr[j * g.sw + off];
           }
@@ -260,7 +261,7 @@ struct PaddedPlanes {
   void fill(const ConvGeometry& g, const T* x, int64_t cg, T* buf) const {
     for (int64_t c = 0; c < cg; ++c)
       for (int64_t h = 0; h < g.h; ++h)
-        std::memcpy(buf + (c * hp + h + g.ph) * wb + g.pw, x + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+        copy_row(buf + (c * hp + h + g.ph) * wb + g.pw, x + (c * g.h + h) * g.w, g.w);
   }
   // Offsets of the taps (c, p, q) relative to the output row's first input row.
   void tap_offsets(const ConvGeometry& g, int64_t cg, int64_t* off) const {
@@ -619,7 +620,7 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
         const T* xs = x + (n * g.c + gi * cg) * g.h * g.w;
         for (int64_t c = 0; c < cg; ++c)
           for (int64_t h = 0; h < g.h; ++h)
-            std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+            copy_row(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, g.w);
         T* yo = y + (n * g.o + gi * og) * P;
         if (n + 1 < e) {  // the next image's input and output, while this one is computed
           prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
@@ -768,7 +769,7 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
           const T* xs = x + (n * g.c + gi * cg) * g.h * g.w;
           for (int64_t c = 0; c < cg; ++c)
             for (int64_t h = 0; h < g.h; ++h)
-              std::memcpy(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, static_cast<size_t>(g.w) * sizeof(T));
+              copy_row(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, g.w);
           const T* gys = gy + (n * g.o + gi * og) * P;
           transpose(gys, og, P, P, gyt.get(), ogp);
           if (n + 1 < group_begin(g.n, S, s + 1)) {  // the next image, while this one is computed
