@@ -1,6 +1,6 @@
 // Convolution-family kernels.
 //
-// Convolution: three paths, chosen from the geometry alone (so the bits never depend on threads).
+// Convolution: four paths, chosen from the geometry alone (so the bits never depend on threads).
 //
 //   direct        few taps per output (K = C/groups * kh * kw <= 32) and unit width stride: the
 //                 first layer of a CNN on grey or RGB images, depthwise convolutions.
@@ -17,6 +17,9 @@
 //                 (the tile stores its vectors straight into y as masked runs of one output row).
 //                 The input gradient is the same kernel on gy with the kernel flipped and channels
 //                 swapped (when the padding is at most the dilated kernel extent - 1).
+//   Winograd      3x3, unit stride and dilation, one group, planes of about 8 x 8 and more:
+//                 F(2x2, 3x3) in conv_winograd.cpp (16 products of 16 instead of 36 multiply-adds
+//                 per 2x2 outputs), forward and input gradient; checked before the implicit GEMM.
 //   im2col + GEMM everything else (strided convolutions, big paddings): per image and group,
 //                 col = im2col(x), y = W_g · col on the project's GEMM; input grad: col = W_g^T · gy
 //                 then col2im (a scatter owned by the image's task, fixed order).
