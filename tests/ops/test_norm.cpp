@@ -193,7 +193,10 @@ TEST_CASE("group_norm_silu: reference, gradcheck, and bit-identical to silu(grou
           return Tensors{y, want_x ? xv.grad() : zeros({1}), wv.grad(), bv.grad()};
         };
         const Tensors fused = run(true), pair = run(false);
-        for (std::size_t i = 0; i < fused.size(); ++i) CHECK(test::same_bits(fused[i], pair[i]));
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          INFO("output " << i << " (y, x.grad, w.grad, b.grad) " << dtype_name(dt) << " want_x " << want_x);
+          CHECK(test::same_bits(fused[i], pair[i]));
+        }
       }
     }
     if (c.shape.numel() <= 200) {
