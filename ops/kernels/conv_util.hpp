@@ -1,17 +1,13 @@
 // Helpers shared by the convolution kernels (conv.cpp, conv_winograd.cpp): SIMD batch aliases,
-// partial vector loads/stores and task-owned scratch buffers. Internal to ops/kernels.
+// partial vector loads/stores (from simd_partial.hpp) and task-owned scratch buffers. Internal to ops/kernels.
 #pragma once
 #include <xsimd/xsimd.hpp>
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
-
-#if XSIMD_WITH_AVX512F
-#include <immintrin.h>
-#endif
 
 #include "core/tensor.hpp"
+#include "ops/kernels/simd_partial.hpp"
 
 namespace tg::kernels::conv_util {
 
@@ -45,45 +41,8 @@ class Scratch {
   T* p_;
 };
 
-// Loads the first n elements (all lanes when n >= lanes), zero in the other lanes; never reads
-// past p + n (nothing when n <= 0).
-template <class T>
-inline Vec<T> load_n(const T* p, int64_t n) {
-  if (n >= kLanes<T>) return Vec<T>::load_unaligned(p);
-  if (n <= 0) return Vec<T>(T(0));
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    return Vec<T>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
-  } else {
-    return Vec<T>(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p));
-  }
-#else
-  alignas(64) T buf[kLanes<T>] = {};
-  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
-  return Vec<T>::load_aligned(buf);
-#endif
-}
-
-// Stores the first n lanes of v (all when n >= lanes, none when n <= 0).
-template <class T>
-inline void store_n(T* p, const Vec<T>& v, int64_t n) {
-  if (n >= kLanes<T>) {
-    v.store_unaligned(p);
-    return;
-  }
-  if (n <= 0) return;
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
-  } else {
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
-  }
-#else
-  alignas(64) T buf[kLanes<T>];
-  v.store_aligned(buf);
-  for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
-#endif
-}
+using simd::load_n;
+using simd::store_n;
 
 // dst[0, n) = src[0, n) for short rows (a few vectors): inline vector copies with a masked tail,
 // which for image rows of 7 to 28 elements cost far less than a call to memcpy each.

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/simd_partial.hpp"
 #include "ops/kernels/elementwise.hpp"  // silu_of / silu_backward_of: the same formulas as ops::silu
 
 namespace tg::kernels {
@@ -109,44 +110,8 @@ double wide_sum(const T* x, std::int64_t n, F f) {
   return hsum((a0 + a2) + (a1 + a3)) + tail;
 }
 
-// The first count (0 < count <= W) elements at p, `fill` in the other lanes (masked loads on
-// AVX-512: group-norm planes of 7 x 7 or 14 x 14 end in a partial vector on every channel).
-template <class T>
-inline B<T> load_part(const T* p, std::int64_t count, T fill) {
-  constexpr std::int64_t W = B<T>::size;
-  if (count == W) return B<T>::load_unaligned(p);
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    return B<T>(_mm512_mask_loadu_ps(_mm512_set1_ps(fill), static_cast<__mmask16>((1u << count) - 1), p));
-  } else {
-    return B<T>(_mm512_mask_loadu_pd(_mm512_set1_pd(fill), static_cast<__mmask8>((1u << count) - 1), p));
-  }
-#else
-  alignas(64) T buf[W];
-  for (std::int64_t j = 0; j < W; ++j) buf[j] = j < count ? p[j] : fill;
-  return B<T>::load_aligned(buf);
-#endif
-}
-
-template <class T>
-inline void store_part(T* p, std::int64_t count, const B<T>& v) {
-  constexpr std::int64_t W = B<T>::size;
-  if (count == W) {
-    v.store_unaligned(p);
-    return;
-  }
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v);
-  } else {
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v);
-  }
-#else
-  alignas(64) T buf[W];
-  v.store_aligned(buf);
-  for (std::int64_t j = 0; j < count; ++j) p[j] = buf[j];
-#endif
-}
+using simd::load_n;
+using simd::store_n;
 
 // dst[0..count) += v (widened to f64).
 template <class T>
@@ -205,13 +170,13 @@ void normalize_row(const T* x, const T* w, const T* b, T* y, std::int64_t n, T m
   constexpr std::int64_t W = B<T>::size;
   const B<T> mb(mean), rb(rstd);
   auto one = [&](std::int64_t i, std::int64_t c) {
-    B<T> v = load_part(x + i, c, T(0));
+    B<T> v = load_n(x + i, c, T(0));
     if constexpr (Center) v = v - mb;
     v = v * rb;
-    if (w && b) v = xsimd::fma(v, load_part(w + i, c, T(0)), load_part(b + i, c, T(0)));
-    else if (w) v = v * load_part(w + i, c, T(0));
-    else if (b) v = v + load_part(b + i, c, T(0));
-    store_part(y + i, c, v);
+    if (w && b) v = xsimd::fma(v, load_n(w + i, c, T(0)), load_n(b + i, c, T(0)));
+    else if (w) v = v * load_n(w + i, c, T(0));
+    else if (b) v = v + load_n(b + i, c, T(0));
+    store_n(y + i, v, c);
   };
   std::int64_t i = 0;
   if (w && b) {  // the common case without per-batch branches
@@ -277,7 +242,7 @@ void row_forward_impl(const Tensor& x, const Tensor& wt, const Tensor& bt, doubl
 // dst[0..count) += v in the input precision.
 template <class T>
 inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
-  store_part(dst, count, load_part(dst, count, T(0)) + v);
+  store_n(dst, load_n(dst, count, T(0)) + v, count);
 }
 
 // One row of the backward. pw, pb: running sums of dy * x_hat and dy over a few rows, in the input
@@ -297,8 +262,8 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
     // Two vectors per step into separate f64 accumulators: the f64 adds are latency-bound otherwise.
     D s1a(0.0), s1b(0.0), s2a(0.0), s2b(0.0), s1c(0.0), s1d(0.0), s2c(0.0), s2d(0.0);
     auto gw_at = [&](std::int64_t i, std::int64_t c) {
-      const B<T> g = load_part(gy + i, c, T(0));
-      return w ? g * load_part(w + i, c, T(0)) : g;
+      const B<T> g = load_n(gy + i, c, T(0));
+      return w ? g * load_n(w + i, c, T(0)) : g;
     };
     std::int64_t i = 0;
     for (; i + 2 * W <= n; i += 2 * W) {
@@ -314,7 +279,7 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
     for (; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
       const B<T> g = gw_at(i, c);
-      const B<T> xh = xhat(load_part(x + i, c, T(0)));
+      const B<T> xh = xhat(load_n(x + i, c, T(0)));
       if constexpr (Center) add_wide(id, g, s1a, s1b);
       add_wide(id, g * xh, s2a, s2b);
     }
@@ -324,12 +289,12 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
     const B<T> c2(static_cast<T>(static_cast<double>(rstd) * s2 * inv_n));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      const B<T> xh = xhat(load_part(x + i, c, T(0)));
-      const B<T> dy = load_part(gy + i, c, T(0));
-      const B<T> g = w ? dy * load_part(w + i, c, T(0)) : dy;
+      const B<T> xh = xhat(load_n(x + i, c, T(0)));
+      const B<T> dy = load_n(gy + i, c, T(0));
+      const B<T> g = w ? dy * load_n(w + i, c, T(0)) : dy;
       B<T> d = g * rb;
       if constexpr (Center) d = d - c1;
-      store_part(gx + i, c, xsimd::fnma(xh, c2, d));
+      store_n(gx + i, xsimd::fnma(xh, c2, d), c);
       if (prefetch_next) prefetch_next_row(x + n + i, gy + n + i, gx + n + i);
       if (pw) acc_into(pw + i, c, dy * xh);
       if (pb) acc_into(pb + i, c, dy);
@@ -337,8 +302,8 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
   } else if (pw || pb) {
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      const B<T> dy = load_part(gy + i, c, T(0));
-      if (pw) acc_into(pw + i, c, dy * xhat(load_part(x + i, c, T(0))));
+      const B<T> dy = load_n(gy + i, c, T(0));
+      if (pw) acc_into(pw + i, c, dy * xhat(load_n(x + i, c, T(0))));
       if (pb) acc_into(pb + i, c, dy);
     }
   }
@@ -390,7 +355,7 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
         for (auto [a, p] : {std::pair{aw, pw}, std::pair{ab, pb}}) {
           if (!a) continue;
           constexpr std::int64_t W = B<T>::size;
-          for (std::int64_t i = 0; i < n; i += W) add_into(p + i, std::min(W, n - i), load_part(a + i, std::min(W, n - i), T(0)));
+          for (std::int64_t i = 0; i < n; i += W) add_into(p + i, std::min(W, n - i), load_n(a + i, std::min(W, n - i), T(0)));
           std::fill(a, a + n, T(0));
         }
       }
@@ -431,9 +396,9 @@ void group_forward_impl(const Tensor& x, std::int64_t G, const Tensor& wt, const
         T* yr = yp + ng * M + cc * S;
         for (std::int64_t i = 0; i < S; i += W) {
           const std::int64_t c = std::min(W, S - i);
-          const B<T> z = xsimd::fma((load_part(xr + i, c, T(0)) - mb) * rb, wc, bc);
-          if constexpr (Silu) store_part(yr + i, c, silu_of(z));
-          else store_part(yr + i, c, z);
+          const B<T> z = xsimd::fma((load_n(xr + i, c, T(0)) - mb) * rb, wc, bc);
+          if constexpr (Silu) store_n(yr + i, silu_of(z), c);
+          else store_n(yr + i, z, c);
           if (ng + 1 < hi) prefetch_next_row(xr + M + i, yr + M + i);
         }
       }
@@ -477,8 +442,8 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
           const B<T> wc(w ? w[ch] : T(1)), bc(bias ? bias[ch] : T(0));
           for (std::int64_t i = 0; i < S; i += W) {
             const std::int64_t c = std::min(W, S - i);
-            const B<T> z = xsimd::fma((load_part(xb + cc * S + i, c, T(0)) - mb) * rb, wc, bc);
-            store_part(dz + cc * S + i, c, silu_backward_of(z, load_part(gb + cc * S + i, c, T(0))));
+            const B<T> z = xsimd::fma((load_n(xb + cc * S + i, c, T(0)) - mb) * rb, wc, bc);
+            store_n(dz + cc * S + i, silu_backward_of(z, load_n(gb + cc * S + i, c, T(0))), c);
           }
         }
         gb = dz;
@@ -501,8 +466,8 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
         }
         for (; i < S; i += W) {  // padded lanes: dy = 0
           const std::int64_t c = std::min(W, S - i);
-          const B<T> dy = load_part(gc + i, c, T(0));
-          const B<T> xh = (load_part(xc + i, c, T(0)) - mb) * rb;
+          const B<T> dy = load_n(gc + i, c, T(0));
+          const B<T> xh = (load_n(xc + i, c, T(0)) - mb) * rb;
           add_wide(id, dy, a0, a1);
           add_product(dy, xh, b0, b1);
         }
@@ -521,9 +486,9 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
         const B<T> wr(static_cast<T>((w ? w[ch] : T(1)) * rp[ng]));
         for (std::int64_t i = 0; i < S; i += W) {
           const std::int64_t c = std::min(W, S - i);
-          const B<T> dy = load_part(gb + cc * S + i, c, T(0));
-          const B<T> xh = (load_part(xb + cc * S + i, c, T(0)) - mb) * rb;
-          store_part(gx + ng * M + cc * S + i, c, xsimd::fnma(xh, c2, xsimd::fms(dy, wr, c1)));
+          const B<T> dy = load_n(gb + cc * S + i, c, T(0));
+          const B<T> xh = (load_n(xb + cc * S + i, c, T(0)) - mb) * rb;
+          store_n(gx + ng * M + cc * S + i, xsimd::fnma(xh, c2, xsimd::fms(dy, wr, c1)), c);
         }
       }
     }
