@@ -23,11 +23,9 @@ int main(int argc, char** argv) {
   bench::Args args = bench::parse_args(argc, argv);
   std::int64_t B = 16, H = 4, T = 128, d = 64;
   for (std::size_t i = 0; i + 1 < args.rest.size(); ++i) {
-    const std::int64_t v = std::stoll(args.rest[i + 1]);
-    if (args.rest[i] == "--B") B = v;
-    if (args.rest[i] == "--H") H = v;
-    if (args.rest[i] == "--T") T = v;
-    if (args.rest[i] == "--d") d = v;
+    const std::string& flag = args.rest[i];
+    std::int64_t* dim = flag == "--B" ? &B : flag == "--H" ? &H : flag == "--T" ? &T : flag == "--d" ? &d : nullptr;
+    if (dim) *dim = bench::positive_int(flag, args.rest[++i]);
   }
   Generator gen(0);
   const Tensor q0 = randn({B, H, T, d}, DType::f32, gen), k0 = randn({B, H, T, d}, DType::f32, gen);

@@ -31,12 +31,12 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < args.rest.size(); ++i) {
     const std::string& a = args.rest[i];
     const bool has_value = i + 1 < args.rest.size();
-    if (a == "--batch" && has_value) B = std::stoll(args.rest[++i]);
-    else if (a == "--channels" && has_value) C = std::stoll(args.rest[++i]);
+    if (a == "--batch" && has_value) B = bench::positive_int("--batch", args.rest[++i]);
+    else if (a == "--channels" && has_value) C = bench::positive_int("--channels", args.rest[++i]);
     else if (a == "--lengths" && has_value) {
       lengths.clear();
       std::stringstream ss(args.rest[++i]);
-      for (std::string item; std::getline(ss, item, ',');) lengths.push_back(std::stoll(item));
+      for (std::string item; std::getline(ss, item, ',');) lengths.push_back(bench::positive_int("a --lengths entry", item));
     } else if (a == "--recompute") ops::set_fft_conv_recompute(true);
   }
   Generator gen(0);

@@ -27,8 +27,8 @@ int main(int argc, char** argv) {
   bench::Args args = bench::parse_args(argc, argv);
   std::int64_t R = 4096, C = 1024;
   for (std::size_t i = 0; i + 1 < args.rest.size(); ++i) {
-    if (args.rest[i] == "--rows") R = std::stoll(args.rest[i + 1]);
-    if (args.rest[i] == "--cols") C = std::stoll(args.rest[i + 1]);
+    if (args.rest[i] == "--rows") R = bench::positive_int("--rows", args.rest[i + 1]);
+    if (args.rest[i] == "--cols") C = bench::positive_int("--cols", args.rest[i + 1]);
   }
   Generator gen(0);
   const Tensor x = randn({R, C}, DType::f32, gen), dy = randn({R, C}, DType::f32, gen);

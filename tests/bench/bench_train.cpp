@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string what = args.rest[0];
-  const std::int64_t batch = args.rest.size() > 1 ? std::stoll(args.rest[1]) : 128;
+  const std::int64_t batch = args.rest.size() > 1 ? bench::positive_int("the batch size", args.rest[1]) : 128;
   try {
     if (what == "mlp" || what == "cnn") return train_classifier(what, args, batch);
   } catch (const tg::Error& e) {

@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
     if (a == "layer" || a == "rms") {
       norm = a;
     } else if (next_dim < dims.size()) {
-      dims[next_dim++] = std::stoll(a);
+      dims[next_dim++] = bench::positive_int("a model size", a);
     } else {
       fmt::print(stderr, "usage: bench_transformer [--threads N] [--warmup W] [--steps S] [layer|rms] "
                          "[layers d_model heads seq batch]\n");

@@ -116,7 +116,7 @@ struct RefUNet : nn::Module {
 
 int main(int argc, char** argv) {
   const bench::Args args = bench::parse_args(argc, argv);
-  const std::int64_t B = args.rest.empty() ? 64 : std::stoll(args.rest[0]);
+  const std::int64_t B = args.rest.empty() ? 64 : bench::positive_int("the batch size", args.rest[0]);
   const std::string what = args.rest.size() > 1 ? args.rest[1] : "all";
   if (what != "all" && what != "step" && what != "fwd") {
     fmt::print(stderr, "bench_unet: unknown measurement '{}' (all, step or fwd)\n", what);

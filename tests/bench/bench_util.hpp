@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -48,6 +49,18 @@ inline Args parse_args(int argc, char** argv) {
   }
   set_num_threads(a.threads);
   return a;
+}
+
+// A positive integer command-line value (a size or count); anything else exits with a message
+// naming the argument instead of an uncaught std::stoll exception.
+inline std::int64_t positive_int(std::string_view what, const std::string& s) {
+  const bool digits = !s.empty() && s.size() <= 12 && s.find_first_not_of("0123456789") == std::string::npos;
+  const std::int64_t v = digits ? std::stoll(s) : 0;
+  if (v < 1) {
+    fmt::print(stderr, "{} must be a positive integer, got '{}'\n", what, s);
+    std::exit(2);
+  }
+  return v;
 }
 
 struct Stats {
