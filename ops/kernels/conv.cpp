@@ -589,40 +589,116 @@ inline int strip_vectors(int64_t v0, int64_t nvec) {
   return static_cast<int>(std::min<int64_t>(kImplicitNV, left));
 }
 
+// Where the implicit GEMM finds its input. Output pixel (i, j) is position i * row + j of a
+// buffer of planes, and tap k of input channel c reads it at off[k] + position.
+//   unit stride: one zero-padded plane per channel, row width w + pw when the rows can share
+//                their padding (a read past a row's right end lands in the next row's left gap,
+//                also across planes; needs pw <= (kw - 1) dw), else w + 2 pw.
+//   stride s > 1: the padded plane is split into its sh x sw phase planes (padded rows of
+//                parity r % sh, columns of parity q % sw; Winograd's phase trick): tap (p, q)
+//                then reads phase ((p dh) % sh, (q dw) % sw) at row / column (p dh) / sh,
+//                (q dw) / sw plus the output position, so the strided reads become plain vector
+//                loads. A phase row has ceil((w + 2 pw) / sw) entries, of which the first wo are outputs.
+struct ImplicitLayout {
+  int64_t row = 0;         // positions per output row (wo valid, the rest computed and dropped)
+  int64_t plane = 0;       // elements per (phase) plane
+  int64_t phases = 1;      // planes per input channel: sh * sw
+  int64_t nvec = 0;        // vectors of positions
+  int64_t xsize = 0;       // buffer elements per group (covers every read of every tap)
+  std::vector<int64_t> off;
+};
+
+bool strided_implicit(const ConvGeometry& g) {
+  return (g.sh > 1 || g.sw > 1) && g.sh <= 4 && g.sw <= 4 && (g.ho - 1) * g.sh + (g.kh - 1) * g.dh < g.h + 2 * g.ph &&
+         (g.wo - 1) * g.sw + (g.kw - 1) * g.dw < g.w + 2 * g.pw;
+}
+
+template <class T>
+ImplicitLayout implicit_layout(const ConvGeometry& g, int64_t cg) {
+  constexpr int64_t L = kLanes<T>;
+  ImplicitLayout lay;
+  lay.off.resize(static_cast<size_t>(cg * g.kh * g.kw));
+  if (g.sh == 1 && g.sw == 1) {
+    const int64_t hp = g.h + 2 * g.ph;
+    lay.row = g.w + (g.pw <= (g.kw - 1) * g.dw ? g.pw : 2 * g.pw);
+    lay.plane = hp * lay.row;
+    lay.nvec = ceil_div(g.ho * lay.row, L);
+    // Reads reach at most (cg - 1) plane + (kh - 1) dh row + (kw - 1) dw + nvec L - 1
+    //                   <= cg plane + (kw - 1) dw + L - 1   (since ho + (kh - 1) dh = hp).
+    lay.xsize = cg * lay.plane + (g.kw - 1) * g.dw + L;
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t p = 0; p < g.kh; ++p)
+        for (int64_t q = 0; q < g.kw; ++q)
+          lay.off[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * lay.plane + p * g.dh * lay.row + q * g.dw;
+    return lay;
+  }
+  const int64_t hq = ceil_div(g.h + 2 * g.ph, g.sh);
+  lay.row = ceil_div(g.w + 2 * g.pw, g.sw);
+  lay.plane = hq * lay.row;
+  lay.phases = g.sh * g.sw;
+  lay.nvec = ceil_div(g.ho * lay.row, L);
+  int64_t max_off = 0;
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t p = 0; p < g.kh; ++p)
+      for (int64_t q = 0; q < g.kw; ++q) {
+        const int64_t phase = (p * g.dh) % g.sh * g.sw + (q * g.dw) % g.sw;
+        const int64_t o = (c * lay.phases + phase) * lay.plane + (p * g.dh) / g.sh * lay.row + (q * g.dw) / g.sw;
+        lay.off[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = o;
+        max_off = std::max(max_off, o);
+      }
+  lay.xsize = std::max(max_off + lay.nvec * L, cg * lay.phases * lay.plane);
+  return lay;
+}
+
+// Copies the cg channels of one image group (xs, [cg, h, w]) into the layout's buffer; the zero
+// padding around them is laid down once per buffer and never written.
+template <class T>
+void implicit_copy_in(const ConvGeometry& g, const ImplicitLayout& lay, const T* xs, int64_t cg, T* xb) {
+  const T* x_end = xs + cg * g.h * g.w;
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t h = 0; h < g.h; ++h) {
+      const T* src = xs + (c * g.h + h) * g.w;
+      if (lay.phases == 1) {
+        copy_row(xb + c * lay.plane + (h + g.ph) * lay.row + g.pw, src, g.w);
+        continue;
+      }
+      const int64_t R = h + g.ph;
+      T* prow = xb + (c * lay.phases + R % g.sh * g.sw) * lay.plane + R / g.sh * lay.row;  // column phase 0
+      if (g.sw == 1) {
+        copy_row(prow + g.pw, src, g.w);
+      } else if (g.sw == 2) {  // input column iw sits at padded column iw + pw: phase (iw + pw) % 2, entry (iw + pw) / 2
+        const int64_t q_even = g.pw & 1;
+        conv_util::split_row_columns(src, g.w, x_end, prow + q_even * lay.plane + (g.pw >> 1),
+                                     prow + (1 - q_even) * lay.plane + ((g.pw + 1) >> 1));
+      } else {
+        for (int64_t iw = 0; iw < g.w; ++iw) {
+          const int64_t S = iw + g.pw;
+          prow[S % g.sw * lay.plane + S / g.sw] = src[iw];
+        }
+      }
+    }
+}
+
 template <class T>
 void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
-  constexpr int64_t L = kLanes<T>;
   constexpr int MR = kImplicitMR;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, K = cg * g.kh * g.kw, P = g.ho * g.wo;
-  // Rows share their zero padding: row r's data starts pw after the row start and the next row
-  // starts pw after its end, so a read past a row's right end lands in the next row's left gap
-  // (also across planes: a plane's first row starts with the gap). That needs pw <= (kw - 1) dw,
-  // which also keeps the output row inside a buffer row (wo <= wp); else both sides are padded.
-  const int64_t hp = g.h + 2 * g.ph, wp = g.w + (g.pw <= (g.kw - 1) * g.dw ? g.pw : 2 * g.pw), plane = hp * wp;
-  const int64_t nvec = ceil_div(g.ho * wp, L);
-  // Reads reach at most (cg - 1) plane + (kh - 1) dh wp + (kw - 1) dw + nvec L - 1
-  //                   <= cg plane + (kw - 1) dw + L - 1   (since ho + (kh - 1) dh = hp).
-  const int64_t xsize = cg * plane + (g.kw - 1) * g.dw + L;
+  const ImplicitLayout lay = implicit_layout<T>(g, cg);
+  const int64_t nvec = lay.nvec;
   const int64_t panels = ceil_div(og, MR);
   // Weights in micro-panels, k-major: wpack[gi][panel][k][MR] (zero rows past og).
   std::vector<T> wpack(static_cast<size_t>(g.groups * panels * K * MR), T(0));
   for (int64_t gi = 0; gi < g.groups; ++gi)
     for (int64_t o = 0; o < og; ++o)
       for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
-  std::vector<int64_t> off(static_cast<size_t>(K));
-  for (int64_t c = 0; c < cg; ++c)
-    for (int64_t p = 0; p < g.kh; ++p)
-      for (int64_t q = 0; q < g.kw; ++q) off[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * plane + p * g.dh * wp + q * g.dw;
-  const StorePlan plan = make_store_plan(g.ho, g.wo, wp, nvec, L);
+  const StorePlan plan = make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
   parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
-    Scratch<T> xb(xsize);
-    std::fill(xb.get(), xb.get() + xsize, T(0));
+    Scratch<T> xb(lay.xsize);
+    std::fill(xb.get(), xb.get() + lay.xsize, T(0));
     for (int64_t n = b; n < e; ++n) {
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         const T* xs = x + (n * g.c + gi * cg) * g.h * g.w;
-        for (int64_t c = 0; c < cg; ++c)
-          for (int64_t h = 0; h < g.h; ++h)
-            copy_row(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, g.w);
+        implicit_copy_in(g, lay, xs, cg, xb.get());
         T* yo = y + (n * g.o + gi * og) * P;
         if (n + 1 < e) {  // the next image's input and output, while this one is computed
           prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
@@ -635,9 +711,9 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
           for (int64_t panel = 0; panel < panels; ++panel) {
             const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
             const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
-            kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, off.data(), xb.get() + v0 * L, wpan, rows,
-                                                                 bias ? bias + gi * og + panel * MR : nullptr, plan,
-                                                                 v0, yo + panel * MR * P, P);
+            kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, lay.off.data(), xb.get() + v0 * kLanes<T>, wpan,
+                                                                 rows, bias ? bias + gi * og + panel * MR : nullptr,
+                                                                 plan, v0, yo + panel * MR * P, P);
           }
           v0 += nv;
         }
@@ -678,9 +754,11 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
 // positions; the reduction over positions and images needs no horizontal sums. Any strides work.
 constexpr int64_t kWgradPositions = 128;  // at most this many positions per block (gy^T block in L1)
 
+// acc_mem (+)= the tile's sums: `init` starts from zero instead of acc_mem's contents (the first
+// block of positions of a partial, so the partials need no zero-filling pass).
 template <class T, int KR, int NVO>
 void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T* xb, const T* gyt, int64_t gstride,
-                T* acc_mem, int64_t astride) {
+                T* acc_mem, int64_t astride, bool init) {
   constexpr int64_t L = kLanes<T>;
   Vec<T> acc[KR][NVO];
   const T* tap[KR];
@@ -688,7 +766,7 @@ void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T*
   for (int r = 0; r < KR; ++r) {
     tap[r] = xb + toff[r];
 #pragma GCC unroll 4
-    for (int v = 0; v < NVO; ++v) acc[r][v] = Vec<T>::load_unaligned(acc_mem + r * astride + v * L);
+    for (int v = 0; v < NVO; ++v) acc[r][v] = init ? Vec<T>(T(0)) : Vec<T>::load_unaligned(acc_mem + r * astride + v * L);
   }
 #pragma GCC unroll 2
   for (int64_t pos = 0; pos < npos; ++pos) {
@@ -711,7 +789,7 @@ void wgrad_tile(int64_t npos, const int64_t* xoff, const int64_t* toff, const T*
 }
 
 template <class T>
-using WgradTileFn = void (*)(int64_t, const int64_t*, const int64_t*, const T*, const T*, int64_t, T*, int64_t);
+using WgradTileFn = void (*)(int64_t, const int64_t*, const int64_t*, const T*, const T*, int64_t, T*, int64_t, bool);
 
 // Taps per micro-tile for 1..4 vectors of channels (at most 24 accumulators). Only these four
 // tiles are instantiated: the last block of taps is padded with dummy taps (rows of the partial
@@ -764,8 +842,7 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
     std::fill(xb.get(), xb.get() + cg * plane, T(0));
     std::fill(gyt.get(), gyt.get() + P * ogp, T(0));
     for (int64_t s = s0; s < s1; ++s) {
-      T* ps = part.get() + s * part_size;
-      std::fill(ps, ps + part_size, T(0));
+      T* ps = part.get() + s * part_size;  // rows [0, K) of each group's block are initialised by the first image
       for (int64_t n = group_begin(g.n, S, s); n < group_begin(g.n, S, s + 1); ++n) {
         for (int64_t gi = 0; gi < g.groups; ++gi) {
           const T* xs = x + (n * g.c + gi * cg) * g.h * g.w;
@@ -786,21 +863,30 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
             for (int64_t o0 = 0; o0 < ogp; o0 += 4 * L) {
               const int nvo = static_cast<int>(std::min<int64_t>(4, (ogp - o0) / L));
               const WgradTileFn<T> fn = kWgradTiles<T>[static_cast<size_t>(nvo - 1)];
+              const bool init = n == group_begin(g.n, S, s) && p0 == 0;
               for (int64_t k0 = 0; k0 < K; k0 += kWgradTaps[nvo])
-                fn(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp, pg + k0 * ogp + o0, ogp);
+                fn(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp, pg + k0 * ogp + o0, ogp,
+                   init);
             }
           }
         }
       }
     }
   });
-  // Partials added in their own [tap][channel] layout (contiguous reads: the partials of a big
-  // layer do not fit in cache), then transposed into gw [o][tap].
-  std::vector<T> total(static_cast<size_t>(part_size));
-  combine_partials(part.get(), S, part_size, total.data());
-  for (int64_t gi = 0; gi < g.groups; ++gi)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t o = 0; o < og; ++o) gw[(gi * og + o) * K + k] = total[static_cast<size_t>((gi * Kp + k) * ogp + o)];
+  // Partials added tap row by tap row in their own [tap][channel] layout (contiguous reads: the
+  // partials of a big layer do not fit in cache), in group order in f64, and transposed into
+  // gw [o][tap]. Rows are independent, so they are combined in parallel.
+  parallel_for(g.groups * K, items_per_task(S * og * 2), [&](int64_t r0, int64_t r1) {
+    std::vector<double> row(static_cast<size_t>(og));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t gi = r / K, k = r % K;
+      const T* src = part.get() + (gi * Kp + k) * ogp;
+      std::fill(row.begin(), row.end(), 0.0);
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t o = 0; o < og; ++o) row[static_cast<size_t>(o)] += static_cast<double>(src[s * part_size + o]);
+      for (int64_t o = 0; o < og; ++o) gw[(gi * og + o) * K + k] = static_cast<T>(row[static_cast<size_t>(o)]);
+    }
+  });
   if (gbias) combine_partials(bpart.data(), S, g.o, gbias);
 }
 
@@ -934,7 +1020,7 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
     forward_direct(g, x, w, bias, y);
   } else if (winograd_applies(g)) {
     winograd_forward(g, x, w, bias, y);
-  } else if (natural_unit_stride(g)) {
+  } else if (natural_unit_stride(g) || strided_implicit(g)) {
     forward_implicit(g, x, w, bias, y);
   } else {
     forward_gemm(g, x, w, bias, y);

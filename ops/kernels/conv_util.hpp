@@ -5,9 +5,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/tensor.hpp"
 #include "ops/kernels/simd_partial.hpp"
+
+#if XSIMD_WITH_AVX512F
+#include <immintrin.h>
+#endif
 
 namespace tg::kernels::conv_util {
 
@@ -52,6 +57,55 @@ inline void copy_row(T* dst, const T* src, int64_t n) {
   int64_t i = 0;
   for (; i + L <= n; i += L) Vec<T>::load_unaligned(src + i).store_unaligned(dst + i);
   if (i < n) store_n(dst + i, load_n(src + i, n - i), n - i);
+}
+
+// a = x0 x1 x2 ..., b = the next L elements: even = x0 x2 x4 ..., odd = x1 x3 x5 ...
+template <class T>
+inline void deinterleave(const Vec<T>& a, const Vec<T>& b, Vec<T>& even, Vec<T>& odd) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    even = Vec<T>(_mm512_permutex2var_ps(a, ie, b));
+    odd = Vec<T>(_mm512_permutex2var_ps(a, io, b));
+  } else {
+    const __m512i ie = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    even = Vec<T>(_mm512_permutex2var_pd(a, ie, b));
+    odd = Vec<T>(_mm512_permutex2var_pd(a, io, b));
+  }
+#else
+  constexpr int64_t L = kLanes<T>;
+  alignas(64) T ab[2 * L], e[L], o[L];
+  a.store_aligned(ab);
+  b.store_aligned(ab + L);
+  for (int64_t l = 0; l < L; ++l) {
+    e[l] = ab[2 * l];
+    o[l] = ab[2 * l + 1];
+  }
+  even = Vec<T>::load_aligned(e);
+  odd = Vec<T>::load_aligned(o);
+#endif
+}
+
+// The two column phases of one image row: even_dst[m] = xr[2 m] for m < (w + 1) / 2 and
+// odd_dst[m] = xr[2 m + 1] for m < w / 2. Whole vectors are loaded while they stay below x_end
+// (the end of the image: lanes past the row are loaded but not stored), masked ones after.
+template <class T>
+inline void split_row_columns(const T* xr, int64_t w, const T* x_end, T* even_dst, T* odd_dst) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t n_even = (w + 1) / 2, n_odd = w / 2;
+  for (int64_t k = 0; k * L < n_even; ++k) {
+    const int64_t iw = 2 * L * k;
+    Vec<T> even, odd;
+    if (xr + iw + 2 * L <= x_end) {
+      deinterleave(Vec<T>::load_unaligned(xr + iw), Vec<T>::load_unaligned(xr + iw + L), even, odd);
+    } else {
+      deinterleave(load_n(xr + iw, w - iw), load_n(xr + iw + L, w - iw - L), even, odd);
+    }
+    store_n(even_dst + k * L, even, n_even - k * L);
+    if (n_odd > k * L) store_n(odd_dst + k * L, odd, n_odd - k * L);
+  }
 }
 
 // Asks for [p, p + bytes) to be brought into the cache ahead of use (e.g. the next image's data

@@ -102,63 +102,20 @@ void transform_weights(const Plan& p, const T* w, T* U) {
   });
 }
 
-// a = x0 x1 x2 ..., b = the next L elements: even = x0 x2 x4 ..., odd = x1 x3 x5 ...
-template <class T>
-inline void deinterleave(const Vec<T>& a, const Vec<T>& b, Vec<T>& even, Vec<T>& odd) {
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    even = Vec<T>(_mm512_permutex2var_ps(a, ie, b));
-    odd = Vec<T>(_mm512_permutex2var_ps(a, io, b));
-  } else {
-    const __m512i ie = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
-    even = Vec<T>(_mm512_permutex2var_pd(a, ie, b));
-    odd = Vec<T>(_mm512_permutex2var_pd(a, io, b));
-  }
-#else
-  constexpr int64_t L = kLanes<T>;
-  alignas(64) T ab[2 * L], e[L], o[L];
-  a.store_aligned(ab);
-  b.store_aligned(ab + L);
-  for (int64_t l = 0; l < L; ++l) {
-    e[l] = ab[2 * l];
-    o[l] = ab[2 * l + 1];
-  }
-  even = Vec<T>::load_aligned(e);
-  odd = Vec<T>::load_aligned(o);
-#endif
-}
-
 // Q[c][2 p + q][r * TWq + s] = padded input at row 2 r + p, column 2 s + q, for one image. Only
 // the image's own positions are written: the zero padding is laid down once per buffer.
 // Input column iw sits at padded column iw + pw: the even input columns go to phase pw % 2 from
 // s = pw / 2 on, the odd ones to the other phase from s = (pw + 1) / 2 on.
 template <class T>
 void split_phases(const ConvGeometry& g, const Plan& p, const T* x, T* Q) {
-  constexpr int64_t L = kLanes<T>;
   const int64_t q_even = g.pw & 1, s_even = g.pw >> 1, s_odd = (g.pw + 1) >> 1;
-  const int64_t n_even = (g.w + 1) / 2, n_odd = g.w / 2;
   const T* x_end = x + p.C * g.h * g.w;
   for (int64_t c = 0; c < p.C; ++c) {
     for (int64_t ih = 0; ih < g.h; ++ih) {
       const int64_t R = ih + g.ph;
-      const T* xr = x + (c * g.h + ih) * g.w;
       T* qe = Q + (c * 4 + 2 * (R & 1) + q_even) * p.plane + (R >> 1) * p.TWq + s_even;
       T* qo = Q + (c * 4 + 2 * (R & 1) + 1 - q_even) * p.plane + (R >> 1) * p.TWq + s_odd;
-      for (int64_t k = 0; k * L < n_even; ++k) {
-        const int64_t iw = 2 * L * k;
-        Vec<T> even, odd;
-        // Whole vectors while they stay inside the image (the lanes past the row are not stored).
-        if (xr + iw + 2 * L <= x_end) {
-          deinterleave(Vec<T>::load_unaligned(xr + iw), Vec<T>::load_unaligned(xr + iw + L), even, odd);
-        } else {
-          deinterleave(conv_util::load_n(xr + iw, g.w - iw), conv_util::load_n(xr + iw + L, g.w - iw - L), even, odd);
-        }
-        store_n(qe + k * L, even, n_even - k * L);
-        if (n_odd > k * L) store_n(qo + k * L, odd, n_odd - k * L);
-      }
+      conv_util::split_row_columns(x + (c * g.h + ih) * g.w, g.w, x_end, qe, qo);
     }
   }
 }

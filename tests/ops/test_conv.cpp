@@ -258,6 +258,18 @@ const ConvCase kConvCases[] = {
     {{2, 8, 10, 9}, 16, {3, 3}, {{1, 1}, {0, 2}, {1, 1}, 1}, false},
     {{1, 10, 12, 12}, 9, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
     {{1, 8, 5, 40}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    // Strided implicit GEMM on phase planes: the UNet's down-sampling shapes (even and odd sizes),
+    // odd padding (the column phases swap), no padding, stride 3 (scalar phase split), a stride
+    // along one axis only, stride with dilation, rows longer than two vectors, groups.
+    {{2, 9, 14, 14}, 10, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},
+    {{1, 8, 13, 15}, 9, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, false},
+    {{1, 6, 11, 12}, 7, {3, 3}, {{2, 2}, {2, 3}, {1, 1}, 1}, true},
+    {{2, 5, 10, 9}, 4, {3, 3}, {{2, 2}, {0, 0}, {1, 1}, 1}, true},
+    {{1, 4, 13, 14}, 5, {4, 5}, {{3, 3}, {1, 2}, {1, 1}, 1}, true},
+    {{1, 6, 9, 10}, 4, {3, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, false},
+    {{1, 6, 9, 41}, 4, {3, 3}, {{1, 2}, {1, 1}, {1, 1}, 1}, true},
+    {{1, 5, 12, 12}, 4, {3, 3}, {{2, 2}, {2, 2}, {2, 2}, 1}, true},
+    {{2, 8, 12, 11}, 6, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 2}, true},
 };
 
 Tensor conv_input(const ConvCase& c, DType dt, std::uint64_t seed) { return test::randn(c.x, dt, seed); }
