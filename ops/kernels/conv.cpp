@@ -17,10 +17,13 @@
 //                 (the tile stores its vectors straight into y as masked runs of one output row).
 //                 The input gradient is the same kernel on gy with the kernel flipped and channels
 //                 swapped (when the padding is at most the dilated kernel extent - 1).
+//                 Strided forward: the padded input is split into its sh x sw phase planes (rows
+//                 and columns by parity), where every tap of a strided window is again a shifted
+//                 unit-stride read, so the same kernel runs on them (ImplicitLayout).
 //   Winograd      3x3, unit stride and dilation, one group, planes of about 8 x 8 and more:
 //                 F(2x2, 3x3) in conv_winograd.cpp (16 products of 16 instead of 36 multiply-adds
 //                 per 2x2 outputs), forward and input gradient; checked before the implicit GEMM.
-//   im2col + GEMM everything else (strided convolutions, big paddings): per image and group,
+//   im2col + GEMM everything else (strided input gradients, big paddings): per image and group,
 //                 col = im2col(x), y = W_g · col on the project's GEMM; input grad: col = W_g^T · gy
 //                 then col2im (a scatter owned by the image's task, fixed order).
 //
