@@ -74,31 +74,35 @@ struct Plan {
 // and rounded once. G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
 template <class T>
 void transform_weights(const Plan& p, const T* w, T* U) {
+  constexpr int64_t B = kOutBlock;
   parallel_for(p.OB, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t ob = lo; ob < hi; ++ob)
-      for (int64_t c = 0; c < p.C; ++c)
-        for (int64_t i = 0; i < kOutBlock; ++i) {
-          const int64_t o = ob * kOutBlock + i;
-          double u[kXi] = {};
-          if (o < p.O) {
-            const T* k = w + (o * p.C + c) * 9;  // [3][3]
-            double t[4][3];                      // G g
-            for (int j = 0; j < 3; ++j) {
-              const double k0 = k[j], k1 = k[3 + j], k2 = k[6 + j];
-              t[0][j] = k0;
-              t[1][j] = 0.5 * (k0 + k1 + k2);
-              t[2][j] = 0.5 * (k0 - k1 + k2);
-              t[3][j] = k2;
-            }
-            for (int r = 0; r < 4; ++r) {  // (G g) G^T
-              u[r * 4 + 0] = t[r][0];
-              u[r * 4 + 1] = 0.5 * (t[r][0] + t[r][1] + t[r][2]);
-              u[r * 4 + 2] = 0.5 * (t[r][0] - t[r][1] + t[r][2]);
-              u[r * 4 + 3] = t[r][2];
-            }
+      for (int64_t c = 0; c < p.C; ++c) {
+        // The block's 8 output channels side by side (i innermost, so the arithmetic vectorises).
+        double k[9][B] = {};
+        for (int64_t i = 0; i < B && ob * B + i < p.O; ++i)
+          for (int j = 0; j < 9; ++j) k[j][i] = static_cast<double>(w[((ob * B + i) * p.C + c) * 9 + j]);
+        double t[4][3][B];  // G g
+        for (int j = 0; j < 3; ++j)
+          for (int64_t i = 0; i < B; ++i) {
+            const double k0 = k[j][i], k1 = k[3 + j][i], k2 = k[6 + j][i];
+            t[0][j][i] = k0;
+            t[1][j][i] = 0.5 * (k0 + k1 + k2);
+            t[2][j][i] = 0.5 * (k0 - k1 + k2);
+            t[3][j][i] = k2;
           }
-          for (int64_t xi = 0; xi < kXi; ++xi) U[((ob * kXi + xi) * p.C + c) * kOutBlock + i] = static_cast<T>(u[xi]);
+        for (int r = 0; r < 4; ++r) {  // (G g) G^T, rounded once
+          T* u = U + ((ob * kXi + r * 4) * p.C + c) * B;
+          const int64_t xs = p.C * B;  // stride between xi
+          for (int64_t i = 0; i < B; ++i) {
+            const double a = t[r][0][i], b = t[r][1][i], d = t[r][2][i];
+            u[i] = static_cast<T>(a);
+            u[xs + i] = static_cast<T>(0.5 * (a + b + d));
+            u[2 * xs + i] = static_cast<T>(0.5 * (a - b + d));
+            u[3 * xs + i] = static_cast<T>(d);
+          }
         }
+      }
   });
 }
 
@@ -292,6 +296,10 @@ void winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bi
       const int64_t ob_lo = part * ob_per_part, ob_hi = std::min(p.OB, ob_lo + ob_per_part);
       if (ob_lo >= ob_hi) continue;
       split_phases(g, p, x + b * xs, Q.get());
+      if (part == parts - 1 && task + 1 < hi) {  // the next image's input and output, while this one is computed
+        conv_util::prefetch_range(x + (b + 1) * xs, xs * int64_t(sizeof(T)));
+        conv_util::prefetch_range_for_write(y + (b + 1) * ys, ys * int64_t(sizeof(T)));
+      }
       for (int64_t u0 = 0, nv = 0; u0 < p.tiles; u0 += nv * L) {
         // Up to 3 vectors per strip; a remainder of 4 runs as 2 + 2 (a 1-vector product is load-bound).
         const int64_t left = ceil_div(p.tiles - u0, L);
