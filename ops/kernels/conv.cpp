@@ -751,6 +751,107 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
   }
 }
 
+// The input gradient of a strided convolution, one phase plane of gx at a time. Padded input row
+// R = a + sh r (phase a = R % sh) receives gy row i = r - m from exactly the taps p with
+// (p dh) % sh == a, where m = (p dh) / sh; likewise for columns. So each phase plane of gx is a
+// unit-stride correlation of the zero-padded gy with that phase's sub-kernel -- the implicit
+// GEMM again, with the roles of the channels swapped and tap offsets (Mh - m) rows and (Mw - n)
+// columns into gy padded by Mh = max m rows and Mw = max n columns. The phase planes are
+// computed into a staging buffer and scattered into gx (a phase without taps leaves zeros).
+template <class T>
+void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int MR = kImplicitMR;
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, Kfull = cg * g.kh * g.kw, P = g.ho * g.wo;
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+  const int64_t Mh = (g.kh - 1) * g.dh / g.sh, Mw = (g.kw - 1) * g.dw / g.sw;
+  const int64_t row = ceil_div(wp, g.sw) + Mw, bplane = (ceil_div(hp, g.sh) + Mh) * row;  // padded gy planes
+  const int64_t panels = ceil_div(cg, MR);
+  struct Phase {
+    int64_t hq, wq, K = 0, nvec = 0;
+    int64_t z = 0;  // offset of the phase's staging planes [cg][hq][wq]
+    std::vector<int64_t> off;
+    std::vector<T> wpack;  // [gi][panel][k][MR]: w[o][c][p][q] for the phase's taps k = (o, p, q)
+    StorePlan plan;
+  };
+  std::vector<Phase> phases;  // phase a * sw + b: padded rows of parity a, columns of parity b
+  int64_t gb_size = og * bplane, z_size = 0;
+  for (int64_t a = 0; a < g.sh; ++a)
+    for (int64_t b = 0; b < g.sw; ++b) {
+      Phase ph;
+      ph.hq = ceil_div(hp - a, g.sh);
+      ph.wq = ceil_div(wp - b, g.sw);
+      ph.z = z_size;
+      z_size += cg * ph.hq * ph.wq + L;  // + slack: merge_row_columns reads whole vectors
+      std::vector<std::array<int64_t, 3>> taps;  // (o, p, q)
+      for (int64_t o = 0; o < og; ++o)
+        for (int64_t p = 0; p < g.kh; ++p)
+          for (int64_t q = 0; q < g.kw; ++q)
+            if ((p * g.dh) % g.sh == a && (q * g.dw) % g.sw == b) taps.push_back({o, p, q});
+      ph.K = static_cast<int64_t>(taps.size());
+      if (ph.K > 0) {
+        ph.nvec = ceil_div(ph.hq * row, L);
+        for (const auto& [o, p, q] : taps) {
+          ph.off.push_back(o * bplane + (Mh - (p * g.dh) / g.sh) * row + (Mw - (q * g.dw) / g.sw));
+          gb_size = std::max(gb_size, ph.off.back() + ph.nvec * L);
+        }
+        ph.wpack.assign(static_cast<size_t>(g.groups * panels * ph.K * MR), T(0));
+        for (int64_t gi = 0; gi < g.groups; ++gi)
+          for (int64_t c = 0; c < cg; ++c)
+            for (int64_t k = 0; k < ph.K; ++k) {
+              const auto& [o, p, q] = taps[static_cast<size_t>(k)];
+              ph.wpack[static_cast<size_t>(((gi * panels + c / MR) * ph.K + k) * MR + c % MR)] =
+                  w[(((gi * og + o) * cg + c) * g.kh + p) * g.kw + q];
+            }
+        ph.plan = make_store_plan(ph.hq, ph.wq, row, ph.nvec, L);
+      }
+      phases.push_back(std::move(ph));
+    }
+  parallel_for(g.n, images_per_task(g.n, g.o * P * Kfull), [&](int64_t lo, int64_t hi) {
+    Scratch<T> gb(gb_size), z(z_size);
+    std::fill(gb.get(), gb.get() + gb_size, T(0));  // the padding; only gy's own positions are written
+    std::fill(z.get(), z.get() + z_size, T(0));     // phases without taps stay zero
+    for (int64_t n = lo; n < hi; ++n)
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const T* gys = gy + (n * g.o + gi * og) * P;
+        for (int64_t o = 0; o < og; ++o)
+          for (int64_t i = 0; i < g.ho; ++i) copy_row(gb.get() + o * bplane + (i + Mh) * row + Mw, gys + (o * g.ho + i) * g.wo, g.wo);
+        for (const Phase& ph : phases) {
+          const int64_t zp = ph.hq * ph.wq;  // staging plane of one channel
+          for (int64_t v0 = 0; v0 < ph.nvec;) {
+            const int nv = strip_vectors(v0, ph.nvec);
+            for (int64_t panel = 0; panel < panels; ++panel) {
+              const int rows = static_cast<int>(std::min<int64_t>(MR, cg - panel * MR));
+              const T* wpan = ph.wpack.data() + (gi * panels + panel) * ph.K * MR;
+              kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](ph.K, ph.off.data(), gb.get() + v0 * L, wpan, rows,
+                                                                   nullptr, ph.plan, v0, z.get() + ph.z + panel * MR * zp, zp);
+            }
+            v0 += nv;
+          }
+        }
+        // gx row h is padded row R = h + ph: entry R / sh of row phase R % sh; its column x is
+        // padded column S = x + pw: entry S / sw of column phase S % sw.
+        T* gxg = gx + (n * g.c + gi * cg) * g.h * g.w;
+        for (int64_t c = 0; c < cg; ++c)
+          for (int64_t h = 0; h < g.h; ++h) {
+            const int64_t R = h + g.ph;
+            const Phase* prow = phases.data() + R % g.sh * g.sw;  // column phase 0 of the row phase
+            auto entry_row = [&](int64_t b) { return z.get() + prow[b].z + (c * prow[b].hq + R / g.sh) * prow[b].wq; };
+            T* xr = gxg + (c * g.h + h) * g.w;
+            if (g.sw == 2) {
+              const int64_t e = g.pw & 1;  // column phase of x = 0
+              conv_util::merge_row_columns(entry_row(e) + (g.pw >> 1), entry_row(1 - e) + ((g.pw + 1) >> 1), g.w, xr);
+            } else {
+              for (int64_t x = 0; x < g.w; ++x) {
+                const int64_t S = x + g.pw;
+                xr[x] = entry_row(S % g.sw)[S / g.sw];
+              }
+            }
+          }
+      }
+  });
+}
+
 // Weight gradient as outer products over positions: dW^T[k][o] += x_k(pos) * gy[o](pos), with the
 // output channels along the vector lanes (gy transposed per image to [pos][o]) and the tap values
 // broadcast. A micro-tile keeps KR taps x NVO vectors of channels in registers for a block of
@@ -1035,6 +1136,8 @@ void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx
   if (g.n == 0 || g.c == 0 || g.h == 0 || g.w == 0) return;
   if (implicit_input_grad(g)) {
     backward_input_implicit(g, gy, w, gx);
+  } else if (strided_implicit(g)) {
+    backward_input_phases(g, gy, w, gx);
   } else {
     backward_input_gemm(g, gy, w, gx);
   }

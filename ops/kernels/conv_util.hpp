@@ -108,6 +108,48 @@ inline void split_row_columns(const T* xr, int64_t w, const T* x_end, T* even_ds
   }
 }
 
+// lo = a0 b0 a1 b1 ... (first halves of a and b interleaved), hi = the second halves.
+template <class T>
+inline void interleave(const Vec<T>& a, const Vec<T>& b, Vec<T>& lo, Vec<T>& hi) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i ih = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    lo = Vec<T>(_mm512_permutex2var_ps(a, il, b));
+    hi = Vec<T>(_mm512_permutex2var_ps(a, ih, b));
+  } else {
+    const __m512i il = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i ih = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    lo = Vec<T>(_mm512_permutex2var_pd(a, il, b));
+    hi = Vec<T>(_mm512_permutex2var_pd(a, ih, b));
+  }
+#else
+  constexpr int64_t L = kLanes<T>;
+  alignas(64) T ab[2 * L], out[2 * L];
+  a.store_aligned(ab);
+  b.store_aligned(ab + L);
+  for (int64_t l = 0; l < L; ++l) {
+    out[2 * l] = ab[l];
+    out[2 * l + 1] = ab[L + l];
+  }
+  lo = Vec<T>::load_aligned(out);
+  hi = Vec<T>::load_aligned(out + L);
+#endif
+}
+
+// The inverse of split_row_columns: dst[2 m] = even_src[m], dst[2 m + 1] = odd_src[m] for
+// 2 m (+ 1) < w. Reads whole vectors of both sources (up to L - 1 entries past their ends).
+template <class T>
+inline void merge_row_columns(const T* even_src, const T* odd_src, int64_t w, T* dst) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t col = 0; col < w; col += 2 * L) {
+    Vec<T> lo, hi;
+    interleave(Vec<T>::load_unaligned(even_src + col / 2), Vec<T>::load_unaligned(odd_src + col / 2), lo, hi);
+    store_n(dst + col, lo, w - col);
+    if (w - col > L) store_n(dst + col + L, hi, w - col - L);
+  }
+}
+
 // Asks for [p, p + bytes) to be brought into the cache ahead of use (e.g. the next image's data
 // while the current one is computed: the strided reads that follow would otherwise wait on memory).
 inline void prefetch_range(const void* p, int64_t bytes) {

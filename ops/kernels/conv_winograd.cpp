@@ -37,7 +37,6 @@ namespace {
 using conv_util::ceil_div;
 using conv_util::kLanes;
 using conv_util::Scratch;
-using conv_util::store_n;
 using conv_util::Vec;
 
 constexpr int64_t kOutBlock = 8;   // output channels per micro-tile
@@ -214,50 +213,13 @@ void transform_output(const Plan& p, const T* M, int64_t nv, int64_t o0, int64_t
   }
 }
 
-// lo = a0 b0 a1 b1 ... (first halves of a and b interleaved), hi = the second halves.
-template <class T>
-inline void interleave(const Vec<T>& a, const Vec<T>& b, Vec<T>& lo, Vec<T>& hi) {
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i ih = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-    lo = Vec<T>(_mm512_permutex2var_ps(a, il, b));
-    hi = Vec<T>(_mm512_permutex2var_ps(a, ih, b));
-  } else {
-    const __m512i il = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
-    const __m512i ih = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
-    lo = Vec<T>(_mm512_permutex2var_pd(a, il, b));
-    hi = Vec<T>(_mm512_permutex2var_pd(a, ih, b));
-  }
-#else
-  constexpr int64_t L = kLanes<T>;
-  alignas(64) T ab[2 * L], out[2 * L];
-  a.store_aligned(ab);
-  b.store_aligned(ab + L);
-  for (int64_t l = 0; l < L; ++l) {
-    out[2 * l] = ab[l];
-    out[2 * l + 1] = ab[L + l];
-  }
-  lo = Vec<T>::load_aligned(out);
-  hi = Vec<T>::load_aligned(out + L);
-#endif
-}
-
 // y[o][2 ty + a][2 tx + b] = Z[o][2 a + b][ty * TWq + tx] for channels [o_lo, o_hi) of one image.
 template <class T>
 void interleave_out(const ConvGeometry& g, const Plan& p, const T* Z, int64_t o_lo, int64_t o_hi, T* y) {
-  constexpr int64_t L = kLanes<T>;
   for (int64_t o = o_lo; o < o_hi; ++o)
     for (int64_t row = 0; row < g.ho; ++row) {
       const T* z0 = Z + (o * 4 + 2 * (row & 1)) * p.zrow + (row >> 1) * p.TWq;
-      const T* z1 = z0 + p.zrow;
-      T* yr = y + (o * g.ho + row) * g.wo;
-      for (int64_t col = 0; col < g.wo; col += 2 * L) {
-        Vec<T> lo, hi;
-        interleave(Vec<T>::load_unaligned(z0 + col / 2), Vec<T>::load_unaligned(z1 + col / 2), lo, hi);
-        store_n(yr + col, lo, g.wo - col);
-        if (g.wo - col > L) store_n(yr + col + L, hi, g.wo - col - L);
-      }
+      conv_util::merge_row_columns(z0, z0 + p.zrow, g.wo, y + (o * g.ho + row) * g.wo);
     }
 }
 

@@ -310,6 +310,19 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{3, 4, 8, 8}, 3, {3, 3}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},      // padding beyond the kernel (im2col input grad)
       {{5, 9, 11, 10}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
       {{2, 16, 14, 14}, 24, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false}, // Winograd, images split by channels
+      // Strided input gradients, phase plane by phase plane: down-sampling (even and odd sizes),
+      // odd padding, no padding, stride 3 with an uneven kernel, phases without taps (1x1 and
+      // 2x2 kernels at stride 3), stride along one axis, stride with dilation, groups.
+      {{3, 10, 14, 14}, 9, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},
+      {{2, 8, 13, 15}, 11, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, false},
+      {{2, 6, 11, 12}, 7, {3, 3}, {{2, 2}, {2, 3}, {1, 1}, 1}, true},
+      {{3, 5, 10, 9}, 4, {3, 3}, {{2, 2}, {0, 0}, {1, 1}, 1}, true},
+      {{2, 4, 13, 14}, 5, {4, 5}, {{3, 3}, {1, 2}, {1, 1}, 1}, true},
+      {{2, 6, 10, 11}, 5, {1, 1}, {{2, 2}, {0, 0}, {1, 1}, 1}, false},
+      {{2, 3, 11, 10}, 4, {2, 2}, {{3, 3}, {1, 0}, {1, 1}, 1}, true},
+      {{2, 6, 9, 41}, 4, {3, 3}, {{1, 2}, {1, 1}, {1, 1}, 1}, true},
+      {{2, 5, 12, 12}, 4, {3, 3}, {{2, 2}, {2, 2}, {2, 2}, 1}, true},
+      {{3, 8, 12, 11}, 6, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 2}, true},
   };
   for (const ConvCase& c : cases) {
     INFO(describe(c));
@@ -352,6 +365,8 @@ TEST_CASE("conv2d: gradcheck", "[ops][conv][grad][conv2d]") {
       {{2, 8, 5, 6}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 2}, false},  // implicit GEMM (36 taps), groups 2
       {{1, 7, 7, 7}, 3, {5, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, true},   // strided, 105 taps
       {{1, 8, 6, 7}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
+      {{1, 3, 7, 6}, 4, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},   // strided: phase planes
+      {{1, 2, 8, 7}, 3, {2, 3}, {{3, 2}, {1, 0}, {1, 1}, 1}, false},  // stride 3 x 2, a row phase without taps
   };
   for (const ConvCase& c : small) {
     INFO(describe(c));
