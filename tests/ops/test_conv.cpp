@@ -305,6 +305,7 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{21, 32, 12, 12}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // GEMM, several images per chunk
       {{11, 6, 9, 7}, 6, {3, 3}, {{2, 1}, {1, 1}, {1, 1}, 3}, true},     // GEMM, groups 3
       {{9, 8, 6, 6}, 4, {1, 1}, {{1, 1}, {0, 0}, {1, 1}, 2}, false},     // pointwise, groups 2
+      {{10, 5, 7, 9}, 6, {1, 1}, {{1, 1}, {0, 0}, {2, 2}, 1}, true},     // pointwise (GEMM per image), bias
       {{5, 2, 9, 9}, 3, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},      // few taps but stride 2 (im2col forward)
       {{4, 5, 11, 10}, 20, {3, 3}, {{2, 2}, {2, 1}, {2, 2}, 1}, true},   // stride and dilation 2, 20 channels
       {{3, 4, 8, 8}, 3, {3, 3}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},      // padding beyond the kernel (im2col input grad)
