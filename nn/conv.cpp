@@ -23,6 +23,12 @@ Conv2d::Conv2d(std::int64_t in, std::int64_t out, ops::Size2 k, const Conv2dOpti
 
 Tensor Conv2d::operator()(const Tensor& x) const { return ops::conv2d(x, weight, bias, conv); }
 
+Tensor Conv2d::upsampled(const Tensor& x) const {
+  const bool fused = conv.stride == ops::Size2{1, 1} && conv.dilation == ops::Size2{1, 1} && conv.groups == 1 &&
+                     weight.defined() && conv.padding[0] < weight.shape()[2] && conv.padding[1] < weight.shape()[3];
+  return fused ? ops::upsample_conv2d(x, weight, bias, conv.padding) : (*this)(ops::upsample(x, 2.0));
+}
+
 void Conv2d::visit(Visitor& v) {
   v.param("weight", weight);
   v.param("bias", bias);

@@ -28,6 +28,10 @@ class Conv2d : public Module {
   Conv2d(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel, const Conv2dOptions& options = {})
       : Conv2d(in_channels, out_channels, ops::Size2{kernel, kernel}, options) {}
   Tensor operator()(const Tensor& x) const;
+  // The convolution of x upsampled 2x (nearest): (*this)(ops::upsample(x, 2.0)), computed by
+  // ops::upsample_conv2d without the upsampled image where the options allow it (unit stride
+  // and dilation, one group, padding < kernel size): a UNet's up-sampling layer.
+  Tensor upsampled(const Tensor& x) const;
   void visit(Visitor& v) override;
   std::string type_name() const override { return "Conv2d"; }
   std::string extra_repr() const override;

@@ -493,4 +493,75 @@ Tensor upsample(const Tensor& x, double scale, UpsampleMode mode, bool align_cor
   return upsample(x, opt);
 }
 
+// ---- upsample_conv2d --------------------------------------------------------------------------------------------
+
+namespace {
+
+// W'[c][o][u][v] = sum over e, f in {0, 1} of w[o][c][kh - 1 - u + e][kw - 1 - v + f] (terms
+// outside the kernel omitted): with it, input row I feeds output row i = 2 I + u - (kh - 1 - p)
+// exactly when the upsampled row under kernel row kh - 1 - u + e is row 2 I + e.
+Tensor upsample_kernel(const Tensor& w) {
+  const std::int64_t O = w.shape()[0], C = w.shape()[1], kh = w.shape()[2], kw = w.shape()[3];
+  const Tensor wc = contiguous_data(w);
+  Tensor k = zeros({C, O, kh + 1, kw + 1}, w.dtype());
+  dispatch_float(w.dtype(), "upsample_conv2d", [&]<class T>() {
+    const T* src = wc.data<T>();
+    T* dst = k.data<T>();
+    for (std::int64_t o = 0; o < O; ++o)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t p = 0; p < kh; ++p)
+          for (std::int64_t q = 0; q < kw; ++q)
+            for (std::int64_t e = 0; e < 2; ++e)
+              for (std::int64_t f = 0; f < 2; ++f)
+                dst[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)] +=
+                    src[((o * C + c) * kh + p) * kw + q];
+  });
+  return record("upsample_conv2d", {w}, k, [O, C, kh, kw](const Tensor& gk_in) {
+    const Tensor gk = gk_in.contiguous();
+    Tensor gw = empty({O, C, kh, kw}, gk.dtype());
+    dispatch_float(gk.dtype(), "upsample_conv2d", [&]<class T>() {
+      const T* src = gk.data<T>();
+      T* dst = gw.data<T>();
+      for (std::int64_t o = 0; o < O; ++o)
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t p = 0; p < kh; ++p)
+            for (std::int64_t q = 0; q < kw; ++q) {
+              T s = 0;
+              for (std::int64_t e = 0; e < 2; ++e)
+                for (std::int64_t f = 0; f < 2; ++f)
+                  s += src[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)];
+              dst[((o * C + c) * kh + p) * kw + q] = s;
+            }
+    });
+    return Tensors{gw};
+  });
+}
+
+}  // namespace
+
+Tensor upsample_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 padding) {
+  const char* op = "upsample_conv2d";
+  check_defined(x, op, "x");
+  check_defined(weight, op, "weight");
+  TG_CHECK(x.dim() == 3 || x.dim() == 4, "upsample_conv2d: expected x of shape [N, C, H, W] or [C, H, W], got shape {}",
+           x.shape());
+  TG_CHECK(weight.dim() == 4, "upsample_conv2d: expected weight of shape [out_channels, in_channels, kh, kw], got shape {}",
+           weight.shape());
+  check_same_dtype(op, x, weight, "weight");
+  const std::int64_t C = x.shape()[x.dim() - 3], kh = weight.shape()[2], kw = weight.shape()[3];
+  TG_CHECK(weight.shape()[1] == C,
+           "upsample_conv2d: weight of shape {} expects {} input channels (dim 1), but x of shape {} has {}",
+           weight.shape(), weight.shape()[1], x.shape(), C);
+  TG_CHECK(kh >= 1 && kw >= 1, "upsample_conv2d: weight of shape {} has an empty kernel", weight.shape());
+  check_bias(op, x, bias, weight.shape()[0]);
+  check_pair(op, "padding", padding, 0);
+  TG_CHECK(padding[0] <= kh - 1 && padding[1] <= kw - 1,
+           "upsample_conv2d: padding [{}, {}] must be at most the kernel size - 1 ([{}, {}]); use conv2d(upsample(x))",
+           padding[0], padding[1], kh - 1, kw - 1);
+  ConvTranspose2dOptions opt;
+  opt.stride = {2, 2};
+  opt.padding = {kh - 1 - padding[0], kw - 1 - padding[1]};
+  return conv_transpose2d(x, upsample_kernel(weight), bias, opt);
+}
+
 }  // namespace tg::ops

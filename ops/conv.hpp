@@ -71,4 +71,14 @@ struct UpsampleOptions {
 Tensor upsample(const Tensor& x, const UpsampleOptions& options);
 Tensor upsample(const Tensor& x, double scale, UpsampleMode mode = UpsampleMode::nearest, bool align_corners = false);
 
+// conv2d(upsample(x, 2, nearest), weight, bias, {.padding = padding}) -- a UNet's up-sampling
+// layer -- without forming the 4x larger upsampled image. Every output pixel of a k x k kernel
+// over a nearest-upsampled image sees only (k + 1) / 2 or so distinct input rows and columns, so
+// the layer is the stride-2 transposed convolution of x with the kernel flipped and summed over
+// 2 x 2 boxes ([C, O, kh + 1, kw + 1]): 16 instead of 36 multiply-adds per output pixel for a 3x3
+// kernel, forward and backward. Equal to the composition up to rounding (a different summation
+// order). x [N, C, H, W] (or [C, H, W]), weight [O, C, kh, kw] (one group), bias [O] or undefined,
+// 0 <= padding <= k - 1 -> [N, O, 2H + 2 padding - kh + 1, 2W + 2 padding - kw + 1].
+Tensor upsample_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Size2 padding = {0, 0});
+
 }  // namespace tg::ops

@@ -28,7 +28,7 @@ std::span<const OpInfo> differentiable_ops() {
       // ops/linalg.cpp
       {"matmul", "ops"}, {"linear", "ops"},
       // ops/conv.cpp
-      {"conv2d", "ops"}, {"conv_transpose2d", "ops"}, {"max_pool2d", "ops"}, {"avg_pool2d", "ops"},
+      {"conv2d", "ops"}, {"conv_transpose2d", "ops"}, {"upsample_conv2d", "ops"}, {"max_pool2d", "ops"}, {"avg_pool2d", "ops"},
       {"adaptive_avg_pool2d", "ops"}, {"upsample_nearest2d", "ops"}, {"upsample_bilinear2d", "ops"},
       // ops/norm.cpp
       {"layer_norm", "ops"}, {"rms_norm", "ops"}, {"group_norm", "ops"}, {"group_norm_silu", "ops"},

@@ -95,8 +95,9 @@ Tensor UNetBlock::operator()(const Tensor& x, const Tensor& emb) const {
     }
     return t;
   };
-  // Main branch, norm first.
-  Tensor h = conv0(resample(norm0.with_silu(x)));                        // [B, out, H', W']
+  // Main branch, norm first (up-sampling and convolution as one op: no upsampled image).
+  const Tensor n0 = norm0.with_silu(x);                                  // [B, in, H, W]
+  Tensor h = options.resample == Resample::up ? conv0.upsampled(n0) : conv0(resample(n0));  // [B, out, H', W']
   const Tensors ss = ops::chunk(affine(emb).reshape({B, 2 * out_channels, 1, 1}), 2, 1);  // 2 x [B, out, 1, 1]
   h = ops::silu(norm1(h) * (ss[0] + 1.0) + ss[1]);                       // [B, out, H', W']
   h = conv1(drop(h));                                                    // [B, out, H', W']

@@ -799,6 +799,8 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
   const int64_t Mh = (g.kh - 1) * g.dh / g.sh, Mw = (g.kw - 1) * g.dw / g.sw;
   const int64_t row = ceil_div(wp, g.sw) + Mw, bplane = (ceil_div(hp, g.sh) + Mh) * row;  // padded gy planes
   const int64_t panels = ceil_div(cg, MR);
+  // Phase (a, b) holds the padded rows a + sh r and columns b + sw s that are rows and columns of
+  // gx: r in [r0, r0 + hq), s in [s0, s0 + wq). Only those are computed (entry (r - r0, s - s0)).
   struct Phase {
     int64_t hq, wq, K = 0, nvec = 0;
     int64_t z = 0;  // offset of the phase's staging planes [cg][hq][wq]
@@ -811,8 +813,9 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
   for (int64_t a = 0; a < g.sh; ++a)
     for (int64_t b = 0; b < g.sw; ++b) {
       Phase ph;
-      ph.hq = ceil_div(hp - a, g.sh);
-      ph.wq = ceil_div(wp - b, g.sw);
+      const int64_t r0 = ceil_div(std::max<int64_t>(g.ph - a, 0), g.sh), s0 = ceil_div(std::max<int64_t>(g.pw - b, 0), g.sw);
+      ph.hq = ceil_div(g.ph + g.h - a, g.sh) - r0;
+      ph.wq = ceil_div(g.pw + g.w - b, g.sw) - s0;
       ph.z = z_size;
       z_size += cg * ph.hq * ph.wq + L;  // + slack: merge_row_columns reads whole vectors
       std::vector<std::array<int64_t, 3>> taps;  // (o, p, q)
@@ -824,7 +827,7 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
       if (ph.K > 0) {
         ph.nvec = ceil_div(ph.hq * row, L);
         for (const auto& [o, p, q] : taps) {
-          ph.off.push_back(o * bplane + (Mh - (p * g.dh) / g.sh) * row + (Mw - (q * g.dw) / g.sw));
+          ph.off.push_back(o * bplane + (r0 + Mh - (p * g.dh) / g.sh) * row + (s0 + Mw - (q * g.dw) / g.sw));
           gb_size = std::max(gb_size, ph.off.back() + ph.nvec * L);
         }
         ph.wpack.assign(static_cast<size_t>(g.groups * panels * ph.K * MR), T(0));
@@ -861,23 +864,20 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
             v0 += nv;
           }
         }
-        // gx row h is padded row R = h + ph: entry R / sh of row phase R % sh; its column x is
-        // padded column S = x + pw: entry S / sw of column phase S % sw.
+        // gx row h is padded row R = h + ph: row phase R % sh, entry row h / sh (rows h and
+        // h + sh are consecutive entries of one phase, the first rows being entry 0); likewise
+        // column x is entry x / sw of column phase (x + pw) % sw.
         T* gxg = gx + (n * g.c + gi * cg) * g.h * g.w;
         for (int64_t c = 0; c < cg; ++c)
           for (int64_t h = 0; h < g.h; ++h) {
-            const int64_t R = h + g.ph;
-            const Phase* prow = phases.data() + R % g.sh * g.sw;  // column phase 0 of the row phase
-            auto entry_row = [&](int64_t b) { return z.get() + prow[b].z + (c * prow[b].hq + R / g.sh) * prow[b].wq; };
+            const Phase* prow = phases.data() + (h + g.ph) % g.sh * g.sw;  // column phase 0 of the row phase
+            auto entry_row = [&](int64_t b) { return z.get() + prow[b].z + (c * prow[b].hq + h / g.sh) * prow[b].wq; };
             T* xr = gxg + (c * g.h + h) * g.w;
             if (g.sw == 2) {
               const int64_t e = g.pw & 1;  // column phase of x = 0
-              conv_util::merge_row_columns(entry_row(e) + (g.pw >> 1), entry_row(1 - e) + ((g.pw + 1) >> 1), g.w, xr);
+              conv_util::merge_row_columns(entry_row(e), entry_row(1 - e), g.w, xr);
             } else {
-              for (int64_t x = 0; x < g.w; ++x) {
-                const int64_t S = x + g.pw;
-                xr[x] = entry_row(S % g.sw)[S / g.sw];
-              }
+              for (int64_t x = 0; x < g.w; ++x) xr[x] = entry_row((x + g.pw) % g.sw)[x / g.sw];
             }
           }
       }

@@ -7,6 +7,7 @@
 #include "nn/conv.hpp"
 #include "nn/norm.hpp"
 #include "nn/positional.hpp"
+#include "ops/conv.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
@@ -48,6 +49,19 @@ TEST_CASE("conv layers: shapes, parameter names, gradients", "[nn][layers]") {
   nn::Conv2d depthwise(4, 4, 3, {.padding = {1, 1}, .groups = 4});
   CHECK(depthwise.weight.shape() == Shape{4, 1, 3, 3});
   CHECK_THROWS_WITH(nn::Conv2d(3, 4, 3, {.groups = 2}), Contains("groups must divide"));
+  // upsampled(x) is the convolution of the 2x nearest-upsampled x: fused (3x3 / pad 1, 1x1) or,
+  // where the options do not allow it (stride 2, groups), the plain composition.
+  const Tensor x = test::randn({2, 4, 5, 3}, DType::f64, 8);
+  for (const nn::Conv2dOptions& o : {nn::Conv2dOptions{.padding = {1, 1}, .dtype = DType::f64, .gen = &gen},
+                                     nn::Conv2dOptions{.dtype = DType::f64, .gen = &gen},
+                                     nn::Conv2dOptions{.stride = {2, 2}, .padding = {1, 1}, .dtype = DType::f64, .gen = &gen},
+                                     nn::Conv2dOptions{.padding = {1, 1}, .groups = 2, .dtype = DType::f64, .gen = &gen}}) {
+    for (std::int64_t k : {3, 1}) {
+      const nn::Conv2d c(4, 6, k, o);
+      if (c.conv.padding[0] >= k) continue;
+      CHECK_ALLCLOSE(c.upsampled(x), c(ops::upsample(x, 2.0)), 1e-12, 1e-12);
+    }
+  }
 }
 
 TEST_CASE("attention: shapes, causality, cross-attention, gradients", "[nn][attention]") {

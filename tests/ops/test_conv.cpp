@@ -657,6 +657,85 @@ TEST_CASE("upsample: gradcheck", "[ops][conv][grad][upsample_nearest2d][upsample
   CHECK_GRADCHECK([](const Tensors& v) { return ops::upsample(v[0], {.size = Size2{5, 3}}); }, {x});  // up and down
 }
 
+// ---- upsample_conv2d ------------------------------------------------------------------------------------------
+
+namespace {
+
+struct UpConvCase {
+  Shape x;
+  std::int64_t out_channels;
+  Size2 kernel, padding;
+  bool bias;
+};
+
+// The UNet's up-sampling layer (3x3, padding 1), other paddings (odd output sizes), 1x1, even and
+// non-square kernels, 1-pixel images, odd sizes, and channel counts that are not multiples of 8.
+const UpConvCase kUpConvCases[] = {
+    {{2, 5, 7, 6}, 9, {3, 3}, {1, 1}, true},  {{1, 4, 5, 5}, 3, {3, 3}, {0, 0}, false},
+    {{2, 3, 4, 6}, 5, {3, 3}, {2, 2}, true},  {{3, 6, 5, 4}, 4, {1, 1}, {0, 0}, true},
+    {{1, 3, 6, 5}, 2, {2, 2}, {1, 0}, false}, {{2, 4, 5, 7}, 6, {5, 3}, {2, 1}, true},
+    {{1, 2, 1, 1}, 3, {3, 3}, {1, 1}, true},  {{2, 16, 14, 14}, 24, {3, 3}, {1, 1}, true},
+};
+
+std::string describe(const UpConvCase& c) {
+  return fmt::format("x {} O {} k [{}, {}] pad [{}, {}] bias {}", c.x, c.out_channels, c.kernel[0], c.kernel[1], c.padding[0],
+                     c.padding[1], c.bias);
+}
+
+}  // namespace
+
+TEST_CASE("upsample_conv2d: equals conv2d(upsample(x)) forward and backward", "[ops][conv]") {
+  for (const UpConvCase& c : kUpConvCases) {
+    INFO(describe(c));
+    for (DType dt : {DType::f64, DType::f32}) {
+      INFO(dtype_name(dt));
+      const double tol = dt == DType::f64 ? 1e-11 : 2e-4;
+      Tensor x = test::randn(c.x, dt, 51).requires_grad_();
+      Tensor w = test::randn({c.out_channels, c.x[1], c.kernel[0], c.kernel[1]}, dt, 52).requires_grad_();
+      Tensor b = c.bias ? test::randn({c.out_channels}, dt, 53).requires_grad_() : Tensor();
+      // Reference: the composition, in f64 (its ops are checked against naive loops above).
+      Tensor x64 = x.detach().to(DType::f64).requires_grad_(), w64 = w.detach().to(DType::f64).requires_grad_();
+      Tensor b64 = c.bias ? b.detach().to(DType::f64).requires_grad_() : Tensor();
+      const Tensor want = ops::conv2d(ops::upsample(x64, 2.0), w64, b64, {.padding = c.padding});
+      const Tensor y = ops::upsample_conv2d(x, w, b, c.padding);
+      REQUIRE(y.shape() == want.shape());
+      CHECK_ALLCLOSE(y, want, tol, tol);
+      const Tensor gy = test::randn(y.shape(), DType::f64, 54);
+      want.backward(gy);
+      y.backward(gy.to(dt));
+      CHECK_ALLCLOSE(x.grad(), x64.grad(), tol, tol);
+      CHECK_ALLCLOSE(w.grad(), w64.grad(), tol, tol * 10);
+      if (c.bias) CHECK_ALLCLOSE(b.grad(), b64.grad(), tol, tol * 10);
+    }
+  }
+  // Unbatched input and non-contiguous operands.
+  const Tensor x = test::randn({3, 5, 4}, DType::f64, 55), w = test::randn({2, 3, 3, 3}, DType::f64, 56);
+  CHECK_ALLCLOSE(ops::upsample_conv2d(test::transposed_layout(x), test::strided_layout(w), {}, {1, 1}),
+                 ops::conv2d(ops::upsample(x.unsqueeze(0), 2.0), w, {}, {.padding = {1, 1}}).squeeze(0), 1e-12, 1e-12);
+}
+
+TEST_CASE("upsample_conv2d: gradcheck", "[ops][conv][grad][upsample_conv2d]") {
+  const Tensor x = test::randn({2, 3, 3, 4}, DType::f64, 57), w = test::randn({2, 3, 3, 3}, DType::f64, 58);
+  const Tensor b = test::randn({2}, DType::f64, 59);
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::upsample_conv2d(v[0], v[1], v[2], {1, 1}); },
+                  {test::transposed_layout(x), test::strided_layout(w), b});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::upsample_conv2d(v[0], v[1], {}, {0, 1}); },
+                  {x, test::randn({3, 3, 2, 3}, DType::f64, 60)});
+}
+
+TEST_CASE("upsample_conv2d: clear errors for bad arguments", "[ops][conv][errors]") {
+  const Tensor x = zeros({2, 4, 5, 5}), w = zeros({3, 4, 3, 3});
+  CHECK_THROWS_WITH(ops::upsample_conv2d(x, zeros({3, 2, 3, 3})),
+                    Contains("upsample_conv2d: weight of shape [3, 2, 3, 3] expects 2 input channels (dim 1), but x of shape [2, 4, 5, 5] has 4"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(x, w, {}, {3, 1}),
+                    Contains("upsample_conv2d: padding [3, 1] must be at most the kernel size - 1 ([2, 2])"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(x, w, {}, {-1, 0}), Contains("upsample_conv2d: padding must be non-negative"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(zeros({4, 5}), w), Contains("upsample_conv2d: expected x of shape [N, C, H, W] or [C, H, W], got shape [4, 5]"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(x, zeros({3, 4, 3})), Contains("upsample_conv2d: expected weight of shape"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(x, w.to(DType::f64)), Contains("upsample_conv2d: x is f32 but weight is f64"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(x, w, zeros({2}), {1, 1}), Contains("upsample_conv2d: bias must have shape [3]"));
+}
+
 // ---- determinism ------------------------------------------------------------------------------------------------
 
 TEST_CASE("conv family: 1 vs N threads give identical bits", "[ops][conv][threads]") {
@@ -672,10 +751,11 @@ TEST_CASE("conv family: 1 vs N threads give identical bits", "[ops][conv][thread
     const Tensor h1 = ops::max_pool2d(ops::relu(ops::conv2d(xa, wa, ba, {{1, 1}, {1, 1}})), {2, 2});
     const Tensor h2 = ops::max_pool2d(ops::relu(ops::conv2d(ops::add(h1, xb), wb, bb, {{1, 1}, {1, 1}})), {3, 3}, {2, 2}, {1, 1});
     const Tensor up = ops::upsample(ops::conv_transpose2d(xb, wc, {}, {{2, 2}, {1, 1}}), 1.5, ops::UpsampleMode::bilinear);
+    const Tensor upconv = ops::upsample_conv2d(xb, wc.transpose(0, 1).narrow(2, 0, 3).narrow(3, 0, 3), bb.narrow(0, 0, 16), {1, 1});
     const Tensor pooled = ops::avg_pool2d(up, {3, 3}, {2, 2}, {1, 1}, false);
-    const Tensor loss = ops::add(ops::sum(ops::square(h2)), ops::sum(ops::mul(pooled, pooled)));
+    const Tensor loss = ops::add(ops::add(ops::sum(ops::square(h2)), ops::sum(ops::mul(pooled, pooled))), ops::sum(ops::square(upconv)));
     loss.backward();
-    return Tensors{loss, h2, pooled, xa.grad(), xb.grad(), wa.grad(), wb.grad(), ba.grad(), bb.grad(), wc.grad()};
+    return Tensors{loss, h2, pooled, upconv, xa.grad(), xb.grad(), wa.grad(), wb.grad(), ba.grad(), bb.grad(), wc.grad()};
   }));
 }
 
