@@ -270,6 +270,13 @@ const ConvCase kConvCases[] = {
     {{1, 6, 9, 41}, 4, {3, 3}, {{1, 2}, {1, 1}, {1, 1}, 1}, true},
     {{1, 5, 12, 12}, 4, {3, 3}, {{2, 2}, {2, 2}, {2, 2}, 1}, true},
     {{2, 8, 12, 11}, 6, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 2}, true},
+    // Row tiles (output rows of 4 to 8, channels along the vectors): 7 x 7 as in a UNet's bottom,
+    // 48 channels (a 2-vector and a 1-vector block), rows of 4 and 8, strided, groups.
+    {{2, 6, 7, 7}, 32, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{1, 5, 6, 4}, 48, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    {{1, 4, 8, 8}, 32, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{2, 6, 14, 13}, 32, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},
+    {{1, 8, 5, 7}, 64, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 2}, true},
 };
 
 Tensor conv_input(const ConvCase& c, DType dt, std::uint64_t seed) { return test::randn(c.x, dt, seed); }
@@ -324,6 +331,8 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{2, 6, 9, 41}, 4, {3, 3}, {{1, 2}, {1, 1}, {1, 1}, 1}, true},
       {{2, 5, 12, 12}, 4, {3, 3}, {{2, 2}, {2, 2}, {2, 2}, 1}, true},
       {{3, 8, 12, 11}, 6, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 2}, true},
+      {{3, 6, 7, 7}, 32, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // row tiles (forward, input gradient)
+      {{2, 32, 7, 6}, 48, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
   };
   for (const ConvCase& c : cases) {
     INFO(describe(c));
