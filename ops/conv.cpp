@@ -548,6 +548,8 @@ Tensor upsample_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias
   TG_CHECK(weight.dim() == 4, "upsample_conv2d: expected weight of shape [out_channels, in_channels, kh, kw], got shape {}",
            weight.shape());
   check_same_dtype(op, x, weight, "weight");
+  TG_CHECK(x.shape()[x.dim() - 2] >= 1 && x.shape()[x.dim() - 1] >= 1, "upsample_conv2d: x of shape {} has an empty image",
+           x.shape());
   const std::int64_t C = x.shape()[x.dim() - 3], kh = weight.shape()[2], kw = weight.shape()[3];
   TG_CHECK(weight.shape()[1] == C,
            "upsample_conv2d: weight of shape {} expects {} input channels (dim 1), but x of shape {} has {}",

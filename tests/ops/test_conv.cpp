@@ -742,6 +742,8 @@ TEST_CASE("upsample_conv2d: clear errors for bad arguments", "[ops][conv][errors
   CHECK_THROWS_WITH(ops::upsample_conv2d(zeros({4, 5}), w), Contains("upsample_conv2d: expected x of shape [N, C, H, W] or [C, H, W], got shape [4, 5]"));
   CHECK_THROWS_WITH(ops::upsample_conv2d(x, zeros({3, 4, 3})), Contains("upsample_conv2d: expected weight of shape"));
   CHECK_THROWS_WITH(ops::upsample_conv2d(x, w.to(DType::f64)), Contains("upsample_conv2d: x is f32 but weight is f64"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(zeros({1, 4, 0, 5}), w), Contains("upsample_conv2d: x of shape [1, 4, 0, 5] has an empty image"));
+  CHECK(ops::upsample_conv2d(zeros({0, 4, 5, 5}), w, {}, {1, 1}).shape() == Shape{0, 3, 10, 10});
   CHECK_THROWS_WITH(ops::upsample_conv2d(x, w, zeros({2}), {1, 1}), Contains("upsample_conv2d: bias must have shape [3]"));
 }
 
