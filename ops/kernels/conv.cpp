@@ -788,10 +788,30 @@ const std::array<std::array<RowTileFn<T>, 4>, 5> kRowTiles{make_row_tiles<T, 4>(
                                                            make_row_tiles<T, 6>(), make_row_tiles<T, 7>(),
                                                            make_row_tiles<T, 8>()};
 
+// Row tiles suit outputs of wo per row and `channels` output channels.
 template <class T>
-bool row_tiles_apply(const ConvGeometry& g) {
-  const int64_t og = g.o / g.groups;
-  return g.wo >= kRowTileMin && g.wo <= kRowTileMax && og % kLanes<T> == 0 && og >= 2 * kLanes<T>;
+bool row_tiles_fit(int64_t wo, int64_t channels) {
+  return wo >= kRowTileMin && wo <= kRowTileMax && channels % kLanes<T> == 0 && channels >= 2 * kLanes<T>;
+}
+
+// stage[i * wo + j][o] = sum over taps k of xb[i * row + off[k] + j] * wt[k][o] (+ bias[o]) for
+// the ho x wo outputs of one image: channel blocks outer, then blocks of taps (whose weights stay
+// in L1 while every row uses them; the sums continue through the staging block), then rows.
+template <class T>
+void run_row_tiles(int64_t K, const int64_t* off, const T* xb, int64_t row, int64_t ho, int64_t wo, int64_t channels,
+                   const T* wt, const T* bias, T* stage) {
+  constexpr int64_t L = kLanes<T>;
+  const auto& tiles = kRowTiles<T>[static_cast<size_t>(wo - kRowTileMin)];
+  const int64_t nv_max = row_tile_vectors(wo);
+  for (int64_t o0 = 0; o0 < channels; o0 += nv_max * L) {
+    const RowTileFn<T> tile = tiles[static_cast<size_t>(std::min<int64_t>(nv_max, (channels - o0) / L) - 1)];
+    for (int64_t k0 = 0; k0 < K; k0 += kRowTileTaps) {
+      const int64_t kn = std::min(kRowTileTaps, K - k0);
+      const T* bk = bias && k0 + kn == K ? bias + o0 : nullptr;
+      for (int64_t i = 0; i < ho; ++i)
+        tile(kn, off + k0, xb + i * row, wt + k0 * channels + o0, channels, bk, stage + i * wo * channels + o0, k0 == 0);
+    }
+  }
 }
 
 template <class T>
@@ -807,7 +827,7 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
     for (int64_t o = 0; o < og; ++o)
       for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
   const StorePlan plan = make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
-  const bool by_rows = row_tiles_apply<T>(g);
+  const bool by_rows = row_tiles_fit<T>(g.wo, og);
   std::vector<T> wt;  // row tiles: weights [gi][k][o]
   if (by_rows) {
     wt.resize(static_cast<size_t>(g.groups * K * og));
@@ -828,20 +848,8 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
           prefetch_range_for_write(yo + g.o * P, og * P * int64_t(sizeof(T)));
         }
         if (by_rows) {
-          // Channel blocks outer, tap blocks, then rows: the weights of a block stay in L1 while
-          // every output row uses them; the sums continue in the staging block (the same chain).
-          const auto& tiles = kRowTiles<T>[static_cast<size_t>(g.wo - kRowTileMin)];
-          const int64_t nv_max = row_tile_vectors(g.wo);
-          for (int64_t o0 = 0; o0 < og; o0 += nv_max * kLanes<T>) {
-            const RowTileFn<T> tile = tiles[static_cast<size_t>(std::min<int64_t>(nv_max, (og - o0) / kLanes<T>) - 1)];
-            for (int64_t k0 = 0; k0 < K; k0 += kRowTileTaps) {
-              const int64_t kn = std::min(kRowTileTaps, K - k0);
-              const T* bk = bias && k0 + kn == K ? bias + gi * og + o0 : nullptr;
-              for (int64_t i = 0; i < g.ho; ++i)
-                tile(kn, lay.off.data() + k0, xb.get() + i * lay.row, wt.data() + (gi * K + k0) * og + o0, og, bk,
-                     stage.get() + i * g.wo * og + o0, k0 == 0);
-            }
-          }
+          run_row_tiles(K, lay.off.data(), xb.get(), lay.row, g.ho, g.wo, og, wt.data() + gi * K * og,
+                        bias ? bias + gi * og : nullptr, stage.get());
           transpose(stage.get(), P, og, og, yo, P);  // [position][channel] -> [channel][position]
           continue;
         }
@@ -912,10 +920,11 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
     int64_t z = 0;  // offset of the phase's staging planes [cg][hq][wq]
     std::vector<int64_t> off;
     std::vector<T> wpack;  // [gi][panel][k][MR]: w[o][c][p][q] for the phase's taps k = (o, p, q)
+    std::vector<T> wt;     // row tiles (small phase planes): [gi][k][c]
     StorePlan plan;
   };
   std::vector<Phase> phases;  // phase a * sw + b: padded rows of parity a, columns of parity b
-  int64_t gb_size = og * bplane, z_size = 0;
+  int64_t gb_size = og * bplane, z_size = 0, stage_size = 0;
   for (int64_t a = 0; a < g.sh; ++a)
     for (int64_t b = 0; b < g.sw; ++b) {
       Phase ph;
@@ -936,20 +945,26 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
           ph.off.push_back(o * bplane + (r0 + Mh - (p * g.dh) / g.sh) * row + (s0 + Mw - (q * g.dw) / g.sw));
           gb_size = std::max(gb_size, ph.off.back() + ph.nvec * L);
         }
-        ph.wpack.assign(static_cast<size_t>(g.groups * panels * ph.K * MR), T(0));
+        const bool by_rows = row_tiles_fit<T>(ph.wq, cg);
+        (by_rows ? ph.wt : ph.wpack).assign(static_cast<size_t>(g.groups * (by_rows ? cg : panels * MR) * ph.K), T(0));
+        if (by_rows) stage_size = std::max(stage_size, ph.hq * ph.wq * cg);
         for (int64_t gi = 0; gi < g.groups; ++gi)
           for (int64_t c = 0; c < cg; ++c)
             for (int64_t k = 0; k < ph.K; ++k) {
               const auto& [o, p, q] = taps[static_cast<size_t>(k)];
-              ph.wpack[static_cast<size_t>(((gi * panels + c / MR) * ph.K + k) * MR + c % MR)] =
-                  w[(((gi * og + o) * cg + c) * g.kh + p) * g.kw + q];
+              const T v = w[(((gi * og + o) * cg + c) * g.kh + p) * g.kw + q];
+              if (by_rows) {
+                ph.wt[static_cast<size_t>((gi * ph.K + k) * cg + c)] = v;
+              } else {
+                ph.wpack[static_cast<size_t>(((gi * panels + c / MR) * ph.K + k) * MR + c % MR)] = v;
+              }
             }
         ph.plan = make_store_plan(ph.hq, ph.wq, row, ph.nvec, L);
       }
       phases.push_back(std::move(ph));
     }
   parallel_for(g.n, images_per_task(g.n, g.o * P * Kfull), [&](int64_t lo, int64_t hi) {
-    Scratch<T> gb(gb_size), z(z_size);
+    Scratch<T> gb(gb_size), z(z_size), stage(stage_size);
     std::fill(gb.get(), gb.get() + gb_size, T(0));  // the padding; only gy's own positions are written
     std::fill(z.get(), z.get() + z_size, T(0));     // phases without taps stay zero
     for (int64_t n = lo; n < hi; ++n)
@@ -959,6 +974,12 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
           for (int64_t i = 0; i < g.ho; ++i) copy_row(gb.get() + o * bplane + (i + Mh) * row + Mw, gys + (o * g.ho + i) * g.wo, g.wo);
         for (const Phase& ph : phases) {
           const int64_t zp = ph.hq * ph.wq;  // staging plane of one channel
+          if (!ph.wt.empty()) {
+            run_row_tiles(ph.K, ph.off.data(), gb.get(), row, ph.hq, ph.wq, cg, ph.wt.data() + gi * ph.K * cg,
+                          static_cast<const T*>(nullptr), stage.get());
+            transpose(stage.get(), zp, cg, cg, z.get() + ph.z, zp);  // [entry][channel] -> [channel][entry]
+            continue;
+          }
           for (int64_t v0 = 0; v0 < ph.nvec;) {
             const int nv = strip_vectors(v0, ph.nvec);
             for (int64_t panel = 0; panel < panels; ++panel) {

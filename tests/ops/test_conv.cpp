@@ -332,6 +332,7 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{2, 5, 12, 12}, 4, {3, 3}, {{2, 2}, {2, 2}, {2, 2}, 1}, true},
       {{3, 8, 12, 11}, 6, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 2}, true},
       {{3, 6, 7, 7}, 32, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // row tiles (forward, input gradient)
+      {{2, 32, 12, 10}, 8, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true}, // strided input gradient, row tiles per phase
       {{2, 32, 7, 6}, 48, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
   };
   for (const ConvCase& c : cases) {
@@ -684,6 +685,7 @@ const UpConvCase kUpConvCases[] = {
     {{2, 3, 4, 6}, 5, {3, 3}, {2, 2}, true},  {{3, 6, 5, 4}, 4, {1, 1}, {0, 0}, true},
     {{1, 3, 6, 5}, 2, {2, 2}, {1, 0}, false}, {{2, 4, 5, 7}, 6, {5, 3}, {2, 1}, true},
     {{1, 2, 1, 1}, 3, {3, 3}, {1, 1}, true},  {{2, 16, 14, 14}, 24, {3, 3}, {1, 1}, true},
+    {{2, 8, 7, 6}, 32, {3, 3}, {1, 1}, true},  // phase planes of 7 x 6: row tiles
 };
 
 std::string describe(const UpConvCase& c) {
