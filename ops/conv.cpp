@@ -92,9 +92,10 @@ void run_forward(const kernels::ConvGeometry& g, const Tensor& x, const Tensor& 
     kernels::conv2d_forward<T>(g, x.data<T>(), w.data<T>(), data_or_null<T>(bias), y.data<T>());
   });
 }
-void run_backward_input(const kernels::ConvGeometry& g, const Tensor& gy, const Tensor& w, const Tensor& gx) {
+void run_backward_input(const kernels::ConvGeometry& g, const Tensor& gy, const Tensor& w, const Tensor& gx,
+                        const Tensor& bias = {}) {
   dispatch_float(gy.dtype(), "conv2d", [&]<class T>() {
-    kernels::conv2d_backward_input<T>(g, gy.data<T>(), w.data<T>(), gx.data<T>());
+    kernels::conv2d_backward_input<T>(g, gy.data<T>(), w.data<T>(), gx.data<T>(), data_or_null<T>(bias));
   });
 }
 void run_backward_weight(const kernels::ConvGeometry& g, const Tensor& x, const Tensor& gy, const Tensor& gw,
@@ -219,13 +220,7 @@ Tensor conv_transpose2d(const Tensor& x_in, const Tensor& weight, const Tensor& 
 
   const Tensor xc = contiguous_data(x), wc = contiguous_data(weight);
   Tensor y = empty({N, O, out[0], out[1]}, x.dtype());
-  run_backward_input(g, xc, wc, y);
-  if (bias.defined()) {
-    const Tensor bc = contiguous_data(bias);
-    dispatch_float(y.dtype(), op, [&]<class T>() {
-      kernels::add_channel_bias<T>(N, O, out[0] * out[1], bc.data<T>(), y.data<T>());
-    });
-  }
+  run_backward_input(g, xc, wc, y, bias.defined() ? contiguous_data(bias) : Tensor());  // + bias per channel of y
 
   Tensors inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);

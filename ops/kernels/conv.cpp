@@ -905,7 +905,7 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
 // columns into gy padded by Mh = max m rows and Mw = max n columns. The phase planes are
 // computed into a staging buffer and scattered into gx (a phase without taps leaves zeros).
 template <class T>
-void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const T* bias, T* gx) {
   constexpr int64_t L = kLanes<T>;
   constexpr int MR = kImplicitMR;
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, Kfull = cg * g.kh * g.kw, P = g.ho * g.wo;
@@ -966,7 +966,10 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
   parallel_for(g.n, images_per_task(g.n, g.o * P * Kfull), [&](int64_t lo, int64_t hi) {
     Scratch<T> gb(gb_size), z(z_size), stage(stage_size);
     std::fill(gb.get(), gb.get() + gb_size, T(0));  // the padding; only gy's own positions are written
-    std::fill(z.get(), z.get() + z_size, T(0));     // phases without taps stay zero
+    std::fill(z.get(), z.get() + z_size, T(0));
+    for (const Phase& ph : phases)  // phases without taps stay zero (or the bias)
+      if (ph.K == 0 && bias)
+        for (int64_t c = 0; c < cg; ++c) std::fill_n(z.get() + ph.z + c * ph.hq * ph.wq, ph.hq * ph.wq, bias[c]);
     for (int64_t n = lo; n < hi; ++n)
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         const T* gys = gy + (n * g.o + gi * og) * P;
@@ -974,9 +977,10 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
           for (int64_t i = 0; i < g.ho; ++i) copy_row(gb.get() + o * bplane + (i + Mh) * row + Mw, gys + (o * g.ho + i) * g.wo, g.wo);
         for (const Phase& ph : phases) {
           const int64_t zp = ph.hq * ph.wq;  // staging plane of one channel
+          const T* bg = bias ? bias + gi * cg : nullptr;
           if (!ph.wt.empty()) {
-            run_row_tiles(ph.K, ph.off.data(), gb.get(), row, ph.hq, ph.wq, cg, ph.wt.data() + gi * ph.K * cg,
-                          static_cast<const T*>(nullptr), stage.get());
+            run_row_tiles(ph.K, ph.off.data(), gb.get(), row, ph.hq, ph.wq, cg, ph.wt.data() + gi * ph.K * cg, bg,
+                          stage.get());
             transpose(stage.get(), zp, cg, cg, z.get() + ph.z, zp);  // [entry][channel] -> [channel][entry]
             continue;
           }
@@ -986,7 +990,8 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, T* gx
               const int rows = static_cast<int>(std::min<int64_t>(MR, cg - panel * MR));
               const T* wpan = ph.wpack.data() + (gi * panels + panel) * ph.K * MR;
               kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](ph.K, ph.off.data(), gb.get() + v0 * L, wpan, rows,
-                                                                   nullptr, ph.plan, v0, z.get() + ph.z + panel * MR * zp, zp);
+                                                                   bg ? bg + panel * MR : nullptr, ph.plan, v0,
+                                                                   z.get() + ph.z + panel * MR * zp, zp);
             }
             v0 += nv;
           }
@@ -1276,17 +1281,19 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
 }
 
 template <class T>
-void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
+void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, const T* bias) {
   if (g.n == 0 || g.c == 0 || g.h == 0 || g.w == 0) return;
   if (is_pointwise(g)) {
     backward_input_gemm(g, gy, w, gx);
   } else if (implicit_input_grad(g)) {
     backward_input_implicit(g, gy, w, gx);
   } else if (strided_implicit(g)) {
-    backward_input_phases(g, gy, w, gx);
+    backward_input_phases(g, gy, w, bias, gx);  // adds the bias on the way
+    return;
   } else {
     backward_input_gemm(g, gy, w, gx);
   }
+  if (bias) add_channel_bias(g.n, g.c, g.h * g.w, bias, gx);
 }
 
 template <class T>
@@ -1457,7 +1464,7 @@ void upsample2d_backward(int64_t planes, int64_t h, int64_t w, int64_t ho, int64
 
 #define TG_CONV_INSTANTIATE(T)                                                                                      \
   template void conv2d_forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*);                          \
-  template void conv2d_backward_input<T>(const ConvGeometry&, const T*, const T*, T*);                             \
+  template void conv2d_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, const T*);                             \
   template void conv2d_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, T*);                        \
   template void add_channel_bias<T>(int64_t, int64_t, int64_t, const T*, T*);                                      \
   template void channel_sums<T>(int64_t, int64_t, int64_t, const T*, T*);                                          \

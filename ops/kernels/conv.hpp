@@ -30,9 +30,10 @@ struct ConvGeometry {
 // y = conv(x, w) (+ bias[o] per output channel when bias != nullptr).
 template <class T>
 void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
-// gx = the adjoint of conv(., w) applied to gy: gx [n, c, h, w] is overwritten.
+// gx = the adjoint of conv(., w) applied to gy: gx [n, c, h, w] is overwritten (+ bias[c] per
+// channel of gx when bias != nullptr: the forward of a transposed convolution with a bias).
 template <class T>
-void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx);
+void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, const T* bias = nullptr);
 // gw [o, c / groups, kh, kw] = sum over the batch of gy ⊗ windows of x (overwritten); when gbias
 // is not null, gbias[o] = sum of gy over batch and pixels (overwritten).
 template <class T>

@@ -433,6 +433,10 @@ const TransposeCase kTransposeCases[] = {
     {{1, 1, 7, 17}, 2, {1, 1}, {{1, 1}, {0, 0}, {0, 0}, {1, 1}, 1}, true},  // pointwise
     {{2, 1, 4, 4}, 8, {3, 3}, {{1, 1}, {1, 1}, {0, 0}, {1, 1}, 1}, true},   // its adjoint conv has 8 channels x 9 taps
     {{1, 2, 3, 3}, 2, {3, 3}, {{1, 1}, {0, 0}, {1, 1}, {2, 2}, 1}, false},  // output_padding < dilation (>= stride)
+    // Stride beyond the kernel: output phases no tap reaches hold just the bias.
+    {{2, 3, 4, 3}, 5, {2, 2}, {{3, 3}, {0, 0}, {1, 2}, {1, 1}, 1}, true},
+    {{1, 2, 3, 4}, 3, {1, 1}, {{2, 2}, {0, 0}, {0, 0}, {1, 1}, 1}, true},
+    {{2, 3, 6, 7}, 32, {4, 4}, {{2, 2}, {1, 1}, {0, 0}, {1, 1}, 1}, true},  // output phases of 6 x 7: row tiles
 };
 std::string describe(const TransposeCase& c) {
   return fmt::format("x {} O {} k [{}, {}] stride [{}, {}] pad [{}, {}] out_pad [{}, {}] dil [{}, {}] groups {}", c.x,
