@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/autograd.hpp"
+#include "core/parallel.hpp"
 #include "ops/common.hpp"
 #include "ops/kernels/conv.hpp"
 #include "ops/reduce.hpp"
@@ -497,36 +498,42 @@ namespace {
 // exactly when the upsampled row under kernel row kh - 1 - u + e is row 2 I + e.
 Tensor upsample_kernel(const Tensor& w) {
   const std::int64_t O = w.shape()[0], C = w.shape()[1], kh = w.shape()[2], kw = w.shape()[3];
+  // Output channels per task: ~32K additions each.
+  const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t{1} << 15) / (C * kh * kw * 4 + 1));
   const Tensor wc = contiguous_data(w);
   Tensor k = zeros({C, O, kh + 1, kw + 1}, w.dtype());
   dispatch_float(w.dtype(), "upsample_conv2d", [&]<class T>() {
     const T* src = wc.data<T>();
     T* dst = k.data<T>();
-    for (std::int64_t o = 0; o < O; ++o)
-      for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t p = 0; p < kh; ++p)
-          for (std::int64_t q = 0; q < kw; ++q)
-            for (std::int64_t e = 0; e < 2; ++e)
-              for (std::int64_t f = 0; f < 2; ++f)
-                dst[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)] +=
-                    src[((o * C + c) * kh + p) * kw + q];
+    parallel_for(O, grain, [&](std::int64_t o0, std::int64_t o1) {
+      for (std::int64_t o = o0; o < o1; ++o)
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t p = 0; p < kh; ++p)
+            for (std::int64_t q = 0; q < kw; ++q)
+              for (std::int64_t e = 0; e < 2; ++e)
+                for (std::int64_t f = 0; f < 2; ++f)
+                  dst[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)] +=
+                      src[((o * C + c) * kh + p) * kw + q];
+    });
   });
-  return record("upsample_conv2d", {w}, k, [O, C, kh, kw](const Tensor& gk_in) {
+  return record("upsample_conv2d", {w}, k, [O, C, kh, kw, grain](const Tensor& gk_in) {
     const Tensor gk = gk_in.contiguous();
     Tensor gw = empty({O, C, kh, kw}, gk.dtype());
     dispatch_float(gk.dtype(), "upsample_conv2d", [&]<class T>() {
       const T* src = gk.data<T>();
       T* dst = gw.data<T>();
-      for (std::int64_t o = 0; o < O; ++o)
-        for (std::int64_t c = 0; c < C; ++c)
-          for (std::int64_t p = 0; p < kh; ++p)
-            for (std::int64_t q = 0; q < kw; ++q) {
-              T s = 0;
-              for (std::int64_t e = 0; e < 2; ++e)
-                for (std::int64_t f = 0; f < 2; ++f)
-                  s += src[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)];
-              dst[((o * C + c) * kh + p) * kw + q] = s;
-            }
+      parallel_for(O, grain, [&](std::int64_t o0, std::int64_t o1) {
+        for (std::int64_t o = o0; o < o1; ++o)
+          for (std::int64_t c = 0; c < C; ++c)
+            for (std::int64_t p = 0; p < kh; ++p)
+              for (std::int64_t q = 0; q < kw; ++q) {
+                T s = 0;
+                for (std::int64_t e = 0; e < 2; ++e)
+                  for (std::int64_t f = 0; f < 2; ++f)
+                    s += src[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)];
+                dst[((o * C + c) * kh + p) * kw + q] = s;
+              }
+      });
     });
     return Tensors{gw};
   });

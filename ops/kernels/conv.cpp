@@ -821,20 +821,18 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
   const ImplicitLayout lay = implicit_layout<T>(g, cg);
   const int64_t nvec = lay.nvec;
   const int64_t panels = ceil_div(og, MR);
-  // Weights in micro-panels, k-major: wpack[gi][panel][k][MR] (zero rows past og).
-  std::vector<T> wpack(static_cast<size_t>(g.groups * panels * K * MR), T(0));
-  for (int64_t gi = 0; gi < g.groups; ++gi)
-    for (int64_t o = 0; o < og; ++o)
-      for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
-  const StorePlan plan = make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
   const bool by_rows = row_tiles_fit<T>(g.wo, og);
-  std::vector<T> wt;  // row tiles: weights [gi][k][o]
+  std::vector<T> wpack, wt;  // implicit tiles: [gi][panel][k][MR] (zero rows past og); row tiles: [gi][k][o]
   if (by_rows) {
     wt.resize(static_cast<size_t>(g.groups * K * og));
+    for (int64_t gi = 0; gi < g.groups; ++gi) transpose(w + gi * og * K, og, K, K, wt.data() + gi * K * og, og);
+  } else {
+    wpack.assign(static_cast<size_t>(g.groups * panels * K * MR), T(0));
     for (int64_t gi = 0; gi < g.groups; ++gi)
       for (int64_t o = 0; o < og; ++o)
-        for (int64_t k = 0; k < K; ++k) wt[static_cast<size_t>((gi * K + k) * og + o)] = w[(gi * og + o) * K + k];
+        for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
   }
+  const StorePlan plan = make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
   parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
     Scratch<T> xb(lay.xsize), stage(by_rows ? P * og : 0);
     std::fill(xb.get(), xb.get() + lay.xsize, T(0));
