@@ -901,7 +901,8 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
 // unit-stride correlation of the zero-padded gy with that phase's sub-kernel -- the implicit
 // GEMM again, with the roles of the channels swapped and tap offsets (Mh - m) rows and (Mw - n)
 // columns into gy padded by Mh = max m rows and Mw = max n columns. The phase planes are
-// computed into a staging buffer and scattered into gx (a phase without taps leaves zeros).
+// computed into a staging buffer and merged into gx (a phase without taps leaves zeros, or the
+// bias: with a bias this computes a transposed convolution's forward).
 template <class T>
 void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const T* bias, T* gx) {
   constexpr int64_t L = kLanes<T>;
