@@ -500,6 +500,10 @@ Tensor upsample_kernel(const Tensor& w) {
   const std::int64_t O = w.shape()[0], C = w.shape()[1], kh = w.shape()[2], kw = w.shape()[3];
   // Output channels per task: ~32K additions each.
   const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t{1} << 15) / (C * kh * kw * 4 + 1));
+  // Where w[o][c][p][q] lands in W' with the box offsets e, f (the one map both passes use).
+  const auto boxed = [=](std::int64_t o, std::int64_t c, std::int64_t p, std::int64_t q, std::int64_t e, std::int64_t f) {
+    return ((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f);
+  };
   const Tensor wc = contiguous_data(w);
   Tensor k = zeros({C, O, kh + 1, kw + 1}, w.dtype());
   dispatch_float(w.dtype(), "upsample_conv2d", [&]<class T>() {
@@ -512,11 +516,10 @@ Tensor upsample_kernel(const Tensor& w) {
             for (std::int64_t q = 0; q < kw; ++q)
               for (std::int64_t e = 0; e < 2; ++e)
                 for (std::int64_t f = 0; f < 2; ++f)
-                  dst[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)] +=
-                      src[((o * C + c) * kh + p) * kw + q];
+                  dst[boxed(o, c, p, q, e, f)] += src[((o * C + c) * kh + p) * kw + q];
     });
   });
-  return record("upsample_conv2d", {w}, k, [O, C, kh, kw, grain](const Tensor& gk_in) {
+  return record("upsample_conv2d", {w}, k, [O, C, kh, kw, grain, boxed](const Tensor& gk_in) {
     const Tensor gk = gk_in.contiguous();
     Tensor gw = empty({O, C, kh, kw}, gk.dtype());
     dispatch_float(gk.dtype(), "upsample_conv2d", [&]<class T>() {
@@ -530,7 +533,7 @@ Tensor upsample_kernel(const Tensor& w) {
                 T s = 0;
                 for (std::int64_t e = 0; e < 2; ++e)
                   for (std::int64_t f = 0; f < 2; ++f)
-                    s += src[((c * O + o) * (kh + 1) + (kh - 1 - p + e)) * (kw + 1) + (kw - 1 - q + f)];
+                    s += src[boxed(o, c, p, q, e, f)];
                 dst[((o * C + c) * kh + p) * kw + q] = s;
               }
       });
