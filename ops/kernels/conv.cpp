@@ -842,7 +842,7 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
       for (int64_t o = 0; o < og; ++o)
         for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
   }
-  const StorePlan plan = make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
+  const StorePlan plan = by_rows ? StorePlan{} : make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
   parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
     Scratch<T> xb(lay.xsize), stage(by_rows ? P * og : 0);
     std::fill(xb.get(), xb.get() + lay.xsize, T(0));
@@ -968,7 +968,7 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const
                 ph.wpack[static_cast<size_t>(((gi * panels + c / MR) * ph.K + k) * MR + c % MR)] = v;
               }
             }
-        ph.plan = make_store_plan(ph.hq, ph.wq, row, ph.nvec, L);
+        if (!by_rows) ph.plan = make_store_plan(ph.hq, ph.wq, row, ph.nvec, L);
       }
       phases.push_back(std::move(ph));
     }
