@@ -108,6 +108,26 @@ inline void split_row_columns(const T* xr, int64_t w, const T* x_end, T* even_ds
   }
 }
 
+// The four column phases of one image row: dst[r][m] = xr[4 m + r] for 4 m + r < w. Like
+// split_row_columns, whole vectors are loaded while they stay below x_end, masked ones after.
+template <class T>
+inline void split_row_columns4(const T* xr, int64_t w, const T* x_end, T* const dst[4]) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t k = 0; 4 * L * k < w; ++k) {
+    const int64_t iw = 4 * L * k;
+    Vec<T> v[4];
+    for (int64_t j = 0; j < 4; ++j) {
+      v[j] = xr + iw + (j + 1) * L <= x_end ? Vec<T>::load_unaligned(xr + iw + j * L) : load_n(xr + iw + j * L, w - iw - j * L);
+    }
+    Vec<T> e0, o0, e1, o1, r[4];
+    deinterleave(v[0], v[1], e0, o0);  // x0 x2 x4 ... | x1 x3 x5 ...
+    deinterleave(v[2], v[3], e1, o1);
+    deinterleave(e0, e1, r[0], r[2]);  // x0 x4 x8 ... | x2 x6 x10 ...
+    deinterleave(o0, o1, r[1], r[3]);  // x1 x5 x9 ... | x3 x7 x11 ...
+    for (int64_t q = 0; q < 4; ++q) store_n(dst[q] + k * L, r[q], (w - q + 3) / 4 - k * L);
+  }
+}
+
 // lo = a0 b0 a1 b1 ... (first halves of a and b interleaved), hi = the second halves.
 template <class T>
 inline void interleave(const Vec<T>& a, const Vec<T>& b, Vec<T>& lo, Vec<T>& hi) {
@@ -150,6 +170,21 @@ inline void merge_row_columns(const T* even_src, const T* odd_src, int64_t w, T*
   }
 }
 
+// The inverse of split_row_columns4: dst[4 m + q] = src[q][m] for 4 m + q < w. Reads whole
+// vectors of the sources (up to L - 1 entries past their ends).
+template <class T>
+inline void merge_row_columns4(const T* const src[4], int64_t w, T* dst) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t col = 0; col < w; col += 4 * L) {
+    Vec<T> e_lo, e_hi, o_lo, o_hi, v[4];
+    interleave(Vec<T>::load_unaligned(src[0] + col / 4), Vec<T>::load_unaligned(src[2] + col / 4), e_lo, e_hi);
+    interleave(Vec<T>::load_unaligned(src[1] + col / 4), Vec<T>::load_unaligned(src[3] + col / 4), o_lo, o_hi);
+    interleave(e_lo, o_lo, v[0], v[1]);  // x0 x1 x2 ... x(2L - 1)
+    interleave(e_hi, o_hi, v[2], v[3]);
+    for (int64_t j = 0; j < 4; ++j) store_n(dst + col + j * L, v[j], w - col - j * L);
+  }
+}
+
 // Asks for [p, p + bytes) to be brought into the cache ahead of use (e.g. the next image's data
 // while the current one is computed: the strided reads that follow would otherwise wait on memory).
 inline void prefetch_range(const void* p, int64_t bytes) {
@@ -160,5 +195,35 @@ inline void prefetch_range_for_write(void* p, int64_t bytes) {
   char* c = static_cast<char*>(p);
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 2);
 }
+
+// Prefetches a range a slice per step of a computation, e.g. the next image while the current
+// one is computed. Issued in one burst, thousands of prefetches queue up on the few line fill
+// buffers and stall the loads of the work in hand; spread out, they overlap with it.
+class SpreadPrefetch {
+ public:
+  SpreadPrefetch() = default;
+  SpreadPrefetch(const void* p, int64_t bytes, int64_t steps, bool for_write)
+      : next_(static_cast<const char*>(p)),
+        end_(next_ + bytes),
+        per_step_((bytes / std::max<int64_t>(steps, 1) + 127) / 64 * 64),
+        write_(for_write) {}
+  void step() { issue(std::min(end_, next_ + per_step_)); }
+  void finish() { issue(end_); }
+
+ private:
+  void issue(const char* to) {
+    for (; next_ < to; next_ += 64) {
+      if (write_) {
+        __builtin_prefetch(next_, 1, 2);
+      } else {
+        __builtin_prefetch(next_, 0, 2);
+      }
+    }
+  }
+  const char* next_ = nullptr;
+  const char* end_ = nullptr;
+  int64_t per_step_ = 0;
+  bool write_ = false;
+};
 
 }  // namespace tg::kernels::conv_util

@@ -1,28 +1,32 @@
-// Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-// Networks", CVPR 2016).
+// Winograd convolution for 3x3 kernels (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", CVPR 2016), in two tile sizes: F(2x2, 3x3) and F(4x4, 3x3).
 //
-// A 2x2 block of outputs ("tile") of output channel o is
+// An M x M block of outputs ("tile", M = 2 or 4) of output channel o is
 //   Y = A^T [ sum_c U[o][c] ⊙ V[c] ] A,   U[o][c] = G g[o][c] G^T,   V[c] = B^T d[c] B,
-// where d[c] is the 4x4 input patch under the tile in input channel c and g[o][c] the 3x3 kernel
-// (all 4x4 after the transforms). So the convolution becomes 16 independent matrix products, one
-// per element xi of the transformed 4x4 tile: M[xi] (O x tiles) = U[xi] (O x C) · V[xi] (C x tiles).
-// That is 16 C multiply-adds per tile and output channel instead of 36 C (2.25x fewer); the
-// transforms only add, subtract and halve (exact in binary) and cost O(C + O) per tile.
+// where d[c] is the N x N input patch under the tile (N = M + 2) in input channel c and g[o][c]
+// the 3x3 kernel (all N x N after the transforms). So the convolution becomes N^2 independent
+// matrix products, one per element xi of the transformed tile:
+//   M[xi] (O x tiles) = U[xi] (O x C) · V[xi] (C x tiles).
+// Per output and channel pair that is 16/4 = 4 multiply-adds for F(2x2) and 36/16 = 2.25 for
+// F(4x4), instead of 9. The transforms cost O(C + O) per tile. F(2x2)'s transforms only add,
+// subtract and halve (exact in binary); F(4x4)'s have entries up to 8 (and 1/6, 1/24 in G), so
+// its rounding error is a few times larger (measured against f64 loops in the tests). The tile
+// size is chosen from the geometry: F(4x4) where it needs fewer vector products, i.e. on larger
+// planes (a 28 x 28 output: 2304 against 3584 lanes per channel pair; 14 x 14 stays F(2x2)).
 //
 // Work per image (one task; tasks may also split an image's output channels):
-//   1. copy-in. The zero-padded input is split into its four phase planes Q[p][q] (padded rows of
-//      parity p, columns of parity q), each with row width TWq = TW + 1 for TW tiles per output
+//   1. copy-in. The zero-padded input is split into its M x M phase planes Q[p][q] (padded rows
+//      = p mod M, columns = q mod M), each with row width TWq = TW + 1 for TW tiles per output
 //      row. With the tile index u = ty * TWq + tx, patch value d[i][j] of tile u is
-//      Q[i % 2][j % 2][(i / 2) * TWq + j / 2 + u]: for a vector of consecutive tiles each of the
-//      16 patch values is one plain vector load. (Tiles at tx = TW are computed and dropped.)
+//      Q[i % M][j % M][(i / M) * TWq + j / M + u]: for a vector of consecutive tiles each of
+//      the N^2 patch values is one plain vector load. (Tiles at tx = TW are computed and dropped.)
 //   2. per strip of up to 3 vectors of tiles: the input transform into V[xi][c][strip]; then per
 //      block of 8 output channels, per xi, a register-blocked product over c (8 channels x 3
-//      vectors of tiles in 24 accumulators, the 16 results stay in L1) and the output transform
-//      into Z[o][2a + b][u], the output at (2 ty + a, 2 tx + b), bias added.
-//   3. copy-out. Z's two column phases are interleaved into y's rows.
+//      vectors of tiles in 24 accumulators, the results stay in cache) and the output transform
+//      into Z[o][M a + b][u], the output at (M ty + a, M tx + b), bias added.
+//   3. copy-out. Z's M column phases are interleaved into y's rows.
 // Each output is computed by the same operations in the same order however the work is split,
-// so the bits do not depend on the thread count. Accuracy: the transforms add at most a few
-// roundings on top of the direct sum (measured against f64 loops in the tests).
+// so the bits do not depend on the thread count.
 #include "ops/kernels/conv_winograd.hpp"
 
 #include <algorithm>
@@ -41,7 +45,23 @@ using conv_util::Vec;
 
 constexpr int64_t kOutBlock = 8;   // output channels per micro-tile
 constexpr int64_t kStripVecs = 3;  // vectors of tiles per micro-tile (and per strip)
-constexpr int64_t kXi = 16;        // elements of a transformed tile
+
+// F(M x M, 3 x 3): tile size M, patch size N, N^2 elements xi of a transformed tile, and the
+// kernel transform G (N x 3).
+template <int M>
+struct Tile;
+template <>
+struct Tile<2> {
+  static constexpr int N = 4, Xi = 16;
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+};
+template <>
+struct Tile<4> {
+  static constexpr int N = 6, Xi = 36;
+  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+};
 
 // Sizes derived from the geometry, shared by the steps.
 struct Plan {
@@ -52,28 +72,62 @@ struct Plan {
   int64_t plane;      // elements per phase plane, with slack for the last vector's overrun
   int64_t zrow;       // elements per row of Z (tile positions rounded up, plus slack)
   template <class T>
-  static Plan make(const ConvGeometry& g) {
+  static Plan make(const ConvGeometry& g, int64_t tile) {
     constexpr int64_t L = kLanes<T>;
     Plan p;
     p.C = g.c;
     p.O = g.o;
     p.OB = ceil_div(g.o, kOutBlock);
-    p.TH = ceil_div(g.ho, 2);
-    p.TW = ceil_div(g.wo, 2);
+    p.TH = ceil_div(g.ho, tile);
+    p.TW = ceil_div(g.wo, tile);
     p.TWq = p.TW + 1;
     p.tiles = p.TH * p.TWq;
-    // The last vector reads up to lane round_up(tiles, L) - 1 at offset TWq + 1 (patch row/column 3).
+    // The last vector reads up to lane round_up(tiles, L) - 1 at offset TWq + 1 (the patch's last
+    // row and column sit one plane row and one column further on).
     p.plane = (p.TH + 1) * p.TWq + L;
     p.zrow = ceil_div(p.tiles, L) * L + L;
     return p;
   }
 };
 
+// Tile positions of a geometry for F(M x M), in whole vectors of lanes: the products' length.
+int64_t tile_lanes(const ConvGeometry& g, int64_t tile, int64_t lanes) {
+  return ceil_div(ceil_div(g.ho, tile) * (ceil_div(g.wo, tile) + 1), lanes) * lanes;
+}
+
+// Images per group of the dense layout (see forward_dense): as many as fill at most kStripVecs
+// vectors with their tiles.
+int64_t dense_group(const ConvGeometry& g, int64_t lanes) {
+  const int64_t tiles = ceil_div(g.ho, 2) * ceil_div(g.wo, 2);
+  return std::max<int64_t>(1, kStripVecs * lanes / tiles);
+}
+
+// The layouts and tile sizes, with their multiply-adds per image and channel pair.
+enum class Layout { phases2, phases4, dense2 };
+struct LayoutCost {
+  Layout layout;
+  double products;
+};
+LayoutCost winograd_layout(const ConvGeometry& g, int64_t lanes) {
+  LayoutCost best{Layout::phases2, 16.0 * static_cast<double>(tile_lanes(g, 2, lanes))};
+  const double f4 = 36.0 * static_cast<double>(tile_lanes(g, 4, lanes));
+  if (f4 < best.products) best = {Layout::phases4, f4};
+  // Dense: tile lanes rounded up per group; +15% for the gathers and scatters. Its scatter
+  // offsets within a group are 32-bit.
+  const int64_t G = dense_group(g, lanes);
+  const double dense = 1.15 * 16.0 * static_cast<double>(ceil_div(G * ceil_div(g.ho, 2) * ceil_div(g.wo, 2), lanes) * lanes) /
+                       static_cast<double>(G);
+  if (dense < best.products && G * g.o * g.ho * g.wo < (int64_t{1} << 31)) best = {Layout::dense2, dense};
+  return best;
+}
+
 // U[ob][xi][c][i] = (G g G^T)[xi] for output channel ob * 8 + i (zero rows past O), computed in f64
-// and rounded once. G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
-template <class T>
-void transform_weights(const Plan& p, const T* w, T* U) {
+// and rounded once.
+template <class T, int M, class AnyPlan>
+void transform_weights(const AnyPlan& p, const T* w, T* U) {
   constexpr int64_t B = kOutBlock;
+  constexpr int N = Tile<M>::N;
+  constexpr auto& G = Tile<M>::G;
   parallel_for(p.OB, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t ob = lo; ob < hi; ++ob)
       for (int64_t c = 0; c < p.C; ++c) {
@@ -81,77 +135,102 @@ void transform_weights(const Plan& p, const T* w, T* U) {
         double k[9][B] = {};
         for (int64_t i = 0; i < B && ob * B + i < p.O; ++i)
           for (int j = 0; j < 9; ++j) k[j][i] = static_cast<double>(w[((ob * B + i) * p.C + c) * 9 + j]);
-        double t[4][3][B];  // G g
-        for (int j = 0; j < 3; ++j)
-          for (int64_t i = 0; i < B; ++i) {
-            const double k0 = k[j][i], k1 = k[3 + j][i], k2 = k[6 + j][i];
-            t[0][j][i] = k0;
-            t[1][j][i] = 0.5 * (k0 + k1 + k2);
-            t[2][j][i] = 0.5 * (k0 - k1 + k2);
-            t[3][j][i] = k2;
+        double t[N][3][B];  // G g
+        for (int r = 0; r < N; ++r)
+          for (int j = 0; j < 3; ++j)
+            for (int64_t i = 0; i < B; ++i) t[r][j][i] = G[r][0] * k[j][i] + G[r][1] * k[3 + j][i] + G[r][2] * k[6 + j][i];
+        for (int r = 0; r < N; ++r)  // (G g) G^T, rounded once
+          for (int s = 0; s < N; ++s) {
+            T* u = U + ((ob * Tile<M>::Xi + r * N + s) * p.C + c) * B;
+            for (int64_t i = 0; i < B; ++i)
+              u[i] = static_cast<T>(t[r][0][i] * G[s][0] + t[r][1][i] * G[s][1] + t[r][2][i] * G[s][2]);
           }
-        for (int r = 0; r < 4; ++r) {  // (G g) G^T, rounded once
-          T* u = U + ((ob * kXi + r * 4) * p.C + c) * B;
-          const int64_t xs = p.C * B;  // stride between xi
-          for (int64_t i = 0; i < B; ++i) {
-            const double a = t[r][0][i], b = t[r][1][i], d = t[r][2][i];
-            u[i] = static_cast<T>(a);
-            u[xs + i] = static_cast<T>(0.5 * (a + b + d));
-            u[2 * xs + i] = static_cast<T>(0.5 * (a - b + d));
-            u[3 * xs + i] = static_cast<T>(d);
-          }
-        }
       }
   });
 }
 
-// Q[c][2 p + q][r * TWq + s] = padded input at row 2 r + p, column 2 s + q, for one image. Only
+// Q[c][M p + q][r * TWq + s] = padded input at row M r + p, column M s + q, for one image. Only
 // the image's own positions are written: the zero padding is laid down once per buffer.
-// Input column iw sits at padded column iw + pw: the even input columns go to phase pw % 2 from
-// s = pw / 2 on, the odd ones to the other phase from s = (pw + 1) / 2 on.
-template <class T>
+// Input column iw sits at padded column iw + pw: the input columns of residue e (mod M) go to
+// phase (e + pw) % M from s = (e + pw) / M on.
+template <class T, int M>
 void split_phases(const ConvGeometry& g, const Plan& p, const T* x, T* Q) {
-  const int64_t q_even = g.pw & 1, s_even = g.pw >> 1, s_odd = (g.pw + 1) >> 1;
   const T* x_end = x + p.C * g.h * g.w;
   for (int64_t c = 0; c < p.C; ++c) {
     for (int64_t ih = 0; ih < g.h; ++ih) {
       const int64_t R = ih + g.ph;
-      T* qe = Q + (c * 4 + 2 * (R & 1) + q_even) * p.plane + (R >> 1) * p.TWq + s_even;
-      T* qo = Q + (c * 4 + 2 * (R & 1) + 1 - q_even) * p.plane + (R >> 1) * p.TWq + s_odd;
-      conv_util::split_row_columns(x + (c * g.h + ih) * g.w, g.w, x_end, qe, qo);
+      T* row = Q + (c * M * M + M * (R % M)) * p.plane + (R / M) * p.TWq;  // phase q = 0 of padded row R
+      T* dst[M];
+      for (int64_t e = 0; e < M; ++e) dst[e] = row + ((e + g.pw) % M) * p.plane + (e + g.pw) / M;
+      const T* xr = x + (c * g.h + ih) * g.w;
+      if constexpr (M == 2) {
+        conv_util::split_row_columns(xr, g.w, x_end, dst[0], dst[1]);
+      } else {
+        conv_util::split_row_columns4(xr, g.w, x_end, dst);
+      }
     }
   }
 }
 
-// V[xi][c][v * L + l] = (B^T d B)[xi] of tile u0 + v * L + l, for v < nv.
-// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+// The 1-D input transforms, out = B^T in, along one axis of the patch.
+// F(2x2): B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 template <class T>
-void transform_input(const Plan& p, const T* Q, int64_t u0, int64_t nv, T* V) {
+inline void input_transform_1d(const Vec<T> (&d)[4], Vec<T> (&t)[4]) {
+  t[0] = d[0] - d[2];
+  t[1] = d[1] + d[2];
+  t[2] = d[2] - d[1];
+  t[3] = d[1] - d[3];
+}
+// F(4x4): B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+//                0 4 0 -5 0 1].
+template <class T>
+inline void input_transform_1d(const Vec<T> (&d)[6], Vec<T> (&t)[6]) {
+  const Vec<T> four(T(4)), minus_five(T(-5)), two(T(2));
+  const Vec<T> d31 = d[3] - d[1], d42 = d[4] - d[2];
+  t[0] = xsimd::fma(four, d[0], xsimd::fma(minus_five, d[2], d[4]));
+  t[1] = xsimd::fnma(four, d[1] + d[2], d[3] + d[4]);
+  t[2] = xsimd::fma(four, d[1] - d[2], d[4] - d[3]);
+  t[3] = xsimd::fma(two, d31, d42);
+  t[4] = xsimd::fnma(two, d31, d42);
+  t[5] = xsimd::fma(four, d[1], xsimd::fma(minus_five, d[3], d[5]));
+}
+
+// V[xi][c][v * L + l] = (B^T d B)[xi] of the strip's tile v * L + l, for v < nv, with the patch
+// value d[i][j] of a vector of tiles given by patch(c, v, i, j): first along the patch's rows (into
+// a small buffer in L1), then along its columns.
+template <class T, int M, class Patch>
+void transform_input(int64_t C, int64_t nv, Patch&& patch, T* V) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
-  for (int64_t c = 0; c < p.C; ++c) {
-    const T* qc = Q + c * 4 * p.plane + u0;
+  constexpr int N = Tile<M>::N;
+  const int64_t xs = C * SV;  // stride between xi
+  alignas(64) T rows[N][N][L];  // rows[i][s] = (d B)[i][s]
+  for (int64_t c = 0; c < C; ++c) {
     for (int64_t v = 0; v < nv; ++v) {
-      Vec<T> d[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j)
-          d[i][j] = Vec<T>::load_unaligned(qc + ((i & 1) * 2 + (j & 1)) * p.plane + (i >> 1) * p.TWq + (j >> 1) + v * L);
-      Vec<T> t[4][4];  // B^T d
-      for (int j = 0; j < 4; ++j) {
-        t[0][j] = d[0][j] - d[2][j];
-        t[1][j] = d[1][j] + d[2][j];
-        t[2][j] = d[2][j] - d[1][j];
-        t[3][j] = d[1][j] - d[3][j];
+      for (int i = 0; i < N; ++i) {
+        Vec<T> d[N], t[N];
+        for (int j = 0; j < N; ++j) d[j] = patch(c, v, i, j);
+        input_transform_1d(d, t);
+        for (int s = 0; s < N; ++s) t[s].store_aligned(rows[i][s]);
       }
       T* out = V + c * SV + v * L;
-      const int64_t xs = p.C * SV;  // stride between xi
-      for (int i = 0; i < 4; ++i) {  // (B^T d) B
-        (t[i][0] - t[i][2]).store_aligned(out + (i * 4 + 0) * xs);
-        (t[i][1] + t[i][2]).store_aligned(out + (i * 4 + 1) * xs);
-        (t[i][2] - t[i][1]).store_aligned(out + (i * 4 + 2) * xs);
-        (t[i][1] - t[i][3]).store_aligned(out + (i * 4 + 3) * xs);
+      for (int s = 0; s < N; ++s) {
+        Vec<T> d[N], t[N];
+        for (int i = 0; i < N; ++i) d[i] = Vec<T>::load_aligned(rows[i][s]);
+        input_transform_1d(d, t);
+        for (int r = 0; r < N; ++r) t[r].store_aligned(out + (r * N + s) * xs);
       }
     }
   }
+}
+
+// The phase-plane layout: patch value d[i][j] of tiles u0 + v * L + l is one plain vector load.
+template <class T, int M>
+void transform_input(const Plan& p, const T* Q, int64_t u0, int64_t nv, T* V) {
+  constexpr int64_t L = kLanes<T>;
+  const auto patch = [&](int64_t c, int64_t v, int i, int j) {
+    return Vec<T>::load_unaligned(Q + (c * M * M + (i % M) * M + j % M) * p.plane + (i / M) * p.TWq + j / M + u0 + v * L);
+  };
+  transform_input<T, M>(p.C, nv, patch, V);
 }
 
 // M[i][v * L + l] = sum over c of U[c][i] * V[c][v * L + l]: 8 output channels x NV vectors of
@@ -179,48 +258,273 @@ using TileProductFn = void (*)(const T*, const T*, int64_t, T*);
 template <class T>
 constexpr TileProductFn<T> kTileProduct[kStripVecs] = {&tile_product<T, 1>, &tile_product<T, 2>, &tile_product<T, 3>};
 
-// Z[o][2 a + b][u0 + l] = (A^T M A)[a][b] (+ bias[o]) for the block's channels o0 + i, i < rows.
-// A^T = [1 1 1 0; 0 1 -1 -1].
+// The 1-D output transforms, y = A^T m, along one axis.
+// F(2x2): A^T = [1 1 1 0; 0 1 -1 -1].
 template <class T>
-void transform_output(const Plan& p, const T* M, int64_t nv, int64_t o0, int64_t rows, const T* bias, int64_t u0,
-                      T* Z) {
+inline void output_transform_1d(const Vec<T> (&m)[4], Vec<T> (&y)[2]) {
+  y[0] = m[0] + m[1] + m[2];
+  y[1] = m[1] - m[2] - m[3];
+}
+// F(4x4): A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+template <class T>
+inline void output_transform_1d(const Vec<T> (&m)[6], Vec<T> (&y)[4]) {
+  const Vec<T> p12 = m[1] + m[2], d12 = m[1] - m[2], p34 = m[3] + m[4], d34 = m[3] - m[4];
+  y[0] = m[0] + p12 + p34;
+  y[1] = xsimd::fma(Vec<T>(T(2)), d34, d12);
+  y[2] = xsimd::fma(Vec<T>(T(4)), p34, p12);
+  y[3] = xsimd::fma(Vec<T>(T(8)), d34, d12) + m[5];
+}
+
+// The outputs (A^T m A)[a][b] (+ bias[o]) of the block's channels o = o0 + i, i < rows, for the
+// strip's vectors of tiles v < nv, handed to out(o, v, a, b, value): first along the columns of m
+// (into a small buffer in L1), then along its rows.
+template <class T, int M, class Out>
+void transform_output(const T* Mbuf, int64_t nv, int64_t o0, int64_t rows, const T* bias, Out&& out) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
+  constexpr int N = Tile<M>::N;
+  alignas(64) T cols[M][N][L];  // cols[a][s] = (A^T m)[a][s]
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t o = o0 + i;
-    T* z = Z + o * 4 * p.zrow + u0;
     for (int64_t v = 0; v < nv; ++v) {
-      Vec<T> m[kXi];
-      for (int64_t xi = 0; xi < kXi; ++xi) m[xi] = Vec<T>::load_aligned(M + (xi * kOutBlock + i) * SV + v * L);
-      Vec<T> s0[4], s1[4];  // A^T m
-      for (int j = 0; j < 4; ++j) {
-        s0[j] = m[j] + m[4 + j] + m[8 + j];
-        s1[j] = m[4 + j] - m[8 + j] - m[12 + j];
+      for (int s = 0; s < N; ++s) {
+        Vec<T> m[N], y[M];
+        for (int r = 0; r < N; ++r) m[r] = Vec<T>::load_aligned(Mbuf + ((r * N + s) * kOutBlock + i) * SV + v * L);
+        output_transform_1d(m, y);
+        for (int a = 0; a < M; ++a) y[a].store_aligned(cols[a][s]);
       }
-      Vec<T> y00 = s0[0] + s0[1] + s0[2], y01 = s0[1] - s0[2] - s0[3];
-      Vec<T> y10 = s1[0] + s1[1] + s1[2], y11 = s1[1] - s1[2] - s1[3];
-      if (bias) {
-        const Vec<T> bv(bias[o]);
-        y00 += bv;
-        y01 += bv;
-        y10 += bv;
-        y11 += bv;
+      for (int a = 0; a < M; ++a) {
+        Vec<T> m[N], y[M];
+        for (int s = 0; s < N; ++s) m[s] = Vec<T>::load_aligned(cols[a][s]);
+        output_transform_1d(m, y);
+        for (int b = 0; b < M; ++b) {
+          if (bias) y[b] += Vec<T>(bias[o]);
+          out(o, v, a, b, y[b]);
+        }
       }
-      y00.store_unaligned(z + v * L);
-      y01.store_unaligned(z + p.zrow + v * L);
-      y10.store_unaligned(z + 2 * p.zrow + v * L);
-      y11.store_unaligned(z + 3 * p.zrow + v * L);
     }
   }
 }
 
-// y[o][2 ty + a][2 tx + b] = Z[o][2 a + b][ty * TWq + tx] for channels [o_lo, o_hi) of one image.
-template <class T>
+// The phase-plane layout: into Z[o][M a + b][u0 + v * L + l], whole vectors.
+template <class T, int M>
+void transform_output(const Plan& p, const T* Mbuf, int64_t nv, int64_t o0, int64_t rows, const T* bias, int64_t u0,
+                      T* Z) {
+  constexpr int64_t L = kLanes<T>;
+  const auto out = [&](int64_t o, int64_t v, int a, int b, const Vec<T>& y) {
+    y.store_unaligned(Z + (o * M * M + a * M + b) * p.zrow + u0 + v * L);
+  };
+  transform_output<T, M>(Mbuf, nv, o0, rows, bias, out);
+}
+
+// y[o][M ty + a][M tx + b] = Z[o][M a + b][ty * TWq + tx] for channels [o_lo, o_hi) of one image.
+template <class T, int M>
 void interleave_out(const ConvGeometry& g, const Plan& p, const T* Z, int64_t o_lo, int64_t o_hi, T* y) {
   for (int64_t o = o_lo; o < o_hi; ++o)
     for (int64_t row = 0; row < g.ho; ++row) {
-      const T* z0 = Z + (o * 4 + 2 * (row & 1)) * p.zrow + (row >> 1) * p.TWq;
-      conv_util::merge_row_columns(z0, z0 + p.zrow, g.wo, y + (o * g.ho + row) * g.wo);
+      const T* z0 = Z + (o * M * M + M * (row % M)) * p.zrow + (row / M) * p.TWq;
+      T* dst = y + (o * g.ho + row) * g.wo;
+      if constexpr (M == 2) {
+        conv_util::merge_row_columns(z0, z0 + p.zrow, g.wo, dst);
+      } else {
+        const T* src[4] = {z0, z0 + p.zrow, z0 + 2 * p.zrow, z0 + 3 * p.zrow};
+        conv_util::merge_row_columns4(src, g.wo, dst);
+      }
     }
+}
+
+template <class T, int M>
+void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
+  constexpr int64_t Xi = Tile<M>::Xi;
+  const Plan p = Plan::make<T>(g, M);
+  Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
+  transform_weights<T, M>(p, w, U.get());
+  // Few images: split each image's output channels too (the input transform is then repeated
+  // per part, which is cheap next to the products).
+  const int64_t parts = std::min<int64_t>(p.OB, g.n >= 4 ? 1 : 4);
+  const int64_t ob_per_part = ceil_div(p.OB, parts);
+  const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo;
+  const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.tiles;
+  parallel_for(g.n * parts, conv_util::images_per_task(g.n * parts, work_per_task), [&](int64_t lo, int64_t hi) {
+    const int64_t q_size = p.C * M * M * p.plane;
+    Scratch<T> Q(q_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV), Z(p.O * M * M * p.zrow);
+    std::fill(Q.get(), Q.get() + q_size, T(0));  // the padding; split_phases writes the rest
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t b = task / parts, part = task % parts;
+      const int64_t ob_lo = part * ob_per_part, ob_hi = std::min(p.OB, ob_lo + ob_per_part);
+      if (ob_lo >= ob_hi) continue;
+      split_phases<T, M>(g, p, x + b * xs, Q.get());
+      // The next image's input and output, a slice per product while this one is computed.
+      conv_util::SpreadPrefetch next_x, next_y;
+      if (part == parts - 1 && task + 1 < hi) {
+        const int64_t steps = ceil_div(ceil_div(p.tiles, L), kStripVecs) * (ob_hi - ob_lo) * Xi;
+        next_x = conv_util::SpreadPrefetch(x + (b + 1) * xs, xs * int64_t(sizeof(T)), steps, false);
+        next_y = conv_util::SpreadPrefetch(y + (b + 1) * ys, ys * int64_t(sizeof(T)), steps, true);
+      }
+      for (int64_t u0 = 0, nv = 0; u0 < p.tiles; u0 += nv * L) {
+        // Up to 3 vectors per strip; a remainder of 4 runs as 2 + 2 (a 1-vector product is load-bound).
+        const int64_t left = ceil_div(p.tiles - u0, L);
+        nv = left % kStripVecs == 1 && left > kStripVecs ? 2 : std::min(kStripVecs, left);
+        transform_input<T, M>(p, Q.get(), u0, nv, V.get());
+        for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
+          for (int64_t xi = 0; xi < Xi; ++xi) {
+            kTileProduct<T>[nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * Xi + xi) * p.C * kOutBlock, p.C,
+                                    Mbuf.get() + xi * kOutBlock * SV);
+            next_x.step();
+            next_y.step();
+          }
+          const int64_t o0 = ob * kOutBlock;
+          transform_output<T, M>(p, Mbuf.get(), nv, o0, std::min(kOutBlock, p.O - o0), bias, u0, Z.get());
+        }
+      }
+      next_x.finish();
+      next_y.finish();
+      interleave_out<T, M>(g, p, Z.get(), ob_lo * kOutBlock, std::min(p.O, ob_hi * kOutBlock), y + b * ys);
+    }
+  });
+}
+
+// ---- Small planes: the tiles of several images side by side -------------------------------------
+// On a small plane the phase layout wastes lanes: a 7 x 7 output has 16 tiles in 20 positions, two
+// float vectors. Here the tiles of a group of G images are numbered densely,
+// t = image * T + ty * TW + tx (T = TH * TW tiles per image), so the group's vectors are full but
+// for the last one (7 x 7: three images, 48 tiles, three full vectors). The patch values are
+// gathered from the group's zero-padded images (a gather per patch value and vector of tiles, O(C)
+// per tile against the products' O(C O)), and the outputs are scattered into y under a mask that
+// drops the lanes past the group and the rows and columns past ho and wo.
+
+struct DensePlan {
+  int64_t C, O, OB;  // input channels, output channels, blocks of kOutBlock output channels
+  int64_t TH, TW;    // tiles per column and per row
+  int64_t T;         // tiles per image
+  int64_t G;         // images per group
+  int64_t nv;        // vectors of tiles per group
+  int64_t PH, PW;    // rows and columns of a padded image plane (2 TH + 2 and 2 TW + 2)
+  template <class T_>
+  static DensePlan make(const ConvGeometry& g) {
+    constexpr int64_t L = kLanes<T_>;
+    DensePlan p;
+    p.C = g.c;
+    p.O = g.o;
+    p.OB = ceil_div(g.o, kOutBlock);
+    p.TH = ceil_div(g.ho, 2);
+    p.TW = ceil_div(g.wo, 2);
+    p.T = p.TH * p.TW;
+    p.G = dense_group(g, L);
+    p.nv = ceil_div(p.G * p.T, L);
+    p.PH = 2 * p.TH + 2;  // >= h + 2 ph = ho + 2
+    p.PW = 2 * p.TW + 2;
+    return p;
+  }
+};
+
+// Lanes at 32-bit offsets from a base (the offsets of one vector of lanes in idx[0, L)).
+template <class T>
+inline Vec<T> gather_lanes(const T* base, const int32_t* idx) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec<T>(_mm512_i32gather_ps(_mm512_load_si512(idx), base, 4));
+  } else {
+    return Vec<T>(_mm512_i32gather_pd(_mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), base, 8));
+  }
+#else
+  constexpr int64_t L = kLanes<T>;
+  alignas(64) T v[L];
+  for (int64_t l = 0; l < L; ++l) v[l] = base[idx[l]];
+  return Vec<T>::load_aligned(v);
+#endif
+}
+template <class T>
+inline void scatter_lanes(T* base, const int32_t* idx, uint32_t mask, const Vec<T>& v) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_i32scatter_ps(base, static_cast<__mmask16>(mask), _mm512_load_si512(idx), v, 4);
+  } else {
+    _mm512_mask_i32scatter_pd(base, static_cast<__mmask8>(mask), _mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), v, 8);
+  }
+#else
+  constexpr int64_t L = kLanes<T>;
+  alignas(64) T t[L];
+  v.store_aligned(t);
+  for (int64_t l = 0; l < L; ++l)
+    if (mask >> l & 1) base[idx[l]] = t[l];
+#endif
+}
+
+// Where the lanes of a group read and write: the padded-image offset of each tile's patch corner,
+// and per output position (a, b) of a tile its offset in y (from the group's first image and the
+// output channel) with the mask of the lanes that exist.
+template <class T>
+struct DenseLanes {
+  static constexpr int64_t L = kLanes<T>;
+  alignas(64) int32_t patch[kStripVecs][L];
+  alignas(64) int32_t out[kStripVecs][4][L];
+  uint32_t mask[kStripVecs][4];
+  DenseLanes(const ConvGeometry& g, const DensePlan& p, int64_t images) {
+    for (int64_t v = 0; v < p.nv; ++v) {
+      for (int ab = 0; ab < 4; ++ab) mask[v][ab] = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t t = v * L + l, img = t / p.T, ty = t % p.T / p.TW, tx = t % p.TW;
+        const bool live = img < images;
+        patch[v][l] = live ? static_cast<int32_t>((img * p.PH + 2 * ty) * p.PW + 2 * tx) : 0;
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b) {
+            const int64_t row = 2 * ty + a, col = 2 * tx + b;
+            const bool inside = live && row < g.ho && col < g.wo;
+            out[v][a * 2 + b][l] = inside ? static_cast<int32_t>((img * p.O * g.ho + row) * g.wo + col) : 0;
+            if (inside) mask[v][a * 2 + b] |= uint32_t{1} << l;
+          }
+      }
+    }
+  }
+};
+
+template <class T>
+void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<2>::Xi;
+  const DensePlan p = DensePlan::make<T>(g);
+  Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
+  transform_weights<T, 2>(p, w, U.get());
+  const int64_t groups = ceil_div(g.n, p.G);
+  const int64_t parts = std::min<int64_t>(p.OB, groups >= 4 ? 1 : 4);  // few groups: split the channels too
+  const int64_t ob_per_part = ceil_div(p.OB, parts);
+  const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo, plane = p.PH * p.PW;
+  const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.nv * kLanes<T>;
+  const DenseLanes<T> full(g, p, p.G), last(g, p, g.n - (groups - 1) * p.G);
+  parallel_for(groups * parts, conv_util::items_per_task(work_per_task), [&](int64_t lo, int64_t hi) {
+    const int64_t p_size = p.C * p.G * plane;
+    Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV);
+    std::fill(P.get(), P.get() + p_size, T(0));  // the padding; the copy-in writes the rest
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t q = task / parts, part = task % parts;
+      const int64_t ob_lo = part * ob_per_part, ob_hi = std::min(p.OB, ob_lo + ob_per_part);
+      if (ob_lo >= ob_hi) continue;
+      const int64_t img0 = q * p.G, images = std::min(p.G, g.n - img0);
+      const DenseLanes<T>& lanes = images == p.G ? full : last;
+      // P[c][k][ph + ih][pw + iw] = x[img0 + k][c][ih][iw]. (Slots past `images` keep an earlier
+      // group's values: their lanes are never stored.)
+      for (int64_t c = 0; c < p.C; ++c)
+        for (int64_t k = 0; k < images; ++k)
+          for (int64_t ih = 0; ih < g.h; ++ih)
+            conv_util::copy_row(P.get() + ((c * p.G + k) * p.PH + g.ph + ih) * p.PW + g.pw,
+                                x + (img0 + k) * xs + (c * g.h + ih) * g.w, g.w);
+      const auto patch = [&](int64_t c, int64_t v, int i, int j) {
+        return gather_lanes(P.get() + c * p.G * plane + i * p.PW + j, lanes.patch[v]);
+      };
+      transform_input<T, 2>(p.C, p.nv, patch, V.get());
+      T* y0 = y + img0 * ys;
+      const auto out = [&](int64_t o, int64_t v, int a, int b, const Vec<T>& value) {
+        scatter_lanes(y0 + o * g.ho * g.wo, lanes.out[v][a * 2 + b], lanes.mask[v][a * 2 + b], value);
+      };
+      for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
+        for (int64_t xi = 0; xi < Xi; ++xi)
+          kTileProduct<T>[p.nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * Xi + xi) * p.C * kOutBlock, p.C,
+                                    Mbuf.get() + xi * kOutBlock * SV);
+        const int64_t o0 = ob * kOutBlock;
+        transform_output<T, 2>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out);
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -230,54 +534,25 @@ bool winograd_applies(const ConvGeometry& g) {
         g.ho == g.h + 2 * g.ph - 2 && g.wo == g.w + 2 * g.pw - 2 && g.c >= 8 && g.o >= 8)) {
     return false;
   }
-  // Multiply-adds per image and channel pair: 16 per tile position, vectors rounded up, plus ~25%
-  // for the transforms, against 9 per position of the implicit GEMM (about ho rows of wo + 1).
-  // Small planes lose: a 7x7 output fills 20 tile positions (two float vectors) for 16 tiles.
-  const int64_t lanes = kLanes<float>;
-  const int64_t tiles = ceil_div(g.ho, 2) * (ceil_div(g.wo, 2) + 1);
-  return 20 * (ceil_div(tiles, lanes) * lanes) < 9 * g.ho * (g.wo + 1);
+  // Multiply-adds per image and channel pair of the best layout, plus ~25% for the transforms,
+  // against 9 per position of the implicit GEMM (about ho rows of wo + 1).
+  const double products = winograd_layout(g, kLanes<float>).products;
+  return 1.25 * products < 9.0 * static_cast<double>(g.ho * (g.wo + 1));
 }
 
 template <class T>
 void winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
-  constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
-  const Plan p = Plan::make<T>(g);
-  Scratch<T> U(p.OB * kXi * p.C * kOutBlock);
-  transform_weights(p, w, U.get());
-  // Few images: split each image's output channels too (the input transform is then repeated
-  // per part, which is cheap next to the products).
-  const int64_t parts = std::min<int64_t>(p.OB, g.n >= 4 ? 1 : 4);
-  const int64_t ob_per_part = ceil_div(p.OB, parts);
-  const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo;
-  const int64_t work_per_task = kXi * ob_per_part * kOutBlock * p.C * p.tiles;
-  parallel_for(g.n * parts, conv_util::images_per_task(g.n * parts, work_per_task), [&](int64_t lo, int64_t hi) {
-    Scratch<T> Q(p.C * 4 * p.plane), V(kXi * p.C * SV), M(kXi * kOutBlock * SV), Z(p.O * 4 * p.zrow);
-    std::fill(Q.get(), Q.get() + p.C * 4 * p.plane, T(0));  // the padding; split_phases writes the rest
-    for (int64_t task = lo; task < hi; ++task) {
-      const int64_t b = task / parts, part = task % parts;
-      const int64_t ob_lo = part * ob_per_part, ob_hi = std::min(p.OB, ob_lo + ob_per_part);
-      if (ob_lo >= ob_hi) continue;
-      split_phases(g, p, x + b * xs, Q.get());
-      if (part == parts - 1 && task + 1 < hi) {  // the next image's input and output, while this one is computed
-        conv_util::prefetch_range(x + (b + 1) * xs, xs * int64_t(sizeof(T)));
-        conv_util::prefetch_range_for_write(y + (b + 1) * ys, ys * int64_t(sizeof(T)));
-      }
-      for (int64_t u0 = 0, nv = 0; u0 < p.tiles; u0 += nv * L) {
-        // Up to 3 vectors per strip; a remainder of 4 runs as 2 + 2 (a 1-vector product is load-bound).
-        const int64_t left = ceil_div(p.tiles - u0, L);
-        nv = left % kStripVecs == 1 && left > kStripVecs ? 2 : std::min(kStripVecs, left);
-        transform_input(p, Q.get(), u0, nv, V.get());
-        for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
-          for (int64_t xi = 0; xi < kXi; ++xi)
-            kTileProduct<T>[nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * kXi + xi) * p.C * kOutBlock, p.C,
-                                    M.get() + xi * kOutBlock * SV);
-          const int64_t o0 = ob * kOutBlock;
-          transform_output(p, M.get(), nv, o0, std::min(kOutBlock, p.O - o0), bias, u0, Z.get());
-        }
-      }
-      interleave_out(g, p, Z.get(), ob_lo * kOutBlock, std::min(p.O, ob_hi * kOutBlock), y + b * ys);
-    }
-  });
+  switch (winograd_layout(g, kLanes<T>).layout) {
+    case Layout::phases2:
+      forward<T, 2>(g, x, w, bias, y);
+      break;
+    case Layout::phases4:
+      forward<T, 4>(g, x, w, bias, y);
+      break;
+    case Layout::dense2:
+      forward_dense(g, x, w, bias, y);
+      break;
+  }
 }
 
 template void winograd_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*);

@@ -258,6 +258,22 @@ const ConvCase kConvCases[] = {
     {{2, 8, 10, 9}, 16, {3, 3}, {{1, 1}, {0, 2}, {1, 1}, 1}, false},
     {{1, 10, 12, 12}, 9, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
     {{1, 8, 5, 40}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    // Winograd F(4x4, 3x3) (the larger planes): a UNet's 28 x 28 level, odd sizes (partial 4x4
+    // tiles: 1, 2 and 3 leftover rows and columns), asymmetric padding, rows longer than four
+    // vectors (the 4-way column split and merge tails), a single image split by channels.
+    {{2, 16, 28, 28}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{1, 9, 23, 17}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    {{2, 8, 18, 21}, 9, {3, 3}, {{1, 1}, {0, 2}, {1, 1}, 1}, true},
+    {{1, 8, 9, 70}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{1, 12, 30, 26}, 17, {3, 3}, {{1, 1}, {2, 3}, {1, 1}, 1}, false},
+    {{2, 9, 6, 7}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // F(2x2) in f64 too (the sizes above take F(4x4) there)
+    // Winograd on small planes, the tiles of several images side by side (gathered and scattered):
+    // 7 x 7 with a partial last group, odd sizes, asymmetric padding, a single group split by
+    // output channels.
+    {{5, 8, 7, 7}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{4, 9, 5, 6}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    {{3, 8, 4, 4}, 8, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
+    {{7, 10, 3, 3}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     // Strided implicit GEMM on phase planes: the UNet's down-sampling shapes (even and odd sizes),
     // odd padding (the column phases swap), no padding, stride 3 (scalar phase split), a stride
     // along one axis only, stride with dilation, rows longer than two vectors, groups.
@@ -318,6 +334,9 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{3, 4, 8, 8}, 3, {3, 3}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},      // padding beyond the kernel (im2col input grad)
       {{5, 9, 11, 10}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
       {{2, 16, 14, 14}, 24, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false}, // Winograd, images split by channels
+      {{5, 12, 28, 28}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // Winograd F(4x4) forward and input grad
+      {{2, 9, 19, 22}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},  // F(4x4), partial tiles, split by channels
+      {{7, 16, 7, 7}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},    // Winograd, several images side by side
       // Strided input gradients, phase plane by phase plane: down-sampling (even and odd sizes),
       // odd padding, no padding, stride 3 with an uneven kernel, phases without taps (1x1 and
       // 2x2 kernels at stride 3), stride along one axis, stride with dilation, groups.
@@ -376,6 +395,8 @@ TEST_CASE("conv2d: gradcheck", "[ops][conv][grad][conv2d]") {
       {{2, 8, 5, 6}, 4, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 2}, false},  // implicit GEMM (36 taps), groups 2
       {{1, 7, 7, 7}, 3, {5, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, true},   // strided, 105 taps
       {{1, 8, 6, 7}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
+      {{1, 8, 11, 9}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false}, // Winograd F(4x4), partial tiles
+      {{2, 8, 5, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd, images side by side
       {{1, 3, 7, 6}, 4, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},   // strided: phase planes
       {{1, 2, 8, 7}, 3, {2, 3}, {{3, 2}, {1, 0}, {1, 1}, 1}, false},  // stride 3 x 2, a row phase without taps
   };
@@ -760,19 +781,25 @@ TEST_CASE("conv family: 1 vs N threads give identical bits", "[ops][conv][thread
   const Tensor x1 = test::randn({24, 1, 28, 28}, DType::f32, 36), x2 = test::randn({24, 32, 14, 14}, DType::f32, 37);
   const Tensor w1 = test::randn({32, 1, 3, 3}, DType::f32, 38), w2 = test::randn({64, 32, 3, 3}, DType::f32, 39);
   const Tensor b1 = test::randn({32}, DType::f32, 40), b2 = test::randn({64}, DType::f32, 41);
-  const Tensor wt = test::randn({32, 16, 4, 4}, DType::f32, 42);
+  const Tensor wt = test::randn({32, 16, 4, 4}, DType::f32, 42), w3 = test::randn({8, 32, 3, 3}, DType::f32, 43);
+  const Tensor w4 = test::randn({16, 64, 3, 3}, DType::f32, 44);
   CHECK(test::same_bits_across_threads([&] {
     Tensor xa = x1.detach().requires_grad_(), xb = x2.detach().requires_grad_();
     Tensor wa = w1.detach().requires_grad_(), wb = w2.detach().requires_grad_(), wc = wt.detach().requires_grad_();
+    Tensor wd = w3.detach().requires_grad_(), we = w4.detach().requires_grad_();
     Tensor ba = b1.detach().requires_grad_(), bb = b2.detach().requires_grad_();
-    const Tensor h1 = ops::max_pool2d(ops::relu(ops::conv2d(xa, wa, ba, {{1, 1}, {1, 1}})), {2, 2});
+    const Tensor c1 = ops::relu(ops::conv2d(xa, wa, ba, {{1, 1}, {1, 1}}));  // [24, 32, 28, 28]
+    const Tensor h1 = ops::max_pool2d(c1, {2, 2});
+    const Tensor h3 = ops::conv2d(c1, wd, {}, {{1, 1}, {1, 1}});  // Winograd F(4x4) forward and input gradient
     const Tensor h2 = ops::max_pool2d(ops::relu(ops::conv2d(ops::add(h1, xb), wb, bb, {{1, 1}, {1, 1}})), {3, 3}, {2, 2}, {1, 1});
+    const Tensor h4 = ops::conv2d(h2, we, {}, {{1, 1}, {1, 1}});  // [24, 16, 7, 7]: Winograd with images side by side
     const Tensor up = ops::upsample(ops::conv_transpose2d(xb, wc, {}, {{2, 2}, {1, 1}}), 1.5, ops::UpsampleMode::bilinear);
     const Tensor upconv = ops::upsample_conv2d(xb, wc.transpose(0, 1).narrow(2, 0, 3).narrow(3, 0, 3), bb.narrow(0, 0, 16), {1, 1});
     const Tensor pooled = ops::avg_pool2d(up, {3, 3}, {2, 2}, {1, 1}, false);
-    const Tensor loss = ops::add(ops::add(ops::sum(ops::square(h2)), ops::sum(ops::mul(pooled, pooled))), ops::sum(ops::square(upconv)));
+    const Tensor loss = ops::add(ops::add(ops::sum(ops::square(h2)), ops::sum(ops::mul(pooled, pooled))),
+                                 ops::add(ops::add(ops::sum(ops::square(upconv)), ops::sum(ops::square(h3))), ops::sum(ops::square(h4))));
     loss.backward();
-    return Tensors{loss, h2, pooled, upconv, xa.grad(), xb.grad(), wa.grad(), wb.grad(), ba.grad(), bb.grad(), wc.grad()};
+    return Tensors{loss, h2, h3, h4, pooled, upconv, xa.grad(), xb.grad(), wa.grad(), wb.grad(), wd.grad(), we.grad(), ba.grad(), bb.grad(), wc.grad()};
   }));
 }
 
