@@ -97,13 +97,13 @@ int64_t tile_lanes(const ConvGeometry& g, int64_t tile, int64_t lanes) {
 
 // Images per group of the dense layout (see forward_dense): as many as fill at most kStripVecs
 // vectors with their tiles.
-int64_t dense_group(const ConvGeometry& g, int64_t lanes) {
-  const int64_t tiles = ceil_div(g.ho, 2) * ceil_div(g.wo, 2);
+int64_t dense_group(const ConvGeometry& g, int64_t tile, int64_t lanes) {
+  const int64_t tiles = ceil_div(g.ho, tile) * ceil_div(g.wo, tile);
   return std::max<int64_t>(1, kStripVecs * lanes / tiles);
 }
 
 // The layouts and tile sizes, with their multiply-adds per image and channel pair.
-enum class Layout { phases2, phases4, dense2 };
+enum class Layout { phases2, phases4, dense2, dense4 };
 struct LayoutCost {
   Layout layout;
   double products;
@@ -112,12 +112,16 @@ LayoutCost winograd_layout(const ConvGeometry& g, int64_t lanes) {
   LayoutCost best{Layout::phases2, 16.0 * static_cast<double>(tile_lanes(g, 2, lanes))};
   const double f4 = 36.0 * static_cast<double>(tile_lanes(g, 4, lanes));
   if (f4 < best.products) best = {Layout::phases4, f4};
-  // Dense: tile lanes rounded up per group; +15% for the gathers and scatters. Its scatter
-  // offsets within a group are 32-bit.
-  const int64_t G = dense_group(g, lanes);
-  const double dense = 1.15 * 16.0 * static_cast<double>(ceil_div(G * ceil_div(g.ho, 2) * ceil_div(g.wo, 2), lanes) * lanes) /
-                       static_cast<double>(G);
-  if (dense < best.products && G * g.o * g.ho * g.wo < (int64_t{1} << 31)) best = {Layout::dense2, dense};
+  // Dense: tile lanes rounded up per group; +15% for the gathers and scatters. A group holds at
+  // most kStripVecs vectors of tiles, and its scatter offsets are 32-bit.
+  for (const int64_t tile : {2, 4}) {
+    if (ceil_div(g.ho, tile) * ceil_div(g.wo, tile) > kStripVecs * lanes) continue;
+    const int64_t G = dense_group(g, tile, lanes);
+    const int64_t group_lanes = ceil_div(G * ceil_div(g.ho, tile) * ceil_div(g.wo, tile), lanes) * lanes;
+    const double dense = 1.15 * static_cast<double>((tile + 2) * (tile + 2) * group_lanes) / static_cast<double>(G);
+    if (dense < best.products && G * g.o * g.ho * g.wo < (int64_t{1} << 31))
+      best = {tile == 2 ? Layout::dense2 : Layout::dense4, dense};
+  }
   return best;
 }
 
@@ -399,21 +403,21 @@ struct DensePlan {
   int64_t T;         // tiles per image
   int64_t G;         // images per group
   int64_t nv;        // vectors of tiles per group
-  int64_t PH, PW;    // rows and columns of a padded image plane (2 TH + 2 and 2 TW + 2)
+  int64_t PH, PW;    // rows and columns of a padded image plane (M TH + 2 and M TW + 2)
   template <class T_>
-  static DensePlan make(const ConvGeometry& g) {
+  static DensePlan make(const ConvGeometry& g, int64_t tile) {
     constexpr int64_t L = kLanes<T_>;
     DensePlan p;
     p.C = g.c;
     p.O = g.o;
     p.OB = ceil_div(g.o, kOutBlock);
-    p.TH = ceil_div(g.ho, 2);
-    p.TW = ceil_div(g.wo, 2);
+    p.TH = ceil_div(g.ho, tile);
+    p.TW = ceil_div(g.wo, tile);
     p.T = p.TH * p.TW;
-    p.G = dense_group(g, L);
+    p.G = dense_group(g, tile, L);
     p.nv = ceil_div(p.G * p.T, L);
-    p.PH = 2 * p.TH + 2;  // >= h + 2 ph = ho + 2
-    p.PW = 2 * p.TW + 2;
+    p.PH = tile * p.TH + 2;  // >= h + 2 ph = ho + 2
+    p.PW = tile * p.TW + 2;
     return p;
   }
 };
@@ -454,43 +458,43 @@ inline void scatter_lanes(T* base, const int32_t* idx, uint32_t mask, const Vec<
 // Where the lanes of a group read and write: the padded-image offset of each tile's patch corner,
 // and per output position (a, b) of a tile its offset in y (from the group's first image and the
 // output channel) with the mask of the lanes that exist.
-template <class T>
+template <class T, int M>
 struct DenseLanes {
   static constexpr int64_t L = kLanes<T>;
   alignas(64) int32_t patch[kStripVecs][L];
-  alignas(64) int32_t out[kStripVecs][4][L];
-  uint32_t mask[kStripVecs][4];
+  alignas(64) int32_t out[kStripVecs][M * M][L];
+  uint32_t mask[kStripVecs][M * M];
   DenseLanes(const ConvGeometry& g, const DensePlan& p, int64_t images) {
     for (int64_t v = 0; v < p.nv; ++v) {
-      for (int ab = 0; ab < 4; ++ab) mask[v][ab] = 0;
+      for (int ab = 0; ab < M * M; ++ab) mask[v][ab] = 0;
       for (int64_t l = 0; l < L; ++l) {
         const int64_t t = v * L + l, img = t / p.T, ty = t % p.T / p.TW, tx = t % p.TW;
         const bool live = img < images;
-        patch[v][l] = live ? static_cast<int32_t>((img * p.PH + 2 * ty) * p.PW + 2 * tx) : 0;
-        for (int a = 0; a < 2; ++a)
-          for (int b = 0; b < 2; ++b) {
-            const int64_t row = 2 * ty + a, col = 2 * tx + b;
+        patch[v][l] = live ? static_cast<int32_t>((img * p.PH + M * ty) * p.PW + M * tx) : 0;
+        for (int a = 0; a < M; ++a)
+          for (int b = 0; b < M; ++b) {
+            const int64_t row = M * ty + a, col = M * tx + b;
             const bool inside = live && row < g.ho && col < g.wo;
-            out[v][a * 2 + b][l] = inside ? static_cast<int32_t>((img * p.O * g.ho + row) * g.wo + col) : 0;
-            if (inside) mask[v][a * 2 + b] |= uint32_t{1} << l;
+            out[v][a * M + b][l] = inside ? static_cast<int32_t>((img * p.O * g.ho + row) * g.wo + col) : 0;
+            if (inside) mask[v][a * M + b] |= uint32_t{1} << l;
           }
       }
     }
   }
 };
 
-template <class T>
+template <class T, int M>
 void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
-  constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<2>::Xi;
-  const DensePlan p = DensePlan::make<T>(g);
+  constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<M>::Xi;
+  const DensePlan p = DensePlan::make<T>(g, M);
   Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
-  transform_weights<T, 2>(p, w, U.get());
+  transform_weights<T, M>(p, w, U.get());
   const int64_t groups = ceil_div(g.n, p.G);
   const int64_t parts = std::min<int64_t>(p.OB, groups >= 4 ? 1 : 4);  // few groups: split the channels too
   const int64_t ob_per_part = ceil_div(p.OB, parts);
   const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo, plane = p.PH * p.PW;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.nv * kLanes<T>;
-  const DenseLanes<T> full(g, p, p.G), last(g, p, g.n - (groups - 1) * p.G);
+  const DenseLanes<T, M> full(g, p, p.G), last(g, p, g.n - (groups - 1) * p.G);
   parallel_for(groups * parts, conv_util::items_per_task(work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t p_size = p.C * p.G * plane;
     Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV);
@@ -500,7 +504,7 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
       const int64_t ob_lo = part * ob_per_part, ob_hi = std::min(p.OB, ob_lo + ob_per_part);
       if (ob_lo >= ob_hi) continue;
       const int64_t img0 = q * p.G, images = std::min(p.G, g.n - img0);
-      const DenseLanes<T>& lanes = images == p.G ? full : last;
+      const DenseLanes<T, M>& lanes = images == p.G ? full : last;
       // P[c][k][ph + ih][pw + iw] = x[img0 + k][c][ih][iw]. (Slots past `images` keep an earlier
       // group's values: their lanes are never stored.)
       for (int64_t c = 0; c < p.C; ++c)
@@ -511,17 +515,17 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
       const auto patch = [&](int64_t c, int64_t v, int i, int j) {
         return gather_lanes(P.get() + c * p.G * plane + i * p.PW + j, lanes.patch[v]);
       };
-      transform_input<T, 2>(p.C, p.nv, patch, V.get());
+      transform_input<T, M>(p.C, p.nv, patch, V.get());
       T* y0 = y + img0 * ys;
       const auto out = [&](int64_t o, int64_t v, int a, int b, const Vec<T>& value) {
-        scatter_lanes(y0 + o * g.ho * g.wo, lanes.out[v][a * 2 + b], lanes.mask[v][a * 2 + b], value);
+        scatter_lanes(y0 + o * g.ho * g.wo, lanes.out[v][a * M + b], lanes.mask[v][a * M + b], value);
       };
       for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
         for (int64_t xi = 0; xi < Xi; ++xi)
           kTileProduct<T>[p.nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * Xi + xi) * p.C * kOutBlock, p.C,
                                     Mbuf.get() + xi * kOutBlock * SV);
         const int64_t o0 = ob * kOutBlock;
-        transform_output<T, 2>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out);
+        transform_output<T, M>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out);
       }
     }
   });
@@ -550,7 +554,10 @@ void winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bi
       forward<T, 4>(g, x, w, bias, y);
       break;
     case Layout::dense2:
-      forward_dense(g, x, w, bias, y);
+      forward_dense<T, 2>(g, x, w, bias, y);
+      break;
+    case Layout::dense4:
+      forward_dense<T, 4>(g, x, w, bias, y);
       break;
   }
 }

@@ -251,9 +251,8 @@ const ConvCase kConvCases[] = {
     {{1, 4, 6, 6}, 2, {2, 2}, {{1, 2}, {0, 0}, {2, 1}, 1}, false},     // even kernel, stride 2 along the width
     {{2, 1, 9, 9}, 3, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},      // one channel, stride 2 (GEMM, 9 taps)
     {{1, 3, 7, 17}, 4, {7, 7}, {{1, 1}, {3, 3}, {1, 1}, 1}, true},     // large kernel (147 taps)
-    // Winograd F(2x2, 3x3): odd output sizes (partial tiles), channel counts not multiples of 8,
-    // asymmetric and larger paddings, rows longer than two vectors, a single image (split by
-    // output channels).
+    // Winograd: odd output sizes (partial tiles), channel counts not multiples of 8, asymmetric
+    // and larger paddings, rows longer than two vectors, a single image (split by output channels).
     {{3, 9, 11, 13}, 13, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     {{2, 8, 10, 9}, 16, {3, 3}, {{1, 1}, {0, 2}, {1, 1}, 1}, false},
     {{1, 10, 12, 12}, 9, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
@@ -266,10 +265,14 @@ const ConvCase kConvCases[] = {
     {{2, 8, 18, 21}, 9, {3, 3}, {{1, 1}, {0, 2}, {1, 1}, 1}, true},
     {{1, 8, 9, 70}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     {{1, 12, 30, 26}, 17, {3, 3}, {{1, 1}, {2, 3}, {1, 1}, 1}, false},
-    {{2, 9, 6, 7}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // F(2x2) in f64 too (the sizes above take F(4x4) there)
+    // Winograd F(2x2, 3x3), where F(4x4)'s tiles would be mostly padding (outputs two rows high):
+    // phase planes, and tiles of several images side by side.
+    {{1, 8, 2, 25}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{3, 9, 2, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
     // Winograd on small planes, the tiles of several images side by side (gathered and scattered):
     // 7 x 7 with a partial last group, odd sizes, asymmetric padding, a single group split by
     // output channels.
+    {{2, 9, 6, 7}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     {{5, 8, 7, 7}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     {{4, 9, 5, 6}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
     {{3, 8, 4, 4}, 8, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
@@ -337,6 +340,8 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{5, 12, 28, 28}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // Winograd F(4x4) forward and input grad
       {{2, 9, 19, 22}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},  // F(4x4), partial tiles, split by channels
       {{7, 16, 7, 7}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},    // Winograd, several images side by side
+      {{4, 8, 2, 25}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},     // Winograd F(2x2) (two-row outputs)
+      {{5, 10, 2, 6}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},    // F(2x2), images side by side
       // Strided input gradients, phase plane by phase plane: down-sampling (even and odd sizes),
       // odd padding, no padding, stride 3 with an uneven kernel, phases without taps (1x1 and
       // 2x2 kernels at stride 3), stride along one axis, stride with dilation, groups.
@@ -396,6 +401,7 @@ TEST_CASE("conv2d: gradcheck", "[ops][conv][grad][conv2d]") {
       {{1, 7, 7, 7}, 3, {5, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, true},   // strided, 105 taps
       {{1, 8, 6, 7}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
       {{1, 8, 11, 9}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false}, // Winograd F(4x4), partial tiles
+      {{2, 8, 2, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd F(2x2), images side by side
       {{2, 8, 5, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd, images side by side
       {{1, 3, 7, 6}, 4, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},   // strided: phase planes
       {{1, 2, 8, 7}, 3, {2, 3}, {{3, 2}, {1, 0}, {1, 1}, 1}, false},  // stride 3 x 2, a row phase without taps
@@ -793,13 +799,15 @@ TEST_CASE("conv family: 1 vs N threads give identical bits", "[ops][conv][thread
     const Tensor h3 = ops::conv2d(c1, wd, {}, {{1, 1}, {1, 1}});  // Winograd F(4x4) forward and input gradient
     const Tensor h2 = ops::max_pool2d(ops::relu(ops::conv2d(ops::add(h1, xb), wb, bb, {{1, 1}, {1, 1}})), {3, 3}, {2, 2}, {1, 1});
     const Tensor h4 = ops::conv2d(h2, we, {}, {{1, 1}, {1, 1}});  // [24, 16, 7, 7]: Winograd with images side by side
+    const Tensor h5 = ops::conv2d(h2.narrow(2, 0, 2), we, {}, {{1, 1}, {1, 1}});  // [24, 16, 2, 7]: F(2x2)
     const Tensor up = ops::upsample(ops::conv_transpose2d(xb, wc, {}, {{2, 2}, {1, 1}}), 1.5, ops::UpsampleMode::bilinear);
     const Tensor upconv = ops::upsample_conv2d(xb, wc.transpose(0, 1).narrow(2, 0, 3).narrow(3, 0, 3), bb.narrow(0, 0, 16), {1, 1});
     const Tensor pooled = ops::avg_pool2d(up, {3, 3}, {2, 2}, {1, 1}, false);
     const Tensor loss = ops::add(ops::add(ops::sum(ops::square(h2)), ops::sum(ops::mul(pooled, pooled))),
-                                 ops::add(ops::add(ops::sum(ops::square(upconv)), ops::sum(ops::square(h3))), ops::sum(ops::square(h4))));
+                                 ops::add(ops::add(ops::sum(ops::square(upconv)), ops::sum(ops::square(h3))),
+                                           ops::add(ops::sum(ops::square(h4)), ops::sum(ops::square(h5)))));
     loss.backward();
-    return Tensors{loss, h2, h3, h4, pooled, upconv, xa.grad(), xb.grad(), wa.grad(), wb.grad(), wd.grad(), we.grad(), ba.grad(), bb.grad(), wc.grad()};
+    return Tensors{loss, h2, h3, h4, h5, pooled, upconv, xa.grad(), xb.grad(), wa.grad(), wb.grad(), wd.grad(), we.grad(), ba.grad(), bb.grad(), wc.grad()};
   }));
 }
 
