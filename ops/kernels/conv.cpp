@@ -1111,9 +1111,12 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
               copy_row(xb.get() + c * plane + (h + g.ph) * wp + g.pw, xs + (c * g.h + h) * g.w, g.w);
           const T* gys = gy + (n * g.o + gi * og) * P;
           transpose(gys, og, P, P, gyt.get(), ogp);
-          if (n + 1 < group_begin(g.n, S, s + 1)) {  // the next image, while this one is computed
-            prefetch_range(gys + g.o * P, og * P * int64_t(sizeof(T)));
-            prefetch_range(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)));
+          // The next image, a slice per micro-tile call while this one is computed.
+          conv_util::SpreadPrefetch next_gy, next_x;
+          if (n + 1 < group_begin(g.n, S, s + 1)) {
+            const int64_t calls = ceil_div(P, pblock) * ceil_div(ogp, 4 * L) * ceil_div(K, kWgradTaps[std::min<int64_t>(4, ogp / L)]);
+            next_gy = conv_util::SpreadPrefetch(gys + g.o * P, og * P * int64_t(sizeof(T)), calls, false);
+            next_x = conv_util::SpreadPrefetch(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)), calls, false);
           }
           if (gbias)
             for (int64_t o = 0; o < og; ++o) bpart[static_cast<size_t>(s * g.o + gi * og + o)] += row_sum(gys + o * P, P);
@@ -1124,11 +1127,16 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
               const int nvo = static_cast<int>(std::min<int64_t>(4, (ogp - o0) / L));
               const WgradTileFn<T> fn = kWgradTiles<T>[static_cast<size_t>(nvo - 1)];
               const bool init = n == group_begin(g.n, S, s) && p0 == 0;
-              for (int64_t k0 = 0; k0 < K; k0 += kWgradTaps[nvo])
+              for (int64_t k0 = 0; k0 < K; k0 += kWgradTaps[nvo]) {
                 fn(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp, pg + k0 * ogp + o0, ogp,
                    init);
+                next_gy.step();
+                next_x.step();
+              }
             }
           }
+          next_gy.finish();
+          next_x.finish();
         }
       }
     }
