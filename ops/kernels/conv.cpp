@@ -12,9 +12,11 @@
 //                 in registers, no im2col). weight grad: per output channel, K vector accumulators
 //                 (blocks of up to 16) sweep the rows, acc[k] += gy_row * shifted input row; the
 //                 bias gradient rides along; lanes are reduced per image group.
-//   Winograd      3x3, unit stride and dilation, one group, planes of about 8 x 8 and more:
-//                 F(2x2, 3x3) in conv_winograd.cpp (16 products of 16 instead of 36 multiply-adds
-//                 per 2x2 outputs), forward and input gradient; checked before the implicit GEMM.
+//   Winograd      3x3, unit stride and dilation, one group, 8+ channels on both sides, where its
+//                 cost estimate wins: F(4x4, 3x3) (36 instead of 144 multiply-adds per 4x4
+//                 outputs), or F(2x2, 3x3) on outputs two rows high, in conv_winograd.cpp, with
+//                 the tiles in the input's phase planes or, on small planes, the tiles of several
+//                 images side by side; forward and input gradient; checked before the implicit GEMM.
 //   implicit GEMM the rest with natural output sizes (e.g. 3x3 / pad 1 on small planes, strided
 //                 down-sampling): the padded planes are laid out with row width wp, output pixel
 //                 (i, j) is position i * wp + j, and tap k reads the buffer at off[k] + position,

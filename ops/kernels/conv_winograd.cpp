@@ -9,12 +9,16 @@
 //   M[xi] (O x tiles) = U[xi] (O x C) · V[xi] (C x tiles).
 // Per output and channel pair that is 16/4 = 4 multiply-adds for F(2x2) and 36/16 = 2.25 for
 // F(4x4), instead of 9. The transforms cost O(C + O) per tile. F(2x2)'s transforms only add,
-// subtract and halve (exact in binary); F(4x4)'s have entries up to 8 (and 1/6, 1/24 in G), so
-// its rounding error is a few times larger (measured against f64 loops in the tests). The tile
-// size is chosen from the geometry: F(4x4) where it needs fewer vector products, i.e. on larger
-// planes (a 28 x 28 output: 2304 against 3584 lanes per channel pair; 14 x 14 stays F(2x2)).
+// subtract and halve; F(4x4)'s have entries up to 8 (and 1/6, 1/24 in G), so its f32 rounding
+// error is several times larger (rms ~2e-6 of the output's rms; docs/DESIGN.md).
 //
-// Work per image (one task; tasks may also split an image's output channels):
+// Two layouts of the tiles; the layout and the tile size are chosen from the geometry by counting
+// product lanes (winograd_layout): phase planes (below) for larger planes (28 x 28 with F(4x4):
+// 2304 lanes per channel pair, against 3584 with F(2x2)), and the tiles of several images side by
+// side (forward_dense, further down) for small ones (7 x 7 and 14 x 14), where the phase layout
+// would leave lanes empty. F(2x2) wins only on outputs about two rows high.
+//
+// Phase planes, work per image (one task; tasks may also split an image's output channels):
 //   1. copy-in. The zero-padded input is split into its M x M phase planes Q[p][q] (padded rows
 //      = p mod M, columns = q mod M), each with row width TWq = TW + 1 for TW tiles per output
 //      row. With the tile index u = ty * TWq + tx, patch value d[i][j] of tile u is
@@ -62,6 +66,13 @@ struct Tile<4> {
                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                      {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
 };
+
+// Work items (images or groups, times channel parts) per task: enough work per task, and no more
+// than ~4 tasks per thread, because every task zero-fills its padded input buffer once (on the
+// UNet's layers 0.2-0.7 MB). How the items are split never changes a bit of the result.
+int64_t tasks_grain(int64_t items, int64_t work_per_item) {
+  return std::max(conv_util::items_per_task(work_per_item), ceil_div(items, 4 * int64_t{num_threads()}));
+}
 
 // Sizes derived from the geometry, shared by the steps.
 struct Plan {
@@ -349,7 +360,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
   const int64_t ob_per_part = ceil_div(p.OB, parts);
   const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.tiles;
-  parallel_for(g.n * parts, conv_util::images_per_task(g.n * parts, work_per_task), [&](int64_t lo, int64_t hi) {
+  parallel_for(g.n * parts, tasks_grain(g.n * parts, work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t q_size = p.C * M * M * p.plane;
     Scratch<T> Q(q_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV), Z(p.O * M * M * p.zrow);
     std::fill(Q.get(), Q.get() + q_size, T(0));  // the padding; split_phases writes the rest
@@ -495,7 +506,7 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
   const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo, plane = p.PH * p.PW;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.nv * kLanes<T>;
   const DenseLanes<T, M> full(g, p, p.G), last(g, p, g.n - (groups - 1) * p.G);
-  parallel_for(groups * parts, conv_util::items_per_task(work_per_task), [&](int64_t lo, int64_t hi) {
+  parallel_for(groups * parts, tasks_grain(groups * parts, work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t p_size = p.C * p.G * plane;
     Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV);
     std::fill(P.get(), P.get() + p_size, T(0));  // the padding; the copy-in writes the rest

@@ -1,6 +1,6 @@
-// Winograd F(2x2, 3x3) convolution: the fast path of conv2d_forward and of the input gradient for
-// 3x3 kernels with unit stride and dilation (internal to the convolution kernels; see
-// conv_winograd.cpp for the algorithm).
+// Winograd convolution, F(4x4, 3x3) or F(2x2, 3x3): the fast path of conv2d_forward and of the
+// input gradient for 3x3 kernels with unit stride and dilation (internal to the convolution
+// kernels; see conv_winograd.cpp for the algorithm and the tile layouts).
 #pragma once
 #include "ops/kernels/conv.hpp"
 
