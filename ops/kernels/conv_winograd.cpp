@@ -123,15 +123,14 @@ LayoutCost winograd_layout(const ConvGeometry& g, int64_t lanes) {
   LayoutCost best{Layout::phases2, 16.0 * static_cast<double>(tile_lanes(g, 2, lanes))};
   const double f4 = 36.0 * static_cast<double>(tile_lanes(g, 4, lanes));
   if (f4 < best.products) best = {Layout::phases4, f4};
-  // Dense: tile lanes rounded up per group; +15% for the gathers and scatters. A group holds at
-  // most kStripVecs vectors of tiles, and its scatter offsets are 32-bit.
+  // Dense: tile lanes rounded up per group; +15% for the gathers and the copies out. A group
+  // holds at most kStripVecs vectors of tiles.
   for (const int64_t tile : {2, 4}) {
     if (ceil_div(g.ho, tile) * ceil_div(g.wo, tile) > kStripVecs * lanes) continue;
     const int64_t G = dense_group(g, tile, lanes);
     const int64_t group_lanes = ceil_div(G * ceil_div(g.ho, tile) * ceil_div(g.wo, tile), lanes) * lanes;
     const double dense = 1.15 * static_cast<double>((tile + 2) * (tile + 2) * group_lanes) / static_cast<double>(G);
-    if (dense < best.products && G * g.o * g.ho * g.wo < (int64_t{1} << 31))
-      best = {tile == 2 ? Layout::dense2 : Layout::dense4, dense};
+    if (dense < best.products) best = {tile == 2 ? Layout::dense2 : Layout::dense4, dense};
   }
   return best;
 }
@@ -291,10 +290,11 @@ inline void output_transform_1d(const Vec<T> (&m)[6], Vec<T> (&y)[4]) {
 }
 
 // The outputs (A^T m A)[a][b] (+ bias[o]) of the block's channels o = o0 + i, i < rows, for the
-// strip's vectors of tiles v < nv, handed to out(o, v, a, b, value): first along the columns of m
-// (into a small buffer in L1), then along its rows.
-template <class T, int M, class Out>
-void transform_output(const T* Mbuf, int64_t nv, int64_t o0, int64_t rows, const T* bias, Out&& out) {
+// strip's vectors of tiles v < nv: row a of the tiles of vector v (b = 0..M-1) is handed to
+// out(o, v, a, y), and done(o) is called once a channel's vectors are all out. First along the
+// columns of m (into a small buffer in L1), then along its rows.
+template <class T, int M, class Out, class Done>
+void transform_output(const T* Mbuf, int64_t nv, int64_t o0, int64_t rows, const T* bias, Out&& out, Done&& done) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
   constexpr int N = Tile<M>::N;
   alignas(64) T cols[M][N][L];  // cols[a][s] = (A^T m)[a][s]
@@ -311,12 +311,12 @@ void transform_output(const T* Mbuf, int64_t nv, int64_t o0, int64_t rows, const
         Vec<T> m[N], y[M];
         for (int s = 0; s < N; ++s) m[s] = Vec<T>::load_aligned(cols[a][s]);
         output_transform_1d(m, y);
-        for (int b = 0; b < M; ++b) {
-          if (bias) y[b] += Vec<T>(bias[o]);
-          out(o, v, a, b, y[b]);
-        }
+        if (bias)
+          for (int b = 0; b < M; ++b) y[b] += Vec<T>(bias[o]);
+        out(o, v, a, y);
       }
     }
+    done(o);
   }
 }
 
@@ -325,10 +325,10 @@ template <class T, int M>
 void transform_output(const Plan& p, const T* Mbuf, int64_t nv, int64_t o0, int64_t rows, const T* bias, int64_t u0,
                       T* Z) {
   constexpr int64_t L = kLanes<T>;
-  const auto out = [&](int64_t o, int64_t v, int a, int b, const Vec<T>& y) {
-    y.store_unaligned(Z + (o * M * M + a * M + b) * p.zrow + u0 + v * L);
+  const auto out = [&](int64_t o, int64_t v, int a, const Vec<T> (&y)[M]) {
+    for (int b = 0; b < M; ++b) y[b].store_unaligned(Z + (o * M * M + a * M + b) * p.zrow + u0 + v * L);
   };
-  transform_output<T, M>(Mbuf, nv, o0, rows, bias, out);
+  transform_output<T, M>(Mbuf, nv, o0, rows, bias, out, [](int64_t) {});
 }
 
 // y[o][M ty + a][M tx + b] = Z[o][M a + b][ty * TWq + tx] for channels [o_lo, o_hi) of one image.
@@ -400,13 +400,14 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
 }
 
 // ---- Small planes: the tiles of several images side by side -------------------------------------
-// On a small plane the phase layout wastes lanes: a 7 x 7 output has 16 tiles in 20 positions, two
-// float vectors. Here the tiles of a group of G images are numbered densely,
-// t = image * T + ty * TW + tx (T = TH * TW tiles per image), so the group's vectors are full but
-// for the last one (7 x 7: three images, 48 tiles, three full vectors). The patch values are
-// gathered from the group's zero-padded images (a gather per patch value and vector of tiles, O(C)
-// per tile against the products' O(C O)), and the outputs are scattered into y under a mask that
-// drops the lanes past the group and the rows and columns past ho and wo.
+// On a small plane the phase layout wastes lanes: a 7 x 7 output has 16 tiles of F(2x2) in 20
+// positions (two float vectors) and 4 tiles of F(4x4) in 6. Here the tiles of a group of G images
+// are numbered densely, t = image * T + ty * TW + tx (T = TH * TW tiles per image), so the group's
+// vectors are full but for the last one (7 x 7 with F(4x4): 12 images, 48 tiles, three full
+// vectors). The patch values are gathered from the group's zero-padded images (a gather per patch
+// value and vector of tiles: O(C) per tile, against the products' O(C O)). On the way out, the M
+// outputs of every tile in a row of the tile are put side by side, so that the TW tiles of a tile
+// row form M TW consecutive values of an image row, copied into y a row at a time (cut at wo).
 
 struct DensePlan {
   int64_t C, O, OB;  // input channels, output channels, blocks of kOutBlock output channels
@@ -449,50 +450,42 @@ inline Vec<T> gather_lanes(const T* base, const int32_t* idx) {
   return Vec<T>::load_aligned(v);
 #endif
 }
-template <class T>
-inline void scatter_lanes(T* base, const int32_t* idx, uint32_t mask, const Vec<T>& v) {
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_i32scatter_ps(base, static_cast<__mmask16>(mask), _mm512_load_si512(idx), v, 4);
-  } else {
-    _mm512_mask_i32scatter_pd(base, static_cast<__mmask8>(mask), _mm256_load_si256(reinterpret_cast<const __m256i*>(idx)), v, 8);
-  }
-#else
-  constexpr int64_t L = kLanes<T>;
-  alignas(64) T t[L];
-  v.store_aligned(t);
-  for (int64_t l = 0; l < L; ++l)
-    if (mask >> l & 1) base[idx[l]] = t[l];
-#endif
-}
-
-// Where the lanes of a group read and write: the padded-image offset of each tile's patch corner,
-// and per output position (a, b) of a tile its offset in y (from the group's first image and the
-// output channel) with the mask of the lanes that exist.
+// Where the lanes of a group read: the padded-image offset of each tile's patch corner.
 template <class T, int M>
 struct DenseLanes {
   static constexpr int64_t L = kLanes<T>;
   alignas(64) int32_t patch[kStripVecs][L];
-  alignas(64) int32_t out[kStripVecs][M * M][L];
-  uint32_t mask[kStripVecs][M * M];
-  DenseLanes(const ConvGeometry& g, const DensePlan& p, int64_t images) {
-    for (int64_t v = 0; v < p.nv; ++v) {
-      for (int ab = 0; ab < M * M; ++ab) mask[v][ab] = 0;
+  DenseLanes(const DensePlan& p) {
+    for (int64_t v = 0; v < p.nv; ++v)
       for (int64_t l = 0; l < L; ++l) {
         const int64_t t = v * L + l, img = t / p.T, ty = t % p.T / p.TW, tx = t % p.TW;
-        const bool live = img < images;
-        patch[v][l] = live ? static_cast<int32_t>((img * p.PH + M * ty) * p.PW + M * tx) : 0;
-        for (int a = 0; a < M; ++a)
-          for (int b = 0; b < M; ++b) {
-            const int64_t row = M * ty + a, col = M * tx + b;
-            const bool inside = live && row < g.ho && col < g.wo;
-            out[v][a * M + b][l] = inside ? static_cast<int32_t>((img * p.O * g.ho + row) * g.wo + col) : 0;
-            if (inside) mask[v][a * M + b] |= uint32_t{1} << l;
-          }
+        patch[v][l] = img < p.G ? static_cast<int32_t>((img * p.PH + M * ty) * p.PW + M * tx) : 0;
       }
-    }
   }
 };
+
+// rows[v * L * M + l * M + b] = y[b] lane l: the M outputs of each tile side by side, so that the
+// TW tiles of one tile row give M TW consecutive outputs of an image row.
+template <class T, int M>
+inline void interleave_tile_row(const Vec<T> (&y)[M], T* rows) {
+  constexpr int64_t L = kLanes<T>;
+  if constexpr (M == 2) {
+    Vec<T> lo, hi;
+    conv_util::interleave(y[0], y[1], lo, hi);
+    lo.store_aligned(rows);
+    hi.store_aligned(rows + L);
+  } else {
+    Vec<T> e_lo, e_hi, o_lo, o_hi, v0, v1, v2, v3;
+    conv_util::interleave(y[0], y[2], e_lo, e_hi);  // b = 0, 2 side by side
+    conv_util::interleave(y[1], y[3], o_lo, o_hi);  // b = 1, 3
+    conv_util::interleave(e_lo, o_lo, v0, v1);
+    conv_util::interleave(e_hi, o_hi, v2, v3);
+    v0.store_aligned(rows);
+    v1.store_aligned(rows + L);
+    v2.store_aligned(rows + 2 * L);
+    v3.store_aligned(rows + 3 * L);
+  }
+}
 
 template <class T, int M>
 void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
@@ -503,19 +496,18 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
   const int64_t groups = ceil_div(g.n, p.G);
   const int64_t parts = std::min<int64_t>(p.OB, groups >= 4 ? 1 : 4);  // few groups: split the channels too
   const int64_t ob_per_part = ceil_div(p.OB, parts);
-  const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo, plane = p.PH * p.PW;
+  const int64_t xs = g.c * g.h * g.w, plane = p.PH * p.PW;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.nv * kLanes<T>;
-  const DenseLanes<T, M> full(g, p, p.G), last(g, p, g.n - (groups - 1) * p.G);
+  const DenseLanes<T, M> lanes(p);
   parallel_for(groups * parts, tasks_grain(groups * parts, work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t p_size = p.C * p.G * plane;
-    Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV);
+    Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV), rows(M * M * SV);
     std::fill(P.get(), P.get() + p_size, T(0));  // the padding; the copy-in writes the rest
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t q = task / parts, part = task % parts;
       const int64_t ob_lo = part * ob_per_part, ob_hi = std::min(p.OB, ob_lo + ob_per_part);
       if (ob_lo >= ob_hi) continue;
       const int64_t img0 = q * p.G, images = std::min(p.G, g.n - img0);
-      const DenseLanes<T, M>& lanes = images == p.G ? full : last;
       // P[c][k][ph + ih][pw + iw] = x[img0 + k][c][ih][iw]. (Slots past `images` keep an earlier
       // group's values: their lanes are never stored.)
       for (int64_t c = 0; c < p.C; ++c)
@@ -527,16 +519,25 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
         return gather_lanes(P.get() + c * p.G * plane + i * p.PW + j, lanes.patch[v]);
       };
       transform_input<T, M>(p.C, p.nv, patch, V.get());
-      T* y0 = y + img0 * ys;
-      const auto out = [&](int64_t o, int64_t v, int a, int b, const Vec<T>& value) {
-        scatter_lanes(y0 + o * g.ho * g.wo, lanes.out[v][a * M + b], lanes.mask[v][a * M + b], value);
+      // Row a of the tiles goes to rows[a] (tile outputs side by side); once a channel is done,
+      // each image row is one copy out of it: tile row ty of image k, row a, covers image row
+      // M ty + a, columns [0, M TW) at rows[a] + (k T + ty TW) M.
+      const auto out = [&](int64_t, int64_t v, int a, const Vec<T> (&yv)[M]) {
+        interleave_tile_row<T, M>(yv, rows.get() + a * M * SV + v * kLanes<T> * M);
+      };
+      const auto done = [&](int64_t o) {
+        for (int64_t k = 0; k < images; ++k)
+          for (int64_t ty = 0; ty < p.TH; ++ty)
+            for (int64_t a = 0; a < M && M * ty + a < g.ho; ++a)
+              conv_util::copy_row(y + ((img0 + k) * g.o + o) * g.ho * g.wo + (M * ty + a) * g.wo,
+                                  rows.get() + a * M * SV + (k * p.T + ty * p.TW) * M, g.wo);
       };
       for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
         for (int64_t xi = 0; xi < Xi; ++xi)
           kTileProduct<T>[p.nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * Xi + xi) * p.C * kOutBlock, p.C,
                                     Mbuf.get() + xi * kOutBlock * SV);
         const int64_t o0 = ob * kOutBlock;
-        transform_output<T, M>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out);
+        transform_output<T, M>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out, done);
       }
     }
   });
