@@ -450,6 +450,7 @@ inline Vec<T> gather_lanes(const T* base, const int32_t* idx) {
   return Vec<T>::load_aligned(v);
 #endif
 }
+
 // Where the lanes of a group read: the padded-image offset of each tile's patch corner.
 template <class T, int M>
 struct DenseLanes {
