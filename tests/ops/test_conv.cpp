@@ -269,7 +269,7 @@ const ConvCase kConvCases[] = {
     // phase planes, and tiles of several images side by side.
     {{1, 8, 2, 25}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     {{3, 9, 2, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
-    // Winograd on small planes, the tiles of several images side by side (gathered and scattered):
+    // Winograd on small planes, the tiles of several images side by side (gathered, copied out by rows):
     // 7 x 7 with a partial last group, odd sizes, asymmetric padding, a single group split by
     // output channels.
     {{2, 9, 6, 7}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
