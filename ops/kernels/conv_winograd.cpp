@@ -74,31 +74,28 @@ int64_t tasks_grain(int64_t items, int64_t work_per_item) {
   return std::max(conv_util::items_per_task(work_per_item), ceil_div(items, 4 * int64_t{num_threads()}));
 }
 
-// Sizes derived from the geometry, shared by the steps.
-struct Plan {
-  int64_t C, O, OB;   // input channels, output channels, blocks of kOutBlock output channels
-  int64_t TH, TW;     // tiles per column and per row
-  int64_t TWq;        // row width of a phase plane (TW + 1: tile tx reads columns tx and tx + 1)
-  int64_t tiles;      // TH * TWq tile positions per image (the tx = TW ones are dropped)
-  int64_t plane;      // elements per phase plane, with slack for the last vector's overrun
-  int64_t zrow;       // elements per row of Z (tile positions rounded up, plus slack)
-  template <class T>
-  static Plan make(const ConvGeometry& g, int64_t tile) {
-    constexpr int64_t L = kLanes<T>;
-    Plan p;
-    p.C = g.c;
-    p.O = g.o;
-    p.OB = ceil_div(g.o, kOutBlock);
-    p.TH = ceil_div(g.ho, tile);
-    p.TW = ceil_div(g.wo, tile);
-    p.TWq = p.TW + 1;
-    p.tiles = p.TH * p.TWq;
-    // The last vector reads up to lane round_up(tiles, L) - 1 at offset TWq + 1 (the patch's last
-    // row and column sit one plane row and one column further on).
-    p.plane = (p.TH + 1) * p.TWq + L;
-    p.zrow = ceil_div(p.tiles, L) * L + L;
-    return p;
-  }
+// Channels and the tile grid of a geometry for tile size M, shared by both layouts' plans.
+struct TileGrid {
+  int64_t C, O, OB;  // input channels, output channels, blocks of kOutBlock output channels
+  int64_t TH, TW;    // tiles per column and per row
+  TileGrid(const ConvGeometry& g, int64_t tile)
+      : C(g.c), O(g.o), OB(ceil_div(g.o, kOutBlock)), TH(ceil_div(g.ho, tile)), TW(ceil_div(g.wo, tile)) {}
+};
+
+// Sizes of the phase-plane layout, shared by its steps.
+struct Plan : TileGrid {
+  int64_t TWq;    // row width of a phase plane (TW + 1: tile tx reads columns tx and tx + 1)
+  int64_t tiles;  // TH * TWq tile positions per image (the tx = TW ones are dropped)
+  int64_t plane;  // elements per phase plane, with slack for the last vector's overrun
+  int64_t zrow;   // elements per row of Z (tile positions rounded up, plus slack)
+  Plan(const ConvGeometry& g, int64_t tile, int64_t lanes)
+      : TileGrid(g, tile),
+        TWq(TW + 1),
+        tiles(TH * TWq),
+        // The last vector reads up to lane round_up(tiles, L) - 1 at offset TWq + 1 (the patch's
+        // last row and column sit one plane row and one column further on).
+        plane((TH + 1) * TWq + lanes),
+        zrow(ceil_div(tiles, lanes) * lanes + lanes) {}
 };
 
 // Tile positions of a geometry for F(M x M), in whole vectors of lanes: the products' length.
@@ -137,8 +134,8 @@ LayoutCost winograd_layout(const ConvGeometry& g, int64_t lanes) {
 
 // U[ob][xi][c][i] = (G g G^T)[xi] for output channel ob * 8 + i (zero rows past O), computed in f64
 // and rounded once.
-template <class T, int M, class AnyPlan>
-void transform_weights(const AnyPlan& p, const T* w, T* U) {
+template <class T, int M>
+void transform_weights(const TileGrid& p, const T* w, T* U) {
   constexpr int64_t B = kOutBlock;
   constexpr int N = Tile<M>::N;
   constexpr auto& G = Tile<M>::G;
@@ -272,6 +269,17 @@ using TileProductFn = void (*)(const T*, const T*, int64_t, T*);
 template <class T>
 constexpr TileProductFn<T> kTileProduct[kStripVecs] = {&tile_product<T, 1>, &tile_product<T, 2>, &tile_product<T, 3>};
 
+// Mbuf[xi] = U[ob][xi] · V[xi] for every element xi of the transformed tile, on nv vectors of
+// tiles; after_product() runs after each of the products (e.g. a slice of prefetching).
+template <class T, int M, class After>
+void block_products(const T* V, const T* U, int64_t C, int64_t ob, int64_t nv, T* Mbuf, After&& after_product) {
+  constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<M>::Xi;
+  for (int64_t xi = 0; xi < Xi; ++xi) {
+    kTileProduct<T>[nv - 1](V + xi * C * SV, U + (ob * Xi + xi) * C * kOutBlock, C, Mbuf + xi * kOutBlock * SV);
+    after_product();
+  }
+}
+
 // The 1-D output transforms, y = A^T m, along one axis.
 // F(2x2): A^T = [1 1 1 0; 0 1 -1 -1].
 template <class T>
@@ -351,7 +359,7 @@ template <class T, int M>
 void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
   constexpr int64_t Xi = Tile<M>::Xi;
-  const Plan p = Plan::make<T>(g, M);
+  const Plan p(g, M, L);
   Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
   transform_weights<T, M>(p, w, U.get());
   // Few images: split each image's output channels too (the input transform is then repeated
@@ -382,12 +390,10 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
         nv = left % kStripVecs == 1 && left > kStripVecs ? 2 : std::min(kStripVecs, left);
         transform_input<T, M>(p, Q.get(), u0, nv, V.get());
         for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
-          for (int64_t xi = 0; xi < Xi; ++xi) {
-            kTileProduct<T>[nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * Xi + xi) * p.C * kOutBlock, p.C,
-                                    Mbuf.get() + xi * kOutBlock * SV);
+          block_products<T, M>(V.get(), U.get(), p.C, ob, nv, Mbuf.get(), [&] {
             next_x.step();
             next_y.step();
-          }
+          });
           const int64_t o0 = ob * kOutBlock;
           transform_output<T, M>(p, Mbuf.get(), nv, o0, std::min(kOutBlock, p.O - o0), bias, u0, Z.get());
         }
@@ -409,29 +415,18 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
 // outputs of every tile in a row of the tile are put side by side, so that the TW tiles of a tile
 // row form M TW consecutive values of an image row, copied into y a row at a time (cut at wo).
 
-struct DensePlan {
-  int64_t C, O, OB;  // input channels, output channels, blocks of kOutBlock output channels
-  int64_t TH, TW;    // tiles per column and per row
-  int64_t T;         // tiles per image
-  int64_t G;         // images per group
-  int64_t nv;        // vectors of tiles per group
-  int64_t PH, PW;    // rows and columns of a padded image plane (M TH + 2 and M TW + 2)
-  template <class T_>
-  static DensePlan make(const ConvGeometry& g, int64_t tile) {
-    constexpr int64_t L = kLanes<T_>;
-    DensePlan p;
-    p.C = g.c;
-    p.O = g.o;
-    p.OB = ceil_div(g.o, kOutBlock);
-    p.TH = ceil_div(g.ho, tile);
-    p.TW = ceil_div(g.wo, tile);
-    p.T = p.TH * p.TW;
-    p.G = dense_group(g, tile, L);
-    p.nv = ceil_div(p.G * p.T, L);
-    p.PH = tile * p.TH + 2;  // >= h + 2 ph = ho + 2
-    p.PW = tile * p.TW + 2;
-    return p;
-  }
+struct DensePlan : TileGrid {
+  int64_t T;       // tiles per image
+  int64_t G;       // images per group
+  int64_t nv;      // vectors of tiles per group
+  int64_t PH, PW;  // rows and columns of a padded image plane (M TH + 2 >= h + 2 ph, M TW + 2)
+  DensePlan(const ConvGeometry& g, int64_t tile, int64_t lanes)
+      : TileGrid(g, tile),
+        T(TH * TW),
+        G(dense_group(g, tile, lanes)),
+        nv(ceil_div(G * T, lanes)),
+        PH(tile * TH + 2),
+        PW(tile * TW + 2) {}
 };
 
 // Lanes at 32-bit offsets from a base (the offsets of one vector of lanes in idx[0, L)).
@@ -491,7 +486,7 @@ inline void interleave_tile_row(const Vec<T> (&y)[M], T* rows) {
 template <class T, int M>
 void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<M>::Xi;
-  const DensePlan p = DensePlan::make<T>(g, M);
+  const DensePlan p(g, M, kLanes<T>);
   Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
   transform_weights<T, M>(p, w, U.get());
   const int64_t groups = ceil_div(g.n, p.G);
@@ -534,9 +529,7 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
                                   rows.get() + a * M * SV + (k * p.T + ty * p.TW) * M, g.wo);
       };
       for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
-        for (int64_t xi = 0; xi < Xi; ++xi)
-          kTileProduct<T>[p.nv - 1](V.get() + xi * p.C * SV, U.get() + (ob * Xi + xi) * p.C * kOutBlock, p.C,
-                                    Mbuf.get() + xi * kOutBlock * SV);
+        block_products<T, M>(V.get(), U.get(), p.C, ob, p.nv, Mbuf.get(), [] {});
         const int64_t o0 = ob * kOutBlock;
         transform_output<T, M>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out, done);
       }
