@@ -247,9 +247,9 @@ inline void store_lanes(T* q, Batch<T> v, int count, bool add) {
 
 // C (+)= tile for a partial last column panel or a C with column stride != 1; the tile is
 // `rows` x NR, row-major. Kept out of the kernel instantiations.
-template <class T>
+template <class T, int NV>
 void store_tile(const T* tile, int rows, const CTile<T>& c) {
-  constexpr int L = Batch<T>::size, NR = kNV * L;
+  constexpr int L = Batch<T>::size, NR = NV * L;
   for (int i = 0; i < rows; ++i) {
     const T* src = tile + i * NR;
     T* q = c.p + i * c.rs;
@@ -294,11 +294,10 @@ struct ARows<T, ROWS, true> {
   }
 };
 
-template <class T, int ROWS, bool A_ROW_MAJOR>
+template <class T, int ROWS, int NV, bool A_ROW_MAJOR>
 void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs, const CTile<T>& c) {
   using B = Batch<T>;
   constexpr int L = B::size;
-  constexpr int NV = kNV;
   // C is swept once per k-block, so it is usually not cached: request it now, it is needed at
   // the end. Packed A is prefetched ~32 k steps ahead: a panel's first use comes from L3.
   if (c.cs == 1)
@@ -346,7 +345,7 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
     for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j].store_aligned(tmp + (i * NV + j) * L);
-    store_tile(tmp, ROWS, c);
+    store_tile<T, NV>(tmp, ROWS, c);
   }
 }
 
@@ -356,25 +355,25 @@ using KernelFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, const C
 // Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; a partial row panel runs as a
 // sum of those (e.g. 13 = 8 + 4 + 1). Rows are independent, so the bits are the same as with
 // one kernel of the exact height, and there are 5 instantiations instead of MR (compile time).
-template <class T, bool ROW_MAJOR>
+template <class T, bool ROW_MAJOR, int MR = kMR, int NV = kNV>
 struct KernelSet {
   static constexpr int kSizes[] = {8, 4, 2, 1};
 
   static void run(int rows, int64_t kc, const T* a, int64_t as, const T* b, int64_t bs, const CTile<T>& c) {
-    if (rows == kMR) {
-      micro_kernel<T, kMR, ROW_MAJOR>(kc, a, as, b, bs, c);
+    if (rows == MR) {
+      micro_kernel<T, MR, NV, ROW_MAJOR>(kc, a, as, b, bs, c);
       return;
     }
     int done = 0;
     for (int size : kSizes) {
-      if (size >= kMR || rows - done < size) continue;
+      if (size >= MR || rows - done < size) continue;
       const T* ap = ROW_MAJOR ? a + done * as : a + done;
       const CTile<T> part{c.p + done * c.rs, c.rs, c.cs, c.cols, c.add};
       switch (size) {
-        case 8: micro_kernel<T, std::min(8, kMR), ROW_MAJOR>(kc, ap, as, b, bs, part); break;
-        case 4: micro_kernel<T, std::min(4, kMR), ROW_MAJOR>(kc, ap, as, b, bs, part); break;
-        case 2: micro_kernel<T, 2, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
-        default: micro_kernel<T, 1, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        case 8: micro_kernel<T, std::min(8, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        case 4: micro_kernel<T, std::min(4, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        case 2: micro_kernel<T, 2, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        default: micro_kernel<T, 1, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
       }
       done += size;
     }
@@ -561,6 +560,55 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   }
 }
 
+#if XSIMD_WITH_AVX512F
+// Small fp32 products (one k-block, A and B read in place, one thread) run 6 x 64 tiles: 24
+// accumulators fed by 4 B vectors and 6 broadcasts per k step, a quarter of a broadcast per FMA
+// instead of the 14 x 32 tile's half. With every operand in L1 the broadcasts are what limits the
+// kernel (measured 4-9% faster on 64^3 products); in larger products the B panels stream from
+// L2, where 64 columns would double that traffic. A last block of at most 32 columns runs the
+// 14 x 32 kernels instead of wasting half of the FMAs. Each element of C is still one FMA chain
+// over k plus one store or add, so the bits are the general path's.
+void small_product(const Problem<float>& pr) {
+  constexpr int MR = 6, NV = 4, NR = NV * Batch<float>::size, NR2 = NR / 2;
+  const int64_t k = pr.k, as = pr.a_row_major ? pr.a.rs : pr.a.cs;
+  const Matrix<float> c = pr.c;
+  for (int64_t j = 0; j < pr.n; j += NR) {
+    const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
+    const bool narrow = cols <= NR2;  // 14 x 32 kernels
+    const int width = narrow ? NR2 : NR;
+    // B block: in place when full width, else packed with zero columns up to `width`.
+    const float* bp = pr.b.data + j;
+    int64_t bs = pr.b.rs;
+    if (cols < width) {
+      float* buf = thread_scratch<float>(static_cast<size_t>(k * NR));
+      if (narrow)
+        pack_panel<NR2>(bp, 1, bs, cols, k, buf);
+      else
+        pack_panel<NR>(bp, 1, bs, cols, k, buf);
+      bp = buf;
+      bs = width;
+    }
+    const int64_t rows_step = narrow ? kMR : MR;
+    for (int64_t i = 0; i < pr.m; i += rows_step) {
+      const int rows = static_cast<int>(std::min<int64_t>(rows_step, pr.m - i));
+      const float* ap = pr.a.data + i * pr.a.rs;
+      const CTile<float> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, pr.accumulate};
+      if (pr.a_row_major) {
+        if (narrow)
+          KernelSet<float, true>::run(rows, k, ap, as, bp, bs, tile);
+        else
+          KernelSet<float, true, MR, NV>::run(rows, k, ap, as, bp, bs, tile);
+      } else {
+        if (narrow)
+          KernelSet<float, false>::run(rows, k, ap, as, bp, bs, tile);
+        else
+          KernelSet<float, false, MR, NV>::run(rows, k, ap, as, bp, bs, tile);
+      }
+    }
+  }
+}
+#endif
+
 // Splits `panels` panels into `parts` nearly equal contiguous ranges; returns the start of `idx`.
 inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
 
@@ -660,6 +708,14 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   const int64_t npanels = ceil_div(n, NR);
 
   const int64_t threads = allow_threads && madds > kSerialMax ? usable_threads() : 1;
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) {
+    if (threads == 1 && madds <= kSerialMax && pr.direct_a && pr.direct_b && pr.nkb == 1) {
+      small_product(pr);
+      return;
+    }
+  }
+#endif
   const TilePlan plan = plan_tiles<T>(pr, threads);
   const int64_t tm = plan.tm, tn = plan.tn;
   const bool prepack_a = plan.prepack_a;
