@@ -8,7 +8,8 @@
 //
 // Blocking (AVX-512 fp32 values; MR x NR micro-tile, KC k-block, NC column chunk):
 //   micro-kernel  MR x NR = 14 x 32: 28 zmm accumulators, per k step 2 B vectors are loaded and
-//                 14 A values broadcast (~95% of FMA peak with operands in L1).
+//                 14 A values broadcast (~90% of FMA peak with operands in L1). Small serial
+//                 products use 6 x 64 tiles instead (see small_product).
 //   KC = 384      equal k-blocks rounded to 16 (k = 1024 -> 3 blocks of 352/352/320).
 //   NC = 512      columns per B chunk: a packed KC x NC chunk (~768 KiB) stays in the 2 MiB L2.
 //   Loop order in a tile, per (column chunk, k-block): pack B chunk; for each A panel (MR rows,
@@ -19,8 +20,9 @@
 // transposed B: 16 x 16 in-register transposes). A panels (MR rows, k-major) are either packed
 // by each tile as it goes (when C is at most one chunk wide) or, when every A panel is used by
 // several tiles / chunks, packed once per k-block into a shared buffer, in parallel, before the
-// tiles run. A row-major fp32 A is never packed: the kernel reads its rows in place (measured
-// 1-7% faster than packing on large products, 5-17% on mid-size ones). Small products (<= 2^23
+// tiles run; a large transposed A is packed by sweeping its rows (see pack_a_panels). A
+// row-major fp32 A is never packed: the kernel reads its rows in place (measured 1-7% faster
+// than packing on large products, 5-17% on mid-size ones). Small products (<= 2^23
 // multiply-adds) also read a transposed A and full row-major B panels in place.
 //
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
@@ -64,7 +66,7 @@ template <class T>
 using Batch = xsimd::batch<T>;
 
 // Register blocking per target. AVX-512: 32 zmm registers = 28 accumulators + 2 B vectors +
-// 1 broadcast (measured ~95% of FMA peak in L1). Narrower targets have 16 registers: 6 x 2 vectors.
+// 1 broadcast (measured ~90% of FMA peak in L1). Narrower targets have 16 registers: 6 x 2 vectors.
 #if XSIMD_WITH_AVX512F
 constexpr int kMR = 14;
 #else
