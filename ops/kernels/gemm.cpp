@@ -26,8 +26,8 @@
 // multiply-adds) also read a transposed A and full row-major B panels in place.
 //
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
-// multiply-adds each), choosing the row/column split that copies the fewest elements; tiles run
-// under tbb::parallel_for. Products up to 2^20 multiply-adds run on the calling thread.
+// multiply-adds each), choosing the row/column split that copies the fewest elements while each
+// tile keeps at least two B panels where possible; tiles run under tbb::parallel_for. Products up to 2^20 multiply-adds run on the calling thread.
 //
 // Edges. Partial row panels run as sums of 8/4/2/1-row kernels, a partial last column panel uses
 // masked stores, C with a column stride != 1 is stored element-wise -- and a column-major C is
@@ -166,7 +166,8 @@ class PooledBuffer {
   std::unique_ptr<AlignedBuffer> buf_;
 };
 
-// Thread-local scratch for B panels. Only used inside leaf work (no TBB waits while it is live),
+// Thread-local scratch for packed B panels and A panels of a tile (and a small product's padded
+// B block). Only used inside leaf work (no TBB waits while it is live),
 // so no other task can run on this thread and reuse it meanwhile.
 template <class T>
 T* thread_scratch(size_t elems) {
@@ -356,7 +357,7 @@ using KernelFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, const C
 
 // Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; a partial row panel runs as a
 // sum of those (e.g. 13 = 8 + 4 + 1). Rows are independent, so the bits are the same as with
-// one kernel of the exact height, and there are 5 instantiations instead of MR (compile time).
+// one kernel of the exact height, and there are a few instantiations instead of MR (compile time).
 template <class T, bool ROW_MAJOR, int MR = kMR, int NV = kNV>
 struct KernelSet {
   static constexpr int kSizes[] = {8, 4, 2, 1};
@@ -406,8 +407,8 @@ struct Problem {
   bool direct_a, a_row_major, direct_b;
   bool a_sweep;  // pack a k-major A one k row at a time across all panels (see pack_a_panels)
   // Packed A of the current k-block (when its panels are shared by several tiles or column
-  // chunks): mpanels panels of MR x kc_of(q), one after the other. Or nullptr: then each tile
-  // packs an A panel right before using it.
+  // chunks): mpanels panels of MR x kc_of(q), one after the other. Or nullptr: A is read in
+  // place, or each tile packs its own A panels (each right before use, or a swept group).
   T* apack;
 
   int64_t kc_of(int64_t q) const { return std::min(kc, k - q * kc); }
@@ -429,6 +430,12 @@ void pack_a_panel(const Problem<T>& pr, int64_t q, int64_t panel, T* dst) {
   const T* src = pr.a.data + i0 * pr.a.rs + q * pr.kc * pr.a.cs;
   pack_panel<MR>(src, pr.a.rs, pr.a.cs, static_cast<int>(std::min<int64_t>(MR, pr.m - i0)), pr.kc_of(q), dst);
 }
+
+// A k-major A of at least this many elements (1 MiB fp32: no longer in L2 beside the B chunk) is
+// packed by sweeping its rows (see pack_a_panels), at most kSweepPanels panels at a time in a
+// tile (a bounded buffer: 32 panels of 384 k steps are 688 KiB fp32).
+constexpr double kSweepMin = 1 << 18;
+constexpr int64_t kSweepPanels = 32;
 
 // Packs the A panels [p0, p1) of k-block q, panel p at dst + (p - p0) * MR * kc. A large k-major
 // A (a_sweep: a transposed A, as in the weight gradient dY^T X) is swept one k row at a time
@@ -526,11 +533,11 @@ template <class T>
 void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t NC = Blocking<T>::NC;
-  // A swept A is packed for all the tile's panels at once (see pack_a_panels), others panel by
-  // panel just before use (+ slack: the micro-kernel prefetches A up to 32 steps beyond a panel).
+  // A swept A is packed kSweepPanels panels at a time (see pack_a_panels), others panel by panel
+  // just before use (+ slack: the micro-kernel prefetches A up to 32 steps beyond a panel).
   const bool sweep_a = !pr.apack && !pr.direct_a && pr.a_sweep;
-  const int64_t tile_panels = ceil_div(i1 - i0, MR);
-  T* bbuf = thread_scratch<T>(static_cast<size_t>(pr.kc * (NC + (sweep_a ? tile_panels : 1) * MR) + 64 * MR));
+  const int64_t group_rows = sweep_a ? kSweepPanels * MR : MR;  // rows of A packed at a time
+  T* bbuf = thread_scratch<T>(static_cast<size_t>(pr.kc * (NC + group_rows) + 64 * MR));
   T* abuf = bbuf + pr.kc * NC;
   Panel<T> bpanels[NC / NR];
   const Matrix<T> c = pr.c;
@@ -544,13 +551,15 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t kc = pr.kc_of(q);
       prepare_b(pr, q, jc, nc, bbuf, bpanels);
-      if (sweep_a) pack_a_panels(pr, q, i0 / MR, i0 / MR + tile_panels, abuf);
       const bool add = pr.accumulate || q > 0;
       // A micro-panel outer (it stays in L1), B micro-panels inner (the chunk stays in L2): each
       // A panel is fetched from memory once per chunk and C is walked along its rows.
       for (int64_t i = i0; i < i1; i += MR) {
         const int rows = static_cast<int>(std::min<int64_t>(MR, pr.m - i));
-        const Panel<T> ap = sweep_a ? Panel<T>{abuf + (i - i0) * kc, MR} : a_panel(pr, q, i / MR, abuf);
+        const int64_t g0 = i0 + (i - i0) / group_rows * group_rows;  // first row of i's group
+        if (sweep_a && i == g0)
+          pack_a_panels(pr, q, i / MR, ceil_div(std::min(i1, g0 + group_rows), MR), abuf);
+        const Panel<T> ap = sweep_a ? Panel<T>{abuf + (i - g0) * kc, MR} : a_panel(pr, q, i / MR, abuf);
         for (int64_t t = 0; t < npanels; ++t) {
           const int64_t j = jc + t * NR;
           const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
@@ -615,14 +624,11 @@ void small_product(const Problem<float>& pr) {
 inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
 
 // Products up to kSerialMax multiply-adds run on the calling thread (~5 us: less than waking
-// and joining a worker is worth). Up to kDirectMax they read A and B in place where the layout
-// allows instead of packing them (the copies would cost more than they save: measured 3-14%
+// and joining a worker is worth). Up to kDirectMax they read a transposed A and row-major B in
+// place (a row-major fp32 A is read in place at every size) instead of packing them (the copies would cost more than they save: measured 3-14%
 // faster than packing at 2^21..2^23, e.g. 256 x 256 x 64 and 128 x 512 x 128).
 constexpr double kSerialMax = 1 << 20;
 constexpr double kDirectMax = 1 << 23;
-// A k-major A of at least this many elements (1 MiB fp32: no longer in L2 beside the B chunk) is
-// packed by sweeping its rows (see pack_a_panels).
-constexpr double kSweepMin = 1 << 18;
 
 // Threads that can run: the arena's slots, capped by a tbb::global_control limit if any.
 inline int64_t usable_threads() {
@@ -642,8 +648,9 @@ constexpr double kBarrierCost = 20000;
 
 // The tiling never changes results, only who computes which tile, so it may depend on the
 // thread count. Aim for up to 4 tiles per thread (load balance on a shared machine) of at least
-// ~0.5M multiply-adds, and pick the split that copies the fewest elements: a tile packs the B
-// panels of its columns and (without prepacking) the A panels of its rows.
+// ~0.5M multiply-adds, and pick the split that copies the fewest elements (keeping two B panels
+// per tile where possible, see below): a tile packs the B panels of its columns and (without
+// prepacking) the A panels of its rows.
 template <class T>
 TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
   constexpr int64_t NR = Blocking<T>::NR, NC = Blocking<T>::NC;
@@ -660,6 +667,7 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
     // 2048 x 256 x k, the transformer's projections).
     best.tn = std::min(std::max<int64_t>(1, npanels / 2), target);
     best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
+    best.tn = std::min(npanels, std::max(best.tn, ceil_div(target, best.tm)));  // few row panels
     return best;
   }
   // Prepacking: A copied once, plus two passes of synchronisation per k-block when threaded.
@@ -668,6 +676,7 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
   best.prepack_a = true;
   best.tn = std::min(std::max<int64_t>(1, npanels / 2), target);
   best.tm = std::min(pr.mpanels, ceil_div(target, best.tn));
+  best.tn = std::min(npanels, std::max(best.tn, ceil_div(target, best.tm)));  // few row panels
   double best_cost = m * k + k * n * double(best.tm) + (target > 1 ? 2.0 * kBarrierCost * double(pr.nkb) : 0.0);
   // Per-tile packing: A copied once per column tile; only when a tile is one column chunk wide
   // (otherwise every chunk would pack the tile's A panels again).

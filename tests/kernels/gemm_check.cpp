@@ -40,9 +40,11 @@ int64_t checks = 0;
 int64_t rand_int(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
 
 // How an operand of shape rows x cols is laid out in its buffer.
-enum class Layout { RowMajor, RowPadded, Transposed, TransposedPadded, Strided, Negative, Count };
+// RowNegative / TransposedNegative: contiguous rows (columns) walked backwards, which the GEMM
+// reads in place like their positive twins.
+enum class Layout { RowMajor, RowPadded, Transposed, TransposedPadded, Strided, Negative, RowNegative, TransposedNegative, Count };
 const char* layout_name(Layout l) {
-  static const char* names[] = {"row", "row+pad", "trans", "trans+pad", "strided", "negative"};
+  static const char* names[] = {"row", "row+pad", "trans", "trans+pad", "strided", "negative", "row-neg", "trans-neg"};
   return names[int(l)];
 }
 
@@ -71,6 +73,8 @@ Operand<T> make_operand(int64_t rows, int64_t cols, Layout layout, int misalign)
     case Layout::TransposedPadded: o.rs = 1, o.cs = rows + pad; break;
     case Layout::Strided: o.cs = rand_int(2, 3), o.rs = cols * o.cs + pad; break;
     case Layout::Negative: o.cs = -rand_int(1, 2), o.rs = -(cols * -o.cs + pad); break;
+    case Layout::RowNegative: o.rs = -(cols + pad), o.cs = 1; break;
+    case Layout::TransposedNegative: o.rs = 1, o.cs = -(rows + pad); break;
     default: break;
   }
   const int64_t guard = 37;
@@ -373,7 +377,8 @@ void run_all(int random_cases) {
     const int64_t m = rand_int(0, 3) == 0 ? rand_int(1, 400) : rand_int(1, 70);
     const int64_t n = rand_int(0, 3) == 0 ? rand_int(1, 400) : rand_int(1, 70);
     const int64_t k = rand_int(0, 3) == 0 ? rand_int(1, 900) : rand_int(1, 70);
-    run_case<T>({m, n, k, Layout(rand_int(0, 5)), Layout(rand_int(0, 5)), Layout(rand_int(0, 5)), rand_int(0, 1) == 1,
+    const int64_t nl = int64_t(Layout::Count) - 1;
+    run_case<T>({m, n, k, Layout(rand_int(0, nl)), Layout(rand_int(0, nl)), Layout(rand_int(0, nl)), rand_int(0, 1) == 1,
                  rand_int(0, 3) == 0, int(rand_int(0, 3))},
                 m * n * k > 500000);
     ++cases;
@@ -388,7 +393,25 @@ void run_all(int random_cases) {
       ++cases;
     }
 
-  // 8. Batched products.
+  // 8. Paths picked by size and shape. Small serial products (6 x 64 tiles; a last block of
+  // <= 32 columns on the 14 x 32 kernels; partial blocks packed) with operands read in place,
+  // also backwards; a large transposed A packed by row sweeps (more than one group of panels),
+  // with row-major C; products with few row or column panels split across threads.
+  for (int64_t n : {32, 33, 64, 96, 100, 127})
+    for (int64_t m : {1, 6, 13, 64})
+      for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::RowNegative, Layout::TransposedNegative}) {
+        const Layout lb = (m + n) % 2 ? Layout::RowNegative : Layout::RowMajor;
+        run_case<T>({m, n, 71, la, lb, Layout::RowMajor, (m + n + int64_t(la)) % 2 == 1, false, int(n % 4)}, false);
+        ++cases;
+      }
+  const int64_t paths[][3] = {{1003, 517, 1500}, {700, 90, 400}, {8, 64, 20000}, {20, 96, 9000}, {3000, 40, 300}};
+  for (auto& s : paths)
+    for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::TransposedNegative}) {
+      run_case<T>({s[0], s[1], s[2], la, Layout::RowMajor, Layout::RowMajor, la == Layout::Transposed, false, 1}, true);
+      ++cases;
+    }
+
+  // 9. Batched products.
   for (bool ba : {false, true})
     for (bool bb : {false, true})
       for (bool acc : {false, true}) {
