@@ -27,7 +27,8 @@
 //
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
 // multiply-adds each), choosing the row/column split by what it copies and streams (see
-// plan_tiles); tiles run under tbb::parallel_for. Products up to 2^20 multiply-adds run on the calling thread.
+// plan_tiles); tiles run under tbb::parallel_for. Products up to 2^20 multiply-adds run on the
+// calling thread.
 //
 // Edges. Partial row panels run as sums of 8/4/2/1-row kernels, a partial last column panel uses
 // masked stores, C with a column stride != 1 is stored element-wise -- and a column-major C is
@@ -92,8 +93,8 @@ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------------------------
 // Scratch memory. Blocks from 256 KiB up are 2 MiB aligned and marked for transparent huge
-// pages (the kernels stream packed panels: a 4 KiB page lasts only a few k steps). Buffers are kept for reuse: a fresh allocation per
-// call would cost page faults.
+// pages (the kernels stream packed panels: a 4 KiB page lasts only a few k steps). Buffers are
+// kept for reuse: a fresh allocation per call would cost page faults.
 
 class AlignedBuffer {
  public:
@@ -168,8 +169,8 @@ class PooledBuffer {
 };
 
 // Thread-local scratch for packed B panels and A panels of a tile (and a small product's padded
-// B block). Only used inside leaf work (no TBB waits while it is live),
-// so no other task can run on this thread and reuse it meanwhile.
+// B block). Only used inside leaf work (no TBB waits while it is live), so no other task can run
+// on this thread and reuse it meanwhile.
 template <class T>
 T* thread_scratch(size_t elems) {
   thread_local AlignedBuffer buf;
@@ -626,8 +627,9 @@ inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return 
 
 // Products up to kSerialMax multiply-adds run on the calling thread (~5 us: less than waking
 // and joining a worker is worth). Up to kDirectMax they read a transposed A and row-major B in
-// place (a row-major fp32 A is read in place at every size) instead of packing them (the copies would cost more than they save: measured 3-14%
-// faster than packing at 2^21..2^23, e.g. 256 x 256 x 64 and 128 x 512 x 128).
+// place (a row-major fp32 A is read in place at every size) instead of packing them: the copies
+// would cost more than they save (measured 3-14% faster than packing at 2^21..2^23, e.g.
+// 256 x 256 x 64 and 128 x 512 x 128).
 constexpr double kSerialMax = 1 << 20;
 constexpr double kDirectMax = 1 << 23;
 
@@ -662,11 +664,11 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
 
   TilePlan best;
   if (pr.direct_a) {
-    // A is read in place: each column tile streams the A rows of its row tile from memory (half
-    // the price of a copied element, as the kernel overlaps it with its FMAs), each row tile
-    // packs the B panels of its column tile. Splitting columns only would stream all of A once
-    // per thread-tile (measured 3-8% slower 2-thread products 2048..4096 x 256..1024 x k, the
-    // transformer's projections).
+    // A is read in place: each column tile streams the A rows of its row tile from memory
+    // (counted at half the price of a copied element: the kernel overlaps it with its FMAs; 0.5
+    // measured as well as 0.25), each row tile packs the B panels of its column tile. Splitting
+    // columns only would stream all of A once per tile (measured 3-8% slower 2-thread products
+    // 2048..4096 x 256..1024 x k, the transformer's projections).
     double best_cost = std::numeric_limits<double>::infinity();
     for (int64_t tm = 1; tm <= std::min(pr.mpanels, target); ++tm) {
       const int64_t tn = std::min(npanels, ceil_div(target, tm));
