@@ -354,9 +354,6 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
   }
 }
 
-template <class T>
-using KernelFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, const CTile<T>&);
-
 // Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; a partial row panel runs as a
 // sum of those (e.g. 13 = 8 + 4 + 1). Rows are independent, so the bits are the same as with
 // one kernel of the exact height, and there are a few instantiations instead of MR (compile time).
