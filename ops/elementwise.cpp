@@ -2,6 +2,7 @@
 #include "ops/elementwise.hpp"
 
 #include <cmath>
+#include <limits>
 #include <numbers>
 
 #include "core/autograd.hpp"
@@ -87,6 +88,24 @@ Tensor unary_zero_grad(const char* op, const Tensor& x, F f, bool integers_too) 
   return record(op, {x}, y, [](const Tensor& g) { return Tensors{zeros_like(g)}; });
 }
 
+// x^p with std::pow's (and PyTorch's) special values. xsimd's pow is exp(p log|x|) with the sign
+// fixed for negative x; it gives 0 for every power of 0 and NaN for inf^0 and 1^NaN.
+// (GCC 12 reports false -Wuninitialized warnings from inside avx512fintrin.h, the
+// _mm512_undefined_* operands of xsimd's exp/log, once they are inlined here.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+template <class B>
+B pow_ieee(const B& x, const B& p) {
+  const B zero(0), one(1);
+  // 0^p: 0 for p > 0, inf for p < 0, 1 for p = 0 (NaN for NaN); -0 keeps its sign for odd p.
+  B at_zero = xsimd::select(p > zero, zero, xsimd::select(p < zero, B(std::numeric_limits<typename B::value_type>::infinity()), one));
+  const auto odd = p - B(2) * xsimd::floor(p * B(0.5)) == one;  // odd integer (xsimd::is_odd's trunc warns on GCC 12)
+  at_zero = xsimd::select(xsimd::isnan(p), p, xsimd::select(odd, xsimd::copysign(at_zero, x), at_zero));
+  const B r = xsimd::select(x == zero, at_zero, xsimd::pow(x, p));
+  return xsimd::select(p == zero || x == one, one, r);
+}
+#pragma GCC diagnostic pop
+
 // Integer exponents by repeated squaring (exact for integer-valued data, fine for negative bases);
 // other exponents through exp/log (NaN for negative bases, as in real arithmetic).
 struct PowScalar {
@@ -104,7 +123,7 @@ struct PowScalar {
       return p < 0 ? splat<B>(1.0) / result : result;
     }
     if (p == 0.5) return xsimd::sqrt(x);
-    return xsimd::pow(x, splat<B>(p));
+    return pow_ieee(x, splat<B>(p));
   }
 };
 
@@ -212,19 +231,19 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
   DType t = promote(base.dtype(), exponent.dtype());
   if (!is_floating(t)) t = DType::f32;
   auto [x, p] = broadcast_pair(base, exponent, "pow", t);
-  Tensor out = apply_float("pow", [](auto a, auto b) { return xsimd::pow(a, b); }, x, p);
+  Tensor out = apply_float("pow", [](auto a, auto b) { return pow_ieee(a, b); }, x, p);
   return record("pow", {x, p}, out, [sx = SavedTensor(x), sp = SavedTensor(p), so = SavedTensor(out)](const Tensor& g) {
     const Tensor xv = sx.get(), pv = sp.get(), ov = so.get();
     Tensor gx, gp;
-    if (input_needs_grad(0))  // p * x^(p-1), written as p * out / x only where x != 0
+    if (input_needs_grad(0))  // p * x^(p-1); 0 where p == 0 (x^0 is constant, even at x = 0)
       gx = apply_float("pow", [](auto gg, auto a, auto b) {
         using B = decltype(a);
-        return gg * b * xsimd::pow(a, b - B(1));
+        return xsimd::select(b == B(0), B(0), gg * b * pow_ieee(a, b - B(1)));
       }, g, xv, pv);
-    if (input_needs_grad(1))  // out * log(x); 0 where x == 0 and p >= 0 (the limit)
+    if (input_needs_grad(1))  // out * log(x); 0 where x == 0 and p >= 0 (the limit), i.e. out finite
       gp = apply_float("pow", [](auto gg, auto a, auto o) {
         using B = decltype(a);
-        return xsimd::select(a == B(0), B(0), gg * o * xsimd::log(a));
+        return xsimd::select(a == B(0) && xsimd::isfinite(o), B(0), gg * o * xsimd::log(a));
       }, g, xv, ov);
     return Tensors{gx, gp};
   });
@@ -235,6 +254,7 @@ Tensor pow(const Tensor& base, double exponent) {
   const Tensor x = base.is_floating_point() ? base : base.to(DType::f32);
   Tensor out = apply_float("pow_scalar", PowScalar{exponent}, x);
   return record("pow_scalar", {x}, out, [exponent, sx = SavedTensor(x)](const Tensor& g) {
+    if (exponent == 0) return Tensors{zeros_like(sx.get())};  // x^0 is constant (0 * 0^-1 would be NaN)
     const PowScalar dpow{exponent - 1};
     return Tensors{apply_float("pow_scalar", [exponent, dpow](auto gg, auto a) {
       using B = decltype(a);

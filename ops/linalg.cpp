@@ -98,6 +98,16 @@ Tensor batched_matmul(const char* op, const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
+namespace {
+// The number of rows when every dim but the last is folded into one (also when the last is 0,
+// where reshape({-1, 0}) would be ambiguous).
+std::int64_t leading_rows(const Shape& shape) {
+  std::int64_t rows = 1;
+  for (int d = 0; d + 1 < shape.size(); ++d) rows *= shape[d];
+  return rows;
+}
+}  // namespace
+
 Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   check_defined(a_in, "matmul", "a");
   check_defined(b_in, "matmul", "b");
@@ -118,7 +128,7 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   if (b.dim() == 2 && a.dim() > 2) {  // fold the batch into the rows: one large GEMM
     Shape out_shape = a.shape();
     out_shape[out_shape.size() - 1] = b.shape()[1];
-    return batched_matmul("matmul", a.reshape({-1, K}), b).reshape(out_shape);
+    return batched_matmul("matmul", a.reshape({leading_rows(a.shape()), K}), b).reshape(out_shape);
   }
   if (a.dim() == 2 && b.dim() == 2) return batched_matmul("matmul", a, b);
   // Broadcast the batch dims with explicit expand nodes.
@@ -160,7 +170,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   Shape out_shape = x.shape();
   out_shape[out_shape.size() - 1] = N;
-  const Tensor x2 = x.reshape({-1, K});
+  const Tensor x2 = x.reshape({leading_rows(x.shape()), K});
   const std::int64_t R = x2.shape()[0];
   Tensor y = empty({R, N}, x.dtype());
   if (bias.defined()) tg::detail::copy_into(y, bias.detach().expand({R, N}));  // the GEMM accumulates onto it

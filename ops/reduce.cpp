@@ -213,7 +213,24 @@ Tensor var(const Tensor& x, const Shape& axes, double correction, bool keepdim) 
 }
 
 Tensor stddev(const Tensor& x, const Shape& axes, double correction, bool keepdim) {
-  return sqrt(var(x, axes, correction, keepdim));
+  check_defined(x, "stddev", "x");
+  TG_CHECK(x.is_floating_point(), "stddev: expected a floating-point tensor, got {}", x.dtype());
+  const std::uint32_t mask = axes_mask(x, axes, "stddev");
+  const double divisor = std::max(0.0, static_cast<double>(reduced_count(x.shape(), mask)) - correction);
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = sqrt(var(x, axes, correction, keepdim));
+  }
+  // d std / dx = (x - mean) / (std * divisor); where std == 0 (a constant slice) the subgradient 0
+  // instead of sqrt's 0 * inf = NaN, as PyTorch does.
+  return record("stddev", {x}, out, [sx = SavedTensor(x), so = SavedTensor(out), axes, mask, divisor](const Tensor& g) {
+    const Tensor xv = sx.get();
+    const Shape kshape = reduced_shape(xv.shape(), mask, true);
+    const Tensor s = so.get().reshape(kshape);
+    const Tensor scale = where(eq(s, 0.0), 0.0, div(g.reshape(kshape), mul(s, divisor)));
+    return Tensors{mul(sub(xv, mean(xv, axes, true)), scale)};
+  });
 }
 
 Tensor norm(const Tensor& x, double p, const Shape& axes, bool keepdim) {

@@ -29,6 +29,7 @@ Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim = false);
 Tensor logsumexp(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
 // Variance with divisor (N - correction): correction 1 is the unbiased estimate, 0 the population one.
 Tensor var(const Tensor& x, const Shape& axes = {}, double correction = 1.0, bool keepdim = false);
+// Square root of var; its gradient is 0 on constant slices (std = 0), where sqrt's would be NaN.
 Tensor stddev(const Tensor& x, const Shape& axes = {}, double correction = 1.0, bool keepdim = false);
 // Vector norm over `axes`: p = 1, 2 or infinity. The L2 gradient at 0 is 0.
 inline constexpr double kInf = std::numeric_limits<double>::infinity();

@@ -20,7 +20,7 @@ std::span<const OpInfo> differentiable_ops() {
       {"silu", "ops"}, {"softplus", "ops"},
       // ops/reduce.cpp
       {"sum", "ops"}, {"mean", "ops"}, {"prod", "ops"}, {"amax", "ops"}, {"amin", "ops"}, {"max", "ops"},
-      {"min", "ops"}, {"norm", "ops"}, {"cumsum", "ops"},
+      {"min", "ops"}, {"norm", "ops"}, {"stddev", "ops"}, {"cumsum", "ops"},
       // ops/shape.cpp
       {"cat", "ops"}, {"split", "ops"}, {"unbind", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
       // ops/loss.cpp

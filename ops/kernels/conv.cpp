@@ -978,11 +978,14 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const
     Scratch<T> gb(gb_size), z(z_size), stage(stage_size);
     std::fill(gb.get(), gb.get() + gb_size, T(0));  // the padding; only gy's own positions are written
     std::fill(z.get(), z.get() + z_size, T(0));
-    for (const Phase& ph : phases)  // phases without taps stay zero (or the bias)
-      if (ph.K == 0 && bias)
-        for (int64_t c = 0; c < cg; ++c) std::fill_n(z.get() + ph.z + c * ph.hq * ph.wq, ph.hq * ph.wq, bias[c]);
     for (int64_t n = lo; n < hi; ++n)
       for (int64_t gi = 0; gi < g.groups; ++gi) {
+        // Phases without taps (stride > kernel) stay zero, or hold this group's bias.
+        if (bias && (n == lo || g.groups > 1))
+          for (const Phase& ph : phases)
+            if (ph.K == 0)
+              for (int64_t c = 0; c < cg; ++c)
+                std::fill_n(z.get() + ph.z + c * ph.hq * ph.wq, ph.hq * ph.wq, bias[gi * cg + c]);
         const T* gys = gy + (n * g.o + gi * og) * P;
         for (int64_t o = 0; o < og; ++o)
           for (int64_t i = 0; i < g.ho; ++i) copy_row(gb.get() + o * bplane + (i + Mh) * row + Mw, gys + (o * g.ho + i) * g.wo, g.wo);

@@ -463,6 +463,7 @@ const TransposeCase kTransposeCases[] = {
     // Stride beyond the kernel: output phases no tap reaches hold just the bias.
     {{2, 3, 4, 3}, 5, {2, 2}, {{3, 3}, {0, 0}, {1, 2}, {1, 1}, 1}, true},
     {{1, 2, 3, 4}, 3, {1, 1}, {{2, 2}, {0, 0}, {0, 0}, {1, 1}, 1}, true},
+    {{2, 4, 3, 2}, 6, {1, 2}, {{2, 3}, {0, 0}, {1, 0}, {1, 1}, 2}, true},  // ... each group its own bias
     {{2, 3, 6, 7}, 32, {4, 4}, {{2, 2}, {1, 1}, {0, 0}, {1, 1}, 1}, true},  // output phases of 6 x 7: row tiles
 };
 std::string describe(const TransposeCase& c) {

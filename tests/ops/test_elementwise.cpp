@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <numbers>
 
 #include "core/autograd.hpp"
@@ -254,6 +255,44 @@ TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][el
   CHECK(ops::pow(tensor({-2, 3}, DType::f64), 3.0).to_vector<double>() == std::vector<double>{-8, 27});
   CHECK(ops::pow(tensor({-2}, DType::f64), 2.0).to_vector<double>() == std::vector<double>{4});
   CHECK(ops::pow(tensor({2}, DType::i64), 2.0).dtype() == DType::f32);
+}
+
+TEST_CASE("pow: std::pow's special values at 0 and their PyTorch gradients", "[ops][elementwise]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dt));
+    // Forward: 0^0 = 1, 0^p = 0 (p > 0), 0^p = inf (p < 0), -0 keeps its sign for odd p; x^0 = 1^p = 1.
+    const Tensor x = tensor({0, 0, 0, 0, -0.0, -0.0, inf, 1, 2}, dt);
+    const Tensor p = tensor({0, 1, -1, -0.5, -1, 3, 0, std::nan(""), 0.5}, dt);
+    const auto y = ops::pow(x, p).to(DType::f64).to_vector<double>();
+    const std::vector<double> want{1, 0, inf, inf, -inf, -0.0, 1, 1, std::sqrt(2.0)};
+    for (size_t i = 0; i < want.size(); ++i) {
+      INFO(i);
+      CHECK((std::isinf(want[i]) ? y[i] == want[i] : y[i] == Approx(want[i]).epsilon(1e-6)));
+      CHECK(std::signbit(y[i]) == std::signbit(want[i]));
+    }
+    // Gradients (PyTorch's): d/dx = p x^(p-1), 0 where p == 0; d/dp = x^p log x, 0 at x = 0 for p >= 0.
+    Tensor xr = tensor({0, 0, 0, 0, 2}, dt).requires_grad_(), pr = tensor({0, 1, -1, 0.5, 2}, dt).requires_grad_();
+    ops::sum(ops::pow(xr, pr)).backward();
+    const auto gx = xr.grad().to(DType::f64).to_vector<double>(), gp = pr.grad().to(DType::f64).to_vector<double>();
+    CHECK(std::vector<double>(gx.begin(), gx.begin() + 4) == std::vector<double>{0, 1, -inf, inf});
+    CHECK(gx[4] == Approx(4).epsilon(1e-6));
+    CHECK(gp[0] == 0);
+    CHECK(gp[1] == 0);
+    CHECK(gp[2] == -inf);
+    CHECK(gp[3] == 0);
+    CHECK(gp[4] == Approx(4 * std::log(2.0)).epsilon(1e-6));
+    // Scalar exponents, including the non-integer ones that go through exp/log.
+    for (double e : {0.0, 0.5, -0.5, 1.5, -2.0}) {
+      INFO(e);
+      Tensor z = tensor({0}, dt).requires_grad_();
+      const double fz = ops::pow(z, e).to(DType::f64).item();
+      ops::sum(ops::pow(z, e)).backward();
+      const double gz = z.grad().to(DType::f64).item();
+      CHECK(fz == std::pow(0.0, e));
+      CHECK(gz == (e == 0 ? 0.0 : e == 1.5 ? 0.0 : e == 0.5 ? inf : -inf));
+    }
+  }
 }
 
 TEST_CASE("extreme inputs stay finite where the math is finite", "[ops][elementwise]") {

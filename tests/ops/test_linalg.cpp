@@ -91,6 +91,20 @@ TEST_CASE("linear: fused bias, batch folding, gradcheck", "[ops][linalg][grad][l
                    test::strided_layout(test::randn({4}, DType::f64, 18))});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::linear(v[0], v[1]); },
                   {test::randn({1, 7}, DType::f64, 19), test::transposed_layout(test::randn({17, 7}, DType::f64, 20))});
+  // An empty inner dimension (K = 0) gives zeros, or the bias, and zero gradients, also with folded batch dims.
+  {
+    Tensor e = zeros({2, 3, 0}, DType::f64).requires_grad_(), we = zeros({4, 0}, DType::f64).requires_grad_();
+    const Tensor be = test::randn({4}, DType::f64, 21).requires_grad_();
+    const Tensor ye = ops::linear(e, we, be);
+    REQUIRE(ye.shape() == Shape{2, 3, 4});
+    CHECK_ALLCLOSE(ye, be.detach().expand({2, 3, 4}), 0, 0);
+    ops::sum(ye).backward();
+    CHECK(e.grad().shape() == Shape{2, 3, 0});
+    CHECK(be.grad().to_vector<double>() == std::vector<double>(4, 6.0));
+    const Tensor me = ops::matmul(zeros({2, 3, 0}), zeros({0, 4}));
+    REQUIRE(me.shape() == Shape{2, 3, 4});
+    CHECK(ops::sum(ops::abs(me)).item() == 0);
+  }
   CHECK_THROWS_WITH(ops::linear(x, test::randn({4, 6}, DType::f64)), Contains("the last dim of x (shape [2, 3, 5]) must equal in_features of weight (shape [4, 6])"));
   CHECK_THROWS_WITH(ops::linear(x, w, zeros({3}, DType::f64)), Contains("linear: bias must have shape [4], got [3]"));
   CHECK_THROWS_WITH(ops::linear(x.to(DType::f32), w), Contains("linear: x is f32 but weight is f64"));

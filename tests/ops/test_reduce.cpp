@@ -95,7 +95,7 @@ TEST_CASE("reductions: forward matches the reference for every axis set and layo
   }
 }
 
-TEST_CASE("reductions: gradcheck", "[ops][reduce][grad][sum][mean][prod][amax][amin][norm]") {
+TEST_CASE("reductions: gradcheck", "[ops][reduce][grad][sum][mean][prod][amax][amin][norm][stddev]") {
   for (const ReduceCase& c : reduce_cases()) {
     INFO(c.name);
     for (const Shape& axes : kAxisSets) {
@@ -122,6 +122,15 @@ TEST_CASE("prod gradient is exact with zeros, amax shares ties", "[ops][reduce]"
   Tensor z = tensor({0, 0}, DType::f64).requires_grad_();
   ops::norm(z).backward();
   CHECK(z.grad().to_vector<double>() == std::vector<double>{0, 0});  // subgradient, not NaN
+  // stddev of a constant slice: gradient 0 (as PyTorch), the other slice's is (x - mean) / (std (n - 1)).
+  Tensor s = tensor({0.5, 0.5, 0.5, 1, 2, 3}, {2, 3}, DType::f64).requires_grad_();
+  ops::sum(ops::stddev(s, {1})).backward();
+  CHECK(s.grad().to_vector<double>() == std::vector<double>{0, 0, 0, -0.5, 0, 0.5});
+  Tensor one = tensor({7}, DType::f64).requires_grad_();
+  ops::stddev(one, {}, 0.0).backward();
+  CHECK(one.grad().to_vector<double>() == std::vector<double>{0});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::stddev(v[0], {0}, 0.0, true); },
+                  {test::transposed_layout(test::randn({5, 3}, DType::f64, 40))});
 }
 
 TEST_CASE("max/min with indices, argmax/argmin", "[ops][reduce][grad][max][min]") {
