@@ -14,6 +14,8 @@ namespace tg::ops {
 using autograd::input_needs_grad;
 using autograd::record;
 using autograd::SavedTensor;
+using kernels::erf_of;
+using kernels::log_of;
 using kernels::sigmoid_of;
 using kernels::silu_backward_of;
 using kernels::silu_of;
@@ -243,7 +245,7 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
     if (input_needs_grad(1))  // out * log(x); 0 where x == 0 and p >= 0 (the limit), i.e. out finite
       gp = apply_float("pow", [](auto gg, auto a, auto o) {
         using B = decltype(a);
-        return xsimd::select(a == B(0) && xsimd::isfinite(o), B(0), gg * o * xsimd::log(a));
+        return xsimd::select(a == B(0) && xsimd::isfinite(o), B(0), gg * o * log_of(a));
       }, g, xv, ov);
     return Tensors{gx, gp};
   });
@@ -264,17 +266,25 @@ Tensor pow(const Tensor& base, double exponent) {
 }
 
 namespace {
-// Gradient share of the first operand of minimum/maximum: 1 where it wins, 1/2 on ties.
+// NaN propagates, as in PyTorch (p is kept when it wins or is NaN; otherwise q, NaN or not).
+// Gradient share of the first operand: 0 where it loses, 1/2 on ties, 1 otherwise (where it wins,
+// and where either is NaN: PyTorch's rule).
 template <bool IsMin>
 Tensor extremum(const char* op, const Tensor& a, const Tensor& b) {
   auto [x, y] = broadcast_pair(a, b, op);
-  Tensor out = apply_numeric(op, [](auto p, auto q) { return IsMin ? xsimd::min(p, q) : xsimd::max(p, q); }, x, y);
+  Tensor out = apply_numeric(op, [](auto p, auto q) {
+    const auto wins = IsMin ? p < q : p > q;
+    if constexpr (std::is_floating_point_v<typename decltype(p)::value_type>)
+      return xsimd::select(wins || xsimd::isnan(p), p, q);  // (xsimd's p != p is false for NaN)
+    else
+      return xsimd::select(wins, p, q);
+  }, x, y);
   return record(op, {x, y}, out, [op, sx = SavedTensor(x), sy = SavedTensor(y)](const Tensor& g) {
     const Tensor xv = sx.get(), yv = sy.get();
     auto share = [](auto gg, auto p, auto q) {
       using B = decltype(gg);
-      const auto wins = IsMin ? (p < q) : (p > q);
-      return gg * xsimd::select(wins, B(1), xsimd::select(p == q, B(0.5), B(0)));
+      const auto loses = IsMin ? (p > q) : (p < q);
+      return gg * xsimd::select(loses, B(0), xsimd::select(p == q, B(0.5), B(1)));
     };
     return Tensors{input_needs_grad(0) ? apply_float(op, share, g, xv, yv) : Tensor(),
                    input_needs_grad(1) ? apply_float(op, share, g, yv, xv) : Tensor()};
@@ -292,8 +302,9 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
   auto f = [lo, hi](auto v) {
     using B = decltype(v);
     using T = typename B::value_type;
-    if constexpr (std::is_floating_point_v<T>) {
-      return xsimd::min(xsimd::max(v, splat<B>(lo)), splat<B>(hi));
+    if constexpr (std::is_floating_point_v<T>) {  // selects: NaN stays NaN (min/max would drop it)
+      const B r = xsimd::select(v < splat<B>(lo), splat<B>(lo), v);
+      return xsimd::select(r > splat<B>(hi), splat<B>(hi), r);
     } else {  // integer tensors: clamp the bounds to the type's range first
       const double l = std::max(lo, static_cast<double>(std::numeric_limits<T>::lowest()));
       const double h = std::min(hi, static_cast<double>(std::numeric_limits<T>::max()));
@@ -353,7 +364,7 @@ Tensor exp(const Tensor& x) {
   return unary_y("exp", x, [](auto v) { return xsimd::exp(v); }, [](auto y, auto g) { return g * y; });
 }
 Tensor log(const Tensor& x) {
-  return unary_x("log", x, [](auto v) { return xsimd::log(v); }, [](auto v, auto g) { return g / v; });
+  return unary_x("log", x, [](auto v) { return log_of(v); }, [](auto v, auto g) { return g / v; });
 }
 Tensor log1p(const Tensor& x) {
   return unary_x("log1p", x, [](auto v) { return xsimd::log1p(v); },
@@ -398,7 +409,7 @@ Tensor tanh(const Tensor& x) {
                  [](auto y, auto g) { return g * (decltype(y)(1) - y * y); });
 }
 Tensor erf(const Tensor& x) {
-  return unary_x("erf", x, [](auto v) { return xsimd::erf(v); }, [](auto v, auto g) {
+  return unary_x("erf", x, [](auto v) { return erf_of(v); }, [](auto v, auto g) {
     using B = decltype(v);
     return g * B(2.0 / std::sqrt(std::numbers::pi)) * xsimd::exp(-v * v);
   });
@@ -443,7 +454,7 @@ B gelu_erf(const B& x) {
     // x (1 + erf) is exactly 0 for very negative inputs.
     return xsimd::select(xsimd::abs(x) >= B(3.92f), xsimd::select(x > B(0.0f), B(1.0f), B(-1.0f)), c * p / q);
   } else {
-    return xsimd::erf(x);
+    return erf_of(x);
   }
 }
 }  // namespace
@@ -453,10 +464,13 @@ Tensor sigmoid(const Tensor& x) {
                  [](auto y, auto g) { return g * y * (decltype(y)(1) - y); });
 }
 Tensor relu(const Tensor& x) {
-  return unary_x("relu", x, [](auto v) { return xsimd::max(v, decltype(v)(0)); }, [](auto v, auto g) {
-    using B = decltype(v);
-    return xsimd::select(v > B(0), g, B(0));
-  });
+  // NaN propagates (as in PyTorch): a select, not max(v, 0), whose result for NaN depends on the
+  // operand order. The gradient passes where v <= 0 is false, NaN included (PyTorch's rule).
+  return unary_x("relu", x, [](auto v) { return xsimd::select(v < decltype(v)(0), decltype(v)(0), v); },
+                 [](auto v, auto g) {
+                   using B = decltype(v);
+                   return xsimd::select(v <= B(0), B(0), g);
+                 });
 }
 Tensor leaky_relu(const Tensor& x, double negative_slope) {
   return unary_x("leaky_relu", x,
@@ -546,13 +560,14 @@ Tensor logical(const char* op, const Tensor& a, const Tensor& b, F f) {
 }  // namespace
 
 Tensor eq(const Tensor& a, const Tensor& b) { return compare("eq", a, b, [](auto p, auto q) { return p == q; }); }
-Tensor ne(const Tensor& a, const Tensor& b) { return compare("ne", a, b, [](auto p, auto q) { return p != q; }); }
+// ne is !(p == q): xsimd's p != q is the ordered comparison, false when either is NaN.
+Tensor ne(const Tensor& a, const Tensor& b) { return compare("ne", a, b, [](auto p, auto q) { return !(p == q); }); }
 Tensor lt(const Tensor& a, const Tensor& b) { return compare("lt", a, b, [](auto p, auto q) { return p < q; }); }
 Tensor le(const Tensor& a, const Tensor& b) { return compare("le", a, b, [](auto p, auto q) { return p <= q; }); }
 Tensor gt(const Tensor& a, const Tensor& b) { return compare("gt", a, b, [](auto p, auto q) { return p > q; }); }
 Tensor ge(const Tensor& a, const Tensor& b) { return compare("ge", a, b, [](auto p, auto q) { return p >= q; }); }
 Tensor eq(const Tensor& a, double b) { return compare_scalar("eq", a, b, [](auto p, auto q) { return p == q; }); }
-Tensor ne(const Tensor& a, double b) { return compare_scalar("ne", a, b, [](auto p, auto q) { return p != q; }); }
+Tensor ne(const Tensor& a, double b) { return compare_scalar("ne", a, b, [](auto p, auto q) { return !(p == q); }); }
 Tensor lt(const Tensor& a, double b) { return compare_scalar("lt", a, b, [](auto p, auto q) { return p < q; }); }
 Tensor le(const Tensor& a, double b) { return compare_scalar("le", a, b, [](auto p, auto q) { return p <= q; }); }
 Tensor gt(const Tensor& a, double b) { return compare_scalar("gt", a, b, [](auto p, auto q) { return p > q; }); }

@@ -13,7 +13,10 @@
 #include <xsimd/xsimd.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <numbers>
 #include <utility>
 
 #include "core/parallel.hpp"
@@ -51,6 +54,25 @@ template <class B>
 inline B silu_backward_of(const B& v, const B& g) {
   const B s = sigmoid_of(v);
   return g * s * xsimd::fma(v, B(1) - s, B(1));
+}
+
+// log and erf with the special values xsimd 8.1 gets wrong. xsimd::log treats subnormal inputs as
+// if their exponent were the minimum one (log(1e-310) came out as -746.5 instead of -713.8): scale
+// them into the normal range first. xsimd::erf returns NaN for huge |v| (v^2 overflows): past the
+// point where erf rounds to +-1 (4 in f32, 6 in f64), return +-1; NaN stays NaN.
+template <class B>
+inline B log_of(const B& v) {
+  using T = typename B::value_type;
+  constexpr int k = std::numeric_limits<T>::digits + 1;  // 2^k lifts every subnormal above the normal minimum
+  const auto tiny = v < B(std::numeric_limits<T>::min());
+  const B r = xsimd::log(xsimd::select(tiny, v * B(T(std::ldexp(1.0, k))), v));
+  return xsimd::select(tiny, r - B(T(k * std::numbers::ln2)), r);
+}
+template <class B>
+inline B erf_of(const B& v) {
+  using T = typename B::value_type;
+  const T saturate = std::is_same_v<T, float> ? T(4) : T(6);
+  return xsimd::select(xsimd::abs(v) > B(saturate), xsimd::copysign(B(1), v), xsimd::erf(v));
 }
 
 // Elements per parallel chunk for memory-bound elementwise loops.

@@ -295,6 +295,38 @@ TEST_CASE("pow: std::pow's special values at 0 and their PyTorch gradients", "[o
   }
 }
 
+TEST_CASE("special values: NaN propagates, subnormal and huge inputs", "[ops][elementwise]") {
+  const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dt));
+    auto values = [](const Tensor& t) { return t.to(DType::f64).to_vector<double>(); };
+    // NaN in, NaN out (as in PyTorch), whichever operand it is.
+    const Tensor a = tensor({nan, 1, nan, -inf, 2}, dt), b = tensor({1, nan, nan, 1, 2}, dt);
+    for (const Tensor& t : {ops::minimum(a, b), ops::maximum(a, b)}) {
+      const auto v = values(t);
+      CHECK((std::isnan(v[0]) && std::isnan(v[1]) && std::isnan(v[2]) && v[4] == 2));
+    }
+    CHECK(values(ops::minimum(a, b))[3] == -inf);
+    CHECK(values(ops::maximum(a, b))[3] == 1);
+    CHECK(ops::ne(a, b).to_vector<bool>() == std::vector<bool>{true, true, true, true, false});  // IEEE: NaN != NaN
+    CHECK(ops::ne(a, 1.0).to_vector<bool>() == std::vector<bool>{true, false, true, true, true});
+    CHECK(ops::eq(a, b).to_vector<bool>() == std::vector<bool>{false, false, false, false, true});
+    CHECK(std::isnan(values(ops::relu(tensor({nan}, dt)))[0]));
+    CHECK(std::isnan(values(ops::clamp(tensor({nan}, dt), -1.0, 1.0))[0]));
+    CHECK(values(ops::clamp(tensor({-5, 0.5, 5}, dt), -1.0, 1.0)) == std::vector<double>{-1, 0.5, 1});
+    // log of subnormals (xsimd alone gets them wrong).
+    const double tiny = dt == DType::f32 ? 1e-40 : 1e-310;
+    const double got = values(ops::log(tensor({tiny}, dt)))[0];
+    CHECK(got == Approx(std::log(dt == DType::f32 ? double(float(tiny)) : tiny)).epsilon(1e-6));
+    // erf saturates at +-1 for huge inputs, so GELU's tails are x and -0.
+    const double huge = dt == DType::f32 ? 1e30 : 1e300;
+    CHECK(values(ops::erf(tensor({huge, -huge}, dt))) == std::vector<double>{1, -1});
+    const auto g = values(ops::gelu(tensor({huge, -huge}, dt)));
+    CHECK(g[0] == Approx(dt == DType::f32 ? double(float(huge)) : huge));
+    CHECK(g[1] == 0);
+  }
+}
+
 TEST_CASE("extreme inputs stay finite where the math is finite", "[ops][elementwise]") {
   const Tensor x = tensor({-1000, -80, 0, 80, 1000});
   CHECK(ops::softplus(x).to_vector<float>() == std::vector<float>{0, std::log1p(std::exp(-80.0f)), std::log(2.0f), 80, 1000});
