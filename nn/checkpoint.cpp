@@ -298,6 +298,11 @@ void save_training_checkpoint(const std::string& path, Module& model, Optimizer&
   meta["step"] = std::to_string(step);
   meta["optimizer"] = optimizer.type_name();
   meta["optimizer.step"] = std::to_string(optimizer.step_count());
+  // Parameters that missed updates (no gradient in some steps) keep their own count; absent in
+  // older checkpoints, where every parameter had the global count.
+  json lagging = json::object();
+  for (const auto& [name, updates] : optimizer.lagging_params()) lagging[name] = updates;
+  if (!lagging.empty()) meta["optimizer.param_updates"] = lagging.dump();
   meta["rng.seed"] = std::to_string(gen.state().seed);
   meta["rng.offset"] = std::to_string(gen.state().offset);
   save_safetensors(path, all, meta);
@@ -328,10 +333,20 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
     state.step = std::stoll(meta("step"));
     const std::int64_t opt_step = std::stoll(meta("optimizer.step"));
     const Generator::State rng{std::stoull(meta("rng.seed")), std::stoull(meta("rng.offset"))};
+    std::vector<std::pair<std::string, std::int64_t>> lagging;
+    if (auto it = file.metadata.find("optimizer.param_updates"); it != file.metadata.end()) {
+      try {
+        const json counts = json::parse(it->second);
+        for (const auto& [name, updates] : counts.items()) lagging.emplace_back(name, updates.get<std::int64_t>());
+      } catch (const json::exception& e) {
+        TG_FAIL("load: '{}' has malformed optimizer.param_updates metadata: {}", path, e.what());
+      }
+    }
     copy_all(file, model_t, "model.");
     copy_all(file, optim_t, "optim.");
     if (ema) copy_all(file, ema_t, "ema.");
     optimizer.set_step_count(opt_step);
+    for (const auto& [name, updates] : lagging) optimizer.set_param_updates(name, updates);
     gen.set_state(rng);
   } catch (const std::logic_error& e) {  // stoll/stoull on malformed metadata
     TG_FAIL("load: '{}' has malformed step/RNG metadata: {}", path, e.what());

@@ -1,5 +1,6 @@
 #include "nn/optim.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -10,12 +11,40 @@ namespace tg::nn {
 
 Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::move(groups)), lr_(lr) {
   TG_CHECK(lr >= 0, "{}: learning rate must be >= 0, got {}", "optimizer", lr);
-  for (const ParamGroup& g : groups_)
+  for (const ParamGroup& g : groups_) {
     for (const NamedTensor& p : g.params) {
       TG_CHECK(p.tensor.defined() && p.tensor.is_leaf() && p.tensor.is_floating_point(),
                "optimizer: parameter '{}' must be a floating-point leaf tensor", p.name);
       TG_CHECK(p.tensor.is_contiguous(), "optimizer: parameter '{}' must be contiguous", p.name);
     }
+    updates_.emplace_back(g.params.size(), 0);
+  }
+}
+
+void Optimizer::set_step_count(std::int64_t s) {
+  TG_CHECK(s >= 0, "optimizer: step count must be >= 0, got {}", s);
+  step_ = s;
+  for (auto& group : updates_) std::fill(group.begin(), group.end(), s);
+}
+
+std::vector<std::pair<std::string, std::int64_t>> Optimizer::lagging_params() const {
+  std::vector<std::pair<std::string, std::int64_t>> out;
+  for (std::size_t g = 0; g < groups_.size(); ++g)
+    for (std::size_t i = 0; i < groups_[g].params.size(); ++i)
+      if (updates_[g][i] != step_) out.emplace_back(groups_[g].params[i].name, updates_[g][i]);
+  return out;
+}
+
+void Optimizer::set_param_updates(const std::string& name, std::int64_t updates) {
+  TG_CHECK(updates >= 0 && updates <= step_, "optimizer: parameter '{}' cannot have {} updates after {} steps", name,
+           updates, step_);
+  for (std::size_t g = 0; g < groups_.size(); ++g)
+    for (std::size_t i = 0; i < groups_[g].params.size(); ++i)
+      if (groups_[g].params[i].name == name) {
+        updates_[g][i] = updates;
+        return;
+      }
+  TG_FAIL("optimizer: no parameter named '{}'", name);
 }
 
 void Optimizer::zero_grad() {
@@ -76,18 +105,27 @@ SGD::SGD(std::vector<ParamGroup> groups, const SGDOptions& o) : Optimizer(std::m
 
 void SGD::step() {
   NoGradGuard no_grad;
-  const bool first = step_ == 0;
   ++step_;
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& g = groups_[gi];
-    Live l = live(g);
-    if (l.params.empty()) continue;
-    Tensors bufs;
-    if (options.momentum != 0)
-      for (std::size_t i : l.index) bufs.push_back(state_of(gi, i, "momentum_buffer"));
-    ops::SGDHyper h{lr_ * g.lr_scale, options.momentum, options.dampening,
-                    g.weight_decay >= 0 ? g.weight_decay : options.weight_decay, options.nesterov, first};
-    ops::sgd_step(l.params, l.grads, bufs, h);
+    const Live l = live(g);
+    // A parameter's first update starts its momentum buffer from the gradient: one fused call for
+    // the parameters at their first update, one for the others.
+    for (const bool first : {true, false}) {
+      Tensors params, grads, bufs;
+      for (std::size_t k = 0; k < l.index.size(); ++k) {
+        const std::size_t i = l.index[k];
+        if ((updates_[gi][i] == 0) != first) continue;
+        params.push_back(l.params[k]);
+        grads.push_back(l.grads[k]);
+        if (options.momentum != 0) bufs.push_back(state_of(gi, i, "momentum_buffer"));
+      }
+      if (params.empty()) continue;
+      ops::SGDHyper h{lr_ * g.lr_scale, options.momentum, options.dampening,
+                      g.weight_decay >= 0 ? g.weight_decay : options.weight_decay, options.nesterov, first};
+      ops::sgd_step(params, grads, bufs, h);
+    }
+    for (std::size_t i : l.index) ++updates_[gi][i];
   }
 }
 
@@ -107,16 +145,28 @@ void Adam::step() {
   ++step_;
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& g = groups_[gi];
-    Live l = live(g);
-    if (l.params.empty()) continue;
-    Tensors m, v;
-    for (std::size_t i : l.index) {
-      m.push_back(state_of(gi, i, "exp_avg"));
-      v.push_back(state_of(gi, i, "exp_avg_sq"));
+    const Live l = live(g);
+    for (std::size_t i : l.index) ++updates_[gi][i];
+    // Bias correction uses each parameter's own update count: one fused call per distinct count
+    // (a single one when every parameter always has a gradient).
+    std::vector<bool> done(l.index.size(), false);
+    for (std::size_t k0 = 0; k0 < l.index.size(); ++k0) {
+      if (done[k0]) continue;
+      const std::int64_t t = updates_[gi][l.index[k0]];
+      Tensors params, grads, m, v;
+      for (std::size_t k = k0; k < l.index.size(); ++k) {
+        const std::size_t i = l.index[k];
+        if (done[k] || updates_[gi][i] != t) continue;
+        done[k] = true;
+        params.push_back(l.params[k]);
+        grads.push_back(l.grads[k]);
+        m.push_back(state_of(gi, i, "exp_avg"));
+        v.push_back(state_of(gi, i, "exp_avg_sq"));
+      }
+      ops::AdamHyper h{lr_ * g.lr_scale, options.beta1, options.beta2, options.eps,
+                       g.weight_decay >= 0 ? g.weight_decay : options.weight_decay, decoupled_, t};
+      ops::adam_step(params, grads, m, v, h);
     }
-    ops::AdamHyper h{lr_ * g.lr_scale, options.beta1, options.beta2, options.eps,
-                     g.weight_decay >= 0 ? g.weight_decay : options.weight_decay, decoupled_, step_};
-    ops::adam_step(l.params, l.grads, m, v, h);
   }
 }
 

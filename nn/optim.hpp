@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nn/module.hpp"
@@ -27,8 +28,17 @@ class Optimizer {
 
   double lr() const { return lr_; }
   void set_lr(double lr) { lr_ = lr; }
+  // Calls of step(). Each parameter also counts its own updates (steps where it had a gradient),
+  // as PyTorch's state['step']: Adam's bias correction and SGD's first momentum step use that one,
+  // so a parameter that joins late (frozen, or unused by early batches) starts like a fresh one.
   std::int64_t step_count() const { return step_; }
-  void set_step_count(std::int64_t s) { step_ = s; }
+  // Sets the step count and every parameter's update count (checkpoints then restore the
+  // parameters whose count differs, see set_param_updates).
+  void set_step_count(std::int64_t s);
+  std::int64_t param_updates(std::size_t group, std::size_t index) const { return updates_.at(group).at(index); }
+  // Parameters whose update count differs from step_count(), by name (for checkpoints).
+  std::vector<std::pair<std::string, std::int64_t>> lagging_params() const;
+  void set_param_updates(const std::string& name, std::int64_t updates);
 
   // The optimizer's state tensors by name ("<param name>.exp_avg"), for checkpoints. The names
   // are stable; load fills the same tensors in place.
@@ -46,6 +56,7 @@ class Optimizer {
   std::int64_t step_ = 0;
   std::vector<std::string> suffixes_;
   std::vector<std::vector<std::vector<Tensor>>> state_;  // [suffix][group][param]
+  std::vector<std::vector<std::int64_t>> updates_;        // [group][param]: updates applied
 };
 
 struct SGDOptions {

@@ -190,6 +190,23 @@ TEST_CASE("resuming from a training checkpoint reproduces the uninterrupted run 
   CHECK(opt3.step_count() == 4);
   train(resumed, opt3, run3, 4, 10);
   CHECK(same_state(resumed, straight));
+  // A parameter that missed steps keeps its own update count across a checkpoint.
+  Generator init4(7), run4(1);
+  Net lag(&init4);
+  nn::AdamW opt4(lag.named_parameters(), {.lr = 0.01});
+  train(lag, opt4, run4, 0, 2);
+  lag.parameters()[0].reset_grad();  // one step without a gradient for the first parameter
+  opt4.step();
+  REQUIRE(opt4.lagging_params().size() == 1);
+  nn::save_training_checkpoint(dir.file("lag.safetensors"), lag, opt4, 3, run4);
+  Generator init5(8), run5(2);
+  Net lag2(&init5);
+  nn::AdamW opt5(lag2.named_parameters(), {.lr = 0.01});
+  nn::load_training_checkpoint(dir.file("lag.safetensors"), lag2, opt5, run5);
+  CHECK(opt5.lagging_params() == opt4.lagging_params());
+  train(lag, opt4, run4, 3, 5);
+  train(lag2, opt5, run5, 3, 5);
+  CHECK(same_state(lag2, lag));
   // A checkpoint for another optimizer type is refused.
   nn::SGD sgd(resumed.named_parameters(), {.lr = 0.1});
   CHECK_THROWS_WITH(nn::load_training_checkpoint(dir.file("ckpt.safetensors"), resumed, sgd, run3), Contains("was saved with AdamW but the optimizer is SGD"));

@@ -98,6 +98,40 @@ TEST_CASE("optimizers: groups, missing gradients, 1 vs N threads", "[nn][optim]"
   CHECK_THROWS_WITH(nn::SGD({{"x", ones({2}).requires_grad_() * 2.0}}, {}), Contains("must be a floating-point leaf"));
 }
 
+TEST_CASE("optimizers: a parameter that misses steps counts only its own updates (as PyTorch)", "[nn][optim]") {
+  // b has no gradient in step 1, then gets g2, g3: it must end where a fresh optimizer that only
+  // ever saw g2, g3 puts it (Adam's bias correction, SGD's first momentum step with dampening).
+  auto check = [](auto make) {
+    nn::NamedTensor a = param({0.5, -1.5}), b{"b", tensor({2.0, 0.25}, DType::f64).requires_grad_()};
+    auto opt = make(std::vector<nn::NamedTensor>{a, b});
+    set_grad(a.tensor, {0.3, -0.2});
+    opt.step();
+    for (double t : {2.0, 3.0}) {
+      set_grad(a.tensor, {0.3 * t, -0.2});
+      set_grad(b.tensor, {-0.7 * t, 0.4});
+      opt.step();
+    }
+    CHECK(opt.step_count() == 3);
+    CHECK(opt.param_updates(0, 0) == 3);
+    CHECK(opt.param_updates(0, 1) == 2);
+    CHECK(opt.lagging_params() == std::vector<std::pair<std::string, std::int64_t>>{{"b", 2}});
+    auto fresh = param({2.0, 0.25});
+    auto alone = make(std::vector<nn::NamedTensor>{fresh});
+    for (double t : {2.0, 3.0}) {
+      set_grad(fresh.tensor, {-0.7 * t, 0.4});
+      alone.step();
+    }
+    CHECK(b.tensor.to_vector<double>() == fresh.tensor.to_vector<double>());
+  };
+  check([](std::vector<nn::NamedTensor> ps) { return nn::Adam(ps, {.lr = 0.01, .weight_decay = 0.1}); });
+  check([](std::vector<nn::NamedTensor> ps) { return nn::AdamW(ps, {.lr = 0.01, .beta1 = 0.8, .weight_decay = 0.1}); });
+  check([](std::vector<nn::NamedTensor> ps) { return nn::SGD(ps, {.lr = 0.1, .momentum = 0.9, .dampening = 0.3}); });
+  auto p = param({1.0});
+  nn::SGD sgd({p}, {.lr = 0.1});
+  CHECK_THROWS_WITH(sgd.set_param_updates("p", 1), Contains("cannot have 1 updates after 0 steps"));
+  CHECK_THROWS_WITH(sgd.set_param_updates("q", 0), Contains("no parameter named 'q'"));
+}
+
 TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
   Tensor a = ones({3}, DType::f64).requires_grad_(), b = ones({4}, DType::f64).requires_grad_();
   a.set_grad(full({3}, 2.0, DType::f64));
