@@ -168,40 +168,70 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
   const std::vector<double> m = to_f64(a, "rank1_svd", false);
   const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
   TG_CHECK(rows > 0 && cols > 0, "rank1_svd: empty matrix {}", a.shape());
-  // Start from the column sums plus a fixed ramp (never orthogonal to the top vector by accident).
-  std::vector<double> v(static_cast<std::size_t>(cols)), u(static_cast<std::size_t>(rows));
-  for (std::int64_t j = 0; j < cols; ++j) {
-    v[j] = 1.0 + 0.01 * static_cast<double>(j);
-    for (std::int64_t i = 0; i < rows; ++i) v[j] += m[i * cols + j];
-  }
-  double sigma = 0;
-  for (int it = 0; it < max_iters; ++it) {
-    double vn = 0;
-    for (double x : v) vn += x * x;
-    vn = std::sqrt(vn);
-    if (vn == 0) return {0.0, zeros({rows}, DType::f64), zeros({cols}, DType::f64)};
-    for (double& x : v) x /= vn;
-    for (std::int64_t i = 0; i < rows; ++i) {
-      u[i] = 0;
-      for (std::int64_t j = 0; j < cols; ++j) u[i] += m[i * cols + j] * v[j];
-    }
-    double un = 0;
-    for (double x : u) un += x * x;
-    un = std::sqrt(un);
-    if (un == 0) return {0.0, zeros({rows}, DType::f64), from_f64(v, {cols})};
-    for (double& x : u) x /= un;
-    std::vector<double> next(static_cast<std::size_t>(cols), 0.0);
+  TG_CHECK(max_iters > 0 && tol > 0, "rank1_svd: max_iters ({}) and tol ({}) must be positive", max_iters, tol);
+  auto norm = [](const std::vector<double>& x) {
+    double s = 0;
+    for (double e : x) s += e * e;
+    return std::sqrt(s);
+  };
+  auto times_v = [&](const std::vector<double>& v) {  // a v
+    std::vector<double> u(static_cast<std::size_t>(rows), 0.0);
     for (std::int64_t i = 0; i < rows; ++i)
-      for (std::int64_t j = 0; j < cols; ++j) next[j] += m[i * cols + j] * u[i];
-    const double previous = sigma;
-    sigma = un;
-    v = next;
-    if (it > 0 && std::fabs(sigma - previous) <= tol * sigma) break;
+      for (std::int64_t j = 0; j < cols; ++j) u[i] += m[i * cols + j] * v[j];
+    return u;
+  };
+  auto times_u = [&](const std::vector<double>& u) {  // a^T u
+    std::vector<double> v(static_cast<std::size_t>(cols), 0.0);
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t j = 0; j < cols; ++j) v[j] += m[i * cols + j] * u[i];
+    return v;
+  };
+  // The right singular vector v: for small matrices the top eigenvector of the Gram matrix a^T a
+  // (or of a a^T, then v = a^T u), which is exact however close the top singular values are; for
+  // large ones power iteration from the column sums plus a ramp, until v stops moving.
+  std::vector<double> v;
+  const std::int64_t small = std::min(rows, cols);
+  if (small <= kRank1ExactMax) {
+    const bool by_cols = cols <= rows;
+    std::vector<double> gram(static_cast<std::size_t>(small * small), 0.0);
+    for (std::int64_t p = 0; p < small; ++p)
+      for (std::int64_t q = 0; q <= p; ++q) {
+        double s = 0;
+        for (std::int64_t k = 0; k < (by_cols ? rows : cols); ++k)
+          s += by_cols ? m[k * cols + p] * m[k * cols + q] : m[p * cols + k] * m[q * cols + k];
+        gram[p * small + q] = gram[q * small + p] = s;
+      }
+    const Eigh e = eigh(from_f64(gram, {small, small}));
+    const std::vector<double> vecs = e.vectors.to_vector<double>();
+    std::vector<double> top(static_cast<std::size_t>(small));
+    for (std::int64_t p = 0; p < small; ++p) top[p] = vecs[p * small + small - 1];  // ascending: last column
+    v = by_cols ? top : times_u(top);
+  } else {
+    v.assign(static_cast<std::size_t>(cols), 0.0);
+    for (std::int64_t j = 0; j < cols; ++j) {
+      v[j] = 1.0 + 0.01 * static_cast<double>(j);
+      for (std::int64_t i = 0; i < rows; ++i) v[j] += m[i * cols + j];
+    }
+    for (int it = 0; it < max_iters; ++it) {
+      const double vn = norm(v);
+      if (vn == 0) break;
+      for (double& x : v) x /= vn;
+      std::vector<double> next = times_u(times_v(v));
+      const double nn = norm(next);
+      if (nn == 0) break;
+      double moved = 0;
+      for (std::int64_t j = 0; j < cols; ++j) moved = std::max(moved, std::fabs(next[j] / nn - v[j]));
+      v = std::move(next);
+      if (moved <= tol) break;
+    }
   }
-  double vn = 0;
-  for (double x : v) vn += x * x;
-  vn = std::sqrt(vn);
+  const double vn = norm(v);
+  if (vn == 0) return {0.0, zeros({rows}, DType::f64), zeros({cols}, DType::f64)};
   for (double& x : v) x /= vn;
+  std::vector<double> u = times_v(v);
+  const double sigma = norm(u);
+  if (sigma == 0) return {0.0, zeros({rows}, DType::f64), from_f64(v, {cols})};
+  for (double& x : u) x /= sigma;
   return {sigma, from_f64(u, {rows}), from_f64(v, {cols})};
 }
 

@@ -32,8 +32,13 @@ struct Rank1 {
   Tensor u;      // [m]
   Tensor v;      // [n]
 };
-// The best rank-1 approximation sigma u v^T of a [m, n] (power iteration on a^T a).
-Rank1 rank1_svd(const Tensor& a, int max_iters = 500, double tol = 1e-12);
+// The best rank-1 approximation sigma u v^T of a [m, n]. When min(m, n) <= kRank1ExactMax it is
+// exact to round-off (Jacobi eigendecomposition of the smaller Gram matrix), also when the top
+// singular values are close or tied (then any unit vector of the top subspace is returned). Larger
+// matrices use power iteration on a^T a until v moves less than tol (at most max_iters steps):
+// its error shrinks like (sigma_2 / sigma_1)^(2 steps).
+inline constexpr std::int64_t kRank1ExactMax = 256;
+Rank1 rank1_svd(const Tensor& a, int max_iters = 1000, double tol = 1e-12);
 
 // The square root of a symmetric positive semi-definite matrix (negative eigenvalues from
 // round-off are clamped to 0).

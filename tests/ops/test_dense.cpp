@@ -2,11 +2,13 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <vector>
 
 #include "ops/dense.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
 #include "ops/reduce.hpp"
+#include "ops/shape.hpp"
 #include "tests/support/helpers.hpp"
 
 using namespace tg;
@@ -16,6 +18,12 @@ namespace {
 Tensor spd(std::int64_t n, std::uint64_t seed) {  // a random symmetric positive definite matrix
   const Tensor a = test::randn({n, n}, DType::f64, seed);
   return ops::matmul(a, a.t()) + eye(n, -1, DType::f64) * 0.5;
+}
+Tensor orthogonal(std::int64_t n, std::uint64_t seed) { return ops::dense::eigh(spd(n, seed)).vectors; }
+Tensor diag_rect(const Shape& shape, const std::vector<double>& values) {  // values on the diagonal of a [m, n] matrix
+  std::vector<double> d(static_cast<std::size_t>(shape.numel()), 0.0);
+  for (std::size_t i = 0; i < values.size(); ++i) d[i * static_cast<std::size_t>(shape[1]) + i] = values[i];
+  return from_vector(d, shape);
 }
 }  // namespace
 
@@ -66,4 +74,23 @@ TEST_CASE("rank1_svd finds the leading singular triple", "[ops][dense]") {
   CHECK_ALLCLOSE(r.u * sign, u, 1e-8, 1e-8);
   CHECK_ALLCLOSE(r.v * sign, v, 1e-8, 1e-8);
   CHECK(ops::dense::rank1_svd(zeros({3, 2}, DType::f64)).sigma == 0.0);
+  // Close top singular values (1 and 0.999: power iteration would need thousands of steps), wide
+  // and tall, and the large-matrix path on a well separated spectrum.
+  for (const Shape& shape : {Shape{3, 5}, Shape{5, 3}}) {
+    const Tensor c = ops::matmul(ops::matmul(orthogonal(shape[0], 1), diag_rect(shape, {1.0, 0.999, 0.5})),
+                                 orthogonal(shape[1], 2));
+    const auto rc = ops::dense::rank1_svd(c);
+    CHECK(rc.sigma == Approx(1.0).epsilon(1e-12));
+    // sigma u v^T is the best rank-1 approximation: the residual's norm is sqrt(0.999^2 + 0.5^2).
+    const Tensor residual = c - ops::outer(rc.u, rc.v) * rc.sigma;
+    CHECK(std::sqrt(ops::sum(ops::square(residual)).item()) == Approx(std::hypot(0.999, 0.5)).epsilon(1e-12));
+  }
+  const std::int64_t big = ops::dense::kRank1ExactMax + 3;
+  const Tensor x = tensor({1, 2, 2}, DType::f64) / 3.0;
+  const Tensor top = ops::cat({x, zeros({big - 3}, DType::f64)}, 0);  // [big]
+  const Tensor tall = ops::outer(top, top) * 4.0 + test::randn({big, big}, DType::f64, 9) * 1e-3;
+  const auto rb = ops::dense::rank1_svd(tall);
+  CHECK(rb.sigma == Approx(4.0).epsilon(1e-2));
+  CHECK(std::fabs(ops::sum(ops::mul(rb.u.narrow(0, 0, 3), x)).item()) == Approx(1.0).epsilon(1e-3));
+  CHECK_THROWS_WITH(ops::dense::rank1_svd(zeros({2, 2}, DType::f64), 0), Contains("max_iters (0) and tol (1e-12) must be positive"));
 }
