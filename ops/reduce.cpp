@@ -2,6 +2,7 @@
 #include "ops/reduce.hpp"
 
 #include <cmath>
+#include <vector>
 
 #include "core/autograd.hpp"
 #include "ops/common.hpp"
@@ -103,17 +104,19 @@ Tensor prod(const Tensor& x_in, const Shape& axes, bool keepdim) {
     const std::int64_t K = R ? xp.numel() / R : 0;
     Tensor others = empty(xp.shape(), xp.dtype());
     dispatch_float(xp.dtype(), "prod", [&]<class T>() {
+      using Acc = double;  // f32 rows too: long products lose accuracy step by step in f32
       const T* p = xp.data<T>();
       T* o = others.data<T>();
+      std::vector<Acc> prefix(static_cast<std::size_t>(R));
       for (std::int64_t k = 0; k < K; ++k) {
-        T prefix(1);
+        Acc run(1);
         for (std::int64_t i = 0; i < R; ++i) {
-          o[k * R + i] = prefix;
-          prefix *= p[k * R + i];
+          prefix[i] = run;
+          run *= p[k * R + i];
         }
-        T suffix(1);
+        Acc suffix(1);
         for (std::int64_t i = R - 1; i >= 0; --i) {
-          o[k * R + i] *= suffix;
+          o[k * R + i] = static_cast<T>(prefix[i] * suffix);
           suffix *= p[k * R + i];
         }
       }

@@ -119,6 +119,7 @@ Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis) {
   TG_CHECK(size > 0, "split: size must be positive, got {}", size);
   std::vector<std::int64_t> sizes;
   for (std::int64_t at = 0; at < x.shape()[a]; at += size) sizes.push_back(std::min(size, x.shape()[a] - at));
+  if (sizes.empty()) sizes.push_back(0);  // an empty dim gives one empty piece (as torch.split)
   return split_views(x, a, sizes, false);
 }
 
@@ -143,8 +144,9 @@ Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis) {
   check_defined(x, "chunk", "x");
   TG_CHECK(n > 0, "chunk: the number of chunks must be positive, got {}", n);
   const int a = normalize_axis(axis, x.dim(), "chunk", x.shape());
-  const std::int64_t size = std::max<std::int64_t>(1, (x.shape()[a] + n - 1) / n);
-  return split(x, size, a);
+  // As torch.chunk: pieces of ceil(size / n) (so possibly fewer than n), but n empty pieces of an empty dim.
+  if (x.shape()[a] == 0) return split_views(x, a, std::vector<std::int64_t>(static_cast<std::size_t>(n), 0), false);
+  return split(x, (x.shape()[a] + n - 1) / n, a);
 }
 
 Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index) {
@@ -314,19 +316,27 @@ Tensor repeat(const Tensor& x, const Shape& repeats) {
   TG_CHECK(repeats.size() >= x.dim(), "repeat: got {} repeats for a {}-d tensor; need at least one per dim",
            repeats.size(), x.dim());
   const int lead = repeats.size() - x.dim();
-  Shape interleaved, expanded, out_shape;  // [r0, s0, r1, s1, ...] -> expand -> merge pairs
+  // x viewed with a size-1 dim before every repeated dim ([1, s] -> expand -> [r, s] -> merge);
+  // dims repeated once and new leading dims need no extra dim.
+  int dims = 0;
+  for (int d = 0; d < repeats.size(); ++d) {
+    TG_CHECK(repeats[d] >= 0, "repeat: negative repeat count {}", repeats[d]);
+    dims += d >= lead && repeats[d] != 1 ? 2 : 1;
+  }
+  TG_CHECK(dims <= kMaxDims, "repeat: repeats {} of a tensor of shape {} need an intermediate of {} dims (max {})",
+           repeats, x.shape(), dims, kMaxDims);
+  Shape viewed, expanded, out_shape;
   for (int d = 0; d < repeats.size(); ++d) {
     const std::int64_t s = d < lead ? 1 : x.shape()[d - lead];
-    TG_CHECK(repeats[d] >= 0, "repeat: negative repeat count {}", repeats[d]);
-    interleaved.push_back(1);
-    interleaved.push_back(s);
-    expanded.push_back(repeats[d]);
-    expanded.push_back(s);
+    if (d >= lead && repeats[d] != 1) {
+      viewed.push_back(1);
+      expanded.push_back(repeats[d]);
+    }
+    viewed.push_back(s);
+    expanded.push_back(d < lead ? repeats[d] : s);
     out_shape.push_back(repeats[d] * s);
   }
-  TG_CHECK(interleaved.size() <= kMaxDims, "repeat: {} dims would need an intermediate of {} dims (max {})",
-           repeats.size(), interleaved.size(), kMaxDims);
-  return x.reshape(interleaved).expand(expanded).reshape(out_shape);
+  return x.reshape(viewed).expand(expanded).reshape(out_shape);
 }
 
 Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis) {

@@ -16,7 +16,8 @@ Tensor stack(const Tensors& xs, std::int64_t axis);
 // of the listed sizes (which must add up to the dim).
 Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis);
 Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis);
-// n pieces of (nearly) equal size, as torch.chunk.
+// Pieces of ceil(size / n) along axis, as torch.chunk: at most n (e.g. 3 for size 5, n = 4), and n
+// empty ones of an empty dim. split by size gives one empty piece of an empty dim, as torch.split.
 Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis);
 // The slices x.select(axis, i) for every i (e.g. q, k, v of a fused projection).
 // split, chunk and unbind are each one recorded op: their backward assembles one gradient.

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Differential check of tapegrad's ops against PyTorch 1.13, forward and backward, in float64.
-#   scripts/torch_check.sh [--cases N] [--seed S] [--op REGEX]... [--failures-only] [--list]
-# Builds build/tests/torch_diff (configuring build/ first, as scripts/test.sh does) and runs
-# tests/torch/torch_diff.py with the given arguments: one PASS/FAIL line per case, a summary per op,
-# exit status 1 when any case fails. python3-torch is installed for this script only (with apt, as
-# scripts/bench.sh does for its references); it is never a dependency of tapegrad.
+# Differential checks against PyTorch 1.13:
+# - ops, forward and backward, in float64 and float32 (tapegrad's f32 error against torch's own
+#   f32 error): tests/torch/torch_diff.py, which takes the arguments
+#     scripts/torch_check.sh [--dtype f64|f32|both] [--cases N] [--seed S] [--op REGEX]... [--failures-only] [--list]
+#   and prints one PASS/FAIL line per case and a summary per op and dtype;
+# - the benchmark transformer (logits and gradients) and the optimizers: tests/torch/model_diff.py.
+# Builds the two drivers (configuring build/ first, as scripts/test.sh does); exit status 1 when any
+# check fails. python3-torch is installed for this script only (with apt, as scripts/bench.sh does
+# for its references); it is never a dependency of tapegrad.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +28,12 @@ fi
 if [[ ! -f build/CMakeCache.txt ]]; then
   scripts/install-deps.sh
 fi
-# Configure (cheap when build/ exists; needed once for the torch_diff target), then build only it.
+# Configure (cheap when build/ exists; needed once for the driver targets), then build only them.
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j2 --target torch_diff >/dev/null
+cmake --build build -j2 --target torch_diff model_diff >/dev/null
 
-exec "$PY" tests/torch/torch_diff.py --driver build/tests/torch_diff "$@"
+# The ops (with the given arguments), then the transformer model and the optimizers.
+status=0
+"$PY" tests/torch/torch_diff.py --driver build/tests/torch_diff "$@" || status=1
+"$PY" tests/torch/model_diff.py --driver build/tests/model_diff || status=1
+exit $status

@@ -75,6 +75,26 @@ inline B erf_of(const B& v) {
   return xsimd::select(xsimd::abs(v) > B(saturate), xsimd::copysign(B(1), v), xsimd::erf(v));
 }
 
+// The two f64 halves of an f32 batch.
+inline void widen(const Batch<float>& v, Batch<double>& lo, Batch<double>& hi) {
+#if XSIMD_WITH_AVX512F
+  const __m512 r = v;
+  lo = Batch<double>(_mm512_cvtps_pd(_mm512_castps512_ps256(r)));
+  hi = Batch<double>(_mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4(r, r, 0xEE))));
+#elif XSIMD_WITH_AVX
+  const __m256 r = v;
+  lo = Batch<double>(_mm256_cvtps_pd(_mm256_castps256_ps128(r)));
+  hi = Batch<double>(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
+#else
+  alignas(64) float f[Batch<float>::size];
+  alignas(64) double d[Batch<float>::size];
+  v.store_aligned(f);
+  for (std::size_t j = 0; j < Batch<float>::size; ++j) d[j] = f[j];
+  lo = Batch<double>::load_aligned(d);
+  hi = Batch<double>::load_aligned(d + Batch<double>::size);
+#endif
+}
+
 // Elements per parallel chunk for memory-bound elementwise loops.
 inline constexpr std::int64_t kElementwiseGrain = 1 << 15;
 

@@ -9,7 +9,7 @@
 //
 // Backward (per row), with x_hat = (x - mean) * rstd and g = w * dy:
 //   pass 1  s1 = sum(g), s2 = sum(g * x_hat)      products in the input precision, sums in f64
-//   pass 2  dx = rstd * g - rstd * s1 / n - x_hat * rstd * s2 / n
+//   pass 2  dx = rstd * (g - s1 / n - x_hat * s2 / n)
 //           dw_acc += dy * x_hat, db_acc += dy           (input precision, over <= 16 rows)
 // Every 16 rows the accumulators are added into the chunk's f64 partials; the partials of the
 // chunks are then added in chunk order (f64).
@@ -39,25 +39,6 @@ using B = xsimd::batch<T>;
 using D = xsimd::batch<double>;
 static_assert(B<float>::size == 2 * D::size, "norm kernels assume f32 batches hold twice as many lanes as f64 ones");
 
-// The two f64 halves of an f32 batch.
-inline void widen(const B<float>& v, D& lo, D& hi) {
-#if XSIMD_WITH_AVX512F
-  const __m512 r = v;
-  lo = D(_mm512_cvtps_pd(_mm512_castps512_ps256(r)));
-  hi = D(_mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4(r, r, 0xEE))));
-#elif XSIMD_WITH_AVX
-  const __m256 r = v;
-  lo = D(_mm256_cvtps_pd(_mm256_castps256_ps128(r)));
-  hi = D(_mm256_cvtps_pd(_mm256_extractf128_ps(r, 1)));
-#else
-  alignas(64) float f[B<float>::size];
-  alignas(64) double d[B<float>::size];
-  v.store_aligned(f);
-  for (std::size_t j = 0; j < B<float>::size; ++j) d[j] = f[j];
-  lo = D::load_aligned(d);
-  hi = D::load_aligned(d + D::size);
-#endif
-}
 
 // lo/hi += a * b in f64: for f32 the product is rounded in f32 and widened, for f64 it is one FMA.
 // Written out (like the fms/fnma in the group-norm backward) so that the result does not depend on
@@ -285,16 +266,16 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
     }
     const double inv_n = 1.0 / static_cast<double>(n);
     const double s1 = hsum((s1a + s1c) + (s1b + s1d)), s2 = hsum((s2a + s2c) + (s2b + s2d));
-    const B<T> c1(static_cast<T>(static_cast<double>(rstd) * s1 * inv_n));
-    const B<T> c2(static_cast<T>(static_cast<double>(rstd) * s2 * inv_n));
+    // rstd is applied last, to the whole bracket: g - s1/n cancels exactly where it should (e.g.
+    // one-element rows, whose gradient is 0), instead of leaving the rounding of two products.
+    const B<T> c1(static_cast<T>(s1 * inv_n)), c2(static_cast<T>(s2 * inv_n));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
       const B<T> xh = xhat(load_n(x + i, c, T(0)));
       const B<T> dy = load_n(gy + i, c, T(0));
-      const B<T> g = w ? dy * load_n(w + i, c, T(0)) : dy;
-      B<T> d = g * rb;
+      B<T> d = w ? dy * load_n(w + i, c, T(0)) : dy;
       if constexpr (Center) d = d - c1;
-      store_n(gx + i, xsimd::fnma(xh, c2, d), c);
+      store_n(gx + i, xsimd::fnma(xh, c2, d) * rb, c);
       if (prefetch_next) prefetch_next_row(x + n + i, gy + n + i, gx + n + i);
       if (pw) acc_into(pw + i, c, dy * xh);
       if (pb) acc_into(pb + i, c, dy);
@@ -479,16 +460,17 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
         s2 = std::fma(wc, sb, s2);
       }
       if (!gx) continue;
-      const double inv_m = 1.0 / static_cast<double>(M), rs = static_cast<double>(rp[ng]);
-      const B<T> c1(static_cast<T>(rs * s1 * inv_m)), c2(static_cast<T>(rs * s2 * inv_m));
+      // rstd applied last, as in the row kernel.
+      const double inv_m = 1.0 / static_cast<double>(M);
+      const B<T> c1(static_cast<T>(s1 * inv_m)), c2(static_cast<T>(s2 * inv_m));
       for (std::int64_t cc = 0; cc < Cg; ++cc) {
         const std::int64_t ch = g * Cg + cc;
-        const B<T> wr(static_cast<T>((w ? w[ch] : T(1)) * rp[ng]));
+        const B<T> wc(w ? w[ch] : T(1));
         for (std::int64_t i = 0; i < S; i += W) {
           const std::int64_t c = std::min(W, S - i);
           const B<T> dy = load_n(gb + cc * S + i, c, T(0));
           const B<T> xh = (load_n(xb + cc * S + i, c, T(0)) - mb) * rb;
-          store_n(gx + ng * M + cc * S + i, xsimd::fnma(xh, c2, xsimd::fms(dy, wr, c1)), c);
+          store_n(gx + ng * M + cc * S + i, xsimd::fnma(xh, c2, xsimd::fms(dy, wc, c1)) * rb, c);
         }
       }
     }

@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/parallel.hpp"
 #include "core/strided.hpp"
+#include "ops/kernels/elementwise.hpp"  // widen
 
 namespace tg::kernels {
 namespace {
@@ -93,11 +95,49 @@ T reduce_block(ReduceOp op, const T* p, std::int64_t n) {
   return r;
 }
 
+// f32 sums and products accumulate in f64, as the column path does: summed in f32, a row of 40k
+// values loses ~1e-4 of its magnitude. (max/min are exact in any precision.)
+template <class T>
+using Wide = std::conditional_t<std::is_same_v<T, float>, double, T>;
+
+Wide<float> reduce_block_wide(ReduceOp op, const float* p, std::int64_t n) {
+  using F = xsimd::batch<float>;
+  using D = xsimd::batch<double>;
+  constexpr std::int64_t W = F::size;
+  const D id(identity<double>(op));
+  D a0 = id, a1 = id, a2 = id, a3 = id;
+  std::int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    D l0, h0, l1, h1;
+    widen(F::load_unaligned(p + i), l0, h0);
+    widen(F::load_unaligned(p + i + W), l1, h1);
+    a0 = combine_batch(op, a0, l0);
+    a1 = combine_batch(op, a1, h0);
+    a2 = combine_batch(op, a2, l1);
+    a3 = combine_batch(op, a3, h1);
+  }
+  const D acc = combine_batch(op, combine_batch(op, a0, a1), combine_batch(op, a2, a3));
+  alignas(64) double lanes[D::size];
+  acc.store_aligned(lanes);
+  double r = lanes[0];
+  for (std::size_t j = 1; j < D::size; ++j) r = combine(op, r, lanes[j]);
+  for (; i < n; ++i) r = combine(op, r, static_cast<double>(p[i]));
+  return r;
+}
+
+template <class T>
+Wide<T> reduce_block_acc(ReduceOp op, const T* p, std::int64_t n) {
+  if constexpr (std::is_same_v<T, float>)
+    if (op == ReduceOp::sum || op == ReduceOp::prod) return reduce_block_wide(op, p, n);
+  return static_cast<Wide<T>>(reduce_block(op, p, n));
+}
+
 template <class T>
 T reduce_row(ReduceOp op, const T* p, std::int64_t n) {
-  T r = identity<T>(op);
-  for (std::int64_t b = 0; b < n; b += kRowBlock) r = combine(op, r, reduce_block(op, p + b, std::min(kRowBlock, n - b)));
-  return r;
+  Wide<T> r = identity<Wide<T>>(op);
+  for (std::int64_t b = 0; b < n; b += kRowBlock)
+    r = combine(op, r, reduce_block_acc(op, p + b, std::min(kRowBlock, n - b)));
+  return static_cast<T>(r);
 }
 
 struct Split {
@@ -142,16 +182,16 @@ void reduce_rows(ReduceOp op, const Tensor& x, const Split& s, T* out) {
   }
   // Few long rows: reduce the blocks of each row in parallel, fold them in order.
   const std::int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
-  std::vector<T> partial(static_cast<std::size_t>(blocks));
+  std::vector<Wide<T>> partial(static_cast<std::size_t>(blocks));
   for (std::int64_t k = 0; k < K; ++k) {
     const T* p = row_ptr(k);
     parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b)
-        partial[b] = reduce_block(op, p + b * kRowBlock, std::min(kRowBlock, R - b * kRowBlock));
+        partial[b] = reduce_block_acc(op, p + b * kRowBlock, std::min(kRowBlock, R - b * kRowBlock));
     });
-    T r = identity<T>(op);
-    for (T v : partial) r = combine(op, r, v);
-    out[k] = r;
+    Wide<T> r = identity<Wide<T>>(op);
+    for (Wide<T> v : partial) r = combine(op, r, v);
+    out[k] = static_cast<T>(r);
   }
 }
 

@@ -76,10 +76,12 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log) {
                             },
                             [](const auto& a, const auto& b) { return a + b; });
   if (log) {
-    const B<T> shift(m + std::log(s));
+    // (x - m) - log s, not x - (m + log s): the latter rounds the shift to ulp(m), which for large
+    // logits (|m| ~ 1e3) is far more than ulp(y).
+    const B<T> log_s(std::log(s));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      store_partial(y + i, c, load_partial(x + i, c, T(0)) - shift);
+      store_partial(y + i, c, (load_partial(x + i, c, T(0)) - mb) - log_s);
     }
   } else {
     const B<T> inv(T(1) / s);

@@ -46,6 +46,10 @@ TEST_CASE("softmax and log_softmax: forward, axes, extremes", "[ops][loss]") {
   CHECK(ls[0] == 0.0f);
   CHECK(ls[2] == -2000.0f);
   CHECK(ops::softmax(tensor({-INFINITY, 0}, {1, 2})).to_vector<float>() == std::vector<float>{0, 1});
+  // Large equal logits: log_softmax is -log(4) to f32 precision, not off by ulp(3000) (the shift
+  // x - m is exact; only log s is rounded).
+  CHECK(ops::log_softmax(full({4}, 3000.5, DType::f32), 0).to_vector<float>() ==
+        std::vector<float>(4, static_cast<float>(-std::log(4.0))));
 }
 
 TEST_CASE("softmax family: gradcheck", "[ops][loss][grad][softmax][log_softmax]") {

@@ -176,6 +176,17 @@ TEST_CASE("reductions: NaN, integer and empty inputs", "[ops][reduce]") {
   CHECK(ops::var(tensor({1, 2, 3, 4}), {}, 0.0).item() == Approx(1.25));
 }
 
+TEST_CASE("f32 sums and products of long rows accumulate in f64", "[ops][reduce]") {
+  // 40000 values: the f64 reference rounded once to f32 is what a contiguous row must give (summed
+  // in f32 the error would be ~1e-4 of the magnitude).
+  const Tensor x = test::randn({40000}, DType::f32, 41);
+  const double exact = ops::sum(x.to(DType::f64)).item();
+  CHECK(ops::sum(x).item() == static_cast<double>(static_cast<float>(exact)));
+  const Tensor near_one = ops::add(ops::mul(test::randn({40000}, DType::f32, 42), 1e-3), 1.0);
+  const double exact_prod = ops::prod(near_one.to(DType::f64)).item();
+  CHECK(ops::prod(near_one).item() == Approx(exact_prod).epsilon(1e-6));
+}
+
 TEST_CASE("reductions: 1 vs N threads give identical bits", "[ops][reduce][threads]") {
   const Tensor big = test::randn({64, 3001}, DType::f32, 10);
   const Tensor longrow = test::randn({2, 200003}, DType::f32, 11);

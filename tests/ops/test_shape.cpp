@@ -32,6 +32,13 @@ TEST_CASE("cat, stack, split, chunk, unbind", "[ops][shape][grad][cat][split][un
   CHECK(ops::split(arange(7), {2, 5}, 0)[1].numel() == 5);
   CHECK(ops::chunk(arange(10), 3, 0).size() == 3);
   CHECK(ops::chunk(arange(10), 3, 0)[0].numel() == 4);
+  CHECK(ops::chunk(arange(5), 4, 0).size() == 3);  // pieces of ceil(5 / 4) = 2, as torch.chunk
+  // Empty dims, as torch: split gives one empty piece, chunk gives n.
+  CHECK(ops::split(zeros({0}), 2, 0).size() == 1);
+  CHECK(ops::chunk(zeros({0}), 3, 0).size() == 3);
+  const Tensors empty_cols = ops::chunk(zeros({4, 0}), 2, 1);
+  REQUIRE(empty_cols.size() == 2);
+  CHECK(empty_cols[1].shape() == Shape{4, 0});
 
   CHECK_GRADCHECK([](const Tensors& v) { return ops::cat({v[0], v[1], v[0]}, 1); },
                   {test::transposed_layout(test::randn({3, 4}, DType::f64, 1)), test::randn({3, 1}, DType::f64, 2)});
@@ -148,4 +155,11 @@ TEST_CASE("pad, repeat, roll", "[ops][shape]") {
   CHECK_THROWS_WITH(ops::pad(x, {3, 0}, ops::PadMode::reflect), Contains("reflect padding (3, 0) must be smaller than dim 1 of size 3"));
   CHECK_THROWS_WITH(ops::pad(x, {1}), Contains("pad: expected an even number of pad sizes"));
   CHECK_THROWS_WITH(ops::repeat(x, {2}), Contains("repeat: got 1 repeats for a 2-d tensor"));
+  // Dims repeated once need no intermediate dim: 6-d inputs work while at most 2 dims repeat.
+  const Tensor six = test::randn({1, 2, 1, 2, 1, 2}, DType::f64, 16);
+  const Tensor r6 = ops::repeat(six, {1, 1, 3, 1, 2, 1});
+  REQUIRE(r6.shape() == Shape{1, 2, 3, 2, 2, 2});
+  CHECK(r6.at<double>({0, 1, 2, 1, 1, 0}) == six.at<double>({0, 1, 0, 1, 0, 0}));
+  CHECK_THROWS_WITH(ops::repeat(zeros({2, 2, 2, 2, 2}), {2, 2, 2, 2, 2}),
+                    Contains("repeat: repeats [2, 2, 2, 2, 2] of a tensor of shape [2, 2, 2, 2, 2] need an intermediate of 10 dims (max 8)"));
 }

@@ -2,28 +2,32 @@
 //
 //   build/tests/torch_diff CASES_FILE RESULTS_FILE [--threads N]
 //
-// Reads a batch of cases, runs each op in f64 on tapegrad, backpropagates the given cotangent and
-// writes the output and the gradient of every input that requires grad. No comparison happens here.
+// Reads a batch of cases, runs each op on tapegrad in the dtype of its inputs (f64, or f32 for
+// the f32 mode), backpropagates the given cotangents and writes the outputs and the gradient of
+// every input that requires grad. No comparison happens here.
 //
 // Case file (text lines, each tensor followed by its raw little-endian data):
-//   CASE <id> <op>
+//   CASE <id> <op> <dtype>             dtype: the case's float dtype, f64 or f32 (the inputs have it)
 //   N <name> <v0> <v1> ...             numeric parameter (printed with full precision)
-//   S <name> <value>                   string parameter
+//   S <name> <value>                   string parameter (one token)
 //   T <name> <dtype> <grad> <ndim> <d0> ... <dn-1>\n<numel * element size bytes>
-//                                      a leaf tensor (dtype f64 | i64 | bool; grad 0/1)
+//                                      a leaf tensor (dtype f64 | f32 | i64 | i32 | bool; grad 0/1)
 //   V <view> <args...>                 a view applied to the previous tensor's current value:
 //                                      transpose a b | permute d0 .. dn-1 | slice axis start stop step |
 //                                      flip axis | expand d0 .. dn-1 | unsqueeze axis | select axis index
 //   END
 // The op sees the viewed tensors; the gradients reported are those of the leaves (the base tensors).
-// Tensor "cot" (the cotangent of the output) is reserved; tensors starting with "_" are not inputs
-// to differentiate (they are passed to the op but never get a gradient).
+// Tensors "cot" (the cotangent of a single output) and "cot.<i>" (of output i of a multi-output op;
+// outputs without one are left out of the backward) are reserved; tensors starting with "_" are
+// not inputs to differentiate (they are passed to the op but never get a gradient).
 //
 // Results file:
-//   RESULT <id> OK              followed by tensors "T <name> <ndim> <dims...>\n<f64 data>", then END
+//   RESULT <id> OK              followed by tensors "T <name> <dtype> <ndim> <dims...>\n<f64 data>"
+//                               (dtype: the tensor's own, its values converted to f64), then END
 //   RESULT <id> ERR <message>   then END
-// Reported tensors: "out", and "grad.<name>" for every leaf with grad 1 (an undefined gradient is
-// reported as zeros, flagged by the line "Z <name>" before END).
+// Reported tensors: "out" (or "out.<i>" for each output of a multi-output op), and "grad.<name>"
+// for every leaf with grad 1 (an undefined gradient is reported as zeros, flagged by the line
+// "Z <name>" before END).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -49,6 +53,7 @@
 #include "ops/norm.hpp"
 #include "ops/reduce.hpp"
 #include "ops/rotary.hpp"
+#include "ops/shape.hpp"
 
 using namespace tg;
 
@@ -61,7 +66,7 @@ struct Leaf {
 };
 
 struct Case {
-  std::string id, op;
+  std::string id, op, dtype;
   std::map<std::string, std::vector<double>> num;
   std::map<std::string, std::string> str;
   std::map<std::string, Leaf> tensors;
@@ -103,7 +108,9 @@ struct Case {
 
 DType parse_dtype(const std::string& s) {
   if (s == "f64") return DType::f64;
+  if (s == "f32") return DType::f32;
   if (s == "i64") return DType::i64;
+  if (s == "i32") return DType::i32;
   if (s == "bool") return DType::boolean;
   throw std::runtime_error("driver: unknown dtype " + s);
 }
@@ -128,7 +135,7 @@ bool read_case(std::istream& in, Case& c) {
   {
     std::istringstream ls(line);
     std::string tag;
-    ls >> tag >> c.id >> c.op;
+    ls >> tag >> c.id >> c.op >> c.dtype;
     if (tag != "CASE") throw std::runtime_error("driver: expected CASE, got: " + line);
   }
   std::string last;
@@ -260,6 +267,93 @@ bool is_unary(const std::string& op) {
   return false;
 }
 
+// The op "view_chain": x through a chain of view and copy steps, "kind:a,b,...;kind:...", e.g.
+// "permute:1,0,2;slice:0,1,5,2;reshape:-1". The steps are Tensor's own methods (core/views.cpp).
+Tensor view_chain(const Tensor& x, const std::string& chain) {
+  Tensor t = x;
+  std::istringstream steps(chain);
+  std::string step;
+  while (std::getline(steps, step, ';')) {
+    const auto colon = step.find(':');
+    const std::string kind = step.substr(0, colon);
+    const std::string args = colon == std::string::npos ? "" : step.substr(colon + 1);
+    if (kind == "to") {
+      t = t.to(parse_dtype(args));
+      continue;
+    }
+    std::vector<std::int64_t> a;
+    std::istringstream as(args);
+    for (std::string tok; std::getline(as, tok, ',');) a.push_back(std::stoll(tok));
+    if (kind == "view") t = t.view(Shape(a));
+    else if (kind == "reshape") t = t.reshape(Shape(a));
+    else if (kind == "flatten") t = t.flatten(a.at(0), a.at(1));
+    else if (kind == "permute") t = t.permute(Shape(a));
+    else if (kind == "transpose") t = t.transpose(a.at(0), a.at(1));
+    else if (kind == "t") t = t.t();
+    else if (kind == "expand") t = t.expand(Shape(a));
+    else if (kind == "slice") t = t.slice(a.at(0), a.at(1), a.at(2), a.at(3));
+    else if (kind == "narrow") t = t.narrow(a.at(0), a.at(1), a.at(2));
+    else if (kind == "select") t = t.select(a.at(0), a.at(1));
+    else if (kind == "squeeze") t = a.empty() ? t.squeeze() : t.squeeze(a.at(0));
+    else if (kind == "unsqueeze") t = t.unsqueeze(a.at(0));
+    else if (kind == "flip") t = t.flip(Shape(a));
+    else if (kind == "diagonal") t = t.diagonal();
+    else if (kind == "clone") t = t.clone();
+    else if (kind == "contiguous") t = t.contiguous();
+    else throw std::runtime_error("driver: unknown view_chain step " + step);
+  }
+  return t;
+}
+
+// The inputs x0, x1, ... of a list op (cat, stack), in order.
+Tensors numbered_inputs(const Case& c) {
+  Tensors xs;
+  for (int i = 0;; ++i) {
+    const auto it = c.tensors.find(std::string("x").append(std::to_string(i)));
+    if (it == c.tensors.end()) return xs;
+    xs.push_back(it->second.value);
+  }
+}
+
+std::vector<std::int64_t> ints(const Case& c, const std::string& k) {
+  std::vector<std::int64_t> v;
+  for (double d : c.nums(k)) v.push_back(static_cast<std::int64_t>(d));
+  return v;
+}
+
+// Shape and index ops (ops/shape.hpp) and the view chain (they may have several outputs); nullopt
+// for the other ops.
+std::optional<Tensors> shape_op(const Case& c) {
+  const std::string& op = c.op;
+  if (op == "view_chain") return Tensors{view_chain(c.t("x"), c.s("chain"))};
+  if (op == "cat") return Tensors{ops::cat(numbered_inputs(c), c.i("axis"))};
+  if (op == "stack") return Tensors{ops::stack(numbered_inputs(c), c.i("axis"))};
+  if (op == "split") {
+    if (c.has("sizes")) return ops::split(c.t("x"), ints(c, "sizes"), c.i("axis"));
+    return ops::split(c.t("x"), c.i("size"), c.i("axis"));
+  }
+  if (op == "chunk") return ops::chunk(c.t("x"), c.i("chunks"), c.i("axis"));
+  if (op == "unbind") return ops::unbind(c.t("x"), c.i("axis"));
+  if (op == "index_select") return Tensors{ops::index_select(c.t("x"), c.i("axis"), c.t("_index"))};
+  if (op == "gather") return Tensors{ops::gather(c.t("x"), c.i("axis"), c.t("_index"))};
+  if (op == "scatter_add") return Tensors{ops::scatter_add(c.t("x"), c.i("axis"), c.t("_index"), c.t("src"))};
+  if (op == "embedding") return Tensors{ops::embedding(c.t("w"), c.t("_index"))};
+  if (op == "one_hot") return Tensors{ops::one_hot(c.t("_index"), c.i("num_classes"), parse_dtype(c.dtype))};
+  if (op == "masked_fill") return Tensors{ops::masked_fill(c.t("x"), c.t("_mask"), c.f("value"))};
+  if (op == "tril") return Tensors{ops::tril(c.t("x"), c.i("k"))};
+  if (op == "triu") return Tensors{ops::triu(c.t("x"), c.i("k"))};
+  if (op == "pad") {
+    const std::string m = c.s("mode");
+    const auto mode = m == "reflect"     ? ops::PadMode::reflect
+                      : m == "replicate" ? ops::PadMode::replicate
+                                         : ops::PadMode::constant;
+    return Tensors{ops::pad(c.t("x"), ints(c, "pads"), mode, c.f("value", 0.0))};
+  }
+  if (op == "repeat") return Tensors{ops::repeat(c.t("x"), c.shape("repeats"))};
+  if (op == "roll") return Tensors{ops::roll(c.t("x"), c.i("shift"), c.i("axis"))};
+  return std::nullopt;
+}
+
 Tensor run_op(const Case& c) {
   const std::string& op = c.op;
   if (is_unary(op)) return unary(c, op, c.t("x"));
@@ -366,7 +460,7 @@ Tensor run_op(const Case& c) {
 
 void write_tensor(std::ostream& out, const std::string& name, const Tensor& t) {
   const Tensor c = t.detach().to(DType::f64).contiguous();
-  out << "T " << name << " " << c.dim();
+  out << "T " << name << " " << dtype_name(t.dtype()) << " " << c.dim();
   for (auto d : c.shape()) out << " " << d;
   out << "\n";
   out.write(reinterpret_cast<const char*>(c.data<double>()), static_cast<std::streamsize>(c.numel() * sizeof(double)));
@@ -406,12 +500,24 @@ int main(int argc, char** argv) {
     ++count;
     std::ostringstream body;
     try {
-      Tensor y = run_op(c);
-      const auto cot = c.tensors.find("cot");
+      std::optional<Tensors> shaped = shape_op(c);
+      const Tensors ys = shaped ? *shaped : Tensors{run_op(c)};
+      const bool multi = c.op == "split" || c.op == "chunk" || c.op == "unbind";
+      auto output_name = [&](const char* prefix, std::size_t i) {
+        return multi ? std::string(prefix) + "." + std::to_string(i) : std::string(prefix);
+      };
       bool any_grad = false;
       for (const auto& name : c.order) any_grad |= c.tensors.at(name).grad;
-      if (cot != c.tensors.end() && any_grad && y.requires_grad()) y.backward(cot->second.value);
-      write_tensor(body, "out", y);
+      Tensors roots, cots;
+      for (std::size_t i = 0; i < ys.size(); ++i) {
+        const auto cot = c.tensors.find(output_name("cot", i));
+        if (cot != c.tensors.end() && ys[i].requires_grad()) {
+          roots.push_back(ys[i]);
+          cots.push_back(cot->second.value);
+        }
+      }
+      if (any_grad && !roots.empty()) autograd::backward(roots, cots);
+      for (std::size_t i = 0; i < ys.size(); ++i) write_tensor(body, output_name("out", i), ys[i]);
       std::vector<std::string> undefined;
       for (const auto& name : c.order) {
         const Leaf& l = c.tensors.at(name);
@@ -419,7 +525,7 @@ int main(int argc, char** argv) {
         Tensor g = l.base.grad();
         if (!g.defined()) {
           undefined.push_back(name);
-          g = zeros(l.base.shape(), DType::f64);
+          g = zeros(l.base.shape(), l.base.dtype());
         }
         write_tensor(body, "grad." + name, g);
       }

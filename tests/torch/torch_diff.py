@@ -1,31 +1,54 @@
 #!/usr/bin/python3
-"""Differential checker: tapegrad's ops against PyTorch 1.13, forward and backward, in float64.
+"""Differential checker: tapegrad's ops against PyTorch 1.13, forward and backward, in f64 and f32.
 
-    /usr/bin/python3 tests/torch/torch_diff.py [--cases N] [--seed S] [--op REGEX ...] [--only ID]
-                                               [--driver PATH] [--threads T] [--failures-only] [--list]
+    /usr/bin/python3 tests/torch/torch_diff.py [--dtype f64|f32|both] [--cases N] [--seed S] [--op REGEX ...]
+                                               [--only ID] [--driver PATH] [--threads T] [--failures-only] [--list]
 
 For every op (or the ops whose name matches one of the --op regular expressions) it generates
 seeded random configurations (shapes, options, awkward sizes, broadcast and non-contiguous inputs,
-ties and special values), computes the output and the input gradients of <cotangent, output> with
+ties and special values), computes the outputs and the input gradients of <cotangent, output> with
 torch.autograd, runs the same cases through the C++ driver (build/tests/torch_diff, see
-torch_diff.cpp for the file protocol) and compares every tensor:
+torch_diff.cpp for the file protocol) and compares every tensor (dtypes must match torch's too).
+
+f64 (the inputs and cotangents are f64; tapegrad must agree with torch in float64):
 
     max |tapegrad - torch| <= 1e-9 * (1 + max |torch|)      (per tensor; inf/nan must match exactly)
 
+(f64 cases that pass through f32 -- a cat of mixed dtypes, a view chain through to(f32) -- sum f32
+values in an order torch need not share: their tensors are held to 64 eps_f32 instead of 1e-9).
+
+f32 (the inputs and cotangents are rounded to f32 once, so both sides see the same values, and
+tapegrad runs in f32): the reference is torch in float64 on those f32 values, ref, and tapegrad's
+f32 must not be much worse than torch's own float32 on the same inputs:
+
+    err(x) = max |x - ref|,   err(tapegrad) <= max(8 err(torch f32), 64 eps_f32 (1 + max |ref|))
+
+(per tensor; inf/nan must match ref exactly). One documented exception: conv2d cases that take
+Winograd F(4x4, 3x3) (forward and input gradient), an algorithm that trades accuracy for speed,
+are held to 256 eps_f32 (1 + max |ref|) instead, marked "[Winograd bound]" on their lines.
+The f32 cases are generated separately (own seeds),
+from f32 generators where the f64 ones do not fit: sizes that reach the fast paths (threaded and
+blocked GEMMs, Winograd convolutions, multi-block attention, long non-power-of-two FFTs, long
+norm rows) and value ranges that stay well inside f32's.
+
 It prints one line per case (PASS/FAIL, the configuration, the worst error of each tensor relative
-to 1 + max |torch|), then a summary per op, and exits with status 1 if any case failed.
+to 1 + max |ref|, in f32 also the ratio to torch f32's error), then a summary per op and dtype,
+and exits with status 1 if any case failed.
 
 --cases N scales the number of cases of every op by its weight: N for most heavy ops (1.2 N to 2 N
 for those with many options: conv2d, conv_transpose2d, upsample, norms, attention, FFTs, losses),
-N / 3 to N / 2 for elementwise ops and reductions, at least 4 each. Case "op#i" of seed S is the
-same whatever --cases and --op select; --only op#i --seed S reruns just that one.
+N / 3 to N / 2 for elementwise ops and reductions, at least 4 each. Case "op#i" of seed S and dtype
+D is the same whatever --cases and --op select; --only op#i --seed S --dtype D reruns just that one.
+--dtype both (the default) runs the f64 cases, then the f32 ones.
 
 Where tapegrad documents a convention that differs from torch, or torch's own result is not a
 usable reference, the reference is adapted and a comment at that place says why (attention's
 bottom-right causal mask and fully masked rows; nearest upsampling's index rule; max pooling
-windows that lie entirely in the padding).
+windows that lie entirely in the padding; std's gradient on constant slices; negative and i32
+indices; constant padding of or to empty dims).
 """
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -40,22 +63,44 @@ import torch.nn.functional as F
 
 torch.set_default_dtype(torch.float64)
 RTOL = 1e-9
+EPS32 = float(np.finfo(np.float32).eps)
+F32_TORCH_FACTOR, F32_FLOOR_EPS = 8.0, 64.0  # the f32 criterion (module docstring)
+# f32 conv2d cases that take Winograd F(4x4, 3x3) (3x3, stride 1, 8+ channels; forward and input
+# gradient): that algorithm trades accuracy for speed by design (README "Speed", docs/DESIGN.md):
+# its error is up to ~50x that of a direct convolution, ~1e-5 of max |ref|. Those tensors are
+# held to this floor instead, and their lines say so.
+WINOGRAD_FLOOR_EPS = 256.0
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Case description
 # ---------------------------------------------------------------------------------------------------
+NP_DTYPES = {"f64": np.float64, "f32": np.float32, "i64": np.int64, "i32": np.int32, "bool": np.bool_}
+WIRE_DTYPES = {"f64": "<f8", "f32": "<f4", "i64": "<i8", "i32": "<i4", "bool": np.uint8}  # the driver's
+TORCH_DTYPES = {torch.float64: "f64", torch.float32: "f32", torch.int64: "i64", torch.int32: "i32", torch.bool: "bool"}
+
+
 class TS:
-    """One input tensor: base data (the leaf) and the views the op sees."""
+    """One input tensor: base data (the leaf) and the views the op sees. The base of a float
+    tensor is always held as float64 values (f32-representable ones for dtype f32)."""
 
     def __init__(self, name, base, grad=True, views=(), dtype="f64"):
         self.name, self.base, self.grad, self.views, self.dtype = name, base, grad, list(views), dtype
 
-    def torch_leaf(self):
+    def is_float(self):
+        return self.dtype in ("f64", "f32")
+
+    def to_f32(self):
+        self.base = np.asarray(self.base, dtype=np.float64).astype(np.float32).astype(np.float64)
+        self.dtype = "f32"
+
+    def torch_leaf(self, float_dtype=None):
+        """The leaf as a torch tensor; float_dtype (a torch dtype) overrides a float tensor's own."""
         # np.array, not np.ascontiguousarray: the latter turns 0-d arrays into 1-d ones
-        np_dtype = {"f64": np.float64, "i64": np.int64, "bool": np.bool_}[self.dtype]
-        t = torch.from_numpy(np.array(self.base, dtype=np_dtype, order="C", copy=True))
+        t = torch.from_numpy(np.array(self.base, dtype=NP_DTYPES[self.dtype], order="C", copy=True))
+        if float_dtype is not None and self.is_float():
+            t = t.to(float_dtype)
         if self.grad:
             t.requires_grad_(True)
         return t
@@ -174,11 +219,22 @@ ODD = [1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 33]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Op registry: name -> (generator, torch reference, weight)
+# Op registry: name -> (generator, torch reference, weight, driver op name)
 #   generator(rng) -> (params dict, [TS]); params: ints/floats/lists -> numeric, str -> string
-#   reference(T, P) -> torch output, T: name -> torch (viewed) tensor
+#   reference(T, P) -> torch output (a tuple for ops with several outputs), T: name -> torch
+#   (viewed) tensor; tensors a reference creates itself take torch's default dtype, which is the
+#   case's float dtype
+# F32: name -> generator of the f32 cases, where the f64 one does not fit (sizes, value ranges)
 # ---------------------------------------------------------------------------------------------------
 OPS = {}
+F32 = {}
+
+
+def f32_gen(name, p_big, big, base=None):
+    """Registers the f32 generator of `name`: with probability p_big a case from `big` (sizes that
+    reach the fast f32 paths), otherwise one from `base` (default: the f64 generator)."""
+    base = base or OPS[name][0]
+    F32[name] = lambda rng: big(rng) if rng.random() < p_big else base(rng)
 
 
 def op(name, weight=1.0, driver=None):
@@ -230,12 +286,38 @@ def _matmul():
     return gen, lambda T, P: torch.matmul(T["a"], T["b"])
 
 
+# f32: products large enough for the threaded, blocked GEMM (over 2^23 multiply-adds: A panels
+# packed once per k-block, tiles on threads), some with several k-blocks (k > KC = 384) or column
+# chunks (n > NC = 512); the operands' layouts vary as in the f64 cases (transposed ones are packed
+# from where they are).
+GEMM_M, GEMM_K, GEMM_N = [100, 131, 197, 256, 300], [100, 160, 255, 300, 400, 777], [100, 129, 200, 300, 520, 640]
+
+
+def matmul_big(rng):
+    M, K, N = pick(rng, GEMM_M), pick(rng, GEMM_K), pick(rng, GEMM_N)
+    B = [pick(rng, [2, 3])]
+    sa, sb = pick(rng, [([M, K], [K, N]), ([M, K], [K, N]), (B + [M, K], [K, N]), (B + [M, K], B + [K, N]),
+                        ([M, K], [K]), ([K], [K, N])])
+    return {}, [inp(rng, "a", sa, nc=0.5), inp(rng, "b", sb, nc=0.5)]
+
+
+f32_gen("matmul", 0.4, matmul_big)
+
+
 @op("bmm")
 def _bmm():
     def gen(rng):
         B, M, K, N = pick(rng, [1, 2, 3, 5]), pick(rng, ODD), pick(rng, ODD + [65]), pick(rng, ODD)
         return {}, [inp(rng, "a", [B, M, K], nc=0.4), inp(rng, "b", [B, K, N], nc=0.4)]
     return gen, lambda T, P: torch.bmm(T["a"], T["b"])
+
+
+def bmm_big(rng):
+    B, M, K, N = pick(rng, [2, 3]), pick(rng, GEMM_M), pick(rng, GEMM_K), pick(rng, GEMM_N)
+    return {}, [inp(rng, "a", [B, M, K], nc=0.5), inp(rng, "b", [B, K, N], nc=0.5)]
+
+
+f32_gen("bmm", 0.3, bmm_big)
 
 
 @op("linear")
@@ -250,6 +332,17 @@ def _linear():
             ts.append(inp(rng, "b", [N], nc=0.3))
         return {}, ts
     return gen, lambda T, P: F.linear(T["x"], T["w"], T.get("b"))
+
+
+def linear_big(rng):  # a transformer's projections: many rows, the bias fused into the GEMM
+    lead, K, N = pick(rng, [[256], [4, 64], [3, 100]]), pick(rng, [100, 256, 400, 768]), pick(rng, [100, 300, 513])
+    ts = [inp(rng, "x", lead + [K], nc=0.3), inp(rng, "w", [N, K], nc=0.3)]
+    if rng.random() < 0.7:
+        ts.append(inp(rng, "b", [N], nc=0.2))
+    return {}, ts
+
+
+f32_gen("linear", 0.4, linear_big)
 
 
 @op("outer")
@@ -335,6 +428,45 @@ def _conv2d():
     return gen, ref
 
 
+# f32: channel counts and planes of real layers, for every path of ops/kernels/conv.cpp: Winograd
+# (3x3, stride 1, one group, 8+ channels each side; forward and input gradient), pointwise GEMMs,
+# the implicit GEMM (strided down-sampling, dilated and 7x7 kernels), the direct path (RGB input
+# layers, depthwise).
+def conv2d_big(rng):
+    kind = pick(rng, ["winograd", "winograd", "winograd", "pointwise", "down", "rgb", "depthwise", "dilated"])
+    groups, stride, pad, dil, kh = 1, [1, 1], [1, 1], [1, 1], 3
+    if kind == "winograd":
+        C, O = pick(rng, [8, 16, 32, 64, 128]), pick(rng, [8, 16, 32, 64, 128])
+        H = pick(rng, [7, 14, 16] + ([28, 30] if C * O <= 4096 else []) + ([56] if C * O <= 512 else []))
+        W = H if rng.random() < 0.7 else pick(rng, [9, 14, 28, 31])
+        pad = pick(rng, [[1, 1], [1, 1], [0, 0], [0, 1], [2, 2]])
+        if rng.random() < 0.15:  # outputs two rows high, where F(2x2) tiles win
+            H, W, pad = 4, pick(rng, [56, 60]), [0, pick(rng, [0, 1])]
+    elif kind == "pointwise":
+        C, O, kh, pad = pick(rng, [16, 64, 128]), pick(rng, [16, 64, 128]), 1, [0, 0]
+        H = W = pick(rng, [8, 14, 28])
+    elif kind == "down":
+        C, O, stride = pick(rng, [16, 32, 64]), pick(rng, [16, 32, 64]), [2, 2]
+        H = W = pick(rng, [14, 28, 32])
+    elif kind == "rgb":
+        C, O, kh = 3, pick(rng, [16, 32, 64]), pick(rng, [3, 7])
+        pad, stride = [kh // 2, kh // 2], pick(rng, [[1, 1], [2, 2]])
+        H = W = pick(rng, [32, 56])
+    elif kind == "depthwise":
+        C = O = groups = pick(rng, [32, 64])
+        H = W = pick(rng, [14, 28])
+    else:
+        C, O, dil, pad = pick(rng, [16, 32]), pick(rng, [16, 32]), [2, 2], [2, 2]
+        H = W = pick(rng, [14, 28])
+    ts = [inp(rng, "x", [pick(rng, [1, 2, 4]), C, H, W], nc=0.2), inp(rng, "w", [O, C // groups, kh, kh], nc=0.2)]
+    if rng.random() < 0.6:
+        ts.append(inp(rng, "b", [O], nc=0.2))
+    return {"stride": stride, "padding": pad, "dilation": dil, "groups": groups, "_kind": kind}, ts
+
+
+f32_gen("conv2d", 0.5, conv2d_big)
+
+
 @op("conv_transpose2d", weight=1.5)
 def _conv_transpose2d():
     def gen(rng):
@@ -369,6 +501,20 @@ def _conv_transpose2d():
     return gen, ref
 
 
+def conv_transpose2d_big(rng):  # a decoder's up-sampling layers
+    C, O = pick(rng, [16, 32, 64]), pick(rng, [16, 32, 64])
+    k, pad, opad = pick(rng, [(4, 1, 0), (3, 1, 1), (2, 0, 0)])
+    H = W = pick(rng, [8, 14, 16])
+    ts = [inp(rng, "x", [pick(rng, [1, 2]), C, H, W], nc=0.2), inp(rng, "w", [C, O, k, k], nc=0.2)]
+    if rng.random() < 0.6:
+        ts.append(inp(rng, "b", [O], nc=0.2))
+    return {"stride": [2, 2], "padding": [pad, pad], "output_padding": [opad, opad], "dilation": [1, 1],
+            "groups": 1}, ts
+
+
+f32_gen("conv_transpose2d", 0.4, conv_transpose2d_big)
+
+
 @op("upsample_conv2d")
 def _upsample_conv2d():
     def gen(rng):
@@ -396,8 +542,20 @@ def _upsample_conv2d():
     return gen, ref
 
 
+def upsample_conv2d_big(rng):  # a UNet's up-sampling layer
+    C, O, k = pick(rng, [16, 32, 64]), pick(rng, [16, 32, 64]), pick(rng, [3, 3, 1])
+    H = W = pick(rng, [8, 14, 16])
+    ts = [inp(rng, "x", [pick(rng, [1, 2]), C, H, W], nc=0.2), inp(rng, "w", [O, C, k, k], nc=0.2)]
+    if rng.random() < 0.6:
+        ts.append(inp(rng, "b", [O], nc=0.2))
+    return {"padding": [k // 2, k // 2]}, ts
+
+
+f32_gen("upsample_conv2d", 0.4, upsample_conv2d_big)
+
+
 # Per-op adjustments of the cotangent (applied to both sides), for outputs whose gradient torch
-# defines arbitrarily.
+# defines arbitrarily: fn(output, cotangent, case) -> cotangent.
 COT_FIX = {}
 
 
@@ -430,8 +588,18 @@ def _max_pool2d():
     # Both give -inf there; torch's backward then credits an arbitrary input element (its initial
     # argmax index), tapegrad none (the output does not depend on x). Those outputs get a zero
     # cotangent, so the rest of the gradient is still compared.
-    COT_FIX["max_pool2d"] = lambda out, cot: np.where(np.isneginf(out), 0.0, cot)
+    COT_FIX["max_pool2d"] = lambda out, cot, c: np.where(np.isneginf(out), 0.0, cot)
     return gen, ref
+
+
+def max_pool2d_big(rng):  # 2x2 / stride 2 (its vectorised kernel) and the 3x3 / stride 2 stem
+    kernel, stride, pad = pick(rng, [([2, 2], [0, 0], [0, 0]), ([2, 2], [2, 2], [0, 0]), ([3, 3], [2, 2], [1, 1])])
+    H, W = pick(rng, [32, 33, 56, 64]), pick(rng, [32, 35, 56, 64])
+    x = pool_input(rng, (pick(rng, [8, 16]), H, W), pick(rng, [1, 2]), pick(rng, [randn, ties]))
+    return {"kernel": kernel, "stride": stride, "padding": pad, "dilation": [1, 1]}, [x]
+
+
+f32_gen("max_pool2d", 0.4, max_pool2d_big)
 
 
 @op("avg_pool2d")
@@ -582,6 +750,21 @@ def _rms_norm():
     return gen, ref
 
 
+# f32: the rows of transformer widths (several SIMD blocks per row, many rows per thread chunk)
+def norm_rows_big(rng, bias):
+    ns, lead = [pick(rng, [768, 1000, 1024])], pick(rng, [[64], [8, 32], [3, 50]])
+    ts = [inp(rng, "x", lead + ns, nc=0.2, gen=norm_data(rng))]
+    if rng.random() < 0.7:
+        ts.append(inp(rng, "w", ns, nc=0.2))
+    if bias and rng.random() < 0.7:
+        ts.append(inp(rng, "b", ns, nc=0.2))
+    return {"normalized_shape": ns, "eps": pick(rng, [1e-5, 1e-6])}, ts
+
+
+f32_gen("layer_norm", 0.3, lambda rng: norm_rows_big(rng, True))
+f32_gen("rms_norm", 0.3, lambda rng: norm_rows_big(rng, False))
+
+
 def gn_gen(rng):
     G = pick(rng, [1, 2, 3, 4, 8])
     C = G * pick(rng, [1, 2, 3, 4])
@@ -616,58 +799,77 @@ def _group_norm_silu():
     return gn_gen, lambda T, P: F.silu(torch_group_norm(T, P))
 
 
+def gn_big(rng):  # the group norms of a UNet
+    N, C, G = pick(rng, [2, 4]), pick(rng, [32, 64]), pick(rng, [8, 32])
+    spatial = pick(rng, [[8, 8], [16, 16], [28, 28], [15, 17]])
+    ts = [inp(rng, "x", [N, C] + spatial, nc=0.2, gen=norm_data(rng))]
+    if rng.random() < 0.8:
+        ts += [inp(rng, "w", [C], nc=0.2), inp(rng, "b", [C], nc=0.2)]
+    return {"groups": G, "eps": 1e-5}, ts
+
+
+f32_gen("group_norm", 0.3, gn_big)
+f32_gen("group_norm_silu", 0.3, gn_big)
+
+
 # ---- attention and rotary -------------------------------------------------------------------------------------
+def sdpa_case(rng, lead, Tq, Tk, d, dv, large_logits):
+    """Options and inputs of one attention case of the given sizes."""
+    P = {"causal": int(rng.random() < 0.5)}
+    if rng.random() < 0.3:
+        P["scale"] = pick(rng, [0.0, 1.0, 0.37, 2.5, -0.5])
+    ts = []
+    # permuted [B, T, H, d] -> [B, H, T, d] views (how a model splits heads), or random layouts
+    for name, T_, dd in (("q", Tq, d), ("k", Tk, d), ("v", Tk, dv)):
+        shape = lead + [T_, dd]
+        if name != "q" and len(lead) >= 2 and lead[-1] > 1 and rng.random() < 0.2:
+            # k/v shared by the heads (multi-query attention): a stride-0 expanded view
+            base = lead[:-1] + [1, T_, dd]
+            ts.append(TS(name, randn(rng, tuple(base)), True, [("expand",) + tuple(shape)]))
+        elif len(lead) >= 2 and rng.random() < 0.4:
+            n = len(shape)
+            perm = list(range(n - 3)) + [n - 2, n - 3, n - 1]  # [..., T, H, d] -> [..., H, T, d]
+            base = [shape[p] for p in perm]
+            ts.append(TS(name, randn(rng, tuple(base)), True, [("permute",) + tuple(perm)]))
+        else:
+            ts.append(inp(rng, name, shape, nc=0.3))
+    if large_logits and rng.random() < 0.15:  # (f64 only: see sdpa_big)
+        for t in ts[:2]:
+            t.base *= 6.0
+    mkind = pick(rng, ["none", "none", "full", "keys", "bcast", "rows_all_false"])
+    if mkind != "none":
+        score = lead + [Tq, Tk]
+        if mkind == "full":
+            mshape = score
+        elif mkind == "keys":
+            mshape = [Tk]
+        else:
+            mshape = [s if rng.random() < 0.5 else 1 for s in score[:-2]] + [Tq if rng.random() < 0.6 else 1, Tk]
+        dens = pick(rng, [0.2, 0.5, 0.9])
+        m = rng.random(mshape) < dens
+        if mkind == "rows_all_false" and len(mshape) >= 2:
+            m[..., 0, :] = False
+        ts.append(TS("_mask", m, False, [], dtype="bool"))
+        P["_mask"] = mkind
+    return P, ts
+
+
+def sdpa_gen(rng, large_logits):
+    lead = pick(rng, [[], [1], [3], [2, 3], [1, 2], [2, 1, 2]])
+    Tq, Tk = pick(rng, [1, 2, 5, 16, 17, 63, 64, 65, 100, 130]), pick(rng, [1, 3, 5, 16, 31, 64, 65, 70, 129])
+    r = rng.random()
+    if r < 0.3:
+        Tk = Tq
+    elif r < 0.45:  # decoding with a KV cache: a few new queries, many keys
+        Tq, Tk = pick(rng, [1, 2, 3]), pick(rng, [7, 17, 65, 129])
+    d, dv = pick(rng, [1, 3, 8, 16, 17, 32, 64, 80]), pick(rng, [1, 4, 8, 16, 33, 64])
+    if rng.random() < 0.4:
+        dv = d
+    return sdpa_case(rng, lead, Tq, Tk, d, dv, large_logits)
+
+
 @op("sdpa", weight=2.0)
 def _sdpa():
-    def gen(rng):
-        lead = pick(rng, [[], [1], [3], [2, 3], [1, 2], [2, 1, 2]])
-        Tq, Tk = pick(rng, [1, 2, 5, 16, 17, 63, 64, 65, 100, 130]), pick(rng, [1, 3, 5, 16, 31, 64, 65, 70, 129])
-        r = rng.random()
-        if r < 0.3:
-            Tk = Tq
-        elif r < 0.45:  # decoding with a KV cache: a few new queries, many keys
-            Tq, Tk = pick(rng, [1, 2, 3]), pick(rng, [7, 17, 65, 129])
-        d, dv = pick(rng, [1, 3, 8, 16, 17, 32, 64, 80]), pick(rng, [1, 4, 8, 16, 33, 64])
-        if rng.random() < 0.4:
-            dv = d
-        P = {"causal": int(rng.random() < 0.5)}
-        if rng.random() < 0.3:
-            P["scale"] = pick(rng, [0.0, 1.0, 0.37, 2.5, -0.5])
-        ts = []
-        # permuted [B, T, H, d] -> [B, H, T, d] views (how a model splits heads), or random layouts
-        for name, T_, dd in (("q", Tq, d), ("k", Tk, d), ("v", Tk, dv)):
-            shape = lead + [T_, dd]
-            if name != "q" and len(lead) >= 2 and lead[-1] > 1 and rng.random() < 0.2:
-                # k/v shared by the heads (multi-query attention): a stride-0 expanded view
-                base = lead[:-1] + [1, T_, dd]
-                ts.append(TS(name, randn(rng, tuple(base)), True, [("expand",) + tuple(shape)]))
-            elif len(lead) >= 2 and rng.random() < 0.4:
-                n = len(shape)
-                perm = list(range(n - 3)) + [n - 2, n - 3, n - 1]  # [..., T, H, d] -> [..., H, T, d]
-                base = [shape[p] for p in perm]
-                ts.append(TS(name, randn(rng, tuple(base)), True, [("permute",) + tuple(perm)]))
-            else:
-                ts.append(inp(rng, name, shape, nc=0.3))
-        if rng.random() < 0.15:  # large logits
-            for t in ts[:2]:
-                t.base *= 6.0
-        mkind = pick(rng, ["none", "none", "full", "keys", "bcast", "rows_all_false"])
-        if mkind != "none":
-            score = lead + [Tq, Tk]
-            if mkind == "full":
-                mshape = score
-            elif mkind == "keys":
-                mshape = [Tk]
-            else:
-                mshape = [s if rng.random() < 0.5 else 1 for s in score[:-2]] + [Tq if rng.random() < 0.6 else 1, Tk]
-            dens = pick(rng, [0.2, 0.5, 0.9])
-            m = rng.random(mshape) < dens
-            if mkind == "rows_all_false" and len(mshape) >= 2:
-                m[..., 0, :] = False
-            ts.append(TS("_mask", m, False, [], dtype="bool"))
-            P["_mask"] = mkind
-        return P, ts
-
     def ref(T, P):
         # tapegrad's documented conventions: causal aligned bottom-right (query i sees keys
         # j <= i + Tk - Tq); rows with no visible key give zero output and zero gradient.
@@ -687,7 +889,21 @@ def _sdpa():
         s = s.masked_fill(~vis, float("-inf")).masked_fill(~anyv, 0.0)
         p = torch.softmax(s, dim=-1) * anyv
         return torch.matmul(p, v)
-    return gen, ref
+    return (lambda rng: sdpa_gen(rng, True)), ref
+
+
+# f32: several query blocks (64 rows) and key blocks (64 keys) with the head sizes of real models,
+# few or many batch*heads (the backward splits the key blocks of few ones into ranges); no
+# enlarged logits (their f32 rounding would only measure the conditioning of the softmax).
+def sdpa_big(rng):
+    lead = pick(rng, [[1], [2], [1, 2], [2, 4], [4, 3]])
+    Tq = pick(rng, [64, 65, 100, 128, 200, 256])
+    Tk = Tq if rng.random() < 0.6 else pick(rng, [64, 127, 256, 300])
+    d = pick(rng, [32, 64, 80])
+    return sdpa_case(rng, lead, Tq, Tk, d, d if rng.random() < 0.7 else pick(rng, [32, 64, 80]), False)
+
+
+f32_gen("sdpa", 0.5, sdpa_big, lambda rng: sdpa_gen(rng, False))
 
 
 @op("apply_rotary")
@@ -733,72 +949,86 @@ FFT_LENGTHS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 25, 31, 32, 49
                256, 289, 1000, 1024, 1031]
 
 
+# f32: long rows, some a power of two, most not: mixed radix (2, 3, 4, 5 and odd radices up to 31)
+# and Bluestein for the primes; 16 rows (one AVX-512 batch of f32 rows), 17 (a padded second batch).
+FFT_LENGTHS_F32 = [1000, 1031, 1536, 2187, 2310, 3000, 4096, 4099, 5005]
+FFT_LEADS_F32 = [[], [3], [16], [17], [2, 9]]
+
+
+def rfft_gen(rng, lengths=FFT_LENGTHS, leads=([], [1], [3], [2, 5], [17], [2, 17], [33])):
+    L = pick(rng, lengths)
+    lead = list(pick(rng, leads))
+    P = {}
+    r = rng.random()
+    if r < 0.3:
+        P["n"] = int(rng.integers(1, L + 1))  # truncation (or n == L)
+    elif r < 0.6:
+        P["n"] = L + int(rng.integers(1, L + 8))  # zero padding
+    elif r < 0.7:
+        P["n"] = -1
+    return P, [inp(rng, "x", lead + [L], nc=0.4)]
+
+
+def irfft_gen(rng, bins=(1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 50, 65, 129, 513), leads=([], [1], [3], [2, 5])):
+    m = pick(rng, bins)
+    lead = list(pick(rng, leads))
+    P = {}
+    r = rng.random()
+    if r < 0.3 and m > 1:
+        P["n"] = -1 if rng.random() < 0.5 else 2 * (m - 1)
+    elif r < 0.5:
+        P["n"] = 2 * (m - 1) + 1  # odd length, full spectrum
+    elif r < 0.75:
+        P["n"] = int(rng.integers(1, 2 * m + 1))  # fewer bins used than given / odd / even
+    else:
+        P["n"] = 2 * m + int(rng.integers(1, 2 * m + 10))  # missing bins are zeros
+    return P, [inp(rng, "x", lead + [m, 2], nc=0.4)]
+
+
+def fft_gen(rng, lengths=FFT_LENGTHS, leads=([], [1], [3], [2, 5])):
+    n = pick(rng, lengths)
+    lead = list(pick(rng, leads))
+    return {"inverse": int(rng.random() < 0.5)}, [inp(rng, "x", lead + [n, 2], nc=0.4)]
+
+
 @op("rfft", weight=1.2)
 def _rfft():
-    def gen(rng):
-        L = pick(rng, FFT_LENGTHS)
-        lead = pick(rng, [[], [1], [3], [2, 5], [17], [2, 17], [33]])
-        P = {}
-        r = rng.random()
-        if r < 0.3:
-            P["n"] = int(rng.integers(1, L + 1))  # truncation (or n == L)
-        elif r < 0.6:
-            P["n"] = L + int(rng.integers(1, L + 8))  # zero padding
-        elif r < 0.7:
-            P["n"] = -1
-        return P, [inp(rng, "x", lead + [L], nc=0.4)]
-
     def ref(T, P):
         n = P.get("n", -1)
         return torch.view_as_real(torch.fft.rfft(T["x"], n=None if n == -1 else n))
-    return gen, ref
+    return rfft_gen, ref
 
 
 @op("irfft", weight=1.2)
 def _irfft():
-    def gen(rng):
-        m = pick(rng, [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 50, 65, 129, 513])
-        lead = pick(rng, [[], [1], [3], [2, 5]])
-        P = {}
-        r = rng.random()
-        if r < 0.3 and m > 1:
-            P["n"] = -1 if rng.random() < 0.5 else 2 * (m - 1)
-        elif r < 0.5:
-            P["n"] = 2 * (m - 1) + 1  # odd length, full spectrum
-        elif r < 0.75:
-            P["n"] = int(rng.integers(1, 2 * m + 1))  # fewer bins used than given / odd / even
-        else:
-            P["n"] = 2 * m + int(rng.integers(1, 2 * m + 10))  # missing bins are zeros
-        return P, [inp(rng, "x", lead + [m, 2], nc=0.4)]
-
     def ref(T, P):
         n = P.get("n", -1)
         X = as_c(T["x"])
         return torch.fft.irfft(X, n=None if n == -1 else n)
-    return gen, ref
+    return irfft_gen, ref
 
 
 @op("fft")
 def _fft():
-    def gen(rng):
-        n = pick(rng, FFT_LENGTHS)
-        lead = pick(rng, [[], [1], [3], [2, 5]])
-        return {"inverse": int(rng.random() < 0.5)}, [inp(rng, "x", lead + [n, 2], nc=0.4)]
-
     def ref(T, P):
         X = as_c(T["x"])
         return torch.view_as_real(torch.fft.ifft(X) if P["inverse"] else torch.fft.fft(X))
-    return gen, ref
+    return fft_gen, ref
 
 
-def complex_pair_gen(rng, with_b=True):
+f32_gen("rfft", 0.5, lambda rng: rfft_gen(rng, FFT_LENGTHS_F32, FFT_LEADS_F32))
+f32_gen("irfft", 0.5, lambda rng: irfft_gen(rng, [501, 1000, 1025, 1537, 2049, 2500], FFT_LEADS_F32))
+f32_gen("fft", 0.5, lambda rng: fft_gen(rng, FFT_LENGTHS_F32, FFT_LEADS_F32))
+
+
+def complex_pair_gen(rng, with_b=True, mags=(1.0, 1.0, 1.0, 1e-150, 1e150)):
     sa = pick(rng, [[], [1], [5], [3, 4], [2, 1, 3], [17]])
     sb = list(sa)
     if with_b and sa and rng.random() < 0.5:  # broadcast the leading dims
         sb = [1 if rng.random() < 0.5 else s for s in sa]
         if rng.random() < 0.3:
             sb = sb[1:]
-    mag = pick(rng, [1.0, 1.0, 1.0, 1e-150, 1e150])
+    mag = pick(rng, mags)
     data = (lambda r, s: special_mix(r, s, [0.0, 1.0, -2.0], 0.15, mag))
     ts = [inp(rng, "a", sa + [2], nc=0.3, gen=data)]
     if with_b:
@@ -833,6 +1063,16 @@ def _complex_abs():
     return (lambda rng: complex_pair_gen(rng, False)), lambda T, P: torch.abs(as_c(T["a"]))
 
 
+# f32: magnitudes where |z|^2 under- or overflows f32 but the results and gradients do not. Not for
+# products of two such numbers (complex_mul), nor for a tiny divisor: a's unscaled special values
+# (1, -2) over b ~ 1e-20 give gradients a / b^2 ~ 1e40.
+F32_MAGS = (1.0, 1.0, 1.0, 1e-20, 1e20)
+F32["complex_mul"] = lambda rng: complex_pair_gen(rng, True, (1.0, 1.0, 1.0, 1e-15, 1e15))
+F32["complex_div"] = lambda rng: complex_pair_gen(rng, True, (1.0, 1.0, 1.0, 1e-12, 1e20))
+F32["complex_conj"] = lambda rng: complex_pair_gen(rng, False, F32_MAGS)
+F32["complex_abs"] = lambda rng: complex_pair_gen(rng, False, F32_MAGS)
+
+
 @op("fft_conv", weight=1.5)
 def _fft_conv():
     def gen(rng):
@@ -860,6 +1100,17 @@ def _fft_conv():
     return gen, ref
 
 
+def fft_conv_big(rng):  # long sequences (Hyena/S4-style long convolutions): f32 FFTs of 2 L
+    # (torch's direct grouped conv1d, the reference, is slow for long kernels: few rows for those)
+    L, Lk = pick(rng, [(1000, 1000), (1200, 1200), (2048, 257), (3001, 64), (3001, 257)])
+    B, C = (1, pick(rng, [2, 4])) if Lk > 300 else (pick(rng, [1, 2]), pick(rng, [4, 16]))
+    P = {"causal": int(rng.random() < 0.7), "recompute": int(rng.random() < 0.3)}
+    return P, [inp(rng, "u", [B, C, L], nc=0.3), inp(rng, "k", [C, Lk], nc=0.3)]
+
+
+f32_gen("fft_conv", 0.4, fft_conv_big)
+
+
 # ---- softmax and losses -------------------------------------------------------------------------------------------
 @op("softmax")
 def _softmax():
@@ -878,27 +1129,35 @@ def _log_softmax():
     return OPS["softmax"][0], lambda T, P: torch.log_softmax(T["x"], dim=P["axis"])
 
 
+def ce_gen(rng, Ns=(1, 2, 5, 17), Cs=(1, 2, 3, 10, 33), extras=([], [], [3], [2, 4])):
+    N, C = pick(rng, Ns), pick(rng, Cs)
+    if rng.random() < 0.04:  # an empty batch
+        N = 0
+    extra = list(pick(rng, extras))
+    ign = pick(rng, [-100, -100, -1, 0, 1, 7])
+    tshape = [N] + extra
+    t = rng.integers(0, C, size=tshape)
+    if rng.random() < 0.6:  # some ignored positions
+        m = rng.random(tshape) < pick(rng, [0.2, 0.5, 1.0])
+        t[m] = ign
+    scale = pick(rng, [1.0, 1.0, 20.0])
+    P = {"ignore_index": ign, "label_smoothing": pick(rng, [0.0, 0.0, 0.1, 0.5, 1.0]),
+         "reduction": pick(rng, ["mean", "sum", "none"])}
+    x = inp(rng, "x", [N, C] + extra, nc=0.3, gen=lambda r, s: randn(r, s, scale))
+    return P, [x, TS("_target", t.astype(np.int64), False, [], dtype=pick(rng, ["i64", "i64", "i32"]))]
+
+
 @op("cross_entropy", weight=1.5)
 def _cross_entropy():
-    def gen(rng):
-        N, C = pick(rng, [1, 2, 5, 17]), pick(rng, [1, 2, 3, 10, 33])
-        extra = pick(rng, [[], [], [3], [2, 4]])
-        ign = pick(rng, [-100, -100, -1, 0, 1, 7])
-        tshape = [N] + extra
-        t = rng.integers(0, C, size=tshape)
-        if rng.random() < 0.6:  # some ignored positions
-            m = rng.random(tshape) < pick(rng, [0.2, 0.5, 1.0])
-            t[m] = ign
-        scale = pick(rng, [1.0, 1.0, 20.0])
-        P = {"ignore_index": ign, "label_smoothing": pick(rng, [0.0, 0.0, 0.1, 0.5, 1.0]),
-             "reduction": pick(rng, ["mean", "sum", "none"])}
-        x = inp(rng, "x", [N, C] + extra, nc=0.3, gen=lambda r, s: randn(r, s, scale))
-        return P, [x, TS("_target", t.astype(np.int64), False, [], dtype="i64")]
-
     def ref(T, P):
-        return F.cross_entropy(T["x"], T["_target"], ignore_index=P["ignore_index"],
+        # torch takes only i64 class indices (tapegrad i32 too)
+        return F.cross_entropy(T["x"], T["_target"].long(), ignore_index=P["ignore_index"],
                                label_smoothing=P["label_smoothing"], reduction=P["reduction"])
-    return gen, ref
+    return ce_gen, ref
+
+
+# f32: language-model vocabularies
+f32_gen("cross_entropy", 0.3, lambda rng: ce_gen(rng, (64, 128), (1000, 5000), ([],)))
 
 
 def loss_pair(rng):
@@ -987,6 +1246,7 @@ unary("softplus", WIDE, lambda T, P: F.softplus(T["x"], P["beta"], P["threshold"
       lambda rng: {"beta": pick(rng, [1.0, 0.5, 2.0, 10.0]), "threshold": pick(rng, [20.0, 1.0, 5.0])})
 unary("pow_scalar", GEN_DATA, lambda T, P: torch.pow(T["x"], P["exponent"]),
       lambda rng: {"exponent": pick(rng, [2.0, 3.0, -1.0, -2.0, 0.5, 1.5, 0.0, 1.0, 2.5, -0.5, 64.0, 65.0, 7.0])})
+
 unary("clamp", GEN_DATA, lambda T, P: torch.clamp(T["x"], P.get("low"), P.get("high")),
       lambda rng: pick(rng, [{"low": -0.5, "high": 1.0}, {"low": 0.0}, {"high": 0.5}, {"low": 1.0, "high": 1.0},
                              {"low": -1.0, "high": 2.5}]))
@@ -995,6 +1255,16 @@ for _n, _f in (("add_scalar", lambda x, s: x + s), ("sub_scalar", lambda x, s: x
                ("div_scalar", lambda x, s: x / s), ("rdiv_scalar", lambda x, s: s / x)):
     unary(_n, GEN_DATA if _n != "rdiv_scalar" else POS_DATA, (lambda f: lambda T, P: f(T["x"], P["scalar"]))(_f),
           lambda rng: {"scalar": pick(rng, [2.0, -0.5, 3.25, 1e-3])})
+
+
+def pow_scalar_f32(rng):
+    P, ts = OPS["pow_scalar"][0](rng)
+    if abs(P["exponent"]) > 8:  # x / 4 keeps x^64, x^65 and their gradients inside f32's range
+        ts[0].base = ts[0].base / 4
+    return P, ts
+
+
+F32["pow_scalar"] = pow_scalar_f32
 
 
 def binary(name, ref, data_a=GEN_DATA, data_b=GEN_DATA, weight=0.5, tie=False):
@@ -1036,7 +1306,7 @@ binary("where", lambda T, P: torch.where(T["_cond"], T["a"], T["b"]))
 
 
 # ---- reductions ------------------------------------------------------------------------------------------------------
-def red_gen(allow_multi, data, extra=None):
+def red_gen(allow_multi, data, extra=None, modes=ALL_MODES):
     def gen(rng):
         shape = pick(rng, [[7], [1], [3, 5], [2, 3, 4], [4, 1003], [2, 1, 3], [40000], [3, 20001], [300, 70]])
         nd = len(shape)
@@ -1052,7 +1322,7 @@ def red_gen(allow_multi, data, extra=None):
         if "correction" in P:  # at most (reduced elements - 1): beyond, the variance is undefined
             count = int(np.prod([shape[a] for a in P["axes"]] if P["axes"] else shape))
             P["correction"] = min(P["correction"], max(count - 1, 0))
-        return P, [inp(rng, "x", shape, nc=0.4, gen=data(rng))]
+        return P, [inp(rng, "x", shape, nc=0.4, gen=data(rng), modes=modes)]
     return gen
 
 
@@ -1088,6 +1358,20 @@ for _n, _f, _extra in (
          lambda rng: {"p": pick(rng, [1.0, 2.0, math.inf])})):
     OPS[_n] = (red_gen(True, red_ties, _extra),
                (lambda f: lambda T, P: f(T["x"], dims_of(T, P), bool(P["keepdim"]), P))(_f), 0.5, _n)
+
+
+# The gradient of std on a constant slice is 0 by convention, which holds only where the computed
+# std is exactly 0: torch's dim reductions (Welford) give 0 there; its full reductions and tapegrad
+# may leave a rounding residue of the mean, and then the O(1) gradient (x - mean) / (n std) of that
+# residue. Constant slices of more than one element get a zero cotangent.
+def _std_cot(out, cot, c):
+    n = int(np.prod(c.shapes["x"])) // max(out.size, 1)
+    return np.where((n > 1) & (np.abs(out) <= 1e-5 * np.max(np.abs(c.ts[0].base), initial=0.0)), 0.0, cot)
+
+
+COT_FIX["std"] = _std_cot
+
+
 def prod_data(rng):
     # values of magnitude ~1 (so that products of 10^4 or 10^5 factors neither overflow nor
     # underflow: inf * 0 would make the reference depend on the multiplication order), with signs,
@@ -1102,12 +1386,406 @@ def prod_data(rng):
     return lambda r, s: small(r, s) if use_small and int(np.prod(s)) <= 64 else gen(r, s)
 
 
-OPS["prod"] = (red_gen(True, prod_data), _ref_prod, 0.5, "prod")
+# No expanded inputs: a value repeated n times multiplies the exponent of the product by n, beyond
+# the range of the long rows (and an overflow next to a zero makes the reference order-dependent).
+OPS["prod"] = (red_gen(True, prod_data, modes=tuple(m for m in ALL_MODES if m != "expand")), _ref_prod, 0.5, "prod")
 OPS["cumsum"] = (red_gen(False, red_ties), lambda T, P: torch.cumsum(T["x"], P["axis"]), 0.4, "cumsum")
 OPS["max_axis"] = (red_gen(False, red_ties), lambda T, P: torch.max(T["x"], P["axis"], bool(P["keepdim"])).values,
                    0.4, "max_axis")
 OPS["min_axis"] = (red_gen(False, red_ties), lambda T, P: torch.min(T["x"], P["axis"], bool(P["keepdim"])).values,
                    0.4, "min_axis")
+
+
+# ---- shape and index ops (ops/shape.hpp) and core's views --------------------------------------------------------
+SHAPE_DIMS = [1, 2, 3, 5, 7]
+
+
+def rand_shape(rng, lo=1, hi=4, dims=SHAPE_DIMS):
+    return [pick(rng, dims) for _ in range(int(rng.integers(lo, hi + 1)))]
+
+
+def numbered(T):
+    """The list inputs x0, x1, ... in order."""
+    return [T[f"x{i}"] for i in range(sum(1 for n in T if re.fullmatch(r"x\d+", n)))]
+
+
+def index_ts(rng, values, name="_index"):
+    """An integer index input: i64, or i32 a quarter of the time (tapegrad takes both)."""
+    return TS(name, np.asarray(values, dtype=np.int64), False, [], dtype=pick(rng, ["i64", "i64", "i64", "i32"]))
+
+
+def wrapped(index, n):
+    # tapegrad counts negative indices from the end, as Python does; torch's index ops take only
+    # i64 indices in [0, n): the reference gets them wrapped and widened.
+    return torch.remainder(index.long(), max(n, 1))
+
+
+@op("cat")
+def _cat():
+    def gen(rng):
+        shape = rand_shape(rng)
+        axis = int(rng.integers(-len(shape), len(shape)))
+        ts = []
+        for i in range(pick(rng, [1, 2, 2, 3, 4])):
+            s = list(shape)
+            s[axis] = pick(rng, [0, 1, 2, 3, 6])
+            ts.append(inp(rng, f"x{i}", s, nc=0.4, grad=rng.random() < 0.9))
+        if len(ts) > 1 and rng.random() < 0.2:  # mixed dtypes promote; the f32 input's gradient stays f32
+            ts[int(rng.integers(len(ts)))].to_f32()
+        return {"axis": axis}, ts
+    return gen, lambda T, P: torch.cat(numbered(T), P["axis"])
+
+
+@op("stack")
+def _stack():
+    def gen(rng):
+        shape = rand_shape(rng, 0, 3)
+        ts = [inp(rng, f"x{i}", shape, nc=0.4) for i in range(pick(rng, [1, 2, 3, 4]))]
+        return {"axis": int(rng.integers(-len(shape) - 1, len(shape) + 1))}, ts
+    return gen, lambda T, P: torch.stack(numbered(T), P["axis"])
+
+
+def piece_gen(extra):
+    """x of a random shape (sometimes with an empty dim) and an axis, plus the op's own parameters."""
+    def gen(rng):
+        shape = rand_shape(rng, 1, 4, SHAPE_DIMS + [8, 13])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        if rng.random() < 0.05:
+            shape[axis] = 0
+        P = {"axis": axis}
+        P.update(extra(rng, shape[axis]))
+        return P, [inp(rng, "x", shape, nc=0.4)]
+    return gen
+
+
+def split_params(rng, n):
+    if rng.random() < 0.5:
+        return {"size": int(rng.integers(1, n + 3))}
+    cuts = sorted(rng.integers(0, n + 1, size=int(rng.integers(0, 4))).tolist())  # zero sizes included
+    return {"sizes": [b - a for a, b in zip([0] + cuts, cuts + [n])]}
+
+
+@op("split")
+def _split():
+    return piece_gen(split_params), \
+        lambda T, P: torch.split(T["x"], P["size"] if "size" in P else P["sizes"], P["axis"])
+
+
+@op("chunk")
+def _chunk():
+    return piece_gen(lambda rng, n: {"chunks": int(rng.integers(1, 7))}), \
+        lambda T, P: torch.chunk(T["x"], P["chunks"], P["axis"])
+
+
+@op("unbind")
+def _unbind():
+    return piece_gen(lambda rng, n: {}), lambda T, P: torch.unbind(T["x"], P["axis"])
+
+
+@op("index_select")
+def _index_select():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 3, SHAPE_DIMS + [17])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        n = shape[axis]
+        if rng.random() < 0.15:  # a 0-d index
+            idx = np.array(int(rng.integers(-n, n)))
+        else:  # repeats and negative indices
+            idx = rng.integers(-n, n, size=pick(rng, [0, 1, 3, 8, 20]))
+        return {"axis": axis}, [inp(rng, "x", shape, nc=0.4), index_ts(rng, idx)]
+
+    def ref(T, P):
+        x = T["x"]
+        return x.index_select(P["axis"], wrapped(T["_index"], x.shape[P["axis"]]).reshape(-1))
+    return gen, ref
+
+
+def gather_index(rng, shape, axis):
+    """An index for gather/scatter_add along `axis` of `shape`: at most shape's size in the other
+    dims, any length along `axis`, repeats and negative entries."""
+    ishape = [int(rng.integers(1, d + 1)) if d and rng.random() < 0.5 else d for d in shape]
+    ishape[axis] = pick(rng, [0, 1, 3, shape[axis], 2 * shape[axis] + 1])
+    n = shape[axis]
+    return rng.integers(-n, n, size=ishape) if n else np.zeros(ishape, dtype=np.int64)
+
+
+@op("gather")
+def _gather():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 3, SHAPE_DIMS + [17])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        return {"axis": axis}, [inp(rng, "x", shape, nc=0.4), index_ts(rng, gather_index(rng, shape, axis))]
+
+    def ref(T, P):
+        x = T["x"]
+        return torch.gather(x, P["axis"], wrapped(T["_index"], x.shape[P["axis"]]))
+    return gen, ref
+
+
+@op("scatter_add")
+def _scatter_add():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 3, SHAPE_DIMS + [17])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        idx = gather_index(rng, shape, axis)
+        ts = [inp(rng, "x", shape, nc=0.4), index_ts(rng, idx), inp(rng, "src", list(idx.shape), nc=0.4)]
+        ts[0].grad = rng.random() < 0.8
+        return {"axis": axis}, ts
+
+    def ref(T, P):
+        x = T["x"]
+        return torch.scatter_add(x, P["axis"], wrapped(T["_index"], x.shape[P["axis"]]), T["src"])
+    return gen, ref
+
+
+@op("embedding")
+def _embedding():
+    def gen(rng):
+        V, D = pick(rng, [1, 3, 10, 50]), pick(rng, [1, 4, 17, 33])
+        ishape = pick(rng, [[], [0], [5], [2, 3], [4, 1, 6]])
+        return {}, [inp(rng, "w", [V, D], nc=0.3), index_ts(rng, rng.integers(-V, V, size=ishape))]
+    return gen, lambda T, P: F.embedding(wrapped(T["_index"], T["w"].shape[0]), T["w"])
+
+
+@op("one_hot")
+def _one_hot():
+    def gen(rng):
+        n = pick(rng, [1, 2, 5, 10])
+        ishape = pick(rng, [[], [0], [5], [2, 3]])
+        return {"num_classes": n}, [index_ts(rng, rng.integers(-n, n, size=ishape))]
+    # not differentiable; the output has the case's float dtype
+    return gen, lambda T, P: F.one_hot(wrapped(T["_index"], P["num_classes"]), P["num_classes"]).to(
+        torch.get_default_dtype())
+
+
+@op("masked_fill")
+def _masked_fill():
+    def gen(rng):
+        shape = rand_shape(rng, 0, 3)
+        mshape = [d if rng.random() < 0.6 else 1 for d in shape][int(rng.integers(0, len(shape) + 1)):]
+        P = {"value": pick(rng, [0.0, -math.inf, 3.5, -1e9, math.nan])}
+        return P, [inp(rng, "x", shape, nc=0.4), TS("_mask", rng.random(mshape) < 0.4, False, [], dtype="bool")]
+    return gen, lambda T, P: T["x"].masked_fill(T["_mask"], P["value"])
+
+
+def tri_gen(rng):
+    shape = rand_shape(rng, 0, 2) + [pick(rng, [1, 3, 5, 8]), pick(rng, [1, 4, 5, 9])]
+    return {"k": int(rng.integers(-5, 6))}, [inp(rng, "x", shape, nc=0.4)]
+
+
+@op("tril")
+def _tril():
+    return tri_gen, lambda T, P: torch.tril(T["x"], P["k"])
+
+
+@op("triu")
+def _triu():
+    return tri_gen, lambda T, P: torch.triu(T["x"], P["k"])
+
+
+@op("pad", weight=1.5)
+def _pad():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 4, [1, 2, 3, 5, 8])
+        mode = pick(rng, ["constant", "constant", "reflect", "replicate"])
+        k = int(rng.integers(1, min(len(shape), 3 if mode != "constant" else 4) + 1))  # padded dims
+        pads = []
+        for d in reversed(range(len(shape) - k, len(shape))):
+            n = shape[d]
+            if mode == "reflect":
+                pads += [int(rng.integers(0, n)), int(rng.integers(0, n))]
+            elif mode == "replicate":
+                pads += [int(rng.integers(0, 4)), int(rng.integers(0, 4))]
+            else:  # negative pads crop, at most the whole dim in all
+                left = int(rng.integers(-n, 4))
+                pads += [left, int(rng.integers(-(n - max(-left, 0)), 4))]
+        P = {"pads": pads, "mode": mode}
+        if mode == "constant" and rng.random() < 0.5:
+            P["value"] = pick(rng, [1.5, -2.0, -math.inf])
+        return P, [inp(rng, "x", shape, nc=0.4)]
+
+    def ref(T, P):
+        x, pads = T["x"], P["pads"]
+        if P["mode"] == "constant":
+            # torch's constant pad refuses empty dims, in the input or the output (tapegrad does not):
+            # crop the negative pads by slicing, then write x into a tensor filled with the value
+            shape, region = list(x.shape), [slice(None)] * x.dim()
+            for p in range(len(pads) // 2):
+                d = x.dim() - 1 - p
+                x = x.narrow(d, max(-pads[2 * p], 0), x.shape[d] - max(-pads[2 * p], 0) - max(-pads[2 * p + 1], 0))
+                shape[d] = x.shape[d] + max(pads[2 * p], 0) + max(pads[2 * p + 1], 0)
+                region[d] = slice(max(pads[2 * p], 0), max(pads[2 * p], 0) + x.shape[d])
+            y = torch.full(shape, P.get("value", 0.0), dtype=x.dtype)
+            y[tuple(region)] = x
+            return y
+        # torch pads k dims only of (k+1)- or (k+2)-d inputs: fold the other dims into one
+        k = len(pads) // 2
+        lead = x.shape[:x.dim() - k]
+        y = F.pad(x.reshape((-1,) + tuple(x.shape[x.dim() - k:])), pads, mode=P["mode"])
+        return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+    return gen, ref
+
+
+@op("repeat")
+def _repeat():
+    def gen(rng):
+        shape = rand_shape(rng, 0, 3)
+        # at most 4 repeats: tapegrad's repeat expands an intermediate of twice as many dims (max 8)
+        reps = [pick(rng, [0, 1, 1, 2, 3]) for _ in range(min(len(shape) + int(rng.integers(0, 3)), 4))] or [2]
+        return {"repeats": reps}, [inp(rng, "x", shape, nc=0.4)]
+    return gen, lambda T, P: T["x"].repeat(*P["repeats"])
+
+
+@op("roll")
+def _roll():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 3, SHAPE_DIMS + [0, 8])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        n = shape[axis]
+        return {"shift": int(rng.integers(-2 * n - 1, 2 * n + 2)), "axis": axis}, [inp(rng, "x", shape, nc=0.4)]
+    return gen, lambda T, P: torch.roll(T["x"], P["shift"], P["axis"])
+
+
+def reshape_target(rng, shape):
+    """A shape with shape's number of elements: merged or split dims, added or dropped 1s, one -1."""
+    n = int(np.prod(shape)) if shape else 1
+    kind = pick(rng, ["flat", "merge", "split", "ones", "reverse"])
+    out = list(shape)
+    if kind == "flat":
+        out = [n]
+    elif kind == "merge" and len(out) >= 2:
+        i = int(rng.integers(len(out) - 1))
+        out[i:i + 2] = [out[i] * out[i + 1]]
+    elif kind == "split":
+        cand = [i for i, d in enumerate(out) if d > 1 and any(d % f == 0 for f in range(2, d))]
+        if cand:
+            i = int(rng.choice(cand))
+            f = int(rng.choice([f for f in range(2, out[i]) if out[i] % f == 0]))
+            out[i:i + 1] = [f, out[i] // f]
+    elif kind == "ones":
+        out.insert(int(rng.integers(len(out) + 1)), 1)
+        out = [d for d in out if d != 1 or rng.random() < 0.7]
+    else:
+        out = out[::-1]
+    if out and 0 not in out and rng.random() < 0.4:
+        out[int(rng.integers(len(out)))] = -1
+    return out
+
+
+def chain_step(rng, shape, contiguous, dtype):
+    """One random view/copy step on a tensor of `shape`: (step text, new shape, contiguous, dtype).
+    `contiguous` is conservative: view() is only asked of tensors known to be contiguous."""
+    nd = len(shape)
+    kinds = ["reshape", "unsqueeze", "clone", "contiguous", "to", "flatten", "expand"]
+    if nd:
+        kinds += ["permute", "transpose", "slice", "narrow", "squeeze", "flip"] + (["select"] if min(shape) else [])
+    if contiguous:
+        kinds.append("view")
+    if nd == 2:
+        kinds += ["diagonal", "t"]
+    kind = pick(rng, kinds)
+    ax = lambda: int(rng.integers(-nd, nd))
+    s = list(shape)
+    if kind in ("view", "reshape"):
+        args = reshape_target(rng, shape)
+        if -1 in args:
+            known = int(np.prod([d for d in args if d != -1]))
+            s = [d if d != -1 else (int(np.prod(shape)) // known if known else 0) for d in args]
+        else:
+            s = args
+    elif kind == "flatten":
+        if nd == 0:
+            args, s = [0, -1], [1]
+        else:
+            a, b = sorted(int(v) for v in rng.integers(0, nd, size=2))
+            args = [a, b]
+            s = shape[:a] + [int(np.prod(shape[a:b + 1]))] + shape[b + 1:]
+    elif kind == "permute":
+        args = rng.permutation(nd).tolist()
+        s = [shape[i] for i in args]
+    elif kind == "transpose":
+        args = [ax(), ax()]
+        s[args[0] % nd], s[args[1] % nd] = shape[args[1] % nd], shape[args[0] % nd]
+    elif kind == "t":
+        args, s = [], shape[::-1]
+    elif kind == "expand":
+        s = [pick(rng, [2, 3]) if d == 1 and rng.random() < 0.7 else d for d in shape]
+        if s == shape or rng.random() < 0.3:
+            s = [pick(rng, [1, 2, 3])] + s  # a new leading dim
+        lead = len(s) - nd
+        args = [d if i < lead or d != shape[i - lead] or rng.random() < 0.5 else -1 for i, d in enumerate(s)]
+    elif kind == "slice":
+        d = ax()
+        n = shape[d]
+        args = [d, int(rng.integers(-n - 1, n + 1)), int(rng.integers(-n - 1, n + 3)), int(rng.integers(1, 4))]
+        s[d] = len(range(*slice(*args[1:]).indices(n)))
+    elif kind == "narrow":
+        d = ax()
+        n = shape[d]
+        start = int(rng.integers(-n, n + 1)) if n else 0
+        b = start + n if start < 0 else start
+        args = [d, start, int(rng.integers(0, n - b + 1))]
+        s[d] = args[2]
+    elif kind == "select":
+        d = ax()
+        args = [d, int(rng.integers(-shape[d], shape[d]))]
+        del s[d]
+    elif kind == "squeeze":
+        args = [] if rng.random() < 0.4 else [ax()]
+        s = [v for i, v in enumerate(shape) if v != 1 or (args and i != args[0] % nd)]
+    elif kind == "unsqueeze":
+        args = [int(rng.integers(-nd - 1, nd + 1))]
+        s.insert(args[0] % (nd + 1), 1)
+    elif kind == "flip":
+        args = sorted(rng.choice(nd, size=int(rng.integers(1, nd + 1)), replace=False).tolist())
+    elif kind == "diagonal":
+        args, s = [], [min(shape)]
+    elif kind == "to":  # (in f32 cases the first "to:f32" is a no-op, which may return a non-contiguous x)
+        dtype = "f32" if dtype == "f64" else "f64"
+        return f"to:{dtype}", s, contiguous, dtype
+    else:  # clone, contiguous
+        args = []
+    text = kind + (":" + ",".join(str(a) for a in args) if args else "")
+    if kind == "contiguous":  # (not clone: torch's keeps a dense permuted layout)
+        contiguous = True
+    elif kind not in ("view", "reshape", "flatten", "squeeze", "unsqueeze"):
+        contiguous = False
+    return text, s, contiguous, dtype
+
+
+@op("view_chain", weight=1.5)
+def _view_chain():
+    def gen(rng):
+        shape = rand_shape(rng, 0, 4, [1, 2, 3, 4, 6])
+        x = inp(rng, "x", shape, nc=0.3)
+        contiguous, dtype, steps = not x.views, "f64", []
+        for _ in range(int(rng.integers(1, 6))):
+            step, shape, contiguous, dtype = chain_step(rng, shape, contiguous, dtype)
+            steps.append(step)
+        return {"chain": ";".join(steps)}, [x]
+
+    def ref(T, P):
+        t = T["x"]
+        for step in P["chain"].split(";"):
+            kind, _, args = step.partition(":")
+            if kind == "to":
+                t = t.to(torch.float32 if args == "f32" else torch.float64)
+                continue
+            a = [int(v) for v in args.split(",")] if args else []
+            if kind == "slice":
+                idx = [slice(None)] * t.dim()
+                idx[a[0]] = slice(a[1], a[2], a[3])
+                t = t[tuple(idx)]
+            elif kind == "squeeze":
+                t = t.squeeze(*a)
+            elif kind == "flip":
+                t = t.flip(a)
+            elif kind in ("view", "reshape", "permute", "expand"):
+                t = getattr(t, kind)(a)
+            else:  # flatten, transpose, t, narrow, select, unsqueeze, diagonal, clone, contiguous
+                t = getattr(t, kind)(*a)
+        return t
+    return gen, ref
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1125,38 +1803,87 @@ class Case:
     pass
 
 
-def build_case(name, idx, seed):
+@contextlib.contextmanager
+def default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def torch_forward(c, ref, float_dtype):
+    """The leaves and torch's output (a tuple for multi-output ops), with every float leaf in
+    float_dtype (None: in its own dtype). Tensors the reference creates take the float dtype too."""
+    leaves = {t.name: t.torch_leaf(float_dtype) for t in c.ts}
+    T = {t.name: apply_views(leaves[t.name], t.views) for t in c.ts}
+    with default_dtype(float_dtype or (torch.float32 if c.dtype == "f32" else torch.float64)):
+        return leaves, ref(T, c.P)
+
+
+def output_names(c, n):
+    return [f"out.{i}" for i in range(n)] if c.multi else ["out"]
+
+
+def torch_results(c, leaves, out, cots):
+    """({tensor name: values as f64 numpy}, {tensor name: dtype}) for the outputs and the gradients
+    of <cots, outputs> (a None cotangent leaves its output out of the backward)."""
+    outs = list(out) if c.multi else [out]
+    res = dict(zip(output_names(c, len(outs)), outs))
+    grad_names = [t.name for t in c.ts if t.grad]
+    pairs = [(o, g) for o, g in zip(outs, cots) if g is not None and o.requires_grad]
+    gs = [None] * len(grad_names)
+    if grad_names and pairs:
+        gs = torch.autograd.grad([o for o, _ in pairs], [leaves[n] for n in grad_names],
+                                 [torch.from_numpy(g).to(o.dtype) for o, g in pairs], allow_unused=True)
+    for n, g in zip(grad_names, gs):
+        res["grad." + n] = torch.zeros_like(leaves[n]) if g is None else g
+    return ({k: v.detach().double().numpy().copy() for k, v in res.items()},
+            {k: TORCH_DTYPES[v.dtype] for k, v in res.items()})
+
+
+def build_case(name, idx, seed, dtype):
     gen, ref, _, driver_op = OPS[name]
-    rng = np.random.default_rng([seed, idx, sum(map(ord, name)) * 131 + len(name)])
+    key = [seed, idx, sum(map(ord, name)) * 131 + len(name)]
+    if dtype == "f32":  # drawn apart from the f64 cases (which stay what they were)
+        gen = F32.get(name, gen)
+        key.append(32)
+    rng = np.random.default_rng(key)
     P, ts = gen(rng)
     c = Case()
-    c.name, c.id, c.op, c.P, c.ts = name, f"{name}#{idx}", driver_op, P, ts
-    leaves = {t.name: t.torch_leaf() for t in ts}
-    T = {t.name: apply_views(leaves[t.name], t.views) for t in ts}
-    c.shapes = {t.name: list(T[t.name].shape) for t in ts}
+    c.name, c.id, c.op, c.P, c.ts, c.dtype = name, f"{name}#{idx}", driver_op, P, ts, dtype
+    if dtype == "f32":
+        for t in ts:
+            if t.is_float():
+                t.to_f32()
     c.torch_error = None
+    c.shapes = {t.name: list(apply_views(t.torch_leaf(), t.views).shape) for t in ts}
+    # The reference: float64 (in f32 cases on the f32-rounded values).
     try:
-        out = ref(T, P)
+        leaves, out = torch_forward(c, ref, torch.float64 if dtype == "f32" else None)
     except Exception as e:  # a generator bug (the configuration should be valid for torch)
         c.torch_error = f"{type(e).__name__}: {e}"
-        c.cot = None
         return c
-    cot = np.array(rng.standard_normal(tuple(out.shape)), dtype=np.float64)
-    if name in COT_FIX:
-        cot = COT_FIX[name](out.detach().numpy(), cot)
-    c.cot = cot
-    expected = {"out": out.detach().numpy().copy()}
-    grad_names = [t.name for t in ts if t.grad]
-    gs = [None] * len(grad_names)
-    if grad_names and out.requires_grad:
-        try:
-            gs = torch.autograd.grad(out, [leaves[n] for n in grad_names], torch.from_numpy(cot), allow_unused=True)
-        except Exception as e:
-            c.torch_error = f"backward: {type(e).__name__}: {e}"
-            return c
-    for n, g in zip(grad_names, gs):
-        expected["grad." + n] = (torch.zeros_like(leaves[n]) if g is None else g).detach().numpy().copy()
-    c.expected = expected
+    c.multi = isinstance(out, (tuple, list))
+    c.cots = []
+    for o in (list(out) if c.multi else [out]):
+        if c.multi and rng.random() < 0.2:  # a piece left out of the backward
+            c.cots.append(None)
+            continue
+        cot = np.array(rng.standard_normal(tuple(o.shape)), dtype=np.float64)
+        if name in COT_FIX:
+            cot = COT_FIX[name](o.detach().numpy(), cot, c)
+        c.cots.append(cot.astype(np.float32).astype(np.float64) if dtype == "f32" else cot)
+    # f64 cases that pass through f32 (their tolerance is f32's)
+    c.mixed = dtype == "f64" and (any(t.dtype == "f32" for t in ts) or "to:f32" in P.get("chain", ""))
+    try:
+        c.expected, c.dtypes = torch_results(c, leaves, out, c.cots)
+        if dtype == "f32":  # torch's own float32 on the same values: the yardstick
+            leaves32, out32 = torch_forward(c, ref, None)
+            c.torch32, c.dtypes = torch_results(c, leaves32, out32, c.cots)
+    except Exception as e:
+        c.torch_error = f"backward: {type(e).__name__}: {e}"
     return c
 
 
@@ -1167,7 +1894,7 @@ def describe(c):
         if t.views:
             base = "x".join(str(d) for d in t.base.shape)
             s += f"[{base}.{view_desc(t.views)}]"
-        if t.dtype != "f64":
+        if t.dtype != c.dtype:
             s += f":{t.dtype}"
         parts.append(f"{t.name}={s}")
     for k, v in c.P.items():
@@ -1180,7 +1907,7 @@ def describe(c):
 def write_cases(path, cases):
     with open(path, "wb") as f:
         for c in cases:
-            f.write(f"CASE {c.id} {c.op}\n".encode())
+            f.write(f"CASE {c.id} {c.op} {c.dtype}\n".encode())
             for k, v in c.P.items():
                 if k.startswith("_"):
                     continue
@@ -1189,14 +1916,14 @@ def write_cases(path, cases):
                 else:
                     vs = v if isinstance(v, (list, tuple)) else [v]
                     f.write(("N " + k + "".join(" " + fmt_num(x) for x in vs) + "\n").encode())
-            tensors = list(c.ts) + [TS("cot", c.cot, False)]
-            for t in tensors:
-                arr = t.base
-                arr = np.array(arr, dtype={"f64": "<f8", "i64": "<i8", "bool": np.uint8}[t.dtype], order="C")
-                raw = arr.tobytes()
+            # cotangents in their output's dtype (a view chain may end in the other float dtype)
+            cots = [TS(n.replace("out", "cot"), g, False, dtype=c.dtypes[n])
+                    for n, g in zip(output_names(c, len(c.cots)), c.cots) if g is not None]
+            for t in list(c.ts) + cots:
+                arr = np.array(t.base, dtype=WIRE_DTYPES[t.dtype], order="C")
                 dims = " ".join(str(d) for d in arr.shape)
                 f.write(f"T {t.name} {t.dtype} {int(t.grad)} {arr.ndim}{(' ' + dims) if dims else ''}\n".encode())
-                f.write(raw)
+                f.write(arr.tobytes())
                 for v in t.views:
                     f.write(("V " + " ".join(str(x) for x in v) + "\n").encode())
             f.write(b"END\n")
@@ -1220,7 +1947,8 @@ def read_results(path):
         parts = head.split(" ", 3)
         assert parts[0] == "RESULT", head
         cid, status = parts[1], parts[2]
-        r = {"status": status, "msg": parts[3] if len(parts) > 3 else "", "tensors": {}, "undefined": []}
+        r = {"status": status, "msg": parts[3] if len(parts) > 3 else "", "tensors": {}, "dtypes": {},
+             "undefined": []}
         while True:
             l = line()
             if l == "END":
@@ -1230,42 +1958,230 @@ def read_results(path):
                 continue
             p = l.split()
             assert p[0] == "T", l
-            nd = int(p[2])
-            shape = tuple(int(x) for x in p[3:3 + nd])
+            nd = int(p[3])
+            shape = tuple(int(x) for x in p[4:4 + nd])
             n = int(np.prod(shape)) if shape else 1
             arr = np.frombuffer(data, dtype="<f8", count=n, offset=pos).reshape(shape).copy()
             pos += 8 * n
             r["tensors"][p[1]] = arr
+            r["dtypes"][p[1]] = p[2]
         res[cid] = r
     return res
 
 
-def compare(ref, got):
-    """(ok, relative error, note)."""
+def nonfinite_mismatch(ref, got):
+    """Where one is finite and the other not, or both are non-finite but differ (nan vs inf, signs)."""
+    fr, fg = np.isfinite(ref), np.isfinite(got)
+    return (fr != fg) | (~fr & ~fg & ~((np.isnan(ref) & np.isnan(got)) | (ref == got)))
+
+
+def max_err(ref, x):
+    """(max |x - ref| over the elements finite in both, 1 + max |ref| over ref's finite elements)."""
+    fr, fx = np.isfinite(ref), np.isfinite(x)
+    both = fr & fx
+    err = float(np.max(np.abs(ref[both] - x[both]))) if both.any() else 0.0
+    return err, 1.0 + (float(np.max(np.abs(ref[fr]))) if fr.any() else 0.0)
+
+
+def worst_at(ref, got, flagged=None):
+    """The index of the first flagged element, or else of the largest finite difference."""
+    if flagged is None:
+        flagged = np.where(np.isfinite(ref) & np.isfinite(got), np.abs(ref - got), 0)
+    return np.unravel_index(int(np.argmax(flagged)), ref.shape)
+
+
+def compare(ref, got, rtol=RTOL):
+    """f64: (ok, relative error, note)."""
     if tuple(ref.shape) != tuple(got.shape):
         return False, math.inf, f"shape {list(got.shape)} vs torch {list(ref.shape)}"
     if ref.size == 0:
         return True, 0.0, ""
-    fr, fg = np.isfinite(ref), np.isfinite(got)
-    bad_nf = (fr != fg) | (~fr & ~fg & ~((np.isnan(ref) & np.isnan(got)) | (ref == got)))
-    scale = 1.0 + (np.max(np.abs(ref[fr])) if fr.any() else 0.0)
-    both = fr & fg
-    err = float(np.max(np.abs(ref[both] - got[both]))) if both.any() else 0.0
+    err, scale = max_err(ref, got)
     rel = err / scale
-    note = ""
+    bad_nf = nonfinite_mismatch(ref, got)
     if bad_nf.any():
-        i = np.unravel_index(int(np.argmax(bad_nf)), ref.shape)
+        i = worst_at(ref, got, bad_nf)
         note = f"non-finite mismatch at {list(i)}: tapegrad {got[i]!r} vs torch {ref[i]!r} ({int(bad_nf.sum())} elems)"
-        return False, math.inf if rel <= RTOL else rel, note
-    if rel > RTOL:
-        d = np.where(both, np.abs(ref - got), 0)
-        i = np.unravel_index(int(np.argmax(d)), ref.shape)
-        note = f"worst at {list(i)}: tapegrad {got[i]!r} vs torch {ref[i]!r}"
-    return rel <= RTOL, rel, note
+        return False, math.inf if rel <= rtol else rel, note
+    if rel > rtol:
+        i = worst_at(ref, got)
+        return False, rel, f"worst at {list(i)}: tapegrad {got[i]!r} vs torch {ref[i]!r}"
+    return True, rel, ""
+
+
+def compare_f32(ref, ref32, got, floor_eps=F32_FLOOR_EPS):
+    """f32: (ok, tapegrad's error, torch f32's error, tapegrad's error / bound, note); errors relative
+    to 1 + max |ref|."""
+    if tuple(ref.shape) != tuple(got.shape):
+        return False, math.inf, 0.0, math.inf, f"shape {list(got.shape)} vs torch {list(ref.shape)}"
+    if ref.size == 0:
+        return True, 0.0, 0.0, 0.0, ""
+    err, scale = max_err(ref, got)
+    err32, _ = max_err(ref, ref32)
+    bound = max(F32_TORCH_FACTOR * err32, floor_eps * EPS32 * scale)
+    notes = []
+    bad_nf = nonfinite_mismatch(ref, got)
+    if bad_nf.any():
+        i = worst_at(ref, got, bad_nf)
+        notes.append(f"non-finite mismatch at {list(i)}: tapegrad {got[i]!r} vs f64 {ref[i]!r} "
+                     f"(torch f32 {ref32[i]!r}; {int(bad_nf.sum())} elems)")
+    elif err > bound:
+        i = worst_at(ref, got)
+        notes.append(f"worst at {list(i)}: tapegrad {got[i]!r} vs f64 {ref[i]!r} (torch f32 {ref32[i]!r}); "
+                     f"bound {bound / scale:.1e}")
+    torch_nf = int(nonfinite_mismatch(ref, ref32).sum())
+    if torch_nf:  # its error is then measured on the elements it has finite
+        notes.append(f"torch f32 non-finite where f64 is not: {torch_nf} elems")
+    return not bad_nf.any() and err <= bound, err / scale, err32 / scale, err / bound, "; ".join(notes)
+
+
+def run_driver(args, cases, tmp):
+    results = {}
+    runnable = [c for c in cases if c.torch_error is None]
+    chunk = 400
+    for k in range(0, len(runnable), chunk):
+        part = runnable[k:k + chunk]
+        cin, cout = os.path.join(tmp, f"cases{k // chunk}.bin"), os.path.join(tmp, f"results{k // chunk}.bin")
+        write_cases(cin, part)
+        cmd = [args.driver, cin, cout] + (["--threads", str(args.threads)] if args.threads else [])
+        p = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            # a crash: rerun the chunk case by case to pin it down
+            for c in part:
+                write_cases(cin, [c])
+                q = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+                if q.returncode != 0:
+                    results[c.id] = {"status": "CRASH", "msg": f"driver exit {q.returncode}: {q.stderr.strip()[-300:]}",
+                                     "tensors": {}, "dtypes": {}, "undefined": []}
+                else:
+                    results.update(read_results(cout))
+        else:
+            results.update(read_results(cout))
+    return results
+
+
+class OpStats:
+    def __init__(self):
+        self.passed, self.failed, self.worst, self.worst32, self.margin, self.ratios = 0, 0, 0.0, 0.0, 0.0, []
+
+
+def check_case(c, r, st):
+    """(ok, line) for case c with driver result r; accumulates the op's statistics in st."""
+    desc = f"{c.id} {c.dtype} {describe(c)}"
+    if c.torch_error is not None:
+        return False, f"FAIL {desc} | torch rejected the generated case: {c.torch_error}"
+    if r is None or r["status"] != "OK":
+        status = "missing" if r is None else r["status"]
+        return False, f"FAIL {desc} | tapegrad {status}: {'' if r is None else r['msg']}"
+    ok, errs, notes = True, [], []
+    for tn, ref in c.expected.items():
+        got = r["tensors"].get(tn)
+        if got is None:
+            ok = False
+            errs.append(f"{tn}=missing")
+            continue
+        if c.dtype == "f32":
+            winograd = c.op == "conv2d" and c.P.get("_kind") == "winograd" and tn in ("out", "grad.x")
+            good, rel, rel32, margin, note = compare_f32(ref, c.torch32[tn], got,
+                                                         WINOGRAD_FLOOR_EPS if winograd else F32_FLOOR_EPS)
+            if winograd:
+                note = f"Winograd bound; {note}" if note else "Winograd bound"
+            st.worst32, st.margin = max(st.worst32, rel32), max(st.margin, margin)
+            if rel32 > 0:
+                st.ratios.append(rel / rel32)
+            elif rel > 0:
+                st.ratios.append(math.inf)
+            ratio = f"{rel / rel32:.2g}x" if rel32 > 0 else ("-" if rel == 0 else "inf")
+            text = f"{tn}={rel:.1e}({ratio})" + ("[Winograd bound]" if winograd else "")
+        else:
+            # f64 cases through f32 sum f32 values in an order torch need not share: f32's floor
+            good, rel, note = compare(ref, got, F32_FLOOR_EPS * EPS32 if c.mixed else RTOL)
+            text = f"{tn}={rel:.1e}"
+        if r["dtypes"][tn] != c.dtypes[tn]:
+            good = False
+            note = f"dtype {r['dtypes'][tn]} vs torch {c.dtypes[tn]}" + (f"; {note}" if note else "")
+        st.worst = max(st.worst, rel)
+        errs.append(text + ("" if good else "!"))
+        if not good:
+            ok = False
+        if note:
+            notes.append(f"{tn}: {note}")
+    n_out, n_got = (sum(1 for n in d if n.startswith("out")) for d in (c.expected, r["tensors"]))
+    if n_out != n_got:
+        ok = False
+        notes.append(f"{n_got} outputs vs torch {n_out}")
+    if r["undefined"]:
+        notes.append("undefined grads (reported as zeros): " + ",".join(r["undefined"]))
+    line = f"{'PASS' if ok else 'FAIL'} {desc} | " + " ".join(errs)
+    if notes and not ok:
+        line += " | " + "; ".join(notes)
+    return ok, line
+
+
+def run_dtype(dtype, names, args, only):
+    """Builds, runs and checks the cases of one dtype; prints their lines and the summary."""
+    t0 = time.time()
+    cases = []
+    for n in names:
+        count = max(4, int(round(args.cases * OPS[n][2])))
+        for i in [only] if only is not None else range(count):
+            cases.append(build_case(n, i, args.seed, dtype))
+    t_torch = time.time() - t0
+
+    tmp = os.path.join(args.keep, dtype) if args.keep else tempfile.mkdtemp(prefix="torch_diff_")
+    os.makedirs(tmp, exist_ok=True)
+    t1 = time.time()
+    results = run_driver(args, cases, tmp)
+    t_driver = time.time() - t1
+    if not args.keep:
+        for f in os.listdir(tmp):
+            os.remove(os.path.join(tmp, f))
+        os.rmdir(tmp)
+
+    stats = {n: OpStats() for n in names}
+    for c in cases:
+        st = stats[c.name]
+        ok, line = check_case(c, results.get(c.id), st)
+        if ok:
+            st.passed += 1
+        else:
+            st.failed += 1
+        if not ok or not args.failures_only:
+            print(line)
+
+    print()
+    if dtype == "f64":
+        print(f"summary f64 (seed {args.seed}; tolerance max|diff| <= {RTOL:g} * (1 + max|torch|) per tensor; "
+              f"torch {t_torch:.1f}s, tapegrad driver {t_driver:.1f}s)")
+        print(f"  {'op':<22} {'cases':>5} {'pass':>5} {'fail':>5}  worst rel. error")
+        for n in names:
+            st = stats[n]
+            print(f"  {n:<22} {st.passed + st.failed:>5} {st.passed:>5} {st.failed:>5}  {st.worst:.1e}")
+    else:
+        print(f"summary f32 (seed {args.seed}; per tensor err = max|x - torch f64|, bound = "
+              f"max({F32_TORCH_FACTOR:g} err(torch f32), {F32_FLOOR_EPS:g} eps_f32 (1 + max|torch f64|)), "
+              f"pass: err(tapegrad) <= bound; worst errors relative to 1 + max|torch f64|; ratio = err(tapegrad) / "
+              f"err(torch f32) over the tensors where either is inexact; torch {t_torch:.1f}s, tapegrad driver "
+              f"{t_driver:.1f}s)")
+        print(f"  {'op':<22} {'cases':>5} {'pass':>5} {'fail':>5}  {'tapegrad':>8} {'torch32':>8}  "
+              f"{'ratio max':>9} {'median':>7}  err/bound")
+        for n in names:
+            st = stats[n]
+            rs = sorted(st.ratios)
+            rmax = f"{rs[-1]:.3g}" if rs else "-"
+            rmed = f"{rs[len(rs) // 2]:.3g}" if rs else "-"
+            print(f"  {n:<22} {st.passed + st.failed:>5} {st.passed:>5} {st.failed:>5}  {st.worst:>8.1e} "
+                  f"{st.worst32:>8.1e}  {rmax:>9} {rmed:>7}  {st.margin:9.2g}")
+    tp = sum(s.passed for s in stats.values())
+    tf = sum(s.failed for s in stats.values())
+    print(f"  {'total ' + dtype:<22} {tp + tf:>5} {tp:>5} {tf:>5}")
+    print()
+    return tf
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", choices=["f64", "f32", "both"], default="both")
     ap.add_argument("--cases", type=int, default=30, help="cases per heavy op (elementwise ops get max(4, N//3))")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--op", action="append", default=[], help="regex on op names (repeatable; full match)")
@@ -1294,96 +2210,10 @@ def main():
         print(f"driver {args.driver} not found (cmake --build build --target torch_diff)", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-
-    t0 = time.time()
-    cases = []
-    for n in names:
-        w = OPS[n][2]
-        count = max(4, int(round(args.cases * w)))
-        for i in [only] if only is not None else range(count):
-            cases.append(build_case(n, i, args.seed))
-    t_torch = time.time() - t0
-
-    results = {}
-    tmp = args.keep or tempfile.mkdtemp(prefix="torch_diff_")
-    os.makedirs(tmp, exist_ok=True)
-    runnable = [c for c in cases if c.torch_error is None]
-    chunk = 400
-    t1 = time.time()
-    for k in range(0, len(runnable), chunk):
-        part = runnable[k:k + chunk]
-        cin, cout = os.path.join(tmp, f"cases{k // chunk}.bin"), os.path.join(tmp, f"results{k // chunk}.bin")
-        write_cases(cin, part)
-        cmd = [args.driver, cin, cout] + (["--threads", str(args.threads)] if args.threads else [])
-        p = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-        if p.returncode != 0:
-            # a crash: rerun the chunk case by case to pin it down
-            for c in part:
-                write_cases(cin, [c])
-                q = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-                if q.returncode != 0:
-                    results[c.id] = {"status": "CRASH", "msg": f"driver exit {q.returncode}: {q.stderr.strip()[-300:]}",
-                                     "tensors": {}, "undefined": []}
-                else:
-                    results.update(read_results(cout))
-        else:
-            results.update(read_results(cout))
-    t_driver = time.time() - t1
-    if not args.keep:
-        for f in os.listdir(tmp):
-            os.remove(os.path.join(tmp, f))
-        os.rmdir(tmp)
-
-    stats = {n: [0, 0] for n in names}
-    worst = {n: 0.0 for n in names}
-    failures = []
-    for c in cases:
-        desc = describe(c)
-        if c.torch_error is not None:
-            line = f"FAIL {c.id} {desc} | torch rejected the generated case: {c.torch_error}"
-            ok = False
-        else:
-            r = results.get(c.id)
-            if r is None or r["status"] != "OK":
-                st = "missing" if r is None else r["status"]
-                line = f"FAIL {c.id} {desc} | tapegrad {st}: {'' if r is None else r['msg']}"
-                ok = False
-            else:
-                ok, errs, notes = True, [], []
-                for tn, ref in c.expected.items():
-                    got = r["tensors"].get(tn)
-                    if got is None:
-                        ok = False
-                        errs.append(f"{tn}=missing")
-                        continue
-                    good, rel, note = compare(ref, got)
-                    worst[c.name] = max(worst[c.name], rel)
-                    errs.append(f"{tn}={rel:.1e}" + ("" if good else "!"))
-                    if not good:
-                        ok = False
-                        notes.append(f"{tn}: {note}")
-                if r["undefined"]:
-                    notes.append("undefined grads (reported as zeros): " + ",".join(r["undefined"]))
-                line = f"{'PASS' if ok else 'FAIL'} {c.id} {desc} | " + " ".join(errs)
-                if notes and not ok:
-                    line += " | " + "; ".join(notes)
-        stats[c.name][0 if ok else 1] += 1
-        if not ok:
-            failures.append(line)
-        if not ok or not args.failures_only:
-            print(line)
-
-    print()
-    print(f"summary (seed {args.seed}; tolerance max|diff| <= {RTOL:g} * (1 + max|torch|) per tensor; "
-          f"torch {t_torch:.1f}s, tapegrad driver {t_driver:.1f}s)")
-    print(f"  {'op':<22} {'cases':>5} {'pass':>5} {'fail':>5}  worst rel. error")
-    for n in names:
-        p, f = stats[n]
-        print(f"  {n:<22} {p + f:>5} {p:>5} {f:>5}  {worst[n]:.1e}")
-    tp = sum(s[0] for s in stats.values())
-    tf = sum(s[1] for s in stats.values())
-    print(f"  {'total':<22} {tp + tf:>5} {tp:>5} {tf:>5}")
-    return 1 if tf else 0
+    failed = 0
+    for dtype in (["f64", "f32"] if args.dtype == "both" else [args.dtype]):
+        failed += run_dtype(dtype, names, args, only)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
