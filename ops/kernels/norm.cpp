@@ -273,7 +273,8 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
       const std::int64_t c = std::min(W, n - i);
       const B<T> xh = xhat(load_n(x + i, c, T(0)));
       const B<T> dy = load_n(gy + i, c, T(0));
-      B<T> d = w ? dy * load_n(w + i, c, T(0)) : dy;
+      // dy w rounded as in s1 (an FMA with 0 cannot be fused with the subtraction below).
+      B<T> d = w ? xsimd::fma(dy, load_n(w + i, c, T(0)), B<T>(0)) : dy;
       if constexpr (Center) d = d - c1;
       store_n(gx + i, xsimd::fnma(xh, c2, d) * rb, c);
       if (prefetch_next) prefetch_next_row(x + n + i, gy + n + i, gx + n + i);
@@ -470,7 +471,9 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
           const std::int64_t c = std::min(W, S - i);
           const B<T> dy = load_n(gb + cc * S + i, c, T(0));
           const B<T> xh = (load_n(xb + cc * S + i, c, T(0)) - mb) * rb;
-          store_n(gx + ng * M + cc * S + i, xsimd::fnma(xh, c2, xsimd::fms(dy, wc, c1)) * rb, c);
+          // dy w rounded first (an FMA with 0, which the compiler cannot fuse with the subtraction):
+          // c1 holds the f32 rounding of the same products, so one-element groups cancel exactly.
+          store_n(gx + ng * M + cc * S + i, xsimd::fnma(xh, c2, xsimd::fma(dy, wc, B<T>(0)) - c1) * rb, c);
         }
       }
     }

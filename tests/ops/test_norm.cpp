@@ -212,11 +212,17 @@ TEST_CASE("norms over one element: zero input gradient exactly, as the math says
   // x_hat is 0 and d/dx (x - mean) = 0: the bracket g - s1 / n cancels exactly before rstd (316
   // for eps 1e-5) multiplies it.
   const Tensor x0 = test::randn({3, 1}, DType::f32, 30), x1 = test::randn({2, 4}, DType::f32, 31);
-  Tensor a = x0.detach().requires_grad_(), b = x1.detach().requires_grad_();
-  ops::sum(ops::mul(ops::layer_norm(a, {1}), test::randn({3, 1}, DType::f32, 32))).backward();
-  ops::sum(ops::mul(ops::group_norm(b, 4), test::randn({2, 4}, DType::f32, 33))).backward();
-  for (const Tensor& g : {a.grad(), b.grad()})
-    for (float v : g.to_vector<float>()) CHECK(v == 0.0f);
+  for (bool affine : {false, true}) {
+    INFO(affine);
+    const Tensor w1 = affine ? test::randn({1}, DType::f32, 34) : Tensor(), b1 = affine ? test::randn({1}, DType::f32, 35) : Tensor();
+    const Tensor w4 = affine ? test::randn({4}, DType::f32, 36) : Tensor(), b4 = affine ? test::randn({4}, DType::f32, 37) : Tensor();
+    Tensor a = x0.detach().requires_grad_(), b = x1.detach().requires_grad_(), c = x1.detach().requires_grad_();
+    ops::sum(ops::mul(ops::layer_norm(a, {1}, w1, b1), test::randn({3, 1}, DType::f32, 32))).backward();
+    ops::sum(ops::mul(ops::group_norm(b, 4, w4, b4), test::randn({2, 4}, DType::f32, 33))).backward();
+    ops::sum(ops::mul(ops::group_norm_silu(c, 4, w4, b4), test::randn({2, 4}, DType::f32, 38))).backward();
+    for (const Tensor& g : {a.grad(), b.grad(), c.grad()})
+      for (float v : g.to_vector<float>()) CHECK(v == 0.0f);
+  }
 }
 
 TEST_CASE("norms: 1 vs N threads give identical bits (forward and backward)", "[ops][norm][threads]") {
