@@ -1,6 +1,13 @@
 // Elementwise ops: each op's forward functor, its backward rule and its frontend, side by side.
 #include "ops/elementwise.hpp"
 
+// GCC 12 reports false -Wuninitialized warnings from inside avx512fintrin.h (the _mm512_undefined_*
+// operands of xsimd's exp/log/pow, depending on how they are inlined here); not about this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -92,10 +99,6 @@ Tensor unary_zero_grad(const char* op, const Tensor& x, F f, bool integers_too) 
 
 // x^p with std::pow's (and PyTorch's) special values. xsimd's pow is exp(p log|x|) with the sign
 // fixed for negative x; it gives 0 for every power of 0 and NaN for inf^0 and 1^NaN.
-// (GCC 12 reports false -Wuninitialized warnings from inside avx512fintrin.h, the
-// _mm512_undefined_* operands of xsimd's exp/log, once they are inlined here.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
 template <class B>
 B pow_ieee(const B& x, const B& p) {
   const B zero(0), one(1);
@@ -106,7 +109,6 @@ B pow_ieee(const B& x, const B& p) {
   const B r = xsimd::select(x == zero, at_zero, xsimd::pow(x, p));
   return xsimd::select(p == zero || x == one, one, r);
 }
-#pragma GCC diagnostic pop
 
 // Integer exponents by repeated squaring (exact for integer-valued data, fine for negative bases);
 // other exponents through exp/log (NaN for negative bases, as in real arithmetic).

@@ -431,7 +431,7 @@ void backward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const At
 
   Scratch& sc = thread_scratch();
   sc.reset(2 * Scratch::bytes(Tq * dp, sizeof(T)) + Scratch::bytes(d * Tqp, sizeof(T)) +
-           Scratch::bytes(Tq * dvp, sizeof(T)) + Scratch::bytes(dv * Tqp, sizeof(T)) +
+           Scratch::bytes(Tq * dvp, sizeof(T)) + 2 * Scratch::bytes(dv * Tqp, sizeof(T)) +
            2 * Scratch::bytes(Tqp, sizeof(T)) + 2 * Scratch::bytes(BC * dp, sizeof(T)) +
            Scratch::bytes(BC * dvp, sizeof(T)) + 4 * Scratch::bytes(BC * BR, sizeof(T)));
   T* Qs = sc.take<T>(Tq * dp);    // scale * Q rows, zero-padded to dp
@@ -439,6 +439,7 @@ void backward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const At
   T* QsT = sc.take<T>(d * Tqp);   // (scale * Q)^T
   T* dO = sc.take<T>(Tq * dvp);   // dout rows, zero-padded
   T* dOT = sc.take<T>(dv * Tqp);  // dout^T
+  T* OT = sc.take<T>(dv * Tqp);   // out^T
   T* Dr = sc.take<T>(Tqp);        // <dO_i, O_i>
   T* L = sc.take<T>(Tqp);         // logsumexp (+inf in the padding: P = 0 there)
   T* Kb = sc.take<T>(BC * dp);    // K_j rows when K cannot be read in place
@@ -457,22 +458,19 @@ void backward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const At
     const AttnOperand<T> g{dout, &off, dv, 1};
     pack_rows(dO, dvp, g, 0, 0, Tq, dv, T(1));
     pack_transposed(dOT, Tqp, g, 0, 0, Tq, dv, T(1));
+    const AttnOperand<T> o{out, &off, dv, 1};
+    pack_transposed(OT, Tqp, o, 0, 0, Tq, dv, T(1));
   }
-  for (std::int64_t i = 0; i < Tq; ++i) {  // D_i = <dO_i, O_i>
-    const T* g = dO + i * dvp;
-    const T* o = out + (bh * Tq + i) * dv;
+  // D_i = <dO_i, O_i> (0 in the padding), with lanes over queries and one FMA chain over the
+  // features, in the order block_gemm forms dP_ij = <dO_i, V_j>: where a query sees a single key,
+  // O_i = V_j exactly, so dP - D and the gradients through that softmax row are exactly 0.
+  for (std::int64_t r = 0; r < Tqp; r += W) {
     V<T> acc(T(0));
-    std::int64_t e = 0;
-    for (; e + W <= dv; e += W) acc = xsimd::fma(V<T>::load_aligned(g + e), V<T>::load_unaligned(o + e), acc);
-    alignas(64) T lanes[W];
-    acc.store_aligned(lanes);
-    T sum = T(0);
-    for (std::int64_t j = 0; j < W; ++j) sum += lanes[j];
-    for (; e < dv; ++e) sum += g[e] * o[e];
-    Dr[i] = sum;
-    L[i] = lse[bh * Tq + i];
+    for (std::int64_t e = 0; e < dv; ++e)
+      acc = xsimd::fma(V<T>::load_aligned(dOT + e * Tqp + r), V<T>::load_aligned(OT + e * Tqp + r), acc);
+    acc.store_aligned(Dr + r);
   }
-  std::fill(Dr + Tq, Dr + Tqp, T(0));
+  for (std::int64_t i = 0; i < Tq; ++i) L[i] = lse[bh * Tq + i];
   std::fill(L + Tq, L + Tqp, std::numeric_limits<T>::infinity());
   std::fill(dQ, dQ + Tq * dp, T(0));
   const std::int64_t shift = Tk - Tq;

@@ -15,6 +15,13 @@
 // chunks are then added in chunk order (f64).
 #include "ops/kernels/norm.hpp"
 
+// GCC 12 reports false -Wuninitialized warnings from inside avx512fintrin.h (the _mm512_undefined_*
+// operands of xsimd's exp/log1p) in some builds (-O1 sanitizer builds); not about this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <xsimd/xsimd.hpp>
 
 #if XSIMD_WITH_AVX512F || XSIMD_WITH_AVX

@@ -199,6 +199,24 @@ TEST_CASE("attention: fully masked rows give zeros, not NaN (forward and backwar
   CHECK(q.grad().to_vector<double>() == std::vector<double>(12, 0.0));
 }
 
+TEST_CASE("attention: a query that sees one key has exactly zero q gradient (softmax of one score)", "[ops][attention]") {
+  // Causal self-attention: query 0 sees key 0 only, so its output is v_0 whatever q_0 and k_0
+  // are. The backward's D_0 = <dO_0, O_0> is formed in the same FMA order as dP_00 = <dO_0, v_0>,
+  // so dS = P (dP - D) is exactly 0, as in the math (and in PyTorch's explicit softmax).
+  for (DType dt : {DType::f32, DType::f64})
+    for (std::int64_t T : {5, 40, 70}) {  // one and several key/query blocks
+      INFO(T);
+      Tensor q = test::randn({2, 3, T, 64}, dt, 40).requires_grad_(), k = test::randn({2, 3, T, 64}, dt, 41);
+      const Tensor v = test::randn({2, 3, T, 80}, dt, 42);
+      ops::sum(ops::mul(ops::scaled_dot_product_attention(q, k, v, options(true, {})),
+                        test::randn({2, 3, T, 80}, dt, 43)))
+          .backward();
+      const Tensor g0 = q.grad().narrow(2, 0, 1);  // [2, 3, 1, 64]
+      CHECK(ops::sum(ops::abs(g0)).item() == 0.0);
+      CHECK(ops::sum(ops::abs(q.grad())).item() > 0.0);
+    }
+}
+
 TEST_CASE("attention: gradcheck for q, k and v", "[ops][attention][grad][scaled_dot_product_attention]") {
   const Case cases[] = {{{2}, 3, 4, 5, 3}, {{1, 2}, 7, 7, 8, 8}, {{2}, 5, 3, 2, 2}, {{}, 1, 1, 1, 1}, {{1}, 70, 70, 3, 2}};
   std::uint64_t seed = 300;
