@@ -3,6 +3,7 @@
 # Idempotent and quiet when everything is already present.
 #   scripts/install-deps.sh            build + test + example dependencies
 #   scripts/install-deps.sh --bench    also the reference systems for scripts/bench.sh
+#   scripts/install-deps.sh --torch    also PyTorch for scripts/torch_check.sh
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,8 @@ packages=(
 if [[ "${1:-}" == "--bench" ]]; then
   # Reference systems, for benchmarks only (never linked into tapegrad).
   packages+=(python3-torch python3-numpy python3-threadpoolctl libopenblas-dev libopenblas0-openmp)
+elif [[ "${1:-}" == "--torch" ]]; then
+  packages+=(python3-torch python3-numpy)  # the reference of the differential checks only
 fi
 
 missing=()

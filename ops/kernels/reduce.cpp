@@ -19,6 +19,11 @@ namespace {
 // changing a single bit.
 constexpr std::int64_t kRowBlock = 1 << 14;
 
+// f32 sums and products accumulate in f64, rows and columns alike: summed in f32, a row of 40k
+// values loses ~1e-4 of its magnitude. (max/min are exact in any precision.)
+template <class T>
+using Wide = std::conditional_t<std::is_same_v<T, float>, double, T>;
+
 template <class T>
 T identity(ReduceOp op) {
   switch (op) {
@@ -67,6 +72,17 @@ B combine_batch(ReduceOp op, const B& a, const B& b) {
   return a;
 }
 
+// The four accumulators of a block folded into one value: pairwise, then lane by lane in order.
+template <class B>
+typename B::value_type fold_accumulators(ReduceOp op, const B& a0, const B& a1, const B& a2, const B& a3) {
+  const B acc = combine_batch(op, combine_batch(op, a0, a1), combine_batch(op, a2, a3));
+  alignas(64) typename B::value_type lanes[B::size];
+  acc.store_aligned(lanes);
+  typename B::value_type r = lanes[0];
+  for (std::size_t j = 1; j < B::size; ++j) r = combine(op, r, lanes[j]);
+  return r;
+}
+
 // Reduces n contiguous elements with 4 independent batch accumulators.
 template <class T>
 T reduce_block(ReduceOp op, const T* p, std::int64_t n) {
@@ -87,18 +103,8 @@ T reduce_block(ReduceOp op, const T* p, std::int64_t n) {
     for (std::int64_t j = 0; j < W; ++j) tail[j] = i + j < n ? p[i + j] : identity<T>(op);
     a1 = combine_batch(op, a1, B::load_aligned(tail));
   }
-  const B acc = combine_batch(op, combine_batch(op, a0, a1), combine_batch(op, a2, a3));
-  alignas(64) T lanes[W];
-  acc.store_aligned(lanes);
-  T r = lanes[0];
-  for (std::int64_t j = 1; j < W; ++j) r = combine(op, r, lanes[j]);
-  return r;
+  return fold_accumulators(op, a0, a1, a2, a3);
 }
-
-// f32 sums and products accumulate in f64, as the column path does: summed in f32, a row of 40k
-// values loses ~1e-4 of its magnitude. (max/min are exact in any precision.)
-template <class T>
-using Wide = std::conditional_t<std::is_same_v<T, float>, double, T>;
 
 Wide<float> reduce_block_wide(ReduceOp op, const float* p, std::int64_t n) {
   using F = xsimd::batch<float>;
@@ -116,11 +122,7 @@ Wide<float> reduce_block_wide(ReduceOp op, const float* p, std::int64_t n) {
     a2 = combine_batch(op, a2, l1);
     a3 = combine_batch(op, a3, h1);
   }
-  const D acc = combine_batch(op, combine_batch(op, a0, a1), combine_batch(op, a2, a3));
-  alignas(64) double lanes[D::size];
-  acc.store_aligned(lanes);
-  double r = lanes[0];
-  for (std::size_t j = 1; j < D::size; ++j) r = combine(op, r, lanes[j]);
+  double r = fold_accumulators(op, a0, a1, a2, a3);
   for (; i < n; ++i) r = combine(op, r, static_cast<double>(p[i]));
   return r;
 }
@@ -199,7 +201,7 @@ void reduce_rows(ReduceOp op, const Tensor& x, const Split& s, T* out) {
 // vectorised across kept elements. Float sums accumulate in f64.
 template <class T>
 void reduce_columns(ReduceOp op, const Tensor& x, const Split& s, T* out) {
-  using Acc = std::conditional_t<std::is_floating_point_v<T> && true, std::conditional_t<std::is_same_v<T, float>, double, T>, T>;
+  using Acc = Wide<T>;
   const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
   const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
   char* base = static_cast<char*>(x.raw_data());
