@@ -77,7 +77,9 @@ std::int64_t Generator::randint(std::int64_t low, std::int64_t high) {
   TG_CHECK(high > low, "randint: empty range [{}, {})", low, high);
   const auto w = philox(state_.seed, advance(1));
   const std::uint64_t r = (static_cast<std::uint64_t>(w[0]) << 32) | w[1];
-  return low + static_cast<std::int64_t>(r % static_cast<std::uint64_t>(high - low));
+  // Unsigned arithmetic: the span of [INT64_MIN, INT64_MAX) does not fit in an int64.
+  const std::uint64_t span = static_cast<std::uint64_t>(high) - static_cast<std::uint64_t>(low);
+  return static_cast<std::int64_t>(static_cast<std::uint64_t>(low) + r % span);
 }
 
 Tensor rand(const Shape& shape, DType dtype, Generator& gen) {
@@ -109,7 +111,9 @@ Tensor normal(const Shape& shape, double mean, double std, DType dtype, Generato
 Tensor trunc_normal(const Shape& shape, double mean, double std, double low, double high, DType dtype,
                     Generator& gen) {
   TG_CHECK(is_floating(dtype), "trunc_normal: expected a floating dtype, got {}", dtype);
-  TG_CHECK(std > 0 && low < high, "trunc_normal: need std > 0 and low < high, got std={} [{}, {}]", std, low, high);
+  TG_CHECK(std::isfinite(mean) && std::isfinite(std) && std > 0 && low < high,
+           "trunc_normal: need a finite mean, a finite std > 0 and low < high, got mean={} std={} [{}, {}]", mean, std,
+           low, high);
   TG_CHECK(low <= mean + 6 * std && high >= mean - 6 * std,
            "trunc_normal: the interval [{}, {}] is too far from the mean {} (std {}) to sample by rejection", low,
            high, mean, std);
@@ -123,11 +127,11 @@ Tensor trunc_normal(const Shape& shape, double mean, double std, double low, dou
 
 Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, DType dtype, Generator& gen) {
   TG_CHECK(high > low, "randint: empty range [{}, {})", low, high);
-  const auto span = static_cast<std::uint64_t>(high - low);
+  const std::uint64_t span = static_cast<std::uint64_t>(high) - static_cast<std::uint64_t>(low);  // may not fit int64
   return generate(shape, dtype, gen, "randint", [low, span](std::uint64_t s, std::uint64_t c) {
     const auto w = philox(s, c);
     const std::uint64_t r = (static_cast<std::uint64_t>(w[0]) << 32) | w[1];
-    return static_cast<double>(low + static_cast<std::int64_t>(r % span));
+    return static_cast<double>(static_cast<std::int64_t>(static_cast<std::uint64_t>(low) + r % span));
   });
 }
 

@@ -13,12 +13,12 @@ Shape Shape::filled(int n, std::int64_t value) {
 }
 
 void Shape::push_back(std::int64_t v) {
-  TG_CHECK(n_ < kMaxDims, "tapegrad tensors have at most {} dims", kMaxDims);
+  TG_CHECK(n_ < kMaxDims, "cannot add a dim to shape {}: tapegrad tensors have at most {} dims", *this, kMaxDims);
   d_[n_++] = v;
 }
 
 void Shape::insert(int pos, std::int64_t v) {
-  TG_CHECK(n_ < kMaxDims, "tapegrad tensors have at most {} dims", kMaxDims);
+  TG_CHECK(n_ < kMaxDims, "cannot add a dim to shape {}: tapegrad tensors have at most {} dims", *this, kMaxDims);
   for (int i = n_; i > pos; --i) d_[i] = d_[i - 1];
   d_[pos] = v;
   ++n_;
@@ -37,7 +37,10 @@ void Shape::resize(int n, std::int64_t fill) {
 
 std::int64_t Shape::numel() const {
   std::int64_t p = 1;
-  for (int i = 0; i < n_; ++i) p *= d_[i];
+  for (int i = 0; i < n_; ++i)
+    if (d_[i] == 0) return 0;
+  for (int i = 0; i < n_; ++i)
+    TG_CHECK(!__builtin_mul_overflow(p, d_[i], &p), "shape {} has more than 2^63 - 1 elements", *this);
   return p;
 }
 

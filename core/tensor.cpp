@@ -159,8 +159,19 @@ Tensor& Tensor::fill_(double value) {
 Tensor empty(const Shape& shape, DType dtype) {
   for (int d = 0; d < shape.size(); ++d)
     TG_CHECK(shape[d] >= 0, "empty: negative dimension {} in shape {}", shape[d], shape);
+  const std::int64_t n = shape.numel();
+  // Sizes a pointer difference can span (and well past any real memory): larger requests are
+  // malformed, not merely too big, so they are rejected before asking the allocator.
+  constexpr std::int64_t kMaxBytes = std::int64_t{1} << 56;
+  TG_CHECK(n <= kMaxBytes / static_cast<std::int64_t>(dtype_size(dtype)),
+           "empty: shape {} of {} would need {} elements of {} bytes, more than 2^56 bytes", shape, dtype, n,
+           dtype_size(dtype));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = Storage::allocate(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
+  try {
+    impl->storage = Storage::allocate(static_cast<std::size_t>(n) * dtype_size(dtype));
+  } catch (const Error& e) {  // name the tensor that did not fit
+    TG_FAIL("{} (shape {} of {})", e.what(), shape, dtype);
+  }
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -184,6 +195,7 @@ Tensor arange(double start, double stop, double step, DType dtype) {
   TG_CHECK(step != 0.0 && std::isfinite(step) && std::isfinite(start) && std::isfinite(stop),
            "arange: need finite start/stop and a nonzero step, got ({}, {}, {})", start, stop, step);
   const double count = std::ceil((stop - start) / step);
+  TG_CHECK(count < 0x1p62, "arange: ({}, {}, {}) would have {} elements", start, stop, step, count);
   const auto n = static_cast<std::int64_t>(std::max(0.0, count));
   Tensor t = empty(Shape{n}, dtype);
   dispatch(dtype, "arange", [&]<class T>() {

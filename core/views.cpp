@@ -63,7 +63,7 @@ Shape infer_shape(const Shape& shape, std::int64_t numel, const Shape& from, con
       infer = d;
     } else {
       TG_CHECK(s[d] >= 0, "{}: invalid dimension {} in shape {}", op, s[d], shape);
-      known *= s[d];
+      TG_CHECK(!__builtin_mul_overflow(known, s[d], &known), "{}: shape {} has more than 2^63 - 1 elements", op, shape);
     }
   }
   if (infer >= 0) {
@@ -179,11 +179,11 @@ Tensor Tensor::slice(std::int64_t axis, std::int64_t start, std::int64_t stop, s
   const std::int64_t n = shape()[a];
   auto clamp = [n](std::int64_t i) { return std::clamp(i < 0 ? i + n : i, std::int64_t{0}, n); };
   const std::int64_t b = clamp(start), e = clamp(stop);
-  const std::int64_t len = e > b ? (e - b + step - 1) / step : 0;
+  const std::int64_t len = e > b ? (e - b - 1) / step + 1 : 0;
   Shape s = shape();
   Strides st = strides();
   s[a] = len;
-  st[a] = strides()[a] * step;
+  if (len > 1) st[a] = strides()[a] * step;  // (a step beyond the dim would overflow, and no stride is needed)
   const Shape in_shape = shape();
   const DType dt = dtype();
   return record_view("slice", *this, make_view(*this, s, st, offset() + b * strides()[a]),
@@ -198,9 +198,9 @@ Tensor Tensor::narrow(std::int64_t axis, std::int64_t start, std::int64_t length
   const int a = normalize_axis(axis, dim(), "narrow", shape());
   const std::int64_t n = shape()[a];
   const std::int64_t b = start < 0 ? start + n : start;
-  TG_CHECK(b >= 0 && length >= 0 && b + length <= n,
-           "narrow: range [{}, {}) is out of bounds for dim {} of size {} (shape {})", start, start + length, a, n,
-           shape());
+  TG_CHECK(b >= 0 && b <= n && length >= 0 && length <= n - b,
+           "narrow: range [{}, {}) is out of bounds for dim {} of size {} (shape {})", start,
+           static_cast<double>(start) + static_cast<double>(length), a, n, shape());  // (the sum may not fit int64)
   return slice(a, b, b + length);
 }
 

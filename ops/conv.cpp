@@ -45,9 +45,21 @@ Batched as_batch(const Tensor& x, const char* op) {
 
 Tensor unbatch(const Tensor& y, bool unbatched) { return unbatched ? y.squeeze(0) : y; }
 
+// Pooling needs non-empty planes and channels (an empty batch is fine), as in torch.
+void check_planes(const char* op, const Tensor& x, const Tensor& x_in) {
+  TG_CHECK(x.shape()[1] > 0 && x.shape()[2] > 0 && x.shape()[3] > 0,
+           "{}: x of shape {} has an empty channel or spatial dim", op, x_in.shape());
+}
+
+// Window parameters (kernel, stride, padding, dilation, sizes) are bounded by 2^31 - 1, so the
+// output-size arithmetic on them cannot overflow.
+constexpr std::int64_t kMaxWindowParam = (std::int64_t{1} << 31) - 1;
+
 void check_pair(const char* op, const char* what, Size2 v, std::int64_t min) {
   TG_CHECK(v[0] >= min && v[1] >= min, "{}: {} must be {}, got [{}, {}] (dim {})", op, what,
            min == 1 ? "positive" : "non-negative", v[0], v[1], v[0] >= min ? 3 : 2);
+  TG_CHECK(v[0] <= kMaxWindowParam && v[1] <= kMaxWindowParam, "{}: {} must be at most 2^31 - 1, got [{}, {}]", op,
+           what, v[0], v[1]);
 }
 
 void check_same_dtype(const char* op, const Tensor& x, const Tensor& t, const char* name) {
@@ -207,6 +219,10 @@ Tensor conv_transpose2d(const Tensor& x_in, const Tensor& weight, const Tensor& 
   std::int64_t out[2];
   const std::int64_t k[2] = {kh, kw};
   for (int d = 0; d < 2; ++d) {
+    // The parameters are < 2^31, but the input extent need not be: bound the product first.
+    TG_CHECK(static_cast<double>(x.shape()[2 + d]) * static_cast<double>(opt.stride[d]) < 0x1p62,
+             "conv_transpose2d: output size would overflow in dim {} for x of shape {} and stride {}", d + 2, x.shape(),
+             opt.stride[d]);
     out[d] = (x.shape()[2 + d] - 1) * opt.stride[d] - 2 * opt.padding[d] + opt.dilation[d] * (k[d] - 1) +
              opt.output_padding[d] + 1;
     TG_CHECK(out[d] >= 1,
@@ -255,6 +271,7 @@ struct PoolArgs {
 
 PoolArgs pool_args(const char* op, const Tensor& x_in, Size2 kernel, Size2 stride, Size2 padding) {
   PoolArgs a{as_batch(x_in, op), stride};
+  check_planes(op, a.b.x, x_in);
   check_pair(op, "kernel size", kernel, 1);
   if (stride[0] == 0 && stride[1] == 0) a.stride = kernel;
   check_pair(op, "stride", a.stride, 1);
@@ -354,6 +371,7 @@ Tensor avg_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 paddi
 Tensor adaptive_avg_pool2d(const Tensor& x_in, Size2 output_size) {
   const char* op = "adaptive_avg_pool2d";
   const auto [x, unbatched] = as_batch(x_in, op);
+  check_planes(op, x, x_in);
   check_pair(op, "output size", output_size, 1);
   auto win = std::make_shared<AvgWindows>();
   auto fill = [](std::int64_t size, std::int64_t n, std::vector<std::int64_t>& lo, std::vector<std::int64_t>& hi,
@@ -450,7 +468,10 @@ Tensor upsample(const Tensor& x_in, const UpsampleOptions& opt) {
     for (int d = 0; d < 2; ++d) {
       TG_CHECK(std::isfinite(s[d]) && s[d] > 0, "upsample: scale factors must be positive and finite, got [{}, {}] (dim {})",
                s[0], s[1], d + 2);
-      out[d] = static_cast<std::int64_t>(std::floor(static_cast<double>(x.shape()[2 + d]) * s[d]));
+      const double size = std::floor(static_cast<double>(x.shape()[2 + d]) * s[d]);
+      TG_CHECK(size < 0x1p62, "upsample: output size would be {} in dim {} for x of shape {} and scale factor {}", size,
+               d + 2, x.shape(), s[d]);
+      out[d] = static_cast<std::int64_t>(size);
       TG_CHECK(out[d] >= 1, "upsample: output size would be {} in dim {} for x of shape {} and scale factor {}", out[d],
                d + 2, x.shape(), s[d]);
     }

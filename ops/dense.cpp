@@ -20,11 +20,27 @@ std::vector<double> to_f64(const Tensor& a, const char* op, bool square) {
 
 Tensor from_f64(std::vector<double> v, const Shape& s) { return from_vector(v, s); }
 
+// Scales m by a power of two so that its largest magnitude is in [1, 2) and returns the exponent
+// taken out (0 for a zero matrix). Exact, so results on ordinary matrices keep every bit; it keeps
+// sums of squares of very large or very small entries from overflowing or underflowing.
+int normalize_pow2(std::vector<double>& m, const char* op, const Shape& shape) {
+  double big = 0;
+  for (double x : m) {
+    TG_CHECK(std::isfinite(x), "{}: the matrix (shape {}) has a non-finite entry {}", op, shape, x);
+    big = std::max(big, std::fabs(x));
+  }
+  if (big == 0) return 0;
+  const int e = std::ilogb(big);
+  for (double& x : m) x = std::ldexp(x, -e);
+  return e;
+}
+
 }  // namespace
 
 Eigh eigh(const Tensor& a) {
   std::vector<double> m = to_f64(a, "eigh", true);
   const std::int64_t n = a.shape()[0];
+  const int exponent = normalize_pow2(m, "eigh", a.shape());
   double scale = 0;
   for (double x : m) scale = std::max(scale, std::fabs(x));
   for (std::int64_t i = 0; i < n; ++i)
@@ -71,7 +87,7 @@ Eigh eigh(const Tensor& a) {
   std::sort(order.begin(), order.end(), [&](std::int64_t i, std::int64_t j) { return m[i * n + i] < m[j * n + j]; });
   std::vector<double> values(static_cast<std::size_t>(n)), vectors(static_cast<std::size_t>(n * n));
   for (std::int64_t c = 0; c < n; ++c) {
-    values[c] = m[order[c] * n + order[c]];
+    values[c] = std::ldexp(m[order[c] * n + order[c]], exponent);
     for (std::int64_t r = 0; r < n; ++r) vectors[r * n + c] = v[r * n + order[c]];
   }
   return {from_f64(values, {n}), from_f64(vectors, {n, n})};
@@ -165,8 +181,9 @@ Tensor matrix_power(const Tensor& a, std::int64_t p) {
 }
 
 Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
-  const std::vector<double> m = to_f64(a, "rank1_svd", false);
+  std::vector<double> m = to_f64(a, "rank1_svd", false);
   const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
+  const int exponent = normalize_pow2(m, "rank1_svd", a.shape());
   TG_CHECK(rows > 0 && cols > 0, "rank1_svd: empty matrix {}", a.shape());
   TG_CHECK(max_iters > 0 && tol > 0, "rank1_svd: max_iters ({}) and tol ({}) must be positive", max_iters, tol);
   auto norm = [](const std::vector<double>& x) {
@@ -232,7 +249,7 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
   const double sigma = norm(u);
   if (sigma == 0) return {0.0, zeros({rows}, DType::f64), from_f64(v, {cols})};
   for (double& x : u) x /= sigma;
-  return {sigma, from_f64(u, {rows}), from_f64(v, {cols})};
+  return {std::ldexp(sigma, exponent), from_f64(u, {rows}), from_f64(v, {cols})};
 }
 
 Tensor sqrtm_psd(const Tensor& a) {

@@ -138,10 +138,24 @@ DType scalar_result_dtype(const Tensor& x, double s, bool integer_op) {
   return DType::f32;
 }
 
+// Whether the double v lies in T's range (so static_cast<T>(v) is defined).
+template <class T>
+bool fits_in(double v) {
+  // Both ends as doubles: -2^(bits-1) exactly, and 2^(bits-1), which the int64 maximum rounds to.
+  constexpr double lo = static_cast<double>(std::numeric_limits<T>::lowest());
+  constexpr double hi = -lo;
+  return v >= lo && v < hi;
+}
+
 template <class F>
 Tensor scalar_op(const char* op, const Tensor& x_in, double s, bool integer_op, F f) {
   check_defined(x_in, op, "x");
   const Tensor x = x_in.to(scalar_result_dtype(x_in, s, integer_op));
+  if (!x.is_floating_point())
+    dispatch_numeric(x.dtype(), op, [&]<class T>() {
+      TG_CHECK(fits_in<T>(s), "{}: scalar {} does not fit in the {} tensor's type (shape {})", op, s, x.dtype(),
+               x.shape());
+    });
   return dispatch_numeric(x.dtype(), op, [&]<class T>() {
     Tensor out = empty(x.shape(), x.dtype());
     kernels::map<T>(out, [&](auto v) { return f(v, splat<decltype(v)>(s)); }, x);
@@ -300,6 +314,8 @@ Tensor maximum(const Tensor& a, const Tensor& b) { return extremum<false>("maxim
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
   check_defined(x, "clamp", "x");
   TG_CHECK(!(low && high) || *low <= *high, "clamp: low {} is greater than high {}", *low, *high);
+  TG_CHECK(x.is_floating_point() || !((low && std::isnan(*low)) || (high && std::isnan(*high))),
+           "clamp: a NaN bound for the {} tensor of shape {}", x.dtype(), x.shape());
   const double lo = low.value_or(-INFINITY), hi = high.value_or(INFINITY);
   auto f = [lo, hi](auto v) {
     using B = decltype(v);
@@ -307,10 +323,12 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
     if constexpr (std::is_floating_point_v<T>) {  // selects: NaN stays NaN (min/max would drop it)
       const B r = xsimd::select(v < splat<B>(lo), splat<B>(lo), v);
       return xsimd::select(r > splat<B>(hi), splat<B>(hi), r);
-    } else {  // integer tensors: clamp the bounds to the type's range first
-      const double l = std::max(lo, static_cast<double>(std::numeric_limits<T>::lowest()));
-      const double h = std::min(hi, static_cast<double>(std::numeric_limits<T>::max()));
-      return xsimd::min(xsimd::max(v, B(static_cast<T>(l))), B(static_cast<T>(h)));
+    } else {  // integer tensors: bounds beyond the type's range clamp nothing
+      auto bound = [](double b) {
+        if (fits_in<T>(b)) return static_cast<T>(b);
+        return b < 0 ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max();
+      };
+      return xsimd::min(xsimd::max(v, B(bound(lo))), B(bound(hi)));
     }
   };
   Tensor out = apply_numeric("clamp", f, x);

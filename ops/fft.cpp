@@ -302,7 +302,8 @@ Tensor complex_abs(const Tensor& a) {
 // ---- FFT convolution ----------------------------------------------------------------------------------------
 
 std::int64_t fft_conv_length(std::int64_t L, std::int64_t Lk) {
-  TG_CHECK(L >= 1 && Lk >= 1, "fft_conv_length: expected lengths >= 1, got L = {}, Lk = {}", L, Lk);
+  TG_CHECK(L >= 1 && Lk >= 1 && L <= (std::int64_t{1} << 40) && Lk <= (std::int64_t{1} << 40),
+           "fft_conv_length: expected lengths in [1, 2^40], got L = {}, Lk = {}", L, Lk);
   const std::int64_t need = std::max<std::int64_t>(L + Lk - 1, 2);
   std::int64_t best = 2;
   while (best < need) best *= 2;  // a power of two is always a candidate

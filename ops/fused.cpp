@@ -59,6 +59,7 @@ void adam_step(const Tensors& params, const Tensors& grads, const Tensors& m, co
   check_group("adam_step", params, grads);
   check_group("adam_step", params, m);
   check_group("adam_step", params, v);
+  TG_CHECK(h.step >= 1, "adam_step: step counts updates from 1 (it sets the bias correction), got {}", h.step);
   const double bc1 = 1 - std::pow(h.beta1, static_cast<double>(h.step));
   const double bc2 = 1 - std::pow(h.beta2, static_cast<double>(h.step));
   const double step_size = h.lr / bc1, inv_sqrt_bc2 = 1 / std::sqrt(bc2);

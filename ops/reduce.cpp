@@ -130,8 +130,7 @@ template <bool IsMax>
 Tensor extreme(const char* op, const Tensor& x, const Shape& axes, bool keepdim) {
   check_defined(x, op, "x");
   const std::uint32_t mask = axes_mask(x, axes, op);
-  TG_CHECK(reduced_count(x.shape(), mask) > 0 || x.numel() == 0,
-           "{}: cannot reduce an empty dimension (shape {})", op, x.shape());
+  TG_CHECK(reduced_count(x.shape(), mask) > 0, "{}: cannot reduce an empty dimension (shape {})", op, x.shape());
   TG_CHECK(x.numel() > 0 || !axes.empty(), "{}: cannot reduce an empty tensor (shape {})", op, x.shape());
   Tensor out = run_reduce(IsMax ? kernels::ReduceOp::max : kernels::ReduceOp::min, x, mask, keepdim);
   return record(op, {x}, out, [sx = SavedTensor(x), so = SavedTensor(out), mask](const Tensor& g) {
@@ -199,11 +198,14 @@ Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim) {
 Tensor logsumexp(const Tensor& x, const Shape& axes, bool keepdim) {
   check_defined(x, "logsumexp", "x");
   TG_CHECK(x.is_floating_point(), "logsumexp: expected a floating-point tensor, got {}", x.dtype());
-  Tensor shift = amax(x, axes, true).detach();
+  const std::uint32_t mask = axes_mask(x, axes, "logsumexp");
+  // An empty reduction is log(0) = -inf: no shift (amax of nothing is undefined).
+  Tensor shift = reduced_count(x.shape(), mask) == 0 ? zeros(reduced_shape(x.shape(), mask, true), x.dtype())
+                                                     : amax(x, axes, true).detach();
   shift = where(isfinite(shift), shift, 0.0);  // all -inf (or inf) rows: no shift, exact result
   Tensor out = add(log(sum(exp(sub(x, shift)), axes, true)), shift);
   if (keepdim) return out;
-  return out.reshape(reduced_shape(x.shape(), axes_mask(x, axes, "logsumexp"), false));
+  return out.reshape(reduced_shape(x.shape(), mask, false));
 }
 
 Tensor var(const Tensor& x, const Shape& axes, double correction, bool keepdim) {

@@ -1,8 +1,6 @@
 // Shape and indexing ops: frontends and backward rules (kernels in ops/kernels/index.cpp).
 #include "ops/shape.hpp"
 
-#include <numeric>
-
 #include "core/autograd.hpp"
 #include "core/copy.hpp"
 #include "ops/common.hpp"
@@ -18,16 +16,20 @@ using detail::check_defined;
 namespace {
 
 // An index tensor as contiguous i64, with every entry checked against [-size, size).
-// Negative entries count from the end, as in Python.
-Tensor checked_index(const Tensor& index, std::int64_t size, const char* op) {
+// Negative entries count from the end, as in Python -- unless !allow_negative (class labels and
+// embedding rows, where -1 is more likely a bug than a request for the last entry: [0, size)).
+Tensor checked_index(const Tensor& index, std::int64_t size, const char* op, bool allow_negative = true) {
   check_defined(index, op, "index");
   TG_CHECK(index.dtype() == DType::i64 || index.dtype() == DType::i32,
            "{}: index must be an integer tensor (i64 or i32), got {} (shape {})", op, index.dtype(), index.shape());
+  // A private copy: negative entries are rewritten below, and the backward keeps the index, so it
+  // must not change when the caller later writes to theirs.
   Tensor idx = index.detach().to(DType::i64).contiguous();
-  if (idx.is_same(index)) idx = idx.clone();  // we may rewrite negative entries
+  if (idx.storage() == index.storage()) idx = idx.clone();
   std::int64_t* p = idx.data<std::int64_t>();
   for (std::int64_t i = 0; i < idx.numel(); ++i) {
-    TG_CHECK(p[i] >= -size && p[i] < size, "{}: index {} is out of range for a dim of size {}", op, p[i], size);
+    TG_CHECK(p[i] >= (allow_negative ? -size : 0) && p[i] < size, "{}: index {} is out of range for a dim of size {}",
+             op, p[i], size);
     if (p[i] < 0) p[i] += size;
   }
   return idx;
@@ -50,7 +52,8 @@ Tensor cat(const Tensors& xs, std::int64_t axis) {
     for (int d = 0; match && d < s.size(); ++d) match = d == a || s[d] == first[d];
     TG_CHECK(match, "cat: tensor {} has shape {}, which does not match shape {} of tensor 0 outside dim {}", i, s,
              first, a);
-    out_shape[a] += s[a];
+    TG_CHECK(!__builtin_add_overflow(out_shape[a], s[a], &out_shape[a]), "cat: the sizes of dim {} overflow (shape {})",
+             a, s);
     dtype = promote(dtype, xs[i].dtype());
   }
   Tensor out = empty(out_shape, dtype);
@@ -113,12 +116,25 @@ Tensors split_views(const Tensor& x, int a, const std::vector<std::int64_t>& siz
 }
 }  // namespace
 
+// split, chunk and unbind make one tensor per piece; more than this many is a mistake, and would
+// exhaust memory on the piece list alone.
+namespace {
+constexpr std::int64_t kMaxPieces = std::int64_t{1} << 24;
+
+void check_pieces(const char* op, std::int64_t pieces, const Tensor& x, int axis) {
+  TG_CHECK(pieces <= kMaxPieces, "{}: dim {} of shape {} would be cut into {} pieces, more than 2^24", op, axis,
+           x.shape(), pieces);
+}
+}  // namespace
+
 Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis) {
   check_defined(x, "split", "x");
   const int a = normalize_axis(axis, x.dim(), "split", x.shape());
   TG_CHECK(size > 0, "split: size must be positive, got {}", size);
+  check_pieces("split", x.shape()[a] / size, x, a);
   std::vector<std::int64_t> sizes;
-  for (std::int64_t at = 0; at < x.shape()[a]; at += size) sizes.push_back(std::min(size, x.shape()[a] - at));
+  for (std::int64_t at = 0; at < x.shape()[a]; at += std::min(size, x.shape()[a] - at))
+    sizes.push_back(std::min(size, x.shape()[a] - at));
   if (sizes.empty()) sizes.push_back(0);  // an empty dim gives one empty piece (as torch.split)
   return split_views(x, a, sizes, false);
 }
@@ -126,10 +142,13 @@ Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis) {
 Tensors split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis) {
   check_defined(x, "split", "x");
   const int a = normalize_axis(axis, x.dim(), "split", x.shape());
-  const std::int64_t total = std::accumulate(sizes.begin(), sizes.end(), std::int64_t{0});
+  std::int64_t total = 0;
+  for (std::int64_t s : sizes) {
+    TG_CHECK(s >= 0, "split: negative size {}", s);
+    TG_CHECK(!__builtin_add_overflow(total, s, &total), "split: the {} sizes add up to more than 2^63 - 1", sizes.size());
+  }
   TG_CHECK(total == x.shape()[a], "split: sizes add up to {} but dim {} has size {} (shape {})", total, a,
            x.shape()[a], x.shape());
-  for (std::int64_t s : sizes) TG_CHECK(s >= 0, "split: negative size {}", s);
   return split_views(x, a, sizes, false);
 }
 
@@ -137,6 +156,7 @@ Tensors unbind(const Tensor& x, std::int64_t axis) {
   check_defined(x, "unbind", "x");
   TG_CHECK(x.dim() > 0, "unbind: expected a tensor with at least one dim, got a 0-d tensor");
   const int a = normalize_axis(axis, x.dim(), "unbind", x.shape());
+  check_pieces("unbind", x.shape()[a], x, a);
   return split_views(x, a, std::vector<std::int64_t>(static_cast<std::size_t>(x.shape()[a]), 1), true);
 }
 
@@ -145,8 +165,11 @@ Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis) {
   TG_CHECK(n > 0, "chunk: the number of chunks must be positive, got {}", n);
   const int a = normalize_axis(axis, x.dim(), "chunk", x.shape());
   // As torch.chunk: pieces of ceil(size / n) (so possibly fewer than n), but n empty pieces of an empty dim.
-  if (x.shape()[a] == 0) return split_views(x, a, std::vector<std::int64_t>(static_cast<std::size_t>(n), 0), false);
-  return split(x, (x.shape()[a] + n - 1) / n, a);
+  if (x.shape()[a] == 0) {
+    check_pieces("chunk", n, x, a);
+    return split_views(x, a, std::vector<std::int64_t>(static_cast<std::size_t>(n), 0), false);
+  }
+  return split(x, (x.shape()[a] - 1) / n + 1, a);
 }
 
 Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index) {
@@ -175,10 +198,10 @@ Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index) {
 Tensor embedding(const Tensor& weight, const Tensor& index) {
   check_defined(weight, "embedding", "weight");
   TG_CHECK(weight.dim() == 2, "embedding: weight must be [num_embeddings, dim], got shape {}", weight.shape());
-  check_defined(index, "embedding", "index");
+  const Tensor idx = checked_index(index, weight.shape()[0], "embedding", /*allow_negative=*/false);
   Shape out_shape = index.shape();
   out_shape.push_back(weight.shape()[1]);
-  return index_select(weight, 0, index.reshape({-1})).reshape(out_shape);
+  return index_select(weight, 0, idx.reshape({-1})).reshape(out_shape);
 }
 
 Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index) {
@@ -228,7 +251,7 @@ Tensor scatter_add(const Tensor& x, std::int64_t axis, const Tensor& index, cons
 
 Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype) {
   TG_CHECK(num_classes > 0, "one_hot: num_classes must be positive, got {}", num_classes);
-  const Tensor idx = checked_index(index, num_classes, "one_hot");
+  const Tensor idx = checked_index(index, num_classes, "one_hot", /*allow_negative=*/false);
   Shape shape = index.shape();
   shape.push_back(num_classes);
   Tensor out = zeros(shape, dtype);
@@ -274,6 +297,9 @@ Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode,
     const int d = x.dim() - 1 - static_cast<int>(p);
     const std::int64_t left = pads[2 * p], right = pads[2 * p + 1], n = out.shape()[d];
     if (left == 0 && right == 0) continue;
+    constexpr std::int64_t kMaxPad = std::int64_t{1} << 48;  // keeps n + left + right in range
+    TG_CHECK(left >= -kMaxPad && left <= kMaxPad && right >= -kMaxPad && right <= kMaxPad,
+             "pad: pad sizes ({}, {}) of dim {} are beyond +-2^48", left, right, d);
     if (mode == PadMode::constant) {
       // Crop first (negative pads), then surround with constant blocks.
       const std::int64_t crop_l = std::max<std::int64_t>(0, -left), crop_r = std::max<std::int64_t>(0, -right);
@@ -299,14 +325,15 @@ Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode,
     TG_CHECK(mode != PadMode::reflect || (left < n && right < n),
              "pad: reflect padding ({}, {}) must be smaller than dim {} of size {}", left, right, d, n);
     TG_CHECK(n > 0, "pad: cannot pad dim {} of size 0 with {} mode", d, mode == PadMode::reflect ? "reflect" : "replicate");
-    std::vector<std::int64_t> src;
+    Tensor src = empty({n + left + right}, DType::i64);  // allocated first: an absurd size fails here
+    std::int64_t* sp = src.data<std::int64_t>();
     for (std::int64_t i = -left; i < n + right; ++i) {
       std::int64_t j = i;
       if (mode == PadMode::reflect) j = i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i);
       else j = std::clamp<std::int64_t>(i, 0, n - 1);
-      src.push_back(j);
+      sp[i + left] = j;
     }
-    out = index_select(out, d, from_vector(src));
+    out = index_select(out, d, src);
   }
   return out.is_same(x) ? x : out;
 }
@@ -334,7 +361,10 @@ Tensor repeat(const Tensor& x, const Shape& repeats) {
     }
     viewed.push_back(s);
     expanded.push_back(d < lead ? repeats[d] : s);
-    out_shape.push_back(repeats[d] * s);
+    std::int64_t size = 0;
+    TG_CHECK(!__builtin_mul_overflow(repeats[d], s, &size), "repeat: repeats {} of a tensor of shape {} overflow dim {}",
+             repeats, x.shape(), d);
+    out_shape.push_back(size);
   }
   return x.reshape(viewed).expand(expanded).reshape(out_shape);
 }

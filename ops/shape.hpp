@@ -23,15 +23,18 @@ Tensors chunk(const Tensor& x, std::int64_t n, std::int64_t axis);
 // split, chunk and unbind are each one recorded op: their backward assembles one gradient.
 Tensors unbind(const Tensor& x, std::int64_t axis);
 
+// Index tensors (i64 or i32) are range-checked; in index_select, gather and scatter_add a negative
+// index counts from the end, as in Python. The ops keep a private copy of the index.
 // Rows `index[i]` of x along `axis`: out.shape[axis] = index.numel() (index is 1-D).
 Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);
 // out[..., i, ...] = x[..., index[..., i, ...], ...] along `axis` (torch.gather); index has x's rank.
 Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index);
 // x with src added at the positions `index` names along `axis` (torch.scatter_add); deterministic.
 Tensor scatter_add(const Tensor& x, std::int64_t axis, const Tensor& index, const Tensor& src);
-// Rows of an embedding table: weight [V, D], index of any shape -> [*index.shape, D].
+// Rows of an embedding table: weight [V, D], index of any shape in [0, V) -> [*index.shape, D].
 Tensor embedding(const Tensor& weight, const Tensor& index);
-// One-hot encoding of integer classes: [*index.shape, num_classes] (not differentiable).
+// One-hot encoding of integer classes in [0, num_classes): [*index.shape, num_classes] (not
+// differentiable).
 Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype = DType::f32);
 
 // x with `value` where mask (bool, broadcast to x's shape) is true.

@@ -40,8 +40,14 @@ T identity(ReduceOp op) {
 template <class T>
 T combine(ReduceOp op, T a, T b) {
   switch (op) {
-    case ReduceOp::sum: return a + b;
-    case ReduceOp::prod: return a * b;
+    case ReduceOp::sum:
+      if constexpr (std::is_integral_v<T>)  // integers wrap around (as the SIMD lanes do), as in torch
+        return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) + static_cast<std::make_unsigned_t<T>>(b));
+      return a + b;
+    case ReduceOp::prod:
+      if constexpr (std::is_integral_v<T>)
+        return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) * static_cast<std::make_unsigned_t<T>>(b));
+      return a * b;
     case ReduceOp::max:
       if constexpr (std::is_floating_point_v<T>) {
         if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();

@@ -1543,8 +1543,9 @@ def _embedding():
     def gen(rng):
         V, D = pick(rng, [1, 3, 10, 50]), pick(rng, [1, 4, 17, 33])
         ishape = pick(rng, [[], [0], [5], [2, 3], [4, 1, 6]])
-        return {}, [inp(rng, "w", [V, D], nc=0.3), index_ts(rng, rng.integers(-V, V, size=ishape))]
-    return gen, lambda T, P: F.embedding(wrapped(T["_index"], T["w"].shape[0]), T["w"])
+        # rows in [0, V): tapegrad, as torch, rejects a negative embedding row
+        return {}, [inp(rng, "w", [V, D], nc=0.3), index_ts(rng, rng.integers(0, V, size=ishape))]
+    return gen, lambda T, P: F.embedding(T["_index"].long(), T["w"])
 
 
 @op("one_hot")
@@ -1552,9 +1553,9 @@ def _one_hot():
     def gen(rng):
         n = pick(rng, [1, 2, 5, 10])
         ishape = pick(rng, [[], [0], [5], [2, 3]])
-        return {"num_classes": n}, [index_ts(rng, rng.integers(-n, n, size=ishape))]
+        return {"num_classes": n}, [index_ts(rng, rng.integers(0, n, size=ishape))]  # classes in [0, n)
     # not differentiable; the output has the case's float dtype
-    return gen, lambda T, P: F.one_hot(wrapped(T["_index"], P["num_classes"]), P["num_classes"]).to(
+    return gen, lambda T, P: F.one_hot(T["_index"].long(), P["num_classes"]).to(
         torch.get_default_dtype())
 
 

@@ -1,0 +1,163 @@
+// Regressions from an adversarial-input sweep: sizes and parameters at the edge of int64, indices
+// the caller still owns, non-finite inputs to Winograd, empty reductions and pools, badly scaled
+// matrices. Each case failed (crash, UB, hang or a silently wrong value) before its fix.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "core/autograd.hpp"
+#include "core/random.hpp"
+#include "ops/conv.hpp"
+#include "ops/dense.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/fft.hpp"
+#include "ops/fused.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
+#include "tests/support/helpers.hpp"
+
+using namespace tg;
+using Catch::Matchers::Contains;
+
+namespace {
+constexpr std::int64_t kBig = std::int64_t{1} << 62;
+constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+}  // namespace
+
+TEST_CASE("sizes beyond int64 or memory are rejected before allocating", "[ops][edge][errors]") {
+  CHECK_THROWS_WITH(zeros({kBig}), Contains("empty: shape [4611686018427387904]"));
+  CHECK_THROWS_WITH(zeros({1 << 20, 1 << 20, 1 << 20, 1 << 20}), Contains("more than 2^63 - 1 elements"));
+  CHECK_THROWS_WITH(full({std::int64_t{1} << 61, 2}, 1.0, DType::f64), Contains("empty: shape"));
+  CHECK_THROWS_WITH(arange(0.0, 1e30), Contains("arange"));
+  CHECK_THROWS_WITH(tensor({1}).expand({kBig, kBig}).numel(), Contains("more than 2^63 - 1 elements"));
+  CHECK_THROWS_WITH(tensor({1}).reshape({kBig, 4, 0}), Contains("reshape"));
+  CHECK_THROWS_WITH(ops::irfft(randn({5, 2}), kBig), Contains("empty"));
+  CHECK_THROWS_WITH(ops::fft_conv_length(kMax, 2), Contains("fft_conv_length"));
+  // A zero dim makes any shape empty, however large the others.
+  CHECK(zeros({0, kBig}).numel() == 0);
+}
+
+TEST_CASE("shape ops with extreme arguments raise instead of overflowing", "[ops][edge][shape][errors]") {
+  const Tensor x = randn({5});
+  CHECK(x.slice(0, 0, 5, kMax).shape() == Shape{1});
+  CHECK(x.slice(0, 1, 5, kMax / 2).to_vector<float>() == std::vector<float>{x.to_vector<float>()[1]});
+  CHECK_THROWS_WITH(x.narrow(0, 1, kMax), Contains("narrow: range [1, "));
+  CHECK_THROWS_WITH(ops::pad(x, {kBig, 0}), Contains("pad: pad sizes"));
+  CHECK_THROWS_WITH(ops::pad(x, {std::numeric_limits<std::int64_t>::min(), 0}), Contains("pad: pad sizes"));
+  CHECK_THROWS_WITH(ops::pad(x, {0, std::int64_t{1} << 40}, ops::PadMode::replicate), Contains("out of memory"));
+  CHECK_THROWS_WITH(ops::repeat(randn({2, 3}), {kBig, 1}), Contains("repeat"));
+  const Tensor e = tensor({1}).expand({kBig});
+  CHECK_THROWS_WITH(ops::cat({e, e}, 0), Contains("cat: the sizes of dim 0 overflow"));
+  CHECK_THROWS_WITH(ops::split(randn({3}), {kBig, kBig, kBig, kBig, 3}, 0), Contains("split"));
+  CHECK(ops::chunk(randn({5}), kMax, 0).size() == 5);
+  CHECK_THROWS_WITH(ops::chunk(randn({0}), std::int64_t{1} << 40, 0), Contains("chunk: dim 0"));
+  CHECK_THROWS_WITH(ops::unbind(tensor({1}).expand({std::int64_t{1} << 40}), 0), Contains("unbind: dim 0"));
+}
+
+TEST_CASE("index ops leave the caller's index alone", "[ops][edge][shape]") {
+  Tensor idx = tensor({-1, 0, -2}, DType::i64);
+  const Tensor x = arange(12).reshape({4, 3}).to(DType::f32);
+  const Tensor y = ops::index_select(x, 0, idx);
+  CHECK(idx.to_vector<std::int64_t>() == std::vector<std::int64_t>{-1, 0, -2});
+  CHECK(y.select(0, 0).to_vector<float>() == std::vector<float>{9, 10, 11});
+
+  // The backward uses the index of the forward, whatever the caller does to theirs later.
+  Tensor w = randn({4, 3}).requires_grad_(true);
+  Tensor rows = tensor({0, 1}, DType::i64);
+  const Tensor picked = ops::index_select(w, 0, rows);
+  rows.fill_(3);
+  ops::sum(picked).backward();
+  CHECK(w.grad().to_vector<float>() == std::vector<float>{1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0});
+
+  // Class labels and embedding rows must be in [0, n): -1 is a bug, not the last entry.
+  CHECK_THROWS_WITH(ops::one_hot(tensor({-1}, DType::i64), 3), Contains("one_hot: index -1 is out of range"));
+  CHECK_THROWS_WITH(ops::embedding(randn({4, 2}), tensor({-1}, DType::i64)), Contains("embedding: index -1"));
+}
+
+TEST_CASE("integer tensors: out-of-range scalars and clamp bounds", "[ops][edge][elementwise]") {
+  const Tensor a = tensor({-5, 1, 7}, DType::i64);
+  CHECK(ops::clamp(a, 0.0, std::nullopt).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 7});
+  CHECK(ops::clamp(a, std::nullopt, 1e19).to_vector<std::int64_t>() == std::vector<std::int64_t>{-5, 1, 7});
+  CHECK(ops::clamp(a, -1e19, 3.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{-5, 1, 3});
+  CHECK(ops::clamp(a, 2e19, std::nullopt).to_vector<std::int64_t>() == std::vector<std::int64_t>(3, kMax));
+  CHECK_THROWS_WITH(ops::clamp(a, NAN, std::nullopt), Contains("clamp: a NaN bound"));
+  CHECK_THROWS_WITH(ops::add(tensor({3}, DType::i32), 1e10), Contains("add_scalar: scalar 10000000000 does not fit"));
+  CHECK_THROWS_WITH(ops::mul(a, 1e30), Contains("does not fit"));
+  CHECK(ops::add(tensor({3}, DType::i32), 2.0).to_vector<std::int32_t>() == std::vector<std::int32_t>{5});
+  // Integer sums wrap around (as torch), without undefined behaviour.
+  const Tensor big = full({2}, 0x1p62, DType::i64);
+  CHECK(ops::sum(big).item<std::int64_t>() == std::numeric_limits<std::int64_t>::min());
+}
+
+TEST_CASE("empty reductions and pools raise, logsumexp of nothing is -inf", "[ops][edge][reduce][conv]") {
+  CHECK_THROWS_WITH(ops::amax(randn({0, 3}), {0}), Contains("amax: cannot reduce an empty dimension"));
+  CHECK_THROWS_WITH(ops::amin(randn({2, 0}), {1}, true), Contains("amin: cannot reduce an empty dimension"));
+  CHECK(ops::amax(randn({0, 3}), {1}).shape() == Shape{0});  // empty, but no empty reduction
+  const Tensor lse = ops::logsumexp(randn({0, 3}), {0});
+  CHECK(lse.to_vector<float>() == std::vector<float>(3, -INFINITY));
+  CHECK_THROWS_WITH(ops::max_pool2d(randn({1, 1, 0, 4}), {2, 2}, {0, 0}, {1, 1}), Contains("max_pool2d: x of shape"));
+  CHECK_THROWS_WITH(ops::avg_pool2d(randn({1, 1, 0, 4}), {2, 2}, {0, 0}, {1, 1}), Contains("avg_pool2d: x of shape"));
+  CHECK_THROWS_WITH(ops::adaptive_avg_pool2d(randn({1, 1, 0, 4}), {2, 2}), Contains("adaptive_avg_pool2d"));
+  CHECK(ops::max_pool2d(randn({0, 2, 4, 4}), {2, 2}).shape() == Shape{0, 2, 2, 2});  // an empty batch is fine
+}
+
+TEST_CASE("window parameters near int64 are rejected", "[ops][edge][conv][errors]") {
+  const Tensor x = randn({1, 1, 4, 4}), w = randn({1, 1, 3, 3});
+  CHECK_THROWS_WITH(ops::conv2d(x, w, {}, {.padding = {kBig, 0}}), Contains("conv2d: padding must be at most 2^31 - 1"));
+  CHECK_THROWS_WITH(ops::conv2d(x, w, {}, {.dilation = {kBig, 1}}), Contains("dilation must be at most"));
+  CHECK_THROWS_WITH(ops::conv_transpose2d(x, w, {}, {.stride = {kBig, 1}}), Contains("conv_transpose2d: stride"));
+  CHECK_THROWS_WITH(ops::max_pool2d(x, {3, 3}, {1, 1}, {0, 0}, {kBig, 1}), Contains("max_pool2d: dilation"));
+  CHECK_THROWS_WITH(ops::avg_pool2d(x, {kMax, 2}, {1, 1}, {kMax / 2, 0}), Contains("avg_pool2d: kernel size"));
+  CHECK_THROWS_WITH(ops::adaptive_avg_pool2d(x, {std::int64_t{1} << 34, 1}), Contains("output size must be at most"));
+  CHECK_THROWS_WITH(ops::upsample(x, {.scale = std::array<double, 2>{1e19, 1.0}}), Contains("output size would be"));
+}
+
+TEST_CASE("conv2d: a non-finite input reaches only the outputs that see it", "[ops][edge][conv]") {
+  // 8 channels in and out, 3x3 with padding 1: the shape where Winograd's tiles would spread an
+  // inf to a whole 4x4 output tile (inf * 0 = NaN in the transforms).
+  for (const DType dt : {DType::f32, DType::f64})
+    for (const std::int64_t n : {4, 8, 12}) {
+    std::vector<double> xv(static_cast<std::size_t>(8 * n * n), 0.0);
+    xv[0] = INFINITY;  // x[0, 0, 0, 0]
+    const Tensor x = from_vector(xv, {1, 8, n, n}).to(dt);
+    const Tensor y = ops::conv2d(x, ones({8, 8, 3, 3}, dt), {}, {.padding = {1, 1}});
+    const std::vector<double> v = y.to(DType::f64).to_vector<double>();
+    for (std::int64_t o = 0; o < 8; ++o)
+      for (std::int64_t i = 0; i < n; ++i)
+        for (std::int64_t j = 0; j < n; ++j) {
+          const double yv = v[static_cast<std::size_t>((o * n + i) * n + j)];
+          CAPTURE(dt, n, o, i, j, yv);
+          CHECK(std::isfinite(yv) == (i > 1 || j > 1));
+          if (i > 1 || j > 1) CHECK(yv == 0.0);
+        }
+  }
+}
+
+TEST_CASE("dense helpers on badly scaled matrices", "[ops][edge][dense]") {
+  using ops::dense::eigh;
+  const auto values = [](const Tensor& a) { return eigh(a).values.to_vector<double>(); };
+  const std::vector<double> big = values(tensor({1e200, 1e200, 1e200, 1e200}, {2, 2}, DType::f64));
+  CHECK(big[0] == Approx(0.0).margin(1e186));
+  CHECK(big[1] == Approx(2e200));
+  const std::vector<double> tiny = values(tensor({1e-200, 2e-200, 2e-200, 1e-200}, {2, 2}, DType::f64));
+  CHECK(tiny[0] == Approx(-1e-200));
+  CHECK(tiny[1] == Approx(3e-200));
+  // Power-of-two scaling is exact: an ordinary matrix gives the same bits scaled up or not.
+  const Tensor m = tensor({2, 1, 0, 1, 3, 1, 0, 1, 4}, {3, 3}, DType::f64);
+  const std::vector<double> v1 = values(m), v2 = values(ops::mul(m, 0x1p100));
+  for (std::size_t i = 0; i < 3; ++i) CHECK(v2[i] == std::ldexp(v1[i], 100));
+  CHECK(ops::dense::rank1_svd(tensor({1e200, 0, 0, 1e199}, {2, 2}, DType::f64)).sigma == Approx(1e200));
+  CHECK_THROWS_WITH(eigh(tensor({NAN, 0, 0, 1}, {2, 2}, DType::f64)), Contains("eigh: the matrix (shape [2, 2]) has a non-finite"));
+}
+
+TEST_CASE("random and fused updates reject arguments they cannot honour", "[ops][edge][random][fused]") {
+  CHECK_THROWS_WITH(trunc_normal({4}, 0, INFINITY, -1, 1), Contains("trunc_normal: need a finite mean"));
+  // The whole int64 range is a valid randint range.
+  const Tensor r = randint(std::numeric_limits<std::int64_t>::min(), kMax, {64});
+  CHECK(r.numel() == 64);
+  Generator gen(7);
+  CHECK_NOTHROW(gen.randint(std::numeric_limits<std::int64_t>::min(), kMax));
+  const Tensor p = ones({3}), g = ones({3}), m = zeros({3}), v = zeros({3});
+  CHECK_THROWS_WITH(ops::adam_step({p}, {g}, {m}, {v}, {.step = 0}), Contains("adam_step: step counts updates from 1"));
+}
