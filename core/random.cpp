@@ -47,6 +47,8 @@ double normal_from(const std::array<std::uint32_t, 4>& w) {
 // Fills t (contiguous, fresh) with f(philox block of element i), i over [0, numel).
 template <class F>
 Tensor generate(const Shape& shape, DType dtype, Generator& gen, const char* op, F&& f) {
+  for (int d = 0; d < shape.size(); ++d)
+    TG_CHECK(shape[d] >= 0, "{}: negative dimension {} in shape {}", op, shape[d], shape);
   Tensor t = empty(shape, dtype);
   const std::int64_t n = t.numel();
   const std::uint64_t seed = gen.seed();

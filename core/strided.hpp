@@ -23,6 +23,10 @@ class StridedLoop {
   StridedLoop(const Shape& shape, const std::array<const Strides*, N>& strides,
               const std::array<std::size_t, N>& elem_size) {
     numel_ = shape.numel();
+    if (numel_ == 0) {  // nothing to visit (and the strides of an empty shape may be huge)
+      ndim_ = 1;
+      return;
+    }
     // Build innermost-first lists, dropping size-1 dims and merging contiguous neighbours.
     ndim_ = 0;
     for (int d = shape.size() - 1; d >= 0; --d) {

@@ -70,6 +70,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   check_defined(logits, "cross_entropy", "logits");
   check_defined(target, "cross_entropy", "target");
   TG_CHECK(logits.dim() >= 2, "cross_entropy: logits must be [N, C, ...], got shape {}", logits.shape());
+  TG_CHECK(logits.is_floating_point(), "cross_entropy: expected floating-point logits, got {} (shape {})",
+           logits.dtype(), logits.shape());
   TG_CHECK(target.dtype() == DType::i64 || target.dtype() == DType::i32,
            "cross_entropy: target must hold integer class indices (i64 or i32), got {}", target.dtype());
   Shape want = logits.shape();
@@ -134,11 +136,15 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
 
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
   check_same_shape("mse_loss", input, target);
+  TG_CHECK(input.is_floating_point(), "mse_loss: expected a floating-point input, got {} (shape {})", input.dtype(),
+           input.shape());
   return reduce(square(sub(input, target)), reduction);
 }
 
 Tensor l1_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
   check_same_shape("l1_loss", input, target);
+  TG_CHECK(input.is_floating_point(), "l1_loss: expected a floating-point input, got {} (shape {})", input.dtype(),
+           input.shape());
   return reduce(abs(sub(input, target)), reduction);
 }
 

@@ -129,6 +129,7 @@ namespace {
 template <bool IsMax>
 Tensor extreme(const char* op, const Tensor& x, const Shape& axes, bool keepdim) {
   check_defined(x, op, "x");
+  TG_CHECK(x.dtype() != DType::boolean, "{}: expected a numeric tensor, got bool (shape {})", op, x.shape());
   const std::uint32_t mask = axes_mask(x, axes, op);
   TG_CHECK(reduced_count(x.shape(), mask) > 0, "{}: cannot reduce an empty dimension (shape {})", op, x.shape());
   TG_CHECK(x.numel() > 0 || !axes.empty(), "{}: cannot reduce an empty tensor (shape {})", op, x.shape());
@@ -155,6 +156,7 @@ ValuesIndices arg_extreme(const char* op, bool is_max, const Tensor& x, std::int
   TG_CHECK(x.dim() > 0, "{}: expected a tensor with at least one dim, got a 0-d tensor", op);
   const int a = normalize_axis(axis, x.dim(), op, x.shape());
   TG_CHECK(x.shape()[a] > 0, "{}: cannot reduce dim {} of size 0 (shape {})", op, a, x.shape());
+  TG_CHECK(x.dtype() != DType::boolean, "{}: expected a numeric tensor, got bool (shape {})", op, x.shape());
   const std::uint32_t mask = 1u << a;
   Tensor values = empty(reduced_shape(x.shape(), mask, keepdim), x.dtype());
   Tensor indices = empty(values.shape(), DType::i64);
@@ -241,6 +243,7 @@ Tensor stddev(const Tensor& x, const Shape& axes, double correction, bool keepdi
 Tensor norm(const Tensor& x, double p, const Shape& axes, bool keepdim) {
   check_defined(x, "norm", "x");
   TG_CHECK(x.is_floating_point(), "norm: expected a floating-point tensor, got {}", x.dtype());
+  (void)axes_mask(x, axes, "norm");  // bad axes are reported as norm's, not as those of sum or amax
   if (p == 1.0) return sum(abs(x), axes, keepdim);
   if (std::isinf(p) && p > 0) return amax(abs(x), axes, keepdim);
   TG_CHECK(p == 2.0, "norm: p must be 1, 2 or infinity, got {}", p);

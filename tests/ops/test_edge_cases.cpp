@@ -13,6 +13,7 @@
 #include "ops/elementwise.hpp"
 #include "ops/fft.hpp"
 #include "ops/fused.hpp"
+#include "ops/loss.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 #include "tests/support/helpers.hpp"
@@ -160,4 +161,17 @@ TEST_CASE("random and fused updates reject arguments they cannot honour", "[ops]
   CHECK_NOTHROW(gen.randint(std::numeric_limits<std::int64_t>::min(), kMax));
   const Tensor p = ones({3}), g = ones({3}), m = zeros({3}), v = zeros({3});
   CHECK_THROWS_WITH(ops::adam_step({p}, {g}, {m}, {v}, {.step = 0}), Contains("adam_step: step counts updates from 1"));
+}
+
+TEST_CASE("errors name the op that was called, not the op it is built from", "[ops][edge][errors]") {
+  const Tensor i = tensor({1, 2, 3}, DType::i64), b = tensor({1, 0, 1}, DType::boolean);
+  CHECK_THROWS_WITH(ops::mse_loss(i, i), Contains("mse_loss: expected a floating-point input"));
+  CHECK_THROWS_WITH(ops::l1_loss(b, b), Contains("l1_loss: expected a floating-point input"));
+  CHECK_THROWS_WITH(ops::cross_entropy(tensor({1, 2}, {1, 2}, DType::i64), tensor({0}, DType::i64)),
+                    Contains("cross_entropy: expected floating-point logits"));
+  CHECK_THROWS_WITH(ops::norm(randn({2, 3}), 1.0, {5}), Contains("norm:"));
+  CHECK_THROWS_WITH(ops::amax(b, {0}), Contains("amax: expected a numeric tensor, got bool"));
+  CHECK_THROWS_WITH(ops::argmax(b, 0), Contains("argmax: expected a numeric tensor, got bool"));
+  CHECK_THROWS_WITH(randn({-1}), Contains("normal: negative dimension -1"));
+  CHECK_THROWS_WITH(ops::logsumexp(randn({2}), {3}), Contains("logsumexp:"));
 }
