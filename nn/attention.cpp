@@ -28,6 +28,9 @@ MultiheadAttention::MultiheadAttention(std::int64_t dim, std::int64_t h, const A
 
 Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) const {
   TG_CHECK(x.dim() == 3, "MultiheadAttention: expected x [B, T, dim], got {}", x.shape());
+  const std::int64_t dim = (cross ? q : qkv).weight.shape()[1];
+  TG_CHECK(x.shape()[2] == dim, "MultiheadAttention: x of shape {} has {} features, the layer was built for dim {}",
+           x.shape(), x.shape()[2], dim);
   const std::int64_t B = x.shape()[0], T = x.shape()[1], C = heads * head_dim;
   // Project and split heads: q, k, v [B, H, T, d] (permuted views, read in place by the kernel).
   Tensor qh, kh, vh;

@@ -122,6 +122,7 @@ Tensor solve(const Tensor& a, const Tensor& b) {
   const std::int64_t n = a.shape()[0];
   TG_CHECK(b.defined() && (b.dim() == 1 || b.dim() == 2) && b.shape()[0] == n,
            "solve: b must be [{}] or [{}, k], got {}", n, n, b.defined() ? b.shape() : Shape{});
+  TG_CHECK(b.is_floating_point(), "solve: expected a floating-point b, got {} (shape {})", b.dtype(), b.shape());
   const std::int64_t k = b.dim() == 2 ? b.shape()[1] : 1;
   std::vector<double> x = b.to_vector<double>();
   std::vector<std::int64_t> piv;

@@ -91,6 +91,8 @@ TEST_CASE("attention: shapes, causality, cross-attention, gradients", "[nn][atte
   nn::TransformerBlock b64(8, 2, {.dtype = DType::f64, .gen = &gen});
   CHECK_GRADCHECK([&](const Tensors& v) { return b64(v[0], {.causal = true}); }, {test::randn({1, 4, 8}, DType::f64, 9)});
   CHECK_THROWS_WITH(nn::MultiheadAttention(10, 4), Contains("4 heads must divide dim 10"));
+  CHECK_THROWS_WITH(attn(test::randn({2, 7, 6}, DType::f32, 6)),
+                    Contains("MultiheadAttention: x of shape [2, 7, 6] has 6 features, the layer was built for dim 16"));
 }
 
 TEST_CASE("KV-cache decoding equals full recomputation", "[nn][attention]") {

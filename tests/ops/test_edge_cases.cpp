@@ -174,4 +174,6 @@ TEST_CASE("errors name the op that was called, not the op it is built from", "[o
   CHECK_THROWS_WITH(ops::argmax(b, 0), Contains("argmax: expected a numeric tensor, got bool"));
   CHECK_THROWS_WITH(randn({-1}), Contains("normal: negative dimension -1"));
   CHECK_THROWS_WITH(ops::logsumexp(randn({2}), {3}), Contains("logsumexp:"));
+  CHECK_THROWS_WITH(ops::dense::solve(eye(2, 2, DType::f64), tensor({1, 0}, DType::boolean)),
+                    Contains("solve: expected a floating-point b"));
 }
