@@ -17,8 +17,9 @@
 //                 cost estimate wins: F(4x4, 3x3) (36 instead of 144 multiply-adds per 4x4
 //                 outputs), or F(2x2, 3x3) on outputs two rows high, in conv_winograd.cpp, with
 //                 the tiles in the input's phase planes or, on small planes, the tiles of several
-//                 images side by side; forward and input gradient; checked before the implicit GEMM,
-//                 for inputs that are all finite (one extra parallel read of the input).
+//                 images side by side; forward and input gradient; checked before the implicit GEMM.
+//                 An input tile holding an inf or NaN makes it decline (its transforms would spread
+//                 the value to the whole tile); the implicit GEMM then recomputes the output.
 //   implicit GEMM the rest with natural output sizes (e.g. 3x3 / pad 1 on small planes, strided
 //                 down-sampling): the padded planes are laid out with row width wp, output pixel
 //                 (i, j) is position i * wp + j, and tap k reads the buffer at off[k] + position,
@@ -889,39 +890,6 @@ bool implicit_input_grad(const ConvGeometry& g) {
   return natural_unit_stride(g) && g.ph <= (g.kh - 1) * g.dh && g.pw <= (g.kw - 1) * g.dw;
 }
 
-// Whether all n values are finite (one parallel read; v - v is 0 unless v is inf or NaN).
-template <class T>
-bool all_finite(const T* p, int64_t n) {
-  using B = xsimd::batch<T>;
-  constexpr int64_t kBlock = int64_t{1} << 14;
-  std::vector<unsigned char> bad(static_cast<size_t>((n + kBlock - 1) / kBlock), 0);
-  parallel_for(static_cast<int64_t>(bad.size()), 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t i0 = b * kBlock, i1 = std::min(n, i0 + kBlock);
-      B acc(T(0));
-      int64_t i = i0;
-      for (; i + static_cast<int64_t>(B::size) <= i1; i += B::size) {
-        const B v = B::load_unaligned(p + i);
-        acc += v - v;
-      }
-      alignas(64) T lanes[B::size];
-      acc.store_aligned(lanes);
-      T tail = 0;
-      for (T lane : lanes) tail += lane;
-      for (; i < i1; ++i) tail += p[i] - p[i];
-      bad[static_cast<size_t>(b)] = tail != T(0);
-    }
-  });
-  return std::none_of(bad.begin(), bad.end(), [](unsigned char f) { return f != 0; });
-}
-
-// Winograd's transforms mix every input of a tile into every product of the tile, so one inf or NaN
-// would reach outputs that cannot see it (inf * 0 = NaN). Such inputs take the implicit GEMM.
-template <class T>
-bool use_winograd(const ConvGeometry& g, const T* x) {
-  return winograd_applies(g) && all_finite(x, g.n * g.c * g.h * g.w);
-}
-
 template <class T>
 void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
   const int64_t cg = g.c / g.groups, og = g.o / g.groups, kh = g.kh, kw = g.kw;
@@ -935,11 +903,9 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
                 w[(((gi * og + o) * cg + c) * kh + (kh - 1 - p)) * kw + (kw - 1 - q)];
   const ConvGeometry t{g.n, g.o, g.ho, g.wo, g.c, kh, kw, g.h, g.w, 1, 1,
                        (kh - 1) * g.dh - g.ph, (kw - 1) * g.dw - g.pw, g.dh, g.dw, g.groups};
-  if (use_winograd(t, gy)) {
-    winograd_forward(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
-  } else {
+  // (Winograd declines a gy holding an inf or NaN; see winograd_forward.)
+  if (!winograd_applies(t) || !winograd_forward(t, gy, wf.data(), static_cast<const T*>(nullptr), gx))
     forward_implicit(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
-  }
 }
 
 // The input gradient of a strided convolution, one phase plane of gx at a time. Padded input row
@@ -1328,8 +1294,8 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
     forward_gemm(g, x, w, bias, y);
   } else if (use_direct(g)) {
     forward_direct(g, x, w, bias, y);
-  } else if (use_winograd(g, x)) {
-    winograd_forward(g, x, w, bias, y);
+  } else if (winograd_applies(g) && winograd_forward(g, x, w, bias, y)) {
+    // done (Winograd declines an input holding an inf or NaN: then the implicit GEMM below)
   } else if (natural_unit_stride(g) || strided_implicit(g)) {
     forward_implicit(g, x, w, bias, y);
   } else {

@@ -34,6 +34,7 @@
 #include "ops/kernels/conv_winograd.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "core/parallel.hpp"
@@ -208,13 +209,15 @@ inline void input_transform_1d(const Vec<T> (&d)[6], Vec<T> (&t)[6]) {
 
 // V[xi][c][v * L + l] = (B^T d B)[xi] of the strip's tile v * L + l, for v < nv, with the patch
 // value d[i][j] of a vector of tiles given by patch(c, v, i, j): first along the patch's rows (into
-// a small buffer in L1), then along its columns.
+// a small buffer in L1), then along its columns. Returns whether every transformed value is finite
+// (t - t is 0 for finite t, NaN otherwise; an inf or NaN input makes its tile's values non-finite).
 template <class T, int M, class Patch>
-void transform_input(int64_t C, int64_t nv, Patch&& patch, T* V) {
+bool transform_input(int64_t C, int64_t nv, Patch&& patch, T* V) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
   constexpr int N = Tile<M>::N;
   const int64_t xs = C * SV;  // stride between xi
   alignas(64) T rows[N][N][L];  // rows[i][s] = (d B)[i][s]
+  Vec<T> nonfinite(T(0));
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t v = 0; v < nv; ++v) {
       for (int i = 0; i < N; ++i) {
@@ -228,20 +231,26 @@ void transform_input(int64_t C, int64_t nv, Patch&& patch, T* V) {
         Vec<T> d[N], t[N];
         for (int i = 0; i < N; ++i) d[i] = Vec<T>::load_aligned(rows[i][s]);
         input_transform_1d(d, t);
-        for (int r = 0; r < N; ++r) t[r].store_aligned(out + (r * N + s) * xs);
+        for (int r = 0; r < N; ++r) {
+          t[r].store_aligned(out + (r * N + s) * xs);
+          nonfinite += t[r] - t[r];
+        }
       }
     }
   }
+  alignas(64) T lanes[L];
+  nonfinite.store_aligned(lanes);
+  return std::all_of(lanes, lanes + L, [](T v) { return v == T(0); });
 }
 
 // The phase-plane layout: patch value d[i][j] of tiles u0 + v * L + l is one plain vector load.
 template <class T, int M>
-void transform_input(const Plan& p, const T* Q, int64_t u0, int64_t nv, T* V) {
+bool transform_input(const Plan& p, const T* Q, int64_t u0, int64_t nv, T* V) {
   constexpr int64_t L = kLanes<T>;
   const auto patch = [&](int64_t c, int64_t v, int i, int j) {
     return Vec<T>::load_unaligned(Q + (c * M * M + (i % M) * M + j % M) * p.plane + (i / M) * p.TWq + j / M + u0 + v * L);
   };
-  transform_input<T, M>(p.C, nv, patch, V);
+  return transform_input<T, M>(p.C, nv, patch, V);
 }
 
 // M[i][v * L + l] = sum over c of U[c][i] * V[c][v * L + l]: 8 output channels x NV vectors of
@@ -356,7 +365,7 @@ void interleave_out(const ConvGeometry& g, const Plan& p, const T* Z, int64_t o_
 }
 
 template <class T, int M>
-void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+bool forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
   constexpr int64_t Xi = Tile<M>::Xi;
   const Plan p(g, M, L);
@@ -368,6 +377,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
   const int64_t ob_per_part = ceil_div(p.OB, parts);
   const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.tiles;
+  std::atomic<bool> finite{true};
   parallel_for(g.n * parts, tasks_grain(g.n * parts, work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t q_size = p.C * M * M * p.plane;
     Scratch<T> Q(q_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV), Z(p.O * M * M * p.zrow);
@@ -388,7 +398,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
         // Up to 3 vectors per strip; a remainder of 4 runs as 2 + 2 (a 1-vector product is load-bound).
         const int64_t left = ceil_div(p.tiles - u0, L);
         nv = left % kStripVecs == 1 && left > kStripVecs ? 2 : std::min(kStripVecs, left);
-        transform_input<T, M>(p, Q.get(), u0, nv, V.get());
+        if (!transform_input<T, M>(p, Q.get(), u0, nv, V.get())) finite.store(false, std::memory_order_relaxed);
         for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
           block_products<T, M>(V.get(), U.get(), p.C, ob, nv, Mbuf.get(), [&] {
             next_x.step();
@@ -403,6 +413,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
       interleave_out<T, M>(g, p, Z.get(), ob_lo * kOutBlock, std::min(p.O, ob_hi * kOutBlock), y + b * ys);
     }
   });
+  return finite.load();
 }
 
 // ---- Small planes: the tiles of several images side by side -------------------------------------
@@ -484,7 +495,7 @@ inline void interleave_tile_row(const Vec<T> (&y)[M], T* rows) {
 }
 
 template <class T, int M>
-void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+bool forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<M>::Xi;
   const DensePlan p(g, M, kLanes<T>);
   Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
@@ -495,6 +506,7 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
   const int64_t xs = g.c * g.h * g.w, plane = p.PH * p.PW;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.nv * kLanes<T>;
   const DenseLanes<T, M> lanes(p);
+  std::atomic<bool> finite{true};
   parallel_for(groups * parts, tasks_grain(groups * parts, work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t p_size = p.C * p.G * plane;
     Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV), rows(M * M * SV);
@@ -514,7 +526,7 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
       const auto patch = [&](int64_t c, int64_t v, int i, int j) {
         return gather_lanes(P.get() + c * p.G * plane + i * p.PW + j, lanes.patch[v]);
       };
-      transform_input<T, M>(p.C, p.nv, patch, V.get());
+      if (!transform_input<T, M>(p.C, p.nv, patch, V.get())) finite.store(false, std::memory_order_relaxed);
       // Row a of the tiles goes to rows[a] (tile outputs side by side); once a channel is done,
       // each image row is one copy out of it: tile row ty of image k, row a, covers image row
       // M ty + a, columns [0, M TW) at rows[a] + (k T + ty TW) M.
@@ -535,6 +547,7 @@ void forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
       }
     }
   });
+  return finite.load();
 }
 
 }  // namespace
@@ -551,24 +564,17 @@ bool winograd_applies(const ConvGeometry& g) {
 }
 
 template <class T>
-void winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+bool winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   switch (winograd_layout(g, kLanes<T>).layout) {
-    case Layout::phases2:
-      forward<T, 2>(g, x, w, bias, y);
-      break;
-    case Layout::phases4:
-      forward<T, 4>(g, x, w, bias, y);
-      break;
-    case Layout::dense2:
-      forward_dense<T, 2>(g, x, w, bias, y);
-      break;
-    case Layout::dense4:
-      forward_dense<T, 4>(g, x, w, bias, y);
-      break;
+    case Layout::phases2: return forward<T, 2>(g, x, w, bias, y);
+    case Layout::phases4: return forward<T, 4>(g, x, w, bias, y);
+    case Layout::dense2: return forward_dense<T, 2>(g, x, w, bias, y);
+    case Layout::dense4: return forward_dense<T, 4>(g, x, w, bias, y);
   }
+  return false;
 }
 
-template void winograd_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*);
-template void winograd_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*);
+template bool winograd_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*);
+template bool winograd_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*);
 
 }  // namespace tg::kernels

@@ -11,8 +11,11 @@ namespace tg::kernels {
 bool winograd_applies(const ConvGeometry& g);
 
 // y = conv(x, w) (+ bias[o]) for a geometry where winograd_applies(g); same contract as
-// conv2d_forward (y overwritten, bits independent of the thread count).
+// conv2d_forward (y overwritten, bits independent of the thread count). Returns false, leaving y
+// unspecified, when an input tile holds an inf or NaN (or transforms to one): the transforms mix
+// every value of a tile into every product, so it would reach outputs that cannot see it
+// (inf * 0 = NaN); the caller then computes y on another path.
 template <class T>
-void winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
+bool winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
 
 }  // namespace tg::kernels
