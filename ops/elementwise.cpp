@@ -321,6 +321,7 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
     using B = decltype(v);
     using T = typename B::value_type;
     if constexpr (std::is_floating_point_v<T>) {  // selects: NaN stays NaN (min/max would drop it)
+      if (std::isnan(lo) || std::isnan(hi)) return splat<B>(NAN);  // a NaN bound gives NaN, as torch
       const B r = xsimd::select(v < splat<B>(lo), splat<B>(lo), v);
       return xsimd::select(r > splat<B>(hi), splat<B>(hi), r);
     } else {  // integer tensors: bounds beyond the type's range clamp nothing

@@ -83,6 +83,8 @@ TEST_CASE("integer tensors: out-of-range scalars and clamp bounds", "[ops][edge]
   CHECK(ops::clamp(a, -1e19, 3.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{-5, 1, 3});
   CHECK(ops::clamp(a, 2e19, std::nullopt).to_vector<std::int64_t>() == std::vector<std::int64_t>(3, kMax));
   CHECK_THROWS_WITH(ops::clamp(a, NAN, std::nullopt), Contains("clamp: a NaN bound"));
+  // A float tensor with a NaN bound gives NaN everywhere, as torch.clamp.
+  for (const float v : ops::clamp(tensor({-1, 0, 2}), std::nullopt, NAN).to_vector<float>()) CHECK(std::isnan(v));
   CHECK_THROWS_WITH(ops::add(tensor({3}, DType::i32), 1e10), Contains("add_scalar: scalar 10000000000 does not fit"));
   CHECK_THROWS_WITH(ops::mul(a, 1e30), Contains("does not fit"));
   CHECK(ops::add(tensor({3}, DType::i32), 2.0).to_vector<std::int32_t>() == std::vector<std::int32_t>{5});
