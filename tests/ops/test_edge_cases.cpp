@@ -119,21 +119,22 @@ TEST_CASE("window parameters near int64 are rejected", "[ops][edge][conv][errors
 TEST_CASE("conv2d: a non-finite input reaches only the outputs that see it", "[ops][edge][conv]") {
   // 8 channels in and out, 3x3 with padding 1: the shape where Winograd's tiles would spread an
   // inf to a whole 4x4 output tile (inf * 0 = NaN in the transforms).
-  for (const DType dt : {DType::f32, DType::f64})
+  for (const DType dt : {DType::f32, DType::f64}) {
     for (const std::int64_t n : {4, 8, 12}) {
-    std::vector<double> xv(static_cast<std::size_t>(8 * n * n), 0.0);
-    xv[0] = INFINITY;  // x[0, 0, 0, 0]
-    const Tensor x = from_vector(xv, {1, 8, n, n}).to(dt);
-    const Tensor y = ops::conv2d(x, ones({8, 8, 3, 3}, dt), {}, {.padding = {1, 1}});
-    const std::vector<double> v = y.to(DType::f64).to_vector<double>();
-    for (std::int64_t o = 0; o < 8; ++o)
-      for (std::int64_t i = 0; i < n; ++i)
-        for (std::int64_t j = 0; j < n; ++j) {
-          const double yv = v[static_cast<std::size_t>((o * n + i) * n + j)];
-          CAPTURE(dt, n, o, i, j, yv);
-          CHECK(std::isfinite(yv) == (i > 1 || j > 1));
-          if (i > 1 || j > 1) CHECK(yv == 0.0);
-        }
+      std::vector<double> xv(static_cast<std::size_t>(8 * n * n), 0.0);
+      xv[0] = INFINITY;                                       // x[0, 0, 0, 0]
+      const Tensor x = from_vector(xv, {1, 8, n, n}).to(dt);  // [1, 8, n, n]
+      const Tensor y = ops::conv2d(x, ones({8, 8, 3, 3}, dt), {}, {.padding = {1, 1}});  // [1, 8, n, n]
+      const std::vector<double> v = y.to(DType::f64).to_vector<double>();
+      for (std::int64_t o = 0; o < 8; ++o)
+        for (std::int64_t i = 0; i < n; ++i)
+          for (std::int64_t j = 0; j < n; ++j) {
+            const double yv = v[static_cast<std::size_t>((o * n + i) * n + j)];
+            CAPTURE(dt, n, o, i, j, yv);
+            CHECK(std::isfinite(yv) == (i > 1 || j > 1));  // only y[.., 0:2, 0:2] sees x[0, 0, 0, 0]
+            if (i > 1 || j > 1) CHECK(yv == 0.0);
+          }
+    }
   }
 }
 
