@@ -114,11 +114,9 @@ Tensors split_views(const Tensor& x, int a, const std::vector<std::int64_t>& siz
                   return Tensors{gx};
                 });
 }
-}  // namespace
 
 // split, chunk and unbind make one tensor per piece; more than this many is a mistake, and would
 // exhaust memory on the piece list alone.
-namespace {
 constexpr std::int64_t kMaxPieces = std::int64_t{1} << 24;
 
 void check_pieces(const char* op, std::int64_t pieces, const Tensor& x, int axis) {
