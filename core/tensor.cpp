@@ -194,6 +194,9 @@ Tensor scalar_tensor(double value, DType dtype) { return full(Shape{}, value, dt
 Tensor arange(double start, double stop, double step, DType dtype) {
   TG_CHECK(step != 0.0 && std::isfinite(step) && std::isfinite(start) && std::isfinite(stop),
            "arange: need finite start/stop and a nonzero step, got ({}, {}, {})", start, stop, step);
+  // As torch.arange: a step pointing away from `stop` is an error, not an empty range.
+  TG_CHECK(start == stop || (stop > start) == (step > 0.0),
+           "arange: step {} points away from stop: start {}, stop {} (the range would be empty)", step, start, stop);
   const double count = std::ceil((stop - start) / step);
   TG_CHECK(count < 0x1p62, "arange: ({}, {}, {}) would have {} elements", start, stop, step, count);
   const auto n = static_cast<std::int64_t>(std::max(0.0, count));
@@ -259,18 +262,19 @@ namespace {
 constexpr std::int64_t kSummarizeThreshold = 1000;  // print "..." above this many elements
 constexpr std::int64_t kEdgeItems = 3;
 
+// Reads the shown elements in place through the strides: a summarised tensor is never copied
+// (printing a large expanded view must not materialise it).
 struct Printer {
-  const Tensor& t;  // contiguous f64 or i64 copy
+  const Tensor& t;
   bool integral, boolean, summarize;
   int precision;
   int width = 1;
-  const double* f = nullptr;
-  const std::int64_t* i = nullptr;
 
-  std::string element(std::int64_t k) const {
-    if (boolean) return i[k] ? "true" : "false";
-    if (integral) return fmt::format("{}", i[k]);
-    const double v = f[k];
+  std::string element(std::int64_t k) const {  // k: element offset from t's first element
+    if (boolean) return t.data<bool>()[k] ? "true" : "false";
+    if (integral)
+      return dispatch(t.dtype(), "to_string", [&]<class T>() { return fmt::format("{}", t.data<T>()[k]); });
+    const double v = dispatch(t.dtype(), "to_string", [&]<class T>() { return static_cast<double>(t.data<T>()[k]); });
     if (std::isnan(v)) return "nan";
     if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
     return fmt::format("{:.{}f}", v, precision);
@@ -318,11 +322,7 @@ struct Printer {
 
 std::string Tensor::to_string(int precision) const {
   if (!defined()) return "Tensor(undefined)";
-  const bool integral = !is_floating_point();
-  Tensor c = detach().contiguous().to(integral ? DType::i64 : DType::f64);
-  Printer p{c, integral, dtype() == DType::boolean, numel() > kSummarizeThreshold, precision};
-  if (integral) p.i = c.data<std::int64_t>();
-  else p.f = c.data<double>();
+  Printer p{*this, !is_floating_point(), dtype() == DType::boolean, numel() > kSummarizeThreshold, precision};
   std::string out = "tensor(";
   if (dim() == 0) {
     out += p.element(0);

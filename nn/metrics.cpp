@@ -18,7 +18,7 @@ double accuracy(const Tensor& scores, const Tensor& labels) {
   NoGradGuard no_grad;
   const Tensor pred = scores.dim() == 2 ? ops::argmax(scores, 1) : scores;
   TG_CHECK(pred.shape() == labels.shape(), "accuracy: {} predictions for labels of shape {}", pred.shape(), labels.shape());
-  if (labels.numel() == 0) return 0.0;
+  TG_CHECK(labels.numel() > 0, "accuracy: no samples (labels of shape {})", labels.shape());
   return ops::mean(ops::eq(pred, labels)).item();
 }
 

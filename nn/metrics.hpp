@@ -10,6 +10,7 @@
 namespace tg::nn::metrics {
 
 // Fraction of correct predictions: `scores` are logits [N, C] (argmax taken) or class ids [N].
+// N = 0 is an error (there is no fraction to report).
 double accuracy(const Tensor& scores, const Tensor& labels);
 // counts[true class, predicted class] over N samples (i64 [classes, classes]).
 Tensor confusion_matrix(const Tensor& predicted, const Tensor& labels, std::int64_t classes);

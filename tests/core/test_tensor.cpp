@@ -21,6 +21,10 @@ TEST_CASE("factories fill shapes and dtypes", "[core][tensor]") {
   CHECK(arange(5).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 2, 3, 4});
   CHECK(arange(1.0, 2.0, 0.25, DType::f64).to_vector<double>() == std::vector<double>{1.0, 1.25, 1.5, 1.75});
   CHECK(arange(3.0, 0.0, -1.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{3, 2, 1});
+  CHECK(arange(2.0, 2.0, -1.0).numel() == 0);
+  // A step pointing away from stop is an error (as torch.arange), not a silent empty range.
+  CHECK_THROWS_WITH(arange(3.0, 0.0, 1.0), Contains("arange: step 1 points away from stop"));
+  CHECK_THROWS_WITH(arange(-2), Contains("arange: step 1 points away from stop: start 0, stop -2"));
   CHECK(linspace(0, 1, 5, DType::f64).to_vector<double>() == std::vector<double>{0, 0.25, 0.5, 0.75, 1.0});
   CHECK(linspace(2, 3, 1).to_vector<float>() == std::vector<float>{2.0f});
   CHECK(eye(2, 3).to_vector<float>() == std::vector<float>{1, 0, 0, 0, 1, 0});
@@ -110,6 +114,16 @@ TEST_CASE("printing", "[core][tensor][format]") {
   const std::string big = arange(10000).reshape({100, 100}).to_string();
   CHECK_THAT(big, Contains("..."));
   CHECK(big.size() < 1000);  // summarised
+  // Printing reads through the strides: a permuted view prints its own element order, and a huge
+  // expanded view (2^40 elements of one stored value) is summarised without being materialised.
+  const Tensor tt = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::i32).t();  // [3, 2] view
+  CHECK(tt.to_string() == "tensor([[1, 4],\n        [2, 5],\n        [3, 6]], shape=[3, 2], dtype=i32)");
+  const Tensor huge = full({1, 1}, 0.5).expand({1 << 20, 1 << 20});
+  CHECK(huge.to_string(1) ==
+        "tensor([[0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n"
+        "        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n        ...,\n"
+        "        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n"
+        "        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5]], shape=[1048576, 1048576], dtype=f32)");
   Tensor x = ones({2}).requires_grad_();
   CHECK(x.summary() == "Tensor[2] f32 requires_grad");
   CHECK((x.reshape({1, 2})).summary() == "Tensor[1, 2] f32 grad_fn=view");

@@ -18,6 +18,7 @@ TEST_CASE("accuracy and confusion matrix", "[nn][metrics]") {
   const Tensor labels = tensor({0, 2, 2}, DType::i64);
   CHECK(nn::metrics::accuracy(logits, labels) == Approx(2.0 / 3));
   CHECK(nn::metrics::accuracy(tensor({0, 1}, DType::i64), tensor({0, 0}, DType::i64)) == 0.5);
+  CHECK_THROWS_WITH(nn::metrics::accuracy(zeros({0, 3}), zeros({0}, DType::i64)), Contains("accuracy: no samples"));
   const Tensor cm = nn::metrics::confusion_matrix(tensor({0, 1, 2, 2}, DType::i64), tensor({0, 2, 2, 1}, DType::i64), 3);
   CHECK(cm.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 0, 0, 0, 1, 0, 1, 1});
 }
