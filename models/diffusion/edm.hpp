@@ -49,7 +49,8 @@ using Denoiser = std::function<Tensor(const Tensor& x, double sigma)>;
 // The UNet as a sampler denoiser (no grad; the network runs in its own dtype, the preconditioning
 // mixes in f64). labels [B] or undefined. With guidance w != 1 and a conditional model, every call is
 // one network forward on the batch [cond; uncond] of 2B and returns D_u + w (D_c - D_u) (classifier-
-// free guidance).
+// free guidance). Such a call counts as one NFE in the samplers' counts, though it costs two
+// B-batch forwards.
 Denoiser unet_denoiser(const UNet& net, const Tensor& labels = {}, double guidance = 1.0, double sigma_data = 0.5);
 
 }  // namespace tg::models::diffusion

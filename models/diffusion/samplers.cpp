@@ -72,6 +72,8 @@ Tensor euler_step(const Tensor& x, const Tensor& denoised, double sigma, double 
 
 double ddim_sigma(double abar_t, double abar_s, double eta) {
   TG_CHECK(abar_t > 0 && abar_t < abar_s && abar_s <= 1, "ddim: need 0 < abar_t ({}) < abar_s ({}) <= 1", abar_t, abar_s);
+  // eta > 1 would ask for more fresh noise than x_s holds (1 - abar_s - sig^2 < 0).
+  TG_CHECK(eta >= 0 && eta <= 1, "ddim: eta must be in [0, 1], got {}", eta);
   return eta * std::sqrt((1.0 - abar_s) / (1.0 - abar_t)) * std::sqrt(1.0 - abar_t / abar_s);
 }
 
@@ -100,6 +102,16 @@ struct Counted {
     return d.to(DType::f64);
   }
 };
+
+// One DDIM/DDPM step on the uniform sub-sequence is tau = {1}: it would treat the pure noise as
+// x_1 (sigma 0.01) and return it almost unchanged. The sub-sequence is the DDIM paper's (and the
+// official code's); one-step sampling is Euler's (x = D(sigma_max n)).
+void check_vp_steps(SamplerKind kind, std::int64_t steps) {
+  TG_CHECK(steps >= 2 || (kind != SamplerKind::ddim && kind != SamplerKind::ddpm),
+           "sampler: {} needs at least 2 steps (1 step of tau_i = 1 + (i - 1) T / S starts at t = 1, where "
+           "the noise is almost gone); for one network evaluation use euler",
+           sampler_name(kind));
+}
 
 void check_sigmas(const std::vector<double>& s) {
   TG_CHECK(s.size() >= 2 && s.back() == 0.0, "sampler: the noise levels must end with 0 (got {} levels)", s.size());
@@ -143,7 +155,7 @@ SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& sch, c
   for (std::size_t i = 0; i < taus.size(); ++i)
     TG_CHECK(taus[i] >= 1 && taus[i] <= sch.T && (i == 0 || taus[i] > taus[i - 1]),
              "ddim: time steps must increase within 1..{} (tau_{} = {})", sch.T, i + 1, taus[i]);
-  TG_CHECK(eta >= 0, "ddim: eta must be >= 0, got {}", eta);
+  TG_CHECK(eta >= 0 && eta <= 1, "ddim: eta must be in [0, 1], got {}", eta);
   TG_CHECK(eta == 0 || gen != nullptr, "ddim: eta = {} needs a generator for the noise", eta);
   NoGradGuard no_grad;
   Counted d{D};
@@ -168,6 +180,7 @@ std::int64_t expected_nfe(const SamplerConfig& c) {
 
 SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta) {
   TG_CHECK(nfe >= 1, "sampler: NFE must be positive, got {}", nfe);
+  check_vp_steps(kind, nfe);
   SamplerConfig c;
   c.kind = kind;
   c.eta = kind == SamplerKind::ddpm ? 1.0 : eta;
@@ -192,6 +205,7 @@ SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig&
     }
     case SamplerKind::ddim:
     case SamplerKind::ddpm: {
+      check_vp_steps(c.kind, c.steps);
       const VPSchedule sch(c.T);
       return ddim(D, noise, sch, sch.timesteps(c.steps), c.kind == SamplerKind::ddpm ? 1.0 : c.eta, gen);
     }

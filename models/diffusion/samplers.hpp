@@ -7,14 +7,16 @@
 //
 //   DDIM(eta) and DDPM ancestral (= DDIM with eta = 1) on the VP schedule abar_t = prod_{s<=t}(1 - beta_s),
 //   beta linear 1e-4 -> 0.02 over T = 1000, for the sub-sequence tau_i = 1 + floor((i - 1) T / S),
-//   i = 1..S (the DDIM paper's uniform spacing; S = T is the full chain). Start: x_T = n. With
+//   i = 1..S (the DDIM paper's uniform spacing; S = T is the full chain; sample() needs S >= 2,
+//   since tau = {1} would start from t = 1, where almost no noise is left). Start: x_T = n. With
 //   t = tau_i, s = tau_{i-1} (abar_0 = 1):
 //     x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
 //     sig_t  = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t / abar_s)
 //     x_s    = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sig_t^2) eps + sig_t z
 //   where the eps-prediction comes from D in EDM coordinates: xbar = x / sqrt(abar), sigma(t) =
 //   sqrt((1 - abar_t) / abar_t), eps = (xbar - D(xbar; sigma)) / sigma (so x0_hat = D). A DDIM (eta = 0)
-//   step is then exactly an Euler step in (xbar, sigma) coordinates (spec §1.4.2).
+//   step is then exactly an Euler step in (xbar, sigma) coordinates (spec §1.4.2). 0 <= eta <= 1
+//   (for eta > 1 the fresh noise would exceed what x_s holds).
 #pragma once
 
 #include <string>

@@ -326,6 +326,12 @@ TEST_CASE("samplers make exactly the advertised number of denoiser evaluations",
   const Tensor noise = test::randn({2, 1, 3, 3}, DType::f64, 17);
   for (SamplerKind k : {SamplerKind::euler, SamplerKind::heun, SamplerKind::ddim, SamplerKind::ddpm})
     for (std::int64_t nfe : {1, 3, 5, 9, 19}) {
+      const bool vp = k == SamplerKind::ddim || k == SamplerKind::ddpm;
+      if (vp && nfe == 1) {  // tau = {1} would return the noise almost unchanged: refused
+        CHECK_THROWS_WITH(sampler_for_nfe(k, 1), Contains("needs at least 2 steps"));
+        CHECK_THROWS_WITH(sample(counted, noise, {.kind = k, .steps = 1}), Contains("needs at least 2 steps"));
+        continue;
+      }
       const SamplerConfig sc = sampler_for_nfe(k, nfe);
       CHECK(expected_nfe(sc) == nfe);
       calls = 0;
@@ -339,6 +345,10 @@ TEST_CASE("samplers make exactly the advertised number of denoiser evaluations",
   CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::heun, 4), Contains("NFE must be odd"));
   CHECK_THROWS_WITH(parse_sampler("dpm"), Contains("unknown sampler 'dpm'"));
   CHECK_THROWS_WITH(sample(g, noise, sampler_for_nfe(SamplerKind::ddpm, 3)), Contains("needs a generator"));
+  Generator gen(2);
+  CHECK_THROWS_WITH(sample(g, noise, sampler_for_nfe(SamplerKind::ddim, 3, 1.5), &gen),
+                    Contains("eta must be in [0, 1], got 1.5"));
+  CHECK_THROWS_WITH(ddim_sigma(0.5, 0.9, -0.1), Contains("eta must be in [0, 1]"));
 }
 
 TEST_CASE("EDM Euler and Heun on an analytic Gaussian denoiser: orders 1 and 2", "[models][diffusion]") {
