@@ -348,7 +348,7 @@ struct SweepArgs {
   std::string run = "runs/diffusion", data, fd_classifier, out;
   std::vector<double> rhos{1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5};
   double rho_top = 1.0;
-  std::vector<std::int64_t> heun{3, 5, 9, 19}, ddim{5, 10}, euler, ddpm;
+  std::vector<std::int64_t> heun{3, 5, 9, 19}, ddim{5, 10}, euler{4, 6, 10, 20}, ddpm;  // spec techniques-B §1.8
   std::int64_t count = 1000, seeds = 2, batch = 500, denoise_count = 1000, fd_train = 0;
   std::vector<double> denoise_sigmas{0.05, 0.2, 0.5, 1.0, 2.0, 5.0};
   bool synthetic = false, resume = false;
@@ -699,7 +699,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
 
   SweepArgs wa;
-  std::string rhos = "1,0.95,0.9,0.85,0.8,0.7,0.6,0.5", heun = "3,5,9,19", ddim = "5,10", euler, ddpm, sigmas = "0.05,0.2,0.5,1,2,5";
+  std::string rhos = "1,0.95,0.9,0.85,0.8,0.7,0.6,0.5", heun = "3,5,9,19", ddim = "5,10", euler = "4,6,10,20", ddpm, sigmas = "0.05,0.2,0.5,1,2,5";
   CLI::App* sw = app.add_subcommand("sweep", "Skip-Tuning experiment: FD_clf over rho_bottom x NFE x sampler from one model");
   sw->add_option("--run", wa.run, "Run folder written by train");
   sw->add_option("--out", wa.out, "Output folder (default <run>/sweep)");
