@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
 
 namespace tg::models::diffusion {
 
@@ -149,14 +151,36 @@ SampleResult edm_heun(const Denoiser& D, const Tensor& x0, const std::vector<dou
   return {x, d.n};
 }
 
+NoiseSource generator_noise(Generator& gen) {
+  return [&gen](const Shape& shape) { return randn(shape, DType::f64, gen); };
+}
+
+NoiseSource per_sample_noise(const std::vector<std::uint64_t>& seeds) {
+  auto gens = std::make_shared<std::vector<Generator>>(seeds.begin(), seeds.end());
+  return [gens](const Shape& shape) {
+    TG_CHECK(shape.size() >= 1 && shape[0] == static_cast<std::int64_t>(gens->size()),
+             "per_sample_noise: a draw of shape {} for {} per-sample streams", shape, gens->size());
+    Shape row;  // one sample: shape without its batch dim
+    for (int d = 1; d < shape.size(); ++d) row.push_back(shape[d]);
+    Tensors rows;
+    for (Generator& g : *gens) rows.push_back(randn(row, DType::f64, g));
+    return ops::stack(rows, 0);  // [B, ...]
+  };
+}
+
 SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& sch, const std::vector<std::int64_t>& taus,
                   double eta, Generator* gen) {
+  return ddim(D, x_T, sch, taus, eta, gen ? generator_noise(*gen) : NoiseSource());
+}
+
+SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& sch, const std::vector<std::int64_t>& taus,
+                  double eta, const NoiseSource& noise) {
   TG_CHECK(!taus.empty(), "ddim: no time steps");
   for (std::size_t i = 0; i < taus.size(); ++i)
     TG_CHECK(taus[i] >= 1 && taus[i] <= sch.T && (i == 0 || taus[i] > taus[i - 1]),
              "ddim: time steps must increase within 1..{} (tau_{} = {})", sch.T, i + 1, taus[i]);
   TG_CHECK(eta >= 0 && eta <= 1, "ddim: eta must be in [0, 1], got {}", eta);
-  TG_CHECK(eta == 0 || gen != nullptr, "ddim: eta = {} needs a generator for the noise", eta);
+  TG_CHECK(eta == 0 || noise, "ddim: eta = {} needs a generator for the noise", eta);
   NoGradGuard no_grad;
   Counted d{D};
   Tensor x = x_T.to(DType::f64);  // [B, C, S, S], VP coordinates
@@ -167,7 +191,10 @@ SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& sch, c
     const Tensor xbar = x / std::sqrt(abar_t);         // EDM coordinates
     const Tensor eps = (xbar - d(xbar, sigma)) / sigma;  // predicted noise
     Tensor z;
-    if (ddim_sigma(abar_t, abar_s, eta) > 0) z = randn(x.shape(), DType::f64, *gen);
+    if (ddim_sigma(abar_t, abar_s, eta) > 0) {
+      z = noise(x.shape());
+      TG_CHECK(z.shape() == x.shape(), "ddim: the noise source gave {} for x {}", z.shape(), x.shape());
+    }
     x = ddim_step(x, eps, abar_t, abar_s, eta, z);
   }
   return {x, d.n};
@@ -194,6 +221,10 @@ SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta) {
 }
 
 SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, Generator* gen) {
+  return sample(D, noise, c, gen ? generator_noise(*gen) : NoiseSource());
+}
+
+SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, const NoiseSource& ancestral) {
   TG_CHECK(noise.defined() && noise.is_floating_point(), "sample: the noise must be a float tensor");
   TG_CHECK(c.steps >= 1, "sample: need at least one step, got {}", c.steps);
   switch (c.kind) {
@@ -207,7 +238,7 @@ SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig&
     case SamplerKind::ddpm: {
       check_vp_steps(c.kind, c.steps);
       const VPSchedule sch(c.T);
-      return ddim(D, noise, sch, sch.timesteps(c.steps), c.kind == SamplerKind::ddpm ? 1.0 : c.eta, gen);
+      return ddim(D, noise, sch, sch.timesteps(c.steps), c.kind == SamplerKind::ddpm ? 1.0 : c.eta, ancestral);
     }
   }
   TG_FAIL("sample: unknown sampler");

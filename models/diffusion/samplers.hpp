@@ -19,6 +19,8 @@
 //   (for eta > 1 the fresh noise would exceed what x_s holds).
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -67,8 +69,18 @@ struct SampleResult {
 // (decreasing, last = 0).
 SampleResult edm_euler(const Denoiser& D, const Tensor& x, const std::vector<double>& sigmas);
 SampleResult edm_heun(const Denoiser& D, const Tensor& x, const std::vector<double>& sigmas);
-// From x_T (VP coordinates) over the increasing time steps taus (tau_1 .. tau_S). gen draws z when
-// eta > 0 (required then).
+// The fresh noise z of ancestral steps: a standard-normal f64 tensor of the given shape [B, ...].
+using NoiseSource = std::function<Tensor(const Shape& shape)>;
+// z from one generator (row b of a draw depends on the batch the sample runs in).
+NoiseSource generator_noise(Generator& gen);
+// z with one stream per sample: row b of every draw comes from a generator seeded with seeds[b],
+// so a sample's noise does not depend on the batch it runs in. The draws must have B = seeds.size().
+NoiseSource per_sample_noise(const std::vector<std::uint64_t>& seeds);
+
+// From x_T (VP coordinates) over the increasing time steps taus (tau_1 .. tau_S). `noise` (or gen)
+// draws z when eta > 0 (required then).
+SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& schedule, const std::vector<std::int64_t>& taus,
+                  double eta, const NoiseSource& noise);
 SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& schedule, const std::vector<std::int64_t>& taus,
                   double eta, Generator* gen = nullptr);
 
@@ -85,7 +97,9 @@ std::int64_t expected_nfe(const SamplerConfig& c);
 SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta = 0.0);
 
 // Samples from the standard-normal noise n [B, C, S, S] (any float dtype): Euler/Heun start at
-// sigma_max n, DDIM/DDPM at x_T = n. gen draws the ancestral noise of DDPM / DDIM with eta > 0.
+// sigma_max n, DDIM/DDPM at x_T = n. `ancestral` (or gen) draws the fresh noise of DDPM / DDIM with
+// eta > 0.
+SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, const NoiseSource& ancestral);
 SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, Generator* gen = nullptr);
 
 }  // namespace tg::models::diffusion

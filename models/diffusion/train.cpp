@@ -144,8 +144,12 @@ Generated generate(const UNet& net, const GenerateOptions& o) {
   for (std::int64_t s = 0; s < o.count; s += o.batch) {
     const std::int64_t m = std::min(o.batch, o.count - s);
     const Tensor y = cond ? g.labels.narrow(0, s, m) : Tensor();
-    Generator anc(o.noise_seed * 1000003ULL + 7919ULL * static_cast<std::uint64_t>(s / o.batch) + 1ULL);
-    const SampleResult r = sample(unet_denoiser(net, y, o.guidance), noise.narrow(0, s, m), o.sampler, &anc);
+    // Ancestral noise (DDPM, DDIM with eta > 0): one stream per sample, independent of the batching.
+    std::vector<std::uint64_t> seeds;
+    for (std::int64_t i = s; i < s + m; ++i)
+      seeds.push_back(o.noise_seed * 1000003ULL + 7919ULL * static_cast<std::uint64_t>(i) + 1ULL);
+    const SampleResult r =
+        sample(unet_denoiser(net, y, o.guidance), noise.narrow(0, s, m), o.sampler, per_sample_noise(seeds));
     g.nfe = r.nfe;
     parts.push_back(r.x.to(DType::f32));  // [m, C, S, S]
   }

@@ -67,8 +67,8 @@ struct GenerateOptions {
   SamplerConfig sampler;
   std::int64_t count = 64;
   std::int64_t batch = 500;
-  // The initial noise (all `count` images drawn at once: independent of batch). The fresh noise of
-  // ancestral steps (DDPM, DDIM with eta > 0) is drawn per batch, so those samples depend on batch.
+  // The initial noise (all `count` images drawn at once) and the fresh noise of ancestral steps
+  // (DDPM, DDIM with eta > 0; one stream per sample): samples do not depend on `batch`.
   std::uint64_t noise_seed = 0;
   double guidance = 1.0;         // classifier-free guidance weight (1: plain conditional)
   bool class_conditional = true; // labels i mod num_classes (when the model is conditional)

@@ -529,6 +529,13 @@ TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit, generat
   CHECK(test::same_bits(g.x, generate(a, go).x));
   go.batch = 2;
   CHECK_ALLCLOSE(generate(a, go).x, g.x, 1e-5, 1e-5);
+  // The ancestral noise of DDPM too: one stream per sample.
+  go.sampler = sampler_for_nfe(SamplerKind::ddpm, 3);
+  go.batch = 5;
+  const Generated gd = generate(a, go);  // [5, 1, 14, 14]
+  go.batch = 2;
+  CHECK_ALLCLOSE(generate(a, go).x, gd.x, 1e-5, 1e-5);
+  CHECK_THROWS_WITH(per_sample_noise({1, 2})(Shape{3, 4}), Contains("a draw of shape [3, 4] for 2 per-sample streams"));
   a.set_skip_tuning(0.8, 1.0);
   CHECK_THROWS_WITH(fit(a, ea, images, data.labels, o), Contains("Skip-Tuning is a sampling option"));
 }
