@@ -156,21 +156,24 @@ Tensor& Tensor::fill_(double value) {
 }
 
 // ---- factories --------------------------------------------------------------------------------------------
-Tensor empty(const Shape& shape, DType dtype) {
+namespace {
+
+// A new row-major tensor; `op` (the factory the caller used) names it in errors.
+Tensor allocate(const char* op, const Shape& shape, DType dtype) {
   for (int d = 0; d < shape.size(); ++d)
-    TG_CHECK(shape[d] >= 0, "empty: negative dimension {} in shape {}", shape[d], shape);
+    TG_CHECK(shape[d] >= 0, "{}: negative dimension {} in shape {}", op, shape[d], shape);
   const std::int64_t n = shape.numel();
   // Sizes a pointer difference can span (and well past any real memory): larger requests are
   // malformed, not merely too big, so they are rejected before asking the allocator.
   constexpr std::int64_t kMaxBytes = std::int64_t{1} << 56;
   TG_CHECK(n <= kMaxBytes / static_cast<std::int64_t>(dtype_size(dtype)),
-           "empty: shape {} of {} would need {} elements of {} bytes, more than 2^56 bytes", shape, dtype, n,
+           "{}: shape {} of {} would need {} elements of {} bytes, more than 2^56 bytes", op, shape, dtype, n,
            dtype_size(dtype));
   auto impl = std::make_shared<TensorImpl>();
   try {
     impl->storage = Storage::allocate(static_cast<std::size_t>(n) * dtype_size(dtype));
   } catch (const Error& e) {  // name the tensor that did not fit
-    TG_FAIL("{} (shape {} of {})", e.what(), shape, dtype);
+    TG_FAIL("{}: {} (shape {} of {})", op, e.what(), shape, dtype);
   }
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
@@ -178,17 +181,22 @@ Tensor empty(const Shape& shape, DType dtype) {
   return Tensor(std::move(impl));
 }
 
-Tensor full(const Shape& shape, double value, DType dtype) {
-  Tensor t = empty(shape, dtype);
+Tensor filled(const char* op, const Shape& shape, double value, DType dtype) {
+  Tensor t = allocate(op, shape, dtype);
   detail::fill(t, value);
   return t;
 }
-Tensor zeros(const Shape& shape, DType dtype) { return full(shape, 0.0, dtype); }
-Tensor ones(const Shape& shape, DType dtype) { return full(shape, 1.0, dtype); }
-Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype()); }
-Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype()); }
-Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype()); }
-Tensor full_like(const Tensor& t, double value) { return full(t.shape(), value, t.dtype()); }
+
+}  // namespace
+
+Tensor empty(const Shape& shape, DType dtype) { return allocate("empty", shape, dtype); }
+Tensor full(const Shape& shape, double value, DType dtype) { return filled("full", shape, value, dtype); }
+Tensor zeros(const Shape& shape, DType dtype) { return filled("zeros", shape, 0.0, dtype); }
+Tensor ones(const Shape& shape, DType dtype) { return filled("ones", shape, 1.0, dtype); }
+Tensor empty_like(const Tensor& t) { return allocate("empty_like", t.shape(), t.dtype()); }
+Tensor zeros_like(const Tensor& t) { return filled("zeros_like", t.shape(), 0.0, t.dtype()); }
+Tensor ones_like(const Tensor& t) { return filled("ones_like", t.shape(), 1.0, t.dtype()); }
+Tensor full_like(const Tensor& t, double value) { return filled("full_like", t.shape(), value, t.dtype()); }
 Tensor scalar_tensor(double value, DType dtype) { return full(Shape{}, value, dtype); }
 
 Tensor arange(double start, double stop, double step, DType dtype) {
@@ -200,7 +208,7 @@ Tensor arange(double start, double stop, double step, DType dtype) {
   const double count = std::ceil((stop - start) / step);
   TG_CHECK(count < 0x1p62, "arange: ({}, {}, {}) would have {} elements", start, stop, step, count);
   const auto n = static_cast<std::int64_t>(std::max(0.0, count));
-  Tensor t = empty(Shape{n}, dtype);
+  Tensor t = allocate("arange", Shape{n}, dtype);
   dispatch(dtype, "arange", [&]<class T>() {
     T* p = t.data<T>();
     for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + static_cast<double>(i) * step);
@@ -211,7 +219,7 @@ Tensor arange(std::int64_t stop, DType dtype) { return arange(0.0, static_cast<d
 
 Tensor linspace(double start, double stop, std::int64_t n, DType dtype) {
   TG_CHECK(n >= 0, "linspace: expected n >= 0, got {}", n);
-  Tensor t = empty(Shape{n}, dtype);
+  Tensor t = allocate("linspace", Shape{n}, dtype);
   dispatch(dtype, "linspace", [&]<class T>() {
     T* p = t.data<T>();
     const double step = n > 1 ? (stop - start) / static_cast<double>(n - 1) : 0.0;
@@ -224,7 +232,7 @@ Tensor linspace(double start, double stop, std::int64_t n, DType dtype) {
 Tensor eye(std::int64_t n, std::int64_t m, DType dtype) {
   if (m < 0) m = n;
   TG_CHECK(n >= 0, "eye: expected n >= 0, got {}", n);
-  Tensor t = zeros(Shape{n, m}, dtype);
+  Tensor t = filled("eye", Shape{n, m}, 0.0, dtype);
   dispatch(dtype, "eye", [&]<class T>() {
     T* p = t.data<T>();
     for (std::int64_t i = 0; i < std::min(n, m); ++i) p[i * m + i] = T(1);
@@ -239,7 +247,7 @@ Tensor tensor(std::initializer_list<double> values, DType dtype) {
 Tensor tensor(std::initializer_list<double> values, const Shape& shape, DType dtype) {
   TG_CHECK(static_cast<std::int64_t>(values.size()) == shape.numel(), "tensor: {} values do not fill shape {} ({} elements)",
            values.size(), shape, shape.numel());
-  Tensor t = empty(shape, dtype);
+  Tensor t = allocate("tensor", shape, dtype);
   dispatch(dtype, "tensor", [&]<class T>() {
     T* p = t.data<T>();
     std::int64_t i = 0;

@@ -27,9 +27,13 @@ constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
 }  // namespace
 
 TEST_CASE("sizes beyond int64 or memory are rejected before allocating", "[ops][edge][errors]") {
-  CHECK_THROWS_WITH(zeros({kBig}), Contains("empty: shape [4611686018427387904]"));
+  CHECK_THROWS_WITH(zeros({kBig}), Contains("zeros: shape [4611686018427387904]"));
   CHECK_THROWS_WITH(zeros({1 << 20, 1 << 20, 1 << 20, 1 << 20}), Contains("more than 2^63 - 1 elements"));
-  CHECK_THROWS_WITH(full({std::int64_t{1} << 61, 2}, 1.0, DType::f64), Contains("empty: shape"));
+  CHECK_THROWS_WITH(full({std::int64_t{1} << 61, 2}, 1.0, DType::f64), Contains("full: shape"));
+  // The factory the caller used names the error.
+  CHECK_THROWS_WITH(eye(std::int64_t{1} << 31, std::int64_t{1} << 30), Contains("eye: shape [2147483648, 1073741824]"));
+  CHECK_THROWS_WITH(linspace(0, 1, kBig), Contains("linspace: shape"));
+  CHECK_THROWS_WITH(empty({2, -3}), Contains("empty: negative dimension -3 in shape [2, -3]"));
   CHECK_THROWS_WITH(arange(0.0, 1e30), Contains("arange"));
   CHECK_THROWS_WITH(tensor({1}).expand({kBig, kBig}).numel(), Contains("more than 2^63 - 1 elements"));
   CHECK_THROWS_WITH(tensor({1}).reshape({kBig, 4, 0}), Contains("reshape"));
