@@ -5,12 +5,14 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/autograd.hpp"
@@ -44,15 +46,20 @@ std::optional<DType> parse_dtype(const std::string& s) {
   return std::nullopt;
 }
 
-// Writes `bytes` to path atomically.
-void write_atomically(const std::string& path, const std::string& header, const std::vector<Tensor>& data) {
+// Replaces `path` by the concatenation of `chunks`: written to a temporary file in the same
+// folder, synced, then renamed over the target (a crash leaves the old file or the new one).
+struct Chunk {
+  const void* p;
+  std::size_t n;
+};
+void write_chunks_atomically(const std::string& path, const std::vector<Chunk>& chunks, const char* op) {
   namespace fs = std::filesystem;
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  TG_CHECK(fs::is_directory(dir), "save: folder '{}' does not exist", dir.string());
+  TG_CHECK(fs::is_directory(dir), "{}: folder '{}' does not exist", op, dir.string());
   const std::string tmp = (dir / (target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  TG_CHECK(fd >= 0, "save: cannot create '{}': {}", tmp, std::strerror(errno));
+  TG_CHECK(fd >= 0, "{}: cannot create '{}': {}", op, tmp, std::strerror(errno));
   auto write_all = [&](const void* p, std::size_t n) {
     const char* c = static_cast<const char*>(p);
     while (n > 0) {
@@ -62,26 +69,21 @@ void write_atomically(const std::string& path, const std::string& header, const 
         const int err = errno;
         ::close(fd);
         ::unlink(tmp.c_str());
-        TG_FAIL("save: writing '{}' failed: {}", tmp, std::strerror(err));
+        TG_FAIL("{}: writing '{}' failed: {}", op, tmp, std::strerror(err));
       }
       c += w;
       n -= static_cast<std::size_t>(w);
     }
   };
-  const std::uint64_t n = header.size();
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));  // little-endian
-  write_all(len, 8);
-  write_all(header.data(), header.size());
-  for (const Tensor& t : data) write_all(t.raw_data(), static_cast<std::size_t>(t.numel()) * t.element_size());
+  for (const Chunk& chunk : chunks) write_all(chunk.p, chunk.n);
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     ::unlink(tmp.c_str());
-    TG_FAIL("save: flushing '{}' failed: {}", tmp, std::strerror(errno));
+    TG_FAIL("{}: flushing '{}' failed: {}", op, tmp, std::strerror(errno));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    TG_FAIL("save: renaming '{}' to '{}' failed: {}", tmp, path, std::strerror(err));
+    TG_FAIL("{}: renaming '{}' to '{}' failed: {}", op, tmp, path, std::strerror(err));
   }
   if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
     ::fsync(dfd);  // make the rename itself durable
@@ -134,10 +136,23 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   header["__metadata__"] = meta;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-  write_atomically(path, text, data);
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(std::uint64_t{text.size()} >> (8 * i));  // little-endian
+  std::vector<Chunk> chunks{{len, 8}, {text.data(), text.size()}};
+  for (const Tensor& t : data) chunks.push_back({t.raw_data(), static_cast<std::size_t>(t.numel()) * t.element_size()});
+  write_chunks_atomically(path, chunks, "save");
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  write_chunks_atomically(path, {{text.data(), text.size()}}, "write");
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
+  // Not a directory (whose size reads as -1) nor a FIFO or device (whose open or read blocks).
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  TG_CHECK(!ec && std::filesystem::exists(status), "load: cannot open '{}' (no such file)", path);
+  TG_CHECK(std::filesystem::is_regular_file(status), "load: '{}' is not a regular file", path);
   std::ifstream in(path, std::ios::binary);
   TG_CHECK(in.good(), "load: cannot open '{}'", path);
   in.seekg(0, std::ios::end);
@@ -214,7 +229,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
   // The data section must be covered exactly once, without holes or overlaps.
   std::vector<const Entry*> sorted;
   for (const Entry& e : entries) sorted.push_back(&e);
-  std::sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  std::stable_sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
   std::uint64_t cursor = 0;
   for (const Entry* e : sorted) {
     TG_CHECK(e->begin == cursor, "load: '{}' is corrupt: tensor '{}' starts at byte {} but the previous one ends at {}",
@@ -225,7 +240,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
            data_size - cursor, cursor);
   // Read the data in file order.
   std::vector<Tensor> data;
-  std::vector<std::pair<const Entry*, Tensor>> read;
+  std::vector<Tensor> by_entry(entries.size());  // the tensors in header order
   for (const Entry* e : sorted) {
     Tensor t = empty(e->shape, e->dtype);
     in.read(static_cast<char*>(t.raw_data()), static_cast<std::streamsize>(e->end - e->begin));
@@ -236,16 +251,14 @@ SafetensorsFile load_safetensors(const std::string& path) {
         TG_CHECK(p[i] <= 1, "load: '{}': bool tensor '{}' holds the byte {}", path, e->name, p[i]);
     }
     data.push_back(t);
-    read.emplace_back(e, t);
+    by_entry[static_cast<std::size_t>(e - entries.data())] = t;
   }
   if (auto crc = file.metadata.find(kCrcKey); crc != file.metadata.end()) {
     TG_CHECK(crc->second == std::to_string(crc_of(data)),
              "load: '{}' is corrupt: its data does not match the checksum stored when it was written", path);
   }
   // Report tensors in header order (stable for users).
-  for (const Entry& e : entries)
-    for (const auto& [entry, t] : read)
-      if (entry == &e) file.tensors.push_back({e.name, t});
+  for (std::size_t i = 0; i < entries.size(); ++i) file.tensors.push_back({entries[i].name, by_entry[i]});
   return file;
 }
 
@@ -328,29 +341,56 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
            path, count_prefixed(file, "model."), model_t.size());
   TG_CHECK(count_prefixed(file, "optim.") == optim_t.size(), "load: '{}' holds {} optimizer tensors but the optimizer has {}",
            path, count_prefixed(file, "optim."), optim_t.size());
+
+  // Every metadata value is parsed and checked before anything is changed: all or nothing.
+  auto integer = [&](const char* key, std::int64_t lo) {
+    const std::string& text = meta(key);
+    std::int64_t v = 0;
+    const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+    constexpr std::int64_t kMax = std::int64_t{1} << 62;  // counts past this are corrupt, and would overflow
+    TG_CHECK(err == std::errc() && end == text.data() + text.size() && v >= lo && v <= kMax,
+             "load: '{}' has a malformed '{}' entry '{}' (expected an integer in {}..2^62)", path, key, text, lo);
+    return v;
+  };
+  auto unsigned_integer = [&](const char* key) {
+    const std::string& text = meta(key);
+    std::uint64_t v = 0;
+    const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+    TG_CHECK(err == std::errc() && end == text.data() + text.size(),
+             "load: '{}' has a malformed '{}' entry '{}' (expected an unsigned integer)", path, key, text);
+    return v;
+  };
   TrainingState state;
-  try {
-    state.step = std::stoll(meta("step"));
-    const std::int64_t opt_step = std::stoll(meta("optimizer.step"));
-    const Generator::State rng{std::stoull(meta("rng.seed")), std::stoull(meta("rng.offset"))};
-    std::vector<std::pair<std::string, std::int64_t>> lagging;
-    if (auto it = file.metadata.find("optimizer.param_updates"); it != file.metadata.end()) {
-      try {
-        const json counts = json::parse(it->second);
-        for (const auto& [name, updates] : counts.items()) lagging.emplace_back(name, updates.get<std::int64_t>());
-      } catch (const json::exception& e) {
-        TG_FAIL("load: '{}' has malformed optimizer.param_updates metadata: {}", path, e.what());
-      }
+  state.step = integer("step", 0);
+  const std::int64_t opt_step = integer("optimizer.step", 0);
+  const Generator::State rng{unsigned_integer("rng.seed"), unsigned_integer("rng.offset")};
+  std::vector<std::pair<std::string, std::int64_t>> lagging;
+  if (auto it = file.metadata.find("optimizer.param_updates"); it != file.metadata.end()) {
+    json counts;
+    try {
+      counts = json::parse(it->second);
+    } catch (const json::exception& e) {
+      TG_FAIL("load: '{}' has malformed optimizer.param_updates metadata: {}", path, e.what());
     }
-    copy_all(file, model_t, "model.");
-    copy_all(file, optim_t, "optim.");
-    if (ema) copy_all(file, ema_t, "ema.");
-    optimizer.set_step_count(opt_step);
-    for (const auto& [name, updates] : lagging) optimizer.set_param_updates(name, updates);
-    gen.set_state(rng);
-  } catch (const std::logic_error& e) {  // stoll/stoull on malformed metadata
-    TG_FAIL("load: '{}' has malformed step/RNG metadata: {}", path, e.what());
+    TG_CHECK(counts.is_object(), "load: '{}': optimizer.param_updates is not a JSON object", path);
+    std::set<std::string> names;
+    for (const ParamGroup& g : optimizer.groups())
+      for (const NamedTensor& p : g.params) names.insert(p.name);
+    for (const auto& [name, updates] : counts.items()) {
+      TG_CHECK(updates.is_number_integer() && updates.get<std::int64_t>() >= 0 && updates.get<std::int64_t>() <= opt_step,
+               "load: '{}': optimizer.param_updates gives parameter '{}' {} updates after {} steps", path, name,
+               updates.dump(), opt_step);
+      TG_CHECK(names.count(name) == 1, "load: '{}': optimizer.param_updates names '{}', not a parameter of the optimizer",
+               path, name);
+      lagging.emplace_back(name, updates.get<std::int64_t>());
+    }
   }
+  copy_all(file, model_t, "model.");
+  copy_all(file, optim_t, "optim.");
+  if (ema) copy_all(file, ema_t, "ema.");
+  optimizer.set_step_count(opt_step);
+  for (const auto& [name, updates] : lagging) optimizer.set_param_updates(name, updates);
+  gen.set_state(rng);
   for (const auto& [k, v] : file.metadata)
     if (k.rfind("tapegrad.", 0) != 0) state.metadata[k] = v;
   return state;

@@ -23,9 +23,12 @@ class EMA;
 using Metadata = std::map<std::string, std::string>;
 
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors, const Metadata& metadata = {});
+// Replaces the file at `path` by `text` atomically (a temporary file in the same folder, synced,
+// then renamed): a crash leaves the old content or the new one, never a mix. For run configs.
+void write_file_atomically(const std::string& path, const std::string& text);
 
 struct SafetensorsFile {
-  std::vector<NamedTensor> tensors;  // in file order
+  std::vector<NamedTensor> tensors;  // in the header's order
   Metadata metadata;
   const Tensor* find(const std::string& name) const;
 };

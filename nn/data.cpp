@@ -18,6 +18,8 @@ namespace tg::nn::data {
 
 // ---- IDX ------------------------------------------------------------------------------------------------------
 Tensor read_idx(const std::string& path) {
+  // Not a FIFO or device (whose read would block) nor a folder.
+  TG_CHECK(std::filesystem::is_regular_file(path), "read_idx: '{}' is not a regular file", path);
   std::unique_ptr<gzFile_s, int (*)(gzFile)> f(gzopen(path.c_str(), "rb"), &gzclose);
   TG_CHECK(f != nullptr, "read_idx: cannot open '{}'", path);
   auto read_exact = [&](void* buf, std::size_t n, const char* what) {
@@ -52,10 +54,21 @@ Tensor read_idx(const std::string& path) {
     TG_CHECK(total <= (std::uint64_t{1} << 33), "read_idx: '{}' is implausibly large", path);
     shape.push_back(static_cast<std::int64_t>(n));
   }
-  std::vector<unsigned char> bytes(static_cast<std::size_t>(total));
-  read_exact(bytes.data(), bytes.size(), "data");
+  // The data grows as it is read: a header that promises gigabytes costs nothing until they arrive.
+  std::vector<unsigned char> bytes;
+  constexpr std::size_t kChunk = std::size_t{1} << 24;
+  for (std::size_t done = 0; done < total;) {
+    const std::size_t n = std::min<std::size_t>(kChunk, static_cast<std::size_t>(total) - done);
+    bytes.resize(done + n);
+    read_exact(bytes.data() + done, n, "data");
+    done += n;
+  }
   char extra;
   TG_CHECK(gzread(f.get(), &extra, 1) == 0, "read_idx: '{}' has data beyond the {} bytes its header declares", path, total);
+  int status = Z_OK;
+  const char* msg = gzerror(f.get(), &status);  // e.g. a gzip trailer (CRC, size) cut off or wrong
+  TG_CHECK(status == Z_OK || status == Z_STREAM_END, "read_idx: '{}' is corrupt after its data: {}", path,
+           msg ? msg : "unknown error");
   Tensor t = empty(shape, DType::i32);
   std::int32_t* p = t.data<std::int32_t>();
   for (std::size_t i = 0; i < bytes.size(); ++i) p[i] = bytes[i];
@@ -83,10 +96,14 @@ ImageDataset load_fashion_mnist(const std::string& folder, bool train) {
   const std::string prefix = folder + (train ? "/train" : "/t10k");
   const Tensor images = read_idx(prefix + "-images-idx3-ubyte.gz");
   const Tensor labels = read_idx(prefix + "-labels-idx1-ubyte.gz");
-  TG_CHECK(images.dim() == 3 && labels.dim() == 1 && images.shape()[0] == labels.shape()[0],
-           "load_fashion_mnist: images {} and labels {} do not match", images.shape(), labels.shape());
+  TG_CHECK(images.dim() == 3 && images.shape()[1] == 28 && images.shape()[2] == 28 && labels.dim() == 1 &&
+               images.shape()[0] == labels.shape()[0],
+           "load_fashion_mnist: images {} and labels {} in '{}' are not N 28x28 images with N labels", images.shape(),
+           labels.shape(), folder);
   const auto lv = labels.to_vector<std::int32_t>();
-  for (std::int32_t l : lv) TG_CHECK(l >= 0 && l < 10, "load_fashion_mnist: label {} outside 0..9", l);
+  for (std::size_t i = 0; i < lv.size(); ++i)
+    TG_CHECK(lv[i] >= 0 && lv[i] < 10, "load_fashion_mnist: label {} (item {} of '{}-labels-idx1-ubyte.gz') is outside 0..9",
+             lv[i], i, prefix);
   ImageDataset d;
   d.images = (images.to(DType::f32) / 255.0).unsqueeze(1);  // [N, 1, 28, 28]
   d.labels = labels.to(DType::i64);

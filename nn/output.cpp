@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <fmt/format.h>
 #include <fstream>
@@ -97,7 +98,24 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
   write_png(path, rgb, gw, gh);
 }
 
-CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header) : columns_(header.size()) {
+CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header, Mode mode) : columns_(header.size()) {
+  std::string expected;
+  for (std::size_t i = 0; i < header.size(); ++i) expected += (i ? "," : "") + header[i];
+  std::string all;  // the file so far, when appending
+  if (mode == Mode::append && std::filesystem::is_regular_file(path)) {
+    std::ifstream in(path, std::ios::binary);
+    all.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  if (all.find('\n') != std::string::npos) {  // a header line at least
+    const std::string first = all.substr(0, all.find('\n'));
+    TG_CHECK(first == expected, "CsvWriter: '{}' has the columns '{}', not '{}': cannot append to it", path, first,
+             expected);
+    // A last row cut off by an interrupted run is dropped.
+    if (all.back() != '\n') std::filesystem::resize_file(path, all.rfind('\n') + 1);
+    f_ = std::fopen(path.c_str(), "a");
+    TG_CHECK(f_ != nullptr, "CsvWriter: cannot open '{}' for appending", path);
+    return;
+  }
   f_ = std::fopen(path.c_str(), "w");
   TG_CHECK(f_ != nullptr, "CsvWriter: cannot create '{}'", path);
   row(header);

@@ -26,10 +26,13 @@ struct GridOptions {
 };
 void save_image_grid(const std::string& path, const Tensor& images, const GridOptions& options = {});
 
-// Appends rows to a CSV file (created with the header on first use).
+// Writes rows to a CSV file, one flushed line per row. `replace` starts the file over with the
+// header; `append` (resumed runs) keeps the rows already there: the file must then have the same
+// header, and is created with it when missing.
 class CsvWriter {
  public:
-  CsvWriter(const std::string& path, std::vector<std::string> header);
+  enum class Mode { replace, append };
+  CsvWriter(const std::string& path, std::vector<std::string> header, Mode mode = Mode::replace);
   ~CsvWriter();
   CsvWriter(const CsvWriter&) = delete;
   CsvWriter& operator=(const CsvWriter&) = delete;

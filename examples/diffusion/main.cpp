@@ -49,18 +49,38 @@ nlohmann::json config_json(const diff::UNetConfig& c) {
           {"num_classes", c.num_classes}, {"dropout", c.dropout}};
 }
 
+// An integer setting of config.json within [lo, hi] (a file may hold anything: 16.5, 1e30, "16").
+std::int64_t int_setting(const nlohmann::json& v, const char* key, std::int64_t lo, std::int64_t hi) {
+  const bool ok = v.is_number_integer() && (v.is_number_unsigned() ? v.get<std::uint64_t>() <= std::uint64_t(hi)
+                                                                      : v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi);
+  TG_CHECK(ok, "model.{} is {}: expected an integer in {}..{}", key, v.dump(), lo, hi);
+  return v.get<std::int64_t>();
+}
+std::vector<std::int64_t> int_list_setting(const nlohmann::json& v, const char* key, std::int64_t lo, std::int64_t hi,
+                                           std::size_t max_size) {
+  TG_CHECK(v.is_array() && v.size() <= max_size, "model.{} is {}: expected a list of at most {} integers", key, v.dump(),
+           max_size);
+  std::vector<std::int64_t> out;
+  for (const auto& x : v) out.push_back(int_setting(x, key, lo, hi));
+  return out;
+}
+
+// The model settings of a run's config.json, range-checked before any model is built (a bad file
+// must not ask for a giant network).
 diff::UNetConfig config_from_json(const nlohmann::json& j) {
+  TG_CHECK(j.is_object(), "model settings are {}, not an object", j.dump());
   diff::UNetConfig c;
-  c.image_size = j.at("image_size");
-  c.in_channels = j.at("in_channels");
-  c.channels = j.at("channels").get<std::vector<std::int64_t>>();
-  c.blocks_per_level = j.at("blocks_per_level");
-  c.attention_levels = j.at("attention_levels").get<std::vector<std::int64_t>>();
-  c.head_channels = j.at("head_channels");
-  c.noise_channels = j.at("noise_channels");
-  c.emb_dim = j.at("emb_dim");
-  c.num_classes = j.at("num_classes");
-  c.dropout = j.at("dropout");
+  c.image_size = int_setting(j.at("image_size"), "image_size", 1, 4096);
+  c.in_channels = int_setting(j.at("in_channels"), "in_channels", 1, 64);
+  c.channels = int_list_setting(j.at("channels"), "channels", 1, 8192, 16);
+  c.blocks_per_level = int_setting(j.at("blocks_per_level"), "blocks_per_level", 1, 64);
+  c.attention_levels = int_list_setting(j.at("attention_levels"), "attention_levels", 0, 15, 16);
+  c.head_channels = int_setting(j.at("head_channels"), "head_channels", 1, 8192);
+  c.noise_channels = int_setting(j.at("noise_channels"), "noise_channels", 0, 8192);
+  c.emb_dim = int_setting(j.at("emb_dim"), "emb_dim", 0, 65536);
+  c.num_classes = int_setting(j.at("num_classes"), "num_classes", 0, 100000);
+  TG_CHECK(j.at("dropout").is_number(), "model.dropout is {}: expected a number", j.at("dropout").dump());
+  c.dropout = j.at("dropout").get<double>();
   return c;
 }
 
@@ -84,10 +104,13 @@ Run read_run(const std::string& dir) {
   Run r;
   r.json = read_json(dir + "/config.json");
   try {
+    TG_CHECK(r.json.is_object(), "not a JSON object");
     r.config = config_from_json(r.json.at("model"));
     r.synthetic = r.json.value("synthetic", false);
   } catch (const nlohmann::json::exception& e) {
     TG_FAIL("'{}/config.json' lacks model settings: {}", dir, e.what());
+  } catch (const tg::Error& e) {
+    TG_FAIL("'{}/config.json': {}", dir, e.what());
   }
   return r;
 }
@@ -212,10 +235,12 @@ int train(const TrainArgs& a) {
                           {"synthetic", data.synthetic}, {"max_train", a.max_train},
                           {"parameters", model.num_parameters()}, {"skips", model.num_skips()},
                           {"edm", {{"sigma_data", 0.5}, {"p_mean", -1.2}, {"p_std", 1.2}}}};
-    std::ofstream(cfg_path) << cfg.dump(2) << "\n";
+    nn::write_file_atomically(cfg_path, cfg.dump(2) + "\n");
   }
-  if (!(a.resume && fs::exists(a.out + "/checkpoint.safetensors"))) fs::remove(a.out + "/metrics.csv");  // a fresh run
-  nn::output::CsvWriter metrics(a.out + "/metrics.csv", {"step", "loss", "lr", "seconds"});
+  // A resumed run keeps the metrics logged so far.
+  const bool resuming = a.resume && fs::exists(a.out + "/checkpoint.safetensors");
+  nn::output::CsvWriter metrics(a.out + "/metrics.csv", {"step", "loss", "lr", "seconds"},
+                                resuming ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   double acc = 0;
   std::int64_t n_acc = 0;
   const std::int64_t every = 20;
@@ -429,15 +454,22 @@ int sweep_cmd(const SweepArgs& a) {
   using Key = std::tuple<std::string, std::int64_t, std::string, std::string, std::string, std::int64_t>;
   std::map<Key, std::pair<double, double>> done;  // (sampler, nfe, rho, rho_top, seed, count) -> (fd, accuracy)
   if (a.resume) {
-    for (auto& r : read_csv(runs_csv))
-      done[{r["sampler"], std::stoll(r["nfe"]), r["rho_bottom"], r["rho_top"], r["seed"], std::stoll(r["count"])}] = {
-          std::stod(r["fd_clf"]), std::stod(r["class_accuracy"])};
+    std::size_t line = 1;
+    for (auto& r : read_csv(runs_csv)) {
+      ++line;
+      try {
+        done[{r.at("sampler"), std::stoll(r.at("nfe")), r.at("rho_bottom"), r.at("rho_top"), r.at("seed"),
+              std::stoll(r.at("count"))}] = {std::stod(r.at("fd_clf")), std::stod(r.at("class_accuracy"))};
+      } catch (const std::exception& e) {  // std::out_of_range / invalid_argument from at() and sto*
+        TG_FAIL("sweep --resume: data row {} of '{}' is malformed ({})", line - 1, runs_csv, e.what());
+      }
+    }
     fmt::print("resume: {} earlier results in {}\n", done.size(), runs_csv);
-  } else {
-    fs::remove(runs_csv);
   }
   for (const char* f : {"/sweep.csv", "/denoise_error.csv"}) fs::remove(out + f);
-  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds"});
+  // Resuming appends to the per-seed results (they are kept); a new sweep starts the file over.
+  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds"},
+                            a.resume ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   std::vector<Cell> cells;
   const auto t_all = Clock::now();
   auto options = [&](const std::string& sname, std::int64_t nfe, std::int64_t count, std::uint64_t seed) {
@@ -743,6 +775,9 @@ int main(int argc, char** argv) {
       return sweep_cmd(wa);
     }
   } catch (const tg::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {  // e.g. a filesystem error on --out, or out of memory
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }

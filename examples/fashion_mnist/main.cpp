@@ -73,6 +73,8 @@ void write_evaluation(const std::string& dir, const cls::Evaluation& ev, const n
   nn::output::save_image_grid(dir + "/test_predictions.png", test.images.narrow(0, 0, n), grid);
 }
 
+std::string load_run_model_name(const std::string& run);
+
 int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
@@ -83,13 +85,20 @@ int train(const TrainArgs& a) {
   Generator init(a.seed);
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28}, &init);
   fmt::print("{}\n", model.to_string());
+  // A resumed run must be the same model: checked before the run folder is touched.
+  const bool resuming = a.resume && fs::exists(out + "/checkpoint.safetensors");
+  if (resuming && fs::exists(out + "/config.json")) {
+    const std::string trained = load_run_model_name(out);
+    TG_CHECK(trained == a.model, "train --resume: the run in '{}' trains model '{}', not '{}'", out, trained, a.model);
+  }
   {
     nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},
                           {"schedule", a.schedule}, {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
                           {"max_steps", a.max_steps}, {"max_train", a.max_train}, {"parameters", model.num_parameters()}};
-    std::ofstream(out + "/config.json") << cfg.dump(2) << "\n";
+    nn::write_file_atomically(out + "/config.json", cfg.dump(2) + "\n");
   }
-  nn::output::CsvWriter metrics(out + "/metrics.csv", {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "epoch_seconds"});
+  nn::output::CsvWriter metrics(out + "/metrics.csv", {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "epoch_seconds"},
+                                resuming ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   nn::output::Series step_loss{"train loss (per step)", {}, {}}, test_loss{"test loss (per epoch)", {}, {}};
   cls::FitOptions fo{.epochs = a.epochs, .batch = a.batch, .lr = a.lr, .schedule = a.schedule, .seed = a.seed, .max_steps = a.max_steps,
                      .checkpoint = out + "/checkpoint.safetensors", .resume = a.resume};
@@ -120,17 +129,25 @@ int train(const TrainArgs& a) {
   return 0;
 }
 
-// Loads the model of a run folder.
-cls::Classifier load_run(const std::string& run) {
-  std::ifstream in(run + "/config.json");
-  TG_CHECK(in.good(), "no config.json in run folder '{}'", run);
+// The model name a run folder's config.json records.
+std::string load_run_model_name(const std::string& run) {
+  const std::string path = run + "/config.json";
+  TG_CHECK(fs::is_regular_file(path), "no config.json in run folder '{}'", run);
+  std::ifstream in(path);
   nlohmann::json cfg;
   try {
     cfg = nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
-    TG_FAIL("'{}/config.json' is not valid JSON: {}", run, e.what());
+    TG_FAIL("'{}' is not valid JSON: {}", path, e.what());
   }
-  const cls::Arch arch = cls::parse_arch(cfg.value("model", std::string("?")));
+  TG_CHECK(cfg.is_object() && cfg.contains("model") && cfg["model"].is_string(),
+           "'{}' has no model name (a \"model\" string)", path);
+  return cfg["model"].get<std::string>();
+}
+
+// Loads the model of a run folder.
+cls::Classifier load_run(const std::string& run) {
+  const cls::Arch arch = cls::parse_arch(load_run_model_name(run));
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28});
   nn::load_module(model, run + "/model.safetensors");
   model.eval();
@@ -228,6 +245,9 @@ int main(int argc, char** argv) {
     if (ev->parsed()) return eval(run, data_dir, synthetic);
     if (pr->parsed()) return predict(run, count, first, png, data_dir, synthetic);
   } catch (const tg::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {  // e.g. a filesystem error on --out, or out of memory
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }

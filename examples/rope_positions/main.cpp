@@ -243,7 +243,7 @@ int experiment(const ExperimentArgs& a) {
                           {"rope_layout", "interleaved"}, {"axis_map", "i mod A (Su's RoPE-2D) for every 2-D variant"},
                           {"p_mark", a.p_mark}, {"noise", a.noise}, {"train_sizes", "h, w in {2,3,4}"},
                           {"eval_per_size", a.eval}, {"seed", a.seed}, {"threads", num_threads()}};
-    std::ofstream(a.out + "/config.json") << cfg.dump(2) << "\n";
+    nn::write_file_atomically(a.out + "/config.json", cfg.dump(2) + "\n");
   }
   std::vector<VariantResult> results;
   for (const auto& v : variants) results.push_back(run_variant(v, a));
@@ -532,6 +532,9 @@ int main(int argc, char** argv) {
     if (co->parsed()) return compat(ca);
     if (sh->parsed()) return show(scheme, layout, start);
   } catch (const tg::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {  // e.g. a filesystem error on --out, or out of memory
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <numbers>
@@ -62,7 +63,14 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
   if (o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
     const nn::TrainingState st = nn::load_training_checkpoint(o.checkpoint, model, opt, gen, &ema);
     step = st.step;
-    if (auto it = st.metadata.find("train_seconds"); it != st.metadata.end()) prior_seconds = std::stod(it->second);
+    if (auto it = st.metadata.find("train_seconds"); it != st.metadata.end()) {
+      const std::string& text = it->second;
+      const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), prior_seconds);
+      // The time budget counts from it: NaN or a negative value would never end the run.
+      TG_CHECK(err == std::errc() && end == text.data() + text.size() && std::isfinite(prior_seconds) &&
+                   prior_seconds >= 0,
+               "diffusion fit: '{}' has a malformed train_seconds entry '{}' (expected seconds >= 0)", o.checkpoint, text);
+    }
     fmt::print(stderr, "resumed from {} at step {} ({:.0f} s trained)\n", o.checkpoint, step, prior_seconds);
   }
   auto save = [&](double seconds) {

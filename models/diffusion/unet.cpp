@@ -139,7 +139,7 @@ std::string UNetBlock::extra_repr() const {
 
 UNet::UNet(const UNetConfig& c, Generator* gen) : config(c) {
   const auto L = static_cast<std::int64_t>(c.channels.size());
-  TG_CHECK(L >= 1, "UNet: need at least one resolution level");
+  TG_CHECK(L >= 1 && L <= 16, "UNet: need 1..16 resolution levels, got {}", L);
   for (std::int64_t ch : c.channels) TG_CHECK(ch > 0, "UNet: channels must be positive, got {}", fmt::join(c.channels, ", "));
   TG_CHECK(c.in_channels > 0 && c.blocks_per_level >= 1, "UNet: in_channels ({}) and blocks_per_level ({}) must be positive",
            c.in_channels, c.blocks_per_level);
@@ -149,6 +149,8 @@ UNet::UNet(const UNetConfig& c, Generator* gen) : config(c) {
     TG_CHECK(a >= 0 && a < L, "UNet: attention level {} is outside 0..{}", a, L - 1);
   TG_CHECK(c.num_classes >= 0 && c.dropout >= 0 && c.dropout < 1 && c.head_channels > 0,
            "UNet: bad num_classes ({}), dropout ({}) or head_channels ({})", c.num_classes, c.dropout, c.head_channels);
+  TG_CHECK(c.noise_channels >= 0 && c.emb_dim >= 0, "UNet: noise_channels ({}) and emb_dim ({}) must be >= 0 (0: derived)",
+           c.noise_channels, c.emb_dim);
   config.noise_channels = c.noise_channels > 0 ? c.noise_channels : c.channels[0];
   config.emb_dim = c.emb_dim > 0 ? c.emb_dim : 4 * c.channels[0];
   TG_CHECK(config.noise_channels % 2 == 0, "UNet: noise_channels must be even, got {}", config.noise_channels);

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <sys/stat.h>
+
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/linear.hpp"
@@ -210,4 +212,64 @@ TEST_CASE("resuming from a training checkpoint reproduces the uninterrupted run 
   // A checkpoint for another optimizer type is refused.
   nn::SGD sgd(resumed.named_parameters(), {.lr = 0.1});
   CHECK_THROWS_WITH(nn::load_training_checkpoint(dir.file("ckpt.safetensors"), resumed, sgd, run3), Contains("was saved with AdamW but the optimizer is SGD"));
+}
+
+TEST_CASE("training checkpoints with bad metadata are refused before anything changes", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Generator init(3), run(4);
+  Net net(&init);
+  nn::Adam opt(net.named_parameters(), {.lr = 0.01});
+  opt.set_step_count(5);
+  const std::string good = dir.file("good.safetensors");
+  nn::save_training_checkpoint(good, net, opt, 5, run);
+  const nn::SafetensorsFile file = nn::load_safetensors(good);
+
+  Generator init2(9), run2(10);
+  Net target(&init2);
+  nn::Adam opt2(target.named_parameters(), {.lr = 0.01});
+  Net before = target;
+  before.clone_parameters();
+  // The same tensors under edited metadata (the CRC covers the data only).
+  auto expect_refused = [&](const std::string& key, const std::string& value, const std::string& message) {
+    nn::Metadata meta = file.metadata;
+    meta[key] = value;
+    const std::string bad = dir.file("bad.safetensors");
+    nn::save_safetensors(bad, file.tensors, meta);
+    INFO(key << " = " << value);
+    CHECK_THROWS_WITH(nn::load_training_checkpoint(bad, target, opt2, run2), Contains(message));
+    CHECK(same_state(target, before));
+    CHECK(opt2.step_count() == 0);
+  };
+  expect_refused("step", "-5", "malformed 'step' entry '-5'");
+  expect_refused("step", "12abc", "malformed 'step' entry '12abc'");
+  expect_refused("step", "9223372036854775807", "expected an integer in 0..2^62");
+  expect_refused("optimizer.step", "-100", "malformed 'optimizer.step' entry '-100'");
+  expect_refused("rng.seed", "-1", "malformed 'rng.seed' entry '-1'");
+  expect_refused("optimizer.param_updates", "{\"fc1.weight\": -7}", "gives parameter 'fc1.weight' -7 updates after 5 steps");
+  expect_refused("optimizer.param_updates", "{\"nope\": 1}", "names 'nope', not a parameter of the optimizer");
+  expect_refused("optimizer.param_updates", "[1]", "is not a JSON object");
+  nn::load_training_checkpoint(good, target, opt2, run2);  // the untouched file still loads
+  CHECK(opt2.step_count() == 5);
+}
+
+TEST_CASE("loading refuses folders and FIFOs instead of reading garbage or blocking", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Net net;
+  fs::create_directories(dir.file("folder.safetensors"));
+  CHECK_THROWS_WITH(nn::load_module(net, dir.file("folder.safetensors")), Contains("is not a regular file"));
+  REQUIRE(::mkfifo(dir.file("fifo").c_str(), 0600) == 0);
+  CHECK_THROWS_WITH(nn::load_safetensors(dir.file("fifo")), Contains("is not a regular file"));
+  CHECK_THROWS_WITH(nn::load_module(net, dir.file("none.safetensors")), Contains("cannot open"));
+}
+
+TEST_CASE("write_file_atomically replaces a file whole", "[nn][checkpoint]") {
+  TempDir dir;
+  const std::string path = dir.file("config.json");
+  nn::write_file_atomically(path, "{\"a\": 1}\n");
+  nn::write_file_atomically(path, "{}\n");
+  CHECK(read_file(path) == "{}\n");
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
+  CHECK(files == 1);  // no temporaries left
+  CHECK_THROWS_WITH(nn::write_file_atomically(dir.file("no/such/folder.json"), "x"), Contains("does not exist"));
 }

@@ -53,7 +53,18 @@ TEST_CASE("read_idx reads gzip and raw files and rejects bad ones", "[nn][data]"
   CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("truncated"));
   std::ofstream(bad, std::ios::binary) << std::string("\x1f\x8b\x08\x00garbage", 11);  // a broken gzip stream
   CHECK_THROWS(nn::data::read_idx(bad));
-  CHECK_THROWS_WITH(nn::data::read_idx(temp("does-not-exist")), Contains("cannot open"));
+  CHECK_THROWS_WITH(nn::data::read_idx(temp("does-not-exist")), Contains("is not a regular file"));
+  // A header promising 8.5 GB in a 16-byte file fails on the data it lacks, without reserving it.
+  std::ofstream(bad, std::ios::binary) << std::string("\x00\x00\x08\x02\x05\xf5\xe1\x00\x00\x00\x00\x55", 12) << "abcd";
+  CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("is truncated: it ends inside the data"));
+  // A gzip file whose trailer (CRC-32, size) is cut off is corrupt, even with all its data there.
+  write_gz(gz, idx_bytes({2, 3}, {1, 2, 3, 4, 5, 6}));
+  const std::string whole = [&] {
+    std::ifstream in(gz, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }();
+  std::ofstream(bad, std::ios::binary) << whole.substr(0, whole.size() - 4);
+  CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("is corrupt after its data"));
   fs::remove(gz);
   fs::remove(raw);
   fs::remove(bad);

@@ -68,6 +68,23 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   std::ifstream in(dir / "m.csv");
   std::string text((std::istreambuf_iterator<char>(in)), {});
   CHECK(text == "step,loss\n1,0.5\n");
+  auto read_text = [&](const char* name) {
+    std::ifstream f(dir / name);
+    return std::string((std::istreambuf_iterator<char>(f)), {});
+  };
+  {  // append (a resumed run): the rows stay; a row cut off by an interruption is dropped
+    std::ofstream(dir / "m.csv", std::ios::app) << "2,0.2";
+    nn::output::CsvWriter csv((dir / "m.csv").string(), {"step", "loss"}, nn::output::CsvWriter::Mode::append);
+    csv.row(std::vector<double>{2, 0.25});
+  }
+  CHECK(read_text("m.csv") == "step,loss\n1,0.5\n2,0.25\n");
+  CHECK_THROWS_WITH(nn::output::CsvWriter((dir / "m.csv").string(), {"epoch", "loss"}, nn::output::CsvWriter::Mode::append),
+                    Contains("has the columns 'step,loss', not 'epoch,loss'"));
+  CHECK(read_text("m.csv") == "step,loss\n1,0.5\n2,0.25\n");
+  { nn::output::CsvWriter fresh((dir / "new.csv").string(), {"a"}, nn::output::CsvWriter::Mode::append); }
+  CHECK(read_text("new.csv") == "a\n");  // created with its header
+  { nn::output::CsvWriter again((dir / "m.csv").string(), {"step", "loss"}); }
+  CHECK(read_text("m.csv") == "step,loss\n");  // replace starts over
   nn::output::plot_svg((dir / "p.svg").string(), {{"train", {1, 2, 3}, {1.0, 0.5, 0.25}}, {"test", {1, 3}, {1.2, 0.4}}},
                        {.title = "loss", .log_y = true});
   std::ifstream svg(dir / "p.svg");
