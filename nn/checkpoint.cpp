@@ -147,6 +147,41 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   write_chunks_atomically(path, {{text.data(), text.size()}}, "write");
 }
 
+namespace {
+// Finds a key that appears twice in one JSON object. The parser keeps the last one silently: a
+// second __metadata__ could drop the checksum, a second tensor entry hide the first.
+// Only the two levels safetensors defines (tensor names and __metadata__; the fields of an entry)
+// are tracked, so a deeply nested header costs no memory here.
+struct DuplicateKeyCheck : json::json_sax_t {
+  static constexpr std::size_t kLevels = 2;
+  std::vector<std::set<std::string>> keys;  // per open object of the first kLevels
+  std::size_t depth = 0;                    // open objects
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    if (++depth <= kLevels) keys.emplace_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (depth <= kLevels && !keys.back().insert(k).second) duplicate = k;
+    return duplicate.empty();  // stop at the first one
+  }
+  bool end_object() override {
+    if (depth-- <= kLevels) keys.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
+};
+}  // namespace
+
 SafetensorsFile load_safetensors(const std::string& path) {
   // Not a directory (whose size reads as -1) nor a FIFO or device (whose open or read blocks).
   std::error_code ec;
@@ -172,6 +207,9 @@ SafetensorsFile load_safetensors(const std::string& path) {
   json header;
   try {
     header = json::parse(text);
+    DuplicateKeyCheck dup;
+    json::sax_parse(text, &dup);
+    TG_CHECK(dup.duplicate.empty(), "load: '{}' has a corrupt header: the key '{}' appears twice", path, dup.duplicate);
   } catch (const json::exception& e) {
     TG_FAIL("load: '{}' has a corrupt header: {}", path, e.what());
   }

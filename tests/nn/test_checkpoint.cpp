@@ -128,6 +128,11 @@ TEST_CASE("loading rejects truncated, corrupted and mismatched files without tou
   huge[7] = 0x7f;
   expect_error(huge, "header length");
   CHECK_THROWS_WITH(nn::load_module(b, dir.file("missing.safetensors")), Contains("cannot open"));
+  // A key twice in one object (JSON parsers keep the last one silently).
+  const std::string entry = R"({"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  const std::string dup = "{\"w\":" + entry + ",\"w\":" + entry + "}";
+  expect_error(std::string(1, char(dup.size())) + std::string(7, '\0') + dup + std::string(4, '\0'),
+               "the key 'w' appears twice");
 
   struct Other : nn::Module {
     nn::Linear fc1{6, 8};
