@@ -106,6 +106,38 @@ std::uint32_t crc_of(const std::vector<Tensor>& data) {
   return static_cast<std::uint32_t>(crc);
 }
 
+// Finds a key that appears twice in one JSON object. The parser keeps the last one silently: a
+// second __metadata__ could drop the checksum, a second tensor entry hide the first.
+// Only the two levels safetensors defines (tensor names and __metadata__; the fields of an entry)
+// are tracked, so a deeply nested header costs no memory here.
+struct DuplicateKeyCheck : json::json_sax_t {
+  static constexpr std::size_t kLevels = 2;
+  std::vector<std::set<std::string>> keys;  // per open object of the first kLevels
+  std::size_t depth = 0;                    // open objects
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    if (++depth <= kLevels) keys.emplace_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (depth <= kLevels && !keys.back().insert(k).second) duplicate = k;
+    return duplicate.empty();  // stop at the first one
+  }
+  bool end_object() override {
+    if (depth-- <= kLevels) keys.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
+};
 }  // namespace
 
 const Tensor* SafetensorsFile::find(const std::string& name) const {
@@ -146,41 +178,6 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 void write_file_atomically(const std::string& path, const std::string& text) {
   write_chunks_atomically(path, {{text.data(), text.size()}}, "write");
 }
-
-namespace {
-// Finds a key that appears twice in one JSON object. The parser keeps the last one silently: a
-// second __metadata__ could drop the checksum, a second tensor entry hide the first.
-// Only the two levels safetensors defines (tensor names and __metadata__; the fields of an entry)
-// are tracked, so a deeply nested header costs no memory here.
-struct DuplicateKeyCheck : json::json_sax_t {
-  static constexpr std::size_t kLevels = 2;
-  std::vector<std::set<std::string>> keys;  // per open object of the first kLevels
-  std::size_t depth = 0;                    // open objects
-  std::string duplicate;
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override {
-    if (++depth <= kLevels) keys.emplace_back();
-    return true;
-  }
-  bool key(string_t& k) override {
-    if (depth <= kLevels && !keys.back().insert(k).second) duplicate = k;
-    return duplicate.empty();  // stop at the first one
-  }
-  bool end_object() override {
-    if (depth-- <= kLevels) keys.pop_back();
-    return true;
-  }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
-  bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
-};
-}  // namespace
 
 SafetensorsFile load_safetensors(const std::string& path) {
   // Not a directory (whose size reads as -1) nor a FIFO or device (whose open or read blocks).
