@@ -183,7 +183,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
   // Not a directory (whose size reads as -1) nor a FIFO or device (whose open or read blocks).
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
-  TG_CHECK(!ec && std::filesystem::exists(status), "load: cannot open '{}' (no such file)", path);
+  TG_CHECK(std::filesystem::exists(status), "load: cannot open '{}' ({})", path,
+           ec ? ec.message() : std::string("no such file"));
   TG_CHECK(std::filesystem::is_regular_file(status), "load: '{}' is not a regular file", path);
   std::ifstream in(path, std::ios::binary);
   TG_CHECK(in.good(), "load: cannot open '{}'", path);
@@ -275,7 +276,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
            data_size - cursor, cursor);
   // Read the data in file order.
   std::vector<Tensor> data;
-  std::vector<Tensor> by_entry(entries.size());  // the tensors in header order
+  std::vector<Tensor> by_entry(entries.size());  // indexed like `entries`
   for (const Entry* e : sorted) {
     Tensor t = empty(e->shape, e->dtype);
     in.read(static_cast<char*>(t.raw_data()), static_cast<std::streamsize>(e->end - e->begin));
@@ -292,7 +293,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
     TG_CHECK(crc->second == std::to_string(crc_of(data)),
              "load: '{}' is corrupt: its data does not match the checksum stored when it was written", path);
   }
-  // Report tensors in header order (stable for users).
+  // Report tensors in the parsed header's order (sorted by name: stable for users).
   for (std::size_t i = 0; i < entries.size(); ++i) file.tensors.push_back({entries[i].name, by_entry[i]});
   return file;
 }

@@ -28,7 +28,7 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 void write_file_atomically(const std::string& path, const std::string& text);
 
 struct SafetensorsFile {
-  std::vector<NamedTensor> tensors;  // in the header's order
+  std::vector<NamedTensor> tensors;  // sorted by name (the order of the parsed JSON header)
   Metadata metadata;
   const Tensor* find(const std::string& name) const;
 };

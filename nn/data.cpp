@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <limits>
 #include <memory>
 #include <numbers>
+#include <string>
 
 #include "core/autograd.hpp"
 #include "core/parallel.hpp"
@@ -17,27 +21,118 @@
 namespace tg::nn::data {
 
 // ---- IDX ------------------------------------------------------------------------------------------------------
-Tensor read_idx(const std::string& path) {
-  // Not a FIFO or device (whose read would block) nor a folder.
-  TG_CHECK(std::filesystem::is_regular_file(path), "read_idx: '{}' is not a regular file", path);
-  std::unique_ptr<gzFile_s, int (*)(gzFile)> f(gzopen(path.c_str(), "rb"), &gzclose);
-  TG_CHECK(f != nullptr, "read_idx: cannot open '{}'", path);
-  auto read_exact = [&](void* buf, std::size_t n, const char* what) {
+namespace {
+
+// The bytes of a raw or gzip-compressed file, read on demand. The compressed file is read whole
+// (datasets are tens of MB), the output is inflated as it is asked for: a header that promises
+// gigabytes costs nothing until they arrive. finish() requires the end of every gzip member, with
+// its trailer (CRC-32, size) verified by zlib, and no bytes beyond the data.
+class ByteSource {
+ public:
+  ByteSource(const std::string& path, std::string file) : path_(path), file_(std::move(file)) {
+    gzip_ = file_.size() >= 2 && static_cast<unsigned char>(file_[0]) == 0x1f && static_cast<unsigned char>(file_[1]) == 0x8b;
+    if (gzip_) {
+      TG_CHECK(inflateInit2(&z_, 16 + MAX_WBITS) == Z_OK, "read_idx: zlib could not start for '{}'", path_);
+      z_.next_in = reinterpret_cast<Bytef*>(file_.data());
+      z_.avail_in = static_cast<uInt>(std::min<std::size_t>(file_.size(), std::numeric_limits<uInt>::max()));
+      fed_ = z_.avail_in;
+    }
+  }
+  ~ByteSource() {
+    if (gzip_) inflateEnd(&z_);
+  }
+  ByteSource(const ByteSource&) = delete;
+  ByteSource& operator=(const ByteSource&) = delete;
+
+  // Fills n bytes; `what` names the part of the file in errors.
+  void read(unsigned char* out, std::size_t n, const char* what) {
+    const std::size_t start = pos_;
+    if (!gzip_) {
+      TG_CHECK(file_.size() - pos_ >= n, "read_idx: '{}' is truncated: it ends inside the {} (byte {} of {})", path_,
+               what, file_.size(), pos_ + n);
+      std::memcpy(out, file_.data() + pos_, n);
+      pos_ += n;
+      return;
+    }
     std::size_t done = 0;
     while (done < n) {
-      const unsigned chunk = static_cast<unsigned>(std::min<std::size_t>(n - done, 1u << 30));
-      const int r = gzread(f.get(), static_cast<char*>(buf) + done, chunk);
-      if (r < 0) {
-        int errnum = 0;
-        const char* msg = gzerror(f.get(), &errnum);
-        TG_FAIL("read_idx: '{}' is corrupt while reading the {}: {}", path, what, msg ? msg : "unknown error");
-      }
-      TG_CHECK(r > 0, "read_idx: '{}' is truncated: it ends inside the {} ({} of {} bytes)", path, what, done, n);
-      done += static_cast<std::size_t>(r);
+      TG_CHECK(!ended_ || next_member(), "read_idx: '{}' is truncated: it ends inside the {} (byte {} of {})", path_,
+               what, start + done, start + n);
+      const std::size_t want = std::min<std::size_t>(n - done, std::size_t{1} << 30);
+      z_.next_out = out + done;
+      z_.avail_out = static_cast<uInt>(want);
+      const int r = step();
+      done += want - z_.avail_out;
+      if (r == Z_BUF_ERROR && z_.avail_out == want)  // no progress: the input ran out mid-stream
+        TG_FAIL("read_idx: '{}' is truncated: it ends inside the {} (byte {} of {})", path_, what, start + done, start + n);
     }
-  };
+    pos_ += n;
+  }
+
+  // After the data: nothing else may follow, and every gzip member must be complete.
+  void finish(std::uint64_t declared) {
+    if (!gzip_) {
+      TG_CHECK(pos_ == file_.size(), "read_idx: '{}' has data beyond the {} bytes its header declares", path_, declared);
+      return;
+    }
+    unsigned char extra;
+    while (!ended_ || next_member()) {
+      z_.next_out = &extra;
+      z_.avail_out = 1;
+      const int r = step();
+      TG_CHECK(z_.avail_out == 1, "read_idx: '{}' has data beyond the {} bytes its header declares", path_, declared);
+      TG_CHECK(r != Z_BUF_ERROR, "read_idx: '{}' is corrupt after its data: the gzip stream is cut off (no trailer)",
+               path_);
+    }
+  }
+
+ private:
+  // Files past 4 GiB reach zlib in pieces.
+  void refill() {
+    if (z_.avail_in > 0 || fed_ == file_.size()) return;
+    z_.avail_in = static_cast<uInt>(std::min<std::size_t>(file_.size() - fed_, std::numeric_limits<uInt>::max()));
+    fed_ += z_.avail_in;
+  }
+  int step() {
+    refill();
+    const int r = inflate(&z_, Z_NO_FLUSH);
+    if (r == Z_STREAM_END) ended_ = true;
+    TG_CHECK(r == Z_OK || r == Z_STREAM_END || r == Z_BUF_ERROR, "read_idx: '{}' is corrupt: {}", path_,
+             z_.msg ? z_.msg : "invalid gzip data");
+    return r;
+  }
+  // Concatenated gzip members form one stream (as gzip -d reads them); other trailing bytes are
+  // an error. Returns whether another member starts.
+  bool next_member() {
+    refill();
+    if (z_.avail_in == 0) return false;
+    TG_CHECK(z_.avail_in >= 2 && z_.next_in[0] == 0x1f && z_.next_in[1] == 0x8b,
+             "read_idx: '{}' has {} bytes of garbage after its gzip data", path_, z_.avail_in);
+    TG_CHECK(inflateReset(&z_) == Z_OK, "read_idx: zlib could not restart for '{}'", path_);
+    ended_ = false;
+    return true;
+  }
+
+  std::string path_, file_;
+  bool gzip_ = false, ended_ = false;
+  z_stream z_{};
+  std::size_t pos_ = 0, fed_ = 0;
+};
+
+}  // namespace
+
+Tensor read_idx(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  TG_CHECK(std::filesystem::exists(status), "read_idx: cannot open '{}' ({})", path,
+           ec ? ec.message() : std::string("no such file"));
+  // Not a FIFO or device (whose read would block) nor a folder.
+  TG_CHECK(std::filesystem::is_regular_file(status), "read_idx: '{}' is not a regular file", path);
+  std::ifstream in(path, std::ios::binary);
+  TG_CHECK(in.good(), "read_idx: cannot open '{}'", path);
+  ByteSource src(path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
   unsigned char magic[4];
-  read_exact(magic, 4, "magic number");
+  src.read(magic, 4, "magic number");
   TG_CHECK(magic[0] == 0 && magic[1] == 0, "read_idx: '{}' is not an IDX file (bad magic number)", path);
   TG_CHECK(magic[2] == 0x08, "read_idx: '{}' holds IDX type 0x{:02x}; only unsigned bytes (0x08) are supported", path,
            magic[2]);
@@ -47,28 +142,23 @@ Tensor read_idx(const std::string& path) {
   std::uint64_t total = 1;
   for (int d = 0; d < ndim; ++d) {
     unsigned char b[4];
-    read_exact(b, 4, "dims");
+    src.read(b, 4, "dims");
     const std::uint64_t n = (std::uint64_t{b[0]} << 24) | (std::uint64_t{b[1]} << 16) | (std::uint64_t{b[2]} << 8) | b[3];
     TG_CHECK(n > 0 && n <= 100'000'000, "read_idx: '{}' has an implausible dim {} ({})", path, d, n);
     total *= n;
     TG_CHECK(total <= (std::uint64_t{1} << 33), "read_idx: '{}' is implausibly large", path);
     shape.push_back(static_cast<std::int64_t>(n));
   }
-  // The data grows as it is read: a header that promises gigabytes costs nothing until they arrive.
+  // The data grows as it is read (16 MiB at a time), never ahead of what the file holds.
   std::vector<unsigned char> bytes;
   constexpr std::size_t kChunk = std::size_t{1} << 24;
   for (std::size_t done = 0; done < total;) {
     const std::size_t n = std::min<std::size_t>(kChunk, static_cast<std::size_t>(total) - done);
     bytes.resize(done + n);
-    read_exact(bytes.data() + done, n, "data");
+    src.read(bytes.data() + done, n, "data");
     done += n;
   }
-  char extra;
-  TG_CHECK(gzread(f.get(), &extra, 1) == 0, "read_idx: '{}' has data beyond the {} bytes its header declares", path, total);
-  int status = Z_OK;
-  const char* msg = gzerror(f.get(), &status);  // e.g. a gzip trailer (CRC, size) cut off or wrong
-  TG_CHECK(status == Z_OK || status == Z_STREAM_END, "read_idx: '{}' is corrupt after its data: {}", path,
-           msg ? msg : "unknown error");
+  src.finish(total);
   Tensor t = empty(shape, DType::i32);
   std::int32_t* p = t.data<std::int32_t>();
   for (std::size_t i = 0; i < bytes.size(); ++i) p[i] = bytes[i];

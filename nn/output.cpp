@@ -102,16 +102,22 @@ CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header, M
   std::string expected;
   for (std::size_t i = 0; i < header.size(); ++i) expected += (i ? "," : "") + header[i];
   std::string all;  // the file so far, when appending
-  if (mode == Mode::append && std::filesystem::is_regular_file(path)) {
+  std::error_code ec;
+  if (mode == Mode::append && std::filesystem::is_regular_file(path, ec)) {
     std::ifstream in(path, std::ios::binary);
     all.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
-  if (all.find('\n') != std::string::npos) {  // a header line at least
+  if (!all.empty()) {
     const std::string first = all.substr(0, all.find('\n'));
-    TG_CHECK(first == expected, "CsvWriter: '{}' has the columns '{}', not '{}': cannot append to it", path, first,
-             expected);
+    TG_CHECK(first == expected, "CsvWriter: '{}' has the columns '{}'{}, not '{}': cannot append to it", path, first,
+             first.ends_with('\r') ? " (Windows line endings)" : "", expected);
+  }
+  if (all.find('\n') != std::string::npos) {  // the header line at least
     // A last row cut off by an interrupted run is dropped.
-    if (all.back() != '\n') std::filesystem::resize_file(path, all.rfind('\n') + 1);
+    if (all.back() != '\n') {
+      std::filesystem::resize_file(path, all.rfind('\n') + 1, ec);
+      TG_CHECK(!ec, "CsvWriter: cannot drop the cut-off last row of '{}': {}", path, ec.message());
+    }
     f_ = std::fopen(path.c_str(), "a");
     TG_CHECK(f_ != nullptr, "CsvWriter: cannot open '{}' for appending", path);
     return;

@@ -10,6 +10,7 @@
 #include <fmt/core.h>
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -51,8 +52,10 @@ nlohmann::json config_json(const diff::UNetConfig& c) {
 
 // An integer setting of config.json within [lo, hi] (a file may hold anything: 16.5, 1e30, "16").
 std::int64_t int_setting(const nlohmann::json& v, const char* key, std::int64_t lo, std::int64_t hi) {
-  const bool ok = v.is_number_integer() && (v.is_number_unsigned() ? v.get<std::uint64_t>() <= std::uint64_t(hi)
-                                                                      : v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi);
+  // JSON integers >= 0 are stored unsigned: compare those as unsigned (a value past 2^63 must not wrap).
+  const bool ok = v.is_number_integer() &&
+                  (v.is_number_unsigned() ? v.get<std::uint64_t>() <= std::uint64_t(hi) && std::int64_t(v.get<std::uint64_t>()) >= lo
+                                          : v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi);
   TG_CHECK(ok, "model.{} is {}: expected an integer in {}..{}", key, v.dump(), lo, hi);
   return v.get<std::int64_t>();
 }
@@ -204,6 +207,33 @@ struct TrainArgs {
   std::uint64_t seed = 0;
 };
 
+// The step a training checkpoint was saved at (the whole file is validated on the way).
+std::int64_t checkpoint_step(const std::string& path) {
+  const nn::SafetensorsFile file = nn::load_safetensors(path);
+  const auto it = file.metadata.find("step");
+  TG_CHECK(it != file.metadata.end(), "'{}' is not a training checkpoint (no step)", path);
+  std::int64_t step = -1;
+  const auto [end, err] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), step);
+  TG_CHECK(err == std::errc() && end == it->second.data() + it->second.size() && step >= 0,
+           "'{}' has a malformed step '{}'", path, it->second);
+  return step;
+}
+
+// Drops the rows of a metrics file (first column: step) logged after `step`.
+void keep_metrics_through(const std::string& path, std::int64_t step) {
+  if (!fs::is_regular_file(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  if (!std::getline(in, line)) return;
+  kept = line + "\n";
+  while (std::getline(in, line)) {
+    std::int64_t s = 0;
+    const auto [end, err] = std::from_chars(line.data(), line.data() + line.size(), s);
+    if (err == std::errc() && end < line.data() + line.size() && *end == ',' && s <= step) kept += line + "\n";
+  }
+  nn::write_file_atomically(path, kept);
+}
+
 int train(const TrainArgs& a) {
   fs::create_directories(a.out);
   const std::string cfg_path = a.out + "/config.json";
@@ -223,10 +253,19 @@ int train(const TrainArgs& a) {
   const cls::Data data = load_data(a.data, a.synthetic, a.max_train);
   fmt::print("data: {} ({} training images)\n", data.train.source, data.train.size());
   const Tensor images = diff::to_model_space(data.train.images, mc.image_size);  // [N, 1, S, S] in [-1, 1]
+  config_from_json(config_json(mc));  // settings this program could not read back are refused now
   Generator init(a.seed);
   diff::UNet model(mc, &init);
   mc = model.config;  // with the derived widths
   nn::EMA ema(model, a.ema);
+  // Resuming: the checkpoint is read (and validated) before the run folder is touched, and the
+  // metrics logged after it (by a run killed between checkpoints) are dropped, not repeated.
+  const std::string ckpt_path = a.out + "/checkpoint.safetensors";
+  const bool resuming = a.resume && fs::exists(ckpt_path);
+  if (resuming) {
+    const std::int64_t ckpt_step = checkpoint_step(ckpt_path);
+    keep_metrics_through(a.out + "/metrics.csv", ckpt_step);
+  }
   fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
   {
     nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
@@ -238,7 +277,6 @@ int train(const TrainArgs& a) {
     nn::write_file_atomically(cfg_path, cfg.dump(2) + "\n");
   }
   // A resumed run keeps the metrics logged so far.
-  const bool resuming = a.resume && fs::exists(a.out + "/checkpoint.safetensors");
   nn::output::CsvWriter metrics(a.out + "/metrics.csv", {"step", "loss", "lr", "seconds"},
                                 resuming ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   double acc = 0;
@@ -411,9 +449,9 @@ std::vector<std::map<std::string, std::string>> read_csv(const std::string& path
   };
   if (!std::getline(in, line)) return rows;
   header = split(line);
-  while (std::getline(in, line)) {
+  for (std::size_t number = 2; std::getline(in, line); ++number) {
     const auto f = split(line);
-    if (f.size() != header.size()) continue;
+    TG_CHECK(f.size() == header.size(), "'{}' line {} has {} fields for {} columns", path, number, f.size(), header.size());
     std::map<std::string, std::string> r;
     for (std::size_t i = 0; i < f.size(); ++i) r[header[i]] = f[i];
     rows.push_back(r);
@@ -454,14 +492,14 @@ int sweep_cmd(const SweepArgs& a) {
   using Key = std::tuple<std::string, std::int64_t, std::string, std::string, std::string, std::int64_t>;
   std::map<Key, std::pair<double, double>> done;  // (sampler, nfe, rho, rho_top, seed, count) -> (fd, accuracy)
   if (a.resume) {
-    std::size_t line = 1;
+    std::size_t line = 1;  // read_csv refuses rows with a wrong field count, so row i is line i + 1
     for (auto& r : read_csv(runs_csv)) {
       ++line;
       try {
         done[{r.at("sampler"), std::stoll(r.at("nfe")), r.at("rho_bottom"), r.at("rho_top"), r.at("seed"),
               std::stoll(r.at("count"))}] = {std::stod(r.at("fd_clf")), std::stod(r.at("class_accuracy"))};
       } catch (const std::exception& e) {  // std::out_of_range / invalid_argument from at() and sto*
-        TG_FAIL("sweep --resume: data row {} of '{}' is malformed ({})", line - 1, runs_csv, e.what());
+        TG_FAIL("sweep --resume: line {} of '{}' is malformed ({})", line, runs_csv, e.what());
       }
     }
     fmt::print("resume: {} earlier results in {}\n", done.size(), runs_csv);

@@ -132,7 +132,8 @@ int train(const TrainArgs& a) {
 // The model name a run folder's config.json records.
 std::string load_run_model_name(const std::string& run) {
   const std::string path = run + "/config.json";
-  TG_CHECK(fs::is_regular_file(path), "no config.json in run folder '{}'", run);
+  std::error_code ec;
+  TG_CHECK(fs::is_regular_file(path, ec), "no config.json in run folder '{}'", run);
   std::ifstream in(path);
   nlohmann::json cfg;
   try {

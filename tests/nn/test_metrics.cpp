@@ -81,6 +81,10 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   CHECK_THROWS_WITH(nn::output::CsvWriter((dir / "m.csv").string(), {"epoch", "loss"}, nn::output::CsvWriter::Mode::append),
                     Contains("has the columns 'step,loss', not 'epoch,loss'"));
   CHECK(read_text("m.csv") == "step,loss\n1,0.5\n2,0.25\n");
+  std::ofstream(dir / "other.csv") << "foo,bar";  // not ours, even without a newline: refused, kept
+  CHECK_THROWS_WITH(nn::output::CsvWriter((dir / "other.csv").string(), {"step", "loss"}, nn::output::CsvWriter::Mode::append),
+                    Contains("has the columns 'foo,bar', not 'step,loss'"));
+  CHECK(read_text("other.csv") == "foo,bar");
   { nn::output::CsvWriter fresh((dir / "new.csv").string(), {"a"}, nn::output::CsvWriter::Mode::append); }
   CHECK(read_text("new.csv") == "a\n");  // created with its header
   { nn::output::CsvWriter again((dir / "m.csv").string(), {"step", "loss"}); }
