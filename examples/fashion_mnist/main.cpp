@@ -87,9 +87,19 @@ int train(const TrainArgs& a) {
   fmt::print("{}\n", model.to_string());
   // A resumed run must be the same model: checked before the run folder is touched.
   const bool resuming = a.resume && fs::exists(out + "/checkpoint.safetensors");
-  if (resuming && fs::exists(out + "/config.json")) {
-    const std::string trained = load_run_model_name(out);
-    TG_CHECK(trained == a.model, "train --resume: the run in '{}' trains model '{}', not '{}'", out, trained, a.model);
+  if (resuming) {
+    if (fs::exists(out + "/config.json")) {
+      const std::string trained = load_run_model_name(out);
+      TG_CHECK(trained == a.model, "train --resume: the run in '{}' trains model '{}', not '{}'", out, trained, a.model);
+    }
+    const std::string ckpt = out + "/checkpoint.safetensors";
+    const nn::SafetensorsFile file = nn::load_safetensors(ckpt);  // validated whole
+    for (const nn::NamedTensor& t : model.state()) {
+      const Tensor* saved = file.find("model." + t.name);
+      TG_CHECK(saved != nullptr && saved->shape() == t.tensor.shape(),
+               "train --resume: '{}' does not hold this {} model (tensor 'model.{}' {})", ckpt, a.model, t.name,
+               saved ? fmt::format("is {}, not {}", saved->shape(), t.tensor.shape()) : std::string("is missing"));
+    }
   }
   {
     nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},
