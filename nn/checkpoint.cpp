@@ -138,6 +138,23 @@ struct DuplicateKeyCheck : json::json_sax_t {
   bool end_array() override { return true; }
   bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
 };
+
+// A metadata entry of a training checkpoint.
+const std::string& training_entry(const SafetensorsFile& file, const std::string& path, const char* key) {
+  auto it = file.metadata.find(key);
+  TG_CHECK(it != file.metadata.end(), "load: '{}' is not a tapegrad training checkpoint (no '{}' entry)", path, key);
+  return it->second;
+}
+// A count entry (step, optimizer step), in lo..2^62: larger values are corrupt and would overflow.
+std::int64_t training_count(const SafetensorsFile& file, const std::string& path, const char* key, std::int64_t lo) {
+  const std::string& text = training_entry(file, path, key);
+  std::int64_t v = 0;
+  const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+  constexpr std::int64_t kMax = std::int64_t{1} << 62;
+  TG_CHECK(err == std::errc() && end == text.data() + text.size() && v >= lo && v <= kMax,
+           "load: '{}' has a malformed '{}' entry '{}' (expected an integer in {}..2^62)", path, key, text, lo);
+  return v;
+}
 }  // namespace
 
 const Tensor* SafetensorsFile::find(const std::string& name) const {
@@ -179,15 +196,19 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   write_chunks_atomically(path, {{text.data(), text.size()}}, "write");
 }
 
-SafetensorsFile load_safetensors(const std::string& path) {
-  // Not a directory (whose size reads as -1) nor a FIFO or device (whose open or read blocks).
+std::ifstream open_regular_file(const std::string& path, const char* op) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
-  TG_CHECK(std::filesystem::exists(status), "load: cannot open '{}' ({})", path,
+  TG_CHECK(std::filesystem::exists(status), "{}: cannot open '{}' ({})", op, path,
            ec ? ec.message() : std::string("no such file"));
-  TG_CHECK(std::filesystem::is_regular_file(status), "load: '{}' is not a regular file", path);
+  TG_CHECK(std::filesystem::is_regular_file(status), "{}: '{}' is not a regular file", op, path);
   std::ifstream in(path, std::ios::binary);
-  TG_CHECK(in.good(), "load: cannot open '{}'", path);
+  TG_CHECK(in.good(), "{}: cannot open '{}'", op, path);
+  return in;
+}
+
+SafetensorsFile load_safetensors(const std::string& path) {
+  std::ifstream in = open_regular_file(path, "load");
   in.seekg(0, std::ios::end);
   const auto file_size = static_cast<std::uint64_t>(in.tellg());
   in.seekg(0);
@@ -357,14 +378,14 @@ void save_training_checkpoint(const std::string& path, Module& model, Optimizer&
   save_safetensors(path, all, meta);
 }
 
+std::int64_t training_checkpoint_step(const SafetensorsFile& file, const std::string& path) {
+  return training_count(file, path, "step", 0);
+}
+
 TrainingState load_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, Generator& gen,
                                        EMA* ema) {
   const SafetensorsFile file = load_safetensors(path);
-  auto meta = [&](const char* key) -> const std::string& {
-    auto it = file.metadata.find(key);
-    TG_CHECK(it != file.metadata.end(), "load: '{}' is not a tapegrad training checkpoint (no '{}' entry)", path, key);
-    return it->second;
-  };
+  auto meta = [&](const char* key) -> const std::string& { return training_entry(file, path, key); };
   TG_CHECK(meta("format") == "tapegrad-training-v1", "load: '{}' has unknown format '{}'", path, meta("format"));
   TG_CHECK(meta("optimizer") == optimizer.type_name(), "load: '{}' was saved with {} but the optimizer is {}", path,
            meta("optimizer"), optimizer.type_name());
@@ -379,15 +400,6 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
            path, count_prefixed(file, "optim."), optim_t.size());
 
   // Every metadata value is parsed and checked before anything is changed: all or nothing.
-  auto integer = [&](const char* key, std::int64_t lo) {
-    const std::string& text = meta(key);
-    std::int64_t v = 0;
-    const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
-    constexpr std::int64_t kMax = std::int64_t{1} << 62;  // counts past this are corrupt, and would overflow
-    TG_CHECK(err == std::errc() && end == text.data() + text.size() && v >= lo && v <= kMax,
-             "load: '{}' has a malformed '{}' entry '{}' (expected an integer in {}..2^62)", path, key, text, lo);
-    return v;
-  };
   auto unsigned_integer = [&](const char* key) {
     const std::string& text = meta(key);
     std::uint64_t v = 0;
@@ -397,8 +409,8 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
     return v;
   };
   TrainingState state;
-  state.step = integer("step", 0);
-  const std::int64_t opt_step = integer("optimizer.step", 0);
+  state.step = training_checkpoint_step(file, path);
+  const std::int64_t opt_step = training_count(file, path, "optimizer.step", 0);
   const Generator::State rng{unsigned_integer("rng.seed"), unsigned_integer("rng.offset")};
   std::vector<std::pair<std::string, std::int64_t>> lagging;
   if (auto it = file.metadata.find("optimizer.param_updates"); it != file.metadata.end()) {

@@ -8,6 +8,7 @@
 // clear error for truncated, corrupted or mismatched files.
 #pragma once
 
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -26,6 +27,9 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
 // Replaces the file at `path` by `text` atomically (a temporary file in the same folder, synced,
 // then renamed): a crash leaves the old content or the new one, never a mix. For run configs.
 void write_file_atomically(const std::string& path, const std::string& text);
+// Opens a regular file for reading (binary); `op` names the caller in errors. A folder, FIFO or
+// device is refused: a folder's size reads as -1, a FIFO's open or read blocks.
+std::ifstream open_regular_file(const std::string& path, const char* op);
 
 struct SafetensorsFile {
   std::vector<NamedTensor> tensors;  // sorted by name (the order of the parsed JSON header)
@@ -50,5 +54,8 @@ void save_training_checkpoint(const std::string& path, Module& model, Optimizer&
                               const Generator& gen, const EMA* ema = nullptr, const Metadata& metadata = {});
 TrainingState load_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, Generator& gen,
                                        EMA* ema = nullptr);
+// The step a training checkpoint (already loaded from `path`) was saved at, checked as
+// load_training_checkpoint checks it: for a run that must know it before resuming.
+std::int64_t training_checkpoint_step(const SafetensorsFile& file, const std::string& path);
 
 }  // namespace tg::nn

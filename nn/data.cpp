@@ -14,6 +14,7 @@
 
 #include "core/autograd.hpp"
 #include "core/parallel.hpp"
+#include "nn/checkpoint.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
@@ -122,14 +123,7 @@ class ByteSource {
 }  // namespace
 
 Tensor read_idx(const std::string& path) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  TG_CHECK(std::filesystem::exists(status), "read_idx: cannot open '{}' ({})", path,
-           ec ? ec.message() : std::string("no such file"));
-  // Not a FIFO or device (whose read would block) nor a folder.
-  TG_CHECK(std::filesystem::is_regular_file(status), "read_idx: '{}' is not a regular file", path);
-  std::ifstream in(path, std::ios::binary);
-  TG_CHECK(in.good(), "read_idx: cannot open '{}'", path);
+  std::ifstream in = open_regular_file(path, "read_idx");
   ByteSource src(path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
   unsigned char magic[4];
   src.read(magic, 4, "magic number");

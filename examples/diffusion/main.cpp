@@ -207,18 +207,6 @@ struct TrainArgs {
   std::uint64_t seed = 0;
 };
 
-// The step a training checkpoint was saved at (the whole file is validated on the way).
-std::int64_t checkpoint_step(const std::string& path) {
-  const nn::SafetensorsFile file = nn::load_safetensors(path);
-  const auto it = file.metadata.find("step");
-  TG_CHECK(it != file.metadata.end(), "'{}' is not a training checkpoint (no step)", path);
-  std::int64_t step = -1;
-  const auto [end, err] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), step);
-  TG_CHECK(err == std::errc() && end == it->second.data() + it->second.size() && step >= 0,
-           "'{}' has a malformed step '{}'", path, it->second);
-  return step;
-}
-
 // Drops the rows of a metrics file (first column: step) logged after `step`.
 void keep_metrics_through(const std::string& path, std::int64_t step) {
   if (!fs::is_regular_file(path)) return;
@@ -263,7 +251,7 @@ int train(const TrainArgs& a) {
   const std::string ckpt_path = a.out + "/checkpoint.safetensors";
   const bool resuming = a.resume && fs::exists(ckpt_path);
   if (resuming) {
-    const std::int64_t ckpt_step = checkpoint_step(ckpt_path);
+    const std::int64_t ckpt_step = nn::training_checkpoint_step(nn::load_safetensors(ckpt_path), ckpt_path);
     keep_metrics_through(a.out + "/metrics.csv", ckpt_step);
   }
   fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
