@@ -167,15 +167,15 @@ cls::Classifier load_run(const std::string& run) {
 
 int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
   cls::Classifier model = load_run(run);
-  const cls::Data data = cls::load_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic, 1);
-  const cls::Evaluation ev = cls::evaluate(model, data.test);
-  const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, data.test.labels, 10);
+  const nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic);
+  const cls::Evaluation ev = cls::evaluate(model, test);
+  const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, test.labels, 10);
   const auto v = cm.to_vector<std::int64_t>();
-  fmt::print("{} on {} test images\n", cls::arch_name(model.config.arch), data.test.size());
+  fmt::print("{} on {} test images\n", cls::arch_name(model.config.arch), test.size());
   for (std::int64_t c = 0; c < 10; ++c) {
     std::int64_t total = 0;
     for (std::int64_t p = 0; p < 10; ++p) total += v[static_cast<std::size_t>(c * 10 + p)];
-    fmt::print("  {:12s} {:6.2f}%\n", data.test.class_names[static_cast<std::size_t>(c)],
+    fmt::print("  {:12s} {:6.2f}%\n", test.class_names[static_cast<std::size_t>(c)],
                100.0 * static_cast<double>(v[static_cast<std::size_t>(c * 11)]) / static_cast<double>(std::max<std::int64_t>(total, 1)));
   }
   fmt::print("test loss {:.4f}\ntest accuracy: {:.2f}%\n", ev.loss, 100 * ev.accuracy);
@@ -185,23 +185,23 @@ int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
 int predict(const std::string& run, std::int64_t count, std::int64_t first, const std::string& png, const std::string& data_dir,
             bool synthetic) {
   cls::Classifier model = load_run(run);
-  cls::Data data = cls::load_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic, 1);
-  TG_CHECK(first >= 0 && first < data.test.size(), "predict: --first {} is outside the {} test images", first, data.test.size());
-  count = std::min(count, data.test.size() - first);
-  data.test.images = data.test.images.narrow(0, first, count);
-  data.test.labels = data.test.labels.narrow(0, first, count);
-  const cls::Evaluation ev = cls::evaluate(model, data.test);
-  const auto p = ev.predictions.to_vector<std::int64_t>(), t = data.test.labels.to_vector<std::int64_t>();
+  nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic);
+  TG_CHECK(first >= 0 && first < test.size(), "predict: --first {} is outside the {} test images", first, test.size());
+  count = std::min(count, test.size() - first);
+  test.images = test.images.narrow(0, first, count);
+  test.labels = test.labels.narrow(0, first, count);
+  const cls::Evaluation ev = cls::evaluate(model, test);
+  const auto p = ev.predictions.to_vector<std::int64_t>(), t = test.labels.to_vector<std::int64_t>();
   for (std::int64_t i = 0; i < count; ++i)
-    fmt::print("test image {:5d}: predicted {:12s} true {:12s}{}\n", first + i, data.test.class_names[static_cast<std::size_t>(p[i])],
-               data.test.class_names[static_cast<std::size_t>(t[i])], p[i] == t[i] ? "" : "  (wrong)");
+    fmt::print("test image {:5d}: predicted {:12s} true {:12s}{}\n", first + i, test.class_names[static_cast<std::size_t>(p[i])],
+               test.class_names[static_cast<std::size_t>(t[i])], p[i] == t[i] ? "" : "  (wrong)");
   const std::string out = png.empty() ? run + "/predictions.png" : png;
   nn::output::GridOptions grid{.columns = 8, .scale = 3};
   for (std::int64_t i = 0; i < count; ++i) {
-    grid.captions.push_back(data.test.class_names[static_cast<std::size_t>(p[i])].substr(0, 12));
+    grid.captions.push_back(test.class_names[static_cast<std::size_t>(p[i])].substr(0, 12));
     grid.caption_red.push_back(p[i] != t[i]);
   }
-  nn::output::save_image_grid(out, data.test.images, grid);
+  nn::output::save_image_grid(out, test.images, grid);
   fmt::print("grid: {}\naccuracy on these images: {:.2f}%\n", out, 100 * ev.accuracy);
   return 0;
 }

@@ -85,17 +85,27 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
   return result;
 }
 
+namespace {
+
+// The Fashion-MNIST folder to read, or nothing for the synthetic shapes (said on stderr unless forced).
+std::optional<std::string> fashion_mnist_folder(const std::optional<std::string>& folder, bool force_synthetic) {
+  if (force_synthetic) return std::nullopt;
+  auto found = folder ? folder : nn::data::find_fashion_mnist();
+  if (!found)
+    fmt::print(stderr,
+               "Fashion-MNIST not found (install the Debian package dataset-fashion-mnist, or set "
+               "TAPEGRAD_FASHION_MNIST); using the built-in synthetic shapes instead\n");
+  return found;
+}
+
+}  // namespace
+
 Data load_data(const std::optional<std::string>& folder, bool force_synthetic, std::int64_t max_train) {
   Data d;
-  const auto found = folder ? folder : nn::data::find_fashion_mnist();
-  if (!force_synthetic && found) {
+  if (const auto found = fashion_mnist_folder(folder, force_synthetic)) {
     d.train = nn::data::load_fashion_mnist(*found, true);
     d.test = nn::data::load_fashion_mnist(*found, false);
   } else {
-    if (!force_synthetic)
-      fmt::print(stderr,
-                 "Fashion-MNIST not found (install the Debian package dataset-fashion-mnist, or set "
-                 "TAPEGRAD_FASHION_MNIST); using the built-in synthetic shapes instead\n");
     d.train = nn::data::synthetic_shapes(max_train > 0 ? std::min<std::int64_t>(max_train, 60000) : 60000, 1);
     d.test = nn::data::synthetic_shapes(10000, 2);
     d.synthetic = true;
@@ -105,6 +115,11 @@ Data load_data(const std::optional<std::string>& folder, bool force_synthetic, s
     d.train.labels = d.train.labels.narrow(0, 0, max_train);
   }
   return d;
+}
+
+nn::data::ImageDataset load_test_data(const std::optional<std::string>& folder, bool force_synthetic) {
+  if (const auto found = fashion_mnist_folder(folder, force_synthetic)) return nn::data::load_fashion_mnist(*found, false);
+  return nn::data::synthetic_shapes(10000, 2);
 }
 
 std::string default_fd_classifier_path() {

@@ -60,6 +60,8 @@ struct Data {
   bool synthetic = false;
 };
 Data load_data(const std::optional<std::string>& folder, bool force_synthetic, std::int64_t max_train = 0);
+// The test split alone (the same source load_data would pick), for evaluation without training data.
+nn::data::ImageDataset load_test_data(const std::optional<std::string>& folder, bool force_synthetic);
 
 // The FD_clf feature extractor (fdmlp on 14x14): loaded from `path`, or trained (3 epochs, about a
 // minute on 2 cores) and saved there when the file is missing.

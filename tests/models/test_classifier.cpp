@@ -61,3 +61,15 @@ TEST_CASE("fit resumes from its checkpoint exactly", "[models][classifier]") {
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(test::same_bits(a[i].tensor, b[i].tensor));
   std::filesystem::remove(ckpt);
 }
+
+TEST_CASE("load_test_data gives load_data's test split alone", "[models][classifier]") {
+  const cls::Data both = cls::load_data(std::nullopt, /*force_synthetic=*/true, /*max_train=*/16);
+  const nn::data::ImageDataset split = cls::load_test_data(std::nullopt, /*force_synthetic=*/true);
+  CHECK(both.synthetic);
+  CHECK(both.train.size() == 16);
+  REQUIRE(split.size() == both.test.size());
+  CHECK(split.images.shape() == both.test.images.shape());
+  CHECK(test::same_bits(split.images, both.test.images));
+  CHECK(test::same_bits(split.labels, both.test.labels));
+  CHECK(split.class_names == both.test.class_names);
+}
