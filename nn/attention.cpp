@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "core/autograd.hpp"
 #include "ops/attention.hpp"
 #include "ops/elementwise.hpp"
@@ -13,6 +15,8 @@ MultiheadAttention::MultiheadAttention(std::int64_t dim, std::int64_t h, const A
     : heads(h), cross(o.kv_dim > 0), dropout(o.dropout), gen(o.gen) {
   TG_CHECK(dim > 0 && h > 0 && dim % h == 0, "MultiheadAttention: {} heads must divide dim {}", h, dim);
   head_dim = dim / h;
+  scale = o.scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  TG_CHECK(std::isfinite(scale), "MultiheadAttention: the score scale must be finite, got {}", scale);
   const LinearOptions lin{.bias = o.bias, .dtype = o.dtype, .gen = o.gen};
   if (cross) {
     q = Linear(dim, dim, lin);
@@ -31,6 +35,9 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
   const std::int64_t dim = (cross ? q : qkv).weight.shape()[1];
   TG_CHECK(x.shape()[2] == dim, "MultiheadAttention: x of shape {} has {} features, the layer was built for dim {}",
            x.shape(), x.shape()[2], dim);
+  TG_CHECK(a.temperature > 0 && std::isfinite(a.temperature), "MultiheadAttention: the temperature must be positive and finite, got {}",
+           a.temperature);
+  TG_CHECK(a.cache_append || a.cache, "MultiheadAttention: cache_append = false needs a cache");
   const std::int64_t B = x.shape()[0], T = x.shape()[1], C = heads * head_dim;
   // Project and split heads: q, k, v [B, H, T, d] (permuted views, read in place by the kernel).
   Tensor qh, kh, vh;
@@ -64,16 +71,19 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
       c.v = zeros({B, heads, c.capacity, head_dim}, x.dtype());
       TG_CHECK(c.length == 0, "MultiheadAttention: the KV cache was filled for another batch size");
     }
+    // This call's keys/values go into the slots after the cached ones; without append the
+    // length stays, so the next call overwrites them.
     NoGradGuard no_grad;
     c.k.narrow(2, c.length, T).copy_(kh);
     c.v.narrow(2, c.length, T).copy_(vh);
-    c.length += T;
-    kh = c.k.narrow(2, 0, c.length);  // [B, H, cached + T, d]
-    vh = c.v.narrow(2, 0, c.length);
+    kh = c.k.narrow(2, 0, c.length + T);  // [B, H, cached + T, d]
+    vh = c.v.narrow(2, 0, c.length + T);
+    if (a.cache_append) c.length += T;
   }
   ops::AttentionOptions opt;
   opt.causal = a.causal;
   opt.mask = a.mask;
+  opt.scale = scale / a.temperature;
   opt.dropout_p = training() ? dropout : 0.0;
   opt.generator = gen;
   const Tensor o = ops::scaled_dot_product_attention(qh, kh, vh, opt);  // [B, H, T, d]
@@ -91,13 +101,15 @@ void MultiheadAttention::visit(Visitor& v) {
 }
 
 std::string MultiheadAttention::extra_repr() const {
-  return fmt::format("dim={}, heads={}{}", heads * head_dim, heads, cross ? ", cross" : "");
+  const bool default_scale = scale == 1.0 / std::sqrt(static_cast<double>(head_dim));
+  return fmt::format("dim={}, heads={}{}{}", heads * head_dim, heads, cross ? ", cross" : "",
+                     default_scale ? std::string() : fmt::format(", scale={:g}", scale));
 }
 
 TransformerBlock::TransformerBlock(std::int64_t dim, std::int64_t heads, const TransformerBlockOptions& o)
     : norm1(dim, o.norm, {.eps = o.norm_eps, .dtype = o.dtype}),
       norm2(dim, o.norm, {.eps = o.norm_eps, .dtype = o.dtype}),
-      attn(dim, heads, {.bias = o.bias, .dropout = o.dropout, .dtype = o.dtype, .gen = o.gen}),
+      attn(dim, heads, {.bias = o.bias, .dropout = o.dropout, .scale = o.attention_scale, .dtype = o.dtype, .gen = o.gen}),
       mlp(dim, static_cast<std::int64_t>(o.mlp_ratio * static_cast<double>(dim)), dim,
           {.activation = o.activation, .swiglu = o.swiglu, .bias = o.bias, .dtype = o.dtype, .gen = o.gen}),
       drop(o.dropout, o.gen) {}

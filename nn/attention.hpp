@@ -2,6 +2,8 @@
 // decoding) and the pre-norm transformer block built on it.
 #pragma once
 
+#include <optional>
+
 #include "core/random.hpp"
 #include "nn/linear.hpp"
 #include "nn/norm.hpp"
@@ -32,13 +34,17 @@ struct AttentionArgs {
   Tensor mask;                          // bool, broadcastable to [B, H, Tq, Tk]; true = attend
   const Tensor* context = nullptr;      // cross-attention source [B, S, kv_dim]
   const RotaryTables* rotary = nullptr;  // rotates q and k (self-attention)
-  KVCache* cache = nullptr;             // appends this call's keys/values, attends over all
+  KVCache* cache = nullptr;             // attends over the cached keys/values and this call's
+  bool cache_append = true;             // false: this call's keys/values are not kept in the cache
+                                        // (a query that must not become context, e.g. a noisy token)
+  double temperature = 1.0;             // scores are divided by it (> 0; attention-temperature guidance)
 };
 
 struct AttentionOptions {
   std::int64_t kv_dim = -1;  // context dim for cross-attention; -1: self-attention
   bool bias = true;
   double dropout = 0.0;      // on the attention probabilities, in training mode
+  std::optional<double> scale;  // score scale; default 1 / sqrt(head_dim)
   init::Initializer out_init;  // e.g. zeros() for residual branches
   DType dtype = DType::f32;
   Generator* gen = nullptr;
@@ -63,6 +69,7 @@ class MultiheadAttention : public Module {
   std::int64_t heads = 1, head_dim = 1;
   bool cross = false;
   double dropout = 0.0;
+  double scale = 1.0;  // score scale
   Generator* gen = nullptr;
 };
 
@@ -74,6 +81,7 @@ struct TransformerBlockOptions {
   Activation activation = Activation::gelu;
   bool bias = true;
   double dropout = 0.0;  // on the residual branches and the attention probabilities
+  std::optional<double> attention_scale;  // default 1 / sqrt(head_dim)
   DType dtype = DType::f32;
   Generator* gen = nullptr;
 };

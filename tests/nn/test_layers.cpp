@@ -2,6 +2,8 @@
 // the transformer block, time embeddings and adaLN.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "core/autograd.hpp"
 #include "nn/attention.hpp"
 #include "nn/conv.hpp"
@@ -9,6 +11,8 @@
 #include "nn/positional.hpp"
 #include "ops/conv.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/linalg.hpp"
+#include "ops/loss.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 #include "tests/support/gradcheck.hpp"
@@ -124,6 +128,48 @@ TEST_CASE("KV-cache decoding equals full recomputation", "[nn][attention]") {
   CHECK_ALLCLOSE(ops::cat(steps, 1), full, 1e-5, 1e-5);
   const nn::RotaryTables extra{cos.narrow(0, 0, 1), sin.narrow(0, 0, 1)};
   CHECK_THROWS_WITH(block(x.narrow(1, 0, 1), {.causal = true, .rotary = &extra, .cache = &cache}), Contains("do not fit"));
+}
+
+TEST_CASE("attention: score scale, temperature, queries kept out of the cache", "[nn][attention]") {
+  // The layer against the attention written out with ops, at a custom scale and a temperature.
+  Generator g1(21), g2(21);
+  const nn::MultiheadAttention plain(8, 2, {.dtype = DType::f64, .gen = &g1});
+  nn::MultiheadAttention scaled(8, 2, {.scale = 0.25, .dtype = DType::f64, .gen = &g2});
+  const Tensor x = test::randn({2, 5, 8}, DType::f64, 22);  // [B, T, dim]
+  const Tensors p = ops::unbind(plain.qkv(x).reshape({2, 5, 3, 2, 4}), 2);  // 3 x [B, T, H, d]
+  const Tensor q = p[0].permute({0, 2, 1, 3}), k = p[1].permute({0, 2, 1, 3}), v = p[2].permute({0, 2, 1, 3});
+  const auto reference = [&](double s) {                                     // [B, T, dim]
+    const Tensor a = ops::softmax(ops::matmul(q, k.transpose(-1, -2)) * s, -1);  // [B, H, T, T]
+    return plain.out(ops::matmul(a, v).permute({0, 2, 1, 3}).reshape({2, 5, 8}));
+  };
+  CHECK_ALLCLOSE(scaled(x), reference(0.25), 1e-12, 1e-12);
+  CHECK_ALLCLOSE(scaled(x, {.temperature = 0.5}), reference(0.5), 1e-12, 1e-12);
+  CHECK_ALLCLOSE(plain(x, {.temperature = 2.0}), reference(0.5 / 2.0), 1e-12, 1e-12);
+  CHECK(scaled.to_string().find("scale=0.25") != std::string::npos);
+  CHECK_GRADCHECK([&](const Tensors& in) { return scaled(in[0], {.causal = true, .temperature = 0.7}); },
+                  {test::randn({1, 4, 8}, DType::f64, 23)});
+  CHECK_THROWS_WITH(plain(x, {.temperature = 0.0}), Contains("temperature must be positive"));
+  CHECK_THROWS_WITH(plain(x, {.cache_append = false}), Contains("cache_append = false needs a cache"));
+  CHECK_THROWS_WITH(nn::MultiheadAttention(8, 2, {.scale = std::numeric_limits<double>::infinity()}), Contains("must be finite"));
+
+  // A query that is not appended sees the cache and itself, and leaves the cache as it was.
+  Generator gen(24);
+  nn::TransformerBlock block(16, 4, {.attention_scale = 0.3, .gen = &gen});
+  const Tensor seq = test::randn({2, 6, 16}, DType::f32, 25);  // [B, T, dim]
+  NoGradGuard no_grad;
+  const Tensor full = block(seq, {.causal = true});            // [B, 6, dim]
+  nn::KVCache cache(6);
+  block(seq.narrow(1, 0, 5), {.causal = true, .cache = &cache});
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    const Tensor last = block(seq.narrow(1, 5, 1), {.causal = true, .cache = &cache, .cache_append = false});  // [B, 1, dim]
+    CHECK(cache.length == 5);
+    CHECK_ALLCLOSE(last, full.narrow(1, 5, 1), 1e-5, 1e-5);
+  }
+  const Tensor probe = block(test::randn({2, 1, 16}, DType::f32, 26), {.causal = true, .cache = &cache, .cache_append = false});
+  CHECK(probe.shape() == Shape{2, 1, 16});
+  const Tensor kept = block(seq.narrow(1, 5, 1), {.causal = true, .cache = &cache});  // the probe left no trace
+  CHECK(cache.length == 6);
+  CHECK_ALLCLOSE(kept, full.narrow(1, 5, 1), 1e-5, 1e-5);
 }
 
 TEST_CASE("transformer block: residual structure, names, training gradients", "[nn][attention]") {
