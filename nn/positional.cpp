@@ -22,6 +22,25 @@ Tensor sinusoidal_embedding(const Tensor& t, std::int64_t dim, double max_period
   return from_vector(out, {n, dim}).to(dtype);
 }
 
+Tensor sincos_2d_embedding(std::int64_t h, std::int64_t w, std::int64_t dim, DType dtype) {
+  TG_CHECK(h > 0 && w > 0 && dim > 0 && dim % 4 == 0,
+           "sincos_2d_embedding: expected a grid h, w > 0 and dim divisible by 4, got h = {}, w = {}, dim = {}", h, w, dim);
+  const std::int64_t quarter = dim / 4;
+  std::vector<double> out(static_cast<std::size_t>(h * w * dim));
+  for (std::int64_t i = 0; i < h; ++i)
+    for (std::int64_t j = 0; j < w; ++j) {
+      double* row = out.data() + (i * w + j) * dim;
+      for (std::int64_t k = 0; k < quarter; ++k) {
+        const double omega = std::pow(10000.0, -static_cast<double>(k) / static_cast<double>(quarter));
+        row[k] = std::sin(static_cast<double>(j) * omega);  // column half: [sin, cos]
+        row[quarter + k] = std::cos(static_cast<double>(j) * omega);
+        row[2 * quarter + k] = std::sin(static_cast<double>(i) * omega);  // row half: [sin, cos]
+        row[3 * quarter + k] = std::cos(static_cast<double>(i) * omega);
+      }
+    }
+  return from_vector(out, {h * w, dim}).to(dtype);
+}
+
 TimestepEmbedder::TimestepEmbedder(std::int64_t dim, std::int64_t fd, Generator* gen)
     : fc1(fd, dim, {.gen = gen}), fc2(dim, dim, {.gen = gen}), freq_dim(fd) {}
 

@@ -11,6 +11,12 @@ namespace tg::nn {
 // f64, returned as `dtype`). Not differentiable with respect to t.
 Tensor sinusoidal_embedding(const Tensor& t, std::int64_t dim, double max_period = 10000.0, DType dtype = DType::f32);
 
+// Fixed 2-D sin-cos position embedding of an h x w grid of patches -> [h * w, dim] (rows in raster
+// order), as MAE's / DiT's get_2d_sincos_pos_embed: the first dim/2 features encode the patch
+// column j, the last dim/2 the patch row i (their meshgrid puts the width axis first); each half is
+// [sin(pos * w_k), cos(pos * w_k)] with w_k = 10000^(-k / (dim/4)), k < dim/4. dim % 4 == 0.
+Tensor sincos_2d_embedding(std::int64_t h, std::int64_t w, std::int64_t dim, DType dtype = DType::f32);
+
 // Embeds scalar times t [N] -> [N, dim]: sinusoidal features (freq_dim) through Linear, SiLU, Linear.
 class TimestepEmbedder : public Module {
  public:

@@ -377,4 +377,29 @@ Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis) {
   return cat({x.narrow(a, n - s, s), x.narrow(a, 0, n - s)}, a);
 }
 
+Tensor patchify(const Tensor& x, std::int64_t p) {
+  check_defined(x, "patchify", "x");
+  TG_CHECK(x.dim() == 4, "patchify: expected images [B, C, H, W], got {}", x.shape());
+  const std::int64_t B = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
+  TG_CHECK(p > 0 && H % p == 0 && W % p == 0, "patchify: patch size {} must divide the image size {} x {} (x {})", p, H, W,
+           x.shape());
+  return x.reshape({B, C, H / p, p, W / p, p})  // [B, C, h, p, w, p]
+      .permute({0, 2, 4, 1, 3, 5})              // [B, h, w, C, p, p]
+      .reshape({B, (H / p) * (W / p), C * p * p});
+}
+
+Tensor unpatchify(const Tensor& tokens, std::int64_t p, std::int64_t height, std::int64_t width) {
+  check_defined(tokens, "unpatchify", "tokens");
+  TG_CHECK(p > 0 && height > 0 && width > 0 && height % p == 0 && width % p == 0,
+           "unpatchify: patch size {} must divide the image size {} x {}", p, height, width);
+  const std::int64_t h = height / p, w = width / p;
+  TG_CHECK(tokens.dim() == 3 && tokens.shape()[1] == h * w && tokens.shape()[2] % (p * p) == 0,
+           "unpatchify: expected tokens [B, {}, C * {}] for {} x {} images in {} x {} patches, got {}", h * w, p * p, height,
+           width, p, p, tokens.shape());
+  const std::int64_t B = tokens.shape()[0], C = tokens.shape()[2] / (p * p);
+  return tokens.reshape({B, h, w, C, p, p})  // [B, h, w, C, p, p]
+      .permute({0, 3, 1, 4, 2, 5})           // [B, C, h, p, w, p]
+      .reshape({B, C, height, width});
+}
+
 }  // namespace tg::ops

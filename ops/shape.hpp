@@ -53,4 +53,10 @@ Tensor repeat(const Tensor& x, const Shape& repeats);
 // Shifts elements along `axis` by `shift` (wrapping around).
 Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis);
 
+// Images to patch tokens and back. x [B, C, H, W] -> [B, (H/p)(W/p), C p p]: patches in raster
+// order (patch row outer, patch column inner), each flattened as (C, p, p) -- torch's
+// unfold(kernel = stride = p) transposed. unpatchify(tokens, p, H, W) is the exact inverse.
+Tensor patchify(const Tensor& x, std::int64_t p);
+Tensor unpatchify(const Tensor& tokens, std::int64_t p, std::int64_t height, std::int64_t width);
+
 }  // namespace tg::ops

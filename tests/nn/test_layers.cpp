@@ -2,6 +2,7 @@
 // the transformer block, time embeddings and adaLN.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <limits>
 
 #include "core/autograd.hpp"
@@ -186,6 +187,34 @@ TEST_CASE("transformer block: residual structure, names, training gradients", "[
     INFO(p.name);
     CHECK(p.tensor.grad().defined());
   }
+}
+
+TEST_CASE("fixed 2-D sin-cos position embedding", "[nn][layers]") {
+  // Rows 1 (patch row 0, column 1) and 5 (row 1, column 2) of MAE's get_2d_sincos_pos_embed(8, ...)
+  // generalised to a 2 x 3 grid (numpy, meshgrid(grid_w, grid_h)): the column half comes first.
+  const Tensor e = nn::sincos_2d_embedding(2, 3, 8, DType::f64);  // [6, 8]
+  REQUIRE(e.shape() == Shape{6, 8});
+  const std::vector<double> row1{0.8414709848078965, 0.009999833334166664, 0.5403023058681397, 0.9999500004166654, 0, 0, 1, 1};
+  const std::vector<double> row5{0.9092974268256816,  0.01999866669333308,  -0.4161468365471424, 0.999800006666578,
+                                 0.8414709848078965,  0.009999833334166664, 0.5403023058681397,  0.9999500004166654};
+  for (std::int64_t k = 0; k < 8; ++k) {
+    CHECK(e.at<double>({1, k}) == Approx(row1[static_cast<std::size_t>(k)]).margin(1e-15));
+    CHECK(e.at<double>({5, k}) == Approx(row5[static_cast<std::size_t>(k)]).margin(1e-15));
+  }
+  // Each half is the 1-D sin-cos table of its coordinate at dim / 2.
+  const Tensor big = nn::sincos_2d_embedding(4, 5, 32, DType::f64);  // [20, 32]
+  bool ok = true;
+  for (std::int64_t i = 0; i < 4; ++i)
+    for (std::int64_t j = 0; j < 5; ++j)
+      for (std::int64_t k = 0; k < 8; ++k) {
+        const double omega = std::pow(10000.0, -static_cast<double>(k) / 8);
+        ok &= std::abs(big.at<double>({i * 5 + j, k}) - std::sin(static_cast<double>(j) * omega)) < 1e-14;
+        ok &= std::abs(big.at<double>({i * 5 + j, 24 + k}) - std::cos(static_cast<double>(i) * omega)) < 1e-14;
+      }
+  CHECK(ok);
+  CHECK(nn::sincos_2d_embedding(2, 2, 4).dtype() == DType::f32);
+  CHECK_THROWS_WITH(nn::sincos_2d_embedding(2, 2, 6), Contains("dim divisible by 4"));
+  CHECK_THROWS_WITH(nn::sincos_2d_embedding(0, 2, 8), Contains("h = 0"));
 }
 
 TEST_CASE("timestep embeddings and adaLN", "[nn][layers]") {

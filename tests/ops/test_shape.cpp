@@ -163,3 +163,38 @@ TEST_CASE("pad, repeat, roll", "[ops][shape]") {
   CHECK_THROWS_WITH(ops::repeat(zeros({2, 2, 2, 2, 2}), {2, 2, 2, 2, 2}),
                     Contains("repeat: repeats [2, 2, 2, 2, 2] of a tensor of shape [2, 2, 2, 2, 2] need an intermediate of 10 dims (max 8)"));
 }
+
+TEST_CASE("patchify and unpatchify", "[ops][shape][grad][patchify]") {
+  // Against the definition, element by element: token n = (r, c) in raster order, feature (ch, a, b).
+  const std::int64_t B = 2, C = 3, H = 6, W = 4, p = 2;
+  const Tensor x = test::randn({B, C, H, W}, DType::f64, 40);
+  const Tensor t = ops::patchify(x, p);  // [B, 6, 12]
+  REQUIRE(t.shape() == Shape{B, (H / p) * (W / p), C * p * p});
+  bool all_equal = true;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t r = 0; r < H / p; ++r)
+      for (std::int64_t c = 0; c < W / p; ++c)
+        for (std::int64_t ch = 0; ch < C; ++ch)
+          for (std::int64_t i = 0; i < p; ++i)
+            for (std::int64_t j = 0; j < p; ++j)
+              all_equal &= t.at<double>({b, r * (W / p) + c, (ch * p + i) * p + j}) == x.at<double>({b, ch, r * p + i, c * p + j});
+  CHECK(all_equal);
+  CHECK(test::same_bits(ops::unpatchify(t, p, H, W), x));
+  // A 1 x 1 patch is a transpose; the whole image as one patch is a flatten.
+  CHECK(test::same_bits(ops::patchify(x, 1), x.reshape({B, C, H * W}).transpose(1, 2)));
+  CHECK(test::same_bits(ops::patchify(x.narrow(2, 0, 4), 4), x.narrow(2, 0, 4).reshape({B, 1, C * 16})));
+  // Gradients, also of a non-contiguous odd-size input; bit equality across thread counts.
+  const Tensor odd = test::transposed_layout(test::randn({1, 3, 3, 3}, DType::f64, 41));
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::patchify(v[0], 3); }, {odd});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::unpatchify(v[0], 2, 4, 6); }, {test::randn({2, 6, 8}, DType::f64, 42)});
+  CHECK(test::same_bits_across_threads([&] {
+    const Tensor big = test::randn({4, 3, 64, 64}, DType::f32, 43).requires_grad_();
+    const Tensor y = ops::patchify(big, 4);
+    y.backward(test::randn(y.shape(), DType::f32, 44));
+    return Tensors{y, big.grad()};
+  }));
+  CHECK_THROWS_WITH(ops::patchify(x, 4), Contains("patchify: patch size 4 must divide the image size 6 x 4"));
+  CHECK_THROWS_WITH(ops::patchify(x.narrow(0, 0, 1).reshape({3, 6, 4}), 2), Contains("expected images [B, C, H, W]"));
+  CHECK_THROWS_WITH(ops::unpatchify(t, p, H, 2 * W), Contains("expected tokens [B, 12, C * 4]"));
+  CHECK_THROWS_WITH(ops::unpatchify(t, 0, H, W), Contains("patch size 0 must divide"));
+}
