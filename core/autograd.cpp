@@ -436,5 +436,25 @@ Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_
   return targets.captured;
 }
 
+Tensor jacobian(const std::function<Tensor(const Tensor&)>& f, const Tensor& x) {
+  TG_CHECK(x.defined() && x.is_floating_point(), "jacobian: x must be a floating-point tensor, got {}",
+           x.defined() ? fmt::format("{} {}", dtype_name(x.dtype()), x.shape()) : std::string("an undefined tensor"));
+  EnableGradGuard enable;
+  const Tensor input = x.detach().clone().requires_grad_();
+  const Tensor y = f(input);
+  TG_CHECK(y.defined() && y.is_floating_point(), "jacobian: f must return a floating-point tensor, got {}",
+           y.defined() ? fmt::format("{} {}", dtype_name(y.dtype()), y.shape()) : std::string("an undefined tensor"));
+  const std::int64_t m = y.numel(), n = input.numel();
+  Tensor jac = zeros({m, n}, y.dtype());  // [m, n]
+  if (m == 0 || n == 0 || !y.requires_grad()) return jac;
+  for (std::int64_t i = 0; i < m; ++i) {
+    Tensor seed = zeros({m}, y.dtype());  // e_i, shaped like y
+    seed.narrow(0, i, 1).fill_(1.0);
+    const Tensor row = grad({y}, {input}, {seed.reshape(y.shape())}, /*retain_graph=*/i + 1 < m, /*allow_unused=*/true)[0];
+    jac.select(0, i).copy_(row.reshape({n}));
+  }
+  return jac;
+}
+
 }  // namespace autograd
 }  // namespace tg

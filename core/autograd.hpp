@@ -154,6 +154,12 @@ void backward(const Tensors& roots, const Tensors& grads = {}, bool retain_graph
 Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_outputs = {},
              bool retain_graph = false, bool allow_unused = false);
 
+// The Jacobian of y = f(x) as a matrix [y.numel(), x.numel()] of y's dtype: row i holds dy_i/dx,
+// both flattened row-major. f runs once (with gradients on, on a detached copy of x); each row is
+// one backward pass, so this is for small maps: tests, and e.g. a flow's log |det J| through
+// ops::dense::slogdet. A y that does not depend on x gives zeros.
+Tensor jacobian(const std::function<Tensor(const Tensor&)>& f, const Tensor& x);
+
 // ---- anomaly mode -----------------------------------------------------------------------------------------
 // When on, every op's outputs (forward) and every computed gradient (backward) are checked for
 // NaN/Inf, and the first one found raises an error naming the op and its place on the tape.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/autograd.hpp"
 #include "ops/dense.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
@@ -93,4 +94,45 @@ TEST_CASE("rank1_svd finds the leading singular triple", "[ops][dense]") {
   CHECK(rb.sigma == Approx(4.0).epsilon(1e-2));
   CHECK(std::fabs(ops::sum(ops::mul(rb.u.narrow(0, 0, 3), x)).item()) == Approx(1.0).epsilon(1e-3));
   CHECK_THROWS_WITH(ops::dense::rank1_svd(zeros({2, 2}, DType::f64), 0), Contains("max_iters (0) and tol (1e-12) must be positive"));
+}
+
+TEST_CASE("autograd::jacobian against closed forms and finite differences", "[ops][dense][autograd]") {
+  // y = A x for x [2, 3] (a transposed, non-contiguous layout): dy[i, j] / dx[k, l] = A[i, k] [j == l].
+  const Tensor a = test::randn({4, 2}, DType::f64, 60);
+  const Tensor x = test::transposed_layout(test::randn({2, 3}, DType::f64, 61));
+  const Tensor jac = autograd::jacobian([&](const Tensor& v) { return ops::matmul(a, v); }, x);  // [12, 6]
+  REQUIRE(jac.shape() == Shape{12, 6});
+  bool exact = true;
+  for (std::int64_t i = 0; i < 4; ++i)
+    for (std::int64_t j = 0; j < 3; ++j)
+      for (std::int64_t k = 0; k < 2; ++k)
+        for (std::int64_t l = 0; l < 3; ++l)
+          exact &= jac.at<double>({i * 3 + j, k * 3 + l}) == (j == l ? a.at<double>({i, k}) : 0.0);
+  CHECK(exact);
+  // A nonlinear map against central differences, column by column.
+  const auto f = [](const Tensor& v) { return ops::sin(v) * ops::sum(ops::square(v)); };  // [5] -> [5]
+  const Tensor x0 = test::randn({5}, DType::f64, 62);
+  const Tensor j0 = autograd::jacobian(f, x0);
+  const double h = 1e-6;
+  for (std::int64_t c = 0; c < 5; ++c) {
+    Tensor up = x0.clone(), down = x0.clone();
+    up.narrow(0, c, 1).fill_(x0.at<double>({c}) + h);
+    down.narrow(0, c, 1).fill_(x0.at<double>({c}) - h);
+    const Tensor column = (f(up) - f(down)) / (2 * h);  // [5]
+    CHECK_ALLCLOSE(j0.narrow(1, c, 1).reshape({5}), column, 1e-7, 1e-7);
+  }
+  // An affine autoregressive step z_i = x_i exp(s_i(x_<i)) + t_i(x_<i): triangular Jacobian whose
+  // log |det| is sum_i s_i -- the identity a normalizing flow's log-likelihood rests on.
+  const Tensor w = test::randn({4, 4}, DType::f64, 63) * 0.5, strict = ops::tril(ones({4, 4}, DType::f64), -1);
+  const auto flow = [&](const Tensor& v) {  // v [4] -> z [4]
+    const Tensor s = ops::tanh(ops::matmul(w * strict, v));  // s_i depends on v_<i only
+    return v * ops::exp(s) + ops::square(ops::matmul(w.t() * strict, v));
+  };
+  const Tensor v0 = test::randn({4}, DType::f64, 64);
+  const ops::dense::SlogDet sd = ops::dense::slogdet(autograd::jacobian(flow, v0));
+  CHECK(sd.sign == 1.0);
+  CHECK(sd.logabs == Approx(ops::sum(ops::tanh(ops::matmul(w * strict, v0))).item()).margin(1e-12));
+  // Outputs that do not depend on x give zeros; integer inputs are refused.
+  CHECK(ops::sum(ops::abs(autograd::jacobian([](const Tensor&) { return ones({3}, DType::f64); }, x0))).item() == 0.0);
+  CHECK_THROWS_WITH(autograd::jacobian(f, tensor({1, 2}, DType::i64)), Contains("jacobian: x must be a floating-point tensor, got i64 [2]"));
 }
