@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/parallel.hpp"
@@ -12,10 +13,17 @@ namespace {
 
 constexpr std::int64_t kCopyGrain = 1 << 16;  // elements per parallel chunk
 
+// Converts one element. A float outside an integer type's range (or NaN) has no defined
+// static_cast; it becomes the type's lowest value, as x86's conversion (and so torch) gives.
 template <class To, class From>
 To convert(From v) {
-  if constexpr (std::is_same_v<To, bool>) return v != From(0);
-  else return static_cast<To>(v);
+  if constexpr (std::is_same_v<To, bool>) {
+    return v != From(0);
+  } else if constexpr (std::is_integral_v<To> && std::is_floating_point_v<From>) {
+    return scalar_fits(static_cast<double>(v), dtype_of<To>()) ? static_cast<To>(v) : std::numeric_limits<To>::lowest();
+  } else {
+    return static_cast<To>(v);
+  }
 }
 
 }  // namespace
@@ -44,9 +52,10 @@ void copy_into(const Tensor& dst, const Tensor& src) {
   });
 }
 
-void fill(const Tensor& dst, double value) {
+void fill(const Tensor& dst, double value, const char* op) {
+  check_scalar_fits(op, value, dst.dtype());
   const StridedLoop<1> loop(dst.shape(), {&dst.strides()}, {dst.element_size()});
-  dispatch(dst.dtype(), "fill_", [&]<class T>() {
+  dispatch(dst.dtype(), op, [&]<class T>() {
     const T v = convert<T>(value);
     parallel_for(loop.numel(), kCopyGrain, [&](std::int64_t b, std::int64_t e) {
       loop.run({static_cast<char*>(dst.raw_data())}, b, e,

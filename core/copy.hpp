@@ -13,7 +13,9 @@ namespace tg::detail {
 
 // dst[...] = src[...] converted to dst's dtype. Shapes must match (src may be an expanded view).
 void copy_into(const Tensor& dst, const Tensor& src);
-void fill(const Tensor& dst, double value);
+// Every element of dst = value; `op` names the caller in the error for a value dst's integer
+// dtype cannot hold.
+void fill(const Tensor& dst, double value, const char* op = "fill_");
 // a + b for tensors of one shape and dtype, as a new contiguous tensor.
 Tensor add_same_shape(const Tensor& a, const Tensor& b);
 // acc += g (same shape and dtype): in place when acc is the only handle to its own contiguous

@@ -38,6 +38,18 @@ constexpr std::string_view dtype_name(DType t) {
 constexpr bool is_floating(DType t) { return t == DType::f32 || t == DType::f64; }
 constexpr bool is_integral(DType t) { return t == DType::i32 || t == DType::i64; }
 
+// Whether the number v can be stored in dtype t: always for floating types (f32 rounds, and may
+// overflow to inf, as in torch) and bool (nonzero is true); for i32/i64 v must be a number in the
+// type's range (a fraction is truncated toward zero, as static_cast does).
+constexpr bool scalar_fits(double v, DType t) {
+  if (!is_integral(t)) return true;
+  // Both ends as doubles: -2^(bits-1) exactly, and 2^(bits-1), which the int64 maximum rounds to.
+  const double lo = t == DType::i32 ? -2147483648.0 : -9223372036854775808.0;
+  return v >= lo && v < -lo;  // false for NaN
+}
+// Raises "<op>: value v does not fit in <t>" unless scalar_fits(v, t).
+void check_scalar_fits(std::string_view op, double v, DType t);
+
 // The C++ type stored for each dtype, and back.
 template <class T> inline constexpr bool is_element_type_v =
     std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, std::int32_t> ||

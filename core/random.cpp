@@ -1,6 +1,7 @@
 #include "core/random.hpp"
 
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <vector>
 
@@ -90,7 +91,8 @@ Tensor rand(const Shape& shape, DType dtype, Generator& gen) {
 
 Tensor uniform(const Shape& shape, double low, double high, DType dtype, Generator& gen) {
   TG_CHECK(is_floating(dtype), "uniform: expected a floating dtype, got {}", dtype);
-  TG_CHECK(low <= high, "uniform: low {} > high {}", low, high);
+  TG_CHECK(std::isfinite(low) && std::isfinite(high) && low <= high, "uniform: expected finite low <= high, got [{}, {})", low,
+           high);
   return generate(shape, dtype, gen, "uniform", [low, high, dtype](std::uint64_t s, std::uint64_t c) {
     const auto w = philox(s, c);
     double v = low + (high - low) * u53(w[0], w[1]);
@@ -105,7 +107,8 @@ Tensor randn(const Shape& shape, DType dtype, Generator& gen) { return normal(sh
 
 Tensor normal(const Shape& shape, double mean, double std, DType dtype, Generator& gen) {
   TG_CHECK(is_floating(dtype), "normal: expected a floating dtype, got {}", dtype);
-  TG_CHECK(std >= 0, "normal: std must be >= 0, got {}", std);
+  TG_CHECK(std::isfinite(mean) && std::isfinite(std) && std >= 0, "normal: expected a finite mean and a finite std >= 0, got {} and {}",
+           mean, std);
   return generate(shape, dtype, gen, "normal",
                   [mean, std](std::uint64_t s, std::uint64_t c) { return mean + std * normal_from(philox(s, c)); });
 }
@@ -129,6 +132,8 @@ Tensor trunc_normal(const Shape& shape, double mean, double std, double low, dou
 
 Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, DType dtype, Generator& gen) {
   TG_CHECK(high > low, "randint: empty range [{}, {})", low, high);
+  TG_CHECK(dtype != DType::i32 || (low >= std::numeric_limits<std::int32_t>::min() && high - 1 <= std::numeric_limits<std::int32_t>::max()),
+           "randint: the range [{}, {}) does not fit in i32", low, high);
   const std::uint64_t span = static_cast<std::uint64_t>(high) - static_cast<std::uint64_t>(low);  // may not fit int64
   return generate(shape, dtype, gen, "randint", [low, span](std::uint64_t s, std::uint64_t c) {
     const auto w = philox(s, c);

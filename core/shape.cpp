@@ -52,8 +52,11 @@ Strides contiguous_strides(const Shape& shape) {
 
 int normalize_axis(std::int64_t axis, int ndim, const char* op, const Shape& shape) {
   const std::int64_t a = axis < 0 ? axis + ndim : axis;
-  TG_CHECK(a >= 0 && a < ndim, "{}: axis {} is out of range for a {}-d tensor of shape {}", op, axis,
-           ndim, shape);
+  if (ndim == shape.size())
+    TG_CHECK(a >= 0 && a < ndim, "{}: axis {} is out of range for a {}-d tensor of shape {}", op, axis, ndim, shape);
+  else  // a new axis (unsqueeze, stack)
+    TG_CHECK(a >= 0 && a < ndim, "{}: axis {} is out of range for a new dim of a {}-d tensor of shape {} (expected {} to {})", op,
+             axis, shape.size(), shape, -ndim, ndim - 1);
   return static_cast<int>(a);
 }
 

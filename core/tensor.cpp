@@ -156,6 +156,10 @@ Tensor& Tensor::fill_(double value) {
 }
 
 // ---- factories --------------------------------------------------------------------------------------------
+void check_scalar_fits(std::string_view op, double v, DType t) {
+  TG_CHECK(scalar_fits(v, t), "{}: value {} does not fit in {}", op, v, dtype_name(t));
+}
+
 namespace {
 
 // A new row-major tensor; `op` (the factory the caller used) names it in errors.
@@ -182,8 +186,9 @@ Tensor allocate(const char* op, const Shape& shape, DType dtype) {
 }
 
 Tensor filled(const char* op, const Shape& shape, double value, DType dtype) {
+  check_scalar_fits(op, value, dtype);  // before allocating
   Tensor t = allocate(op, shape, dtype);
-  detail::fill(t, value);
+  detail::fill(t, value, op);
   return t;
 }
 
@@ -197,7 +202,7 @@ Tensor empty_like(const Tensor& t) { return allocate("empty_like", t.shape(), t.
 Tensor zeros_like(const Tensor& t) { return filled("zeros_like", t.shape(), 0.0, t.dtype()); }
 Tensor ones_like(const Tensor& t) { return filled("ones_like", t.shape(), 1.0, t.dtype()); }
 Tensor full_like(const Tensor& t, double value) { return filled("full_like", t.shape(), value, t.dtype()); }
-Tensor scalar_tensor(double value, DType dtype) { return full(Shape{}, value, dtype); }
+Tensor scalar_tensor(double value, DType dtype) { return filled("scalar_tensor", Shape{}, value, dtype); }
 
 Tensor arange(double start, double stop, double step, DType dtype) {
   TG_CHECK(step != 0.0 && std::isfinite(step) && std::isfinite(start) && std::isfinite(stop),
@@ -230,8 +235,8 @@ Tensor linspace(double start, double stop, std::int64_t n, DType dtype) {
 }
 
 Tensor eye(std::int64_t n, std::int64_t m, DType dtype) {
-  if (m < 0) m = n;
-  TG_CHECK(n >= 0, "eye: expected n >= 0, got {}", n);
+  TG_CHECK(n >= 0 && m >= -1, "eye: expected n >= 0 and m >= 0 (or -1 for m = n), got n = {}, m = {}", n, m);
+  if (m == -1) m = n;
   Tensor t = filled("eye", Shape{n, m}, 0.0, dtype);
   dispatch(dtype, "eye", [&]<class T>() {
     T* p = t.data<T>();
@@ -247,6 +252,7 @@ Tensor tensor(std::initializer_list<double> values, DType dtype) {
 Tensor tensor(std::initializer_list<double> values, const Shape& shape, DType dtype) {
   TG_CHECK(static_cast<std::int64_t>(values.size()) == shape.numel(), "tensor: {} values do not fill shape {} ({} elements)",
            values.size(), shape, shape.numel());
+  for (double v : values) check_scalar_fits("tensor", v, dtype);
   Tensor t = allocate("tensor", shape, dtype);
   dispatch(dtype, "tensor", [&]<class T>() {
     T* p = t.data<T>();

@@ -127,7 +127,7 @@ class Tensor {
   // Refused on tensors that require grad while grad mode is on; use them under NoGradGuard
   // (e.g. optimizer updates). Each bumps the storage version.
   Tensor& copy_(const Tensor& src);  // src broadcasts to this shape; dtypes convert
-  Tensor& fill_(double value);
+  Tensor& fill_(double value);       // a value an integer dtype cannot hold is refused
   Tensor& zero_() { return fill_(0.0); }
 
   // ---- printing --------------------------------------------------------------------------------------
@@ -150,6 +150,8 @@ class Tensor {
 };
 
 // ---- factories -------------------------------------------------------------------------------------------
+// Values are numbers converted to the dtype; for i32/i64 a value out of the type's range (or NaN)
+// is refused with an error naming the factory (fractions truncate toward zero).
 Tensor empty(const Shape& shape, DType dtype = DType::f32);  // uninitialised
 Tensor zeros(const Shape& shape, DType dtype = DType::f32);
 Tensor ones(const Shape& shape, DType dtype = DType::f32);
@@ -164,7 +166,7 @@ Tensor arange(double start, double stop, double step = 1.0, DType dtype = DType:
 Tensor arange(std::int64_t stop, DType dtype = DType::i64);
 // n points from start to stop inclusive.
 Tensor linspace(double start, double stop, std::int64_t n, DType dtype = DType::f32);
-Tensor eye(std::int64_t n, std::int64_t m = -1, DType dtype = DType::f32);
+Tensor eye(std::int64_t n, std::int64_t m = -1, DType dtype = DType::f32);  // m = -1: square
 // A tensor holding `values` (row-major) with the given shape (default: 1-D).
 Tensor tensor(std::initializer_list<double> values, DType dtype = DType::f32);
 Tensor tensor(std::initializer_list<double> values, const Shape& shape, DType dtype = DType::f32);

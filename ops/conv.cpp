@@ -586,6 +586,10 @@ Tensor upsample_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias
   TG_CHECK(padding[0] <= kh - 1 && padding[1] <= kw - 1,
            "upsample_conv2d: padding [{}, {}] must be at most the kernel size - 1 ([{}, {}]); use conv2d(upsample(x))",
            padding[0], padding[1], kh - 1, kw - 1);
+  const std::int64_t H = x.shape()[x.dim() - 2], W = x.shape()[x.dim() - 1];
+  TG_CHECK(2 * H + 2 * padding[0] >= kh && 2 * W + 2 * padding[1] >= kw,
+           "upsample_conv2d: a {} x {} kernel with padding [{}, {}] leaves no output for x of shape {} (upsampled to {} x {})", kh,
+           kw, padding[0], padding[1], x.shape(), 2 * H, 2 * W);
   ConvTranspose2dOptions opt;
   opt.stride = {2, 2};
   opt.padding = {kh - 1 - padding[0], kw - 1 - padding[1]};

@@ -254,7 +254,12 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
 }
 
 Tensor sqrtm_psd(const Tensor& a) {
-  const Eigh e = eigh(a);
+  Eigh e;
+  try {
+    e = eigh(a);
+  } catch (const Error& err) {  // name the function the caller called
+    TG_FAIL("sqrtm_psd: {}", err.what());
+  }
   const std::int64_t n = a.shape()[0];
   const std::vector<double> w = e.values.to_vector<double>(), q = e.vectors.to_vector<double>();
   std::vector<double> r(static_cast<std::size_t>(n * n), 0.0);

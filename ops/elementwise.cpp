@@ -138,24 +138,12 @@ DType scalar_result_dtype(const Tensor& x, double s, bool integer_op) {
   return DType::f32;
 }
 
-// Whether the double v lies in T's range (so static_cast<T>(v) is defined).
-template <class T>
-bool fits_in(double v) {
-  // Both ends as doubles: -2^(bits-1) exactly, and 2^(bits-1), which the int64 maximum rounds to.
-  constexpr double lo = static_cast<double>(std::numeric_limits<T>::lowest());
-  constexpr double hi = -lo;
-  return v >= lo && v < hi;
-}
-
 template <class F>
 Tensor scalar_op(const char* op, const Tensor& x_in, double s, bool integer_op, F f) {
   check_defined(x_in, op, "x");
   const Tensor x = x_in.to(scalar_result_dtype(x_in, s, integer_op));
-  if (!x.is_floating_point())
-    dispatch_numeric(x.dtype(), op, [&]<class T>() {
-      TG_CHECK(fits_in<T>(s), "{}: scalar {} does not fit in the {} tensor's type (shape {})", op, s, x.dtype(),
-               x.shape());
-    });
+  TG_CHECK(scalar_fits(s, x.dtype()), "{}: scalar {} does not fit in the {} tensor's type (shape {})", op, s, x.dtype(),
+           x.shape());
   return dispatch_numeric(x.dtype(), op, [&]<class T>() {
     Tensor out = empty(x.shape(), x.dtype());
     kernels::map<T>(out, [&](auto v) { return f(v, splat<decltype(v)>(s)); }, x);
@@ -313,6 +301,9 @@ Tensor maximum(const Tensor& a, const Tensor& b) { return extremum<false>("maxim
 
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
   check_defined(x, "clamp", "x");
+  // As torch's type promotion: a fractional bound makes an integer tensor's result f32.
+  const auto fractional = [](std::optional<double> b) { return b && std::isfinite(*b) && *b != std::trunc(*b); };
+  if (!x.is_floating_point() && (fractional(low) || fractional(high))) return clamp(x.to(DType::f32), low, high);
   TG_CHECK(!(low && high) || *low <= *high, "clamp: low {} is greater than high {}", *low, *high);
   TG_CHECK(x.is_floating_point() || !((low && std::isnan(*low)) || (high && std::isnan(*high))),
            "clamp: a NaN bound for the {} tensor of shape {}", x.dtype(), x.shape());
@@ -326,7 +317,7 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
       return xsimd::select(r > splat<B>(hi), splat<B>(hi), r);
     } else {  // integer tensors: bounds beyond the type's range clamp nothing
       auto bound = [](double b) {
-        if (fits_in<T>(b)) return static_cast<T>(b);
+        if (scalar_fits(b, dtype_of<T>())) return static_cast<T>(b);
         return b < 0 ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max();
       };
       return xsimd::min(xsimd::max(v, B(bound(lo))), B(bound(hi)));
@@ -371,13 +362,28 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   });
 }
 
+namespace {
+// The dtype of where(cond, x, s) for a number s, as torch's type promotion: x's floating type; an
+// i32/i64 x stays so for an integral s; a bool x becomes i64 for an integral s; a fractional s
+// makes an integer or bool x's result f32.
+DType where_scalar_dtype(const Tensor& x, double s) {
+  if (x.is_floating_point()) return x.dtype();
+  if (s != std::trunc(s) || !std::isfinite(s)) return DType::f32;
+  return x.dtype() == DType::boolean ? DType::i64 : x.dtype();
+}
+}  // namespace
+
 Tensor where(const Tensor& cond, const Tensor& a, double b) {
   check_defined(a, "where", "a");
-  return where(cond, a, scalar_tensor(b, a.dtype()));
+  const DType t = where_scalar_dtype(a, b);
+  check_scalar_fits("where", b, t);
+  return where(cond, a, scalar_tensor(b, t));
 }
 Tensor where(const Tensor& cond, double a, const Tensor& b) {
   check_defined(b, "where", "b");
-  return where(cond, scalar_tensor(a, b.dtype()), b);
+  const DType t = where_scalar_dtype(b, a);
+  check_scalar_fits("where", a, t);
+  return where(cond, scalar_tensor(a, t), b);
 }
 
 // ---- math -----------------------------------------------------------------------------------------------

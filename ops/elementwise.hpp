@@ -25,9 +25,12 @@ Tensor pow(const Tensor& base, const Tensor& exponent);
 Tensor pow(const Tensor& base, double exponent);
 Tensor minimum(const Tensor& a, const Tensor& b);  // ties send half the gradient to each input
 Tensor maximum(const Tensor& a, const Tensor& b);
-// Limits to [low, high] (either bound optional); the gradient passes where low <= x <= high.
+// Limits to [low, high] (either bound optional); the gradient passes where low <= x <= high. An
+// integer x with a fractional bound gives an f32 result, as in torch.
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high);
-// cond ? a : b, broadcasting all three; cond is a bool tensor.
+// cond ? a : b, broadcasting all three; cond is a bool tensor. With a number for a or b the dtype
+// follows torch: a floating tensor keeps its type; an integer one too for an integral number (a
+// bool one becomes i64), and becomes f32 for a fractional number.
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 Tensor where(const Tensor& cond, const Tensor& a, double b);
 Tensor where(const Tensor& cond, double a, const Tensor& b);

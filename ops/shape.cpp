@@ -234,6 +234,9 @@ Tensor scatter_add(const Tensor& x, std::int64_t axis, const Tensor& index, cons
     TG_CHECK(d == a || index.shape()[d] <= x.shape()[d],
              "scatter_add: index shape {} exceeds x shape {} in dim {}", index.shape(), x.shape(), d);
   const Tensor idx = checked_index(index, x.shape()[a], "scatter_add");
+  TG_CHECK(x.is_floating_point() || !src.is_floating_point(),
+           "scatter_add: a floating-point src ({} {}) cannot be added into an integer x ({} {})", src.dtype(), src.shape(),
+           x.dtype(), x.shape());
   const Tensor s = src.to(x.dtype());
   Tensor out = x.detach().clone();
   kernels::scatter_add(out, a, idx, s.detach().contiguous());
@@ -267,7 +270,8 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
   TG_CHECK(mask.dtype() == DType::boolean, "masked_fill: mask must be a bool tensor, got {}", mask.dtype());
   TG_CHECK(broadcast_shapes(x.shape(), mask.shape(), "masked_fill") == x.shape(),
            "masked_fill: mask of shape {} does not broadcast to x's shape {}", mask.shape(), x.shape());
-  return where(mask, value, x);
+  check_scalar_fits("masked_fill", value, x.dtype());  // the result keeps x's dtype, as in torch
+  return where(mask, scalar_tensor(value, x.dtype()), x);
 }
 
 namespace {
@@ -279,7 +283,7 @@ Tensor triangle(const char* op, const Tensor& x, std::int64_t k, bool lower) {
   bool* p = keep.data<bool>();
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < m; ++j) p[i * m + j] = lower ? j - i <= k : j - i >= k;
-  return where(keep, x, 0.0);
+  return where(keep, x, scalar_tensor(0.0, x.dtype()));  // keeps x's dtype (also bool)
 }
 }  // namespace
 
@@ -290,6 +294,7 @@ Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode,
   check_defined(x, "pad", "x");
   TG_CHECK(pads.size() % 2 == 0 && static_cast<int>(pads.size()) / 2 <= x.dim(),
            "pad: expected an even number of pad sizes for at most {} dims, got {}", x.dim(), pads.size());
+  if (mode == PadMode::constant) check_scalar_fits("pad", value, x.dtype());
   Tensor out = x;
   for (std::size_t p = 0; p < pads.size() / 2; ++p) {
     const int d = x.dim() - 1 - static_cast<int>(p);

@@ -30,6 +30,7 @@ Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);
 // out[..., i, ...] = x[..., index[..., i, ...], ...] along `axis` (torch.gather); index has x's rank.
 Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index);
 // x with src added at the positions `index` names along `axis` (torch.scatter_add); deterministic.
+// src converts to x's dtype, except a floating src into an integer x (refused). Integers wrap.
 Tensor scatter_add(const Tensor& x, std::int64_t axis, const Tensor& index, const Tensor& src);
 // Rows of an embedding table: weight [V, D], index of any shape in [0, V) -> [*index.shape, D].
 Tensor embedding(const Tensor& weight, const Tensor& index);
@@ -38,6 +39,7 @@ Tensor embedding(const Tensor& weight, const Tensor& index);
 Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype = DType::f32);
 
 // x with `value` where mask (bool, broadcast to x's shape) is true.
+// The result keeps x's dtype; a value it cannot hold (3e9 for i32, NaN for integers) is refused.
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
 // Lower/upper triangle of the last two dims (k shifts the diagonal), zeros elsewhere.
 Tensor tril(const Tensor& x, std::int64_t k = 0);

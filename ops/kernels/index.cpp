@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/wrapping.hpp"
 
 namespace tg::kernels {
 
@@ -93,7 +94,8 @@ void scatter_add(const Tensor& out, int axis, const Tensor& index, const Tensor&
         }
         for (std::int64_t j = 0; j < len; ++j) {
           const std::int64_t s = src_off + j * ss[axis];
-          op[out_off + idx[s] * os[axis]] += sp[s];
+          T& o = op[out_off + idx[s] * os[axis]];
+          o = wrapping_add(o, sp[s]);
         }
       }
     });

@@ -10,6 +10,7 @@
 #include "core/parallel.hpp"
 #include "core/strided.hpp"
 #include "ops/kernels/elementwise.hpp"  // widen
+#include "ops/kernels/wrapping.hpp"
 
 namespace tg::kernels {
 namespace {
@@ -40,14 +41,8 @@ T identity(ReduceOp op) {
 template <class T>
 T combine(ReduceOp op, T a, T b) {
   switch (op) {
-    case ReduceOp::sum:
-      if constexpr (std::is_integral_v<T>)  // integers wrap around (as the SIMD lanes do), as in torch
-        return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) + static_cast<std::make_unsigned_t<T>>(b));
-      return a + b;
-    case ReduceOp::prod:
-      if constexpr (std::is_integral_v<T>)
-        return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) * static_cast<std::make_unsigned_t<T>>(b));
-      return a * b;
+    case ReduceOp::sum: return wrapping_add(a, b);  // integers wrap around (as the SIMD lanes do), as in torch
+    case ReduceOp::prod: return wrapping_mul(a, b);
     case ReduceOp::max:
       if constexpr (std::is_floating_point_v<T>) {
         if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
@@ -222,10 +217,10 @@ void reduce_columns(ReduceOp op, const Tensor& x, const Split& s, T* out) {
         const T* p = reinterpret_cast<const T*>(q[0] + r * st[0]) + k0;
         switch (op) {
           case ReduceOp::sum:
-            for (std::int64_t j = 0; j < n; ++j) acc[j] += static_cast<Acc>(p[j]);
+            for (std::int64_t j = 0; j < n; ++j) acc[j] = wrapping_add(acc[j], static_cast<Acc>(p[j]));
             break;
           case ReduceOp::prod:
-            for (std::int64_t j = 0; j < n; ++j) acc[j] *= static_cast<Acc>(p[j]);
+            for (std::int64_t j = 0; j < n; ++j) acc[j] = wrapping_mul(acc[j], static_cast<Acc>(p[j]));
             break;
           default:
             for (std::int64_t j = 0; j < n; ++j) acc[j] = static_cast<Acc>(combine(op, static_cast<T>(acc[j]), p[j]));
@@ -322,7 +317,7 @@ void cumsum(const Tensor& x, int axis, bool reverse, const Tensor& out) {
           Acc acc(0);
           for (std::int64_t i = 0; i < n; ++i) {
             const std::int64_t j = reverse ? n - 1 - i : i;
-            acc += static_cast<Acc>(v[j * x_step]);
+            acc = wrapping_add(acc, static_cast<Acc>(v[j * x_step]));
             o[j * o_step] = static_cast<T>(acc);
           }
         }

@@ -77,5 +77,7 @@ TEST_CASE("random factories check their arguments", "[core][random][errors]") {
   CHECK_THROWS_WITH(randint(3, 3, {2}), Contains("randint: empty range [3, 3)"));
   CHECK_THROWS_WITH(bernoulli({2}, 1.5), Contains("probability must be in [0, 1]"));
   CHECK_THROWS_WITH(randn({2}, DType::i64), Contains("expected a floating dtype"));
-  CHECK_THROWS_WITH(normal({2}, 0, -1), Contains("std must be >= 0"));
+  CHECK_THROWS_WITH(normal({2}, 0, -1), Contains("normal: expected a finite mean and a finite std >= 0, got 0 and -1"));
+  CHECK_THROWS_WITH(normal({2}, NAN, 1), Contains("normal: expected a finite mean"));
+  CHECK_THROWS_WITH(uniform({2}, -INFINITY, 0.0), Contains("uniform: expected finite low <= high, got [-inf, 0)"));
 }

@@ -183,4 +183,66 @@ TEST_CASE("errors name the op that was called, not the op it is built from", "[o
   CHECK_THROWS_WITH(ops::logsumexp(randn({2}), {3}), Contains("logsumexp:"));
   CHECK_THROWS_WITH(ops::dense::solve(eye(2, 2, DType::f64), tensor({1, 0}, DType::boolean)),
                     Contains("solve: expected a floating-point b"));
+  CHECK_THROWS_WITH(ops::dense::sqrtm_psd(tensor({1, 2, 0, 1}, {2, 2}, DType::f64)), Contains("sqrtm_psd: eigh: the matrix is not symmetric"));
+  CHECK_THROWS_WITH(ops::upsample_conv2d(randn({1, 2, 3, 3}), randn({4, 2, 7, 7})),
+                    Contains("upsample_conv2d: a 7 x 7 kernel with padding [0, 0] leaves no output for x of shape [1, 2, 3, 3] (upsampled to 6 x 6)"));
+  CHECK_THROWS_WITH(ops::stack({randn({3, 4}), randn({3, 4})}, 3), Contains("stack: axis 3 is out of range for a new dim of a 2-d tensor"));
+}
+
+TEST_CASE("integer overflow wraps on every reduction path, and values an integer dtype cannot hold are refused",
+          "[ops][edge][reduce][shape][errors]") {
+  constexpr std::int64_t kMin = std::numeric_limits<std::int64_t>::min();
+  const Tensor big = full({2, 3}, 0x1p62, DType::i64);  // 2^62: two of them wrap to -2^63
+  // Columns (reduced dim outer), transposed rows, products, cumsum, scatter_add: torch's wrapped values.
+  CHECK(ops::sum(big, {0}).to_vector<std::int64_t>() == std::vector<std::int64_t>(3, kMin));
+  CHECK(ops::sum(big.t(), {1}).to_vector<std::int64_t>() == std::vector<std::int64_t>(3, kMin));
+  CHECK(ops::prod(full({2, 3}, 0x1p32, DType::i64), {0}).to_vector<std::int64_t>() == std::vector<std::int64_t>(3, 0));
+  CHECK(ops::cumsum(full({2}, 0x1p62, DType::i64), 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{std::int64_t{1} << 62, kMin});
+  CHECK(ops::cumsum(full({2}, 0x1p30, DType::i32), 0).to_vector<std::int32_t>() ==
+        std::vector<std::int32_t>{1 << 30, std::numeric_limits<std::int32_t>::min()});
+  const Tensor one = full({1}, 0x1p62, DType::i64);
+  CHECK(ops::scatter_add(one, 0, tensor({0, 0}, DType::i64), full({2}, 0x1p62, DType::i64)).item<std::int64_t>() ==
+        -(std::int64_t{1} << 62));
+  CHECK_THROWS_WITH(ops::scatter_add(one, 0, tensor({0}, DType::i64), tensor({0.5})),
+                    Contains("scatter_add: a floating-point src (f32 [1]) cannot be added into an integer x (i64 [1])"));
+  // Numbers out of an integer dtype's range (or NaN) are refused, naming the op; fractions truncate.
+  CHECK_THROWS_WITH(full({2}, 3e9, DType::i32), Contains("full: value 3000000000 does not fit in i32"));
+  CHECK_THROWS_WITH(tensor({1, 3e9}, DType::i32), Contains("tensor: value 3000000000 does not fit in i32"));
+  CHECK_THROWS_WITH(scalar_tensor(NAN, DType::i64), Contains("scalar_tensor: value nan does not fit in i64"));
+  CHECK_THROWS_WITH(zeros({2}, DType::i32).fill_(-3e9), Contains("fill_: value -3000000000 does not fit in i32"));
+  const Tensor ints = tensor({1, 2, 3}, DType::i32), mask = tensor({0, 1, 0}, DType::boolean);
+  CHECK_THROWS_WITH(ops::masked_fill(ints, mask, 3e9), Contains("masked_fill: value 3000000000 does not fit in i32"));
+  CHECK_THROWS_WITH(ops::pad(ints, {1, 1}, ops::PadMode::constant, 3e9), Contains("pad: value 3000000000 does not fit in i32"));
+  CHECK(ops::masked_fill(ints, mask, 7.9).to_vector<std::int32_t>() == std::vector<std::int32_t>{1, 7, 3});  // keeps i32
+  CHECK(full({1}, -2.7, DType::i64).item<std::int64_t>() == -2);
+  CHECK(full({1}, 1e40).item<float>() == std::numeric_limits<float>::infinity());  // f32 overflows to inf, as torch
+  CHECK_THROWS_WITH(randint(0, std::int64_t{1} << 40, {4}, DType::i32), Contains("randint: the range [0, 1099511627776) does not fit in i32"));
+  CHECK(randint(-5, 5, {8}, DType::i32).dtype() == DType::i32);
+  // A float that does not fit converts to the integer type's lowest value (x86's and torch's result), without UB.
+  CHECK(tensor({1e30, NAN, -7.5}, DType::f64).to(DType::i32).to_vector<std::int32_t>() ==
+        std::vector<std::int32_t>{std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::min(), -7});
+  CHECK_THROWS_WITH(eye(3, -5), Contains("eye: expected n >= 0 and m >= 0 (or -1 for m = n), got n = 3, m = -5"));
+  CHECK_THROWS_WITH(uniform({2}, 0.0, INFINITY), Contains("uniform: expected finite low <= high"));
+  CHECK_THROWS_WITH(randn({2}).unsqueeze(3), Contains("unsqueeze: axis 3 is out of range for a new dim of a 1-d tensor of shape [2] (expected -2 to 1)"));
+}
+
+TEST_CASE("where and clamp with a number promote dtypes as torch", "[ops][edge][elementwise]") {
+  const Tensor c = tensor({0, 1}, DType::boolean);
+  const Tensor w1 = ops::where(c, tensor({1, 2}, DType::i32), 2.5);  // fractional: f32
+  CHECK(w1.dtype() == DType::f32);
+  CHECK(w1.to_vector<float>() == std::vector<float>{2.5f, 2.0f});
+  const Tensor w2 = ops::where(c, 2.5, tensor({1, 2}, DType::i64));
+  CHECK(w2.to_vector<float>() == std::vector<float>{1.0f, 2.5f});
+  CHECK(ops::where(c, tensor({1, 2}, DType::i32), 7.0).dtype() == DType::i32);  // integral: stays
+  const Tensor w3 = ops::where(c, tensor({1, 0}, DType::boolean), 1.0);         // bool and a number: i64
+  CHECK(w3.dtype() == DType::i64);
+  CHECK(w3.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0});
+  CHECK(ops::where(c, tensor({1.0, 2.0}, DType::f64), 0.5).dtype() == DType::f64);
+  CHECK_THROWS_WITH(ops::where(c, tensor({1, 2}, DType::i32), 3e9), Contains("where: value 3000000000 does not fit in i32"));
+  // tril/triu keep the dtype, bool included.
+  CHECK(ops::tril(ones({2, 2}, DType::boolean)).dtype() == DType::boolean);
+  const Tensor cl = ops::clamp(tensor({1, 2, 3}, DType::i64), 1.5, std::nullopt);
+  CHECK(cl.dtype() == DType::f32);
+  CHECK(cl.to_vector<float>() == std::vector<float>{1.5f, 2.0f, 3.0f});
+  CHECK(ops::clamp(tensor({1, 2, 3}, DType::i64), 2.0, std::nullopt).dtype() == DType::i64);
 }
