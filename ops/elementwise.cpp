@@ -423,7 +423,11 @@ Tensor abs(const Tensor& x) {
   });
 }
 Tensor sign(const Tensor& x) {
-  return unary_zero_grad("sign", x, [](auto v) { return xsimd::sign(v); }, true);
+  return unary_zero_grad("sign", x, [](auto v) {
+    using B = decltype(v);
+    if constexpr (std::is_floating_point_v<typename B::value_type>) return xsimd::select(xsimd::isnan(v), B(0), xsimd::sign(v));  // as torch
+    else return xsimd::sign(v);
+  }, true);
 }
 Tensor sin(const Tensor& x) {
   return unary_x("sin", x, [](auto v) { return xsimd::sin(v); }, [](auto v, auto g) { return g * xsimd::cos(v); });

@@ -21,6 +21,7 @@ Tensor mul(const Tensor& a, double b);
 Tensor div(const Tensor& a, double b);
 Tensor div(double a, const Tensor& b);
 Tensor neg(const Tensor& x);
+// Integer operands give an f32 result (torch keeps integer pow integral).
 Tensor pow(const Tensor& base, const Tensor& exponent);
 Tensor pow(const Tensor& base, double exponent);
 Tensor minimum(const Tensor& a, const Tensor& b);  // ties send half the gradient to each input
@@ -45,7 +46,7 @@ Tensor rsqrt(const Tensor& x);
 Tensor square(const Tensor& x);
 Tensor reciprocal(const Tensor& x);
 Tensor abs(const Tensor& x);
-Tensor sign(const Tensor& x);  // gradient 0
+Tensor sign(const Tensor& x);  // gradient 0; sign(NaN) = 0, as torch
 Tensor sin(const Tensor& x);
 Tensor cos(const Tensor& x);
 Tensor tanh(const Tensor& x);

@@ -140,9 +140,11 @@ Tensor extreme(const char* op, const Tensor& x, const Shape& axes, bool keepdim)
     Shape reduced_axes;
     for (int d = 0; d < xv.dim(); ++d)
       if (mask & (1u << d)) reduced_axes.push_back(d);
-    const Tensor hit = eq(xv, so.get().reshape(kshape));  // ties share the gradient equally
-    const Tensor count = sum(hit.to(xv.dtype()), reduced_axes, true);
-    return Tensors{where(hit, div(g.reshape(kshape), count).expand(xv.shape()), 0.0)};
+    // Ties share the gradient equally. A NaN extreme matches nothing: g / 0 * 0 makes its whole
+    // slice NaN, as in torch, rather than hiding the NaN behind zeros.
+    const Tensor hit = eq(xv, so.get().reshape(kshape)).to(xv.dtype());
+    const Tensor count = sum(hit, reduced_axes, true);
+    return Tensors{mul(div(g.reshape(kshape), count).expand(xv.shape()), hit)};
   });
 }
 }  // namespace

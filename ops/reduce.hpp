@@ -11,7 +11,8 @@ namespace tg::ops {
 Tensor sum(const Tensor& x, const Shape& axes = {}, bool keepdim = false);  // bool/ints sum to i64
 Tensor mean(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
 Tensor prod(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
-// Largest/smallest values; the gradient is shared equally by tied elements. NaN propagates.
+// Largest/smallest values; the gradient is shared equally by tied elements. NaN propagates (into
+// the gradient of its whole slice too, as in torch).
 Tensor amax(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
 Tensor amin(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
 

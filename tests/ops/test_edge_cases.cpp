@@ -226,7 +226,7 @@ TEST_CASE("integer overflow wraps on every reduction path, and values an integer
   CHECK_THROWS_WITH(randn({2}).unsqueeze(3), Contains("unsqueeze: axis 3 is out of range for a new dim of a 1-d tensor of shape [2] (expected -2 to 1)"));
 }
 
-TEST_CASE("where and clamp with a number promote dtypes as torch", "[ops][edge][elementwise]") {
+TEST_CASE("where and clamp promote dtypes, sign and amax treat NaN, as torch", "[ops][edge][elementwise]") {
   const Tensor c = tensor({0, 1}, DType::boolean);
   const Tensor w1 = ops::where(c, tensor({1, 2}, DType::i32), 2.5);  // fractional: f32
   CHECK(w1.dtype() == DType::f32);
@@ -245,4 +245,11 @@ TEST_CASE("where and clamp with a number promote dtypes as torch", "[ops][edge][
   CHECK(cl.dtype() == DType::f32);
   CHECK(cl.to_vector<float>() == std::vector<float>{1.5f, 2.0f, 3.0f});
   CHECK(ops::clamp(tensor({1, 2, 3}, DType::i64), 2.0, std::nullopt).dtype() == DType::i64);
+  // sign(NaN) is 0; a NaN maximum sends NaN to the gradient of its slice, and only of its slice.
+  CHECK(ops::sign(tensor({NAN, -2, 0, 3})).to_vector<float>() == std::vector<float>{0, -1, 0, 1});
+  const Tensor x = tensor({1, NAN, 3, 4, 5, 5}, {2, 3}, DType::f64).requires_grad_();
+  ops::sum(ops::amax(x, {1})).backward();
+  const std::vector<double> gx = x.grad().to_vector<double>();
+  for (int j = 0; j < 3; ++j) CHECK(std::isnan(gx[static_cast<std::size_t>(j)]));
+  CHECK(std::vector<double>(gx.begin() + 3, gx.end()) == std::vector<double>{0, 0.5, 0.5});
 }
