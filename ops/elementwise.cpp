@@ -15,6 +15,7 @@
 #include "core/autograd.hpp"
 #include "ops/common.hpp"
 #include "ops/kernels/elementwise.hpp"
+#include "ops/kernels/wrapping.hpp"
 
 namespace tg::ops {
 
@@ -231,11 +232,35 @@ Tensor neg(const Tensor& x) {
   return record("neg", {x}, out, [](const Tensor& g) { return Tensors{neg(g)}; });
 }
 
+namespace {
+// b^e in integers, as torch: exact, wrapping on overflow; a negative e gives 1 / b^-e truncated
+// toward zero (so 0 unless |b| = 1).
+template <class T>
+T integer_pow(T b, T e) {
+  if (e < 0) return b == 1 ? T(1) : b == -1 ? ((e & 1) ? T(-1) : T(1)) : T(0);
+  T r = 1;
+  for (; e > 0; e >>= 1) {
+    if (e & 1) r = kernels::wrapping_mul(r, b);
+    b = kernels::wrapping_mul(b, b);
+  }
+  return r;
+}
+}  // namespace
+
 Tensor pow(const Tensor& base, const Tensor& exponent) {
   check_defined(base, "pow", "base");
   check_defined(exponent, "pow", "exponent");
-  DType t = promote(base.dtype(), exponent.dtype());
-  if (!is_floating(t)) t = DType::f32;
+  const DType t = promote(base.dtype(), exponent.dtype());
+  if (!is_floating(t)) {  // integer powers stay integers (not differentiable)
+    const DType ti = t == DType::boolean ? DType::i64 : t;
+    auto [x, p] = broadcast_pair(base, exponent, "pow", ti);
+    Tensor out = empty(x.shape(), ti);
+    dispatch(ti, "pow", [&]<class T>() {
+      if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+        kernels::map_scalar<T, T, T>(out, [](T a, T b) { return integer_pow(a, b); }, x, p);
+    });
+    return out;
+  }
   auto [x, p] = broadcast_pair(base, exponent, "pow", t);
   Tensor out = apply_float("pow", [](auto a, auto b) { return pow_ieee(a, b); }, x, p);
   return record("pow", {x, p}, out, [sx = SavedTensor(x), sp = SavedTensor(p), so = SavedTensor(out)](const Tensor& g) {

@@ -21,7 +21,9 @@ Tensor mul(const Tensor& a, double b);
 Tensor div(const Tensor& a, double b);
 Tensor div(double a, const Tensor& b);
 Tensor neg(const Tensor& x);
-// Integer operands give an f32 result (torch keeps integer pow integral).
+// Two integer tensors give exact integer powers (wrapping on overflow; a negative exponent gives
+// 1 / b^-e truncated, as torch). An integer tensor to a number gives f32 (the number is a double,
+// like a Python float in torch).
 Tensor pow(const Tensor& base, const Tensor& exponent);
 Tensor pow(const Tensor& base, double exponent);
 Tensor minimum(const Tensor& a, const Tensor& b);  // ties send half the gradient to each input

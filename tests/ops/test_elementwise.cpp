@@ -255,6 +255,12 @@ TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][el
   CHECK(ops::pow(tensor({-2, 3}, DType::f64), 3.0).to_vector<double>() == std::vector<double>{-8, 27});
   CHECK(ops::pow(tensor({-2}, DType::f64), 2.0).to_vector<double>() == std::vector<double>{4});
   CHECK(ops::pow(tensor({2}, DType::i64), 2.0).dtype() == DType::f32);
+  // Integer tensors to integer tensors: exact, wrapping, and torch's values for negative exponents.
+  const Tensor ip = ops::pow(tensor({3, 1, -1, -1, 0, 2, -2, 5}, DType::i64), tensor({40, -1, -3, -2, -1, -1, 3, 0}, DType::i64));
+  CHECK(ip.dtype() == DType::i64);
+  CHECK(ip.to_vector<std::int64_t>() == std::vector<std::int64_t>{-6289078614652622815, 1, -1, 1, 0, 0, -8, 1});
+  CHECK(ops::pow(tensor({2, 3}, DType::i32), tensor({31}, DType::i32)).to_vector<std::int32_t>() ==
+        std::vector<std::int32_t>{std::numeric_limits<std::int32_t>::min(), 1264544299});
 }
 
 TEST_CASE("pow: std::pow's special values at 0 and their PyTorch gradients", "[ops][elementwise]") {
