@@ -209,12 +209,17 @@ ProgressBar::ProgressBar(std::int64_t total, std::string label)
       start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
 
 void ProgressBar::update(std::int64_t done, double loss) {
+  const bool first_non_finite = !std::isfinite(loss) && non_finite_ == 0;
   if (std::isfinite(loss)) {
     smoothed_loss_ = has_loss_ ? 0.95 * smoothed_loss_ + 0.05 * loss : loss;
     has_loss_ = true;
+  } else {
+    ++non_finite_;
+    last_non_finite_ = loss;
   }
   const auto now = std::chrono::steady_clock::now();
-  if (tty_) {
+  if (first_non_finite) {  // shown at once: a diverging run should not look healthy
+  } else if (tty_) {
     if (now - last_draw_ < std::chrono::milliseconds(100) && done < total_) return;
   } else {
     const std::int64_t decile = done * 10 / total_;
@@ -237,6 +242,7 @@ void ProgressBar::draw(std::int64_t done, double, bool final) {
                                  static_cast<int>(100 * done / total_), done, total_);
   if (rate > 0) line += fmt::format("  {:.1f} it/s  ETA {}:{:02d}", rate, eta_s / 60, eta_s % 60);
   if (has_loss_) line += fmt::format("  loss {:.4f}", smoothed_loss_);
+  if (non_finite_ > 0) line += fmt::format("  {} non-finite loss{} (last {})", non_finite_, non_finite_ > 1 ? "es" : "", last_non_finite_);
   if (tty_) fmt::print(stderr, "\r{}\x1b[K{}", line, final ? "\n" : "");
   else fmt::print(stderr, "{}\n", line);
   std::fflush(stderr);

@@ -72,8 +72,10 @@ class ProgressBar {
   std::int64_t last_printed_ = -1;  // decile last printed (non-terminal output)
   std::int64_t last_drawn_ = -1;    // `done` at the last draw
   std::chrono::steady_clock::time_point start_, last_draw_;
-  double smoothed_loss_ = 0;
+  double smoothed_loss_ = 0;      // of the finite losses
   bool has_loss_ = false;
+  std::int64_t non_finite_ = 0;    // NaN / Inf losses seen: shown, never smoothed away
+  double last_non_finite_ = 0;
 };
 
 }  // namespace tg::nn::output

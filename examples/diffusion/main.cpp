@@ -6,7 +6,6 @@
 //   build/examples/diffusion sample --run runs/diffusion --sampler heun --nfe 9 --rho-bottom 0.8
 //   build/examples/diffusion eval --run runs/diffusion --sampler heun --nfe 9 --count 2000
 //   build/examples/diffusion sweep --run runs/diffusion                     # FD_clf over rho x NFE x sampler
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <fmt/format.h>
 
@@ -30,6 +29,7 @@
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
+#include "examples/common/cli.hpp"
 
 using namespace tg;
 namespace fs = std::filesystem;
@@ -693,68 +693,69 @@ std::vector<T> parse_list(const std::string& s, const char* what) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Diffusion (EDM UNet) on Fashion-MNIST with tapegrad: train, sample, evaluate FD_clf, Skip-Tuning sweep"};
+  examples::configure(app);
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   TrainArgs ta;
   std::string channels = "32,64,64", attention = "2";
   CLI::App* tr = app.add_subcommand("train", "Train the UNet (EDM loss, EMA) for a time budget and write a run folder");
-  tr->add_option("--minutes", ta.minutes, "Wall-clock training budget in minutes")->check(CLI::PositiveNumber);
+  tr->add_option("--minutes", ta.minutes, "Wall-clock training budget in minutes")->check(examples::Positive);
   tr->add_option("--steps", ta.steps, "Train exactly this many steps instead of a time budget (reproducible)");
   tr->add_option("--out", ta.out, "Run folder");
   tr->add_option("--size", ta.size, "Model image size: 16 (28->14 pooled, padded; the spec's setting) or 32 (28 padded)");
   tr->add_option("--channels", channels, "Channels per resolution level, comma separated");
-  tr->add_option("--blocks", ta.blocks, "Residual blocks per level (the decoder has one more)")->check(CLI::PositiveNumber);
+  tr->add_option("--blocks", ta.blocks, "Residual blocks per level (the decoder has one more)")->check(examples::Positive);
   tr->add_option("--attention", attention, "Levels with self-attention (0 = top), comma separated; empty for none");
-  tr->add_option("--head-channels", ta.head_channels, "Channels per attention head")->check(CLI::PositiveNumber);
+  tr->add_option("--head-channels", ta.head_channels, "Channels per attention head")->check(examples::Positive);
   tr->add_flag("--unconditional", ta.unconditional, "No class conditioning (default: class-conditional with label dropout)");
-  tr->add_option("--label-dropout", ta.label_dropout, "Probability of dropping the label (classifier-free guidance)")->check(CLI::Range(0.0, 1.0));
-  tr->add_option("--dropout", ta.dropout, "Dropout inside the residual blocks")->check(CLI::Range(0.0, 0.9));
-  tr->add_option("--batch", ta.batch, "Batch size")->check(CLI::PositiveNumber);
-  tr->add_option("--lr", ta.lr, "Adam learning rate (after the warmup)")->check(CLI::PositiveNumber);
-  tr->add_option("--warmup", ta.warmup, "Linear learning-rate warmup steps")->check(CLI::NonNegativeNumber);
+  tr->add_option("--label-dropout", ta.label_dropout, "Probability of dropping the label (classifier-free guidance)")->check(examples::Between(0.0, 1.0));
+  tr->add_option("--dropout", ta.dropout, "Dropout inside the residual blocks")->check(examples::Between(0.0, 0.9));
+  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Positive);
+  tr->add_option("--lr", ta.lr, "Adam learning rate (after the warmup)")->check(examples::Positive);
+  tr->add_option("--warmup", ta.warmup, "Linear learning-rate warmup steps")->check(examples::NonNegative);
   tr->add_option("--lr-min-ratio", ta.lr_min_ratio, "Cosine decay (over --steps, or over the time budget) to lr * this; 1: constant")
-      ->check(CLI::Range(0.0, 1.0));
-  tr->add_option("--ema", ta.ema, "Decay of the weight EMA used for sampling (ramped up as min(decay, (1+t)/(10+t)))")->check(CLI::Range(0.0, 1.0));
-  tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(CLI::PositiveNumber);
-  tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")->check(CLI::PositiveNumber);
+      ->check(examples::Between(0.0, 1.0));
+  tr->add_option("--ema", ta.ema, "Decay of the weight EMA used for sampling (ramped up as min(decay, (1+t)/(10+t)))")->check(examples::Between(0.0, 1.0));
+  tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(examples::Positive);
+  tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")->check(examples::Positive);
   tr->add_option("--seed", ta.seed, "Seed for the initialisation, batch order and noise");
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
-  tr->add_option("--max-train", ta.max_train, "Use only the first N training images")->check(CLI::NonNegativeNumber);
+  tr->add_option("--max-train", ta.max_train, "Use only the first N training images")->check(examples::NonNegative);
   tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings)");
-  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   SampleArgs sa;
   auto add_sampling = [&](CLI::App* c, bool for_eval) {
     c->add_option("--run", sa.run, "Run folder written by train");
     c->add_option("--sampler", sa.sampler, "heun | euler (EDM ODE), ddim (eta), ddpm (ancestral)")
         ->check(CLI::IsMember({"heun", "euler", "ddim", "ddpm"}));
-    c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")->check(CLI::PositiveNumber);
-    c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic)")->check(CLI::NonNegativeNumber);
+    c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")->check(examples::Positive);
+    c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic)")->check(examples::NonNegative);
     c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (1: off)");
     c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)");
     c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional)");
     c->add_flag("--unconditional", sa.unconditional, "Sample without labels (the 'no label' embedding)");
     c->add_option("--count", sa.count, for_eval ? "Samples per seed (default 2000; >= 1000 for a meaningful FD)" : "Samples in the grid (default 80)")
-        ->check(CLI::PositiveNumber);
-    c->add_option("--batch", sa.batch, "Samples per network batch")->check(CLI::PositiveNumber);
+        ->check(examples::Positive);
+    c->add_option("--batch", sa.batch, "Samples per network batch")->check(examples::Positive);
     c->add_option("--seed", sa.seed, "Seed of the initial noise");
     c->add_flag("--raw", sa.raw, "Use the raw weights instead of the EMA");
-    c->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+    c->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
   };
   CLI::App* sm = app.add_subcommand("sample", "Draw samples into a PNG grid (one class per column)");
   add_sampling(sm, false);
   sm->add_option("--png", sa.png, "Output PNG (default <run>/samples_<sampler>_nfe<N>_rho<r>.png)");
   CLI::App* ev = app.add_subcommand("eval", "FD_clf of generated samples against the test set, with its noise floor");
   add_sampling(ev, true);
-  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(CLI::PositiveNumber);
+  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(examples::Positive);
   ev->add_option("--data", sa.data, "Folder with the Fashion-MNIST IDX files");
   ev->add_flag("--synthetic", sa.synthetic, "Evaluate against the synthetic shapes");
   ev->add_option("--fd-classifier", sa.fd_classifier, "FD_clf feature extractor file (default $TAPEGRAD_FD_CLASSIFIER or runs/fd_classifier/fdmlp.safetensors; trained if missing)");
   ev->add_option("--fd-train", sa.fd_train, "Training images for the FD classifier when it must be trained (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(examples::NonNegative);
 
   SweepArgs wa;
   std::string rhos = "1,0.95,0.9,0.85,0.8,0.7,0.6,0.5", heun = "3,5,9,19", ddim = "5,10", euler = "4,6,10,20", ddpm, sigmas = "0.05,0.2,0.5,1,2,5";
@@ -767,21 +768,21 @@ int main(int argc, char** argv) {
   sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; empty to skip");
   sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; empty to skip");
   sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; empty to skip");
-  sw->add_option("--count", wa.count, "Samples per cell and seed")->check(CLI::PositiveNumber);
-  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(CLI::PositiveNumber);
-  sw->add_option("--batch", wa.batch, "Samples per network batch")->check(CLI::PositiveNumber);
+  sw->add_option("--count", wa.count, "Samples per cell and seed")->check(examples::Positive);
+  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Positive);
+  sw->add_option("--batch", wa.batch, "Samples per network batch")->check(examples::Positive);
   sw->add_option("--denoise-count", wa.denoise_count, "Test images for the pixel/feature denoising-error table (0: skip)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(examples::NonNegative);
   sw->add_option("--denoise-sigmas", sigmas, "Noise levels of the denoising-error table");
   sw->add_option("--data", wa.data, "Folder with the Fashion-MNIST IDX files");
   sw->add_flag("--synthetic", wa.synthetic, "Evaluate against the synthetic shapes");
   sw->add_flag("--resume", wa.resume, "Reuse the per-seed results already in <out>/sweep_runs.csv (an interrupted sweep)");
   sw->add_option("--fd-classifier", wa.fd_classifier, "FD_clf feature extractor file (default as eval)");
   sw->add_option("--fd-train", wa.fd_train, "Training images for the FD classifier when it must be trained (0: all)")
-      ->check(CLI::NonNegativeNumber);
-  sw->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+      ->check(examples::NonNegative);
+  sw->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
-  CLI11_PARSE(app, argc, argv);
+  if (const auto status = examples::parse(app, argc, argv)) return *status;
   try {
     if (threads > 0) set_num_threads(threads);
     if (tr->parsed()) {

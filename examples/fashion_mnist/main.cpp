@@ -4,7 +4,6 @@
 //   build/examples/fashion_mnist train --model cnn --epochs 3 --out runs/fmnist-cnn
 //   build/examples/fashion_mnist eval --run runs/fmnist-cnn
 //   build/examples/fashion_mnist predict --run runs/fmnist-cnn --count 16
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
 #include <filesystem>
@@ -20,6 +19,7 @@
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
+#include "examples/common/cli.hpp"
 
 using namespace tg;
 namespace fs = std::filesystem;
@@ -73,7 +73,7 @@ void write_evaluation(const std::string& dir, const cls::Evaluation& ev, const n
   nn::output::save_image_grid(dir + "/test_predictions.png", test.images.narrow(0, 0, n), grid);
 }
 
-std::string load_run_model_name(const std::string& run);
+nlohmann::json load_run_config(const std::string& run);
 
 int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
@@ -85,12 +85,22 @@ int train(const TrainArgs& a) {
   Generator init(a.seed);
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28}, &init);
   fmt::print("{}\n", model.to_string());
-  // A resumed run must be the same model: checked before the run folder is touched.
+  // A resumed run must be the same model with the same settings: checked before the run folder
+  // is touched. (--max-steps may differ: it is how a run is continued.)
   const bool resuming = a.resume && fs::exists(out + "/checkpoint.safetensors");
+  if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", out);
   if (resuming) {
     if (fs::exists(out + "/config.json")) {
-      const std::string trained = load_run_model_name(out);
+      const nlohmann::json cfg = load_run_config(out);
+      const std::string trained = cfg["model"].get<std::string>();
       TG_CHECK(trained == a.model, "train --resume: the run in '{}' trains model '{}', not '{}'", out, trained, a.model);
+      const nlohmann::json now = {{"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr}, {"schedule", a.schedule},
+                                  {"seed", a.seed},     {"data", data.train.source}, {"max_train", a.max_train}};
+      for (const auto& [key, value] : now.items())
+        TG_CHECK(!cfg.contains(key) || cfg[key] == value,
+                 "train --resume: the run in '{}' was trained with {} = {}, not {}; resume with the same settings (or train "
+                 "into a new --out folder)",
+                 out, key, cfg[key].dump(), value.dump());
     }
     const std::string ckpt = out + "/checkpoint.safetensors";
     const nn::SafetensorsFile file = nn::load_safetensors(ckpt);  // validated whole
@@ -139,8 +149,8 @@ int train(const TrainArgs& a) {
   return 0;
 }
 
-// The model name a run folder's config.json records.
-std::string load_run_model_name(const std::string& run) {
+// A run folder's config.json (with at least its model name).
+nlohmann::json load_run_config(const std::string& run) {
   const std::string path = run + "/config.json";
   std::error_code ec;
   TG_CHECK(fs::is_regular_file(path, ec), "no config.json in run folder '{}'", run);
@@ -153,12 +163,18 @@ std::string load_run_model_name(const std::string& run) {
   }
   TG_CHECK(cfg.is_object() && cfg.contains("model") && cfg["model"].is_string(),
            "'{}' has no model name (a \"model\" string)", path);
-  return cfg["model"].get<std::string>();
+  return cfg;
+}
+
+// Whether a run was trained on the synthetic shapes (then it is evaluated on them too).
+bool run_used_synthetic_data(const std::string& run) {
+  const nlohmann::json cfg = load_run_config(run);
+  return cfg.contains("data") && cfg["data"] == "synthetic-shapes";
 }
 
 // Loads the model of a run folder.
 cls::Classifier load_run(const std::string& run) {
-  const cls::Arch arch = cls::parse_arch(load_run_model_name(run));
+  const cls::Arch arch = cls::parse_arch(load_run_config(run)["model"].get<std::string>());
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28});
   nn::load_module(model, run + "/model.safetensors");
   model.eval();
@@ -167,7 +183,8 @@ cls::Classifier load_run(const std::string& run) {
 
 int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
   cls::Classifier model = load_run(run);
-  const nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic);
+  const nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
+                                                          synthetic || run_used_synthetic_data(run));
   const cls::Evaluation ev = cls::evaluate(model, test);
   const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, test.labels, 10);
   const auto v = cm.to_vector<std::int64_t>();
@@ -185,7 +202,8 @@ int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
 int predict(const std::string& run, std::int64_t count, std::int64_t first, const std::string& png, const std::string& data_dir,
             bool synthetic) {
   cls::Classifier model = load_run(run);
-  nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic);
+  nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
+                                                    synthetic || run_used_synthetic_data(run));
   TG_CHECK(first >= 0 && first < test.size(), "predict: --first {} is outside the {} test images", first, test.size());
   count = std::min(count, test.size() - first);
   test.images = test.images.narrow(0, first, count);
@@ -210,17 +228,18 @@ int predict(const std::string& run, std::int64_t count, std::int64_t first, cons
 
 int main(int argc, char** argv) {
   CLI::App app{"Fashion-MNIST classifiers with tapegrad: train, evaluate and predict"};
+  examples::configure(app);
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   TrainArgs ta;
   CLI::App* tr = app.add_subcommand("train", "Train a classifier and write a run folder");
   tr->add_option("--model", ta.model, "Architecture: mlp (784-512-512-10) or cnn (2 conv + 2 linear)")
       ->check(CLI::IsMember({"mlp", "cnn", "fdmlp"}));
-  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(CLI::PositiveNumber);
-  tr->add_option("--batch", ta.batch, "Batch size")->check(CLI::PositiveNumber);
-  tr->add_option("--lr", ta.lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Positive);
+  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Positive);
+  tr->add_option("--lr", ta.lr, "Adam learning rate")->check(examples::Positive);
   tr->add_option("--schedule", ta.schedule, "Learning rate over the run: cosine (decays to 0 by the last epoch) or constant")
       ->check(CLI::IsMember({"cosine", "constant"}));
   tr->add_option("--seed", ta.seed, "Seed for initialisation and batch order");
@@ -229,8 +248,8 @@ int main(int argc, char** argv) {
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
   tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs)");
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images");
-  tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors");
-  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings; --max-steps may change)");
+  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   std::string run, data_dir, png;
   bool synthetic = false;
@@ -238,18 +257,18 @@ int main(int argc, char** argv) {
   CLI::App* ev = app.add_subcommand("eval", "Evaluate a trained run on the test set (per-class accuracy)");
   ev->add_option("--run", run, "Run folder written by train")->required();
   ev->add_option("--data", data_dir, "Folder with the Fashion-MNIST IDX files");
-  ev->add_flag("--synthetic", synthetic, "Evaluate on the synthetic shapes");
-  ev->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  ev->add_flag("--synthetic", synthetic, "Evaluate on the synthetic shapes (always, for a run trained on them)");
+  ev->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
   CLI::App* pr = app.add_subcommand("predict", "Classify test images and write a labelled grid");
   pr->add_option("--run", run, "Run folder written by train")->required();
-  pr->add_option("--count", count, "Number of test images")->check(CLI::PositiveNumber);
-  pr->add_option("--first", first, "Index of the first test image")->check(CLI::NonNegativeNumber);
+  pr->add_option("--count", count, "Number of test images (a grid of at most 1024)")->check(examples::Between(1, 1024));
+  pr->add_option("--first", first, "Index of the first test image")->check(examples::NonNegative);
   pr->add_option("--png", png, "Output PNG (default <run>/predictions.png)");
   pr->add_option("--data", data_dir, "Folder with the Fashion-MNIST IDX files");
-  pr->add_flag("--synthetic", synthetic, "Use the synthetic shapes");
-  pr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  pr->add_flag("--synthetic", synthetic, "Use the synthetic shapes (always, for a run trained on them)");
+  pr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
-  CLI11_PARSE(app, argc, argv);
+  if (const auto status = examples::parse(app, argc, argv)) return *status;
   try {
     if (threads > 0) set_num_threads(threads);
     if (tr->parsed()) return train(ta);

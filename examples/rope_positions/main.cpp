@@ -12,7 +12,6 @@
 // model (C = 64, 2 layers, 4 heads, RoPE base 1000) from the same seed on the same data, on sizes
 // h, w in {2, 3, 4}, and is evaluated per bit in distribution and on unseen sizes (w in {5, 6},
 // h in {2..6}; and h in {5, 6}, w in {2..4}).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -32,6 +31,7 @@
 #include "ops/loss.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
+#include "examples/common/cli.hpp"
 
 using namespace tg;
 namespace fs = std::filesystem;
@@ -485,38 +485,39 @@ int show(const std::string& scheme, const std::string& layout, double start) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Multimodal rotary positions (RoPE-1D/2D, RoPE-Tie, RoPE-TV, M-RoPE): experiment, compatibility check, tables"};
+  examples::configure(app);
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   ExperimentArgs ea;
   CLI::App* ex = app.add_subcommand("experiment", "Train the causal-neighbour task for each position scheme and compare "
                                                   "per-bit accuracy in distribution and on unseen image sizes");
   ex->add_option("--variants", ea.variants, "Comma-separated position schemes (flat1d, tie_v1, tie_v1_real, tv, mrope2d, ...)");
-  ex->add_option("--steps", ea.steps, "Training steps per variant")->check(CLI::PositiveNumber);
-  ex->add_option("--batch", ea.batch, "Sequences per step")->check(CLI::PositiveNumber);
-  ex->add_option("--lr", ea.lr, "AdamW peak learning rate")->check(CLI::PositiveNumber);
-  ex->add_option("--weight-decay", ea.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber);
-  ex->add_option("--warmup", ea.warmup, "Linear warmup steps (then cosine decay to 10%)")->check(CLI::NonNegativeNumber);
-  ex->add_option("--dim", ea.dim, "Model width C")->check(CLI::PositiveNumber);
-  ex->add_option("--layers", ea.layers, "Transformer blocks")->check(CLI::PositiveNumber);
-  ex->add_option("--heads", ea.heads, "Attention heads")->check(CLI::PositiveNumber);
-  ex->add_option("--base", ea.base, "RoPE base")->check(CLI::PositiveNumber);
-  ex->add_option("--eval", ea.eval, "Evaluation sequences per image size (sizes 2..6 x 2..6)")->check(CLI::PositiveNumber);
+  ex->add_option("--steps", ea.steps, "Training steps per variant")->check(examples::Positive);
+  ex->add_option("--batch", ea.batch, "Sequences per step")->check(examples::Positive);
+  ex->add_option("--lr", ea.lr, "AdamW peak learning rate")->check(examples::Positive);
+  ex->add_option("--weight-decay", ea.weight_decay, "AdamW decoupled weight decay")->check(examples::NonNegative);
+  ex->add_option("--warmup", ea.warmup, "Linear warmup steps (then cosine decay to 10%)")->check(examples::NonNegative);
+  ex->add_option("--dim", ea.dim, "Model width C")->check(examples::Positive);
+  ex->add_option("--layers", ea.layers, "Transformer blocks")->check(examples::Positive);
+  ex->add_option("--heads", ea.heads, "Attention heads")->check(examples::Positive);
+  ex->add_option("--base", ea.base, "RoPE base")->check(examples::Positive);
+  ex->add_option("--eval", ea.eval, "Evaluation sequences per image size (sizes 2..6 x 2..6)")->check(examples::Positive);
   ex->add_option("--seed", ea.seed, "Seed for initialisation and data (the same for every variant)");
   ex->add_option("--out", ea.out, "Run folder");
-  ex->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  ex->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   CompatArgs ca;
   CLI::App* co = app.add_subcommand("compat", "Train a text-only reversal task with flat1d and with tv positions from "
                                               "the same seed and check the loss curves are bit-identical");
-  co->add_option("--steps", ca.steps, "Training steps")->check(CLI::PositiveNumber);
-  co->add_option("--batch", ca.batch, "Sequences per step")->check(CLI::PositiveNumber);
-  co->add_option("--digits", ca.digits, "Digits per string")->check(CLI::PositiveNumber);
-  co->add_option("--lr", ca.lr, "AdamW learning rate")->check(CLI::PositiveNumber);
+  co->add_option("--steps", ca.steps, "Training steps")->check(examples::Positive);
+  co->add_option("--batch", ca.batch, "Sequences per step")->check(examples::Positive);
+  co->add_option("--digits", ca.digits, "Digits per string")->check(examples::Positive);
+  co->add_option("--lr", ca.lr, "AdamW learning rate")->check(examples::Positive);
   co->add_option("--seed", ca.seed, "Seed for initialisation and data");
   co->add_option("--out", ca.out, "Run folder");
-  co->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(CLI::NonNegativeNumber);
+  co->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   std::string scheme = "tv", layout = "text:3,image:2x3,text:2";
   double start = 0;
@@ -525,7 +526,7 @@ int main(int argc, char** argv) {
   sh->add_option("--layout", layout, "Comma-separated items: text:K, image:HxW, image+:HxW (with [IMG]/[/IMG]), video:TxHxW");
   sh->add_option("--start", start, "Position of the first text token (1 gives Su's 1-based examples)");
 
-  CLI11_PARSE(app, argc, argv);
+  if (const auto status = examples::parse(app, argc, argv)) return *status;
   try {
     if (threads > 0) set_num_threads(threads);
     if (ex->parsed()) return experiment(ea);

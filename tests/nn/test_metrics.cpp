@@ -1,6 +1,11 @@
 // Metrics against closed forms; output helpers write what they claim.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -95,9 +100,26 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   std::string s((std::istreambuf_iterator<char>(svg)), {});
   CHECK_THAT(s, Contains("<polyline"));
   CHECK_THAT(s, Contains(">train</text>"));
-  nn::output::ProgressBar bar(10, "test");
-  for (int i = 1; i <= 10; ++i) bar.update(i, 1.0 / i);
-  bar.finish();
+  {
+    // The bar writes to stderr (here not a terminal: a line per tenth, at once for a first NaN).
+    const std::string log = (dir / "bar.log").string();
+    std::fflush(stderr);
+    const int saved = ::dup(STDERR_FILENO), fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    REQUIRE((saved >= 0 && fd >= 0));
+    ::dup2(fd, STDERR_FILENO);
+    nn::output::ProgressBar bar(100, "test");
+    for (int i = 1; i <= 100; ++i) bar.update(i, i == 3 || i == 50 ? std::nan("") : 1.0 / i);
+    bar.finish();
+    std::fflush(stderr);
+    ::dup2(saved, STDERR_FILENO);
+    ::close(fd);
+    ::close(saved);
+    const std::string text = read_text("bar.log");
+    CHECK_THAT(text, Contains("test [........................]   3%  3/100"));  // drawn at the first NaN
+    CHECK_THAT(text, Contains("1 non-finite loss (last nan)"));
+    CHECK_THAT(text, Contains("100/100"));
+    CHECK_THAT(text, Contains("2 non-finite losses (last nan)"));
+  }
   CHECK_THROWS_WITH(nn::output::save_png((dir / "x.png").string(), zeros({2, 4, 4})), Contains("expected 1 or 3 channels"));
   fs::remove_all(dir);
 }

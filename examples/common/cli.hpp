@@ -1,0 +1,78 @@
+// Command-line conventions shared by the example programs:
+//   - stdout is line-buffered, so log lines and the progress bar (stderr) interleave in order
+//     when the output goes to a file or a pipe;
+//   - --help shows every option's default, and an option given twice takes its last value (a
+//     script's defaults can be overridden by flags appended to its command line);
+//   - a usage error prints "error: <what>" and exits with status 1, like every other failure.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <cmath>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+namespace tg::examples {
+
+inline void configure(CLI::App& app) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  app.option_defaults()->always_capture_default()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+}
+
+// Parses the command line. Returns the exit status when the program should stop now (after
+// --help: 0; after a usage error: 1), nothing when it should run.
+inline std::optional<int> parse(CLI::App& app, int argc, char** argv) {
+  // An unknown command word: name it (CLI11 would only say that a subcommand is required).
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      fmt::print(stderr, "error: unknown command '{}' (expected one of: {})\nRun with --help for more information.\n", argv[1],
+                 names);
+      return 1;
+    }
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    fmt::print(stderr, "error: {}\nRun with --help for more information.\n", e.what());
+    return 1;
+  }
+  return std::nullopt;
+}
+
+// Number checks with plain messages (CLI11's own print the range as 300-digit numbers).
+namespace detail {
+inline CLI::Validator number_check(const char* description, bool (*ok)(double)) {
+  return CLI::Validator(
+      [description, ok](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v) || !std::isfinite(v)) return "expected a number, got '" + text + "'";
+        if (!ok(v)) return std::string("must be ") + description + ", got " + text;
+        return {};
+      },
+      description);
+}
+}  // namespace detail
+inline const CLI::Validator Positive = detail::number_check("positive", [](double v) { return v > 0; });
+inline const CLI::Validator NonNegative = detail::number_check("non-negative", [](double v) { return v >= 0; });
+// [lo, hi] with readable bounds.
+inline CLI::Validator Between(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v) || std::isnan(v)) return "expected a number, got '" + text + "'";
+        if (v < lo || v > hi) return fmt::format("must be in [{:g}, {:g}], got {}", lo, hi, text);
+        return {};
+      },
+      fmt::format("in [{:g}, {:g}]", lo, hi));
+}
+
+}  // namespace tg::examples
