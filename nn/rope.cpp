@@ -152,7 +152,9 @@ void PositionBuilder::text_like(TokenKind kind) {
 }
 
 PositionBuilder& PositionBuilder::add_text(std::int64_t k) {
-  TG_CHECK(k >= 0, "PositionBuilder::add_text: count must be >= 0, got {}", k);
+  TG_CHECK(k >= 0 && k <= PositionBuilder::kMaxTokens - size(),
+           "PositionBuilder::add_text: count must be in 0..{} (a sequence holds at most {} tokens; {} so far), got {}",
+           PositionBuilder::kMaxTokens - size(), PositionBuilder::kMaxTokens, size(), k);
   for (std::int64_t i = 0; i < k; ++i) text_like(TokenKind::text);
   return *this;
 }
@@ -182,6 +184,11 @@ void PositionBuilder::grid(const std::vector<std::int64_t>& dims, bool markers, 
     TG_CHECK(!has_grid_, "PositionBuilder::{}: {} positions hold a single image; this builder has one already", call,
              positions_name(config_));
   }
+  double cells = 1;  // in f64: the product of absurd dims must not wrap
+  for (const std::int64_t d : dims) cells *= static_cast<double>(d);
+  TG_CHECK(cells + 2 <= static_cast<double>(kMaxTokens - size()),
+           "PositionBuilder::{}: {} patches do not fit (a sequence holds at most {} tokens; {} so far)", call, cells, kMaxTokens,
+           size());
   has_grid_ = true;
   if (markers) text_like(TokenKind::image_begin);
   const double L = next_ - 1;  // the last text-like position before the grid

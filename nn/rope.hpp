@@ -90,6 +90,9 @@ enum class TokenKind : std::uint8_t { text, image_begin, image_end, patch };
 // decoder continues a prompt with add_text(1) per generated token.
 class PositionBuilder {
  public:
+  // Tokens one builder holds at most (far beyond what attention over them could process here).
+  static constexpr std::int64_t kMaxTokens = std::int64_t{1} << 24;
+
   explicit PositionBuilder(const PositionConfig& config = {});
   explicit PositionBuilder(PositionScheme scheme) : PositionBuilder(PositionConfig{.scheme = scheme}) {}
 

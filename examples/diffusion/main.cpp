@@ -135,6 +135,14 @@ cls::Data load_data(const std::string& folder, bool synthetic, std::int64_t max_
 
 // ---- FD_clf ------------------------------------------------------------------------------------------------------
 
+// The noise floor compares n real test images with the other N - n: both need 2 or more.
+void check_fd_count(std::int64_t n, std::int64_t test_images) {
+  TG_CHECK(n >= 2 && n <= test_images - 2,
+           "FD: the sample count must be between 2 and {} (the test set's {} images minus 2: the noise floor compares n "
+           "real test images with the other N - n), got {}",
+           test_images - 2, test_images, n);
+}
+
 struct FDContext {
   cls::Classifier fd;
   Tensor real;                                  // [N_test, 128] features of the real test images
@@ -146,7 +154,7 @@ struct FDContext {
     auto it = floor_matched.find(n);
     if (it != floor_matched.end()) return it->second;
     const std::int64_t N = real.shape()[0];
-    TG_CHECK(n >= 2 && n <= N - 2, "FD: {} samples, but the test set has {} images", n, N);
+    check_fd_count(n, N);
     Generator gen(12345);
     const Tensor shuffled = ops::index_select(real, 0, randperm(N, gen));
     const double f = nn::metrics::frechet_distance(shuffled.narrow(0, 0, n), shuffled.narrow(0, n, N - n));
@@ -197,6 +205,9 @@ Tensor mosaic(const Tensor& images, std::int64_t n) {
 
 // ---- train --------------------------------------------------------------------------------------------------------
 
+// Network evaluations per sample accepted on the command line (DDPM's classic schedule has 1000).
+constexpr std::int64_t kMaxNfe = 10000;
+
 struct TrainArgs {
   std::string out = "runs/diffusion", data;
   bool synthetic = false, resume = false, unconditional = false;
@@ -223,6 +234,7 @@ void keep_metrics_through(const std::string& path, std::int64_t step) {
 }
 
 int train(const TrainArgs& a) {
+  diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
   fs::create_directories(a.out);
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
@@ -250,6 +262,18 @@ int train(const TrainArgs& a) {
   // metrics logged after it (by a run killed between checkpoints) are dropped, not repeated.
   const std::string ckpt_path = a.out + "/checkpoint.safetensors";
   const bool resuming = a.resume && fs::exists(ckpt_path);
+  if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", a.out);
+  if (resuming && fs::exists(cfg_path)) {  // the same training settings (--minutes / --steps may change: they extend a run)
+    const nlohmann::json cfg = read_run(a.out).json;
+    const nlohmann::json now = {{"batch", a.batch}, {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup},
+                                {"ema", a.ema}, {"label_dropout", a.label_dropout}, {"seed", a.seed}, {"max_train", a.max_train},
+                                {"data", data.train.source}};
+    for (const auto& [key, value] : now.items())
+      TG_CHECK(!cfg.contains(key) || cfg[key] == value,
+               "train --resume: the run in '{}' was trained with {} = {}, not {}; resume with the same settings (or train into "
+               "a new --out folder)",
+               a.out, key, cfg[key].dump(), value.dump());
+  }
   if (resuming) {
     const std::int64_t ckpt_step = nn::training_checkpoint_step(nn::load_safetensors(ckpt_path), ckpt_path);
     keep_metrics_through(a.out + "/metrics.csv", ckpt_step);
@@ -321,8 +345,10 @@ int train(const TrainArgs& a) {
   const diff::Generated g = diff::generate(
       averaged, {.sampler = diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe), .count = 80, .batch = 80, .noise_seed = 1});
   save_samples(a.out + "/samples.png", g, mc.image_size, data.test.class_names, 10);
-  fmt::print("trained {} steps in {:.1f} min ({:.2f} steps/s); final loss (mean of the last 200 steps) {:.4f}\n", r.steps,
-             r.seconds / 60, static_cast<double>(r.steps) / std::max(r.seconds, 1e-9), r.final_loss);
+  fmt::print("trained {} steps in {:.1f} min ({:.2f} steps/s); {}\n", r.steps, r.seconds / 60,
+             static_cast<double>(r.steps) / std::max(r.seconds, 1e-9),
+             r.final_loss_steps > 0 ? fmt::format("final loss (mean of the last {} steps) {:.4f}", r.final_loss_steps, r.final_loss)
+                                    : std::string("no steps left to train (the run had finished)"));
   fmt::print("run folder: {}\n  config.json metrics.csv loss.svg samples.png (Heun, {} NFE, {:.1f} s)\n", a.out, a.grid_nfe, seconds_since(t0));
   fmt::print("  model_ema.safetensors (EMA weights, used for sampling) model.safetensors checkpoint.safetensors (resumable)\n");
   return 0;
@@ -364,9 +390,11 @@ int sample_cmd(SampleArgs a) {
 
 int eval_cmd(SampleArgs a) {
   if (a.count == 0) a.count = 2000;
+  generate_options(a, a.seed);  // bad sampler settings fail before the FD classifier and the data are loaded
   diff::UNet net = load_model(a.run, a.raw);
   const Run run = read_run(a.run);
   const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
+  check_fd_count(a.count, data.test.size());
   FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   std::vector<double> fds;
@@ -386,7 +414,8 @@ int eval_cmd(SampleArgs a) {
   fmt::print("noise floor: {:.3f} (test halves, 5000 vs 5000), {:.3f} ({} real test images vs the other {})\n", fd.floor_half,
              floor_n, a.count, fd.real.shape()[0] - a.count);
   nn::output::CsvWriter csv(a.run + "/eval.csv", {"sampler", "nfe", "rho_bottom", "rho_top", "guidance", "count", "seeds", "fd_clf",
-                                                  "class_accuracy", "noise_floor_halves", "noise_floor_matched"});
+                                                  "class_accuracy", "noise_floor_halves", "noise_floor_matched"},
+                            nn::output::CsvWriter::Mode::append);  // one line per evaluation, kept across runs
   csv.row(std::vector<std::string>{a.sampler, std::to_string(a.nfe), rho_str(a.rho_bottom), rho_str(a.rho_top), rho_str(a.guidance),
                                    std::to_string(a.count), std::to_string(a.seeds), fmt::format("{:.4f}", mean),
                                    fmt::format("{:.4f}", acc), fmt::format("{:.4f}", fd.floor_half), fmt::format("{:.4f}", floor_n)});
@@ -413,6 +442,17 @@ struct Cell {
   double mean() const { return std::accumulate(fd.begin(), fd.end(), 0.0) / static_cast<double>(fd.size()); }
   double accuracy() const { return std::accumulate(acc.begin(), acc.end(), 0.0) / static_cast<double>(acc.size()); }
 };
+
+// FNV-1a hash of every weight's bytes: sweep results are reused only for the model that made them.
+std::string weights_fingerprint(diff::UNet& net) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (const nn::NamedTensor& t : net.state()) {
+    const Tensor c = t.tensor.contiguous();
+    const auto* p = static_cast<const unsigned char*>(c.raw_data());
+    for (std::size_t i = 0; i < static_cast<std::size_t>(c.numel()) * c.element_size(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
 
 // Mean and sample standard deviation.
 std::pair<double, double> mean_std(const std::vector<double>& v) {
@@ -448,14 +488,7 @@ std::vector<std::map<std::string, std::string>> read_csv(const std::string& path
 }
 
 int sweep_cmd(const SweepArgs& a) {
-  diff::UNet net = load_model(a.run, false);
-  const Run run = read_run(a.run);
-  const std::string out = a.out.empty() ? a.run + "/sweep" : a.out;
-  fs::create_directories(out);
-  const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
-  FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
-  const double floor_n = fd.matched_floor(a.count);
-  const std::int64_t S = net.config.image_size;
+  // The plan is checked whole before anything is loaded or computed.
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> plan;
   if (!a.heun.empty()) plan.push_back({"heun", a.heun});
   if (!a.ddim.empty()) plan.push_back({"ddim", a.ddim});
@@ -463,6 +496,20 @@ int sweep_cmd(const SweepArgs& a) {
   if (!a.ddpm.empty()) plan.push_back({"ddpm", a.ddpm});
   TG_CHECK(!plan.empty() && !a.rhos.empty(), "sweep: nothing to do (no samplers or no rho values)");
   TG_CHECK(std::find(a.rhos.begin(), a.rhos.end(), 1.0) != a.rhos.end(), "sweep: the rho values must include the baseline 1");
+  for (const auto& [sname, nfes] : plan)
+    for (std::int64_t nfe : nfes) {
+      TG_CHECK(nfe >= 1 && nfe <= kMaxNfe, "sweep: {} NFE {} is outside 1..{}", sname, nfe, kMaxNfe);
+      diff::sampler_for_nfe(diff::parse_sampler(sname), nfe);
+    }
+  diff::UNet net = load_model(a.run, false);
+  const Run run = read_run(a.run);
+  const std::string out = a.out.empty() ? a.run + "/sweep" : a.out;
+  const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
+  check_fd_count(a.count, data.test.size());
+  fs::create_directories(out);
+  FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
+  const double floor_n = fd.matched_floor(a.count);
+  const std::int64_t S = net.config.image_size;
   std::int64_t total_nfe = 0, pairs = 0;
   for (auto& [s, nfes] : plan)
     for (auto n : nfes) {
@@ -479,10 +526,15 @@ int sweep_cmd(const SweepArgs& a) {
   const std::string runs_csv = out + "/sweep_runs.csv";
   using Key = std::tuple<std::string, std::int64_t, std::string, std::string, std::string, std::int64_t>;
   std::map<Key, std::pair<double, double>> done;  // (sampler, nfe, rho, rho_top, seed, count) -> (fd, accuracy)
+  const std::string model_id = weights_fingerprint(net);
   if (a.resume) {
     std::size_t line = 1;  // read_csv refuses rows with a wrong field count, so row i is line i + 1
     for (auto& r : read_csv(runs_csv)) {
       ++line;
+      TG_CHECK(r.count("model") && r.at("model") == model_id,
+               "sweep --resume: '{}' holds results of another model (line {}: weights {}, this run's are {}); sweep into "
+               "another --out folder",
+               runs_csv, line, r.count("model") ? r.at("model") : std::string("not recorded"), model_id);
       try {
         done[{r.at("sampler"), std::stoll(r.at("nfe")), r.at("rho_bottom"), r.at("rho_top"), r.at("seed"),
               std::stoll(r.at("count"))}] = {std::stod(r.at("fd_clf")), std::stod(r.at("class_accuracy"))};
@@ -494,7 +546,7 @@ int sweep_cmd(const SweepArgs& a) {
   }
   for (const char* f : {"/sweep.csv", "/denoise_error.csv"}) fs::remove(out + f);
   // Resuming appends to the per-seed results (they are kept); a new sweep starts the file over.
-  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds"},
+  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds", "model"},
                             a.resume ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   std::vector<Cell> cells;
   const auto t_all = Clock::now();
@@ -527,7 +579,7 @@ int sweep_cmd(const SweepArgs& a) {
           c.acc.push_back(sc.accuracy);
           raw.row(std::vector<std::string>{sname, std::to_string(nfe), rho_str(rho), rho_str(a.rho_top), std::to_string(seed),
                                            std::to_string(a.count), fmt::format("{:.4f}", sc.fd), fmt::format("{:.4f}", sc.accuracy),
-                                           fmt::format("{:.1f}", seconds_since(t0))});
+                                           fmt::format("{:.1f}", seconds_since(t0)), model_id});
         }
         const auto [m, sd] = mean_std(c.fd);
         fmt::print("{:5s} NFE {:3d} rho_bottom {:4}: FD_clf {:8.3f} +- {:6.3f}  acc {:5.1f}%   [{:.0f} s elapsed]\n", sname, nfe,
@@ -667,8 +719,9 @@ int sweep_cmd(const SweepArgs& a) {
     nn::output::save_image_grid(fmt::format("{}/compare_{}_nfe{}.png", out, sname, nfe), ops::stack(halves, 0), go);
   }
   fmt::print("\n{}\n", md);
-  fmt::print("sweep folder: {}\n  sweep.md sweep.csv sweep_runs.csv denoise_error.csv fd_vs_nfe.svg compare_<sampler>_nfe<N>.png\n"
-             "total {:.1f} min\n", out, seconds_since(t_all) / 60);
+  const bool denoise = a.denoise_count > 0 && !a.denoise_sigmas.empty();
+  fmt::print("sweep folder: {}\n  sweep.md sweep.csv sweep_runs.csv{} fd_vs_nfe.svg compare_<sampler>_nfe<N>.png\n"
+             "total {:.1f} min\n", out, denoise ? " denoise_error.csv" : "", seconds_since(t_all) / 60);
   return 0;
 }
 
@@ -719,12 +772,14 @@ int main(int argc, char** argv) {
       ->check(examples::Between(0.0, 1.0));
   tr->add_option("--ema", ta.ema, "Decay of the weight EMA used for sampling (ramped up as min(decay, (1+t)/(10+t)))")->check(examples::Between(0.0, 1.0));
   tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(examples::Positive);
-  tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")->check(examples::Positive);
+  tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")
+      ->check(examples::Between(1, kMaxNfe));
   tr->add_option("--seed", ta.seed, "Seed for the initialisation, batch order and noise");
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images")->check(examples::NonNegative);
-  tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings)");
+  tr->add_flag("--resume", ta.resume,
+               "Continue from the run folder's checkpoint.safetensors (same settings; --minutes / --steps may change)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   SampleArgs sa;
@@ -732,7 +787,8 @@ int main(int argc, char** argv) {
     c->add_option("--run", sa.run, "Run folder written by train");
     c->add_option("--sampler", sa.sampler, "heun | euler (EDM ODE), ddim (eta), ddpm (ancestral)")
         ->check(CLI::IsMember({"heun", "euler", "ddim", "ddpm"}));
-    c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")->check(examples::Positive);
+    c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")
+        ->check(examples::Between(1, kMaxNfe));
     c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic)")->check(examples::NonNegative);
     c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (1: off)");
     c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)");

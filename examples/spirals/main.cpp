@@ -5,10 +5,13 @@
 //   build/examples/spirals [steps] [seed]
 #include <fmt/core.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
+#include <cstdint>
+#include <cstring>
 #include <numbers>
+#include <optional>
 
 #include "core/autograd.hpp"
 #include "core/random.hpp"
@@ -41,16 +44,27 @@ std::pair<Tensor, Tensor> make_spirals(std::int64_t n, Generator& gen) {
   return {x, y};
 }
 
+// The whole of `text` as a number in [lo, hi], else nothing.
+template <class T>
+std::optional<T> parse_number(const char* text, T lo, T hi) {
+  T v{};
+  const char* end = text + std::strlen(text);
+  const auto [p, err] = std::from_chars(text, end, v);
+  if (err != std::errc() || p != end || v < lo || v > hi) return std::nullopt;
+  return v;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int steps = argc > 1 ? std::atoi(argv[1]) : 2000;
-  const std::uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 0;
-  if (steps <= 0) {
-    fmt::print(stderr, "usage: spirals [steps > 0] [seed]\n");
-    return 2;
+  constexpr std::int64_t kMaxSteps = 10'000'000;
+  const auto steps = argc > 1 ? parse_number<std::int64_t>(argv[1], 1, kMaxSteps) : std::optional<std::int64_t>(2000);
+  const auto seed = argc > 2 ? parse_number<std::uint64_t>(argv[2], 0, UINT64_MAX) : std::optional<std::uint64_t>(0);
+  if (argc > 3 || !steps || !seed) {
+    fmt::print(stderr, "error: usage: spirals [steps: 1..{}] [seed: a non-negative integer]\n", kMaxSteps);
+    return 1;
   }
-  Generator gen(seed);
+  Generator gen(*seed);
   auto [x, y] = make_spirals(200, gen);  // x [400, 2], y [400]
 
   // Parameters: leaves that require grad.
@@ -68,7 +82,8 @@ int main(int argc, char** argv) {
   const double lr = 0.1, momentum = 0.9;
   const auto start = std::chrono::steady_clock::now();
   fmt::print("fitting an MLP with two {}-unit hidden layers to two spirals ({} points) with momentum gradient descent\n", hidden, x.shape()[0]);
-  for (int step = 1; step <= steps; ++step) {
+  const std::int64_t total = *steps;
+  for (std::int64_t step = 1; step <= total; ++step) {
     Tensor h1 = ops::tanh(ops::linear(x, w1, b1));      // [400, 64]
     Tensor h2 = ops::tanh(ops::linear(h1, w2, b2));     // [400, 64]
     Tensor logits = ops::linear(h2, w3, b3);            // [400, 2]
@@ -82,13 +97,13 @@ int main(int argc, char** argv) {
         params[i].copy_(params[i] - velocity[i] * lr);
       }
     }
-    if (step == 1 || step % (steps / 10 > 0 ? steps / 10 : 1) == 0) {
+    if (step == 1 || step % (total / 10 > 0 ? total / 10 : 1) == 0) {
       NoGradGuard no_grad;
       const double acc = ops::mean(ops::eq(ops::argmax(logits, 1), y)).item();
       fmt::print("step {:5d}  loss {:.4f}  train accuracy {:5.1f}%\n", step, loss.item(), 100 * acc);
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  fmt::print("done: {} steps in {:.2f} s ({:.0f} steps/s)\n", steps, secs, steps / secs);
+  fmt::print("done: {} steps in {:.2f} s ({:.0f} steps/s)\n", total, secs, static_cast<double>(total) / secs);
   return 0;
 }

@@ -133,6 +133,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
   r.steps = step;
   r.seconds = total;
   for (double l : recent) r.final_loss += l / static_cast<double>(recent.size());
+  r.final_loss_steps = static_cast<std::int64_t>(recent.size());
   return r;
 }
 

@@ -53,7 +53,8 @@ struct TrainOptions {
 struct TrainResult {
   std::int64_t steps = 0;
   double seconds = 0;
-  double final_loss = 0;  // mean loss of the last min(200, steps run now) steps
+  double final_loss = 0;           // mean loss of the last final_loss_steps steps
+  std::int64_t final_loss_steps = 0;  // min(200, steps run by this call): 0 for a run already finished
 };
 
 // Trains `model` on images [N, C, S, S] in [-1, 1] (labels [N] i64) with Adam; `ema` (built on the

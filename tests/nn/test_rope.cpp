@@ -311,6 +311,12 @@ TEST_CASE("rope: per-sequence positions and errors", "[nn][rope]") {
   PositionBuilder tv(nn::parse_positions("tv"));
   CHECK_THROWS_WITH(tv.add_video(2, 2, 2), Contains("tv positions have 2 axes and no video rule"));
   CHECK_THROWS_WITH(tv.add_image(0, 3), Contains("need h, w >= 1"));
+  // Absurd sizes are refused up front (not grown token by token until memory runs out).
+  CHECK_THROWS_WITH(nn::PositionBuilder(nn::PositionScheme::tv).add_text(std::int64_t{1} << 40),
+                    Contains("a sequence holds at most 16777216 tokens"));
+  CHECK_THROWS_WITH(nn::PositionBuilder(nn::PositionScheme::tv).add_image(100000, 100000), Contains("10000000000 patches do not fit"));
+  CHECK_THROWS_WITH(nn::PositionBuilder(nn::PositionConfig{.scheme = nn::PositionScheme::tv, .axes = 3}).add_video(1 << 20, 1 << 20, 1 << 20),
+                    Contains("patches do not fit"));
   CHECK_THROWS_WITH(PositionBuilder(PositionConfig{.scheme = PositionScheme::flat1d, .axes = 2}),
                     Contains("flat1d positions have 1 axis"));
   CHECK_THROWS_WITH(tv.positions(0, 1), Contains("outside the 0 tokens"));
