@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "core/autograd.hpp"
 #include "core/parallel.hpp"
 
 namespace tg::ops {
@@ -25,6 +26,15 @@ std::vector<Segment> segments(const Tensors& ts) {
   return out;
 }
 
+// The updates are not recorded on the tape: like Tensor::fill_, they refuse to write into a tensor
+// that requires grad while grad mode is on.
+void check_unrecorded_write(const char* op, const Tensor& t, std::size_t i) {
+  TG_CHECK(!(grad_enabled() && t.requires_grad()),
+           "{}: tensor {} (shape {}) requires grad and grad mode is on; in-place updates are not recorded, so call it under "
+           "NoGradGuard (as the optimizers do)",
+           op, i, t.shape());
+}
+
 void check_group(const char* op, const Tensors& a, const Tensors& b) {
   TG_CHECK(a.size() == b.size(), "{}: {} tensors but {} companions", op, a.size(), b.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
@@ -34,6 +44,7 @@ void check_group(const char* op, const Tensors& a, const Tensors& b) {
              b[i].dtype());
     TG_CHECK(a[i].is_contiguous() && b[i].is_contiguous(), "{}: tensor {} must be contiguous", op, i);
     TG_CHECK(a[i].is_floating_point(), "{}: tensor {} must be floating-point, got {}", op, i, a[i].dtype());
+    check_unrecorded_write(op, a[i], i);
   }
 }
 
@@ -176,7 +187,11 @@ double sum_of_squares(const Tensors& tensors) {
 }
 
 void scale_(const Tensors& tensors, double s) {
-  for (const Tensor& t : tensors) TG_CHECK(t.defined() && t.is_contiguous() && t.is_floating_point(), "scale_: tensors must be contiguous floating-point");
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i];
+    TG_CHECK(t.defined() && t.is_contiguous() && t.is_floating_point(), "scale_: tensors must be contiguous floating-point");
+    check_unrecorded_write("scale_", t, i);
+  }
   for_segments(tensors, [&]<class T>(const Segment& seg) {
     T* x = tensors[seg.tensor].data<T>();
     const T f = static_cast<T>(s);

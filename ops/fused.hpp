@@ -1,6 +1,6 @@
 // Fused in-place parameter updates (optimizers, EMA): one parallel pass over all parameters.
-// Not differentiable; they write into their tensors (call them under NoGradGuard) and bump
-// each tensor's version. All tensors must be contiguous and of one floating dtype per group.
+// Not differentiable; they write into their tensors (call them under NoGradGuard: a parameter
+// that requires grad is refused while grad mode is on) and bump each tensor's version. All tensors must be contiguous and of one floating dtype per group.
 #pragma once
 
 #include <vector>

@@ -168,6 +168,15 @@ TEST_CASE("random and fused updates reject arguments they cannot honour", "[ops]
   CHECK_NOTHROW(gen.randint(std::numeric_limits<std::int64_t>::min(), kMax));
   const Tensor p = ones({3}), g = ones({3}), m = zeros({3}), v = zeros({3});
   CHECK_THROWS_WITH(ops::adam_step({p}, {g}, {m}, {v}, {.step = 0}), Contains("adam_step: step counts updates from 1"));
+  // Unrecorded in-place updates of a parameter that requires grad need NoGradGuard, as fill_ does.
+  const Tensor leaf = ones({3}).requires_grad_();
+  CHECK_THROWS_WITH(ops::scale_({leaf}, 0.5), Contains("scale_: tensor 0 (shape [3]) requires grad and grad mode is on"));
+  CHECK_THROWS_WITH(ops::sgd_step({leaf}, {g}, {}, {}), Contains("sgd_step: tensor 0 (shape [3]) requires grad"));
+  {
+    NoGradGuard no_grad;
+    ops::scale_({leaf}, 0.5);
+  }
+  CHECK(leaf.detach().to_vector<float>() == std::vector<float>{0.5f, 0.5f, 0.5f});
 }
 
 TEST_CASE("errors name the op that was called, not the op it is built from", "[ops][edge][errors]") {
