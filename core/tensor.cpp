@@ -213,6 +213,10 @@ Tensor arange(double start, double stop, double step, DType dtype) {
   const double count = std::ceil((stop - start) / step);
   TG_CHECK(count < 0x1p62, "arange: ({}, {}, {}) would have {} elements", start, stop, step, count);
   const auto n = static_cast<std::int64_t>(std::max(0.0, count));
+  if (n > 0) {  // the first and the last value must fit an integer dtype
+    check_scalar_fits("arange", start, dtype);
+    check_scalar_fits("arange", start + static_cast<double>(n - 1) * step, dtype);
+  }
   Tensor t = allocate("arange", Shape{n}, dtype);
   dispatch(dtype, "arange", [&]<class T>() {
     T* p = t.data<T>();
@@ -224,6 +228,10 @@ Tensor arange(std::int64_t stop, DType dtype) { return arange(0.0, static_cast<d
 
 Tensor linspace(double start, double stop, std::int64_t n, DType dtype) {
   TG_CHECK(n >= 0, "linspace: expected n >= 0, got {}", n);
+  if (n > 0) {
+    check_scalar_fits("linspace", start, dtype);
+    check_scalar_fits("linspace", stop, dtype);
+  }
   Tensor t = allocate("linspace", Shape{n}, dtype);
   dispatch(dtype, "linspace", [&]<class T>() {
     T* p = t.data<T>();

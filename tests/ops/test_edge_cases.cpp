@@ -230,6 +230,10 @@ TEST_CASE("integer overflow wraps on every reduction path, and values an integer
   // A float that does not fit converts to the integer type's lowest value (x86's and torch's result), without UB.
   CHECK(tensor({1e30, NAN, -7.5}, DType::f64).to(DType::i32).to_vector<std::int32_t>() ==
         std::vector<std::int32_t>{std::numeric_limits<std::int32_t>::min(), std::numeric_limits<std::int32_t>::min(), -7});
+  CHECK(arange(0, 3e9, 1e9, DType::i32).to_vector<std::int32_t>() == std::vector<std::int32_t>{0, 1000000000, 2000000000});
+  CHECK_THROWS_WITH(arange(2.5e9, 3e9, 1e8, DType::i32), Contains("arange: value 2500000000 does not fit in i32"));
+  CHECK_THROWS_WITH(linspace(0, NAN, 3, DType::i64), Contains("linspace: value nan does not fit in i64"));
+  CHECK(arange(0, 3e9, 1e9, DType::i64).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1000000000, 2000000000});
   CHECK_THROWS_WITH(eye(3, -5), Contains("eye: expected n >= 0 and m >= 0 (or -1 for m = n), got n = 3, m = -5"));
   CHECK_THROWS_WITH(uniform({2}, 0.0, INFINITY), Contains("uniform: expected finite low <= high"));
   CHECK_THROWS_WITH(randn({2}).unsqueeze(3), Contains("unsqueeze: axis 3 is out of range for a new dim of a 1-d tensor of shape [2] (expected -2 to 1)"));
