@@ -12,7 +12,7 @@ namespace tg {
 namespace {
 
 thread_local bool t_grad_enabled = true;
-std::atomic<bool> g_anomaly{false};
+thread_local bool t_anomaly = false;  // per thread, like grad mode
 std::atomic<std::uint64_t> g_next_sequence_nr{0};
 std::atomic<std::int64_t> g_live_nodes{0};
 std::atomic<autograd::RecordObserver> g_record_observer{nullptr};
@@ -25,8 +25,8 @@ bool grad_enabled() { return t_grad_enabled; }
 void set_grad_enabled(bool enabled) { t_grad_enabled = enabled; }
 
 namespace autograd {
-void set_anomaly_mode(bool enabled) { g_anomaly.store(enabled); }
-bool anomaly_mode() { return g_anomaly.load(); }
+void set_anomaly_mode(bool enabled) { t_anomaly = enabled; }
+bool anomaly_mode() { return t_anomaly; }
 std::int64_t live_node_count() { return g_live_nodes.load(); }
 void set_record_observer(RecordObserver observer) { g_record_observer.store(observer); }
 }  // namespace autograd
@@ -230,6 +230,9 @@ class Engine {
 };
 
 void Engine::accumulate_into_leaf(TensorImpl& leaf, const Tensor& g) {
+  // Backward passes on several threads may reach one leaf: its gradient is read, summed and
+  // written back under the leaf's lock (as Tensor::grad / set_grad / reset_grad take it).
+  std::lock_guard lock(detail::leaf_grad_mutex(leaf));
   if (!leaf.grad) {
     // Keep an owned, contiguous gradient: `g` may be shared with other leaves or be a broadcast view.
     const bool owned = g.storage().use_count() == 1 && g.is_contiguous() && g.offset() == 0 &&

@@ -161,6 +161,7 @@ Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_
 Tensor jacobian(const std::function<Tensor(const Tensor&)>& f, const Tensor& x);
 
 // ---- anomaly mode -----------------------------------------------------------------------------------------
+// Per thread, like grad mode: it applies to the ops and backward passes the calling thread runs.
 // When on, every op's outputs (forward) and every computed gradient (backward) are checked for
 // NaN/Inf, and the first one found raises an error naming the op and its place on the tape.
 void set_anomaly_mode(bool enabled);

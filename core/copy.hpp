@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -16,6 +17,8 @@ void copy_into(const Tensor& dst, const Tensor& src);
 // Every element of dst = value; `op` names the caller in the error for a value dst's integer
 // dtype cannot hold.
 void fill(const Tensor& dst, double value, const char* op = "fill_");
+// The lock that guards a leaf's .grad (shared by a few leaves: striped).
+std::mutex& leaf_grad_mutex(const TensorImpl& leaf);
 // a + b for tensors of one shape and dtype, as a new contiguous tensor.
 Tensor add_same_shape(const Tensor& a, const Tensor& b);
 // acc += g (same shape and dtype): in place when acc is the only handle to its own contiguous

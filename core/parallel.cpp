@@ -31,7 +31,11 @@ void parallel_for(std::int64_t n, std::int64_t grain, FunctionRef<void(std::int6
       oneapi::tbb::simple_partitioner());
 }
 
-int num_threads() { return oneapi::tbb::this_task_arena::max_concurrency(); }
+int num_threads() {
+  // The arena's size, capped by set_num_threads (a global_control limit the arena does not report).
+  const auto limit = oneapi::tbb::global_control::active_value(oneapi::tbb::global_control::max_allowed_parallelism);
+  return static_cast<int>(std::max<std::size_t>(1, std::min<std::size_t>(oneapi::tbb::this_task_arena::max_concurrency(), limit)));
+}
 
 namespace {
 std::mutex g_control_mutex;

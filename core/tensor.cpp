@@ -1,8 +1,10 @@
 #include "core/tensor.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "core/autograd.hpp"
 #include "core/copy.hpp"
@@ -85,22 +87,30 @@ Tensor& Tensor::requires_grad_(bool on) {
   return *this;
 }
 
+namespace detail {
+std::mutex& leaf_grad_mutex(const TensorImpl& leaf) {
+  // Striped: a lock per leaf would cost a mutex in every tensor.
+  static std::array<std::mutex, 64> stripes;
+  return stripes[(reinterpret_cast<std::uintptr_t>(&leaf) >> 6) % stripes.size()];
+}
+}  // namespace detail
+
 Tensor Tensor::grad() const {
+  std::lock_guard lock(detail::leaf_grad_mutex(impl()));
   const auto& g = impl().grad;
   return g ? Tensor(g) : Tensor();
 }
 
 void Tensor::set_grad(const Tensor& g) {
-  if (g.defined()) {
+  if (g.defined())
     TG_CHECK(g.shape() == shape() && g.dtype() == dtype(), "set_grad: gradient {} {} does not match tensor {} {}",
              g.shape(), g.dtype(), shape(), dtype());
-    impl().grad = g.detach().impl_ptr();
-  } else {
-    impl().grad.reset();
-  }
+  std::shared_ptr<TensorImpl> value = g.defined() ? g.detach().impl_ptr() : nullptr;
+  std::lock_guard lock(detail::leaf_grad_mutex(impl()));
+  impl().grad.swap(value);  // the old gradient is released after the lock
 }
 
-void Tensor::reset_grad() { impl().grad.reset(); }
+void Tensor::reset_grad() { set_grad(Tensor()); }
 
 Tensor Tensor::detach() const {
   auto d = std::make_shared<TensorImpl>();

@@ -33,9 +33,10 @@ void write_png(const std::string& path, const std::vector<std::uint8_t>& rgb, st
 // Draws text with stb_easy_font (axis-aligned quads) into an RGB buffer.
 void draw_text(std::vector<std::uint8_t>& rgb, std::int64_t w, std::int64_t h, std::int64_t x0, std::int64_t y0,
                const std::string& text, std::uint8_t r, std::uint8_t g, std::uint8_t b) {
-  static char buffer[64 * 1024];
-  const int quads = stb_easy_font_print(0, 0, const_cast<char*>(text.c_str()), nullptr, buffer, sizeof(buffer));
-  const float* v = reinterpret_cast<const float*>(buffer);
+  std::vector<float> buffer(16 * 1024);  // per call: grids may be drawn on several threads at once
+  const int quads = stb_easy_font_print(0, 0, const_cast<char*>(text.c_str()), nullptr, buffer.data(),
+                                        static_cast<int>(buffer.size() * sizeof(float)));
+  const float* v = buffer.data();
   for (int q = 0; q < quads; ++q) {
     const float* quad = v + q * 16;  // 4 vertices of (x, y, z, color)
     const auto xa = static_cast<std::int64_t>(quad[0]), ya = static_cast<std::int64_t>(quad[1]);

@@ -3,8 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <thread>
+#include <vector>
 
 #include "core/autograd.hpp"
+#include "core/parallel.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
 #include "tests/support/gradcheck.hpp"
@@ -205,4 +207,39 @@ TEST_CASE("anomaly mode names the op that produced NaN/Inf", "[core][autograd][a
     CHECK_THROWS_WITH(ops::sum(s).backward(), Contains("the backward of 'sqrt'") && Contains("+Inf"));
   }
   CHECK_FALSE(autograd::anomaly_mode());
+  // Per thread: another thread's guard neither reaches this thread nor is left switched on.
+  {
+    autograd::AnomalyModeGuard anomaly;
+    bool other_sees = true, other_threw = true;
+    std::thread([&] {
+      other_sees = autograd::anomaly_mode();
+      try {
+        ops::log(tensor({0.0}, DType::f64).requires_grad_());
+        other_threw = false;
+      } catch (const Error&) {
+      }
+    }).join();
+    CHECK_FALSE(other_sees);
+    CHECK_FALSE(other_threw);
+  }
+}
+
+TEST_CASE("backward passes on several threads accumulate into one leaf without losing any", "[core][autograd][threads]") {
+  constexpr int kThreads = 4, kIters = 2000;
+  Tensor w = zeros({16}, DType::f64).requires_grad_();
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; ++t)
+    pool.emplace_back([&] {
+      for (int i = 0; i < kIters; ++i) ops::sum(w * 1.0).backward();
+    });
+  for (std::thread& t : pool) t.join();
+  CHECK(w.grad().to_vector<double>() == std::vector<double>(16, kThreads * kIters));
+}
+
+TEST_CASE("num_threads reports the limit set_num_threads sets", "[core][threads]") {
+  const int all = num_threads();
+  set_num_threads(1);
+  CHECK(num_threads() == 1);
+  set_num_threads(0);
+  CHECK(num_threads() == all);
 }
