@@ -14,6 +14,7 @@ namespace tg::nn {
 MultiheadAttention::MultiheadAttention(std::int64_t dim, std::int64_t h, const AttentionOptions& o)
     : heads(h), cross(o.kv_dim > 0), dropout(o.dropout), gen(o.gen) {
   TG_CHECK(dim > 0 && h > 0 && dim % h == 0, "MultiheadAttention: {} heads must divide dim {}", h, dim);
+  TG_CHECK(o.kv_dim == -1 || o.kv_dim > 0, "MultiheadAttention: kv_dim must be -1 (self-attention) or positive, got {}", o.kv_dim);
   head_dim = dim / h;
   scale = o.scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
   TG_CHECK(std::isfinite(scale), "MultiheadAttention: the score scale must be finite, got {}", scale);
@@ -67,9 +68,10 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
     TG_CHECK(c.length + T <= c.capacity, "MultiheadAttention: the KV cache holds {} positions; {} + {} do not fit",
              c.capacity, c.length, T);
     if (!c.k.defined() || c.k.shape()[0] != B) {
+      TG_CHECK(c.length == 0, "MultiheadAttention: the KV cache holds {} positions of a batch of {}, not {}; reset() it first",
+               c.length, c.k.defined() ? c.k.shape()[0] : 0, B);
       c.k = zeros({B, heads, c.capacity, head_dim}, x.dtype());
       c.v = zeros({B, heads, c.capacity, head_dim}, x.dtype());
-      TG_CHECK(c.length == 0, "MultiheadAttention: the KV cache was filled for another batch size");
     }
     // This call's keys/values go into the slots after the cached ones; without append the
     // length stays, so the next call overwrites them.
@@ -106,11 +108,19 @@ std::string MultiheadAttention::extra_repr() const {
                      default_scale ? std::string() : fmt::format(", scale={:g}", scale));
 }
 
+std::int64_t mlp_hidden_width(double mlp_ratio, std::int64_t dim) {
+  const double width = mlp_ratio * static_cast<double>(dim);
+  TG_CHECK(std::isfinite(mlp_ratio) && mlp_ratio > 0 && width >= 0.5 && width <= 0x1p31,
+           "mlp_ratio {} with dim {} gives an MLP width of {}; expected a positive ratio and a width in 1..2^31", mlp_ratio, dim,
+           width);
+  return static_cast<std::int64_t>(std::llround(width));
+}
+
 TransformerBlock::TransformerBlock(std::int64_t dim, std::int64_t heads, const TransformerBlockOptions& o)
     : norm1(dim, o.norm, {.eps = o.norm_eps, .dtype = o.dtype}),
       norm2(dim, o.norm, {.eps = o.norm_eps, .dtype = o.dtype}),
       attn(dim, heads, {.bias = o.bias, .dropout = o.dropout, .scale = o.attention_scale, .dtype = o.dtype, .gen = o.gen}),
-      mlp(dim, static_cast<std::int64_t>(o.mlp_ratio * static_cast<double>(dim)), dim,
+      mlp(dim, mlp_hidden_width(o.mlp_ratio, dim), dim,
           {.activation = o.activation, .swiglu = o.swiglu, .bias = o.bias, .dtype = o.dtype, .gen = o.gen}),
       drop(o.dropout, o.gen) {}
 
@@ -124,6 +134,7 @@ void TransformerBlock::visit(Visitor& v) {
   v.module("attn", attn);
   v.module("norm2", norm2);
   v.module("mlp", mlp);
+  v.module("drop", drop);  // no tensors, but train()/eval() must reach it
 }
 
 }  // namespace tg::nn

@@ -86,6 +86,10 @@ struct TransformerBlockOptions {
   Generator* gen = nullptr;
 };
 
+// The MLP's hidden width round(mlp_ratio * dim), checked: the ratio must be finite and positive,
+// and the width at least 1 and at most 2^31.
+std::int64_t mlp_hidden_width(double mlp_ratio, std::int64_t dim);
+
 // Pre-norm block: x + attn(norm1(x)), then h + mlp(norm2(h)).   x [B, T, dim] -> [B, T, dim]
 class TransformerBlock : public Module {
  public:

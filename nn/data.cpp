@@ -307,7 +307,7 @@ BatchSampler::BatchSampler(std::int64_t n, std::int64_t batch, bool shuffle, std
   TG_CHECK(n > 0 && batch > 0, "BatchSampler: dataset size and batch size must be positive, got {} and {}", n, batch);
 }
 
-std::int64_t BatchSampler::batches_per_epoch() const { return drop_last_ ? n_ / batch_ : (n_ + batch_ - 1) / batch_; }
+std::int64_t BatchSampler::batches_per_epoch() const { return n_ / batch_ + (!drop_last_ && n_ % batch_ != 0 ? 1 : 0); }
 
 Tensor BatchSampler::batch(std::int64_t epoch, std::int64_t b) const {
   TG_CHECK(b >= 0 && b < batches_per_epoch(), "BatchSampler: batch {} out of range ({} per epoch)", b, batches_per_epoch());

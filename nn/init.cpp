@@ -15,8 +15,12 @@ std::pair<std::int64_t, std::int64_t> fans(const Shape& shape) {
 }
 
 namespace {
+// A tensor without elements is left alone (torch's initialisers warn and do nothing): its fans
+// may be 0.
 Initializer fill_with(std::function<Tensor(const Tensor&, Generator&)> make) {
-  return [make = std::move(make)](Tensor& t, Generator& gen) { t.copy_(make(t, gen)); };
+  return [make = std::move(make)](Tensor& t, Generator& gen) {
+    if (t.numel() > 0) t.copy_(make(t, gen));
+  };
 }
 }  // namespace
 

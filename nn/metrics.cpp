@@ -85,6 +85,8 @@ double sliced_wasserstein(const Tensor& a, const Tensor& b, std::int64_t directi
   TG_CHECK(a.dim() == 2 && a.shape() == b.shape(), "sliced_wasserstein: need point sets of one shape [N, D], got {} and {}",
            a.shape(), b.shape());
   TG_CHECK(directions > 0, "sliced_wasserstein: directions must be positive");
+  TG_CHECK(a.shape()[0] > 0 && a.shape()[1] > 0, "sliced_wasserstein: need at least one point of at least one dim, got {}",
+           a.shape());
   Tensor dirs = randn({a.shape()[1], directions}, DType::f64, gen);
   dirs = dirs / ops::norm(dirs, 2.0, {0}, true);
   const Tensor pa = ops::matmul(a.detach().to(DType::f64), dirs), pb = ops::matmul(b.detach().to(DType::f64), dirs);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <string>
+#include <unordered_map>
 
 #include "core/autograd.hpp"
 #include "ops/fused.hpp"
@@ -10,15 +12,27 @@
 namespace tg::nn {
 
 Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::move(groups)), lr_(lr) {
-  TG_CHECK(lr >= 0, "{}: learning rate must be >= 0, got {}", "optimizer", lr);
+  TG_CHECK(std::isfinite(lr) && lr >= 0, "optimizer: learning rate must be finite and >= 0, got {}", lr);
+  std::unordered_map<const TensorImpl*, std::string> seen;  // a tensor listed twice would be updated twice
   for (const ParamGroup& g : groups_) {
+    TG_CHECK(std::isfinite(g.lr_scale) && g.lr_scale >= 0, "optimizer: a group's lr_scale must be finite and >= 0, got {}",
+             g.lr_scale);
+    TG_CHECK(!std::isnan(g.weight_decay), "optimizer: a group's weight_decay is NaN");
     for (const NamedTensor& p : g.params) {
       TG_CHECK(p.tensor.defined() && p.tensor.is_leaf() && p.tensor.is_floating_point(),
                "optimizer: parameter '{}' must be a floating-point leaf tensor", p.name);
       TG_CHECK(p.tensor.is_contiguous(), "optimizer: parameter '{}' must be contiguous", p.name);
+      const auto [it, fresh] = seen.emplace(&p.tensor.impl(), p.name);
+      TG_CHECK(fresh, "optimizer: parameter '{}' is the same tensor as '{}'; list each tensor once (tied weights too)", p.name,
+               it->second);
     }
     updates_.emplace_back(g.params.size(), 0);
   }
+}
+
+void Optimizer::set_lr(double lr) {
+  TG_CHECK(std::isfinite(lr) && lr >= 0, "optimizer: learning rate must be finite and >= 0, got {}", lr);
+  lr_ = lr;
 }
 
 void Optimizer::set_step_count(std::int64_t s) {
@@ -99,6 +113,10 @@ Live live(const ParamGroup& g) {
 
 SGD::SGD(std::vector<NamedTensor> params, const SGDOptions& o) : SGD(one_group(std::move(params)), o) {}
 SGD::SGD(std::vector<ParamGroup> groups, const SGDOptions& o) : Optimizer(std::move(groups), o.lr), options(o) {
+  TG_CHECK(std::isfinite(o.momentum) && o.momentum >= 0, "SGD: momentum must be finite and >= 0, got {}", o.momentum);
+  TG_CHECK(std::isfinite(o.dampening), "SGD: dampening must be finite, got {}", o.dampening);
+  TG_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "SGD: weight_decay must be finite and >= 0, got {}",
+           o.weight_decay);
   TG_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "SGD: nesterov needs momentum > 0 and dampening 0");
   if (o.momentum != 0) add_state("momentum_buffer");
 }
@@ -136,6 +154,8 @@ Adam::Adam(std::vector<ParamGroup> groups, const AdamOptions& o, bool decoupled)
   TG_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, "{}: betas must be in [0, 1), got ({}, {})",
            type_name(), o.beta1, o.beta2);
   TG_CHECK(o.eps >= 0, "{}: eps must be >= 0", type_name());
+  TG_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "{}: weight_decay must be finite and >= 0, got {}", type_name(),
+           o.weight_decay);
   add_state("exp_avg");
   add_state("exp_avg_sq");
 }
@@ -178,13 +198,17 @@ double clip_grad_norm(const Tensors& params, double max_norm) {
     if (p.grad().defined()) grads.push_back(p.grad());
   const double norm = std::sqrt(ops::sum_of_squares(grads));
   const double scale = max_norm / (norm + 1e-6);
-  if (scale < 1) ops::scale_(grads, scale);
+  // As torch: the factor is min(scale, 1), and a NaN norm makes every gradient NaN (not unclipped).
+  if (!(scale >= 1)) ops::scale_(grads, scale);
   return norm;
 }
 
 double constant_schedule(std::int64_t) { return 1.0; }
 
 double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64_t total, double min_ratio) {
+  TG_CHECK(step >= 0 && warmup >= 0 && total >= 0 && std::isfinite(min_ratio),
+           "warmup_cosine_schedule: expected step, warmup, total >= 0 and a finite min_ratio, got {}, {}, {}, {}", step, warmup,
+           total, min_ratio);
   if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
   if (step >= total) return min_ratio;
   const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<std::int64_t>(1, total - warmup));
@@ -197,7 +221,10 @@ EMA::EMA(Module& model, double decay) : decay_(decay) {
   for (const NamedTensor& t : model.state()) shadow_.push_back({t.name, t.tensor.detach().clone()});
 }
 
-void EMA::update(Module& model) {
+void EMA::update(Module& model) { update(model, decay_); }
+
+void EMA::update(Module& model, double decay) {
+  TG_CHECK(decay >= 0 && decay <= 1, "EMA: decay must be in [0, 1], got {}", decay);
   NoGradGuard no_grad;
   const auto current = model.state();
   TG_CHECK(current.size() == shadow_.size(), "EMA: the model has {} tensors, the average {}", current.size(), shadow_.size());
@@ -212,7 +239,7 @@ void EMA::update(Module& model) {
       shadow_[i].tensor.copy_(current[i].tensor);
     }
   }
-  ops::ema_update(shadow, params, decay_);
+  ops::ema_update(shadow, params, decay);
 }
 
 void EMA::copy_to(Module& model) const {

@@ -27,7 +27,7 @@ class Optimizer {
   void zero_grad();
 
   double lr() const { return lr_; }
-  void set_lr(double lr) { lr_ = lr; }
+  void set_lr(double lr);  // finite, >= 0
   // Calls of step(). Each parameter also counts its own updates (steps where it had a gradient),
   // as PyTorch's state['step']: Adam's bias correction and SGD's first momentum step use that one,
   // so a parameter that joins late (frozen, or unused by early batches) starts like a fresh one.
@@ -107,6 +107,7 @@ class EMA {
  public:
   EMA(Module& model, double decay);
   void update(Module& model);        // shadow = decay * shadow + (1 - decay) * param
+  void update(Module& model, double decay);  // the same with this step's decay (e.g. a warmup ramp)
   void copy_to(Module& model) const;  // writes the averaged weights into the model
   std::vector<NamedTensor> state() const { return shadow_; }  // for checkpoints ("ema.<name>")
   double decay() const { return decay_; }

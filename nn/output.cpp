@@ -76,8 +76,15 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
   TG_CHECK(N > 0 && o.columns > 0 && o.scale > 0 && o.padding >= 0, "save_image_grid: bad grid options or no images");
   TG_CHECK(o.captions.empty() || static_cast<std::int64_t>(o.captions.size()) == N,
            "save_image_grid: {} captions for {} images", o.captions.size(), N);
+  TG_CHECK(o.caption_red.empty() || static_cast<std::int64_t>(o.caption_red.size()) == N,
+           "save_image_grid: {} caption colours (caption_red) for {} images", o.caption_red.size(), N);
   const std::int64_t cols = std::min(o.columns, N), rows = (N + cols - 1) / cols;
   const std::int64_t caption_h = o.captions.empty() ? 0 : 12;
+  // The picture's size in f64 first: absurd scales or paddings must not wrap around.
+  const double width = static_cast<double>(cols) * static_cast<double>(W * o.scale) + static_cast<double>(cols + 1) * o.padding;
+  const double height = static_cast<double>(rows) * static_cast<double>(H * o.scale + caption_h) + static_cast<double>(rows + 1) * o.padding;
+  TG_CHECK(static_cast<double>(o.scale) * std::max(H, W) <= 0x1p20 && width * height <= 0x1p28,
+           "save_image_grid: a {:.0f} x {:.0f} pixel grid is too large (at most 2^28 pixels)", width, height);
   const std::int64_t tile_w = W * o.scale, tile_h = H * o.scale + caption_h;
   const std::int64_t gw = cols * tile_w + (cols + 1) * o.padding, gh = rows * tile_h + (rows + 1) * o.padding;
   std::vector<std::uint8_t> rgb(static_cast<std::size_t>(gw * gh * 3), 40);  // dark grey background
@@ -210,6 +217,7 @@ ProgressBar::ProgressBar(std::int64_t total, std::string label)
       start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
 
 void ProgressBar::update(std::int64_t done, double loss) {
+  done = std::clamp<std::int64_t>(done, 0, total_);
   const bool first_non_finite = !std::isfinite(loss) && non_finite_ == 0;
   if (std::isfinite(loss)) {
     smoothed_loss_ = has_loss_ ? 0.95 * smoothed_loss_ + 0.05 * loss : loss;

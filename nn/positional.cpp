@@ -10,6 +10,7 @@ namespace tg::nn {
 Tensor sinusoidal_embedding(const Tensor& t, std::int64_t dim, double max_period, DType dtype) {
   TG_CHECK(t.defined() && t.dim() == 1, "sinusoidal_embedding: expected t [N], got {}", t.defined() ? t.shape() : Shape{});
   TG_CHECK(dim >= 2 && dim % 2 == 0, "sinusoidal_embedding: dim must be even and >= 2, got {}", dim);
+  TG_CHECK(std::isfinite(max_period) && max_period > 0, "sinusoidal_embedding: max_period must be positive, got {}", max_period);
   const std::int64_t n = t.shape()[0], half = dim / 2;
   const std::vector<double> tv = t.to_vector<double>();
   std::vector<double> out(static_cast<std::size_t>(n * dim));
@@ -25,6 +26,8 @@ Tensor sinusoidal_embedding(const Tensor& t, std::int64_t dim, double max_period
 Tensor sincos_2d_embedding(std::int64_t h, std::int64_t w, std::int64_t dim, DType dtype) {
   TG_CHECK(h > 0 && w > 0 && dim > 0 && dim % 4 == 0,
            "sincos_2d_embedding: expected a grid h, w > 0 and dim divisible by 4, got h = {}, w = {}, dim = {}", h, w, dim);
+  TG_CHECK(static_cast<double>(h) * static_cast<double>(w) * static_cast<double>(dim) <= 0x1p31,
+           "sincos_2d_embedding: a {} x {} grid of dim {} is too large (at most 2^31 values)", h, w, dim);
   const std::int64_t quarter = dim / 4;
   std::vector<double> out(static_cast<std::size_t>(h * w * dim));
   for (std::int64_t i = 0; i < h; ++i)

@@ -244,8 +244,8 @@ double PositionBuilder::at(std::int64_t token, std::int64_t axis) const {
 Tensor PositionBuilder::positions() const { return from_vector(pos_, {size(), axes_}); }
 
 Tensor PositionBuilder::positions(std::int64_t first, std::int64_t count) const {
-  TG_CHECK(first >= 0 && count >= 0 && first + count <= size(),
-           "PositionBuilder::positions: rows {} .. {} are outside the {} tokens built", first, first + count - 1, size());
+  TG_CHECK(first >= 0 && count >= 0 && first <= size() && count <= size() - first,  // (no first + count: it may wrap)
+           "PositionBuilder::positions: {} rows from row {} are outside the {} tokens built", count, first, size());
   const auto b = pos_.begin() + first * axes_;
   return from_vector(std::vector<double>(b, b + count * axes_), {count, axes_});
 }

@@ -15,6 +15,8 @@
 namespace tg::models::classifier {
 
 Evaluation evaluate(Classifier& model, const nn::data::ImageDataset& data, std::int64_t batch) {
+  TG_CHECK(batch > 0, "evaluate: batch must be positive, got {}", batch);
+  TG_CHECK(data.size() > 0, "evaluate: the dataset has no images");
   NoGradGuard no_grad;
   const bool was_training = model.training();
   model.eval();
@@ -152,6 +154,8 @@ Classifier load_or_train_fd_classifier(const std::string& path, const Data& data
 }
 
 Tensor fd_features(Classifier& fd, const Tensor& images) {
+  TG_CHECK(images.defined() && images.dim() == 4 && images.shape()[0] > 0, "fd_features: expected images [N >= 1, 1, 28, 28], got {}",
+           images.defined() ? images.shape() : Shape{});
   NoGradGuard no_grad;
   Tensors parts;
   for (std::int64_t s = 0; s < images.shape()[0]; s += 1000) {

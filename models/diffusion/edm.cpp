@@ -50,6 +50,8 @@ LossParts edm_loss(const UNet& net, const Tensor& x0, const Tensor& labels, cons
   TG_CHECK(c.p_std >= 0 && c.label_dropout >= 0 && c.label_dropout <= 1, "edm_loss: bad p_std {} or label_dropout {}",
            c.p_std, c.label_dropout);
   const std::int64_t B = x0.shape()[0];
+  TG_CHECK(!labels.defined() || (labels.dim() == 1 && labels.shape()[0] == B),
+           "edm_loss: expected labels [{}] for x0 {}, got {}", B, x0.shape(), labels.shape());
   const DType dt = x0.dtype();
   const Tensor sigma = ops::exp(randn({B}, dt, gen) * c.p_std + c.p_mean);  // [B], ln sigma ~ N(P_mean, P_std^2)
   const Tensor n = randn(x0.shape(), dt, gen);                              // [B, C, S, S]
@@ -74,6 +76,7 @@ LossParts edm_loss(const UNet& net, const Tensor& x0, const Tensor& labels, cons
 }
 
 Denoiser unet_denoiser(const UNet& net, const Tensor& labels, double guidance, double sd) {
+  TG_CHECK(std::isfinite(guidance), "unet_denoiser: guidance must be finite, got {}", guidance);
   const bool guided = guidance != 1.0;
   TG_CHECK(!guided || net.config.num_classes > 0, "unet_denoiser: guidance {} needs a class-conditional model", guidance);
   TG_CHECK(!guided || labels.defined(), "unet_denoiser: guidance {} needs labels", guidance);

@@ -29,7 +29,7 @@ std::string sampler_name(SamplerKind k) {
 }
 
 std::vector<double> edm_sigmas(std::int64_t N, const EDMGrid& g) {
-  TG_CHECK(N >= 1, "edm_sigmas: need at least one step, got {}", N);
+  TG_CHECK(N >= 1 && N <= kMaxSamplerSteps, "edm_sigmas: steps must be in 1..{}, got {}", kMaxSamplerSteps, N);
   TG_CHECK(g.sigma_min > 0 && g.sigma_max > g.sigma_min && g.rho > 0,
            "edm_sigmas: need 0 < sigma_min ({}) < sigma_max ({}) and rho > 0 ({})", g.sigma_min, g.sigma_max, g.rho);
   std::vector<double> s(static_cast<std::size_t>(N + 1), 0.0);
@@ -201,12 +201,12 @@ SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& sch, c
 }
 
 std::int64_t expected_nfe(const SamplerConfig& c) {
-  TG_CHECK(c.steps >= 1, "sampler: need at least one step, got {}", c.steps);
+  TG_CHECK(c.steps >= 1 && c.steps <= kMaxSamplerSteps, "sampler: steps must be in 1..{}, got {}", kMaxSamplerSteps, c.steps);
   return c.kind == SamplerKind::heun ? 2 * c.steps - 1 : c.steps;
 }
 
 SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta) {
-  TG_CHECK(nfe >= 1, "sampler: NFE must be positive, got {}", nfe);
+  TG_CHECK(nfe >= 1 && nfe <= kMaxSamplerSteps, "sampler: NFE must be in 1..{}, got {}", kMaxSamplerSteps, nfe);
   check_vp_steps(kind, nfe);
   SamplerConfig c;
   c.kind = kind;
@@ -226,7 +226,7 @@ SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig&
 
 SampleResult sample(const Denoiser& D, const Tensor& noise, const SamplerConfig& c, const NoiseSource& ancestral) {
   TG_CHECK(noise.defined() && noise.is_floating_point(), "sample: the noise must be a float tensor");
-  TG_CHECK(c.steps >= 1, "sample: need at least one step, got {}", c.steps);
+  TG_CHECK(c.steps >= 1 && c.steps <= kMaxSamplerSteps, "sample: steps must be in 1..{}, got {}", kMaxSamplerSteps, c.steps);
   switch (c.kind) {
     case SamplerKind::euler:
     case SamplerKind::heun: {

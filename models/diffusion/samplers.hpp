@@ -84,6 +84,9 @@ SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& schedu
 SampleResult ddim(const Denoiser& D, const Tensor& x_T, const VPSchedule& schedule, const std::vector<std::int64_t>& taus,
                   double eta, Generator* gen = nullptr);
 
+// Steps (and evaluations) a sampler accepts: far beyond use, small enough that no count overflows.
+inline constexpr std::int64_t kMaxSamplerSteps = std::int64_t{1} << 24;
+
 struct SamplerConfig {
   SamplerKind kind = SamplerKind::heun;
   std::int64_t steps = 5;  // N for Euler/Heun, S for DDIM/DDPM

@@ -106,15 +106,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
     opt.step();
     const double decay = o.ema_warmup ? std::min(ema.decay(), (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)))
                                       : ema.decay();
-    if (decay < ema.decay()) {  // shadow = decay * shadow + (1 - decay) * param, on the EMA's own tensors
-      NoGradGuard no_grad;
-      const auto params = model.state();
-      auto shadow = ema.state();
-      for (std::size_t i = 0; i < params.size(); ++i)
-        shadow[i].tensor.copy_(shadow[i].tensor * decay + params[i].tensor.detach() * (1 - decay));
-    } else {
-      ema.update(model);
-    }
+    ema.update(model, decay);
     ++step;
     const double l = loss.item();
     TG_CHECK(std::isfinite(l), "diffusion fit: the loss is {} at step {}", l, step);

@@ -120,6 +120,7 @@ void UNetBlock::visit(nn::Visitor& v) {
   v.module("conv0", conv0);
   v.module("affine", affine);
   v.module("norm1", norm1);
+  v.module("drop", drop);  // no tensors, but train()/eval() must reach it
   v.module("conv1", conv1);
   if (shortcut.weight.defined()) v.module("shortcut", shortcut);
   if (options.attention) {
@@ -153,7 +154,8 @@ UNet::UNet(const UNetConfig& c, Generator* gen) : config(c) {
            c.noise_channels, c.emb_dim);
   config.noise_channels = c.noise_channels > 0 ? c.noise_channels : c.channels[0];
   config.emb_dim = c.emb_dim > 0 ? c.emb_dim : 4 * c.channels[0];
-  TG_CHECK(config.noise_channels % 2 == 0, "UNet: noise_channels must be even, got {}", config.noise_channels);
+  TG_CHECK(config.noise_channels % 2 == 0, "UNet: noise_channels must be even, got {}{}", config.noise_channels,
+           c.noise_channels > 0 ? "" : " (derived from channels[0]; set noise_channels, or make channels[0] even)");
   const std::int64_t E = config.emb_dim;
 
   map_noise0 = nn::Linear(config.noise_channels, E, linear_options(c, gen));

@@ -18,7 +18,7 @@ Block::Block(const Config& c, Generator* gen)
     : norm1(c.dim, c.norm, {.eps = c.norm_eps}),
       norm2(c.dim, c.norm, {.eps = c.norm_eps}),
       attn(c.dim, c.heads, {.bias = c.bias, .gen = gen}),
-      mlp(c.dim, static_cast<std::int64_t>(c.mlp_ratio * static_cast<double>(c.dim)), c.dim,
+      mlp(c.dim, nn::mlp_hidden_width(c.mlp_ratio, c.dim), c.dim,
           {.activation = c.activation, .swiglu = c.swiglu, .bias = c.bias, .gen = gen}) {}
 
 Tensor Block::operator()(const Tensor& x, const nn::RotaryTables& rotary, nn::KVCache* cache) const {
@@ -119,6 +119,9 @@ Tensor sample_next(const Tensor& logits, double temperature, std::int64_t top_k,
   TG_CHECK(top_k >= 0, "sample_next: top_k must be >= 0, got {}", top_k);
   const std::int64_t B = logits.shape()[0], V = logits.shape()[1];
   const std::vector<double> l = logits.to_vector<double>();
+  for (std::size_t i = 0; i < l.size(); ++i)  // (torch.multinomial refuses them too)
+    TG_CHECK(std::isfinite(l[i]), "sample_next: logit [{}, {}] is {}; logits must be finite", static_cast<std::int64_t>(i) / V,
+             static_cast<std::int64_t>(i) % V, l[i]);
   std::vector<std::int64_t> out(static_cast<std::size_t>(B));
   std::vector<std::int64_t> order(static_cast<std::size_t>(V));
   for (std::int64_t b = 0; b < B; ++b) {

@@ -124,6 +124,21 @@ TEST_CASE("UNet: shapes, skip count, parameter names, bad input", "[models][diff
   CHECK_THROWS_WITH(UNet(uc), Contains("not divisible by 2^2"));
   net.skip_scales = {1.0, 1.0};
   CHECK_THROWS_WITH(net(x, cn), Contains("2 skip scales for 4 skips"));
+  net.skip_scales.clear();
+  // eval() reaches the blocks' dropout: sampling is deterministic.
+  UNetConfig dc = tiny_config();
+  dc.dropout = 0.5;
+  UNet dropped(dc, &gen);
+  dropped.eval();
+  CHECK(test::same_bits(dropped(x, cn, y), dropped(x, cn, y)));
+  dropped.train();
+  CHECK_FALSE(test::same_bits(dropped(x, cn, y), dropped(x, cn, y)));
+  Generator g2(3);
+  CHECK_THROWS_WITH(edm_loss(net, x, tensor({1}, DType::i64), {.label_dropout = 1.0}, g2), Contains("edm_loss: expected labels [2]"));
+  CHECK_THROWS_WITH(unet_denoiser(net, y, NAN), Contains("guidance must be finite"));
+  UNetConfig odd = tiny_config();
+  odd.channels = {7, 16, 16};
+  CHECK_THROWS_WITH(UNet(odd), Contains("noise_channels must be even, got 7 (derived from channels[0]"));
 }
 
 TEST_CASE("Skip-Tuning scales the consumed skips deepest first, in one place", "[models][diffusion]") {
@@ -299,7 +314,7 @@ TEST_CASE("schedules: EDM sigma grid and the VP schedule", "[models][diffusion]"
   // rho = 7 spacing: sigma_i^(1/7) is linear in i.
   CHECK(std::pow(s[9], 1 / 7.0) - std::pow(s[8], 1 / 7.0) == Approx(std::pow(s[1], 1 / 7.0) - std::pow(s[0], 1 / 7.0)));
   CHECK(edm_sigmas(1) == std::vector<double>{80.0, 0.0});
-  CHECK_THROWS_WITH(edm_sigmas(0), Contains("at least one step"));
+  CHECK_THROWS_WITH(edm_sigmas(0), Contains("edm_sigmas: steps must be in 1..16777216, got 0"));
   const VPSchedule vp;
   CHECK(vp.beta[1] == Approx(1e-4));
   CHECK(vp.beta[1000] == Approx(0.02));

@@ -3,6 +3,8 @@
 // and the end-to-end compatibility of text-only training under RoPE-1D and RoPE-TV.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include <cstring>
 
 #include "core/autograd.hpp"
@@ -177,6 +179,10 @@ TEST_CASE("transformer: sample_next follows softmax(logits / temperature) within
   for (const auto t : top2) CHECK((t == 0 || t == 2));
   CHECK(tf::sample_next(logits.narrow(0, 0, 2), 0.0, 0, gen).to_vector<std::int64_t>() == std::vector<std::int64_t>{2, 2});
   CHECK_THROWS_WITH(tf::sample_next(logits, -1.0, 0, gen), Contains("temperature must be >= 0"));
+  // Non-finite logits are refused (an inf used to pick the least likely token, a NaN itself).
+  CHECK_THROWS_WITH(tf::sample_next(tensor({0.0, INFINITY, 0.0, -1.0}).reshape({1, 4}), 1.0, 0, gen),
+                    Contains("sample_next: logit [0, 1] is inf; logits must be finite"));
+  CHECK_THROWS_WITH(tf::sample_next(tensor({NAN, 0.0}).reshape({1, 2}), 0.0, 0, gen), Contains("logit [0, 0] is nan"));
 }
 
 TEST_CASE("transformer: text-only training under flat1d and tv gives identical losses, bit for bit",

@@ -2,6 +2,8 @@
 // synthetic sets; deterministic batching; transforms.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include <zlib.h>
 
 #include <filesystem>
@@ -132,6 +134,7 @@ TEST_CASE("BatchSampler: deterministic epochs, full coverage, drop_last", "[nn][
   CHECK(nn::data::BatchSampler(10, 4, false, 0, true).batches_per_epoch() == 2);
   CHECK(nn::data::BatchSampler(10, 4, false, 0).batch(0, 2).to_vector<std::int64_t>() == std::vector<std::int64_t>{8, 9});
   CHECK_THROWS_WITH(s.batch(0, 3), Contains("batch 3 out of range"));
+  CHECK(nn::data::BatchSampler(10, std::numeric_limits<std::int64_t>::max(), false, 0).batches_per_epoch() == 1);  // no overflow
 }
 
 TEST_CASE("transforms", "[nn][data]") {

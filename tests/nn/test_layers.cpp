@@ -215,6 +215,8 @@ TEST_CASE("fixed 2-D sin-cos position embedding", "[nn][layers]") {
   CHECK(nn::sincos_2d_embedding(2, 2, 4).dtype() == DType::f32);
   CHECK_THROWS_WITH(nn::sincos_2d_embedding(2, 2, 6), Contains("dim divisible by 4"));
   CHECK_THROWS_WITH(nn::sincos_2d_embedding(0, 2, 8), Contains("h = 0"));
+  CHECK_THROWS_WITH(nn::sincos_2d_embedding(1 << 20, 1 << 20, 1 << 20), Contains("is too large"));
+  CHECK_THROWS_WITH(nn::sinusoidal_embedding(tensor({1.0}), 8, 0.0), Contains("max_period must be positive"));
 }
 
 TEST_CASE("timestep embeddings and adaLN", "[nn][layers]") {
@@ -234,4 +236,27 @@ TEST_CASE("timestep embeddings and adaLN", "[nn][layers]") {
   const Tensor x = test::randn({2, 5, 8}, DType::f32, 15);
   CHECK(test::same_bits(nn::modulate(x, mods[0], mods[1]), x));
   CHECK_THROWS_WITH(nn::modulate(x, zeros({2, 7}), zeros({2, 7})), Contains("modulate: shift/scale [B, C] must match"));
+}
+
+TEST_CASE("eval() reaches every dropout, and a refused KV cache call leaves the cache intact", "[nn][attention]") {
+  Generator gen(31);
+  nn::TransformerBlock block(8, 2, {.dropout = 0.5, .gen = &gen});
+  const Tensor x = test::randn({2, 5, 8}, DType::f32, 32);  // [B, T, dim]
+  block.eval();
+  CHECK_FALSE(block.drop.training());
+  CHECK(test::same_bits(block(x), block(x)));  // no dropout left in eval mode
+  block.train();
+  CHECK_FALSE(test::same_bits(block(x), block(x)));
+  CHECK_THROWS_WITH(nn::TransformerBlock(8, 2, {.mlp_ratio = NAN}), Contains("mlp_ratio nan with dim 8"));
+  CHECK_THROWS_WITH(nn::MultiheadAttention(8, 2, {.kv_dim = 0}), Contains("kv_dim must be -1 (self-attention) or positive"));
+
+  block.eval();
+  NoGradGuard no_grad;
+  nn::KVCache cache(8);
+  block(x.narrow(1, 0, 3), {.causal = true, .cache = &cache});  // batch 2, 3 positions
+  CHECK_THROWS_WITH(block(x.narrow(0, 0, 1).narrow(1, 3, 1), {.causal = true, .cache = &cache}),
+                    Contains("the KV cache holds 3 positions of a batch of 2, not 1"));
+  CHECK(cache.length == 3);
+  const Tensor next = block(x.narrow(1, 3, 1), {.causal = true, .cache = &cache});  // the cache still holds the batch-2 keys
+  CHECK_ALLCLOSE(next, block(x.narrow(1, 0, 4), {.causal = true}).narrow(1, 3, 1), 1e-5, 1e-5);
 }

@@ -51,6 +51,7 @@ TEST_CASE("bits per dim and sliced Wasserstein", "[nn][metrics]") {
   const Tensor shifted = x + tensor({3.0, 0.0}, DType::f64);
   // Projections shift by 3 cos(theta): sqrt(E[9 cos^2]) = 3 / sqrt(2) for random directions.
   CHECK(nn::metrics::sliced_wasserstein(x, shifted, 4000, gen) == Approx(3.0 / std::sqrt(2.0)).epsilon(0.03));
+  CHECK_THROWS_WITH(nn::metrics::sliced_wasserstein(zeros({0, 2}), zeros({0, 2}), 8, gen), Contains("need at least one point"));
 }
 
 TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
@@ -121,5 +122,9 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
     CHECK_THAT(text, Contains("2 non-finite losses (last nan)"));
   }
   CHECK_THROWS_WITH(nn::output::save_png((dir / "x.png").string(), zeros({2, 4, 4})), Contains("expected 1 or 3 channels"));
+  CHECK_THROWS_WITH(nn::output::save_image_grid((dir / "g.png").string(), zeros({3, 1, 4, 4}), {.captions = {"a", "b", "c"}, .caption_red = {true}}),
+                    Contains("1 caption colours (caption_red) for 3 images"));
+  CHECK_THROWS_WITH(nn::output::save_image_grid((dir / "g.png").string(), zeros({3, 1, 4, 4}), {.scale = std::int64_t{1} << 40}),
+                    Contains("pixel grid is too large"));
   fs::remove_all(dir);
 }

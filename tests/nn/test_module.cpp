@@ -128,4 +128,6 @@ TEST_CASE("initialisers have the documented scales", "[nn][init]") {
   nn::init::apply(w, nn::init::constant(0.25), gen);
   CHECK(ops::amin(w).item() == 0.25f);
   CHECK(nn::init::fans({8, 3, 5, 5}) == std::pair<std::int64_t, std::int64_t>{75, 200});
+  Tensor none = empty({5, 0});  // no elements: left alone, as torch (its fan_in is 0)
+  CHECK_NOTHROW(nn::init::apply(none, nn::init::kaiming_uniform(), gen));
 }

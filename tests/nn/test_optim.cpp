@@ -164,3 +164,41 @@ TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
   ema.copy_to(other);
   CHECK(other.w.to_vector<float>() == std::vector<float>{3, 3});
 }
+
+TEST_CASE("optimizers refuse what torch refuses, clipping propagates a NaN norm, EMA takes a given decay",
+          "[nn][optim][errors]") {
+  Tensor p = ones({2}).requires_grad_(), q = ones({2}).requires_grad_();
+  // A tensor listed twice would be updated twice per step.
+  CHECK_THROWS_WITH(nn::SGD(std::vector<nn::ParamGroup>{{{{"a", p}}}, {{{"b", p}}}}, {.lr = 0.1}),
+                    Contains("parameter 'b' is the same tensor as 'a'"));
+  CHECK_THROWS_WITH(nn::Adam({{"a", p}, {"tied", p}}, {}), Contains("parameter 'tied' is the same tensor as 'a'"));
+  CHECK_THROWS_WITH(nn::SGD({{"p", p}}, {.momentum = -0.5}), Contains("SGD: momentum must be finite and >= 0"));
+  CHECK_THROWS_WITH(nn::SGD({{"p", p}}, {.weight_decay = -0.5}), Contains("SGD: weight_decay must be finite and >= 0"));
+  CHECK_THROWS_WITH(nn::Adam({{"p", p}}, {.weight_decay = NAN}), Contains("weight_decay must be finite and >= 0"));
+  CHECK_THROWS_WITH(nn::SGD(std::vector<nn::ParamGroup>{{.params = {{"p", p}}, .lr_scale = NAN}}, {}),
+                    Contains("lr_scale must be finite and >= 0"));
+  nn::SGD sgd({{"p", p}, {"q", q}}, {.lr = 0.1});
+  CHECK_THROWS_WITH(sgd.set_lr(-1), Contains("learning rate must be finite and >= 0, got -1"));
+  CHECK_THROWS_WITH(nn::warmup_cosine_schedule(-3, 10, 100), Contains("warmup_cosine_schedule: expected step, warmup, total >= 0"));
+  // A NaN gradient makes the norm NaN and every gradient NaN (torch 1.13), not a silent skip.
+  p.set_grad(tensor({NAN, 1}));
+  q.set_grad(tensor({1e6, 1e6}));
+  CHECK(std::isnan(nn::clip_grad_norm({p, q}, 1.0)));
+  for (const float g : q.grad().to_vector<float>()) CHECK(std::isnan(g));
+  // EMA::update with this step's decay (the diffusion trainer's warmup ramp).
+  struct Tiny : nn::Module {
+    Tensor w = zeros({2}).requires_grad_();
+    void visit(nn::Visitor& v) override { v.param("w", w); }
+    std::string type_name() const override { return "Tiny"; }
+  } model;
+  nn::EMA ema(model, 0.999);
+  {
+    NoGradGuard no_grad;
+    model.w.fill_(4);
+  }
+  ema.update(model, 0.25);  // 0.25 * 0 + 0.75 * 4
+  Tiny other;
+  ema.copy_to(other);
+  CHECK(other.w.to_vector<float>() == std::vector<float>{3, 3});
+  CHECK_THROWS_WITH(ema.update(model, 1.5), Contains("EMA: decay must be in [0, 1], got 1.5"));
+}

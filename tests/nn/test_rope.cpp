@@ -4,6 +4,8 @@
 // shape invariance (and v1's failure of it), and the M-RoPE fixtures.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include <array>
 #include <cmath>
 
@@ -312,6 +314,7 @@ TEST_CASE("rope: per-sequence positions and errors", "[nn][rope]") {
   CHECK_THROWS_WITH(tv.add_video(2, 2, 2), Contains("tv positions have 2 axes and no video rule"));
   CHECK_THROWS_WITH(tv.add_image(0, 3), Contains("need h, w >= 1"));
   // Absurd sizes are refused up front (not grown token by token until memory runs out).
+  CHECK_THROWS_WITH(tv.positions(std::numeric_limits<std::int64_t>::max(), 2), Contains("2 rows from row 9223372036854775807 are outside"));
   CHECK_THROWS_WITH(nn::PositionBuilder(nn::PositionScheme::tv).add_text(std::int64_t{1} << 40),
                     Contains("a sequence holds at most 16777216 tokens"));
   CHECK_THROWS_WITH(nn::PositionBuilder(nn::PositionScheme::tv).add_image(100000, 100000), Contains("10000000000 patches do not fit"));
