@@ -17,9 +17,19 @@ using detail::check_defined;
 
 namespace {
 
+// A 0-d tensor takes axis 0 or -1, as in torch (it reduces like a 1-element vector).
+void check_scalar_axis(const char* op, std::int64_t axis) {
+  TG_CHECK(axis == 0 || axis == -1, "{}: axis {} is out of range for a 0-d tensor (expected 0 or -1)", op, axis);
+}
+
 // The axes to reduce as a bit mask (all axes for an empty list).
 std::uint32_t axes_mask(const Tensor& x, const Shape& axes, const char* op) {
   if (axes.empty()) return x.dim() ? (1u << x.dim()) - 1 : 0;
+  if (x.dim() == 0) {
+    for (std::int64_t a : axes) check_scalar_axis(op, a);
+    TG_CHECK(axes.size() == 1, "{}: axis 0 appears twice in {}", op, axes);
+    return 0;
+  }
   std::uint32_t mask = 0;
   for (std::int64_t a : axes) {
     const int d = normalize_axis(a, x.dim(), op, x.shape());
@@ -155,7 +165,11 @@ Tensor amin(const Tensor& x, const Shape& axes, bool keepdim) { return extreme<f
 namespace {
 ValuesIndices arg_extreme(const char* op, bool is_max, const Tensor& x, std::int64_t axis, bool keepdim) {
   check_defined(x, op, "x");
-  TG_CHECK(x.dim() > 0, "{}: expected a tensor with at least one dim, got a 0-d tensor", op);
+  if (x.dim() == 0) {  // as a 1-element vector; the results are 0-d again
+    check_scalar_axis(op, axis);
+    const ValuesIndices r = arg_extreme(op, is_max, x.reshape({1}), 0, false);
+    return {r.values.reshape({}), r.indices.reshape({})};
+  }
   const int a = normalize_axis(axis, x.dim(), op, x.shape());
   TG_CHECK(x.shape()[a] > 0, "{}: cannot reduce dim {} of size 0 (shape {})", op, a, x.shape());
   TG_CHECK(x.dtype() != DType::boolean, "{}: expected a numeric tensor, got bool (shape {})", op, x.shape());
@@ -267,7 +281,10 @@ Tensor norm(const Tensor& x, double p, const Shape& axes, bool keepdim) {
 Tensor cumsum(const Tensor& x_in, std::int64_t axis) {
   check_defined(x_in, "cumsum", "x");
   const Tensor x = x_in.is_floating_point() || x_in.dtype() == DType::i64 ? x_in : x_in.to(DType::i64);
-  TG_CHECK(x.dim() > 0, "cumsum: expected a tensor with at least one dim, got a 0-d tensor");
+  if (x.dim() == 0) {  // as a 1-element vector, as torch
+    check_scalar_axis("cumsum", axis);
+    return cumsum(x.reshape({1}), 0).reshape({});
+  }
   const int a = normalize_axis(axis, x.dim(), "cumsum", x.shape());
   Tensor out = empty(x.shape(), x.dtype());
   kernels::cumsum(x, a, false, out);

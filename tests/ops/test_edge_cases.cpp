@@ -266,3 +266,26 @@ TEST_CASE("where and clamp promote dtypes, sign and amax treat NaN, as torch", "
   for (int j = 0; j < 3; ++j) CHECK(std::isnan(gx[static_cast<std::size_t>(j)]));
   CHECK(std::vector<double>(gx.begin() + 3, gx.end()) == std::vector<double>{0, 0.5, 0.5});
 }
+
+TEST_CASE("reductions of a 0-d tensor take axis 0 or -1, as torch", "[ops][edge][reduce]") {
+  const Tensor s = scalar_tensor(3.5, DType::f64);
+  for (const std::int64_t axis : {0, -1}) {
+    CHECK(ops::sum(s, {axis}).shape() == Shape{});
+    CHECK(ops::sum(s, {axis}).item() == 3.5);
+    CHECK(ops::mean(s, {axis}, true).item() == 3.5);
+    CHECK(ops::amax(s, {axis}).item() == 3.5);
+    CHECK(ops::logsumexp(s, {axis}).item() == Approx(3.5));
+    const auto [v, i] = ops::max(s, axis);
+    CHECK((v.shape() == Shape{} && i.shape() == Shape{}));
+    CHECK((v.item() == 3.5 && i.item<std::int64_t>() == 0));
+    CHECK(ops::argmin(s, axis, true).item<std::int64_t>() == 0);
+    CHECK(ops::cumsum(s, axis).item() == 3.5);
+  }
+  // Gradients flow as through the identity.
+  const Tensor x = scalar_tensor(2.0, DType::f64).requires_grad_();
+  (ops::sum(x, {0}) * 3.0 + ops::max(x, -1).values + ops::cumsum(x, 0)).backward();
+  CHECK(x.grad().item() == 5.0);
+  CHECK_THROWS_WITH(ops::sum(s, {1}), Contains("sum: axis 1 is out of range for a 0-d tensor (expected 0 or -1)"));
+  CHECK_THROWS_WITH(ops::argmax(s, 2), Contains("argmax: axis 2 is out of range for a 0-d tensor"));
+  CHECK_THROWS_WITH(ops::sum(s, {0, -1}), Contains("sum: axis 0 appears twice"));
+}
