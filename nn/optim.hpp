@@ -99,10 +99,12 @@ double clip_grad_norm(const Tensors& params, double max_norm);
 
 // Learning-rate multipliers by step (0-based).
 double constant_schedule(std::int64_t step);
-// Linear warmup from 0 over `warmup` steps, then cosine decay to min_ratio at `total` steps.
+// Linear warmup (1/warmup, 2/warmup, ..., 1 over the first `warmup` steps), then cosine decay to
+// min_ratio at `total` steps.
 double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64_t total, double min_ratio = 0.0);
 
-// Exponential moving average of a module's parameters (buffers are copied as they are).
+// Exponential moving average of a module's parameters and floating-point buffers (integer and
+// bool buffers are copied as they are).
 class EMA {
  public:
   EMA(Module& model, double decay);

@@ -4,9 +4,9 @@
 //
 //   nn::PositionBuilder pb(nn::parse_positions("tv"));
 //   pb.add_text(3).add_image(2, 3).add_text(2);          // text, a 2x3 patch image, text
-//   const Tensor pos = pb.positions();                    // [8, 2] f64: (0,0) (1,1) (2,2) (5,4.5) ...
+//   const Tensor pos = pb.positions();                    // [11, 2] f64: (0,0) (1,1) (2,2) (5,4.5) ...
 //   nn::Rope rope(head_dim, pb.axes(), {.base = 1e4});
-//   const nn::RotaryTables t = rope.tables(pos);          // cos/sin [8, head_dim / 2] for attention
+//   const nn::RotaryTables t = rope.tables(pos);          // cos/sin [11, head_dim / 2] for attention
 //
 // A token with position vector p (A axes) is rotated in frequency pair i by the angle
 // p[axis_map[i]] * theta_i, theta_i = base^(-2i/d). Each pair keeps its RoPE-1D frequency whatever

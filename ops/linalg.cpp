@@ -187,6 +187,17 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return y.reshape(out_shape);
 }
 
+Tensor pairwise_sq_distances(const Tensor& a, const Tensor& b) {
+  check_defined(a, "pairwise_sq_distances", "a");
+  check_defined(b, "pairwise_sq_distances", "b");
+  TG_CHECK(a.dim() == 2 && b.dim() == 2 && a.shape()[1] == b.shape()[1],
+           "pairwise_sq_distances: expected a [N, D] and b [M, D], got shapes {} and {}", a.shape(), b.shape());
+  const Tensor aa = sum(square(a), {1}, true);                  // [N, 1]
+  const Tensor bb = sum(square(b), {1}, true).t();              // [1, M]
+  const Tensor ab = matmul(a, b.t());                           // [N, M]
+  return clamp(aa - ab * 2.0 + bb, 0.0, std::nullopt);          // [N, M]
+}
+
 Tensor outer(const Tensor& u, const Tensor& v) {
   check_defined(u, "outer", "u");
   check_defined(v, "outer", "v");

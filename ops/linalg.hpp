@@ -17,5 +17,10 @@ Tensor bmm(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {});
 // u [M] ⊗ v [N] -> [M, N].
 Tensor outer(const Tensor& u, const Tensor& v);
+// Squared Euclidean distances between the rows of a [N, D] and of b [M, D] -> [N, M], as
+// |a_i|^2 - 2 a_i·b_j + |b_j|^2 with one GEMM (nearest-codebook searches, energy distances),
+// clamped at 0 against cancellation. Differentiable. Like torch.cdist's matmul path, it loses
+// relative accuracy for points much closer to each other than to the origin.
+Tensor pairwise_sq_distances(const Tensor& a, const Tensor& b);
 
 }  // namespace tg::ops

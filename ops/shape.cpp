@@ -129,7 +129,7 @@ Tensors split(const Tensor& x, std::int64_t size, std::int64_t axis) {
   check_defined(x, "split", "x");
   const int a = normalize_axis(axis, x.dim(), "split", x.shape());
   TG_CHECK(size > 0, "split: size must be positive, got {}", size);
-  check_pieces("split", x.shape()[a] / size, x, a);
+  check_pieces("split", x.shape()[a] / size + (x.shape()[a] % size != 0 ? 1 : 0), x, a);  // the last piece may be shorter
   std::vector<std::int64_t> sizes;
   for (std::int64_t at = 0; at < x.shape()[a]; at += std::min(size, x.shape()[a] - at))
     sizes.push_back(std::min(size, x.shape()[a] - at));
@@ -261,6 +261,18 @@ Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype) {
     T* o = out.data<T>();
     for (std::int64_t i = 0; i < idx.numel(); ++i) o[i * num_classes + p[i]] = T(1);
   });
+  return out;
+}
+
+Tensor bincount(const Tensor& index, std::int64_t num_classes) {
+  TG_CHECK(num_classes > 0, "bincount: num_classes must be positive, got {}", num_classes);
+  check_defined(index, "bincount", "index");
+  TG_CHECK(index.dim() == 1, "bincount: expected a 1-D index, got shape {}", index.shape());
+  const Tensor idx = checked_index(index, num_classes, "bincount", /*allow_negative=*/false);
+  Tensor out = zeros({num_classes}, DType::i64);
+  std::int64_t* o = out.data<std::int64_t>();
+  const std::int64_t* p = idx.data<std::int64_t>();
+  for (std::int64_t i = 0; i < idx.numel(); ++i) ++o[p[i]];
   return out;
 }
 

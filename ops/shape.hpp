@@ -37,6 +37,9 @@ Tensor embedding(const Tensor& weight, const Tensor& index);
 // One-hot encoding of integer classes in [0, num_classes): [*index.shape, num_classes] (not
 // differentiable).
 Tensor one_hot(const Tensor& index, std::int64_t num_classes, DType dtype = DType::f32);
+// How often each class in [0, num_classes) occurs in a 1-D integer index -> [num_classes] i64
+// (torch.bincount with minlength; e.g. VQ codebook usage). Not differentiable.
+Tensor bincount(const Tensor& index, std::int64_t num_classes);
 
 // x with `value` where mask (bool, broadcast to x's shape) is true.
 // The result keeps x's dtype; a value it cannot hold (3e9 for i32, NaN for integers) is refused.

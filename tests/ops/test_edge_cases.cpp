@@ -58,6 +58,8 @@ TEST_CASE("shape ops with extreme arguments raise instead of overflowing", "[ops
   CHECK(ops::chunk(randn({5}), kMax, 0).size() == 5);
   CHECK_THROWS_WITH(ops::chunk(randn({0}), std::int64_t{1} << 40, 0), Contains("chunk: dim 0"));
   CHECK_THROWS_WITH(ops::unbind(tensor({1}).expand({std::int64_t{1} << 40}), 0), Contains("unbind: dim 0"));
+  // 2^25 + 1 elements in pieces of 2: 2^24 + 1 pieces (the shorter last one counts too).
+  CHECK_THROWS_WITH(ops::split(tensor({1}).expand({(std::int64_t{1} << 25) + 1}), 2, 0), Contains("into 16777217 pieces, more than 2^24"));
 }
 
 TEST_CASE("index ops leave the caller's index alone", "[ops][edge][shape]") {

@@ -2,6 +2,8 @@
 // thread-count determinism, errors.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
@@ -128,4 +130,29 @@ TEST_CASE("matmul reports mismatched shapes", "[ops][linalg][errors]") {
   CHECK_THROWS_WITH(ops::matmul(zeros({3}), zeros({4})), Contains("dot product of vectors of sizes 3 and 4"));
   CHECK_THROWS_WITH(ops::matmul(arange(4).reshape({2, 2}), zeros({2, 2})), Contains("expected floating-point operands"));
   CHECK_THROWS_WITH(ops::bmm(zeros({2, 3}), zeros({2, 3, 4})), Contains("bmm: expected 3-D operands"));
+}
+
+TEST_CASE("pairwise_sq_distances against the naive double loop, gradients, threads", "[ops][linalg][grad][pairwise_sq_distances]") {
+  const Tensor a = test::randn({7, 5}, DType::f64, 70), b = test::transposed_layout(test::randn({4, 5}, DType::f64, 71));
+  const Tensor d = ops::pairwise_sq_distances(a, b);  // [7, 4]
+  REQUIRE(d.shape() == Shape{7, 4});
+  bool close = true;
+  for (std::int64_t i = 0; i < 7; ++i)
+    for (std::int64_t j = 0; j < 4; ++j) {
+      double s = 0;
+      for (std::int64_t k = 0; k < 5; ++k) s += std::pow(a.at<double>({i, k}) - b.at<double>({j, k}), 2);
+      close &= std::abs(d.at<double>({i, j}) - s) <= 1e-12 * (1 + s);
+    }
+  CHECK(close);
+  CHECK(ops::amin(ops::pairwise_sq_distances(a, a)).item() >= 0.0);  // clamped: no negative round-off
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::pairwise_sq_distances(v[0], v[1]); },
+                  {test::randn({3, 4}, DType::f64, 72), test::transposed_layout(test::randn({5, 4}, DType::f64, 73))});
+  CHECK(test::same_bits_across_threads([] {
+    const Tensor x = test::randn({300, 64}, DType::f32, 74).requires_grad_(), c = test::randn({512, 64}, DType::f32, 75);
+    const Tensor y = ops::pairwise_sq_distances(x, c);
+    y.backward(test::randn(y.shape(), DType::f32, 76));
+    return Tensors{y, x.grad()};
+  }));
+  CHECK_THROWS_WITH(ops::pairwise_sq_distances(a, test::randn({4, 3}, DType::f64, 77)),
+                    Contains("pairwise_sq_distances: expected a [N, D] and b [M, D], got shapes [7, 5] and [4, 3]"));
 }

@@ -132,6 +132,15 @@ TEST_CASE("masked_fill, tril, triu, one_hot", "[ops][shape]") {
   CHECK_THROWS_WITH(ops::masked_fill(zeros({3}), ones({2, 3}, DType::boolean), 0), Contains("does not broadcast to x's shape"));
 }
 
+TEST_CASE("bincount", "[ops][shape]") {
+  CHECK(ops::bincount(i64({2, 0, 2, 4, 2}), 6).to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 3, 0, 1, 0});
+  CHECK(ops::bincount(tensor({}, DType::i32), 3).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0, 0});
+  CHECK_THROWS_WITH(ops::bincount(i64({1, 3}), 3), Contains("bincount: index 3 is out of range"));
+  CHECK_THROWS_WITH(ops::bincount(i64({-1}), 3), Contains("bincount: index -1 is out of range"));
+  CHECK_THROWS_WITH(ops::bincount(i64({1, 2}, {1, 2}), 3), Contains("bincount: expected a 1-D index"));
+  CHECK_THROWS_WITH(ops::bincount(tensor({1.0}), 3), Contains("must be an integer tensor"));
+}
+
 TEST_CASE("pad, repeat, roll", "[ops][shape]") {
   const Tensor x = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
   CHECK(ops::pad(x, {1, 2}).to_vector<double>() == std::vector<double>{0, 1, 2, 3, 0, 0, 0, 4, 5, 6, 0, 0});
