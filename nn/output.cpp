@@ -1,8 +1,12 @@
 #include "nn/output.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <cmath>
 #include <fmt/format.h>
@@ -250,7 +254,7 @@ void ProgressBar::draw(std::int64_t done, double, bool final) {
   std::string line = fmt::format("{} [{}{}] {:3d}%  {}/{}", label_, std::string(filled, '#'), std::string(width - filled, '.'),
                                  static_cast<int>(100 * done / total_), done, total_);
   if (rate > 0) line += fmt::format("  {:.1f} it/s  ETA {}:{:02d}", rate, eta_s / 60, eta_s % 60);
-  if (has_loss_) line += fmt::format("  loss {:.4f}", smoothed_loss_);
+  if (has_loss_) line += fmt::format("  loss {:.5g}", smoothed_loss_);
   if (non_finite_ > 0) line += fmt::format("  {} non-finite loss{} (last {})", non_finite_, non_finite_ > 1 ? "es" : "", last_non_finite_);
   if (tty_) fmt::print(stderr, "\r{}\x1b[K{}", line, final ? "\n" : "");
   else fmt::print(stderr, "{}\n", line);
@@ -260,6 +264,24 @@ void ProgressBar::draw(std::int64_t done, double, bool final) {
 void ProgressBar::finish(const std::string& message) {
   if (tty_ || last_drawn_ != total_) draw(total_, smoothed_loss_, true);
   if (!message.empty()) fmt::print(stderr, "{}\n", message);
+}
+
+RunFolderLock::RunFolderLock(const std::string& folder) {
+  const std::string path = folder + "/.lock";
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  TG_CHECK(fd_ >= 0, "run folder '{}': cannot open its lock file: {}", folder, std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    TG_CHECK(err != EWOULDBLOCK, "run folder '{}' is in use by another program (it holds '{}'); wait for it or use another folder",
+             folder, path);
+    TG_FAIL("run folder '{}': cannot lock '{}': {}", folder, path, std::strerror(err));
+  }
+}
+
+RunFolderLock::~RunFolderLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
 }  // namespace tg::nn::output

@@ -1,5 +1,6 @@
 // Output helpers for training runs: PNG images and labelled image grids, metrics CSV files,
-// SVG line plots, and a terminal progress bar with rate, ETA and the running loss.
+// SVG line plots, a terminal progress bar with rate, ETA and the running loss, and a lock that
+// keeps two programs from writing one run folder.
 #pragma once
 
 #include <chrono>
@@ -76,6 +77,20 @@ class ProgressBar {
   bool has_loss_ = false;
   std::int64_t non_finite_ = 0;    // NaN / Inf losses seen: shown, never smoothed away
   double last_non_finite_ = 0;
+};
+
+// Holds `<folder>/.lock` (an advisory flock) while alive: a second program that tries to write
+// the same run folder gets a clear error instead of interleaving its files with the first one's.
+// The lock goes with the process, also when it is killed. The folder must exist.
+class RunFolderLock {
+ public:
+  explicit RunFolderLock(const std::string& folder);
+  ~RunFolderLock();
+  RunFolderLock(const RunFolderLock&) = delete;
+  RunFolderLock& operator=(const RunFolderLock&) = delete;
+
+ private:
+  int fd_ = -1;
 };
 
 }  // namespace tg::nn::output

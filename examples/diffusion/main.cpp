@@ -235,7 +235,6 @@ void keep_metrics_through(const std::string& path, std::int64_t step) {
 
 int train(const TrainArgs& a) {
   diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
-  fs::create_directories(a.out);
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
   if (a.resume && fs::exists(cfg_path)) {
@@ -279,6 +278,8 @@ int train(const TrainArgs& a) {
     keep_metrics_through(a.out + "/metrics.csv", ckpt_step);
   }
   fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
+  fs::create_directories(a.out);  // only now that the settings are known to be good
+  const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
   {
     nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
                           {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup}, {"ema", a.ema}, {"label_dropout", a.label_dropout},
@@ -348,7 +349,7 @@ int train(const TrainArgs& a) {
   fmt::print("trained {} steps in {:.1f} min ({:.2f} steps/s); {}\n", r.steps, r.seconds / 60,
              static_cast<double>(r.steps) / std::max(r.seconds, 1e-9),
              r.final_loss_steps > 0 ? fmt::format("final loss (mean of the last {} steps) {:.4f}", r.final_loss_steps, r.final_loss)
-                                    : std::string("no steps left to train (the run had finished)"));
+                                    : std::string(resuming ? "no steps left to train (the run had finished)" : "no steps were run"));
   fmt::print("run folder: {}\n  config.json metrics.csv loss.svg samples.png (Heun, {} NFE, {:.1f} s)\n", a.out, a.grid_nfe, seconds_since(t0));
   fmt::print("  model_ema.safetensors (EMA weights, used for sampling) model.safetensors checkpoint.safetensors (resumable)\n");
   return 0;
@@ -365,6 +366,7 @@ struct SampleArgs {
 };
 
 diff::GenerateOptions generate_options(const SampleArgs& a, std::uint64_t seed) {
+  TG_CHECK(a.eta == 0 || a.sampler == "ddim", "--eta applies to the ddim sampler only (got --sampler {})", a.sampler);
   diff::GenerateOptions g;
   g.sampler = diff::sampler_for_nfe(diff::parse_sampler(a.sampler), a.nfe, a.eta);
   g.count = a.count;
@@ -392,11 +394,19 @@ int eval_cmd(SampleArgs a) {
   if (a.count == 0) a.count = 2000;
   generate_options(a, a.seed);  // bad sampler settings fail before the FD classifier and the data are loaded
   diff::UNet net = load_model(a.run, a.raw);
+  net.set_skip_tuning(a.rho_bottom, a.rho_top);
+  TG_CHECK(a.guidance == 1 || (net.config.num_classes > 0 && !a.unconditional),
+           "eval: guidance {} needs a class-conditional model and class-conditional sampling", a.guidance);
   const Run run = read_run(a.run);
   const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
   check_fd_count(a.count, data.test.size());
-  FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
-  net.set_skip_tuning(a.rho_bottom, a.rho_top);
+  // Opened before the work: a run folder eval cannot write to fails now. One line per evaluation.
+  nn::output::CsvWriter csv(a.run + "/eval.csv", {"sampler", "nfe", "eta", "rho_bottom", "rho_top", "guidance", "weights", "conditional",
+                                                  "seed", "count", "seeds", "fd_clf", "class_accuracy", "noise_floor_halves",
+                                                  "noise_floor_matched"},
+                            nn::output::CsvWriter::Mode::append);
+  const std::string classifier = a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier;
+  FDContext fd = make_fd(data, classifier);
   std::vector<double> fds;
   double acc = 0;
   const auto t0 = Clock::now();
@@ -413,12 +423,11 @@ int eval_cmd(SampleArgs a) {
              a.rho_bottom, a.rho_top, mean, a.count, a.seeds, seconds_since(t0));
   fmt::print("noise floor: {:.3f} (test halves, 5000 vs 5000), {:.3f} ({} real test images vs the other {})\n", fd.floor_half,
              floor_n, a.count, fd.real.shape()[0] - a.count);
-  nn::output::CsvWriter csv(a.run + "/eval.csv", {"sampler", "nfe", "rho_bottom", "rho_top", "guidance", "count", "seeds", "fd_clf",
-                                                  "class_accuracy", "noise_floor_halves", "noise_floor_matched"},
-                            nn::output::CsvWriter::Mode::append);  // one line per evaluation, kept across runs
-  csv.row(std::vector<std::string>{a.sampler, std::to_string(a.nfe), rho_str(a.rho_bottom), rho_str(a.rho_top), rho_str(a.guidance),
+  csv.row(std::vector<std::string>{a.sampler, std::to_string(a.nfe), rho_str(a.eta), rho_str(a.rho_bottom), rho_str(a.rho_top),
+                                   rho_str(a.guidance), a.raw ? "raw" : "ema", a.unconditional ? "no" : "yes", std::to_string(a.seed),
                                    std::to_string(a.count), std::to_string(a.seeds), fmt::format("{:.4f}", mean),
-                                   fmt::format("{:.4f}", acc), fmt::format("{:.4f}", fd.floor_half), fmt::format("{:.4f}", floor_n)});
+                                   acc >= 0 ? fmt::format("{:.4f}", acc) : std::string("n/a"), fmt::format("{:.4f}", fd.floor_half),
+                                   fmt::format("{:.4f}", floor_n)});
   return 0;
 }
 
@@ -443,13 +452,19 @@ struct Cell {
   double accuracy() const { return std::accumulate(acc.begin(), acc.end(), 0.0) / static_cast<double>(acc.size()); }
 };
 
-// FNV-1a hash of every weight's bytes: sweep results are reused only for the model that made them.
-std::string weights_fingerprint(diff::UNet& net) {
-  std::uint64_t h = 14695981039346656037ull;
+// FNV-1a: a fixed, portable 64-bit hash of bytes (continuing from h).
+std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t h = 14695981039346656037ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+// A hash of every weight's bytes: sweep results are reused only for the models that made them.
+std::string weights_fingerprint(nn::Module& net) {
+  std::uint64_t h = fnv1a(nullptr, 0);
   for (const nn::NamedTensor& t : net.state()) {
     const Tensor c = t.tensor.contiguous();
-    const auto* p = static_cast<const unsigned char*>(c.raw_data());
-    for (std::size_t i = 0; i < static_cast<std::size_t>(c.numel()) * c.element_size(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+    h = fnv1a(c.raw_data(), static_cast<std::size_t>(c.numel()) * c.element_size(), h);
   }
   return fmt::format("{:016x}", h);
 }
@@ -501,12 +516,16 @@ int sweep_cmd(const SweepArgs& a) {
       TG_CHECK(nfe >= 1 && nfe <= kMaxNfe, "sweep: {} NFE {} is outside 1..{}", sname, nfe, kMaxNfe);
       diff::sampler_for_nfe(diff::parse_sampler(sname), nfe);
     }
+  for (const double rho : a.rhos) diff::skip_tuning_scales(2, rho, a.rho_top);  // finite values, checked now
+  for (const double sigma : a.denoise_sigmas)
+    TG_CHECK(std::isfinite(sigma) && sigma > 0, "sweep: --denoise-sigmas must be positive, got {}", sigma);
   diff::UNet net = load_model(a.run, false);
   const Run run = read_run(a.run);
   const std::string out = a.out.empty() ? a.run + "/sweep" : a.out;
   const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
   check_fd_count(a.count, data.test.size());
   fs::create_directories(out);
+  const nn::output::RunFolderLock lock(out);  // one sweep per folder
   FDContext fd = make_fd(data, a.fd_classifier.empty() ? cls::default_fd_classifier_path() : a.fd_classifier);
   const double floor_n = fd.matched_floor(a.count);
   const std::int64_t S = net.config.image_size;
@@ -526,7 +545,9 @@ int sweep_cmd(const SweepArgs& a) {
   const std::string runs_csv = out + "/sweep_runs.csv";
   using Key = std::tuple<std::string, std::int64_t, std::string, std::string, std::string, std::int64_t>;
   std::map<Key, std::pair<double, double>> done;  // (sampler, nfe, rho, rho_top, seed, count) -> (fd, accuracy)
-  const std::string model_id = weights_fingerprint(net);
+  // The UNet, the FD classifier and the data: any of them changes every FD value.
+  const std::string model_id = weights_fingerprint(net) + "-" + weights_fingerprint(fd.fd) + "-" +
+                               fmt::format("{:016x}", fnv1a(data.test.source.data(), data.test.source.size()));
   if (a.resume) {
     std::size_t line = 1;  // read_csv refuses rows with a wrong field count, so row i is line i + 1
     for (auto& r : read_csv(runs_csv)) {
@@ -578,12 +599,12 @@ int sweep_cmd(const SweepArgs& a) {
           c.fd.push_back(sc.fd);
           c.acc.push_back(sc.accuracy);
           raw.row(std::vector<std::string>{sname, std::to_string(nfe), rho_str(rho), rho_str(a.rho_top), std::to_string(seed),
-                                           std::to_string(a.count), fmt::format("{:.4f}", sc.fd), fmt::format("{:.4f}", sc.accuracy),
+                                           std::to_string(a.count), fmt::format("{}", sc.fd), fmt::format("{}", sc.accuracy),
                                            fmt::format("{:.1f}", seconds_since(t0)), model_id});
         }
         const auto [m, sd] = mean_std(c.fd);
-        fmt::print("{:5s} NFE {:3d} rho_bottom {:4}: FD_clf {:8.3f} +- {:6.3f}  acc {:5.1f}%   [{:.0f} s elapsed]\n", sname, nfe,
-                   rho_str(rho), m, sd, 100 * c.accuracy(), seconds_since(t_all));
+        fmt::print("{:5s} NFE {:3d} rho_bottom {:4}: FD_clf {:8.3f} +- {:6.3f}{}   [{:.0f} s elapsed]\n", sname, nfe, rho_str(rho), m,
+                   sd, c.accuracy() >= 0 ? fmt::format("  acc {:5.1f}%", 100 * c.accuracy()) : std::string(), seconds_since(t_all));
         std::fflush(stdout);
         cells.push_back(c);
       }
@@ -609,7 +630,8 @@ int sweep_cmd(const SweepArgs& a) {
     const auto [g, gs] = paired_gain(cell(c.sampler, c.nfe, 1.0), c);
     summary.row(std::vector<std::string>{c.sampler, std::to_string(c.nfe), rho_str(c.rho), rho_str(a.rho_top), fmt::format("{:.4f}", m),
                                          fmt::format("{:.4f}", sd), fmt::format("{:.4f}", g), fmt::format("{:.4f}", gs),
-                                         fmt::format("{:.4f}", c.accuracy()), std::to_string(a.seeds), std::to_string(a.count),
+                                         c.accuracy() >= 0 ? fmt::format("{:.4f}", c.accuracy()) : std::string("n/a"),
+                                         std::to_string(a.seeds), std::to_string(a.count),
                                          fmt::format("{:.4f}", fd.floor_half), fmt::format("{:.4f}", floor_n)});
   }
   std::string md = fmt::format("FD_clf (lower is better; mean ± std over {} noise seeds of {} samples each, the same noise for every "
@@ -644,6 +666,7 @@ int sweep_cmd(const SweepArgs& a) {
       best_series[sname].x.push_back(static_cast<double>(nfe));
       best_series[sname].y.push_back(best->mean());
     }
+  if (net.config.num_classes > 0) {  // (an unconditional model has no requested class)
   md += "\nClass accuracy (%) of the FD classifier on the conditional samples (does the sample show the requested class?):\n\n"
         "| sampler | NFE |";
   for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
@@ -656,6 +679,7 @@ int sweep_cmd(const SweepArgs& a) {
       for (double r : a.rhos) md += fmt::format(" {:.1f} |", 100 * cell(sname, nfe, r).accuracy());
       md += "\n";
     }
+  }
 
   // Pixel vs feature denoising error with and without Skip-Tuning (the paper: pixel error rises,
   // feature error falls at intermediate sigma).
@@ -725,19 +749,24 @@ int sweep_cmd(const SweepArgs& a) {
   return 0;
 }
 
+// A comma-separated list of numbers ("" or "none": empty). Every item must be a whole number of
+// the type (no trailing junk); with `distinct`, no value may repeat.
 template <class T>
-std::vector<T> parse_list(const std::string& s, const char* what) {
+std::vector<T> parse_list(const std::string& s, const char* what, bool distinct = true) {
   std::vector<T> v;
+  if (s == "none") return v;
   std::stringstream ss(s);
   std::string item;
   while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    try {
-      if constexpr (std::is_floating_point_v<T>) v.push_back(std::stod(item));
-      else v.push_back(std::stoll(item));
-    } catch (const std::exception&) {
-      TG_FAIL("{}: '{}' is not a number", what, item);
-    }
+    const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
+    if (first == std::string::npos) continue;
+    item = item.substr(first, last - first + 1);
+    T value{};
+    const auto [end, err] = std::from_chars(item.data(), item.data() + item.size(), value);
+    TG_CHECK(err == std::errc() && end == item.data() + item.size() && (!std::is_floating_point_v<T> || std::isfinite(static_cast<double>(value))),
+             "{}: '{}' is not a{} number", what, item, std::is_floating_point_v<T> ? " finite" : "n integer");
+    TG_CHECK(!distinct || std::find(v.begin(), v.end(), value) == v.end(), "{}: {} is listed twice", what, item);
+    v.push_back(value);
   }
   return v;
 }
@@ -789,7 +818,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"heun", "euler", "ddim", "ddpm"}));
     c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")
         ->check(examples::Between(1, kMaxNfe));
-    c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic)")->check(examples::NonNegative);
+    c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic; other samplers take none)")->check(examples::Between(0, 1));
     c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (1: off)");
     c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)");
     c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional)");
@@ -820,10 +849,10 @@ int main(int argc, char** argv) {
   sw->add_option("--out", wa.out, "Output folder (default <run>/sweep)");
   sw->add_option("--rhos", rhos, "rho_bottom values, comma separated");
   sw->add_option("--rho-top", wa.rho_top, "rho_top for every cell");
-  sw->add_option("--heun-nfe", heun, "Heun NFE values (odd), comma separated; empty to skip");
-  sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; empty to skip");
-  sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; empty to skip");
-  sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; empty to skip");
+  sw->add_option("--heun-nfe", heun, "Heun NFE values (odd), comma separated; none to skip");
+  sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; none to skip");
+  sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; none to skip");
+  sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; none to skip");
   sw->add_option("--count", wa.count, "Samples per cell and seed")->check(examples::Positive);
   sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Positive);
   sw->add_option("--batch", wa.batch, "Samples per network batch")->check(examples::Positive);
@@ -842,7 +871,7 @@ int main(int argc, char** argv) {
   try {
     if (threads > 0) set_num_threads(threads);
     if (tr->parsed()) {
-      ta.channels = parse_list<std::int64_t>(channels, "--channels");
+      ta.channels = parse_list<std::int64_t>(channels, "--channels", /*distinct=*/false);
       ta.attention = parse_list<std::int64_t>(attention, "--attention");
       return train(ta);
     }

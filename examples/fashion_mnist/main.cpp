@@ -79,6 +79,7 @@ int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
   fs::create_directories(out);
+  const nn::output::RunFolderLock lock(out);  // one writer per run folder
   const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
   fmt::print("data: {} ({} train / {} test images)\n", data.train.source, data.train.size(), data.test.size());
 
@@ -131,7 +132,7 @@ int train(const TrainArgs& a) {
                                     s.test_accuracy, s.seconds});
     test_loss.x.push_back(static_cast<double>(s.step));
     test_loss.y.push_back(s.test_loss);
-    fmt::print("epoch {}: train loss {:.4f}  test loss {:.4f}  test accuracy {:.2f}%  ({:.1f} s, {:.2f} ms/step)\n",
+    fmt::print("epoch {}: train loss {:.5g}  test loss {:.5g}  test accuracy {:.2f}%  ({:.1f} s, {:.2f} ms/step)\n",
                s.epoch, s.train_loss, s.test_loss, 100 * s.test_accuracy, s.seconds,
                1e3 * s.seconds / static_cast<double>(std::max<std::int64_t>(1, s.step - (s.epoch - 1) * ((data.train.size() + a.batch - 1) / a.batch))));
   };
@@ -237,7 +238,7 @@ int main(int argc, char** argv) {
   CLI::App* tr = app.add_subcommand("train", "Train a classifier and write a run folder");
   tr->add_option("--model", ta.model, "Architecture: mlp (784-512-512-10) or cnn (2 conv + 2 linear)")
       ->check(CLI::IsMember({"mlp", "cnn", "fdmlp"}));
-  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Positive);
+  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Between(1, 1e6));
   tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Positive);
   tr->add_option("--lr", ta.lr, "Adam learning rate")->check(examples::Positive);
   tr->add_option("--schedule", ta.schedule, "Learning rate over the run: cosine (decays to 0 by the last epoch) or constant")
@@ -246,8 +247,8 @@ int main(int argc, char** argv) {
   tr->add_option("--out", ta.out, "Run folder (default runs/fashion_mnist-<model>)");
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
-  tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs)");
-  tr->add_option("--max-train", ta.max_train, "Use only the first N training images");
+  tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs; -1: no limit)")->check(examples::Between(-1, 9e15));
+  tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::NonNegative);
   tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings; --max-steps may change)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 

@@ -14,6 +14,8 @@
 // h in {2..6}; and h in {5, 6}, w in {2..4}).
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -217,11 +219,22 @@ const Split kSplits[] = {
     {"ood_tall", "OOD tall (h in 5..6, w in 2..4)", [](std::int64_t h, std::int64_t w) { return h >= 5 && w <= 4; }},
 };
 
+// Comma-separated items, trimmed of spaces; empty items are skipped.
 std::vector<std::string> split_variants(const std::string& s) {
   std::vector<std::string> v;
   std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) v.push_back(item);
+  for (std::string item; std::getline(ss, item, ',');) {
+    const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
+    if (first != std::string::npos) v.push_back(item.substr(first, last - first + 1));
+  }
+  return v;
+}
+
+// A whole decimal integer (no sign junk, no trailing characters), else an error naming `what`.
+std::int64_t parse_count(const std::string& text, const std::string& what) {
+  std::int64_t v = 0;
+  const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+  TG_CHECK(err == std::errc() && end == text.data() + text.size(), "{}: '{}' is not an integer", what, text);
   return v;
 }
 
@@ -230,11 +243,15 @@ std::string pct(double x) { return fmt::format("{:.1f}", 100 * x); }
 int experiment(const ExperimentArgs& a) {
   const std::vector<std::string> variants = split_variants(a.variants);
   TG_CHECK(!variants.empty(), "experiment: no variants given");
-  for (const auto& v : variants) {
-    const nn::PositionConfig pc = nn::parse_positions(v);
-    TG_CHECK(pc.scheme != nn::PositionScheme::rope2d, "experiment: {} has no text positions for [BOS]/[IMG] tokens", v);
+  for (std::size_t i = 0; i < variants.size(); ++i) {
+    const nn::PositionConfig pc = nn::parse_positions(variants[i]);
+    TG_CHECK(pc.scheme != nn::PositionScheme::rope2d, "experiment: {} has no text positions for [BOS]/[IMG] tokens", variants[i]);
+    TG_CHECK(std::find(variants.begin(), variants.begin() + static_cast<std::ptrdiff_t>(i), variants[i]) == variants.begin() + static_cast<std::ptrdiff_t>(i),
+             "experiment: variant {} is listed twice", variants[i]);
+    tf::Transformer probe(experiment_config(a, nn::PositionBuilder(pc).axes()));  // model settings checked before the folder is touched
   }
   fs::create_directories(a.out);
+  const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
   {
     nlohmann::json cfg = {{"task", "causal neighbour (spec techniques-A 1.8)"}, {"variants", variants},
                           {"steps", a.steps}, {"batch", a.batch}, {"lr", a.lr}, {"weight_decay", a.weight_decay},
@@ -407,6 +424,7 @@ bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; 
 
 int compat(const CompatArgs& a) {
   fs::create_directories(a.out);
+  const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
   const CompatRun flat = train_reverse("flat1d", a), tv = train_reverse("tv", a);
   std::int64_t equal = 0;
   double worst = 0;
@@ -463,7 +481,7 @@ int show(const std::string& scheme, const std::string& layout, double start) {
     const std::string kind = item.substr(0, colon), size = item.substr(colon + 1);
     std::vector<std::int64_t> d;
     std::stringstream ss(size);
-    for (std::string x; std::getline(ss, x, 'x');) d.push_back(std::stoll(x));
+    for (std::string x; std::getline(ss, x, 'x');) d.push_back(parse_count(x, fmt::format("show: layout item '{}'", item)));
     if (kind == "text" && d.size() == 1) pb.add_text(d[0]);
     else if ((kind == "image" || kind == "image+") && d.size() == 2) pb.add_image(d[0], d[1], kind == "image+");
     else if ((kind == "video" || kind == "video+") && d.size() == 3) pb.add_video(d[0], d[1], d[2], kind == "video+");

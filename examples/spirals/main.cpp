@@ -58,6 +58,10 @@ std::optional<T> parse_number(const char* text, T lo, T hi) {
 
 int main(int argc, char** argv) {
   constexpr std::int64_t kMaxSteps = 10'000'000;
+  if (argc > 1 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    fmt::print("usage: spirals [steps: 1..{} (default 2000)] [seed: a non-negative integer (default 0)]\n", kMaxSteps);
+    return 0;
+  }
   const auto steps = argc > 1 ? parse_number<std::int64_t>(argv[1], 1, kMaxSteps) : std::optional<std::int64_t>(2000);
   const auto seed = argc > 2 ? parse_number<std::uint64_t>(argv[2], 0, UINT64_MAX) : std::optional<std::uint64_t>(0);
   if (argc > 3 || !steps || !seed) {

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <limits>
 
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
@@ -53,6 +54,8 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
     step = nn::load_training_checkpoint(o.checkpoint, model, opt, gen).step;
     fmt::print(stderr, "resumed from {} at step {}\n", o.checkpoint, step);
   }
+  TG_CHECK(o.epochs >= 1 && o.epochs <= std::numeric_limits<std::int64_t>::max() / per_epoch,
+           "classifier fit: {} epochs of {} steps overflow the step count", o.epochs, per_epoch);
   const std::int64_t total = o.max_steps >= 0 ? std::min(o.max_steps, o.epochs * per_epoch) : o.epochs * per_epoch;
   model.train();
   while (step < total) {
@@ -73,7 +76,7 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       loss_sum += l;
       ++count;
       if (o.on_step) o.on_step(step + 1, l);
-      if (o.progress) bar.update(count, l);
+      if (o.progress) bar.update(b + 1, l);  // the batch's place in the epoch (also when resuming mid-epoch)
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (o.progress) bar.finish();
@@ -139,6 +142,17 @@ Classifier load_or_train_fd_classifier(const std::string& path, const Data& data
     TG_CHECK(it != meta.end() && it->second == want,
              "FD classifier '{}' was trained on '{}' data but this run uses '{}'; delete it to retrain", path,
              it == meta.end() ? "unknown" : it->second, want);
+    // FD values are comparable only under one feature extractor: one trained on another number
+    // of images (e.g. a smoke run's few) is refused, not silently reused.
+    const std::string images = std::to_string(data.train.size());
+    if (auto n = meta.find("train_images"); n == meta.end())
+      fmt::print(stderr, "note: FD classifier '{}' does not record its training-set size (an older file); delete it to retrain\n",
+                 path);
+    else
+      TG_CHECK(n->second == images,
+               "FD classifier '{}' was trained on {} training images but this run has {}; use another path (--fd-classifier) "
+               "or delete it to retrain",
+               path, n->second, images);
     fd.eval();
     return fd;
   }
@@ -146,8 +160,9 @@ Classifier load_or_train_fd_classifier(const std::string& path, const Data& data
   const FitResult r = fit(fd, data.train, data.test, {.epochs = 3, .batch = 128, .lr = 1e-3, .schedule = "constant", .seed = 1234});
   const double acc = r.history.back().test_accuracy;
   fmt::print(stderr, "FD classifier test accuracy {:.2f}%\n", 100 * acc);
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  if (const auto folder = std::filesystem::path(path).parent_path(); !folder.empty()) std::filesystem::create_directories(folder);
   nn::save_module(fd, path, {{"data", data.synthetic ? "synthetic" : "fashion-mnist"},
+                             {"train_images", std::to_string(data.train.size())},
                              {"test_accuracy", fmt::format("{:.4f}", acc)}});
   fd.eval();
   return fd;

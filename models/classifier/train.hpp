@@ -64,7 +64,8 @@ Data load_data(const std::optional<std::string>& folder, bool force_synthetic, s
 nn::data::ImageDataset load_test_data(const std::optional<std::string>& folder, bool force_synthetic);
 
 // The FD_clf feature extractor (fdmlp on 14x14): loaded from `path`, or trained (3 epochs, about a
-// minute on 2 cores) and saved there when the file is missing.
+// minute on 2 cores) and saved there when the file is missing. A file trained on other data (or on
+// another number of training images) is refused.
 Classifier load_or_train_fd_classifier(const std::string& path, const Data& data);
 // Default location: $TAPEGRAD_FD_CLASSIFIER, else runs/fd_classifier/fdmlp.safetensors.
 std::string default_fd_classifier_path();

@@ -122,6 +122,12 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
     CHECK_THAT(text, Contains("2 non-finite losses (last nan)"));
   }
   CHECK_THROWS_WITH(nn::output::save_png((dir / "x.png").string(), zeros({2, 4, 4})), Contains("expected 1 or 3 channels"));
+  {
+    const nn::output::RunFolderLock first(dir.string());
+    CHECK_THROWS_WITH(nn::output::RunFolderLock(dir.string()), Contains("is in use by another program"));
+  }
+  CHECK_NOTHROW(nn::output::RunFolderLock(dir.string()));  // released with its holder
+  CHECK_THROWS_WITH(nn::output::RunFolderLock((dir / "missing").string()), Contains("cannot open its lock file"));
   CHECK_THROWS_WITH(nn::output::save_image_grid((dir / "g.png").string(), zeros({3, 1, 4, 4}), {.captions = {"a", "b", "c"}, .caption_red = {true}}),
                     Contains("1 caption colours (caption_red) for 3 images"));
   CHECK_THROWS_WITH(nn::output::save_image_grid((dir / "g.png").string(), zeros({3, 1, 4, 4}), {.scale = std::int64_t{1} << 40}),
