@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <limits>
 
 #include "core/autograd.hpp"
+#include "nn/checkpoint.hpp"
 
 extern "C" {
 #include <stb/stb_easy_font.h>
@@ -264,6 +266,26 @@ void ProgressBar::draw(std::int64_t done, double, bool final) {
 void ProgressBar::finish(const std::string& message) {
   if (tty_ || last_drawn_ != total_) draw(total_, smoothed_loss_, true);
   if (!message.empty()) fmt::print(stderr, "{}\n", message);
+}
+
+void keep_csv_rows_through(const std::string& path, std::size_t column, std::int64_t max_value) {
+  if (!std::filesystem::is_regular_file(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  if (!std::getline(in, line)) return;
+  kept = line + "\n";
+  while (std::getline(in, line)) {
+    std::size_t at = 0;  // start of field `column`
+    for (std::size_t c = 0; c < column && at != std::string::npos; ++c) {
+      at = line.find(',', at);
+      if (at != std::string::npos) ++at;
+    }
+    if (at == std::string::npos) continue;
+    std::int64_t v = 0;
+    const auto [end, err] = std::from_chars(line.data() + at, line.data() + line.size(), v);
+    if (err == std::errc() && end < line.data() + line.size() && *end == ',' && v <= max_value) kept += line + "\n";
+  }
+  nn::write_file_atomically(path, kept);
 }
 
 RunFolderLock::RunFolderLock(const std::string& folder) {

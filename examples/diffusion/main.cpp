@@ -218,21 +218,6 @@ struct TrainArgs {
   std::uint64_t seed = 0;
 };
 
-// Drops the rows of a metrics file (first column: step) logged after `step`.
-void keep_metrics_through(const std::string& path, std::int64_t step) {
-  if (!fs::is_regular_file(path)) return;
-  std::ifstream in(path);
-  std::string line, kept;
-  if (!std::getline(in, line)) return;
-  kept = line + "\n";
-  while (std::getline(in, line)) {
-    std::int64_t s = 0;
-    const auto [end, err] = std::from_chars(line.data(), line.data() + line.size(), s);
-    if (err == std::errc() && end < line.data() + line.size() && *end == ',' && s <= step) kept += line + "\n";
-  }
-  nn::write_file_atomically(path, kept);
-}
-
 int train(const TrainArgs& a) {
   diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
   const std::string cfg_path = a.out + "/config.json";
@@ -275,7 +260,7 @@ int train(const TrainArgs& a) {
   }
   if (resuming) {
     const std::int64_t ckpt_step = nn::training_checkpoint_step(nn::load_safetensors(ckpt_path), ckpt_path);
-    keep_metrics_through(a.out + "/metrics.csv", ckpt_step);
+    nn::output::keep_csv_rows_through(a.out + "/metrics.csv", /*column=*/0, ckpt_step);  // step is column 0
   }
   fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
   fs::create_directories(a.out);  // only now that the settings are known to be good

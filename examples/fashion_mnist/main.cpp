@@ -75,6 +75,7 @@ void write_evaluation(const std::string& dir, const cls::Evaluation& ev, const n
 
 nlohmann::json load_run_config(const std::string& run);
 
+
 int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
@@ -111,6 +112,10 @@ int train(const TrainArgs& a) {
                "train --resume: '{}' does not hold this {} model (tensor 'model.{}' {})", ckpt, a.model, t.name,
                saved ? fmt::format("is {}, not {}", saved->shape(), t.tensor.shape()) : std::string("is missing"));
     }
+    // A run stopped mid-epoch logged a row for the part it did; the resumed run logs that epoch
+    // again when it completes it, so rows past the last complete epoch are dropped.
+    const std::int64_t per_epoch = (data.train.size() + a.batch - 1) / a.batch;
+    nn::output::keep_csv_rows_through(out + "/metrics.csv", /*column=*/1, nn::training_checkpoint_step(file, ckpt) / per_epoch * per_epoch);
   }
   {
     nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},

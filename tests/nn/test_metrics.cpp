@@ -93,6 +93,11 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   CHECK(read_text("other.csv") == "foo,bar");
   { nn::output::CsvWriter fresh((dir / "new.csv").string(), {"a"}, nn::output::CsvWriter::Mode::append); }
   CHECK(read_text("new.csv") == "a\n");  // created with its header
+  std::ofstream(dir / "k.csv") << "epoch,step,loss\n1,4,0.5\n2,8,0.4\n2,6,0.45\n3,12";  // last row cut off
+  nn::output::keep_csv_rows_through((dir / "k.csv").string(), 1, 6);
+  CHECK(read_text("k.csv") == "epoch,step,loss\n1,4,0.5\n2,6,0.45\n");
+  nn::output::keep_csv_rows_through((dir / "absent.csv").string(), 0, 1);  // nothing to do
+  CHECK_FALSE(fs::exists(dir / "absent.csv"));
   { nn::output::CsvWriter again((dir / "m.csv").string(), {"step", "loss"}); }
   CHECK(read_text("m.csv") == "step,loss\n");  // replace starts over
   nn::output::plot_svg((dir / "p.svg").string(), {{"train", {1, 2, 3}, {1.0, 0.5, 0.25}}, {"test", {1, 3}, {1.2, 0.4}}},
