@@ -27,8 +27,8 @@ struct GridOptions {
 };
 void save_image_grid(const std::string& path, const Tensor& images, const GridOptions& options = {});
 
-// Keeps a CSV file's header and the rows whose integer in column `column` (0-based) is at most
-// `max_value`; other rows, and a row cut off mid-write, are dropped. The file is rewritten
+// Keeps a CSV file's header and the rows whose integer in column `column` (0-based, not the last
+// column) is at most `max_value`; other rows, and a row cut off mid-write, are dropped. The file is rewritten
 // atomically; a missing file is left alone. For resumed runs: the rows logged after the checkpoint.
 void keep_csv_rows_through(const std::string& path, std::size_t column, std::int64_t max_value);
 
