@@ -2,6 +2,13 @@
 // parallel_for runs over all chunks of all tensors (no per-parameter launch, deterministic).
 #include "ops/fused.hpp"
 
+// GCC 12 reports false -Wuninitialized warnings from inside avx512fintrin.h (the _mm512_undefined_*
+// operand of xsimd's sqrt) in some builds (-O1 sanitizer builds); not about this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <xsimd/xsimd.hpp>
 
 #include <cmath>
