@@ -652,18 +652,18 @@ int sweep_cmd(const SweepArgs& a) {
       best_series[sname].y.push_back(best->mean());
     }
   if (net.config.num_classes > 0) {  // (an unconditional model has no requested class)
-  md += "\nClass accuracy (%) of the FD classifier on the conditional samples (does the sample show the requested class?):\n\n"
-        "| sampler | NFE |";
-  for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
-  md += "\n|---|---|";
-  for (std::size_t i = 0; i < a.rhos.size(); ++i) md += "---|";
-  md += "\n";
-  for (auto& [sname, nfes] : plan)
-    for (std::int64_t nfe : nfes) {
-      md += fmt::format("| {} | {} |", sname, nfe);
-      for (double r : a.rhos) md += fmt::format(" {:.1f} |", 100 * cell(sname, nfe, r).accuracy());
-      md += "\n";
-    }
+    md += "\nClass accuracy (%) of the FD classifier on the conditional samples (does the sample show the requested class?):\n\n"
+          "| sampler | NFE |";
+    for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
+    md += "\n|---|---|";
+    for (std::size_t i = 0; i < a.rhos.size(); ++i) md += "---|";
+    md += "\n";
+    for (auto& [sname, nfes] : plan)
+      for (std::int64_t nfe : nfes) {
+        md += fmt::format("| {} | {} |", sname, nfe);
+        for (double r : a.rhos) md += fmt::format(" {:.1f} |", 100 * cell(sname, nfe, r).accuracy());
+        md += "\n";
+      }
   }
 
   // Pixel vs feature denoising error with and without Skip-Tuning (the paper: pixel error rises,
