@@ -371,6 +371,7 @@ Tensor run_op(const Case& c) {
   if (op == "bmm") return ops::bmm(c.t("a"), c.t("b"));
   if (op == "linear") return ops::linear(c.t("x"), c.t("w"), c.opt_t("b"));
   if (op == "outer") return ops::outer(c.t("u"), c.t("v"));
+  if (op == "pairwise_sq_distances") return ops::pairwise_sq_distances(c.t("a"), c.t("b"));
   // ---- convolution family
   if (op == "conv2d") {
     ops::Conv2dOptions o;

@@ -352,6 +352,15 @@ def _outer():
     return gen, lambda T, P: torch.outer(T["u"], T["v"])
 
 
+@op("pairwise_sq_distances")
+def _pairwise_sq_distances():
+    def gen(rng):
+        D = pick(rng, [1, 3, 8, 33])
+        return {}, [inp(rng, "a", [pick(rng, ODD), D], nc=0.4), inp(rng, "b", [pick(rng, ODD), D], nc=0.4)]
+    # The direct definition (torch.cdist's matmul path would be the same algebra as tapegrad's).
+    return gen, lambda T, P: ((T["a"][:, None, :] - T["b"][None, :, :]) ** 2).sum(-1)
+
+
 # ---- convolution family -------------------------------------------------------------------------------
 def conv_out(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
