@@ -17,6 +17,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 #include "core/autograd.hpp"
@@ -222,8 +223,10 @@ int train(const TrainArgs& a) {
   diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
+  std::optional<Run> previous;  // the run being resumed, read once
   if (a.resume && fs::exists(cfg_path)) {
-    mc = read_run(a.out).config;
+    previous = read_run(a.out);
+    mc = previous->config;
     fmt::print("resuming: model settings from {} (model flags on the command line are ignored)\n", cfg_path);
   } else {
     mc.image_size = a.size;
@@ -247,8 +250,8 @@ int train(const TrainArgs& a) {
   const std::string ckpt_path = a.out + "/checkpoint.safetensors";
   const bool resuming = a.resume && fs::exists(ckpt_path);
   if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", a.out);
-  if (resuming && fs::exists(cfg_path)) {  // the same training settings (--minutes / --steps may change: they extend a run)
-    const nlohmann::json cfg = read_run(a.out).json;
+  if (resuming && previous) {  // the same training settings (--minutes / --steps may change: they extend a run)
+    const nlohmann::json& cfg = previous->json;
     const nlohmann::json now = {{"batch", a.batch}, {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup},
                                 {"ema", a.ema}, {"label_dropout", a.label_dropout}, {"seed", a.seed}, {"max_train", a.max_train},
                                 {"data", data.train.source}};

@@ -172,25 +172,27 @@ nlohmann::json load_run_config(const std::string& run) {
   return cfg;
 }
 
-// Whether a run was trained on the synthetic shapes (then it is evaluated on them too).
-bool run_used_synthetic_data(const std::string& run) {
-  const nlohmann::json cfg = load_run_config(run);
-  return cfg.contains("data") && cfg["data"] == "synthetic-shapes";
-}
+// A trained run folder: its model, and whether it was trained on the synthetic shapes (then it is
+// evaluated on them too).
+struct TrainedRun {
+  cls::Classifier model;
+  bool synthetic = false;
+};
 
-// Loads the model of a run folder.
-cls::Classifier load_run(const std::string& run) {
-  const cls::Arch arch = cls::parse_arch(load_run_config(run)["model"].get<std::string>());
+TrainedRun load_run(const std::string& run) {
+  const nlohmann::json cfg = load_run_config(run);
+  const cls::Arch arch = cls::parse_arch(cfg["model"].get<std::string>());
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28});
   nn::load_module(model, run + "/model.safetensors");
   model.eval();
-  return model;
+  return {std::move(model), cfg.contains("data") && cfg["data"] == "synthetic-shapes"};
 }
 
 int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
-  cls::Classifier model = load_run(run);
+  TrainedRun trained = load_run(run);
+  cls::Classifier& model = trained.model;
   const nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
-                                                          synthetic || run_used_synthetic_data(run));
+                                                          synthetic || trained.synthetic);
   const cls::Evaluation ev = cls::evaluate(model, test);
   const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, test.labels, 10);
   const auto v = cm.to_vector<std::int64_t>();
@@ -207,9 +209,10 @@ int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
 
 int predict(const std::string& run, std::int64_t count, std::int64_t first, const std::string& png, const std::string& data_dir,
             bool synthetic) {
-  cls::Classifier model = load_run(run);
+  TrainedRun trained = load_run(run);
+  cls::Classifier& model = trained.model;
   nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
-                                                    synthetic || run_used_synthetic_data(run));
+                                                    synthetic || trained.synthetic);
   TG_CHECK(first >= 0 && first < test.size(), "predict: --first {} is outside the {} test images", first, test.size());
   count = std::min(count, test.size() - first);
   test.images = test.images.narrow(0, first, count);

@@ -13,6 +13,13 @@ using namespace tg;
 using Catch::Matchers::Contains;
 
 namespace {
+// One parameter w [2], zero at first: for EMA checks.
+struct Tiny : nn::Module {
+  Tensor w = zeros({2}).requires_grad_();
+  void visit(nn::Visitor& v) override { v.param("w", w); }
+  std::string type_name() const override { return "Tiny"; }
+};
+
 // A parameter with a fixed gradient.
 nn::NamedTensor param(std::initializer_list<double> values, DType dtype = DType::f64) {
   return {"p", tensor(values, dtype).requires_grad_()};
@@ -148,11 +155,7 @@ TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
   CHECK(nn::warmup_cosine_schedule(110, 10, 110, 0.1) == Approx(0.1));
   CHECK(nn::constant_schedule(5) == 1.0);
 
-  struct Tiny : nn::Module {
-    Tensor w = zeros({2}).requires_grad_();
-    void visit(nn::Visitor& v) override { v.param("w", w); }
-    std::string type_name() const override { return "Tiny"; }
-  } model;
+  Tiny model;
   nn::EMA ema(model, 0.5);
   {
     NoGradGuard no_grad;
@@ -186,11 +189,7 @@ TEST_CASE("optimizers refuse what torch refuses, clipping propagates a NaN norm,
   CHECK(std::isnan(nn::clip_grad_norm({p, q}, 1.0)));
   for (const float g : q.grad().to_vector<float>()) CHECK(std::isnan(g));
   // EMA::update with this step's decay (the diffusion trainer's warmup ramp).
-  struct Tiny : nn::Module {
-    Tensor w = zeros({2}).requires_grad_();
-    void visit(nn::Visitor& v) override { v.param("w", w); }
-    std::string type_name() const override { return "Tiny"; }
-  } model;
+  Tiny model;
   nn::EMA ema(model, 0.999);
   {
     NoGradGuard no_grad;
