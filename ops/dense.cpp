@@ -253,6 +253,350 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
   return {std::ldexp(sigma, exponent), from_f64(u, {rows}), from_f64(v, {cols})};
 }
 
+Svd svd(const Tensor& a) {
+  std::vector<double> m = to_f64(a, "svd", false);
+  const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
+  const int exponent = normalize_pow2(m, "svd", a.shape());
+  // Work on the columns of the taller orientation: a wide matrix is decomposed as its transpose
+  // (a^T = v s u^T), so the k = min(m, n) columns are rotated against each other.
+  const bool wide = cols > rows;
+  const std::int64_t len = wide ? cols : rows, k = wide ? rows : cols;  // column length, count
+  std::vector<double> w(static_cast<std::size_t>(k * len));  // w[j] = column j, contiguous
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j) (wide ? w[i * len + j] : w[j * len + i]) = m[i * cols + j];
+  std::vector<double> v(static_cast<std::size_t>(k * k), 0.0);  // v[j] = column j of the rotation
+  for (std::int64_t j = 0; j < k; ++j) v[j * k + j] = 1;
+  auto dot = [](const double* x, const double* y, std::int64_t n) {
+    double s = 0;
+    for (std::int64_t i = 0; i < n; ++i) s += x[i] * y[i];
+    return s;
+  };
+  auto rotate = [](double* x, double* y, std::int64_t n, double c, double s) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double xi = x[i], yi = y[i];
+      x[i] = c * xi - s * yi;
+      y[i] = s * xi + c * yi;
+    }
+  };
+  // Rotate each pair of columns until it is orthogonal to round-off (|w_p . w_q| <= len u |w_p| |w_q|);
+  // a sweep without a rotation ends the iteration (quadratic convergence: ~6-10 sweeps).
+  const double eps = 2.3e-16 * static_cast<double>(std::max<std::int64_t>(len, 4));
+  bool converged = false;
+  for (int sweep = 0; sweep < 80 && !converged; ++sweep) {
+    converged = true;
+    for (std::int64_t p = 0; p < k; ++p)
+      for (std::int64_t q = p + 1; q < k; ++q) {
+        double* wp = &w[p * len];
+        double* wq = &w[q * len];
+        const double alpha = dot(wp, wp, len), beta = dot(wq, wq, len), gamma = dot(wp, wq, len);
+        if (gamma == 0 || std::fabs(gamma) <= eps * std::sqrt(alpha) * std::sqrt(beta)) continue;
+        converged = false;
+        // tan of the angle that zeroes the pair's inner product: the smaller root of t^2 + 2 zeta t - 1.
+        const double zeta = (beta - alpha) / (2 * gamma);
+        const double t = (zeta >= 0 ? 1.0 : -1.0) / (std::fabs(zeta) + std::sqrt(1 + zeta * zeta));
+        const double c = 1 / std::sqrt(1 + t * t), s = c * t;
+        rotate(wp, wq, len, c, s);
+        rotate(&v[p * k], &v[q * k], k, c, s);
+      }
+  }
+  TG_CHECK(converged, "svd: one-sided Jacobi did not converge for shape {}", a.shape());
+  // Singular values are the column norms; sort them descending (ties keep column order).
+  std::vector<double> sigma(static_cast<std::size_t>(k));
+  for (std::int64_t j = 0; j < k; ++j) sigma[j] = std::sqrt(dot(&w[j * len], &w[j * len], len));
+  std::vector<std::int64_t> order(static_cast<std::size_t>(k));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return sigma[x] > sigma[y]; });
+  // Left vectors: the normalised columns. Columns of a numerically zero singular value carry no
+  // direction; they are replaced by unit vectors orthogonal to the others (Gram-Schmidt, twice).
+  const double tiny = (sigma.empty() ? 0.0 : sigma[order[0]]) * static_cast<double>(std::max(len, k)) * 1e-15;
+  std::vector<double> left(static_cast<std::size_t>(k * len), 0.0);  // left[j] = left column j
+  std::vector<std::int64_t> missing;
+  for (std::int64_t j = 0; j < k; ++j) {
+    const std::int64_t src = order[j];
+    if (sigma[src] > tiny && sigma[src] > 0) {
+      for (std::int64_t i = 0; i < len; ++i) left[j * len + i] = w[src * len + i] / sigma[src];
+    } else {
+      missing.push_back(j);
+    }
+  }
+  for (std::int64_t j : missing) {
+    // The standard basis vector least covered by the columns so far (its remainder is at least
+    // sqrt((len - columns) / len) > 0), orthogonalised against them twice and normalised.
+    std::int64_t best = 0;
+    double best_rest = -1;
+    for (std::int64_t b = 0; b < len; ++b) {
+      double covered = 0;
+      for (std::int64_t o = 0; o < k; ++o) covered += left[o * len + b] * left[o * len + b];
+      if (1 - covered > best_rest) {
+        best_rest = 1 - covered;
+        best = b;
+      }
+    }
+    double* x = &left[j * len];
+    x[best] = 1;
+    for (int pass = 0; pass < 2; ++pass)
+      for (std::int64_t o = 0; o < k; ++o) {
+        if (o == j) continue;
+        const double* y = &left[o * len];  // not yet completed columns are zero and drop out
+        const double proj = dot(x, y, len);
+        for (std::int64_t i = 0; i < len; ++i) x[i] -= proj * y[i];
+      }
+    const double nx = std::sqrt(dot(x, x, len));
+    for (std::int64_t i = 0; i < len; ++i) x[i] /= nx;
+  }
+  // Assemble u [rows, k], s [k], v [cols, k]: for a wide matrix the roles of the two sides swap.
+  std::vector<double> s_out(static_cast<std::size_t>(k)), u_out(static_cast<std::size_t>(rows * k)),
+      v_out(static_cast<std::size_t>(cols * k));
+  for (std::int64_t j = 0; j < k; ++j) {
+    s_out[j] = std::ldexp(sigma[order[j]], exponent);
+    const double* l = &left[j * len];
+    const double* r = &v[order[j] * k];
+    for (std::int64_t i = 0; i < len; ++i) (wide ? v_out[i * k + j] : u_out[i * k + j]) = l[i];
+    for (std::int64_t i = 0; i < k; ++i) (wide ? u_out[i * k + j] : v_out[i * k + j]) = r[i];
+  }
+  return {from_f64(u_out, {rows, k}), from_f64(s_out, {k}), from_f64(v_out, {cols, k})};
+}
+
+namespace {
+
+// Eigenvalues of the upper Hessenberg matrix h (1-based, h[i * (n + 1) + j]) by the Francis
+// double-shift QR iteration with deflation at negligible subdiagonal elements (EISPACK's hqr).
+// h is destroyed. Returns false when an eigenvalue needs more than 60 iterations.
+bool hessenberg_eigenvalues(std::vector<double>& h, std::int64_t n, std::vector<double>& wr, std::vector<double>& wi) {
+  const std::int64_t ld = n + 1;
+  auto H = [&](std::int64_t i, std::int64_t j) -> double& { return h[static_cast<std::size_t>(i * ld + j)]; };
+  auto sign = [](double x, double y) { return y >= 0 ? std::fabs(x) : -std::fabs(x); };
+  double anorm = 0;
+  for (std::int64_t i = 1; i <= n; ++i)
+    for (std::int64_t j = std::max<std::int64_t>(i - 1, 1); j <= n; ++j) anorm += std::fabs(H(i, j));
+  std::int64_t nn = n, l = 1;
+  double t = 0;  // the accumulated exceptional shift
+  double p = 0, q = 0, r = 0, s = 0, w = 0, x = 0, y = 0, z = 0;
+  while (nn >= 1) {
+    int its = 0;
+    do {
+      for (l = nn; l >= 2; --l) {  // look for a single small subdiagonal element
+        s = std::fabs(H(l - 1, l - 1)) + std::fabs(H(l, l));
+        if (s == 0) s = anorm;
+        if (std::fabs(H(l, l - 1)) + s == s) {
+          H(l, l - 1) = 0;
+          break;
+        }
+      }
+      x = H(nn, nn);
+      if (l == nn) {  // one root found
+        wr[nn] = x + t;
+        wi[nn] = 0;
+        --nn;
+      } else {
+        y = H(nn - 1, nn - 1);
+        w = H(nn, nn - 1) * H(nn - 1, nn);
+        if (l == nn - 1) {  // two roots found: the trailing 2 x 2 block's
+          p = 0.5 * (y - x);
+          q = p * p + w;
+          z = std::sqrt(std::fabs(q));
+          x += t;
+          if (q >= 0) {  // a real pair
+            z = p + sign(z, p);
+            wr[nn - 1] = wr[nn] = x + z;
+            if (z != 0) wr[nn] = x - w / z;
+            wi[nn - 1] = wi[nn] = 0;
+          } else {  // a complex pair
+            wr[nn - 1] = wr[nn] = x + p;
+            wi[nn - 1] = z;
+            wi[nn] = -z;
+          }
+          nn -= 2;
+        } else {  // no root yet: one double-shift QR step on rows/columns l..nn
+          if (its == 60) return false;
+          if (its != 0 && its % 10 == 0) {  // an exceptional shift breaks rare cycles
+            t += x;
+            for (std::int64_t i = 1; i <= nn; ++i) H(i, i) -= x;
+            s = std::fabs(H(nn, nn - 1)) + std::fabs(H(nn - 1, nn - 2));
+            y = x = 0.75 * s;
+            w = -0.4375 * s * s;
+          }
+          ++its;
+          std::int64_t m = nn - 2;
+          for (; m >= l; --m) {  // two consecutive small subdiagonal elements start the bulge
+            z = H(m, m);
+            r = x - z;
+            s = y - z;
+            p = (r * s - w) / H(m + 1, m) + H(m, m + 1);
+            q = H(m + 1, m + 1) - z - r - s;
+            r = H(m + 2, m + 1);
+            s = std::fabs(p) + std::fabs(q) + std::fabs(r);
+            p /= s;
+            q /= s;
+            r /= s;
+            if (m == l) break;
+            const double u = std::fabs(H(m, m - 1)) * (std::fabs(q) + std::fabs(r));
+            const double v = std::fabs(p) * (std::fabs(H(m - 1, m - 1)) + std::fabs(z) + std::fabs(H(m + 1, m + 1)));
+            if (u + v == v) break;
+          }
+          for (std::int64_t i = m + 2; i <= nn; ++i) {
+            H(i, i - 2) = 0;
+            if (i != m + 2) H(i, i - 3) = 0;
+          }
+          for (std::int64_t k = m; k <= nn - 1; ++k) {  // chase the bulge down the matrix
+            if (k != m) {
+              p = H(k, k - 1);
+              q = H(k + 1, k - 1);
+              r = 0;
+              if (k != nn - 1) r = H(k + 2, k - 1);
+              if ((x = std::fabs(p) + std::fabs(q) + std::fabs(r)) != 0) {
+                p /= x;
+                q /= x;
+                r /= x;
+              }
+            }
+            if ((s = sign(std::sqrt(p * p + q * q + r * r), p)) != 0) {
+              if (k == m) {
+                if (l != m) H(k, k - 1) = -H(k, k - 1);
+              } else {
+                H(k, k - 1) = -s * x;
+              }
+              p += s;
+              x = p / s;
+              y = q / s;
+              z = r / s;
+              q /= p;
+              r /= p;
+              for (std::int64_t j = k; j <= nn; ++j) {  // row modification
+                p = H(k, j) + q * H(k + 1, j);
+                if (k != nn - 1) {
+                  p += r * H(k + 2, j);
+                  H(k + 2, j) -= p * z;
+                }
+                H(k + 1, j) -= p * y;
+                H(k, j) -= p * x;
+              }
+              const std::int64_t mmin = std::min(nn, k + 3);
+              for (std::int64_t i = l; i <= mmin; ++i) {  // column modification
+                p = x * H(i, k) + y * H(i, k + 1);
+                if (k != nn - 1) {
+                  p += z * H(i, k + 2);
+                  H(i, k + 2) -= p * r;
+                }
+                H(i, k + 1) -= p * q;
+                H(i, k) -= p;
+              }
+            }
+          }
+        }
+      }
+    } while (nn >= 1 && l < nn - 1);
+  }
+  return true;
+}
+
+}  // namespace
+
+Tensor eigvals(const Tensor& a) {
+  std::vector<double> m = to_f64(a, "eigvals", true);
+  const std::int64_t n = a.shape()[0], ld = n + 1;
+  const int exponent = normalize_pow2(m, "eigvals", a.shape());
+  std::vector<double> h(static_cast<std::size_t>(ld * ld), 0.0);  // 1-based copy
+  auto H = [&](std::int64_t i, std::int64_t j) -> double& { return h[static_cast<std::size_t>(i * ld + j)]; };
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) H(i + 1, j + 1) = m[i * n + j];
+  // Balance: a diagonal similarity by powers of two (exact) that evens out row and column norms,
+  // which keeps the QR iteration's round-off relative to the balanced, smaller norm.
+  for (bool done = false; !done;) {
+    done = true;
+    for (std::int64_t i = 1; i <= n; ++i) {
+      double c = 0, r = 0;
+      for (std::int64_t j = 1; j <= n; ++j)
+        if (j != i) {
+          c += std::fabs(H(j, i));
+          r += std::fabs(H(i, j));
+        }
+      if (c == 0 || r == 0) continue;
+      double g = r / 2, f = 1;
+      const double total = c + r;
+      while (c < g) {
+        f *= 2;
+        c *= 4;
+      }
+      g = r * 2;
+      while (c > g) {
+        f /= 2;
+        c /= 4;
+      }
+      if ((c + r) / f < 0.95 * total) {
+        done = false;
+        for (std::int64_t j = 1; j <= n; ++j) H(i, j) /= f;
+        for (std::int64_t j = 1; j <= n; ++j) H(j, i) *= f;
+      }
+    }
+  }
+  // Reduce to upper Hessenberg form by Gaussian elimination with pivoting (a similarity transform).
+  for (std::int64_t k = 2; k < n; ++k) {
+    double x = 0;
+    std::int64_t piv = k;
+    for (std::int64_t j = k; j <= n; ++j)
+      if (std::fabs(H(j, k - 1)) > std::fabs(x)) {
+        x = H(j, k - 1);
+        piv = j;
+      }
+    if (piv != k) {
+      for (std::int64_t j = k - 1; j <= n; ++j) std::swap(H(piv, j), H(k, j));
+      for (std::int64_t j = 1; j <= n; ++j) std::swap(H(j, piv), H(j, k));
+    }
+    if (x == 0) continue;
+    for (std::int64_t i = k + 1; i <= n; ++i) {
+      const double y = H(i, k - 1) / x;
+      if (y == 0) continue;
+      H(i, k - 1) = 0;
+      for (std::int64_t j = k; j <= n; ++j) H(i, j) -= y * H(k, j);
+      for (std::int64_t j = 1; j <= n; ++j) H(j, k) += y * H(j, i);
+    }
+  }
+  std::vector<double> wr(static_cast<std::size_t>(ld), 0.0), wi(static_cast<std::size_t>(ld), 0.0);
+  TG_CHECK(hessenberg_eigenvalues(h, n, wr, wi), "eigvals: the QR iteration did not converge for shape {}", a.shape());
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 1);
+  std::sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) {
+    const double mx = std::hypot(wr[x], wi[x]), my = std::hypot(wr[y], wi[y]);
+    if (mx != my) return mx > my;
+    if (wr[x] != wr[y]) return wr[x] > wr[y];
+    return wi[x] > wi[y];
+  });
+  std::vector<double> out(static_cast<std::size_t>(2 * n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    out[2 * i] = std::ldexp(wr[order[i]], exponent);
+    out[2 * i + 1] = std::ldexp(wi[order[i]], exponent);
+  }
+  return from_f64(out, {n, 2});
+}
+
+double spectral_radius(const Tensor& a) {
+  const std::vector<double> lambda = eigvals(a).to_vector<double>();
+  double rho = 0;
+  for (std::size_t i = 0; i + 1 < lambda.size(); i += 2) rho = std::max(rho, std::hypot(lambda[i], lambda[i + 1]));
+  return rho;
+}
+
+Tensor poly_roots(const Tensor& coefficients) {
+  TG_CHECK(coefficients.defined() && coefficients.dim() == 1, "poly_roots: expected a 1-D tensor of coefficients, got {}",
+           coefficients.defined() ? coefficients.shape() : Shape{});
+  TG_CHECK(coefficients.is_floating_point(), "poly_roots: expected floating-point coefficients, got {}", coefficients.dtype());
+  const std::vector<double> c = coefficients.to_vector<double>();
+  for (double x : c) TG_CHECK(std::isfinite(x), "poly_roots: non-finite coefficient {}", x);
+  const auto first = std::find_if(c.begin(), c.end(), [](double x) { return x != 0; });
+  TG_CHECK(first != c.end(), "poly_roots: all {} coefficients are zero: every number is a root", c.size());
+  const auto last = std::find_if(c.rbegin(), c.rend(), [](double x) { return x != 0; }).base();  // one past
+  const std::vector<double> p(first, last);  // leading coefficient p[0] != 0, constant term != 0
+  const std::int64_t zero_roots = c.end() - last, d = static_cast<std::int64_t>(p.size()) - 1;
+  // Companion matrix: first row -p[1..d] / p[0], ones on the subdiagonal.
+  std::vector<double> comp(static_cast<std::size_t>(d * d), 0.0);
+  for (std::int64_t j = 0; j < d; ++j) comp[j] = -p[j + 1] / p[0];
+  for (std::int64_t i = 1; i < d; ++i) comp[i * d + i - 1] = 1;
+  std::vector<double> roots = d > 0 ? eigvals(from_f64(comp, {d, d})).to_vector<double>() : std::vector<double>{};
+  roots.resize(static_cast<std::size_t>(2 * (d + zero_roots)), 0.0);  // zero roots come last (smallest magnitude)
+  return from_f64(roots, {d + zero_roots, 2});
+}
+
 Tensor sqrtm_psd(const Tensor& a) {
   Eigh e;
   try {

@@ -1,6 +1,8 @@
 // Dense f64 linear algebra for metrics, tests and mode conversions (no autograd, small matrices):
 // symmetric eigendecomposition (cyclic Jacobi), LU solve and log-determinant (partial pivoting),
-// matrix powers (repeated squaring) and the leading singular triple (power iteration).
+// matrix powers (repeated squaring), the singular value decomposition (one-sided Jacobi) and its
+// leading triple (power iteration for large matrices), and the eigenvalues of general matrices and
+// the roots of polynomials (balanced Hessenberg QR).
 // Inputs of other float dtypes are converted to f64; results are f64.
 #pragma once
 
@@ -39,6 +41,30 @@ struct Rank1 {
 // its error shrinks like (sigma_2 / sigma_1)^(2 steps).
 inline constexpr std::int64_t kRank1ExactMax = 256;
 Rank1 rank1_svd(const Tensor& a, int max_iters = 1000, double tol = 1e-12);
+
+struct Svd {
+  Tensor u;  // [m, k] with orthonormal columns, k = min(m, n)
+  Tensor s;  // [k], descending, >= 0
+  Tensor v;  // [n, k] with orthonormal columns; a = u diag(s) v^T
+};
+// The thin SVD of a [m, n] by one-sided (Hestenes) Jacobi: accurate to round-off in every singular
+// value, also for tied or clustered ones. Columns that belong to a zero singular value are completed
+// to an orthonormal set. The best rank-r approximation is the first r columns and values. O(m n
+// min(m, n)) per sweep, meant for small matrices (Monarch blocks, tests).
+Svd svd(const Tensor& a);
+
+// The eigenvalues of a real square matrix as [n, 2] (real part, imaginary part), sorted by
+// descending magnitude, then real part, then imaginary part (so a complex pair lists +i first).
+// Balancing, Hessenberg reduction and the Francis double-shift QR iteration (as in EISPACK's hqr).
+Tensor eigvals(const Tensor& a);
+
+// max |lambda| over the eigenvalues of a square matrix (0 for an empty one).
+double spectral_radius(const Tensor& a);
+
+// The roots of c[0] x^d + c[1] x^(d-1) + ... + c[d] as [d', 2] (real, imaginary), in eigvals' order:
+// the eigenvalues of the companion matrix, as numpy.roots. Leading zero coefficients are dropped,
+// trailing ones give roots at 0; c must not be all zero.
+Tensor poly_roots(const Tensor& coefficients);
 
 // The square root of a symmetric positive semi-definite matrix (negative eigenvalues from
 // round-off are clamped to 0).

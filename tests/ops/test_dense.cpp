@@ -1,4 +1,5 @@
-// Dense f64 helpers: eigendecomposition, solve, log-determinant, matrix power, rank-1 SVD.
+// Dense f64 helpers: eigendecomposition, solve, log-determinant, matrix power, SVD, general
+// eigenvalues and polynomial roots.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -94,6 +95,226 @@ TEST_CASE("rank1_svd finds the leading singular triple", "[ops][dense]") {
   CHECK(rb.sigma == Approx(4.0).epsilon(1e-2));
   CHECK(std::fabs(ops::sum(ops::mul(rb.u.narrow(0, 0, 3), x)).item()) == Approx(1.0).epsilon(1e-3));
   CHECK_THROWS_WITH(ops::dense::rank1_svd(zeros({2, 2}, DType::f64), 0), Contains("max_iters (0) and tol (1e-12) must be positive"));
+}
+
+namespace {
+// Largest |entry| of x, as a plain number.
+double max_abs(const Tensor& x) { return ops::amax(ops::abs(x)).item(); }
+
+// Checks u diag(s) v^T == a, orthonormal u and v, descending non-negative s.
+void check_svd(const Tensor& a, const ops::dense::Svd& r, double tol) {
+  const std::int64_t k = std::min(a.shape()[0], a.shape()[1]);
+  REQUIRE(r.u.shape() == Shape{a.shape()[0], k});
+  REQUIRE(r.s.shape() == Shape{k});
+  REQUIRE(r.v.shape() == Shape{a.shape()[1], k});
+  const double scale = std::max(max_abs(a), 1e-300);
+  CHECK(max_abs(ops::matmul(r.u * r.s, r.v.t()) - a.to(DType::f64)) <= tol * scale);
+  CHECK(max_abs(ops::matmul(r.u.t(), r.u) - eye(k, -1, DType::f64)) <= tol);
+  CHECK(max_abs(ops::matmul(r.v.t(), r.v) - eye(k, -1, DType::f64)) <= tol);
+  const auto s = r.s.to_vector<double>();
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    CHECK(s[i] >= 0);
+    if (i > 0) CHECK(s[i] <= s[i - 1]);
+  }
+}
+
+double trace(const Tensor& a) {
+  double t = 0;
+  for (std::int64_t i = 0; i < a.shape()[0]; ++i) t += a.at<double>({i, i});
+  return t;
+}
+
+// The eigenvalues as (real, imaginary) pairs.
+std::vector<std::pair<double, double>> pairs(const Tensor& lambda) {
+  const auto v = lambda.to_vector<double>();
+  std::vector<std::pair<double, double>> out;
+  for (std::size_t i = 0; i + 1 < v.size(); i += 2) out.emplace_back(v[i], v[i + 1]);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("svd of random, wide, tall, non-contiguous and f32 matrices", "[ops][dense]") {
+  for (const Shape& shape : {Shape{1, 1}, Shape{1, 6}, Shape{6, 1}, Shape{3, 5}, Shape{5, 3}, Shape{7, 7}, Shape{17, 4}, Shape{33, 17}, Shape{64, 64}}) {
+    const Tensor a = test::randn(shape, DType::f64, static_cast<std::uint64_t>(shape[0] * 100 + shape[1]));
+    const auto r = ops::dense::svd(a);
+    check_svd(a, r, 1e-12);
+    // The singular values are the square roots of the Gram matrix's eigenvalues.
+    const Tensor gram = shape[0] >= shape[1] ? ops::matmul(a.t(), a) : ops::matmul(a, a.t());
+    const auto w = ops::dense::eigh(gram).values.to_vector<double>();  // ascending
+    const auto s = r.s.to_vector<double>();
+    for (std::size_t i = 0; i < s.size(); ++i) CHECK(s[i] * s[i] == Approx(w[w.size() - 1 - i]).epsilon(1e-10).margin(1e-12));
+  }
+  const Tensor t = test::transposed_layout(test::randn({9, 5}, DType::f64, 3));  // non-contiguous
+  check_svd(t, ops::dense::svd(t), 1e-12);
+  const Tensor f = test::randn({6, 4}, DType::f32, 4);
+  const auto rf = ops::dense::svd(f);
+  CHECK(rf.s.dtype() == DType::f64);
+  check_svd(f, rf, 1e-12);
+  const auto empty = ops::dense::svd(zeros({0, 3}, DType::f64));
+  CHECK(empty.u.shape() == Shape{0, 0});
+  CHECK(empty.v.shape() == Shape{3, 0});
+}
+
+TEST_CASE("svd recovers known spectra: ties, clusters, rank deficiency, extreme scales", "[ops][dense]") {
+  for (const Shape& shape : {Shape{6, 4}, Shape{4, 6}}) {
+    // Known singular values 3, 3 (a tie), 1 + 1e-10 and 1 (a cluster).
+    const std::vector<double> sigma{3, 3, 1 + 1e-10, 1};
+    const Tensor a = ops::matmul(ops::matmul(orthogonal(shape[0], 5), diag_rect(shape, sigma)), orthogonal(shape[1], 6));
+    const auto r = ops::dense::svd(a);
+    check_svd(a, r, 1e-12);
+    const auto s = r.s.to_vector<double>();
+    for (std::size_t i = 0; i < sigma.size(); ++i) CHECK(s[i] == Approx(sigma[i]).epsilon(1e-13));
+    // Eckart-Young: the first 3 triples are the best rank-3 approximation, with error sigma_4.
+    const Tensor low = ops::matmul(r.u.narrow(1, 0, 3) * r.s.narrow(0, 0, 3), r.v.narrow(1, 0, 3).t());
+    CHECK(std::sqrt(ops::sum(ops::square(a - low)).item()) == Approx(1.0).epsilon(1e-12));
+  }
+  // Rank 1 and the zero matrix: the null directions are still completed to orthonormal columns.
+  const Tensor rank1 = ops::outer(tensor({1, 2, 3, 4, 5}, DType::f64), tensor({1, -1, 2, 0}, DType::f64));
+  const auto r1 = ops::dense::svd(rank1);
+  check_svd(rank1, r1, 1e-12);
+  CHECK(r1.s.at<double>({0}) == Approx(std::sqrt(55.0 * 6.0)).epsilon(1e-14));
+  CHECK(max_abs(r1.s.narrow(0, 1, 3)) <= 1e-14);
+  const auto r0 = ops::dense::svd(zeros({4, 3}, DType::f64));
+  check_svd(zeros({4, 3}, DType::f64), r0, 1e-14);
+  CHECK(max_abs(r0.s) == 0.0);
+  // Entries near the ends of the double range: exact power-of-two scaling keeps them finite.
+  for (double scale : {1e-300, 1e300}) {
+    const Tensor a = test::randn({5, 3}, DType::f64, 7);
+    const auto big = ops::dense::svd(a * scale), unit = ops::dense::svd(a);
+    CHECK_ALLCLOSE(big.s / scale, unit.s, 1e-13, 0);
+  }
+  CHECK_THROWS_WITH(ops::dense::svd(zeros({3}, DType::f64)), Contains("svd: expected a 2-D matrix, got [3]"));
+  CHECK_THROWS_WITH(ops::dense::svd(zeros({2, 2}, DType::i32)), Contains("svd: expected a floating-point matrix"));
+  CHECK_THROWS_WITH(ops::dense::svd(tensor({1, NAN, 0, 1}, {2, 2}, DType::f64)), Contains("svd: the matrix (shape [2, 2]) has a non-finite entry"));
+}
+
+TEST_CASE("eigvals of triangular, rotation, defective and similar-to-known matrices", "[ops][dense]") {
+  // Triangular: the diagonal, sorted by magnitude.
+  const Tensor tri = tensor({2, 5, -7, 0, -3, 1, 0, 0, 0.5}, {3, 3}, DType::f64);
+  const auto pt = pairs(ops::dense::eigvals(tri));
+  REQUIRE(pt.size() == 3);
+  CHECK(pt[0].first == Approx(-3));
+  CHECK(pt[1].first == Approx(2));
+  CHECK(pt[2].first == Approx(0.5));
+  for (const auto& p : pt) CHECK(p.second == 0.0);
+  // A scaled rotation: 0.9 e^{+-i theta}, the +i root first.
+  const double th = 0.7;
+  const Tensor rot = tensor({std::cos(th), -std::sin(th), std::sin(th), std::cos(th)}, {2, 2}, DType::f64) * 0.9;
+  const auto pr = pairs(ops::dense::eigvals(rot));
+  CHECK(pr[0].first == Approx(0.9 * std::cos(th)).epsilon(1e-14));
+  CHECK(pr[0].second == Approx(0.9 * std::sin(th)).epsilon(1e-14));
+  CHECK(pr[1].second == Approx(-0.9 * std::sin(th)).epsilon(1e-14));
+  CHECK(ops::dense::spectral_radius(rot) == Approx(0.9).epsilon(1e-14));
+  // A Jordan block (defective): the double eigenvalue 1, to the sqrt(round-off) a defect allows.
+  for (const auto& p : pairs(ops::dense::eigvals(tensor({1, 1, 0, 1}, {2, 2}, DType::f64)))) {
+    CHECK(p.first == Approx(1.0).epsilon(1e-7));
+    CHECK(std::fabs(p.second) <= 1e-7);
+  }
+  // S D S^-1 for a block-diagonal D with real eigenvalues and complex pairs (2 x 2 rotation-scale
+  // blocks), at sizes that need many QR sweeps.
+  for (std::int64_t n : {1, 2, 7, 17, 40}) {
+    std::vector<double> d(static_cast<std::size_t>(n * n), 0.0);
+    std::vector<std::pair<double, double>> expected;
+    std::int64_t i = 0;
+    for (; i + 1 < n; i += 3) {  // a pair a +- b i, then (if room) a real eigenvalue
+      const double re = 0.3 + 0.05 * static_cast<double>(i), im = 0.2 + 0.01 * static_cast<double>(i);
+      d[i * n + i] = d[(i + 1) * n + i + 1] = re;
+      d[i * n + i + 1] = im;
+      d[(i + 1) * n + i] = -im;
+      expected.emplace_back(re, im);
+      expected.emplace_back(re, -im);
+      if (i + 2 < n) {
+        d[(i + 2) * n + i + 2] = -1.0 - 0.1 * static_cast<double>(i);
+        expected.emplace_back(-1.0 - 0.1 * static_cast<double>(i), 0.0);
+      }
+    }
+    if (i < n) {
+      d[i * n + i] = 2.5;
+      expected.emplace_back(2.5, 0.0);
+    }
+    const Tensor s = test::randn({n, n}, DType::f64, static_cast<std::uint64_t>(n)) + eye(n, -1, DType::f64) * 3.0;
+    const Tensor a = ops::matmul(ops::matmul(s, from_vector(d, {n, n})), ops::dense::solve(s, eye(n, -1, DType::f64)));
+    auto got = pairs(ops::dense::eigvals(a));
+    REQUIRE(got.size() == expected.size());
+    // Match each expected eigenvalue to the nearest computed one (the order is checked below).
+    for (const auto& e : expected) {
+      double best = 1e300;
+      for (const auto& g : got) best = std::min(best, std::hypot(g.first - e.first, g.second - e.second));
+      CHECK(best <= 1e-9);
+    }
+    for (std::size_t k = 1; k < got.size(); ++k)
+      CHECK(std::hypot(got[k].first, got[k].second) <= std::hypot(got[k - 1].first, got[k - 1].second));
+  }
+}
+
+TEST_CASE("eigvals agree with eigh, the trace and the determinant on random matrices", "[ops][dense]") {
+  for (std::int64_t n : {3, 8, 33, 64}) {
+    const Tensor a0 = test::randn({n, n}, DType::f64, static_cast<std::uint64_t>(70 + n));
+    const Tensor sym = (a0 + a0.t()) * 0.5;
+    const auto ps = pairs(ops::dense::eigvals(sym));
+    auto w = ops::dense::eigh(sym).values.to_vector<double>();
+    std::sort(w.begin(), w.end(), [](double x, double y) { return std::fabs(x) > std::fabs(y); });
+    for (std::size_t k = 0; k < ps.size(); ++k) {
+      CHECK(ps[k].first == Approx(w[k]).margin(1e-10));
+      CHECK(std::fabs(ps[k].second) <= 1e-10);
+    }
+    // Non-symmetric: sum lambda = trace, sum lambda^2 = trace(a^2), log prod |lambda| = log |det|.
+    const auto pa = pairs(ops::dense::eigvals(a0));
+    double re = 0, im = 0, re2 = 0, logabs = 0;
+    for (const auto& [x, y] : pa) {
+      re += x;
+      im += y;
+      re2 += x * x - y * y;
+      logabs += 0.5 * std::log(x * x + y * y);
+    }
+    CHECK(re == Approx(trace(a0)).margin(1e-9));
+    CHECK(std::fabs(im) <= 1e-9);
+    CHECK(re2 == Approx(trace(ops::matmul(a0, a0))).margin(1e-8));
+    CHECK(logabs == Approx(ops::dense::slogdet(a0).logabs).margin(1e-9));
+  }
+  CHECK(ops::dense::eigvals(zeros({0, 0}, DType::f64)).shape() == Shape{0, 2});
+  CHECK(ops::dense::spectral_radius(zeros({3, 3}, DType::f64)) == 0.0);
+  CHECK_THROWS_WITH(ops::dense::eigvals(zeros({2, 3}, DType::f64)), Contains("eigvals: expected a square matrix, got shape [2, 3]"));
+  CHECK_THROWS_WITH(ops::dense::eigvals(tensor({INFINITY, 0, 0, 1}, {2, 2}, DType::f64)), Contains("eigvals: the matrix (shape [2, 2]) has a non-finite entry"));
+}
+
+TEST_CASE("poly_roots as numpy.roots", "[ops][dense]") {
+  // (x - 1)(x - 2)(x - 3) = x^3 - 6x^2 + 11x - 6.
+  const auto p3 = pairs(ops::dense::poly_roots(tensor({1, -6, 11, -6}, DType::f64)));
+  REQUIRE(p3.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(p3[i].first == Approx(3.0 - static_cast<double>(i)).epsilon(1e-12));
+    CHECK(p3[i].second == 0.0);
+  }
+  const auto pi = pairs(ops::dense::poly_roots(tensor({2, 0, 2}, DType::f64)));  // 2x^2 + 2: +-i
+  CHECK(pi[0].first == Approx(0).margin(1e-15));
+  CHECK(pi[0].second == Approx(1).epsilon(1e-14));
+  CHECK(pi[1].second == Approx(-1).epsilon(1e-14));
+  // Leading zeros are dropped; trailing ones are roots at 0; a constant has no roots.
+  const auto pz = pairs(ops::dense::poly_roots(tensor({0, 0, 2, -1, 0, 0}, DType::f64)));  // 2x^3 - x^2
+  REQUIRE(pz.size() == 3);
+  CHECK(pz[0].first == Approx(0.5).epsilon(1e-15));
+  CHECK(pz[1] == std::pair<double, double>(0.0, 0.0));
+  CHECK(pz[2] == std::pair<double, double>(0.0, 0.0));
+  CHECK(ops::dense::poly_roots(tensor({0, 5}, DType::f64)).shape() == Shape{0, 2});
+  // The RTF stability test: the denominator 1 + a_1 z^-1 + ... + a_N z^-N with sum |a_i| < 1 has
+  // all its roots inside the unit circle.
+  const Tensor a = test::randn({12}, DType::f64, 80);
+  const Tensor montel = a / (ops::sum(ops::abs(a)).item() * 1.01);  // [12], sum |a_i| < 1
+  const Tensor denom = ops::cat({ones({1}, DType::f64), montel}, 0);  // [13]
+  const auto roots = pairs(ops::dense::poly_roots(denom));
+  double rho = 0, prod_re = 1, prod_im = 0;  // the product of the roots is (-1)^N a_N
+  for (const auto& [x, y] : roots) {
+    rho = std::max(rho, std::hypot(x, y));
+    const double re = prod_re * x - prod_im * y;
+    prod_im = prod_re * y + prod_im * x;
+    prod_re = re;
+  }
+  CHECK(rho < 1.0);
+  CHECK(prod_re == Approx(montel.at<double>({11})).epsilon(1e-9));  // N = 12 is even
+  CHECK(std::fabs(prod_im) <= 1e-12);
+  CHECK_THROWS_WITH(ops::dense::poly_roots(zeros({3}, DType::f64)), Contains("poly_roots: all 3 coefficients are zero"));
+  CHECK_THROWS_WITH(ops::dense::poly_roots(zeros({2, 2}, DType::f64)), Contains("poly_roots: expected a 1-D tensor of coefficients, got [2, 2]"));
 }
 
 TEST_CASE("autograd::jacobian against closed forms and finite differences", "[ops][dense][autograd]") {
