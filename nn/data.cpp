@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <memory>
 #include <numbers>
 #include <string>
+#include <string_view>
 
 #include "core/autograd.hpp"
 #include "core/parallel.hpp"
@@ -30,10 +32,10 @@ namespace {
 // its trailer (CRC-32, size) verified by zlib, and no bytes beyond the data.
 class ByteSource {
  public:
-  ByteSource(const std::string& path, std::string file) : path_(path), file_(std::move(file)) {
+  ByteSource(const char* op, const std::string& path, std::string file) : op_(op), path_(path), file_(std::move(file)) {
     gzip_ = file_.size() >= 2 && static_cast<unsigned char>(file_[0]) == 0x1f && static_cast<unsigned char>(file_[1]) == 0x8b;
     if (gzip_) {
-      TG_CHECK(inflateInit2(&z_, 16 + MAX_WBITS) == Z_OK, "read_idx: zlib could not start for '{}'", path_);
+      TG_CHECK(inflateInit2(&z_, 16 + MAX_WBITS) == Z_OK, "{}: zlib could not start for '{}'", op_, path_);
       z_.next_in = reinterpret_cast<Bytef*>(file_.data());
       z_.avail_in = static_cast<uInt>(std::min<std::size_t>(file_.size(), std::numeric_limits<uInt>::max()));
       fed_ = z_.avail_in;
@@ -49,7 +51,7 @@ class ByteSource {
   void read(unsigned char* out, std::size_t n, const char* what) {
     const std::size_t start = pos_;
     if (!gzip_) {
-      TG_CHECK(file_.size() - pos_ >= n, "read_idx: '{}' is truncated: it ends inside the {} (byte {} of {})", path_,
+      TG_CHECK(file_.size() - pos_ >= n, "{}: '{}' is truncated: it ends inside the {} (byte {} of {})", op_, path_,
                what, file_.size(), pos_ + n);
       std::memcpy(out, file_.data() + pos_, n);
       pos_ += n;
@@ -57,7 +59,7 @@ class ByteSource {
     }
     std::size_t done = 0;
     while (done < n) {
-      TG_CHECK(!ended_ || next_member(), "read_idx: '{}' is truncated: it ends inside the {} (byte {} of {})", path_,
+      TG_CHECK(!ended_ || next_member(), "{}: '{}' is truncated: it ends inside the {} (byte {} of {})", op_, path_,
                what, start + done, start + n);
       const std::size_t want = std::min<std::size_t>(n - done, std::size_t{1} << 30);
       z_.next_out = out + done;
@@ -65,15 +67,38 @@ class ByteSource {
       const int r = step();
       done += want - z_.avail_out;
       if (r == Z_BUF_ERROR && z_.avail_out == want)  // no progress: the input ran out mid-stream
-        TG_FAIL("read_idx: '{}' is truncated: it ends inside the {} (byte {} of {})", path_, what, start + done, start + n);
+        TG_FAIL("{}: '{}' is truncated: it ends inside the {} (byte {} of {})", op_, path_, what, start + done, start + n);
     }
     pos_ += n;
+  }
+
+  // Everything from the current position to the end (of every gzip member), at most `limit` bytes.
+  std::string read_to_end(std::size_t limit) {
+    if (!gzip_) {
+      TG_CHECK(file_.size() - pos_ <= limit, "{}: '{}' is larger than {} bytes", op_, path_, limit);
+      std::string rest = file_.substr(pos_);
+      pos_ = file_.size();
+      return rest;
+    }
+    std::string out;
+    std::vector<unsigned char> buf(std::size_t{1} << 16);
+    while (!ended_ || next_member()) {
+      z_.next_out = buf.data();
+      z_.avail_out = static_cast<uInt>(buf.size());
+      const int r = step();
+      const std::size_t got = buf.size() - z_.avail_out;
+      TG_CHECK(!(r == Z_BUF_ERROR && got == 0), "{}: '{}' is corrupt: the gzip stream is cut off (no trailer)", op_, path_);
+      out.append(reinterpret_cast<const char*>(buf.data()), got);
+      TG_CHECK(out.size() <= limit, "{}: '{}' inflates to more than {} bytes", op_, path_, limit);
+    }
+    pos_ += out.size();
+    return out;
   }
 
   // After the data: nothing else may follow, and every gzip member must be complete.
   void finish(std::uint64_t declared) {
     if (!gzip_) {
-      TG_CHECK(pos_ == file_.size(), "read_idx: '{}' has data beyond the {} bytes its header declares", path_, declared);
+      TG_CHECK(pos_ == file_.size(), "{}: '{}' has data beyond the {} bytes its header declares", op_, path_, declared);
       return;
     }
     unsigned char extra;
@@ -81,9 +106,9 @@ class ByteSource {
       z_.next_out = &extra;
       z_.avail_out = 1;
       const int r = step();
-      TG_CHECK(z_.avail_out == 1, "read_idx: '{}' has data beyond the {} bytes its header declares", path_, declared);
-      TG_CHECK(r != Z_BUF_ERROR, "read_idx: '{}' is corrupt after its data: the gzip stream is cut off (no trailer)",
-               path_);
+      TG_CHECK(z_.avail_out == 1, "{}: '{}' has data beyond the {} bytes its header declares", op_, path_, declared);
+      TG_CHECK(r != Z_BUF_ERROR, "{}: '{}' is corrupt after its data: the gzip stream is cut off (no trailer)",
+               op_, path_);
     }
   }
 
@@ -98,7 +123,7 @@ class ByteSource {
     refill();
     const int r = inflate(&z_, Z_NO_FLUSH);
     if (r == Z_STREAM_END) ended_ = true;
-    TG_CHECK(r == Z_OK || r == Z_STREAM_END || r == Z_BUF_ERROR, "read_idx: '{}' is corrupt: {}", path_,
+    TG_CHECK(r == Z_OK || r == Z_STREAM_END || r == Z_BUF_ERROR, "{}: '{}' is corrupt: {}", op_, path_,
              z_.msg ? z_.msg : "invalid gzip data");
     return r;
   }
@@ -108,12 +133,13 @@ class ByteSource {
     refill();
     if (z_.avail_in == 0) return false;
     TG_CHECK(z_.avail_in >= 2 && z_.next_in[0] == 0x1f && z_.next_in[1] == 0x8b,
-             "read_idx: '{}' has {} bytes of garbage after its gzip data", path_, z_.avail_in);
-    TG_CHECK(inflateReset(&z_) == Z_OK, "read_idx: zlib could not restart for '{}'", path_);
+             "{}: '{}' has {} bytes of garbage after its gzip data", op_, path_, z_.avail_in);
+    TG_CHECK(inflateReset(&z_) == Z_OK, "{}: zlib could not restart for '{}'", op_, path_);
     ended_ = false;
     return true;
   }
 
+  const char* op_;
   std::string path_, file_;
   bool gzip_ = false, ended_ = false;
   z_stream z_{};
@@ -124,7 +150,7 @@ class ByteSource {
 
 Tensor read_idx(const std::string& path) {
   std::ifstream in = open_regular_file(path, "read_idx");
-  ByteSource src(path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+  ByteSource src("read_idx", path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
   unsigned char magic[4];
   src.read(magic, 4, "magic number");
   TG_CHECK(magic[0] == 0 && magic[1] == 0, "read_idx: '{}' is not an IDX file (bad magic number)", path);
@@ -194,6 +220,94 @@ ImageDataset load_fashion_mnist(const std::string& folder, bool train) {
   d.class_names = fashion_mnist_classes();
   d.source = "fashion-mnist:" + folder;
   return d;
+}
+
+// ---- digits ---------------------------------------------------------------------------------------------------
+namespace {
+// Where scripts/get-data.sh puts the digits: $XDG_DATA_HOME/tapegrad, else ~/.local/share/tapegrad.
+std::string digits_data_home() {
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg != nullptr && *xdg != '\0')
+    return (std::filesystem::path(xdg) / "tapegrad" / "digits.csv.gz").string();
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0')
+    return (std::filesystem::path(home) / ".local" / "share" / "tapegrad" / "digits.csv.gz").string();
+  return {};
+}
+}  // namespace
+
+std::optional<std::string> find_digits() {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("TAPEGRAD_DIGITS")) candidates.emplace_back(env);
+  if (std::string home = digits_data_home(); !home.empty()) candidates.push_back(std::move(home));
+  candidates.emplace_back("/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz");
+  for (const std::string& path : candidates)
+    if (std::filesystem::is_regular_file(path)) return path;
+  return std::nullopt;
+}
+
+ImageDataset load_digits(const std::string& path) {
+  std::ifstream in = open_regular_file(path, "load_digits");
+  ByteSource src("load_digits", path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+  const std::string text = src.read_to_end(std::size_t{1} << 28);
+  // One sample per line: 64 pixel levels (row-major 8 x 8, integers 0..16) and the label 0..9.
+  constexpr int kFields = 65;
+  std::vector<float> pixels;
+  std::vector<std::int64_t> labels;
+  std::size_t line_start = 0;
+  for (std::int64_t line = 1; line_start < text.size(); ++line) {
+    std::size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string::npos) line_end = text.size();
+    std::string_view row(text.data() + line_start, line_end - line_start);
+    if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
+    line_start = line_end + 1;
+    if (row.empty() && line_start >= text.size()) break;  // the final newline
+    int field = 0;
+    const char* p = row.data();
+    const char* const end = row.data() + row.size();
+    while (true) {
+      int value = -1;
+      const auto [next, err] = std::from_chars(p, end, value);
+      TG_CHECK(err == std::errc() && field < kFields, "load_digits: '{}' line {}: expected {} comma-separated integers (64 pixel levels and the label), got '{}'",
+               path, line, kFields, row.substr(0, 200));
+      const bool is_label = field == kFields - 1;
+      TG_CHECK(value >= 0 && value <= (is_label ? 9 : 16), "load_digits: '{}' line {}: {} {} is outside 0..{}", path, line,
+               is_label ? "label" : "pixel level", value, is_label ? 9 : 16);
+      if (is_label) labels.push_back(value);
+      else pixels.push_back(static_cast<float>(value) / 16.0f);
+      ++field;
+      p = next;
+      if (p == end) break;
+      TG_CHECK(*p == ',', "load_digits: '{}' line {}: expected {} comma-separated integers (64 pixel levels and the label), got '{}'",
+               path, line, kFields, row.substr(0, 200));
+      ++p;
+    }
+    TG_CHECK(field == kFields, "load_digits: '{}' line {}: expected {} comma-separated integers (64 pixel levels and the label), got {}",
+             path, line, kFields, field);
+  }
+  const auto n = static_cast<std::int64_t>(labels.size());
+  TG_CHECK(n > 0, "load_digits: '{}' holds no samples", path);
+  ImageDataset d;
+  d.images = from_vector(pixels, {n, 1, 8, 8});  // [N, 1, 8, 8], level / 16
+  d.labels = from_vector(labels, {n});          // [N]
+  d.class_names = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+  d.source = "digits:" + path;
+  d.levels = 17;
+  return d;
+}
+
+// ---- subsets --------------------------------------------------------------------------------------------------
+ImageDataset subset(const ImageDataset& d, const Tensor& indices) {
+  auto [images, labels] = gather_batch(d, indices);
+  ImageDataset out = d;
+  out.images = images;
+  out.labels = labels;
+  return out;
+}
+
+std::pair<ImageDataset, ImageDataset> random_split(const ImageDataset& d, std::int64_t first, std::uint64_t seed) {
+  TG_CHECK(first >= 0 && first <= d.size(), "random_split: cannot take {} of the {} items of '{}'", first, d.size(), d.source);
+  Generator gen(seed);
+  const Tensor order = randperm(d.size(), gen);  // [N] i64
+  return {subset(d, order.narrow(0, 0, first)), subset(d, order.narrow(0, first, d.size() - first))};
 }
 
 // ---- synthetic shapes -----------------------------------------------------------------------------------------

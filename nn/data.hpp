@@ -1,4 +1,4 @@
-// Data: readers (IDX, e.g. Fashion-MNIST), built-in synthetic sets (2-D toys, procedurally drawn
+// Data: readers (IDX, e.g. Fashion-MNIST; the 8x8 digits CSV), built-in synthetic sets (2-D toys, procedurally drawn
 // shapes), deterministic shuffling and batching, and simple transforms.
 #pragma once
 
@@ -17,6 +17,7 @@ struct ImageDataset {
   Tensor labels;
   std::vector<std::string> class_names;
   std::string source;  // where it came from ("fashion-mnist:/usr/share/...", "synthetic-shapes")
+  std::int64_t levels = 256;  // quantisation levels of the stored pixels (bits/dim, dequantisation)
   std::int64_t size() const { return images.shape()[0]; }
 };
 
@@ -31,6 +32,21 @@ std::optional<std::string> find_fashion_mnist();
 const std::vector<std::string>& fashion_mnist_classes();
 // train = the 60 000-image training split, else the 10 000-image test split: images [N, 1, 28, 28].
 ImageDataset load_fashion_mnist(const std::string& folder, bool train);
+
+// The 8x8 handwritten digits (the UCI optdigits test set, 1797 images, as scikit-learn ships it in
+// digits.csv.gz: 64 levels 0..16 and the label per line). The file: $TAPEGRAD_DIGITS if set, else
+// $XDG_DATA_HOME/tapegrad/digits.csv.gz (default ~/.local/share/tapegrad, where
+// scripts/get-data.sh puts it), else python3-sklearn's copy; nullopt if none is there.
+std::optional<std::string> find_digits();
+// images [N, 1, 8, 8] f32 = level / 16 in [0, 1], labels [N] i64, levels = 17. Gzip or plain CSV;
+// every line is checked (65 integers in range), errors name the file and the line.
+ImageDataset load_digits(const std::string& path);
+
+// The items `indices` (i64 [K]) of a dataset, as a dataset with the same names, source and levels.
+ImageDataset subset(const ImageDataset& d, const Tensor& indices);
+// A seeded random split into the first `first` items of a permutation and the rest (the digits'
+// 1500 / 297 train / test split: random_split(digits, 1500, seed)).
+std::pair<ImageDataset, ImageDataset> random_split(const ImageDataset& d, std::int64_t first, std::uint64_t seed);
 
 // A synthetic stand-in with the same shape as Fashion-MNIST: n 28x28 grey images of 10 classes of
 // procedurally drawn shapes (circle, square, triangle, cross, ...), randomly placed, scaled and

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian bookworm packages tapegrad needs to build, test and run its examples.
-# Idempotent and quiet when everything is already present.
+# Idempotent and quiet when everything is already present. Also fetches the data sets that are not
+# packaged as files of their own (scripts/get-data.sh: the 8x8 digits).
 #   scripts/install-deps.sh            build + test + example dependencies
 #   scripts/install-deps.sh --bench    also the reference systems for scripts/bench.sh
 #   scripts/install-deps.sh --torch    also PyTorch for scripts/torch_check.sh
@@ -27,7 +28,9 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exec "$(dirname "$0")/get-data.sh"
+fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 sudo_cmd=()
@@ -38,3 +41,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+exec "$(dirname "$0")/get-data.sh"

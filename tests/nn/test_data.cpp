@@ -1,5 +1,6 @@
 // Data: the IDX reader on good, truncated and corrupt files; Fashion-MNIST when installed; the
-// synthetic sets; deterministic batching; transforms.
+// digits CSV reader and the digits when fetched; splits; the synthetic sets; deterministic
+// batching; transforms.
 #include <catch2/catch.hpp>
 
 #include <limits>
@@ -102,6 +103,114 @@ TEST_CASE("Fashion-MNIST loads with the right shapes (when installed)", "[nn][da
   CHECK(ops::amin(test.images).item() >= 0.0);
   CHECK(ops::amax(test.labels).item() == 9);
   CHECK(test.class_names.size() == 10);
+}
+
+namespace {
+// One digits CSV line: 64 levels (pixel i has level (i * 7 + seed) % 17) and the label.
+std::string digits_line(int seed, int label) {
+  std::string line;
+  for (int i = 0; i < 64; ++i) line += fmt::format("{},", (i * 7 + seed) % 17);
+  return line + std::to_string(label);
+}
+}  // namespace
+
+TEST_CASE("load_digits reads gzip and plain CSV and rejects malformed lines", "[nn][data]") {
+  const std::string gz = temp("digits.csv.gz"), plain = temp("digits.csv"), bad = temp("bad-digits.csv");
+  write_gz(gz, digits_line(0, 3) + "\n" + digits_line(5, 9) + "\n" + digits_line(2, 0) + "\n");
+  std::ofstream(plain, std::ios::binary) << digits_line(0, 3) << "\r\n" << digits_line(5, 9);  // CRLF, no final newline
+  for (const std::string& path : {gz, plain}) {
+    const auto d = nn::data::load_digits(path);
+    REQUIRE(d.images.shape() == Shape{path == gz ? 3 : 2, 1, 8, 8});
+    CHECK(d.levels == 17);
+    CHECK(d.source == "digits:" + path);
+    CHECK(d.class_names.size() == 10);
+    CHECK(d.labels.dtype() == DType::i64);
+    CHECK(d.labels.at<std::int64_t>({0}) == 3);
+    CHECK(d.labels.at<std::int64_t>({1}) == 9);
+    // Pixel (r, c) of sample 1 is level ((8r + c) * 7 + 5) % 17, divided by 16.
+    CHECK(d.images.at<float>({1, 0, 2, 3}) == static_cast<float>(((8 * 2 + 3) * 7 + 5) % 17) / 16.0f);
+    CHECK(d.images.at<float>({0, 0, 0, 0}) == 0.0f);
+  }
+  const std::string ok = digits_line(1, 4);
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {ok + "\n" + ok.substr(0, ok.rfind(',')) + "\n", "line 2: expected 65 comma-separated integers (64 pixel levels and the label), got 64"},
+      {ok + ",1\n", "line 1: expected 65 comma-separated integers"},
+      {ok + ",\n", "line 1: expected 65 comma-separated integers"},
+      {"17," + ok.substr(ok.find(',') + 1) + "\n", "line 1: pixel level 17 is outside 0..16"},
+      {ok.substr(0, ok.rfind(',') + 1) + "10\n", "line 1: label 10 is outside 0..9"},
+      {"-1," + ok.substr(ok.find(',') + 1) + "\n", "line 1: pixel level -1 is outside 0..16"},
+      {"a," + ok.substr(ok.find(',') + 1) + "\n", "line 1: expected 65 comma-separated integers"},
+      {ok + "\n\n" + ok + "\n", "line 2: expected 65 comma-separated integers"},
+      {"", "holds no samples"},
+  };
+  for (const auto& [text, message] : cases) {
+    std::ofstream(bad, std::ios::binary | std::ios::trunc) << text;
+    CHECK_THROWS_WITH(nn::data::load_digits(bad), Contains("load_digits: '" + bad + "' ") && Contains(message));
+  }
+  // A gzip file cut inside its stream, and a missing file.
+  const std::string whole = [&] {
+    std::ifstream in(gz, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }();
+  std::ofstream(bad, std::ios::binary | std::ios::trunc) << whole.substr(0, whole.size() / 2);
+  CHECK_THROWS_WITH(nn::data::load_digits(bad), Contains("load_digits: '" + bad + "' is corrupt: the gzip stream is cut off"));
+  CHECK_THROWS_WITH(nn::data::load_digits(temp("no-digits")), Contains("cannot open"));
+  fs::remove(gz);
+  fs::remove(plain);
+  fs::remove(bad);
+}
+
+TEST_CASE("the 8x8 digits load as scikit-learn ships them (when fetched)", "[nn][data]") {
+  const auto path = nn::data::find_digits();
+  if (!path) {
+    WARN("the digits data is not there (scripts/get-data.sh fetches it); skipping");
+    return;
+  }
+  const auto d = nn::data::load_digits(*path);
+  REQUIRE(d.images.shape() == Shape{1797, 1, 8, 8});
+  // The class sizes of sklearn.datasets.load_digits(), and its first image (a zero).
+  std::vector<std::int64_t> counts(10, 0);
+  for (std::int64_t y : d.labels.to_vector<std::int64_t>()) ++counts[static_cast<std::size_t>(y)];
+  CHECK(counts == std::vector<std::int64_t>{178, 182, 177, 183, 181, 182, 181, 179, 174, 180});
+  CHECK(d.labels.at<std::int64_t>({0}) == 0);
+  const std::vector<float> first_row{0, 0, 5, 13, 9, 1, 0, 0};
+  for (std::int64_t c = 0; c < 8; ++c) CHECK(d.images.at<float>({0, 0, 0, c}) == first_row[static_cast<std::size_t>(c)] / 16.0f);
+  CHECK(ops::amax(d.images).item() == 1.0);
+  CHECK(ops::amin(d.images).item() == 0.0);
+  // The spec's 1500 / 297 split.
+  const auto [train, test] = nn::data::random_split(d, 1500, 0);
+  CHECK(train.size() == 1500);
+  CHECK(test.size() == 297);
+  CHECK(test.levels == 17);
+}
+
+TEST_CASE("subset and random_split", "[nn][data]") {
+  const auto d = nn::data::synthetic_shapes(50, 3, 8);
+  const auto [a, b] = nn::data::random_split(d, 20, 7);
+  REQUIRE(a.size() == 20);
+  REQUIRE(b.size() == 30);
+  CHECK(a.source == d.source);
+  CHECK(a.class_names == d.class_names);
+  // Together the two parts hold every item exactly once: match items by their images.
+  const auto all = d.images.reshape({50, -1}).to_vector<float>();
+  std::vector<int> seen(50, 0);
+  for (const auto* part : {&a, &b}) {
+    const auto px = part->images.reshape({part->size(), -1}).to_vector<float>();
+    const auto labels = part->labels.to_vector<std::int64_t>();
+    for (std::int64_t i = 0; i < part->size(); ++i)
+      for (std::int64_t j = 0; j < 50; ++j)
+        if (std::equal(px.begin() + i * 64, px.begin() + (i + 1) * 64, all.begin() + j * 64) &&
+            labels[static_cast<std::size_t>(i)] == d.labels.at<std::int64_t>({j})) {
+          ++seen[static_cast<std::size_t>(j)];
+          break;
+        }
+  }
+  CHECK(seen == std::vector<int>(50, 1));
+  // Deterministic for a seed, different across seeds.
+  CHECK(nn::data::random_split(d, 20, 7).first.labels.to_vector<std::int64_t>() == a.labels.to_vector<std::int64_t>());
+  CHECK(nn::data::random_split(d, 20, 8).first.images.to_vector<float>() != a.images.to_vector<float>());
+  CHECK(nn::data::random_split(d, 0, 1).first.size() == 0);
+  CHECK_THROWS_WITH(nn::data::random_split(d, 51, 1), Contains("random_split: cannot take 51 of the 50 items of 'synthetic-shapes'"));
 }
 
 TEST_CASE("synthetic sets are deterministic and well formed", "[nn][data]") {
