@@ -219,6 +219,7 @@ ImageDataset load_fashion_mnist(const std::string& folder, bool train) {
   d.labels = labels.to(DType::i64);
   d.class_names = fashion_mnist_classes();
   d.source = "fashion-mnist:" + folder;
+  d.levels = 256;
   return d;
 }
 

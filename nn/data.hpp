@@ -17,7 +17,9 @@ struct ImageDataset {
   Tensor labels;
   std::vector<std::string> class_names;
   std::string source;  // where it came from ("fashion-mnist:/usr/share/...", "synthetic-shapes")
-  std::int64_t levels = 256;  // quantisation levels of the stored pixels (bits/dim, dequantisation)
+  // Quantisation levels of the stored pixels, for dequantisation and bits/dim: 256 for 8-bit
+  // images, 17 for the digits, 0 for continuous values (the synthetic sets).
+  std::int64_t levels = 0;
   std::int64_t size() const { return images.shape()[0]; }
 };
 

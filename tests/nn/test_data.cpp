@@ -103,6 +103,7 @@ TEST_CASE("Fashion-MNIST loads with the right shapes (when installed)", "[nn][da
   CHECK(ops::amin(test.images).item() >= 0.0);
   CHECK(ops::amax(test.labels).item() == 9);
   CHECK(test.class_names.size() == 10);
+  CHECK(test.levels == 256);
 }
 
 namespace {
@@ -189,6 +190,7 @@ TEST_CASE("subset and random_split", "[nn][data]") {
   const auto [a, b] = nn::data::random_split(d, 20, 7);
   REQUIRE(a.size() == 20);
   REQUIRE(b.size() == 30);
+  CHECK(d.levels == 0);  // continuous synthetic pixels
   CHECK(a.source == d.source);
   CHECK(a.class_names == d.class_names);
   // Together the two parts hold every item exactly once: match items by their images.
