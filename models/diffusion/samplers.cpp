@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numbers>
 
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
@@ -52,6 +53,60 @@ VPSchedule::VPSchedule(std::int64_t t, double beta_start, double beta_end) : T(t
     beta[u] = beta_start + (beta_end - beta_start) * static_cast<double>(i - 1) / static_cast<double>(T - 1);
     alpha_bar[u] = alpha_bar[u - 1] * (1.0 - beta[u]);
   }
+}
+
+VPSchedule VPSchedule::from_betas(const std::vector<double>& betas) {
+  TG_CHECK(!betas.empty(), "VPSchedule::from_betas: no betas");
+  TG_CHECK(betas.size() <= static_cast<std::size_t>(kMaxSamplerSteps), "VPSchedule::from_betas: {} betas (at most {})",
+           betas.size(), kMaxSamplerSteps);
+  VPSchedule sch{Unfilled{}};
+  sch.T = static_cast<std::int64_t>(betas.size());
+  sch.beta.assign(1, 0.0);
+  sch.alpha_bar.assign(1, 1.0);
+  for (std::size_t i = 0; i < betas.size(); ++i) {
+    TG_CHECK(betas[i] > 0 && betas[i] < 1, "VPSchedule::from_betas: beta_{} = {} is outside (0, 1)", i + 1, betas[i]);
+    sch.beta.push_back(betas[i]);
+    sch.alpha_bar.push_back(sch.alpha_bar.back() * (1.0 - betas[i]));
+  }
+  return sch;
+}
+
+VPSchedule VPSchedule::cosine(std::int64_t T, double s) {
+  TG_CHECK(T >= 1 && T <= kMaxSamplerSteps, "VPSchedule::cosine: need 1 <= T <= {}, got {}", kMaxSamplerSteps, T);
+  TG_CHECK(s > 0 && std::isfinite(s), "VPSchedule::cosine: the offset s must be positive, got {}", s);
+  const auto f = [&](double u) {
+    const double c = std::cos((u + s) / (1 + s) * std::numbers::pi / 2);
+    return c * c;
+  };
+  std::vector<double> betas(static_cast<std::size_t>(T));
+  for (std::int64_t t = 1; t <= T; ++t) {
+    const double ratio = f(static_cast<double>(t) / static_cast<double>(T)) / f(static_cast<double>(t - 1) / static_cast<double>(T));
+    betas[static_cast<std::size_t>(t - 1)] = std::min(1.0 - ratio, 0.999);
+  }
+  return from_betas(betas);
+}
+
+double VPSchedule::posterior_variance(std::int64_t t) const {
+  TG_CHECK(t >= 1 && t <= T, "VPSchedule: step {} is outside 1..{}", t, T);
+  const auto u = static_cast<std::size_t>(t);
+  return beta[u] * (1.0 - alpha_bar[u - 1]) / (1.0 - alpha_bar[u]);
+}
+
+VPSchedule VPSchedule::respaced(const std::vector<std::int64_t>& taus) const {
+  TG_CHECK(!taus.empty(), "VPSchedule::respaced: no time steps");
+  std::vector<double> betas;
+  double previous = 1.0;  // alpha_bar_0
+  for (std::size_t i = 0; i < taus.size(); ++i) {
+    TG_CHECK(taus[i] >= 1 && taus[i] <= T && (i == 0 || taus[i] > taus[i - 1]),
+             "VPSchedule::respaced: time steps must increase within 1..{} (tau_{} = {})", T, i + 1, taus[i]);
+    const double ab = alpha_bar[static_cast<std::size_t>(taus[i])];
+    betas.push_back(1.0 - ab / previous);
+    previous = ab;
+  }
+  VPSchedule sch = from_betas(betas);
+  // The products of the new betas equal the picked alpha_bars up to round-off; keep them exact.
+  for (std::size_t i = 0; i < taus.size(); ++i) sch.alpha_bar[i + 1] = alpha_bar[static_cast<std::size_t>(taus[i])];
+  return sch;
 }
 
 double VPSchedule::sigma(std::int64_t t) const {

@@ -41,14 +41,32 @@ struct EDMGrid {
 std::vector<double> edm_sigmas(std::int64_t steps, const EDMGrid& grid = {});
 
 // The discrete VP (DDPM) schedule, 1-based: beta[t], alpha_bar[t] for t = 1..T; alpha_bar[0] = 1.
+// Step t here is step t - 1 of the 0-based iDDPM/DiT/MAR code (their alphas_cumprod[t - 1]).
 struct VPSchedule {
+  // Linear betas from beta_start to beta_end (DDPM; T >= 2).
   explicit VPSchedule(std::int64_t T = 1000, double beta_start = 1e-4, double beta_end = 0.02);
+  // The cosine schedule (Nichol & Dhariwal; MAR's diffusion head): f(u) = cos^2((u + s)/(1 + s) pi/2),
+  // beta_t = min(1 - f(t/T) / f((t-1)/T), 0.999), so alpha_bar_t = f(t/T) / f(0) until the clip.
+  static VPSchedule cosine(std::int64_t T = 1000, double s = 0.008);
+  // Any betas beta_1..beta_T, each in (0, 1).
+  static VPSchedule from_betas(const std::vector<double>& betas);
   std::int64_t T;
   std::vector<double> beta, alpha_bar;  // [T + 1]
   // sqrt((1 - abar_t) / abar_t): the EDM noise level of step t (0 for t = 0).
   double sigma(std::int64_t t) const;
+  // The DDPM posterior variance of q(x_{t-1} | x_t, x_0): beta_t (1 - abar_{t-1}) / (1 - abar_t), t >= 1
+  // (0 at t = 1). Ancestral sampling at temperature tau adds tau sqrt(posterior_variance(t)) z per step.
+  double posterior_variance(std::int64_t t) const;
+  // The schedule of the sub-chain taus (increasing, in 1..T): step k has alpha_bar[taus[k-1]] and
+  // beta_k = 1 - alpha_bar[taus[k-1]] / alpha_bar[taus[k-2]] (iDDPM's respacing), so DDPM's
+  // ancestral step on it is the eta = 1 DDIM step between those steps of this schedule.
+  VPSchedule respaced(const std::vector<std::int64_t>& taus) const;
   // tau_1 < ... < tau_S (see the file comment); 1 <= S <= T.
   std::vector<std::int64_t> timesteps(std::int64_t S) const;
+
+ private:
+  struct Unfilled {};
+  explicit VPSchedule(Unfilled) : T(0) {}  // filled by from_betas
 };
 
 // ---- single steps (f64 tensors of any shape) ------------------------------------------------------------------

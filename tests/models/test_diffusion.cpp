@@ -3,6 +3,8 @@
 // guidance, training resume, and the data mapping (spec techniques-B §1.7).
 #include <catch2/catch.hpp>
 
+#include <numbers>
+
 #include <cmath>
 #include <filesystem>
 
@@ -449,6 +451,64 @@ TEST_CASE("DDIM with eta = 1 on the full chain is DDPM's ancestral step", "[mode
     const Tensor z = test::randn({5}, DType::f64, 24);
     CHECK_ALLCLOSE(ddim_step(xt, eps, at, as, 1.0, z), mean + z * std::sqrt(var), 1e-9, 1e-12);
   }
+}
+
+TEST_CASE("VP schedules: cosine (iDDPM), respacing, posterior variance", "[models][diffusion]") {
+  const VPSchedule cos = VPSchedule::cosine(1000);
+  REQUIRE(cos.T == 1000);
+  // Values of iDDPM's betas_for_alpha_bar (0-based step i is our step i + 1), computed with numpy.
+  CHECK(cos.beta[1] == Approx(4.128422482196914e-05).epsilon(1e-12));
+  CHECK(cos.beta[500] == Approx(0.0031458862304780677).epsilon(1e-12));
+  CHECK(cos.alpha_bar[500] == Approx(0.4938435904406382).epsilon(1e-12));
+  CHECK(cos.beta[999] == Approx(0.7499993929011166).epsilon(1e-12));
+  CHECK(cos.beta[1000] == 0.999);  // clipped
+  CHECK(cos.alpha_bar[1000] == Approx(2.4287669070348567e-09).epsilon(1e-9));
+  // Sanity (spec §2.4.3): alpha_bar strictly decreasing, alpha_bar_1 = 1 - beta_1, beta <= 0.999,
+  // alpha_bar_t = f(t/T) / f(0) before the clip.
+  const auto f = [](double u) { return std::pow(std::cos((u + 0.008) / 1.008 * std::numbers::pi / 2), 2); };
+  CHECK(cos.alpha_bar[1] == 1 - cos.beta[1]);
+  for (std::int64_t t = 1; t <= 1000; ++t) {
+    const auto u = static_cast<std::size_t>(t);
+    CHECK(cos.alpha_bar[u] < cos.alpha_bar[u - 1]);
+    CHECK(cos.beta[u] <= 0.999);
+    if (t < 1000) CHECK(cos.alpha_bar[u] == Approx(f(t / 1000.0) / f(0)).epsilon(1e-11));
+  }
+  // Respacing keeps the picked alpha_bars, and its betas reproduce them.
+  const auto taus = cos.timesteps(50);
+  const VPSchedule sub = cos.respaced(taus);
+  REQUIRE(sub.T == 50);
+  double prod = 1;
+  for (std::int64_t k = 1; k <= 50; ++k) {
+    const auto u = static_cast<std::size_t>(k);
+    CHECK(sub.alpha_bar[u] == cos.alpha_bar[static_cast<std::size_t>(taus[u - 1])]);
+    prod *= 1 - sub.beta[u];
+    CHECK(prod == Approx(sub.alpha_bar[u]).epsilon(1e-12));
+  }
+  // DDPM's ancestral step on the respaced chain is the eta = 1 DDIM step between the picked steps:
+  // mean (posterior of x0_hat and x_t) plus sqrt(posterior variance) z.
+  const Tensor x0 = test::uniform({6}, -1, 1, DType::f64, 40), xt = test::randn({6}, DType::f64, 41), z = test::randn({6}, DType::f64, 42);
+  for (std::int64_t k : {2, 25, 50}) {
+    const auto u = static_cast<std::size_t>(k);
+    const double at = sub.alpha_bar[u], as = sub.alpha_bar[u - 1], beta = sub.beta[u];
+    const Tensor eps = (xt - x0 * std::sqrt(at)) / std::sqrt(1 - at);
+    const Tensor mean = x0 * (std::sqrt(as) * beta / (1 - at)) + xt * (std::sqrt(1 - beta) * (1 - as) / (1 - at));
+    INFO("k = " << k);
+    CHECK_ALLCLOSE(ddim_step(xt, eps, at, as, 1.0, z), mean + z * std::sqrt(sub.posterior_variance(k)), 1e-9, 1e-12);
+  }
+  CHECK(sub.posterior_variance(1) == 0.0);
+  // The eps oracle returns x0 on the cosine schedule too.
+  const Tensor e = test::randn({6}, DType::f64, 43);
+  const Denoiser oracle = [&](const Tensor& xbar, double sigma) { return xbar - e * sigma; };
+  const double abT = cos.alpha_bar[static_cast<std::size_t>(taus.back())];
+  CHECK_ALLCLOSE(ddim(oracle, x0 * std::sqrt(abT) + e * std::sqrt(1 - abT), cos, taus, 0.0).x, x0, 0, 1e-9);
+  // Bad input.
+  CHECK_THROWS_WITH(VPSchedule::cosine(0), Contains("VPSchedule::cosine: need 1 <= T"));
+  CHECK_THROWS_WITH(VPSchedule::cosine(10, -1), Contains("the offset s must be positive, got -1"));
+  CHECK_THROWS_WITH(VPSchedule::from_betas({0.1, 1.0}), Contains("beta_2 = 1 is outside (0, 1)"));
+  CHECK_THROWS_WITH(VPSchedule::from_betas({}), Contains("no betas"));
+  CHECK_THROWS_WITH(cos.respaced({5, 5}), Contains("time steps must increase within 1..1000 (tau_2 = 5)"));
+  CHECK_THROWS_WITH(cos.respaced({}), Contains("no time steps"));
+  CHECK_THROWS_WITH(cos.posterior_variance(0), Contains("step 0 is outside 1..1000"));
 }
 
 TEST_CASE("classifier-free guidance: one batched forward per evaluation, D_u + w (D_c - D_u)", "[models][diffusion]") {
