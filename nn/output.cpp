@@ -154,8 +154,53 @@ void CsvWriter::row(const std::vector<std::string>& values) {
 
 void CsvWriter::row(const std::vector<double>& values) {
   std::vector<std::string> s;
-  for (double v : values) s.push_back(fmt::format("{:.6g}", v));
+  for (double v : values) {
+    // Whole numbers (steps, epochs, counts) in full; other values to 6 significant digits.
+    const bool whole = std::isfinite(v) && v == std::trunc(v) && std::fabs(v) < 1e15;
+    s.push_back(whole ? fmt::format("{}", static_cast<long long>(v)) : fmt::format("{:.6g}", v));
+  }
   row(s);
+}
+
+std::vector<double> CsvTable::column(const std::string& name) const {
+  const auto it = std::find(header.begin(), header.end(), name);
+  TG_CHECK(it != header.end(), "CsvTable: no column '{}' (the columns are {})", name, fmt::join(header, ", "));
+  const auto c = static_cast<std::size_t>(it - header.begin());
+  std::vector<double> out;
+  out.reserve(rows.size());
+  for (const auto& r : rows) out.push_back(r[c]);
+  return out;
+}
+
+CsvTable read_csv(const std::string& path) {
+  std::ifstream in = nn::open_regular_file(path, "read_csv");
+  CsvTable t;
+  std::string line;
+  TG_CHECK(static_cast<bool>(std::getline(in, line)), "read_csv: '{}' is empty (no header)", path);
+  for (std::size_t at = 0;;) {
+    const std::size_t comma = line.find(',', at);
+    t.header.push_back(line.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  for (std::int64_t number = 2; std::getline(in, line); ++number) {
+    std::vector<double> row;
+    const char* p = line.data();
+    const char* const end = line.data() + line.size();
+    while (true) {
+      double v = 0;
+      const auto [next, err] = std::from_chars(p, end, v);
+      TG_CHECK(err == std::errc() && (next == end || *next == ','), "read_csv: '{}' line {}: '{}' is not a row of numbers", path,
+               number, line.substr(0, 200));
+      row.push_back(v);
+      if (next == end) break;
+      p = next + 1;
+    }
+    TG_CHECK(row.size() == t.header.size(), "read_csv: '{}' line {} has {} values for the {} columns", path, number, row.size(),
+             t.header.size());
+    t.rows.push_back(std::move(row));
+  }
+  return t;
 }
 
 void plot_svg(const std::string& path, const std::vector<Series>& series, const PlotOptions& o) {

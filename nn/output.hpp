@@ -50,6 +50,17 @@ class CsvWriter {
   std::size_t columns_;
 };
 
+// A CSV file of numbers as CsvWriter writes it: the header's names and one row of values each
+// (nan and inf allowed). Every row must have the header's column count and parse completely;
+// errors name the file and the line.
+struct CsvTable {
+  std::vector<std::string> header;
+  std::vector<std::vector<double>> rows;
+  // The values of the column called `name` (an error names the columns there are).
+  std::vector<double> column(const std::string& name) const;
+};
+CsvTable read_csv(const std::string& path);
+
 // A line chart as a self-contained SVG file.
 struct Series {
   std::string name;

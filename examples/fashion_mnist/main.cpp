@@ -115,7 +115,9 @@ int train(const TrainArgs& a) {
     // A run stopped mid-epoch logged a row for the part it did; the resumed run logs that epoch
     // again when it completes it, so rows past the last complete epoch are dropped.
     const std::int64_t per_epoch = (data.train.size() + a.batch - 1) / a.batch;
-    nn::output::keep_csv_rows_through(out + "/metrics.csv", /*column=*/1, nn::training_checkpoint_step(file, ckpt) / per_epoch * per_epoch);
+    const std::int64_t ckpt_step = nn::training_checkpoint_step(file, ckpt);
+    nn::output::keep_csv_rows_through(out + "/metrics.csv", /*column=*/1, ckpt_step / per_epoch * per_epoch);
+    nn::output::keep_csv_rows_through(out + "/steps.csv", /*column=*/0, ckpt_step);
   }
   {
     nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},
@@ -125,10 +127,22 @@ int train(const TrainArgs& a) {
   }
   nn::output::CsvWriter metrics(out + "/metrics.csv", {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "epoch_seconds"},
                                 resuming ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
+  nn::output::CsvWriter steps(out + "/steps.csv", {"step", "train_loss"},
+                              resuming ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
+  // loss.svg shows the whole run: a resumed run starts from the losses logged before its checkpoint.
   nn::output::Series step_loss{"train loss (per step)", {}, {}}, test_loss{"test loss (per epoch)", {}, {}};
+  if (resuming) {
+    const auto logged_steps = nn::output::read_csv(out + "/steps.csv");
+    step_loss.x = logged_steps.column("step");
+    step_loss.y = logged_steps.column("train_loss");
+    const auto logged_epochs = nn::output::read_csv(out + "/metrics.csv");
+    test_loss.x = logged_epochs.column("step");
+    test_loss.y = logged_epochs.column("test_loss");
+  }
   cls::FitOptions fo{.epochs = a.epochs, .batch = a.batch, .lr = a.lr, .schedule = a.schedule, .seed = a.seed, .max_steps = a.max_steps,
                      .checkpoint = out + "/checkpoint.safetensors", .resume = a.resume};
   fo.on_step = [&](std::int64_t step, double loss) {
+    steps.row(std::vector<double>{static_cast<double>(step), loss});
     step_loss.x.push_back(static_cast<double>(step));
     step_loss.y.push_back(loss);
   };
@@ -149,7 +163,8 @@ int train(const TrainArgs& a) {
   const cls::Evaluation ev = cls::evaluate(model, data.test);
   write_evaluation(out, ev, data.test, 32);
   fmt::print("run folder: {}\n", out);
-  fmt::print("  config.json metrics.csv loss.svg confusion_matrix.csv confusion_matrix.png test_predictions.png\n");
+  fmt::print("  loss.svg: {} steps, {} test evaluations\n", step_loss.x.size(), test_loss.x.size());
+  fmt::print("  config.json metrics.csv steps.csv loss.svg confusion_matrix.csv confusion_matrix.png test_predictions.png\n");
   fmt::print("  model.safetensors (weights) checkpoint.safetensors (resumable training state)\n");
   fmt::print("test accuracy: {:.2f}%\n", 100 * ev.accuracy);
   return 0;

@@ -1,8 +1,11 @@
 #include "models/classifier/train.hpp"
 
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <limits>
+#include <utility>
 
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
@@ -50,9 +53,30 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
   const std::int64_t per_epoch = sampler.batches_per_epoch();
   std::int64_t step = 0;
   FitResult result;
+  // A run stopped mid-epoch saves the epoch's loss sum, step count and seconds so far, so that the
+  // resumed run reports the whole epoch (as the uninterrupted run would).
+  double carried_loss = 0, carried_seconds = 0;
+  std::int64_t carried_count = 0;
   if (o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
-    step = nn::load_training_checkpoint(o.checkpoint, model, opt, gen).step;
+    const nn::TrainingState st = nn::load_training_checkpoint(o.checkpoint, model, opt, gen);
+    step = st.step;
     fmt::print(stderr, "resumed from {} at step {}\n", o.checkpoint, step);
+    const auto number = [&](const char* key) {
+      const auto it = st.metadata.find(key);
+      if (it == st.metadata.end()) return 0.0;
+      double v = 0;
+      const auto [end, err] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), v);
+      TG_CHECK(err == std::errc() && end == it->second.data() + it->second.size() && std::isfinite(v) && v >= 0,
+               "classifier fit: checkpoint '{}' has a bad '{}' entry '{}'", o.checkpoint, key, it->second);
+      return v;
+    };
+    if (step % per_epoch != 0) {
+      carried_loss = number("epoch_loss_sum");
+      carried_count = static_cast<std::int64_t>(number("epoch_loss_count"));
+      carried_seconds = number("epoch_seconds");
+      TG_CHECK(carried_count <= step % per_epoch, "classifier fit: checkpoint '{}' counts {} losses in an epoch it left after {} steps",
+               o.checkpoint, carried_count, step % per_epoch);
+    }
   }
   TG_CHECK(o.epochs >= 1 && o.epochs <= std::numeric_limits<std::int64_t>::max() / per_epoch,
            "classifier fit: {} epochs of {} steps overflow the step count", o.epochs, per_epoch);
@@ -61,8 +85,9 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
   while (step < total) {
     const std::int64_t epoch = step / per_epoch;
     nn::output::ProgressBar bar(std::min(per_epoch, total - epoch * per_epoch), fmt::format("epoch {}/{}", epoch + 1, o.epochs));
-    double loss_sum = 0;
-    std::int64_t count = 0;
+    double loss_sum = std::exchange(carried_loss, 0.0);
+    std::int64_t count = std::exchange(carried_count, 0);
+    const double earlier_seconds = std::exchange(carried_seconds, 0.0);
     const auto start = std::chrono::steady_clock::now();
     for (std::int64_t b = step % per_epoch; b < per_epoch && step < total; ++b, ++step) {
       const auto [images, labels] = nn::data::gather_batch(train, sampler.batch(epoch, b));  // [B, 1, 28, 28], [B]
@@ -78,12 +103,16 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       if (o.on_step) o.on_step(step + 1, l);
       if (o.progress) bar.update(b + 1, l);  // the batch's place in the epoch (also when resuming mid-epoch)
     }
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double secs = earlier_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (o.progress) bar.finish();
     const Evaluation ev = evaluate(model, test);
     EpochStats s{epoch + 1, step, count ? loss_sum / static_cast<double>(count) : 0.0, ev.loss, ev.accuracy, secs};
     result.history.push_back(s);
-    if (!o.checkpoint.empty()) nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen);
+    if (!o.checkpoint.empty())
+      nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen, nullptr,
+                                   {{"epoch_loss_sum", fmt::format("{:.17g}", loss_sum)},
+                                    {"epoch_loss_count", std::to_string(count)},
+                                    {"epoch_seconds", fmt::format("{:.17g}", secs)}});
     if (o.on_epoch) o.on_epoch(s);
   }
   result.steps = step;

@@ -59,6 +59,20 @@ TEST_CASE("fit resumes from its checkpoint exactly", "[models][classifier]") {
   auto a = straight.state(), b = fresh.state();
   REQUIRE(a.size() == b.size());
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(test::same_bits(a[i].tensor, b[i].tensor));
+  // Interrupted mid-epoch (step 5 of 8): the resumed run's epoch row covers the whole epoch, the
+  // train loss bit for bit (the loss sum so far travels in the checkpoint).
+  Generator g4(3), g5(3);
+  cls::Classifier whole({.arch = cls::Arch::mlp}, &g5);
+  const auto full = cls::fit(whole, train, test, {.epochs = 2, .batch = 64, .seed = 9, .progress = false});
+  cls::Classifier part({.arch = cls::Arch::mlp}, &g4);
+  const auto first = cls::fit(part, train, test, {.epochs = 2, .batch = 64, .seed = 9, .max_steps = 5, .checkpoint = ckpt, .progress = false});
+  CHECK(first.history.back().step == 5);
+  const auto rest = cls::fit(part, train, test, {.epochs = 2, .batch = 64, .seed = 9, .checkpoint = ckpt, .resume = true, .progress = false});
+  REQUIRE(rest.history.size() == 2);
+  CHECK(rest.history[0].step == 8);
+  CHECK(rest.history[0].train_loss == full.history[0].train_loss);
+  CHECK(rest.history[1].train_loss == full.history[1].train_loss);
+  CHECK(rest.history[0].seconds >= first.history.back().seconds);
   std::filesystem::remove(ckpt);
 }
 

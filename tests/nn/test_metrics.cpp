@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "nn/metrics.hpp"
 #include "nn/output.hpp"
@@ -98,6 +99,25 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   CHECK(read_text("k.csv") == "epoch,step,loss\n1,4,0.5\n2,6,0.45\n");
   nn::output::keep_csv_rows_through((dir / "absent.csv").string(), 0, 1);  // nothing to do
   CHECK_FALSE(fs::exists(dir / "absent.csv"));
+  {  // read_csv: the numbers back, whole numbers in full, nan and inf included
+    nn::output::CsvWriter csv((dir / "r.csv").string(), {"step", "loss"});
+    csv.row(std::vector<double>{12345678, 0.125});
+    csv.row(std::vector<double>{12345679, std::numeric_limits<double>::quiet_NaN()});
+    csv.row(std::vector<double>{12345680, -std::numeric_limits<double>::infinity()});
+  }
+  const auto table = nn::output::read_csv((dir / "r.csv").string());
+  CHECK(table.header == std::vector<std::string>{"step", "loss"});
+  CHECK(table.column("step") == std::vector<double>{12345678, 12345679, 12345680});
+  CHECK(table.column("loss")[0] == 0.125);
+  CHECK(std::isnan(table.column("loss")[1]));
+  CHECK(table.column("loss")[2] == -std::numeric_limits<double>::infinity());
+  CHECK_THROWS_WITH(table.column("epoch"), Contains("no column 'epoch' (the columns are step, loss)"));
+  std::ofstream(dir / "r.csv", std::ios::app) << "4,x\n";
+  CHECK_THROWS_WITH(nn::output::read_csv((dir / "r.csv").string()), Contains("r.csv' line 5: '4,x' is not a row of numbers"));
+  std::ofstream(dir / "r.csv") << "a,b\n1\n";
+  CHECK_THROWS_WITH(nn::output::read_csv((dir / "r.csv").string()), Contains("line 2 has 1 values for the 2 columns"));
+  std::ofstream(dir / "r.csv") << "";
+  CHECK_THROWS_WITH(nn::output::read_csv((dir / "r.csv").string()), Contains("is empty (no header)"));
   { nn::output::CsvWriter again((dir / "m.csv").string(), {"step", "loss"}); }
   CHECK(read_text("m.csv") == "step,loss\n");  // replace starts over
   nn::output::plot_svg((dir / "p.svg").string(), {{"train", {1, 2, 3}, {1.0, 0.5, 0.25}}, {"test", {1, 3}, {1.2, 0.4}}},
