@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/autograd.hpp"
+#include "core/parallel.hpp"
 #include "ops/dense.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
@@ -101,6 +102,46 @@ double sliced_wasserstein(const Tensor& a, const Tensor& b, std::int64_t directi
     total += s / static_cast<double>(n);
   }
   return std::sqrt(total / static_cast<double>(directions));
+}
+
+namespace {
+// The mean Euclidean distance between the rows of x [n, d] and y [m, d] (row-major f64): per-row
+// sums in parallel, added in row order.
+double mean_distance(const std::vector<double>& x, std::int64_t n, const std::vector<double>& y, std::int64_t m, std::int64_t d) {
+  std::vector<double> row_sum(static_cast<std::size_t>(n));
+  parallel_for(n, std::max<std::int64_t>(1, 65536 / std::max<std::int64_t>(1, m * d)), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      const double* xi = &x[static_cast<std::size_t>(i * d)];
+      double s = 0;
+      for (std::int64_t j = 0; j < m; ++j) {
+        const double* yj = &y[static_cast<std::size_t>(j * d)];
+        double sq = 0;
+        for (std::int64_t k = 0; k < d; ++k) sq += (xi[k] - yj[k]) * (xi[k] - yj[k]);
+        s += std::sqrt(sq);
+      }
+      row_sum[static_cast<std::size_t>(i)] = s;
+    }
+  });
+  double total = 0;
+  for (double s : row_sum) total += s;
+  return total / (static_cast<double>(n) * static_cast<double>(m));
+}
+}  // namespace
+
+double energy_distance(const Tensor& a, const Tensor& b) {
+  NoGradGuard no_grad;
+  TG_CHECK(a.defined() && b.defined() && a.dim() == 2 && b.dim() == 2 && a.shape()[1] == b.shape()[1],
+           "energy_distance: need point sets [N, D] and [M, D], got {} and {}", a.defined() ? a.shape() : Shape{},
+           b.defined() ? b.shape() : Shape{});
+  TG_CHECK(a.shape()[0] > 0 && b.shape()[0] > 0 && a.shape()[1] > 0,
+           "energy_distance: need at least one point of at least one dim in each set, got {} and {}", a.shape(), b.shape());
+  TG_CHECK(a.is_floating_point() && b.is_floating_point(), "energy_distance: need floating-point points, got {} and {}",
+           a.dtype(), b.dtype());
+  const std::int64_t n = a.shape()[0], m = b.shape()[0], d = a.shape()[1];
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  for (const auto* v : {&x, &y})
+    for (double e : *v) TG_CHECK(std::isfinite(e), "energy_distance: the points hold a non-finite value {}", e);
+  return 2 * mean_distance(x, n, y, m, d) - mean_distance(x, n, x, n, d) - mean_distance(y, m, y, m, d);
 }
 
 }  // namespace tg::nn::metrics

@@ -1,5 +1,5 @@
 // Evaluation metrics: accuracy, confusion matrix, Fréchet distance on features (FD_clf, with the
-// noise floor of the real data), bits per dimension, sliced Wasserstein distance.
+// noise floor of the real data), bits per dimension, sliced Wasserstein and energy distances.
 #pragma once
 
 #include <cstdint>
@@ -30,5 +30,11 @@ double bits_per_dim(double nll_nats, std::int64_t dims, std::int64_t levels = 25
 // Sliced Wasserstein-2 distance between point sets a and b [N, D] (equal N): the root mean over
 // random unit directions of the 1-D W2^2 between the sorted projections.
 double sliced_wasserstein(const Tensor& a, const Tensor& b, std::int64_t directions, Generator& gen);
+
+// Energy distance between point sets a [N, D] and b [M, D] (Szekely; the V-statistic, as dcor's
+// default): 2 mean|a_i - b_j| - mean|a_i - a_k| - mean|b_j - b_l| over all pairs, with Euclidean
+// distances computed directly in f64 (no |x|^2 - 2xy + |y|^2 cancellation). Zero for equal sets,
+// non-negative up to round-off. O((N + M)^2 D), threaded, the same bits for any thread count.
+double energy_distance(const Tensor& a, const Tensor& b);
 
 }  // namespace tg::nn::metrics

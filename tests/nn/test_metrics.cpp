@@ -55,6 +55,36 @@ TEST_CASE("bits per dim and sliced Wasserstein", "[nn][metrics]") {
   CHECK_THROWS_WITH(nn::metrics::sliced_wasserstein(zeros({0, 2}), zeros({0, 2}), 8, gen), Contains("need at least one point"));
 }
 
+TEST_CASE("energy distance: the V-statistic against a direct sum", "[nn][metrics]") {
+  // Two points at distance 1: 2 * 1 - 0 - 0.
+  CHECK(nn::metrics::energy_distance(tensor({0.0, 0.0}, {1, 2}, DType::f64), tensor({0.0, 1.0}, {1, 2}, DType::f64)) == 2.0);
+  Generator gen(5);
+  const Tensor a = randn({37, 3}, DType::f64, gen), b = randn({23, 3}, DType::f64, gen) + 0.5;
+  auto mean_dist = [](const Tensor& x, const Tensor& y) {
+    double s = 0;
+    for (std::int64_t i = 0; i < x.shape()[0]; ++i)
+      for (std::int64_t j = 0; j < y.shape()[0]; ++j) {
+        double q = 0;
+        for (std::int64_t k = 0; k < x.shape()[1]; ++k) q += std::pow(x.at<double>({i, k}) - y.at<double>({j, k}), 2);
+        s += std::sqrt(q);
+      }
+    return s / static_cast<double>(x.shape()[0] * y.shape()[0]);
+  };
+  const double expected = 2 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b);
+  CHECK(nn::metrics::energy_distance(a, b) == Approx(expected).epsilon(1e-12));
+  CHECK(nn::metrics::energy_distance(b, a) == Approx(expected).epsilon(1e-12));
+  CHECK(nn::metrics::energy_distance(a, a) == 0.0);
+  CHECK(nn::metrics::energy_distance(a.t().contiguous().t(), b.to(DType::f32)) == Approx(nn::metrics::energy_distance(a, b.to(DType::f32))));
+  CHECK(test::same_bits_across_threads([&] { return Tensors{scalar_tensor(nn::metrics::energy_distance(a, b), DType::f64)}; }));
+  // Samples of one distribution are close; a shifted one is far.
+  const Tensor p = randn({400, 2}, DType::f64, gen), q = randn({400, 2}, DType::f64, gen);
+  CHECK(nn::metrics::energy_distance(p, q) < 0.05);
+  CHECK(nn::metrics::energy_distance(p, q + 2.0) > 1.0);
+  CHECK_THROWS_WITH(nn::metrics::energy_distance(zeros({3, 2}), zeros({3, 3})), Contains("need point sets [N, D] and [M, D], got [3, 2] and [3, 3]"));
+  CHECK_THROWS_WITH(nn::metrics::energy_distance(zeros({0, 2}), zeros({3, 2})), Contains("need at least one point"));
+  CHECK_THROWS_WITH(nn::metrics::energy_distance(tensor({NAN, 0.0}, {1, 2}), zeros({3, 2})), Contains("non-finite value nan"));
+}
+
 TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   const fs::path dir = fs::temp_directory_path() / fmt::format("tapegrad-out-{}", ::getpid());
   fs::create_directories(dir);
