@@ -282,6 +282,21 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
 
 Tensor pow(const Tensor& base, double exponent) {
   check_defined(base, "pow_scalar", "base");
+  // An integer tensor to a whole number stays an integer tensor (as torch with a Python int).
+  if (!base.is_floating_point() && base.dtype() != DType::boolean && exponent == std::trunc(exponent)) {
+    TG_CHECK(exponent >= 0, "pow_scalar: integers to negative integer powers are not allowed ({} tensor of shape {} to the {})",
+             base.dtype(), base.shape(), exponent);
+    TG_CHECK(scalar_fits(exponent, base.dtype()), "pow_scalar: exponent {} does not fit in the {} tensor's type (shape {})",
+             exponent, base.dtype(), base.shape());
+    Tensor out = empty(base.shape(), base.dtype());
+    dispatch(base.dtype(), "pow_scalar", [&]<class T>() {
+      if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+        const auto e = static_cast<T>(exponent);
+        kernels::map_scalar<T, T>(out, [e](T a) { return integer_pow(a, e); }, base);
+      }
+    });
+    return out;
+  }
   const Tensor x = base.is_floating_point() ? base : base.to(DType::f32);
   Tensor out = apply_float("pow_scalar", PowScalar{exponent}, x);
   return record("pow_scalar", {x}, out, [exponent, sx = SavedTensor(x)](const Tensor& g) {

@@ -22,8 +22,8 @@ Tensor div(const Tensor& a, double b);
 Tensor div(double a, const Tensor& b);
 Tensor neg(const Tensor& x);
 // Two integer tensors give exact integer powers (wrapping on overflow; a negative exponent gives
-// 1 / b^-e truncated, as torch). An integer tensor to a number gives f32 (the number is a double,
-// like a Python float in torch).
+// 1 / b^-e truncated, as torch). An integer tensor to a whole number stays integral, as torch with
+// a Python int (a negative one is refused, as torch does); to a fractional number it gives f32.
 Tensor pow(const Tensor& base, const Tensor& exponent);
 Tensor pow(const Tensor& base, double exponent);
 Tensor minimum(const Tensor& a, const Tensor& b);  // ties send half the gradient to each input

@@ -254,7 +254,18 @@ TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][el
   CHECK(ops::maximum(tensor({-3, 4}, DType::i32), tensor({0}, DType::i32)).to_vector<std::int32_t>() == std::vector<std::int32_t>{0, 4});
   CHECK(ops::pow(tensor({-2, 3}, DType::f64), 3.0).to_vector<double>() == std::vector<double>{-8, 27});
   CHECK(ops::pow(tensor({-2}, DType::f64), 2.0).to_vector<double>() == std::vector<double>{4});
-  CHECK(ops::pow(tensor({2}, DType::i64), 2.0).dtype() == DType::f32);
+  // An integer tensor to a whole number stays integral (torch with a Python int): exact, wrapping;
+  // to a fractional number it is f32; a negative whole exponent is refused, as torch does.
+  const Tensor ipw = ops::pow(tensor({2, -3, 0, 7}, DType::i64), 2.0);
+  CHECK(ipw.dtype() == DType::i64);
+  CHECK(ipw.to_vector<std::int64_t>() == std::vector<std::int64_t>{4, 9, 0, 49});
+  CHECK(ops::pow(tensor({3, 5}, DType::i32), 0.0).to_vector<std::int32_t>() == std::vector<std::int32_t>{1, 1});
+  CHECK(ops::pow(tensor({2}, DType::i32), 31.0).to_vector<std::int32_t>() == std::vector<std::int32_t>{std::numeric_limits<std::int32_t>::min()});
+  CHECK(ops::pow(tensor({4}, DType::i64), 0.5).dtype() == DType::f32);
+  CHECK(ops::pow(tensor({4}, DType::i64), 0.5).item() == 2.0);
+  CHECK(ops::pow(tensor({true}, DType::boolean), 2.0).dtype() == DType::f32);
+  CHECK_THROWS_WITH(ops::pow(tensor({2}, DType::i64), -1.0), Contains("pow_scalar: integers to negative integer powers are not allowed (i64 tensor of shape [1] to the -1)"));
+  CHECK_THROWS_WITH(ops::pow(tensor({2}, DType::i32), 3e9), Contains("pow_scalar: exponent 3000000000 does not fit in the i32 tensor's type"));
   // Integer tensors to integer tensors: exact, wrapping, and torch's values for negative exponents.
   const Tensor ip = ops::pow(tensor({3, 1, -1, -1, 0, 2, -2, 5}, DType::i64), tensor({40, -1, -3, -2, -1, -1, 3, 0}, DType::i64));
   CHECK(ip.dtype() == DType::i64);
