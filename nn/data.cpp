@@ -237,7 +237,11 @@ std::string digits_data_home() {
 
 std::optional<std::string> find_digits() {
   std::vector<std::string> candidates;
-  if (const char* env = std::getenv("TAPEGRAD_DIGITS")) candidates.emplace_back(env);
+  if (const char* env = std::getenv("TAPEGRAD_DIGITS"); env != nullptr && *env != '\0') {
+    // An explicit choice is not silently replaced by another copy.
+    TG_CHECK(std::filesystem::is_regular_file(env), "find_digits: TAPEGRAD_DIGITS is '{}', which is not a file", env);
+    return std::string(env);
+  }
   if (std::string home = digits_data_home(); !home.empty()) candidates.push_back(std::move(home));
   candidates.emplace_back("/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz");
   for (const std::string& path : candidates)
@@ -248,7 +252,7 @@ std::optional<std::string> find_digits() {
 ImageDataset load_digits(const std::string& path) {
   std::ifstream in = open_regular_file(path, "load_digits");
   ByteSource src("load_digits", path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
-  const std::string text = src.read_to_end(std::size_t{1} << 28);
+  const std::string text = src.read_to_end(std::size_t{1} << 24);  // the real file is ~0.3 MB: refuse gzip bombs early
   // One sample per line: 64 pixel levels (row-major 8 x 8, integers 0..16) and the label 0..9.
   constexpr int kFields = 65;
   std::vector<float> pixels;

@@ -36,7 +36,8 @@ const std::vector<std::string>& fashion_mnist_classes();
 ImageDataset load_fashion_mnist(const std::string& folder, bool train);
 
 // The 8x8 handwritten digits (the UCI optdigits test set, 1797 images, as scikit-learn ships it in
-// digits.csv.gz: 64 levels 0..16 and the label per line). The file: $TAPEGRAD_DIGITS if set, else
+// digits.csv.gz: 64 levels 0..16 and the label per line). The file: $TAPEGRAD_DIGITS if set (an
+// error if it is not a file), else
 // $XDG_DATA_HOME/tapegrad/digits.csv.gz (default ~/.local/share/tapegrad, where
 // scripts/get-data.sh puts it), else python3-sklearn's copy; nullopt if none is there.
 std::optional<std::string> find_digits();

@@ -138,10 +138,19 @@ double energy_distance(const Tensor& a, const Tensor& b) {
   TG_CHECK(a.is_floating_point() && b.is_floating_point(), "energy_distance: need floating-point points, got {} and {}",
            a.dtype(), b.dtype());
   const std::int64_t n = a.shape()[0], m = b.shape()[0], d = a.shape()[1];
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double big = 0;
   for (const auto* v : {&x, &y})
-    for (double e : *v) TG_CHECK(std::isfinite(e), "energy_distance: the points hold a non-finite value {}", e);
-  return 2 * mean_distance(x, n, y, m, d) - mean_distance(x, n, x, n, d) - mean_distance(y, m, y, m, d);
+    for (double e : *v) {
+      TG_CHECK(std::isfinite(e), "energy_distance: the points hold a non-finite value {}", e);
+      big = std::max(big, std::fabs(e));
+    }
+  // Distances scale with the points: compute on points scaled by a power of two (exact) to
+  // [-2, 2], where squared differences cannot overflow, and scale the result back.
+  const int e = big > 0 ? std::ilogb(big) : 0;
+  for (auto* v : {&x, &y})
+    for (double& c : *v) c = std::ldexp(c, -e);
+  return std::ldexp(2 * mean_distance(x, n, y, m, d) - mean_distance(x, n, x, n, d) - mean_distance(y, m, y, m, d), e);
 }
 
 }  // namespace tg::nn::metrics

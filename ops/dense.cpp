@@ -256,7 +256,7 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
 Svd svd(const Tensor& a) {
   std::vector<double> m = to_f64(a, "svd", false);
   const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
-  const int exponent = normalize_pow2(m, "svd", a.shape());
+  const int exponent = normalize_pow2(m, "svd", a.shape());  // largest |entry| now in [1, 2)
   // Work on the columns of the taller orientation: a wide matrix is decomposed as its transpose
   // (a^T = v s u^T), so the k = min(m, n) columns are rotated against each other.
   const bool wide = cols > rows;
@@ -271,6 +271,16 @@ Svd svd(const Tensor& a) {
     for (std::int64_t i = 0; i < n; ++i) s += x[i] * y[i];
     return s;
   };
+  // |x| without underflow of the squares: scaled by a power of two of its largest entry.
+  auto safe_norm = [](const double* x, std::int64_t n) {
+    double big = 0;
+    for (std::int64_t i = 0; i < n; ++i) big = std::max(big, std::fabs(x[i]));
+    if (big == 0) return 0.0;
+    const int e = std::ilogb(big);
+    double s = 0;
+    for (std::int64_t i = 0; i < n; ++i) s += std::ldexp(x[i], -e) * std::ldexp(x[i], -e);
+    return std::ldexp(std::sqrt(s), e);
+  };
   auto rotate = [](double* x, double* y, std::int64_t n, double c, double s) {
     for (std::int64_t i = 0; i < n; ++i) {
       const double xi = x[i], yi = y[i];
@@ -278,9 +288,13 @@ Svd svd(const Tensor& a) {
       y[i] = s * xi + c * yi;
     }
   };
-  // Rotate each pair of columns until it is orthogonal to round-off (|w_p . w_q| <= len u |w_p| |w_q|);
-  // a sweep without a rotation ends the iteration (quadratic convergence: ~6-10 sweeps).
+  // Rotate each pair of columns until it is orthogonal to round-off (|w_p . w_q| <= len u |w_p| |w_q|).
+  // A column whose norm is at most len u |a|_F is round-off (a rank-deficient matrix leaves such a
+  // column inside the span of the others, where no rotation can make it orthogonal): it takes no
+  // further part, as in LAPACK's dgesvj. A sweep without a rotation ends the iteration (quadratic
+  // convergence: ~6-10 sweeps).
   const double eps = 2.3e-16 * static_cast<double>(std::max<std::int64_t>(len, 4));
+  const double negligible = eps * std::sqrt(dot(w.data(), w.data(), k * len));  // entries <= 2: no overflow
   bool converged = false;
   for (int sweep = 0; sweep < 80 && !converged; ++sweep) {
     converged = true;
@@ -289,11 +303,13 @@ Svd svd(const Tensor& a) {
         double* wp = &w[p * len];
         double* wq = &w[q * len];
         const double alpha = dot(wp, wp, len), beta = dot(wq, wq, len), gamma = dot(wp, wq, len);
-        if (gamma == 0 || std::fabs(gamma) <= eps * std::sqrt(alpha) * std::sqrt(beta)) continue;
-        converged = false;
+        const double np = std::sqrt(alpha), nq = std::sqrt(beta);
+        if (np <= negligible || nq <= negligible || std::fabs(gamma) <= eps * np * nq) continue;
         // tan of the angle that zeroes the pair's inner product: the smaller root of t^2 + 2 zeta t - 1.
         const double zeta = (beta - alpha) / (2 * gamma);
         const double t = (zeta >= 0 ? 1.0 : -1.0) / (std::fabs(zeta) + std::sqrt(1 + zeta * zeta));
+        if (t == 0) continue;  // the rotation would not change anything
+        converged = false;
         const double c = 1 / std::sqrt(1 + t * t), s = c * t;
         rotate(wp, wq, len, c, s);
         rotate(&v[p * k], &v[q * k], k, c, s);
@@ -302,47 +318,61 @@ Svd svd(const Tensor& a) {
   TG_CHECK(converged, "svd: one-sided Jacobi did not converge for shape {}", a.shape());
   // Singular values are the column norms; sort them descending (ties keep column order).
   std::vector<double> sigma(static_cast<std::size_t>(k));
-  for (std::int64_t j = 0; j < k; ++j) sigma[j] = std::sqrt(dot(&w[j * len], &w[j * len], len));
+  for (std::int64_t j = 0; j < k; ++j) sigma[j] = safe_norm(&w[j * len], len);
   std::vector<std::int64_t> order(static_cast<std::size_t>(k));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) { return sigma[x] > sigma[y]; });
-  // Left vectors: the normalised columns. Columns of a numerically zero singular value carry no
-  // direction; they are replaced by unit vectors orthogonal to the others (Gram-Schmidt, twice).
-  const double tiny = (sigma.empty() ? 0.0 : sigma[order[0]]) * static_cast<double>(std::max(len, k)) * 1e-15;
+  // Left vectors: the normalised columns. A negligible column is normalised and orthogonalised
+  // against the others (twice); if little of it is left it was round-off inside their span, and a
+  // unit vector orthogonal to all of them replaces it (so u always has orthonormal columns).
   std::vector<double> left(static_cast<std::size_t>(k * len), 0.0);  // left[j] = left column j
-  std::vector<std::int64_t> missing;
+  std::vector<std::int64_t> small;
   for (std::int64_t j = 0; j < k; ++j) {
     const std::int64_t src = order[j];
-    if (sigma[src] > tiny && sigma[src] > 0) {
+    if (sigma[src] > negligible) {
       for (std::int64_t i = 0; i < len; ++i) left[j * len + i] = w[src * len + i] / sigma[src];
     } else {
-      missing.push_back(j);
+      small.push_back(j);
     }
   }
-  for (std::int64_t j : missing) {
-    // The standard basis vector least covered by the columns so far (its remainder is at least
-    // sqrt((len - columns) / len) > 0), orthogonalised against them twice and normalised.
-    std::int64_t best = 0;
-    double best_rest = -1;
-    for (std::int64_t b = 0; b < len; ++b) {
-      double covered = 0;
-      for (std::int64_t o = 0; o < k; ++o) covered += left[o * len + b] * left[o * len + b];
-      if (1 - covered > best_rest) {
-        best_rest = 1 - covered;
-        best = b;
-      }
-    }
-    double* x = &left[j * len];
-    x[best] = 1;
+  auto orthogonalise = [&](double* x, std::int64_t j) {  // against every other column (zeros drop out)
     for (int pass = 0; pass < 2; ++pass)
       for (std::int64_t o = 0; o < k; ++o) {
         if (o == j) continue;
-        const double* y = &left[o * len];  // not yet completed columns are zero and drop out
+        const double* y = &left[o * len];
         const double proj = dot(x, y, len);
         for (std::int64_t i = 0; i < len; ++i) x[i] -= proj * y[i];
       }
-    const double nx = std::sqrt(dot(x, x, len));
-    for (std::int64_t i = 0; i < len; ++i) x[i] /= nx;
+    return safe_norm(x, len);
+  };
+  for (std::int64_t j : small) {
+    double* x = &left[j * len];
+    const std::int64_t src = order[j];
+    double rest = 0;
+    if (sigma[src] > 0) {
+      const int e = std::ilogb(sigma[src]);  // normalise in two exact steps: no overflow for tiny sigma
+      for (std::int64_t i = 0; i < len; ++i) x[i] = std::ldexp(w[src * len + i], -e) / std::ldexp(sigma[src], -e);
+      rest = orthogonalise(x, j);
+    }
+    if (rest <= 0.5) {
+      // The standard basis vector least covered by the columns so far (its remainder is at least
+      // sqrt((len - columns) / len) > 0).
+      std::int64_t best = 0;
+      double best_rest = -1;
+      for (std::int64_t b = 0; b < len; ++b) {
+        double covered = 0;
+        for (std::int64_t o = 0; o < k; ++o)
+          if (o != j) covered += left[o * len + b] * left[o * len + b];
+        if (1 - covered > best_rest) {
+          best_rest = 1 - covered;
+          best = b;
+        }
+      }
+      std::fill(x, x + len, 0.0);
+      x[best] = 1;
+      rest = orthogonalise(x, j);
+    }
+    for (std::int64_t i = 0; i < len; ++i) x[i] /= rest;
   }
   // Assemble u [rows, k], s [k], v [cols, k]: for a wide matrix the roles of the two sides swap.
   std::vector<double> s_out(static_cast<std::size_t>(k)), u_out(static_cast<std::size_t>(rows * k)),
@@ -493,27 +523,29 @@ bool hessenberg_eigenvalues(std::vector<double>& h, std::int64_t n, std::vector<
 }  // namespace
 
 Tensor eigvals(const Tensor& a) {
-  std::vector<double> m = to_f64(a, "eigvals", true);
+  const std::vector<double> m = to_f64(a, "eigvals", true);
   const std::int64_t n = a.shape()[0], ld = n + 1;
-  const int exponent = normalize_pow2(m, "eigvals", a.shape());
-  std::vector<double> h(static_cast<std::size_t>(ld * ld), 0.0);  // 1-based copy
-  auto H = [&](std::int64_t i, std::int64_t j) -> double& { return h[static_cast<std::size_t>(i * ld + j)]; };
+  for (double x : m) TG_CHECK(std::isfinite(x), "eigvals: the matrix (shape {}) has a non-finite entry {}", a.shape(), x);
+  // Balance first: a diagonal similarity by powers of two (exact) that evens out row and column
+  // norms, which keeps the QR iteration's round-off relative to the balanced, smaller norm. It runs
+  // in long double (exponents to +-16382), so that no entry is lost to overflow or underflow before
+  // balancing has brought the matrix to a sane range ([[0, 1e-170], [1e170, 0]] becomes [[0, 1], [1, 0]]).
+  std::vector<long double> b(static_cast<std::size_t>(ld * ld), 0.0L);  // 1-based
+  auto B = [&](std::int64_t i, std::int64_t j) -> long double& { return b[static_cast<std::size_t>(i * ld + j)]; };
   for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t j = 0; j < n; ++j) H(i + 1, j + 1) = m[i * n + j];
-  // Balance: a diagonal similarity by powers of two (exact) that evens out row and column norms,
-  // which keeps the QR iteration's round-off relative to the balanced, smaller norm.
+    for (std::int64_t j = 0; j < n; ++j) B(i + 1, j + 1) = m[i * n + j];
   for (bool done = false; !done;) {
     done = true;
     for (std::int64_t i = 1; i <= n; ++i) {
-      double c = 0, r = 0;
+      long double c = 0, r = 0;
       for (std::int64_t j = 1; j <= n; ++j)
         if (j != i) {
-          c += std::fabs(H(j, i));
-          r += std::fabs(H(i, j));
+          c += std::fabs(B(j, i));
+          r += std::fabs(B(i, j));
         }
       if (c == 0 || r == 0) continue;
-      double g = r / 2, f = 1;
-      const double total = c + r;
+      long double g = r / 2, f = 1;
+      const long double total = c + r;
       while (c < g) {
         f *= 2;
         c *= 4;
@@ -523,13 +555,20 @@ Tensor eigvals(const Tensor& a) {
         f /= 2;
         c /= 4;
       }
-      if ((c + r) / f < 0.95 * total) {
+      if ((c + r) / f < 0.95L * total) {
         done = false;
-        for (std::int64_t j = 1; j <= n; ++j) H(i, j) /= f;
-        for (std::int64_t j = 1; j <= n; ++j) H(j, i) *= f;
+        for (std::int64_t j = 1; j <= n; ++j) B(i, j) /= f;
+        for (std::int64_t j = 1; j <= n; ++j) B(j, i) *= f;
       }
     }
   }
+  // Back to double, scaled by a power of two so that the largest entry is in [1, 2) (exact).
+  long double big = 0;
+  for (long double x : b) big = std::max(big, std::fabs(x));
+  const int exponent = big > 0 ? std::ilogb(big) : 0;
+  std::vector<double> h(static_cast<std::size_t>(ld * ld), 0.0);
+  auto H = [&](std::int64_t i, std::int64_t j) -> double& { return h[static_cast<std::size_t>(i * ld + j)]; };
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = static_cast<double>(std::ldexp(b[i], -exponent));
   // Reduce to upper Hessenberg form by Gaussian elimination with pivoting (a similarity transform).
   for (std::int64_t k = 2; k < n; ++k) {
     double x = 0;
@@ -583,6 +622,7 @@ Tensor poly_roots(const Tensor& coefficients) {
   TG_CHECK(coefficients.is_floating_point(), "poly_roots: expected floating-point coefficients, got {}", coefficients.dtype());
   const std::vector<double> c = coefficients.to_vector<double>();
   for (double x : c) TG_CHECK(std::isfinite(x), "poly_roots: non-finite coefficient {}", x);
+  if (c.empty()) return zeros({0, 2}, DType::f64);  // as numpy.roots([])
   const auto first = std::find_if(c.begin(), c.end(), [](double x) { return x != 0; });
   TG_CHECK(first != c.end(), "poly_roots: all {} coefficients are zero: every number is a root", c.size());
   const auto last = std::find_if(c.rbegin(), c.rend(), [](double x) { return x != 0; }).base();  // one past
@@ -590,7 +630,11 @@ Tensor poly_roots(const Tensor& coefficients) {
   const std::int64_t zero_roots = c.end() - last, d = static_cast<std::int64_t>(p.size()) - 1;
   // Companion matrix: first row -p[1..d] / p[0], ones on the subdiagonal.
   std::vector<double> comp(static_cast<std::size_t>(d * d), 0.0);
-  for (std::int64_t j = 0; j < d; ++j) comp[j] = -p[j + 1] / p[0];
+  for (std::int64_t j = 0; j < d; ++j) {
+    comp[j] = -p[j + 1] / p[0];
+    TG_CHECK(std::isfinite(comp[j]), "poly_roots: coefficient {} / leading coefficient {} overflows: the roots are beyond the double range",
+             p[j + 1], p[0]);
+  }
   for (std::int64_t i = 1; i < d; ++i) comp[i * d + i - 1] = 1;
   std::vector<double> roots = d > 0 ? eigvals(from_f64(comp, {d, d})).to_vector<double>() : std::vector<double>{};
   roots.resize(static_cast<std::size_t>(2 * (d + zero_roots)), 0.0);  // zero roots come last (smallest magnitude)

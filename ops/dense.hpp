@@ -47,10 +47,10 @@ struct Svd {
   Tensor s;  // [k], descending, >= 0
   Tensor v;  // [n, k] with orthonormal columns; a = u diag(s) v^T
 };
-// The thin SVD of a [m, n] by one-sided (Hestenes) Jacobi: accurate to round-off in every singular
-// value, also for tied or clustered ones. Columns that belong to a zero singular value are completed
-// to an orthonormal set. The best rank-r approximation is the first r columns and values. O(m n
-// min(m, n)) per sweep, meant for small matrices (Monarch blocks, tests).
+// The thin SVD of a [m, n] by one-sided (Hestenes) Jacobi: singular values to round-off relative to
+// the largest one (also tied or clustered ones); directions of singular values at round-off level
+// (rank deficiency) are completed to an orthonormal set. The best rank-r approximation is the first
+// r columns and values. O(m n min(m, n)) per sweep, meant for small matrices (Monarch blocks, tests).
 Svd svd(const Tensor& a);
 
 // The eigenvalues of a real square matrix as [n, 2] (real part, imaginary part), sorted by
@@ -63,7 +63,7 @@ double spectral_radius(const Tensor& a);
 
 // The roots of c[0] x^d + c[1] x^(d-1) + ... + c[d] as [d', 2] (real, imaginary), in eigvals' order:
 // the eigenvalues of the companion matrix, as numpy.roots. Leading zero coefficients are dropped,
-// trailing ones give roots at 0; c must not be all zero.
+// trailing ones give roots at 0; c must not be all zero (an empty c has no roots).
 Tensor poly_roots(const Tensor& coefficients);
 
 // The square root of a symmetric positive semi-definite matrix (negative eigenvalues from

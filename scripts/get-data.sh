@@ -4,7 +4,7 @@
 #                          ${XDG_DATA_HOME:-~/.local/share}/tapegrad/, where nn::data::find_digits looks
 # The digits come from Debian's python3-sklearn package: only its .deb is downloaded (no root, none
 # of scikit-learn's dependencies) and the one file is taken out of it and checked by its SHA-256.
-# Idempotent: a present, intact file is kept.
+# Idempotent: a present, intact file is kept; a damaged one is replaced.
 set -euo pipefail
 
 target_dir="${XDG_DATA_HOME:-$HOME/.local/share}/tapegrad"
@@ -15,12 +15,19 @@ sha256=46abec6b12486ad9e51943373abcf22bbea1b5a51a1619b361570d8893f1464a
 if [[ -f "$target" ]] && echo "$sha256  $target" | sha256sum --check --status; then
   exit 0
 fi
-if [[ -f /usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz ]]; then
-  exit 0  # python3-sklearn is installed; find_digits uses its copy
-fi
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+install_target() {  # atomically: a reader never sees a half-written file
+  mkdir -p "$target_dir"
+  cp "$1" "$target.tmp.$$"
+  mv -f "$target.tmp.$$" "$target"
+  echo "get-data: wrote $target" >&2
+}
+system_copy=/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz
+if [[ -f "$system_copy" ]] && echo "$sha256  $system_copy" | sha256sum --check --status; then
+  install_target "$system_copy"  # python3-sklearn is installed: no download
+  exit 0
+fi
 echo "get-data: downloading python3-sklearn's .deb for the digits data" >&2
 # apt's download sandbox user cannot write into a root-owned mktemp folder; the download itself is
 # checked by apt against the signed package lists.
@@ -43,7 +50,4 @@ if ! echo "$sha256  $work/digits.csv.gz" | sha256sum --check --status; then
   echo "get-data: digits.csv.gz from python3-sklearn does not have the expected SHA-256 $sha256" >&2
   exit 1
 fi
-mkdir -p "$target_dir"
-mv "$work/digits.csv.gz" "$target.tmp.$$"
-mv -f "$target.tmp.$$" "$target"  # atomic: a reader never sees a half-written file
-echo "get-data: wrote $target" >&2
+install_target "$work/digits.csv.gz"

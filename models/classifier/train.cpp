@@ -61,21 +61,23 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
     const nn::TrainingState st = nn::load_training_checkpoint(o.checkpoint, model, opt, gen);
     step = st.step;
     fmt::print(stderr, "resumed from {} at step {}\n", o.checkpoint, step);
-    const auto number = [&](const char* key) {
+    // An entry as a number (T = double or std::int64_t); absent entries (older checkpoints) are 0.
+    const auto number = [&]<class T>(const char* key, T) {
       const auto it = st.metadata.find(key);
-      if (it == st.metadata.end()) return 0.0;
-      double v = 0;
+      if (it == st.metadata.end()) return T(0);
+      T v = 0;
       const auto [end, err] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), v);
-      TG_CHECK(err == std::errc() && end == it->second.data() + it->second.size() && std::isfinite(v) && v >= 0,
-               "classifier fit: checkpoint '{}' has a bad '{}' entry '{}'", o.checkpoint, key, it->second);
+      TG_CHECK(err == std::errc() && end == it->second.data() + it->second.size(),
+               "classifier fit: checkpoint '{}' has a malformed '{}' entry '{}'", o.checkpoint, key, it->second);
       return v;
     };
     if (step % per_epoch != 0) {
-      carried_loss = number("epoch_loss_sum");
-      carried_count = static_cast<std::int64_t>(number("epoch_loss_count"));
-      carried_seconds = number("epoch_seconds");
-      TG_CHECK(carried_count <= step % per_epoch, "classifier fit: checkpoint '{}' counts {} losses in an epoch it left after {} steps",
-               o.checkpoint, carried_count, step % per_epoch);
+      carried_loss = number("epoch_loss_sum", 0.0);  // NaN or inf when the run diverged: reported as such
+      carried_count = number("epoch_loss_count", std::int64_t{0});
+      carried_seconds = number("epoch_seconds", 0.0);
+      TG_CHECK(carried_count >= 0 && carried_count <= step % per_epoch && std::isfinite(carried_seconds) && carried_seconds >= 0,
+               "classifier fit: checkpoint '{}' has {} losses and {} s for an epoch it left after {} steps", o.checkpoint,
+               carried_count, carried_seconds, step % per_epoch);
     }
   }
   TG_CHECK(o.epochs >= 1 && o.epochs <= std::numeric_limits<std::int64_t>::max() / per_epoch,

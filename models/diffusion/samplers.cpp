@@ -65,15 +65,19 @@ VPSchedule VPSchedule::from_betas(const std::vector<double>& betas) {
   sch.alpha_bar.assign(1, 1.0);
   for (std::size_t i = 0; i < betas.size(); ++i) {
     TG_CHECK(betas[i] > 0 && betas[i] < 1, "VPSchedule::from_betas: beta_{} = {} is outside (0, 1)", i + 1, betas[i]);
+    const double ab = sch.alpha_bar.back() * (1.0 - betas[i]);
+    // sigma(t) and the posterior variance need 0 < alpha_bar_t < alpha_bar_{t-1} in doubles.
+    TG_CHECK(ab < sch.alpha_bar.back() && ab > 0, "VPSchedule::from_betas: beta_{} = {} leaves alpha_bar at {} (it must fall and stay above 0 in doubles)",
+             i + 1, betas[i], ab);
     sch.beta.push_back(betas[i]);
-    sch.alpha_bar.push_back(sch.alpha_bar.back() * (1.0 - betas[i]));
+    sch.alpha_bar.push_back(ab);
   }
   return sch;
 }
 
 VPSchedule VPSchedule::cosine(std::int64_t T, double s) {
   TG_CHECK(T >= 1 && T <= kMaxSamplerSteps, "VPSchedule::cosine: need 1 <= T <= {}, got {}", kMaxSamplerSteps, T);
-  TG_CHECK(s > 0 && std::isfinite(s), "VPSchedule::cosine: the offset s must be positive, got {}", s);
+  TG_CHECK(s > 0 && s <= 1, "VPSchedule::cosine: the offset s must be in (0, 1] (0.008 in iDDPM), got {}", s);
   const auto f = [&](double u) {
     const double c = std::cos((u + s) / (1 + s) * std::numbers::pi / 2);
     return c * c;
@@ -88,6 +92,7 @@ VPSchedule VPSchedule::cosine(std::int64_t T, double s) {
 
 double VPSchedule::posterior_variance(std::int64_t t) const {
   TG_CHECK(t >= 1 && t <= T, "VPSchedule: step {} is outside 1..{}", t, T);
+  if (t == 1) return 0.0;  // x_0 given x_1 and x_0
   const auto u = static_cast<std::size_t>(t);
   return beta[u] * (1.0 - alpha_bar[u - 1]) / (1.0 - alpha_bar[u]);
 }

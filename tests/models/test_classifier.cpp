@@ -73,6 +73,12 @@ TEST_CASE("fit resumes from its checkpoint exactly", "[models][classifier]") {
   CHECK(rest.history[0].train_loss == full.history[0].train_loss);
   CHECK(rest.history[1].train_loss == full.history[1].train_loss);
   CHECK(rest.history[0].seconds >= first.history.back().seconds);
+  // A diverged run (NaN losses) stopped mid-epoch still resumes, and reports the NaN.
+  Generator g6(3);
+  cls::Classifier wild({.arch = cls::Arch::mlp}, &g6);
+  cls::fit(wild, train, test, {.epochs = 1, .batch = 64, .lr = 1e30, .seed = 9, .max_steps = 3, .checkpoint = ckpt, .progress = false});
+  const auto after = cls::fit(wild, train, test, {.epochs = 1, .batch = 64, .lr = 1e30, .seed = 9, .checkpoint = ckpt, .resume = true, .progress = false});
+  CHECK(std::isnan(after.history.back().train_loss));
   std::filesystem::remove(ckpt);
 }
 

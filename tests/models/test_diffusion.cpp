@@ -503,9 +503,13 @@ TEST_CASE("VP schedules: cosine (iDDPM), respacing, posterior variance", "[model
   CHECK_ALLCLOSE(ddim(oracle, x0 * std::sqrt(abT) + e * std::sqrt(1 - abT), cos, taus, 0.0).x, x0, 0, 1e-9);
   // Bad input.
   CHECK_THROWS_WITH(VPSchedule::cosine(0), Contains("VPSchedule::cosine: need 1 <= T"));
-  CHECK_THROWS_WITH(VPSchedule::cosine(10, -1), Contains("the offset s must be positive, got -1"));
+  CHECK_THROWS_WITH(VPSchedule::cosine(10, -1), Contains("the offset s must be in (0, 1] (0.008 in iDDPM), got -1"));
   CHECK_THROWS_WITH(VPSchedule::from_betas({0.1, 1.0}), Contains("beta_2 = 1 is outside (0, 1)"));
   CHECK_THROWS_WITH(VPSchedule::from_betas({}), Contains("no betas"));
+  // alpha_bar must fall (a beta below round-off leaves it at 1) and stay above 0 (underflow).
+  CHECK_THROWS_WITH(VPSchedule::from_betas({1e-20, 0.5}), Contains("beta_1 = 1e-20 leaves alpha_bar at 1"));
+  CHECK_THROWS_WITH(VPSchedule::from_betas(std::vector<double>(400, 0.9)), Contains("leaves alpha_bar at 0"));
+  CHECK_THROWS_WITH(VPSchedule::cosine(10, 1e300), Contains("the offset s must be in (0, 1]"));
   CHECK_THROWS_WITH(cos.respaced({5, 5}), Contains("time steps must increase within 1..1000 (tau_2 = 5)"));
   CHECK_THROWS_WITH(cos.respaced({}), Contains("no time steps"));
   CHECK_THROWS_WITH(cos.posterior_variance(0), Contains("step 0 is outside 1..1000"));

@@ -162,6 +162,14 @@ TEST_CASE("load_digits reads gzip and plain CSV and rejects malformed lines", "[
 }
 
 TEST_CASE("the 8x8 digits load as scikit-learn ships them (when fetched)", "[nn][data]") {
+  {  // an explicit TAPEGRAD_DIGITS that is not a file is an error, not a silent fallback
+    const char* old_env = std::getenv("TAPEGRAD_DIGITS");
+    const std::string saved = old_env ? old_env : "";
+    ::setenv("TAPEGRAD_DIGITS", "/nonexistent/digits.csv.gz", 1);
+    CHECK_THROWS_WITH(nn::data::find_digits(), Contains("TAPEGRAD_DIGITS is '/nonexistent/digits.csv.gz', which is not a file"));
+    if (old_env) ::setenv("TAPEGRAD_DIGITS", saved.c_str(), 1);
+    else ::unsetenv("TAPEGRAD_DIGITS");
+  }
   const auto path = nn::data::find_digits();
   if (!path) {
     WARN("the digits data is not there (scripts/get-data.sh fetches it); skipping");

@@ -80,6 +80,9 @@ TEST_CASE("energy distance: the V-statistic against a direct sum", "[nn][metrics
   const Tensor p = randn({400, 2}, DType::f64, gen), q = randn({400, 2}, DType::f64, gen);
   CHECK(nn::metrics::energy_distance(p, q) < 0.05);
   CHECK(nn::metrics::energy_distance(p, q + 2.0) > 1.0);
+  // Large finite points: squared differences would overflow without the power-of-two scaling.
+  CHECK(nn::metrics::energy_distance(tensor({1e160, -1e160}, {2, 1}, DType::f64), tensor({0.0}, {1, 1}, DType::f64)) ==
+        Approx(1e160).epsilon(1e-15));
   CHECK_THROWS_WITH(nn::metrics::energy_distance(zeros({3, 2}), zeros({3, 3})), Contains("need point sets [N, D] and [M, D], got [3, 2] and [3, 3]"));
   CHECK_THROWS_WITH(nn::metrics::energy_distance(zeros({0, 2}), zeros({3, 2})), Contains("need at least one point"));
   CHECK_THROWS_WITH(nn::metrics::energy_distance(tensor({NAN, 0.0}, {1, 2}), zeros({3, 2})), Contains("non-finite value nan"));

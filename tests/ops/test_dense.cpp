@@ -183,6 +183,34 @@ TEST_CASE("svd recovers known spectra: ties, clusters, rank deficiency, extreme 
     const auto big = ops::dense::svd(a * scale), unit = ops::dense::svd(a);
     CHECK_ALLCLOSE(big.s / scale, unit.s, 1e-13, 0);
   }
+  // Rank-deficient matrices leave a column of round-off inside the span of the others, which no
+  // rotation makes orthogonal: it must end the iteration, not stall it (numpy's values).
+  const auto rz = ops::dense::svd(tensor({1, 2, 3, 4, 5, 6, 0, 0, 0}, {3, 3}, DType::f64));
+  CHECK(rz.s.at<double>({0}) == Approx(9.508032000695723).epsilon(1e-14));
+  CHECK(rz.s.at<double>({1}) == Approx(0.7728696356734846).epsilon(1e-14));
+  CHECK(rz.s.at<double>({2}) <= 1e-14);
+  for (const Shape& shape : {Shape{3, 3}, Shape{40, 3}, Shape{3, 40}}) {
+    const Tensor o = ones(shape, DType::f64);
+    const auto ro = ops::dense::svd(o);
+    check_svd(o, ro, 1e-12);
+    CHECK(ro.s.at<double>({0}) == Approx(std::sqrt(static_cast<double>(shape.numel()))).epsilon(1e-14));
+  }
+  for (std::int64_t n = 2; n <= 8; ++n)
+    for (std::uint64_t seed = 0; seed < 20; ++seed) {
+      Tensor z = test::randn({n, n}, DType::f64, 1000 + seed * 10 + static_cast<std::uint64_t>(n));
+      z.select(0, static_cast<std::int64_t>(seed) % n).fill_(0.0);  // one zero row
+      const auto r = ops::dense::svd(z);
+      check_svd(z, r, 1e-12);
+      CHECK(r.s.at<double>({n - 1}) <= 1e-14 * r.s.at<double>({0}));
+    }
+  // Entries far apart in scale: the small singular value survives where its squares would underflow.
+  const auto rs = ops::dense::svd(tensor({0, 1e-150, 1e150, 0}, {2, 2}, DType::f64));
+  CHECK(rs.s.at<double>({0}) == 1e150);
+  CHECK(rs.s.at<double>({1}) == Approx(1e-150).epsilon(1e-15));
+  const Tensor tiny_col = tensor({1, 1e-170, 1, 2e-170}, {2, 2}, DType::f64);
+  const auto rt = ops::dense::svd(tiny_col);
+  check_svd(tiny_col, rt, 1e-12);
+  CHECK(rt.s.at<double>({0}) == Approx(std::sqrt(2.0)).epsilon(1e-15));
   CHECK_THROWS_WITH(ops::dense::svd(zeros({3}, DType::f64)), Contains("svd: expected a 2-D matrix, got [3]"));
   CHECK_THROWS_WITH(ops::dense::svd(zeros({2, 2}, DType::i32)), Contains("svd: expected a floating-point matrix"));
   CHECK_THROWS_WITH(ops::dense::svd(tensor({1, NAN, 0, 1}, {2, 2}, DType::f64)), Contains("svd: the matrix (shape [2, 2]) has a non-finite entry"));
@@ -273,6 +301,11 @@ TEST_CASE("eigvals agree with eigh, the trace and the determinant on random matr
     CHECK(logabs == Approx(ops::dense::slogdet(a0).logabs).margin(1e-9));
   }
   CHECK(ops::dense::eigvals(zeros({0, 0}, DType::f64)).shape() == Shape{0, 2});
+  // Balancing comes before any scaling: an entry 1e340 times smaller than the largest still counts.
+  const auto pm = pairs(ops::dense::eigvals(tensor({0, 1e-170, 1e170, 0}, {2, 2}, DType::f64)));
+  CHECK(pm[0].first == Approx(1.0).epsilon(1e-15));
+  CHECK(pm[1].first == Approx(-1.0).epsilon(1e-15));
+  CHECK(ops::dense::spectral_radius(tensor({0, 1e-170, 1e170, 0}, {2, 2}, DType::f64)) == Approx(1.0).epsilon(1e-15));
   CHECK(ops::dense::spectral_radius(zeros({3, 3}, DType::f64)) == 0.0);
   CHECK_THROWS_WITH(ops::dense::eigvals(zeros({2, 3}, DType::f64)), Contains("eigvals: expected a square matrix, got shape [2, 3]"));
   CHECK_THROWS_WITH(ops::dense::eigvals(tensor({INFINITY, 0, 0, 1}, {2, 2}, DType::f64)), Contains("eigvals: the matrix (shape [2, 2]) has a non-finite entry"));
@@ -297,6 +330,8 @@ TEST_CASE("poly_roots as numpy.roots", "[ops][dense]") {
   CHECK(pz[1] == std::pair<double, double>(0.0, 0.0));
   CHECK(pz[2] == std::pair<double, double>(0.0, 0.0));
   CHECK(ops::dense::poly_roots(tensor({0, 5}, DType::f64)).shape() == Shape{0, 2});
+  CHECK(ops::dense::poly_roots(zeros({0}, DType::f64)).shape() == Shape{0, 2});  // numpy.roots([])
+  CHECK_THROWS_WITH(ops::dense::poly_roots(tensor({1e-300, 1e300}, DType::f64)), Contains("poly_roots: coefficient 1e+300 / leading coefficient 1e-300 overflows"));
   // The RTF stability test: the denominator 1 + a_1 z^-1 + ... + a_N z^-N with sum |a_i| < 1 has
   // all its roots inside the unit circle.
   const Tensor a = test::randn({12}, DType::f64, 80);
