@@ -44,6 +44,37 @@ std::string GroupNorm::extra_repr() const {
   return fmt::format("groups={}, channels={}, eps={}", groups, weight.defined() ? weight.size(0) : -1, eps);
 }
 
+BatchNorm::BatchNorm(std::int64_t c, const BatchNormOptions& o) : channels(c), momentum(o.momentum), eps(o.eps) {
+  TG_CHECK(c > 0, "BatchNorm: channels must be positive, got {}", c);
+  TG_CHECK(o.momentum >= 0 && o.momentum <= 1, "BatchNorm: momentum must be in [0, 1], got {}", o.momentum);
+  TG_CHECK(o.eps > 0, "BatchNorm: eps must be positive, got {}", o.eps);
+  if (o.affine) {
+    weight = ones({c}, o.dtype).requires_grad_();
+    bias = zeros({c}, o.dtype).requires_grad_();
+  }
+  if (o.track_running_stats) {
+    running_mean = zeros({c}, o.dtype);
+    running_var = ones({c}, o.dtype);
+  }
+}
+Tensor BatchNorm::operator()(const Tensor& x) {
+  TG_CHECK(x.defined() && x.dim() >= 2 && x.shape()[1] == channels, "BatchNorm: expected x [N, {}, *], got {}", channels,
+           x.defined() ? x.shape() : Shape{});
+  // Without running statistics the batch's own are used in eval mode too (as torch).
+  const bool use_batch = training() || !running_mean.defined();
+  return ops::batch_norm(x, running_mean, running_var, weight, bias, use_batch, momentum, eps);
+}
+void BatchNorm::visit(Visitor& v) {
+  v.param("weight", weight);
+  v.param("bias", bias);
+  v.buffer("running_mean", running_mean);
+  v.buffer("running_var", running_var);
+}
+std::string BatchNorm::extra_repr() const {
+  return fmt::format("{}, eps={}, momentum={}, affine={}, track_running_stats={}", channels, eps, momentum, weight.defined(),
+                     running_mean.defined());
+}
+
 Norm::Norm(std::int64_t dim, NormKind k, const NormOptions& o) : kind(k) {
   if (k == NormKind::layer) layer = LayerNorm(dim, o);
   else rms = RMSNorm(dim, o);

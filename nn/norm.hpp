@@ -59,6 +59,32 @@ class GroupNorm : public Module {
   double eps = 1e-5;
 };
 
+struct BatchNormOptions {
+  double momentum = 0.1;             // running = (1 - momentum) running + momentum batch
+  double eps = 1e-5;
+  bool affine = true;                // learnable weight and bias [C]
+  bool track_running_stats = true;   // false: batch statistics in eval mode too
+  DType dtype = DType::f32;
+};
+
+// Batch normalisation of x [N, C, *] (torch's BatchNorm1d/2d): batch statistics in training mode
+// (which also moves the running statistics), running statistics in eval mode (ops::batch_norm).
+// running_mean / running_var are buffers: saved in checkpoints, not trained.
+class BatchNorm : public Module {
+ public:
+  BatchNorm() = default;
+  explicit BatchNorm(std::int64_t channels, const BatchNormOptions& options = {});
+  Tensor operator()(const Tensor& x);  // updates the running statistics in training mode
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return "BatchNorm"; }
+  std::string extra_repr() const override;
+
+  Tensor weight, bias;               // [C] or undefined
+  Tensor running_mean, running_var;  // [C] (0 and 1 at first) or undefined
+  std::int64_t channels = 0;
+  double momentum = 0.1, eps = 1e-5;
+};
+
 // LayerNorm or RMSNorm, chosen at construction (model configs pick one by name).
 enum class NormKind { layer, rms };
 class Norm : public Module {

@@ -585,6 +585,14 @@ Tensor gelu(const Tensor& x, GeluApprox approx) {
 Tensor silu(const Tensor& x) {
   return unary_x("silu", x, [](auto v) { return silu_of(v); }, [](auto v, auto g) { return silu_backward_of(v, g); });
 }
+Tensor glu(const Tensor& x, std::int64_t axis) {
+  check_defined(x, "glu", "x");
+  const int a = normalize_axis(axis, x.dim(), "glu", x.shape());
+  const std::int64_t n = x.shape()[a];
+  TG_CHECK(n % 2 == 0, "glu: dim {} of x {} must have an even size to split in halves, got {}", a, x.shape(), n);
+  return mul(x.narrow(a, 0, n / 2), sigmoid(x.narrow(a, n / 2, n / 2)));
+}
+
 Tensor softplus(const Tensor& x, double beta, double threshold) {
   TG_CHECK(beta > 0, "softplus: beta must be positive, got {}", beta);
   return unary_x("softplus", x,

@@ -69,6 +69,9 @@ Tensor gelu(const Tensor& x, GeluApprox approx = GeluApprox::none);
 Tensor silu(const Tensor& x);
 // log(1 + exp(beta*x)) / beta, linear above `threshold` (as PyTorch), computed without overflow.
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
+// Gated linear unit (torch.nn.functional.glu): x split in halves a, b along `axis` (even size),
+// a * sigmoid(b). A composite of narrow, sigmoid and mul.
+Tensor glu(const Tensor& x, std::int64_t axis = -1);
 
 // ---- comparisons and logic (not differentiable; bool results) -----------------------------------------------
 Tensor eq(const Tensor& a, const Tensor& b);

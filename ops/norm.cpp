@@ -5,7 +5,10 @@
 
 #include "core/autograd.hpp"
 #include "ops/common.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/kernels/norm.hpp"
+#include "ops/reduce.hpp"
+#include "ops/shape.hpp"
 
 namespace tg::ops {
 
@@ -145,6 +148,48 @@ Tensor group_norm(const Tensor& x, std::int64_t num_groups, const Tensor& weight
 
 Tensor group_norm_silu(const Tensor& x, std::int64_t num_groups, const Tensor& weight, const Tensor& bias, double eps) {
   return group_norm_impl("group_norm_silu", x, num_groups, weight, bias, eps, true);
+}
+
+Tensor batch_norm(const Tensor& x, Tensor running_mean, Tensor running_var, const Tensor& weight, const Tensor& bias,
+                  bool training, double momentum, double eps) {
+  TG_CHECK(x.defined() && x.dim() >= 2, "batch_norm: expected x [N, C, *], got {}", x.defined() ? x.shape() : Shape{});
+  TG_CHECK(x.is_floating_point(), "batch_norm: expected a floating-point x, got {}", x.dtype());
+  const std::int64_t C = x.shape()[1];
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"running_mean", &running_mean}, {"running_var", &running_var},
+                                {"weight", &weight}, {"bias", &bias}})
+    TG_CHECK(!t->defined() || t->shape() == Shape{C}, "batch_norm: {} must be [{}] for x {}, got {}", name, C, x.shape(),
+             t->shape());
+  TG_CHECK(running_mean.defined() == running_var.defined(), "batch_norm: give both running_mean and running_var, or neither");
+  TG_CHECK(eps > 0 && std::isfinite(eps), "batch_norm: eps must be positive, got {}", eps);
+  TG_CHECK(momentum >= 0 && momentum <= 1, "batch_norm: momentum must be in [0, 1], got {}", momentum);
+  Shape per_channel;  // [1, C, 1, ...]
+  for (std::int64_t d = 0; d < x.dim(); ++d) per_channel.push_back(d == 1 ? C : 1);
+  if (!training) {
+    TG_CHECK(running_mean.defined(), "batch_norm: eval mode (training = false) needs running_mean and running_var");
+    // y = x * scale + shift with scale = weight / sqrt(var + eps), shift = bias - mean * scale.
+    Tensor scale = rsqrt(running_var.to(x.dtype()) + eps);  // [C]
+    if (weight.defined()) scale = scale * weight.to(x.dtype());
+    Tensor shift = neg(running_mean.to(x.dtype()) * scale);
+    if (bias.defined()) shift = shift + bias.to(x.dtype());
+    return x * scale.reshape(per_channel) + shift.reshape(per_channel);
+  }
+  const std::int64_t count = C > 0 ? x.numel() / C : 0;
+  TG_CHECK(count > 1, "batch_norm: training needs more than one value per channel, x is {}", x.shape());
+  if (running_mean.defined()) {
+    NoGradGuard no_grad;
+    Shape axes;  // every dim but the channels
+    for (std::int64_t d = 0; d < x.dim(); ++d)
+      if (d != 1) axes.push_back(d);
+    const Tensor x64 = x.detach().to(DType::f64);
+    const Tensor mean = ops::mean(x64, axes);                                                     // [C]
+    const Tensor var = ops::mean(square(x64 - mean.reshape(per_channel)), axes);                 // [C], biased
+    const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+    running_mean.copy_(running_mean.to(DType::f64) * (1 - momentum) + mean * momentum);
+    running_var.copy_(running_var.to(DType::f64) * (1 - momentum) + var * (momentum * unbias));
+  }
+  // A channel of the [N, C, *] batch is a group of the [1, C, N, *] view: the fused group norm.
+  const Tensor grouped = x.transpose(0, 1).unsqueeze(0);  // [1, C, N, *]
+  return group_norm(grouped, C, weight, bias, eps).squeeze(0).transpose(0, 1);  // [N, C, *]
 }
 
 }  // namespace tg::ops

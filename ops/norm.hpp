@@ -33,4 +33,15 @@ Tensor group_norm(const Tensor& x, std::int64_t num_groups, const Tensor& weight
 Tensor group_norm_silu(const Tensor& x, std::int64_t num_groups, const Tensor& weight = {}, const Tensor& bias = {},
                        double eps = 1e-5);
 
+// Batch normalisation of x [N, C, *] per channel (torch.nn.functional.batch_norm).
+//   training: normalised by the batch's mean and biased variance over N and * (the fused
+//     group_norm kernel on the [1, C, N, *] view: a channel is one group); running_mean and
+//     running_var, when given ([C]), are updated in place without grad:
+//     r = (1 - momentum) r + momentum s, with the unbiased variance (as torch). At least two
+//     values per channel.
+//   eval: normalised by running_mean / running_var (required).
+// weight, bias: [C] or undefined. Gradients reach x, weight and bias in both modes.
+Tensor batch_norm(const Tensor& x, Tensor running_mean, Tensor running_var, const Tensor& weight = {},
+                  const Tensor& bias = {}, bool training = false, double momentum = 0.1, double eps = 1e-5);
+
 }  // namespace tg::ops

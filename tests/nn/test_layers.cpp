@@ -1,4 +1,4 @@
-// Layers on the heavy ops: norms, convolutions, attention (self/cross, masks, rotary, KV cache),
+// Layers on the heavy ops: norms (batch norm included), convolutions, attention (self/cross, masks, rotary, KV cache),
 // the transformer block, time embeddings and adaLN.
 #include <catch2/catch.hpp>
 
@@ -41,6 +41,43 @@ TEST_CASE("norm layers normalise and list their parameters", "[nn][layers]") {
   CHECK(test::same_bits(either(x), rms(x)));
   CHECK(either.named_parameters()[0].name == "weight");
   CHECK_THROWS_WITH(nn::GroupNorm(3, 4), Contains("GroupNorm: 3 groups do not divide 4 channels"));
+}
+
+TEST_CASE("BatchNorm: batch statistics in training, running ones in eval, buffers in the state", "[nn][layers]") {
+  nn::BatchNorm bn(3, {.momentum = 0.5});
+  const Tensor x = test::randn({16, 3, 4, 4}, DType::f32, 3) * 2.0 + 1.0;
+  const Tensor y = bn(x);  // training: per-channel mean 0, variance 1 over N, H, W
+  CHECK(ops::amax(ops::abs(ops::mean(y, {0, 2, 3}))).item() < 1e-5);
+  CHECK(ops::amax(ops::abs(ops::mean(ops::square(y), {0, 2, 3}) - 1.0)).item() < 1e-3);
+  // The running statistics moved halfway to the batch's (unbiased variance).
+  const Tensor batch_mean = ops::mean(x, {0, 2, 3});
+  CHECK_ALLCLOSE(bn.running_mean, batch_mean * 0.5, 1e-6, 1e-6);
+  const Tensor centred = x - batch_mean.reshape({1, 3, 1, 1});
+  CHECK_ALLCLOSE(bn.running_var, ops::sum(ops::square(centred), {0, 2, 3}) / 255.0 * 0.5 + 0.5, 1e-5, 1e-5);
+  // Eval: a fixed affine map per channel, the same for any batch; the running statistics stay.
+  bn.eval();
+  const Tensor before = bn.running_mean.clone();
+  const Tensor one = bn(x.narrow(0, 0, 1));
+  CHECK_ALLCLOSE(one, bn(x).narrow(0, 0, 1), 0, 0);
+  CHECK(test::same_bits(bn.running_mean, before));
+  const auto names = [&] {
+    std::vector<std::string> out;
+    for (const auto& t : bn.state()) out.push_back(t.name);
+    return out;
+  }();
+  CHECK(names == std::vector<std::string>{"weight", "bias", "running_mean", "running_var"});
+  CHECK(bn.named_parameters().size() == 2);
+  // Without running statistics, eval mode normalises by the batch's own.
+  nn::BatchNorm plain(3, {.affine = false, .track_running_stats = false});
+  plain.eval();
+  CHECK(ops::amax(ops::abs(ops::mean(plain(x), {0, 2, 3}))).item() < 1e-5);
+  CHECK(plain.state().empty());
+  nn::BatchNorm seq(4);  // BatchNorm1d on [N, C, L] and [N, C]
+  CHECK(seq(test::randn({5, 4, 9}, DType::f32, 4)).shape() == Shape{5, 4, 9});
+  CHECK(seq(test::randn({5, 4}, DType::f32, 5)).shape() == Shape{5, 4});
+  CHECK_THROWS_WITH(seq(zeros({5, 3})), Contains("BatchNorm: expected x [N, 4, *], got [5, 3]"));
+  CHECK_THROWS_WITH(seq(zeros({1, 4})), Contains("training needs more than one value per channel"));
+  CHECK_THROWS_WITH(nn::BatchNorm(0), Contains("BatchNorm: channels must be positive"));
 }
 
 TEST_CASE("conv layers: shapes, parameter names, gradients", "[nn][layers]") {

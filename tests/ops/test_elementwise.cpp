@@ -274,6 +274,29 @@ TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][el
         std::vector<std::int32_t>{std::numeric_limits<std::int32_t>::min(), 1264544299});
 }
 
+TEST_CASE("glu: a * sigmoid(b) of the halves, gradcheck, threads, errors", "[ops][elementwise][grad][glu]") {
+  const Tensor x = test::randn({3, 10}, DType::f64, 70);
+  const Tensor y = ops::glu(x);
+  REQUIRE(y.shape() == Shape{3, 5});
+  for (std::int64_t i = 0; i < 3; ++i)
+    for (std::int64_t j = 0; j < 5; ++j)
+      CHECK(y.at<double>({i, j}) == Approx(x.at<double>({i, j}) / (1 + std::exp(-x.at<double>({i, j + 5})))).epsilon(1e-14));
+  const Tensor z = test::randn({4, 6, 3}, DType::f64, 71);
+  CHECK(ops::glu(z, 1).shape() == Shape{4, 3, 3});
+  CHECK_ALLCLOSE(ops::glu(z, 1), ops::glu(z.transpose(1, 2), 2).transpose(1, 2), 0, 0);
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::glu(v[0], 0); }, {test::transposed_layout(test::randn({6, 7}, DType::f64, 72))});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::glu(v[0], -1); }, {test::strided_layout(test::randn({3, 34}, DType::f64, 73))});
+  const Tensor big = test::randn({33, 2006}, DType::f32, 74);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor v = big.detach().requires_grad_();
+    Tensor out = ops::glu(v);
+    out.backward(ops::glu(big));
+    return Tensors{out, v.grad()};
+  }));
+  CHECK_THROWS_WITH(ops::glu(zeros({2, 3})), Contains("glu: dim 1 of x [2, 3] must have an even size to split in halves, got 3"));
+  CHECK_THROWS_WITH(ops::glu(zeros({2, 4}), 2), Contains("glu: axis 2 is out of range"));
+}
+
 TEST_CASE("pow: std::pow's special values at 0 and their PyTorch gradients", "[ops][elementwise]") {
   const double inf = std::numeric_limits<double>::infinity();
   for (DType dt : {DType::f32, DType::f64}) {

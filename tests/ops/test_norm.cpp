@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/norm.hpp"
@@ -61,6 +63,39 @@ Tensor ref_group_norm(const Tensor& x, std::int64_t G, const Tensor& w, const Te
         out[base + i] = (v[base + i] - mean) * rstd * wv[c] + bv[c];
       }
     }
+  return from_vector(out, x.shape());
+}
+
+// Batch norm of x [N, C, *] in f64 with the given per-channel statistics (training: the batch's).
+struct BatchStats {
+  std::vector<double> mean, var;  // biased variance
+};
+BatchStats ref_batch_stats(const Tensor& x) {
+  const auto v = x.to_vector<double>();
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / (N * C);
+  BatchStats st{std::vector<double>(C, 0.0), std::vector<double>(C, 0.0)};
+  for (std::int64_t c = 0; c < C; ++c) {
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) st.mean[c] += v[(n * C + c) * S + i];
+    st.mean[c] /= static_cast<double>(N * S);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) st.var[c] += std::pow(v[(n * C + c) * S + i] - st.mean[c], 2);
+    st.var[c] /= static_cast<double>(N * S);
+  }
+  return st;
+}
+Tensor ref_batch_norm(const Tensor& x, const BatchStats& st, const Tensor& w, const Tensor& b, double eps) {
+  const auto v = x.to_vector<double>();
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / (N * C);
+  const auto wv = w.defined() ? w.to_vector<double>() : std::vector<double>(C, 1.0);
+  const auto bv = b.defined() ? b.to_vector<double>() : std::vector<double>(C, 0.0);
+  std::vector<double> out(v.size());
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t i = 0; i < S; ++i) {
+        const std::int64_t at = (n * C + c) * S + i;
+        out[at] = (v[at] - st.mean[c]) / std::sqrt(st.var[c] + eps) * wv[c] + bv[c];
+      }
   return from_vector(out, x.shape());
 }
 
@@ -225,7 +260,58 @@ TEST_CASE("norms over one element: zero input gradient exactly, as the math says
   }
 }
 
+TEST_CASE("batch_norm: training and eval against the naive loops, running statistics, gradcheck", "[ops][norm][grad][batch_norm]") {
+  for (const Shape& shape : {Shape{5, 3}, Shape{4, 3, 7}, Shape{2, 4, 3, 5}, Shape{3, 2, 17}, Shape{2, 1, 1, 2}}) {
+    INFO("shape " << fmt::format("{}", shape));
+    const std::int64_t C = shape[1];
+    const Tensor x = test::randn(shape, DType::f64, 50) * 2.0 + 0.5;
+    const Tensor w = test::randn({C}, DType::f64, 51), b = test::randn({C}, DType::f64, 52);
+    const BatchStats st = ref_batch_stats(x);
+    // Training: the batch's statistics; the running ones move by momentum toward the batch's
+    // mean and unbiased variance.
+    Tensor rm = test::randn({C}, DType::f64, 53), rv = ops::abs(test::randn({C}, DType::f64, 54)) + 0.5;
+    const auto rm0 = rm.to_vector<double>(), rv0 = rv.to_vector<double>();
+    CHECK_ALLCLOSE(ops::batch_norm(test::transposed_layout(x), rm, rv, w, b, true, 0.25), ref_batch_norm(x, st, w, b, 1e-5), 1e-12, 1e-12);
+    const double count = static_cast<double>(shape.numel() / C);
+    for (std::int64_t c = 0; c < C; ++c) {
+      CHECK(rm.at<double>({c}) == Approx(0.75 * rm0[c] + 0.25 * st.mean[c]).epsilon(1e-13));
+      CHECK(rv.at<double>({c}) == Approx(0.75 * rv0[c] + 0.25 * st.var[c] * count / (count - 1)).epsilon(1e-13));
+    }
+    CHECK_ALLCLOSE(ops::batch_norm(x, {}, {}, {}, {}, true, 0.1, 0.1), ref_batch_norm(x, st, {}, {}, 0.1), 1e-12, 1e-12);
+    const Tensor x32 = x.to(DType::f32);
+    CHECK_ALLCLOSE(ops::batch_norm(x32, {}, {}, w.to(DType::f32), b.to(DType::f32), true), ref_batch_norm(x32, st, w, b, 1e-5), 3e-5, 3e-5);
+    // Eval: the running statistics.
+    const BatchStats running{rm.to_vector<double>(), rv.to_vector<double>()};
+    CHECK_ALLCLOSE(ops::batch_norm(x, rm, rv, w, b, false), ref_batch_norm(x, running, w, b, 1e-5), 1e-12, 1e-12);
+    CHECK_ALLCLOSE(ops::batch_norm(x, rm, rv, {}, b, false, 0.1, 0.01), ref_batch_norm(x, running, {}, b, 0.01), 1e-12, 1e-12);
+    CHECK(rm.to_vector<double>() == running.mean);  // eval leaves them alone
+    // Gradients for x, weight and bias, in both modes (non-contiguous x).
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::batch_norm(v[0], {}, {}, v[1], v[2], true); },
+                    {test::transposed_layout(x), w, b});
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::batch_norm(v[0], rm, rv, v[1], v[2], false); }, {test::strided_layout(x), w, b});
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::batch_norm(v[0], {}, {}, {}, {}, true, 0.1, 0.3); }, {x});
+  }
+  // Errors.
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({1, 3}), {}, {}, {}, {}, true), Contains("batch_norm: training needs more than one value per channel, x is [1, 3]"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), {}, {}, {}, {}, false), Contains("eval mode (training = false) needs running_mean and running_var"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), zeros({4}), ones({4}), {}, {}, true), Contains("batch_norm: running_mean must be [3] for x [2, 3], got [4]"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), zeros({3}), {}, {}, {}, true), Contains("give both running_mean and running_var"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({3}), {}, {}, {}, {}, true), Contains("batch_norm: expected x [N, C, *], got [3]"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), {}, {}, {}, {}, true, 1.5), Contains("momentum must be in [0, 1], got 1.5"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}, DType::i32), {}, {}, {}, {}, true), Contains("expected a floating-point x, got i32"));
+}
+
 TEST_CASE("norms: 1 vs N threads give identical bits (forward and backward)", "[ops][norm][threads]") {
+  {
+    const Tensor x0 = test::randn({64, 16, 9, 11}, DType::f32, 47), w0 = test::randn({16}, DType::f32, 48);
+    CHECK(test::same_bits_across_threads([&] {
+      Tensor x = x0.detach().requires_grad_(), w = w0.detach().requires_grad_();
+      Tensor rm = zeros({16}), rv = ones({16});
+      Tensor y = ops::batch_norm(x, rm, rv, w, {}, true);
+      y.backward(x0 * 0.5);
+      return Tensors{y, x.grad(), w.grad(), rm, rv, ops::batch_norm(x0, rm, rv, w0, {}, false)};
+    }));
+  }
   const Tensor x0 = test::randn({513, 1003}, DType::f32, 40), gy = test::randn({513, 1003}, DType::f32, 41);
   const Tensor w0 = test::randn({1003}, DType::f32, 42), b0 = test::randn({1003}, DType::f32, 43);
   CHECK(test::same_bits_across_threads([&] {

@@ -414,6 +414,9 @@ Tensor run_op(const Case& c) {
     return ops::layer_norm(c.t("x"), c.shape("normalized_shape"), c.opt_t("w"), c.opt_t("b"), c.f("eps", 1e-5));
   if (op == "rms_norm") return ops::rms_norm(c.t("x"), c.shape("normalized_shape"), c.opt_t("w"), c.f("eps", 1e-6));
   if (op == "group_norm") return ops::group_norm(c.t("x"), c.i("groups"), c.opt_t("w"), c.opt_t("b"), c.f("eps", 1e-5));
+  if (op == "batch_norm")
+    return ops::batch_norm(c.t("x"), c.opt_t("rm"), c.opt_t("rv"), c.opt_t("w"), c.opt_t("b"), c.b("training"), 0.1, c.f("eps", 1e-5));
+  if (op == "glu") return ops::glu(c.t("x"), c.i("axis"));
   if (op == "group_norm_silu")
     return ops::group_norm_silu(c.t("x"), c.i("groups"), c.opt_t("w"), c.opt_t("b"), c.f("eps", 1e-5));
   // ---- attention, rotary

@@ -817,6 +817,51 @@ def gn_big(rng):  # the group norms of a UNet
     return {"groups": G, "eps": 1e-5}, ts
 
 
+def bn_gen(rng):
+    C = pick(rng, [1, 2, 3, 8])
+    spatial = pick(rng, [[], [1], [5], [3, 4], [7, 7], [2, 3, 2]])
+    N = pick(rng, [2, 3, 20])
+    ts = [inp(rng, "x", [N, C] + spatial, nc=0.3, gen=norm_data(rng))]
+    aff = pick(rng, ["none", "w", "wb", "b", "wb"])
+    if "w" in aff:
+        ts.append(inp(rng, "w", [C], nc=0.3))
+    if "b" in aff:
+        ts.append(inp(rng, "b", [C], nc=0.3))
+    training = int(rng.random() < 0.6)
+    if not training:  # eval: running statistics (no gradient)
+        ts += [inp(rng, "rm", [C], grad=False, nc=0.0),
+               inp(rng, "rv", [C], grad=False, nc=0.0, gen=lambda r, sh: np.abs(randn(r, sh)) + 0.1)]
+    return {"training": training, "eps": pick(rng, [1e-5, 1e-3, 0.1])}, ts
+
+
+def torch_batch_norm(T, P):
+    # torch 1.13's backward fails with a bias but no weight (as group_norm): a weight of ones then.
+    # Its CPU backward also misreads an expanded (stride-0) weight: the input gradient of every
+    # channel but the first is garbage (~1e-265), so the weight is made contiguous first (the same
+    # values; the gradient still reaches the expanded base).
+    w, b = T.get("w"), T.get("b")
+    if w is None and b is not None:
+        w = torch.ones(T["x"].shape[1])
+    if w is not None:
+        w = w.contiguous()
+    return F.batch_norm(T["x"], T.get("rm"), T.get("rv"), w, b, training=bool(P["training"]), eps=P["eps"])
+
+
+@op("batch_norm")
+def _batch_norm():
+    return bn_gen, torch_batch_norm
+
+
+@op("glu", weight=0.5)
+def _glu():
+    def gen(rng):
+        shape = [pick(rng, ODD) for _ in range(int(rng.integers(1, 4)))]
+        axis = int(rng.integers(-len(shape), len(shape)))
+        shape[axis] = 2 * pick(rng, ODD)
+        return {"axis": axis}, [inp(rng, "x", shape, nc=0.4)]
+    return gen, lambda T, P: F.glu(T["x"], P["axis"])
+
+
 f32_gen("group_norm", 0.3, gn_big)
 f32_gen("group_norm_silu", 0.3, gn_big)
 
