@@ -7,6 +7,10 @@
 # Idempotent: a present, intact file is kept; a damaged one is replaced.
 set -euo pipefail
 
+if [[ -z "${XDG_DATA_HOME:-}" && -z "${HOME:-}" ]]; then
+  echo "get-data: neither XDG_DATA_HOME nor HOME is set: no place for the data" >&2
+  exit 1
+fi
 target_dir="${XDG_DATA_HOME:-$HOME/.local/share}/tapegrad"
 target="$target_dir/digits.csv.gz"
 member=./usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz
