@@ -1,13 +1,18 @@
 // Reductions: frontends and backward rules (kernels in ops/kernels/reduce.cpp).
 #include "ops/reduce.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <optional>
 #include <vector>
 
 #include "core/autograd.hpp"
+#include "core/parallel.hpp"
 #include "ops/common.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/kernels/reduce.hpp"
+#include "ops/shape.hpp"
 
 namespace tg::ops {
 
@@ -212,6 +217,75 @@ Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim) {
   NoGradGuard no_grad;
   return arg_extreme("argmin", false, x, axis, keepdim).indices;
 }
+
+// ---- sorting ----------------------------------------------------------------------------------------------
+namespace {
+// The first k positions of the sorted order of every row along `axis`, as i64 indices with x's
+// shape except k along axis. Rows are sorted independently (in parallel) with a total order --
+// value, then position -- so the result is the stable sort's, for any thread count.
+Tensor sorted_positions(const char* op, const Tensor& x, int a, bool descending, std::int64_t k) {
+  Shape perm;  // axis last
+  for (int d = 0; d < x.dim(); ++d)
+    if (d != a) perm.push_back(d);
+  perm.push_back(a);
+  const Tensor rows = x.permute(perm).contiguous();  // [..., n]
+  const std::int64_t n = x.shape()[a], count = n > 0 ? rows.numel() / n : 0;
+  Shape out_shape = rows.shape();
+  out_shape[out_shape.size() - 1] = k;
+  Tensor out = empty(out_shape, DType::i64);  // [..., k]
+  std::int64_t* o = out.data<std::int64_t>();
+  dispatch(x.dtype(), op, [&]<class T>() {
+    const T* v = rows.data<T>();
+    parallel_for(count, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(n, 1)), [&](std::int64_t begin, std::int64_t end) {
+      std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* row = v + r * n;
+        const auto before = [&](std::int64_t i, std::int64_t j) {  // i sorts before j
+          if constexpr (std::is_floating_point_v<T>) {
+            const bool ni = std::isnan(row[i]), nj = std::isnan(row[j]);
+            if (ni || nj) return ni && nj ? i < j : (ni == descending);
+          }
+          if (row[i] != row[j]) return descending ? row[j] < row[i] : row[i] < row[j];
+          return i < j;
+        };
+        std::iota(order.begin(), order.end(), 0);
+        if (k < n) std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+        else std::sort(order.begin(), order.end(), before);
+        std::copy(order.begin(), order.begin() + k, o + r * k);
+      }
+    });
+  });
+  Shape inverse = Shape::filled(perm.size(), 0);
+  for (int i = 0; i < perm.size(); ++i) inverse[static_cast<int>(perm[i])] = i;
+  return out.permute(inverse).contiguous();
+}
+
+// values (unless only the indices are asked for) and indices of the first k (default: all).
+ValuesIndices sort_impl(const char* op, const Tensor& x, std::int64_t axis, bool descending, std::optional<std::int64_t> k,
+                        bool values = true) {
+  check_defined(x, op, "x");
+  if (x.dim() == 0) {  // as a 1-element vector; the results are 0-d again
+    check_scalar_axis(op, axis);
+    const ValuesIndices r = sort_impl(op, x.reshape({1}), 0, descending, k, values);
+    return {values ? r.values.reshape({}) : Tensor(), r.indices.reshape({})};
+  }
+  const int a = normalize_axis(axis, x.dim(), op, x.shape());
+  const std::int64_t n = x.shape()[a];
+  TG_CHECK(!k || (*k >= 0 && *k <= n), "{}: k = {} is out of range for dim {} of size {} (shape {})", op, *k, a, n, x.shape());
+  Tensor indices;
+  {
+    NoGradGuard no_grad;
+    indices = sorted_positions(op, x, a, descending, k.value_or(n));
+  }
+  return {values ? gather(x, a, indices) : Tensor(), indices};
+}
+}  // namespace
+
+ValuesIndices sort(const Tensor& x, std::int64_t axis, bool descending) { return sort_impl("sort", x, axis, descending, std::nullopt); }
+Tensor argsort(const Tensor& x, std::int64_t axis, bool descending) {
+  return sort_impl("argsort", x, axis, descending, std::nullopt, /*values=*/false).indices;
+}
+ValuesIndices topk(const Tensor& x, std::int64_t k, std::int64_t axis, bool largest) { return sort_impl("topk", x, axis, largest, k); }
 
 Tensor logsumexp(const Tensor& x, const Shape& axes, bool keepdim) {
   check_defined(x, "logsumexp", "x");

@@ -26,6 +26,16 @@ ValuesIndices min(const Tensor& x, std::int64_t axis, bool keepdim = false);
 Tensor argmax(const Tensor& x, std::int64_t axis, bool keepdim = false);
 Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim = false);
 
+// ---- sorting (along one axis; stable: equal values keep their order, as torch's stable=True;
+// NaN counts as larger than every number, so it comes last ascending and first descending) ----
+// values is differentiable (a gather of x: each gradient returns to where its value came from);
+// indices are i64. A 0-d x sorts as one element.
+ValuesIndices sort(const Tensor& x, std::int64_t axis = -1, bool descending = false);
+Tensor argsort(const Tensor& x, std::int64_t axis = -1, bool descending = false);
+// The k largest (largest = true, largest first) or smallest (smallest first) along axis: torch.topk
+// with sorted results; 0 <= k <= size.
+ValuesIndices topk(const Tensor& x, std::int64_t k, std::int64_t axis = -1, bool largest = true);
+
 // log(sum(exp(x))) without overflow.
 Tensor logsumexp(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
 // Variance with divisor (N - correction): correction 1 is the unbiased estimate, 0 the population one.

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <fmt/format.h>
+
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
@@ -150,6 +152,90 @@ TEST_CASE("max/min with indices, argmax/argmin", "[ops][reduce][grad][max][min]"
     CHECK_GRADCHECK([axis](const Tensors& v) { return ops::max(v[0], axis).values; }, {distinct});
     CHECK_GRADCHECK([axis](const Tensors& v) { return ops::min(v[0], axis, true).values; }, {test::transposed_layout(distinct)});
   }
+}
+
+namespace {
+// Stable sort of every row along the last axis of a [rows, n] f64 matrix: (values, indices).
+std::pair<std::vector<double>, std::vector<std::int64_t>> ref_sort_rows(const std::vector<double>& v, std::int64_t n, bool descending) {
+  std::vector<double> vals(v.size());
+  std::vector<std::int64_t> idx(v.size());
+  for (std::size_t r = 0; n > 0 && r * n < v.size(); ++r) {
+    std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    const double* row = v.data() + r * n;
+    std::stable_sort(order.begin(), order.end(), [&](std::int64_t i, std::int64_t j) {
+      const bool ni = std::isnan(row[i]), nj = std::isnan(row[j]);
+      if (ni || nj) return !ni && nj;  // NaN is the largest: after every number
+      return descending ? row[i] > row[j] : row[i] < row[j];
+    });
+    if (descending)  // NaN first: move the NaN block (sorted last above) to the front, in order
+      std::stable_partition(order.begin(), order.end(), [&](std::int64_t i) { return std::isnan(row[i]); });
+    for (std::int64_t c = 0; c < n; ++c) {
+      idx[r * n + c] = order[c];
+      vals[r * n + c] = row[order[c]];
+    }
+  }
+  return {vals, idx};
+}
+}  // namespace
+
+TEST_CASE("sort, argsort, topk: stable order, NaN last (first descending), every dtype and axis", "[ops][reduce][sort]") {
+  // NaN and ties.
+  const Tensor a = tensor({3, NAN, 1, NAN, 2, 1}, DType::f64);
+  const auto up = ops::sort(a);
+  CHECK(up.indices.to_vector<std::int64_t>() == std::vector<std::int64_t>{2, 5, 4, 0, 1, 3});
+  const auto down = ops::sort(a, 0, true);
+  CHECK(down.indices.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 3, 0, 4, 2, 5});
+  CHECK(down.values.at<double>({2}) == 3.0);
+  CHECK(std::isnan(down.values.at<double>({0})));
+  CHECK(ops::argsort(tensor({2, 1, 2, 1}, DType::i32)).to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 3, 0, 2});
+  CHECK(ops::argsort(tensor({2, 1, 2, 1}, DType::i32), 0, true).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 2, 1, 3});
+  // Integers beyond 2^53 keep their exact order.
+  const Tensor big = from_vector(std::vector<std::int64_t>{(std::int64_t{1} << 62) + 1, std::int64_t{1} << 62, -5}, {3});
+  CHECK(ops::argsort(big).to_vector<std::int64_t>() == std::vector<std::int64_t>{2, 1, 0});
+  CHECK(ops::sort(tensor({true, false, true}, DType::boolean)).indices.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 2});
+  // Against std::stable_sort, every axis and layout, odd sizes (some ties from rounding to 0.5).
+  for (const Shape& shape : {Shape{7}, Shape{3, 17}, Shape{5, 1, 9}, Shape{2, 1003}}) {
+    Tensor x = ops::round(test::randn(shape, DType::f64, 80) * 4.0) / 2.0;
+    x = ops::where(ops::gt(x, 1.4), std::numeric_limits<double>::quiet_NaN(), x);  // some NaNs too
+    for (std::int64_t axis = 0; axis < x.dim(); ++axis)
+      for (bool descending : {false, true})
+        for (int layout = 0; layout < 2; ++layout) {
+          const Tensor in = layout ? test::transposed_layout(x) : x;
+          const auto r = ops::sort(in, axis, descending);
+          const Tensor moved = x.transpose(axis, x.dim() - 1).contiguous();  // the axis last
+          const std::int64_t n = x.shape()[axis];
+          const auto [vals, idx] = ref_sort_rows(moved.to_vector<double>(), n, descending);
+          INFO("shape " << fmt::format("{}", shape) << " axis " << axis << " descending " << descending);
+          CHECK(test::same_bits(r.values.transpose(axis, x.dim() - 1).contiguous(), from_vector(vals, moved.shape())));
+          CHECK(r.indices.transpose(axis, x.dim() - 1).contiguous().to_vector<std::int64_t>() == idx);
+          for (std::int64_t k : {std::int64_t{0}, std::int64_t{1}, n / 2, n}) {
+            const auto t = ops::topk(in, k, axis, descending);
+            CHECK(test::same_bits(t.indices, r.indices.narrow(axis, 0, k).contiguous()));
+            CHECK(test::same_bits(t.values, r.values.narrow(axis, 0, k).contiguous()));
+          }
+        }
+  }
+  CHECK(ops::sort(tensor({5}, DType::f32).reshape({}), -1).values.item() == 5.0);  // 0-d
+  CHECK(ops::sort(zeros({3, 0}), 1).values.shape() == Shape{3, 0});
+  CHECK_THROWS_WITH(ops::topk(zeros({2, 3}), 4), Contains("topk: k = 4 is out of range for dim 1 of size 3 (shape [2, 3])"));
+  CHECK_THROWS_WITH(ops::topk(zeros({2, 3}), -1), Contains("topk: k = -1 is out of range"));
+  CHECK_THROWS_WITH(ops::sort(zeros({2, 3}), 2), Contains("sort: axis 2 is out of range"));
+}
+
+TEST_CASE("sort and topk: gradients return to where the values came from; threads", "[ops][reduce][grad][sort]") {
+  const Tensor x = test::randn({4, 7}, DType::f64, 81);  // distinct values
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::sort(v[0], 1).values; }, {test::transposed_layout(x)});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::sort(v[0], 0, true).values; }, {x});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::topk(v[0], 3, -1).values; }, {test::strided_layout(x)});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::topk(v[0], 2, 0, false).values; }, {x});
+  const Tensor y = test::randn({300, 517}, DType::f32, 82);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor v = y.detach().requires_grad_();
+    const auto t = ops::topk(v, 40, 1);
+    t.values.backward(t.values * 2.0);
+    return Tensors{t.values, t.indices, v.grad(), ops::argsort(y, 0, true)};
+  }));
 }
 
 TEST_CASE("cumsum", "[ops][reduce][grad][cumsum]") {

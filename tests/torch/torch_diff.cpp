@@ -251,6 +251,8 @@ Tensor unary(const Case& c, const std::string& op, const Tensor& x) {
   if (op == "norm") return ops::norm(x, c.f("p", 2.0), axes(c), keep);
   if (op == "cumsum") return ops::cumsum(x, c.i("axis"));
   if (op == "max_axis") return ops::max(x, c.i("axis"), keep).values;
+  if (op == "sort") return ops::sort(x, c.i("axis"), c.b("descending")).values;
+  if (op == "topk") return ops::topk(x, c.i("k"), c.i("axis"), c.b("descending")).values;
   if (op == "min_axis") return ops::min(x, c.i("axis"), keep).values;
   throw std::runtime_error("driver: unknown op " + op);
 }
@@ -261,7 +263,7 @@ bool is_unary(const std::string& op) {
                                 "leaky_relu", "gelu", "gelu_tanh", "silu", "softplus", "pow_scalar", "clamp",
                                 "add_scalar", "sub_scalar", "rsub_scalar", "mul_scalar", "div_scalar", "rdiv_scalar",
                                 "sum", "mean", "prod", "amax", "amin", "logsumexp", "var", "std", "norm", "cumsum",
-                                "max_axis", "min_axis"};
+                                "max_axis", "min_axis", "sort", "topk"};
   for (const char* n : names)
     if (op == n) return true;
   return false;

@@ -1444,6 +1444,28 @@ def prod_data(rng):
 # the range of the long rows (and an overflow next to a zero makes the reference order-dependent).
 OPS["prod"] = (red_gen(True, prod_data, modes=tuple(m for m in ALL_MODES if m != "expand")), _ref_prod, 0.5, "prod")
 OPS["cumsum"] = (red_gen(False, red_ties), lambda T, P: torch.cumsum(T["x"], P["axis"]), 0.4, "cumsum")
+def sort_gen(with_k, data):
+    def gen(rng):
+        shape = pick(rng, [[7], [1], [3, 5], [2, 3, 4], [4, 1003], [2, 1, 3], [300, 70]])
+        nd = len(shape)
+        P = {"axis": int(rng.integers(-nd, nd)), "descending": int(rng.random() < 0.5)}
+        if with_k:
+            P["k"] = int(rng.integers(0, shape[P["axis"]] + 1))
+        return P, [inp(rng, "x", shape, nc=0.4, gen=data)]
+    return gen
+
+
+# Values (the indices follow from them; with ties, stable=True is tapegrad's order, so the
+# gradients agree too). topk has no stable order in torch: tie-free data there (also in f32).
+OPS["sort"] = (sort_gen(False, GEN_DATA),
+               lambda T, P: torch.sort(T["x"], dim=P["axis"], descending=bool(P["descending"]), stable=True).values, 0.4, "sort")
+def distinct(rng, shape):  # values that stay distinct in f32 too (randn ties there at times)
+    n = int(np.prod(shape))
+    return ((rng.permutation(n) - n / 2) * (4.0 / max(n, 1))).reshape(shape)
+
+
+OPS["topk"] = (sort_gen(True, distinct),
+               lambda T, P: torch.topk(T["x"], P["k"], dim=P["axis"], largest=bool(P["descending"])).values, 0.4, "topk")
 OPS["max_axis"] = (red_gen(False, red_ties), lambda T, P: torch.max(T["x"], P["axis"], bool(P["keepdim"])).values,
                    0.4, "max_axis")
 OPS["min_axis"] = (red_gen(False, red_ties), lambda T, P: torch.min(T["x"], P["axis"], bool(P["keepdim"])).values,
