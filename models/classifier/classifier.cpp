@@ -9,7 +9,8 @@ Arch parse_arch(const std::string& name) {
   if (name == "mlp") return Arch::mlp;
   if (name == "cnn") return Arch::cnn;
   if (name == "fdmlp") return Arch::fdmlp;
-  TG_FAIL("classifier: unknown model '{}' (expected mlp, cnn or fdmlp)", name);
+  if (name == "digits") return Arch::digits;
+  TG_FAIL("classifier: unknown model '{}' (expected mlp, cnn, fdmlp or digits)", name);
 }
 
 std::string arch_name(Arch a) {
@@ -17,6 +18,7 @@ std::string arch_name(Arch a) {
     case Arch::mlp: return "mlp";
     case Arch::cnn: return "cnn";
     case Arch::fdmlp: return "fdmlp";
+    case Arch::digits: return "digits";
   }
   return "?";
 }
@@ -42,6 +44,11 @@ Classifier::Classifier(const Config& c, Generator* gen) : config(c) {
       fc2 = nn::Linear(256, 128, lin);
       fc3 = nn::Linear(128, c.classes, lin);
       break;
+    case Arch::digits:
+      fc1 = nn::Linear(pixels, 128, lin);
+      fc2 = nn::Linear(128, 64, lin);
+      fc3 = nn::Linear(64, c.classes, lin);
+      break;
   }
 }
 
@@ -49,9 +56,10 @@ Tensor Classifier::features(const Tensor& x) const {
   const std::int64_t B = x.shape()[0];
   switch (config.arch) {
     case Arch::mlp:
-    case Arch::fdmlp: {
-      const Tensor h1 = ops::relu(fc1(x.reshape({B, -1})));  // [B, 512 | 256]
-      return ops::relu(fc2(h1));                             // [B, 512 | 128]
+    case Arch::fdmlp:
+    case Arch::digits: {
+      const Tensor h1 = ops::relu(fc1(x.reshape({B, -1})));  // [B, 512 | 256 | 128]
+      return ops::relu(fc2(h1));                             // [B, 512 | 128 | 64]
     }
     case Arch::cnn: {
       const Tensor c1 = ops::max_pool2d(ops::relu(conv1(x)), {2, 2});   // [B, 32, S/2, S/2]
@@ -83,7 +91,8 @@ void Classifier::visit(nn::Visitor& v) {
 }
 
 Tensor preprocess(const Config& config, const Tensor& images) {
-  const Tensor x = nn::data::normalize(images, 0.2860, 0.3530);
+  const bool digits = config.arch == Arch::digits;
+  const Tensor x = nn::data::normalize(images, digits ? 0.3053 : 0.2860, digits ? 0.3760 : 0.3530);
   if (config.image_size == images.shape()[2]) return x;
   TG_CHECK(images.shape()[2] % config.image_size == 0, "classifier: cannot resize {} to {}x{}", images.shape(),
            config.image_size, config.image_size);

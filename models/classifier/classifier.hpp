@@ -1,5 +1,5 @@
-// Image classifiers for Fashion-MNIST-sized inputs, and the small feature extractor behind
-// FD_clf (the Fréchet distance on classifier features used to score generative models).
+// Image classifiers for Fashion-MNIST-sized inputs and the 8x8 digits, and the small feature
+// extractors behind FD_clf (the Fréchet distance on classifier features used to score generative models).
 #pragma once
 
 #include <string>
@@ -14,13 +14,14 @@ enum class Arch {
   mlp,    // 784-512-512-10 with ReLU (the reference MLP)
   cnn,    // conv3x3(1->32)+ReLU+maxpool2, conv3x3(32->64)+ReLU+maxpool2, 3136-128-10 (the reference CNN)
   fdmlp,  // 196-256-128-10 on 14x14 images: the FD_clf feature extractor (spec techniques-A §0.3)
+  digits, // 64-128-64-10 on the 8x8 digits: their FD_clf feature extractor (same section)
 };
-Arch parse_arch(const std::string& name);  // "mlp", "cnn", "fdmlp"
+Arch parse_arch(const std::string& name);  // "mlp", "cnn", "fdmlp", "digits"
 std::string arch_name(Arch a);
 
 struct Config {
   Arch arch = Arch::mlp;
-  std::int64_t image_size = 28;  // input H = W (14 for fdmlp)
+  std::int64_t image_size = 28;  // input H = W (14 for fdmlp, 8 for digits)
   std::int64_t classes = 10;
 };
 
@@ -42,8 +43,9 @@ class Classifier : public nn::Module {
   nn::Linear fc1, fc2, fc3;      // mlp: 3 layers; cnn: fc1, fc2; fdmlp: 3 layers
 };
 
-// The classifier input for a batch of images [B, 1, 28, 28] in [0, 1]: normalised to
-// (x - 0.2860) / 0.3530 (Fashion-MNIST's mean/std), and average-pooled to 14x14 for fdmlp.
+// The classifier input for a batch of images [B, 1, S, S] in [0, 1]: normalised by the data set's
+// pixel mean/std ((x - 0.2860) / 0.3530 for Fashion-MNIST, (x - 0.3053) / 0.3760 for the digits
+// arch), and average-pooled to the model's size (28 -> 14 for fdmlp).
 Tensor preprocess(const Config& config, const Tensor& images);
 
 }  // namespace tg::models::classifier
