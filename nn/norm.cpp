@@ -1,5 +1,7 @@
 #include "nn/norm.hpp"
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include "ops/norm.hpp"
@@ -47,7 +49,7 @@ std::string GroupNorm::extra_repr() const {
 BatchNorm::BatchNorm(std::int64_t c, const BatchNormOptions& o) : channels(c), momentum(o.momentum), eps(o.eps) {
   TG_CHECK(c > 0, "BatchNorm: channels must be positive, got {}", c);
   TG_CHECK(o.momentum >= 0 && o.momentum <= 1, "BatchNorm: momentum must be in [0, 1], got {}", o.momentum);
-  TG_CHECK(o.eps > 0, "BatchNorm: eps must be positive, got {}", o.eps);
+  TG_CHECK(o.eps >= 0 && std::isfinite(o.eps), "BatchNorm: eps must be a finite number >= 0, got {}", o.eps);
   if (o.affine) {
     weight = ones({c}, o.dtype).requires_grad_();
     bias = zeros({c}, o.dtype).requires_grad_();

@@ -107,8 +107,14 @@ B pow_ieee(const B& x, const B& p) {
   B at_zero = xsimd::select(p > zero, zero, xsimd::select(p < zero, B(std::numeric_limits<typename B::value_type>::infinity()), one));
   const auto odd = p - B(2) * xsimd::floor(p * B(0.5)) == one;  // odd integer (xsimd::is_odd's trunc warns on GCC 12)
   at_zero = xsimd::select(xsimd::isnan(p), p, xsimd::select(odd, xsimd::copysign(at_zero, x), at_zero));
-  const B r = xsimd::select(x == zero, at_zero, xsimd::pow(x, p));
-  return xsimd::select(p == zero || x == one, one, r);
+  B r = xsimd::select(x == zero, at_zero, xsimd::pow(x, p));
+  // (-inf)^p: inf for p > 0, 0 for p < 0, negative for odd integers (xsimd: NaN for non-integers).
+  const B inf(std::numeric_limits<typename B::value_type>::infinity());
+  B at_neg_inf = xsimd::select(p > zero, inf, zero);
+  at_neg_inf = xsimd::select(xsimd::isnan(p), p, xsimd::select(odd, xsimd::copysign(at_neg_inf, x), at_neg_inf));
+  r = xsimd::select(x == -inf, at_neg_inf, r);
+  // x^0 = 1 and 1^p = 1 (even for NaN), and (-1)^+-inf = 1 (exp(inf * log 1) would be NaN).
+  return xsimd::select(p == zero || x == one || (x == -one && xsimd::isinf(p)), one, r);
 }
 
 // Integer exponents by repeated squaring (exact for integer-valued data, fine for negative bases);
@@ -283,16 +289,18 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
 Tensor pow(const Tensor& base, double exponent) {
   check_defined(base, "pow_scalar", "base");
   // An integer tensor to a whole number stays an integer tensor (as torch with a Python int).
-  if (!base.is_floating_point() && base.dtype() != DType::boolean && exponent == std::trunc(exponent)) {
+  // A bool tensor counts as i64 there (True ** 2 = 1 in torch).
+  if (!base.is_floating_point() && std::isfinite(exponent) && exponent == std::trunc(exponent)) {
     TG_CHECK(exponent >= 0, "pow_scalar: integers to negative integer powers are not allowed ({} tensor of shape {} to the {})",
              base.dtype(), base.shape(), exponent);
-    TG_CHECK(scalar_fits(exponent, base.dtype()), "pow_scalar: exponent {} does not fit in the {} tensor's type (shape {})",
-             exponent, base.dtype(), base.shape());
-    Tensor out = empty(base.shape(), base.dtype());
-    dispatch(base.dtype(), "pow_scalar", [&]<class T>() {
+    const Tensor b = base.dtype() == DType::boolean ? base.to(DType::i64) : base;
+    TG_CHECK(scalar_fits(exponent, b.dtype()), "pow_scalar: exponent {} does not fit in the {} tensor's type (shape {})",
+             exponent, b.dtype(), b.shape());
+    Tensor out = empty(b.shape(), b.dtype());
+    dispatch(b.dtype(), "pow_scalar", [&]<class T>() {
       if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
         const auto e = static_cast<T>(exponent);
-        kernels::map_scalar<T, T>(out, [e](T a) { return integer_pow(a, e); }, base);
+        kernels::map_scalar<T, T>(out, [e](T a) { return integer_pow(a, e); }, b);
       }
     });
     return out;

@@ -153,15 +153,18 @@ Tensor group_norm_silu(const Tensor& x, std::int64_t num_groups, const Tensor& w
 Tensor batch_norm(const Tensor& x, Tensor running_mean, Tensor running_var, const Tensor& weight, const Tensor& bias,
                   bool training, double momentum, double eps) {
   TG_CHECK(x.defined() && x.dim() >= 2, "batch_norm: expected x [N, C, *], got {}", x.defined() ? x.shape() : Shape{});
-  TG_CHECK(x.is_floating_point(), "batch_norm: expected a floating-point x, got {}", x.dtype());
+  check_input("batch_norm", x, eps);
   const std::int64_t C = x.shape()[1];
+  // Everything is checked before the running statistics change.
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"running_mean", &running_mean}, {"running_var", &running_var},
-                                {"weight", &weight}, {"bias", &bias}})
+                                {"weight", &weight}, {"bias", &bias}}) {
     TG_CHECK(!t->defined() || t->shape() == Shape{C}, "batch_norm: {} must be [{}] for x {}, got {}", name, C, x.shape(),
              t->shape());
+    TG_CHECK(!t->defined() || t->is_floating_point(), "batch_norm: {} must be a floating-point tensor, got {}", name, t->dtype());
+  }
   TG_CHECK(running_mean.defined() == running_var.defined(), "batch_norm: give both running_mean and running_var, or neither");
-  TG_CHECK(eps > 0 && std::isfinite(eps), "batch_norm: eps must be positive, got {}", eps);
   TG_CHECK(momentum >= 0 && momentum <= 1, "batch_norm: momentum must be in [0, 1], got {}", momentum);
+  if (x.numel() == 0) return empty(x.shape(), x.dtype());  // as torch: nothing to normalise, statistics untouched
   Shape per_channel;  // [1, C, 1, ...]
   for (std::int64_t d = 0; d < x.dim(); ++d) per_channel.push_back(d == 1 ? C : 1);
   if (!training) {
@@ -189,7 +192,7 @@ Tensor batch_norm(const Tensor& x, Tensor running_mean, Tensor running_var, cons
   }
   // A channel of the [N, C, *] batch is a group of the [1, C, N, *] view: the fused group norm.
   const Tensor grouped = x.transpose(0, 1).unsqueeze(0);  // [1, C, N, *]
-  return group_norm(grouped, C, weight, bias, eps).squeeze(0).transpose(0, 1);  // [N, C, *]
+  return group_norm(grouped, C, weight, bias, eps).squeeze(0).transpose(0, 1).contiguous();  // [N, C, *]
 }
 
 }  // namespace tg::ops

@@ -266,6 +266,7 @@ ValuesIndices sort_impl(const char* op, const Tensor& x, std::int64_t axis, bool
   check_defined(x, op, "x");
   if (x.dim() == 0) {  // as a 1-element vector; the results are 0-d again
     check_scalar_axis(op, axis);
+    TG_CHECK(!k || *k == 1, "{}: k = {} for a 0-d tensor (one element, and a 0-d result): k must be 1", op, *k);
     const ValuesIndices r = sort_impl(op, x.reshape({1}), 0, descending, k, values);
     return {values ? r.values.reshape({}) : Tensor(), r.indices.reshape({})};
   }

@@ -33,7 +33,7 @@ Tensor argmin(const Tensor& x, std::int64_t axis, bool keepdim = false);
 ValuesIndices sort(const Tensor& x, std::int64_t axis = -1, bool descending = false);
 Tensor argsort(const Tensor& x, std::int64_t axis = -1, bool descending = false);
 // The k largest (largest = true, largest first) or smallest (smallest first) along axis: torch.topk
-// with sorted results; 0 <= k <= size.
+// with sorted results; 0 <= k <= size (k = 1 for a 0-d x).
 ValuesIndices topk(const Tensor& x, std::int64_t k, std::int64_t axis = -1, bool largest = true);
 
 // log(sum(exp(x))) without overflow.

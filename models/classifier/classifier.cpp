@@ -45,6 +45,7 @@ Classifier::Classifier(const Config& c, Generator* gen) : config(c) {
       fc3 = nn::Linear(128, c.classes, lin);
       break;
     case Arch::digits:
+      TG_CHECK(c.image_size == 8, "classifier: the digits model takes 8x8 images (image_size = 8), got image_size {}", c.image_size);
       fc1 = nn::Linear(pixels, 128, lin);
       fc2 = nn::Linear(128, 64, lin);
       fc3 = nn::Linear(64, c.classes, lin);
@@ -91,7 +92,10 @@ void Classifier::visit(nn::Visitor& v) {
 }
 
 Tensor preprocess(const Config& config, const Tensor& images) {
-  const bool digits = config.arch == Arch::digits;
+  // The data set's pixel statistics, told apart by the image size: 8x8 are the digits.
+  TG_CHECK(images.defined() && images.dim() == 4, "classifier: expected images [B, 1, S, S], got {}",
+           images.defined() ? images.shape() : Shape{});
+  const bool digits = images.shape()[2] == 8;
   const Tensor x = nn::data::normalize(images, digits ? 0.3053 : 0.2860, digits ? 0.3760 : 0.3530);
   if (config.image_size == images.shape()[2]) return x;
   TG_CHECK(images.shape()[2] % config.image_size == 0, "classifier: cannot resize {} to {}x{}", images.shape(),

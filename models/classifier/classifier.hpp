@@ -14,7 +14,7 @@ enum class Arch {
   mlp,    // 784-512-512-10 with ReLU (the reference MLP)
   cnn,    // conv3x3(1->32)+ReLU+maxpool2, conv3x3(32->64)+ReLU+maxpool2, 3136-128-10 (the reference CNN)
   fdmlp,  // 196-256-128-10 on 14x14 images: the FD_clf feature extractor (spec techniques-A §0.3)
-  digits, // 64-128-64-10 on the 8x8 digits: their FD_clf feature extractor (same section)
+  digits, // 64-128-64-10 on the 8x8 digits (image_size 8): their FD_clf feature extractor (same section)
 };
 Arch parse_arch(const std::string& name);  // "mlp", "cnn", "fdmlp", "digits"
 std::string arch_name(Arch a);
@@ -44,8 +44,8 @@ class Classifier : public nn::Module {
 };
 
 // The classifier input for a batch of images [B, 1, S, S] in [0, 1]: normalised by the data set's
-// pixel mean/std ((x - 0.2860) / 0.3530 for Fashion-MNIST, (x - 0.3053) / 0.3760 for the digits
-// arch), and average-pooled to the model's size (28 -> 14 for fdmlp).
+// pixel mean/std ((x - 0.3053) / 0.3760 for the 8x8 digits, (x - 0.2860) / 0.3530 for the
+// Fashion-MNIST sizes), and average-pooled to the model's size (28 -> 14 for fdmlp).
 Tensor preprocess(const Config& config, const Tensor& images);
 
 }  // namespace tg::models::classifier

@@ -200,13 +200,13 @@ Classifier load_or_train_fd_classifier(const std::string& path, const Data& data
 }
 
 Tensor fd_features(Classifier& fd, const Tensor& images) {
-  TG_CHECK(images.defined() && images.dim() == 4 && images.shape()[0] > 0, "fd_features: expected images [N >= 1, 1, 28, 28], got {}",
+  TG_CHECK(images.defined() && images.dim() == 4 && images.shape()[0] > 0, "fd_features: expected images [N >= 1, 1, S, S], got {}",
            images.defined() ? images.shape() : Shape{});
   NoGradGuard no_grad;
   Tensors parts;
   for (std::int64_t s = 0; s < images.shape()[0]; s += 1000) {
     const Tensor x = images.narrow(0, s, std::min<std::int64_t>(1000, images.shape()[0] - s));
-    parts.push_back(fd.features(preprocess(fd.config, x)));  // [b, 128]
+    parts.push_back(fd.features(preprocess(fd.config, x)));  // [b, F]
   }
   return ops::cat(parts, 0);
 }

@@ -69,7 +69,8 @@ nn::data::ImageDataset load_test_data(const std::optional<std::string>& folder, 
 Classifier load_or_train_fd_classifier(const std::string& path, const Data& data);
 // Default location: $TAPEGRAD_FD_CLASSIFIER, else runs/fd_classifier/fdmlp.safetensors.
 std::string default_fd_classifier_path();
-// FD_clf features [N, 128] of images [N, 1, 28, 28] in [0, 1] (batched, no grad).
+// FD_clf features [N, F] of images [N, 1, S, S] in [0, 1] (batched, no grad): F = 128 for fdmlp on
+// Fashion-MNIST, 64 for the digits model.
 Tensor fd_features(Classifier& fd, const Tensor& images);
 
 }  // namespace tg::models::classifier

@@ -89,6 +89,10 @@ TEST_CASE("the digits FD classifier (64-128-64-10) exceeds 95% on the real digit
   CHECK(small.features(zeros({3, 1, 8, 8})).shape() == Shape{3, 64});
   CHECK(small.num_parameters() == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10);
   CHECK(cls::parse_arch("digits") == cls::Arch::digits);
+  CHECK_THROWS_WITH(cls::Classifier({.arch = cls::Arch::digits}), Contains("the digits model takes 8x8 images (image_size = 8), got image_size 28"));
+  // The digits' pixel statistics for 8x8 images, whatever the model.
+  CHECK(cls::preprocess({.arch = cls::Arch::mlp, .image_size = 8}, full({1, 1, 8, 8}, 0.5)).at<float>({0, 0, 0, 0}) ==
+        Approx((0.5 - 0.3053) / 0.3760).epsilon(1e-6));
   const auto path = nn::data::find_digits();
   if (!path) {
     WARN("the digits data is not there (scripts/get-data.sh fetches it); skipping the training check");

@@ -263,7 +263,16 @@ TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][el
   CHECK(ops::pow(tensor({2}, DType::i32), 31.0).to_vector<std::int32_t>() == std::vector<std::int32_t>{std::numeric_limits<std::int32_t>::min()});
   CHECK(ops::pow(tensor({4}, DType::i64), 0.5).dtype() == DType::f32);
   CHECK(ops::pow(tensor({4}, DType::i64), 0.5).item() == 2.0);
-  CHECK(ops::pow(tensor({true}, DType::boolean), 2.0).dtype() == DType::f32);
+  const Tensor bp = ops::pow(tensor({true, false}, DType::boolean), 2.0);  // bool counts as i64, as torch
+  CHECK(bp.dtype() == DType::i64);
+  CHECK(bp.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0});
+  CHECK_THROWS_WITH(ops::pow(tensor({true}, DType::boolean), -1.0), Contains("integers to negative integer powers are not allowed"));
+  // +-inf is not a whole number: f32, with std::pow's values (torch's too).
+  const double inf = std::numeric_limits<double>::infinity();
+  const Tensor pinf = ops::pow(tensor({-3, 0, 2, 1, -1}, DType::i64), inf);
+  CHECK(pinf.dtype() == DType::f32);
+  CHECK(pinf.to_vector<float>() == std::vector<float>{INFINITY, 0, INFINITY, 1, 1});
+  CHECK(ops::pow(tensor({-3, 0, 2, 1, -1}, DType::i64), -inf).to_vector<float>() == std::vector<float>{0, INFINITY, 0, 1, 1});
   CHECK_THROWS_WITH(ops::pow(tensor({2}, DType::i64), -1.0), Contains("pow_scalar: integers to negative integer powers are not allowed (i64 tensor of shape [1] to the -1)"));
   CHECK_THROWS_WITH(ops::pow(tensor({2}, DType::i32), 3e9), Contains("pow_scalar: exponent 3000000000 does not fit in the i32 tensor's type"));
   // Integer tensors to integer tensors: exact, wrapping, and torch's values for negative exponents.
@@ -295,6 +304,34 @@ TEST_CASE("glu: a * sigmoid(b) of the halves, gradcheck, threads, errors", "[ops
   }));
   CHECK_THROWS_WITH(ops::glu(zeros({2, 3})), Contains("glu: dim 1 of x [2, 3] must have an even size to split in halves, got 3"));
   CHECK_THROWS_WITH(ops::glu(zeros({2, 4}), 2), Contains("glu: axis 2 is out of range"));
+}
+
+TEST_CASE("pow: every special base and exponent as std::pow", "[ops][elementwise]") {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> bases{-inf, -3, -1, -0.5, -0.0, 0.0, 0.5, 1, 3, inf, nan};
+  const std::vector<double> exps{-inf, -3, -2.5, -2, -1, -0.5, 0, 0.5, 1, 2, 2.5, 3, 70, inf, nan};
+  for (DType dt : {DType::f64, DType::f32}) {
+    const double tol = dt == DType::f64 ? 1e-14 : 1e-6;
+    const Tensor x = from_vector(bases, {static_cast<std::int64_t>(bases.size())}).to(dt);
+    // pow's relative error grows with |p log|x|| (the exponent of exp(p log|x|)).
+    auto same = [tol](double got, double want, double base, double p) {
+      if (std::isnan(want)) return std::isnan(got);
+      if (std::isinf(want) || want == 0) return got == want && std::signbit(got) == std::signbit(want);
+      return std::fabs(got - want) <= tol * std::max(1.0, std::fabs(p * std::log(std::fabs(base)))) * std::fabs(want);
+    };
+    for (double p : exps) {
+      const auto scalar = ops::pow(x, p).to_vector<double>();
+      const auto tensor_exp = ops::pow(x, full({1}, p, dt)).to_vector<double>();
+      for (std::size_t i = 0; i < bases.size(); ++i) {
+        const double want = dt == DType::f64 ? std::pow(bases[i], p)
+                                             : static_cast<double>(std::pow(static_cast<float>(bases[i]), static_cast<float>(p)));
+        INFO(dtype_name(dt) << ": " << bases[i] << " ^ " << p << " = " << want << ": scalar " << scalar[i] << ", tensor " << tensor_exp[i]);
+        // A scalar 0.5 is sqrt, as in torch (so (-0)^0.5 = -0 there).
+        CHECK(same(scalar[i], p == 0.5 ? std::sqrt(bases[i]) : want, bases[i], p));
+        CHECK(same(tensor_exp[i], want, bases[i], p));
+      }
+    }
+  }
 }
 
 TEST_CASE("pow: std::pow's special values at 0 and their PyTorch gradients", "[ops][elementwise]") {

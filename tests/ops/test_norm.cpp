@@ -291,6 +291,24 @@ TEST_CASE("batch_norm: training and eval against the naive loops, running statis
     CHECK_GRADCHECK([&](const Tensors& v) { return ops::batch_norm(v[0], rm, rv, v[1], v[2], false); }, {test::strided_layout(x), w, b});
     CHECK_GRADCHECK([&](const Tensors& v) { return ops::batch_norm(v[0], {}, {}, {}, {}, true, 0.1, 0.3); }, {x});
   }
+  // The output is contiguous (as torch's), an empty batch gives an empty result and leaves the
+  // statistics alone, eps = 0 is allowed.
+  Tensor rm = zeros({3}), rv = ones({3});
+  CHECK(ops::batch_norm(test::randn({64, 3, 5}, DType::f32, 55), rm, rv, {}, {}, true).is_contiguous());
+  const Tensor before_m = rm.clone(), before_v = rv.clone();
+  CHECK(ops::batch_norm(zeros({0, 3}), rm, rv, {}, {}, true).shape() == Shape{0, 3});
+  CHECK(ops::batch_norm(zeros({2, 0, 4}), {}, {}, {}, {}, true).shape() == Shape{2, 0, 4});
+  CHECK(test::same_bits(rm, before_m));
+  CHECK(ops::batch_norm(tensor({1.0, 3.0}, {2, 1}, DType::f64), {}, {}, {}, {}, true, 0.1, 0.0).to_vector<double>() ==
+        std::vector<double>{-1, 1});
+  // Bad arguments are refused before the running statistics change.
+  CHECK_THROWS_WITH(ops::batch_norm(test::randn({4, 3}, DType::f32, 56), rm, rv, ones({3}, DType::i64), {}, true),
+                    Contains("batch_norm: weight must be a floating-point tensor, got i64"));
+  CHECK(test::same_bits(rm, before_m));
+  CHECK(test::same_bits(rv, before_v));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({4, 3}), zeros({3}, DType::i64), ones({3}, DType::i64), {}, {}, true),
+                    Contains("batch_norm: running_mean must be a floating-point tensor, got i64"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({4, 3}), {}, {}, {}, {}, true, 0.1, -1.0), Contains("batch_norm: eps must be a finite number >= 0, got -1"));
   // Errors.
   CHECK_THROWS_WITH(ops::batch_norm(zeros({1, 3}), {}, {}, {}, {}, true), Contains("batch_norm: training needs more than one value per channel, x is [1, 3]"));
   CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), {}, {}, {}, {}, false), Contains("eval mode (training = false) needs running_mean and running_var"));
@@ -298,7 +316,7 @@ TEST_CASE("batch_norm: training and eval against the naive loops, running statis
   CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), zeros({3}), {}, {}, {}, true), Contains("give both running_mean and running_var"));
   CHECK_THROWS_WITH(ops::batch_norm(zeros({3}), {}, {}, {}, {}, true), Contains("batch_norm: expected x [N, C, *], got [3]"));
   CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}), {}, {}, {}, {}, true, 1.5), Contains("momentum must be in [0, 1], got 1.5"));
-  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}, DType::i32), {}, {}, {}, {}, true), Contains("expected a floating-point x, got i32"));
+  CHECK_THROWS_WITH(ops::batch_norm(zeros({2, 3}, DType::i32), {}, {}, {}, {}, true), Contains("batch_norm: expected a floating-point tensor (f32 or f64), got i32"));
 }
 
 TEST_CASE("norms: 1 vs N threads give identical bits (forward and backward)", "[ops][norm][threads]") {

@@ -217,13 +217,15 @@ TEST_CASE("sort, argsort, topk: stable order, NaN last (first descending), every
         }
   }
   CHECK(ops::sort(tensor({5}, DType::f32).reshape({}), -1).values.item() == 5.0);  // 0-d
+  CHECK(ops::topk(tensor({5}, DType::f32).reshape({}), 1).indices.item() == 0.0);
+  CHECK_THROWS_WITH(ops::topk(tensor({5}, DType::f32).reshape({}), 0), Contains("topk: k = 0 for a 0-d tensor"));
   CHECK(ops::sort(zeros({3, 0}), 1).values.shape() == Shape{3, 0});
   CHECK_THROWS_WITH(ops::topk(zeros({2, 3}), 4), Contains("topk: k = 4 is out of range for dim 1 of size 3 (shape [2, 3])"));
   CHECK_THROWS_WITH(ops::topk(zeros({2, 3}), -1), Contains("topk: k = -1 is out of range"));
   CHECK_THROWS_WITH(ops::sort(zeros({2, 3}), 2), Contains("sort: axis 2 is out of range"));
 }
 
-TEST_CASE("sort and topk: gradients return to where the values came from; threads", "[ops][reduce][grad][sort]") {
+TEST_CASE("sort and topk: gradients return to where the values came from, thread bit-equality", "[ops][reduce][grad][sort]") {
   const Tensor x = test::randn({4, 7}, DType::f64, 81);  // distinct values
   CHECK_GRADCHECK([](const Tensors& v) { return ops::sort(v[0], 1).values; }, {test::transposed_layout(x)});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::sort(v[0], 0, true).values; }, {x});
