@@ -250,9 +250,15 @@ std::optional<std::string> find_digits() {
 }
 
 ImageDataset load_digits(const std::string& path) {
+  // The real file is 57 KB (0.3 MB inflated): larger files, and gzip bombs, are refused early.
+  constexpr std::size_t kLimit = std::size_t{1} << 24;
   std::ifstream in = open_regular_file(path, "load_digits");
+  std::error_code ec;
+  const auto bytes = std::filesystem::file_size(path, ec);
+  TG_CHECK(!ec, "load_digits: cannot read the size of '{}': {}", path, ec.message());
+  TG_CHECK(bytes <= kLimit, "load_digits: '{}' is {} bytes; the digits file is far smaller (at most {} accepted)", path, bytes, kLimit);
   ByteSource src("load_digits", path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
-  const std::string text = src.read_to_end(std::size_t{1} << 24);  // the real file is ~0.3 MB: refuse gzip bombs early
+  const std::string text = src.read_to_end(kLimit);
   // One sample per line: 64 pixel levels (row-major 8 x 8, integers 0..16) and the label 0..9.
   constexpr int kFields = 65;
   std::vector<float> pixels;

@@ -156,6 +156,8 @@ TEST_CASE("load_digits reads gzip and plain CSV and rejects malformed lines", "[
   std::ofstream(bad, std::ios::binary | std::ios::trunc) << whole.substr(0, whole.size() / 2);
   CHECK_THROWS_WITH(nn::data::load_digits(bad), Contains("load_digits: '" + bad + "' is corrupt: the gzip stream is cut off"));
   CHECK_THROWS_WITH(nn::data::load_digits(temp("no-digits")), Contains("cannot open"));
+  std::ofstream(bad, std::ios::binary | std::ios::trunc) << std::string((std::size_t{1} << 24) + 1, '1');  // not read whole
+  CHECK_THROWS_WITH(nn::data::load_digits(bad), Contains("is 16777217 bytes; the digits file is far smaller"));
   fs::remove(gz);
   fs::remove(plain);
   fs::remove(bad);
