@@ -641,6 +641,28 @@ Tensor poly_roots(const Tensor& coefficients) {
   return from_f64(roots, {d + zero_roots, 2});
 }
 
+MonarchFactors monarch_project(const Tensor& a, std::int64_t K, std::int64_t J) {
+  const std::vector<double> m = to_f64(a, "monarch_project", false);
+  const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
+  TG_CHECK(K > 0 && J > 0 && cols % K == 0 && rows % J == 0,
+           "monarch_project: K = {} must divide the {} columns and J = {} the {} rows of a {}", K, cols, J, rows, a.shape());
+  for (double x : m) TG_CHECK(std::isfinite(x), "monarch_project: the matrix (shape {}) has a non-finite entry {}", a.shape(), x);
+  const std::int64_t I = cols / K, Lo = rows / J;
+  std::vector<double> w1(static_cast<std::size_t>(K * J * I), 0.0), w2(static_cast<std::size_t>(J * Lo * K), 0.0);
+  std::vector<double> slice(static_cast<std::size_t>(Lo * I));
+  for (std::int64_t k = 0; k < K; ++k)
+    for (std::int64_t j = 0; j < J; ++j) {
+      for (std::int64_t l = 0; l < Lo; ++l)
+        for (std::int64_t i = 0; i < I; ++i) slice[l * I + i] = m[(l * J + j) * cols + k * I + i];
+      const Rank1 r = rank1_svd(from_f64(slice, {Lo, I}));
+      const double root = std::sqrt(r.sigma);
+      const std::vector<double> u = r.u.to_vector<double>(), v = r.v.to_vector<double>();
+      for (std::int64_t l = 0; l < Lo; ++l) w2[(j * Lo + l) * K + k] = root * u[l];
+      for (std::int64_t i = 0; i < I; ++i) w1[(k * J + j) * I + i] = root * v[i];
+    }
+  return {from_f64(w1, {K, J, I}), from_f64(w2, {J, Lo, K})};
+}
+
 Tensor sqrtm_psd(const Tensor& a) {
   Eigh e;
   try {

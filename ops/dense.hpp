@@ -66,6 +66,18 @@ double spectral_radius(const Tensor& a);
 // trailing ones give roots at 0; c must not be all zero (an empty c has no roots).
 Tensor poly_roots(const Tensor& coefficients);
 
+struct MonarchFactors {
+  Tensor w1;  // [K, J, I]
+  Tensor w2;  // [J, Lo, K]
+};
+// The Monarch matrix nearest to a [Lo*J, K*I] in Frobenius norm, in ops/monarch.hpp's form (spec
+// techniques-B §3.3): every entry lies in exactly one slice S_kj[l][i] = a[l*J + j][k*I + i], and
+// each slice is any rank-1 matrix, so the optimum replaces each slice by its best rank-1
+// approximation sigma u v^T (rank1_svd: exact for blocks up to kRank1ExactMax, ties included):
+// w2[j, :, k] = sqrt(sigma) u, w1[k, j, :] = sqrt(sigma) v (zero factors for a zero slice).
+// K must divide the columns and J the rows.
+MonarchFactors monarch_project(const Tensor& a, std::int64_t K, std::int64_t J);
+
 // The square root of a symmetric positive semi-definite matrix (negative eigenvalues from
 // round-off are clamped to 0).
 Tensor sqrtm_psd(const Tensor& a);

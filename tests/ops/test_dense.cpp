@@ -2,6 +2,7 @@
 // eigenvalues and polynomial roots.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "ops/dense.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
+#include "ops/monarch.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 #include "tests/support/helpers.hpp"
@@ -350,6 +352,37 @@ TEST_CASE("poly_roots as numpy.roots", "[ops][dense]") {
   CHECK(std::fabs(prod_im) <= 1e-12);
   CHECK_THROWS_WITH(ops::dense::poly_roots(zeros({3}, DType::f64)), Contains("poly_roots: all 3 coefficients are zero"));
   CHECK_THROWS_WITH(ops::dense::poly_roots(zeros({2, 2}, DType::f64)), Contains("poly_roots: expected a 1-D tensor of coefficients, got [2, 2]"));
+}
+
+TEST_CASE("monarch_project: exact on Monarch matrices, optimal, per-slice Pythagoras", "[ops][dense][monarch]") {
+  for (const auto& [K, J, I, Lo] : std::vector<std::array<std::int64_t, 4>>{{3, 4, 5, 2}, {4, 4, 4, 4}, {8, 8, 8, 8}, {2, 3, 1, 7}}) {
+    INFO("K J I Lo = " << K << " " << J << " " << I << " " << Lo);
+    // A Monarch matrix projects onto itself (the factors only up to per-slice scale and sign).
+    const Tensor w1 = test::randn({K, J, I}, DType::f64, 110), w2 = test::randn({J, Lo, K}, DType::f64, 111);
+    const Tensor W = ops::monarch_dense(w1, w2);
+    const auto p = ops::dense::monarch_project(W, K, J);
+    REQUIRE(p.w1.shape() == Shape{K, J, I});
+    REQUIRE(p.w2.shape() == Shape{J, Lo, K});
+    CHECK_ALLCLOSE(ops::monarch_dense(p.w1, p.w2), W, 1e-10, 1e-10);
+    // A dense matrix: no random Monarch matrix is closer, and the residual obeys Pythagoras slice by
+    // slice (|A - proj|^2 = |A|^2 - sum of the slices' sigma_1^2, with sigma_1^2 = |w1[k, j]|^2 |w2[j, :, k]|^2).
+    const Tensor A = test::randn({Lo * J, K * I}, DType::f64, 112);
+    const auto q = ops::dense::monarch_project(A, K, J);
+    const double err = ops::sum(ops::square(A - ops::monarch_dense(q.w1, q.w2))).item();
+    const double sig2 = ops::sum(ops::mul(ops::sum(ops::square(q.w1), {2}), ops::sum(ops::square(q.w2), {1}).t())).item();
+    const double total = ops::sum(ops::square(A)).item();
+    CHECK(err == Approx(total - sig2).epsilon(1e-10).margin(1e-12 * total));  // (I = 1: rank-1 slices, err = 0)
+    for (std::uint64_t seed = 0; seed < 5; ++seed) {
+      const Tensor r1 = q.w1 + test::randn({K, J, I}, DType::f64, 120 + seed) * 0.1;
+      const Tensor r2 = q.w2 + test::randn({J, Lo, K}, DType::f64, 130 + seed) * 0.1;
+      CHECK(err <= ops::sum(ops::square(A - ops::monarch_dense(r1, r2))).item());
+    }
+  }
+  const auto z = ops::dense::monarch_project(zeros({6, 6}, DType::f64), 2, 3);  // zero slices: zero factors
+  CHECK(ops::amax(ops::abs(z.w1)).item() == 0.0);
+  CHECK(ops::amax(ops::abs(z.w2)).item() == 0.0);
+  CHECK_THROWS_WITH(ops::dense::monarch_project(zeros({6, 7}, DType::f64), 2, 3), Contains("monarch_project: K = 2 must divide the 7 columns and J = 3 the 6 rows"));
+  CHECK_THROWS_WITH(ops::dense::monarch_project(tensor({NAN, 0, 0, 0}, {2, 2}, DType::f64), 1, 1), Contains("non-finite entry"));
 }
 
 TEST_CASE("autograd::jacobian against closed forms and finite differences", "[ops][dense][autograd]") {

@@ -7,6 +7,7 @@
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
+#include "ops/monarch.hpp"
 #include "ops/reduce.hpp"
 #include "tests/support/gradcheck.hpp"
 #include "tests/support/helpers.hpp"
@@ -155,4 +156,73 @@ TEST_CASE("pairwise_sq_distances against the naive double loop, gradients, threa
   }));
   CHECK_THROWS_WITH(ops::pairwise_sq_distances(a, test::randn({4, 3}, DType::f64, 77)),
                     Contains("pairwise_sq_distances: expected a [N, D] and b [M, D], got shapes [7, 5] and [4, 3]"));
+}
+
+// ---- Monarch ---------------------------------------------------------------------------------------------------
+namespace {
+struct MonarchSizes {
+  std::int64_t K, J, I, Lo;
+};
+}  // namespace
+
+TEST_CASE("monarch_matmul: the dense product of monarch_dense, every layout, the square P BD(L) P BD(R)", "[ops][linalg][monarch]") {
+  for (const MonarchSizes z : {MonarchSizes{3, 4, 5, 2}, MonarchSizes{4, 4, 4, 4}, MonarchSizes{2, 3, 1, 7}, MonarchSizes{1, 1, 6, 3}}) {
+    INFO("K J I Lo = " << z.K << " " << z.J << " " << z.I << " " << z.Lo);
+    const Tensor w1 = test::randn({z.K, z.J, z.I}, DType::f64, 90), w2 = test::randn({z.J, z.Lo, z.K}, DType::f64, 91);
+    // The dense matrix entry by entry: W[l*J + j, k*I + i] = w2[j, l, k] w1[k, j, i].
+    const Tensor W = ops::monarch_dense(w1, w2);
+    REQUIRE(W.shape() == Shape{z.Lo * z.J, z.K * z.I});
+    bool exact = true;
+    for (std::int64_t l = 0; l < z.Lo; ++l)
+      for (std::int64_t j = 0; j < z.J; ++j)
+        for (std::int64_t k = 0; k < z.K; ++k)
+          for (std::int64_t i = 0; i < z.I; ++i)
+            exact &= W.at<double>({l * z.J + j, k * z.I + i}) == w2.at<double>({j, l, k}) * w1.at<double>({k, j, i});
+    CHECK(exact);
+    for (const Shape& lead : {Shape{6}, Shape{2, 3}, Shape{}}) {
+      Shape xs = lead;
+      xs.push_back(z.K * z.I);
+      const Tensor x = test::randn(xs, DType::f64, 92);
+      const Tensor want = ops::matmul(x, W.t());
+      CHECK_ALLCLOSE(ops::monarch_matmul(x, w1, w2), want, 1e-12, 1e-12);
+      if (x.dim() == 2) CHECK_ALLCLOSE(ops::monarch_matmul(test::transposed_layout(x), w1, w2), want, 1e-12, 1e-12);
+      const Tensor y32 = ops::monarch_matmul(x.to(DType::f32), w1.to(DType::f32), w2.to(DType::f32));
+      CHECK_ALLCLOSE(y32, want, 1e-5, 1e-5);
+    }
+  }
+  // Square Monarch of size n = m^2 (spec §3.1): P BD(L) P BD(R) with (P x)[a m + b] = x[b m + a],
+  // the factors w1 = R, w2 = L.
+  const std::int64_t m = 3, n = m * m;
+  const Tensor L = test::randn({m, m, m}, DType::f64, 93), R = test::randn({m, m, m}, DType::f64, 94);
+  auto block_diag = [&](const Tensor& w) {
+    Tensor out = zeros({n, n}, DType::f64);
+    for (std::int64_t b = 0; b < m; ++b) out.narrow(0, b * m, m).narrow(1, b * m, m).copy_(w.select(0, b));
+    return out;
+  };
+  Tensor P = zeros({n, n}, DType::f64);
+  for (std::int64_t a = 0; a < m; ++a)
+    for (std::int64_t b = 0; b < m; ++b) P.narrow(0, a * m + b, 1).narrow(1, b * m + a, 1).fill_(1.0);
+  CHECK_ALLCLOSE(ops::matmul(P, P), eye(n, -1, DType::f64), 0, 0);  // P = P^-1
+  const Tensor M = ops::matmul(ops::matmul(ops::matmul(P, block_diag(L)), P), block_diag(R));
+  CHECK_ALLCLOSE(ops::monarch_dense(R, L), M, 1e-13, 1e-13);
+}
+
+TEST_CASE("monarch_matmul: gradients, threads, errors", "[ops][linalg][grad][monarch]") {
+  const Tensor w1 = test::randn({3, 2, 4}, DType::f64, 95), w2 = test::randn({2, 5, 3}, DType::f64, 96);
+  const Tensor x = test::transposed_layout(test::randn({12, 7}, DType::f64, 97)).t();  // [7, 12], non-contiguous
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::monarch_matmul(v[0], v[1], v[2]); }, {x, w1, w2});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::monarch_dense(v[0], v[1]); }, {w1, test::strided_layout(w2)});
+  const Tensor bx = test::randn({300, 32 * 16}, DType::f32, 98);
+  const Tensor b1 = test::randn({32, 32, 16}, DType::f32, 99), b2 = test::randn({32, 16, 32}, DType::f32, 100);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor xv = bx.detach().requires_grad_(), v1 = b1.detach().requires_grad_(), v2 = b2.detach().requires_grad_();
+    Tensor y = ops::monarch_matmul(xv, v1, v2);
+    y.backward(y * 0.5);
+    return Tensors{y, xv.grad(), v1.grad(), v2.grad()};
+  }));
+  CHECK_THROWS_WITH(ops::monarch_matmul(zeros({2, 11}, DType::f64), w1, w2), Contains("monarch_matmul: x must end in K*I = 12 features for w1 [3, 2, 4], got [2, 11]"));
+  CHECK_THROWS_WITH(ops::monarch_matmul(zeros({2, 12}, DType::f64), w1, zeros({2, 5, 4}, DType::f64)),
+                    Contains("monarch_matmul: w2 must be [J = 2, Lo, K = 3] for w1 [3, 2, 4], got [2, 5, 4]"));
+  CHECK_THROWS_WITH(ops::monarch_matmul(zeros({2, 12}), w1, w2), Contains("monarch_matmul: x is f32 but the factors are f64"));
+  CHECK_THROWS_WITH(ops::monarch_dense(zeros({3, 2}, DType::f64), w2), Contains("expected factors w1 [K, J, I] and w2 [J, Lo, K]"));
 }

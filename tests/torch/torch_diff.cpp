@@ -49,6 +49,7 @@
 #include "ops/elementwise.hpp"
 #include "ops/fft.hpp"
 #include "ops/linalg.hpp"
+#include "ops/monarch.hpp"
 #include "ops/loss.hpp"
 #include "ops/norm.hpp"
 #include "ops/reduce.hpp"
@@ -373,6 +374,7 @@ Tensor run_op(const Case& c) {
   if (op == "bmm") return ops::bmm(c.t("a"), c.t("b"));
   if (op == "linear") return ops::linear(c.t("x"), c.t("w"), c.opt_t("b"));
   if (op == "outer") return ops::outer(c.t("u"), c.t("v"));
+  if (op == "monarch_matmul") return ops::monarch_matmul(c.t("x"), c.t("w1"), c.t("w2"));
   if (op == "pairwise_sq_distances") return ops::pairwise_sq_distances(c.t("a"), c.t("b"));
   // ---- convolution family
   if (op == "conv2d") {

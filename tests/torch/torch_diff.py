@@ -361,6 +361,24 @@ def _pairwise_sq_distances():
     return gen, lambda T, P: ((T["a"][:, None, :] - T["b"][None, :, :]) ** 2).sum(-1)
 
 
+@op("monarch_matmul")
+def _monarch_matmul():
+    def gen(rng):
+        K, J, I, Lo = (pick(rng, [1, 2, 3, 4, 8]) for _ in range(4))
+        lead = pick(rng, [[], [1], [5], [2, 3], [33]])
+        return {}, [inp(rng, "x", lead + [K * I], nc=0.4), inp(rng, "w1", [K, J, I], nc=0.3),
+                    inp(rng, "w2", [J, Lo, K], nc=0.3)]
+
+    def ref(T, P):  # fly's blockdiag_butterfly_multiply_einsum_simple
+        x, w1, w2 = T["x"], T["w1"], T["w2"]
+        K, J, I = w1.shape
+        Lo = w2.shape[1]
+        h = torch.einsum("kji,bki->bkj", w1, x.reshape(-1, K, I))
+        y = torch.einsum("jlk,bkj->blj", w2, h)
+        return y.reshape(*x.shape[:-1], Lo * J)
+    return gen, ref
+
+
 # ---- convolution family -------------------------------------------------------------------------------
 def conv_out(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
