@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "core/autograd.hpp"
+#include "core/parallel.hpp"
+#include "core/random.hpp"
 
 namespace tg::ops::dense {
 namespace {
@@ -184,9 +186,16 @@ Tensor matrix_power(const Tensor& a, std::int64_t p) {
 Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
   std::vector<double> m = to_f64(a, "rank1_svd", false);
   const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
-  const int exponent = normalize_pow2(m, "rank1_svd", a.shape());
   TG_CHECK(rows > 0 && cols > 0, "rank1_svd: empty matrix {}", a.shape());
   TG_CHECK(max_iters > 0 && tol > 0, "rank1_svd: max_iters ({}) and tol ({}) must be positive", max_iters, tol);
+  // Small matrices, and large ones whose power iteration does not settle: the full SVD's first
+  // triple (exact to round-off, also for close or tied top singular values).
+  auto exact = [&] {
+    const Svd s = svd(a);
+    return Rank1{s.s.to_vector<double>()[0], s.u.select(1, 0).contiguous(), s.v.select(1, 0).contiguous()};
+  };
+  if (std::min(rows, cols) <= kRank1ExactMax) return exact();
+  const int exponent = normalize_pow2(m, "rank1_svd", a.shape());
   auto norm = [](const std::vector<double>& x) {
     double s = 0;
     for (double e : x) s += e * e;
@@ -204,45 +213,29 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
       for (std::int64_t j = 0; j < cols; ++j) v[j] += m[i * cols + j] * u[i];
     return v;
   };
-  // The right singular vector v: for small matrices the top eigenvector of the Gram matrix a^T a
-  // (or of a a^T, then v = a^T u), which is exact however close the top singular values are; for
-  // large ones power iteration from the column sums plus a ramp, until v stops moving.
-  std::vector<double> v;
-  const std::int64_t small = std::min(rows, cols);
-  if (small <= kRank1ExactMax) {
-    const bool by_cols = cols <= rows;
-    std::vector<double> gram(static_cast<std::size_t>(small * small), 0.0);
-    for (std::int64_t p = 0; p < small; ++p)
-      for (std::int64_t q = 0; q <= p; ++q) {
-        double s = 0;
-        for (std::int64_t k = 0; k < (by_cols ? rows : cols); ++k)
-          s += by_cols ? m[k * cols + p] * m[k * cols + q] : m[p * cols + k] * m[q * cols + k];
-        gram[p * small + q] = gram[q * small + p] = s;
-      }
-    const Eigh e = eigh(from_f64(gram, {small, small}));
-    const std::vector<double> vecs = e.vectors.to_vector<double>();
-    std::vector<double> top(static_cast<std::size_t>(small));
-    for (std::int64_t p = 0; p < small; ++p) top[p] = vecs[p * small + small - 1];  // ascending: last column
-    v = by_cols ? top : times_u(top);
-  } else {
-    v.assign(static_cast<std::size_t>(cols), 0.0);
-    for (std::int64_t j = 0; j < cols; ++j) {
-      v[j] = 1.0 + 0.01 * static_cast<double>(j);
-      for (std::int64_t i = 0; i < rows; ++i) v[j] += m[i * cols + j];
-    }
-    for (int it = 0; it < max_iters; ++it) {
-      const double vn = norm(v);
-      if (vn == 0) break;
-      for (double& x : v) x /= vn;
-      std::vector<double> next = times_u(times_v(v));
-      const double nn = norm(next);
-      if (nn == 0) break;
-      double moved = 0;
-      for (std::int64_t j = 0; j < cols; ++j) moved = std::max(moved, std::fabs(next[j] / nn - v[j]));
+  // Power iteration on a^T a from a fixed pseudo-random start (a structured start such as the
+  // column sums can be orthogonal to the top singular vector, and the iteration would settle on
+  // the second one), until v moves less than tol.
+  Generator gen(0x5eed);
+  std::vector<double> v = randn({cols}, DType::f64, gen).to_vector<double>();
+  bool settled = false;
+  for (int it = 0; it < max_iters && !settled; ++it) {
+    const double vn = norm(v);
+    if (vn == 0) break;
+    for (double& x : v) x /= vn;
+    std::vector<double> next = times_u(times_v(v));
+    const double nn = norm(next);
+    if (nn == 0) {
       v = std::move(next);
-      if (moved <= tol) break;
+      settled = true;
+      break;
     }
+    double moved = 0;
+    for (std::int64_t j = 0; j < cols; ++j) moved = std::max(moved, std::fabs(next[j] / nn - v[j]));
+    v = std::move(next);
+    settled = moved <= tol;
   }
+  if (!settled) return exact();  // close top singular values: too slow to separate this way
   const double vn = norm(v);
   if (vn == 0) return {0.0, zeros({rows}, DType::f64), zeros({cols}, DType::f64)};
   for (double& x : v) x /= vn;
@@ -642,24 +635,33 @@ Tensor poly_roots(const Tensor& coefficients) {
 }
 
 MonarchFactors monarch_project(const Tensor& a, std::int64_t K, std::int64_t J) {
-  const std::vector<double> m = to_f64(a, "monarch_project", false);
+  std::vector<double> m = to_f64(a, "monarch_project", false);
   const std::int64_t rows = a.shape()[0], cols = a.shape()[1];
   TG_CHECK(K > 0 && J > 0 && cols % K == 0 && rows % J == 0,
            "monarch_project: K = {} must divide the {} columns and J = {} the {} rows of a {}", K, cols, J, rows, a.shape());
-  for (double x : m) TG_CHECK(std::isfinite(x), "monarch_project: the matrix (shape {}) has a non-finite entry {}", a.shape(), x);
+  // Scaled by a power of two (exact) so that sigma cannot overflow; the factors get half of it each.
+  const int exponent = normalize_pow2(m, "monarch_project", a.shape());
   const std::int64_t I = cols / K, Lo = rows / J;
   std::vector<double> w1(static_cast<std::size_t>(K * J * I), 0.0), w2(static_cast<std::size_t>(J * Lo * K), 0.0);
-  std::vector<double> slice(static_cast<std::size_t>(Lo * I));
-  for (std::int64_t k = 0; k < K; ++k)
-    for (std::int64_t j = 0; j < J; ++j) {
-      for (std::int64_t l = 0; l < Lo; ++l)
-        for (std::int64_t i = 0; i < I; ++i) slice[l * I + i] = m[(l * J + j) * cols + k * I + i];
-      const Rank1 r = rank1_svd(from_f64(slice, {Lo, I}));
-      const double root = std::sqrt(r.sigma);
-      const std::vector<double> u = r.u.to_vector<double>(), v = r.v.to_vector<double>();
-      for (std::int64_t l = 0; l < Lo; ++l) w2[(j * Lo + l) * K + k] = root * u[l];
-      for (std::int64_t i = 0; i < I; ++i) w1[(k * J + j) * I + i] = root * v[i];
-    }
+  if (I > 0 && Lo > 0) {
+    // The K J slices are independent: in parallel, each writing its own factor entries.
+    parallel_for(K * J, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<double> slice(static_cast<std::size_t>(Lo * I));
+      for (std::int64_t kj = begin; kj < end; ++kj) {
+        const std::int64_t k = kj / J, j = kj % J;
+        for (std::int64_t l = 0; l < Lo; ++l)
+          for (std::int64_t i = 0; i < I; ++i) slice[l * I + i] = m[(l * J + j) * cols + k * I + i];
+        const Rank1 r = rank1_svd(from_f64(slice, {Lo, I}));
+        const double root = std::sqrt(r.sigma);
+        const std::vector<double> u = r.u.to_vector<double>(), v = r.v.to_vector<double>();
+        for (std::int64_t l = 0; l < Lo; ++l) w2[(j * Lo + l) * K + k] = root * u[l];
+        for (std::int64_t i = 0; i < I; ++i) w1[(k * J + j) * I + i] = root * v[i];
+      }
+    });
+  }
+  const int e1 = exponent / 2, e2 = exponent - e1;  // w2 w1 scales by 2^exponent
+  for (double& x : w1) x = std::ldexp(x, e1);
+  for (double& x : w2) x = std::ldexp(x, e2);
   return {from_f64(w1, {K, J, I}), from_f64(w2, {J, Lo, K})};
 }
 

@@ -35,11 +35,12 @@ struct Rank1 {
   Tensor v;      // [n]
 };
 // The best rank-1 approximation sigma u v^T of a [m, n]. When min(m, n) <= kRank1ExactMax it is
-// exact to round-off (Jacobi eigendecomposition of the smaller Gram matrix), also when the top
-// singular values are close or tied (then any unit vector of the top subspace is returned). Larger
-// matrices use power iteration on a^T a until v moves less than tol (at most max_iters steps):
-// its error shrinks like (sigma_2 / sigma_1)^(2 steps).
-inline constexpr std::int64_t kRank1ExactMax = 256;
+// the first triple of svd(): exact to round-off, also when the top singular values are close or
+// tied (then a unit vector of the top subspace is returned). Larger matrices use power iteration
+// on a^T a from a fixed pseudo-random start until v moves less than tol (its error shrinks like
+// (sigma_2 / sigma_1)^(2 steps)); when that takes more than max_iters steps (close top singular
+// values), the result is svd()'s after all.
+inline constexpr std::int64_t kRank1ExactMax = 64;
 Rank1 rank1_svd(const Tensor& a, int max_iters = 1000, double tol = 1e-12);
 
 struct Svd {
@@ -73,9 +74,9 @@ struct MonarchFactors {
 // The Monarch matrix nearest to a [Lo*J, K*I] in Frobenius norm, in ops/monarch.hpp's form (spec
 // techniques-B §3.3): every entry lies in exactly one slice S_kj[l][i] = a[l*J + j][k*I + i], and
 // each slice is any rank-1 matrix, so the optimum replaces each slice by its best rank-1
-// approximation sigma u v^T (rank1_svd: exact for blocks up to kRank1ExactMax, ties included):
-// w2[j, :, k] = sqrt(sigma) u, w1[k, j, :] = sqrt(sigma) v (zero factors for a zero slice).
-// K must divide the columns and J the rows.
+// approximation sigma u v^T (rank1_svd): w2[j, :, k] = sqrt(sigma) u, w1[k, j, :] = sqrt(sigma) v
+// (zero factors for a zero slice). K must divide the columns and J the rows. Slices run in
+// parallel; the factors are f64 whatever a's dtype.
 MonarchFactors monarch_project(const Tensor& a, std::int64_t K, std::int64_t J);
 
 // The square root of a symmetric positive semi-definite matrix (negative eigenvalues from

@@ -33,7 +33,8 @@ Tensor monarch_matmul(const Tensor& x, const Tensor& w1, const Tensor& w2) {
   TG_CHECK(x.dtype() == w1.dtype(), "monarch_matmul: x is {} but the factors are {}", x.dtype(), w1.dtype());
   Shape out_shape = x.shape();
   out_shape[out_shape.size() - 1] = Lo * J;
-  const std::int64_t B = K * I > 0 ? x.numel() / (K * I) : 0;
+  std::int64_t B = 1;  // rows: the product of the leading dims
+  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) B *= x.shape()[d];
   const Tensor xb = x.reshape({B, K, I}).transpose(0, 1);        // [K, B, I]
   const Tensor h = bmm(xb, w1.transpose(1, 2));                   // [K, B, J]
   const Tensor y = bmm(h.permute({2, 1, 0}), w2.transpose(1, 2));  // [J, B, Lo]

@@ -96,6 +96,24 @@ TEST_CASE("rank1_svd finds the leading singular triple", "[ops][dense]") {
   const auto rb = ops::dense::rank1_svd(tall);
   CHECK(rb.sigma == Approx(4.0).epsilon(1e-2));
   CHECK(std::fabs(ops::sum(ops::mul(rb.u.narrow(0, 0, 3), x)).item()) == Approx(1.0).epsilon(1e-3));
+  // A start vector orthogonal to the top singular vector must not stop the power iteration on the
+  // second one: Walsh-Hadamard rows (the column sums of such a matrix are orthogonal to v_1).
+  const std::int64_t h = 128;  // > kRank1ExactMax: the power path
+  auto hadamard_row = [&](std::int64_t r) {
+    std::vector<double> row(static_cast<std::size_t>(h));
+    for (std::int64_t c = 0; c < h; ++c) row[c] = (__builtin_popcountll(static_cast<unsigned long long>(r & c)) % 2) ? -1.0 : 1.0;
+    return from_vector(row, {h});
+  };
+  const Tensor hs = ops::outer(hadamard_row(5), hadamard_row(6)) * 3.0 + ops::outer(hadamard_row(7), hadamard_row(0));
+  CHECK(ops::dense::rank1_svd(hs).sigma == Approx(3.0 * h).epsilon(1e-12));
+  // Close top singular values in a large matrix: when the iteration does not settle within
+  // max_iters, the exact SVD answers.
+  const Shape wide{70, 90};
+  const Tensor close = ops::matmul(ops::matmul(orthogonal(70, 7), diag_rect(wide, {1.0, 0.9999999, 0.5})), orthogonal(90, 8));
+  const auto rcl = ops::dense::rank1_svd(close, 5);
+  CHECK(rcl.sigma == Approx(1.0).epsilon(1e-12));
+  const Tensor res = close - ops::outer(rcl.u, rcl.v) * rcl.sigma;
+  CHECK(std::sqrt(ops::sum(ops::square(res)).item()) == Approx(std::hypot(0.9999999, 0.5)).epsilon(1e-12));
   CHECK_THROWS_WITH(ops::dense::rank1_svd(zeros({2, 2}, DType::f64), 0), Contains("max_iters (0) and tol (1e-12) must be positive"));
 }
 
@@ -381,6 +399,14 @@ TEST_CASE("monarch_project: exact on Monarch matrices, optimal, per-slice Pythag
   const auto z = ops::dense::monarch_project(zeros({6, 6}, DType::f64), 2, 3);  // zero slices: zero factors
   CHECK(ops::amax(ops::abs(z.w1)).item() == 0.0);
   CHECK(ops::amax(ops::abs(z.w2)).item() == 0.0);
+  const auto e = ops::dense::monarch_project(zeros({0, 4}, DType::f64), 2, 2);  // empty: empty factors
+  CHECK(e.w1.shape() == Shape{2, 2, 2});
+  CHECK(e.w2.shape() == Shape{2, 0, 2});
+  // Entries near the top of the double range: sigma would overflow, its square root does not.
+  const Tensor huge = full({8, 12}, 1e308, DType::f64);
+  const auto hp = ops::dense::monarch_project(huge, 3, 2);
+  CHECK(std::isfinite(ops::amax(ops::abs(hp.w1)).item()));
+  CHECK_ALLCLOSE(ops::monarch_dense(hp.w1 * 1e-154, hp.w2 * 1e-154), huge * 1e-308, 1e-12, 0);
   CHECK_THROWS_WITH(ops::dense::monarch_project(zeros({6, 7}, DType::f64), 2, 3), Contains("monarch_project: K = 2 must divide the 7 columns and J = 3 the 6 rows"));
   CHECK_THROWS_WITH(ops::dense::monarch_project(tensor({NAN, 0, 0, 0}, {2, 2}, DType::f64), 1, 1), Contains("non-finite entry"));
 }

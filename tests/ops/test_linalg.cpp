@@ -220,6 +220,14 @@ TEST_CASE("monarch_matmul: gradients, threads, errors", "[ops][linalg][grad][mon
     y.backward(y * 0.5);
     return Tensors{y, xv.grad(), v1.grad(), v2.grad()};
   }));
+  // No input features (K = 0 or I = 0): an empty sum, zeros; w2 still gets its (zero) gradient.
+  CHECK_ALLCLOSE(ops::monarch_matmul(ones({5, 0}, DType::f64), ones({0, 3, 4}, DType::f64), ones({3, 2, 0}, DType::f64)),
+                 zeros({5, 6}, DType::f64), 0, 0);
+  Tensor w2e = ones({3, 2, 2}, DType::f64).requires_grad_();
+  const Tensor ye = ops::monarch_matmul(ones({5, 0}, DType::f64), ones({2, 3, 0}, DType::f64), w2e);
+  CHECK_ALLCLOSE(ye, zeros({5, 6}, DType::f64), 0, 0);
+  ops::sum(ye).backward();
+  CHECK_ALLCLOSE(w2e.grad(), zeros({3, 2, 2}, DType::f64), 0, 0);
   CHECK_THROWS_WITH(ops::monarch_matmul(zeros({2, 11}, DType::f64), w1, w2), Contains("monarch_matmul: x must end in K*I = 12 features for w1 [3, 2, 4], got [2, 11]"));
   CHECK_THROWS_WITH(ops::monarch_matmul(zeros({2, 12}, DType::f64), w1, zeros({2, 5, 4}, DType::f64)),
                     Contains("monarch_matmul: w2 must be [J = 2, Lo, K = 3] for w1 [3, 2, 4], got [2, 5, 4]"));
