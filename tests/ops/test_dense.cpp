@@ -399,6 +399,11 @@ TEST_CASE("monarch_project: exact on Monarch matrices, optimal, per-slice Pythag
   const auto z = ops::dense::monarch_project(zeros({6, 6}, DType::f64), 2, 3);  // zero slices: zero factors
   CHECK(ops::amax(ops::abs(z.w1)).item() == 0.0);
   CHECK(ops::amax(ops::abs(z.w2)).item() == 0.0);
+  const Tensor big = test::randn({260, 300}, DType::f64, 113);  // slices of 130 x 100: the power path
+  CHECK(test::same_bits_across_threads([&] {
+    const auto f = ops::dense::monarch_project(big, 3, 2);
+    return Tensors{f.w1, f.w2};
+  }));
   const auto e = ops::dense::monarch_project(zeros({0, 4}, DType::f64), 2, 2);  // empty: empty factors
   CHECK(e.w1.shape() == Shape{2, 2, 2});
   CHECK(e.w2.shape() == Shape{2, 0, 2});
