@@ -1,10 +1,13 @@
 #include "nn/linear.hpp"
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include "ops/dropout.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
+#include "ops/monarch.hpp"
 #include "ops/shape.hpp"
 
 namespace tg::nn {
@@ -24,6 +27,51 @@ Linear::Linear(std::int64_t in_features, std::int64_t out_features, const Linear
 }
 
 Tensor Linear::operator()(const Tensor& x) const { return ops::linear(x, weight, bias); }
+
+MonarchLinear::MonarchLinear(std::int64_t in, std::int64_t out, std::int64_t K, std::int64_t J, const MonarchLinearOptions& o)
+    : in_features(in), out_features(out) {
+  TG_CHECK(in > 0 && out > 0 && K > 0 && J > 0 && K <= in && J <= out,
+           "MonarchLinear: need in, out > 0 and 0 < K <= in, 0 < J <= out, got in={} out={} K={} J={}", in, out, K, J);
+  Generator& gen = o.gen ? *o.gen : default_generator();
+  const std::int64_t I = (in + K - 1) / K, Lo = (out + J - 1) / J;
+  const double b1 = 1.0 / std::sqrt(static_cast<double>(I)), b2 = 1.0 / std::sqrt(static_cast<double>(K));
+  w1 = empty({K, J, I}, o.dtype);
+  init::apply(w1, init::uniform(-b1, b1), gen);
+  w1.requires_grad_();
+  w2 = empty({J, Lo, K}, o.dtype);
+  init::apply(w2, init::uniform(-b2, b2), gen);
+  w2.requires_grad_();
+  if (o.bias) {
+    bias = empty({out}, o.dtype);
+    init::apply(bias, init::torch_default_bias(in), gen);
+    bias.requires_grad_();
+  }
+}
+
+Tensor MonarchLinear::operator()(const Tensor& x) const {
+  TG_CHECK(x.defined() && x.dim() >= 1 && x.shape()[x.dim() - 1] == in_features, "MonarchLinear: expected x [..., {}], got {}",
+           in_features, x.defined() ? x.shape() : Shape{});
+  const std::int64_t padded = w1.shape()[0] * w1.shape()[2];
+  const Tensor xp = padded == in_features ? x : ops::pad(x, {0, padded - in_features});  // [..., K*I]
+  Tensor y = ops::monarch_matmul(xp, w1, w2);                                               // [..., Lo*J]
+  if (y.shape()[y.dim() - 1] != out_features) y = y.narrow(-1, 0, out_features);           // [..., out]
+  return bias.defined() ? y + bias : y;
+}
+
+Tensor MonarchLinear::dense_weight() const {
+  return ops::monarch_dense(w1, w2).narrow(0, 0, out_features).narrow(1, 0, in_features);  // [out, in]
+}
+
+void MonarchLinear::visit(Visitor& v) {
+  v.param("w1", w1);
+  v.param("w2", w2);
+  v.param("bias", bias);
+}
+
+std::string MonarchLinear::extra_repr() const {
+  return fmt::format("in={}, out={}, K={}, J={}, bias={}", in_features, out_features, w1.shape()[0], w1.shape()[1],
+                     bias.defined());
+}
 
 void Linear::visit(Visitor& v) {
   v.param("weight", weight);

@@ -1,4 +1,4 @@
-// Basic layers: Linear, Embedding, MLP (GELU / SiLU / SwiGLU), Dropout.
+// Basic layers: Linear, MonarchLinear, Embedding, MLP (GELU / SiLU / SwiGLU), Dropout.
 #pragma once
 
 #include "core/random.hpp"
@@ -29,6 +29,37 @@ class Linear : public Module {
 
   Tensor weight;  // [out, in]
   Tensor bias;    // [out] or undefined
+};
+
+// A Monarch-structured Linear (ops/monarch.hpp; spec techniques-B §3.2): y = M x + b with
+// M = monarch(w1 [K, J, I], w2 [J, Lo, K]), K*J*(I + Lo) weights instead of in*out. Sizes that K or
+// J do not divide are handled as fly's StructuredLinear does: x is zero-padded to K*I features
+// (I = ceil(in / K)) and the output cut to out of Lo*J (Lo = ceil(out / J)). Each factor block is
+// initialised U(+-1/sqrt(its fan-in)) (I for w1, K for w2), the bias U(+-1/sqrt(in)), as fly.
+struct MonarchLinearOptions {
+  bool bias = true;
+  DType dtype = DType::f32;
+  Generator* gen = nullptr;  // default: the default generator
+};
+class MonarchLinear : public Module {
+ public:
+  MonarchLinear() = default;
+  // K blocks on the input side, J on the output side (K = J = sqrt(n) for the square Monarch).
+  MonarchLinear(std::int64_t in_features, std::int64_t out_features, std::int64_t K, std::int64_t J,
+                const MonarchLinearOptions& options = {});
+
+  Tensor operator()(const Tensor& x) const;  // x [..., in] -> [..., out]
+  // The equivalent dense weight [out, in] (for sparse-to-dense training or inspection).
+  Tensor dense_weight() const;
+
+  void visit(Visitor& v) override;
+  std::string type_name() const override { return "MonarchLinear"; }
+  std::string extra_repr() const override;
+
+  Tensor w1;    // [K, J, I]
+  Tensor w2;    // [J, Lo, K]
+  Tensor bias;  // [out] or undefined
+  std::int64_t in_features = 0, out_features = 0;
 };
 
 struct EmbeddingOptions {

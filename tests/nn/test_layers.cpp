@@ -2,11 +2,13 @@
 // the transformer block, time embeddings and adaLN.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <limits>
 
 #include "core/autograd.hpp"
 #include "nn/attention.hpp"
+#include "nn/linear.hpp"
 #include "nn/conv.hpp"
 #include "nn/norm.hpp"
 #include "nn/positional.hpp"
@@ -78,6 +80,39 @@ TEST_CASE("BatchNorm: batch statistics in training, running ones in eval, buffer
   CHECK_THROWS_WITH(seq(zeros({5, 3})), Contains("BatchNorm: expected x [N, 4, *], got [5, 3]"));
   CHECK_THROWS_WITH(seq(zeros({1, 4})), Contains("training needs more than one value per channel"));
   CHECK_THROWS_WITH(nn::BatchNorm(0), Contains("BatchNorm: channels must be positive"));
+}
+
+TEST_CASE("MonarchLinear: the dense product of its weight, padding, init ranges, gradients", "[nn][layers][monarch]") {
+  // The spec's example: 784 -> 1024 with K = 28, J = 32 has 53,760 weights (dense: 802,816).
+  Generator g(7);
+  nn::MonarchLinear big(784, 1024, 28, 32, {.gen = &g});
+  CHECK(big.num_parameters() == 53760 + 1024);
+  CHECK(ops::amax(ops::abs(big.w1)).item() <= 1.0 / std::sqrt(28.0));
+  CHECK(ops::amax(ops::abs(big.w2)).item() <= 1.0 / std::sqrt(28.0));
+  CHECK(big.named_parameters()[0].name == "w1");
+  // Sizes the blocks divide and sizes they do not (x padded to K*I = 12, output cut from 8 to 7).
+  for (const auto& [in, out, K, J] : std::vector<std::array<std::int64_t, 4>>{{12, 8, 3, 2}, {10, 7, 3, 2}, {16, 16, 4, 4}}) {
+    INFO("in out K J = " << in << " " << out << " " << K << " " << J);
+    nn::MonarchLinear layer(in, out, K, J, {.dtype = DType::f64, .gen = &g});
+    const Tensor x = test::randn({5, in}, DType::f64, 8);
+    const Tensor w = layer.dense_weight();
+    REQUIRE(w.shape() == Shape{out, in});
+    CHECK_ALLCLOSE(layer(x), ops::matmul(x, w.t()) + layer.bias, 1e-12, 1e-12);
+    CHECK(layer(test::randn({2, 3, in}, DType::f64, 9)).shape() == Shape{2, 3, out});
+    CHECK_GRADCHECK(
+        [&](const Tensors& v) {
+          nn::MonarchLinear m = layer;
+          m.w1 = v[1];
+          m.w2 = v[2];
+          m.bias = v[3];
+          return m(v[0]);
+        },
+        {test::transposed_layout(x), layer.w1.detach().clone(), layer.w2.detach().clone(), layer.bias.detach().clone()});
+  }
+  nn::MonarchLinear plain(6, 4, 2, 2, {.bias = false});
+  CHECK(plain.named_parameters().size() == 2);
+  CHECK_THROWS_WITH(plain(zeros({3, 5})), Contains("MonarchLinear: expected x [..., 6], got [3, 5]"));
+  CHECK_THROWS_WITH(nn::MonarchLinear(6, 4, 7, 2), Contains("MonarchLinear: need in, out > 0 and 0 < K <= in, 0 < J <= out"));
 }
 
 TEST_CASE("conv layers: shapes, parameter names, gradients", "[nn][layers]") {
