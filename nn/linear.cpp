@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "core/autograd.hpp"
+#include "ops/dense.hpp"
 #include "ops/dropout.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/linalg.hpp"
@@ -60,6 +62,18 @@ Tensor MonarchLinear::operator()(const Tensor& x) const {
 
 Tensor MonarchLinear::dense_weight() const {
   return ops::monarch_dense(w1, w2).narrow(0, 0, out_features).narrow(1, 0, in_features);  // [out, in]
+}
+
+void MonarchLinear::set_from_dense(const Tensor& weight) {
+  TG_CHECK(weight.defined() && weight.shape() == (Shape{out_features, in_features}),
+           "MonarchLinear::set_from_dense: expected a weight [{}, {}], got {}", out_features, in_features,
+           weight.defined() ? weight.shape() : Shape{});
+  const std::int64_t K = w1.shape()[0], J = w1.shape()[1], I = w1.shape()[2], Lo = w2.shape()[1];
+  NoGradGuard no_grad;
+  const Tensor padded = ops::pad(weight.to(DType::f64), {0, K * I - in_features, 0, Lo * J - out_features});  // [Lo*J, K*I]
+  const ops::dense::MonarchFactors f = ops::dense::monarch_project(padded, K, J);
+  w1.copy_(f.w1);
+  w2.copy_(f.w2);
 }
 
 void MonarchLinear::visit(Visitor& v) {

@@ -51,6 +51,9 @@ class MonarchLinear : public Module {
   Tensor operator()(const Tensor& x) const;  // x [..., in] -> [..., out]
   // The equivalent dense weight [out, in] (for sparse-to-dense training or inspection).
   Tensor dense_weight() const;
+  // Dense-to-sparse: sets w1, w2 to the Monarch projection of a dense weight [out, in] (zero-padded
+  // to the factors' size; ops::dense::monarch_project), the Frobenius-nearest this layer can hold.
+  void set_from_dense(const Tensor& weight);
 
   void visit(Visitor& v) override;
   std::string type_name() const override { return "MonarchLinear"; }

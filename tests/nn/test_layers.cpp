@@ -109,6 +109,17 @@ TEST_CASE("MonarchLinear: the dense product of its weight, padding, init ranges,
         },
         {test::transposed_layout(x), layer.w1.detach().clone(), layer.w2.detach().clone(), layer.bias.detach().clone()});
   }
+  // Dense-to-sparse: a weight that is Monarch-structured comes back exactly; any other one moves to
+  // its nearest Monarch matrix (closer than the layer's own random factors).
+  nn::MonarchLinear src(10, 7, 3, 2, {.dtype = DType::f64, .gen = &g}), dst(10, 7, 3, 2, {.dtype = DType::f64, .gen = &g});
+  dst.set_from_dense(src.dense_weight());
+  CHECK_ALLCLOSE(dst.dense_weight(), src.dense_weight(), 1e-10, 1e-10);
+  const Tensor dense = test::randn({7, 10}, DType::f64, 10);
+  const double before = ops::sum(ops::square(dst.dense_weight() - dense)).item();
+  dst.set_from_dense(dense);
+  CHECK(ops::sum(ops::square(dst.dense_weight() - dense)).item() < before);
+  CHECK(dst.w1.requires_grad());
+  CHECK_THROWS_WITH(dst.set_from_dense(zeros({10, 7}, DType::f64)), Contains("expected a weight [7, 10], got [10, 7]"));
   nn::MonarchLinear plain(6, 4, 2, 2, {.bias = false});
   CHECK(plain.named_parameters().size() == 2);
   CHECK_THROWS_WITH(plain(zeros({3, 5})), Contains("MonarchLinear: expected x [..., 6], got [3, 5]"));
