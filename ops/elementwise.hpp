@@ -23,9 +23,9 @@ Tensor div(double a, const Tensor& b);
 Tensor neg(const Tensor& x);
 // Two integer tensors give exact integer powers (wrapping on overflow; a negative exponent gives
 // 1 / b^-e truncated, as torch). An integer tensor to a finite whole number stays integral (bool
-// becomes i64), as torch with a Python int -- a negative one is refused, as torch does; note that
-// 2.0 counts as whole here, where a Python float would give torch's f32. To a fractional number or
-// +-inf it gives f32.
+// becomes i64), as torch with a Python int -- a negative one, or one the dtype cannot hold, is
+// refused, as torch does; note that 2.0 counts as whole here, where a Python float would give
+// torch's f32. To a fractional number or +-inf it gives f32.
 Tensor pow(const Tensor& base, const Tensor& exponent);
 Tensor pow(const Tensor& base, double exponent);
 Tensor minimum(const Tensor& a, const Tensor& b);  // ties send half the gradient to each input

@@ -40,7 +40,8 @@ Tensor group_norm_silu(const Tensor& x, std::int64_t num_groups, const Tensor& w
 //     r = (1 - momentum) r + momentum s, with the unbiased variance (as torch). At least two
 //     values per channel.
 //   eval: normalised by running_mean / running_var (required).
-// weight, bias: [C] or undefined; statistics and parameters floating-point; eps >= 0. An empty x
+// weight, bias: [C] or undefined; statistics and parameters floating-point; eps >= 0; momentum in
+// [0, 1]. An empty x
 // gives an empty result and leaves the statistics alone (as torch). Gradients reach x, weight and
 // bias in both modes.
 Tensor batch_norm(const Tensor& x, Tensor running_mean, Tensor running_var, const Tensor& weight = {},

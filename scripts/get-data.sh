@@ -2,8 +2,9 @@
 # Fetches the data sets that Debian does not install as files of their own.
 #   scripts/get-data.sh    the 8x8 digits (digits.csv.gz, 1797 images) into
 #                          ${XDG_DATA_HOME:-~/.local/share}/tapegrad/, where nn::data::find_digits looks
-# The digits come from Debian's python3-sklearn package: only its .deb is downloaded (no root, none
-# of scikit-learn's dependencies) and the one file is taken out of it and checked by its SHA-256.
+# The digits come from Debian's python3-sklearn package: only its .deb is downloaded (no root, except
+# to refresh missing package lists; none of scikit-learn's dependencies) and the one file is taken
+# out of it and checked by its SHA-256. An installed python3-sklearn's copy is used when present.
 # Idempotent: a present, intact file is kept; a damaged one is replaced.
 set -euo pipefail
 

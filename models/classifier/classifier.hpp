@@ -40,12 +40,12 @@ class Classifier : public nn::Module {
 
   Config config;
   nn::Conv2d conv1, conv2;       // cnn
-  nn::Linear fc1, fc2, fc3;      // mlp: 3 layers; cnn: fc1, fc2; fdmlp: 3 layers
+  nn::Linear fc1, fc2, fc3;      // mlp, fdmlp, digits: 3 layers; cnn: fc1, fc2
 };
 
-// The classifier input for a batch of images [B, 1, S, S] in [0, 1]: normalised by the data set's
-// pixel mean/std ((x - 0.3053) / 0.3760 for the 8x8 digits, (x - 0.2860) / 0.3530 for the
-// Fashion-MNIST sizes), and average-pooled to the model's size (28 -> 14 for fdmlp).
+// The classifier input for a batch of images [B, 1, S, S] in [0, 1]: normalised by pixel statistics
+// chosen by the image size -- 8x8 inputs get the digits' (x - 0.3053) / 0.3760, all other sizes
+// Fashion-MNIST's (x - 0.2860) / 0.3530 -- and average-pooled to the model's size (28 -> 14 for fdmlp).
 Tensor preprocess(const Config& config, const Tensor& images);
 
 }  // namespace tg::models::classifier

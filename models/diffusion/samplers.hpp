@@ -48,7 +48,8 @@ struct VPSchedule {
   // The cosine schedule (Nichol & Dhariwal; MAR's diffusion head): f(u) = cos^2((u + s)/(1 + s) pi/2),
   // beta_t = min(1 - f(t/T) / f((t-1)/T), 0.999), so alpha_bar_t = f(t/T) / f(0) until the clip.
   static VPSchedule cosine(std::int64_t T = 1000, double s = 0.008);
-  // Any betas beta_1..beta_T, each in (0, 1).
+  // Betas beta_1..beta_T in (0, 1), at most kMaxSamplerSteps of them, such that alpha_bar falls
+  // strictly and stays above 0 in doubles.
   static VPSchedule from_betas(const std::vector<double>& betas);
   std::int64_t T;
   std::vector<double> beta, alpha_bar;  // [T + 1]
