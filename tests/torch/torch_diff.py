@@ -792,27 +792,39 @@ f32_gen("layer_norm", 0.3, lambda rng: norm_rows_big(rng, True))
 f32_gen("rms_norm", 0.3, lambda rng: norm_rows_big(rng, False))
 
 
-def gn_gen(rng):
-    G = pick(rng, [1, 2, 3, 4, 8])
-    C = G * pick(rng, [1, 2, 3, 4])
-    spatial = pick(rng, [[], [1], [5], [3, 4], [7, 7], [2, 3, 2], [16, 16]])
-    N = pick(rng, [1, 2, 3, 20])
+def channel_norm_inputs(rng, N, C, spatial):
+    """x [N, C, *spatial] and, at random, a per-channel weight w and bias b [C]."""
     ts = [inp(rng, "x", [N, C] + spatial, nc=0.3, gen=norm_data(rng))]
     aff = pick(rng, ["none", "w", "wb", "b", "wb"])
     if "w" in aff:
         ts.append(inp(rng, "w", [C], nc=0.3))
     if "b" in aff:
         ts.append(inp(rng, "b", [C], nc=0.3))
+    return ts
+
+
+def torch_affine(T):
+    """w, b for torch's group/batch norm. torch 1.13's backward fails ("tensor does not have a
+    device") with a bias but no weight: a constant weight of ones then."""
+    w, b = T.get("w"), T.get("b")
+    if w is None and b is not None:
+        w = torch.ones(T["x"].shape[1])
+    return w, b
+
+
+def gn_gen(rng):
+    G = pick(rng, [1, 2, 3, 4, 8])
+    C = G * pick(rng, [1, 2, 3, 4])
+    spatial = pick(rng, [[], [1], [5], [3, 4], [7, 7], [2, 3, 2], [16, 16]])
+    N = pick(rng, [1, 2, 3, 20])
+    ts = channel_norm_inputs(rng, N, C, spatial)
     return {"groups": G, "eps": pick(rng, [1e-5, 1e-5, 1e-3, 0.1])}, ts
 
 
 def torch_group_norm(T, P):
     # torch.group_norm, not F.group_norm: F refuses groups of one element ("Expected more than 1
-    # value per channel"), which are well defined (var = 0). torch 1.13's backward fails ("tensor
-    # does not have a device") with a bias but no weight: pass a constant weight of ones then.
-    w, b = T.get("w"), T.get("b")
-    if w is None and b is not None:
-        w = torch.ones(T["x"].shape[1])
+    # value per channel"), which are well defined (var = 0).
+    w, b = torch_affine(T)
     return torch.group_norm(T["x"], P["groups"], w, b, P["eps"])
 
 
@@ -839,12 +851,7 @@ def bn_gen(rng):
     C = pick(rng, [1, 2, 3, 8])
     spatial = pick(rng, [[], [1], [5], [3, 4], [7, 7], [2, 3, 2]])
     N = pick(rng, [2, 3, 20])
-    ts = [inp(rng, "x", [N, C] + spatial, nc=0.3, gen=norm_data(rng))]
-    aff = pick(rng, ["none", "w", "wb", "b", "wb"])
-    if "w" in aff:
-        ts.append(inp(rng, "w", [C], nc=0.3))
-    if "b" in aff:
-        ts.append(inp(rng, "b", [C], nc=0.3))
+    ts = channel_norm_inputs(rng, N, C, spatial)
     training = int(rng.random() < 0.6)
     if not training:  # eval: running statistics (no gradient)
         ts += [inp(rng, "rm", [C], grad=False, nc=0.0),
@@ -853,13 +860,10 @@ def bn_gen(rng):
 
 
 def torch_batch_norm(T, P):
-    # torch 1.13's backward fails with a bias but no weight (as group_norm): a weight of ones then.
-    # Its CPU backward also misreads an expanded (stride-0) weight: the input gradient of every
-    # channel but the first is garbage (~1e-265), so the weight is made contiguous first (the same
-    # values; the gradient still reaches the expanded base).
-    w, b = T.get("w"), T.get("b")
-    if w is None and b is not None:
-        w = torch.ones(T["x"].shape[1])
+    # torch 1.13's CPU batch-norm backward misreads an expanded (stride-0) weight: the input
+    # gradient of every channel but the first is garbage (~1e-265), so the weight is made
+    # contiguous first (the same values; the gradient still reaches the expanded base).
+    w, b = torch_affine(T)
     if w is not None:
         w = w.contiguous()
     return F.batch_norm(T["x"], T.get("rm"), T.get("rv"), w, b, training=bool(P["training"]), eps=P["eps"])
