@@ -84,6 +84,14 @@ run_pair() {
   "${clean_env[@]}" "${torch_env[@]}" "${ref[@]}" 2>/dev/null | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
 }
 
+# Which CPU this run measured (kernels tuned on one microarchitecture can behave differently on
+# another; the results file records it).
+cpu_field() { LC_ALL=C lscpu 2>/dev/null | sed -n "s/^$1: *//p" | head -1; }
+cache_kib() { local b; b=$(getconf "$1" 2>/dev/null || true); [[ "$b" =~ ^[0-9]+$ ]] && echo "$((b / 1024)) KiB" || echo "?"; }
+printf '{"machine":"%s","vendor":"%s","cpu_family":"%s","model":"%s","l1d":"%s","l2":"%s","cpus":"%s"}\n' \
+  "$(cpu_field 'Model name')" "$(cpu_field 'Vendor ID')" "$(cpu_field 'CPU family')" "$(cpu_field 'Model')" \
+  "$(cache_kib LEVEL1_DCACHE_SIZE)" "$(cache_kib LEVEL2_CACHE_SIZE)" "$(nproc)" | tee -a "$results"
+
 # The machine's fp32 FMA peak, measured in this run (the GEMM efficiency table refers to it).
 if [[ -x build/bench/fma_peak && " ${workloads[*]} " == *" gemm "* ]]; then
   echo "# fp32 FMA peak" >&2

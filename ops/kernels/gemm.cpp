@@ -11,7 +11,8 @@
 //                 14 A values broadcast (~90% of FMA peak with operands in L1). Small serial
 //                 products use 6 x 64 tiles instead (see small_product).
 //   KC = 384      equal k-blocks rounded to 16 (k = 1024 -> 3 blocks of 352/352/320).
-//   NC = 512      columns per B chunk: a packed KC x NC chunk (~768 KiB) stays in the 2 MiB L2.
+//   NC = 512      columns per B chunk: a packed KC x NC chunk (~768 KiB) stays in L2 (1 MiB per
+//                 core on this machine's Zen 5; NC = 256 measured alike).
 //   Loop order in a tile, per (column chunk, k-block): pack B chunk; for each A panel (MR rows,
 //   stays in L1): for each B panel (NR columns): micro-kernel. C is walked along its rows and
 //   prefetched by the kernel; packed A is prefetched ~32 k steps ahead.
@@ -21,9 +22,10 @@
 // by each tile as it goes (when C is at most one chunk wide) or, when every A panel is used by
 // several tiles / chunks, packed once per k-block into a shared buffer, in parallel, before the
 // tiles run; a large transposed A is packed by sweeping its rows (see pack_a_panels). A
-// row-major fp32 A is never packed: the kernel reads its rows in place (measured 1-7% faster
-// than packing on large products, 5-17% on mid-size ones). Small products (<= 2^23
-// multiply-adds) also read a transposed A and full row-major B panels in place.
+// row-major fp32 A is read in place (measured 1-7% faster than packing on large products, 5-17%
+// on mid-size ones), unless a large product's rows are a multiple of 4 KiB apart (see
+// rows_share_cache_sets). Small products (<= 2^23 multiply-adds) also read a transposed A and
+// full row-major B panels in place.
 //
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
 // multiply-adds each), choosing the row/column split by what it copies and streams (see
@@ -83,8 +85,8 @@ struct Blocking {
   static constexpr int NR = kNV * L;
   // k-block: the KC x NR B micro-panel (48 KiB fp32) and the MR x KC A panel stream from L2 / L1;
   // larger blocks mean fewer passes over C. Column chunk: a packed KC x NC B chunk (768 KiB fp32)
-  // stays in the 2 MiB L2 while every A panel of the tile runs over it. (Measured plateau:
-  // KC 256..512 and NC 8..32 panels perform alike on this machine.)
+  // stays in L2 while every A panel of the tile runs over it. (Measured plateau: KC 256..512 and
+  // NC 8..32 panels perform alike.)
   static constexpr int64_t KC = 384;
   static constexpr int64_t NC = 16 * NR;
 };
@@ -630,6 +632,14 @@ inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return 
 constexpr double kSerialMax = 1 << 20;
 constexpr double kDirectMax = 1 << 23;
 
+// Rows of A read in place at a stride of a multiple of 4 KiB (1024 x 1024, 2048 x 2048 fp32 ...)
+// sit at one offset within their pages: the 14 rows of a panel all fall into the same set of the
+// 12-way L1 (whose set index is the offset in the page), and into sets of the L2 picked by which
+// physical pages they got -- so the panel does not stay in L1 across its column tiles, and the
+// speed depends on the process's page layout (Zen 5, 1024^3 at 1 thread: 115-190 GFLOP/s from
+// run to run; packed: 185-200). Such an A is packed.
+inline bool rows_share_cache_sets(int64_t row_stride_bytes) { return row_stride_bytes % 4096 == 0; }
+
 // Threads that can run: the arena's slots, capped by a tbb::global_control limit if any.
 inline int64_t usable_threads() {
   const size_t limit = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
@@ -723,9 +733,11 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   const double madds = double(m) * double(n) * double(k);
   const bool direct = madds <= kDirectMax;
-  // In place: row-major A for fp32 at every size (fp64 packs it: fewer kernel variants); k-major
-  // A (a.rs == 1) for small products only (a large one strides across the whole of A per step).
-  const bool a_row_major = std::is_same_v<T, float> && a.rs != 1 && a.cs == 1;
+  // In place: row-major A for fp32 (fp64 packs it: fewer kernel variants), except a large
+  // product's A whose row stride is a multiple of 4 KiB; k-major A (a.rs == 1) for small products
+  // only (a large one strides across the whole of A per step).
+  const bool a_row_major = std::is_same_v<T, float> && a.rs != 1 && a.cs == 1 &&
+                           (direct || !rows_share_cache_sets(a.rs * int64_t(sizeof(T))));
   Problem<T> pr{m, n, k, a, b, c, accumulate, k_block_size<T>(k), 0, ceil_div(m, MR),
                 (direct && a.rs == 1) || a_row_major, a_row_major, direct && b.cs == 1,
                 a.rs == 1 && !direct && double(m) * double(k) >= kSweepMin, nullptr};

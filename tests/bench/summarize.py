@@ -36,6 +36,12 @@ def main():
     order = []
     peaks = collections.defaultdict(list)  # threads -> fp32 FMA peak GFLOP/s (AVX-512 and AVX2 kernels)
     for r in recs:
+        if "machine" in r:
+            print("machine: %s (%s family %s model %s), L1d %s, L2 %s, %s CPUs" % (
+                r["machine"], r.get("vendor", "?"), r.get("cpu_family", "?"), r.get("model", "?"),
+                r.get("l1d", "?"), r.get("l2", "?"), r.get("cpus", "?")))
+            print()
+            continue
         if r.get("bench") == "fma_peak":
             peaks[int(r["threads"])].append(float(r["gflops_median"]))
             continue
