@@ -5,7 +5,8 @@
 #                                               train_mlp train_cnn train_transformer train_unet
 #                                    (or "all")
 # Every workload runs tapegrad's program and the reference (PyTorch 1.13 CPU; OpenBLAS for gemm)
-# alternately, REPEATS times (default 3), at 1 and 2 threads (THREADS="1 2"), and prints one JSON
+# alternately (which goes first alternates too, with a pause of SETTLE seconds, default 2, before
+# each), REPEATS times (default 3), at 1 and 2 threads (THREADS="1 2"), and prints one JSON
 # line per measurement (fields workload, shape, threads, impl, median_s, min_s, max_s, ...), then a
 # table of tapegrad/reference time ratios (medians of the per-run medians), and with gemm the GFLOP/s
 # of every GEMM shape against this machine's fp32 FMA peak measured in the same run (fma_peak.cpp,
@@ -19,13 +20,14 @@ cd "$(dirname "$0")/.."
 
 all=(gemm conv2d attention norms fftconv train_mlp train_cnn train_transformer train_unet)
 if [[ $# -eq 0 ]]; then
-  sed -n '2,16p' "$0"
+  sed -n '2,17p' "$0"
   exit 2
 fi
 workloads=("$@")
 [[ "$1" == "all" ]] && workloads=("${all[@]}")
 REPEATS=${REPEATS:-3}
 THREADS=${THREADS:-"1 2"}
+SETTLE=${SETTLE:-2}  # seconds of pause before every program, so that the previous one's exit has settled
 
 scripts/install-deps.sh --bench
 PY=""
@@ -80,8 +82,17 @@ run_pair() {
     train_transformer) ours=($B/bench_transformer --threads "$t" --warmup 3 --steps 20); ref=("$PY" $T/ref_transformer.py --threads "$t" --warmup 3 --steps 20) ;;
     train_unet) ours=($B/bench_unet --threads "$t" --warmup 3 --steps 15); ref=("$PY" $T/ref_unet.py --threads "$t" --warmup 3 --steps 15) ;;
   esac
-  "${clean_env[@]}" "${ours[@]}" | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
-  "${clean_env[@]}" "${torch_env[@]}" "${ref[@]}" 2>/dev/null | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
+  run_ours() {
+    sleep "$SETTLE"
+    "${clean_env[@]}" "${ours[@]}" | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
+  }
+  run_ref() {
+    sleep "$SETTLE"
+    "${clean_env[@]}" "${torch_env[@]}" "${ref[@]}" 2>/dev/null | grep --line-buffered '{' | sed -u 's/^RESULT //' | tee -a "$results"
+  }
+  # Which side runs first alternates from repeat to repeat: a program started right after another
+  # one exits (above all a large PyTorch run) measured up to ~15% slower here.
+  if (($3 % 2)); then run_ours; run_ref; else run_ref; run_ours; fi
 }
 
 # Which CPU this run measured (kernels tuned on one microarchitecture can behave differently on
@@ -102,7 +113,7 @@ for r in $(seq 1 "$REPEATS"); do
   for t in $THREADS; do
     for w in "${workloads[@]}"; do
       echo "# run $r/$REPEATS, $t thread(s): $w" >&2
-      run_pair "$w" "$t"
+      run_pair "$w" "$t" "$r"
     done
   done
 done
