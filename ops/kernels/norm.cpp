@@ -298,14 +298,24 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
   }
 }
 
-// out[j] = sum over chunks c (in order) of part[c * n + j], cast to T.
+// out[j] = sum over chunks c (in order) of part[c * n + j], cast to T: the per-chunk partials of
+// the weight/bias gradients. Summed chunk by chunk over strips of columns (the same order per
+// column): a walk down each column reads one element per line, and chunk rows a multiple of 4 KiB
+// apart fall into one L1 set (64 chunks of 1024 columns: 11% of the layer_norm backward's perf
+// samples with weight and bias; in strips 5%).
 template <class T>
 void combine_partials(const double* part, std::int64_t chunks, std::int64_t n, T* out) {
+  constexpr std::int64_t kStrip = 512;
   parallel_for(n, 4096, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t j = lo; j < hi; ++j) {
-      double s = 0;
-      for (std::int64_t c = 0; c < chunks; ++c) s += part[c * n + j];
-      out[j] = static_cast<T>(s);
+    double acc[kStrip];
+    for (std::int64_t j0 = lo; j0 < hi; j0 += kStrip) {
+      const std::int64_t len = std::min(kStrip, hi - j0);
+      std::fill(acc, acc + len, 0.0);
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        const double* p = part + c * n + j0;
+        for (std::int64_t j = 0; j < len; ++j) acc[j] += p[j];
+      }
+      for (std::int64_t j = 0; j < len; ++j) out[j0 + j] = static_cast<T>(acc[j]);
     }
   });
 }
@@ -485,17 +495,8 @@ void group_backward_impl(const Tensor& x, const Tensor& gy, std::int64_t G, cons
       }
     }
   });
-  auto reduce_over_samples = [&](const double* src, T* out) {
-    parallel_for(C, 4096, [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t ch = lo; ch < hi; ++ch) {
-        double s = 0;
-        for (std::int64_t nn = 0; nn < N; ++nn) s += src[nn * C + ch];
-        out[ch] = static_cast<T>(s);
-      }
-    });
-  };
-  if (gw_t.defined()) reduce_over_samples(Bs, gw_t.data<T>());
-  if (gb_t.defined()) reduce_over_samples(A, gb_t.data<T>());
+  if (gw_t.defined()) combine_partials(Bs, N, C, gw_t.data<T>());
+  if (gb_t.defined()) combine_partials(A, N, C, gb_t.data<T>());
 }
 
 }  // namespace
