@@ -10,7 +10,8 @@
 # line per measurement (fields workload, shape, threads, impl, median_s, min_s, max_s, ...), then a
 # table of tapegrad/reference time ratios (medians of the per-run medians), and with gemm the GFLOP/s
 # of every GEMM shape against this machine's fp32 FMA peak measured in the same run (fma_peak.cpp,
-# copied from the reference workloads). The JSON lines are also kept in
+# copied from the reference workloads), with norms their GB/s against the STREAM triad measured in
+# the same run (stream_triad.cpp, likewise). The JSON lines are also kept in
 # build/bench/results-<time>.jsonl. For 2 threads PyTorch runs in its best setup on this
 # machine ("2T+ompblas": the OpenMP build of OpenBLAS first on the library path, so torch and BLAS
 # share one pool). python3-torch and libopenblas-dev are installed for this script only; they are
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 all=(gemm conv2d attention norms fftconv train_mlp train_cnn train_transformer train_unet)
 if [[ $# -eq 0 ]]; then
-  sed -n '2,17p' "$0"
+  sed -n '2,18p' "$0"
   exit 2
 fi
 workloads=("$@")
@@ -54,6 +55,9 @@ for w in "${workloads[@]}"; do
   esac
 done
 cmake --build build -j "$jobs" --target "${targets[@]}" >/dev/null
+if [[ " ${workloads[*]} " == *" norms "* ]]; then
+  g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -pthread tests/bench/stream_triad.cpp -o build/bench/stream_triad
+fi
 if [[ " ${workloads[*]} " == *" gemm "* ]]; then
   gcc -O2 -std=c11 tests/bench/ref_sgemm_openblas.c -o build/bench/ref_sgemm_openblas -lopenblas
   rm -f build/bench/fma_peak
@@ -113,6 +117,11 @@ for r in $(seq 1 "$REPEATS"); do
   for t in $THREADS; do
     for w in "${workloads[@]}"; do
       echo "# run $r/$REPEATS, $t thread(s): $w" >&2
+      if [[ $w == norms && $t == "${THREADS%% *}" ]]; then
+        # The memory bandwidth the norms are judged against, measured in the same run (DRAM-sized
+        # STREAM triad at 1 and 2 threads), once per repeat.
+        build/bench/stream_triad 5 | grep '^RESULT' | sed -u 's/^RESULT //' | grep '"op":"triad","level":"DRAM"' | tee -a "$results"
+      fi
       run_pair "$w" "$t" "$r"
     done
   done

@@ -60,8 +60,16 @@ void store_partial(T* p, std::int64_t count, const B<T>& v) {
   for (std::int64_t j = 0; j < count; ++j) p[j] = buf[j];
 }
 
+// forward_row's exp pass computes from L1; meanwhile the next row's lines are fetched (and its
+// output lines owned), so that memory and the exponentials overlap.
 template <class T>
-void forward_row(const T* x, T* y, std::int64_t n, bool log) {
+inline void prefetch_next_row(const T* x, T* y) {
+  __builtin_prefetch(x, 0, 3);
+  __builtin_prefetch(y, 1, 3);
+}
+
+template <class T>
+void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next) {
   constexpr std::int64_t W = B<T>::size;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const T m = row_reduce<T>(n, neg_inf, [&](std::int64_t i, std::int64_t c) { return load_partial(x + i, c, neg_inf); },
@@ -72,6 +80,7 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log) {
                             [&](std::int64_t i, std::int64_t c) {
                               const B<T> e = xsimd::exp(load_partial(x + i, c, neg_inf) - mb);
                               if (!log) store_partial(y + i, c, e);
+                              if (prefetch_next) prefetch_next_row(x + n + i, y + n + i);
                               return e;
                             },
                             [](const auto& a, const auto& b) { return a + b; });
@@ -124,7 +133,7 @@ void softmax_forward(const Tensor& x, const Tensor& y, bool log) {
     const T* xp = x.data<T>();
     T* yp = y.data<T>();
     parallel_for(rows, row_grain(n), [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t r = b; r < e; ++r) forward_row(xp + r * n, yp + r * n, n, log);
+      for (std::int64_t r = b; r < e; ++r) forward_row(xp + r * n, yp + r * n, n, log, r + 1 < e);
     });
   });
 }

@@ -3,7 +3,9 @@ benchmark programs and the reference scripts; a leading "RESULT " is ignored) in
 ratios: for every (workload, shape, threads), the median over runs of each implementation's
 median time, and tapegrad's time divided by the reference's (< 1: tapegrad is faster). When the
 file also holds fp32 FMA peak measurements (fma_peak, run by scripts/bench.sh with the gemm
-workload), a second table gives every GEMM shape's GFLOP/s as a fraction of that peak.
+workload), a second table gives every GEMM shape's GFLOP/s as a fraction of that peak; with STREAM
+triad measurements (stream_triad, run with the norms workload), a third gives every norms case's
+GB/s of compulsory traffic as a fraction of that bandwidth.
 
   python3 summarize.py results.jsonl [more.jsonl ...]
 """
@@ -35,6 +37,7 @@ def main():
     times = collections.defaultdict(list)  # (workload, shape, threads, impl) -> [median_s per run]
     order = []
     peaks = collections.defaultdict(list)  # threads -> fp32 FMA peak GFLOP/s (AVX-512 and AVX2 kernels)
+    streams = collections.defaultdict(list)  # threads -> DRAM STREAM triad GB/s, one per repeat
     for r in recs:
         if "machine" in r:
             print("machine: %s (%s family %s model %s), L1d %s, L2 %s, %s CPUs" % (
@@ -44,6 +47,10 @@ def main():
             continue
         if r.get("bench") == "fma_peak":
             peaks[int(r["threads"])].append(float(r["gflops_median"]))
+            continue
+        if r.get("bench") == "stream":
+            if r.get("op") == "triad" and r.get("level") == "DRAM":
+                streams[int(r["threads"])].append(float(r["gbs_median"]))
             continue
         if "workload" not in r:
             continue
@@ -77,6 +84,8 @@ def main():
         print("| %s | %d | %s | %.2fx | %d |" % (w, t, ref, g, len(ratios)))
     if peaks:
         gemm_efficiency(recs, rows, {t: max(v) for t, v in peaks.items()})
+    if streams:
+        norms_bandwidth(recs, rows, streams)
 
 
 def gemm_efficiency(recs, rows, peak):
@@ -100,6 +109,34 @@ def gemm_efficiency(recs, rows, peak):
             if impl in impls:
                 gf = 2.0 * m * n * k / impls[impl] / 1e9
                 cells += ["%.1f" % gf, "%.0f%%" % (100 * gf / peak[t])]
+            else:
+                cells += ["-", "-"]
+        print("| %s | %d | %s |" % (s, t, " | ".join(cells)))
+
+
+def norms_bandwidth(recs, rows, streams):
+    """GB/s of every norms case (compulsory bytes / median time) against the STREAM triad measured
+    in the same run: the best of its repeats (the strictest yardstick) and their median."""
+    nbytes = {}
+    for r in recs:
+        if r.get("workload") == "norms" and "bytes" in r:
+            nbytes[r["shape"]] = float(r["bytes"])
+    best = {t: max(v) for t, v in streams.items()}
+    print()
+    print("STREAM triad (DRAM) measured in this run: " +
+          ", ".join("%.1f GB/s at %d thread(s) (best of %d; median %.1f)" %
+                    (best[t], t, len(streams[t]), statistics.median(streams[t])) for t in sorted(best)))
+    print()
+    print("| norms case | threads | tapegrad GB/s | % of STREAM | pytorch GB/s | % of STREAM |")
+    print("|---|---|---|---|---|---|")
+    for (w, s, t), impls in rows.items():
+        if w != "norms" or s not in nbytes or t not in best:
+            continue
+        cells = []
+        for impl in ("tapegrad", "pytorch"):
+            if impl in impls:
+                gbs = nbytes[s] / impls[impl] / 1e9
+                cells += ["%.1f" % gbs, "%.0f%%" % (100 * gbs / best[t])]
             else:
                 cells += ["-", "-"]
         print("| %s | %d | %s |" % (s, t, " | ".join(cells)))
