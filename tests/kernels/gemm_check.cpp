@@ -267,6 +267,39 @@ void run_batched(int64_t batch, int64_t m, int64_t n, int64_t k, bool bcast_a, b
     }
 }
 
+// A large product's row-major A whose rows are a multiple of 4 KiB apart is packed, not read in
+// place: forwards, flipped (negative row stride) and in place (padded rows) must give the same bits.
+template <class T>
+void run_page_strided_a() {
+  // Rows 8 KiB apart; fp32: 33 x 130 x 2048 is just above the size read in place regardless.
+  const int64_t m = 33, n = 130, k = 4096 / int64_t(sizeof(T)) * 2;
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  std::vector<T> A(size_t(m * k)), Aflip(size_t(m * k)), Apad(size_t(m * (k + 3))), B(size_t(k * n));
+  for (auto& x : A) x = T(d(rng));
+  for (auto& x : B) x = T(d(rng));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < k; ++p) {
+      Aflip[size_t((m - 1 - i) * k + p)] = A[size_t(i * k + p)];
+      Apad[size_t(i * (k + 3) + p)] = A[size_t(i * k + p)];
+    }
+  std::vector<T> C1(size_t(m * n)), C2(size_t(m * n)), C3(size_t(m * n));
+  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {B.data(), n, 1}, {C1.data(), n, 1}, false);
+  tg::kernels::gemm(m, n, k, {Aflip.data() + (m - 1) * k, -k, 1}, {B.data(), n, 1}, {C2.data(), n, 1}, false);
+  tg::kernels::gemm(m, n, k, {Apad.data(), k + 3, 1}, {B.data(), n, 1}, {C3.data(), n, 1}, false);
+  const Case cs{m, n, k, Layout::RowMajor, Layout::RowMajor, Layout::RowMajor, false, false, 0};
+  if (C1 != C2) fail("a flipped 4 KiB-strided A differs from the same rows forwards", cs);
+  if (C1 != C3) fail("a 4 KiB-strided A (packed) differs from the same rows padded (in place)", cs);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; j += 23) {
+      double ref = 0;
+      for (int64_t p = 0; p < k; ++p) ref += double(A[size_t(i * k + p)]) * double(B[size_t(p * n + j)]);
+      const double tol = (std::is_same_v<T, float> ? 1e-4 : 1e-12) * std::sqrt(double(k));
+      if (std::abs(double(C1[size_t(i * n + j)]) - ref) > tol)
+        fail("a 4 KiB-strided A gives a wrong product", cs);
+      ++checks;
+    }
+}
+
 // A shared C (c_batch_stride == 0) with accumulate sums the products in batch order.
 template <class T>
 void run_shared_c() {
@@ -425,7 +458,8 @@ void run_all(int random_cases) {
   run_batched<T>(1, 5, 5, 5, false, false, false, false);
   run_batched<T>(4, 3, 2, 0, false, false, true, false);
   run_shared_c<T>();
-  cases += 3;
+  run_page_strided_a<T>();
+  cases += 4;
 
   std::printf("%s: %lld cases passed\n", tname, (long long)cases);
 }
