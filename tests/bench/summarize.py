@@ -88,30 +88,36 @@ def main():
         norms_bandwidth(recs, rows, streams)
 
 
-def gemm_efficiency(recs, rows, peak):
-    """GFLOP/s of every GEMM shape (from the median time) against the measured fp32 FMA peak."""
-    dims = {}
-    for r in recs:
-        if r.get("workload") == "gemm" and "M" in r:
-            dims[r["shape"]] = (int(r["M"]), int(r["N"]), int(r["K"]))
+def rate_table(rows, workload, work, yardstick, ref, what, unit, per):
+    """One row per case of `workload` with a known amount of work (work[shape], in units of 1e9
+    `unit`): each implementation's rate from its median time, and that rate as a share of the
+    yardstick measured in the same run (yardstick[threads])."""
     print()
-    print("fp32 FMA peak measured in this run: " +
-          ", ".join("%.1f GFLOP/s at %d thread(s)" % (peak[t], t) for t in sorted(peak)))
-    print()
-    print("| gemm shape | threads | tapegrad GFLOP/s | % of peak | openblas GFLOP/s | % of peak |")
+    print("| %s | threads | tapegrad %s | %% of %s | %s %s | %% of %s |" % (what, unit, per, ref, unit, per))
     print("|---|---|---|---|---|---|")
     for (w, s, t), impls in rows.items():
-        if w != "gemm" or s not in dims or t not in peak:
+        if w != workload or s not in work or t not in yardstick:
             continue
-        m, n, k = dims[s]
         cells = []
-        for impl in ("tapegrad", "openblas"):
+        for impl in ("tapegrad", ref):
             if impl in impls:
-                gf = 2.0 * m * n * k / impls[impl] / 1e9
-                cells += ["%.1f" % gf, "%.0f%%" % (100 * gf / peak[t])]
+                rate = work[s] / impls[impl] / 1e9
+                cells += ["%.1f" % rate, "%.0f%%" % (100 * rate / yardstick[t])]
             else:
                 cells += ["-", "-"]
         print("| %s | %d | %s |" % (s, t, " | ".join(cells)))
+
+
+def gemm_efficiency(recs, rows, peak):
+    """GFLOP/s of every GEMM shape (from the median time) against the measured fp32 FMA peak."""
+    flops = {}
+    for r in recs:
+        if r.get("workload") == "gemm" and "M" in r:
+            flops[r["shape"]] = 2.0 * int(r["M"]) * int(r["N"]) * int(r["K"])
+    print()
+    print("fp32 FMA peak measured in this run: " +
+          ", ".join("%.1f GFLOP/s at %d thread(s)" % (peak[t], t) for t in sorted(peak)))
+    rate_table(rows, "gemm", flops, peak, "openblas", "gemm shape", "GFLOP/s", "peak")
 
 
 def norms_bandwidth(recs, rows, streams):
@@ -126,20 +132,7 @@ def norms_bandwidth(recs, rows, streams):
     print("STREAM triad (DRAM) measured in this run: " +
           ", ".join("%.1f GB/s at %d thread(s) (best of %d; median %.1f)" %
                     (best[t], t, len(streams[t]), statistics.median(streams[t])) for t in sorted(best)))
-    print()
-    print("| norms case | threads | tapegrad GB/s | % of STREAM | pytorch GB/s | % of STREAM |")
-    print("|---|---|---|---|---|---|")
-    for (w, s, t), impls in rows.items():
-        if w != "norms" or s not in nbytes or t not in best:
-            continue
-        cells = []
-        for impl in ("tapegrad", "pytorch"):
-            if impl in impls:
-                gbs = nbytes[s] / impls[impl] / 1e9
-                cells += ["%.1f" % gbs, "%.0f%%" % (100 * gbs / best[t])]
-            else:
-                cells += ["-", "-"]
-        print("| %s | %d | %s |" % (s, t, " | ".join(cells)))
+    rate_table(rows, "norms", nbytes, best, "pytorch", "norms case", "GB/s", "STREAM")
 
 
 if __name__ == "__main__":
