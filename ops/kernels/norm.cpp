@@ -99,6 +99,7 @@ double wide_sum(const T* x, std::int64_t n, F f) {
 }
 
 using simd::load_n;
+using simd::prefetch_next_row;
 using simd::store_n;
 
 // dst[0..count) += v (widened to f64).
@@ -138,18 +139,6 @@ void row_stats(const T* x, std::int64_t n, double eps, double& mean, double& rst
     var = wide_sum(x, n, [](auto v) { return v * v; }) * inv_n;
   }
   rstd = 1.0 / std::sqrt(var + eps);
-}
-
-// The last pass over a row mostly hits L1; while it runs, the next row's cache lines (x + n + i ...)
-// are pulled in, so that the next row's statistics pass does not wait on memory (one line per
-// vector: W elements are 64 bytes in f32 and f64).
-inline void prefetch_next_row(const void* read, void* write) {
-  __builtin_prefetch(read, 0, 3);
-  __builtin_prefetch(write, 1, 3);
-}
-inline void prefetch_next_row(const void* read1, const void* read2, void* write) {
-  __builtin_prefetch(read2, 0, 3);
-  prefetch_next_row(read1, write);
 }
 
 // y = (x - mean) * rstd [* w] [+ b] over n elements; w, b may be null.

@@ -1,6 +1,6 @@
 // Partial SIMD vectors: the first n lanes of a load or store, for row and plane ends (masked
-// loads/stores on AVX-512, a small buffer elsewhere). Shared by the convolution and norm kernels.
-// Internal to ops/kernels.
+// loads/stores on AVX-512, a small buffer elsewhere); and the prefetch of the next row in row
+// kernels. Shared by the convolution, norm and softmax kernels. Internal to ops/kernels.
 #pragma once
 #include <xsimd/xsimd.hpp>
 
@@ -54,6 +54,18 @@ inline void store_n(T* p, const xsimd::batch<T>& v, int64_t n) {
   v.store_aligned(buf);
   for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
 #endif
+}
+
+// The last pass over a row mostly hits L1; while it runs, the next row's cache lines (x + n + i ...)
+// are pulled in, so that the next row's first pass does not wait on memory (called once per
+// vector: W elements are 64 bytes in f32 and f64).
+inline void prefetch_next_row(const void* read, void* write) {
+  __builtin_prefetch(read, 0, 3);
+  __builtin_prefetch(write, 1, 3);
+}
+inline void prefetch_next_row(const void* read1, const void* read2, void* write) {
+  __builtin_prefetch(read2, 0, 3);
+  prefetch_next_row(read1, write);
 }
 
 }  // namespace tg::kernels::simd

@@ -12,9 +12,13 @@
 #include <limits>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/simd_partial.hpp"
 
 namespace tg::kernels {
 namespace {
+using simd::load_n;
+using simd::prefetch_next_row;
+using simd::store_n;
 
 template <class T>
 using B = xsimd::batch<T>;
@@ -38,48 +42,20 @@ T row_reduce(std::int64_t n, T identity, Load load, Combine combine) {
   return r;
 }
 
-// Loads up to W elements (padding with `fill`).
-template <class T>
-B<T> load_partial(const T* p, std::int64_t count, T fill) {
-  constexpr std::int64_t W = B<T>::size;
-  if (count == W) return B<T>::load_unaligned(p);
-  alignas(64) T buf[W];
-  for (std::int64_t j = 0; j < W; ++j) buf[j] = j < count ? p[j] : fill;
-  return B<T>::load_aligned(buf);
-}
-
-template <class T>
-void store_partial(T* p, std::int64_t count, const B<T>& v) {
-  constexpr std::int64_t W = B<T>::size;
-  if (count == W) {
-    v.store_unaligned(p);
-    return;
-  }
-  alignas(64) T buf[W];
-  v.store_aligned(buf);
-  for (std::int64_t j = 0; j < count; ++j) p[j] = buf[j];
-}
-
-// forward_row's exp pass computes from L1; meanwhile the next row's lines are fetched (and its
-// output lines owned), so that memory and the exponentials overlap.
-template <class T>
-inline void prefetch_next_row(const T* x, T* y) {
-  __builtin_prefetch(x, 0, 3);
-  __builtin_prefetch(y, 1, 3);
-}
-
 template <class T>
 void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next) {
   constexpr std::int64_t W = B<T>::size;
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  const T m = row_reduce<T>(n, neg_inf, [&](std::int64_t i, std::int64_t c) { return load_partial(x + i, c, neg_inf); },
+  const T m = row_reduce<T>(n, neg_inf, [&](std::int64_t i, std::int64_t c) { return load_n(x + i, c, neg_inf); },
                             [](const auto& a, const auto& b) { return xsimd::max(a, b); });
   const B<T> mb(m);
   // Sum of exp(x - m); softmax stores the exponentials on the way.
   const T s = row_reduce<T>(n, T(0),
                             [&](std::int64_t i, std::int64_t c) {
-                              const B<T> e = xsimd::exp(load_partial(x + i, c, neg_inf) - mb);
-                              if (!log) store_partial(y + i, c, e);
+                              const B<T> e = xsimd::exp(load_n(x + i, c, neg_inf) - mb);
+                              if (!log) store_n(y + i, e, c);
+                              // The next row's lines are fetched meanwhile: memory and the
+                              // exponentials overlap.
                               if (prefetch_next) prefetch_next_row(x + n + i, y + n + i);
                               return e;
                             },
@@ -90,13 +66,13 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
     const B<T> log_s(std::log(s));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      store_partial(y + i, c, (load_partial(x + i, c, T(0)) - mb) - log_s);
+      store_n(y + i, (load_n(x + i, c, T(0)) - mb) - log_s, c);
     }
   } else {
     const B<T> inv(T(1) / s);
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      store_partial(y + i, c, load_partial(y + i, c, T(0)) * inv);
+      store_n(y + i, load_n(y + i, c, T(0)) * inv, c);
     }
   }
 }
@@ -106,19 +82,19 @@ void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
   constexpr std::int64_t W = B<T>::size;
   auto add = [](const auto& a, const auto& b) { return a + b; };
   if (log) {
-    const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_partial(g + i, c, T(0)); }, add));
+    const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      store_partial(gx + i, c, load_partial(g + i, c, T(0)) - xsimd::exp(load_partial(y + i, c, T(0))) * sg);
+      store_n(gx + i, load_n(g + i, c, T(0)) - xsimd::exp(load_n(y + i, c, T(0))) * sg, c);
     }
   } else {
     const B<T> dot(row_reduce<T>(
-        n, T(0), [&](std::int64_t i, std::int64_t c) { return load_partial(g + i, c, T(0)) * load_partial(y + i, c, T(0)); },
+        n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)) * load_n(y + i, c, T(0)); },
         add));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      const B<T> yv = load_partial(y + i, c, T(0));
-      store_partial(gx + i, c, yv * (load_partial(g + i, c, T(0)) - dot));
+      const B<T> yv = load_n(y + i, c, T(0));
+      store_n(gx + i, yv * (load_n(g + i, c, T(0)) - dot), c);
     }
   }
 }
