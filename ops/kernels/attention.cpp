@@ -52,8 +52,9 @@
 #include <vector>
 
 #include "core/parallel.hpp"
-#include "ops/kernels/simd_transpose.hpp"
 #include "core/random.hpp"
+#include "ops/kernels/simd_math.hpp"
+#include "ops/kernels/simd_transpose.hpp"
 
 // GCC 12 flags the _mm512_undefined_* placeholders inside AVX-512 intrinsics (transposes, xsimd
 // reductions) as uninitialised: a known false positive.
@@ -78,32 +79,7 @@ constexpr std::int64_t kBR = 64;  // queries per block
 
 std::int64_t round_up(std::int64_t a, std::int64_t b) { return (a + b - 1) / b * b; }
 
-// exp(x) for x <= 0 (and -inf), as the softmax needs it: scores minus their running max or their
-// logsumexp. f32: Cephes' expf polynomial (about 1 ulp), without the overflow branch xsimd::exp
-// carries; arguments below -87 (including -inf) give exactly 0. f64: xsimd::exp.
-template <class T>
-inline V<T> exp_nonpos(const V<T>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    using I = xsimd::batch<std::int32_t>;
-    const auto under = x < V<float>(-87.0f);
-    const V<float> xc = xsimd::max(x, V<float>(-87.0f));
-    const V<float> fx = xsimd::floor(xsimd::fma(xc, V<float>(1.44269504088896341f), V<float>(0.5f)));
-    V<float> r = xsimd::fnma(fx, V<float>(0.693359375f), xc);
-    r = xsimd::fnma(fx, V<float>(-2.12194440e-4f), r);
-    V<float> y(1.9875691500e-4f);
-    y = xsimd::fma(y, r, V<float>(1.3981999507e-3f));
-    y = xsimd::fma(y, r, V<float>(8.3334519073e-3f));
-    y = xsimd::fma(y, r, V<float>(4.1665795894e-2f));
-    y = xsimd::fma(y, r, V<float>(1.6666665459e-1f));
-    y = xsimd::fma(y, r, V<float>(5.0000001201e-1f));
-    y = xsimd::fma(y, r * r, r + V<float>(1.0f));
-    const I n = xsimd::batch_cast<std::int32_t>(fx);
-    const V<float> scale = xsimd::bitwise_cast<V<float>>((n + I(127)) << 23);
-    return xsimd::select(under, V<float>(0.0f), y * scale);
-  } else {
-    return xsimd::exp(x);
-  }
-}
+using simd::exp_nonpos;
 
 // ---- micro-kernel --------------------------------------------------------------------------------------
 // C[MR x NV*W] (+)= sum_p A(r, p) * B[p, :], with A(r, p) = A[r * ars + p * acs] and B rows of

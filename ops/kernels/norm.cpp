@@ -1,18 +1,23 @@
 // Normalisation kernels: one row (or group block) per step, SIMD over the row.
 //
 // Forward (per row, the row stays in L1 between passes):
-//   pass 1  mean = sum(x) / n                     f64 accumulators (f32 lanes widened to f64)
-//   pass 2  var  = sum((x - mean)^2) / n          f64, x widened before subtracting
-//   pass 3  y    = (x - mean_T) * rstd_T * w + b  in the input precision
-// (RMS norm skips pass 1 and uses mean(x^2).) mean_T, rstd_T are the saved statistics, rounded to
-// the input dtype, so forward and backward see the same x_hat.
+//   pass 1  mean, var in f64                      f32 rows: one pass, sum(x - k) and sum((x - k)^2)
+//                                                 with k = x[0]; f64 rows: sum(x), then
+//                                                 sum((x - mean)^2)
+//   pass 2  y    = (x - mean_T) * rstd_T * w + b  in the input precision
+// (RMS norm uses mean(x^2).) mean_T, rstd_T are the saved statistics, rounded to the input dtype,
+// so forward and backward see the same x_hat.
 //
 // Backward (per row), with x_hat = (x - mean) * rstd and g = w * dy:
-//   pass 1  s1 = sum(g), s2 = sum(g * x_hat)      products in the input precision, sums in f64
+//   pass 1  s1 = sum(g), s2 = sum(g * x_hat)      products and sums of 4 vectors in the input
+//                                                 precision, then f64 accumulators
 //   pass 2  dx = rstd * (g - s1 / n - x_hat * s2 / n)
 //           dw_acc += dy * x_hat, db_acc += dy           (input precision, over <= 16 rows)
 // Every 16 rows the accumulators are added into the chunk's f64 partials; the partials of the
 // chunks are then added in chunk order (f64).
+// On Zen 5 these loops are bound by their arithmetic rather than by memory, and widening f32 to
+// f64 is a large part of it: hence one widening per element in the forward, one per 4 in the
+// backward.
 #include "ops/kernels/norm.hpp"
 
 // GCC 12 reports false -Wuninitialized warnings from inside avx512fintrin.h (the _mm512_undefined_*
@@ -122,12 +127,48 @@ inline void add_into(double* dst, std::int64_t count, const B<T>& v) {
   for (std::int64_t j = 0; j < count; ++j) dst[j] += static_cast<double>(buf[j]);
 }
 
+// s1 = sum(x - k), s2 = sum((x - k)^2) over an f32 row, in f64, in one pass.
+inline void shifted_moments(const float* x, std::int64_t n, double k, double& s1, double& s2) {
+  constexpr std::int64_t W = B<float>::size;
+  const D kb(k);
+  // Two vectors per step, four f64 halves: eight independent accumulator chains.
+  D a0(0.0), a1(0.0), a2(0.0), a3(0.0), q0(0.0), q1(0.0), q2(0.0), q3(0.0);
+  std::int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    D l0, h0, l1, h1;
+    widen(B<float>::load_unaligned(x + i), l0, h0);
+    widen(B<float>::load_unaligned(x + i + W), l1, h1);
+    l0 -= kb, h0 -= kb, l1 -= kb, h1 -= kb;
+    a0 += l0, a1 += h0, a2 += l1, a3 += h1;
+    q0 = xsimd::fma(l0, l0, q0), q1 = xsimd::fma(h0, h0, q1), q2 = xsimd::fma(l1, l1, q2), q3 = xsimd::fma(h1, h1, q3);
+  }
+  double t1 = 0, t2 = 0;
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(x[i]) - k;
+    t1 += d;
+    t2 += d * d;
+  }
+  s1 = hsum((a0 + a2) + (a1 + a3)) + t1;
+  s2 = hsum((q0 + q2) + (q1 + q3)) + t2;
+}
+
 // Mean (when Center) and rstd of one row or block, as doubles.
 template <class T, bool Center>
 void row_stats(const T* x, std::int64_t n, double eps, double& mean, double& rstd) {
   const double inv_n = 1.0 / static_cast<double>(n);
   double var;
-  if constexpr (Center) {
+  if constexpr (Center && std::is_same_v<T, float>) {
+    // One pass, each element widened once (widening is what these loops spend their time on):
+    // shifted by k = x[0], var = mean((x - k)^2) - mean(x - k)^2. The differences and squares are
+    // formed in f64, and k being a value of the row, |mean - k| <= sqrt(n) std, so the subtraction
+    // costs at most log10(n) of f64's 16 digits: still far finer than the f32 results.
+    const double k = n > 0 ? static_cast<double>(x[0]) : 0.0;
+    double s1, s2;
+    shifted_moments(x, n, k, s1, s2);
+    const double d = s1 * inv_n;
+    mean = k + d;
+    var = std::max(0.0, s2 * inv_n - d * d);
+  } else if constexpr (Center) {
     mean = wide_sum(x, n, [](auto v) { return v; }) * inv_n;
     const double m = mean;
     var = wide_sum(x, n, [m](auto v) {
@@ -236,22 +277,26 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
   if (gx) {
     // Padded lanes have dy = 0 and w = 0, so they add exact zeros.
     auto id = [](const D& v) { return v; };
-    // Two vectors per step into separate f64 accumulators: the f64 adds are latency-bound otherwise.
-    D s1a(0.0), s1b(0.0), s2a(0.0), s2b(0.0), s1c(0.0), s1d(0.0), s2c(0.0), s2d(0.0);
+    // Four vectors per step, summed in pairs in the input precision before the f64 accumulators:
+    // widening each vector is what this loop would spend its time on. (A sum of 4 in f32 is off by
+    // at most 2 ulp of the sum of their magnitudes, so s1/n is within ~1e-7 of mean |g|: the
+    // precision of g itself.) A last pair of vectors goes through the same two accumulators.
+    D s1a(0.0), s1b(0.0), s2a(0.0), s2b(0.0);
     auto gw_at = [&](std::int64_t i, std::int64_t c) {
       const B<T> g = load_n(gy + i, c, T(0));
       return w ? g * load_n(w + i, c, T(0)) : g;
     };
+    auto xh_at = [&](std::int64_t i) { return xhat(B<T>::load_unaligned(x + i)); };
     std::int64_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+      const B<T> g0 = gw_at(i, W), g1 = gw_at(i + W, W), g2 = gw_at(i + 2 * W, W), g3 = gw_at(i + 3 * W, W);
+      if constexpr (Center) add_wide(id, (g0 + g1) + (g2 + g3), s1a, s1b);
+      add_wide(id, (g0 * xh_at(i) + g1 * xh_at(i + W)) + (g2 * xh_at(i + 2 * W) + g3 * xh_at(i + 3 * W)), s2a, s2b);
+    }
     for (; i + 2 * W <= n; i += 2 * W) {
       const B<T> g0 = gw_at(i, W), g1 = gw_at(i + W, W);
-      const B<T> xh0 = xhat(B<T>::load_unaligned(x + i)), xh1 = xhat(B<T>::load_unaligned(x + i + W));
-      if constexpr (Center) {
-        add_wide(id, g0, s1a, s1b);
-        add_wide(id, g1, s1c, s1d);
-      }
-      add_wide(id, g0 * xh0, s2a, s2b);
-      add_wide(id, g1 * xh1, s2c, s2d);
+      if constexpr (Center) add_wide(id, g0 + g1, s1a, s1b);
+      add_wide(id, g0 * xh_at(i) + g1 * xh_at(i + W), s2a, s2b);
     }
     for (; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
@@ -261,7 +306,7 @@ void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int6
       add_wide(id, g * xh, s2a, s2b);
     }
     const double inv_n = 1.0 / static_cast<double>(n);
-    const double s1 = hsum((s1a + s1c) + (s1b + s1d)), s2 = hsum((s2a + s2c) + (s2b + s2d));
+    const double s1 = hsum(s1a + s1b), s2 = hsum(s2a + s2b);
     // rstd is applied last, to the whole bracket: g - s1/n cancels exactly where it should (e.g.
     // one-element rows, whose gradient is 0), instead of leaving the rounding of two products.
     const B<T> c1(static_cast<T>(s1 * inv_n)), c2(static_cast<T>(s2 * inv_n));

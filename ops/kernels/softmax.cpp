@@ -8,20 +8,34 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include <array>
 #include <cmath>
 #include <limits>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/simd_math.hpp"
 #include "ops/kernels/simd_partial.hpp"
 
 namespace tg::kernels {
 namespace {
+using simd::exp_nonpos;
 using simd::load_n;
 using simd::prefetch_next_row;
 using simd::store_n;
 
 template <class T>
 using B = xsimd::batch<T>;
+
+// The lanes of v combined pairwise (a tree: 4 dependent steps for 16 lanes, not 15).
+template <class T, class Combine>
+T hreduce(const B<T>& v, Combine combine) {
+  constexpr std::int64_t W = B<T>::size;
+  alignas(64) T lanes[W];
+  v.store_aligned(lanes);
+  for (std::int64_t half = W / 2; half >= 1; half /= 2)
+    for (std::int64_t j = 0; j < half; ++j) lanes[j] = combine(lanes[j], lanes[j + half]);
+  return lanes[0];
+}
 
 // A reduction over a row with 2 batch accumulators and a padded tail; `combine` works on batches
 // and on scalars.
@@ -35,11 +49,7 @@ T row_reduce(std::int64_t n, T identity, Load load, Combine combine) {
     a1 = combine(a1, load(i + W, W));
   }
   for (; i < n; i += W) a0 = combine(a0, load(i, std::min(W, n - i)));
-  alignas(64) T lanes[W];
-  combine(a0, a1).store_aligned(lanes);
-  T r = lanes[0];
-  for (std::int64_t j = 1; j < W; ++j) r = combine(r, lanes[j]);
-  return r;
+  return hreduce(combine(a0, a1), combine);
 }
 
 template <class T>
@@ -49,28 +59,41 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
   const T m = row_reduce<T>(n, neg_inf, [&](std::int64_t i, std::int64_t c) { return load_n(x + i, c, neg_inf); },
                             [](const auto& a, const auto& b) { return xsimd::max(a, b); });
   const B<T> mb(m);
-  // Sum of exp(x - m); softmax stores the exponentials on the way.
-  const T s = row_reduce<T>(n, T(0),
-                            [&](std::int64_t i, std::int64_t c) {
-                              const B<T> e = xsimd::exp(load_n(x + i, c, neg_inf) - mb);
-                              if (!log) store_n(y + i, e, c);
-                              // The next row's lines are fetched meanwhile: memory and the
-                              // exponentials overlap.
-                              if (prefetch_next) prefetch_next_row(x + n + i, y + n + i);
-                              return e;
-                            },
-                            [](const auto& a, const auto& b) { return a + b; });
+  // Sum of exp(x - m); softmax stores the exponentials on the way. Four batches per step, their
+  // exponentials computed together (simd::exp_nonpos), into four accumulators.
+  constexpr std::int64_t U = 4;
+  std::array<B<T>, U> acc{B<T>(T(0)), B<T>(T(0)), B<T>(T(0)), B<T>(T(0))};
+  std::int64_t i = 0;
+  for (; i + U * W <= n; i += U * W) {
+    std::array<B<T>, U> e;
+    for (std::int64_t u = 0; u < U; ++u) e[u] = B<T>::load_unaligned(x + i + u * W) - mb;
+    exp_nonpos(e);
+    for (std::int64_t u = 0; u < U; ++u) {
+      if (!log) e[u].store_unaligned(y + i + u * W);
+      acc[u] += e[u];
+      // The next row's lines are fetched meanwhile: memory and the exponentials overlap.
+      if (prefetch_next) prefetch_next_row(x + n + i + u * W, y + n + i + u * W);
+    }
+  }
+  for (; i < n; i += W) {
+    const std::int64_t c = std::min(W, n - i);
+    const B<T> e = exp_nonpos(load_n(x + i, c, neg_inf) - mb);
+    if (!log) store_n(y + i, e, c);
+    acc[0] += e;
+    if (prefetch_next) prefetch_next_row(x + n + i, y + n + i);
+  }
+  const T s = hreduce((acc[0] + acc[1]) + (acc[2] + acc[3]), [](const auto& a, const auto& b) { return a + b; });
   if (log) {
     // (x - m) - log s, not x - (m + log s): the latter rounds the shift to ulp(m), which for large
     // logits (|m| ~ 1e3) is far more than ulp(y).
     const B<T> log_s(std::log(s));
-    for (std::int64_t i = 0; i < n; i += W) {
+    for (i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
       store_n(y + i, (load_n(x + i, c, T(0)) - mb) - log_s, c);
     }
   } else {
     const B<T> inv(T(1) / s);
-    for (std::int64_t i = 0; i < n; i += W) {
+    for (i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
       store_n(y + i, load_n(y + i, c, T(0)) * inv, c);
     }
@@ -85,7 +108,7 @@ void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
     const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
     for (std::int64_t i = 0; i < n; i += W) {
       const std::int64_t c = std::min(W, n - i);
-      store_n(gx + i, load_n(g + i, c, T(0)) - xsimd::exp(load_n(y + i, c, T(0))) * sg, c);
+      store_n(gx + i, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg, c);
     }
   } else {
     const B<T> dot(row_reduce<T>(

@@ -111,6 +111,22 @@ TEST_CASE("unary ops: gradcheck",
   }
 }
 
+TEST_CASE("unary ops: the f32 gradient matches the f64 one", "[ops][elementwise][grad]") {
+  // The f64 gradients are tied to finite differences above; f32 kernels may use their own
+  // approximations (GELU's gradient shares one exp between Phi and phi), which must stay accurate.
+  for (const UnaryCase& c : unary_cases()) {
+    INFO(c.name);
+    const Tensor x64 = test::uniform({4001}, c.lo, c.hi, DType::f64, 11);
+    const Tensor g64 = test::randn({4001}, DType::f64, 12);
+    auto grad_of = [&](DType dt) {
+      Tensor xr = x64.to(dt).detach().requires_grad_();
+      c.op(xr).backward(g64.to(dt));
+      return xr.grad().to(DType::f64);
+    };
+    CHECK_ALLCLOSE(grad_of(DType::f32), grad_of(DType::f64), 1e-5, 1e-6);
+  }
+}
+
 TEST_CASE("unary ops: 1 vs N threads give identical bits", "[ops][elementwise][threads]") {
   for (const UnaryCase& c : unary_cases()) {
     INFO(c.name);

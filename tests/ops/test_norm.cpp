@@ -140,6 +140,12 @@ TEST_CASE("layer_norm and rms_norm: forward matches the naive loops", "[ops][nor
   // f32 statistics are accumulated in f64: a large common offset does not cancel.
   const Tensor off = (test::randn({4, 1003}, DType::f64, 5) + 1e4).to(DType::f32);
   CHECK_ALLCLOSE(ops::layer_norm(off, {1003}), ref_row_norm(off, 1003, {}, {}, 1e-5, true), 1e-3, 2e-3);
+  // f32 statistics come from one pass shifted by the row's first element: a first element far
+  // from the rest (the shift's worst case) costs nothing visible either.
+  Tensor outlier = test::randn({4, 1003}, DType::f64, 6) * 0.01 + 5.0;
+  outlier.narrow(1, 0, 1).fill_(300.0);
+  const Tensor outlier32 = outlier.to(DType::f32);
+  CHECK_ALLCLOSE(ops::layer_norm(outlier32, {1003}), ref_row_norm(outlier32, 1003, {}, {}, 1e-5, true), 2e-5, 2e-5);
   // Constant rows normalise to the bias.
   const Tensor cst = full({3, 7}, 2.5, DType::f64);
   CHECK(ops::layer_norm(cst, {7}, {}, full({7}, 0.5, DType::f64)).to_vector<double>() == std::vector<double>(21, 0.5));
@@ -165,6 +171,31 @@ TEST_CASE("layer_norm: gradcheck for x, weight and bias", "[ops][norm][grad][lay
   Tensor xr = test::randn({4, 6}, DType::f64, 15).requires_grad_();
   ops::sum(ops::layer_norm(xr, {6})).backward();
   CHECK(test::max_abs_diff(xr.grad(), zeros({4, 6}, DType::f64)) < 1e-12);  // sum of a normalised row is constant
+}
+
+TEST_CASE("layer_norm and rms_norm: the f32 backward matches the f64 one", "[ops][norm][grad]") {
+  // The f64 backward is tied to finite differences above; the f32 one sums products in short
+  // blocks in f32 before its f64 accumulators, and must stay as accurate as its inputs allow.
+  for (std::int64_t n : {7, 64, 1003}) {
+    INFO("n " << n);
+    const Tensor x = test::randn({6, n}, DType::f64, 30) * 2.0 + 1.0;
+    const Tensor w = test::randn({n}, DType::f64, 31), b = test::randn({n}, DType::f64, 32);
+    const Tensor gy = test::randn({6, n}, DType::f64, 33);
+    for (bool rms : {false, true}) {
+      INFO((rms ? "rms_norm" : "layer_norm"));
+      auto grads = [&](DType dt) {
+        Tensor xr = x.to(dt).detach().requires_grad_(), wr = w.to(dt).detach().requires_grad_();
+        Tensor br = b.to(dt).detach().requires_grad_();
+        const Tensor y = rms ? ops::rms_norm(xr, {n}, wr) : ops::layer_norm(xr, {n}, wr, br);
+        const Tensors g = autograd::grad({y}, rms ? Tensors{xr, wr} : Tensors{xr, wr, br}, {gy.to(dt)});
+        Tensors out;
+        for (const Tensor& t : g) out.push_back(t.to(DType::f64));
+        return out;
+      };
+      const Tensors g32 = grads(DType::f32), g64 = grads(DType::f64);
+      for (std::size_t i = 0; i < g64.size(); ++i) CHECK_ALLCLOSE(g32[i], g64[i], 2e-5, 2e-6);
+    }
+  }
 }
 
 TEST_CASE("rms_norm: gradcheck for x and weight", "[ops][norm][grad][rms_norm]") {
