@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "core/parallel.hpp"
+#include "ops/kernels/simd_math.hpp"
 #include "ops/kernels/simd_partial.hpp"
 #include "ops/kernels/elementwise.hpp"  // silu_of / silu_backward_of: the same formulas as ops::silu
 
@@ -64,13 +65,9 @@ inline void add_product(const B<float>& a, const B<float>& b, D& lo, D& hi) {
   hi += h;
 }
 
-// Sum of the lanes, in lane order (xsimd::hadd trips a GCC 12 -Wuninitialized false positive).
+// Sum of the lanes, as a tree (xsimd::hadd trips a GCC 12 -Wuninitialized false positive).
 inline double hsum(const D& v) {
-  alignas(64) double lanes[D::size];
-  v.store_aligned(lanes);
-  double s = lanes[0];
-  for (std::size_t j = 1; j < D::size; ++j) s += lanes[j];
-  return s;
+  return simd::reduce_lanes<double>(v, [](const auto& a, const auto& b) { return a + b; });
 }
 
 // acc (two f64 accumulators) += f(v) for the f64 lanes of v.

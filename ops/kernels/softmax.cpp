@@ -26,17 +26,6 @@ using simd::store_n;
 template <class T>
 using B = xsimd::batch<T>;
 
-// The lanes of v combined pairwise (a tree: 4 dependent steps for 16 lanes, not 15).
-template <class T, class Combine>
-T hreduce(const B<T>& v, Combine combine) {
-  constexpr std::int64_t W = B<T>::size;
-  alignas(64) T lanes[W];
-  v.store_aligned(lanes);
-  for (std::int64_t half = W / 2; half >= 1; half /= 2)
-    for (std::int64_t j = 0; j < half; ++j) lanes[j] = combine(lanes[j], lanes[j + half]);
-  return lanes[0];
-}
-
 // A reduction over a row with 2 batch accumulators and a padded tail; `combine` works on batches
 // and on scalars.
 template <class T, class Load, class Combine>
@@ -49,7 +38,7 @@ T row_reduce(std::int64_t n, T identity, Load load, Combine combine) {
     a1 = combine(a1, load(i + W, W));
   }
   for (; i < n; i += W) a0 = combine(a0, load(i, std::min(W, n - i)));
-  return hreduce(combine(a0, a1), combine);
+  return simd::reduce_lanes<T>(combine(a0, a1), combine);
 }
 
 template <class T>
@@ -82,7 +71,7 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
     acc[0] += e;
     if (prefetch_next) prefetch_next_row(x + n + i, y + n + i);
   }
-  const T s = hreduce((acc[0] + acc[1]) + (acc[2] + acc[3]), [](const auto& a, const auto& b) { return a + b; });
+  const T s = simd::reduce_lanes<T>((acc[0] + acc[1]) + (acc[2] + acc[3]), [](const auto& a, const auto& b) { return a + b; });
   if (log) {
     // (x - m) - log s, not x - (m + log s): the latter rounds the shift to ulp(m), which for large
     // logits (|m| ~ 1e3) is far more than ulp(y).
