@@ -22,12 +22,12 @@ namespace tg::kernels::simd {
 //
 // f32: x = n ln2 + r with n = round(x log2 e) and r in [-ln2/2, ln2/2] (ln2 in two parts, so r is
 // exact to a few ulp), e^r by a degree-6 polynomial (fitted for this project: relative error 2e-9
-// on the interval; 6 FMAs, where Cephes' expf takes 8 operations), then 2^n applied. Measured over
-// every f32 in [-104, 0]: at most 1 ulp from the correctly rounded result, 99.3% exact. xsimd::exp also guards
-// overflow, which cannot happen here. With AVX-512, vscalefps applies 2^n, rounding subnormal
-// results correctly and giving 0 far below; elsewhere 2^n is built in the exponent bits and
-// arguments below -87 give 0 (e^-87 is about the smallest normal f32: only subnormals are lost).
-// About 12 vector instructions per batch against xsimd's ~20.
+// on the interval; 6 FMAs, where Cephes' expf takes 8 operations), then 2^n applied. Measured
+// over every f32 in [-104, 0]: at most 1 ulp from the correctly rounded result, 99.3% exact.
+// xsimd::exp also guards overflow, which cannot happen here. With AVX-512, vscalefps applies 2^n,
+// rounding subnormal results correctly and giving 0 far below; elsewhere 2^n is built in the
+// exponent bits and arguments below -87 give 0 (e^-87 is about the smallest normal f32: only
+// subnormals are lost). About 12 vector instructions per batch against xsimd's ~20.
 template <class T, std::size_t U>
 inline void exp_nonpos(std::array<xsimd::batch<T>, U>& v) {
   using V = xsimd::batch<T>;

@@ -71,7 +71,8 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
     acc[0] += e;
     if (prefetch_next) prefetch_next_row(x + n + i, y + n + i);
   }
-  const T s = simd::reduce_lanes<T>((acc[0] + acc[1]) + (acc[2] + acc[3]), [](const auto& a, const auto& b) { return a + b; });
+  auto add = [](const auto& a, const auto& b) { return a + b; };
+  const T s = simd::reduce_lanes<T>((acc[0] + acc[1]) + (acc[2] + acc[3]), add);
   if (log) {
     // (x - m) - log s, not x - (m + log s): the latter rounds the shift to ulp(m), which for large
     // logits (|m| ~ 1e3) is far more than ulp(y).
