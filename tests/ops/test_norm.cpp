@@ -162,6 +162,9 @@ TEST_CASE("layer_norm: gradcheck for x, weight and bias", "[ops][norm][grad][lay
     CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized, v[1], v[2]); }, {x, w, b});
     CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized); }, {test::strided_layout(x)});
     CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized, v[1], {}, 0.3); }, {x, w});
+    // A bias alone; a weight that is a constant (its gradient not wanted).
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized, {}, v[1]); }, {x, b});
+    CHECK_GRADCHECK([&](const Tensors& v) { return ops::layer_norm(v[0], normalized, w, v[1]); }, {x, b});
   }
   // Only the weight (autograd::grad skips the others).
   Tensor x = test::randn({3, 5}, DType::f64, 13), w = test::randn({5}, DType::f64, 14).requires_grad_();
