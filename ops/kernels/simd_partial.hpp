@@ -56,6 +56,17 @@ inline void store_n(T* p, const xsimd::batch<T>& v, int64_t n) {
 #endif
 }
 
+// f(i, count) over [0, n) in steps of the batch width: in the main loop count is the constant
+// width, so that load_n / store_n there are plain loads and stores without branches; the
+// remainder comes once at the end.
+template <class T, class F>
+inline void for_each_batch(int64_t n, F f) {
+  constexpr int64_t L = static_cast<int64_t>(xsimd::batch<T>::size);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) f(i, L);
+  if (i < n) f(i, n - i);
+}
+
 // The last pass over a row mostly hits L1; while it runs, the next row's cache lines (x + n + i ...)
 // are pulled in, so that the next row's first pass does not wait on memory (called once per
 // vector: W elements are 64 bytes in f32 and f64).

@@ -19,6 +19,7 @@
 namespace tg::kernels {
 namespace {
 using simd::exp_nonpos;
+using simd::for_each_batch;
 using simd::load_n;
 using simd::prefetch_next_row;
 using simd::store_n;
@@ -77,38 +78,28 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
     // (x - m) - log s, not x - (m + log s): the latter rounds the shift to ulp(m), which for large
     // logits (|m| ~ 1e3) is far more than ulp(y).
     const B<T> log_s(std::log(s));
-    for (i = 0; i < n; i += W) {
-      const std::int64_t c = std::min(W, n - i);
-      store_n(y + i, (load_n(x + i, c, T(0)) - mb) - log_s, c);
-    }
+    for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) { store_n(y + i, (load_n(x + i, c, T(0)) - mb) - log_s, c); });
   } else {
     const B<T> inv(T(1) / s);
-    for (i = 0; i < n; i += W) {
-      const std::int64_t c = std::min(W, n - i);
-      store_n(y + i, load_n(y + i, c, T(0)) * inv, c);
-    }
+    for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) { store_n(y + i, load_n(y + i, c, T(0)) * inv, c); });
   }
 }
 
 template <class T>
 void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
-  constexpr std::int64_t W = B<T>::size;
   auto add = [](const auto& a, const auto& b) { return a + b; };
   if (log) {
     const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
-    for (std::int64_t i = 0; i < n; i += W) {
-      const std::int64_t c = std::min(W, n - i);
+    for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       store_n(gx + i, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg, c);
-    }
+    });
   } else {
     const B<T> dot(row_reduce<T>(
         n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)) * load_n(y + i, c, T(0)); },
         add));
-    for (std::int64_t i = 0; i < n; i += W) {
-      const std::int64_t c = std::min(W, n - i);
-      const B<T> yv = load_n(y + i, c, T(0));
-      store_n(gx + i, yv * (load_n(g + i, c, T(0)) - dot), c);
-    }
+    for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
+      store_n(gx + i, load_n(y + i, c, T(0)) * (load_n(g + i, c, T(0)) - dot), c);
+    });
   }
 }
 
