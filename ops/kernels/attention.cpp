@@ -35,6 +35,14 @@
 // undropped probabilities, as in PyTorch (dropout applied after the softmax).
 #include "ops/kernels/attention.hpp"
 
+// GCC 12 flags the _mm512_undefined_* placeholders inside AVX-512 intrinsics (transposes, xsimd
+// reductions and exp) as uninitialised: a known false positive. For the whole file, since the
+// templates instantiated from the headers are compiled under the state at their own location.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <xsimd/xsimd.hpp>
 
 #if XSIMD_WITH_AVX512F
@@ -56,11 +64,6 @@
 #include "ops/kernels/simd_math.hpp"
 #include "ops/kernels/simd_transpose.hpp"
 
-// GCC 12 flags the _mm512_undefined_* placeholders inside AVX-512 intrinsics (transposes, xsimd
-// reductions) as uninitialised: a known false positive.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace tg::kernels {
 namespace {
@@ -623,5 +626,3 @@ void dropout_keep(std::uint64_t seed, std::uint64_t first, std::int64_t n, std::
 }
 
 }  // namespace tg::kernels
-
-#pragma GCC diagnostic pop
