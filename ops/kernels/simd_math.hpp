@@ -1,6 +1,6 @@
-// SIMD math for the kernels whose speed is decided by a transcendental: exp of non-positive
-// arguments (softmax, attention's online softmax, the Gaussian density in GELU's gradient).
-// Internal to ops/ (includes xsimd).
+// SIMD math for the row kernels, whose speed on wide cores is decided by their arithmetic: exp of
+// non-positive arguments (softmax, attention's online softmax, the Gaussian density in GELU's
+// gradient) and the reduction of a batch's lanes. Internal to ops/ (includes xsimd).
 #pragma once
 #include <xsimd/xsimd.hpp>
 
