@@ -100,6 +100,7 @@ double wide_sum(const T* x, std::int64_t n, F f) {
   return hsum((a0 + a2) + (a1 + a3)) + tail;
 }
 
+using simd::for_each_batch;
 using simd::load_n;
 using simd::prefetch_next_row;
 using simd::store_n;
@@ -313,7 +314,7 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
     const B<T> c1(static_cast<T>(s1 * inv_n)), c2(static_cast<T>(s2 * inv_n));
     // The next row is prefetched while this one is in L1 (the last row re-touches its own lines).
     const std::int64_t ahead = prefetch_next ? n : 0;
-    auto step = [&](std::int64_t i, std::int64_t c) {
+    for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       const B<T> xh = xhat(load_n(x + i, c, T(0)));
       const B<T> dy = load_n(gy + i, c, T(0));
       // dy w rounded as in s1 (an FMA with 0 cannot be fused with the subtraction below).
@@ -323,21 +324,14 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
       store_n(gx + i, xsimd::fnma(xh, c2, d) * rb, c);
       if constexpr (AccW) acc_into(pw + i, c, dy * xh);
       if constexpr (AccB) acc_into(pb + i, c, dy);
-    };
-    for (i = 0; i + W <= n; i += W) {
-      step(i, W);
       prefetch_next_row(x + ahead + i, gy + ahead + i, gx + ahead + i);
-    }
-    if (i < n) step(i, n - i);
+    });
   } else {
-    std::int64_t i = 0;
-    auto step = [&](std::int64_t i, std::int64_t c) {
+    for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       const B<T> dy = load_n(gy + i, c, T(0));
       if constexpr (AccW) acc_into(pw + i, c, dy * xhat(load_n(x + i, c, T(0))));
       if constexpr (AccB) acc_into(pb + i, c, dy);
-    };
-    for (; i + W <= n; i += W) step(i, W);
-    if (i < n) step(i, n - i);
+    });
   }
 }
 
