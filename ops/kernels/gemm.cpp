@@ -25,7 +25,8 @@
 // row-major fp32 A is read in place (measured 1-7% faster than packing on large products, 5-17%
 // on mid-size ones), unless a large product's rows are a multiple of 4 KiB apart (see
 // rows_share_cache_sets). Small products (<= 2^23 multiply-adds) also read a transposed A and
-// full row-major B panels in place.
+// full row-major B panels in place, and so do products with at most 256 rows of A for B (see
+// kDirectBMaxRows).
 //
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
 // multiply-adds each), choosing the row/column split by what it copies and streams (see
@@ -403,8 +404,8 @@ struct Problem {
   int64_t nkb;      // number of k-blocks
   int64_t mpanels;  // ceil(m / MR)
   // Packing skipped where the layout allows: A is read in place when it is row-major (fp32,
-  // a_row_major) or, for small products, k-major (a.rs == 1); small products also read their
-  // full-width B panels in place when B is row-major.
+  // a_row_major) or, for small products, k-major (a.rs == 1); small products and fp32 products
+  // with few rows also read their full-width B panels in place when B is row-major.
   bool direct_a, a_row_major, direct_b;
   bool a_sweep;  // pack a k-major A one k row at a time across all panels (see pack_a_panels)
   // Packed A of the current k-block (when its panels are shared by several tiles or column
@@ -632,6 +633,13 @@ inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return 
 constexpr double kSerialMax = 1 << 20;
 constexpr double kDirectMax = 1 << 23;
 
+// A row-major fp32 B is also read in place, at any size, when A has at most this many rows: each
+// B panel then serves at most 19 A panels, too few to pay for copying it (measured at 1 thread:
+// 128 x 512 x 784 and 128 x 512 x 512 5-8% faster, 256^3 4%, 64 x 25088 x 288 7%; 512^3 alike,
+// 4096 x 1024 x 256 slower) -- unless B's rows are a multiple of 4 KiB apart: a panel's rows then
+// fall into 1/64 of the L2's sets and do not stay there between A panels (1024^3: 20% slower).
+constexpr int64_t kDirectBMaxRows = 256;
+
 // Rows of A read in place at a stride of a multiple of 4 KiB (1024 x 1024, 2048 x 2048 fp32 ...)
 // sit at one offset within their pages: the 14 rows of a panel all fall into the same set of the
 // 12-way L1 (whose set index is the offset in the page), and into sets of the L2 picked by which
@@ -738,8 +746,10 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   // only (a large one strides across the whole of A per step).
   const bool a_row_major = std::is_same_v<T, float> && a.rs != 1 && a.cs == 1 &&
                            (direct || !rows_share_cache_sets(a.rs * int64_t(sizeof(T))));
+  const bool b_in_place = b.cs == 1 && (direct || (std::is_same_v<T, float> && m <= kDirectBMaxRows &&
+                                                    !rows_share_cache_sets(b.rs * int64_t(sizeof(T)))));
   Problem<T> pr{m, n, k, a, b, c, accumulate, k_block_size<T>(k), 0, ceil_div(m, MR),
-                (direct && a.rs == 1) || a_row_major, a_row_major, direct && b.cs == 1,
+                (direct && a.rs == 1) || a_row_major, a_row_major, b_in_place,
                 a.rs == 1 && !direct && double(m) * double(k) >= kSweepMin, nullptr};
   pr.nkb = ceil_div(k, pr.kc);
   const int64_t npanels = ceil_div(n, NR);

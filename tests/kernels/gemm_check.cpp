@@ -300,6 +300,39 @@ void run_page_strided_a() {
     }
 }
 
+// A product with few rows reads a row-major B in place (fp32), except a B whose rows are a
+// multiple of 4 KiB apart, which is packed: forwards, flipped (negative row stride) and padded
+// (in place) B must give the same bits.
+template <class T>
+void run_page_strided_b() {
+  // Rows of B 4 KiB apart; fp32: 33 x 1024 x 300 is above the size read in place regardless.
+  const int64_t m = 33, n = 4096 / int64_t(sizeof(T)), k = 300;
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  std::vector<T> A(size_t(m * k)), B(size_t(k * n)), Bflip(size_t(k * n)), Bpad(size_t(k * (n + 5)));
+  for (auto& x : A) x = T(d(rng));
+  for (auto& x : B) x = T(d(rng));
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t j = 0; j < n; ++j) {
+      Bflip[size_t((k - 1 - p) * n + j)] = B[size_t(p * n + j)];
+      Bpad[size_t(p * (n + 5) + j)] = B[size_t(p * n + j)];
+    }
+  std::vector<T> C1(size_t(m * n)), C2(size_t(m * n)), C3(size_t(m * n));
+  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {B.data(), n, 1}, {C1.data(), n, 1}, false);
+  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {Bflip.data() + (k - 1) * n, -n, 1}, {C2.data(), n, 1}, false);
+  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {Bpad.data(), n + 5, 1}, {C3.data(), n, 1}, false);
+  const Case cs{m, n, k, Layout::RowMajor, Layout::RowMajor, Layout::RowMajor, false, false, 0};
+  if (C1 != C2) fail("a flipped 4 KiB-strided B differs from the same rows forwards", cs);
+  if (C1 != C3) fail("a 4 KiB-strided B (packed) differs from the same rows padded (in place)", cs);
+  for (int64_t i = 0; i < m; i += 4)
+    for (int64_t j = 0; j < n; j += 7) {
+      double ref = 0;
+      for (int64_t p = 0; p < k; ++p) ref += double(A[size_t(i * k + p)]) * double(B[size_t(p * n + j)]);
+      const double tol = (std::is_same_v<T, float> ? 1e-4 : 1e-12) * std::sqrt(double(k));
+      if (std::abs(double(C1[size_t(i * n + j)]) - ref) > tol) fail("a 4 KiB-strided B gives a wrong product", cs);
+      ++checks;
+    }
+}
+
 // A shared C (c_batch_stride == 0) with accumulate sums the products in batch order.
 template <class T>
 void run_shared_c() {
@@ -419,9 +452,10 @@ void run_all(int random_cases) {
     ++cases;
   }
 
-  // 7. Layout invariance, small (in-place operands) and large (packed) products.
+  // 7. Layout invariance, small (in-place operands) and large (packed) products; 200 x 300 x 400
+  // reads a row-major B in place (few rows of A), its other layouts are packed.
   const int64_t inv[][3] = {{5, 7, 3}, {14, 32, 16}, {29, 45, 67}, {64, 64, 64}, {100, 90, 70}, {131, 97, 400},
-                            {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}};
+                            {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}, {200, 300, 400}};
   for (auto& s : inv)
     for (bool acc : {false, true}) {
       run_layout_invariance<T>(s[0], s[1], s[2], acc);
@@ -459,6 +493,7 @@ void run_all(int random_cases) {
   run_batched<T>(4, 3, 2, 0, false, false, true, false);
   run_shared_c<T>();
   run_page_strided_a<T>();
+  run_page_strided_b<T>();
   cases += 4;
 
   std::printf("%s: %lld cases passed\n", tname, (long long)cases);
