@@ -58,6 +58,8 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
     vh = p[2].permute({0, 2, 1, 3});
   }
   if (a.rotary) {
+    // One table for queries and keys: positions of a context sequence are not the queries' positions.
+    TG_CHECK(!cross, "MultiheadAttention: rotary tables apply to self-attention only (this layer is cross-attention)");
     qh = ops::apply_rotary(qh, a.rotary->cos, a.rotary->sin, a.rotary->layout);
     kh = ops::apply_rotary(kh, a.rotary->cos, a.rotary->sin, a.rotary->layout);
   }

@@ -54,6 +54,9 @@ RotaryTables Rope::tables(const Tensor& positions, DType dtype) const {
   TG_CHECK(positions.dtype() != DType::boolean, "Rope::tables: positions must be numeric, got {}", positions.dtype());
   const std::int64_t rows = positions.numel() / axes, pairs = head_dim / 2;
   const std::vector<double> p = positions.to(DType::f64).contiguous().to_vector<double>();
+  for (std::size_t k = 0; k < p.size(); ++k)
+    TG_CHECK(std::isfinite(p[k]), "Rope::tables: positions must be finite, got {} at row {} axis {} (positions {})", p[k],
+             static_cast<std::int64_t>(k) / axes, static_cast<std::int64_t>(k) % axes, positions.shape());
   std::vector<double> c(static_cast<std::size_t>(rows * pairs)), s(c.size());
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t i = 0; i < pairs; ++i) {

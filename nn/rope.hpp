@@ -64,7 +64,8 @@ std::vector<std::int64_t> sectioned_axis_map(const std::vector<std::int64_t>& se
 //   flat1d       L + (raster index, 1-based)                       next text L + N + 1  (1 axis)
 //   rope2d       start + k_a - 1; a single grid, no text                                  (image only)
 //   tie_v1       L + k_a s_a, s_a = P / (d_a + 1), P = prod(d_a + 1)  next text L + P
-//                (2-D: s = w + 1 on rows, t = h + 1 on cols; the 3-D rule is our generalisation)
+//                (2-D: s = w + 1 on rows, t = h + 1 on cols; the 3-D rule is our generalisation:
+//                an image there is one frame, d_t = 1, so its spacings and P are twice the 2-D ones)
 //   tie_v1_real  L + k_a (N + 1) / (d_a + 1)                        next text L + N + 1
 //   tv           L + (N - d_a) / 2 + k_a  (RoPE-TV, half-integers) next text L + N + 1
 //   mrope        L + k_a  (Qwen2-VL: top-left at L + 1)             next text L + max_a d_a + 1

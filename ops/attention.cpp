@@ -147,9 +147,10 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   }
 
   return record(kOp, {q, k, v}, out,
-                [sq = SavedTensor(q), sk = SavedTensor(k), sv = SavedTensor(v), so = SavedTensor(out), lse, mask, dims,
+                [sq = SavedTensor(q), sk = SavedTensor(k), sv = SavedTensor(v), so = SavedTensor(out), lse,
+                 smask = SavedTensor(mask), dims,
                  scale, causal = opt.causal, p = opt.dropout_p, seed, first](const Tensor& g) {
-                  const Tensor qv = sq.get(), kv = sk.get(), vv = sv.get(), ov = so.get();
+                  const Tensor qv = sq.get(), kv = sk.get(), vv = sv.get(), ov = so.get(), mask = smask.get();
                   const Tensor gc = g.contiguous();
                   Tensor gq, gk, gv;
                   if (input_needs_grad(0)) gq = empty(qv.shape(), qv.dtype());

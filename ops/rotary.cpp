@@ -8,6 +8,7 @@
 namespace tg::ops {
 
 using autograd::record;
+using autograd::SavedTensor;
 using detail::check_defined;
 
 namespace {
@@ -73,8 +74,10 @@ Tensor apply_rotary(const Tensor& x, const Tensor& cos, const Tensor& sin, Rotar
   const bool interleaved = layout == RotaryLayout::interleaved;
   const Tensor xc = x.detach().contiguous();
   Tensor y = rotate(xc, c, s, period, interleaved, false);
-  return record(kOp, {x}, y, [c, s, period, interleaved](const Tensor& g) {
-    return Tensors{rotate(g.contiguous(), c, s, period, interleaved, true)};
+  // The tables may still be the caller's tensors (same dtype, already contiguous): saved with
+  // their version, so that writing into them before the backward is an error, not a wrong gradient.
+  return record(kOp, {x}, y, [sc = SavedTensor(c), ss = SavedTensor(s), period, interleaved](const Tensor& g) {
+    return Tensors{rotate(g.contiguous(), sc.get(), ss.get(), period, interleaved, true)};
   });
 }
 

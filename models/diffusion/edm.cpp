@@ -36,10 +36,18 @@ void check_batch(const UNet& net, const Tensor& x, const Tensor& sigma, const ch
            x.shape()[0], sigma.defined() ? sigma.shape() : Shape{});
 }
 
+// The preconditioning divides by sigma and takes its log: a sigma <= 0, inf or NaN has no meaning.
+void check_sigma_values(const Tensor& sigma, const char* who) {
+  const std::vector<double> s = sigma.to_vector<double>();
+  for (std::size_t i = 0; i < s.size(); ++i)
+    TG_CHECK(std::isfinite(s[i]) && s[i] > 0, "{}: sigma must be positive and finite, got sigma[{}] = {}", who, i, s[i]);
+}
+
 }  // namespace
 
 Tensor denoise(const UNet& net, const Tensor& x, const Tensor& sigma, const Tensor& labels, double sd) {
   check_batch(net, x, sigma, "denoise");
+  check_sigma_values(sigma, "denoise");
   const PrecondTensors p = precond_tensors(sigma, sd);
   const Tensor F = net(x * p.c_in, p.c_noise, labels);  // [B, C, S, S]
   return p.c_skip * x + p.c_out * F;                     // [B, C, S, S]
@@ -83,7 +91,8 @@ Denoiser unet_denoiser(const UNet& net, const Tensor& labels, double guidance, d
   return [&net, labels, guidance, guided, sd](const Tensor& x, double sigma) {
     NoGradGuard no_grad;
     const std::int64_t B = x.shape()[0];
-    TG_CHECK(!labels.defined() || labels.shape()[0] == B, "unet_denoiser: {} labels for a batch of {}", labels.shape()[0], B);
+    TG_CHECK(!labels.defined() || (labels.dim() == 1 && labels.shape()[0] == B), "unet_denoiser: expected labels [{}], got {}", B,
+             labels.shape());
     const Precond p = precond(sigma, sd);
     const DType dt = net.config.dtype;
     const Tensor xin = (x * p.c_in).to(dt);  // [B, C, S, S]

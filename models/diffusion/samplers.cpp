@@ -31,8 +31,9 @@ std::string sampler_name(SamplerKind k) {
 
 std::vector<double> edm_sigmas(std::int64_t N, const EDMGrid& g) {
   TG_CHECK(N >= 1 && N <= kMaxSamplerSteps, "edm_sigmas: steps must be in 1..{}, got {}", kMaxSamplerSteps, N);
-  TG_CHECK(g.sigma_min > 0 && g.sigma_max > g.sigma_min && g.rho > 0,
-           "edm_sigmas: need 0 < sigma_min ({}) < sigma_max ({}) and rho > 0 ({})", g.sigma_min, g.sigma_max, g.rho);
+  TG_CHECK(g.sigma_min > 0 && g.sigma_max > g.sigma_min && std::isfinite(g.sigma_max) && g.rho > 0 && std::isfinite(g.rho),
+           "edm_sigmas: need 0 < sigma_min ({}) < sigma_max ({}) < inf and a finite rho > 0 ({})", g.sigma_min, g.sigma_max,
+           g.rho);
   std::vector<double> s(static_cast<std::size_t>(N + 1), 0.0);
   const double a = std::pow(g.sigma_max, 1.0 / g.rho), b = std::pow(g.sigma_min, 1.0 / g.rho);
   for (std::int64_t i = 0; i < N; ++i)
@@ -43,7 +44,7 @@ std::vector<double> edm_sigmas(std::int64_t N, const EDMGrid& g) {
 }
 
 VPSchedule::VPSchedule(std::int64_t t, double beta_start, double beta_end) : T(t) {
-  TG_CHECK(T >= 2, "VPSchedule: need at least 2 steps, got {}", T);
+  TG_CHECK(T >= 2 && T <= kMaxSamplerSteps, "VPSchedule: need 2 <= T <= {}, got {}", kMaxSamplerSteps, T);
   TG_CHECK(beta_start > 0 && beta_end >= beta_start && beta_end < 1, "VPSchedule: need 0 < beta_start ({}) <= beta_end ({}) < 1",
            beta_start, beta_end);
   beta.assign(static_cast<std::size_t>(T + 1), 0.0);
@@ -276,6 +277,8 @@ SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta) {
     c.steps = (nfe + 1) / 2;
   } else {
     c.steps = nfe;
+    TG_CHECK(c.steps <= c.T, "sampler: {} with NFE {} takes {} steps of a schedule of T = {} (at most T)", sampler_name(kind),
+             nfe, c.steps, c.T);
   }
   return c;
 }

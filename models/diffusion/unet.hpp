@@ -4,7 +4,8 @@
 //   encoder   level 0: stem conv 3x3, then `blocks_per_level` residual blocks; each output is a skip.
 //             level l > 0: a down block (avg-pool 2x2 inside), then the residual blocks; every output
 //             is a skip. So there are k + 1 = levels * (blocks_per_level + 1) skips.
-//   middle    two residual blocks at the lowest resolution (the first with self-attention).
+//   middle    two residual blocks at the lowest resolution (the first with self-attention when the
+//             lowest level is in attention_levels, as by default).
 //   decoder   from the deepest level up: blocks_per_level + 1 residual blocks per level, each taking
 //             concat(x, rho_i * skip_i) (the skips are consumed in reverse order of creation, so i = 0
 //             is the deepest skip and i = k the one next to the output), then an up block (nearest 2x)

@@ -169,7 +169,18 @@ Tensor generate(const Transformer& model, const Inputs& prompt, nn::PositionBuil
   NoGradGuard no_grad;
   std::vector<nn::KVCache> caches = model.make_caches(T + std::max<std::int64_t>(o.max_new_tokens, 1));
   Inputs in = prompt;
-  if (!in.positions.defined()) in.positions = positions.positions();  // [T, A]
+  if (!in.positions.defined()) {
+    in.positions = positions.positions();  // [T, A]
+  } else {
+    // The generated tokens continue the builder's layout, so the prompt must have been laid out by it.
+    const std::vector<double> want = positions.positions().to(DType::f64).to_vector<double>();  // [T, A]
+    const std::vector<double> got = in.positions.to(DType::f64).contiguous().to_vector<double>();  // [T, A] or [B, T, A]
+    bool same = !want.empty() && got.size() % want.size() == 0;
+    for (std::size_t i = 0; same && i < got.size(); ++i) same = got[i] == want[i % want.size()];
+    TG_CHECK(same, "generate: prompt.positions {} differ from the position builder's (the decoded tokens continue the "
+             "builder's layout); leave prompt.positions undefined to take them from the builder",
+             in.positions.shape());
+  }
   Tensor logits = model(in, &caches);                                 // [B, T, V]
   std::vector<std::int64_t> out(static_cast<std::size_t>(B * o.max_new_tokens));
   std::vector<bool> done(static_cast<std::size_t>(B), false);

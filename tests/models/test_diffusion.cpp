@@ -138,6 +138,10 @@ TEST_CASE("UNet: shapes, skip count, parameter names, bad input", "[models][diff
   Generator g2(3);
   CHECK_THROWS_WITH(edm_loss(net, x, tensor({1}, DType::i64), {.label_dropout = 1.0}, g2), Contains("edm_loss: expected labels [2]"));
   CHECK_THROWS_WITH(unet_denoiser(net, y, NAN), Contains("guidance must be finite"));
+  CHECK_THROWS_WITH(unet_denoiser(net, tensor({1, 2}, DType::i64).reshape({1, 2}))(x.to(DType::f64), 1.0),
+                    Contains("unet_denoiser: expected labels [2], got [1, 2]"));
+  CHECK_THROWS_WITH(denoise(net, x, tensor({0.5, 0.0}), y), Contains("denoise: sigma must be positive and finite, got sigma[1] = 0"));
+  CHECK_THROWS_WITH(denoise(net, x, tensor({NAN, 1.0}), y), Contains("got sigma[0] = nan"));
   UNetConfig odd = tiny_config();
   odd.channels = {7, 16, 16};
   CHECK_THROWS_WITH(UNet(odd), Contains("noise_channels must be even, got 7 (derived from channels[0]"));
@@ -317,6 +321,8 @@ TEST_CASE("schedules: EDM sigma grid and the VP schedule", "[models][diffusion]"
   CHECK(std::pow(s[9], 1 / 7.0) - std::pow(s[8], 1 / 7.0) == Approx(std::pow(s[1], 1 / 7.0) - std::pow(s[0], 1 / 7.0)));
   CHECK(edm_sigmas(1) == std::vector<double>{80.0, 0.0});
   CHECK_THROWS_WITH(edm_sigmas(0), Contains("edm_sigmas: steps must be in 1..16777216, got 0"));
+  CHECK_THROWS_WITH(edm_sigmas(5, {.sigma_max = INFINITY}), Contains("edm_sigmas: need 0 < sigma_min (0.002) < sigma_max (inf) < inf"));
+  CHECK_THROWS_WITH(VPSchedule(std::int64_t{1} << 40), Contains("VPSchedule: need 2 <= T <= 16777216, got 1099511627776"));
   const VPSchedule vp;
   CHECK(vp.beta[1] == Approx(1e-4));
   CHECK(vp.beta[1000] == Approx(0.02));
@@ -360,6 +366,8 @@ TEST_CASE("samplers make exactly the advertised number of denoiser evaluations",
     }
   CHECK(sampler_for_nfe(SamplerKind::heun, 19).steps == 10);
   CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::heun, 4), Contains("NFE must be odd"));
+  CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::ddim, 2000), Contains("sampler: ddim with NFE 2000 takes 2000 steps of a schedule of T = 1000"));
+  CHECK(sampler_for_nfe(SamplerKind::ddpm, 1000).steps == 1000);
   CHECK_THROWS_WITH(parse_sampler("dpm"), Contains("unknown sampler 'dpm'"));
   CHECK_THROWS_WITH(sample(g, noise, sampler_for_nfe(SamplerKind::ddpm, 3)), Contains("needs a generator"));
   Generator gen(2);

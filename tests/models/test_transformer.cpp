@@ -10,6 +10,7 @@
 #include "core/autograd.hpp"
 #include "models/transformer/transformer.hpp"
 #include "nn/optim.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/loss.hpp"
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
@@ -163,6 +164,12 @@ TEST_CASE("transformer: generation (greedy, temperature, top-k) with KV caches",
   const Tensor stopped = tf::generate(m, s.in, p5, {.max_new_tokens = n, .eos = eos}, g1);
   for (std::int64_t i = 0; i < n; ++i) CHECK(stopped.at<std::int64_t>({0, i}) == eos);
   CHECK_THROWS_WITH(tf::generate(m, s.in, pb, {.max_new_tokens = n}, g1), Contains("holds 18 tokens but the prompt has T = 13"));
+  // Prompt positions laid out by another builder would be continued from the wrong place.
+  tf::Inputs shifted = s.in;
+  shifted.positions = s.pb.positions() + 100.0;
+  nn::PositionBuilder p6 = s.pb;
+  CHECK_THROWS_WITH(tf::generate(m, shifted, p6, {.max_new_tokens = n}, g1),
+                    Contains("generate: prompt.positions [13, 2] differ from the position builder's"));
 }
 
 TEST_CASE("transformer: sample_next follows softmax(logits / temperature) within the top k", "[models][transformer]") {

@@ -170,6 +170,9 @@ TEST_CASE("attention: shapes, causality, cross-attention, gradients", "[nn][atte
   CHECK(cross(x, {.context = &ctx}).shape() == Shape{2, 7, 16});
   CHECK(cross.named_parameters().size() == 6);
   CHECK_THROWS_WITH(cross(x), Contains("cross-attention needs a context"));
+  const nn::RotaryTables rot7{ones({7, 4}), zeros({7, 4})};
+  const Tensor ctx7 = test::randn({2, 7, 6}, DType::f32, 7);  // as long as x: the tables would fit the keys too
+  CHECK_THROWS_WITH(cross(x, {.context = &ctx7, .rotary = &rot7}), Contains("rotary tables apply to self-attention only"));
   // Gradients through the whole layer (f64 parameters), with a mask and rotary tables.
   nn::MultiheadAttention a64(8, 2, {.dtype = DType::f64, .gen = &gen});
   const Tensor mask = tensor({1, 1, 0, 1, 0, 1, 1, 1, 1}, {3, 3}, DType::boolean);

@@ -307,6 +307,15 @@ TEST_CASE("attention: 1 vs N threads give identical bits", "[ops][attention][thr
   }
 }
 
+TEST_CASE("attention: a mask written into after the forward is an error in the backward", "[ops][attention][errors]") {
+  const Tensor q = randn({2, 3, 4}).requires_grad_(), k = randn({2, 5, 4}), v = randn({2, 5, 6});
+  Tensor mask = ones({3, 5}, DType::boolean);
+  const Tensor y = ops::sum(ops::scaled_dot_product_attention(q, k, v, options(false, mask)));
+  mask.fill_(0);
+  CHECK_THROWS_WITH(y.backward(), Contains("was modified in place after it was saved") &&
+                                      Contains("scaled_dot_product_attention"));
+}
+
 TEST_CASE("attention: errors name the op, the shapes and the dim", "[ops][attention][errors]") {
   const Tensor q = zeros({2, 3, 4}), k = zeros({2, 5, 4}), v = zeros({2, 5, 6});
   CHECK_THROWS_WITH(ops::scaled_dot_product_attention(q, zeros({2, 5, 3}), v),

@@ -141,6 +141,18 @@ TEST_CASE("apply_rotary: errors", "[ops][rotary][errors]") {
                     Contains("must be [T, d/2] = [5, 4]"));
 }
 
+TEST_CASE("apply_rotary: tables written into after the forward are an error in the backward", "[ops][rotary][errors]") {
+  // f32 contiguous tables of the right shape are used as they are (no copy), so the backward
+  // would read the new values: it must refuse instead of returning a wrong gradient.
+  auto [cs, sn] = tables({5, 4}, 8);
+  cs = cs.to(DType::f32);
+  sn = sn.to(DType::f32);
+  const Tensor x = randn({5, 8}, DType::f32).requires_grad_();
+  const Tensor y = ops::sum(ops::apply_rotary(x, cs, sn, ops::RotaryLayout::interleaved));
+  cs.fill_(1);
+  CHECK_THROWS_WITH(y.backward(), Contains("was modified in place after it was saved") && Contains("apply_rotary"));
+}
+
 TEST_CASE("dropout: seeded mask, statistics, gradient", "[ops][dropout][grad]") {
   const double p = 0.3;
   // The mask is the uniform stream of the generator compared with p (here in f64: exact uniforms).
