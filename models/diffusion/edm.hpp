@@ -40,7 +40,9 @@ struct LossParts {
   Tensor sigma;   // [B] the noise levels drawn
 };
 // The EDM loss on clean images x0 [B, C, S, S] in [-1, 1] (labels [B] or undefined). Draws sigma,
-// the noise and the label dropout from `gen`.
+// the noise and the label dropout from `gen`. It runs the network as it is, skip scales included:
+// measuring the denoising loss of a skip-tuned model is an evaluation (Skip-Tuning raises it,
+// spec techniques-B §1); training with scales set is refused by fit().
 LossParts edm_loss(const UNet& net, const Tensor& x0, const Tensor& labels, const EDMConfig& config, Generator& gen);
 
 // A denoiser for the samplers: D(x; sigma) on f64 states x [B, C, S, S] at one noise level.
