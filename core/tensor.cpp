@@ -176,7 +176,12 @@ namespace {
 Tensor allocate(const char* op, const Shape& shape, DType dtype) {
   for (int d = 0; d < shape.size(); ++d)
     TG_CHECK(shape[d] >= 0, "{}: negative dimension {} in shape {}", op, shape[d], shape);
-  const std::int64_t n = shape.numel();
+  std::int64_t n = 0;
+  try {
+    n = shape.numel();
+  } catch (const Error&) {  // name the op, not just the shape
+    TG_FAIL("{}: shape {} of {} has more than 2^63 - 1 elements", op, shape, dtype);
+  }
   // Sizes a pointer difference can span (and well past any real memory): larger requests are
   // malformed, not merely too big, so they are rejected before asking the allocator.
   constexpr std::int64_t kMaxBytes = std::int64_t{1} << 56;
@@ -205,6 +210,7 @@ Tensor filled(const char* op, const Shape& shape, double value, DType dtype) {
 }  // namespace
 
 Tensor empty(const Shape& shape, DType dtype) { return allocate("empty", shape, dtype); }
+Tensor empty(const Shape& shape, DType dtype, const char* op) { return allocate(op, shape, dtype); }
 Tensor full(const Shape& shape, double value, DType dtype) { return filled("full", shape, value, dtype); }
 Tensor zeros(const Shape& shape, DType dtype) { return filled("zeros", shape, 0.0, dtype); }
 Tensor ones(const Shape& shape, DType dtype) { return filled("ones", shape, 1.0, dtype); }

@@ -153,6 +153,8 @@ class Tensor {
 // Values are numbers converted to the dtype; for i32/i64 a value out of the type's range (or NaN)
 // is refused with an error naming the factory (fractions truncate toward zero).
 Tensor empty(const Shape& shape, DType dtype = DType::f32);  // uninitialised
+// empty() for an op's result: a shape too large to allocate is reported under the op's name.
+Tensor empty(const Shape& shape, DType dtype, const char* op);
 Tensor zeros(const Shape& shape, DType dtype = DType::f32);
 Tensor ones(const Shape& shape, DType dtype = DType::f32);
 Tensor full(const Shape& shape, double value, DType dtype = DType::f32);

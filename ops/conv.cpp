@@ -157,7 +157,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight, const Tensor& bias, cons
 
   const Tensor xc = contiguous_data(x), wc = contiguous_data(weight);
   const Tensor bc = bias.defined() ? contiguous_data(bias) : Tensor();
-  Tensor y = empty({x.shape()[0], O, ho, wo}, x.dtype());
+  Tensor y = empty({x.shape()[0], O, ho, wo}, x.dtype(), op);
   run_forward(g, xc, wc, bc, y);
 
   Tensors inputs{x, weight};
@@ -236,7 +236,7 @@ Tensor conv_transpose2d(const Tensor& x_in, const Tensor& weight, const Tensor& 
                                                 opt.stride, opt.padding, opt.dilation, opt.groups);
 
   const Tensor xc = contiguous_data(x), wc = contiguous_data(weight);
-  Tensor y = empty({N, O, out[0], out[1]}, x.dtype());
+  Tensor y = empty({N, O, out[0], out[1]}, x.dtype(), op);
   run_backward_input(g, xc, wc, y, bias.defined() ? contiguous_data(bias) : Tensor());  // + bias per channel of y
 
   Tensors inputs{x, weight};
@@ -291,7 +291,7 @@ Tensor avg_pool_impl(const char* op, const Tensor& x, std::int64_t ho, std::int6
                      std::shared_ptr<const AvgWindows> win) {
   const std::int64_t N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
   const Tensor xc = contiguous_data(x);
-  Tensor y = empty({N, C, ho, wo}, x.dtype());
+  Tensor y = empty({N, C, ho, wo}, x.dtype(), op);
   dispatch_float(x.dtype(), op, [&]<class T>() {
     kernels::avg_pool2d_forward<T>(N * C, H, W, ho, wo, win->view(), xc.data<T>(), y.data<T>());
   });
@@ -325,8 +325,8 @@ Tensor max_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 paddi
   const kernels::PoolGeometry g{N * C, H, W, ho, wo, kernel[0], kernel[1], stride[0], stride[1],
                                 padding[0], padding[1], dilation[0], dilation[1]};
   const Tensor xc = contiguous_data(x);
-  Tensor y = empty({N, C, ho, wo}, x.dtype());
-  Tensor idx = empty({N, C, ho, wo}, DType::i32);
+  Tensor y = empty({N, C, ho, wo}, x.dtype(), op);
+  Tensor idx = empty({N, C, ho, wo}, DType::i32, op);
   dispatch_float(x.dtype(), op, [&]<class T>() {
     kernels::max_pool2d_forward<T>(g, xc.data<T>(), y.data<T>(), idx.data<std::int32_t>());
   });
@@ -484,7 +484,7 @@ Tensor upsample(const Tensor& x_in, const UpsampleOptions& opt) {
   }
   const std::int64_t N = x.shape()[0], C = x.shape()[1];
   const Tensor xc = contiguous_data(x);
-  Tensor y = empty({N, C, out[0], out[1]}, x.dtype());
+  Tensor y = empty({N, C, out[0], out[1]}, x.dtype(), op);
   y = dispatch_float(x.dtype(), op, [&]<class T>() {
     auto rows = std::make_shared<Tables<T>>(), cols = std::make_shared<Tables<T>>();
     build_table(*rows, H, out[0], sh, nearest, opt.align_corners);

@@ -134,7 +134,13 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   // Broadcast the batch dims with explicit expand nodes.
   Shape a_batch(std::span<const std::int64_t>(a.shape().begin(), a.shape().end() - 2));
   Shape b_batch(std::span<const std::int64_t>(b.shape().begin(), b.shape().end() - 2));
-  Shape batch = broadcast_shapes(a_batch, b_batch, "matmul");
+  Shape batch;
+  try {
+    batch = broadcast_shapes(a_batch, b_batch, "matmul");
+  } catch (const Error&) {
+    TG_FAIL("matmul: the batch dims of a (shape {}) and b (shape {}), {} and {}, cannot be broadcast", a.shape(), b.shape(),
+            a_batch, b_batch);
+  }
   Shape ae = batch, be = batch;
   ae.push_back(a.shape()[a.dim() - 2]);
   ae.push_back(K);

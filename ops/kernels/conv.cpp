@@ -1,7 +1,8 @@
 // Convolution-family kernels.
 //
 // Convolution: five paths, chosen from the geometry alone (so the bits never depend on threads) --
-// except that an input with an inf or NaN skips Winograd, whose tiles would spread it.
+// except that an input with an inf or NaN skips Winograd, whose tiles would spread it, and an inf
+// or NaN weight skips Winograd and the correlation-based input gradients (see weights_finite).
 //
 //   pointwise     1x1, unit stride, no padding: per image and group one GEMM on the operands in
 //                 place (y = W_g · x, gx = W_g^T · gy, gW_g += gy · x^T); measured faster than the
@@ -1282,6 +1283,18 @@ void max_pool_plane(const PoolGeometry& g, const T* xp, T* yp, int32_t* ip) {
   }
 }
 
+// Whether every weight is finite. An inf or NaN weight must reach only the outputs whose sums hold
+// it: Winograd's transforms would spread it over a whole tile, and the input gradient's
+// correlation of the zero-padded gy with the flipped kernel would multiply it by padding zeros
+// (0 * inf = NaN) at inputs the tap never reads. Such weights take the paths without either.
+template <class T>
+bool weights_finite(const ConvGeometry& g, const T* w) {
+  const int64_t count = g.o * (g.c / g.groups) * g.kh * g.kw;
+  T bad(0);
+  for (int64_t i = 0; i < count; ++i) bad += w[i] - w[i];  // 0 for finite w[i], NaN otherwise
+  return bad == T(0);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -1294,7 +1307,7 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
     forward_gemm(g, x, w, bias, y);
   } else if (use_direct(g)) {
     forward_direct(g, x, w, bias, y);
-  } else if (winograd_applies(g) && winograd_forward(g, x, w, bias, y)) {
+  } else if (winograd_applies(g) && weights_finite(g, w) && winograd_forward(g, x, w, bias, y)) {
     // done (Winograd declines an input holding an inf or NaN: then the implicit GEMM below)
   } else if (natural_unit_stride(g) || strided_implicit(g)) {
     forward_implicit(g, x, w, bias, y);
@@ -1306,8 +1319,8 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
 template <class T>
 void conv2d_backward_input(const ConvGeometry& g, const T* gy, const T* w, T* gx, const T* bias) {
   if (g.n == 0 || g.c == 0 || g.h == 0 || g.w == 0) return;
-  if (is_pointwise(g)) {
-    backward_input_gemm(g, gy, w, gx);
+  if (is_pointwise(g) || !weights_finite(g, w)) {
+    backward_input_gemm(g, gy, w, gx);  // col = W^T gy, then col2im: only the taps' real inputs
   } else if (implicit_input_grad(g)) {
     backward_input_implicit(g, gy, w, gx);
   } else if (strided_implicit(g)) {

@@ -39,6 +39,13 @@ TEST_CASE("sizes beyond int64 or memory are rejected before allocating", "[ops][
   CHECK_THROWS_WITH(tensor({1}).reshape({kBig, 4, 0}), Contains("reshape"));
   CHECK_THROWS_WITH(ops::irfft(randn({5, 2}), kBig), Contains("empty"));
   CHECK_THROWS_WITH(ops::fft_conv_length(kMax, 2), Contains("fft_conv_length"));
+  CHECK(zeros({kBig, kBig, 0}).numel() == 0);
+  // An op's own result names the op.
+  const std::int64_t huge_pad = (std::int64_t{1} << 31) - 2;
+  CHECK_THROWS_WITH(ops::conv2d(zeros({1, 1, 4, 4}), zeros({1, 1, 1, 1}), {}, {.padding = {huge_pad, huge_pad}}),
+                    Contains("conv2d: shape [1, 1, 4294967296, 4294967296] of f32 has more than 2^63 - 1 elements"));
+  CHECK_THROWS_WITH(ops::upsample(zeros({1, 1, 4, 4}), {.scale = std::array<double, 2>{1e8, 1e8}}),
+                    Contains("upsample_nearest2d: shape [1, 1, 400000000, 400000000] of f32 would need"));
   // A zero dim makes any shape empty, however large the others.
   CHECK(zeros({0, kBig}).numel() == 0);
 }
@@ -140,6 +147,53 @@ TEST_CASE("conv2d: a non-finite input reaches only the outputs that see it", "[o
             CHECK(std::isfinite(yv) == (i > 1 || j > 1));  // only y[.., 0:2, 0:2] sees x[0, 0, 0, 0]
             if (i > 1 || j > 1) CHECK(yv == 0.0);
           }
+    }
+  }
+}
+
+TEST_CASE("conv2d, conv_transpose2d: a non-finite weight reaches only the sums that hold it", "[ops][edge][conv]") {
+  // 8 channels, 3x3, padding 1 (Winograd's and the implicit input gradient's shape). Tap (0, 0) of
+  // w[0, 0] reads x[i - 1, j - 1] for output (i, j): padding at i = 0 or j = 0 (0 * inf = NaN, as
+  // in PyTorch), a real input elsewhere; in the input gradient and the transposed convolution it
+  // reaches only the inputs a < n - 1, b < n - 1 of channel 0.
+  for (const DType dt : {DType::f32, DType::f64}) {
+    for (const std::int64_t n : {4, 8, 12}) {
+      for (const double bad : {double(INFINITY), double(NAN)}) {
+        CAPTURE(dt, n, bad);
+        std::vector<double> wv(8 * 8 * 9, 1.0), w0 = wv;
+        wv[0] = bad;
+        w0[0] = 0.0;
+        const Tensor w = from_vector(wv, {8, 8, 3, 3}).to(dt), wz = from_vector(w0, {8, 8, 3, 3}).to(dt);
+        const Tensor x = test::uniform({1, 8, n, n}, 0.5, 1.5, dt, 3).requires_grad_();  // [1, 8, n, n], > 0
+        const Tensor y = ops::conv2d(x, w, {}, {.padding = {1, 1}});                              // [1, 8, n, n]
+        y.backward(ones(y.shape(), dt));
+        const std::vector<double> yv = y.to(DType::f64).to_vector<double>(), gx = x.grad().to(DType::f64).to_vector<double>();
+        const std::vector<double> gz = ops::conv_transpose2d(ones({1, 8, n, n}, dt), wz, {}, {.padding = {1, 1}})
+                                           .to(DType::f64)
+                                           .to_vector<double>();
+        const std::vector<double> t = ops::conv_transpose2d(ones({1, 8, n, n}, dt), w, {}, {.padding = {1, 1}})
+                                          .to(DType::f64)
+                                          .to_vector<double>();
+        for (std::int64_t c = 0; c < 8; ++c)
+          for (std::int64_t a = 0; a < n; ++a)
+            for (std::int64_t b = 0; b < n; ++b) {
+              const auto k = static_cast<std::size_t>((c * n + a) * n + b);
+              CAPTURE(c, a, b, yv[k], gx[k], t[k]);
+              // forward: output channel 0 holds the bad tap (NaN on padding, +inf on x > 0 for inf)
+              if (c == 0 && (a == 0 || b == 0 || std::isnan(bad))) CHECK(std::isnan(yv[k]));
+              else if (c == 0) CHECK(yv[k] == INFINITY);
+              else CHECK(std::isfinite(yv[k]));
+              // input gradient (gy = 1) and the transposed convolution of ones: the same sums
+              const bool holds = c == 0 && a < n - 1 && b < n - 1;
+              if (holds) {
+                CHECK(!std::isfinite(gx[k]));
+                CHECK(!std::isfinite(t[k]));
+              } else {
+                CHECK(gx[k] == gz[k]);
+                CHECK(t[k] == gz[k]);
+              }
+            }
+      }
     }
   }
 }

@@ -127,7 +127,7 @@ TEST_CASE("matmul: 1 vs N threads give identical bits", "[ops][linalg][threads]"
 TEST_CASE("matmul reports mismatched shapes", "[ops][linalg][errors]") {
   CHECK_THROWS_WITH(ops::matmul(zeros({2, 3}), zeros({4, 5})),
                     Contains("matmul: shapes [2, 3] and [4, 5] do not match: the last dim of a (3) must equal the second-to-last dim of b (4)"));
-  CHECK_THROWS_WITH(ops::matmul(zeros({2, 2, 3}), zeros({3, 3, 4})), Contains("matmul: shapes [2] and [3] cannot be broadcast"));
+  CHECK_THROWS_WITH(ops::matmul(zeros({2, 2, 3}), zeros({3, 3, 4})), Contains("matmul: the batch dims of a (shape [2, 2, 3]) and b (shape [3, 3, 4]), [2] and [3], cannot be broadcast"));
   CHECK_THROWS_WITH(ops::matmul(zeros({3}), zeros({4})), Contains("dot product of vectors of sizes 3 and 4"));
   CHECK_THROWS_WITH(ops::matmul(arange(4).reshape({2, 2}), zeros({2, 2})), Contains("expected floating-point operands"));
   CHECK_THROWS_WITH(ops::bmm(zeros({2, 3}), zeros({2, 3, 4})), Contains("bmm: expected 3-D operands"));
