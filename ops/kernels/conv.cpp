@@ -56,6 +56,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -1289,10 +1290,14 @@ void max_pool_plane(const PoolGeometry& g, const T* xp, T* yp, int32_t* ip) {
 // (0 * inf = NaN) at inputs the tap never reads. Such weights take the paths without either.
 template <class T>
 bool weights_finite(const ConvGeometry& g, const T* w) {
+  // On the bits (an all-ones exponent is inf or NaN): an integer OR-reduction, which vectorises
+  // (a floating-point sum would run as one serial chain of adds).
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr Bits kExponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
   const int64_t count = g.o * (g.c / g.groups) * g.kh * g.kw;
-  T bad(0);
-  for (int64_t i = 0; i < count; ++i) bad += w[i] - w[i];  // 0 for finite w[i], NaN otherwise
-  return bad == T(0);
+  Bits bad = 0;
+  for (int64_t i = 0; i < count; ++i) bad |= Bits((std::bit_cast<Bits>(w[i]) & kExponent) == kExponent);
+  return bad == 0;
 }
 
 }  // namespace
