@@ -57,6 +57,10 @@ void write_chunks_atomically(const std::string& path, const std::vector<Chunk>& 
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   TG_CHECK(fs::is_directory(dir), "{}: folder '{}' does not exist", op, dir.string());
+  // The rename would replace whatever is there: a device, FIFO or directory is refused, not replaced.
+  std::error_code ec;
+  const fs::file_status existing = fs::status(target, ec);
+  TG_CHECK(!fs::exists(existing) || fs::is_regular_file(existing), "{}: '{}' exists and is not a regular file", op, path);
   const std::string tmp = (dir / (target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   TG_CHECK(fd >= 0, "{}: cannot create '{}': {}", op, tmp, std::strerror(errno));

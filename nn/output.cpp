@@ -19,7 +19,8 @@
 
 extern "C" {
 #include <stb/stb_easy_font.h>
-int stbi_write_png(char const* filename, int w, int h, int comp, const void* data, int stride_in_bytes);
+int stbi_write_png_to_func(void (*func)(void* context, void* data, int size), void* context, int w, int h, int comp,
+                           const void* data, int stride_in_bytes);
 }
 
 namespace tg::nn::output {
@@ -31,9 +32,17 @@ std::uint8_t to_byte(float v) {
   return static_cast<std::uint8_t>(std::lround(v * 255.0f));
 }
 
+// Encoded in memory, then written atomically with checked I/O (stb's own file writer ignores write
+// errors: a full disk would leave an empty PNG behind a successful call).
 void write_png(const std::string& path, const std::vector<std::uint8_t>& rgb, std::int64_t w, std::int64_t h) {
-  TG_CHECK(stbi_write_png(path.c_str(), static_cast<int>(w), static_cast<int>(h), 3, rgb.data(), static_cast<int>(w * 3)) != 0,
-           "save_png: cannot write '{}'", path);
+  std::string png;
+  const auto append = [](void* context, void* data, int size) {
+    static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<std::size_t>(size));
+  };
+  TG_CHECK(stbi_write_png_to_func(append, &png, static_cast<int>(w), static_cast<int>(h), 3, rgb.data(),
+                                  static_cast<int>(w * 3)) != 0,
+           "save_png: cannot encode '{}' ({} x {})", path, w, h);
+  write_file_atomically(path, png);
 }
 
 // Draws text with stb_easy_font (axis-aligned quads) into an RGB buffer.
@@ -112,11 +121,15 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
   write_png(path, rgb, gw, gh);
 }
 
-CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header, Mode mode) : columns_(header.size()) {
+CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header, Mode mode)
+    : path_(path), columns_(header.size()) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  TG_CHECK(!std::filesystem::exists(status) || std::filesystem::is_regular_file(status),
+           "CsvWriter: '{}' exists and is not a regular file", path);
   std::string expected;
   for (std::size_t i = 0; i < header.size(); ++i) expected += (i ? "," : "") + header[i];
   std::string all;  // the file so far, when appending
-  std::error_code ec;
   if (mode == Mode::append && std::filesystem::is_regular_file(path, ec)) {
     std::ifstream in(path, std::ios::binary);
     all.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -149,7 +162,7 @@ void CsvWriter::row(const std::vector<std::string>& values) {
   TG_CHECK(values.size() == columns_, "CsvWriter: {} values for {} columns", values.size(), columns_);
   for (std::size_t i = 0; i < values.size(); ++i) fmt::print(f_, "{}{}", i ? "," : "", values[i]);
   fmt::print(f_, "\n");
-  std::fflush(f_);
+  TG_CHECK(std::fflush(f_) == 0 && !std::ferror(f_), "CsvWriter: writing '{}' failed: {}", path_, std::strerror(errno));
 }
 
 void CsvWriter::row(const std::vector<double>& values) {

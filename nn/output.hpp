@@ -47,6 +47,7 @@ class CsvWriter {
 
  private:
   std::FILE* f_;
+  std::string path_;
   std::size_t columns_;
 };
 

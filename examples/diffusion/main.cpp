@@ -26,6 +26,7 @@
 #include "models/diffusion/train.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/metrics.hpp"
+#include "nn/optim.hpp"
 #include "nn/output.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
@@ -89,8 +90,7 @@ diff::UNetConfig config_from_json(const nlohmann::json& j) {
 }
 
 nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  TG_CHECK(in.good(), "cannot read '{}'", path);
+  std::ifstream in = nn::open_regular_file(path, "read");  // not a directory or a FIFO (which would block)
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
@@ -261,13 +261,16 @@ int train(const TrainArgs& a) {
                "a new --out folder)",
                a.out, key, cfg[key].dump(), value.dump());
   }
-  if (resuming) {
-    const std::int64_t ckpt_step = nn::training_checkpoint_step(nn::load_safetensors(ckpt_path), ckpt_path);
-    nn::output::keep_csv_rows_through(a.out + "/metrics.csv", /*column=*/0, ckpt_step);  // step is column 0
+  std::int64_t ckpt_step = 0;
+  if (resuming) {  // a trial load into this model (fit() loads it again): a checkpoint of another model fails here
+    nn::Adam trial_opt(model.named_parameters(), {.lr = a.lr});
+    Generator trial_gen(0);
+    ckpt_step = nn::load_training_checkpoint(ckpt_path, model, trial_opt, trial_gen, &ema).step;
   }
   fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
   fs::create_directories(a.out);  // only now that the settings are known to be good
-  const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
+  const nn::output::RunFolderLock lock(a.out);  // one writer per run folder; taken before anything is changed
+  if (resuming) nn::output::keep_csv_rows_through(a.out + "/metrics.csv", /*column=*/0, ckpt_step);  // step is column 0
   {
     nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
                           {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup}, {"ema", a.ema}, {"label_dropout", a.label_dropout},

@@ -15,6 +15,7 @@
 #include "models/classifier/train.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/metrics.hpp"
+#include "nn/optim.hpp"
 #include "nn/output.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
@@ -112,10 +113,14 @@ int train(const TrainArgs& a) {
                "train --resume: '{}' does not hold this {} model (tensor 'model.{}' {})", ckpt, a.model, t.name,
                saved ? fmt::format("is {}, not {}", saved->shape(), t.tensor.shape()) : std::string("is missing"));
     }
+    // Then a trial load of the whole training state (fit() loads it again), so that a checkpoint
+    // with another optimizer or a bad tensor fails before the folder is touched.
+    nn::Adam trial_opt(model.named_parameters(), {.lr = a.lr});
+    Generator trial_gen(0);
+    const std::int64_t ckpt_step = nn::load_training_checkpoint(ckpt, model, trial_opt, trial_gen).step;
     // A run stopped mid-epoch logged a row for the part it did; the resumed run logs that epoch
     // again when it completes it, so rows past the last complete epoch are dropped.
-    const std::int64_t per_epoch = (data.train.size() + a.batch - 1) / a.batch;
-    const std::int64_t ckpt_step = nn::training_checkpoint_step(file, ckpt);
+    const std::int64_t per_epoch = data.train.size() / a.batch + (data.train.size() % a.batch != 0);
     nn::output::keep_csv_rows_through(out + "/metrics.csv", /*column=*/1, ckpt_step / per_epoch * per_epoch);
     nn::output::keep_csv_rows_through(out + "/steps.csv", /*column=*/0, ckpt_step);
   }
@@ -262,7 +267,7 @@ int main(int argc, char** argv) {
   tr->add_option("--model", ta.model, "Architecture: mlp (784-512-512-10) or cnn (2 conv + 2 linear)")
       ->check(CLI::IsMember({"mlp", "cnn", "fdmlp"}));
   tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Between(1, 1e6));
-  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Positive);
+  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Between(1, 1e6));
   tr->add_option("--lr", ta.lr, "Adam learning rate")->check(examples::Positive);
   tr->add_option("--schedule", ta.schedule, "Learning rate over the run: cosine (decays to 0 by the last epoch) or constant")
       ->check(CLI::IsMember({"cosine", "constant"}));

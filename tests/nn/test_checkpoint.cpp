@@ -9,6 +9,7 @@
 
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/output.hpp"
 #include "nn/linear.hpp"
 #include "nn/optim.hpp"
 #include "ops/elementwise.hpp"
@@ -265,6 +266,11 @@ TEST_CASE("loading refuses folders and FIFOs instead of reading garbage or block
   REQUIRE(::mkfifo(dir.file("fifo").c_str(), 0600) == 0);
   CHECK_THROWS_WITH(nn::load_safetensors(dir.file("fifo")), Contains("is not a regular file"));
   CHECK_THROWS_WITH(nn::load_module(net, dir.file("none.safetensors")), Contains("cannot open"));
+  // Writers refuse to replace (or block on) what is not a regular file: a FIFO, a device.
+  CHECK_THROWS_WITH(nn::write_file_atomically(dir.file("fifo"), "{}"), Contains("'" + dir.file("fifo") + "' exists and is not a regular file"));
+  CHECK_THROWS_WITH(nn::save_module(net, "/dev/null"), Contains("save: '/dev/null' exists and is not a regular file"));
+  CHECK_THROWS_WITH(nn::output::CsvWriter(dir.file("fifo"), {"step"}), Contains("CsvWriter: '" + dir.file("fifo") + "' exists and is not a regular file"));
+  CHECK(fs::is_character_file("/dev/null"));
 }
 
 TEST_CASE("write_file_atomically replaces a file whole", "[nn][checkpoint]") {
