@@ -539,6 +539,10 @@ int sweep_cmd(const SweepArgs& a) {
   // The UNet, the FD classifier and the data: any of them changes every FD value.
   const std::string model_id = weights_fingerprint(net) + "-" + weights_fingerprint(fd.fd) + "-" +
                                fmt::format("{:016x}", fnv1a(data.test.source.data(), data.test.source.size()));
+  // Resuming appends to the per-seed results (they are kept); a new sweep starts the file over.
+  // Opened before the earlier results are read: appending drops a last row cut off by an interruption.
+  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds", "model"},
+                            a.resume ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   if (a.resume) {
     std::size_t line = 1;  // read_csv refuses rows with a wrong field count, so row i is line i + 1
     for (auto& r : read_csv(runs_csv)) {
@@ -557,9 +561,6 @@ int sweep_cmd(const SweepArgs& a) {
     fmt::print("resume: {} earlier results in {}\n", done.size(), runs_csv);
   }
   for (const char* f : {"/sweep.csv", "/denoise_error.csv"}) fs::remove(out + f);
-  // Resuming appends to the per-seed results (they are kept); a new sweep starts the file over.
-  nn::output::CsvWriter raw(runs_csv, {"sampler", "nfe", "rho_bottom", "rho_top", "seed", "count", "fd_clf", "class_accuracy", "seconds", "model"},
-                            a.resume ? nn::output::CsvWriter::Mode::append : nn::output::CsvWriter::Mode::replace);
   std::vector<Cell> cells;
   const auto t_all = Clock::now();
   auto options = [&](const std::string& sname, std::int64_t nfe, std::int64_t count, std::uint64_t seed) {
