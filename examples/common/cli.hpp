@@ -9,7 +9,9 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -74,5 +76,17 @@ inline CLI::Validator Between(double lo, double hi) {
       },
       fmt::format("in [{:g}, {:g}]", lo, hi));
 }
+
+// A seed: a whole number in [0, 2^64 - 1]. (CLI11 alone would wrap -1 to 2^64 - 1 and clamp larger
+// values to it, so distinct seeds on the command line would give the same run.)
+inline const CLI::Validator Seed = CLI::Validator(
+    [](std::string& text) -> std::string {
+      std::uint64_t v = 0;
+      const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (err != std::errc() || end != text.data() + text.size())
+        return "expected a whole number in [0, 2^64 - 1], got '" + text + "'";
+      return {};
+    },
+    "in [0, 2^64 - 1]");
 
 }  // namespace tg::examples

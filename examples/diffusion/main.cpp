@@ -795,7 +795,7 @@ int main(int argc, char** argv) {
   tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(examples::Positive);
   tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")
       ->check(examples::Between(1, kMaxNfe));
-  tr->add_option("--seed", ta.seed, "Seed for the initialisation, batch order and noise");
+  tr->add_option("--seed", ta.seed, "Seed for the initialisation, batch order and noise")->check(examples::Seed);
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images")->check(examples::NonNegative);
@@ -818,7 +818,7 @@ int main(int argc, char** argv) {
     c->add_option("--count", sa.count, for_eval ? "Samples per seed (default 2000; >= 1000 for a meaningful FD)" : "Samples in the grid (default 80)")
         ->check(examples::Positive);
     c->add_option("--batch", sa.batch, "Samples per network batch")->check(examples::Positive);
-    c->add_option("--seed", sa.seed, "Seed of the initial noise");
+    c->add_option("--seed", sa.seed, "Seed of the initial noise")->check(examples::Seed);
     c->add_flag("--raw", sa.raw, "Use the raw weights instead of the EMA");
     c->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
   };
@@ -827,7 +827,7 @@ int main(int argc, char** argv) {
   sm->add_option("--png", sa.png, "Output PNG (default <run>/samples_<sampler>_nfe<N>_rho<r>.png)");
   CLI::App* ev = app.add_subcommand("eval", "FD_clf of generated samples against the test set, with its noise floor");
   add_sampling(ev, true);
-  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(examples::Positive);
+  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(examples::Between(1, 1e6));
   ev->add_option("--data", sa.data, "Folder with the Fashion-MNIST IDX files");
   ev->add_flag("--synthetic", sa.synthetic, "Evaluate against the synthetic shapes");
   ev->add_option("--fd-classifier", sa.fd_classifier, "FD_clf feature extractor file (default $TAPEGRAD_FD_CLASSIFIER or runs/fd_classifier/fdmlp.safetensors; trained if missing)");
@@ -846,7 +846,7 @@ int main(int argc, char** argv) {
   sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; none to skip");
   sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; none to skip");
   sw->add_option("--count", wa.count, "Samples per cell and seed")->check(examples::Positive);
-  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Positive);
+  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Between(1, 1e6));
   sw->add_option("--batch", wa.batch, "Samples per network batch")->check(examples::Positive);
   sw->add_option("--denoise-count", wa.denoise_count, "Test images for the pixel/feature denoising-error table (0: skip)")
       ->check(examples::NonNegative);

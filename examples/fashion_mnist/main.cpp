@@ -271,7 +271,7 @@ int main(int argc, char** argv) {
   tr->add_option("--lr", ta.lr, "Adam learning rate")->check(examples::Positive);
   tr->add_option("--schedule", ta.schedule, "Learning rate over the run: cosine (decays to 0 by the last epoch) or constant")
       ->check(CLI::IsMember({"cosine", "constant"}));
-  tr->add_option("--seed", ta.seed, "Seed for initialisation and batch order");
+  tr->add_option("--seed", ta.seed, "Seed for initialisation and batch order")->check(examples::Seed);
   tr->add_option("--out", ta.out, "Run folder (default runs/fashion_mnist-<model>)");
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");

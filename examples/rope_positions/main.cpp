@@ -512,7 +512,7 @@ int main(int argc, char** argv) {
   CLI::App* ex = app.add_subcommand("experiment", "Train the causal-neighbour task for each position scheme and compare "
                                                   "per-bit accuracy in distribution and on unseen image sizes");
   ex->add_option("--variants", ea.variants, "Comma-separated position schemes (flat1d, tie_v1, tie_v1_real, tv, mrope2d, ...)");
-  ex->add_option("--steps", ea.steps, "Training steps per variant")->check(examples::Positive);
+  ex->add_option("--steps", ea.steps, "Training steps per variant")->check(examples::Between(1, 1e9));
   ex->add_option("--batch", ea.batch, "Sequences per step")->check(examples::Between(1, 4096));
   ex->add_option("--lr", ea.lr, "AdamW peak learning rate")->check(examples::Positive);
   ex->add_option("--weight-decay", ea.weight_decay, "AdamW decoupled weight decay")->check(examples::NonNegative);
@@ -522,18 +522,18 @@ int main(int argc, char** argv) {
   ex->add_option("--heads", ea.heads, "Attention heads")->check(examples::Positive);
   ex->add_option("--base", ea.base, "RoPE base")->check(examples::Positive);
   ex->add_option("--eval", ea.eval, "Evaluation sequences per image size (sizes 2..6 x 2..6)")->check(examples::Between(1, 100000));
-  ex->add_option("--seed", ea.seed, "Seed for initialisation and data (the same for every variant)");
+  ex->add_option("--seed", ea.seed, "Seed for initialisation and data (the same for every variant)")->check(examples::Seed);
   ex->add_option("--out", ea.out, "Run folder");
   ex->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
   CompatArgs ca;
   CLI::App* co = app.add_subcommand("compat", "Train a text-only reversal task with flat1d and with tv positions from "
                                               "the same seed and check the loss curves are bit-identical");
-  co->add_option("--steps", ca.steps, "Training steps")->check(examples::Positive);
+  co->add_option("--steps", ca.steps, "Training steps")->check(examples::Between(1, 1e9));
   co->add_option("--batch", ca.batch, "Sequences per step")->check(examples::Between(1, 4096));
   co->add_option("--digits", ca.digits, "Digits per string")->check(examples::Between(1, 1024));
   co->add_option("--lr", ca.lr, "AdamW learning rate")->check(examples::Positive);
-  co->add_option("--seed", ca.seed, "Seed for initialisation and data");
+  co->add_option("--seed", ca.seed, "Seed for initialisation and data")->check(examples::Seed);
   co->add_option("--out", ca.out, "Run folder");
   co->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
 
