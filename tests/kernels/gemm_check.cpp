@@ -267,68 +267,48 @@ void run_batched(int64_t batch, int64_t m, int64_t n, int64_t k, bool bcast_a, b
     }
 }
 
-// A large product's row-major A whose rows are a multiple of 4 KiB apart is packed, not read in
-// place: forwards, flipped (negative row stride) and in place (padded rows) must give the same bits.
+// A row-major operand whose rows are a multiple of 4 KiB apart is packed where the same rows a
+// little further apart would be read in place: A of a large product, and (fp32) B of a product
+// with few rows of A. Forwards, flipped (negative row stride) and padded (in place) rows of that
+// operand must give the same bits.
 template <class T>
-void run_page_strided_a() {
-  // Rows 8 KiB apart; fp32: 33 x 130 x 2048 is just above the size read in place regardless.
-  const int64_t m = 33, n = 130, k = 4096 / int64_t(sizeof(T)) * 2;
+void run_page_strided(char operand) {
+  const bool is_b = operand == 'B';
+  // A: rows 8 KiB apart, fp32 33 x 130 x 2048 (just above the size read in place regardless).
+  // B: rows 4 KiB apart, fp32 33 x 1024 x 300 (likewise).
+  const int64_t m = 33, n = is_b ? 4096 / int64_t(sizeof(T)) : 130, k = is_b ? 300 : 4096 / int64_t(sizeof(T)) * 2;
+  const int64_t rows = is_b ? k : m, cols = is_b ? n : k, pad = is_b ? 5 : 3;  // the operand's layout
   std::uniform_real_distribution<double> d(-1.0, 1.0);
-  std::vector<T> A(size_t(m * k)), Aflip(size_t(m * k)), Apad(size_t(m * (k + 3))), B(size_t(k * n));
+  std::vector<T> A(size_t(m * k)), B(size_t(k * n));
   for (auto& x : A) x = T(d(rng));
   for (auto& x : B) x = T(d(rng));
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t p = 0; p < k; ++p) {
-      Aflip[size_t((m - 1 - i) * k + p)] = A[size_t(i * k + p)];
-      Apad[size_t(i * (k + 3) + p)] = A[size_t(i * k + p)];
+  const std::vector<T>& X = is_b ? B : A;
+  std::vector<T> Xflip(X.size()), Xpad(size_t(rows * (cols + pad)));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      Xflip[size_t((rows - 1 - r) * cols + c)] = X[size_t(r * cols + c)];
+      Xpad[size_t(r * (cols + pad) + c)] = X[size_t(r * cols + c)];
     }
-  std::vector<T> C1(size_t(m * n)), C2(size_t(m * n)), C3(size_t(m * n));
-  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {B.data(), n, 1}, {C1.data(), n, 1}, false);
-  tg::kernels::gemm(m, n, k, {Aflip.data() + (m - 1) * k, -k, 1}, {B.data(), n, 1}, {C2.data(), n, 1}, false);
-  tg::kernels::gemm(m, n, k, {Apad.data(), k + 3, 1}, {B.data(), n, 1}, {C3.data(), n, 1}, false);
+  // C = A B with the operand under test given as (data, row stride).
+  auto product = [&](const T* x, int64_t stride) {
+    std::vector<T> C(size_t(m * n));
+    const ConstMatrix<T> a = is_b ? ConstMatrix<T>{A.data(), k, 1} : ConstMatrix<T>{x, stride, 1};
+    const ConstMatrix<T> b = is_b ? ConstMatrix<T>{x, stride, 1} : ConstMatrix<T>{B.data(), n, 1};
+    tg::kernels::gemm(m, n, k, a, b, {C.data(), n, 1}, false);
+    return C;
+  };
+  const std::vector<T> C1 = product(X.data(), cols), C2 = product(Xflip.data() + (rows - 1) * cols, -cols),
+                       C3 = product(Xpad.data(), cols + pad);
   const Case cs{m, n, k, Layout::RowMajor, Layout::RowMajor, Layout::RowMajor, false, false, 0};
-  if (C1 != C2) fail("a flipped 4 KiB-strided A differs from the same rows forwards", cs);
-  if (C1 != C3) fail("a 4 KiB-strided A (packed) differs from the same rows padded (in place)", cs);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; j += 23) {
+  const std::string name = std::string("a 4 KiB-strided ") + operand;
+  if (C1 != C2) fail("a flipped " + name.substr(2) + " differs from the same rows forwards", cs);
+  if (C1 != C3) fail(name + " (packed) differs from the same rows padded (in place)", cs);
+  for (int64_t i = 0; i < m; i += is_b ? 4 : 1)
+    for (int64_t j = 0; j < n; j += is_b ? 7 : 23) {
       double ref = 0;
       for (int64_t p = 0; p < k; ++p) ref += double(A[size_t(i * k + p)]) * double(B[size_t(p * n + j)]);
       const double tol = (std::is_same_v<T, float> ? 1e-4 : 1e-12) * std::sqrt(double(k));
-      if (std::abs(double(C1[size_t(i * n + j)]) - ref) > tol)
-        fail("a 4 KiB-strided A gives a wrong product", cs);
-      ++checks;
-    }
-}
-
-// A product with few rows reads a row-major B in place (fp32), except a B whose rows are a
-// multiple of 4 KiB apart, which is packed: forwards, flipped (negative row stride) and padded
-// (in place) B must give the same bits.
-template <class T>
-void run_page_strided_b() {
-  // Rows of B 4 KiB apart; fp32: 33 x 1024 x 300 is above the size read in place regardless.
-  const int64_t m = 33, n = 4096 / int64_t(sizeof(T)), k = 300;
-  std::uniform_real_distribution<double> d(-1.0, 1.0);
-  std::vector<T> A(size_t(m * k)), B(size_t(k * n)), Bflip(size_t(k * n)), Bpad(size_t(k * (n + 5)));
-  for (auto& x : A) x = T(d(rng));
-  for (auto& x : B) x = T(d(rng));
-  for (int64_t p = 0; p < k; ++p)
-    for (int64_t j = 0; j < n; ++j) {
-      Bflip[size_t((k - 1 - p) * n + j)] = B[size_t(p * n + j)];
-      Bpad[size_t(p * (n + 5) + j)] = B[size_t(p * n + j)];
-    }
-  std::vector<T> C1(size_t(m * n)), C2(size_t(m * n)), C3(size_t(m * n));
-  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {B.data(), n, 1}, {C1.data(), n, 1}, false);
-  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {Bflip.data() + (k - 1) * n, -n, 1}, {C2.data(), n, 1}, false);
-  tg::kernels::gemm(m, n, k, {A.data(), k, 1}, {Bpad.data(), n + 5, 1}, {C3.data(), n, 1}, false);
-  const Case cs{m, n, k, Layout::RowMajor, Layout::RowMajor, Layout::RowMajor, false, false, 0};
-  if (C1 != C2) fail("a flipped 4 KiB-strided B differs from the same rows forwards", cs);
-  if (C1 != C3) fail("a 4 KiB-strided B (packed) differs from the same rows padded (in place)", cs);
-  for (int64_t i = 0; i < m; i += 4)
-    for (int64_t j = 0; j < n; j += 7) {
-      double ref = 0;
-      for (int64_t p = 0; p < k; ++p) ref += double(A[size_t(i * k + p)]) * double(B[size_t(p * n + j)]);
-      const double tol = (std::is_same_v<T, float> ? 1e-4 : 1e-12) * std::sqrt(double(k));
-      if (std::abs(double(C1[size_t(i * n + j)]) - ref) > tol) fail("a 4 KiB-strided B gives a wrong product", cs);
+      if (std::abs(double(C1[size_t(i * n + j)]) - ref) > tol) fail(name + " gives a wrong product", cs);
       ++checks;
     }
 }
@@ -492,8 +472,8 @@ void run_all(int random_cases) {
   run_batched<T>(1, 5, 5, 5, false, false, false, false);
   run_batched<T>(4, 3, 2, 0, false, false, true, false);
   run_shared_c<T>();
-  run_page_strided_a<T>();
-  run_page_strided_b<T>();
+  run_page_strided<T>('A');
+  run_page_strided<T>('B');
   cases += 4;
 
   std::printf("%s: %lld cases passed\n", tname, (long long)cases);
