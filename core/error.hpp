@@ -17,6 +17,12 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The allocator could not provide a tensor's memory (a program can say which setting to lower).
+class OutOfMemory : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace tg
 
 #define TG_CHECK(cond, ...)                                   \

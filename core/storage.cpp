@@ -65,7 +65,7 @@ class CachingAllocator {
     if (!p) {
       std::lock_guard lock(mutex_);
       stats_.bytes_in_use -= block;
-      TG_FAIL("out of memory: could not allocate {} bytes for a tensor", block);
+      throw OutOfMemory(fmt::format("out of memory: could not allocate {} bytes for a tensor", block));
     }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (block >= 4 * kHugePage) madvise(p, block, MADV_HUGEPAGE);  // fewer page faults on big buffers

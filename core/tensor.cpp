@@ -191,8 +191,8 @@ Tensor allocate(const char* op, const Shape& shape, DType dtype) {
   auto impl = std::make_shared<TensorImpl>();
   try {
     impl->storage = Storage::allocate(static_cast<std::size_t>(n) * dtype_size(dtype));
-  } catch (const Error& e) {  // name the tensor that did not fit
-    TG_FAIL("{}: {} (shape {} of {})", op, e.what(), shape, dtype);
+  } catch (const OutOfMemory& e) {  // name the tensor that did not fit
+    throw OutOfMemory(fmt::format("{}: {} (shape {} of {})", op, e.what(), shape, dtype));
   }
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -25,6 +26,18 @@ using json = nlohmann::json;
 
 constexpr std::uint64_t kMaxHeaderBytes = 100u << 20;
 constexpr const char* kCrcKey = "tapegrad.crc32";
+// The payload CRC above leaves the header unchecked, and a flipped digit in a metadata value (a
+// training checkpoint's step, RNG offset, loss sums) would resume silently. So the header carries
+// a second CRC-32: of the header's canonical JSON (nlohmann's compact dump, keys sorted) without
+// this one entry. Canonical rather than the bytes as written, so that the writer can compute it
+// before inserting it and a reader need not care about whitespace; it covers the tensor table and
+// every other metadata entry, the payload CRC included. Files without it (written by tapegrad
+// before it existed, or by other tools) are still read: their payload CRC still applies.
+constexpr const char* kHeaderCrcKey = "tapegrad.header_crc32";
+// Training checkpoints: v2 always has the header CRC (so that a corrupted key name cannot pass a
+// new file off as one written before it existed); v1 files (without it) are still read.
+constexpr const char* kTrainingFormat = "tapegrad-training-v2";
+constexpr const char* kTrainingFormatV1 = "tapegrad-training-v1";
 
 const char* safetensors_dtype(DType t) {
   switch (t) {
@@ -95,6 +108,17 @@ void write_chunks_atomically(const std::string& path, const std::vector<Chunk>& 
   }
 }
 
+std::uint32_t crc_of(const std::string& text) {
+  return static_cast<std::uint32_t>(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(text.data()),
+                                          static_cast<uInt>(text.size())));  // headers are < 100 MiB
+}
+
+// The CRC of a header without its kHeaderCrcKey entry (see kHeaderCrcKey).
+std::uint32_t header_crc(json header) {
+  if (auto m = header.find("__metadata__"); m != header.end() && m->is_object()) m->erase(kHeaderCrcKey);
+  return crc_of(header.dump());
+}
+
 std::uint32_t crc_of(const std::vector<Tensor>& data) {
   uLong crc = crc32(0L, Z_NULL, 0);
   for (const Tensor& t : data) {
@@ -143,6 +167,18 @@ struct DuplicateKeyCheck : json::json_sax_t {
   bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
 };
 
+// The first NaN or infinity in a floating-point tensor, if any.
+std::optional<double> first_non_finite(const Tensor& tensor) {
+  if (tensor.dtype() != DType::f32 && tensor.dtype() != DType::f64) return std::nullopt;
+  const Tensor t = tensor.detach().contiguous();
+  const auto scan = [&]<class T>(const T* p) -> std::optional<double> {
+    for (std::int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(p[i])) return static_cast<double>(p[i]);
+    return std::nullopt;
+  };
+  return t.dtype() == DType::f32 ? scan(t.data<float>()) : scan(t.data<double>());
+}
+
 // A metadata entry of a training checkpoint.
 const std::string& training_entry(const SafetensorsFile& file, const std::string& path, const char* key) {
   auto it = file.metadata.find(key);
@@ -186,7 +222,9 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   json meta = json::object();
   for (const auto& [k, v] : metadata) meta[k] = v;
   meta[kCrcKey] = std::to_string(crc_of(data));
+  meta.erase(kHeaderCrcKey);  // (metadata copied from a loaded file carries the old one)
   header["__metadata__"] = meta;
+  header["__metadata__"][kHeaderCrcKey] = std::to_string(header_crc(header));
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
   unsigned char len[8];
@@ -237,6 +275,13 @@ SafetensorsFile load_safetensors(const std::string& path) {
     TG_FAIL("load: '{}' has a corrupt header: {}", path, e.what());
   }
   TG_CHECK(header.is_object(), "load: '{}' has a corrupt header (not a JSON object)", path);
+  if (auto m = header.find("__metadata__"); m != header.end() && m->is_object() && m->contains(kHeaderCrcKey)) {
+    const json& stored = (*m)[kHeaderCrcKey];
+    TG_CHECK(stored.is_string() && stored.get<std::string>() == std::to_string(header_crc(header)),
+             "load: '{}' is corrupt: its header (tensor table or metadata: step, RNG state, ...) does not match the "
+             "checksum stored when it was written",
+             path);
+  }
   const std::uint64_t data_size = file_size - 8 - header_len;
 
   SafetensorsFile file;
@@ -367,8 +412,19 @@ void save_training_checkpoint(const std::string& path, Module& model, Optimizer&
   for (const NamedTensor& t : optimizer.state()) all.push_back({"optim." + t.name, t.tensor});
   if (ema)
     for (const NamedTensor& t : ema->state()) all.push_back({"ema." + t.name, t.tensor});
+  // A diverged run (NaN or inf weights or optimizer moments) must not replace its last good
+  // checkpoint: a resume from it could only produce NaN. Only trained tensors are checked: a
+  // buffer may hold infinities on purpose (an additive mask of -inf).
+  std::vector<NamedTensor> trained;
+  for (const NamedTensor& t : model.named_parameters()) trained.push_back({"model." + t.name, t.tensor});
+  for (const NamedTensor& t : optimizer.state()) trained.push_back({"optim." + t.name, t.tensor});
+  for (const NamedTensor& t : trained)
+    if (const std::optional<double> bad = first_non_finite(t.tensor))
+      TG_FAIL("save: not writing '{}' at step {}: tensor '{}' holds {} (the run diverged; try a smaller learning rate). "
+              "The checkpoint already there, if any, is kept",
+              path, step, t.name, std::isnan(*bad) ? std::fabs(*bad) : *bad);  // "nan", not fmt's "-nan"
   Metadata meta = metadata;
-  meta["format"] = "tapegrad-training-v1";
+  meta["format"] = kTrainingFormat;
   meta["step"] = std::to_string(step);
   meta["optimizer"] = optimizer.type_name();
   meta["optimizer.step"] = std::to_string(optimizer.step_count());
@@ -390,7 +446,10 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
                                        EMA* ema) {
   const SafetensorsFile file = load_safetensors(path);
   auto meta = [&](const char* key) -> const std::string& { return training_entry(file, path, key); };
-  TG_CHECK(meta("format") == "tapegrad-training-v1", "load: '{}' has unknown format '{}'", path, meta("format"));
+  TG_CHECK(meta("format") == kTrainingFormat || meta("format") == kTrainingFormatV1, "load: '{}' has unknown format '{}'", path,
+           meta("format"));
+  TG_CHECK(meta("format") == kTrainingFormatV1 || file.metadata.count(kHeaderCrcKey) == 1,
+           "load: '{}' is corrupt: a {} checkpoint without its header checksum '{}'", path, kTrainingFormat, kHeaderCrcKey);
   TG_CHECK(meta("optimizer") == optimizer.type_name(), "load: '{}' was saved with {} but the optimizer is {}", path,
            meta("optimizer"), optimizer.type_name());
   std::vector<NamedTensor> model_t = model.state(), optim_t = optimizer.state();

@@ -4,8 +4,10 @@
 //
 // Writes are atomic (temporary file, fsync, rename, fsync of the folder): a crash leaves either the
 // old file or the new one. Reads validate everything (header length, JSON, dtypes, shapes, offsets,
-// sizes, and the CRC-32 tapegrad stores in the metadata) before touching any tensor, and raise a
-// clear error for truncated, corrupted or mismatched files.
+// sizes, and the two CRC-32s tapegrad stores in the metadata: "tapegrad.crc32" of the data,
+// "tapegrad.header_crc32" of the rest of the header, metadata included) before touching any tensor,
+// and raise a clear error for truncated, corrupted or mismatched files. Files without the header
+// CRC (older tapegrad, other writers) are read with the data CRC alone.
 #pragma once
 
 #include <fstream>
@@ -45,7 +47,9 @@ void save_module(Module& m, const std::string& path, const Metadata& metadata = 
 Metadata load_module(Module& m, const std::string& path);
 
 // Everything needed to resume training bit for bit: model, optimizer state and step, the RNG
-// stream, and optionally an EMA of the weights.
+// stream, and optionally an EMA of the weights. Saving refuses a NaN or infinity in the parameters
+// or the optimizer state (a diverged run keeps its last good checkpoint; buffers may hold them). Loading accepts the format
+// written before the header CRC ("tapegrad-training-v1") and refuses a current one without it.
 struct TrainingState {
   std::int64_t step = 0;
   Metadata metadata;  // user entries passed at save time

@@ -3,23 +3,35 @@
 //     when the output goes to a file or a pipe;
 //   - --help shows every option's default, and an option given twice takes its last value (a
 //     script's defaults can be overridden by flags appended to its command line);
-//   - a usage error prints "error: <what>" and exits with status 1, like every other failure.
+//   - a usage error prints "error: <what>" and exits with status 1, like every other failure;
+//   - integer options are whole numbers within bounds (Integer below), never clamped;
+//   - work too big for the machine's memory fails with the options to lower, not by the kernel's
+//     OOM killer (cap_memory, check_memory, run).
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <sys/resource.h>
+#include <sys/sysinfo.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <new>
 #include <optional>
 #include <string>
 
+#include "core/error.hpp"
+
 namespace tg::examples {
+
+inline void cap_memory();
 
 inline void configure(CLI::App& app) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  cap_memory();
   app.option_defaults()->always_capture_default()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 }
 
@@ -85,8 +97,87 @@ inline const CLI::Validator Seed = CLI::Validator(
       const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
       if (err != std::errc() || end != text.data() + text.size())
         return "expected a whole number in [0, 2^64 - 1], got '" + text + "'";
+      text = std::to_string(v);  // what CLI11 converts next: "010" is 10 here, not octal 8
       return {};
     },
     "in [0, 2^64 - 1]");
+
+// An integer option: a whole decimal number in [lo, hi]. (CLI11 alone clamps values past the
+// type's range -- 99999999999999999999 became 2^63 - 1 -- and a check on doubles lets "1e3" and
+// "2.5" through to CLI11's conversion.)
+inline CLI::Validator Integer(std::int64_t lo, std::int64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        std::int64_t v = 0;
+        const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (err != std::errc() || end != text.data() + text.size() || v < lo || v > hi)
+          return fmt::format("expected a whole number in [{}, {}], got '{}'", lo, hi, text);
+        text = std::to_string(v);  // what CLI11 converts next: "010" is 10 here, not octal 8
+        return {};
+      },
+      fmt::format("in [{}, {}]", lo, hi));
+}
+// --threads of every example.
+inline const CLI::Validator Threads = Integer(0, 1024);
+
+// The memory this process may use, in bytes: the machine's RAM and swap, or less under a lower
+// address-space limit (ulimit -v); 0 when unknown.
+inline double memory_limit() {
+  struct sysinfo si {};
+  double bytes = ::sysinfo(&si) == 0 ? (static_cast<double>(si.totalram) + static_cast<double>(si.totalswap)) * si.mem_unit : 0.0;
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    bytes = bytes > 0 ? std::min(bytes, static_cast<double>(rl.rlim_cur)) : static_cast<double>(rl.rlim_cur);
+  return bytes;
+}
+
+// Caps this process's address space at the machine's memory (RAM + swap). Linux overcommits:
+// uncapped, a run that needs more than there is gets its allocations granted and is then killed by
+// the kernel part-way (no message, no checkpoint); capped, an allocation fails and `run` below says
+// which options to lower. A lower limit already set is kept. Not under AddressSanitizer or
+// ThreadSanitizer, which reserve terabytes of address space for their shadow memory.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TG_EXAMPLES_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#define TG_EXAMPLES_SANITIZER 1
+#endif
+#endif
+inline void cap_memory() {
+#ifndef TG_EXAMPLES_SANITIZER
+  const double cap = memory_limit();
+  struct rlimit rl {};
+  if (cap <= 0 || ::getrlimit(RLIMIT_AS, &rl) != 0) return;
+  if (rl.rlim_cur == RLIM_INFINITY || static_cast<double>(rl.rlim_cur) > cap) {
+    rl.rlim_cur = static_cast<rlim_t>(cap);
+    ::setrlimit(RLIMIT_AS, &rl);  // best effort: without it the run is merely uncapped
+  }
+#endif
+}
+
+// Refuses work whose memory, estimated from below by the caller, exceeds memory_limit(): failing
+// before anything is loaded or written beats failing part-way. `what` names the work, `lower` the
+// options that size it.
+inline void check_memory(double bytes, const std::string& what, const std::string& lower) {
+  const double limit = memory_limit();
+  TG_CHECK(limit <= 0 || bytes <= limit, "{} needs at least {:.1f} GB of memory, more than the {:.1f} GB there are; lower {}", what,
+           bytes / 1e9, limit / 1e9, lower);
+}
+
+// Runs a command: any failure ends as "error: <what>" and status 1. When memory runs out, the
+// message says which options size the work (`lower`): the allocator cannot know which asked too much.
+template <class Command>
+int run(Command&& command, const std::string& lower) {
+  try {
+    return command();
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "error: out of memory{}\n", lower.empty() ? "" : "; lower " + lower);
+  } catch (const OutOfMemory& e) {
+    fmt::print(stderr, "error: {}{}\n", e.what(), lower.empty() ? "" : "; lower " + lower);
+  } catch (const std::exception& e) {  // tg::Error, or e.g. a filesystem error on --out
+    fmt::print(stderr, "error: {}\n", e.what());
+  }
+  return 1;
+}
 
 }  // namespace tg::examples

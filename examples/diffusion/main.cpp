@@ -204,10 +204,42 @@ Tensor mosaic(const Tensor& images, std::int64_t n) {
   return images.narrow(0, 0, n * n).reshape({n, n, 28, 28}).permute({0, 2, 1, 3}).reshape({1, n * 28, n * 28});
 }
 
+// ---- memory -------------------------------------------------------------------------------------------------------
+// Lower bounds (f32 bytes) of what a UNet run allocates, counted from the network's structure, for
+// examples::check_memory: refusing on them never refuses a run that fits. (On the default model,
+// 16 x 16 with channels 32,64,64, a training batch takes about 4.5 times the activation bound.)
+
+// The second 3 x 3 conv (C -> C) of every residual block: per level blocks_per_level in the
+// encoder and blocks_per_level + 1 in the decoder, and the two middle blocks.
+double unet_parameter_bytes(const diff::UNetConfig& c) {
+  double n = 0;
+  for (const std::int64_t ch : c.channels) n += 9.0 * static_cast<double>(2 * c.blocks_per_level + 1) * static_cast<double>(ch * ch);
+  n += 2 * 9.0 * static_cast<double>(c.channels.back() * c.channels.back());
+  return 4 * n;
+}
+
+// One sample's activations at the full resolution. Training: the top level's skips (the stem and
+// its blocks), kept until the decoder, and 4 maps every residual block there saves for the
+// backward. Sampling: the input and the output of one conv.
+double unet_activation_bytes(const diff::UNetConfig& c, bool training) {
+  const double map = 4.0 * static_cast<double>(c.channels.front() * c.image_size * c.image_size);
+  return map * (training ? static_cast<double>(c.blocks_per_level + 1 + 4 * (2 * c.blocks_per_level + 1)) : 2.0);
+}
+
+// Sampling `count` images in batches: the weights, the initial noise, the batches' outputs and
+// their concatenation (each count images), and one batch's activations.
+double sampling_bytes(const diff::UNetConfig& c, std::int64_t count, std::int64_t batch) {
+  const double image = 4.0 * static_cast<double>(c.in_channels * c.image_size * c.image_size);
+  return unet_parameter_bytes(c) + 3 * static_cast<double>(count) * image +
+         static_cast<double>(std::min(batch, count)) * unet_activation_bytes(c, false);
+}
+
 // ---- train --------------------------------------------------------------------------------------------------------
 
 // Network evaluations per sample accepted on the command line (DDPM's classic schedule has 1000).
 constexpr std::int64_t kMaxNfe = 10000;
+// Bounds of the sizes on the command line (the images are 28 x 28; memory is checked separately).
+constexpr std::int64_t kMaxSize = 256, kMaxCount = 1'000'000;
 
 struct TrainArgs {
   std::string out = "runs/diffusion", data;
@@ -237,10 +269,20 @@ int train(const TrainArgs& a) {
     mc.num_classes = a.unconditional ? 0 : 10;
     mc.dropout = a.dropout;
   }
+  config_from_json(config_json(mc));  // settings this program could not read back are refused now
   const cls::Data data = load_data(a.data, a.synthetic, a.max_train);
   fmt::print("data: {} ({} training images)\n", data.train.source, data.train.size());
+  {  // the weights with their gradients, Adam's two moments and the EMA; the images at the model's
+     // size (twice while they are converted); one batch's activations
+    const double images = 4.0 * static_cast<double>(data.train.size() * mc.in_channels * mc.image_size * mc.image_size);
+    examples::check_memory(5 * unet_parameter_bytes(mc) + 2 * images +
+                               static_cast<double>(std::min(a.batch, data.train.size())) * unet_activation_bytes(mc, true),
+                           fmt::format("training a UNet with channels {} at {} x {} on {} images in batches of {}",
+                                       fmt::join(mc.channels, ","), mc.image_size, mc.image_size, data.train.size(), a.batch),
+                           previous ? "--batch or --max-train (the model settings come from the resumed run)"
+                                    : "--size, --channels, --blocks, --batch or --max-train");
+  }
   const Tensor images = diff::to_model_space(data.train.images, mc.image_size);  // [N, 1, S, S] in [-1, 1]
-  config_from_json(config_json(mc));  // settings this program could not read back are refused now
   Generator init(a.seed);
   diff::UNet model(mc, &init);
   mc = model.config;  // with the derived widths
@@ -370,6 +412,8 @@ diff::GenerateOptions generate_options(const SampleArgs& a, std::uint64_t seed) 
 
 int sample_cmd(SampleArgs a) {
   if (a.count == 0) a.count = 80;
+  examples::check_memory(sampling_bytes(read_run(a.run).config, a.count, a.batch), fmt::format("sampling {} images", a.count),
+                         "--count or --batch");
   diff::UNet net = load_model(a.run, a.raw);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   const auto t0 = Clock::now();
@@ -384,6 +428,8 @@ int sample_cmd(SampleArgs a) {
 int eval_cmd(SampleArgs a) {
   if (a.count == 0) a.count = 2000;
   generate_options(a, a.seed);  // bad sampler settings fail before the FD classifier and the data are loaded
+  examples::check_memory(sampling_bytes(read_run(a.run).config, a.count, a.batch), fmt::format("sampling {} images", a.count),
+                         "--count or --batch");
   diff::UNet net = load_model(a.run, a.raw);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   TG_CHECK(a.guidance == 1 || (net.config.num_classes > 0 && !a.unconditional),
@@ -510,8 +556,14 @@ int sweep_cmd(const SweepArgs& a) {
   for (const double rho : a.rhos) diff::skip_tuning_scales(2, rho, a.rho_top);  // finite values, checked now
   for (const double sigma : a.denoise_sigmas)
     TG_CHECK(std::isfinite(sigma) && sigma > 0, "sweep: --denoise-sigmas must be positive, got {}", sigma);
-  diff::UNet net = load_model(a.run, false);
   const Run run = read_run(a.run);
+  {  // a cell's samples, or the denoising table's images (f64: clean, noise, denoised, batches)
+    const double denoise = 4 * 8.0 * static_cast<double>(a.denoise_count * run.config.image_size * run.config.image_size);
+    examples::check_memory(sampling_bytes(run.config, a.count, a.batch) + denoise,
+                           fmt::format("sweeping with {} samples per cell and {} denoising images", a.count, a.denoise_count),
+                           "--count, --batch or --denoise-count");
+  }
+  diff::UNet net = load_model(a.run, false);
   const std::string out = a.out.empty() ? a.run + "/sweep" : a.out;
   const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
   check_fd_count(a.count, data.test.size());
@@ -770,38 +822,40 @@ int main(int argc, char** argv) {
   examples::configure(app);
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   TrainArgs ta;
   std::string channels = "32,64,64", attention = "2";
   CLI::App* tr = app.add_subcommand("train", "Train the UNet (EDM loss, EMA) for a time budget and write a run folder");
   tr->add_option("--minutes", ta.minutes, "Wall-clock training budget in minutes")->check(examples::Positive);
-  tr->add_option("--steps", ta.steps, "Train exactly this many steps instead of a time budget (reproducible)");
+  tr->add_option("--steps", ta.steps, "Train exactly this many steps instead of a time budget (reproducible; -1: use --minutes)")
+      ->check(examples::Integer(-1, 1'000'000'000));
   tr->add_option("--out", ta.out, "Run folder");
-  tr->add_option("--size", ta.size, "Model image size: 16 (28->14 pooled, padded; the spec's setting) or 32 (28 padded)");
+  tr->add_option("--size", ta.size, "Model image size: 16 (28->14 pooled, padded; the spec's setting) or 32 (28 padded)")
+      ->check(examples::Integer(14, kMaxSize));
   tr->add_option("--channels", channels, "Channels per resolution level, comma separated");
-  tr->add_option("--blocks", ta.blocks, "Residual blocks per level (the decoder has one more)")->check(examples::Positive);
+  tr->add_option("--blocks", ta.blocks, "Residual blocks per level (the decoder has one more)")->check(examples::Integer(1, 64));
   tr->add_option("--attention", attention, "Levels with self-attention (0 = top), comma separated; empty for none");
-  tr->add_option("--head-channels", ta.head_channels, "Channels per attention head")->check(examples::Positive);
+  tr->add_option("--head-channels", ta.head_channels, "Channels per attention head")->check(examples::Integer(1, 8192));
   tr->add_flag("--unconditional", ta.unconditional, "No class conditioning (default: class-conditional with label dropout)");
   tr->add_option("--label-dropout", ta.label_dropout, "Probability of dropping the label (classifier-free guidance)")->check(examples::Between(0.0, 1.0));
   tr->add_option("--dropout", ta.dropout, "Dropout inside the residual blocks")->check(examples::Between(0.0, 0.9));
-  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Positive);
+  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Integer(1, kMaxCount));
   tr->add_option("--lr", ta.lr, "Adam learning rate (after the warmup)")->check(examples::Positive);
-  tr->add_option("--warmup", ta.warmup, "Linear learning-rate warmup steps")->check(examples::NonNegative);
+  tr->add_option("--warmup", ta.warmup, "Linear learning-rate warmup steps")->check(examples::Integer(0, 1'000'000'000));
   tr->add_option("--lr-min-ratio", ta.lr_min_ratio, "Cosine decay (over --steps, or over the time budget) to lr * this; 1: constant")
       ->check(examples::Between(0.0, 1.0));
   tr->add_option("--ema", ta.ema, "Decay of the weight EMA used for sampling (ramped up as min(decay, (1+t)/(10+t)))")->check(examples::Between(0.0, 1.0));
-  tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(examples::Positive);
+  tr->add_option("--checkpoint-every", ta.checkpoint_every, "Steps between checkpoints")->check(examples::Integer(1, 1'000'000'000));
   tr->add_option("--grid-nfe", ta.grid_nfe, "NFE of the Heun samples drawn into samples.png at the end (odd)")
-      ->check(examples::Between(1, kMaxNfe));
+      ->check(examples::Integer(1, kMaxNfe));
   tr->add_option("--seed", ta.seed, "Seed for the initialisation, batch order and noise")->check(examples::Seed);
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
-  tr->add_option("--max-train", ta.max_train, "Use only the first N training images")->check(examples::NonNegative);
+  tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume,
                "Continue from the run folder's checkpoint.safetensors (same settings; --minutes / --steps may change)");
-  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   SampleArgs sa;
   auto add_sampling = [&](CLI::App* c, bool for_eval) {
@@ -809,30 +863,30 @@ int main(int argc, char** argv) {
     c->add_option("--sampler", sa.sampler, "heun | euler (EDM ODE), ddim (eta), ddpm (ancestral)")
         ->check(CLI::IsMember({"heun", "euler", "ddim", "ddpm"}));
     c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")
-        ->check(examples::Between(1, kMaxNfe));
+        ->check(examples::Integer(1, kMaxNfe));
     c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic; other samplers take none)")->check(examples::Between(0, 1));
     c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (1: off)");
     c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)");
     c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional)");
     c->add_flag("--unconditional", sa.unconditional, "Sample without labels (the 'no label' embedding)");
     c->add_option("--count", sa.count, for_eval ? "Samples per seed (default 2000; >= 1000 for a meaningful FD)" : "Samples in the grid (default 80)")
-        ->check(examples::Positive);
-    c->add_option("--batch", sa.batch, "Samples per network batch")->check(examples::Positive);
+        ->check(examples::Integer(1, kMaxCount));
+    c->add_option("--batch", sa.batch, "Samples per network batch")->check(examples::Integer(1, kMaxCount));
     c->add_option("--seed", sa.seed, "Seed of the initial noise")->check(examples::Seed);
     c->add_flag("--raw", sa.raw, "Use the raw weights instead of the EMA");
-    c->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+    c->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
   };
   CLI::App* sm = app.add_subcommand("sample", "Draw samples into a PNG grid (one class per column)");
   add_sampling(sm, false);
   sm->add_option("--png", sa.png, "Output PNG (default <run>/samples_<sampler>_nfe<N>_rho<r>.png)");
   CLI::App* ev = app.add_subcommand("eval", "FD_clf of generated samples against the test set, with its noise floor");
   add_sampling(ev, true);
-  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(examples::Between(1, 1e6));
+  ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(examples::Integer(1, 1'000'000));
   ev->add_option("--data", sa.data, "Folder with the Fashion-MNIST IDX files");
   ev->add_flag("--synthetic", sa.synthetic, "Evaluate against the synthetic shapes");
   ev->add_option("--fd-classifier", sa.fd_classifier, "FD_clf feature extractor file (default $TAPEGRAD_FD_CLASSIFIER or runs/fd_classifier/fdmlp.safetensors; trained if missing)");
   ev->add_option("--fd-train", sa.fd_train, "Training images for the FD classifier when it must be trained (0: all)")
-      ->check(examples::NonNegative);
+      ->check(examples::Integer(0, 1'000'000'000));
 
   SweepArgs wa;
   std::string rhos = "1,0.95,0.9,0.85,0.8,0.7,0.6,0.5", heun = "3,5,9,19", ddim = "5,10", euler = "4,6,10,20", ddpm, sigmas = "0.05,0.2,0.5,1,2,5";
@@ -845,45 +899,41 @@ int main(int argc, char** argv) {
   sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; none to skip");
   sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; none to skip");
   sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; none to skip");
-  sw->add_option("--count", wa.count, "Samples per cell and seed")->check(examples::Positive);
-  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Between(1, 1e6));
-  sw->add_option("--batch", wa.batch, "Samples per network batch")->check(examples::Positive);
+  sw->add_option("--count", wa.count, "Samples per cell and seed")->check(examples::Integer(1, kMaxCount));
+  sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Integer(1, 1'000'000));
+  sw->add_option("--batch", wa.batch, "Samples per network batch")->check(examples::Integer(1, kMaxCount));
   sw->add_option("--denoise-count", wa.denoise_count, "Test images for the pixel/feature denoising-error table (0: skip)")
-      ->check(examples::NonNegative);
+      ->check(examples::Integer(0, kMaxCount));
   sw->add_option("--denoise-sigmas", sigmas, "Noise levels of the denoising-error table");
   sw->add_option("--data", wa.data, "Folder with the Fashion-MNIST IDX files");
   sw->add_flag("--synthetic", wa.synthetic, "Evaluate against the synthetic shapes");
   sw->add_flag("--resume", wa.resume, "Reuse the per-seed results already in <out>/sweep_runs.csv (an interrupted sweep)");
   sw->add_option("--fd-classifier", wa.fd_classifier, "FD_clf feature extractor file (default as eval)");
   sw->add_option("--fd-train", wa.fd_train, "Training images for the FD classifier when it must be trained (0: all)")
-      ->check(examples::NonNegative);
-  sw->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+      ->check(examples::Integer(0, 1'000'000'000));
+  sw->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   if (const auto status = examples::parse(app, argc, argv)) return *status;
-  try {
-    if (threads > 0) set_num_threads(threads);
-    if (tr->parsed()) {
-      ta.channels = parse_list<std::int64_t>(channels, "--channels", /*distinct=*/false);
-      ta.attention = parse_list<std::int64_t>(attention, "--attention");
-      return train(ta);
-    }
-    if (sm->parsed()) return sample_cmd(sa);
-    if (ev->parsed()) return eval_cmd(sa);
-    if (sw->parsed()) {
-      wa.rhos = parse_list<double>(rhos, "--rhos");
-      wa.heun = parse_list<std::int64_t>(heun, "--heun-nfe");
-      wa.ddim = parse_list<std::int64_t>(ddim, "--ddim-nfe");
-      wa.euler = parse_list<std::int64_t>(euler, "--euler-nfe");
-      wa.ddpm = parse_list<std::int64_t>(ddpm, "--ddpm-nfe");
-      wa.denoise_sigmas = parse_list<double>(sigmas, "--denoise-sigmas");
-      return sweep_cmd(wa);
-    }
-  } catch (const tg::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {  // e.g. a filesystem error on --out, or out of memory
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  const char* lower = tr->parsed()   ? "--batch, --size, --channels or --max-train"
+                      : sw->parsed() ? "--batch, --count or --denoise-count"
+                                     : "--batch or --count";
+  return examples::run(
+      [&] {
+        if (threads > 0) set_num_threads(threads);
+        if (tr->parsed()) {
+          ta.channels = parse_list<std::int64_t>(channels, "--channels", /*distinct=*/false);
+          ta.attention = parse_list<std::int64_t>(attention, "--attention");
+          return train(ta);
+        }
+        if (sm->parsed()) return sample_cmd(sa);
+        if (ev->parsed()) return eval_cmd(sa);
+        wa.rhos = parse_list<double>(rhos, "--rhos");
+        wa.heun = parse_list<std::int64_t>(heun, "--heun-nfe");
+        wa.ddim = parse_list<std::int64_t>(ddim, "--ddim-nfe");
+        wa.euler = parse_list<std::int64_t>(euler, "--euler-nfe");
+        wa.ddpm = parse_list<std::int64_t>(ddpm, "--ddpm-nfe");
+        wa.denoise_sigmas = parse_list<double>(sigmas, "--denoise-sigmas");
+        return sweep_cmd(wa);
+      },
+      lower);
 }

@@ -76,6 +76,16 @@ void write_evaluation(const std::string& dir, const cls::Evaluation& ev, const n
 
 nlohmann::json load_run_config(const std::string& run);
 
+// A lower bound of one training sample's activations (f32 bytes), for examples::check_memory: the
+// hidden layers' outputs and activations (mlp, fdmlp), the conv, activation and pooling maps (cnn).
+// About half of what a training step was measured to take per sample.
+double activation_bytes_per_sample(cls::Arch arch) {
+  switch (arch) {
+    case cls::Arch::cnn: return 4.0 * (2 * 32 * 28 * 28 + 32 * 14 * 14 + 2 * 64 * 14 * 14 + 64 * 7 * 7);
+    case cls::Arch::fdmlp: return 4.0 * (2 * 256 + 2 * 128);
+    default: return 4.0 * (4 * 512);
+  }
+}
 
 int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
@@ -84,6 +94,9 @@ int train(const TrainArgs& a) {
   const nn::output::RunFolderLock lock(out);  // one writer per run folder
   const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
   fmt::print("data: {} ({} train / {} test images)\n", data.train.source, data.train.size(), data.test.size());
+  const std::int64_t batch = std::min(a.batch, data.train.size());
+  examples::check_memory(static_cast<double>(batch) * activation_bytes_per_sample(arch),
+                         fmt::format("training the {} model in batches of {}", a.model, batch), "--batch");
 
   Generator init(a.seed);
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28}, &init);
@@ -260,14 +273,14 @@ int main(int argc, char** argv) {
   examples::configure(app);
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   TrainArgs ta;
   CLI::App* tr = app.add_subcommand("train", "Train a classifier and write a run folder");
   tr->add_option("--model", ta.model, "Architecture: mlp (784-512-512-10) or cnn (2 conv + 2 linear)")
       ->check(CLI::IsMember({"mlp", "cnn", "fdmlp"}));
-  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Between(1, 1e6));
-  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Between(1, 1e6));
+  tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Integer(1, 1'000'000));
+  tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Integer(1, 1'000'000));
   tr->add_option("--lr", ta.lr, "Adam learning rate")->check(examples::Positive);
   tr->add_option("--schedule", ta.schedule, "Learning rate over the run: cosine (decays to 0 by the last epoch) or constant")
       ->check(CLI::IsMember({"cosine", "constant"}));
@@ -275,10 +288,10 @@ int main(int argc, char** argv) {
   tr->add_option("--out", ta.out, "Run folder (default runs/fashion_mnist-<model>)");
   tr->add_option("--data", ta.data, "Folder with the Fashion-MNIST IDX files (default: the Debian package's)");
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
-  tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs; -1: no limit)")->check(examples::Between(-1, 9e15));
-  tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::NonNegative);
+  tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs; -1: no limit)")->check(examples::Integer(-1, 1'000'000'000'000));
+  tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings; --max-steps may change)");
-  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   std::string run, data_dir, png;
   bool synthetic = false;
@@ -287,28 +300,23 @@ int main(int argc, char** argv) {
   ev->add_option("--run", run, "Run folder written by train")->required();
   ev->add_option("--data", data_dir, "Folder with the Fashion-MNIST IDX files");
   ev->add_flag("--synthetic", synthetic, "Evaluate on the synthetic shapes (always, for a run trained on them)");
-  ev->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  ev->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
   CLI::App* pr = app.add_subcommand("predict", "Classify test images and write a labelled grid");
   pr->add_option("--run", run, "Run folder written by train")->required();
-  pr->add_option("--count", count, "Number of test images (a grid of at most 1024)")->check(examples::Between(1, 1024));
-  pr->add_option("--first", first, "Index of the first test image")->check(examples::NonNegative);
+  pr->add_option("--count", count, "Number of test images (a grid of at most 1024)")->check(examples::Integer(1, 1024));
+  pr->add_option("--first", first, "Index of the first test image")->check(examples::Integer(0, 1'000'000'000));
   pr->add_option("--png", png, "Output PNG (default <run>/predictions.png)");
   pr->add_option("--data", data_dir, "Folder with the Fashion-MNIST IDX files");
   pr->add_flag("--synthetic", synthetic, "Use the synthetic shapes (always, for a run trained on them)");
-  pr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  pr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   if (const auto status = examples::parse(app, argc, argv)) return *status;
-  try {
-    if (threads > 0) set_num_threads(threads);
-    if (tr->parsed()) return train(ta);
-    if (ev->parsed()) return eval(run, data_dir, synthetic);
-    if (pr->parsed()) return predict(run, count, first, png, data_dir, synthetic);
-  } catch (const tg::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {  // e.g. a filesystem error on --out, or out of memory
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  return examples::run(
+      [&] {
+        if (threads > 0) set_num_threads(threads);
+        if (tr->parsed()) return train(ta);
+        if (ev->parsed()) return eval(run, data_dir, synthetic);
+        return predict(run, count, first, png, data_dir, synthetic);
+      },
+      tr->parsed() ? "--batch or --max-train" : pr->parsed() ? "--count" : "");
 }

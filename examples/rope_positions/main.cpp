@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +41,12 @@ namespace fs = std::filesystem;
 namespace tf = tg::models::transformer;
 
 namespace {
+
+// A diverged run stops (before its step, and before any result file of it is written).
+void check_finite_loss(double loss, const std::string& what, std::int64_t step, double lr) {
+  TG_CHECK(std::isfinite(loss), "{}: training diverged: the loss is {} at step {} (learning rate {:g}); try a smaller --lr", what,
+           std::isnan(loss) ? std::fabs(loss) : loss, step, lr);  // "nan", not fmt's "-nan"
+}
 
 // ---- the causal-neighbour task --------------------------------------------------------------------------------
 
@@ -189,11 +196,13 @@ VariantResult run_variant(const std::string& name, const ExperimentArgs& a) {
     const Tensor logits = model(bt.in);  // [B, T, 4]
     const Tensor loss = ops::cross_entropy(logits.reshape({B * T, 4}), bt.target.reshape({B * T}));
     opt.set_lr(a.lr * nn::warmup_cosine_schedule(step, a.warmup, a.steps, 0.1));
+    const double l = loss.item();
+    check_finite_loss(l, fmt::format("experiment: variant {}", name), step + 1, opt.lr());
     opt.zero_grad();
     loss.backward();
     opt.step();
-    res.losses.push_back(loss.item());
-    bar.update(step + 1, res.losses.back());
+    res.losses.push_back(l);
+    bar.update(step + 1, l);
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bar.finish(fmt::format("{}: {} steps in {:.1f} s, final loss {:.4f}", name, a.steps, res.seconds, res.losses.back()));
@@ -230,17 +239,32 @@ std::vector<std::string> split_variants(const std::string& s) {
   return v;
 }
 
-// A whole decimal integer (no sign junk, no trailing characters), else an error naming `what`.
+// Positions `show` prints at most (each one a line).
+constexpr std::int64_t kMaxShown = 1'000'000;
+
+// A whole decimal integer in 0..kMaxShown (no sign junk, no trailing characters), else an error naming `what`.
 std::int64_t parse_count(const std::string& text, const std::string& what) {
   std::int64_t v = 0;
   const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
-  TG_CHECK(err == std::errc() && end == text.data() + text.size(), "{}: '{}' is not an integer", what, text);
+  TG_CHECK(err == std::errc() && end == text.data() + text.size() && v >= 0 && v <= kMaxShown,
+           "{}: '{}' is not a whole number in [0, {}]", what, text, kMaxShown);
   return v;
 }
 
 std::string pct(double x) { return fmt::format("{:.1f}", 100 * x); }
 
+// A lower bound of what training a transformer takes (f32 bytes), for examples::check_memory: the
+// attention and MLP matrices (12 dim^2 per layer) with their gradients and AdamW's two moments, and
+// 8 activations of `tokens` x dim per layer saved for the backward (attention is fused: no T^2).
+double training_bytes(std::int64_t dim, std::int64_t layers, std::int64_t tokens) {
+  const double d = static_cast<double>(dim), l = static_cast<double>(layers);
+  return 4.0 * (4 * 12 * d * d * l + 8 * static_cast<double>(tokens) * d * l);
+}
+
 int experiment(const ExperimentArgs& a) {
+  examples::check_memory(training_bytes(a.dim, a.layers, a.batch * 8),  // sequences of at least 8 tokens
+                         fmt::format("training a {} x {} transformer on batches of {}", a.layers, a.dim, a.batch),
+                         "--dim, --layers or --batch");
   const std::vector<std::string> variants = split_variants(a.variants);
   TG_CHECK(!variants.empty(), "experiment: no variants given");
   for (std::size_t i = 0; i < variants.size(); ++i) {
@@ -400,11 +424,13 @@ CompatRun train_reverse(const std::string& scheme, const CompatArgs& a) {
     const auto [x, y] = batch(a.batch, data);
     const Tensor logits = model({.tokens = x, .positions = positions});  // [B, T, V]
     const Tensor loss = ops::cross_entropy(logits.reshape({a.batch * T, V}), y.reshape({a.batch * T}));
+    const double l = loss.item();
+    check_finite_loss(l, fmt::format("compat: {} positions", scheme), step + 1, a.lr);
     opt.zero_grad();
     loss.backward();
     opt.step();
-    r.losses.push_back(loss.item());
-    bar.update(step + 1, r.losses.back());
+    r.losses.push_back(l);
+    bar.update(step + 1, l);
   }
   bar.finish();
   NoGradGuard no_grad;
@@ -423,6 +449,8 @@ CompatRun train_reverse(const std::string& scheme, const CompatArgs& a) {
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 int compat(const CompatArgs& a) {
+  examples::check_memory(training_bytes(64, 2, a.batch * (2 * a.digits + 1)),
+                         fmt::format("training on batches of {} strings of {} digits", a.batch, a.digits), "--batch or --digits");
   fs::create_directories(a.out);
   const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
   const CompatRun flat = train_reverse("flat1d", a), tv = train_reverse("tv", a);
@@ -482,6 +510,9 @@ int show(const std::string& scheme, const std::string& layout, double start) {
     std::vector<std::int64_t> d;
     std::stringstream ss(size);
     for (std::string x; std::getline(ss, x, 'x');) d.push_back(parse_count(x, fmt::format("show: layout item '{}'", item)));
+    std::int64_t tokens = 1;  // saturated past kMaxShown: no overflow
+    for (std::int64_t n : d) tokens = std::min(tokens * n, kMaxShown + 1);
+    TG_CHECK(pb.size() + tokens <= kMaxShown, "show: the layout has more than {} positions (at item '{}')", kMaxShown, item);
     if (kind == "text" && d.size() == 1) pb.add_text(d[0]);
     else if ((kind == "image" || kind == "image+") && d.size() == 2) pb.add_image(d[0], d[1], kind == "image+");
     else if ((kind == "video" || kind == "video+") && d.size() == 3) pb.add_video(d[0], d[1], d[2], kind == "video+");
@@ -506,36 +537,36 @@ int main(int argc, char** argv) {
   examples::configure(app);
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  app.add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   ExperimentArgs ea;
   CLI::App* ex = app.add_subcommand("experiment", "Train the causal-neighbour task for each position scheme and compare "
                                                   "per-bit accuracy in distribution and on unseen image sizes");
   ex->add_option("--variants", ea.variants, "Comma-separated position schemes (flat1d, tie_v1, tie_v1_real, tv, mrope2d, ...)");
-  ex->add_option("--steps", ea.steps, "Training steps per variant")->check(examples::Between(1, 1e9));
-  ex->add_option("--batch", ea.batch, "Sequences per step")->check(examples::Between(1, 4096));
+  ex->add_option("--steps", ea.steps, "Training steps per variant")->check(examples::Integer(1, 1'000'000'000));
+  ex->add_option("--batch", ea.batch, "Sequences per step")->check(examples::Integer(1, 4096));
   ex->add_option("--lr", ea.lr, "AdamW peak learning rate")->check(examples::Positive);
   ex->add_option("--weight-decay", ea.weight_decay, "AdamW decoupled weight decay")->check(examples::NonNegative);
-  ex->add_option("--warmup", ea.warmup, "Linear warmup steps (then cosine decay to 10%)")->check(examples::NonNegative);
-  ex->add_option("--dim", ea.dim, "Model width C")->check(examples::Between(1, 4096));
-  ex->add_option("--layers", ea.layers, "Transformer blocks")->check(examples::Between(1, 64));
-  ex->add_option("--heads", ea.heads, "Attention heads")->check(examples::Positive);
+  ex->add_option("--warmup", ea.warmup, "Linear warmup steps (then cosine decay to 10%)")->check(examples::Integer(0, 1'000'000'000));
+  ex->add_option("--dim", ea.dim, "Model width C")->check(examples::Integer(1, 4096));
+  ex->add_option("--layers", ea.layers, "Transformer blocks")->check(examples::Integer(1, 64));
+  ex->add_option("--heads", ea.heads, "Attention heads (dividing --dim)")->check(examples::Integer(1, 4096));
   ex->add_option("--base", ea.base, "RoPE base")->check(examples::Positive);
-  ex->add_option("--eval", ea.eval, "Evaluation sequences per image size (sizes 2..6 x 2..6)")->check(examples::Between(1, 100000));
+  ex->add_option("--eval", ea.eval, "Evaluation sequences per image size (sizes 2..6 x 2..6)")->check(examples::Integer(1, 100'000));
   ex->add_option("--seed", ea.seed, "Seed for initialisation and data (the same for every variant)")->check(examples::Seed);
   ex->add_option("--out", ea.out, "Run folder");
-  ex->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  ex->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   CompatArgs ca;
   CLI::App* co = app.add_subcommand("compat", "Train a text-only reversal task with flat1d and with tv positions from "
                                               "the same seed and check the loss curves are bit-identical");
-  co->add_option("--steps", ca.steps, "Training steps")->check(examples::Between(1, 1e9));
-  co->add_option("--batch", ca.batch, "Sequences per step")->check(examples::Between(1, 4096));
-  co->add_option("--digits", ca.digits, "Digits per string")->check(examples::Between(1, 1024));
+  co->add_option("--steps", ca.steps, "Training steps")->check(examples::Integer(1, 1'000'000'000));
+  co->add_option("--batch", ca.batch, "Sequences per step")->check(examples::Integer(1, 4096));
+  co->add_option("--digits", ca.digits, "Digits per string")->check(examples::Integer(1, 1024));
   co->add_option("--lr", ca.lr, "AdamW learning rate")->check(examples::Positive);
   co->add_option("--seed", ca.seed, "Seed for initialisation and data")->check(examples::Seed);
   co->add_option("--out", ca.out, "Run folder");
-  co->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::NonNegative);
+  co->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   std::string scheme = "tv", layout = "text:3,image:2x3,text:2";
   double start = 0;
@@ -545,17 +576,12 @@ int main(int argc, char** argv) {
   sh->add_option("--start", start, "Position of the first text token (1 gives Su's 1-based examples)");
 
   if (const auto status = examples::parse(app, argc, argv)) return *status;
-  try {
-    if (threads > 0) set_num_threads(threads);
-    if (ex->parsed()) return experiment(ea);
-    if (co->parsed()) return compat(ca);
-    if (sh->parsed()) return show(scheme, layout, start);
-  } catch (const tg::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {  // e.g. a filesystem error on --out, or out of memory
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  return examples::run(
+      [&] {
+        if (threads > 0) set_num_threads(threads);
+        if (ex->parsed()) return experiment(ea);
+        if (co->parsed()) return compat(ca);
+        return show(scheme, layout, start);
+      },
+      ex->parsed() ? "--batch, --dim, --layers or --eval" : co->parsed() ? "--batch or --digits" : "the layout's sizes");
 }

@@ -54,21 +54,9 @@ std::optional<T> parse_number(const char* text, T lo, T hi) {
   return v;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  constexpr std::int64_t kMaxSteps = 10'000'000;
-  if (argc > 1 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
-    fmt::print("usage: spirals [steps: 1..{} (default 2000)] [seed: a non-negative integer (default 0)]\n", kMaxSteps);
-    return 0;
-  }
-  const auto steps = argc > 1 ? parse_number<std::int64_t>(argv[1], 1, kMaxSteps) : std::optional<std::int64_t>(2000);
-  const auto seed = argc > 2 ? parse_number<std::uint64_t>(argv[2], 0, UINT64_MAX) : std::optional<std::uint64_t>(0);
-  if (argc > 3 || !steps || !seed) {
-    fmt::print(stderr, "error: usage: spirals [steps: 1..{}] [seed: a non-negative integer]\n", kMaxSteps);
-    return 1;
-  }
-  Generator gen(*seed);
+// Trains and reports; a failure is raised as an exception.
+int train(std::int64_t total, std::uint64_t seed) {
+  Generator gen(seed);
   auto [x, y] = make_spirals(200, gen);  // x [400, 2], y [400]
 
   // Parameters: leaves that require grad.
@@ -86,12 +74,15 @@ int main(int argc, char** argv) {
   const double lr = 0.1, momentum = 0.9;
   const auto start = std::chrono::steady_clock::now();
   fmt::print("fitting an MLP with two {}-unit hidden layers to two spirals ({} points) with momentum gradient descent\n", hidden, x.shape()[0]);
-  const std::int64_t total = *steps;
   for (std::int64_t step = 1; step <= total; ++step) {
     Tensor h1 = ops::tanh(ops::linear(x, w1, b1));      // [400, 64]
     Tensor h2 = ops::tanh(ops::linear(h1, w2, b2));     // [400, 64]
     Tensor logits = ops::linear(h2, w3, b3);            // [400, 2]
     Tensor loss = ops::cross_entropy(logits, y);        // []
+    // A diverged run stops with an error instead of printing NaN and exiting 0.
+    const double l = loss.item();
+    TG_CHECK(std::isfinite(l), "spirals: training diverged: the loss is {} at step {} (learning rate {})",
+             std::isnan(l) ? std::fabs(l) : l, step, lr);  // "nan", not fmt's "-nan"
     for (Tensor& p : params) p.reset_grad();
     loss.backward();                                    // fills p.grad() for every parameter
     {
@@ -104,10 +95,32 @@ int main(int argc, char** argv) {
     if (step == 1 || step % (total / 10 > 0 ? total / 10 : 1) == 0) {
       NoGradGuard no_grad;
       const double acc = ops::mean(ops::eq(ops::argmax(logits, 1), y)).item();
-      fmt::print("step {:5d}  loss {:.4f}  train accuracy {:5.1f}%\n", step, loss.item(), 100 * acc);
+      fmt::print("step {:5d}  loss {:.4f}  train accuracy {:5.1f}%\n", step, l, 100 * acc);
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print("done: {} steps in {:.2f} s ({:.0f} steps/s)\n", total, secs, static_cast<double>(total) / secs);
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  constexpr std::int64_t kMaxSteps = 10'000'000;
+  if (argc > 1 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    fmt::print("usage: spirals [steps: 1..{} (default 2000)] [seed: a non-negative integer (default 0)]\n", kMaxSteps);
+    return 0;
+  }
+  const auto steps = argc > 1 ? parse_number<std::int64_t>(argv[1], 1, kMaxSteps) : std::optional<std::int64_t>(2000);
+  const auto seed = argc > 2 ? parse_number<std::uint64_t>(argv[2], 0, UINT64_MAX) : std::optional<std::uint64_t>(0);
+  if (argc > 3 || !steps || !seed) {
+    fmt::print(stderr, "error: usage: spirals [steps: 1..{}] [seed: a non-negative integer]\n", kMaxSteps);
+    return 1;
+  }
+  try {
+    return train(*steps, *seed);
+  } catch (const std::exception& e) {  // a tg::Error, or out of memory: a message, not an abort
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
 }

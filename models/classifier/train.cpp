@@ -72,7 +72,7 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       return v;
     };
     if (step % per_epoch != 0) {
-      carried_loss = number("epoch_loss_sum", 0.0);  // NaN or inf when the run diverged: reported as such
+      carried_loss = number("epoch_loss_sum", 0.0);
       carried_count = number("epoch_loss_count", std::int64_t{0});
       carried_seconds = number("epoch_seconds", 0.0);
       TG_CHECK(carried_count >= 0 && carried_count <= step % per_epoch && std::isfinite(carried_seconds) && carried_seconds >= 0,
@@ -83,6 +83,7 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
   TG_CHECK(o.epochs >= 1 && o.epochs <= std::numeric_limits<std::int64_t>::max() / per_epoch,
            "classifier fit: {} epochs of {} steps overflow the step count", o.epochs, per_epoch);
   const std::int64_t total = o.max_steps >= 0 ? std::min(o.max_steps, o.epochs * per_epoch) : o.epochs * per_epoch;
+  const std::string kept = o.checkpoint.empty() ? "" : " The last checkpoint ('" + o.checkpoint + "'), if any, is kept.";
   model.train();
   while (step < total) {
     const std::int64_t epoch = step / per_epoch;
@@ -95,11 +96,16 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       const auto [images, labels] = nn::data::gather_batch(train, sampler.batch(epoch, b));  // [B, 1, 28, 28], [B]
       const Tensor logits = model(preprocess(model.config, images));                         // [B, classes]
       const Tensor loss = ops::cross_entropy(logits, labels);
+      if (o.schedule == "cosine") opt.set_lr(o.lr * nn::warmup_cosine_schedule(step, 0, o.epochs * per_epoch));
+      const double l = loss.item();
+      // A diverged run stops here, before the step: nothing non-finite is logged or checkpointed.
+      TG_CHECK(std::isfinite(l),
+               "classifier fit: training diverged: the loss is {} at step {} (epoch {}, learning rate {:g}); try a smaller "
+               "learning rate.{}",
+               std::isnan(l) ? std::fabs(l) : l, step + 1, epoch + 1, opt.lr(), kept);  // "nan", not fmt's "-nan"
       opt.zero_grad();
       loss.backward();
-      if (o.schedule == "cosine") opt.set_lr(o.lr * nn::warmup_cosine_schedule(step, 0, o.epochs * per_epoch));
       opt.step();
-      const double l = loss.item();
       loss_sum += l;
       ++count;
       if (o.on_step) o.on_step(step + 1, l);
@@ -108,14 +114,22 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
     const double secs = earlier_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (o.progress) bar.finish();
     const Evaluation ev = evaluate(model, test);
+    // (The epoch's last step can still have made the weights non-finite.)
+    TG_CHECK(std::isfinite(ev.loss),
+             "classifier fit: training diverged: the test loss is {} after step {} (epoch {}, learning rate {:g}); try a "
+             "smaller learning rate.{}",
+             std::isnan(ev.loss) ? std::fabs(ev.loss) : ev.loss, step, epoch + 1, opt.lr(), kept);
     EpochStats s{epoch + 1, step, count ? loss_sum / static_cast<double>(count) : 0.0, ev.loss, ev.accuracy, secs};
     result.history.push_back(s);
+    // The epoch is reported (a metrics row logged) before its checkpoint is committed: a kill in
+    // between leaves a row past the last checkpoint, which a resumed run drops and logs again,
+    // never a checkpoint whose row is missing.
+    if (o.on_epoch) o.on_epoch(s);
     if (!o.checkpoint.empty())
       nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen, nullptr,
                                    {{"epoch_loss_sum", fmt::format("{:.17g}", loss_sum)},
                                     {"epoch_loss_count", std::to_string(count)},
                                     {"epoch_seconds", fmt::format("{:.17g}", secs)}});
-    if (o.on_epoch) o.on_epoch(s);
   }
   result.steps = step;
   return result;

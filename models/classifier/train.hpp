@@ -33,6 +33,9 @@ struct FitOptions {
   std::string checkpoint;             // training checkpoint written after every epoch ("" = none)
   bool resume = false;                // continue from `checkpoint` if it exists
   bool progress = true;               // progress bar on stderr
+  // on_epoch runs before the epoch's checkpoint is written (a row it logs is never missing for a
+  // checkpoint; a resumed run drops rows past its checkpoint). A non-finite training or test loss
+  // stops fit with an error, before anything is reported or checkpointed.
   std::function<void(const EpochStats&)> on_epoch;
   std::function<void(std::int64_t step, double loss)> on_step;
 };

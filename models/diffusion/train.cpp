@@ -84,6 +84,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
     if (o.max_steps >= 0) bar.emplace(std::max<std::int64_t>(0, o.max_steps - step), "train (steps)");
     else bar.emplace(static_cast<std::int64_t>(std::max(0.0, budget - prior_seconds)), "train (seconds of budget)");
   }
+  const std::string kept = o.checkpoint.empty() ? "" : " The last checkpoint ('" + o.checkpoint + "'), if any, is kept.";
   model.train();
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
@@ -102,14 +103,17 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
     opt.set_lr(lr);
     opt.zero_grad();
     const Tensor loss = edm_loss(model, x0, y, o.edm, gen).loss;
+    const double l = loss.item();
+    // A diverged run stops before the step: nothing non-finite is logged or checkpointed.
+    TG_CHECK(std::isfinite(l),
+             "diffusion fit: training diverged: the loss is {} at step {} (learning rate {:g}); try a smaller learning rate.{}",
+             std::isnan(l) ? std::fabs(l) : l, step + 1, lr, kept);  // "nan", not fmt's "-nan"
     loss.backward();
     opt.step();
     const double decay = o.ema_warmup ? std::min(ema.decay(), (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)))
                                       : ema.decay();
     ema.update(model, decay);
     ++step;
-    const double l = loss.item();
-    TG_CHECK(std::isfinite(l), "diffusion fit: the loss is {} at step {}", l, step);
     recent.push_back(l);
     if (recent.size() > 200) recent.pop_front();
     const double now = prior_seconds + elapsed();

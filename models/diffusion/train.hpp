@@ -47,6 +47,9 @@ struct TrainOptions {
   std::int64_t checkpoint_every = 500;
   bool resume = false;             // continue from `checkpoint` if it exists
   bool progress = true;            // progress bar on stderr
+  // Runs after each step, before that step's checkpoint (if any) is written: a metrics row it logs
+  // is never missing for a checkpoint (a resumed run drops the rows past its checkpoint). A
+  // non-finite loss stops fit with an error before the step is taken, reported or checkpointed.
   std::function<void(const StepStats&)> on_step;
 };
 

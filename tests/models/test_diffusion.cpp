@@ -7,11 +7,13 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "core/autograd.hpp"
 #include "models/classifier/classifier.hpp"
 #include "models/classifier/train.hpp"
 #include "models/diffusion/train.hpp"
+#include "nn/checkpoint.hpp"
 #include "nn/data.hpp"
 #include "ops/conv.hpp"
 #include "ops/elementwise.hpp"
@@ -625,4 +627,51 @@ TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit, generat
   CHECK_THROWS_WITH(per_sample_noise({1, 2})(Shape{3, 4}), Contains("a draw of shape [3, 4] for 2 per-sample streams"));
   a.set_skip_tuning(0.8, 1.0);
   CHECK_THROWS_WITH(fit(a, ea, images, data.labels, o), Contains("Skip-Tuning is a sampling option"));
+}
+
+TEST_CASE("training: a step is reported before its checkpoint, and a diverged run keeps the last good one", "[models][diffusion]") {
+  const auto data = nn::data::synthetic_shapes(64, 3);
+  const Tensor images = to_model_space(data.images, 14);  // [64, 1, 14, 14]
+  UNetConfig c = tiny_config();
+  c.image_size = 14;
+  c.channels = {8, 8};
+  c.num_classes = 10;
+  const std::string ckpt = (std::filesystem::temp_directory_path() / fmt::format("tg-diff-div-{}.safetensors", ::getpid())).string();
+  std::filesystem::remove(ckpt);
+  Generator g1(1);
+  UNet net(c, &g1);
+  nn::EMA ema(net, 0.9);
+  TrainOptions o{.batch = 16, .warmup = 0, .minutes = 0, .max_steps = 4, .seed = 3, .checkpoint = ckpt, .checkpoint_every = 2,
+                 .progress = false};
+  // on_step (where the example logs its metrics) runs while the checkpoint on disk is the previous one.
+  std::vector<std::int64_t> on_disk;  // at steps 2 and 4 (-1: none yet)
+  o.on_step = [&](const StepStats& s) {
+    if (s.step % 2 == 0)
+      on_disk.push_back(std::filesystem::exists(ckpt) ? nn::training_checkpoint_step(nn::load_safetensors(ckpt), ckpt) : -1);
+  };
+  fit(net, ema, images, data.labels, o);
+  CHECK(on_disk == std::vector<std::int64_t>{-1, 2});
+  auto read = [&] {
+    std::ifstream in(ckpt, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string good = read();
+  // Resumed with a learning rate that overflows the f32 weights in one step: the loss is NaN on the
+  // next step, and the run stops there with an error naming it.
+  TrainOptions wild = o;
+  wild.on_step = nullptr;
+  wild.lr = 1e30;
+  wild.max_steps = 8;
+  wild.checkpoint_every = 100;
+  wild.resume = true;
+  CHECK_THROWS_WITH(fit(net, ema, images, data.labels, wild),
+                    Contains("diffusion fit: training diverged: the loss is nan at step 6") && Contains("try a smaller learning rate"));
+  CHECK(read() == good);
+  // With a checkpoint due right after a step that overflows the weights to inf, the save itself
+  // refuses the state.
+  wild.lr = 1e300;
+  wild.checkpoint_every = 1;
+  CHECK_THROWS_WITH(fit(net, ema, images, data.labels, wild), Contains("save: not writing '" + ckpt + "' at step 5"));
+  CHECK(read() == good);
+  std::filesystem::remove(ckpt);
 }

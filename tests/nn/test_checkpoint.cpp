@@ -2,8 +2,12 @@
 // stays untouched), atomic writes, and bit-exact resume of training.
 #include <catch2/catch.hpp>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include <sys/stat.h>
 
@@ -51,6 +55,15 @@ struct Net : nn::Module {
   std::string type_name() const override { return "Net"; }
 };
 
+// Net with one more buffer (the test below fills it with infinities, as an additive mask).
+struct Masked : Net {
+  Tensor mask;  // [2, 2]
+  void visit(nn::Visitor& v) override {
+    Net::visit(v);
+    v.buffer("mask", mask);
+  }
+};
+
 std::string read_file(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), {}};
@@ -58,6 +71,18 @@ std::string read_file(const std::string& p) {
 void write_file(const std::string& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary);
   out << bytes;
+}
+// The file's bytes with its JSON header edited by `edit` (re-padded; the data section as it was).
+std::string with_header(const std::string& bytes, const std::function<void(nlohmann::json&)>& edit) {
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+  edit(header);
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(std::uint64_t{text.size()} >> (8 * i));
+  return out + text + bytes.substr(8 + n);
 }
 bool same_state(nn::Module& a, nn::Module& b) {
   auto sa = a.state(), sb = b.state();
@@ -235,7 +260,8 @@ TEST_CASE("training checkpoints with bad metadata are refused before anything ch
   nn::Adam opt2(target.named_parameters(), {.lr = 0.01});
   Net before = target;
   before.clone_parameters();
-  // The same tensors under edited metadata (the CRC covers the data only).
+  // The same tensors under edited metadata, saved again: the checksums are recomputed, so only the
+  // values themselves are wrong.
   auto expect_refused = [&](const std::string& key, const std::string& value, const std::string& message) {
     nn::Metadata meta = file.metadata;
     meta[key] = value;
@@ -283,4 +309,105 @@ TEST_CASE("write_file_atomically replaces a file whole", "[nn][checkpoint]") {
   for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
   CHECK(files == 1);  // no temporaries left
   CHECK_THROWS_WITH(nn::write_file_atomically(dir.file("no/such/folder.json"), "x"), Contains("does not exist"));
+}
+
+TEST_CASE("the header checksum catches a flipped digit in the metadata, and older files still load", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Generator init(3), run(4);
+  Net net(&init);
+  nn::Adam opt(net.named_parameters(), {.lr = 0.01});
+  opt.set_step_count(5);
+  run.set_state({4, 1234});
+  const std::string good = dir.file("good.safetensors");
+  nn::save_training_checkpoint(good, net, opt, 5, run, nullptr, {{"epoch_loss_sum", "2.5"}});
+  const std::string bytes = read_file(good);
+
+  Generator init2(9), run2(10);
+  Net target(&init2);
+  nn::Adam opt2(target.named_parameters(), {.lr = 0.01});
+  Net before = target;
+  before.clone_parameters();
+  // One digit of a metadata value replaced by another: the header keeps its length and stays
+  // valid JSON, and every value still parses -- only the checksum can tell.
+  for (const std::string key : {"step", "rng.offset", "optimizer.step", "epoch_loss_sum", "tapegrad.crc32"}) {
+    const std::string field = "\"" + key + "\":\"";
+    const auto at = bytes.find(field);
+    REQUIRE(at != std::string::npos);
+    std::string flipped = bytes;
+    char& digit = flipped[at + field.size()];
+    REQUIRE(std::isdigit(static_cast<unsigned char>(digit)));
+    digit = digit == '1' ? '2' : '1';
+    const std::string bad = dir.file("flipped.safetensors");
+    write_file(bad, flipped);
+    INFO(key);
+    CHECK_THROWS_WITH(nn::load_training_checkpoint(bad, target, opt2, run2),
+                      Contains("load: '" + bad + "' is corrupt: its header") && Contains("does not match the checksum"));
+    CHECK_THROWS_WITH(nn::load_safetensors(bad), Contains("does not match the checksum"));
+    CHECK(same_state(target, before));
+    CHECK(opt2.step_count() == 0);
+  }
+  // The untouched file loads.
+  CHECK(nn::load_training_checkpoint(good, target, opt2, run2).step == 5);
+  CHECK(opt2.step_count() == 5);
+  CHECK(run2.state().offset == 1234);
+
+  // A checkpoint written before the header checksum (format v1, no such entry) is read as before,
+  // with its data checksum; a current one that lost the entry is refused.
+  const std::string v1 = dir.file("v1.safetensors");
+  write_file(v1, with_header(bytes, [](nlohmann::json& h) {
+               h["__metadata__"].erase("tapegrad.header_crc32");
+               h["__metadata__"]["format"] = "tapegrad-training-v1";
+             }));
+  Generator init3(11), run3(12);
+  Net old_target(&init3);
+  nn::Adam opt3(old_target.named_parameters(), {.lr = 0.01});
+  CHECK(nn::load_training_checkpoint(v1, old_target, opt3, run3).step == 5);
+  CHECK(same_state(old_target, net));
+  const std::string stripped = dir.file("stripped.safetensors");
+  write_file(stripped, with_header(bytes, [](nlohmann::json& h) { h["__metadata__"].erase("tapegrad.header_crc32"); }));
+  CHECK_THROWS_WITH(nn::load_training_checkpoint(stripped, old_target, opt3, run3),
+                    Contains("'" + stripped + "' is corrupt: a tapegrad-training-v2 checkpoint without its header checksum"));
+  // Other files without it (older modules, other writers) load with the data checksum alone.
+  nn::save_module(net, dir.file("m.safetensors"));
+  write_file(dir.file("m.safetensors"), with_header(read_file(dir.file("m.safetensors")), [](nlohmann::json& h) {
+               h["__metadata__"].erase("tapegrad.header_crc32");
+             }));
+  CHECK_NOTHROW(nn::load_module(old_target, dir.file("m.safetensors")));
+  // The header stays plain safetensors: every metadata value a string.
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  for (const auto& [k, v] : nlohmann::json::parse(bytes.substr(8, n))["__metadata__"].items()) CHECK(v.is_string());
+}
+
+TEST_CASE("a diverged state is not saved over the last training checkpoint", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Generator init(3), run(4);
+  Net net(&init);
+  nn::Adam opt(net.named_parameters(), {.lr = 0.01});
+  const std::string path = dir.file("ckpt.safetensors");
+  nn::save_training_checkpoint(path, net, opt, 1, run);
+  const std::string before = read_file(path);
+  {
+    NoGradGuard no_grad;
+    net.fc2.weight.narrow(0, 1, 1).fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  CHECK_THROWS_WITH(nn::save_training_checkpoint(path, net, opt, 2, run),
+                    Contains("save: not writing '" + path + "' at step 2: tensor 'model.fc2.weight' holds nan") &&
+                        Contains("try a smaller learning rate"));
+  CHECK(read_file(path) == before);
+}
+
+TEST_CASE("a buffer of infinities (an additive mask) does not stop a training checkpoint", "[nn][checkpoint]") {
+  TempDir dir;
+  Generator run(4);
+  Masked net;
+  net.mask = full({2, 2}, -std::numeric_limits<double>::infinity());
+  nn::Adam opt(net.named_parameters(), {.lr = 0.01});
+  const std::string path = dir.file("ckpt.safetensors");
+  nn::save_training_checkpoint(path, net, opt, 1, run);
+  Masked loaded;
+  nn::Adam opt2(loaded.named_parameters(), {.lr = 0.01});
+  loaded.mask = zeros({2, 2});
+  nn::load_training_checkpoint(path, loaded, opt2, run);
+  for (const float v : loaded.mask.to_vector<float>()) CHECK(v == -std::numeric_limits<float>::infinity());
 }
