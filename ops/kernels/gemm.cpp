@@ -33,9 +33,11 @@
 // plan_tiles); tiles run under tbb::parallel_for. Products up to 2^20 multiply-adds run on the
 // calling thread.
 //
-// Edges. Partial row panels run as sums of 8/4/2/1-row kernels, a partial last column panel uses
-// masked stores, C with a column stride != 1 is stored element-wise -- and a column-major C is
-// handled as C^T = B^T A^T. Other targets (SSE2/AVX2 builds) use a 6 x 2-vector kernel.
+// Edges. Partial row panels run as sums of 8/4/2/1-row kernels (with A in place, a tail that
+// would need the slow 2-row kernel is merged with the panel before it: 14 + 2 = 8 + 8), a
+// partial last column panel uses masked stores, C with a column stride != 1 is stored
+// element-wise -- and a column-major C is handled as C^T = B^T A^T. Other targets (SSE2/AVX2
+// builds) use a 6 x 2-vector kernel.
 #include "ops/kernels/gemm.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
@@ -357,9 +359,10 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
   }
 }
 
-// Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; a partial row panel runs as a
-// sum of those (e.g. 13 = 8 + 4 + 1). Rows are independent, so the bits are the same as with
-// one kernel of the exact height, and there are a few instantiations instead of MR (compile time).
+// Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; other heights run as sums of
+// those (e.g. 13 = 8 + 4 + 1, and up to 2 * MR rows of an A read in place: 16 = 8 + 8). Rows
+// are independent, so the bits are the same as with one kernel of the exact height, and there
+// are a few instantiations instead of MR (compile time).
 template <class T, bool ROW_MAJOR, int MR = kMR, int NV = kNV>
 struct KernelSet {
   static constexpr int kSizes[] = {8, 4, 2, 1};
@@ -371,16 +374,17 @@ struct KernelSet {
     }
     int done = 0;
     for (int size : kSizes) {
-      if (size >= MR || rows - done < size) continue;
-      const T* ap = ROW_MAJOR ? a + done * as : a + done;
-      const CTile<T> part{c.p + done * c.rs, c.rs, c.cs, c.cols, c.add};
-      switch (size) {
-        case 8: micro_kernel<T, std::min(8, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
-        case 4: micro_kernel<T, std::min(4, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
-        case 2: micro_kernel<T, 2, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
-        default: micro_kernel<T, 1, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+      if (size >= MR) continue;
+      for (; rows - done >= size; done += size) {
+        const T* ap = ROW_MAJOR ? a + done * as : a + done;
+        const CTile<T> part{c.p + done * c.rs, c.rs, c.cs, c.cols, c.add};
+        switch (size) {
+          case 8: micro_kernel<T, std::min(8, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+          case 4: micro_kernel<T, std::min(4, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+          case 2: micro_kernel<T, 2, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+          default: micro_kernel<T, 1, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+        }
       }
-      done += size;
     }
   }
 };
@@ -547,6 +551,13 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   if constexpr (std::is_same_v<T, float>)
     if (pr.direct_a && pr.a_row_major) run_kernel = &KernelSet<T, true>::run;
 
+  // With A read in place, a last partial panel whose height needs the 2-row kernel (2, 3, 6, 7,
+  // 10 or 11 rows) runs together with the full panel before it as 8-row kernels (14 + 2 = 8 + 8,
+  // 14 + 6 = 8 + 8 + 4): the 2-row kernel has 4 FMA chains, too few to cover the FMA latency,
+  // and runs at half speed (m = 128: 2-3% of the product's time).
+  const int64_t tail = (i1 - i0) % MR;
+  const int64_t merge_at = pr.direct_a && (tail & 2) && i1 - i0 > MR ? i1 - tail - MR : -1;
+
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = std::min(NC, j1 - jc);
     const int64_t npanels = ceil_div(nc, NR);
@@ -556,8 +567,8 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
       const bool add = pr.accumulate || q > 0;
       // A micro-panel outer (it stays in L1), B micro-panels inner (the chunk stays in L2): each
       // A panel is fetched from memory once per chunk and C is walked along its rows.
-      for (int64_t i = i0; i < i1; i += MR) {
-        const int rows = static_cast<int>(std::min<int64_t>(MR, pr.m - i));
+      for (int64_t i = i0; i < i1;) {
+        const int rows = i == merge_at ? MR + static_cast<int>(tail) : static_cast<int>(std::min<int64_t>(MR, pr.m - i));
         const int64_t g0 = i0 + (i - i0) / group_rows * group_rows;  // first row of i's group
         if (sweep_a && i == g0)
           pack_a_panels(pr, q, i / MR, ceil_div(std::min(i1, g0 + group_rows), MR), abuf);
@@ -568,6 +579,7 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
           const CTile<T> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, add};
           run_kernel(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile);
         }
+        i += rows;
       }
     }
   }
