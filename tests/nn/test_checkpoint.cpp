@@ -376,7 +376,8 @@ TEST_CASE("the header checksum catches a flipped digit in the metadata, and olde
   // The header stays plain safetensors: every metadata value a string.
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
-  for (const auto& [k, v] : nlohmann::json::parse(bytes.substr(8, n))["__metadata__"].items()) CHECK(v.is_string());
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));  // (named: a temporary's member would dangle)
+  for (const auto& [k, v] : header["__metadata__"].items()) CHECK(v.is_string());
 }
 
 TEST_CASE("a diverged state is not saved over the last training checkpoint", "[nn][checkpoint][errors]") {
