@@ -170,7 +170,7 @@ inline void cap_memory() {
   if (available <= 0 || mapped <= 0 || ::getrlimit(RLIMIT_AS, &rl) != 0) return;
   const double cap = mapped + available;
   if (rl.rlim_cur == RLIM_INFINITY || static_cast<double>(rl.rlim_cur) > cap) {
-    rl.rlim_cur = static_cast<rlim_t>(cap);
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? static_cast<rlim_t>(cap) : std::min(static_cast<rlim_t>(cap), rl.rlim_max);
     ::setrlimit(RLIMIT_AS, &rl);  // best effort: without it the run is merely uncapped
   }
 #endif

@@ -554,7 +554,7 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   // With A read in place, a last partial panel whose height needs the 2-row kernel (2, 3, 6, 7,
   // 10 or 11 rows) runs together with the full panel before it as 8-row kernels (14 + 2 = 8 + 8,
   // 14 + 6 = 8 + 8 + 4): the 2-row kernel has 4 FMA chains, too few to cover the FMA latency,
-  // and runs at half speed (m = 128: 2-3% of the product's time).
+  // and streams 128 bytes of B from L2 per 4 FMAs (measured +1-4% on m = 128 products).
   const int64_t tail = (i1 - i0) % MR;
   const int64_t merge_at = pr.direct_a && (tail & 2) && i1 - i0 > MR ? i1 - tail - MR : -1;
 
