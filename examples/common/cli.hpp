@@ -5,30 +5,26 @@
 //     script's defaults can be overridden by flags appended to its command line);
 //   - a usage error prints "error: <what>" and exits with status 1, like every other failure;
 //   - integer options are whole numbers within bounds (Integer below), never clamped;
-//   - work too big for the machine's memory fails with the options to lower, not by the kernel's
-//     OOM killer (cap_memory, check_memory, run).
+//   - work too big for the memory fails with the options to lower, not by the kernel's OOM killer
+//     (cap_memory and check_memory in memory.hpp, run below).
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <new>
 #include <optional>
 #include <string>
 
 #include "core/error.hpp"
+#include "examples/common/memory.hpp"
 
 namespace tg::examples {
-
-inline void cap_memory();
 
 inline void configure(CLI::App& app) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -120,70 +116,6 @@ inline CLI::Validator Integer(std::int64_t lo, std::int64_t hi) {
 }
 // --threads of every example.
 inline const CLI::Validator Threads = Integer(0, 1024);
-
-// A "Key:   <n> kB" entry of a /proc file, in bytes (0 when missing or unreadable).
-inline double proc_kib_entry(const char* file, const char* key) {
-  std::FILE* f = std::fopen(file, "r");
-  if (!f) return 0;
-  double bytes = 0;
-  char line[256];
-  const std::size_t n = std::strlen(key);
-  while (std::fgets(line, sizeof line, f))
-    if (std::strncmp(line, key, n) == 0 && line[n] == ':') {
-      bytes = 1024.0 * std::strtod(line + n + 1, nullptr);
-      break;
-    }
-  std::fclose(f);
-  return bytes;
-}
-
-// Memory this process can still count on, in bytes: what the kernel reports available now (free
-// memory and the caches it can drop, plus free swap) -- not the machine's total, part of which
-// other processes hold -- or less under a lower address-space limit (ulimit -v); 0 when unknown.
-inline double memory_limit() {
-  double bytes = proc_kib_entry("/proc/meminfo", "MemAvailable") + proc_kib_entry("/proc/meminfo", "SwapFree");
-  struct rlimit rl {};
-  if (::getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-    const double left = std::max(0.0, static_cast<double>(rl.rlim_cur) - proc_kib_entry("/proc/self/status", "VmSize"));
-    bytes = bytes > 0 ? std::min(bytes, left) : left;
-  }
-  return bytes;
-}
-
-// Caps this process's address space at what it maps now plus the memory available (memory_limit).
-// Linux overcommits: uncapped, a run that needs more than there is gets its allocations granted and
-// is then killed by the kernel part-way (no message, no checkpoint; even a cap at the machine's RAM
-// + swap let a --size 256 diffusion run be killed beside a compiler); capped, an allocation fails
-// and `run` below says which options to lower. A lower limit already set is kept. Not under
-// AddressSanitizer or ThreadSanitizer, which reserve terabytes of address space for their shadow.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define TG_EXAMPLES_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
-#define TG_EXAMPLES_SANITIZER 1
-#endif
-#endif
-inline void cap_memory() {
-#ifndef TG_EXAMPLES_SANITIZER
-  const double available = memory_limit(), mapped = proc_kib_entry("/proc/self/status", "VmSize");
-  struct rlimit rl {};
-  if (available <= 0 || mapped <= 0 || ::getrlimit(RLIMIT_AS, &rl) != 0) return;
-  const double cap = mapped + available;
-  if (rl.rlim_cur == RLIM_INFINITY || static_cast<double>(rl.rlim_cur) > cap) {
-    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? static_cast<rlim_t>(cap) : std::min(static_cast<rlim_t>(cap), rl.rlim_max);
-    ::setrlimit(RLIMIT_AS, &rl);  // best effort: without it the run is merely uncapped
-  }
-#endif
-}
-
-// Refuses work whose memory, estimated from below by the caller, exceeds memory_limit(): failing
-// before anything is loaded or written beats failing part-way. `what` names the work, `lower` the
-// options that size it.
-inline void check_memory(double bytes, const std::string& what, const std::string& lower) {
-  const double limit = memory_limit();
-  TG_CHECK(limit <= 0 || bytes <= limit, "{} needs at least {:.1f} GB of memory, more than the {:.1f} GB available; lower {}", what,
-           bytes / 1e9, limit / 1e9, lower);
-}
 
 // Runs a command: any failure ends as "error: <what>" and status 1. When memory runs out, the
 // message says which options size the work (`lower`): the allocator cannot know which asked too much.
