@@ -3,7 +3,6 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
-#include <fstream>
 
 #include "models/classifier/train.hpp"
 #include "nn/checkpoint.hpp"
@@ -96,10 +95,7 @@ TEST_CASE("fit reports an epoch before its checkpoint is written, and stops when
   CHECK(nn::training_checkpoint_step(nn::load_safetensors(ckpt), ckpt) == 12);
   // Diverged (a learning rate of 1e30 overflows the f32 weights on the first step): an error naming
   // the step, the epoch and the loss, and the last good checkpoint stays as it was.
-  const std::string good = [&] {
-    std::ifstream in(ckpt, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }();
+  const std::string good = test::read_file(ckpt);
   Generator g2(3);
   cls::Classifier wild({.arch = cls::Arch::mlp}, &g2);
   bool reported = false;
@@ -109,8 +105,7 @@ TEST_CASE("fit reports an epoch before its checkpoint is written, and stops when
                     Contains("classifier fit: training diverged: the loss is nan at step 2 (epoch 1") &&
                         Contains("try a smaller learning rate"));
   CHECK_FALSE(reported);
-  std::ifstream in(ckpt, std::ios::binary);
-  CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == good);
+  CHECK(test::read_file(ckpt) == good);
   std::filesystem::remove(ckpt);
 }
 

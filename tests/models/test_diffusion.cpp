@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "core/autograd.hpp"
 #include "models/classifier/classifier.hpp"
@@ -651,11 +650,7 @@ TEST_CASE("training: a step is reported before its checkpoint, and a diverged ru
   };
   fit(net, ema, images, data.labels, o);
   CHECK(on_disk == std::vector<std::int64_t>{-1, 2});
-  auto read = [&] {
-    std::ifstream in(ckpt, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  const std::string good = read();
+  const std::string good = test::read_file(ckpt);
   // Resumed with a learning rate that overflows the f32 weights in one step: the loss is NaN on the
   // next step, and the run stops there with an error naming it.
   TrainOptions wild = o;
@@ -666,12 +661,12 @@ TEST_CASE("training: a step is reported before its checkpoint, and a diverged ru
   wild.resume = true;
   CHECK_THROWS_WITH(fit(net, ema, images, data.labels, wild),
                     Contains("diffusion fit: training diverged: the loss is nan at step 6") && Contains("try a smaller learning rate"));
-  CHECK(read() == good);
+  CHECK(test::read_file(ckpt) == good);
   // With a checkpoint due right after a step that overflows the weights to inf, the save itself
   // refuses the state.
   wild.lr = 1e300;
   wild.checkpoint_every = 1;
   CHECK_THROWS_WITH(fit(net, ema, images, data.labels, wild), Contains("save: not writing '" + ckpt + "' at step 5"));
-  CHECK(read() == good);
+  CHECK(test::read_file(ckpt) == good);
   std::filesystem::remove(ckpt);
 }

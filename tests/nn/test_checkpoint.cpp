@@ -64,18 +64,20 @@ struct Masked : Net {
   }
 };
 
-std::string read_file(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
+using test::read_file;
 void write_file(const std::string& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary);
   out << bytes;
 }
-// The file's bytes with its JSON header edited by `edit` (re-padded; the data section as it was).
-std::string with_header(const std::string& bytes, const std::function<void(nlohmann::json&)>& edit) {
+// A safetensors file's header length: its first 8 bytes, a little-endian u64.
+std::uint64_t header_length(const std::string& bytes) {
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  return n;
+}
+// The file's bytes with its JSON header edited by `edit` (re-padded; the data section as it was).
+std::string with_header(const std::string& bytes, const std::function<void(nlohmann::json&)>& edit) {
+  const std::uint64_t n = header_length(bytes);
   nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
   edit(header);
   std::string text = header.dump();
@@ -106,8 +108,7 @@ TEST_CASE("module round trip and the safetensors layout", "[nn][checkpoint]") {
   CHECK(meta.at("note") == "hello");
   // Layout: little-endian u64 header length, then a JSON header, data 8-byte aligned.
   const std::string bytes = read_file(dir.file("m.safetensors"));
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  const std::uint64_t n = header_length(bytes);
   CHECK(n % 8 == 0);
   const std::string header = bytes.substr(8, n);
   CHECK_THAT(header, Contains("\"fc1.weight\":{\"data_offsets\":[0,384],\"dtype\":\"F32\",\"shape\":[16,6]}"));
@@ -374,9 +375,7 @@ TEST_CASE("the header checksum catches a flipped digit in the metadata, and olde
              }));
   CHECK_NOTHROW(nn::load_module(old_target, dir.file("m.safetensors")));
   // The header stays plain safetensors: every metadata value a string.
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
-  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));  // (named: a temporary's member would dangle)
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_length(bytes)));  // (named: a temporary's member would dangle)
   for (const auto& [k, v] : header["__metadata__"].items()) CHECK(v.is_string());
 }
 

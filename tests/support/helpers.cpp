@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "core/autograd.hpp"
@@ -108,6 +110,11 @@ bool same_bits_across_threads(const std::function<Tensors()>& f, int threads) {
   for (std::size_t i = 0; i < one.size(); ++i)
     if (!same_bits(one[i], many[i])) return false;
   return true;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
 }
 
 }  // namespace tg::test

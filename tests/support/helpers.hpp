@@ -30,6 +30,9 @@ bool same_bits(const Tensor& a, const Tensor& b);
 // Runs f with 1 thread and with `threads` threads; true when every output is bit-identical.
 bool same_bits_across_threads(const std::function<Tensors()>& f, int threads = 4);
 
+// A file's bytes ("" when it cannot be opened).
+std::string read_file(const std::string& path);
+
 }  // namespace tg::test
 
 #define CHECK_ALLCLOSE(a, b, ...)                                               \
