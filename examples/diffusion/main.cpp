@@ -119,9 +119,8 @@ Run read_run(const std::string& dir) {
   return r;
 }
 
-// The run's model with its EMA weights (or the raw weights).
-diff::UNet load_model(const std::string& dir, bool raw) {
-  const Run r = read_run(dir);
+// The model of run folder `dir` (read as `r`) with its EMA weights (or the raw weights).
+diff::UNet load_model(const std::string& dir, const Run& r, bool raw) {
   diff::UNet net(r.config);
   const std::string path = dir + (raw ? "/model.safetensors" : "/model_ema.safetensors");
   TG_CHECK(fs::exists(path), "no {} in run folder '{}' (train first)", fs::path(path).filename().string(), dir);
@@ -412,14 +411,15 @@ diff::GenerateOptions generate_options(const SampleArgs& a, std::uint64_t seed) 
 
 int sample_cmd(SampleArgs a) {
   if (a.count == 0) a.count = 80;
-  examples::check_memory(sampling_bytes(read_run(a.run).config, a.count, a.batch), fmt::format("sampling {} images", a.count),
+  const Run run = read_run(a.run);
+  examples::check_memory(sampling_bytes(run.config, a.count, a.batch), fmt::format("sampling {} images", a.count),
                          "--count or --batch");
-  diff::UNet net = load_model(a.run, a.raw);
+  diff::UNet net = load_model(a.run, run, a.raw);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   const auto t0 = Clock::now();
   const diff::Generated g = diff::generate(net, generate_options(a, a.seed));
   const std::string out = a.png.empty() ? fmt::format("{}/samples_{}_nfe{}_rho{}.png", a.run, a.sampler, g.nfe, rho_str(a.rho_bottom)) : a.png;
-  save_samples(out, g, net.config.image_size, read_run(a.run).synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
+  save_samples(out, g, net.config.image_size, run.synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
   fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}: {:.1f} s\ngrid: {}\n", a.count,
              a.sampler, g.nfe, a.rho_bottom, a.rho_top, net.num_skips(), a.guidance, seconds_since(t0), out);
   return 0;
@@ -428,13 +428,13 @@ int sample_cmd(SampleArgs a) {
 int eval_cmd(SampleArgs a) {
   if (a.count == 0) a.count = 2000;
   generate_options(a, a.seed);  // bad sampler settings fail before the FD classifier and the data are loaded
-  examples::check_memory(sampling_bytes(read_run(a.run).config, a.count, a.batch), fmt::format("sampling {} images", a.count),
+  const Run run = read_run(a.run);
+  examples::check_memory(sampling_bytes(run.config, a.count, a.batch), fmt::format("sampling {} images", a.count),
                          "--count or --batch");
-  diff::UNet net = load_model(a.run, a.raw);
+  diff::UNet net = load_model(a.run, run, a.raw);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   TG_CHECK(a.guidance == 1 || (net.config.num_classes > 0 && !a.unconditional),
            "eval: guidance {} needs a class-conditional model and class-conditional sampling", a.guidance);
-  const Run run = read_run(a.run);
   const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
   check_fd_count(a.count, data.test.size());
   // Opened before the work: a run folder eval cannot write to fails now. One line per evaluation.
@@ -563,7 +563,7 @@ int sweep_cmd(const SweepArgs& a) {
                            fmt::format("sweeping with {} samples per cell and {} denoising images", a.count, a.denoise_count),
                            "--count, --batch or --denoise-count");
   }
-  diff::UNet net = load_model(a.run, false);
+  diff::UNet net = load_model(a.run, run, false);
   const std::string out = a.out.empty() ? a.run + "/sweep" : a.out;
   const cls::Data data = load_data(a.data, a.synthetic || run.synthetic, a.fd_train);
   check_fd_count(a.count, data.test.size());
