@@ -86,33 +86,31 @@ inline CLI::Validator Between(double lo, double hi) {
       fmt::format("in [{:g}, {:g}]", lo, hi));
 }
 
+// A whole decimal number of type T in [lo, hi]; `range` shows the bounds in messages and --help.
+// The number is handed on to CLI11 as plain decimal text: "010" is 10 here, not CLI11's octal 8.
+template <class T>
+CLI::Validator whole_number(T lo, T hi, const std::string& range) {
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        T v{};
+        const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (err != std::errc() || end != text.data() + text.size() || v < lo || v > hi)
+          return "expected a whole number in " + range + ", got '" + text + "'";
+        text = std::to_string(v);
+        return {};
+      },
+      "in " + range);
+}
+
 // A seed: a whole number in [0, 2^64 - 1]. (CLI11 alone would wrap -1 to 2^64 - 1 and clamp larger
 // values to it, so distinct seeds on the command line would give the same run.)
-inline const CLI::Validator Seed = CLI::Validator(
-    [](std::string& text) -> std::string {
-      std::uint64_t v = 0;
-      const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
-      if (err != std::errc() || end != text.data() + text.size())
-        return "expected a whole number in [0, 2^64 - 1], got '" + text + "'";
-      text = std::to_string(v);  // what CLI11 converts next: "010" is 10 here, not octal 8
-      return {};
-    },
-    "in [0, 2^64 - 1]");
+inline const CLI::Validator Seed = whole_number<std::uint64_t>(0, UINT64_MAX, "[0, 2^64 - 1]");
 
 // An integer option: a whole decimal number in [lo, hi]. (CLI11 alone clamps values past the
 // type's range -- 99999999999999999999 became 2^63 - 1 -- and a check on doubles lets "1e3" and
 // "2.5" through to CLI11's conversion.)
 inline CLI::Validator Integer(std::int64_t lo, std::int64_t hi) {
-  return CLI::Validator(
-      [lo, hi](std::string& text) -> std::string {
-        std::int64_t v = 0;
-        const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
-        if (err != std::errc() || end != text.data() + text.size() || v < lo || v > hi)
-          return fmt::format("expected a whole number in [{}, {}], got '{}'", lo, hi, text);
-        text = std::to_string(v);  // what CLI11 converts next: "010" is 10 here, not octal 8
-        return {};
-      },
-      fmt::format("in [{}, {}]", lo, hi));
+  return whole_number<std::int64_t>(lo, hi, fmt::format("[{}, {}]", lo, hi));
 }
 // --threads of every example.
 inline const CLI::Validator Threads = Integer(0, 1024);
