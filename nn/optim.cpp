@@ -215,6 +215,11 @@ double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64
   return min_ratio + (1 - min_ratio) * 0.5 * (1 + std::cos(std::numbers::pi * progress));
 }
 
+void training_diverged(std::string_view what, std::string_view quantity, double value, std::string_view where,
+                       std::string_view advice) {
+  TG_FAIL("{}: training diverged: the {} is {} {}; {}", what, quantity, std::isnan(value) ? std::fabs(value) : value, where, advice);
+}
+
 EMA::EMA(Module& model, double decay) : decay_(decay) {
   TG_CHECK(decay >= 0 && decay <= 1, "EMA: decay must be in [0, 1], got {}", decay);
   NoGradGuard no_grad;

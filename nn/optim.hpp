@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -102,6 +103,14 @@ double constant_schedule(std::int64_t step);
 // Linear warmup (1/warmup, 2/warmup, ..., 1 over the first `warmup` steps), then cosine decay to
 // min_ratio at `total` steps.
 double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64_t total, double min_ratio = 0.0);
+
+// Stops a diverged training run: throws tg::Error("<what>: training diverged: the <quantity> is
+// <value> <where>; <advice>"), NaN printed as "nan" (never fmt's "-nan"). Training loops check
+// the loss before the optimizer step, so that nothing non-finite is taken, logged or checkpointed:
+//   if (!std::isfinite(l))
+//     nn::training_diverged("fit", "loss", l, fmt::format("at step {}", s), "try a smaller learning rate");
+[[noreturn]] void training_diverged(std::string_view what, std::string_view quantity, double value, std::string_view where,
+                                    std::string_view advice);
 
 // Exponential moving average of a module's parameters and floating-point buffers (integer and
 // bool buffers are copied as they are).

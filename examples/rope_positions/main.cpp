@@ -44,8 +44,8 @@ namespace {
 
 // A diverged run stops (before its step, and before any result file of it is written).
 void check_finite_loss(double loss, const std::string& what, std::int64_t step, double lr) {
-  TG_CHECK(std::isfinite(loss), "{}: training diverged: the loss is {} at step {} (learning rate {:g}); try a smaller --lr", what,
-           std::isnan(loss) ? std::fabs(loss) : loss, step, lr);  // "nan", not fmt's "-nan"
+  if (!std::isfinite(loss))
+    nn::training_diverged(what, "loss", loss, fmt::format("at step {} (learning rate {:g})", step, lr), "try a smaller --lr");
 }
 
 // ---- the causal-neighbour task --------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 #include "models/classifier/train.hpp"
 
+#include <fmt/core.h>
+
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -98,11 +100,10 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       const Tensor loss = ops::cross_entropy(logits, labels);
       if (o.schedule == "cosine") opt.set_lr(o.lr * nn::warmup_cosine_schedule(step, 0, o.epochs * per_epoch));
       const double l = loss.item();
-      // A diverged run stops here, before the step: nothing non-finite is logged or checkpointed.
-      TG_CHECK(std::isfinite(l),
-               "classifier fit: training diverged: the loss is {} at step {} (epoch {}, learning rate {:g}); try a smaller "
-               "learning rate.{}",
-               std::isnan(l) ? std::fabs(l) : l, step + 1, epoch + 1, opt.lr(), kept);  // "nan", not fmt's "-nan"
+      if (!std::isfinite(l))  // stop before the step: nothing non-finite is logged or checkpointed
+        nn::training_diverged("classifier fit", "loss", l,
+                              fmt::format("at step {} (epoch {}, learning rate {:g})", step + 1, epoch + 1, opt.lr()),
+                              "try a smaller learning rate." + kept);
       opt.zero_grad();
       loss.backward();
       opt.step();
@@ -115,10 +116,10 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
     if (o.progress) bar.finish();
     const Evaluation ev = evaluate(model, test);
     // (The epoch's last step can still have made the weights non-finite.)
-    TG_CHECK(std::isfinite(ev.loss),
-             "classifier fit: training diverged: the test loss is {} after step {} (epoch {}, learning rate {:g}); try a "
-             "smaller learning rate.{}",
-             std::isnan(ev.loss) ? std::fabs(ev.loss) : ev.loss, step, epoch + 1, opt.lr(), kept);
+    if (!std::isfinite(ev.loss))
+      nn::training_diverged("classifier fit", "test loss", ev.loss,
+                            fmt::format("after step {} (epoch {}, learning rate {:g})", step, epoch + 1, opt.lr()),
+                            "try a smaller learning rate." + kept);
     EpochStats s{epoch + 1, step, count ? loss_sum / static_cast<double>(count) : 0.0, ev.loss, ev.accuracy, secs};
     result.history.push_back(s);
     // The epoch is reported (a metrics row logged) before its checkpoint is committed: a kill in

@@ -14,6 +14,7 @@
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/data.hpp"
+#include "nn/optim.hpp"
 #include "nn/output.hpp"
 #include "ops/conv.hpp"
 #include "ops/elementwise.hpp"
@@ -104,10 +105,9 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
     opt.zero_grad();
     const Tensor loss = edm_loss(model, x0, y, o.edm, gen).loss;
     const double l = loss.item();
-    // A diverged run stops before the step: nothing non-finite is logged or checkpointed.
-    TG_CHECK(std::isfinite(l),
-             "diffusion fit: training diverged: the loss is {} at step {} (learning rate {:g}); try a smaller learning rate.{}",
-             std::isnan(l) ? std::fabs(l) : l, step + 1, lr, kept);  // "nan", not fmt's "-nan"
+    if (!std::isfinite(l))  // stop before the step: nothing non-finite is logged or checkpointed
+      nn::training_diverged("diffusion fit", "loss", l, fmt::format("at step {} (learning rate {:g})", step + 1, lr),
+                            "try a smaller learning rate." + kept);
     loss.backward();
     opt.step();
     const double decay = o.ema_warmup ? std::min(ema.decay(), (1.0 + static_cast<double>(step)) / (10.0 + static_cast<double>(step)))

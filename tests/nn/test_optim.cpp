@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 
 #include "core/autograd.hpp"
 #include "nn/optim.hpp"
@@ -200,4 +201,15 @@ TEST_CASE("optimizers refuse what torch refuses, clipping propagates a NaN norm,
   ema.copy_to(other);
   CHECK(other.w.to_vector<float>() == std::vector<float>{3, 3});
   CHECK_THROWS_WITH(ema.update(model, 1.5), Contains("EMA: decay must be in [0, 1], got 1.5"));
+}
+
+TEST_CASE("training_diverged names the run, the value and where it happened", "[nn][optim][errors]") {
+  using Catch::Matchers::Equals;
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(nn::training_diverged("fit", "loss", -nan, "at step 3 (learning rate 0.1)", "try a smaller learning rate."),
+                    Equals("fit: training diverged: the loss is nan at step 3 (learning rate 0.1); try a smaller learning rate."));
+  CHECK_THROWS_WITH(nn::training_diverged("fit", "test loss", inf, "after step 7", "lower --lr"),
+                    Equals("fit: training diverged: the test loss is inf after step 7; lower --lr"));
+  CHECK_THROWS_WITH(nn::training_diverged("fit", "loss", -inf, "at step 1", "lower --lr"), Contains("the loss is -inf at step 1"));
+  CHECK_THROWS_AS(nn::training_diverged("fit", "loss", nan, "at step 1", ""), Error);
 }
