@@ -87,7 +87,9 @@ inline CLI::Validator Between(double lo, double hi) {
 }
 
 // A whole decimal number of type T in [lo, hi]; `range` shows the bounds in messages and --help.
-// The number is handed on to CLI11 as plain decimal text: "010" is 10 here, not CLI11's octal 8.
+// Only the plain decimal form passes ("010" and "-0" do not): CLI11 converts the original text
+// itself after the check (Option::check may not rewrite it) and reads a leading zero as octal,
+// so "010" would silently become 8.
 template <class T>
 CLI::Validator whole_number(T lo, T hi, const std::string& range) {
   return CLI::Validator(
@@ -96,7 +98,7 @@ CLI::Validator whole_number(T lo, T hi, const std::string& range) {
         const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), v);
         if (err != std::errc() || end != text.data() + text.size() || v < lo || v > hi)
           return "expected a whole number in " + range + ", got '" + text + "'";
-        text = std::to_string(v);
+        if (text != std::to_string(v)) return "expected a whole number in " + range + " without leading zeros, got '" + text + "'";
         return {};
       },
       "in " + range);
