@@ -14,6 +14,7 @@
 #include <fstream>
 #include <optional>
 #include <set>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "core/autograd.hpp"
@@ -93,9 +94,11 @@ void write_chunks_atomically(const std::string& path, const std::vector<Chunk>& 
     }
   };
   for (const Chunk& chunk : chunks) write_all(chunk.p, chunk.n);
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+  const int synced = ::fsync(fd), sync_err = errno;
+  const int closed = ::close(fd), close_err = errno;  // closed whether or not fsync failed
+  if (synced != 0 || closed != 0) {
     ::unlink(tmp.c_str());
-    TG_FAIL("{}: flushing '{}' failed: {}", op, tmp, std::strerror(errno));
+    TG_FAIL("{}: flushing '{}' failed: {}", op, tmp, std::strerror(synced != 0 ? sync_err : close_err));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
@@ -140,9 +143,15 @@ std::uint32_t crc_of(const std::vector<Tensor>& data) {
 // are tracked, so a deeply nested header costs no memory here.
 struct DuplicateKeyCheck : json::json_sax_t {
   static constexpr std::size_t kLevels = 2;
+  // A safetensors header nests 3 levels (header, entry, shape). Deeper input is refused before it
+  // is parsed into a tree: copying or printing a tree nested a million levels deep (a few MiB of
+  // '[') recurses once per level and overflows the stack.
+  static constexpr std::size_t kMaxNesting = 16;
   std::vector<std::set<std::string>> keys;  // per open object of the first kLevels
   std::size_t depth = 0;                    // open objects
+  std::size_t nesting = 0;                  // open objects and arrays
   std::string duplicate;
+  bool too_deep = false;
   bool null() override { return true; }
   bool boolean(bool) override { return true; }
   bool number_integer(number_integer_t) override { return true; }
@@ -150,9 +159,13 @@ struct DuplicateKeyCheck : json::json_sax_t {
   bool number_float(number_float_t, const string_t&) override { return true; }
   bool string(string_t&) override { return true; }
   bool binary(binary_t&) override { return true; }
+  bool open() {
+    too_deep = ++nesting > kMaxNesting;
+    return !too_deep;  // stop at once
+  }
   bool start_object(std::size_t) override {
     if (++depth <= kLevels) keys.emplace_back();
-    return true;
+    return open();
   }
   bool key(string_t& k) override {
     if (depth <= kLevels && !keys.back().insert(k).second) duplicate = k;
@@ -160,10 +173,14 @@ struct DuplicateKeyCheck : json::json_sax_t {
   }
   bool end_object() override {
     if (depth-- <= kLevels) keys.pop_back();
+    --nesting;
     return true;
   }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
+  bool start_array(std::size_t) override { return open(); }
+  bool end_array() override {
+    --nesting;
+    return true;
+  }
   bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
 };
 
@@ -267,10 +284,12 @@ SafetensorsFile load_safetensors(const std::string& path) {
   TG_CHECK(in.good(), "load: '{}' is truncated inside the header", path);
   json header;
   try {
-    header = json::parse(text);
-    DuplicateKeyCheck dup;
+    DuplicateKeyCheck dup;  // first: it also refuses a nesting too deep to build a tree of
     json::sax_parse(text, &dup);
+    TG_CHECK(!dup.too_deep, "load: '{}' has a corrupt header: JSON nested more than {} levels deep", path,
+             DuplicateKeyCheck::kMaxNesting);
     TG_CHECK(dup.duplicate.empty(), "load: '{}' has a corrupt header: the key '{}' appears twice", path, dup.duplicate);
+    header = json::parse(text);
   } catch (const json::exception& e) {
     TG_FAIL("load: '{}' has a corrupt header: {}", path, e.what());
   }
@@ -317,8 +336,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
       const std::uint64_t v = d.get<std::uint64_t>();
       TG_CHECK(v < (std::uint64_t{1} << 40), "load: '{}': tensor '{}' has an absurd dim {}", path, it.key(), v);
       shape.push_back(static_cast<std::int64_t>(v));
-      numel *= v;
-      TG_CHECK(numel < (std::uint64_t{1} << 44), "load: '{}': tensor '{}' is too large", path, it.key());
+      TG_CHECK(v == 0 || numel < (std::uint64_t{1} << 44) / v, "load: '{}': tensor '{}' is too large", path, it.key());
+      numel *= v;  // < 2^44: cannot wrap
     }
     const json& off = e["data_offsets"];
     TG_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
@@ -335,7 +354,9 @@ SafetensorsFile load_safetensors(const std::string& path) {
   // The data section must be covered exactly once, without holes or overlaps.
   std::vector<const Entry*> sorted;
   for (const Entry& e : entries) sorted.push_back(&e);
-  std::stable_sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  // (By end too: an empty tensor at the offset where another one starts comes first.)
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const Entry* a, const Entry* b) { return std::pair(a->begin, a->end) < std::pair(b->begin, b->end); });
   std::uint64_t cursor = 0;
   for (const Entry* e : sorted) {
     TG_CHECK(e->begin == cursor, "load: '{}' is corrupt: tensor '{}' starts at byte {} but the previous one ends at {}",

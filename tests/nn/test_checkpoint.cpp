@@ -75,6 +75,12 @@ std::uint64_t header_length(const std::string& bytes) {
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
   return n;
 }
+// A safetensors file made by hand: the header length, the header text as given, the data.
+std::string safetensors_bytes(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(std::uint64_t{header.size()} >> (8 * i));
+  return out + header + data;
+}
 // The file's bytes with its JSON header edited by `edit` (re-padded; the data section as it was).
 std::string with_header(const std::string& bytes, const std::function<void(nlohmann::json&)>& edit) {
   const std::uint64_t n = header_length(bytes);
@@ -82,9 +88,7 @@ std::string with_header(const std::string& bytes, const std::function<void(nlohm
   edit(header);
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(std::uint64_t{text.size()} >> (8 * i));
-  return out + text + bytes.substr(8 + n);
+  return safetensors_bytes(text, bytes.substr(8 + n));
 }
 bool same_state(nn::Module& a, nn::Module& b) {
   auto sa = a.state(), sb = b.state();
@@ -124,6 +128,14 @@ TEST_CASE("module round trip and the safetensors layout", "[nn][checkpoint]") {
   CHECK(test::same_bits(*t.find("x"), test::randn({3, 2}, DType::f64, 3)));
   CHECK(t.find("m")->to_vector<bool>() == std::vector<bool>{true, false});
   CHECK(t.find("s")->dim() == 0);
+  // An empty tensor at the offset where the next one starts (its header entry sorts after it).
+  const std::string one = std::string("\0\0\x80\x3f", 4);  // 1.0f
+  write_file(dir.file("e.safetensors"),
+             safetensors_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"z":{"dtype":"F32","shape":[2,0],"data_offsets":[0,0]}})",
+                               one));
+  const auto e = nn::load_safetensors(dir.file("e.safetensors"));
+  CHECK(e.find("a")->to_vector<float>() == std::vector<float>{1.0f});
+  CHECK(e.find("z")->shape() == Shape{2, 0});
 }
 
 TEST_CASE("loading rejects truncated, corrupted and mismatched files without touching the model", "[nn][checkpoint][errors]") {
@@ -158,8 +170,15 @@ TEST_CASE("loading rejects truncated, corrupted and mismatched files without tou
   // A key twice in one object (JSON parsers keep the last one silently).
   const std::string entry = R"({"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
   const std::string dup = "{\"w\":" + entry + ",\"w\":" + entry + "}";
-  expect_error(std::string(1, char(dup.size())) + std::string(7, '\0') + dup + std::string(4, '\0'),
-               "the key 'w' appears twice");
+  expect_error(safetensors_bytes(dup, std::string(4, '\0')), "the key 'w' appears twice");
+  // Nesting a million levels deep (a few MiB of '['): refused before a tree is built from it
+  // (copying or printing such a tree would overflow the stack).
+  std::string deep = "{\"w\":";
+  deep.append(1'000'000, '[').append(1'000'000, ']').append("}");
+  expect_error(safetensors_bytes(deep, ""), "JSON nested more than 16 levels deep");
+  // A shape whose element count wraps around 2^64 (to 0, which would match empty offsets).
+  expect_error(safetensors_bytes(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", ""),
+               "tensor 'w' is too large");
 
   struct Other : nn::Module {
     nn::Linear fc1{6, 8};
