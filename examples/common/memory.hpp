@@ -16,6 +16,7 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <thread>
 
 #include "core/error.hpp"
 
@@ -44,27 +45,33 @@ inline double file_number(const std::string& file) {
   return in >> v ? v : std::numeric_limits<double>::infinity();
 }
 
-// Memory left under this process's cgroup limit (a container's), in bytes: the limit minus what
-// the group uses, not counting the page cache it can drop (inactive files); infinity without one.
-// cgroup v2 ("0::<path>" in /proc/self/cgroup) or v1 (the "memory" controller), at the group's
-// path or, inside a container's namespace, at the mount's root.
+// Memory left under this process's cgroup limits (a container's, a systemd slice's), in bytes: per
+// group that has a limit, the limit minus what the group uses, not counting the page cache it can
+// drop (inactive files); the least of these, from the process's group up through its parents;
+// infinity without a limit. cgroup v2 ("0::<path>" in /proc/self/cgroup) or v1 (the "memory"
+// controller), under the mount point; inside a container's namespace the group's path may not
+// exist there and the mount's root is the container's group.
 inline double cgroup_memory_left() {
   std::ifstream in("/proc/self/cgroup");
   double left = std::numeric_limits<double>::infinity();
   for (std::string line; std::getline(in, line);) {
     const auto c1 = line.find(':'), c2 = line.find(':', c1 + 1);
     if (c1 == std::string::npos || c2 == std::string::npos) continue;
-    const std::string controllers = line.substr(c1 + 1, c2 - c1 - 1), path = line.substr(c2 + 1);
+    const std::string controllers = line.substr(c1 + 1, c2 - c1 - 1);
     const bool v2 = line.compare(0, c1, "0") == 0 && controllers.empty(), v1 = controllers == "memory";
     if (!v1 && !v2) continue;
     const std::string mount = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
-    for (const std::string& dir : {mount + path, mount}) {
+    for (std::string path = line.substr(c2 + 1);;) {
+      const std::string dir = mount + path;
       const double limit = file_number(dir + (v2 ? "/memory.max" : "/memory.limit_in_bytes"));
       const double used = file_number(dir + (v2 ? "/memory.current" : "/memory.usage_in_bytes"));
-      if (!(limit < 1e18) || !(used < 1e18)) continue;  // no limit here ("max", or v1's 2^63 - 4096)
-      const double cache = file_entry(dir + "/memory.stat", v2 ? "inactive_file" : "total_inactive_file", 1.0);
-      left = std::min(left, std::max(0.0, limit - std::max(0.0, used - cache)));
-      break;
+      if (limit < 1e18 && used < 1e18) {  // else no limit here ("max", v1's 2^63 - 4096) or no such group
+        const double cache = file_entry(dir + "/memory.stat", v2 ? "inactive_file" : "total_inactive_file", 1.0);
+        left = std::min(left, std::max(0.0, limit - std::max(0.0, used - cache)));
+      }
+      const auto slash = path.rfind('/');
+      if (path.empty() || slash == std::string::npos) break;  // the mount's root is done
+      path.resize(slash);                                     // the parent group ("": the root)
     }
   }
   return left;
@@ -75,8 +82,10 @@ inline double cgroup_memory_left() {
 // other processes hold -- or less under a cgroup limit or an address-space limit (ulimit -v); 0
 // when unknown.
 inline double memory_limit() {
-  double bytes = file_entry("/proc/meminfo", "MemAvailable", 1024) + file_entry("/proc/meminfo", "SwapFree", 1024);
-  if (bytes > 0) bytes = std::min(bytes, cgroup_memory_left());
+  const double available = file_entry("/proc/meminfo", "MemAvailable", 1024);
+  double bytes = available > 0 ? available + file_entry("/proc/meminfo", "SwapFree", 1024) : 0;
+  if (const double group = cgroup_memory_left(); group < std::numeric_limits<double>::infinity())
+    bytes = bytes > 0 ? std::min(bytes, group) : group;
   struct rlimit rl {};
   if (::getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
     const double left = std::max(0.0, static_cast<double>(rl.rlim_cur) - file_entry("/proc/self/status", "VmSize", 1024));
@@ -85,7 +94,8 @@ inline double memory_limit() {
   return bytes;
 }
 
-// Caps this process's address space at what it maps now plus the memory available (memory_limit).
+// Caps this process's address space at what it maps now plus the memory available (memory_limit)
+// and the worker threads' stacks.
 // Linux overcommits: uncapped, a run that needs more than there is gets its allocations granted and
 // is then killed by the kernel part-way (no message, no checkpoint; even a cap at the machine's RAM
 // + swap let a --size 256 diffusion run be killed beside a compiler); capped, an allocation fails
@@ -103,7 +113,11 @@ inline void cap_memory() {
   const double available = memory_limit(), mapped = file_entry("/proc/self/status", "VmSize", 1024);
   struct rlimit rl {};
   if (available <= 0 || mapped <= 0 || ::getrlimit(RLIMIT_AS, &rl) != 0) return;
-  const double cap = mapped + available;
+  // Plus address space that holds little memory: the stacks of the worker threads started later
+  // (reserved whole, 4-8 MiB each). (glibc's per-thread malloc arenas reserve 64 MiB each as well;
+  // when one cannot be reserved, malloc maps the thread's allocations directly instead of failing.)
+  const double stacks = 8.0 * (1 << 20) * std::max(1u, std::thread::hardware_concurrency());
+  const double cap = mapped + available + stacks;
   if (rl.rlim_cur == RLIM_INFINITY || static_cast<double>(rl.rlim_cur) > cap) {
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? static_cast<rlim_t>(cap) : std::min(static_cast<rlim_t>(cap), rl.rlim_max);
     ::setrlimit(RLIMIT_AS, &rl);  // best effort: without it the run is merely uncapped
