@@ -14,7 +14,8 @@
 //   pass 2  dx = rstd * (g - s1 / n - x_hat * s2 / n)
 //           dw_acc += dy * x_hat, db_acc += dy           (input precision, over <= 16 rows)
 // Every 16 rows the accumulators are added into the chunk's f64 partials; the partials of the
-// chunks are then added in chunk order (f64).
+// chunks are then added in chunk order (f64). A dx larger than the caches is written with
+// non-temporal stores: no read-for-ownership of its lines (a quarter of the DRAM traffic).
 // On Zen 5 these loops are bound by their arithmetic rather than by memory, and widening f32 to
 // f64 is a large part of it: hence one widening per element in the forward, one per 4 in the
 // backward.
@@ -34,6 +35,8 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -216,6 +219,17 @@ void normalize_row(const T* x, const T* w, const T* b, T* y, std::int64_t n, T m
   }
 }
 
+// Input gradients of at least this many bytes are written with non-temporal stores (see
+// row_norm_stream_threshold in norm.hpp).
+std::atomic<std::int64_t> g_stream_threshold{std::int64_t{16} << 20};
+bool streams(std::int64_t bytes) {
+#if XSIMD_WITH_AVX512F
+  return bytes >= g_stream_threshold.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
 // Rows whose weight/bias gradient contributions are summed in the input precision before being
 // added to the chunk's f64 partials.
 constexpr std::int64_t kFold = 16;
@@ -261,11 +275,22 @@ inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
   store_n(dst, load_n(dst, count, T(0)) + v, count);
 }
 
+// Non-temporal store of a full batch at a 64-byte aligned p (a plain store without AVX-512).
+template <class T>
+inline void stream_store(T* p, const B<T>& v) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, v);
+  else _mm512_stream_pd(p, v);
+#else
+  v.store_unaligned(p);
+#endif
+}
+
 // One row of the backward. pw, pb: running sums of dy * x_hat and dy over a few rows, in the input
 // precision (null when not wanted); the caller folds them into f64 partials. HasW, AccW, AccB say
 // whether w, pw, pb are there: the loops carry no per-vector branches (with them, the backward
 // without weight took a third longer).
-template <class T, bool Center, bool HasW, bool AccW, bool AccB>
+template <class T, bool Center, bool HasW, bool AccW, bool AccB, bool Stream>
 void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, T* gx, T* pw, T* pb,
                        bool prefetch_next) {
   constexpr std::int64_t W = B<T>::size;
@@ -321,10 +346,16 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
       B<T> d = dy;
       if constexpr (HasW) d = xsimd::fma(dy, load_n(w + i, c, T(0)), B<T>(0));
       if constexpr (Center) d = d - c1;
-      store_n(gx + i, xsimd::fnma(xh, c2, d) * rb, c);
+      const B<T> out = xsimd::fnma(xh, c2, d) * rb;
+      if (Stream && c == W) stream_store(gx + i, out);
+      else store_n(gx + i, out, c);
       if constexpr (AccW) acc_into(pw + i, c, dy * xh);
       if constexpr (AccB) acc_into(pb + i, c, dy);
-      prefetch_next_row(x + ahead + i, gy + ahead + i, gx + ahead + i);
+      if constexpr (Stream) {  // gx is not read back: only the inputs
+        __builtin_prefetch(x + ahead + i, 0, 3);
+        __builtin_prefetch(gy + ahead + i, 0, 3);
+      }
+      else prefetch_next_row(x + ahead + i, gy + ahead + i, gx + ahead + i);
     });
   } else {
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
@@ -335,11 +366,11 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
   }
 }
 
-template <class T, bool Center>
+template <class T, bool Center, bool Stream>
 void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, T* gx, T* pw, T* pb,
                   bool prefetch_next) {
   auto run = [&](auto has_w, auto acc_w, auto acc_b) {
-    backward_row_impl<T, Center, has_w(), acc_w(), acc_b()>(x, gy, w, mean, rstd, n, gx, pw, pb, prefetch_next);
+    backward_row_impl<T, Center, has_w(), acc_w(), acc_b(), Stream>(x, gy, w, mean, rstd, n, gx, pw, pb, prefetch_next);
   };
   auto with_b = [&](auto has_w, auto acc_w) {
     if (pb) run(has_w, acc_w, std::true_type{});
@@ -388,6 +419,9 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
   const bool want_w = gw_t.defined(), want_b = Center && gb_t.defined();
   const std::int64_t grain = backward_grain(rows, n);
   const std::int64_t chunks = (rows + grain - 1) / grain;
+  // A large input gradient is written with non-temporal stores: rows starting on cache lines.
+  const bool stream = gx && streams(rows * n * static_cast<std::int64_t>(sizeof(T))) &&
+                      reinterpret_cast<std::uintptr_t>(gx) % 64 == 0 && (n * static_cast<std::int64_t>(sizeof(T))) % 64 == 0;
   Tensor part_w = want_w ? empty({chunks, n}, DType::f64) : Tensor();
   Tensor part_b = want_b ? empty({chunks, n}, DType::f64) : Tensor();
   double* pw_all = want_w ? part_w.data<double>() : nullptr;
@@ -403,8 +437,12 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
     if (pw) std::fill(pw, pw + n, 0.0);
     if (pb) std::fill(pb, pb + n, 0.0);
     for (std::int64_t r = lo; r < hi; ++r) {
-      backward_row<T, Center>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n, gx ? gx + r * n : nullptr,
-                              aw, ab, r + 1 < hi);
+      if (stream)
+        backward_row<T, Center, true>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n, gx + r * n, aw, ab,
+                                      r + 1 < hi);
+      else
+        backward_row<T, Center, false>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n,
+                                       gx ? gx + r * n : nullptr, aw, ab, r + 1 < hi);
       if ((r - lo + 1) % kFold == 0 || r + 1 == hi) {
         for (auto [a, p] : {std::pair{aw, pw}, std::pair{ab, pb}}) {
           if (!a) continue;
@@ -414,6 +452,9 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
         }
       }
     }
+#if XSIMD_WITH_AVX512F
+    if (stream) _mm_sfence();  // the streamed stores are ordered before the task completes
+#endif
   });
   if (want_w) combine_partials(pw_all, chunks, n, gw_t.data<T>());
   if (want_b) combine_partials(pb_all, chunks, n, gb_t.data<T>());
@@ -571,6 +612,9 @@ void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const
     else row_backward_impl<T, false>(x, gy, w, mean, rstd, gx, gw, gb);
   });
 }
+
+void row_norm_set_stream_threshold(std::int64_t bytes) { g_stream_threshold.store(bytes, std::memory_order_relaxed); }
+std::int64_t row_norm_stream_threshold() { return g_stream_threshold.load(std::memory_order_relaxed); }
 
 void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps, bool silu,
                         const Tensor& y, const Tensor& mean, const Tensor& rstd) {

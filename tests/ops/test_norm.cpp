@@ -3,12 +3,14 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/kernels/norm.hpp"
 #include "ops/norm.hpp"
 #include "ops/reduce.hpp"
 #include "tests/support/gradcheck.hpp"
@@ -387,6 +389,36 @@ TEST_CASE("norms: 1 vs N threads give identical bits (forward and backward)", "[
     y.backward(g0 * 0.5);
     return Tensors{y, x.grad(), w.grad(), b.grad()};
   }));
+}
+
+TEST_CASE("layer_norm and rms_norm: a streamed input gradient has the bits of a cached one", "[ops][norm][threads]") {
+  // Large input gradients are written with non-temporal stores (kernels/norm.hpp); a threshold of
+  // 0 streams every eligible one: rows a multiple of 64 bytes long (the others, e.g. n = 1003 or
+  // 20, take the ordinary stores whatever the threshold).
+  struct Restore {
+    std::int64_t saved = kernels::row_norm_stream_threshold();
+    ~Restore() { kernels::row_norm_set_stream_threshold(saved); }
+  } restore;
+  for (auto [rows, n, dtype] : {std::tuple{37, 64, DType::f32}, {130, 1024, DType::f32}, {33, 48, DType::f32},
+                                {9, 1003, DType::f32}, {20, 16, DType::f64}, {7, 20, DType::f64}}) {
+    INFO(fmt::format("[{}, {}] {}", rows, n, dtype_name(dtype)));
+    const Tensor x0 = test::randn({rows, n}, dtype, 50), gy = test::randn({rows, n}, dtype, 51);
+    const Tensor w0 = test::randn({n}, dtype, 52), b0 = test::randn({n}, dtype, 53);
+    auto grads = [&] {
+      Tensor x = x0.detach().requires_grad_(), w = w0.detach().requires_grad_(), b = b0.detach().requires_grad_();
+      Tensors out = autograd::grad({ops::layer_norm(x, {n}, w, b)}, {x, w, b}, {gy});
+      for (const Tensor& g : autograd::grad({ops::rms_norm(x, {n}, w)}, {x, w}, {gy})) out.push_back(g);
+      out.push_back(autograd::grad({ops::layer_norm(x, {n})}, {x}, {gy})[0]);  // without weight and bias
+      return out;
+    };
+    kernels::row_norm_set_stream_threshold(std::int64_t{1} << 62);
+    const Tensors cached = grads();
+    kernels::row_norm_set_stream_threshold(0);
+    const Tensors streamed = grads();
+    REQUIRE(cached.size() == streamed.size());
+    for (std::size_t i = 0; i < cached.size(); ++i) CHECK(test::same_bits(cached[i], streamed[i]));
+    CHECK(test::same_bits_across_threads(grads));
+  }
 }
 
 TEST_CASE("norms: errors name the op, the shapes and the dim", "[ops][norm][errors]") {
