@@ -35,8 +35,6 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
-#include <cstdint>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -107,6 +105,7 @@ using simd::for_each_batch;
 using simd::load_n;
 using simd::prefetch_next_row;
 using simd::store_n;
+using simd::stream_store;
 
 // dst[0..count) += v (widened to f64).
 template <class T>
@@ -219,17 +218,6 @@ void normalize_row(const T* x, const T* w, const T* b, T* y, std::int64_t n, T m
   }
 }
 
-// Input gradients of at least this many bytes are written with non-temporal stores (see
-// row_norm_stream_threshold in norm.hpp).
-std::atomic<std::int64_t> g_stream_threshold{std::int64_t{16} << 20};
-bool streams(std::int64_t bytes) {
-#if XSIMD_WITH_AVX512F
-  return bytes >= g_stream_threshold.load(std::memory_order_relaxed);
-#else
-  return false;
-#endif
-}
-
 // Rows whose weight/bias gradient contributions are summed in the input precision before being
 // added to the chunk's f64 partials.
 constexpr std::int64_t kFold = 16;
@@ -273,17 +261,6 @@ void row_forward_impl(const Tensor& x, const Tensor& wt, const Tensor& bt, doubl
 template <class T>
 inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
   store_n(dst, load_n(dst, count, T(0)) + v, count);
-}
-
-// Non-temporal store of a full batch at a 64-byte aligned p (a plain store without AVX-512).
-template <class T>
-inline void stream_store(T* p, const B<T>& v) {
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, v);
-  else _mm512_stream_pd(p, v);
-#else
-  v.store_unaligned(p);
-#endif
 }
 
 // One row of the backward. pw, pb: running sums of dy * x_hat and dy over a few rows, in the input
@@ -419,9 +396,8 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
   const bool want_w = gw_t.defined(), want_b = Center && gb_t.defined();
   const std::int64_t grain = backward_grain(rows, n);
   const std::int64_t chunks = (rows + grain - 1) / grain;
-  // A large input gradient is written with non-temporal stores: rows starting on cache lines.
-  const bool stream = gx && streams(rows * n * static_cast<std::int64_t>(sizeof(T))) &&
-                      reinterpret_cast<std::uintptr_t>(gx) % 64 == 0 && (n * static_cast<std::int64_t>(sizeof(T))) % 64 == 0;
+  const std::int64_t row_bytes = n * static_cast<std::int64_t>(sizeof(T));
+  const bool stream = gx && simd::stream_output(gx, row_bytes, rows * row_bytes);
   Tensor part_w = want_w ? empty({chunks, n}, DType::f64) : Tensor();
   Tensor part_b = want_b ? empty({chunks, n}, DType::f64) : Tensor();
   double* pw_all = want_w ? part_w.data<double>() : nullptr;
@@ -452,9 +428,7 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
         }
       }
     }
-#if XSIMD_WITH_AVX512F
-    if (stream) _mm_sfence();  // the streamed stores are ordered before the task completes
-#endif
+    if (stream) simd::stream_fence();
   });
   if (want_w) combine_partials(pw_all, chunks, n, gw_t.data<T>());
   if (want_b) combine_partials(pb_all, chunks, n, gb_t.data<T>());
@@ -612,9 +586,6 @@ void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const
     else row_backward_impl<T, false>(x, gy, w, mean, rstd, gx, gw, gb);
   });
 }
-
-void row_norm_set_stream_threshold(std::int64_t bytes) { g_stream_threshold.store(bytes, std::memory_order_relaxed); }
-std::int64_t row_norm_stream_threshold() { return g_stream_threshold.load(std::memory_order_relaxed); }
 
 void group_norm_forward(const Tensor& x, std::int64_t groups, const Tensor& w, const Tensor& b, double eps, bool silu,
                         const Tensor& y, const Tensor& mean, const Tensor& rstd) {

@@ -26,12 +26,7 @@ void row_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double 
 // are written when defined (gb only with center).
 void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                        bool center, const Tensor& gx, const Tensor& gw, const Tensor& gb);
-// A gx of at least this many bytes (default 16 MiB, more than the caches hold beside x and gy) is
-// written with non-temporal stores on AVX-512 when its rows start on cache lines: the stores skip
-// reading the lines first (measured 20-27% faster on [4096, 1024] f32). The bits are the same
-// either way; tests set 0 to stream every eligible gx.
-void row_norm_set_stream_threshold(std::int64_t bytes);
-std::int64_t row_norm_stream_threshold();
+// A large gx is written with non-temporal stores (simd::stream_output in simd_partial.hpp).
 
 // Group normalisation of x [N, C, S] (contiguous) with `groups` groups of C / groups channels:
 // statistics over each (sample, group) block of (C / groups) * S elements; w, b: [C] or undefined;

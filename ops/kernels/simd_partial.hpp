@@ -1,9 +1,11 @@
 // Partial SIMD vectors: the first n lanes of a load or store, for row and plane ends (masked
-// loads/stores on AVX-512, a small buffer elsewhere); and the prefetch of the next row in row
-// kernels. Shared by the convolution, norm and softmax kernels. Internal to ops/kernels.
+// loads/stores on AVX-512, a small buffer elsewhere); the prefetch of the next row in row kernels,
+// and their non-temporal stores of large outputs. Shared by the convolution, norm and softmax
+// kernels. Internal to ops/kernels.
 #pragma once
 #include <xsimd/xsimd.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -77,6 +79,44 @@ inline void prefetch_next_row(const void* read, void* write) {
 inline void prefetch_next_row(const void* read1, const void* read2, void* write) {
   __builtin_prefetch(read2, 0, 3);
   prefetch_next_row(read1, write);
+}
+
+// Row kernels write an output of at least this many bytes with non-temporal stores (default
+// 16 MiB, more than the caches hold beside its inputs; the FFT's threshold for the same reason):
+// an ordinary store first reads the line it writes (read-for-ownership), one more stream from
+// memory. Smaller outputs keep ordinary stores: the next op reads them back from the cache. The
+// bits are the same either way; tests set 0 to stream every eligible output.
+inline std::atomic<int64_t> row_stream_threshold{int64_t{16} << 20};
+
+// Whether an output of `bytes` at dst, in rows of `row_bytes`, is streamed: AVX-512 only, and every
+// row must start on a cache line.
+inline bool stream_output(const void* dst, int64_t row_bytes, int64_t bytes) {
+#if XSIMD_WITH_AVX512F
+  return bytes >= row_stream_threshold.load(std::memory_order_relaxed) && reinterpret_cast<uintptr_t>(dst) % 64 == 0 &&
+         row_bytes % 64 == 0;
+#else
+  (void)dst, (void)row_bytes, (void)bytes;
+  return false;
+#endif
+}
+
+// Non-temporal store of a full batch at a 64-byte aligned p (used where stream_output holds; the
+// task ends with stream_fence()).
+template <class T>
+inline void stream_store(T* p, const xsimd::batch<T>& v) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, v);
+  else _mm512_stream_pd(p, v);
+#else
+  v.store_unaligned(p);
+#endif
+}
+
+// Orders a task's non-temporal stores before whatever reads them after the task.
+inline void stream_fence() {
+#if XSIMD_WITH_AVX512F
+  _mm_sfence();
+#endif
 }
 
 }  // namespace tg::kernels::simd

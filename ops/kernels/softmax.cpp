@@ -85,20 +85,25 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
   }
 }
 
-template <class T>
+template <class T, bool Stream>
 void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
+  constexpr std::int64_t W = B<T>::size;
+  auto store = [&](std::int64_t i, std::int64_t c, const B<T>& v) {
+    if (Stream && c == W) simd::stream_store(gx + i, v);  // a large gx (see softmax_backward)
+    else store_n(gx + i, v, c);
+  };
   auto add = [](const auto& a, const auto& b) { return a + b; };
   if (log) {
     const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
-      store_n(gx + i, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg, c);
+      store(i, c, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg);
     });
   } else {
     const B<T> dot(row_reduce<T>(
         n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)) * load_n(y + i, c, T(0)); },
         add));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
-      store_n(gx + i, load_n(y + i, c, T(0)) * (load_n(g + i, c, T(0)) - dot), c);
+      store(i, c, load_n(y + i, c, T(0)) * (load_n(g + i, c, T(0)) - dot));
     });
   }
 }
@@ -124,8 +129,15 @@ void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& gx, bool l
     const T* yp = y.data<T>();
     const T* gp = g.data<T>();
     T* gxp = gx.data<T>();
+    // A gx larger than the caches is written with non-temporal stores (no read-for-ownership).
+    const std::int64_t row_bytes = n * static_cast<std::int64_t>(sizeof(T));
+    const bool stream = simd::stream_output(gxp, row_bytes, rows * row_bytes);
     parallel_for(rows, row_grain(n), [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t r = b; r < e; ++r) backward_row(yp + r * n, gp + r * n, gxp + r * n, n, log);
+      for (std::int64_t r = b; r < e; ++r) {
+        if (stream) backward_row<T, true>(yp + r * n, gp + r * n, gxp + r * n, n, log);
+        else backward_row<T, false>(yp + r * n, gp + r * n, gxp + r * n, n, log);
+      }
+      if (stream) simd::stream_fence();
     });
   });
 }

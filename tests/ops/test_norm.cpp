@@ -10,7 +10,8 @@
 
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
-#include "ops/kernels/norm.hpp"
+#include "ops/loss.hpp"
+#include "ops/kernels/simd_partial.hpp"
 #include "ops/norm.hpp"
 #include "ops/reduce.hpp"
 #include "tests/support/gradcheck.hpp"
@@ -391,13 +392,14 @@ TEST_CASE("norms: 1 vs N threads give identical bits (forward and backward)", "[
   }));
 }
 
-TEST_CASE("layer_norm and rms_norm: a streamed input gradient has the bits of a cached one", "[ops][norm][threads]") {
-  // Large input gradients are written with non-temporal stores (kernels/norm.hpp); a threshold of
-  // 0 streams every eligible one: rows a multiple of 64 bytes long (the others, e.g. n = 1003 or
-  // 20, take the ordinary stores whatever the threshold).
+TEST_CASE("layer_norm, rms_norm, softmax: a streamed input gradient has the bits of a cached one", "[ops][norm][threads]") {
+  // Large input gradients are written with non-temporal stores (simd::stream_output); a threshold
+  // of 0 streams every eligible one: rows a multiple of 64 bytes long (the others, e.g. n = 1003
+  // or 20, take the ordinary stores whatever the threshold).
+  auto& threshold = kernels::simd::row_stream_threshold;
   struct Restore {
-    std::int64_t saved = kernels::row_norm_stream_threshold();
-    ~Restore() { kernels::row_norm_set_stream_threshold(saved); }
+    std::int64_t saved = kernels::simd::row_stream_threshold.load();
+    ~Restore() { kernels::simd::row_stream_threshold.store(saved); }
   } restore;
   for (auto [rows, n, dtype] : {std::tuple{37, 64, DType::f32}, {130, 1024, DType::f32}, {33, 48, DType::f32},
                                 {9, 1003, DType::f32}, {20, 16, DType::f64}, {7, 20, DType::f64}}) {
@@ -409,11 +411,13 @@ TEST_CASE("layer_norm and rms_norm: a streamed input gradient has the bits of a 
       Tensors out = autograd::grad({ops::layer_norm(x, {n}, w, b)}, {x, w, b}, {gy});
       for (const Tensor& g : autograd::grad({ops::rms_norm(x, {n}, w)}, {x, w}, {gy})) out.push_back(g);
       out.push_back(autograd::grad({ops::layer_norm(x, {n})}, {x}, {gy})[0]);  // without weight and bias
+      out.push_back(autograd::grad({ops::softmax(x, -1)}, {x}, {gy})[0]);
+      out.push_back(autograd::grad({ops::log_softmax(x, -1)}, {x}, {gy})[0]);
       return out;
     };
-    kernels::row_norm_set_stream_threshold(std::int64_t{1} << 62);
+    threshold.store(std::int64_t{1} << 62);
     const Tensors cached = grads();
-    kernels::row_norm_set_stream_threshold(0);
+    threshold.store(0);
     const Tensors streamed = grads();
     REQUIRE(cached.size() == streamed.size());
     for (std::size_t i = 0; i < cached.size(); ++i) CHECK(test::same_bits(cached[i], streamed[i]));
