@@ -47,6 +47,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "ops/kernels/simd_partial.hpp"
 #include "ops/kernels/simd_transpose.hpp"
 #endif
 
@@ -725,13 +726,11 @@ Vec<T>* thread_scratch(int64_t count) {
   return buf.data();
 }
 
-// Outputs of at least this many bytes are written with non-temporal stores (see RowWriter): they
-// are larger than the caches, so the stores would only evict useful lines and pay read-for-ownership.
-std::atomic<int64_t> g_stream_threshold{int64_t{16} << 20};
-
+// Outputs of at least simd::stream_threshold bytes are written with non-temporal stores (see
+// RowWriter).
 template <class T>
 bool use_streaming(int64_t rows, int64_t row_elems) {
-  return rows * row_elems * static_cast<int64_t>(sizeof(T)) >= g_stream_threshold.load(std::memory_order_relaxed);
+  return rows * row_elems * static_cast<int64_t>(sizeof(T)) >= simd::stream_threshold.load(std::memory_order_relaxed);
 }
 
 // Calls f(b) for every batch of W rows; batches are independent, so the split among threads
@@ -960,8 +959,6 @@ void fft(const double* in, int64_t in_row_stride, double* out, int64_t out_row_s
   cfft_run<double>(in, in_row_stride, out, out_row_stride, rows, n, inverse);
 }
 int fft_row_batch_float() { return kLanes<float>; }
-void fft_set_stream_threshold(int64_t bytes) { g_stream_threshold.store(bytes, std::memory_order_relaxed); }
-int64_t fft_stream_threshold() { return g_stream_threshold.load(std::memory_order_relaxed); }
 int fft_row_batch_double() { return kLanes<double>; }
 
 }  // namespace tg::kernels

@@ -54,10 +54,8 @@ void fft(const double* in, int64_t in_row_stride, double* out, int64_t out_row_s
 int fft_row_batch_float();
 int fft_row_batch_double();
 
-// Outputs of at least this many bytes (rows * row length) are written with non-temporal stores
-// when AVX-512 is available (default 16 MiB: beyond the caches, so they would only evict useful
-// lines). Results are bit-identical either way; tests set 0 to exercise the streaming path.
-void fft_set_stream_threshold(int64_t bytes);
-int64_t fft_stream_threshold();
+// Outputs of at least simd::stream_threshold bytes (rows * row length; ops/kernels/simd_partial.hpp)
+// are written with non-temporal stores when AVX-512 is available. Results are bit-identical either
+// way.
 
 }  // namespace tg::kernels

@@ -81,18 +81,19 @@ inline void prefetch_next_row(const void* read1, const void* read2, void* write)
   prefetch_next_row(read1, write);
 }
 
-// Row kernels write an output of at least this many bytes with non-temporal stores (default
-// 16 MiB, more than the caches hold beside its inputs; the FFT's threshold for the same reason):
+// Kernels write an output of at least this many bytes with non-temporal stores (the FFT's outputs,
+// the row kernels' large gradients; default 16 MiB, more than the caches hold beside the inputs):
 // an ordinary store first reads the line it writes (read-for-ownership), one more stream from
-// memory. Smaller outputs keep ordinary stores: the next op reads them back from the cache. The
-// bits are the same either way; tests set 0 to stream every eligible output.
-inline std::atomic<int64_t> row_stream_threshold{int64_t{16} << 20};
+// memory, and evicts useful lines. Smaller outputs keep ordinary stores: the next op reads them
+// back from the cache. The bits are the same either way; tests set 0 to stream every eligible
+// output.
+inline std::atomic<int64_t> stream_threshold{int64_t{16} << 20};
 
 // Whether an output of `bytes` at dst, in rows of `row_bytes`, is streamed: AVX-512 only, and every
 // row must start on a cache line.
 inline bool stream_output(const void* dst, int64_t row_bytes, int64_t bytes) {
 #if XSIMD_WITH_AVX512F
-  return bytes >= row_stream_threshold.load(std::memory_order_relaxed) && reinterpret_cast<uintptr_t>(dst) % 64 == 0 &&
+  return bytes >= stream_threshold.load(std::memory_order_relaxed) && reinterpret_cast<uintptr_t>(dst) % 64 == 0 &&
          row_bytes % 64 == 0;
 #else
   (void)dst, (void)row_bytes, (void)bytes;

@@ -18,6 +18,7 @@
 //  * everything again (shorter length list) with streaming output stores forced on;
 //  * thread safety: concurrent first calls (plan construction) from several std::threads.
 #include "ops/kernels/fft.hpp"
+#include "ops/kernels/simd_partial.hpp"
 
 #include <tbb/global_control.h>
 
@@ -278,10 +279,10 @@ void check_determinism(std::mt19937_64& rng) {
       res.push_back(run_all<T>(n, rows, x));
     }
     // Non-temporal (streaming) output stores must not change any bit either.
-    const int64_t saved = K::fft_stream_threshold();
-    K::fft_set_stream_threshold(saved == 0 ? int64_t{1} << 60 : 0);
+    const int64_t saved = K::simd::stream_threshold.load();
+    K::simd::stream_threshold.store(saved == 0 ? int64_t{1} << 60 : 0);
     res.push_back(run_all<T>(n, rows, x));
-    K::fft_set_stream_threshold(saved);
+    K::simd::stream_threshold.store(saved);
     const std::string tag = std::string(tname<T>()) + " n=" + std::to_string(n);
     for (size_t i = 1; i < res.size(); ++i)
       expect(res[i] == res[0] && std::memcmp(res[i].data(), res[0].data(), res[0].size() * sizeof(T)) == 0,
@@ -343,7 +344,7 @@ int main(int argc, char** argv) {
   check_type<float>(rng, quick);
   check_type<double>(rng, quick);
   // Again with every output written through the streaming (realigned non-temporal) store path.
-  K::fft_set_stream_threshold(0);
+  K::simd::stream_threshold.store(0);
   check_type<float>(rng, true);
   check_type<double>(rng, true);
   std::printf("worst relative errors, all runs (err, n; bound is 1e-5*log2 n float, 1e-13*log2 n double):\n");

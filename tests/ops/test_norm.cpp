@@ -396,10 +396,10 @@ TEST_CASE("layer_norm, rms_norm, softmax: a streamed input gradient has the bits
   // Large input gradients are written with non-temporal stores (simd::stream_output); a threshold
   // of 0 streams every eligible one: rows a multiple of 64 bytes long (the others, e.g. n = 1003
   // or 20, take the ordinary stores whatever the threshold).
-  auto& threshold = kernels::simd::row_stream_threshold;
+  auto& threshold = kernels::simd::stream_threshold;
   struct Restore {
-    std::int64_t saved = kernels::simd::row_stream_threshold.load();
-    ~Restore() { kernels::simd::row_stream_threshold.store(saved); }
+    std::int64_t saved = kernels::simd::stream_threshold.load();
+    ~Restore() { kernels::simd::stream_threshold.store(saved); }
   } restore;
   for (auto [rows, n, dtype] : {std::tuple{37, 64, DType::f32}, {130, 1024, DType::f32}, {33, 48, DType::f32},
                                 {9, 1003, DType::f32}, {20, 16, DType::f64}, {7, 20, DType::f64}}) {
