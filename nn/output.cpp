@@ -165,6 +165,10 @@ void CsvWriter::row(const std::vector<std::string>& values) {
   TG_CHECK(std::fflush(f_) == 0 && !std::ferror(f_), "CsvWriter: writing '{}' failed: {}", path_, std::strerror(errno));
 }
 
+void CsvWriter::sync() {
+  TG_CHECK(std::fflush(f_) == 0 && ::fsync(::fileno(f_)) == 0, "CsvWriter: syncing '{}' failed: {}", path_, std::strerror(errno));
+}
+
 void CsvWriter::row(const std::vector<double>& values) {
   std::vector<std::string> s;
   for (double v : values) {

@@ -32,9 +32,11 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
 // atomically; a missing file is left alone. For resumed runs: the rows logged after the checkpoint.
 void keep_csv_rows_through(const std::string& path, std::size_t column, std::int64_t max_value);
 
-// Writes rows to a CSV file, one flushed line per row. `replace` starts the file over with the
-// header; `append` (resumed runs) keeps the rows already there: the file must then have the same
-// header, and is created with it when missing.
+// Writes rows to a CSV file, one flushed line per row (safe when the process is killed);
+// sync() also makes them durable across a power loss, e.g. before the checkpoint they belong
+// to is committed. `replace` starts the file over with the header; `append` (resumed runs) keeps
+// the rows already there: the file must then have the same header, and is created with it when
+// missing.
 class CsvWriter {
  public:
   enum class Mode { replace, append };
@@ -44,6 +46,7 @@ class CsvWriter {
   CsvWriter& operator=(const CsvWriter&) = delete;
   void row(const std::vector<double>& values);
   void row(const std::vector<std::string>& values);
+  void sync();  // fsync: the rows written so far reach the disk
 
  private:
   std::FILE* f_;

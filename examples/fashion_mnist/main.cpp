@@ -164,9 +164,11 @@ int train(const TrainArgs& a) {
     step_loss.x.push_back(static_cast<double>(step));
     step_loss.y.push_back(loss);
   };
-  fo.on_epoch = [&](const cls::EpochStats& s) {
+  fo.on_epoch = [&](const cls::EpochStats& s) {  // called before the epoch's checkpoint is committed
     metrics.row(std::vector<double>{static_cast<double>(s.epoch), static_cast<double>(s.step), s.train_loss, s.test_loss,
                                     s.test_accuracy, s.seconds});
+    steps.sync();  // the epoch's rows are on disk before its checkpoint: none missing after a power loss
+    metrics.sync();
     test_loss.x.push_back(static_cast<double>(s.step));
     test_loss.y.push_back(s.test_loss);
     fmt::print("epoch {}: train loss {:.5g}  test loss {:.5g}  test accuracy {:.2f}%  ({:.1f} s, {:.2f} ms/step)\n",

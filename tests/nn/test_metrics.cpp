@@ -103,6 +103,7 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   {
     nn::output::CsvWriter csv((dir / "m.csv").string(), {"step", "loss"});
     csv.row(std::vector<double>{1, 0.5});
+    csv.sync();
     CHECK_THROWS_WITH(csv.row(std::vector<double>{1}), Contains("1 values for 2 columns"));
   }
   std::ifstream in(dir / "m.csv");
