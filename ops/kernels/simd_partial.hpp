@@ -1,7 +1,7 @@
 // Partial SIMD vectors: the first n lanes of a load or store, for row and plane ends (masked
 // loads/stores on AVX-512, a small buffer elsewhere); the prefetch of the next row in row kernels,
 // and their non-temporal stores of large outputs. Shared by the convolution, norm and softmax
-// kernels. Internal to ops/kernels.
+// kernels (the FFT takes its streaming threshold from here too). Internal to ops/kernels.
 #pragma once
 #include <xsimd/xsimd.hpp>
 
