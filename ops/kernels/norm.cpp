@@ -105,7 +105,7 @@ using simd::for_each_batch;
 using simd::load_n;
 using simd::prefetch_next_row;
 using simd::store_n;
-using simd::stream_store;
+using simd::store_out;
 
 // dst[0..count) += v (widened to f64).
 template <class T>
@@ -323,9 +323,7 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
       B<T> d = dy;
       if constexpr (HasW) d = xsimd::fma(dy, load_n(w + i, c, T(0)), B<T>(0));
       if constexpr (Center) d = d - c1;
-      const B<T> out = xsimd::fnma(xh, c2, d) * rb;
-      if (Stream && c == W) stream_store(gx + i, out);
-      else store_n(gx + i, out, c);
+      store_out<Stream>(gx + i, xsimd::fnma(xh, c2, d) * rb, c);
       if constexpr (AccW) acc_into(pw + i, c, dy * xh);
       if constexpr (AccB) acc_into(pb + i, c, dy);
       if constexpr (Stream) {  // gx is not read back: only the inputs

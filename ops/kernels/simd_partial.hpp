@@ -101,16 +101,20 @@ inline bool stream_output(const void* dst, int64_t row_bytes, int64_t bytes) {
 #endif
 }
 
-// Non-temporal store of a full batch at a 64-byte aligned p (used where stream_output holds; the
-// task ends with stream_fence()).
-template <class T>
-inline void stream_store(T* p, const xsimd::batch<T>& v) {
+// store_n of an output row's batch; with Stream (the output passed stream_output, so p is 64-byte
+// aligned and rows hold whole batches) a non-temporal store, and the task ends with stream_fence().
+template <bool Stream, class T>
+inline void store_out(T* p, const xsimd::batch<T>& v, int64_t n) {
 #if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, v);
-  else _mm512_stream_pd(p, v);
-#else
-  v.store_unaligned(p);
+  if constexpr (Stream) {
+    if (n >= static_cast<int64_t>(xsimd::batch<T>::size)) {
+      if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, v);
+      else _mm512_stream_pd(p, v);
+      return;
+    }
+  }
 #endif
+  store_n(p, v, n);
 }
 
 // Orders a task's non-temporal stores before whatever reads them after the task.

@@ -87,23 +87,18 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
 
 template <class T, bool Stream>
 void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
-  constexpr std::int64_t W = B<T>::size;
-  auto store = [&](std::int64_t i, std::int64_t c, const B<T>& v) {
-    if (Stream && c == W) simd::stream_store(gx + i, v);  // a large gx (see softmax_backward)
-    else store_n(gx + i, v, c);
-  };
   auto add = [](const auto& a, const auto& b) { return a + b; };
   if (log) {
     const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
-      store(i, c, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg);
+      simd::store_out<Stream>(gx + i, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg, c);
     });
   } else {
     const B<T> dot(row_reduce<T>(
         n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)) * load_n(y + i, c, T(0)); },
         add));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
-      store(i, c, load_n(y + i, c, T(0)) * (load_n(g + i, c, T(0)) - dot));
+      simd::store_out<Stream>(gx + i, load_n(y + i, c, T(0)) * (load_n(g + i, c, T(0)) - dot), c);
     });
   }
 }
