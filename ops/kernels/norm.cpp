@@ -266,10 +266,11 @@ inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
 // One row of the backward. pw, pb: running sums of dy * x_hat and dy over a few rows, in the input
 // precision (null when not wanted); the caller folds them into f64 partials. HasW, AccW, AccB say
 // whether w, pw, pb are there: the loops carry no per-vector branches (with them, the backward
-// without weight took a third longer).
+// without weight took a third longer). The inputs `ahead` elements further (a later row of the
+// chunk, or 0) are prefetched.
 template <class T, bool Center, bool HasW, bool AccW, bool AccB, bool Stream>
 void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, T* gx, T* pw, T* pb,
-                       bool prefetch_next) {
+                       std::int64_t ahead) {
   constexpr std::int64_t W = B<T>::size;
   const B<T> mb(mean), rb(rstd);
   auto xhat = [&](const B<T>& xv) {
@@ -314,8 +315,6 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
     // rstd is applied last, to the whole bracket: g - s1/n cancels exactly where it should (e.g.
     // one-element rows, whose gradient is 0), instead of leaving the rounding of two products.
     const B<T> c1(static_cast<T>(s1 * inv_n)), c2(static_cast<T>(s2 * inv_n));
-    // The next row is prefetched while this one is in L1 (the last row re-touches its own lines).
-    const std::int64_t ahead = prefetch_next ? n : 0;
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       const B<T> xh = xhat(load_n(x + i, c, T(0)));
       const B<T> dy = load_n(gy + i, c, T(0));
@@ -343,9 +342,9 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
 
 template <class T, bool Center, bool Stream>
 void backward_row(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, T* gx, T* pw, T* pb,
-                  bool prefetch_next) {
+                  std::int64_t ahead) {
   auto run = [&](auto has_w, auto acc_w, auto acc_b) {
-    backward_row_impl<T, Center, has_w(), acc_w(), acc_b(), Stream>(x, gy, w, mean, rstd, n, gx, pw, pb, prefetch_next);
+    backward_row_impl<T, Center, has_w(), acc_w(), acc_b(), Stream>(x, gy, w, mean, rstd, n, gx, pw, pb, ahead);
   };
   auto with_b = [&](auto has_w, auto acc_w) {
     if (pb) run(has_w, acc_w, std::true_type{});
@@ -411,12 +410,18 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
     if (pw) std::fill(pw, pw + n, 0.0);
     if (pb) std::fill(pb, pb + n, 0.0);
     for (std::int64_t r = lo; r < hi; ++r) {
+      // Each row prefetches a later one of the chunk (the last row re-touches its own lines): the
+      // next row, or with a streamed gx, whose inputs come from DRAM, the one after: more lines in
+      // flight (the two versions alternating in one process, [4096, 1024] f32: 1 thread +3-9% while
+      // other tenants left memory bandwidth, alike when they did not; 2 threads +2-4%). A cached gx
+      // keeps the next row (2 rows ahead: 7-12% slower on [2048, 1024]).
+      const std::int64_t ahead = std::min<std::int64_t>(stream ? 2 : 1, hi - 1 - r) * n;
       if (stream)
         backward_row<T, Center, true>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n, gx + r * n, aw, ab,
-                                      r + 1 < hi);
+                                      ahead);
       else
         backward_row<T, Center, false>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n,
-                                       gx ? gx + r * n : nullptr, aw, ab, r + 1 < hi);
+                                       gx ? gx + r * n : nullptr, aw, ab, ahead);
       if ((r - lo + 1) % kFold == 0 || r + 1 == hi) {
         for (auto [a, p] : {std::pair{aw, pw}, std::pair{ab, pb}}) {
           if (!a) continue;
