@@ -36,9 +36,10 @@
 //
 // Edges. Partial row panels run as sums of 8/4/2/1-row kernels (with A in place, a tail that
 // would need the slow 2-row kernel is merged with the panel before it: 14 + 2 = 8 + 8), a
-// partial last column panel uses masked stores, C with a column stride != 1 is stored
-// element-wise -- and a column-major C is handled as C^T = B^T A^T. Other targets (SSE2/AVX2
-// builds) use a 6 x 2-vector kernel.
+// partial last column panel uses masked stores (and, when at most half full, kernels one vector
+// wide: 14 x 16, half the FMAs), C with a column stride != 1 is stored element-wise -- and a
+// column-major C is handled as C^T = B^T A^T. Other targets (SSE2/AVX2 builds) use a 6 x 2-vector
+// kernel (6 x 1 for half-full last panels).
 #include "ops/kernels/gemm.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
@@ -580,9 +581,14 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   T* abuf = bbuf + pr.kc * NC;
   Panel<T> bpanels[NC / NR];
   const Matrix<T> c = pr.c;
+  // A last column panel at most half full runs the one-vector kernels (half the FMAs).
   auto run_kernel = &KernelSet<T, false>::run;
+  auto run_half = &KernelSet<T, false, MR, 1>::run;
   if constexpr (std::is_same_v<T, float>)
-    if (pr.direct_a && pr.a_row_major) run_kernel = &KernelSet<T, true>::run;
+    if (pr.direct_a && pr.a_row_major) {
+      run_kernel = &KernelSet<T, true>::run;
+      run_half = &KernelSet<T, true, MR, 1>::run;
+    }
 
   // With A read in place, a last partial panel whose height needs the 2-row kernel (2, 3, 6, 7,
   // 10 or 11 rows) runs together with the full panel before it as 8-row kernels (14 + 2 = 8 + 8,
@@ -610,6 +616,10 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
           const int64_t j = jc + t * NR;
           const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
           const CTile<T> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, add};
+          if (cols <= NR / 2) {  // the last panel of C: no next B panel to prefetch
+            run_half(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile, nullptr);
+            continue;
+          }
           const T* b_next = i == i0 ? next_direct_b_panel(pr, q, q1 - q0 == 1, jc, j1, t, bpanels, npanels) : nullptr;
           run_kernel(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile, b_next);
         }
@@ -624,44 +634,39 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
 // accumulators fed by 4 B vectors and 6 broadcasts per k step, a quarter of a broadcast per FMA
 // instead of the 14 x 32 tile's half. With every operand in L1 the broadcasts are what limits the
 // kernel (measured 4-9% faster on 64^3 products); in larger products the B panels stream from
-// L2, where 64 columns would double that traffic. A last block of at most 32 columns runs the
-// 14 x 32 kernels instead of wasting half of the FMAs. Each element of C is still one FMA chain
-// over k plus one store or add, so the bits are the general path's.
+// L2, where 64 columns would double that traffic. A last block of at most 32 (16) columns runs
+// the 14 x 32 (14 x 16) kernels instead of wasting FMAs on zero columns. Each element of C is
+// still one FMA chain over k plus one store or add, so the bits are the general path's.
+template <bool A_ROW_MAJOR>
 void small_product(const Problem<float>& pr) {
-  constexpr int MR = 6, NV = 4, NR = NV * Batch<float>::size, NR2 = NR / 2;
-  const int64_t k = pr.k, as = pr.a_row_major ? pr.a.rs : pr.a.cs;
+  constexpr int MR = 6, NV = 4, NR = NV * Batch<float>::size;
+  const int64_t k = pr.k, as = A_ROW_MAJOR ? pr.a.rs : pr.a.cs;
   const Matrix<float> c = pr.c;
   for (int64_t j = 0; j < pr.n; j += NR) {
     const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
-    const bool narrow = cols <= NR2;  // 14 x 32 kernels
-    const int width = narrow ? NR2 : NR;
+    const int width = cols <= NR / 4 ? NR / 4 : cols <= NR / 2 ? NR / 2 : NR;  // 16, 32 or 64
     // B block: in place when full width, else packed with zero columns up to `width`.
     const float* bp = pr.b.data + j;
     int64_t bs = pr.b.rs;
     if (cols < width) {
       float* buf = thread_scratch<float>(static_cast<size_t>(k * NR));
-      if (narrow)
-        pack_panel<NR2>(bp, 1, bs, cols, k, buf);
-      else
-        pack_panel<NR>(bp, 1, bs, cols, k, buf);
+      switch (width) {
+        case NR / 4: pack_panel<NR / 4>(bp, 1, bs, cols, k, buf); break;
+        case NR / 2: pack_panel<NR / 2>(bp, 1, bs, cols, k, buf); break;
+        default: pack_panel<NR>(bp, 1, bs, cols, k, buf); break;
+      }
       bp = buf;
       bs = width;
     }
-    const int64_t rows_step = narrow ? kMR : MR;
+    const int64_t rows_step = width == NR ? MR : kMR;
     for (int64_t i = 0; i < pr.m; i += rows_step) {
       const int rows = static_cast<int>(std::min<int64_t>(rows_step, pr.m - i));
       const float* ap = pr.a.data + i * pr.a.rs;
       const CTile<float> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, pr.accumulate};
-      if (pr.a_row_major) {
-        if (narrow)
-          KernelSet<float, true>::run(rows, k, ap, as, bp, bs, tile);
-        else
-          KernelSet<float, true, MR, NV>::run(rows, k, ap, as, bp, bs, tile);
-      } else {
-        if (narrow)
-          KernelSet<float, false>::run(rows, k, ap, as, bp, bs, tile);
-        else
-          KernelSet<float, false, MR, NV>::run(rows, k, ap, as, bp, bs, tile);
+      switch (width) {
+        case NR / 4: KernelSet<float, A_ROW_MAJOR, kMR, 1>::run(rows, k, ap, as, bp, bs, tile); break;
+        case NR / 2: KernelSet<float, A_ROW_MAJOR>::run(rows, k, ap, as, bp, bs, tile); break;
+        default: KernelSet<float, A_ROW_MAJOR, MR, NV>::run(rows, k, ap, as, bp, bs, tile); break;
       }
     }
   }
@@ -804,7 +809,10 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
 #if XSIMD_WITH_AVX512F
   if constexpr (std::is_same_v<T, float>) {
     if (threads == 1 && madds <= kSerialMax && pr.direct_a && pr.direct_b && pr.nkb == 1) {
-      small_product(pr);
+      if (pr.a_row_major)
+        small_product<true>(pr);
+      else
+        small_product<false>(pr);
       return;
     }
   }

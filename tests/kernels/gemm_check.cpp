@@ -409,9 +409,11 @@ void run_all(int random_cases) {
       ++cases;
     }
 
-  // 5. Larger shapes (sampled reference), including multi-block k, tall/skinny, wide; thread check.
+  // 5. Larger shapes (sampled reference), including multi-block k, tall/skinny, wide, last column
+  // panels at most half full (the one-vector kernels); thread check.
   const int64_t big[][3] = {{1003, 517, 1500}, {64, 4100, 288}, {2000, 33, 129}, {17, 1003, 1003},
-                            {512, 512, 512}, {300, 1, 800}, {1, 700, 900}, {449, 785, 31}};
+                            {512, 512, 512}, {300, 1, 800}, {1, 700, 900}, {449, 785, 31},
+                            {700, 48, 900},  {130, 80, 1030}};
   for (auto& s : big)
     for (int v = 0; v < 2; ++v) {
       run_case<T>({s[0], s[1], s[2], v ? Layout::Transposed : Layout::RowMajor, v ? Layout::RowMajor : Layout::Transposed,
