@@ -18,8 +18,9 @@
 //   prefetched by the kernel; packed A is prefetched ~32 k steps ahead, and a B read in place
 //   one panel ahead during the first A panel's pass (see next_direct_b_panel).
 //
-// Packing. B panels are packed per tile into a thread-local buffer (row-major B: plain copies;
-// transposed B: 16 x 16 in-register transposes). A panels (MR rows, k-major) are either packed
+// Packing. B panels are packed per tile into a thread-local buffer (row-major B: plain copies, or
+// in a tile with few row panels by the first A panel's kernels as they read B in place; transposed
+// B: 16 x 16 in-register transposes). A panels (MR rows, k-major) are either packed
 // by each tile as it goes (when C is at most one chunk wide) or, when every A panel is used by
 // several tiles / chunks, packed once per k-block into a shared buffer, in parallel, before the
 // tiles run; a large transposed A is packed by sweeping its rows (see pack_a_panels). A
@@ -307,10 +308,11 @@ struct ARows<T, ROWS, true> {
 };
 
 // With PREFETCH_B, b_next is the next B panel read in place (same stride bs): its row p is
-// requested while row p of this one is used, see run_tile.
-template <class T, int ROWS, int NV, bool A_ROW_MAJOR, bool PREFETCH_B = false>
+// requested while row p of this one is used, see run_tile. With STORE_B, the B panel read in
+// place is also copied, packed (NR values per k step), to b_pack: B packed during its first use.
+template <class T, int ROWS, int NV, bool A_ROW_MAJOR, bool PREFETCH_B = false, bool STORE_B = false>
 void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs, const CTile<T>& c,
-                  const T* b_next = nullptr) {
+                  const T* b_next = nullptr, T* b_pack = nullptr) {
   using B = Batch<T>;
   constexpr int L = B::size;
   // C is swept once per k-block, so it is usually not cached: request it now, it is needed at
@@ -339,6 +341,11 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
     B bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = B::load_unaligned(b + j * L);
+    if constexpr (STORE_B) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) bv[j].store_aligned(b_pack + j * L);
+      b_pack += NV * L;
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < ROWS; ++i) {
       const B av(a.row(i));
@@ -377,11 +384,17 @@ template <class T, bool ROW_MAJOR, int MR = kMR, int NV = kNV>
 struct KernelSet {
   static constexpr int kSizes[] = {8, 4, 2, 1};
 
-  // b_next (optional, full MR-row panels only): the next B panel, to prefetch (see micro_kernel).
+  // Full MR-row panels only (both optional, see micro_kernel): b_next, the next B panel to
+  // prefetch; b_pack, where to pack this B panel as it is read.
   static void run(int rows, int64_t kc, const T* a, int64_t as, const T* b, int64_t bs, const CTile<T>& c,
-                  const T* b_next = nullptr) {
+                  const T* b_next = nullptr, T* b_pack = nullptr) {
     if (rows == MR) {
-      if (b_next)
+      if (b_pack) {
+        if (b_next)
+          micro_kernel<T, MR, NV, ROW_MAJOR, true, true>(kc, a, as, b, bs, c, b_next, b_pack);
+        else
+          micro_kernel<T, MR, NV, ROW_MAJOR, false, true>(kc, a, as, b, bs, c, nullptr, b_pack);
+      } else if (b_next)
         micro_kernel<T, MR, NV, ROW_MAJOR, true>(kc, a, as, b, bs, c, b_next);
       else
         micro_kernel<T, MR, NV, ROW_MAJOR>(kc, a, as, b, bs, c);
@@ -499,14 +512,14 @@ Panel<T> a_panel(const Problem<T>& pr, int64_t q, int64_t panel, T* buf) {
 }
 
 // Prepares the B panels of columns [jc, jc + nc) for k-block q: packed into `buf` (panel t at
-// buf + t * NR * kc) or, in direct mode, pointing into B itself.
+// buf + t * NR * kc) or, `in_place` (a row-major B), the full panels pointing into B itself.
 template <class T>
-void prepare_b(const Problem<T>& pr, int64_t q, int64_t jc, int64_t nc, T* buf, Panel<T>* panels) {
+void prepare_b(const Problem<T>& pr, int64_t q, int64_t jc, int64_t nc, T* buf, Panel<T>* panels, bool in_place) {
   constexpr int NR = Blocking<T>::NR;
   const ConstMatrix<T> b = pr.b;
   const int64_t k0 = q * pr.kc, kc = pr.kc_of(q), npanels = ceil_div(nc, NR);
   const T* src = b.data + k0 * b.rs + jc * b.cs;
-  if (pr.direct_b) {
+  if (in_place) {
     for (int64_t t = 0; t < npanels; ++t) {
       const int cols = static_cast<int>(std::min<int64_t>(NR, nc - t * NR));
       if (cols == NR) {
@@ -548,19 +561,20 @@ void prepare_b(const Problem<T>& pr, int64_t q, int64_t jc, int64_t nc, T* buf, 
   }
 }
 
-// B read in place comes from memory on the first A panel's pass over a chunk (the others find it
-// in L2), row by row at the row stride: the hardware prefetchers do not follow that, so the
-// kernel is left waiting on memory latency. During that pass each kernel call prefetches the
-// next panel's rows. Returns that panel (the one after panel t of chunk jc; at the last one, the
-// first panel of the next chunk when the tile has a single k-block, so that it has the same
-// rows), or nullptr when there is none or it is not read in place. (Measured at 1 thread:
-// 64 x 25088 x 288, whose B comes from DRAM, 144 -> 173 GFLOP/s; L2-resident B alike.)
+// B read in place (direct, or packed during its first use) comes from memory on the first A
+// panel's pass over a chunk (the others find it in L2 or packed), row by row at the row stride:
+// the hardware prefetchers do not follow that, so the kernel is left waiting on memory latency.
+// During that pass each kernel call prefetches the next panel's rows. Returns that panel (the one
+// after panel t of chunk jc; at the last one, the first panel of the next chunk when the tile has
+// a single k-block, so that it has the same rows), or nullptr when there is none or it is not
+// read in place. (Measured at 1 thread: 64 x 25088 x 288, whose B comes from DRAM, 144 -> 173
+// GFLOP/s; L2-resident B alike.)
 template <class T>
-const T* next_direct_b_panel(const Problem<T>& pr, int64_t q, bool one_kblock, int64_t jc, int64_t j1, int64_t t,
-                             const Panel<T>* bpanels, int64_t npanels) {
+const T* next_direct_b_panel(const Problem<T>& pr, bool b_in_place, int64_t q, bool one_kblock, int64_t jc, int64_t j1,
+                             int64_t t, const Panel<T>* bpanels, int64_t npanels) {
   constexpr int NR = Blocking<T>::NR;
   constexpr int64_t NC = Blocking<T>::NC;
-  if (!pr.direct_b) return nullptr;
+  if (!b_in_place) return nullptr;
   if (t + 1 < npanels) return bpanels[t + 1].stride == NR ? nullptr : bpanels[t + 1].p;  // packed: cached
   const int64_t j = jc + NC;
   if (!one_kblock || j + NR > j1) return nullptr;  // next chunk: other rows, or a packed partial panel
@@ -597,12 +611,22 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   const int64_t tail = (i1 - i0) % MR;
   const int64_t merge_at = pr.direct_a && (tail & 2) && i1 - i0 > MR ? i1 - tail - MR : -1;
 
+  // A packed row-major B is packed by the first A panel's kernels as they read it in place (one
+  // pass over B instead of a copy and then a read), when that panel is a full one and the tile
+  // has few row panels: over many, the copy is a small share, and reading in place on the first
+  // pass measured slower (4096 x 1024 x 256, -1%). Measured at 1 (2) threads, in-process A/B:
+  // 256 x 1024 x 4096 TN +1-2.5% (+5-7%), 300 x 700 x 500 +2.5% (alike), 784 x 512 x 128 TN +2%
+  // (alike); the other benchmark shapes alike.
+  const int first_rows = merge_at == i0 ? MR + static_cast<int>(tail) : static_cast<int>(std::min<int64_t>(MR, i1 - i0));
+  const bool pack_b_on_use = !pr.direct_b && pr.b.cs == 1 && first_rows == MR && ceil_div(i1 - i0, MR) <= 64;
+  const bool b_in_place = pr.direct_b || pack_b_on_use;
+
   for (int64_t jc = j0; jc < j1; jc += NC) {
     const int64_t nc = std::min(NC, j1 - jc);
     const int64_t npanels = ceil_div(nc, NR);
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t kc = pr.kc_of(q);
-      prepare_b(pr, q, jc, nc, bbuf, bpanels);
+      prepare_b(pr, q, jc, nc, bbuf, bpanels, b_in_place);
       const bool add = pr.accumulate || q > 0;
       // A micro-panel outer (it stays in L1), B micro-panels inner (the chunk stays in L2): each
       // A panel is fetched from memory once per chunk and C is walked along its rows.
@@ -617,11 +641,14 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
           const int cols = static_cast<int>(std::min<int64_t>(NR, pr.n - j));
           const CTile<T> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, add};
           if (cols <= NR / 2) {  // the last panel of C: no next B panel to prefetch
-            run_half(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile, nullptr);
+            run_half(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile, nullptr, nullptr);
             continue;
           }
-          const T* b_next = i == i0 ? next_direct_b_panel(pr, q, q1 - q0 == 1, jc, j1, t, bpanels, npanels) : nullptr;
-          run_kernel(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile, b_next);
+          const T* b_next =
+              i == i0 ? next_direct_b_panel(pr, b_in_place, q, q1 - q0 == 1, jc, j1, t, bpanels, npanels) : nullptr;
+          T* b_pack = pack_b_on_use && i == i0 && bpanels[t].stride != NR ? bbuf + t * NR * kc : nullptr;
+          run_kernel(rows, kc, ap.p, ap.stride, bpanels[t].p, bpanels[t].stride, tile, b_next, b_pack);
+          if (b_pack) bpanels[t] = {b_pack, NR};
         }
         i += rows;
       }
