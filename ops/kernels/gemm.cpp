@@ -610,6 +610,10 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   // and streams 128 bytes of B from L2 per 4 FMAs (measured +1-4% on m = 128 products).
   const int64_t tail = (i1 - i0) % MR;
   const int64_t merge_at = pr.direct_a && (tail & 2) && i1 - i0 > MR ? i1 - tail - MR : -1;
+  // Rows of the A panel (kernel call) starting at row i.
+  auto panel_rows = [&](int64_t i) {
+    return i == merge_at ? MR + static_cast<int>(tail) : static_cast<int>(std::min<int64_t>(MR, pr.m - i));
+  };
 
   // A packed row-major B is packed by the first A panel's kernels as they read it in place (one
   // pass over B instead of a copy and then a read), when that panel is a full one and the tile
@@ -617,8 +621,7 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   // pass measured slower (4096 x 1024 x 256, -1%). Measured at 1 (2) threads, in-process A/B:
   // 256 x 1024 x 4096 TN +1-2.5% (+5-7%), 300 x 700 x 500 +2.5% (alike), 784 x 512 x 128 TN +2%
   // (alike); the other benchmark shapes alike.
-  const int first_rows = merge_at == i0 ? MR + static_cast<int>(tail) : static_cast<int>(std::min<int64_t>(MR, i1 - i0));
-  const bool pack_b_on_use = !pr.direct_b && pr.b.cs == 1 && first_rows == MR && ceil_div(i1 - i0, MR) <= 64;
+  const bool pack_b_on_use = !pr.direct_b && pr.b.cs == 1 && panel_rows(i0) == MR && ceil_div(i1 - i0, MR) <= 64;
   const bool b_in_place = pr.direct_b || pack_b_on_use;
 
   for (int64_t jc = j0; jc < j1; jc += NC) {
@@ -631,7 +634,7 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
       // A micro-panel outer (it stays in L1), B micro-panels inner (the chunk stays in L2): each
       // A panel is fetched from memory once per chunk and C is walked along its rows.
       for (int64_t i = i0; i < i1;) {
-        const int rows = i == merge_at ? MR + static_cast<int>(tail) : static_cast<int>(std::min<int64_t>(MR, pr.m - i));
+        const int rows = panel_rows(i);
         const int64_t g0 = i0 + (i - i0) / group_rows * group_rows;  // first row of i's group
         if (sweep_a && i == g0)
           pack_a_panels(pr, q, i / MR, ceil_div(std::min(i1, g0 + group_rows), MR), abuf);

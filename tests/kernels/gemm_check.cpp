@@ -447,7 +447,9 @@ void run_all(int random_cases) {
   // 8. Paths picked by size and shape. Small serial products (6 x 64 tiles; the last columns on
   // the 14 x 32 and 14 x 16 kernels: 33-48 as 32 + 16; partial blocks packed) with operands read
   // in place, also backwards; a large transposed A packed by row sweeps (more than one group of
-  // panels), with row-major C; products with few row or column panels split across threads.
+  // panels), with row-major C; products with few row or column panels split across threads; a
+  // row-major B packed during its first use (tiles of at most 64 row panels: 700 x 90 x 400,
+  // 3000 x 40 x 300 split across threads).
   for (int64_t n : {16, 32, 33, 40, 48, 64, 96, 100, 112, 127})
     for (int64_t m : {1, 6, 13, 64})
       for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::RowNegative, Layout::TransposedNegative}) {
