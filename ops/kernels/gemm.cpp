@@ -8,7 +8,7 @@
 //
 // Blocking (AVX-512 fp32 values; MR x NR micro-tile, KC k-block, NC column chunk):
 //   micro-kernel  MR x NR = 14 x 32: 28 zmm accumulators, per k step 2 B vectors are loaded and
-//                 14 A values broadcast (~90% of FMA peak with operands in L1). Small serial
+//                 14 A values broadcast (~90% of FMA peak with operands in L1). Small
 //                 products use 6 x 64 tiles instead (see small_product).
 //   KC = 384      equal k-blocks rounded to 16 (k = 1024 -> 3 blocks of 352/352/320).
 //   NC = 512      columns per B chunk: a packed KC x NC chunk (~768 KiB) stays in L2 (1 MiB per
@@ -32,8 +32,9 @@
 //
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
 // multiply-adds each), choosing the row/column split by what it copies and streams (see
-// plan_tiles); tiles run under tbb::parallel_for. Products up to 2^20 multiply-adds run on the
-// calling thread.
+// plan_tiles); tiles run under tbb::parallel_for. Products up to 2^19 multiply-adds run on the
+// calling thread; small ones up to 2^22 are cut into row or column ranges of 6 x 64 tiles
+// (small_product_parallel).
 //
 // Edges. Partial row panels run as sums of 8/4/2/1-row kernels (with A in place, a tail that
 // would need the slow 2-row kernel is merged with the panel before it: 14 + 2 = 8 + 8), a
@@ -660,7 +661,7 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
 }
 
 #if XSIMD_WITH_AVX512F
-// Small fp32 products (one k-block, A and B read in place, one thread) run 6 x 64 tiles: 24
+// Small fp32 products (one k-block, A and B read in place) run 6 x 64 tiles: 24
 // accumulators fed by 4 B vectors and 6 broadcasts per k step, a quarter of a broadcast per FMA
 // instead of the 14 x 32 tile's half. With every operand in L1 the broadcasts are what limits the
 // kernel (measured 4-9% faster on 64^3 products); in larger products the B panels stream from
@@ -707,15 +708,60 @@ void small_product(const Problem<float>& pr) {
 }
 #endif
 
+#if XSIMD_WITH_AVX512F
+// A small product cut into `parts` pieces run by TBB tasks: ranges of rows at multiples of the
+// 6-row tile or, with fewer than 12 rows, of columns at multiples of the 64-column block. Rows
+// and columns of C are independent (each element is one FMA chain over k), so the cut does not
+// change the bits. Returns false when the product is too narrow in both directions to cut.
+inline bool small_product_parallel(const Problem<float>& pr, int64_t parts) {
+  const bool by_rows = pr.m >= 12;
+  const int64_t unit = by_rows ? 6 : 64, units = ceil_div(by_rows ? pr.m : pr.n, unit);
+  parts = std::min(parts, units);
+  if (parts < 2) return false;
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, parts, 1),
+      [&](const tbb::blocked_range<int64_t>& r) {
+        for (int64_t idx = r.begin(); idx < r.end(); ++idx) {
+          const int64_t lo = units * idx / parts * unit, hi = units * (idx + 1) / parts * unit;
+          Problem<float> sub = pr;
+          if (by_rows) {
+            sub.m = std::min(pr.m, hi) - lo;
+            sub.a.data = pr.a.data + lo * pr.a.rs;
+            sub.c.data = pr.c.data + lo * pr.c.rs;
+          } else {
+            sub.n = std::min(pr.n, hi) - lo;
+            sub.b.data = pr.b.data + lo * pr.b.cs;
+            sub.c.data = pr.c.data + lo * pr.c.cs;
+          }
+          if (pr.a_row_major)
+            small_product<true>(sub);
+          else
+            small_product<false>(sub);
+        }
+      },
+      tbb::simple_partitioner());
+  return true;
+}
+#endif
+
 // Splits `panels` panels into `parts` nearly equal contiguous ranges; returns the start of `idx`.
 inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
 
-// Products up to kSerialMax multiply-adds run on the calling thread (~5 us: less than waking
-// and joining a worker is worth). Up to kDirectMax they read a transposed A and row-major B in
-// place (a row-major fp32 A is read in place at every size) instead of packing them: the copies
-// would cost more than they save (measured 3-14% faster than packing at 2^21..2^23, e.g.
+// Products up to kSerialMax multiply-adds run on the calling thread (~2.5 us; forking and
+// joining TBB tasks costs about 1 us even with the workers awake: 64^3 in two halves ran 30%
+// slower, 2^18..2^19 -5 to +8%). Small products (see small_product) up to kSmallMax are cut into
+// pieces of at least kSmallPiece for the threads (small_product_parallel): measured at 2 threads
+// (in-process, alternating calls) 25-47% faster than on one at 2^19..2^20 (100^3 with A
+// row-major or transposed, 96^3, 32 x 256 x 128, 512 x 32 x 64). Larger ones are tiled (see
+// plan_tiles): cutting them into 6 x 64 tiles gained on some shapes and lost on others (-13% to
+// +48% from run to run at 2^20..2^22), and at 1 thread the tiled path is 2-12% faster there (the
+// small path's 64-column B blocks then stream from L2). Products up to kDirectMax read a
+// transposed A and row-major B in place (a row-major fp32 A is read in place at every size)
+// instead of packing them: the copies would cost more than they save (measured 3-14% faster than packing at 2^21..2^23, e.g.
 // 256 x 256 x 64 and 128 x 512 x 128).
-constexpr double kSerialMax = 1 << 20;
+constexpr double kSerialMax = 1 << 19;
+constexpr double kSmallMax = 1 << 20;
+constexpr double kSmallPiece = 1 << 18;
 constexpr double kDirectMax = 1 << 23;
 
 // A row-major fp32 B is also read in place, at any size, when A has at most this many rows: each
@@ -761,6 +807,7 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
   const int64_t npanels = ceil_div(pr.n, NR);
   int64_t target = std::min<int64_t>(4 * threads, static_cast<int64_t>(m * n * k / 5e5));
   if (threads <= 1 || target < 2) target = 1;
+  else if (target > threads) target = target / threads * threads;  // e.g. not 3 tiles on 2 threads
 
   TilePlan best;
   if (pr.direct_a) {
@@ -842,7 +889,10 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   const int64_t threads = allow_threads && madds > kSerialMax ? usable_threads() : 1;
 #if XSIMD_WITH_AVX512F
   if constexpr (std::is_same_v<T, float>) {
-    if (threads == 1 && madds <= kSerialMax && pr.direct_a && pr.direct_b && pr.nkb == 1) {
+    const bool small_candidate = pr.direct_a && pr.direct_b && pr.nkb == 1;
+    if (small_candidate && madds <= kSmallMax) {
+      if (threads > 1 && small_product_parallel(pr, std::min<int64_t>(threads, static_cast<int64_t>(madds / kSmallPiece))))
+        return;
       if (pr.a_row_major)
         small_product<true>(pr);
       else

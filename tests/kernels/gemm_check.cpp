@@ -449,7 +449,9 @@ void run_all(int random_cases) {
   // in place, also backwards; a large transposed A packed by row sweeps (more than one group of
   // panels), with row-major C; products with few row or column panels split across threads; a
   // row-major B packed during its first use (tiles of at most 64 row panels: 700 x 90 x 400,
-  // 3000 x 40 x 300 split across threads).
+  // 3000 x 40 x 300 split across threads); small products of 2^19..2^20 multiply-adds cut into
+  // pieces for the threads, by rows (100^3, 128 x 64 x 72, 12 x 300 x 200, 40 x 100 x 200) or, with
+  // fewer than 12 rows, by columns (8 x 512 x 200, 11 x 200 x 384).
   for (int64_t n : {16, 32, 33, 40, 48, 64, 96, 100, 112, 127})
     for (int64_t m : {1, 6, 13, 64})
       for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::RowNegative, Layout::TransposedNegative}) {
@@ -457,10 +459,13 @@ void run_all(int random_cases) {
         run_case<T>({m, n, 71, la, lb, Layout::RowMajor, (m + n + int64_t(la)) % 2 == 1, false, int(n % 4)}, false);
         ++cases;
       }
-  const int64_t paths[][3] = {{1003, 517, 1500}, {700, 90, 400}, {8, 64, 20000}, {20, 96, 9000}, {3000, 40, 300}};
+  const int64_t paths[][3] = {{1003, 517, 1500}, {700, 90, 400}, {8, 64, 20000}, {20, 96, 9000}, {3000, 40, 300},
+                              {100, 100, 100}, {128, 64, 72},   {12, 300, 200}, {40, 100, 200}, {8, 512, 200},
+                              {11, 200, 384}};
   for (auto& s : paths)
     for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::TransposedNegative}) {
-      run_case<T>({s[0], s[1], s[2], la, Layout::RowMajor, Layout::RowMajor, la == Layout::Transposed, false, 1}, true);
+      const Layout lb = s[0] % 2 ? Layout::RowNegative : Layout::RowMajor;
+      run_case<T>({s[0], s[1], s[2], la, lb, Layout::RowMajor, la == Layout::Transposed, false, 1}, true);
       ++cases;
     }
 
