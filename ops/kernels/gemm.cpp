@@ -751,13 +751,14 @@ inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return 
 // joining TBB tasks costs about 1 us even with the workers awake: 64^3 in two halves ran 30%
 // slower, 2^18..2^19 -5 to +8%). Small products (see small_product) up to kSmallMax are cut into
 // pieces of at least kSmallPiece for the threads (small_product_parallel): measured at 2 threads
-// (in-process, alternating calls) 25-47% faster than on one at 2^19..2^20 (100^3 with A
-// row-major or transposed, 96^3, 32 x 256 x 128, 512 x 32 x 64). Larger ones are tiled (see
-// plan_tiles): cutting them into 6 x 64 tiles gained on some shapes and lost on others (-13% to
-// +48% from run to run at 2^20..2^22), and at 1 thread the tiled path is 2-12% faster there (the
-// small path's 64-column B blocks then stream from L2). Products up to kDirectMax read a
-// transposed A and row-major B in place (a row-major fp32 A is read in place at every size)
-// instead of packing them: the copies would cost more than they save (measured 3-14% faster than packing at 2^21..2^23, e.g.
+// (in-process, alternating calls) 25-55% faster than on one at 2^19..2^20 (100^3 with A
+// row-major or transposed, 96^3, 32 x 256 x 128, 512 x 32 x 64). Larger ones and the other
+// layouts are tiled (plan_tiles: a tile per ~0.5M, so threads from 10^6 on). Cutting 2^20..2^22
+// into 6 x 64 tiles instead gained on some shapes and lost on others (-13% to +48% from run to
+// run), and at 1 thread the tiled path is 2-12% faster there (the small path's 64-column B
+// blocks then stream from L2). Products up to kDirectMax read a transposed A and row-major B in
+// place (a row-major fp32 A is read in place at every size) instead of packing them: the copies
+// would cost more than they save (measured 3-14% faster than packing at 2^21..2^23, e.g.
 // 256 x 256 x 64 and 128 x 512 x 128).
 constexpr double kSerialMax = 1 << 19;
 constexpr double kSmallMax = 1 << 20;
