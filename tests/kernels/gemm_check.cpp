@@ -469,6 +469,17 @@ void run_all(int random_cases) {
       ++cases;
     }
 
+  // Few rows (at most 8) with a transposed B: B streamed panel by panel over all k-blocks (partial
+  // last panels, accumulation, A in place, transposed or strided); 2 x 2100 x 2048 has a B of
+  // more than 16 MiB, which is packed with prefetching.
+  const int64_t skinny[][3] = {{1, 1000, 900}, {8, 333, 800}, {5, 77, 1000}, {3, 50, 400}, {2, 2100, 2048}};
+  for (auto& s : skinny)
+    for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::Strided}) {
+      run_case<T>({s[0], s[1], s[2], la, Layout::Transposed, Layout::RowMajor, la == Layout::Transposed, false, 2},
+                  s[0] * s[1] * s[2] > 500000);
+      ++cases;
+    }
+
   // 9. Batched products.
   for (bool ba : {false, true})
     for (bool bb : {false, true})
