@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh WORKLOAD...     workloads: gemm conv2d attention norms fftconv
 #                                               train_mlp train_cnn train_transformer train_unet
+#                                               gemm_skinny (few-row products, tapegrad's own)
 #                                    (or "all")
 # Every workload runs tapegrad's program and the reference (PyTorch 1.13 CPU; OpenBLAS for gemm)
 # alternately (which goes first alternates too, with a pause of SETTLE seconds, default 2, before
@@ -19,9 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(gemm conv2d attention norms fftconv train_mlp train_cnn train_transformer train_unet)
+all=(gemm conv2d attention norms fftconv train_mlp train_cnn train_transformer train_unet gemm_skinny)
 if [[ $# -eq 0 ]]; then
-  sed -n '2,18p' "$0"
+  sed -n '2,19p' "$0"
   exit 2
 fi
 workloads=("$@")
@@ -43,7 +44,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_BUILD_BENCH=ON >/dev/n
 targets=()
 for w in "${workloads[@]}"; do
   case $w in
-    gemm) targets+=(gemm_bench) ;;
+    gemm|gemm_skinny) targets+=(gemm_bench) ;;
     conv2d) targets+=(bench_conv) ;;
     attention) targets+=(bench_attention) ;;
     norms) targets+=(bench_norms) ;;
@@ -58,8 +59,10 @@ cmake --build build -j "$jobs" --target "${targets[@]}" >/dev/null
 if [[ " ${workloads[*]} " == *" norms "* ]]; then
   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 -pthread tests/bench/stream_triad.cpp -o build/bench/stream_triad
 fi
-if [[ " ${workloads[*]} " == *" gemm "* ]]; then
+if [[ " ${workloads[*]} " == *" gemm "* || " ${workloads[*]} " == *" gemm_skinny "* ]]; then
   gcc -O2 -std=c11 tests/bench/ref_sgemm_openblas.c -o build/bench/ref_sgemm_openblas -lopenblas
+fi
+if [[ " ${workloads[*]} " == *" gemm "* ]]; then
   rm -f build/bench/fma_peak
   g++ -O3 -march=native -std=c++20 -pthread tests/bench/fma_peak.cpp -o build/bench/fma_peak 2>/dev/null ||
     echo "bench: fma_peak.cpp needs AVX-512 and AVX2 to build; no FMA peak measurement on this machine" >&2
@@ -77,6 +80,7 @@ run_pair() {
   local ours ref
   case $w in
     gemm) ours=($B/gemm_bench $T/gemm_shapes.txt "$t" 5 0.05); ref=($B/ref_sgemm_openblas $T/gemm_shapes.txt "$t" 5 0.05); torch_env=() ;;
+    gemm_skinny) ours=($B/gemm_bench $T/gemm_skinny_shapes.txt "$t" 5 0.05 gemm_skinny); ref=($B/ref_sgemm_openblas $T/gemm_skinny_shapes.txt "$t" 5 0.05 gemm_skinny); torch_env=() ;;
     conv2d) ours=($B/bench_conv --threads "$t"); ref=("$PY" $T/ref_conv.py --threads "$t") ;;
     attention) ours=($B/bench_attention --threads "$t"); ref=("$PY" $T/ref_attention.py --threads "$t") ;;
     norms) ours=($B/bench_norms --threads "$t"); ref=("$PY" $T/ref_norms.py --threads "$t") ;;

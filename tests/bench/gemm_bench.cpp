@@ -30,12 +30,13 @@ float* alloc_floats(size_t n) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s shapes.txt [threads=1] [samples=7] [min_sample_s=0.05]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s shapes.txt [threads=1] [samples=7] [min_sample_s=0.05] [workload=gemm]\n", argv[0]);
     return 2;
   }
   const int threads = argc > 2 ? std::atoi(argv[2]) : 1;
   const int samples = std::max(1, argc > 3 ? std::atoi(argv[3]) : 7);
   const double min_s = argc > 4 ? std::atof(argv[4]) : 0.05;
+  const char* workload = argc > 5 ? argv[5] : "gemm";  // the name the results are filed under
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, static_cast<size_t>(std::max(1, threads)));
 
   FILE* f = std::fopen(argv[1], "r");
@@ -82,9 +83,9 @@ int main(int argc, char** argv) {
     std::sort(secs.begin(), secs.end());
     const double med = secs[samples / 2];
     std::printf(
-        "RESULT {\"workload\":\"gemm\",\"shape\":\"%s\",\"M\":%d,\"N\":%d,\"K\":%d,\"tA\":\"%c\",\"tB\":\"%c\","
+        "RESULT {\"workload\":\"%s\",\"shape\":\"%s\",\"M\":%d,\"N\":%d,\"K\":%d,\"tA\":\"%c\",\"tB\":\"%c\","
         "\"threads\":%d,\"impl\":\"tapegrad\",\"median_s\":%.9g,\"min_s\":%.9g,\"max_s\":%.9g,\"gflops\":%.1f}\n",
-        name, M, N, K, ta, tb, threads, med, secs[0], secs[samples - 1], 2.0 * M * N * double(K) / med / 1e9);
+        workload, name, M, N, K, ta, tb, threads, med, secs[0], secs[samples - 1], 2.0 * M * N * double(K) / med / 1e9);
     std::fflush(stdout);
     std::free(A);
     std::free(B);

@@ -1,7 +1,7 @@
 /* OpenBLAS sgemm reference for the "gemm" workload (adapted from
  * ../shared/bench-reference/gemm/sgemm_openblas.c): same methodology (warm-up, calibrated
  * repetitions per sample, median of samples), printed in bench_util's JSON line format.
- *   ref_sgemm_openblas gemm_shapes.txt [threads=1] [samples=7] [min_sample_s=0.05]
+ *   ref_sgemm_openblas gemm_shapes.txt [threads=1] [samples=7] [min_sample_s=0.05] [workload=gemm]
  * Build: gcc -O2 -std=c11 ref_sgemm_openblas.c -o ref_sgemm_openblas -lopenblas */
 #define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
@@ -24,12 +24,13 @@ static int cmp(const void* a, const void* b) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: %s shapes.txt [threads] [samples] [min_sample_s]\n", argv[0]);
+    fprintf(stderr, "usage: %s shapes.txt [threads] [samples] [min_sample_s] [workload]\n", argv[0]);
     return 2;
   }
   int threads = argc > 2 ? atoi(argv[2]) : 1;
   int samples = argc > 3 ? atoi(argv[3]) : 7;
   double min_s = argc > 4 ? atof(argv[4]) : 0.05;
+  const char* workload = argc > 5 ? argv[5] : "gemm"; /* the name the results are filed under */
   if (threads < 1 || samples < 1) return 2;
   openblas_set_num_threads(threads);
   FILE* f = fopen(argv[1], "r");
@@ -70,9 +71,9 @@ int main(int argc, char** argv) {
     }
     qsort(t, samples, sizeof(double), cmp);
     double med = samples % 2 ? t[samples / 2] : 0.5 * (t[samples / 2 - 1] + t[samples / 2]);
-    printf("{\"workload\": \"gemm\", \"shape\": \"%s\", \"threads\": %d, \"impl\": \"openblas\", \"median_s\": %.6g, "
+    printf("{\"workload\": \"%s\", \"shape\": \"%s\", \"threads\": %d, \"impl\": \"openblas\", \"median_s\": %.6g, "
            "\"min_s\": %.6g, \"max_s\": %.6g, \"steps\": %d, \"M\": %d, \"N\": %d, \"K\": %d, \"gflops\": %.1f}\n",
-           name, threads, med, t[0], t[samples - 1], samples, M, N, K, 2.0 * M * N * (double)K / med / 1e9);
+           workload, name, threads, med, t[0], t[samples - 1], samples, M, N, K, 2.0 * M * N * (double)K / med / 1e9);
     fflush(stdout);
     free(t);
     free(A);

@@ -435,9 +435,12 @@ void run_all(int random_cases) {
   }
 
   // 7. Layout invariance, small (in-place operands) and large (packed) products; 200 x 300 x 400
-  // reads a row-major B in place (few rows of A), its other layouts are packed.
+  // reads a row-major B in place (few rows of A), its other layouts are packed; m = 1 with a
+  // row-major B is a vector times a matrix, and 5 x 1000 x 900 with a transposed B streams it
+  // panel by panel (the skinny tiles).
   const int64_t inv[][3] = {{5, 7, 3}, {14, 32, 16}, {29, 45, 67}, {64, 64, 64}, {100, 90, 70}, {131, 97, 400},
-                            {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}, {200, 300, 400}};
+                            {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}, {200, 300, 400},
+                            {1, 300, 500},   {1, 1024, 700}, {5, 1000, 900}};
   for (auto& s : inv)
     for (bool acc : {false, true}) {
       run_layout_invariance<T>(s[0], s[1], s[2], acc);
@@ -477,6 +480,25 @@ void run_all(int random_cases) {
     for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::Strided}) {
       run_case<T>({s[0], s[1], s[2], la, Layout::Transposed, Layout::RowMajor, la == Layout::Transposed, false, 2},
                   s[0] * s[1] * s[2] > 500000);
+      ++cases;
+    }
+
+  // One row of A and a row-major B (vector_matrix; the last n mod L columns on the general path):
+  // rows of B a multiple of 4 KiB apart (n = 1024, 2048, 4096), mid-size serial products, B rows
+  // padded or walked backwards, C strided, accumulation; thread check on the large ones.
+  const int64_t vecmat[][2] = {{16, 300}, {17, 1000}, {100, 700}, {256, 1024}, {1000, 300}, {1024, 1000}, {1024, 64}};
+  int vrot = 0;
+  for (auto& s : vecmat)
+    for (Layout lb : {Layout::RowMajor, Layout::RowPadded, Layout::RowNegative}) {
+      const Layout la = Layout(vrot % 3 == 0 ? Layout::RowMajor : vrot % 3 == 1 ? Layout::Transposed : Layout::Strided);
+      const Layout lc = vrot % 4 == 3 ? Layout::Strided : Layout::RowMajor;
+      run_case<T>({1, s[0], s[1], la, lb, lc, vrot % 2 == 1, false, vrot % 4}, false);
+      ++vrot;
+      ++cases;
+    }
+  for (const int64_t n : {2048, 4096})
+    for (Layout la : {Layout::RowMajor, Layout::Transposed}) {
+      run_case<T>({1, n, n + 3, la, Layout::RowMajor, Layout::RowMajor, la == Layout::Transposed, false, 0}, true);
       ++cases;
     }
 
