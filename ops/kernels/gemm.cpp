@@ -829,6 +829,7 @@ inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return 
 // 256 x 256 x 64 and 128 x 512 x 128).
 constexpr double kSerialMax = 1 << 19;
 constexpr double kVectorMatrixMin = 1 << 16;  // see vector_matrix's use in gemm_impl
+constexpr double kVectorMatrixCachedBytes = 8 << 20;
 constexpr double kSmallMax = 1 << 20;
 constexpr double kSmallPiece = 1 << 18;
 constexpr double kDirectMax = 1 << 23;
@@ -964,13 +965,17 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   // One row of A and a row-major B: a vector times a matrix (see vector_matrix), cut into column
   // ranges for the threads; the last n mod L columns go through the general path below. Used
   // where the general path would pack B or walk down its columns with rows a multiple of 4 KiB
-  // apart (1 x 4096 x 4096 1.5-1.6x, 1 x 2048 x 2048 2.1-3x) and for mid-size serial products
-  // (1 x 256 x 1024, 1 x 1024 x 256, 1 x 512 x 512: 1.7-3x). Other Bs read in place from DRAM
-  // stream faster down their column panels, which keep many rows in flight (1 x 4000 x 4000:
-  // 27 GB/s against 22), and tiny products lose to the extra call for the last columns.
+  // apart (1 x 4096 x 4096 1.5-1.6x, 1 x 2048 x 2048 2.1-3x), for mid-size serial products
+  // (1 x 256 x 1024, 1 x 1024 x 256, 1 x 512 x 512: 1.7-3x) and, at 1 thread, for Bs of up to
+  // 8 MiB (1 x 1000 x 1000 +18%, 1 x 1500 x 1500 +6%). Larger Bs read in place stream faster
+  // down their column panels, which keep many rows in flight (1 x 2000 x 2000 -12%, 1 x 4000 x
+  // 4000 -15% row by row), and so do threads splitting the panels of a cached B (1 x 1000 x 1000
+  // at 2 threads: -35% cut into column ranges); tiny products lose to the extra call for the
+  // last columns.
   if (m == 1 && b.cs == 1 && n >= static_cast<int64_t>(Batch<T>::size) &&
       (!b_in_place || rows_share_cache_sets(b.rs * int64_t(sizeof(T))) ||
-       (madds >= kVectorMatrixMin && madds <= kSerialMax))) {
+       (madds >= kVectorMatrixMin &&
+        (madds <= kSerialMax || (threads == 1 && madds * sizeof(T) <= kVectorMatrixCachedBytes))))) {
     constexpr int64_t L = Batch<T>::size;
     const int64_t body = n / L * L, parts = std::min(threads, body / L);
     if (parts <= 1) {
