@@ -33,7 +33,7 @@
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
 // multiply-adds each), choosing the row/column split by what it copies and streams (see
 // plan_tiles); tiles run under tbb::parallel_for. Products up to 2^19 multiply-adds run on the
-// calling thread; small ones up to 2^22 are cut into row or column ranges of 6 x 64 tiles
+// calling thread; small ones up to 2^20 are cut into row or column ranges of 6 x 64 tiles
 // (small_product_parallel).
 //
 // Edges. Partial row panels run as sums of 8/4/2/1-row kernels (with A in place, a tail that
@@ -750,7 +750,7 @@ void small_product(const Problem<float>& pr) {
 // A small product cut into `parts` pieces run by TBB tasks: ranges of rows at multiples of the
 // 6-row tile or, with fewer than 12 rows, of columns at multiples of the 64-column block. Rows
 // and columns of C are independent (each element is one FMA chain over k), so the cut does not
-// change the bits. Returns false when the product is too narrow in both directions to cut.
+// change the bits. Returns false when the product is too narrow to cut (fewer than two units).
 inline bool small_product_parallel(const Problem<float>& pr, int64_t parts) {
   const bool by_rows = pr.m >= 12;
   const int64_t unit = by_rows ? 6 : 64, units = ceil_div(by_rows ? pr.m : pr.n, unit);
@@ -904,8 +904,9 @@ TilePlan plan_tiles(const Problem<T>& pr, int64_t threads) {
   // columns into the rest, keeping at least two B panels per tile where there are enough (9-13%
   // faster 2-thread weight gradients 768 x 256 x 2048 TN).
   best.prepack_a = true;
-  best.tm = std::min(pr.mpanels, threads);
-  const int64_t tn_cap = best.tm < threads ? npanels : std::max<int64_t>(1, npanels / 2);  // few row panels
+  const int64_t row_tiles = std::min(threads, target);
+  best.tm = std::min(pr.mpanels, row_tiles);
+  const int64_t tn_cap = best.tm < row_tiles ? npanels : std::max<int64_t>(1, npanels / 2);  // few row panels
   best.tn = std::min(tn_cap, ceil_div(target, best.tm));
   best.tm = std::min(pr.mpanels, std::max(best.tm, ceil_div(target, best.tn)));  // few column panels
   double best_cost = m * k + k * n * double(best.tm) + (target > 1 ? 2.0 * kBarrierCost * double(pr.nkb) : 0.0);
@@ -949,8 +950,10 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   // In place: row-major A for fp32 (fp64 packs it: fewer kernel variants), except a large
   // product's A whose row stride is a multiple of 4 KiB; k-major A (a.rs == 1) for small products
   // only (a large one strides across the whole of A per step).
-  const bool a_row_major = std::is_same_v<T, float> && a.rs != 1 && a.cs == 1 &&
-                           (direct || !rows_share_cache_sets(a.rs * int64_t(sizeof(T))));
+  // (A single row is row-major whatever its row stride; up to kSkinnyRows rows a multiple of
+  // 4 KiB apart still fit in one set of the 12-way L1.)
+  const bool a_row_major = std::is_same_v<T, float> && (a.rs != 1 || m == 1) && a.cs == 1 &&
+                           (direct || m <= kSkinnyRows || !rows_share_cache_sets(a.rs * int64_t(sizeof(T))));
   const bool b_in_place = b.cs == 1 && (direct || (std::is_same_v<T, float> && m <= kDirectBMaxRows &&
                                                     !rows_share_cache_sets(b.rs * int64_t(sizeof(T)))));
   Problem<T> pr{m, n, k, a, b, c, accumulate, k_block_size<T>(k), 0, ceil_div(m, MR),

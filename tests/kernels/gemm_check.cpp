@@ -313,6 +313,42 @@ void run_page_strided(char operand) {
     }
 }
 
+// A vector times a matrix whose rows are a multiple of 4 KiB apart is computed row by row of B (in column
+// ranges when threaded, the last n mod L columns on the general path); the same rows 4 elements
+// further apart go down B's column panels. Both must give the same bits, at 1 and 2 threads.
+template <class T>
+void run_vector_matrix_page_strided() {
+  const int64_t n = 4093, k = 600;
+  const int64_t page = (n * int64_t(sizeof(T)) + 4095) / 4096 * 4096 / int64_t(sizeof(T));  // >= n, whole pages
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  std::vector<T> A(static_cast<size_t>(k)), B1(static_cast<size_t>(k * page)), B2(static_cast<size_t>(k * (page + 4)));
+  for (auto& x : A) x = T(d(rng));
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t j = 0; j < n; ++j) B1[size_t(p * page + j)] = B2[size_t(p * (page + 4) + j)] = T(d(rng));
+  const Case cs{1, n, k, Layout::RowMajor, Layout::RowPadded, Layout::RowMajor, false, false, 0};
+  std::vector<T> first;
+  for (int threads : {1, 2})
+    for (int64_t stride : {page, page + 4}) {
+      std::vector<T> C(static_cast<size_t>(n));
+      with_threads(threads, [&] {
+        tg::kernels::gemm(1, n, k, {A.data(), k, 1}, {stride == page ? B1.data() : B2.data(), stride, 1},
+                          {C.data(), n, 1}, false);
+      });
+      if (first.empty()) {
+        first = C;
+        for (int64_t j = 0; j < n; j += 97) {
+          double ref = 0;
+          for (int64_t p = 0; p < k; ++p) ref += double(A[size_t(p)]) * double(B1[size_t(p * page + j)]);
+          const double tol = (std::is_same_v<T, float> ? 1e-4 : 1e-12) * std::sqrt(double(k));
+          if (std::abs(double(C[size_t(j)]) - ref) > tol) fail("a vector times a page-strided matrix is wrong", cs);
+          ++checks;
+        }
+      } else if (C != first) {
+        fail("a vector times a matrix differs between B row strides or thread counts", cs);
+      }
+    }
+}
+
 // A shared C (c_batch_stride == 0) with accumulate sums the products in batch order.
 template <class T>
 void run_shared_c() {
@@ -413,7 +449,7 @@ void run_all(int random_cases) {
   // panels at most half full (the one-vector kernels); thread check.
   const int64_t big[][3] = {{1003, 517, 1500}, {64, 4100, 288}, {2000, 33, 129}, {17, 1003, 1003},
                             {512, 512, 512}, {300, 1, 800}, {1, 700, 900}, {449, 785, 31},
-                            {700, 48, 900},  {130, 80, 1030}};
+                            {700, 48, 900},  {130, 80, 1030}, {1024, 20, 4096}};
   for (auto& s : big)
     for (int v = 0; v < 2; ++v) {
       run_case<T>({s[0], s[1], s[2], v ? Layout::Transposed : Layout::RowMajor, v ? Layout::RowMajor : Layout::Transposed,
@@ -436,11 +472,12 @@ void run_all(int random_cases) {
 
   // 7. Layout invariance, small (in-place operands) and large (packed) products; 200 x 300 x 400
   // reads a row-major B in place (few rows of A), its other layouts are packed; m = 1 with a
-  // row-major B is a vector times a matrix, and 5 x 1000 x 900 with a transposed B streams it
-  // panel by panel (the skinny tiles).
+  // row-major B is a vector times a matrix (so is 700 x 1 x 300 with a column-major C, computed as
+  // C^T = B^T A^T), and 5 x 1000 x 900 with a transposed B streams it panel by panel (the skinny
+  // tiles).
   const int64_t inv[][3] = {{5, 7, 3}, {14, 32, 16}, {29, 45, 67}, {64, 64, 64}, {100, 90, 70}, {131, 97, 400},
                             {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}, {200, 300, 400},
-                            {1, 300, 500},   {1, 1024, 700}, {5, 1000, 900}};
+                            {1, 300, 500},   {1, 1024, 700}, {5, 1000, 900}, {700, 1, 300}};
   for (auto& s : inv)
     for (bool acc : {false, true}) {
       run_layout_invariance<T>(s[0], s[1], s[2], acc);
@@ -476,23 +513,26 @@ void run_all(int random_cases) {
   // last panels, accumulation, A in place, transposed or strided); 2 x 2100 x 2048 has a B of
   // more than 16 MiB, which is packed with prefetching.
   const int64_t skinny[][3] = {{1, 1000, 900}, {8, 333, 800}, {5, 77, 1000}, {3, 50, 400}, {2, 2100, 2048}};
+  int srot = 0;
   for (auto& s : skinny)
     for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::Strided}) {
-      run_case<T>({s[0], s[1], s[2], la, Layout::Transposed, Layout::RowMajor, la == Layout::Transposed, false, 2},
+      const Layout lb = srot % 3 == 0 ? Layout::Transposed : srot % 3 == 1 ? Layout::TransposedPadded : Layout::TransposedNegative;
+      run_case<T>({s[0], s[1], s[2], la, lb, Layout::RowMajor, la == Layout::Transposed, false, 2},
                   s[0] * s[1] * s[2] > 500000);
+      ++srot;
       ++cases;
     }
 
   // One row of A and a row-major B (vector_matrix; the last n mod L columns on the general path):
   // rows of B a multiple of 4 KiB apart (n = 1024, 2048, 4096), mid-size serial products, B rows
   // padded or walked backwards, C strided, accumulation; thread check on the large ones.
-  const int64_t vecmat[][2] = {{16, 300}, {17, 1000}, {100, 700}, {256, 1024}, {1000, 300}, {1024, 1000}, {1024, 64}};
+  const int64_t vecmat[][2] = {{16, 4096}, {17, 4000}, {100, 700}, {256, 1024}, {1000, 300}, {1024, 1000}, {1024, 64}};
   int vrot = 0;
   for (auto& s : vecmat)
     for (Layout lb : {Layout::RowMajor, Layout::RowPadded, Layout::RowNegative}) {
       const Layout la = Layout(vrot % 3 == 0 ? Layout::RowMajor : vrot % 3 == 1 ? Layout::Transposed : Layout::Strided);
       const Layout lc = vrot % 4 == 3 ? Layout::Strided : Layout::RowMajor;
-      run_case<T>({1, s[0], s[1], la, lb, lc, vrot % 2 == 1, false, vrot % 4}, false);
+      run_case<T>({1, s[0], s[1], la, lb, lc, vrot % 2 == 1, false, vrot % 4}, s[0] * s[1] > 500000);
       ++vrot;
       ++cases;
     }
@@ -501,6 +541,11 @@ void run_all(int random_cases) {
       run_case<T>({1, n, n + 3, la, Layout::RowMajor, Layout::RowMajor, la == Layout::Transposed, false, 0}, true);
       ++cases;
     }
+  // 1 x 3005 x 600: by rows of B at 1 thread (a partial second 8 KiB block of sums), by column
+  // panels at 2 -- the thread check compares the two paths bit for bit.
+  run_case<T>({1, 3005, 600, Layout::RowMajor, Layout::RowMajor, Layout::RowMajor, false, false, 1}, true);
+  run_vector_matrix_page_strided<T>();
+  cases += 2;
 
   // 9. Batched products.
   for (bool ba : {false, true})
