@@ -30,6 +30,10 @@
 // full row-major B panels in place, and so do products with at most 256 rows of A for B (see
 // kDirectBMaxRows).
 //
+// Few rows (the linear layers of sampling loops). A tile of at most 8 rows with a transposed B
+// (x W^T) packs and uses W panel by panel over all k-blocks, so that W is read along its rows
+// (see run_tile); one row with a row-major B (x W) reads W row after row (vector_matrix).
+//
 // Threads. C is cut into tiles of whole panels (up to 4 per thread, at least ~0.5M
 // multiply-adds each), choosing the row/column split by what it copies and streams (see
 // plan_tiles); tiles run under tbb::parallel_for. Products up to 2^19 multiply-adds run on the
