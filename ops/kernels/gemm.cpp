@@ -702,6 +702,24 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
   }
 }
 
+// Splits `panels` panels into `parts` nearly equal contiguous ranges; returns the start of `idx`.
+inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
+
+// Runs f(0) ... f(parts - 1), one TBB task each (on the calling thread when there is one part).
+template <class F>
+void run_parts(int64_t parts, F&& f) {
+  if (parts <= 1) {
+    f(int64_t{0});
+    return;
+  }
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, parts, 1),
+      [&](const tbb::blocked_range<int64_t>& r) {
+        for (int64_t idx = r.begin(); idx < r.end(); ++idx) f(idx);
+      },
+      tbb::simple_partitioner());
+}
+
 #if XSIMD_WITH_AVX512F
 // Small fp32 products (one k-block, A and B read in place) run 6 x 64 tiles: 24
 // accumulators fed by 4 B vectors and 6 broadcasts per k step, a quarter of a broadcast per FMA
@@ -748,9 +766,7 @@ void small_product(const Problem<float>& pr) {
     j += cols;
   }
 }
-#endif
 
-#if XSIMD_WITH_AVX512F
 // A small product cut into `parts` pieces run by TBB tasks: ranges of rows at multiples of the
 // 6-row tile or, with fewer than 12 rows, of columns at multiples of the 64-column block. Rows
 // and columns of C are independent (each element is one FMA chain over k), so the cut does not
@@ -760,28 +776,23 @@ inline bool small_product_parallel(const Problem<float>& pr, int64_t parts) {
   const int64_t unit = by_rows ? 6 : 64, units = ceil_div(by_rows ? pr.m : pr.n, unit);
   parts = std::min(parts, units);
   if (parts < 2) return false;
-  tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, parts, 1),
-      [&](const tbb::blocked_range<int64_t>& r) {
-        for (int64_t idx = r.begin(); idx < r.end(); ++idx) {
-          const int64_t lo = units * idx / parts * unit, hi = units * (idx + 1) / parts * unit;
-          Problem<float> sub = pr;
-          if (by_rows) {
-            sub.m = std::min(pr.m, hi) - lo;
-            sub.a.data = pr.a.data + lo * pr.a.rs;
-            sub.c.data = pr.c.data + lo * pr.c.rs;
-          } else {
-            sub.n = std::min(pr.n, hi) - lo;
-            sub.b.data = pr.b.data + lo * pr.b.cs;
-            sub.c.data = pr.c.data + lo * pr.c.cs;
-          }
-          if (pr.a_row_major)
-            small_product<true>(sub);
-          else
-            small_product<false>(sub);
-        }
-      },
-      tbb::simple_partitioner());
+  run_parts(parts, [&](int64_t idx) {
+    const int64_t lo = split_point(units, parts, idx) * unit, hi = split_point(units, parts, idx + 1) * unit;
+    Problem<float> sub = pr;
+    if (by_rows) {
+      sub.m = std::min(pr.m, hi) - lo;
+      sub.a.data = pr.a.data + lo * pr.a.rs;
+      sub.c.data = pr.c.data + lo * pr.c.rs;
+    } else {
+      sub.n = std::min(pr.n, hi) - lo;
+      sub.b.data = pr.b.data + lo * pr.b.cs;
+      sub.c.data = pr.c.data + lo * pr.c.cs;
+    }
+    if (pr.a_row_major)
+      small_product<true>(sub);
+    else
+      small_product<false>(sub);
+  });
   return true;
 }
 #endif
@@ -814,9 +825,6 @@ void vector_matrix(const Problem<T>& pr, int64_t j0, int64_t j1) {
     }
   }
 }
-
-// Splits `panels` panels into `parts` nearly equal contiguous ranges; returns the start of `idx`.
-inline int64_t split_point(int64_t panels, int64_t parts, int64_t idx) { return panels * idx / parts; }
 
 // Products up to kSerialMax multiply-adds run on the calling thread (~2.5 us; forking and
 // joining TBB tasks costs about 1 us even with the workers awake: 64^3 in two halves ran 30%
@@ -984,18 +992,10 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
        (madds >= kVectorMatrixMin &&
         (madds <= kSerialMax || (threads == 1 && madds * sizeof(T) <= kVectorMatrixCachedBytes))))) {
     constexpr int64_t L = Batch<T>::size;
-    const int64_t body = n / L * L, parts = std::min(threads, body / L);
-    if (parts <= 1) {
-      vector_matrix(pr, 0, body);
-    } else {
-      tbb::parallel_for(
-          tbb::blocked_range<int64_t>(0, parts, 1),
-          [&](const tbb::blocked_range<int64_t>& r) {
-            for (int64_t idx = r.begin(); idx < r.end(); ++idx)
-              vector_matrix(pr, body / L * idx / parts * L, body / L * (idx + 1) / parts * L);
-          },
-          tbb::simple_partitioner());
-    }
+    const int64_t vectors = n / L, body = vectors * L, parts = std::min(threads, vectors);
+    run_parts(parts, [&](int64_t idx) {
+      vector_matrix(pr, split_point(vectors, parts, idx) * L, split_point(vectors, parts, idx + 1) * L);
+    });
     if (body < n)
       gemm_impl<T>(1, n - body, k, a, {b.data + body, b.rs, b.cs}, {c.data + body * c.cs, c.rs, c.cs}, accumulate,
                    false);
@@ -1028,18 +1028,7 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
     const int64_t j1 = std::min(n, split_point(npanels, tn, tj + 1) * NR);
     if (i0 < i1 && j0 < j1) run_tile(pr, q0, q1, i0, i1, j0, j1);
   };
-  auto all_tiles = [&](int64_t q0, int64_t q1) {
-    if (tm * tn == 1) {
-      tile(0, q0, q1);
-      return;
-    }
-    tbb::parallel_for(
-        tbb::blocked_range<int64_t>(0, tm * tn, 1),
-        [&](const tbb::blocked_range<int64_t>& r) {
-          for (int64_t idx = r.begin(); idx < r.end(); ++idx) tile(idx, q0, q1);
-        },
-        tbb::simple_partitioner());
-  };
+  auto all_tiles = [&](int64_t q0, int64_t q1) { run_parts(tm * tn, [&](int64_t idx) { tile(idx, q0, q1); }); };
 
   if (!prepack_a) {
     all_tiles(0, pr.nkb);
