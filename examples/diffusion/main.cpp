@@ -237,6 +237,9 @@ double sampling_bytes(const diff::UNetConfig& c, std::int64_t count, std::int64_
 
 // Network evaluations per sample accepted on the command line (DDPM's classic schedule has 1000).
 constexpr std::int64_t kMaxNfe = 10000;
+// Skip-Tuning scales the skips down (the paper: 0.5-1); up to 4 leaves room to try amplifying them.
+// Guidance weights: usual values are 1-10.
+constexpr double kMaxRho = 4, kMaxGuidance = 20;
 // Bounds of the sizes on the command line (the images are 28 x 28; memory is checked separately).
 constexpr std::int64_t kMaxSize = 256, kMaxCount = 1'000'000;
 
@@ -419,7 +422,13 @@ int sample_cmd(SampleArgs a) {
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   const auto t0 = Clock::now();
   const diff::Generated g = diff::generate(net, generate_options(a, a.seed));
-  const std::string out = a.png.empty() ? fmt::format("{}/samples_{}_nfe{}_rho{}.png", a.run, a.sampler, g.nfe, rho_str(a.rho_bottom)) : a.png;
+  // Settings away from their defaults are in the name, so that different runs do not overwrite each other.
+  std::string tag = fmt::format("{}_nfe{}_rho{}", a.sampler, g.nfe, rho_str(a.rho_bottom));
+  if (a.rho_top != 1) tag += fmt::format("-{}", rho_str(a.rho_top));
+  if (a.guidance != 1) tag += fmt::format("_g{}", rho_str(a.guidance));
+  if (a.eta != 0) tag += fmt::format("_eta{}", rho_str(a.eta));
+  if (a.unconditional) tag += "_uncond";
+  const std::string out = a.png.empty() ? fmt::format("{}/samples_{}.png", a.run, tag) : a.png;
   save_samples(out, g, net.config.image_size, run.synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
   fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}: {:.1f} s\ngrid: {}\n", a.count,
              a.sampler, g.nfe, a.rho_bottom, a.rho_top, net.num_skips(), a.guidance, seconds_since(t0), out);
@@ -554,7 +563,8 @@ int sweep_cmd(const SweepArgs& a) {
       TG_CHECK(nfe >= 1 && nfe <= kMaxNfe, "sweep: {} NFE {} is outside 1..{}", sname, nfe, kMaxNfe);
       diff::sampler_for_nfe(diff::parse_sampler(sname), nfe);
     }
-  for (const double rho : a.rhos) diff::skip_tuning_scales(2, rho, a.rho_top);  // finite values, checked now
+  for (const double rho : a.rhos)
+    TG_CHECK(rho >= 0 && rho <= kMaxRho, "sweep: --rhos values must be in [0, {}], got {}", kMaxRho, rho);
   for (const double sigma : a.denoise_sigmas)
     TG_CHECK(std::isfinite(sigma) && sigma > 0, "sweep: --denoise-sigmas must be positive, got {}", sigma);
   const Run run = read_run(a.run);
@@ -683,6 +693,9 @@ int sweep_cmd(const SweepArgs& a) {
                                "rho; rho_top = {}). Noise floor: {:.3f} (two halves of the test set), {:.3f} ({} real test images "
                                "vs the other {}). Gain: FD(rho = 1) - FD(best rho), paired over the seeds.\n\n",
                                a.seeds, a.count, rho_str(a.rho_top), fd.floor_half, floor_n, a.count, fd.real.shape()[0] - a.count);
+  if (a.rho_top != 1)
+    md += fmt::format("The rho = 1 column is rho_bottom = 1 with rho_top = {}: already a tuned model, not the untuned baseline.\n\n",
+                      rho_str(a.rho_top));
   md += "| sampler | NFE |";
   for (double r : a.rhos) md += fmt::format(" rho={} |", rho_str(r));
   md += " best rho | gain (paired) |\n|---|---|";
@@ -784,7 +797,8 @@ int sweep_cmd(const SweepArgs& a) {
     go.columns = 2;
     go.scale = 2;
     go.padding = 8;
-    go.captions = {"rho_bottom = 1 (baseline)", fmt::format("rho_bottom = {} (best)", rho_str(rho))};
+    go.captions = {a.rho_top == 1 ? std::string("rho_bottom = 1 (baseline)") : fmt::format("rho_bottom = 1, rho_top = {}", rho_str(a.rho_top)),
+                   fmt::format("rho_bottom = {} (best)", rho_str(rho))};
     nn::output::save_image_grid(fmt::format("{}/compare_{}_nfe{}.png", out, sname, nfe), ops::stack(halves, 0), go);
   }
   fmt::print("\n{}\n", md);
@@ -866,9 +880,12 @@ int main(int argc, char** argv) {
     c->add_option("--nfe", sa.nfe, "Network evaluations per sample (Heun: odd, N steps = (NFE + 1) / 2)")
         ->check(examples::Integer(1, kMaxNfe));
     c->add_option("--eta", sa.eta, "DDIM eta (0: deterministic; other samplers take none)")->check(examples::Between(0, 1));
-    c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (1: off)");
-    c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)");
-    c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional)");
+    c->add_option("--rho-bottom", sa.rho_bottom, "Skip-Tuning: scale of the deepest skip (off when both rhos are 1)")
+        ->check(examples::Between(0, kMaxRho));
+    c->add_option("--rho-top", sa.rho_top, "Skip-Tuning: scale of the skip next to the output (linear in between)")
+        ->check(examples::Between(0, kMaxRho));
+    c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional, 0: unconditional)")
+        ->check(examples::Between(0, kMaxGuidance));
     c->add_flag("--unconditional", sa.unconditional, "Sample without labels (the 'no label' embedding)");
     c->add_option("--count", sa.count, for_eval ? "Samples per seed (default 2000; >= 1000 for a meaningful FD)" : "Samples in the grid (default 80)")
         ->check(examples::Integer(1, kMaxCount));
@@ -895,7 +912,7 @@ int main(int argc, char** argv) {
   sw->add_option("--run", wa.run, "Run folder written by train");
   sw->add_option("--out", wa.out, "Output folder (default <run>/sweep)");
   sw->add_option("--rhos", rhos, "rho_bottom values, comma separated");
-  sw->add_option("--rho-top", wa.rho_top, "rho_top for every cell");
+  sw->add_option("--rho-top", wa.rho_top, "rho_top for every cell")->check(examples::Between(0, kMaxRho));
   sw->add_option("--heun-nfe", heun, "Heun NFE values (odd), comma separated; none to skip");
   sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; none to skip");
   sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; none to skip");

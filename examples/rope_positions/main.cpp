@@ -522,11 +522,13 @@ int show(const std::string& scheme, const std::string& layout, double start) {
   fmt::print("{} positions ({} axes), start {}:\n", nn::positions_name(pc), pb.axes(), start);
   for (std::int64_t t = 0; t < pb.size(); ++t) {
     std::vector<std::string> p;
-    for (std::int64_t ax = 0; ax < pb.axes(); ++ax) p.push_back(fmt::format("{:g}", pb.at(t, ax)));
+    // "{}": the shortest form that reads back exactly (200002.5, 7, 2.3333333333333335); "{:g}" would
+    // round large half-integer positions to 6 digits and show distinct patches alike.
+    for (std::int64_t ax = 0; ax < pb.axes(); ++ax) p.push_back(fmt::format("{}", pb.at(t, ax)));
     fmt::print("  {:3d} {:7s} ({})\n", t, names[static_cast<int>(pb.kinds()[static_cast<std::size_t>(t)])],
                fmt::format("{}", fmt::join(p, ", ")));
   }
-  fmt::print("next text position: {:g}\n", pb.next_text());
+  fmt::print("next text position: {}\n", pb.next_text());
   return 0;
 }
 

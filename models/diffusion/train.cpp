@@ -18,6 +18,7 @@
 #include "nn/output.hpp"
 #include "ops/conv.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 
 namespace tg::models::diffusion {
@@ -157,6 +158,14 @@ Generated generate(const UNet& net, const GenerateOptions& o) {
         sample(unet_denoiser(net, y, o.guidance), noise.narrow(0, s, m), o.sampler, per_sample_noise(seeds));
     g.nfe = r.nfe;
     parts.push_back(r.x.to(DType::f32));  // [m, C, S, S]
+    // A diverged sampler (extreme Skip-Tuning or guidance, a broken model) must not pass on as images.
+    const std::int64_t bad = m * C * S * S - ops::sum(ops::isfinite(parts.back())).item<std::int64_t>();
+    TG_CHECK(bad == 0,
+             "generate: {} of the {} values of samples {}..{} are not finite ({} with {} NFE, guidance {}, Skip-Tuning "
+             "{}): the sampling diverged",
+             bad, m * C * S * S, s, s + m - 1, sampler_name(o.sampler.kind), r.nfe, o.guidance,
+             net.skip_scales.empty() ? std::string("off")
+                                     : fmt::format("rho {} .. {}", net.skip_scales.front(), net.skip_scales.back()));
   }
   g.x = ops::cat(parts, 0);
   return g;

@@ -51,8 +51,8 @@ std::int64_t group_count(const UNetConfig& c, std::int64_t channels) {
 
 std::vector<double> skip_tuning_scales(std::int64_t count, double rho_bottom, double rho_top) {
   TG_CHECK(count >= 1, "skip_tuning_scales: need at least one skip, got {}", count);
-  TG_CHECK(std::isfinite(rho_bottom) && std::isfinite(rho_top), "skip_tuning_scales: rho must be finite, got {} and {}",
-           rho_bottom, rho_top);
+  TG_CHECK(std::isfinite(rho_bottom) && std::isfinite(rho_top) && rho_bottom >= 0 && rho_top >= 0,
+           "skip_tuning_scales: rho must be finite and >= 0, got rho_bottom {} and rho_top {}", rho_bottom, rho_top);
   std::vector<double> rho(static_cast<std::size_t>(count));
   const std::int64_t k = count - 1;
   for (std::int64_t i = 0; i <= k; ++i)

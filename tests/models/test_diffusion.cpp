@@ -93,6 +93,7 @@ TEST_CASE("skip_tuning_scales: exact ends, constant steps, deepest skip first", 
   for (double r : flat) CHECK(r == 1.0);
   CHECK_THROWS_WITH(skip_tuning_scales(0, 0.8, 1.0), Contains("at least one skip"));
   CHECK_THROWS_WITH(skip_tuning_scales(3, NAN, 1.0), Contains("finite"));
+  CHECK_THROWS_WITH(skip_tuning_scales(3, 0.8, -1.0), Contains("rho must be finite and >= 0, got rho_bottom 0.8 and rho_top -1"));
 }
 
 TEST_CASE("UNet: shapes, skip count, parameter names, bad input", "[models][diffusion]") {
@@ -369,6 +370,9 @@ TEST_CASE("samplers make exactly the advertised number of denoiser evaluations",
   CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::heun, 4), Contains("NFE must be odd"));
   CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::ddim, 2000), Contains("sampler: ddim with NFE 2000 takes 2000 steps of a schedule of T = 1000"));
   CHECK(sampler_for_nfe(SamplerKind::ddpm, 1000).steps == 1000);
+  // Euler's Karras grid is not bound by the VP schedule's T steps.
+  CHECK(sampler_for_nfe(SamplerKind::euler, 2000).steps == 2000);
+  CHECK(sampler_for_nfe(SamplerKind::heun, 2001).steps == 1001);
   CHECK_THROWS_WITH(parse_sampler("dpm"), Contains("unknown sampler 'dpm'"));
   CHECK_THROWS_WITH(sample(g, noise, sampler_for_nfe(SamplerKind::ddpm, 3)), Contains("needs a generator"));
   Generator gen(2);
@@ -459,6 +463,14 @@ TEST_CASE("DDIM with eta = 1 on the full chain is DDPM's ancestral step", "[mode
     CHECK_ALLCLOSE(ddim_step(xt, eps, at, as, 1.0, zeros({5}, DType::f64)), mean, 1e-9, 1e-12);
     const Tensor z = test::randn({5}, DType::f64, 24);
     CHECK_ALLCLOSE(ddim_step(xt, eps, at, as, 1.0, z), mean + z * std::sqrt(var), 1e-9, 1e-12);
+    // Between the deterministic and the ancestral ends: eta scales sigma, and the step keeps
+    // x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z (DDIM paper, eq. 12).
+    for (const double eta : {0.3, 0.5}) {
+      const double sig = ddim_sigma(at, as, eta);
+      CHECK(sig == Approx(eta * std::sqrt(var)).epsilon(1e-12));
+      const Tensor expected = x0 * std::sqrt(as) + eps * std::sqrt(1 - as - sig * sig) + z * sig;
+      CHECK_ALLCLOSE(ddim_step(xt, eps, at, as, eta, z), expected, 1e-9, 1e-12);
+    }
   }
 }
 
@@ -624,6 +636,10 @@ TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit, generat
   go.batch = 2;
   CHECK_ALLCLOSE(generate(a, go).x, gd.x, 1e-5, 1e-5);
   CHECK_THROWS_WITH(per_sample_noise({1, 2})(Shape{3, 4}), Contains("a draw of shape [3, 4] for 2 per-sample streams"));
+  // A diverged sampling run (here an absurd Skip-Tuning scale) is an error, not a grid of NaN images.
+  go.sampler = sampler_for_nfe(SamplerKind::heun, 3);
+  a.set_skip_tuning(1e300, 1e300);
+  CHECK_THROWS_WITH(generate(a, go), Contains("are not finite (heun with 3 NFE, guidance 1, Skip-Tuning rho 1e+300"));
   a.set_skip_tuning(0.8, 1.0);
   CHECK_THROWS_WITH(fit(a, ea, images, data.labels, o), Contains("Skip-Tuning is a sampling option"));
 }

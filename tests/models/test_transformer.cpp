@@ -98,12 +98,16 @@ TEST_CASE("transformer: shapes, parameter names, tied head, errors", "[models][t
 }
 
 TEST_CASE("transformer: KV-cache decoding equals full recomputation", "[models][transformer]") {
-  for (const std::string scheme : {"flat1d", "tv", "tie_v1", "mrope"}) {
+  // The last case is Qwen2-VL's rotary setup in small: half-split pairs, contiguous sections (t, h, w).
+  for (const std::string scheme : {"flat1d", "tv", "tie_v1", "mrope", "mrope+sections"}) {
     INFO(scheme);
-    const nn::PositionConfig pc = nn::parse_positions(scheme);
+    const bool qwen = scheme == "mrope+sections";
+    const nn::PositionConfig pc = nn::parse_positions(qwen ? "mrope" : scheme);
     Generator gen(3);
-    tf::Transformer m(small_config(nn::PositionBuilder(pc).axes(), 5), &gen);
-    const Sample s = multimodal(scheme, 2, 5, 4);
+    tf::Config config = small_config(nn::PositionBuilder(pc).axes(), 5);
+    if (qwen) config.rope = {.base = 1000.0, .layout = ops::RotaryLayout::half_split, .sections = {2, 1, 1}};
+    tf::Transformer m(config, &gen);
+    const Sample s = multimodal(qwen ? "mrope" : scheme, 2, 5, 4);
     NoGradGuard no_grad;
     const Tensor full = m(s.in);  // [B, T, V]
     const std::int64_t T = s.pb.size();

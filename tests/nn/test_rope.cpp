@@ -135,8 +135,25 @@ TEST_CASE("rope: rotations preserve the norm", "[nn][rope]") {
 TEST_CASE("rope: the score depends only on the relative position", "[nn][rope]") {
   const std::int64_t d = 32;
   Generator gen(6);
-  for (const std::int64_t axes : {1, 2, 3}) {
-    const nn::Rope rope(d, axes);
+  // Every pair layout and axis map: interleaved i mod A, and Qwen2-VL-style contiguous sections.
+  const std::vector<std::vector<std::int64_t>> sections{{16}, {6, 10}, {4, 6, 6}};
+  struct Variant {
+    std::int64_t axes;
+    ops::RotaryLayout layout;
+    bool sectioned;
+  };
+  std::vector<Variant> variants;
+  for (const std::int64_t axes : {1, 2, 3})
+    for (const auto layout : {ops::RotaryLayout::interleaved, ops::RotaryLayout::half_split})
+      for (const bool sectioned : {false, true}) variants.push_back({axes, layout, sectioned});
+  for (const Variant& v : variants) {
+    INFO("axes " << v.axes << " half_split " << (v.layout == ops::RotaryLayout::half_split) << " sections "
+                 << v.sectioned);
+    const std::int64_t axes = v.axes;
+    const nn::RopeOptions options{
+        .layout = v.layout,
+        .sections = v.sectioned ? sections[static_cast<std::size_t>(axes - 1)] : std::vector<std::int64_t>{}};
+    const nn::Rope rope(d, axes, options);
     for (int trial = 0; trial < 20; ++trial) {
       const Tensor q = test::randn({d}, DType::f64, 100 + trial), k = test::randn({d}, DType::f64, 200 + trial);
       std::vector<double> p, pk, c;
@@ -238,6 +255,104 @@ TEST_CASE("positions: symmetry and equivalence identities for random (L, h, w)",
       if (s == PositionScheme::tie_v1) CHECK(span == static_cast<double>((w + 1) * (h + 1)));
       else CHECK(span == Approx(static_cast<double>(w * h + 1)).epsilon(1e-14));
       CHECK(pb.at(next_text, 0) == pb.at(next_text, 1));  // text stays on the diagonal
+    }
+  }
+}
+
+// The spec's §1.3 rules written out per scheme, for a whole layout of text runs and images (with or
+// without [IMG]/[/IMG] markers), as an independent check of the builder on sequences with several
+// images: text between images, images back to back, a sequence that starts with an image.
+namespace {
+
+struct LayoutItem {
+  bool image;
+  std::int64_t h, w;  // text: h tokens
+  bool markers;
+};
+
+std::vector<std::vector<double>> spec_positions(const std::string& scheme, double start,
+                                                const std::vector<LayoutItem>& layout, double* next_text) {
+  const bool three = scheme == "tv3d" || scheme == "mrope" || scheme == "tie_v1_3d";
+  const std::size_t A = scheme == "flat1d" ? 1 : three ? 3 : 2;
+  std::vector<std::vector<double>> rows;
+  double n = start;  // the next text position
+  auto text = [&] {
+    rows.emplace_back(A, n);
+    n += 1;
+  };
+  for (const LayoutItem& it : layout) {
+    if (!it.image) {
+      for (std::int64_t i = 0; i < it.h; ++i) text();
+      continue;
+    }
+    if (it.markers) text();
+    const double L = n - 1, h = static_cast<double>(it.h), w = static_cast<double>(it.w), N = h * w;
+    for (std::int64_t i = 1; i <= it.h; ++i)
+      for (std::int64_t j = 1; j <= it.w; ++j) {
+        const double di = static_cast<double>(i), dj = static_cast<double>(j);
+        if (scheme == "flat1d") rows.push_back({L + (di - 1) * w + dj});
+        else if (scheme == "tie_v1") rows.push_back({L + di * (w + 1), L + dj * (h + 1)});  // s = w + 1, t = h + 1
+        else if (scheme == "tie_v1_real") rows.push_back({L + di * ((N + 1) / (h + 1)), L + dj * ((N + 1) / (w + 1))});
+        else if (scheme == "tv") rows.push_back({L + (N - h) / 2 + di, L + (N - w) / 2 + dj});  // beta + k, gamma = 1
+        else if (scheme == "mrope2d") rows.push_back({L + di, L + dj});
+        // 3 axes (t, h, w): an image is one frame, d_t = 1.
+        else if (scheme == "tv3d") rows.push_back({L + (N - 1) / 2 + 1, L + (N - h) / 2 + di, L + (N - w) / 2 + dj});
+        else if (scheme == "mrope") rows.push_back({L + 1, L + di, L + dj});
+        else if (scheme == "tie_v1_3d") {  // P = 2 (h + 1)(w + 1), s_a = P / (d_a + 1)
+          const double P = 2 * (h + 1) * (w + 1);
+          rows.push_back({L + P / 2, L + di * (P / (h + 1)), L + dj * (P / (w + 1))});
+        }
+      }
+    if (scheme == "tie_v1") n = L + (w + 1) * (h + 1);
+    else if (scheme == "tie_v1_3d") n = L + 2 * (w + 1) * (h + 1);
+    else if (scheme == "mrope2d" || scheme == "mrope") n = L + std::max(h, w) + 1;
+    else n = L + N + 1;
+    if (it.markers) text();
+  }
+  *next_text = n;
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("positions: layouts with several images follow the spec's rules", "[nn][rope]") {
+  Generator gen(11);
+  const std::vector<std::string> schemes{"flat1d", "tie_v1", "tie_v1_real", "tv", "mrope2d", "tv3d", "mrope", "tie_v1_3d"};
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<LayoutItem> layout;
+    const std::int64_t items = gen.randint(1, 6);
+    for (std::int64_t i = 0; i < items; ++i) {
+      if (gen.uniform() < 0.4) layout.push_back({false, gen.randint(1, 5), 0, false});
+      else layout.push_back({true, gen.randint(1, 6), gen.randint(1, 7), gen.uniform() < 0.5});
+    }
+    const double start = std::array<double, 3>{0, 1, 7}[static_cast<std::size_t>(trial % 3)];
+    for (const std::string& scheme : schemes) {
+      PositionConfig config = nn::parse_positions(scheme);
+      config.start = start;
+      PositionBuilder pb(config);
+      std::vector<bool> patch;
+      for (const LayoutItem& it : layout) {
+        if (!it.image) pb.add_text(it.h);
+        else pb.add_image(it.h, it.w, it.markers);
+        for (std::int64_t i = 0; i < (it.image ? it.h * it.w + (it.markers ? 2 : 0) : it.h); ++i)
+          patch.push_back(it.image && !(it.markers && (i == 0 || i == it.h * it.w + 1)));
+      }
+      double next = 0;
+      const auto expected = spec_positions(scheme, start, layout, &next);
+      INFO("trial " << trial << " scheme " << scheme);
+      const auto got = rows(pb);
+      REQUIRE(got.size() == expected.size());
+      for (std::size_t t = 0; t < got.size(); ++t) {
+        REQUIRE(got[t].size() == expected[t].size());
+        for (std::size_t a = 0; a < got[t].size(); ++a) {
+          INFO("token " << t << " axis " << a);
+          // Integers and half-integers are exact; tie_v1_real's fractions agree to rounding.
+          CHECK(got[t][a] == Approx(expected[t][a]).epsilon(1e-14).margin(0));
+          if (scheme != "tie_v1_real") CHECK(got[t][a] == expected[t][a]);
+        }
+      }
+      CHECK(pb.next_text() == Approx(next).epsilon(1e-14));
+      CHECK(pb.is_patch().to_vector<bool>() == patch);
     }
   }
 }
