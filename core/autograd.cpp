@@ -416,14 +416,18 @@ Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_
              bool allow_unused) {
   Engine::Targets targets;
   targets.captured.resize(inputs.size());
+  std::vector<std::pair<std::size_t, std::size_t>> repeated;  // (input, earlier input of the same leaf)
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& x = inputs[i];
     TG_CHECK(x.defined(), "grad: input {} is undefined", i);
     TG_CHECK(x.requires_grad(), "grad: input {} (shape {}) does not require grad", i, x.shape());
     if (x.grad_fn()) targets.outputs[x.grad_fn().get()].push_back({x.impl().output_nr, i});
-    else targets.leaves[&x.impl()] = i;
+    else if (const auto [it, fresh] = targets.leaves.try_emplace(&x.impl(), i); !fresh) repeated.push_back({i, it->second});
   }
   Engine::run(outputs, grad_outputs, retain_graph, &targets, "grad");
+  // A leaf listed twice gets its gradient twice, in buffers of its own.
+  for (const auto& [i, first] : repeated)
+    if (targets.captured[first].defined()) targets.captured[i] = targets.captured[first].clone();
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     Tensor& g = targets.captured[i];
     if (!g.defined()) {

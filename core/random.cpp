@@ -1,5 +1,6 @@
 #include "core/random.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -113,6 +114,30 @@ Tensor normal(const Shape& shape, double mean, double std, DType dtype, Generato
                   [mean, std](std::uint64_t s, std::uint64_t c) { return mean + std * normal_from(philox(s, c)); });
 }
 
+namespace {
+
+// Phi(x) = P(N(0, 1) <= x), with full relative precision in the lower tail.
+double std_normal_cdf(double x) { return 0.5 * std::erfc(-x / std::numbers::sqrt2); }
+
+// The x in [a, b] (finite) with Phi(x) = u, for Phi(a) <= u <= Phi(b): Newton steps, bisecting
+// whenever a step leaves the bracket that the signs of Phi(x) - u narrow down.
+double std_normal_quantile_in(double u, double a, double b) {
+  double x = 0.5 * (a + b);
+  for (int i = 0; i < 200; ++i) {
+    const double f = std_normal_cdf(x) - u;
+    if (f == 0) break;
+    (f > 0 ? b : a) = x;
+    const double density = std::exp(-0.5 * x * x) / std::sqrt(2 * std::numbers::pi);
+    double next = x - f / density;
+    if (!(next > a && next < b)) next = 0.5 * (a + b);
+    if (next == x || b - a <= 4 * std::numeric_limits<double>::epsilon() * std::max(1.0, std::abs(x))) break;
+    x = next;
+  }
+  return x;
+}
+
+}  // namespace
+
 Tensor trunc_normal(const Shape& shape, double mean, double std, double low, double high, DType dtype,
                     Generator& gen) {
   TG_CHECK(is_floating(dtype), "trunc_normal: expected a floating dtype, got {}", dtype);
@@ -122,11 +147,39 @@ Tensor trunc_normal(const Shape& shape, double mean, double std, double low, dou
   TG_CHECK(low <= mean + 6 * std && high >= mean - 6 * std,
            "trunc_normal: the interval [{}, {}] is too far from the mean {} (std {}) to sample by rejection", low,
            high, mean, std);
+  // In standard units: z in [a, b], which holds the share p of N(0, 1).
+  const double a = (low - mean) / std, b = (high - mean) / std;
+  const double p = a > 0 ? std_normal_cdf(-a) - std_normal_cdf(-b) : std_normal_cdf(b) - std_normal_cdf(a);
+  auto in_bounds = [low, high](double v) { return std::clamp(v, low, high); };  // rounding of mean + std z
+  if (p >= 0.25)  // the usual case (e.g. +-2 std: p = 0.95): rejection from N(mean, std)
+    return generate(shape, dtype, gen, "trunc_normal", [=](std::uint64_t s, std::uint64_t c) {
+      for (std::uint64_t attempt = 0;; ++attempt) {  // the element's own stream: counter_hi = attempt
+        const double v = mean + std * normal_from(philox(s, c, attempt));
+        if (v >= low && v <= high) return v;
+      }
+    });
+  if (b - a <= 0.25) {
+    // A narrow window (relative to std): rejection from the uniform distribution on it, accepting z
+    // with probability phi(z) / phi(z_near), z_near the window's point nearest the mean. With
+    // |z_near| <= 6 (checked above) that is at least exp(-6 * 0.25 - 0.25^2 / 2) = 0.21.
+    const double near = std::clamp(0.0, a, b);
+    return generate(shape, dtype, gen, "trunc_normal", [=](std::uint64_t s, std::uint64_t c) {
+      for (std::uint64_t attempt = 0;; ++attempt) {
+        const auto w = philox(s, c, attempt);
+        const double z = a + (b - a) * u53(w[0], w[1]);
+        if (u53(w[2], w[3]) < std::exp(-0.5 * (z * z - near * near))) return in_bounds(mean + std * z);
+      }
+    });
+  }
+  // A wide window with little mass (a tail): the inverse CDF, on the lower tail's side (mirrored
+  // when the window lies above the mean) where Phi keeps its relative precision.
+  const bool mirrored = a > 0;
+  const double lo = std::max(mirrored ? -b : a, -40.0), hi = std::min(mirrored ? -a : b, 40.0);
+  const double cdf_lo = std_normal_cdf(lo), cdf_hi = std_normal_cdf(hi);
   return generate(shape, dtype, gen, "trunc_normal", [=](std::uint64_t s, std::uint64_t c) {
-    for (std::uint64_t attempt = 0;; ++attempt) {  // the element's own stream: counter_hi = attempt
-      const double v = mean + std * normal_from(philox(s, c, attempt));
-      if (v >= low && v <= high) return v;
-    }
+    const auto w = philox(s, c);
+    const double z = std_normal_quantile_in(cdf_lo + (cdf_hi - cdf_lo) * u53(w[0], w[1]), lo, hi);
+    return in_bounds(mean + std * (mirrored ? -z : z));
   });
 }
 

@@ -55,7 +55,9 @@ Tensor uniform(const Shape& shape, double low, double high, DType dtype = DType:
                Generator& gen = default_generator());
 Tensor normal(const Shape& shape, double mean, double std, DType dtype = DType::f32,
               Generator& gen = default_generator());
-// N(mean, std) restricted to [low, high] (by rejection; each element has its own counter stream).
+// N(mean, std) restricted to [low, high] (each element has its own counter stream): rejection from
+// N(mean, std) when the window holds >= 25% of the mass, else rejection from the uniform distribution
+// on a narrow window, or the inverse CDF on a tail. The window must come within 6 std of the mean.
 Tensor trunc_normal(const Shape& shape, double mean, double std, double low, double high,
                     DType dtype = DType::f32, Generator& gen = default_generator());
 // Integers uniform in [low, high).

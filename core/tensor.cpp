@@ -360,6 +360,7 @@ struct Printer {
 
 std::string Tensor::to_string(int precision) const {
   if (!defined()) return "Tensor(undefined)";
+  TG_CHECK(precision >= 0 && precision <= 30, "to_string: precision must be in 0..30 digits, got {}", precision);
   Printer p{*this, !is_floating_point(), dtype() == DType::boolean, numel() > kSummarizeThreshold, precision};
   std::string out = "tensor(";
   if (dim() == 0) {

@@ -82,7 +82,6 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
     c.v.narrow(2, c.length, T).copy_(vh);
     kh = c.k.narrow(2, 0, c.length + T);  // [B, H, cached + T, d]
     vh = c.v.narrow(2, 0, c.length + T);
-    if (a.cache_append) c.length += T;
   }
   ops::AttentionOptions opt;
   opt.causal = a.causal;
@@ -91,7 +90,9 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
   opt.dropout_p = training() ? dropout : 0.0;
   opt.generator = gen;
   const Tensor o = ops::scaled_dot_product_attention(qh, kh, vh, opt);  // [B, H, T, d]
-  return out(o.permute({0, 2, 1, 3}).reshape({B, T, C}));               // [B, T, dim]
+  // Counted as cached only now: a call that failed (a bad mask, say) leaves the cache as it was.
+  if (a.cache && a.cache_append) a.cache->length += T;
+  return out(o.permute({0, 2, 1, 3}).reshape({B, T, C}));  // [B, T, dim]
 }
 
 void MultiheadAttention::visit(Visitor& v) {

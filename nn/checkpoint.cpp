@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cerrno>
 #include <cmath>
@@ -75,8 +76,16 @@ void write_chunks_atomically(const std::string& path, const std::vector<Chunk>& 
   std::error_code ec;
   const fs::file_status existing = fs::status(target, ec);
   TG_CHECK(!fs::exists(existing) || fs::is_regular_file(existing), "{}: '{}' exists and is not a regular file", op, path);
-  const std::string tmp = (dir / (target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A temporary name of its own per call (process id, then a per-process counter; O_EXCL skips a
+  // leftover of an earlier process with the same id): concurrent saves to one path must not share it.
+  static std::atomic<std::uint64_t> counter{0};
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    tmp = (dir / fmt::format("{}.tmp-{}-{}", target.filename().string(), ::getpid(), counter.fetch_add(1))).string();
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   TG_CHECK(fd >= 0, "{}: cannot create '{}': {}", op, tmp, std::strerror(errno));
   auto write_all = [&](const void* p, std::size_t n) {
     const char* c = static_cast<const char*>(p);

@@ -150,6 +150,18 @@ class ByteSource {
 
 Tensor read_idx(const std::string& path) {
   std::ifstream in = open_regular_file(path, "read_idx");
+  // Only an IDX file (00 00 type dims) or a gzip stream (1f 8b) is read whole into memory, and only
+  // up to the largest data an IDX file may declare (checked below): not any file named by mistake.
+  unsigned char head[4] = {};
+  in.read(reinterpret_cast<char*>(head), 4);
+  const bool gzip = in.gcount() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
+  TG_CHECK(gzip || (in.gcount() == 4 && head[0] == 0 && head[1] == 0),
+           "read_idx: '{}' is neither an IDX file nor gzip-compressed (bad magic number)", path);
+  in.clear();
+  in.seekg(0, std::ios::end);
+  const auto file_bytes = static_cast<std::uint64_t>(std::max<std::streamoff>(0, in.tellg()));
+  TG_CHECK(file_bytes <= (std::uint64_t{1} << 33) + 64, "read_idx: '{}' is implausibly large ({} bytes)", path, file_bytes);
+  in.seekg(0);
   ByteSource src("read_idx", path, std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
   unsigned char magic[4];
   src.read(magic, 4, "magic number");

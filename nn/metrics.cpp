@@ -24,6 +24,7 @@ double accuracy(const Tensor& scores, const Tensor& labels) {
 }
 
 Tensor confusion_matrix(const Tensor& predicted, const Tensor& labels, std::int64_t classes) {
+  TG_CHECK(classes >= 1, "confusion_matrix: need at least 1 class, got {}", classes);
   TG_CHECK(predicted.shape() == labels.shape() && predicted.dim() == 1,
            "confusion_matrix: expected 1-D predictions and labels of one shape, got {} and {}", predicted.shape(),
            labels.shape());

@@ -191,11 +191,15 @@ void Adam::step() {
 }
 
 double clip_grad_norm(const Tensors& params, double max_norm) {
-  TG_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got {}", max_norm);
+  TG_CHECK(max_norm >= 0, "clip_grad_norm: max_norm must be >= 0, got {}", max_norm);
   NoGradGuard no_grad;
   Tensors grads;
-  for (const Tensor& p : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
+  for (const Tensor& p : params) {
+    if (!p.grad().defined()) continue;
+    // The fused kernels take contiguous buffers; a gradient set as a view (set_grad) is replaced by a copy.
+    if (!p.grad().is_contiguous()) Tensor(p).set_grad(p.grad().contiguous());  // (a handle to the same parameter)
+    grads.push_back(p.grad());
+  }
   const double norm = std::sqrt(ops::sum_of_squares(grads));
   const double scale = max_norm / (norm + 1e-6);
   // As torch: the factor is min(scale, 1), and a NaN norm makes every gradient NaN (not unclipped).

@@ -88,10 +88,15 @@ class Adam : public Optimizer {
  private:
   bool decoupled_;
 };
+// AdamW's own defaults, PyTorch's: weight decay 0.01 (Adam's is 0).
+struct AdamWOptions {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 1e-2;
+  operator AdamOptions() const { return {lr, beta1, beta2, eps, weight_decay}; }
+};
 class AdamW : public Adam {
  public:
-  AdamW(std::vector<NamedTensor> params, const AdamOptions& options) : Adam(std::move(params), options, true) {}
-  AdamW(std::vector<ParamGroup> groups, const AdamOptions& options) : Adam(std::move(groups), options, true) {}
+  AdamW(std::vector<NamedTensor> params, const AdamWOptions& options = {}) : Adam(std::move(params), options, true) {}
+  AdamW(std::vector<ParamGroup> groups, const AdamWOptions& options = {}) : Adam(std::move(groups), options, true) {}
 };
 
 // Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before

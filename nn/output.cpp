@@ -49,7 +49,12 @@ void write_png(const std::string& path, const std::vector<std::uint8_t>& rgb, st
 void draw_text(std::vector<std::uint8_t>& rgb, std::int64_t w, std::int64_t h, std::int64_t x0, std::int64_t y0,
                const std::string& text, std::uint8_t r, std::uint8_t g, std::uint8_t b) {
   std::vector<float> buffer(16 * 1024);  // per call: grids may be drawn on several threads at once
-  const int quads = stb_easy_font_print(0, 0, const_cast<char*>(text.c_str()), nullptr, buffer.data(),
+  // The font has glyphs for printable ASCII only, and indexes its table with (char - 32): anything
+  // else (tabs, UTF-8 bytes) would read outside it. Such characters are drawn as '?'.
+  std::string ascii = text;
+  for (char& ch : ascii)
+    if (ch != '\n' && (ch < 32 || ch > 126)) ch = '?';
+  const int quads = stb_easy_font_print(0, 0, ascii.data(), nullptr, buffer.data(),
                                         static_cast<int>(buffer.size() * sizeof(float)));
   const float* v = buffer.data();
   for (int q = 0; q < quads; ++q) {
@@ -127,6 +132,9 @@ CsvWriter::CsvWriter(const std::string& path, std::vector<std::string> header, M
   const auto status = std::filesystem::status(path, ec);
   TG_CHECK(!std::filesystem::exists(status) || std::filesystem::is_regular_file(status),
            "CsvWriter: '{}' exists and is not a regular file", path);
+  for (const std::string& name : header)
+    TG_CHECK(!name.empty() && name.find_first_of(",\"\r\n") == std::string::npos,
+             "CsvWriter: '{}': the column name '{}' is empty or contains a comma, quote or line break", path, name);
   std::string expected;
   for (std::size_t i = 0; i < header.size(); ++i) expected += (i ? "," : "") + header[i];
   std::string all;  // the file so far, when appending
@@ -160,6 +168,10 @@ CsvWriter::~CsvWriter() {
 
 void CsvWriter::row(const std::vector<std::string>& values) {
   TG_CHECK(values.size() == columns_, "CsvWriter: {} values for {} columns", values.size(), columns_);
+  // Cells are written as they are (no quoting): one holding a separator would shift the columns.
+  for (std::size_t i = 0; i < values.size(); ++i)
+    TG_CHECK(values[i].find_first_of(",\"\r\n") == std::string::npos,
+             "CsvWriter: '{}': the value '{}' of column {} contains a comma, quote or line break", path_, values[i], i);
   for (std::size_t i = 0; i < values.size(); ++i) fmt::print(f_, "{}{}", i ? "," : "", values[i]);
   fmt::print(f_, "\n");
   TG_CHECK(std::fflush(f_) == 0 && !std::ferror(f_), "CsvWriter: writing '{}' failed: {}", path_, std::strerror(errno));
@@ -194,6 +206,10 @@ CsvTable read_csv(const std::string& path) {
   CsvTable t;
   std::string line;
   TG_CHECK(static_cast<bool>(std::getline(in, line)), "read_csv: '{}' is empty (no header)", path);
+  const auto strip_cr = [](std::string& l) {  // Windows line endings
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+  };
+  strip_cr(line);
   for (std::size_t at = 0;;) {
     const std::size_t comma = line.find(',', at);
     t.header.push_back(line.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
@@ -201,6 +217,7 @@ CsvTable read_csv(const std::string& path) {
     at = comma + 1;
   }
   for (std::int64_t number = 2; std::getline(in, line); ++number) {
+    strip_cr(line);
     std::vector<double> row;
     const char* p = line.data();
     const char* const end = line.data() + line.size();
@@ -335,6 +352,13 @@ void keep_csv_rows_through(const std::string& path, std::size_t column, std::int
   std::ifstream in(path);
   std::string line, kept;
   if (!std::getline(in, line)) return;
+  // The key column must exist and not be the last one (a row's key must be followed by a comma, which
+  // is how a row cut off mid-write is told apart): otherwise every row would be dropped.
+  const auto columns = static_cast<std::size_t>(std::count(line.begin(), line.end(), ',')) + 1;
+  TG_CHECK(column + 1 < columns,
+           "keep_csv_rows_through: '{}' has {} column(s) in its header '{}'; the key column {} must be one of the first "
+           "{} (0-based, not the last)",
+           path, columns, line.substr(0, 200), column, columns - 1);
   kept = line + "\n";
   while (std::getline(in, line)) {
     std::size_t at = 0;  // start of field `column`
@@ -358,7 +382,8 @@ RunFolderLock::RunFolderLock(const std::string& folder) {
     const int err = errno;
     ::close(fd_);
     fd_ = -1;
-    TG_CHECK(err != EWOULDBLOCK, "run folder '{}' is in use by another program (it holds '{}'); wait for it or use another folder",
+    TG_CHECK(err != EWOULDBLOCK, "run folder '{}' is in use (locked through '{}' by another program, or by another lock in this one); "
+             "wait for it or use another folder",
              folder, path);
     TG_FAIL("run folder '{}': cannot lock '{}': {}", folder, path, std::strerror(err));
   }

@@ -52,6 +52,7 @@ RotaryTables Rope::tables(const Tensor& positions, DType dtype) const {
   TG_CHECK((positions.dim() == 2 || positions.dim() == 3) && positions.shape().back() == axes,
            "Rope::tables: expected positions [T, {}] or [B, T, {}], got {}", axes, axes, positions.shape());
   TG_CHECK(positions.dtype() != DType::boolean, "Rope::tables: positions must be numeric, got {}", positions.dtype());
+  TG_CHECK(is_floating(dtype), "Rope::tables: the tables' dtype must be f32 or f64 (cos/sin), got {}", dtype);
   const std::int64_t rows = positions.numel() / axes, pairs = head_dim / 2;
   const std::vector<double> p = positions.to(DType::f64).contiguous().to_vector<double>();
   for (std::size_t k = 0; k < p.size(); ++k)

@@ -143,7 +143,7 @@ struct PowScalar {
 // Whether an integer tensor combined with scalar s by an op stays integral (else it becomes f32).
 DType scalar_result_dtype(const Tensor& x, double s, bool integer_op) {
   if (x.is_floating_point()) return x.dtype();
-  if (integer_op && s == std::trunc(s) && x.dtype() != DType::boolean) return x.dtype();
+  if (integer_op && std::isfinite(s) && s == std::trunc(s) && x.dtype() != DType::boolean) return x.dtype();
   return DType::f32;
 }
 
@@ -653,7 +653,10 @@ Tensor compare(const char* op, const Tensor& a, const Tensor& b, P pred) {
 template <class P>
 Tensor compare_scalar(const char* op, const Tensor& a, double b, P pred) {
   check_defined(a, op, "a");
-  const DType t = a.is_floating_point() ? a.dtype() : (b == std::trunc(b) ? DType::i64 : DType::f64);
+  // An integer tensor against a whole number in i64's range compares exactly in i64; against any
+  // other value (a fraction, 1e30, +-inf, NaN) in f64, where the order of the two is still right.
+  const bool whole = b == std::trunc(b) && std::fabs(b) < 0x1p63;
+  const DType t = a.is_floating_point() ? a.dtype() : (whole ? DType::i64 : DType::f64);
   return compare(op, a.to(t), scalar_tensor(b, t), pred);
 }
 template <class F>

@@ -27,12 +27,13 @@ void check_input(const char* op, const Tensor& x, double eps) {
 }
 
 // An optional affine parameter: checks its shape and returns it in x's dtype (undefined stays undefined).
-Tensor affine_param(const char* op, const char* name, const Tensor& p, const Shape& want, DType dtype) {
+Tensor affine_param(const char* op, const char* name, const Tensor& p, const Shape& want, const Tensor& x) {
   if (!p.defined()) return p;
   TG_CHECK(p.is_floating_point(), "{}: {} must be a floating-point tensor, got {} (shape {})", op, name, p.dtype(),
            p.shape());
-  TG_CHECK(p.shape() == want, "{}: {} must have shape {}, got shape {}", op, name, want, p.shape());
-  return p.to(dtype);
+  TG_CHECK(p.shape() == want, "{}: x of shape {} needs a {} of shape {}, got shape {} (a layer built for other sizes?)",
+           op, x.shape(), name, want, p.shape());
+  return p.to(x.dtype());
 }
 
 Tensor flat(const Tensor& t, std::int64_t n) { return t.defined() ? t.detach().contiguous().reshape({n}) : t; }
@@ -50,8 +51,8 @@ Tensor row_norm(const char* op, bool center, const Tensor& x, const Shape& norma
              "{}: normalized_shape {} does not match the trailing dims of x (shape {}): dim {} of x is {}, expected {}",
              op, normalized_shape, x.shape(), d, x.shape()[d], normalized_shape[i]);
   }
-  const Tensor w = affine_param(op, "weight", weight, normalized_shape, x.dtype());
-  const Tensor b = affine_param(op, "bias", bias, normalized_shape, x.dtype());
+  const Tensor w = affine_param(op, "weight", weight, normalized_shape, x);
+  const Tensor b = affine_param(op, "bias", bias, normalized_shape, x);
   const std::int64_t n = normalized_shape.numel();
   std::int64_t rows = 1;
   for (int d = 0; d < x.dim() - k; ++d) rows *= x.shape()[d];
@@ -106,8 +107,8 @@ Tensor group_norm_impl(const char* op, const Tensor& x, std::int64_t num_groups,
   TG_CHECK(num_groups >= 1, "{}: num_groups must be >= 1, got {}", op, num_groups);
   TG_CHECK(C % num_groups == 0, "{}: num_groups {} must divide the number of channels C = {} (dim 1 of x, shape {})",
            op, num_groups, C, x.shape());
-  const Tensor w = affine_param(op, "weight", weight, Shape{C}, x.dtype());
-  const Tensor b = affine_param(op, "bias", bias, Shape{C}, x.dtype());
+  const Tensor w = affine_param(op, "weight", weight, Shape{C}, x);
+  const Tensor b = affine_param(op, "bias", bias, Shape{C}, x);
   std::int64_t S = 1;
   for (int d = 2; d < x.dim(); ++d) S *= x.shape()[d];
   const std::int64_t G = num_groups;

@@ -18,7 +18,8 @@
 // Forward: one task per (batch*head, query block). For each visible key block: S^T = K Qs^T, mask,
 // online softmax (running row max m and sum l; the output accumulator is rescaled by
 // exp(m_old - m_new)), O += P V. At the end O /= l and lse = m + log l. Rows with no visible key
-// get O = 0 and lse = +inf, so that the backward's exp(S - lse) is 0 there (no NaN anywhere).
+// get O = 0 and lse = +inf, so that the backward's exp(S - lse) is 0 there (no NaN from masking; a NaN
+// or infinite score still gives NaN, as the unfused softmax would).
 //
 // Backward (FlashAttention-2 order): D_i = <dO_i, O_i>; one task per (batch*head, range of key
 // blocks). For each key block j, over the query blocks i in order:
@@ -375,7 +376,9 @@ void forward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const Att
   }
   for (std::int64_t r = 0; r < nq; ++r) {
     T* o = out + (bh * cfg.Tq + i0 + r) * dv;
-    if (l[r] > T(0)) {
+    // l == 0 only when no key is visible. A NaN l (a NaN or infinite score) takes the first branch
+    // and yields NaN, as the unfused softmax would: a diverged model must not look healthy.
+    if (l[r] != T(0)) {
       const T inv = T(1) / l[r];
       for (std::int64_t e = 0; e < dv; ++e) o[e] = O[r * dvp + e] * inv;
       lse[bh * cfg.Tq + i0 + r] = m[r] + std::log(l[r]);

@@ -157,6 +157,14 @@ TEST_CASE("autograd::grad: gradients w.r.t. chosen inputs, .grad untouched", "[c
   const Tensors g = autograd::grad({y}, {x, h}, {}, /*retain_graph=*/true);
   CHECK(g[0].to_vector<double>() == std::vector<double>{2 * 10 * 2, 2 * 21 * 3});
   CHECK(g[1].to_vector<double>() == std::vector<double>{20, 42});
+  // The same leaf or intermediate listed twice: its gradient twice, in separate buffers.
+  const Tensors twice = autograd::grad({y}, {x, w, x, h, h}, {}, /*retain_graph=*/true);
+  CHECK(twice[0].to_vector<double>() == g[0].to_vector<double>());
+  CHECK(twice[2].to_vector<double>() == g[0].to_vector<double>());
+  CHECK(twice[1].to_vector<double>() == std::vector<double>{2 * 10 * 5, 2 * 21 * 7});
+  CHECK(twice[3].to_vector<double>() == g[1].to_vector<double>());
+  CHECK(twice[4].to_vector<double>() == g[1].to_vector<double>());
+  CHECK(twice[0].raw_data() != twice[2].raw_data());
   CHECK_FALSE(w.grad().defined());
   CHECK_FALSE(x.grad().defined());
   Tensor unused = ones({1}, DType::f64).requires_grad_();

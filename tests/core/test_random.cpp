@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 #include <numeric>
 
 #include "core/random.hpp"
@@ -71,6 +72,47 @@ TEST_CASE("distributions have the right support and moments", "[core][random]") 
   std::sort(perm.begin(), perm.end());
   for (std::int64_t i = 0; i < 1000; ++i) CHECK(perm[static_cast<std::size_t>(i)] == i);
   CHECK(bernoulli({3}, 1.0, DType::boolean, g).to_vector<bool>() == std::vector<bool>{true, true, true});
+}
+
+TEST_CASE("trunc_normal: the moments of the truncated normal in every regime, and no hang on thin windows", "[core][random]") {
+  Generator g(21);
+  struct Case {
+    double mean, std, low, high;
+  };
+  // +-2 std (rejection from the normal), a window thin against std (uniform proposal), upper and
+  // lower tails (inverse CDF), and a window straddling the mean with little mass.
+  for (const Case c : {Case{0, 1, -2, 2}, Case{1, 1e6, -2, 2}, Case{0, 2, 0.5, 0.9}, Case{0, 1, 2.5, INFINITY},
+                       Case{3, 2, -INFINITY, -4}, Case{0, 1, -0.2, 0.2}, Case{0, 1, 5.5, 7}}) {
+    INFO("mean " << c.mean << " std " << c.std << " [" << c.low << ", " << c.high << "]");
+    // The truncated moments by Simpson's rule in standard units, relative to the window's point
+    // nearest the mean (exact to rounding for thin windows, where closed forms cancel).
+    const double a = std::max((c.low - c.mean) / c.std, -40.0), b = std::min((c.high - c.mean) / c.std, 40.0);
+    const double near = std::clamp(0.0, a, b);
+    const int steps = 20000;
+    double w0 = 0, w1 = 0, w2 = 0;
+    for (int i = 0; i <= steps; ++i) {
+      const double t = static_cast<double>(i) / steps, z = a + (b - a) * t, u = (b - a) * t;  // u = z - a
+      const double w = (i == 0 || i == steps ? 1.0 : i % 2 ? 4.0 : 2.0) * std::exp(-0.5 * (z * z - near * near));
+      w0 += w;
+      w1 += w * u;
+      w2 += w * u * u;
+    }
+    const double mu = w1 / w0, var = std::max(0.0, w2 / w0 - mu * mu);
+    const double mean = c.mean + c.std * (a + mu), sd = c.std * std::sqrt(var);
+    const std::int64_t n = 40000;
+    const auto v = trunc_normal({n}, c.mean, c.std, c.low, c.high, DType::f64, g).to_vector<double>();
+    CHECK(*std::min_element(v.begin(), v.end()) >= c.low);
+    CHECK(*std::max_element(v.begin(), v.end()) <= c.high);
+    const auto [got_mean, got_sd] = mean_std(from_vector(v));
+    CHECK(std::abs(got_mean - mean) <= 5 * sd / std::sqrt(static_cast<double>(n)));
+    CHECK(std::abs(got_sd - sd) <= 0.03 * sd);
+  }
+  // Windows far thinner than std, or than the spacing of doubles around the mean: no hang.
+  for (const Case c : {Case{0, 1e300, -1, 1}, Case{0, 1, 0, 1e-300}, Case{1, 1, 1, std::nextafter(1.0, 2.0)}}) {
+    const auto v = trunc_normal({1000}, c.mean, c.std, c.low, c.high, DType::f64, g).to_vector<double>();
+    CHECK(*std::min_element(v.begin(), v.end()) >= c.low);
+    CHECK(*std::max_element(v.begin(), v.end()) <= c.high);
+  }
 }
 
 TEST_CASE("random factories check their arguments", "[core][random][errors]") {

@@ -2,12 +2,14 @@
 // stays untouched), atomic writes, and bit-exact resume of training.
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include <sys/stat.h>
 
@@ -204,6 +206,29 @@ TEST_CASE("saves are atomic: an existing file survives a failed save, no tempora
   CHECK(read_file(path) == before);
   nn::save_module(a, path);  // overwrite in place
   int files = 0;
+  for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
+  CHECK(files == 1);
+  // Two threads saving to one path: each save has its own temporary, so every save succeeds and
+  // the file is always one of them whole.
+  Net b;
+  std::atomic<int> failures{0};
+  auto saver = [&](Net& net) {
+    for (int i = 0; i < 40; ++i) {
+      try {
+        nn::save_module(net, path);
+      } catch (const std::exception&) {
+        ++failures;
+      }
+    }
+  };
+  std::thread t1(saver, std::ref(a)), t2(saver, std::ref(b));
+  t1.join();
+  t2.join();
+  CHECK(failures == 0);
+  Net c;
+  nn::load_module(c, path);
+  CHECK((test::same_bits(c.fc1.weight, a.fc1.weight) || test::same_bits(c.fc1.weight, b.fc1.weight)));
+  files = 0;
   for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
   CHECK(files == 1);
 }

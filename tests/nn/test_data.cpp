@@ -57,6 +57,9 @@ TEST_CASE("read_idx reads gzip and raw files and rejects bad ones", "[nn][data]"
   std::ofstream(bad, std::ios::binary) << std::string("\x1f\x8b\x08\x00garbage", 11);  // a broken gzip stream
   CHECK_THROWS(nn::data::read_idx(bad));
   CHECK_THROWS_WITH(nn::data::read_idx(temp("does-not-exist")), Contains("cannot open"));
+  // Any other file is refused from its first bytes, before it is read into memory.
+  std::ofstream(bad, std::ios::binary) << "step,loss\n1,0.5\n";
+  CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("is neither an IDX file nor gzip-compressed"));
   CHECK_THROWS_WITH(nn::data::read_idx(fs::temp_directory_path().string()), Contains("is not a regular file"));
   // A header promising 8.5 GB in a 16-byte file fails on the data it lacks, without reserving it.
   std::ofstream(bad, std::ios::binary) << std::string("\x00\x00\x08\x02\x05\xf5\xe1\x00\x00\x00\x00\x55", 12) << "abcd";

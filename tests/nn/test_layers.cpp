@@ -343,6 +343,10 @@ TEST_CASE("eval() reaches every dropout, and a refused KV cache call leaves the 
   CHECK_THROWS_WITH(block(x.narrow(0, 0, 1).narrow(1, 3, 1), {.causal = true, .cache = &cache}),
                     Contains("the KV cache holds 3 positions of a batch of 2, not 1"));
   CHECK(cache.length == 3);
+  // A mask the attention op refuses (it sees the 4 keys only after the cache has been written).
+  CHECK_THROWS_WITH(block(x.narrow(1, 3, 1), {.mask = ones({7, 7}, DType::boolean), .cache = &cache}),
+                    Contains("mask"));
+  CHECK(cache.length == 3);
   const Tensor next = block(x.narrow(1, 3, 1), {.causal = true, .cache = &cache});  // the cache still holds the batch-2 keys
   CHECK_ALLCLOSE(next, block(x.narrow(1, 0, 4), {.causal = true}).narrow(1, 3, 1), 1e-5, 1e-5);
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 
 #include "nn/metrics.hpp"
@@ -94,6 +95,15 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   const Tensor imgs = uniform({5, 1, 8, 8}, 0, 1);
   nn::output::save_image_grid((dir / "grid.png").string(), imgs, {.columns = 3, .captions = {"a", "b", "c", "d", "e"}});
   nn::output::save_png((dir / "one.png").string(), imgs.select(0, 0));
+  {  // Characters the font lacks (UTF-8 bytes, a tab) are drawn as '?' (they used to index outside its table).
+    auto bytes = [&](const char* f) {
+      std::ifstream in(dir / f, std::ios::binary);
+      return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    nn::output::save_image_grid((dir / "utf8.png").string(), imgs.narrow(0, 0, 1), {.captions = {"caf\xc3\xa9\tx"}});
+    nn::output::save_image_grid((dir / "ascii.png").string(), imgs.narrow(0, 0, 1), {.captions = {"caf???x"}});
+    CHECK(bytes("utf8.png") == bytes("ascii.png"));
+  }
   for (const char* f : {"grid.png", "one.png"}) {
     std::ifstream in(dir / f, std::ios::binary);
     char sig[8];
@@ -132,6 +142,13 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   nn::output::keep_csv_rows_through((dir / "k.csv").string(), 1, 6);
   CHECK(read_text("k.csv") == "epoch,step,loss\n1,4,0.5\n2,6,0.45\n");
   nn::output::keep_csv_rows_through((dir / "absent.csv").string(), 0, 1);  // nothing to do
+  // A key column past the header's, or the last one, would drop every row: refused, file kept.
+  CHECK_THROWS_WITH(nn::output::keep_csv_rows_through((dir / "k.csv").string(), 2, 6),
+                    Contains("has 3 column(s) in its header 'epoch,step,loss'; the key column 2 must be one of the first 2"));
+  std::ofstream(dir / "notes.txt") << "free text\nmore text\n";
+  CHECK_THROWS_WITH(nn::output::keep_csv_rows_through((dir / "notes.txt").string(), 0, 6), Contains("has 1 column(s)"));
+  CHECK(read_text("k.csv") == "epoch,step,loss\n1,4,0.5\n2,6,0.45\n");
+  CHECK(read_text("notes.txt") == "free text\nmore text\n");
   CHECK_FALSE(fs::exists(dir / "absent.csv"));
   {  // read_csv: the numbers back, whole numbers in full, nan and inf included
     nn::output::CsvWriter csv((dir / "r.csv").string(), {"step", "loss"});
@@ -152,6 +169,16 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   CHECK_THROWS_WITH(nn::output::read_csv((dir / "r.csv").string()), Contains("line 2 has 1 values for the 2 columns"));
   std::ofstream(dir / "r.csv") << "";
   CHECK_THROWS_WITH(nn::output::read_csv((dir / "r.csv").string()), Contains("is empty (no header)"));
+  std::ofstream(dir / "r.csv") << "a,b\r\n1,2\r\n";  // Windows line endings
+  CHECK(nn::output::read_csv((dir / "r.csv").string()).header == std::vector<std::string>{"a", "b"});
+  CHECK(nn::output::read_csv((dir / "r.csv").string()).rows == std::vector<std::vector<double>>{{1, 2}});
+  {  // A cell or a column name holding a separator would shift the columns: refused.
+    CHECK_THROWS_WITH(nn::output::CsvWriter((dir / "c.csv").string(), {"a,b", "c"}), Contains("the column name 'a,b' is empty or contains"));
+    nn::output::CsvWriter csv((dir / "c.csv").string(), {"name", "fd"});
+    CHECK_THROWS_WITH(csv.row(std::vector<std::string>{"heun, 9", "1.5"}), Contains("the value 'heun, 9' of column 0 contains a comma"));
+    csv.row(std::vector<std::string>{"heun", "1.5"});
+  }
+  CHECK(read_text("c.csv") == "name,fd\nheun,1.5\n");
   { nn::output::CsvWriter again((dir / "m.csv").string(), {"step", "loss"}); }
   CHECK(read_text("m.csv") == "step,loss\n");  // replace starts over
   nn::output::plot_svg((dir / "p.svg").string(), {{"train", {1, 2, 3}, {1.0, 0.5, 0.25}}, {"test", {1, 3}, {1.2, 0.4}}},
@@ -183,7 +210,7 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   CHECK_THROWS_WITH(nn::output::save_png((dir / "x.png").string(), zeros({2, 4, 4})), Contains("expected 1 or 3 channels"));
   {
     const nn::output::RunFolderLock first(dir.string());
-    CHECK_THROWS_WITH(nn::output::RunFolderLock(dir.string()), Contains("is in use by another program"));
+    CHECK_THROWS_WITH(nn::output::RunFolderLock(dir.string()), Contains("is in use (locked through"));
   }
   CHECK_NOTHROW(nn::output::RunFolderLock(dir.string()));  // released with its holder
   CHECK_THROWS_WITH(nn::output::RunFolderLock((dir / "missing").string()), Contains("cannot open its lock file"));

@@ -134,6 +134,10 @@ TEST_CASE("optimizers: a parameter that misses steps counts only its own updates
   check([](std::vector<nn::NamedTensor> ps) { return nn::Adam(ps, {.lr = 0.01, .weight_decay = 0.1}); });
   check([](std::vector<nn::NamedTensor> ps) { return nn::AdamW(ps, {.lr = 0.01, .beta1 = 0.8, .weight_decay = 0.1}); });
   check([](std::vector<nn::NamedTensor> ps) { return nn::SGD(ps, {.lr = 0.1, .momentum = 0.9, .dampening = 0.3}); });
+  // PyTorch's defaults: AdamW decays by 0.01 unless told otherwise, Adam not at all.
+  CHECK(nn::AdamW(std::vector<nn::NamedTensor>{param({1.0})}).options.weight_decay == 0.01);
+  CHECK(nn::AdamW(std::vector<nn::NamedTensor>{param({1.0})}, {.lr = 0.1}).options.weight_decay == 0.01);
+  CHECK(nn::Adam(std::vector<nn::NamedTensor>{param({1.0})}, {}).options.weight_decay == 0.0);
   auto p = param({1.0});
   nn::SGD sgd({p}, {.lr = 0.1});
   CHECK_THROWS_WITH(sgd.set_param_updates("p", 1), Contains("cannot have 1 updates after 0 steps"));
@@ -149,6 +153,16 @@ TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
   CHECK(std::sqrt(ops::sum(ops::square(a.grad())).item() + ops::sum(ops::square(b.grad())).item()) == Approx(1.0).epsilon(1e-5));
   CHECK(nn::clip_grad_norm({a, b}, 10.0) == Approx(1.0).epsilon(1e-5));  // below the limit: unchanged
   CHECK(a.grad().at<double>({0}) == Approx(2.0 / std::sqrt(28.0)).epsilon(1e-5));
+  // A gradient set as a transposed view (torch: norm 9.5394, each element scaled by 1 / 9.5394).
+  Tensor w = zeros({2, 3}, DType::f64).requires_grad_();
+  w.set_grad(tensor({1, 2, 3, 4, 5, 6}, DType::f64).reshape({3, 2}).t());  // [[1, 3, 5], [2, 4, 6]]
+  CHECK(nn::clip_grad_norm({w}, 1.0) == Approx(std::sqrt(91.0)));
+  CHECK(w.grad().at<double>({0, 1}) == Approx(3 / (std::sqrt(91.0) + 1e-6)).epsilon(1e-12));
+  CHECK(w.grad().at<double>({1, 0}) == Approx(2 / (std::sqrt(91.0) + 1e-6)).epsilon(1e-12));
+  // max_norm 0 zeroes the gradients (as torch); a negative one is refused.
+  CHECK(nn::clip_grad_norm({w}, 0.0) == Approx(1.0).epsilon(1e-5));
+  CHECK(w.grad().to_vector<double>() == std::vector<double>(6, 0.0));
+  CHECK_THROWS_WITH(nn::clip_grad_norm({w}, -1.0), Contains("max_norm must be >= 0, got -1"));
 
   CHECK(nn::warmup_cosine_schedule(0, 10, 110) == Approx(0.1));
   CHECK(nn::warmup_cosine_schedule(9, 10, 110) == Approx(1.0));

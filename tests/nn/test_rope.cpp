@@ -422,6 +422,7 @@ TEST_CASE("rope: per-sequence positions and errors", "[nn][rope]") {
   for (std::int64_t b = 0; b < 2; ++b)
     CHECK(test::same_bits(y.select(0, b).contiguous(), rope(x.select(0, b).contiguous(), pos.select(0, b).contiguous())));
   CHECK_THROWS_WITH(rope.tables(test::uniform({T, 3}, 0, 1)), Contains("Rope::tables: expected positions [T, 2]"));
+  CHECK_THROWS_WITH(rope.tables(test::uniform({T, 2}, 0, 1), DType::i64), Contains("the tables' dtype must be f32 or f64"));
   CHECK_THROWS_WITH(rope.tables(tensor({0.0, 1.0, 2.0, NAN}, {2, 2}, DType::f64)),
                     Contains("Rope::tables: positions must be finite, got nan at row 1 axis 1 (positions [2, 2])"));
   CHECK_THROWS_WITH(nn::Rope(d, 2, {.sections = {1, 2}}), Contains("sections [1, 2] sum to 3"));

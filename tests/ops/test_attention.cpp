@@ -199,6 +199,22 @@ TEST_CASE("attention: fully masked rows give zeros, not NaN (forward and backwar
   CHECK(q.grad().to_vector<double>() == std::vector<double>(12, 0.0));
 }
 
+TEST_CASE("attention: a NaN or infinite score gives NaN, as the unfused softmax (not a masked row's zeros)", "[ops][attention]") {
+  for (DType dt : {DType::f64, DType::f32}) {
+    Tensor q = test::randn({5, 4}, dt, 31), k = test::randn({6, 4}, dt, 32);
+    const Tensor v = test::randn({6, 3}, dt, 33);
+    q.narrow(0, 1, 1).narrow(1, 2, 1).fill_(NAN);       // query row 1
+    k.narrow(0, 4, 1).narrow(1, 0, 1).fill_(NAN);       // key 4: every score against it is NaN
+    const auto o = ops::scaled_dot_product_attention(q, k, v, options(true, Tensor())).to_vector<double>();
+    // Causal (Tq = 5, Tk = 6: row i sees keys 0..i + 1): rows 0-2 do not see key 4; row 1 holds the NaN.
+    for (std::int64_t i = 0; i < 5; ++i)
+      for (std::int64_t e = 0; e < 3; ++e) {
+        INFO("row " << i << " column " << e);
+        CHECK(std::isnan(o[static_cast<std::size_t>(i * 3 + e)]) == (i == 1 || i >= 3));
+      }
+  }
+}
+
 TEST_CASE("attention: a query that sees one key has exactly zero q gradient (softmax of one score)", "[ops][attention]") {
   // Causal self-attention: query 0 sees key 0 only, so its output is v_0 whatever q_0 and k_0
   // are. The backward's D_0 = <dO_0, O_0> is formed in the same FMA order as dP_00 = <dO_0, v_0>,

@@ -241,6 +241,12 @@ TEST_CASE("comparisons and logic produce bool tensors", "[ops][elementwise]") {
   CHECK(ops::gt(a, 1.5).to_vector<bool>() == std::vector<bool>{false, true, true});
   CHECK(ops::ge(arange(3), 1.0).to_vector<bool>() == std::vector<bool>{false, true, true});
   CHECK(ops::lt(arange(3), 0.5).to_vector<bool>() == std::vector<bool>{true, false, false});  // i64 vs fractional
+  // i64 against values outside its range: ordered as in torch, not an error.
+  CHECK(ops::lt(arange(3), INFINITY).to_vector<bool>() == std::vector<bool>{true, true, true});
+  CHECK(ops::gt(arange(3), -INFINITY).to_vector<bool>() == std::vector<bool>{true, true, true});
+  CHECK(ops::ge(arange(3), 1e30).to_vector<bool>() == std::vector<bool>{false, false, false});
+  CHECK(ops::eq(arange(3), NAN).to_vector<bool>() == std::vector<bool>{false, false, false});
+  CHECK(ops::ne(arange(3), NAN).to_vector<bool>() == std::vector<bool>{true, true, true});
   CHECK(ops::eq(a.reshape({3, 1}), b).shape() == Shape{3, 3});
   const Tensor p = tensor({1, 1, 0, 0}, DType::boolean), q = tensor({1, 0, 1, 0}, DType::boolean);
   CHECK(ops::logical_and(p, q).to_vector<bool>() == std::vector<bool>{true, false, false, false});
@@ -260,6 +266,8 @@ TEST_CASE("dtype rules: promotion, integer arithmetic, true division", "[ops][el
   CHECK((i + i).dtype() == DType::i64);
   CHECK((i * 2.0).dtype() == DType::i64);
   CHECK((i * 2.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{2, 4, 6});
+  CHECK((i + INFINITY).dtype() == DType::f32);  // as i + NAN: no integer holds it
+  CHECK((i + INFINITY).to_vector<float>() == std::vector<float>(3, INFINITY));
   CHECK((i * 0.5).dtype() == DType::f32);
   CHECK((i / i).dtype() == DType::f32);
   CHECK((i / 2.0).to_vector<float>() == std::vector<float>{0.5f, 1.0f, 1.5f});

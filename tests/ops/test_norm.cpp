@@ -431,15 +431,15 @@ TEST_CASE("norms: errors name the op, the shapes and the dim", "[ops][norm][erro
                     Contains("layer_norm: normalized_shape [3] does not match the trailing dims of x (shape [2, 3, 4]): dim 2 of x is 4, expected 3"));
   CHECK_THROWS_WITH(ops::layer_norm(x, {1, 2, 3, 4}), Contains("layer_norm: normalized_shape [1, 2, 3, 4] has more dims than x"));
   CHECK_THROWS_WITH(ops::layer_norm(x, {}), Contains("normalized_shape must have at least one dim"));
-  CHECK_THROWS_WITH(ops::layer_norm(x, {4}, zeros({3})), Contains("layer_norm: weight must have shape [4], got shape [3]"));
-  CHECK_THROWS_WITH(ops::layer_norm(x, {3, 4}, {}, zeros({4})), Contains("layer_norm: bias must have shape [3, 4], got shape [4]"));
-  CHECK_THROWS_WITH(ops::rms_norm(x, {4}, zeros({4, 1})), Contains("rms_norm: weight must have shape [4], got shape [4, 1]"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {4}, zeros({3})), Contains("layer_norm: x of shape [2, 3, 4] needs a weight of shape [4], got shape [3]"));
+  CHECK_THROWS_WITH(ops::layer_norm(x, {3, 4}, {}, zeros({4})), Contains("layer_norm: x of shape [2, 3, 4] needs a bias of shape [3, 4], got shape [4]"));
+  CHECK_THROWS_WITH(ops::rms_norm(x, {4}, zeros({4, 1})), Contains("rms_norm: x of shape [2, 3, 4] needs a weight of shape [4], got shape [4, 1]"));
   CHECK_THROWS_WITH(ops::rms_norm(arange(4), {4}), Contains("rms_norm: expected a floating-point tensor"));
   CHECK_THROWS_WITH(ops::layer_norm(x, {4}, {}, {}, -1.0), Contains("layer_norm: eps must be a finite number >= 0"));
   CHECK_THROWS_WITH(ops::group_norm(x, 2), Contains("group_norm: num_groups 2 must divide the number of channels C = 3 (dim 1 of x, shape [2, 3, 4])"));
   CHECK_THROWS_WITH(ops::group_norm(x, 0), Contains("group_norm: num_groups must be >= 1"));
   CHECK_THROWS_WITH(ops::group_norm(zeros({4}), 1), Contains("group_norm: expected x of shape [N, C, *]"));
-  CHECK_THROWS_WITH(ops::group_norm(x, 3, zeros({4})), Contains("group_norm: weight must have shape [3], got shape [4]"));
+  CHECK_THROWS_WITH(ops::group_norm(x, 3, zeros({4})), Contains("group_norm: x of shape [2, 3, 4] needs a weight of shape [3], got shape [4]"));
   CHECK_THROWS_WITH(ops::group_norm_silu(x, 2), Contains("group_norm_silu: num_groups 2 must divide the number of channels C = 3"));
   CHECK_THROWS_WITH(ops::layer_norm(Tensor(), {4}), Contains("layer_norm: argument 'x' is an undefined tensor"));
 }

@@ -90,7 +90,7 @@ int optimizers() {
   };
   auto sgd = [](nn::SGDOptions o) -> Make { return [o](auto p) { return std::make_unique<nn::SGD>(p, o); }; };
   auto adam = [](nn::AdamOptions o) -> Make { return [o](auto p) { return std::make_unique<nn::Adam>(p, o); }; };
-  auto adamw = [](nn::AdamOptions o) -> Make { return [o](auto p) { return std::make_unique<nn::AdamW>(p, o); }; };
+  auto adamw = [](nn::AdamWOptions o) -> Make { return [o](auto p) { return std::make_unique<nn::AdamW>(p, o); }; };
   run("sgd", sgd({.lr = 0.1}), false);
   run("sgd_momentum", sgd({.lr = 0.1, .momentum = 0.9}), false);
   run("sgd_dampening_wd", sgd({.lr = 0.1, .momentum = 0.9, .dampening = 0.3, .weight_decay = 0.05}), false);
@@ -100,6 +100,7 @@ int optimizers() {
   run("adam_wd", adam({.lr = 0.01, .beta1 = 0.8, .beta2 = 0.99, .eps = 1e-3, .weight_decay = 0.1}), false);
   run("adamw_wd", adamw({.lr = 0.01, .beta1 = 0.8, .beta2 = 0.99, .eps = 1e-3, .weight_decay = 0.1}), false);
   run("adamw_clip", adamw({.lr = 0.05, .weight_decay = 0.01}), true);
+  run("adamw_default", adamw({.lr = 0.01}), false);  // the default weight decay, as torch's
   return 0;
 }
 

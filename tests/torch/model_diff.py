@@ -117,6 +117,7 @@ def optimizer_reference():
         "adam_wd": run(lambda p: O.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1), False),
         "adamw_wd": run(lambda p: O.AdamW(p, lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1), False),
         "adamw_clip": run(lambda p: O.AdamW(p, lr=0.05, weight_decay=0.01), True),
+        "adamw_default": run(lambda p: O.AdamW(p, lr=0.01), False),  # torch's default weight decay, 0.01
     }
 
 
