@@ -193,6 +193,26 @@ struct DuplicateKeyCheck : json::json_sax_t {
   bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
 };
 
+// Whether `s` is well-formed UTF-8 (the header is JSON text: names and metadata must be).
+bool valid_utf8(const std::string& s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const int extra = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : -1;
+    if (extra < 0 || s.size() - i <= static_cast<std::size_t>(extra)) return false;  // a bad lead byte, or cut off
+    std::uint32_t cp = extra == 0 ? c : c & (0x3f >> extra);
+    for (int k = 1; k <= extra; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
+      if ((b >> 6) != 0x2) return false;
+      cp = (cp << 6) | (b & 0x3f);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8 either.
+    static constexpr std::uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[extra] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) return false;
+    i += static_cast<std::size_t>(extra) + 1;
+  }
+  return true;
+}
+
 // The first NaN or infinity in a floating-point tensor, if any.
 std::optional<double> first_non_finite(const Tensor& tensor) {
   if (tensor.dtype() != DType::f32 && tensor.dtype() != DType::f64) return std::nullopt;
@@ -236,6 +256,7 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   for (const NamedTensor& nt : tensors) {
     TG_CHECK(nt.tensor.defined(), "save: tensor '{}' is undefined", nt.name);
     TG_CHECK(nt.name != "__metadata__" && !nt.name.empty(), "save: invalid tensor name '{}'", nt.name);
+    TG_CHECK(valid_utf8(nt.name), "save: tensor name '{}' is not valid UTF-8 (the header is JSON)", nt.name);
     TG_CHECK(!header.contains(nt.name), "save: tensor name '{}' appears twice", nt.name);
     const Tensor t = nt.tensor.detach().contiguous();
     const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
@@ -246,7 +267,11 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
     data.push_back(t);
   }
   json meta = json::object();
-  for (const auto& [k, v] : metadata) meta[k] = v;
+  for (const auto& [k, v] : metadata) {
+    TG_CHECK(valid_utf8(k) && valid_utf8(v), "save: metadata entry '{}' = '{}' is not valid UTF-8 (the header is JSON)", k,
+             v.substr(0, 100));
+    meta[k] = v;
+  }
   meta[kCrcKey] = std::to_string(crc_of(data));
   meta.erase(kHeaderCrcKey);  // (metadata copied from a loaded file carries the old one)
   header["__metadata__"] = meta;

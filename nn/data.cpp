@@ -319,6 +319,12 @@ ImageDataset load_digits(const std::string& path) {
 
 // ---- subsets --------------------------------------------------------------------------------------------------
 ImageDataset subset(const ImageDataset& d, const Tensor& indices) {
+  TG_CHECK(indices.defined() && indices.dim() == 1 && !indices.is_floating_point() && indices.dtype() != DType::boolean,
+           "subset: expected 1-D integer indices, got {}", indices.defined() ? fmt::format("{} {}", indices.dtype(), indices.shape()) : std::string("undefined"));
+  if (indices.numel() > 0) {
+    const std::int64_t lo = ops::amin(indices).item<std::int64_t>(), hi = ops::amax(indices).item<std::int64_t>();
+    TG_CHECK(lo >= 0 && hi < d.size(), "subset: indices {}..{} are outside the {} items of '{}'", lo, hi, d.size(), d.source);
+  }
   auto [images, labels] = gather_batch(d, indices);
   ImageDataset out = d;
   out.images = images;
@@ -482,7 +488,7 @@ Tensor downsample(const Tensor& images, std::int64_t factor) {
 Tensor pad_to(const Tensor& images, std::int64_t size) {
   TG_CHECK(images.dim() == 4, "pad_to: expected images [N, C, H, W], got {}", images.shape());
   const std::int64_t H = images.shape()[2], W = images.shape()[3];
-  TG_CHECK(size >= H && size >= W, "pad_to: cannot pad {}x{} to {}", H, W, size);
+  TG_CHECK(size >= H && size >= W && size <= (std::int64_t{1} << 16), "pad_to: cannot pad {}x{} to {} (at most 65536)", H, W, size);
   const std::int64_t top = (size - H) / 2, left = (size - W) / 2;
   return ops::pad(images, {left, size - W - left, top, size - H - top});
 }

@@ -116,7 +116,8 @@ class MLP : public Module {
   MLPOptions options;
 };
 
-// Inverted dropout in training mode, identity in eval mode.
+// Inverted dropout in training mode, identity in eval mode. The default p is 0.1, the usual rate in
+// transformer blocks (torch.nn.Dropout's default is 0.5).
 class Dropout : public Module {
  public:
   explicit Dropout(double p = 0.1, Generator* gen = nullptr);

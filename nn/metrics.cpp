@@ -44,6 +44,9 @@ namespace {
 std::pair<Tensor, Tensor> moments(const Tensor& x) {
   TG_CHECK(x.dim() == 2 && x.shape()[0] >= 2, "frechet_distance: need features [N >= 2, D], got {}", x.shape());
   const Tensor f = x.detach().to(DType::f64);
+  const std::int64_t bad = x.numel() - ops::sum(ops::isfinite(f)).item<std::int64_t>();
+  TG_CHECK(bad == 0, "frechet_distance: {} of the features ({}) are NaN or infinite (samples from a diverged model?)", bad,
+           x.shape());
   const Tensor mu = ops::mean(f, {0});
   const Tensor c = f - mu;
   return {mu, ops::matmul(c.t(), c) / static_cast<double>(x.shape()[0] - 1)};
@@ -70,6 +73,8 @@ double frechet_distance(const Tensor& a, const Tensor& b) {
 double frechet_noise_floor(const Tensor& real, std::uint64_t seed) {
   NoGradGuard no_grad;
   Generator gen(seed);
+  TG_CHECK(real.dim() == 2 && real.shape()[0] >= 4,
+           "frechet_noise_floor: need features [N >= 4, D] (two halves of at least 2), got {}", real.shape());
   const std::int64_t n = real.shape()[0];
   const Tensor perm = randperm(n, gen);
   const Tensor shuffled = ops::index_select(real, 0, perm);

@@ -69,7 +69,13 @@ Tensor log_softmax(const Tensor& x, std::int64_t axis) { return softmax_impl("lo
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opt) {
   check_defined(logits, "cross_entropy", "logits");
   check_defined(target, "cross_entropy", "target");
-  TG_CHECK(logits.dim() >= 2, "cross_entropy: logits must be [N, C, ...], got shape {}", logits.shape());
+  // An unbatched sample, as torch takes it: logits [C] and a 0-d target are a batch of one.
+  if (logits.dim() == 1 && target.dim() == 0) {
+    const Tensor loss = cross_entropy(logits.unsqueeze(0), target.unsqueeze(0), opt);
+    return opt.reduction == Reduction::none ? loss.squeeze(0) : loss;
+  }
+  TG_CHECK(logits.dim() >= 2, "cross_entropy: logits must be [N, C, ...] (or [C] with a 0-d target), got shape {}",
+           logits.shape());
   TG_CHECK(logits.is_floating_point(), "cross_entropy: expected floating-point logits, got {} (shape {})",
            logits.dtype(), logits.shape());
   TG_CHECK(target.dtype() == DType::i64 || target.dtype() == DType::i32,

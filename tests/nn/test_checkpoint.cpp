@@ -343,6 +343,14 @@ TEST_CASE("loading refuses folders and FIFOs instead of reading garbage or block
   CHECK_THROWS_WITH(nn::save_module(net, "/dev/null"), Contains("save: '/dev/null' exists and is not a regular file"));
   CHECK_THROWS_WITH(nn::output::CsvWriter(dir.file("fifo"), {"step"}), Contains("CsvWriter: '" + dir.file("fifo") + "' exists and is not a regular file"));
   CHECK(fs::is_character_file("/dev/null"));
+  // Names and metadata go into a JSON header: they must be UTF-8. UTF-8 itself is fine.
+  const Tensor w = zeros({2});
+  CHECK_THROWS_WITH(nn::save_safetensors(dir.file("u.safetensors"), {{"caf\xe9", w}}), Contains("is not valid UTF-8"));
+  CHECK_THROWS_WITH(nn::save_safetensors(dir.file("u.safetensors"), {{"w", w}}, {{"note", "\xc3"}}), Contains("metadata entry 'note'"));
+  CHECK_THROWS_WITH(nn::save_safetensors(dir.file("u.safetensors"), {{"\xed\xa0\x80", w}}), Contains("is not valid UTF-8"));  // a surrogate
+  CHECK_THROWS_WITH(nn::save_safetensors(dir.file("u.safetensors"), {{"\xc0\xaf", w}}), Contains("is not valid UTF-8"));  // overlong '/'
+  nn::save_safetensors(dir.file("u.safetensors"), {{"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", w}}, {{"note", "\xc3\xa9"}});
+  CHECK(nn::load_safetensors(dir.file("u.safetensors")).tensors[0].name == "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
 }
 
 TEST_CASE("write_file_atomically replaces a file whole", "[nn][checkpoint]") {

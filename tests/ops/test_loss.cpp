@@ -89,6 +89,10 @@ TEST_CASE("cross_entropy: values, ignore_index, label smoothing, shapes", "[ops]
   ops::CrossEntropyOptions none;
   none.reduction = ops::Reduction::none;
   CHECK(ops::cross_entropy(logits, target, none).shape() == Shape{2});
+  // An unbatched sample: logits [C], a 0-d target (torch: [1, 2, 3] with target 1 gives 1.40761).
+  const Tensor one = tensor({1, 2, 3}, DType::f64);
+  CHECK(ops::cross_entropy(one, scalar_tensor(1, DType::i64)).item() == Approx(1.4076059644443804).epsilon(1e-12));
+  CHECK(ops::cross_entropy(one, scalar_tensor(1, DType::i64), none).dim() == 0);
   // [N, C, L] logits with [N, L] targets.
   const Tensor seq = test::randn({2, 4, 3}, DType::f64, 8);
   const Tensor seq_t = tensor({0, 3, 1, 2, 2, 0}, {2, 3}, DType::i64);
