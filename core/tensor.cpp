@@ -320,10 +320,13 @@ struct Printer {
   bool shown(std::int64_t idx, std::int64_t n) const {
     return !summarize || n <= 2 * kEdgeItems || idx < kEdgeItems || idx >= n - kEdgeItems;
   }
+  // The next index after k, jumping over the summarised middle (so a huge dim costs nothing).
+  std::int64_t next(std::int64_t k, std::int64_t n) const {
+    return shown(k + 1, n) || k + 1 >= n ? k + 1 : n - kEdgeItems;
+  }
   void measure(int d, std::int64_t base) {
     const std::int64_t n = t.shape()[d], stride = t.strides()[d];
-    for (std::int64_t k = 0; k < n; ++k) {
-      if (!shown(k, n)) continue;
+    for (std::int64_t k = 0; k < n; k = next(k, n)) {
       if (d + 1 == t.dim()) width = std::max(width, static_cast<int>(element(base + k * stride).size()));
       else measure(d + 1, base + k * stride);
     }
@@ -331,15 +334,9 @@ struct Printer {
   void print(std::string& out, int d, std::int64_t base, int indent) const {
     const std::int64_t n = t.shape()[d], stride = t.strides()[d];
     out += '[';
-    bool skipped = false;
-    for (std::int64_t k = 0; k < n; ++k) {
-      if (!shown(k, n)) {
-        if (!skipped) {
-          out += d + 1 == t.dim() ? "..., " : fmt::format("...,\n{:{}}", "", indent + 1);
-          skipped = true;
-        }
-        continue;
-      }
+    for (std::int64_t k = 0; k < n; k = next(k, n)) {
+      if (k == n - kEdgeItems && !shown(k - 1, n))  // the middle was skipped
+        out += d + 1 == t.dim() ? "..., " : fmt::format("...,\n{:{}}", "", indent + 1);
       if (d + 1 == t.dim()) {
         out += fmt::format("{:>{}}", element(base + k * stride), width);
         if (k + 1 < n) out += ", ";

@@ -199,12 +199,18 @@ Tensor read_idx(const std::string& path) {
 
 std::optional<std::string> find_fashion_mnist() {
   namespace fs = std::filesystem;
-  std::vector<std::string> candidates;
-  if (const char* env = std::getenv("TAPEGRAD_FASHION_MNIST")) candidates.emplace_back(env);
-  candidates.emplace_back("/usr/share/datasets/fashion-mnist");
-  for (const std::string& dir : candidates)
-    if (fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz") && fs::exists(fs::path(dir) / "t10k-labels-idx1-ubyte.gz"))
-      return dir;
+  auto holds_files = [](const std::string& dir) {
+    return fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz") && fs::exists(fs::path(dir) / "t10k-labels-idx1-ubyte.gz");
+  };
+  // A folder the user named must hold the data: falling back to another copy would hide the mistake.
+  if (const char* env = std::getenv("TAPEGRAD_FASHION_MNIST"); env && *env) {
+    TG_CHECK(holds_files(env),
+             "TAPEGRAD_FASHION_MNIST is '{}', which does not hold the Fashion-MNIST files (train-images-idx3-ubyte.gz, ...)",
+             env);
+    return std::string(env);
+  }
+  const std::string installed = "/usr/share/datasets/fashion-mnist";
+  if (holds_files(installed)) return installed;
   return std::nullopt;
 }
 

@@ -88,6 +88,19 @@ void save_png(const std::string& path, const Tensor& image) {
   write_png(path, rgb, W, H);
 }
 
+void check_image_grid(std::int64_t N, std::int64_t H, std::int64_t W, const GridOptions& o, bool captioned) {
+  TG_CHECK(N > 0 && H > 0 && W > 0 && o.columns > 0 && o.scale > 0 && o.padding >= 0,
+           "save_image_grid: bad grid options or no images ({} images of {} x {}, {} columns, scale {}, padding {})", N, H, W,
+           o.columns, o.scale, o.padding);
+  const std::int64_t cols = std::min(o.columns, N), rows = (N + cols - 1) / cols;
+  const std::int64_t caption_h = captioned ? 12 : 0;
+  // The picture's size in f64 first: absurd scales or paddings must not wrap around.
+  const double width = static_cast<double>(cols) * static_cast<double>(W * o.scale) + static_cast<double>(cols + 1) * o.padding;
+  const double height = static_cast<double>(rows) * static_cast<double>(H * o.scale + caption_h) + static_cast<double>(rows + 1) * o.padding;
+  TG_CHECK(static_cast<double>(o.scale) * std::max(H, W) <= 0x1p20 && width * height <= 0x1p28,
+           "save_image_grid: a {:.0f} x {:.0f} pixel grid is too large (at most 2^28 pixels; {} images)", width, height, N);
+}
+
 void save_image_grid(const std::string& path, const Tensor& images, const GridOptions& o) {
   TG_CHECK(images.dim() == 4, "save_image_grid: expected images [N, C, H, W], got {}", images.shape());
   const Tensor img = images.detach().to(DType::f32).contiguous();
@@ -98,13 +111,9 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
            "save_image_grid: {} captions for {} images", o.captions.size(), N);
   TG_CHECK(o.caption_red.empty() || static_cast<std::int64_t>(o.caption_red.size()) == N,
            "save_image_grid: {} caption colours (caption_red) for {} images", o.caption_red.size(), N);
+  check_image_grid(N, H, W, o, !o.captions.empty());
   const std::int64_t cols = std::min(o.columns, N), rows = (N + cols - 1) / cols;
   const std::int64_t caption_h = o.captions.empty() ? 0 : 12;
-  // The picture's size in f64 first: absurd scales or paddings must not wrap around.
-  const double width = static_cast<double>(cols) * static_cast<double>(W * o.scale) + static_cast<double>(cols + 1) * o.padding;
-  const double height = static_cast<double>(rows) * static_cast<double>(H * o.scale + caption_h) + static_cast<double>(rows + 1) * o.padding;
-  TG_CHECK(static_cast<double>(o.scale) * std::max(H, W) <= 0x1p20 && width * height <= 0x1p28,
-           "save_image_grid: a {:.0f} x {:.0f} pixel grid is too large (at most 2^28 pixels)", width, height);
   const std::int64_t tile_w = W * o.scale, tile_h = H * o.scale + caption_h;
   const std::int64_t gw = cols * tile_w + (cols + 1) * o.padding, gh = rows * tile_h + (rows + 1) * o.padding;
   std::vector<std::uint8_t> rgb(static_cast<std::size_t>(gw * gh * 3), 40);  // dark grey background
@@ -301,10 +310,14 @@ ProgressBar::ProgressBar(std::int64_t total, std::string label)
     : total_(std::max<std::int64_t>(total, 1)), label_(std::move(label)), tty_(::isatty(STDERR_FILENO) != 0),
       start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
 
-void ProgressBar::update(std::int64_t done, double loss) {
+void ProgressBar::update(std::int64_t done) { update(done, std::nullopt); }
+
+void ProgressBar::update(std::int64_t done, std::optional<double> maybe_loss) {
   done = std::clamp<std::int64_t>(done, 0, total_);
-  const bool first_non_finite = !std::isfinite(loss) && non_finite_ == 0;
-  if (std::isfinite(loss)) {
+  const double loss = maybe_loss.value_or(0.0);
+  const bool first_non_finite = maybe_loss && !std::isfinite(loss) && non_finite_ == 0;
+  if (!maybe_loss) {
+  } else if (std::isfinite(loss)) {
     smoothed_loss_ = has_loss_ ? 0.95 * smoothed_loss_ + 0.05 * loss : loss;
     has_loss_ = true;
   } else {

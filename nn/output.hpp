@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ struct GridOptions {
   std::vector<bool> caption_red;      // empty, or one per image: draw that caption in red
 };
 void save_image_grid(const std::string& path, const Tensor& images, const GridOptions& options = {});
+// The checks of save_image_grid on the sizes alone (N images of H x W, with captions or not), so
+// that a program can refuse a grid it could not write before it computes the images.
+void check_image_grid(std::int64_t N, std::int64_t H, std::int64_t W, const GridOptions& options, bool captioned);
 
 // Keeps a CSV file's header and the rows whose integer in column `column` (0-based, not the last
 // column) is at most `max_value`; other rows, and a row cut off mid-write, are dropped. The file is rewritten
@@ -82,10 +86,12 @@ void plot_svg(const std::string& path, const std::vector<Series>& series, const 
 class ProgressBar {
  public:
   ProgressBar(std::int64_t total, std::string label);
-  void update(std::int64_t done, double loss);
+  void update(std::int64_t done, double loss) { update(done, std::optional<double>(loss)); }
+  void update(std::int64_t done);  // progress without a loss (sampling, evaluation)
   void finish(const std::string& message = "");
 
  private:
+  void update(std::int64_t done, std::optional<double> loss);
   void draw(std::int64_t done, double loss, bool final);
   std::int64_t total_;
   std::string label_;

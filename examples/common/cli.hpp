@@ -17,9 +17,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <new>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/error.hpp"
 #include "examples/common/memory.hpp"
@@ -116,6 +118,25 @@ inline CLI::Validator Integer(std::int64_t lo, std::int64_t hi) {
 }
 // --threads of every example.
 inline const CLI::Validator Threads = Integer(0, 1024);
+
+// A new training run must not silently replace an earlier one: a folder that holds a run (one of
+// `markers`, e.g. its checkpoint) is refused unless the run is resumed or `overwrite` is set.
+inline void check_new_run_folder(const std::string& out, const std::vector<std::string>& markers, bool resume,
+                                 bool overwrite) {
+  if (resume) return;
+  for (const std::string& m : markers) {
+    const std::string path = out + "/" + m;
+    if (!std::filesystem::exists(path)) continue;
+    TG_CHECK(overwrite,
+             "train: '{}' already holds a run ('{}'); continue it with --resume, start it over with --overwrite, or train "
+             "into another --out",
+             out, m);
+    fmt::print("train: --overwrite: starting a new run in '{}' (files of the old run that this one does not write, "
+               "such as eval.csv, stay)\n",
+               out);
+    return;
+  }
+}
 
 // Runs a command: any failure ends as "error: <what>" and status 1. When memory runs out, the
 // message says which options size the work (`lower`): the allocator cannot know which asked too much.

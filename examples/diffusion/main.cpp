@@ -109,6 +109,10 @@ Run read_run(const std::string& dir) {
   r.json = read_json(dir + "/config.json");
   try {
     TG_CHECK(r.json.is_object(), "not a JSON object");
+    // Another example's run folder (fashion_mnist names its model with a string): say so.
+    TG_CHECK(!r.json.contains("model") || r.json["model"].is_object(),
+             "this is not a diffusion run (model {}: a run of another example?); pass a folder written by 'diffusion train'",
+             r.json["model"].dump());
     r.config = config_from_json(r.json.at("model"));
     r.synthetic = r.json.value("synthetic", false);
   } catch (const nlohmann::json::exception& e) {
@@ -189,13 +193,23 @@ std::string rho_str(double r) { return fmt::format("{:g}", r); }
 // A grid of generated images (model space) with the class names on the first row.
 void save_samples(const std::string& path, const diff::Generated& g, std::int64_t size, const std::vector<std::string>& names,
                   std::int64_t columns) {
-  nn::output::GridOptions opt{.columns = columns, .scale = 3};
+  nn::output::GridOptions opt{.columns = columns, .scale = 3};  // (as check_samples_grid)
   if (g.labels.defined()) {
     const auto y = g.labels.to_vector<std::int64_t>();
     for (std::size_t i = 0; i < y.size(); ++i)
       opt.captions.push_back(static_cast<std::int64_t>(i) < columns ? names[static_cast<std::size_t>(y[i])].substr(0, 9) : "");
   }
   nn::output::save_image_grid(path, diff::to_image_space(g.x, size), opt);
+}
+
+// Refuses a grid of `count` samples that save_samples could not write (checked before sampling).
+void check_samples_grid(std::int64_t count, std::int64_t size, std::int64_t columns) {
+  const std::int64_t shown = diff::to_image_space(zeros({1, 1, size, size}), size).shape()[2];  // the images as drawn
+  try {
+    nn::output::check_image_grid(count, shown, shown, {.columns = columns, .scale = 3}, true);
+  } catch (const tg::Error&) {
+    TG_FAIL("sample: a grid of {} samples of {} x {} would be too large for one PNG; lower --count", count, shown, shown);
+  }
 }
 
 // One image of the samples as an n x n mosaic [1, n*28, n*28].
@@ -245,7 +259,7 @@ constexpr std::int64_t kMaxSize = 256, kMaxCount = 1'000'000;
 
 struct TrainArgs {
   std::string out = "runs/diffusion", data;
-  bool synthetic = false, resume = false, unconditional = false;
+  bool synthetic = false, resume = false, overwrite = false, unconditional = false;
   double minutes = 12, lr = 1e-3, lr_min_ratio = 0.1, ema = 0.999, label_dropout = 0.1, dropout = 0.0;
   std::int64_t steps = -1, batch = 64, warmup = 200, size = 16, blocks = 1, max_train = 0, checkpoint_every = 500,
                grid_nfe = 19, head_channels = 64;
@@ -254,7 +268,9 @@ struct TrainArgs {
 };
 
 int train(const TrainArgs& a) {
+  TG_CHECK(a.steps != 0, "train: --steps 0 trains nothing; give a number of steps, or -1 for the --minutes budget");
   diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
+  examples::check_new_run_folder(a.out, {"checkpoint.safetensors", "model_ema.safetensors"}, a.resume, a.overwrite);
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
   std::optional<Run> previous;  // the run being resumed, read once
@@ -331,6 +347,7 @@ int train(const TrainArgs& a) {
   std::int64_t n_acc = 0;
   const std::int64_t every = 20;
   double last_log = 0;
+  diff::StepStats last{};  // the last step trained (for the final, partial row)
   diff::TrainOptions o{.batch = a.batch, .lr = a.lr, .warmup = a.warmup, .minutes = a.steps >= 0 ? 0.0 : a.minutes,
                        .max_steps = a.steps, .seed = a.seed};
   o.edm.label_dropout = a.label_dropout;
@@ -340,6 +357,7 @@ int train(const TrainArgs& a) {
   o.checkpoint_every = a.checkpoint_every;
   o.resume = a.resume;
   o.on_step = [&](const diff::StepStats& s) {
+    last = s;
     acc += s.loss;
     ++n_acc;
     if (s.step % every == 0) {
@@ -355,8 +373,10 @@ int train(const TrainArgs& a) {
     }
   };
   const diff::TrainResult r = diff::fit(model, ema, images, data.train.labels, o);
+  if (n_acc > 0)  // the steps after the last full row of 20 (a short or time-limited run)
+    metrics.row(std::vector<double>{static_cast<double>(last.step), acc / static_cast<double>(n_acc), last.lr, last.seconds});
   // Loss plot from the whole metrics file (resumed runs included).
-  nn::output::Series loss{"EDM loss (mean of 20 steps)", {}, {}};
+  nn::output::Series loss{"EDM loss (mean of the steps since the previous row, up to 20)", {}, {}};
   {
     std::ifstream in(a.out + "/metrics.csv");
     std::string line;
@@ -403,6 +423,8 @@ struct SampleArgs {
 
 diff::GenerateOptions generate_options(const SampleArgs& a, std::uint64_t seed) {
   TG_CHECK(a.eta == 0 || a.sampler == "ddim", "--eta applies to the ddim sampler only (got --sampler {})", a.sampler);
+  TG_CHECK(a.guidance == 1 || !a.unconditional,
+           "--guidance {} mixes class-conditional and unconditional predictions; it cannot go with --unconditional", a.guidance);
   diff::GenerateOptions g;
   g.sampler = diff::sampler_for_nfe(diff::parse_sampler(a.sampler), a.nfe, a.eta);
   g.count = a.count;
@@ -418,20 +440,29 @@ int sample_cmd(SampleArgs a) {
   const Run run = read_run(a.run);
   examples::check_memory(sampling_bytes(run.config, a.count, a.batch), fmt::format("sampling {} images", a.count),
                          "--count or --batch");
+  check_samples_grid(a.count, run.config.image_size, 10);  // before the work, not after it
   diff::UNet net = load_model(a.run, run, a.raw);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   const auto t0 = Clock::now();
-  const diff::Generated g = diff::generate(net, generate_options(a, a.seed));
+  diff::GenerateOptions go = generate_options(a, a.seed);
+  nn::output::ProgressBar bar(a.count, "sampling");
+  go.on_batch = [&](std::int64_t done, std::int64_t) { bar.update(done); };
+  const diff::Generated g = diff::generate(net, go);
+  bar.finish();
   // Settings away from their defaults are in the name, so that different runs do not overwrite each other.
   std::string tag = fmt::format("{}_nfe{}_rho{}", a.sampler, g.nfe, rho_str(a.rho_bottom));
   if (a.rho_top != 1) tag += fmt::format("-{}", rho_str(a.rho_top));
   if (a.guidance != 1) tag += fmt::format("_g{}", rho_str(a.guidance));
   if (a.eta != 0) tag += fmt::format("_eta{}", rho_str(a.eta));
   if (a.unconditional) tag += "_uncond";
+  if (a.raw) tag += "_raw";
+  if (a.seed != 1) tag += fmt::format("_seed{}", a.seed);
   const std::string out = a.png.empty() ? fmt::format("{}/samples_{}.png", a.run, tag) : a.png;
   save_samples(out, g, net.config.image_size, run.synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
-  fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}: {:.1f} s\ngrid: {}\n", a.count,
-             a.sampler, g.nfe, a.rho_bottom, a.rho_top, net.num_skips(), a.guidance, seconds_since(t0), out);
+  fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}, {} weights, noise seed {}: "
+             "{:.1f} s\ngrid: {}\n",
+             a.count, a.sampler, g.nfe, a.rho_bottom, a.rho_top, net.num_skips(), a.guidance, a.raw ? "raw" : "EMA", a.seed,
+             seconds_since(t0), out);
   return 0;
 }
 
@@ -458,7 +489,11 @@ int eval_cmd(SampleArgs a) {
   double acc = 0;
   const auto t0 = Clock::now();
   for (std::int64_t s = 0; s < a.seeds; ++s) {
-    const diff::Generated g = diff::generate(net, generate_options(a, a.seed + static_cast<std::uint64_t>(s)));
+    diff::GenerateOptions go = generate_options(a, a.seed + static_cast<std::uint64_t>(s));
+    nn::output::ProgressBar bar(a.count, fmt::format("sampling, noise seed {}", a.seed + static_cast<std::uint64_t>(s)));
+    go.on_batch = [&](std::int64_t done, std::int64_t) { bar.update(done); };
+    const diff::Generated g = diff::generate(net, go);
+    bar.finish();
     const Score sc = score(fd, g, net.config.image_size);
     fds.push_back(sc.fd);
     acc += sc.accuracy / static_cast<double>(a.seeds);
@@ -870,6 +905,7 @@ int main(int argc, char** argv) {
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume,
                "Continue from the run folder's checkpoint.safetensors (same settings; --minutes / --steps may change)");
+  tr->add_flag("--overwrite", ta.overwrite, "Start a new run in a folder that holds one (else refused)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   SampleArgs sa;
@@ -887,8 +923,11 @@ int main(int argc, char** argv) {
     c->add_option("--guidance", sa.guidance, "Classifier-free guidance weight (1: plain conditional, 0: unconditional)")
         ->check(examples::Between(0, kMaxGuidance));
     c->add_flag("--unconditional", sa.unconditional, "Sample without labels (the 'no label' embedding)");
-    c->add_option("--count", sa.count, for_eval ? "Samples per seed (default 2000; >= 1000 for a meaningful FD)" : "Samples in the grid (default 80)")
-        ->check(examples::Integer(1, kMaxCount));
+    c->add_option("--count", sa.count,
+                  for_eval ? "Samples per seed (at most the test images - 2; >= 1000 for a meaningful FD)"
+                           : "Samples in the grid (up to what one PNG holds: ~30000 at 16 x 16)")
+        ->check(examples::Integer(for_eval ? 2 : 1, kMaxCount))
+        ->default_str(for_eval ? "2000" : "80");
     c->add_option("--batch", sa.batch, "Samples per network batch")->check(examples::Integer(1, kMaxCount));
     c->add_option("--seed", sa.seed, "Seed of the initial noise")->check(examples::Seed);
     c->add_flag("--raw", sa.raw, "Use the raw weights instead of the EMA");
@@ -896,7 +935,8 @@ int main(int argc, char** argv) {
   };
   CLI::App* sm = app.add_subcommand("sample", "Draw samples into a PNG grid (one class per column)");
   add_sampling(sm, false);
-  sm->add_option("--png", sa.png, "Output PNG (default <run>/samples_<sampler>_nfe<N>_rho<r>.png)");
+  sm->add_option("--png", sa.png,
+                 "Output PNG (default <run>/samples_<sampler>_nfe<N>_rho<r>[...].png, with every non-default setting in the name)");
   CLI::App* ev = app.add_subcommand("eval", "FD_clf of generated samples against the test set, with its noise floor");
   add_sampling(ev, true);
   ev->add_option("--seeds", sa.seeds, "Independent noise sets (seed, seed + 1, ...)")->check(examples::Integer(1, 1'000'000));
@@ -917,7 +957,7 @@ int main(int argc, char** argv) {
   sw->add_option("--ddim-nfe", ddim, "DDIM (eta = 0) NFE values; none to skip");
   sw->add_option("--euler-nfe", euler, "EDM Euler NFE values; none to skip");
   sw->add_option("--ddpm-nfe", ddpm, "DDPM ancestral NFE values; none to skip");
-  sw->add_option("--count", wa.count, "Samples per cell and seed")->check(examples::Integer(1, kMaxCount));
+  sw->add_option("--count", wa.count, "Samples per cell and seed (at most the test images - 2)")->check(examples::Integer(2, kMaxCount));
   sw->add_option("--seeds", wa.seeds, "Noise sets per cell (the same for every rho)")->check(examples::Integer(1, 1'000'000));
   sw->add_option("--batch", wa.batch, "Samples per network batch")->check(examples::Integer(1, kMaxCount));
   sw->add_option("--denoise-count", wa.denoise_count, "Test images for the pixel/feature denoising-error table (0: skip)")

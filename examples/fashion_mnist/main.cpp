@@ -5,6 +5,7 @@
 //   build/examples/fashion_mnist eval --run runs/fmnist-cnn
 //   build/examples/fashion_mnist predict --run runs/fmnist-cnn --count 16
 #include <fmt/core.h>
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <fstream>
@@ -34,7 +35,7 @@ struct TrainArgs {
   double lr = 2e-3;
   std::string schedule = "cosine";
   std::uint64_t seed = 0;
-  bool synthetic = false, resume = false;
+  bool synthetic = false, resume = false, overwrite = false;
 };
 
 // Writes the labelled prediction grid and the confusion matrix of an evaluation.
@@ -90,6 +91,7 @@ double activation_bytes_per_sample(cls::Arch arch) {
 int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
+  examples::check_new_run_folder(out, {"checkpoint.safetensors", "model.safetensors"}, a.resume, a.overwrite);
   fs::create_directories(out);
   const nn::output::RunFolderLock lock(out);  // one writer per run folder
   const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
@@ -100,7 +102,6 @@ int train(const TrainArgs& a) {
 
   Generator init(a.seed);
   cls::Classifier model({.arch = arch, .image_size = arch == cls::Arch::fdmlp ? 14 : 28}, &init);
-  fmt::print("{}\n", model.to_string());
   // A resumed run must be the same model with the same settings: checked before the run folder
   // is touched. (--max-steps may differ: it is how a run is continued.)
   const bool resuming = a.resume && fs::exists(out + "/checkpoint.safetensors");
@@ -112,11 +113,13 @@ int train(const TrainArgs& a) {
       TG_CHECK(trained == a.model, "train --resume: the run in '{}' trains model '{}', not '{}'", out, trained, a.model);
       const nlohmann::json now = {{"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr}, {"schedule", a.schedule},
                                   {"seed", a.seed},     {"data", data.train.source}, {"max_train", a.max_train}};
+      std::vector<std::string> differ;  // all of them at once, not one per attempt
       for (const auto& [key, value] : now.items())
-        TG_CHECK(!cfg.contains(key) || cfg[key] == value,
-                 "train --resume: the run in '{}' was trained with {} = {}, not {}; resume with the same settings (or train "
-                 "into a new --out folder)",
-                 out, key, cfg[key].dump(), value.dump());
+        if (cfg.contains(key) && cfg[key] != value) differ.push_back(fmt::format("{} = {} (not {})", key, cfg[key].dump(), value.dump()));
+      TG_CHECK(differ.empty(),
+               "train --resume: the run in '{}' was trained with {}; resume with the same settings (or train into a new "
+               "--out folder)",
+               out, fmt::join(differ, ", "));
     }
     const std::string ckpt = out + "/checkpoint.safetensors";
     const nn::SafetensorsFile file = nn::load_safetensors(ckpt);  // validated whole
@@ -137,6 +140,7 @@ int train(const TrainArgs& a) {
     nn::output::keep_csv_rows_through(out + "/metrics.csv", /*column=*/1, ckpt_step / per_epoch * per_epoch);
     nn::output::keep_csv_rows_through(out + "/steps.csv", /*column=*/0, ckpt_step);
   }
+  fmt::print("{}\n", model.to_string());
   {
     nlohmann::json cfg = {{"model", a.model}, {"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr},
                           {"schedule", a.schedule}, {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
@@ -202,8 +206,11 @@ nlohmann::json load_run_config(const std::string& run) {
   } catch (const nlohmann::json::exception& e) {
     TG_FAIL("'{}' is not valid JSON: {}", path, e.what());
   }
-  TG_CHECK(cfg.is_object() && cfg.contains("model") && cfg["model"].is_string(),
-           "'{}' has no model name (a \"model\" string)", path);
+  TG_CHECK(cfg.is_object() && cfg.contains("model"), "'{}' has no model name (a \"model\" string)", path);
+  TG_CHECK(cfg["model"].is_string(),
+           "'{}' is not a fashion_mnist run (its \"model\" entry is a JSON {}, not a model name: a run of another "
+           "example?); pass a folder written by 'fashion_mnist train'",
+           path, cfg["model"].type_name());
   return cfg;
 }
 
@@ -223,11 +230,24 @@ TrainedRun load_run(const std::string& run) {
   return {std::move(model), cfg.contains("data") && cfg["data"] == "synthetic-shapes"};
 }
 
+// The test set for a trained run: its own data (the synthetic shapes if it was trained on them), or
+// the synthetic shapes with --synthetic. A Fashion-MNIST model whose data is missing here is an
+// error, not silently scored on the shapes.
+nn::data::ImageDataset test_data(const std::string& run, const TrainedRun& trained, const std::string& data_dir, bool synthetic,
+                                 const char* command) {
+  nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
+                                                    synthetic || trained.synthetic);
+  TG_CHECK(synthetic || trained.synthetic || test.source != "synthetic-shapes",
+           "{}: the run in '{}' was trained on Fashion-MNIST, which is not found here (install dataset-fashion-mnist or pass "
+           "--data FOLDER; --synthetic scores it on the synthetic shapes instead)",
+           command, run);
+  return test;
+}
+
 int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
   TrainedRun trained = load_run(run);
   cls::Classifier& model = trained.model;
-  const nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
-                                                          synthetic || trained.synthetic);
+  const nn::data::ImageDataset test = test_data(run, trained, data_dir, synthetic, "eval");
   const cls::Evaluation ev = cls::evaluate(model, test);
   const Tensor cm = nn::metrics::confusion_matrix(ev.predictions, test.labels, 10);
   const auto v = cm.to_vector<std::int64_t>();
@@ -246,9 +266,10 @@ int predict(const std::string& run, std::int64_t count, std::int64_t first, cons
             bool synthetic) {
   TrainedRun trained = load_run(run);
   cls::Classifier& model = trained.model;
-  nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
-                                                    synthetic || trained.synthetic);
+  nn::data::ImageDataset test = test_data(run, trained, data_dir, synthetic, "predict");
   TG_CHECK(first >= 0 && first < test.size(), "predict: --first {} is outside the {} test images", first, test.size());
+  if (count > test.size() - first)
+    fmt::print("predict: {} test images from --first {} (the test set ends there)\n", test.size() - first, first);
   count = std::min(count, test.size() - first);
   test.images = test.images.narrow(0, first, count);
   test.labels = test.labels.narrow(0, first, count);
@@ -293,6 +314,7 @@ int main(int argc, char** argv) {
   tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs; -1: no limit)")->check(examples::Integer(-1, 1'000'000'000'000));
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings; --max-steps may change)");
+  tr->add_flag("--overwrite", ta.overwrite, "Start a new run in a folder that holds one (else refused)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   std::string run, data_dir, png;

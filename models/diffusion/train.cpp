@@ -166,6 +166,7 @@ Generated generate(const UNet& net, const GenerateOptions& o) {
              bad, m * C * S * S, s, s + m - 1, sampler_name(o.sampler.kind), r.nfe, o.guidance,
              net.skip_scales.empty() ? std::string("off")
                                      : fmt::format("rho {} .. {}", net.skip_scales.front(), net.skip_scales.back()));
+    if (o.on_batch) o.on_batch(s + m, o.count);
   }
   g.x = ops::cat(parts, 0);
   return g;

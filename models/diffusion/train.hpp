@@ -76,6 +76,8 @@ struct GenerateOptions {
   std::uint64_t noise_seed = 0;
   double guidance = 1.0;         // classifier-free guidance weight (1: plain conditional)
   bool class_conditional = true; // labels i mod num_classes (when the model is conditional)
+  // Called after each batch with the samples done so far and the count (progress output).
+  std::function<void(std::int64_t done, std::int64_t count)> on_batch;
 };
 struct Generated {
   Tensor x;                 // [count, C, S, S] f32 in model space

@@ -169,7 +169,12 @@ UNet::UNet(const UNetConfig& c, Generator* gen) : config(c) {
 
   auto block = [&](std::int64_t in, std::int64_t out, std::int64_t level, Resample rs) {
     const bool attn = rs == Resample::none && has(c.attention_levels, level);
-    return UNetBlock(in, out, E, {.resample = rs, .attention = attn, .heads = std::max<std::int64_t>(1, out / c.head_channels)},
+    const std::int64_t heads = std::max<std::int64_t>(1, out / c.head_channels);
+    TG_CHECK(!attn || out % heads == 0,
+             "UNet: head_channels {} gives {} attention heads at level {}, which do not divide its {} channels (heads = "
+             "channels / head_channels, rounded down)",
+             c.head_channels, heads, level, out);
+    return UNetBlock(in, out, E, {.resample = rs, .attention = attn, .heads = heads},
                      config, gen);
   };
   stem = conv(c.in_channels, c.channels[0], 3, false, config, gen);

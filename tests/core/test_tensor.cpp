@@ -124,6 +124,10 @@ TEST_CASE("printing", "[core][tensor][format]") {
         "        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n        ...,\n"
         "        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5],\n"
         "        [0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5]], shape=[1048576, 1048576], dtype=f32)");
+  // One dim of 2^40 (the summarised middle is skipped, not walked).
+  CHECK(full({1}, 0.5).expand({std::int64_t{1} << 40}).to_string(1) ==
+        "tensor([0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5], shape=[1099511627776], dtype=f32)");
+  CHECK_THROWS_WITH(arange(3).to_string(-1), Contains("to_string: precision must be in 0..30 digits, got -1"));
   Tensor x = ones({2}).requires_grad_();
   CHECK(x.summary() == "Tensor[2] f32 requires_grad");
   CHECK((x.reshape({1, 2})).summary() == "Tensor[1, 2] f32 grad_fn=view");
