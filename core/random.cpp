@@ -150,12 +150,21 @@ Tensor trunc_normal(const Shape& shape, double mean, double std, double low, dou
   // In standard units: z in [a, b], which holds the share p of N(0, 1).
   const double a = (low - mean) / std, b = (high - mean) / std;
   const double p = a > 0 ? std_normal_cdf(-a) - std_normal_cdf(-b) : std_normal_cdf(b) - std_normal_cdf(a);
-  auto in_bounds = [low, high](double v) { return std::clamp(v, low, high); };  // rounding of mean + std z
+  // mean + std z can round outside [low, high], and so can its cast to f32: clamp, then step inward
+  // to the nearest float in the window (none exists only in a window thinner than a float's spacing).
+  auto in_bounds = [low, high, dtype](double v) {
+    v = std::clamp(v, low, high);
+    if (dtype != DType::f32) return v;
+    float f = static_cast<float>(v);
+    if (f < low) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+    if (f > high) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+    return static_cast<double>(f);
+  };
   if (p >= 0.25)  // the usual case (e.g. +-2 std: p = 0.95): rejection from N(mean, std)
     return generate(shape, dtype, gen, "trunc_normal", [=](std::uint64_t s, std::uint64_t c) {
       for (std::uint64_t attempt = 0;; ++attempt) {  // the element's own stream: counter_hi = attempt
         const double v = mean + std * normal_from(philox(s, c, attempt));
-        if (v >= low && v <= high) return v;
+        if (v >= low && v <= high) return in_bounds(v);  // (unchanged in f64; in f32 kept inside after rounding)
       }
     });
   if (b - a <= 0.25) {

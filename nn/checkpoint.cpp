@@ -71,7 +71,8 @@ void write_chunks_atomically(const std::string& path, const std::vector<Chunk>& 
   namespace fs = std::filesystem;
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  TG_CHECK(fs::is_directory(dir), "{}: folder '{}' does not exist", op, dir.string());
+  TG_CHECK(fs::is_directory(dir), "{}: folder '{}' {}", op, dir.string(),
+           fs::exists(dir) ? "is not a folder (a file of that name is in the way)" : "does not exist");
   // The rename would replace whatever is there: a device, FIFO or directory is refused, not replaced.
   std::error_code ec;
   const fs::file_status existing = fs::status(target, ec);

@@ -71,8 +71,8 @@ std::vector<std::int64_t> sectioned_axis_map(const std::vector<std::int64_t>& se
 //   mrope        L + k_a  (Qwen2-VL: top-left at L + 1)             next text L + max_a d_a + 1
 // Text-like tokens (text and [IMG]/[/IMG] markers) get (n, n, ..., n), n = the next text position.
 // L is always next_text() - 1. A grid right after another grid without markers, or at the very start,
-// therefore takes as L a position no token holds: the previous grid's last "virtual token" (the image
-// counted as N tokens, or as P - 1 in tie_v1), or start - 1. The symmetry rules then hold around that
+// therefore takes as L a position no token holds: the previous grid's last "virtual token" (the grid
+// counted as N tokens; P - 1 in tie_v1; max_a d_a in mrope), or start - 1. The symmetry rules then hold around that
 // empty position; the spec (§1.9) recommends [IMG]/[/IMG] markers so that a real token sits there.
 enum class PositionScheme { flat1d, rope2d, tie_v1, tie_v1_real, tv, mrope };
 

@@ -9,4 +9,4 @@ scripts/install-deps.sh
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs" --target fashion_mnist
-build/examples/fashion_mnist train --model cnn --epochs 2 --out runs/demo-fashion_mnist "$@"
+build/examples/fashion_mnist train --model cnn --epochs 2 --overwrite --out runs/demo-fashion_mnist "$@"  # a new run each time

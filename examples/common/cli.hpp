@@ -121,21 +121,27 @@ inline const CLI::Validator Threads = Integer(0, 1024);
 
 // A new training run must not silently replace an earlier one: a folder that holds a run (one of
 // `markers`, e.g. its checkpoint) is refused unless the run is resumed or `overwrite` is set.
-inline void check_new_run_folder(const std::string& out, const std::vector<std::string>& markers, bool resume,
+// Returns whether an old run is being started over: the caller then removes its state files
+// (remove_run_files), once it holds the folder's lock, so that a later --resume cannot pick up the
+// old checkpoint.
+inline bool check_new_run_folder(const std::string& out, const std::vector<std::string>& markers, bool resume,
                                  bool overwrite) {
-  if (resume) return;
+  if (resume) return false;
   for (const std::string& m : markers) {
-    const std::string path = out + "/" + m;
-    if (!std::filesystem::exists(path)) continue;
+    if (!std::filesystem::exists(out + "/" + m)) continue;
     TG_CHECK(overwrite,
              "train: '{}' already holds a run ('{}'); continue it with --resume, start it over with --overwrite, or train "
              "into another --out",
              out, m);
-    fmt::print("train: --overwrite: starting a new run in '{}' (files of the old run that this one does not write, "
-               "such as eval.csv, stay)\n",
-               out);
-    return;
+    return true;
   }
+  return false;
+}
+
+// Removes the files of an old run that a new one would otherwise inherit (--overwrite).
+inline void remove_run_files(const std::string& out, const std::vector<std::string>& files) {
+  for (const std::string& f : files) std::filesystem::remove(out + "/" + f);
+  fmt::print("train: --overwrite: the old run in '{}' is replaced (its other files, such as evaluations, stay)\n", out);
 }
 
 // Runs a command: any failure ends as "error: <what>" and status 1. When memory runs out, the

@@ -270,7 +270,8 @@ struct TrainArgs {
 int train(const TrainArgs& a) {
   TG_CHECK(a.steps != 0, "train: --steps 0 trains nothing; give a number of steps, or -1 for the --minutes budget");
   diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
-  examples::check_new_run_folder(a.out, {"checkpoint.safetensors", "model_ema.safetensors"}, a.resume, a.overwrite);
+  const bool start_over =
+      examples::check_new_run_folder(a.out, {"checkpoint.safetensors", "model_ema.safetensors"}, a.resume, a.overwrite);
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
   std::optional<Run> previous;  // the run being resumed, read once
@@ -330,6 +331,8 @@ int train(const TrainArgs& a) {
   fmt::print("{}\nparameters: {}  skips: {}\n", model.to_string(), model.num_parameters(), model.num_skips());
   fs::create_directories(a.out);  // only now that the settings are known to be good
   const nn::output::RunFolderLock lock(a.out);  // one writer per run folder; taken before anything is changed
+  if (start_over)
+    examples::remove_run_files(a.out, {"checkpoint.safetensors", "model.safetensors", "model_ema.safetensors", "samples.png"});
   if (resuming) nn::output::keep_csv_rows_through(a.out + "/metrics.csv", /*column=*/0, ckpt_step);  // step is column 0
   {
     nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
@@ -372,9 +375,12 @@ int train(const TrainArgs& a) {
       std::fflush(stdout);
     }
   };
-  const diff::TrainResult r = diff::fit(model, ema, images, data.train.labels, o);
-  if (n_acc > 0)  // the steps after the last full row of 20 (a short or time-limited run)
+  o.on_finish = [&] {
+    if (n_acc == 0) return;  // the steps after the last full row of 20 (a short or time-limited run)
     metrics.row(std::vector<double>{static_cast<double>(last.step), acc / static_cast<double>(n_acc), last.lr, last.seconds});
+    metrics.sync();  // before the final checkpoint, as every row
+  };
+  const diff::TrainResult r = diff::fit(model, ema, images, data.train.labels, o);
   // Loss plot from the whole metrics file (resumed runs included).
   nn::output::Series loss{"EDM loss (mean of the steps since the previous row, up to 20)", {}, {}};
   {
@@ -457,6 +463,7 @@ int sample_cmd(SampleArgs a) {
   if (a.unconditional) tag += "_uncond";
   if (a.raw) tag += "_raw";
   if (a.seed != 1) tag += fmt::format("_seed{}", a.seed);
+  if (a.count != 80) tag += fmt::format("_n{}", a.count);
   const std::string out = a.png.empty() ? fmt::format("{}/samples_{}.png", a.run, tag) : a.png;
   save_samples(out, g, net.config.image_size, run.synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
   fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}, {} weights, noise seed {}: "

@@ -91,10 +91,12 @@ double activation_bytes_per_sample(cls::Arch arch) {
 int train(const TrainArgs& a) {
   const cls::Arch arch = cls::parse_arch(a.model);
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
-  examples::check_new_run_folder(out, {"checkpoint.safetensors", "model.safetensors"}, a.resume, a.overwrite);
+  const bool start_over = examples::check_new_run_folder(out, {"checkpoint.safetensors", "model.safetensors"}, a.resume, a.overwrite);
+  // The data first: a bad --data must not leave an empty run folder behind.
+  const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
   fs::create_directories(out);
   const nn::output::RunFolderLock lock(out);  // one writer per run folder
-  const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
+  if (start_over) examples::remove_run_files(out, {"checkpoint.safetensors", "model.safetensors"});
   fmt::print("data: {} ({} train / {} test images)\n", data.train.source, data.train.size(), data.test.size());
   const std::int64_t batch = std::min(a.batch, data.train.size());
   examples::check_memory(static_cast<double>(batch) * activation_bytes_per_sample(arch),
@@ -235,13 +237,11 @@ TrainedRun load_run(const std::string& run) {
 // error, not silently scored on the shapes.
 nn::data::ImageDataset test_data(const std::string& run, const TrainedRun& trained, const std::string& data_dir, bool synthetic,
                                  const char* command) {
-  nn::data::ImageDataset test = cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir),
-                                                    synthetic || trained.synthetic);
-  TG_CHECK(synthetic || trained.synthetic || test.source != "synthetic-shapes",
+  TG_CHECK(synthetic || trained.synthetic || !data_dir.empty() || nn::data::find_fashion_mnist(),
            "{}: the run in '{}' was trained on Fashion-MNIST, which is not found here (install dataset-fashion-mnist or pass "
            "--data FOLDER; --synthetic scores it on the synthetic shapes instead)",
            command, run);
-  return test;
+  return cls::load_test_data(data_dir.empty() ? std::nullopt : std::optional<std::string>(data_dir), synthetic || trained.synthetic);
 }
 
 int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
@@ -300,7 +300,9 @@ int main(int argc, char** argv) {
 
   TrainArgs ta;
   CLI::App* tr = app.add_subcommand("train", "Train a classifier and write a run folder");
-  tr->add_option("--model", ta.model, "Architecture: mlp (784-512-512-10) or cnn (2 conv + 2 linear)")
+  tr->add_option("--model", ta.model,
+                 "Architecture: mlp (784-512-512-10), cnn (2 conv + 2 linear), or fdmlp (the 196-256-128-10 feature "
+                 "extractor of FD_clf, on 14 x 14 images)")
       ->check(CLI::IsMember({"mlp", "cnn", "fdmlp"}));
   tr->add_option("--epochs", ta.epochs, "Passes over the training set")->check(examples::Integer(1, 1'000'000));
   tr->add_option("--batch", ta.batch, "Batch size")->check(examples::Integer(1, 1'000'000));

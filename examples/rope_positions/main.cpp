@@ -576,6 +576,8 @@ int main(int argc, char** argv) {
   sh->add_option("--scheme", scheme, "flat1d, rope2d, tie_v1, tie_v1_real, tv, tv3d, mrope, mrope2d, ...");
   sh->add_option("--layout", layout, "Comma-separated items: text:K, image:HxW, image+:HxW (with [IMG]/[/IMG]), video:TxHxW");
   sh->add_option("--start", start, "Position of the first text token (1 gives Su's 1-based examples)");
+  sh->add_option("--threads", threads, "Threads for kernels (0: all cores; accepted like the other subcommands)")
+      ->check(examples::Threads);
 
   if (const auto status = examples::parse(app, argc, argv)) return *status;
   return examples::run(

@@ -124,6 +124,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
   }
   const double total = prior_seconds + elapsed();
   if (bar) bar->finish();
+  if (o.on_finish) o.on_finish();
   save(total);
   model.eval();
   TrainResult r;

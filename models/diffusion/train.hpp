@@ -51,6 +51,9 @@ struct TrainOptions {
   // is never missing for a checkpoint (a resumed run drops the rows past its checkpoint). A
   // non-finite loss stops fit with an error before the step is taken, reported or checkpointed.
   std::function<void(const StepStats&)> on_step;
+  // Called once after the last step, before the final checkpoint is saved (flush partial logs here,
+  // so that a log never lags behind a committed checkpoint).
+  std::function<void()> on_finish;
 };
 
 struct TrainResult {

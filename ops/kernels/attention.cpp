@@ -19,7 +19,7 @@
 // online softmax (running row max m and sum l; the output accumulator is rescaled by
 // exp(m_old - m_new)), O += P V. At the end O /= l and lse = m + log l. Rows with no visible key
 // get O = 0 and lse = +inf, so that the backward's exp(S - lse) is 0 there (no NaN from masking; a NaN
-// or infinite score still gives NaN, as the unfused softmax would).
+// or +inf score still gives NaN, as the unfused softmax would; all visible scores -inf give zeros).
 //
 // Backward (FlashAttention-2 order): D_i = <dO_i, O_i>; one task per (batch*head, range of key
 // blocks). For each key block j, over the query blocks i in order:
@@ -376,8 +376,9 @@ void forward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const Att
   }
   for (std::int64_t r = 0; r < nq; ++r) {
     T* o = out + (bh * cfg.Tq + i0 + r) * dv;
-    // l == 0 only when no key is visible. A NaN l (a NaN or infinite score) takes the first branch
-    // and yields NaN, as the unfused softmax would: a diverged model must not look healthy.
+    // l == 0 when no key is visible, and also when every visible score is -inf (then zeros too, where
+    // the unfused softmax gives NaN). A NaN l (a NaN or +inf score) takes the first branch and yields
+    // NaN, as the unfused softmax would: a diverged model must not look healthy.
     if (l[r] != T(0)) {
       const T inv = T(1) / l[r];
       for (std::int64_t e = 0; e < dv; ++e) o[e] = O[r * dvp + e] * inv;

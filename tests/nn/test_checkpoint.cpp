@@ -363,6 +363,8 @@ TEST_CASE("write_file_atomically replaces a file whole", "[nn][checkpoint]") {
   for (const auto& e : fs::directory_iterator(dir.path)) files += e.is_regular_file();
   CHECK(files == 1);  // no temporaries left
   CHECK_THROWS_WITH(nn::write_file_atomically(dir.file("no/such/folder.json"), "x"), Contains("does not exist"));
+  nn::write_file_atomically(dir.file("plain"), "x");
+  CHECK_THROWS_WITH(nn::write_file_atomically(dir.file("plain/y.json"), "x"), Contains("is not a folder (a file of that name is in the way)"));
 }
 
 TEST_CASE("the header checksum catches a flipped digit in the metadata, and older files still load", "[nn][checkpoint][errors]") {
