@@ -354,7 +354,8 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
   // As torch's type promotion: a fractional bound makes an integer tensor's result f32.
   const auto fractional = [](std::optional<double> b) { return b && std::isfinite(*b) && *b != std::trunc(*b); };
   if (!x.is_floating_point() && (fractional(low) || fractional(high))) return clamp(x.to(DType::f32), low, high);
-  TG_CHECK(!(low && high) || *low <= *high, "clamp: low {} is greater than high {}", *low, *high);
+  TG_CHECK(!(low && high) || *low <= *high || std::isnan(*low) || std::isnan(*high), "clamp: low {} is greater than high {}",
+           *low, *high);
   TG_CHECK(x.is_floating_point() || !((low && std::isnan(*low)) || (high && std::isnan(*high))),
            "clamp: a NaN bound for the {} tensor of shape {}", x.dtype(), x.shape());
   const double lo = low.value_or(-INFINITY), hi = high.value_or(INFINITY);

@@ -318,7 +318,10 @@ Tensor stddev(const Tensor& x, const Shape& axes, double correction, bool keepdi
   Tensor out;
   {
     NoGradGuard no_grad;
-    out = sqrt(var(x, axes, correction, keepdim));
+    // The variance of f32 data in f64 (as PyTorch): its squares can leave f32's range where the
+    // standard deviation does not (values near 1e19 or 1e-25).
+    const Tensor v = var(x.dtype() == DType::f32 ? x.to(DType::f64) : x, axes, correction, keepdim);
+    out = sqrt(v).to(x.dtype());
   }
   // d std / dx = (x - mean) / (std * divisor); where std == 0 (a constant slice) the subgradient 0
   // instead of sqrt's 0 * inf = NaN, as PyTorch does.

@@ -450,6 +450,8 @@ TEST_CASE("elementwise ops report bad input clearly", "[ops][elementwise][errors
   CHECK_THROWS_WITH(ops::exp(arange(3)), Contains("exp: expected a floating-point tensor (f32 or f64), got i64"));
   CHECK_THROWS_WITH(ops::add(Tensor(), zeros({1})), Contains("add: argument 'a' is an undefined tensor"));
   CHECK_THROWS_WITH(ops::clamp(zeros({1}), 2.0, 1.0), Contains("clamp: low 2 is greater than high 1"));
+  CHECK(std::isnan(ops::clamp(zeros({1}), NAN, 1.0).item()));  // a NaN bound with both given: NaN, as torch
+  CHECK(std::isnan(ops::clamp(zeros({1}), 0.0, NAN).item()));
   CHECK_THROWS_WITH(ops::softplus(zeros({1}), 0.0), Contains("softplus: beta must be positive"));
   CHECK_THROWS_WITH(ops::add(zeros({1}, DType::boolean), zeros({1}, DType::boolean)), Contains("add: expected a numeric tensor, got bool"));
 }

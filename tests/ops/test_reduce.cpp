@@ -133,6 +133,18 @@ TEST_CASE("prod gradient is exact with zeros, amax shares ties", "[ops][reduce]"
   CHECK(one.grad().to_vector<double>() == std::vector<double>{0});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::stddev(v[0], {0}, 0.0, true); },
                   {test::transposed_layout(test::randn({5, 3}, DType::f64, 40))});
+  // f32 values whose squares leave f32's range (torch: 3.05505e19 and 1.0149e-25, with gradients).
+  for (const double scale : {1e19, 1e-25}) {
+    Tensor big = tensor({3 * scale, -3 * scale, scale}, DType::f32).requires_grad_();
+    const Tensor sd = ops::stddev(big);
+    const double m = scale / 3, expect = std::sqrt(((3 * scale - m) * (3 * scale - m) + (3 * scale + m) * (3 * scale + m) +
+                                                    (scale - m) * (scale - m)) / 2.0);
+    CHECK(sd.item() == Approx(expect).epsilon(1e-6));
+    sd.backward();
+    const auto gr = big.grad().to_vector<float>();
+    CHECK(gr[0] == Approx((3 * scale - m) / (expect * 2)).epsilon(1e-5));
+    CHECK(gr[1] == Approx((-3 * scale - m) / (expect * 2)).epsilon(1e-5));
+  }
 }
 
 TEST_CASE("max/min with indices, argmax/argmin", "[ops][reduce][grad][max][min]") {
