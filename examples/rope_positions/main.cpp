@@ -276,6 +276,11 @@ int experiment(const ExperimentArgs& a) {
   }
   fs::create_directories(a.out);
   const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
+  // The models of an earlier experiment in this folder do not belong to this one's config.json.
+  for (const auto& entry : fs::directory_iterator(a.out)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && name.starts_with("model_") && name.ends_with(".safetensors")) fs::remove(entry.path());
+  }
   {
     nlohmann::json cfg = {{"task", "causal neighbour (spec techniques-A 1.8)"}, {"variants", variants},
                           {"steps", a.steps}, {"batch", a.batch}, {"lr", a.lr}, {"weight_decay", a.weight_decay},
