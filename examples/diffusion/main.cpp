@@ -190,10 +190,13 @@ Score score(FDContext& c, const diff::Generated& g, std::int64_t size) {
 
 std::string rho_str(double r) { return fmt::format("{:g}", r); }
 
+// The layout of sample grids (checked by check_samples_grid, drawn by save_samples).
+nn::output::GridOptions samples_grid(std::int64_t columns) { return {.columns = columns, .scale = 3}; }
+
 // A grid of generated images (model space) with the class names on the first row.
 void save_samples(const std::string& path, const diff::Generated& g, std::int64_t size, const std::vector<std::string>& names,
                   std::int64_t columns) {
-  nn::output::GridOptions opt{.columns = columns, .scale = 3};  // (as check_samples_grid)
+  nn::output::GridOptions opt = samples_grid(columns);
   if (g.labels.defined()) {
     const auto y = g.labels.to_vector<std::int64_t>();
     for (std::size_t i = 0; i < y.size(); ++i)
@@ -206,7 +209,7 @@ void save_samples(const std::string& path, const diff::Generated& g, std::int64_
 void check_samples_grid(std::int64_t count, std::int64_t size, std::int64_t columns) {
   const std::int64_t shown = diff::to_image_space(zeros({1, 1, size, size}), size).shape()[2];  // the images as drawn
   try {
-    nn::output::check_image_grid(count, shown, shown, {.columns = columns, .scale = 3}, true);
+    nn::output::check_image_grid(count, shown, shown, samples_grid(columns), true);
   } catch (const tg::Error&) {
     TG_FAIL("sample: a grid of {} samples of {} x {} would be too large for one PNG; lower --count", count, shown, shown);
   }
@@ -419,6 +422,15 @@ int train(const TrainArgs& a) {
 
 // ---- sample / eval ---------------------------------------------------------------------------------------------
 
+// diff::generate with a progress bar on stderr.
+diff::Generated generate_with_progress(const diff::UNet& net, diff::GenerateOptions options, const std::string& label) {
+  nn::output::ProgressBar bar(options.count, label);
+  options.on_batch = [&](std::int64_t done, std::int64_t) { bar.update(done); };
+  diff::Generated g = diff::generate(net, options);
+  bar.finish();
+  return g;
+}
+
 struct SampleArgs {
   std::string run = "runs/diffusion", sampler = "heun", png, data, fd_classifier;
   std::int64_t nfe = 19, count = 0, seeds = 1, batch = 500, fd_train = 0;  // count 0: 80 (sample), 2000 (eval)
@@ -450,11 +462,7 @@ int sample_cmd(SampleArgs a) {
   diff::UNet net = load_model(a.run, run, a.raw);
   net.set_skip_tuning(a.rho_bottom, a.rho_top);
   const auto t0 = Clock::now();
-  diff::GenerateOptions go = generate_options(a, a.seed);
-  nn::output::ProgressBar bar(a.count, "sampling");
-  go.on_batch = [&](std::int64_t done, std::int64_t) { bar.update(done); };
-  const diff::Generated g = diff::generate(net, go);
-  bar.finish();
+  const diff::Generated g = generate_with_progress(net, generate_options(a, a.seed), "sampling");
   // Settings away from their defaults are in the name, so that different runs do not overwrite each other.
   std::string tag = fmt::format("{}_nfe{}_rho{}", a.sampler, g.nfe, rho_str(a.rho_bottom));
   if (a.rho_top != 1) tag += fmt::format("-{}", rho_str(a.rho_top));
@@ -496,15 +504,12 @@ int eval_cmd(SampleArgs a) {
   double acc = 0;
   const auto t0 = Clock::now();
   for (std::int64_t s = 0; s < a.seeds; ++s) {
-    diff::GenerateOptions go = generate_options(a, a.seed + static_cast<std::uint64_t>(s));
-    nn::output::ProgressBar bar(a.count, fmt::format("sampling, noise seed {}", a.seed + static_cast<std::uint64_t>(s)));
-    go.on_batch = [&](std::int64_t done, std::int64_t) { bar.update(done); };
-    const diff::Generated g = diff::generate(net, go);
-    bar.finish();
+    const std::uint64_t seed = a.seed + static_cast<std::uint64_t>(s);
+    const diff::Generated g = generate_with_progress(net, generate_options(a, seed), fmt::format("sampling, noise seed {}", seed));
     const Score sc = score(fd, g, net.config.image_size);
     fds.push_back(sc.fd);
     acc += sc.accuracy / static_cast<double>(a.seeds);
-    fmt::print("noise seed {}: FD_clf {:.3f}{}\n", a.seed + static_cast<std::uint64_t>(s), sc.fd, sc.accuracy >= 0 ? fmt::format("  class accuracy {:.1f}%", 100 * sc.accuracy) : "");
+    fmt::print("noise seed {}: FD_clf {:.3f}{}\n", seed, sc.fd, sc.accuracy >= 0 ? fmt::format("  class accuracy {:.1f}%", 100 * sc.accuracy) : "");
   }
   const double mean = std::accumulate(fds.begin(), fds.end(), 0.0) / static_cast<double>(fds.size());
   const double floor_n = fd.matched_floor(a.count);
