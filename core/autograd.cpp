@@ -232,6 +232,9 @@ class Engine {
 void Engine::accumulate_into_leaf(TensorImpl& leaf, const Tensor& g) {
   // Backward passes on several threads may reach one leaf: its gradient is read, summed and
   // written back under the leaf's lock (as Tensor::grad / set_grad / reset_grad take it).
+  // A leaf switched to requires_grad_(false) after the graph was built (a frozen parameter) gets
+  // nothing, as in torch.
+  if (!leaf.requires_grad) return;
   std::lock_guard lock(detail::leaf_grad_mutex(leaf));
   if (!leaf.grad) {
     // Keep an owned, contiguous gradient: `g` may be shared with other leaves or be a broadcast view.
@@ -340,8 +343,8 @@ void Engine::run(const Tensors& roots, const Tensors& root_grads, bool retain_gr
       if (!useful[n]) continue;
     }
     TG_CHECK(!n->released_,
-             "{}: trying to backward through '{}' (tape #{}) a second time, but its saved tensors were "
-             "released by the first backward; pass retain_graph=true to the first call to backward twice",
+             "{}: trying to backward through '{}' (tape #{}) a second time, but the first backward released "
+             "the graph (its saved tensors and state); pass retain_graph=true to the first call to backward twice",
              caller, n->name_, n->sequence_nr_);
     for (std::size_t k = 0; k < grads.size(); ++k)
       if (!grads[k].defined()) grads[k] = zeros(n->output_meta_[k].shape, n->output_meta_[k].dtype);
@@ -359,14 +362,17 @@ void Engine::run(const Tensors& roots, const Tensors& root_grads, bool retain_gr
     }
 
     Tensors input_grads;
-    t_needed_inputs = &needed;
-    try {
-      input_grads = n->backward_(grads);
-    } catch (const Error& err) {
-      t_needed_inputs = nullptr;
-      throw Error(fmt::format("{}\n  (in the backward of '{}', tape #{})", err.what(), n->name_, n->sequence_nr_));
+    {
+      t_needed_inputs = &needed;
+      struct ResetNeeded {  // also when a backward throws something other than tg::Error
+        ~ResetNeeded() { t_needed_inputs = nullptr; }
+      } reset_needed;
+      try {
+        input_grads = n->backward_(grads);
+      } catch (const Error& err) {
+        throw Error(fmt::format("{}\n  (in the backward of '{}', tape #{})", err.what(), n->name_, n->sequence_nr_));
+      }
     }
-    t_needed_inputs = nullptr;
     grads.clear();
 
     TG_CHECK(input_grads.size() == n->edges_.size(),

@@ -144,6 +144,11 @@ void check_writable(const Tensor& t, const char* op) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   check_writable(*this, "copy_");
+  // The copy is not recorded: a source that requires grad would silently lose its gradient.
+  TG_CHECK(!(grad_enabled() && src.defined() && src.requires_grad()),
+           "copy_: the source (shape {}) requires grad, and in-place copies are not recorded, so its gradient would "
+           "be lost; use the source tensor itself, or copy src.detach() (or under NoGradGuard) if that is intended",
+           src.shape());
   Tensor s = src.detach();
   if (s.shape() != shape()) {
     broadcast_shapes(shape(), s.shape(), "copy_");  // raises the usual message if incompatible

@@ -168,6 +168,13 @@ Tensor Tensor::expand(const Shape& shape_arg) const {
     }
   }
   if (s == shape()) return *this;
+  bool empty_result = false, overflows = false;
+  std::int64_t count = 1;
+  for (int d = 0; d < s.size(); ++d) {
+    empty_result = empty_result || s[d] == 0;
+    overflows = overflows || __builtin_mul_overflow(count, s[d], &count);
+  }
+  TG_CHECK(empty_result || !overflows, "expand: cannot expand shape {} to {}: more than 2^63 - 1 elements", shape(), s);
   const Shape in_shape = shape();
   return record_view("expand", *this, make_view(*this, s, st, offset()),
                      [in_shape](const Tensor& g) { return Tensors{detail::sum_to(g, in_shape)}; });

@@ -70,7 +70,10 @@ class MultiheadAttention : public Module {
   bool cross = false;
   double dropout = 0.0;
   double scale = 1.0;  // score scale
-  Generator* gen = nullptr;
+  Generator* gen = nullptr;  // for the dropout (not owned; default generator when null)
+
+ protected:
+  void use_dropout_generator(Generator* g) override { gen = g; }
 };
 
 struct TransformerBlockOptions {

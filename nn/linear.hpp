@@ -127,7 +127,10 @@ class Dropout : public Module {
   std::string extra_repr() const override;
 
   double p;
-  Generator* gen;  // not owned; default generator when null
+  Generator* gen;  // not owned (it must outlive the module's use); default generator when null
+
+ protected:
+  void use_dropout_generator(Generator* g) override { gen = g; }
 };
 
 }  // namespace tg::nn

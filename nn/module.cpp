@@ -92,6 +92,11 @@ void Module::train(bool on) {
   for (auto& [name, child] : named_children()) child->train(on);
 }
 
+void Module::set_dropout_generator(Generator* gen) {
+  use_dropout_generator(gen);
+  for (auto& [name, child] : named_children()) child->set_dropout_generator(gen);
+}
+
 void Module::zero_grad() {
   for_each_tensor(*this, [](const std::string&, Tensor& t, bool is_param) {
     if (is_param) t.reset_grad();

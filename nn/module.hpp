@@ -21,6 +21,10 @@
 
 #include "core/tensor.hpp"
 
+namespace tg {
+class Generator;
+}
+
 namespace tg::nn {
 
 class Module;
@@ -71,6 +75,11 @@ class Module {
   void train(bool on = true);
   void eval() { train(false); }
   bool training() const { return training_; }
+  // Points every dropout here and in every child (Dropout modules, attention dropout) at `gen`; nullptr
+  // means the default generator again. A training loop that saves its generator in checkpoints sets
+  // it, so that a resumed run draws the same masks as an uninterrupted one. `gen` is not owned: set
+  // nullptr before it goes away.
+  void set_dropout_generator(Generator* gen);
 
   // Resets the .grad() of every parameter.
   void zero_grad();
@@ -81,6 +90,10 @@ class Module {
 
   // The module tree with shapes and parameter counts.
   std::string to_string();
+
+ protected:
+  // This module's own dropout, if it has one (set_dropout_generator calls it on every module).
+  virtual void use_dropout_generator(Generator*) {}
 
  private:
   bool training_ = true;

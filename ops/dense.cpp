@@ -1,6 +1,7 @@
 #include "ops/dense.hpp"
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <algorithm>
 #include <vector>
@@ -48,7 +49,8 @@ Eigh eigh(const Tensor& a) {
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = i + 1; j < n; ++j)
       TG_CHECK(std::fabs(m[i * n + j] - m[j * n + i]) <= 1e-8 * std::max(scale, 1e-300),
-               "eigh: the matrix is not symmetric (a[{}, {}] = {} vs a[{}, {}] = {})", i, j, m[i * n + j], j, i, m[j * n + i]);
+               "eigh: the matrix (shape {}) is not symmetric (a[{}, {}] = {} vs a[{}, {}] = {})", a.shape(), i, j,
+               std::ldexp(m[i * n + j], exponent), j, i, std::ldexp(m[j * n + i], exponent));
   std::vector<double> v(static_cast<std::size_t>(n * n), 0.0);
   for (std::int64_t i = 0; i < n; ++i) v[i * n + i] = 1;
   // Cyclic Jacobi: rotate away each off-diagonal element in turn until they are all negligible.
@@ -127,13 +129,12 @@ Tensor solve(const Tensor& a, const Tensor& b) {
   TG_CHECK(b.is_floating_point(), "solve: expected a floating-point b, got {} (shape {})", b.dtype(), b.shape());
   const std::int64_t k = b.dim() == 2 ? b.shape()[1] : 1;
   std::vector<double> x = b.to_vector<double>();
+  for (double e : m) TG_CHECK(std::isfinite(e), "solve: the matrix (shape {}) has a non-finite entry {}", a.shape(), e);
+  for (double e : x) TG_CHECK(std::isfinite(e), "solve: b (shape {}) has a non-finite entry {}", b.shape(), e);
+  // As LAPACK's gesv: only an exactly zero pivot is an error. An ill-conditioned matrix (a graded
+  // diag(1e14, 1) is fine) gives what partial pivoting gives.
   std::vector<std::int64_t> piv;
-  double scale = 0;
-  for (double e : m) scale = std::max(scale, std::fabs(e));
-  TG_CHECK(lu(m, piv, n) != 0, "solve: the matrix is singular");
-  for (std::int64_t i = 0; i < n; ++i)
-    TG_CHECK(std::fabs(m[i * n + i]) > 1e-14 * scale * static_cast<double>(n),
-             "solve: the matrix is singular to working precision (pivot {} is {:.3g})", i, m[i * n + i]);
+  TG_CHECK(lu(m, piv, n) != 0, "solve: the matrix (shape {}) is singular", a.shape());
   for (std::int64_t c = 0; c < k; ++c) {
     auto at = [&](std::int64_t r) -> double& { return x[r * k + c]; };
     for (std::int64_t i = 0; i < n; ++i) std::swap(at(i), at(piv[i]));
@@ -163,7 +164,8 @@ SlogDet slogdet(const Tensor& a) {
 }
 
 Tensor matrix_power(const Tensor& a, std::int64_t p) {
-  TG_CHECK(p >= 0, "matrix_power: the exponent must be >= 0, got {}", p);
+  TG_CHECK(p >= 0, "matrix_power: the exponent must be >= 0, got {} (matrix of shape {})", p,
+           a.defined() ? a.shape() : Shape{});
   const std::vector<double> m = to_f64(a, "matrix_power", true);
   const std::int64_t n = a.shape()[0];
   auto mul = [n](const std::vector<double>& x, const std::vector<double>& y) {
@@ -389,19 +391,34 @@ bool hessenberg_eigenvalues(std::vector<double>& h, std::int64_t n, std::vector<
   const std::int64_t ld = n + 1;
   auto H = [&](std::int64_t i, std::int64_t j) -> double& { return h[static_cast<std::size_t>(i * ld + j)]; };
   auto sign = [](double x, double y) { return y >= 0 ? std::fabs(x) : -std::fabs(x); };
-  double anorm = 0;
-  for (std::int64_t i = 1; i <= n; ++i)
-    for (std::int64_t j = std::max<std::int64_t>(i - 1, 1); j <= n; ++j) anorm += std::fabs(H(i, j));
   std::int64_t nn = n, l = 1;
+  // Whether H(k, k-1) may be set to 0: LAPACK dlahqr's test (Ahues and Tisseur), which compares it
+  // with its neighbours rather than the whole matrix's norm, so that small eigenvalues of a matrix
+  // with much larger ones survive (EISPACK's test zeroed 1 next to 1e17 on a zero diagonal).
+  const double ulp = std::numeric_limits<double>::epsilon();
+  const double smlnum = std::numeric_limits<double>::min() * (static_cast<double>(n) / ulp);
+  auto negligible_subdiagonal = [&](std::int64_t k) {
+    const double sub = std::fabs(H(k, k - 1));
+    if (sub <= smlnum) return true;
+    double tst = std::fabs(H(k - 1, k - 1)) + std::fabs(H(k, k));
+    if (tst == 0) {
+      if (k - 2 >= 1) tst += std::fabs(H(k - 1, k - 2));
+      if (k + 1 <= nn) tst += std::fabs(H(k + 1, k));
+    }
+    if (sub > ulp * tst) return false;
+    const double ab = std::max(sub, std::fabs(H(k - 1, k))), ba = std::min(sub, std::fabs(H(k - 1, k)));
+    const double diff = std::fabs(H(k - 1, k - 1) - H(k, k));
+    const double aa = std::max(std::fabs(H(k, k)), diff), bb = std::min(std::fabs(H(k, k)), diff);
+    const double sum = aa + ab;
+    return ba * (ab / sum) <= std::max(smlnum, ulp * (bb * (aa / sum)));
+  };
   double t = 0;  // the accumulated exceptional shift
   double p = 0, q = 0, r = 0, s = 0, w = 0, x = 0, y = 0, z = 0;
   while (nn >= 1) {
     int its = 0;
     do {
       for (l = nn; l >= 2; --l) {  // look for a single small subdiagonal element
-        s = std::fabs(H(l - 1, l - 1)) + std::fabs(H(l, l));
-        if (s == 0) s = anorm;
-        if (std::fabs(H(l, l - 1)) + s == s) {
+        if (negligible_subdiagonal(l)) {
           H(l, l - 1) = 0;
           break;
         }
@@ -588,8 +605,16 @@ Tensor eigvals(const Tensor& a) {
   TG_CHECK(hessenberg_eigenvalues(h, n, wr, wi), "eigvals: the QR iteration did not converge for shape {}", a.shape());
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
   std::iota(order.begin(), order.end(), 1);
+  // Magnitudes rounded to 40 significant bits, so that eigenvalues of equal magnitude (+-1 of a
+  // permutation) are ordered by real part, not by round-off; exact comparisons of the rounded keys
+  // keep the order a strict weak ordering.
+  auto magnitude_key = [&](std::int64_t i) {
+    int e = 0;
+    const double f = std::frexp(std::hypot(wr[i], wi[i]), &e);
+    return std::ldexp(std::round(std::ldexp(f, 40)), e - 40);
+  };
   std::sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) {
-    const double mx = std::hypot(wr[x], wi[x]), my = std::hypot(wr[y], wi[y]);
+    const double mx = magnitude_key(x), my = magnitude_key(y);
     if (mx != my) return mx > my;
     if (wr[x] != wr[y]) return wr[x] > wr[y];
     return wi[x] > wi[y];
@@ -674,6 +699,17 @@ Tensor sqrtm_psd(const Tensor& a) {
   }
   const std::int64_t n = a.shape()[0];
   const std::vector<double> w = e.values.to_vector<double>(), q = e.vectors.to_vector<double>();
+  // Negative eigenvalues at the level of the input's round-off are clamped to 0; larger ones mean
+  // the matrix is not positive semi-definite, and its square root is not real.
+  if (n > 0) {
+    const double largest = std::max(std::fabs(w.front()), std::fabs(w.back()));
+    const double tol = std::sqrt(a.dtype() == DType::f32 ? double(std::numeric_limits<float>::epsilon())
+                                                          : std::numeric_limits<double>::epsilon());
+    TG_CHECK(w.front() >= -tol * largest,
+             "sqrtm_psd: the matrix (shape {}) is not positive semi-definite: its smallest eigenvalue is {:.6g} "
+             "(largest magnitude {:.6g})",
+             a.shape(), w.front(), largest);
+  }
   std::vector<double> r(static_cast<std::size_t>(n * n), 0.0);
   for (std::int64_t k = 0; k < n; ++k) {
     const double s = std::sqrt(std::max(0.0, w[k]));

@@ -17,7 +17,9 @@ struct Eigh {
 // a must be square and symmetric (checked to a relative 1e-8).
 Eigh eigh(const Tensor& a);
 
-// x with a x = b; b is [n] or [n, k]. Raises an error for a singular matrix.
+// x with a x = b; b is [n] or [n, k]. Partial pivoting; as LAPACK's gesv, an exactly zero pivot
+// (a singular matrix) is an error, and an ill-conditioned matrix gives what LU gives. Non-finite
+// entries are refused.
 Tensor solve(const Tensor& a, const Tensor& b);
 
 struct SlogDet {
@@ -37,8 +39,9 @@ struct Rank1 {
 // The best rank-1 approximation sigma u v^T of a [m, n]. When min(m, n) <= kRank1ExactMax it is
 // the first triple of svd(): exact to round-off, also when the top singular values are close or
 // tied (then a unit vector of the top subspace is returned). Larger matrices use power iteration
-// on a^T a from a fixed pseudo-random start until v moves less than tol (its error shrinks like
-// (sigma_2 / sigma_1)^(2 steps)); when that takes more than max_iters steps (close top singular
+// on a^T a from a fixed pseudo-random start until v moves less than tol in a step (its error shrinks
+// like (sigma_2 / sigma_1)^(2 steps), so it ends about tol / (1 - (sigma_2 / sigma_1)^2) from the
+// exact vector, not at round-off); when that takes more than max_iters steps (close top singular
 // values), the result is svd()'s after all.
 inline constexpr std::int64_t kRank1ExactMax = 64;
 Rank1 rank1_svd(const Tensor& a, int max_iters = 1000, double tol = 1e-12);
@@ -79,8 +82,9 @@ struct MonarchFactors {
 // parallel; the factors are f64 whatever a's dtype.
 MonarchFactors monarch_project(const Tensor& a, std::int64_t K, std::int64_t J);
 
-// The square root of a symmetric positive semi-definite matrix (negative eigenvalues from
-// round-off are clamped to 0).
+// The square root of a symmetric positive semi-definite matrix. Negative eigenvalues down to
+// -sqrt(eps) times the largest magnitude (eps of the input's dtype) are taken as round-off and
+// clamped to 0; a more negative one is an error (the matrix is not PSD).
 Tensor sqrtm_psd(const Tensor& a);
 
 }  // namespace tg::ops::dense

@@ -18,6 +18,7 @@
 #include "ops/kernels/elementwise.hpp"
 #include "ops/kernels/simd_math.hpp"
 #include "ops/kernels/wrapping.hpp"
+#include "ops/reduce.hpp"
 
 namespace tg::ops {
 
@@ -383,6 +384,141 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
   });
 }
 
+// ---- floor and truncated division -----------------------------------------------------------------------
+namespace {
+// Scalar kernels with torch's semantics (c10's div_floor_floating and div_floor_integer, ATen's
+// remainder and fmod kernels). Floating quotients come from the exact std::fmod, so a huge a / b
+// is not rounded first. Integer divisors were checked for zero by the caller; x / -1 and x % -1
+// are special-cased because the minimum value divided by -1 overflows (it wraps, as torch).
+template <class T>
+T floor_div_of(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (b == 0) return a / b;
+    const T mod = std::fmod(a, b);
+    T div = (a - mod) / b;
+    if (mod != 0 && (b < 0) != (mod < 0)) div -= T(1);
+    if (div == 0) return std::copysign(T(0), a / b);
+    T floored = std::floor(div);
+    if (div - floored > T(0.5)) floored += T(1);  // div is a whole number up to rounding
+    return floored;
+  } else {
+    if (b == -1) return kernels::wrapping_mul(a, T(-1));
+    const T q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? T(q - 1) : q;
+  }
+}
+template <class T>
+T remainder_of(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) {
+    T mod = std::fmod(a, b);
+    if (mod != 0 && (b < 0) != (mod < 0)) mod += b;
+    return mod;
+  } else {
+    if (b == -1) return 0;
+    T mod = a % b;
+    if (mod != 0 && (b < 0) != (mod < 0)) mod += b;
+    return mod;
+  }
+}
+template <class T>
+T fmod_of(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) return std::fmod(a, b);
+  else return b == -1 ? T(0) : T(a % b);
+}
+
+struct DivisionOperands {
+  Tensor a, b, out;  // a and b broadcast to out's shape, in out's dtype
+};
+
+// out = f(a, b) elementwise (f a generic scalar function), after broadcasting and type promotion.
+template <class F>
+DivisionOperands division(const char* op, const Tensor& a_in, const Tensor& b_in, F f) {
+  auto [a, b] = broadcast_pair(a_in, b_in, op);
+  TG_CHECK(a.dtype() != DType::boolean, "{}: expected numeric tensors, got bool (shapes {} and {})", op, a_in.shape(),
+           b_in.shape());
+  if (!a.is_floating_point())
+    TG_CHECK(sum(eq(b_in, 0.0)).item<std::int64_t>() == 0, "{}: integer division by zero (divisor of shape {})", op,
+             b_in.shape());
+  Tensor out = empty(a.shape(), a.dtype());
+  dispatch_numeric(a.dtype(), op, [&]<class T>() { kernels::map_scalar<T, T, T>(out, [f](T p, T q) { return f(p, q); }, a, b); });
+  return {a, b, out};
+}
+
+// The tensor op with a number for b, in torch's result type (an integer tensor stays integral for
+// a whole number).
+template <class Op>
+Tensor with_scalar_divisor(const char* op, const Tensor& a, double b, Op tensor_op) {
+  check_defined(a, op, "a");
+  const DType t = scalar_result_dtype(a, b, true);
+  check_scalar_fits(op, b, t);
+  return tensor_op(a.to(t), scalar_tensor(b, t));
+}
+}  // namespace
+
+Tensor floor_divide(const Tensor& a, const Tensor& b) {
+  auto d = division("floor_divide", a, b, [](auto p, auto q) { return floor_div_of(p, q); });
+  if (!d.out.is_floating_point()) return d.out;
+  return record("floor_divide", {d.a, d.b}, d.out, [](const Tensor& g) {
+    return Tensors{input_needs_grad(0) ? zeros_like(g) : Tensor(), input_needs_grad(1) ? zeros_like(g) : Tensor()};
+  });
+}
+
+Tensor remainder(const Tensor& a, const Tensor& b) {
+  auto d = division("remainder", a, b, [](auto p, auto q) { return remainder_of(p, q); });
+  if (!d.out.is_floating_point()) return d.out;
+  return record("remainder", {d.a, d.b}, d.out, [sa = SavedTensor(d.a), sb = SavedTensor(d.b)](const Tensor& g) {
+    Tensor gb;
+    if (input_needs_grad(1))
+      dispatch_float(g.dtype(), "remainder", [&]<class T>() {
+        gb = empty(g.shape(), g.dtype());
+        kernels::map_scalar<T, T, T, T>(gb, [](T gg, T p, T q) { return -gg * floor_div_of(p, q); }, g, sa.get(), sb.get());
+      });
+    return Tensors{g, gb};
+  });
+}
+
+Tensor fmod(const Tensor& a, const Tensor& b) {
+  auto d = division("fmod", a, b, [](auto p, auto q) { return fmod_of(p, q); });
+  if (!d.out.is_floating_point()) return d.out;
+  return record("fmod", {d.a, d.b}, d.out, [sa = SavedTensor(d.a), sb = SavedTensor(d.b)](const Tensor& g) {
+    Tensor gb;
+    if (input_needs_grad(1))
+      dispatch_float(g.dtype(), "fmod", [&]<class T>() {
+        gb = empty(g.shape(), g.dtype());
+        kernels::map_scalar<T, T, T, T>(gb, [](T gg, T p, T q) { return -gg * std::trunc(p / q); }, g, sa.get(), sb.get());
+      });
+    return Tensors{g, gb};
+  });
+}
+
+Tensor floor_divide(const Tensor& a, double b) {
+  return with_scalar_divisor("floor_divide", a, b, [](const Tensor& x, const Tensor& y) { return floor_divide(x, y); });
+}
+Tensor remainder(const Tensor& a, double b) {
+  return with_scalar_divisor("remainder", a, b, [](const Tensor& x, const Tensor& y) { return remainder(x, y); });
+}
+Tensor fmod(const Tensor& a, double b) {
+  return with_scalar_divisor("fmod", a, b, [](const Tensor& x, const Tensor& y) { return fmod(x, y); });
+}
+
+Tensor atan2(const Tensor& y_in, const Tensor& x_in) {
+  check_defined(y_in, "atan2", "y");
+  check_defined(x_in, "atan2", "x");
+  DType t = promote(y_in.dtype(), x_in.dtype());
+  if (!is_floating(t)) t = DType::f32;
+  auto [y, x] = broadcast_pair(y_in, x_in, "atan2", t);
+  Tensor out = apply_float("atan2", [](auto p, auto q) { return xsimd::atan2(p, q); }, y, x);
+  return record("atan2", {y, x}, out, [sy = SavedTensor(y), sx = SavedTensor(x)](const Tensor& g) {
+    const Tensor yv = sy.get(), xv = sx.get();
+    Tensor gy, gx;  // d/dy = x / r^2, d/dx = -y / r^2
+    if (input_needs_grad(0))
+      gy = apply_float("atan2", [](auto gg, auto p, auto q) { return gg * q / (p * p + q * q); }, g, yv, xv);
+    if (input_needs_grad(1))
+      gx = apply_float("atan2", [](auto gg, auto p, auto q) { return -gg * p / (p * p + q * q); }, g, yv, xv);
+    return Tensors{gy, gx};
+  });
+}
+
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_defined(cond, "where", "cond");
   TG_CHECK(cond.dtype() == DType::boolean, "where: cond must be a bool tensor, got {} (shape {})", cond.dtype(),
@@ -448,6 +584,34 @@ Tensor log1p(const Tensor& x) {
   return unary_x("log1p", x, [](auto v) { return xsimd::log1p(v); },
                  [](auto v, auto g) { return g / (v + decltype(v)(1)); });
 }
+namespace {
+// log in base 2 or 10 with xsimd's subnormal inputs lifted as in log_of: log2 stays exact on powers
+// of two (log2(8) = 3), which log(x) / ln 2 is not.
+template <class B>
+B log2_of(const B& v) {
+  using T = typename B::value_type;
+  constexpr int k = std::numeric_limits<T>::digits + 1;
+  const auto tiny = v < B(std::numeric_limits<T>::min());
+  const B r = xsimd::log2(xsimd::select(tiny, v * B(T(std::ldexp(1.0, k))), v));
+  return xsimd::select(tiny, r - B(T(k)), r);
+}
+template <class B>
+B log10_of(const B& v) {
+  using T = typename B::value_type;
+  constexpr int k = std::numeric_limits<T>::digits + 1;
+  const auto tiny = v < B(std::numeric_limits<T>::min());
+  const B r = xsimd::log10(xsimd::select(tiny, v * B(T(std::ldexp(1.0, k))), v));
+  return xsimd::select(tiny, r - B(T(k * std::numbers::log10e * std::numbers::ln2)), r);
+}
+}  // namespace
+Tensor log2(const Tensor& x) {
+  return unary_x("log2", x, [](auto v) { return log2_of(v); },
+                 [](auto v, auto g) { return g / (v * decltype(v)(std::numbers::ln2)); });
+}
+Tensor log10(const Tensor& x) {
+  return unary_x("log10", x, [](auto v) { return log10_of(v); },
+                 [](auto v, auto g) { return g / (v * decltype(v)(std::numbers::ln10)); });
+}
 Tensor expm1(const Tensor& x) {
   return unary_y("expm1", x, [](auto v) { return xsimd::expm1(v); },
                  [](auto y, auto g) { return g * (y + decltype(y)(1)); });
@@ -485,6 +649,28 @@ Tensor sin(const Tensor& x) {
 }
 Tensor cos(const Tensor& x) {
   return unary_x("cos", x, [](auto v) { return xsimd::cos(v); }, [](auto v, auto g) { return -g * xsimd::sin(v); });
+}
+Tensor tan(const Tensor& x) {
+  return unary_y("tan", x, [](auto v) { return xsimd::tan(v); },
+                 [](auto y, auto g) { return g * (decltype(y)(1) + y * y); });
+}
+Tensor asin(const Tensor& x) {
+  return unary_x("asin", x, [](auto v) { return xsimd::asin(v); },
+                 [](auto v, auto g) { return g / xsimd::sqrt(decltype(v)(1) - v * v); });
+}
+Tensor acos(const Tensor& x) {
+  return unary_x("acos", x, [](auto v) { return xsimd::acos(v); },
+                 [](auto v, auto g) { return -g / xsimd::sqrt(decltype(v)(1) - v * v); });
+}
+Tensor atan(const Tensor& x) {
+  return unary_x("atan", x, [](auto v) { return xsimd::atan(v); },
+                 [](auto v, auto g) { return g / (decltype(v)(1) + v * v); });
+}
+Tensor sinh(const Tensor& x) {
+  return unary_x("sinh", x, [](auto v) { return xsimd::sinh(v); }, [](auto v, auto g) { return g * xsimd::cosh(v); });
+}
+Tensor cosh(const Tensor& x) {
+  return unary_x("cosh", x, [](auto v) { return xsimd::cosh(v); }, [](auto v, auto g) { return g * xsimd::sinh(v); });
 }
 Tensor tanh(const Tensor& x) {
   return unary_y("tanh", x, [](auto v) { return xsimd::tanh(v); },
@@ -638,6 +824,100 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
                    using B = decltype(v);
                    const B z = v * splat<B>(beta);
                    return xsimd::select(z > splat<B>(threshold), g, g * sigmoid_of(z));
+                 });
+}
+
+Tensor logsigmoid(const Tensor& x) {
+  return unary_x("logsigmoid", x,
+                 [](auto v) {
+                   using B = decltype(v);
+                   return xsimd::min(v, B(0)) - xsimd::log1p(xsimd::exp(-xsimd::abs(v)));
+                 },
+                 [](auto v, auto g) { return g * sigmoid_of(-v); });
+}
+
+Tensor elu(const Tensor& x, double alpha) {
+  TG_CHECK(std::isfinite(alpha), "elu: alpha must be finite, got {}", alpha);
+  return unary_x("elu", x,
+                 [alpha](auto v) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(0), v, splat<B>(alpha) * xsimd::expm1(v));
+                 },
+                 [alpha](auto v, auto g) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(0), g, g * splat<B>(alpha) * xsimd::exp(v));
+                 });
+}
+
+Tensor selu(const Tensor& x) {
+  constexpr double alpha = 1.6732632423543772848170429916717, scale = 1.0507009873554804934193349852946;
+  return unary_x("selu", x,
+                 [](auto v) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(0), B(scale) * v, B(scale * alpha) * xsimd::expm1(v));
+                 },
+                 [](auto v, auto g) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(0), g * B(scale), g * B(scale * alpha) * xsimd::exp(v));
+                 });
+}
+
+namespace {
+template <class B>
+B tanh_softplus(const B& v) {  // tanh(log(1 + e^v)), the softplus without overflow
+  return xsimd::tanh(xsimd::max(v, B(0)) + xsimd::log1p(xsimd::exp(-xsimd::abs(v))));
+}
+}  // namespace
+
+Tensor mish(const Tensor& x) {
+  return unary_x("mish", x, [](auto v) { return v * tanh_softplus(v); },
+                 [](auto v, auto g) {  // tanh(sp) + v sigmoid(v) (1 - tanh(sp)^2)
+                   using B = decltype(v);
+                   const B t = tanh_softplus(v);
+                   return g * (t + v * sigmoid_of(v) * (B(1) - t * t));
+                 });
+}
+
+Tensor hardtanh(const Tensor& x, double min_val, double max_val) {
+  check_defined(x, "hardtanh", "x");
+  TG_CHECK(min_val <= max_val, "hardtanh: min_val {} must not exceed max_val {} (x of shape {})", min_val, max_val,
+           x.shape());
+  return unary_x("hardtanh", x,
+                 [min_val, max_val](auto v) {  // selects: NaN stays NaN
+                   using B = decltype(v);
+                   const B r = xsimd::select(v < splat<B>(min_val), splat<B>(min_val), v);
+                   return xsimd::select(r > splat<B>(max_val), splat<B>(max_val), r);
+                 },
+                 [min_val, max_val](auto v, auto g) {
+                   using B = decltype(v);
+                   return xsimd::select(v > splat<B>(min_val) && v < splat<B>(max_val), g, B(0));
+                 });
+}
+Tensor relu6(const Tensor& x) { return hardtanh(x, 0.0, 6.0); }
+
+Tensor hardsigmoid(const Tensor& x) {
+  return unary_x("hardsigmoid", x,
+                 [](auto v) {
+                   using B = decltype(v);
+                   const B r = xsimd::select(v + B(3) < B(0), B(0), v + B(3));
+                   return xsimd::select(r > B(6), B(6), r) / B(6);
+                 },
+                 [](auto v, auto g) {
+                   using B = decltype(v);
+                   return xsimd::select(v > B(-3) && v < B(3), g / B(6), B(0));
+                 });
+}
+
+Tensor hardswish(const Tensor& x) {
+  return unary_x("hardswish", x,
+                 [](auto v) {
+                   using B = decltype(v);
+                   const B r = xsimd::select(v + B(3) < B(0), B(0), v + B(3));
+                   return v * xsimd::select(r > B(6), B(6), r) / B(6);
+                 },
+                 [](auto v, auto g) {  // torch's rule: 0 below -3, x / 3 + 1/2 on [-3, 3], 1 above
+                   using B = decltype(v);
+                   return xsimd::select(v < B(-3), B(0), xsimd::select(v <= B(3), g * (v / B(3) + B(0.5)), g));
                  });
 }
 

@@ -33,6 +33,21 @@ Tensor maximum(const Tensor& a, const Tensor& b);
 // Limits to [low, high] (either bound optional); the gradient passes where low <= x <= high. An
 // integer x with a fractional bound gives an f32 result, as in torch.
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high);
+// Floor and truncated division, as torch (and Python's // and %). Integer tensors stay integral
+// (a zero divisor is an error; the minimum value divided by -1 wraps around); floating results are
+// exact (computed from std::fmod), and a zero divisor gives inf or NaN.
+//   floor_divide(a, b) = floor(a / b): gradient 0, as floor (torch has none);
+//   remainder(a, b)    = a - b floor(a / b), with the sign of b: gradients (g, -g floor(a / b));
+//   fmod(a, b)         = a - b trunc(a / b), with the sign of a: gradients (g, -g trunc(a / b)).
+Tensor floor_divide(const Tensor& a, const Tensor& b);
+Tensor floor_divide(const Tensor& a, double b);
+Tensor remainder(const Tensor& a, const Tensor& b);
+Tensor remainder(const Tensor& a, double b);
+Tensor fmod(const Tensor& a, const Tensor& b);
+Tensor fmod(const Tensor& a, double b);
+// The angle of the point (x, y), in [-pi, pi]; integer inputs give f32. The gradient at (0, 0) is
+// NaN, as torch.
+Tensor atan2(const Tensor& y, const Tensor& x);
 // cond ? a : b, broadcasting all three; cond is a bool tensor. With a number for a or b the dtype
 // follows torch: a floating tensor keeps its type; an integer one too for an integral number (a
 // bool one becomes i64), and becomes f32 for a fractional number.
@@ -44,6 +59,8 @@ Tensor where(const Tensor& cond, double a, const Tensor& b);
 Tensor exp(const Tensor& x);
 Tensor log(const Tensor& x);
 Tensor log1p(const Tensor& x);
+Tensor log2(const Tensor& x);
+Tensor log10(const Tensor& x);
 Tensor expm1(const Tensor& x);
 Tensor sqrt(const Tensor& x);
 Tensor rsqrt(const Tensor& x);
@@ -53,6 +70,12 @@ Tensor abs(const Tensor& x);
 Tensor sign(const Tensor& x);  // gradient 0; sign(NaN) = 0, as torch
 Tensor sin(const Tensor& x);
 Tensor cos(const Tensor& x);
+Tensor tan(const Tensor& x);
+Tensor asin(const Tensor& x);
+Tensor acos(const Tensor& x);
+Tensor atan(const Tensor& x);
+Tensor sinh(const Tensor& x);
+Tensor cosh(const Tensor& x);
 Tensor tanh(const Tensor& x);
 Tensor erf(const Tensor& x);
 // Rounding (gradient 0; round is half-to-even). Use x + (round(x) - x).detach() for a straight-through estimator.
@@ -71,6 +94,22 @@ Tensor gelu(const Tensor& x, GeluApprox approx = GeluApprox::none);
 Tensor silu(const Tensor& x);
 // log(1 + exp(beta*x)) / beta, linear above `threshold` (as PyTorch), computed without overflow.
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
+// log(sigmoid(x)) = -softplus(-x), without overflow.
+Tensor logsigmoid(const Tensor& x);
+// x for x > 0, alpha (e^x - 1) below (computed with expm1, so accurate near 0; torch 1.13 uses
+// e^x - 1 there, off by up to ~1e-7 relative for |x| < 1e-9).
+Tensor elu(const Tensor& x, double alpha = 1.0);
+// scale * elu(x, alpha) with the self-normalising constants of Klambauer et al. (2017).
+Tensor selu(const Tensor& x);
+// x tanh(softplus(x)) (Misra, 2019).
+Tensor mish(const Tensor& x);
+// x limited to [min_val, max_val]; the gradient passes strictly inside (torch's rule). relu6 is
+// hardtanh(x, 0, 6).
+Tensor hardtanh(const Tensor& x, double min_val = -1.0, double max_val = 1.0);
+Tensor relu6(const Tensor& x);
+// Piecewise-linear sigmoid and swish (MobileNetV3): relu6(x + 3) / 6 and x relu6(x + 3) / 6.
+Tensor hardsigmoid(const Tensor& x);
+Tensor hardswish(const Tensor& x);
 // Gated linear unit (torch.nn.functional.glu): x split in halves a, b along `axis` (even size),
 // a * sigmoid(b). A composite of narrow, sigmoid and mul.
 Tensor glu(const Tensor& x, std::int64_t axis = -1);

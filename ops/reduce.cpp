@@ -182,7 +182,9 @@ ValuesIndices arg_extreme(const char* op, bool is_max, const Tensor& x, std::int
   Tensor values = empty(reduced_shape(x.shape(), mask, keepdim), x.dtype());
   Tensor indices = empty(values.shape(), DType::i64);
   kernels::arg_reduce(is_max, x, a, values, indices);
-  values = record(op, {x}, values, [in_shape = x.shape(), dt = x.dtype(), a, indices](const Tensor& g) {
+  // The indices are saved (version-checked): they are also returned, and a caller who edited them
+  // would otherwise send the gradient to the wrong elements, or write out of bounds.
+  values = record(op, {x}, values, [in_shape = x.shape(), dt = x.dtype(), a, si = SavedTensor(indices)](const Tensor& g) {
     // Scatter each gradient to the position its value came from.
     Shape perm;
     for (int d = 0; d < in_shape.size(); ++d)
@@ -193,6 +195,7 @@ ValuesIndices arg_extreme(const char* op, bool is_max, const Tensor& x, std::int
     Tensor gx = zeros(permuted, dt);
     const Tensor gc = g.contiguous();
     const std::int64_t R = in_shape[a];
+    const Tensor indices = si.get();
     const std::int64_t* idx = indices.data<std::int64_t>();
     dispatch_float(dt, "max", [&]<class T>() {
       T* o = gx.data<T>();

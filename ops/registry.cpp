@@ -17,7 +17,10 @@ std::span<const OpInfo> differentiable_ops() {
       {"rsqrt", "ops"}, {"square", "ops"}, {"reciprocal", "ops"}, {"abs", "ops"}, {"sign", "ops"}, {"sin", "ops"},
       {"cos", "ops"}, {"tanh", "ops"}, {"erf", "ops"}, {"round", "ops"}, {"floor", "ops"}, {"ceil", "ops"},
       {"sigmoid", "ops"}, {"relu", "ops"}, {"leaky_relu", "ops"}, {"gelu", "ops"}, {"gelu_tanh", "ops"},
-      {"silu", "ops"}, {"softplus", "ops"},
+      {"silu", "ops"}, {"softplus", "ops"}, {"floor_divide", "ops"}, {"remainder", "ops"}, {"fmod", "ops"},
+      {"atan2", "ops"}, {"log2", "ops"}, {"log10", "ops"}, {"tan", "ops"}, {"asin", "ops"}, {"acos", "ops"},
+      {"atan", "ops"}, {"sinh", "ops"}, {"cosh", "ops"}, {"logsigmoid", "ops"}, {"elu", "ops"}, {"selu", "ops"},
+      {"mish", "ops"}, {"hardtanh", "ops"}, {"hardsigmoid", "ops"}, {"hardswish", "ops"},
       // ops/reduce.cpp
       {"sum", "ops"}, {"mean", "ops"}, {"prod", "ops"}, {"amax", "ops"}, {"amin", "ops"}, {"max", "ops"},
       {"min", "ops"}, {"norm", "ops"}, {"stddev", "ops"}, {"cumsum", "ops"},

@@ -58,6 +58,13 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
   nn::Adam opt(model.named_parameters(), {.lr = o.lr});
   nn::data::BatchSampler sampler(images.shape()[0], o.batch, /*shuffle=*/true, o.seed, /*drop_last=*/true);
   Generator gen(o.seed + 1);
+  // The dropout masks come from gen too, which the checkpoints save: a resumed run then draws the
+  // masks an uninterrupted one would. Pointed back at the default generator when fit returns.
+  model.set_dropout_generator(&gen);
+  struct Unset {
+    UNet& m;
+    ~Unset() { m.set_dropout_generator(nullptr); }
+  } unset{model};
   const std::int64_t per_epoch = sampler.batches_per_epoch();
   TG_CHECK(per_epoch > 0, "diffusion fit: {} images do not fill one batch of {}", images.shape()[0], o.batch);
   std::int64_t step = 0;

@@ -95,6 +95,51 @@ TEST_CASE("modifying a saved tensor in place is detected", "[core][autograd][err
                     Contains("was modified in place after it was saved") && Contains("in the backward of 'mul'"));
 }
 
+TEST_CASE("editing the indices returned by max/min is detected", "[core][autograd][errors]") {
+  // The indices are both returned and used by the backward: edited, they would send the gradient
+  // to the wrong elements (or out of bounds).
+  for (bool zero_d : {false, true}) {
+    Tensor x = (zero_d ? tensor({4.0}, DType::f64).reshape({}) : tensor({1, 5, 3, 7, 2, 4}, {2, 3}, DType::f64))
+                   .detach()
+                   .requires_grad_();
+    auto [v, i] = zero_d ? ops::max(x, 0) : ops::min(x, 1);
+    i.fill_(1000000000);
+    CHECK_THROWS_WITH(ops::sum(v).backward(), Contains("was modified in place after it was saved"));
+  }
+}
+
+TEST_CASE("copy_ refuses a source that requires grad in grad mode (the copy is not recorded)", "[core][autograd][errors]") {
+  Tensor x = tensor({1, 2, 3}, DType::f64).requires_grad_();
+  Tensor buf = zeros({3}, DType::f64);
+  CHECK_THROWS_WITH(buf.copy_(x * 2.0), Contains("copy_: the source (shape [3]) requires grad"));
+  buf.copy_((x * 2.0).detach());  // explicit: fine
+  {
+    NoGradGuard no_grad;
+    buf.copy_(x);  // fine too
+  }
+  CHECK(buf.to_vector<double>() == std::vector<double>{1, 2, 3});
+}
+
+TEST_CASE("a leaf frozen after the forward receives no gradient, as in torch", "[core][autograd]") {
+  Tensor x = tensor({1, 2, 3}, DType::f64).requires_grad_();
+  Tensor w = tensor({1, 1, 1}, DType::f64).requires_grad_();
+  Tensor y = ops::sum(x * w);
+  x.requires_grad_(false);
+  y.backward();
+  CHECK_FALSE(x.grad().defined());
+  CHECK(w.grad().to_vector<double>() == std::vector<double>{1, 2, 3});
+}
+
+TEST_CASE("a backward that throws a non-tg exception leaves the engine usable", "[core][autograd][errors]") {
+  Tensor x = tensor({1, 2}, DType::f64).requires_grad_();
+  Tensor bad = autograd::record("throws", {x}, x.detach() * 1.0, [](const Tensor&) -> Tensors { throw std::runtime_error("boom"); });
+  CHECK_THROWS_WITH(ops::sum(bad).backward(), Contains("boom"));
+  ops::sum(x * 3.0).backward();  // the next backward works normally
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{3, 3});
+  CHECK_THROWS_WITH(ones({1, 1}).expand({INT64_MAX, INT64_MAX}), Contains("expand: cannot expand shape [1, 1]") &&
+                                                                     Contains("more than 2^63 - 1 elements"));
+}
+
 TEST_CASE("no_grad records nothing, grad mode is per thread", "[core][autograd]") {
   Tensor x = ones({3}).requires_grad_();
   const auto nodes_before = autograd::live_node_count();

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "core/autograd.hpp"
+#include "nn/attention.hpp"
 #include "nn/linear.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
@@ -79,6 +80,25 @@ TEST_CASE("train/eval propagate, zero_grad, freezing, clone_parameters", "[nn][m
   CHECK_FALSE(copy.head.weight.storage() == net.head.weight.storage());
   CHECK(test::same_bits(copy.head.weight, net.head.weight));
   CHECK(copy.head.weight.requires_grad());
+}
+
+TEST_CASE("set_dropout_generator reaches every dropout in the tree", "[nn][module]") {
+  Net net;
+  Generator g(5);
+  net.set_dropout_generator(&g);
+  CHECK(net.blocks[0].drop.gen == &g);
+  CHECK(net.blocks[1].drop.gen == &g);
+  // The masks now follow g: the same seed gives the same mask.
+  const Tensor x = ones({64});
+  const Tensor m1 = net.blocks[0].drop(x);
+  g = Generator(5);
+  CHECK(test::same_bits(net.blocks[0].drop(x), m1));
+  net.set_dropout_generator(nullptr);
+  CHECK(net.blocks[1].drop.gen == nullptr);
+  nn::TransformerBlock block(8, 2, {.dropout = 0.1});
+  block.set_dropout_generator(&g);
+  CHECK(block.attn.gen == &g);  // attention dropout
+  CHECK(block.drop.gen == &g);
 }
 
 TEST_CASE("Linear, Embedding, MLP, Dropout: shapes, init, gradients", "[nn][layers]") {

@@ -44,7 +44,7 @@ TEST_CASE("eigh reconstructs symmetric matrices", "[ops][dense]") {
     CHECK(std::is_sorted(w.begin(), w.end()));
   }
   CHECK(ops::dense::eigh(tensor({2, 1, 1, 2}, {2, 2}, DType::f64)).values.to_vector<double>()[0] == Approx(1.0));
-  CHECK_THROWS_WITH(ops::dense::eigh(tensor({1, 2, 3, 4}, {2, 2}, DType::f64)), Contains("eigh: the matrix is not symmetric"));
+  CHECK_THROWS_WITH(ops::dense::eigh(tensor({1, 2, 3, 4}, {2, 2}, DType::f64)), Contains("eigh: the matrix (shape [2, 2]) is not symmetric"));
   CHECK_THROWS_WITH(ops::dense::eigh(zeros({2, 3})), Contains("eigh: expected a square matrix"));
 }
 
@@ -67,6 +67,36 @@ TEST_CASE("solve, slogdet, matrix_power, sqrtm", "[ops][dense]") {
   CHECK_ALLCLOSE(ops::dense::matrix_power(m, 0), eye(5, -1, DType::f64));
   const Tensor s = spd(6, 6), r = ops::dense::sqrtm_psd(s);
   CHECK_ALLCLOSE(ops::matmul(r, r), s, 1e-10, 1e-10);
+}
+
+TEST_CASE("solve is as LAPACK on graded matrices, sqrtm_psd refuses indefinite ones, clear messages", "[ops][dense]") {
+  // Well-posed despite entries 1e14 apart (numpy solves them exactly).
+  CHECK(ops::dense::solve(tensor({1e14, 0, 0, 1}, {2, 2}, DType::f64), tensor({1e14, 1}, DType::f64)).to_vector<double>() ==
+        std::vector<double>{1, 1});
+  CHECK_ALLCLOSE(ops::dense::solve(tensor({1e20, 1e20, 1, 2}, {2, 2}, DType::f64), tensor({2e20, 3}, DType::f64)),
+                 tensor({1, 1}, DType::f64), 1e-15, 0);
+  CHECK_ALLCLOSE(ops::dense::solve(tensor({1, 0, 0, 1e-20}, {2, 2}, DType::f64), tensor({1, 1e-20}, DType::f64)),
+                 tensor({1, 1}, DType::f64), 1e-15, 0);
+  CHECK_THROWS_WITH(ops::dense::solve(tensor({1, 2, 2, 4}, {2, 2}, DType::f64), tensor({1, 1}, DType::f64)),
+                    Contains("solve: the matrix (shape [2, 2]) is singular"));
+  CHECK_THROWS_WITH(ops::dense::solve(tensor({1, NAN, 0, 1}, {2, 2}, DType::f64), tensor({1, 1}, DType::f64)),
+                    Contains("solve: the matrix (shape [2, 2]) has a non-finite entry nan"));
+  CHECK_THROWS_WITH(ops::dense::solve(eye(2, -1, DType::f64), tensor({1, INFINITY}, DType::f64)),
+                    Contains("solve: b (shape [2]) has a non-finite entry inf"));
+  CHECK_THROWS_WITH(ops::dense::matrix_power(eye(3, -1, DType::f64), -1),
+                    Contains("matrix_power: the exponent must be >= 0, got -1 (matrix of shape [3, 3])"));
+  // eigh names the entries as given, not as rescaled internally.
+  CHECK_THROWS_WITH(ops::dense::eigh(tensor({1, 2, 3, 4}, {2, 2}, DType::f64)),
+                    Contains("eigh: the matrix (shape [2, 2]) is not symmetric (a[0, 1] = 2 vs a[1, 0] = 3)"));
+  // sqrtm_psd: eigenvalues -1 (and -4) are not round-off.
+  CHECK_THROWS_WITH(ops::dense::sqrtm_psd(tensor({0, 1, 1, 0}, {2, 2}, DType::f64)),
+                    Contains("sqrtm_psd: the matrix (shape [2, 2]) is not positive semi-definite: its smallest eigenvalue is -1"));
+  CHECK_THROWS_WITH(ops::dense::sqrtm_psd(tensor({-4}, {1, 1}, DType::f64)), Contains("not positive semi-definite"));
+  // A rank-deficient covariance (eigenvalues 0 up to round-off, here from f32 data) is fine.
+  const Tensor f = test::randn({3, 8}, DType::f32, 9);                   // 3 samples of 8 features
+  const Tensor cov = ops::matmul(f.t(), f);                               // [8, 8], rank 3, f32
+  const Tensor root = ops::dense::sqrtm_psd(cov);
+  CHECK_ALLCLOSE(ops::matmul(root, root), cov.to(DType::f64), 1e-4, 1e-4);
 }
 
 TEST_CASE("rank1_svd finds the leading singular triple", "[ops][dense]") {
@@ -290,8 +320,9 @@ TEST_CASE("eigvals of triangular, rotation, defective and similar-to-known matri
       for (const auto& g : got) best = std::min(best, std::hypot(g.first - e.first, g.second - e.second));
       CHECK(best <= 1e-9);
     }
+    // Descending magnitudes (compared to 40 significant bits, where ties go by the real part).
     for (std::size_t k = 1; k < got.size(); ++k)
-      CHECK(std::hypot(got[k].first, got[k].second) <= std::hypot(got[k - 1].first, got[k - 1].second));
+      CHECK(std::hypot(got[k].first, got[k].second) <= std::hypot(got[k - 1].first, got[k - 1].second) * (1 + 0x1p-39));
   }
 }
 
@@ -368,6 +399,26 @@ TEST_CASE("poly_roots as numpy.roots", "[ops][dense]") {
   CHECK(rho < 1.0);
   CHECK(prod_re == Approx(montel.at<double>({11})).epsilon(1e-9));  // N = 12 is even
   CHECK(std::fabs(prod_im) <= 1e-12);
+  // Roots (and eigenvalues) 1e16 and more apart in magnitude keep the small ones (numpy's values).
+  const auto wide = pairs(ops::dense::poly_roots(tensor({1, -1e17, 1}, DType::f64)));
+  CHECK(wide[0].first == Approx(1e17).epsilon(1e-15));
+  CHECK(wide[1].first == Approx(1e-17).epsilon(1e-12));
+  const auto tiny_lead = pairs(ops::dense::poly_roots(tensor({1e-40, 1, -3, 2}, DType::f64)));
+  CHECK(tiny_lead[0].first == Approx(-1e40).epsilon(1e-15));
+  CHECK(tiny_lead[1].first == Approx(2).epsilon(1e-12));
+  CHECK(tiny_lead[2].first == Approx(1).epsilon(1e-12));
+  const auto block = pairs(ops::dense::eigvals(tensor({1e17, 0, 0, 0, 0, 1, 0, 1, 0}, {3, 3}, DType::f64)));
+  CHECK(block[0].first == 1e17);
+  CHECK(block[1].first == Approx(1).epsilon(1e-15));
+  CHECK(block[2].first == Approx(-1).epsilon(1e-15));
+  // Equal magnitudes are ordered by real part, then imaginary part: the 8-cycle's eigenvalues
+  // e^(2 pi i k / 8) start at 1 and end at -1.
+  std::vector<double> cyc(64, 0.0);
+  for (int i = 0; i < 8; ++i) cyc[static_cast<std::size_t>(i * 8 + (i + 1) % 8)] = 1;
+  const auto roots8 = pairs(ops::dense::eigvals(from_vector(cyc, {8, 8})));
+  CHECK(roots8.front().first == Approx(1).epsilon(1e-14));
+  CHECK(roots8.back().first == Approx(-1).epsilon(1e-14));
+  for (std::size_t i = 1; i < roots8.size(); ++i) CHECK(roots8[i].first <= roots8[i - 1].first + 1e-14);
   CHECK_THROWS_WITH(ops::dense::poly_roots(zeros({3}, DType::f64)), Contains("poly_roots: all 3 coefficients are zero"));
   CHECK_THROWS_WITH(ops::dense::poly_roots(zeros({2, 2}, DType::f64)), Contains("poly_roots: expected a 1-D tensor of coefficients, got [2, 2]"));
 }

@@ -248,7 +248,7 @@ TEST_CASE("errors name the op that was called, not the op it is built from", "[o
   CHECK_THROWS_WITH(ops::logsumexp(randn({2}), {3}), Contains("logsumexp:"));
   CHECK_THROWS_WITH(ops::dense::solve(eye(2, 2, DType::f64), tensor({1, 0}, DType::boolean)),
                     Contains("solve: expected a floating-point b"));
-  CHECK_THROWS_WITH(ops::dense::sqrtm_psd(tensor({1, 2, 0, 1}, {2, 2}, DType::f64)), Contains("sqrtm_psd: eigh: the matrix is not symmetric"));
+  CHECK_THROWS_WITH(ops::dense::sqrtm_psd(tensor({1, 2, 0, 1}, {2, 2}, DType::f64)), Contains("sqrtm_psd: eigh: the matrix (shape [2, 2]) is not symmetric"));
   CHECK_THROWS_WITH(ops::upsample_conv2d(randn({1, 2, 3, 3}), randn({4, 2, 7, 7})),
                     Contains("upsample_conv2d: a 7 x 7 kernel with padding [0, 0] leaves no output for x of shape [1, 2, 3, 3] (upsampled to 6 x 6)"));
   CHECK_THROWS_WITH(ops::stack({randn({3, 4}), randn({3, 4})}, 3), Contains("stack: axis 3 is out of range for a new dim of a 2-d tensor"));

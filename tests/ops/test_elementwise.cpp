@@ -48,6 +48,14 @@ std::vector<UnaryCase> unary_cases() {
       {"sin", ops::sin, [](double x) { return std::sin(x); }},
       {"cos", ops::cos, [](double x) { return std::cos(x); }},
       {"tanh", ops::tanh, [](double x) { return std::tanh(x); }},
+      {"tan", ops::tan, [](double x) { return std::tan(x); }, -1.3, 1.3},
+      {"asin", ops::asin, [](double x) { return std::asin(x); }, -0.95, 0.95},
+      {"acos", ops::acos, [](double x) { return std::acos(x); }, -0.95, 0.95},
+      {"atan", ops::atan, [](double x) { return std::atan(x); }, -5, 5},
+      {"sinh", ops::sinh, [](double x) { return std::sinh(x); }},
+      {"cosh", ops::cosh, [](double x) { return std::cosh(x); }},
+      {"log2", ops::log2, [](double x) { return std::log2(x); }, 0.1, 5},
+      {"log10", ops::log10, [](double x) { return std::log10(x); }, 0.1, 5},
       {"erf", ops::erf, [](double x) { return std::erf(x); }},
       {"round", ops::round, [](double x) { return std::nearbyint(x); }},
       {"floor", ops::floor, [](double x) { return std::floor(x); }},
@@ -61,6 +69,16 @@ std::vector<UnaryCase> unary_cases() {
       {"softplus", [](const Tensor& x) { return ops::softplus(x); }, [](double x) { return std::log1p(std::exp(x)); }},
       {"softplus_beta", [](const Tensor& x) { return ops::softplus(x, 2.0, 3.0); },
        [](double x) { return 2 * x > 3 ? x : std::log1p(std::exp(2 * x)) / 2; }},
+      {"logsigmoid", ops::logsigmoid, [](double x) { return -std::log1p(std::exp(-x)); }, -8, 8},
+      {"elu", [](const Tensor& x) { return ops::elu(x); }, [](double x) { return x > 0 ? x : std::expm1(x); }},
+      {"elu_alpha", [](const Tensor& x) { return ops::elu(x, 0.3); }, [](double x) { return x > 0 ? x : 0.3 * std::expm1(x); }},
+      {"selu", ops::selu, [](double x) { return 1.0507009873554804934 * (x > 0 ? x : 1.6732632423543772848 * std::expm1(x)); }},
+      {"mish", ops::mish, [](double x) { return x * std::tanh(std::log1p(std::exp(x))); }, -6, 6},
+      {"hardtanh", [](const Tensor& x) { return ops::hardtanh(x); }, [](double x) { return std::clamp(x, -1.0, 1.0); }},
+      {"hardtanh_range", [](const Tensor& x) { return ops::hardtanh(x, -0.5, 2.0); }, [](double x) { return std::clamp(x, -0.5, 2.0); }},
+      {"relu6", ops::relu6, [](double x) { return std::clamp(x, 0.0, 6.0); }, -2, 8},
+      {"hardsigmoid", ops::hardsigmoid, [](double x) { return std::clamp(x + 3, 0.0, 6.0) / 6; }, -5, 5},
+      {"hardswish", ops::hardswish, [](double x) { return x * std::clamp(x + 3, 0.0, 6.0) / 6; }, -5, 5},
       {"clamp", [](const Tensor& x) { return ops::clamp(x, -1.0, 0.5); }, [](double x) { return std::clamp(x, -1.0, 0.5); }},
       {"clamp_min", [](const Tensor& x) { return ops::clamp(x, 0.0, std::nullopt); }, [](double x) { return std::max(x, 0.0); }},
       {"pow_scalar_3", [](const Tensor& x) { return ops::pow(x, 3.0); }, [](double x) { return x * x * x; }},
@@ -100,7 +118,8 @@ TEST_CASE("unary ops: forward matches the f64 reference (f32 and f64, odd sizes,
 
 TEST_CASE("unary ops: gradcheck",
           "[ops][elementwise][grad][exp][log][log1p][expm1][sqrt][rsqrt][square][reciprocal][abs][sign][neg][sin][cos]"
-          "[tanh][erf][round][floor][ceil][sigmoid][relu][leaky_relu][gelu][gelu_tanh][silu][softplus][clamp]"
+          "[tanh][tan][asin][acos][atan][sinh][cosh][log2][log10][erf][round][floor][ceil][sigmoid][relu][leaky_relu][gelu]"
+          "[gelu_tanh][silu][softplus][logsigmoid][elu][selu][mish][hardtanh][hardsigmoid][hardswish][clamp]"
           "[pow_scalar][add_scalar][sub_scalar][rsub_scalar][mul_scalar][div_scalar][rdiv_scalar]") {
   for (const UnaryCase& c : unary_cases()) {
     INFO(c.name);
@@ -158,6 +177,15 @@ std::vector<BinaryCase> binary_cases() {
       {"pow", [](const Tensor& a, const Tensor& b) { return ops::pow(a, b); }, [](double a, double b) { return std::pow(a, b); }, 0.2, 2},
       {"minimum", [](const Tensor& a, const Tensor& b) { return ops::minimum(a, b); }, [](double a, double b) { return std::min(a, b); }},
       {"maximum", [](const Tensor& a, const Tensor& b) { return ops::maximum(a, b); }, [](double a, double b) { return std::max(a, b); }},
+      {"atan2", [](const Tensor& a, const Tensor& b) { return ops::atan2(a, b); }, [](double a, double b) { return std::atan2(a, b); }},
+      // Positive operands away from 0 here (no jumps within the finite-difference steps); signs,
+      // integers and special values are checked against torch's values below.
+      {"floor_divide", [](const Tensor& a, const Tensor& b) { return ops::floor_divide(a, b); },
+       [](double a, double b) { return std::floor(a / b); }, 0.5, 3},
+      {"remainder", [](const Tensor& a, const Tensor& b) { return ops::remainder(a, b); },
+       [](double a, double b) { return a - b * std::floor(a / b); }, 0.5, 3},
+      {"fmod", [](const Tensor& a, const Tensor& b) { return ops::fmod(a, b); },
+       [](double a, double b) { return std::fmod(a, b); }, 0.5, 3},
   };
 }
 
@@ -182,7 +210,7 @@ TEST_CASE("binary ops: forward with broadcasting matches the reference", "[ops][
 }
 
 TEST_CASE("binary ops: gradcheck with broadcasting and non-contiguous inputs",
-          "[ops][elementwise][grad][add][sub][mul][div][pow][minimum][maximum]") {
+          "[ops][elementwise][grad][add][sub][mul][div][pow][minimum][maximum][atan2][floor_divide][remainder][fmod]") {
   for (const BinaryCase& c : binary_cases()) {
     INFO(c.name);
     auto f = [&](const Tensors& v) { return c.op(v[0], v[1]); };
@@ -195,6 +223,81 @@ TEST_CASE("binary ops: gradcheck with broadcasting and non-contiguous inputs",
     // The same tensor on both sides.
     CHECK_GRADCHECK([&](const Tensors& v) { return c.op(v[0], v[0]); }, {test::uniform({7}, c.lo, c.hi, DType::f64, 19)});
   }
+}
+
+TEST_CASE("floor_divide, remainder, fmod: signs, integers and special values as torch", "[ops][elementwise]") {
+  // Values from torch 1.13.
+  const Tensor a = tensor({-7, 7, -0.0, 5, -7, 7}), b = tensor({2, -2, 3, 0, -2, 2});
+  const float inf = INFINITY;
+  CHECK(ops::floor_divide(a, b).to_vector<float>() == std::vector<float>{-4, -4, -0.0f, inf, 3, 3});
+  CHECK(std::signbit(ops::floor_divide(a, b).to_vector<float>()[2]));
+  CHECK(ops::remainder(a.narrow(0, 0, 3), b.narrow(0, 0, 3)).to_vector<float>() == std::vector<float>{1, -1, 0});
+  CHECK(std::isnan(ops::remainder(tensor({5}), tensor({0})).item<float>()));
+  CHECK(ops::fmod(a.narrow(0, 0, 3), b.narrow(0, 0, 3)).to_vector<float>() == std::vector<float>{-1, 1, 0});
+  // Exact for huge quotients: 10^20 = 1 (mod 3) (a - b trunc(a / b) in floating point gives 0 or worse).
+  CHECK(ops::fmod(tensor({1e20, -1e20}, DType::f64), 3.0).to_vector<double>() == std::vector<double>{1, -1});
+  CHECK(ops::remainder(tensor({1e20, -1e20}, DType::f64), 3.0).to_vector<double>() == std::vector<double>{1, 2});
+  CHECK(ops::floor_divide(tensor({1e30}), tensor({1e-30})).item<float>() == inf);
+
+  const Tensor ai = tensor({-7, 7, -7, 7, 0}, DType::i64), bi = tensor({2, -2, -2, 2, -3}, DType::i64);
+  CHECK(ops::floor_divide(ai, bi).dtype() == DType::i64);
+  CHECK(ops::floor_divide(ai, bi).to_vector<std::int64_t>() == std::vector<std::int64_t>{-4, -4, 3, 3, 0});
+  CHECK(ops::remainder(ai, bi).to_vector<std::int64_t>() == std::vector<std::int64_t>{1, -1, -1, 1, 0});
+  CHECK(ops::fmod(ai, bi).to_vector<std::int64_t>() == std::vector<std::int64_t>{-1, 1, -1, 1, 0});
+  const auto lowest = std::numeric_limits<std::int64_t>::lowest();
+  const Tensor low = tensor({double(lowest)}, DType::i64);
+  CHECK(ops::floor_divide(low, -1.0).item<std::int64_t>() == lowest);  // wraps (torch: SIGFPE)
+  CHECK(ops::remainder(low, -1.0).item<std::int64_t>() == 0);
+  CHECK(ops::fmod(low, -1.0).item<std::int64_t>() == 0);
+  CHECK(ops::remainder(tensor({-7, 8}, DType::i32), 3.0).to_vector<std::int32_t>() == std::vector<std::int32_t>{2, 2});
+  CHECK(ops::floor_divide(tensor({5}, DType::i64), 2.0).dtype() == DType::i64);
+  CHECK(ops::remainder(tensor({5}, DType::i64), 2.5).dtype() == DType::f32);  // a fractional number makes it f32
+  CHECK(ops::remainder(tensor({5}, DType::i64), 2.5).item<float>() == 0);
+  CHECK_THROWS_WITH(ops::remainder(ai, tensor({1, 0, 1, 1, 1}, DType::i64)),
+                    Contains("remainder: integer division by zero (divisor of shape [5])"));
+  CHECK_THROWS_WITH(ops::floor_divide(ai, 0.0), Contains("floor_divide: integer division by zero"));
+  CHECK_THROWS_WITH(ops::fmod(ai.to(DType::i32), tensor({0}, DType::i32)), Contains("fmod: integer division by zero"));
+  CHECK_THROWS_WITH(ops::fmod(tensor({1}, DType::boolean), tensor({1}, DType::boolean)), Contains("fmod: expected numeric tensors"));
+
+  // Gradients across signs (torch: remainder d/db = -floor(a / b) = 4, fmod d/db = -trunc(a / b) = 3).
+  Tensor x = tensor({-7.5, 7.5}, DType::f64).requires_grad_(), y = tensor({2, -2}, DType::f64).requires_grad_();
+  ops::sum(ops::remainder(x, y)).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{1, 1});
+  CHECK(y.grad().to_vector<double>() == std::vector<double>{4, 4});
+  x = x.detach().requires_grad_(), y = y.detach().requires_grad_();
+  ops::sum(ops::fmod(x, y)).backward();
+  CHECK(y.grad().to_vector<double>() == std::vector<double>{3, 3});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::remainder(v[0], v[1]); },
+                  {tensor({-7.3, 7.3, -2.2, 2.2}, DType::f64), tensor({2, -2, -0.7, 0.7}, DType::f64)});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::fmod(v[0], v[1]); },
+                  {tensor({-7.3, 7.3, -2.2, 2.2}, DType::f64), tensor({2, -2, -0.7, 0.7}, DType::f64)});
+}
+
+TEST_CASE("new math ops: special values", "[ops][elementwise]") {
+  CHECK(ops::log2(tensor({8, 1024, 0.5})).to_vector<float>() == std::vector<float>{3, 10, -1});  // exact on powers of 2
+  CHECK(ops::log2(tensor({0x1p-1070}, DType::f64)).item<double>() == -1070);                    // subnormal
+  CHECK(ops::log10(tensor({1000}, DType::f64)).item<double>() == Approx(3).epsilon(1e-15));
+  CHECK(ops::log10(tensor({1e-310}, DType::f64)).item<double>() == Approx(-310).epsilon(1e-14));
+  CHECK(ops::atan2(tensor({0, 1, -1}), tensor({-1, 0, 0})).to_vector<float>() ==
+        std::vector<float>{float(std::numbers::pi), float(std::numbers::pi / 2), -float(std::numbers::pi / 2)});
+  CHECK(ops::atan2(tensor({1}, DType::i64), tensor({1}, DType::i64)).dtype() == DType::f32);
+  // Large arguments: no overflow in logsigmoid and mish; elu is accurate near 0 (expm1).
+  CHECK(ops::logsigmoid(tensor({-100, 100}, DType::f64)).to_vector<double>()[0] == Approx(-100).epsilon(1e-15));
+  CHECK(ops::logsigmoid(tensor({-1000}, DType::f32)).item<float>() == -1000);
+  CHECK(ops::mish(tensor({1000, -1000})).to_vector<float>() == std::vector<float>{1000, -0.0f});
+  CHECK(ops::elu(tensor({-1e-10}, DType::f64)).item<double>() == Approx(std::expm1(-1e-10)).epsilon(1e-15));
+  // NaN stays NaN through the piecewise-linear ones.
+  for (auto f : {+[](const Tensor& t) { return ops::hardtanh(t); }, +[](const Tensor& t) { return ops::relu6(t); },
+                 +[](const Tensor& t) { return ops::hardsigmoid(t); }, +[](const Tensor& t) { return ops::hardswish(t); }})
+    CHECK(std::isnan(f(tensor({NAN})).item<float>()));
+  // Gradients at the kinks, as torch: hardtanh 0 at both bounds, hardswish -1/2 at -3 and 3/2 at 3.
+  Tensor x = tensor({-1, 1}, DType::f64).requires_grad_();
+  ops::sum(ops::hardtanh(x)).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{0, 0});
+  x = tensor({-3, 3}, DType::f64).requires_grad_();
+  ops::sum(ops::hardswish(x)).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{-0.5, 1.5});
+  CHECK_THROWS_WITH(ops::hardtanh(tensor({1}), 2, 1), Contains("hardtanh: min_val 2 must not exceed max_val 1"));
 }
 
 TEST_CASE("minimum/maximum split the gradient on ties", "[ops][elementwise]") {

@@ -12,7 +12,7 @@
 namespace {
 
 // Ops that tests define themselves through the public custom-op mechanism.
-constexpr std::string_view kTestOnlyOps[] = {"cube", "bad_op"};
+constexpr std::string_view kTestOnlyOps[] = {"cube", "bad_op", "throws"};
 
 void check_registered(std::string_view name) {
   for (const tg::ops::OpInfo& op : tg::ops::differentiable_ops())
