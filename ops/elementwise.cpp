@@ -501,13 +501,30 @@ Tensor fmod(const Tensor& a, double b) {
   return with_scalar_divisor("fmod", a, b, [](const Tensor& x, const Tensor& y) { return fmod(x, y); });
 }
 
+namespace {
+// xsimd 8.1's atan2 returns NaN where both arguments are zero or both infinite; C's atan2 (and
+// torch) give +-0 or +-pi, and +-pi/4 or +-3pi/4, by the signs.
+template <class B>
+B atan2_of(const B& y, const B& x) {
+  using T = typename B::value_type;
+  const auto x_negative = xsimd::copysign(B(1), x) < B(0);  // -0 included
+  const auto both_zero = y == B(0) && x == B(0);
+  const auto both_inf = xsimd::abs(y) == B(std::numeric_limits<T>::infinity()) &&
+                        xsimd::abs(x) == B(std::numeric_limits<T>::infinity());
+  const B at_zero = xsimd::select(x_negative, B(T(std::numbers::pi)), B(0));
+  const B at_inf = xsimd::select(x_negative, B(T(0.75 * std::numbers::pi)), B(T(0.25 * std::numbers::pi)));
+  const B special = xsimd::copysign(xsimd::select(both_zero, at_zero, at_inf), y);
+  return xsimd::select(both_zero || both_inf, special, xsimd::atan2(y, x));
+}
+}  // namespace
+
 Tensor atan2(const Tensor& y_in, const Tensor& x_in) {
   check_defined(y_in, "atan2", "y");
   check_defined(x_in, "atan2", "x");
   DType t = promote(y_in.dtype(), x_in.dtype());
   if (!is_floating(t)) t = DType::f32;
   auto [y, x] = broadcast_pair(y_in, x_in, "atan2", t);
-  Tensor out = apply_float("atan2", [](auto p, auto q) { return xsimd::atan2(p, q); }, y, x);
+  Tensor out = apply_float("atan2", [](auto p, auto q) { return atan2_of(p, q); }, y, x);
   return record("atan2", {y, x}, out, [sy = SavedTensor(y), sx = SavedTensor(x)](const Tensor& g) {
     const Tensor yv = sy.get(), xv = sx.get();
     Tensor gy, gx;  // d/dy = x / r^2, d/dx = -y / r^2

@@ -281,6 +281,20 @@ TEST_CASE("new math ops: special values", "[ops][elementwise]") {
   CHECK(ops::atan2(tensor({0, 1, -1}), tensor({-1, 0, 0})).to_vector<float>() ==
         std::vector<float>{float(std::numbers::pi), float(std::numbers::pi / 2), -float(std::numbers::pi / 2)});
   CHECK(ops::atan2(tensor({1}, DType::i64), tensor({1}, DType::i64)).dtype() == DType::f32);
+  {  // Signed zeros and infinities as C's atan2 (and torch); xsimd's gives NaN for these.
+    const double inf = INFINITY;
+    const std::vector<double> ys{0.0, -0.0, 0.0, -0.0, inf, inf, -inf, -inf, 1, -1, 0.0};
+    const std::vector<double> xs{0.0, 0.0, -0.0, -0.0, inf, -inf, inf, -inf, -inf, -inf, 5};
+    for (DType dt : {DType::f32, DType::f64}) {
+      const auto r = ops::atan2(from_vector(ys, {11}).to(dt), from_vector(xs, {11}).to(dt)).to(DType::f64).to_vector<double>();
+      for (std::size_t i = 0; i < r.size(); ++i) {
+        INFO(i);
+        CHECK(r[i] == Approx(std::atan2(ys[i], xs[i])).epsilon(1e-7));
+        CHECK(std::signbit(r[i]) == std::signbit(std::atan2(ys[i], xs[i])));
+      }
+    }
+    CHECK(std::isnan(ops::atan2(tensor({NAN}), tensor({0})).item<float>()));
+  }
   // Large arguments: no overflow in logsigmoid and mish; elu is accurate near 0 (expm1).
   CHECK(ops::logsigmoid(tensor({-100, 100}, DType::f64)).to_vector<double>()[0] == Approx(-100).epsilon(1e-15));
   CHECK(ops::logsigmoid(tensor({-1000}, DType::f32)).item<float>() == -1000);

@@ -227,6 +227,22 @@ Tensor unary(const Case& c, const std::string& op, const Tensor& x) {
   if (op == "silu") return ops::silu(x);
   if (op == "softplus") return ops::softplus(x, c.f("beta", 1.0), c.f("threshold", 20.0));
   if (op == "pow_scalar") return ops::pow(x, c.f("exponent"));
+  if (op == "tan") return ops::tan(x);
+  if (op == "asin") return ops::asin(x);
+  if (op == "acos") return ops::acos(x);
+  if (op == "atan") return ops::atan(x);
+  if (op == "sinh") return ops::sinh(x);
+  if (op == "cosh") return ops::cosh(x);
+  if (op == "log2") return ops::log2(x);
+  if (op == "log10") return ops::log10(x);
+  if (op == "logsigmoid") return ops::logsigmoid(x);
+  if (op == "elu") return ops::elu(x, c.f("alpha", 1.0));
+  if (op == "selu") return ops::selu(x);
+  if (op == "mish") return ops::mish(x);
+  if (op == "hardtanh") return ops::hardtanh(x, c.f("min_val", -1.0), c.f("max_val", 1.0));
+  if (op == "relu6") return ops::relu6(x);
+  if (op == "hardsigmoid") return ops::hardsigmoid(x);
+  if (op == "hardswish") return ops::hardswish(x);
   if (op == "clamp") {
     std::optional<double> lo, hi;
     if (c.has("low")) lo = c.f("low");
@@ -262,6 +278,8 @@ bool is_unary(const std::string& op) {
   static const char* names[] = {"neg", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "square", "reciprocal", "abs",
                                 "sign", "sin", "cos", "tanh", "erf", "round", "floor", "ceil", "sigmoid", "relu",
                                 "leaky_relu", "gelu", "gelu_tanh", "silu", "softplus", "pow_scalar", "clamp",
+                                "tan", "asin", "acos", "atan", "sinh", "cosh", "log2", "log10", "logsigmoid", "elu",
+                                "selu", "mish", "hardtanh", "relu6", "hardsigmoid", "hardswish",
                                 "add_scalar", "sub_scalar", "rsub_scalar", "mul_scalar", "div_scalar", "rdiv_scalar",
                                 "sum", "mean", "prod", "amax", "amin", "logsumexp", "var", "std", "norm", "cumsum",
                                 "max_axis", "min_axis", "sort", "topk"};
@@ -369,6 +387,10 @@ Tensor run_op(const Case& c) {
   if (op == "minimum") return ops::minimum(c.t("a"), c.t("b"));
   if (op == "maximum") return ops::maximum(c.t("a"), c.t("b"));
   if (op == "where") return ops::where(c.t("_cond"), c.t("a"), c.t("b"));
+  if (op == "atan2") return ops::atan2(c.t("a"), c.t("b"));
+  if (op == "floor_divide") return ops::floor_divide(c.t("a"), c.t("b"));
+  if (op == "remainder") return ops::remainder(c.t("a"), c.t("b"));
+  if (op == "fmod") return ops::fmod(c.t("a"), c.t("b"));
   // ---- linear algebra
   if (op == "matmul") return ops::matmul(c.t("a"), c.t("b"));
   if (op == "bmm") return ops::bmm(c.t("a"), c.t("b"));

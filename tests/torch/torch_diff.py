@@ -1333,6 +1333,29 @@ unary("softplus", WIDE, lambda T, P: F.softplus(T["x"], P["beta"], P["threshold"
 unary("pow_scalar", GEN_DATA, lambda T, P: torch.pow(T["x"], P["exponent"]),
       lambda rng: {"exponent": pick(rng, [2.0, 3.0, -1.0, -2.0, 0.5, 1.5, 0.0, 1.0, 2.5, -0.5, 64.0, 65.0, 7.0])})
 
+unary("tan", GEN_DATA, lambda T, P: torch.tan(T["x"]))
+unary("asin", lambda r, s: np.clip(GEN_DATA(r, s) * 0.4, -0.99, 0.99), lambda T, P: torch.asin(T["x"]))
+unary("acos", lambda r, s: np.clip(GEN_DATA(r, s) * 0.4, -0.99, 0.99), lambda T, P: torch.acos(T["x"]))
+unary("atan", WIDE, lambda T, P: torch.atan(T["x"]))
+unary("sinh", WIDE, lambda T, P: torch.sinh(T["x"]))
+unary("cosh", WIDE, lambda T, P: torch.cosh(T["x"]))
+unary("log2", lambda r, s: special_mix(r, s, [0.0, 1.0, 8.0, 0.25], 0.1, 1.0) ** 2, lambda T, P: torch.log2(T["x"]))
+unary("log10", lambda r, s: special_mix(r, s, [0.0, 1.0, 100.0], 0.1, 1.0) ** 2, lambda T, P: torch.log10(T["x"]))
+unary("logsigmoid", WIDE, lambda T, P: F.logsigmoid(T["x"]))
+# elu/selu on O(1) data: torch 1.13 computes exp(x) - 1 (tapegrad expm1), off by ~1e-16 / |x| relative.
+unary("elu", GEN_DATA, lambda T, P: F.elu(T["x"], P.get("alpha", 1.0)),
+      lambda rng: {} if rng.random() < 0.4 else {"alpha": pick(rng, [0.3, 2.0, 1.5])})
+unary("selu", GEN_DATA, lambda T, P: F.selu(T["x"]))
+unary("mish", WIDE, lambda T, P: F.mish(T["x"]))
+unary("hardtanh", GEN_DATA, lambda T, P: F.hardtanh(T["x"], P.get("min_val", -1.0), P.get("max_val", 1.0)),
+      lambda rng: {} if rng.random() < 0.4 else {"min_val": pick(rng, [-0.5, 0.0, -2.5]), "max_val": pick(rng, [0.5, 2.5])})
+unary("relu6", lambda r, s: GEN_DATA(r, s) * 3, lambda T, P: F.relu6(T["x"]))
+# torch 1.13's hardsigmoid backward multiplies by 1/6 rounded to f32 even in f64 (0.16666667163...):
+# the reference takes torch's forward and the exact gradient (1/6 strictly inside (-3, 3)).
+unary("hardsigmoid", GEN_DATA, lambda T, P: F.hardsigmoid(T["x"].detach())
+      + ((T["x"] > -3) & (T["x"] < 3)) * (T["x"] - T["x"].detach()) / 6)
+unary("hardswish", GEN_DATA, lambda T, P: F.hardswish(T["x"]))
+
 unary("clamp", GEN_DATA, lambda T, P: torch.clamp(T["x"], P.get("low"), P.get("high")),
       lambda rng: pick(rng, [{"low": -0.5, "high": 1.0}, {"low": 0.0}, {"high": 0.5}, {"low": 1.0, "high": 1.0},
                              {"low": -1.0, "high": 2.5}]))
@@ -1389,6 +1412,14 @@ OPS["pow_negbase_intexp"] = OPS["pow_negbase_intexp"][:3] + ("pow",)
 binary("minimum", lambda T, P: torch.minimum(T["a"], T["b"]), tie=True)
 binary("maximum", lambda T, P: torch.maximum(T["a"], T["b"]), tie=True)
 binary("where", lambda T, P: torch.where(T["_cond"], T["a"], T["b"]))
+binary("atan2", lambda T, P: torch.atan2(T["a"], T["b"]))
+# Divisors include 0 (inf / NaN results) and negative values. torch has no floor_divide gradient;
+# tapegrad's is 0 (as floor), which the reference adds as 0 * a + 0 * b.
+DIVISOR = lambda r, s: special_mix(r, s, [1.0, -2.0, 0.5, 0.0, 3.0], 0.2, 2.0)
+binary("floor_divide", lambda T, P: torch.floor_divide(T["a"].detach(), T["b"].detach()) + 0 * T["a"] + 0 * T["b"],
+       data_a=lambda r, s: GEN_DATA(r, s) * 4, data_b=DIVISOR)
+binary("remainder", lambda T, P: torch.remainder(T["a"], T["b"]), data_a=lambda r, s: GEN_DATA(r, s) * 4, data_b=DIVISOR)
+binary("fmod", lambda T, P: torch.fmod(T["a"], T["b"]), data_a=lambda r, s: GEN_DATA(r, s) * 4, data_b=DIVISOR)
 
 
 # ---- reductions ------------------------------------------------------------------------------------------------------
