@@ -15,6 +15,7 @@
 #include <fstream>
 #include <optional>
 #include <set>
+#include <unordered_set>
 #include <utility>
 #include <nlohmann/json.hpp>
 
@@ -449,14 +450,28 @@ std::size_t count_prefixed(const SafetensorsFile& file, const std::string& prefi
     return t.name.rfind(prefix, 0) == 0;
   }));
 }
+// The names under `prefix` in `file` that `targets` does not have (the first 5), for the error of a
+// file with more tensors than the model: "'a.b', 'c' (and 3 more)".
+std::string extra_names(const SafetensorsFile& file, const std::vector<NamedTensor>& targets, const std::string& prefix) {
+  std::unordered_set<std::string> expected;
+  for (const NamedTensor& t : targets) expected.insert(prefix + t.name);
+  std::vector<std::string> extra;
+  for (const NamedTensor& t : file.tensors)
+    if (t.name.rfind(prefix, 0) == 0 && !expected.count(t.name)) extra.push_back(fmt::format("'{}'", t.name));
+  const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
+  std::string list;
+  for (std::size_t i = 0; i < shown; ++i) list.append(i ? ", " : "").append(extra[i]);
+  if (extra.size() > shown) list += fmt::format(" (and {} more)", extra.size() - shown);
+  return list;
+}
 }  // namespace
 
 Metadata load_module(Module& m, const std::string& path) {
   const SafetensorsFile file = load_safetensors(path);
   std::vector<NamedTensor> targets = m.state();
   restore(file, targets, "", path, "model");
-  TG_CHECK(file.tensors.size() == targets.size(), "load: '{}' holds {} tensors but the model has {}", path,
-           file.tensors.size(), targets.size());
+  TG_CHECK(file.tensors.size() == targets.size(), "load: '{}' holds {} tensors but the model has {}; not in the model: {}",
+           path, file.tensors.size(), targets.size(), extra_names(file, targets, ""));
   copy_all(file, targets, "");
   return file.metadata;
 }
@@ -513,10 +528,15 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
   restore(file, model_t, "model.", path, "model");
   restore(file, optim_t, "optim.", path, "optimizer");
   if (ema) restore(file, ema_t, "ema.", path, "EMA");
-  TG_CHECK(count_prefixed(file, "model.") == model_t.size(), "load: '{}' holds {} model tensors but the model has {}",
-           path, count_prefixed(file, "model."), model_t.size());
-  TG_CHECK(count_prefixed(file, "optim.") == optim_t.size(), "load: '{}' holds {} optimizer tensors but the optimizer has {}",
-           path, count_prefixed(file, "optim."), optim_t.size());
+  TG_CHECK(count_prefixed(file, "model.") == model_t.size(),
+           "load: '{}' holds {} model tensors but the model has {}; not in the model: {}", path,
+           count_prefixed(file, "model."), model_t.size(), extra_names(file, model_t, "model."));
+  TG_CHECK(count_prefixed(file, "optim.") == optim_t.size(),
+           "load: '{}' holds {} optimizer tensors but the optimizer has {}; not in the optimizer: {}", path,
+           count_prefixed(file, "optim."), optim_t.size(), extra_names(file, optim_t, "optim."));
+  TG_CHECK(!ema || count_prefixed(file, "ema.") == ema_t.size(),
+           "load: '{}' holds {} EMA tensors but the EMA has {}; not in the EMA: {}", path, count_prefixed(file, "ema."),
+           ema_t.size(), extra_names(file, ema_t, "ema."));
 
   // Every metadata value is parsed and checked before anything is changed: all or nothing.
   auto unsigned_integer = [&](const char* key) {

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <unordered_map>
+#include <unordered_set>
+
 #include "core/autograd.hpp"
 
 namespace tg::nn {
@@ -76,8 +79,11 @@ Tensors Module::parameters() {
 }
 
 std::int64_t Module::num_parameters() {
+  // A tensor registered under two names (tied weights) counts once, as in torch.
+  std::unordered_set<const TensorImpl*> seen;
   std::int64_t n = 0;
-  for (auto& p : named_parameters()) n += p.tensor.numel();
+  for (auto& p : named_parameters())
+    if (seen.insert(p.tensor.impl_ptr().get()).second) n += p.tensor.numel();
   return n;
 }
 
@@ -111,10 +117,16 @@ void Module::requires_grad_(bool on) {
 
 void Module::clone_parameters() {
   NoGradGuard no_grad;
-  for_each_tensor(*this, [](const std::string&, Tensor& t, bool is_param) {
-    const bool req = t.requires_grad();
-    t = t.detach().clone();
-    if (is_param && req) t.requires_grad_(true);
+  // Tied tensors (one tensor under two names) stay tied: each is cloned once.
+  std::unordered_map<const TensorImpl*, Tensor> clones;
+  for_each_tensor(*this, [&](const std::string&, Tensor& t, bool is_param) {
+    auto [it, fresh] = clones.try_emplace(t.impl_ptr().get());
+    if (fresh) {
+      const bool req = t.requires_grad();
+      it->second = t.detach().clone();
+      if (is_param && req) it->second.requires_grad_(true);
+    }
+    t = it->second;
   });
 }
 

@@ -192,6 +192,13 @@ TEST_CASE("loading rejects truncated, corrupted and mismatched files without tou
   nn::save_safetensors(dir.file("partial.safetensors"), {{"fc1.weight", a.fc1.weight}});
   CHECK_THROWS_WITH(nn::load_module(b, dir.file("partial.safetensors")), Contains("has no tensor 'fc1.bias'"));
   CHECK(same_state(b, before));
+  // A file with a tensor the model does not have names it.
+  std::vector<nn::NamedTensor> more = a.state();
+  more.push_back({"head.extra", ones({2})});
+  nn::save_safetensors(dir.file("more.safetensors"), more);
+  CHECK_THROWS_WITH(nn::load_module(b, dir.file("more.safetensors")),
+                    Contains("tensors but the model has") && Contains("not in the model: 'head.extra'"));
+  CHECK(same_state(b, before));
   CHECK_THROWS_WITH(nn::save_safetensors(dir.file("nofolder/x.safetensors"), {}), Contains("does not exist"));
 }
 

@@ -82,6 +82,25 @@ TEST_CASE("train/eval propagate, zero_grad, freezing, clone_parameters", "[nn][m
   CHECK(copy.head.weight.requires_grad());
 }
 
+TEST_CASE("tied weights count once and stay tied through clone_parameters", "[nn][module]") {
+  struct Tied : nn::Module {
+    nn::Embedding emb{10, 4};
+    nn::Linear head{4, 10, {.bias = false}};
+    void visit(nn::Visitor& v) override {
+      v.module("emb", emb);
+      v.module("head", head);
+    }
+    std::string type_name() const override { return "Tied"; }
+  } net;
+  net.head.weight = net.emb.weight;  // [10, 4] both
+  CHECK(net.num_parameters() == 40);  // torch counts a shared parameter once
+  Tensor old = net.emb.weight;
+  net.clone_parameters();
+  CHECK(net.head.weight.is_same(net.emb.weight));
+  CHECK_FALSE(net.emb.weight.is_same(old));
+  CHECK(net.emb.weight.requires_grad());
+}
+
 TEST_CASE("set_dropout_generator reaches every dropout in the tree", "[nn][module]") {
   Net net;
   Generator g(5);
