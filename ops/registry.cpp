@@ -27,7 +27,7 @@ std::span<const OpInfo> differentiable_ops() {
       // ops/shape.cpp
       {"cat", "ops"}, {"split", "ops"}, {"unbind", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
       // ops/loss.cpp
-      {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"},
+      {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"}, {"binary_cross_entropy", "ops"},
       // ops/linalg.cpp
       {"matmul", "ops"}, {"linear", "ops"},
       // ops/conv.cpp

@@ -102,8 +102,10 @@ TEST_CASE("cross_entropy: values, ignore_index, label smoothing, shapes", "[ops]
   const Tensor extreme = tensor({1e4, -1e4, 0, 0}, {2, 2});
   CHECK(std::isfinite(ops::cross_entropy(extreme, tensor({1, 0}, DType::i64)).item()));
   CHECK_THROWS_WITH(ops::cross_entropy(logits, tensor({0, 3}, DType::i64)), Contains("target 3 at flat position 1 is out of range for 3 classes"));
-  CHECK_THROWS_WITH(ops::cross_entropy(logits, tensor({0.0, 1.0})), Contains("integer class indices"));
-  CHECK_THROWS_WITH(ops::cross_entropy(logits, tensor({0}, DType::i64)), Contains("target shape [1] must be logits shape [2, 3] without the class dim ([2])"));
+  CHECK_THROWS_WITH(ops::cross_entropy(logits, tensor({0.0, 1.0})),
+                    Contains("probability targets must have the logits' shape [2, 3], got [2] (class indices must be integers)"));
+  CHECK_THROWS_WITH(ops::cross_entropy(logits, tensor({0, 1}, DType::boolean)), Contains("integer class indices (i64 or i32)"));
+  CHECK_THROWS_WITH(ops::cross_entropy(logits, tensor({0}, DType::i64)), Contains("target shape [1] must be the input shape [2, 3] without the class dim ([2])"));
 }
 
 TEST_CASE("cross_entropy: gradcheck (through log_softmax and gather)", "[ops][loss]") {
@@ -112,6 +114,111 @@ TEST_CASE("cross_entropy: gradcheck (through log_softmax and gather)", "[ops][lo
   opt.label_smoothing = 0.2;
   CHECK_GRADCHECK([&](const Tensors& v) { return ops::cross_entropy(v[0], target, opt); },
                   {test::transposed_layout(test::randn({5, 3}, DType::f64, 9))});
+}
+
+TEST_CASE("cross_entropy and nll_loss: class weights, probability targets (values from torch 1.13)", "[ops][loss]") {
+  const Tensor x = tensor({1, 2, 3, 0.5, -1, 2}, {2, 3}, DType::f64);
+  const Tensor t = tensor({2, 0}, DType::i64);
+  ops::CrossEntropyOptions o;
+  o.weight = tensor({0.2, 1.0, 3.0}, DType::f64);
+  o.label_smoothing = 0.2;
+  CHECK(ops::cross_entropy(x, t, o).item() == Approx(0.5474669651791944).epsilon(1e-14));
+  o.reduction = ops::Reduction::sum;
+  CHECK(ops::cross_entropy(x, t, o).item() == Approx(1.751894288573422).epsilon(1e-14));
+  o.reduction = ops::Reduction::none;
+  CHECK_ALLCLOSE(ops::cross_entropy(x, t, o), tensor({1.1857173180442728, 0.5661769705291492}, DType::f64), 1e-14, 0);
+  o.reduction = ops::Reduction::mean;
+  CHECK(ops::cross_entropy(x, tensor({2, -100}, DType::i64), o).item() == Approx(0.39523910601475765).epsilon(1e-14));
+  // Probability targets: the mean is over samples, not weights.
+  const Tensor q = tensor({0.2, 0.3, 0.5, 1, 0, 0}, {2, 3}, DType::f64);
+  CHECK(ops::cross_entropy(x, q, o).item() == Approx(0.8388179767845185).epsilon(1e-14));
+  o.reduction = ops::Reduction::none;
+  CHECK_ALLCLOSE(ops::cross_entropy(x, q, o), tensor({1.111458983039888, 0.5661769705291493}, DType::f64), 1e-14, 0);
+  // One-hot probabilities equal class indices (no weight, no smoothing).
+  ops::CrossEntropyOptions plain;
+  CHECK(ops::cross_entropy(x, tensor({0, 0, 1, 1, 0, 0}, {2, 3}, DType::f64), plain).item() ==
+        Approx(ops::cross_entropy(x, t, plain).item()).epsilon(1e-15));
+  CHECK(ops::cross_entropy(x.select(0, 0), q.select(0, 0)).item() ==  // unbatched [C] distribution
+        Approx(ops::cross_entropy(x.narrow(0, 0, 1), q.narrow(0, 0, 1)).item()).epsilon(1e-15));
+  ops::CrossEntropyOptions wn;
+  wn.weight = o.weight;
+  CHECK(ops::nll_loss(ops::log_softmax(x, 1), t, wn).item() == Approx(0.490962547707679).epsilon(1e-14));
+  CHECK(ops::nll_loss(ops::log_softmax(x, 1), t).item() == Approx(ops::cross_entropy(x, t).item()).epsilon(1e-15));
+  CHECK_THROWS_WITH(ops::nll_loss(x, t, o), Contains("nll_loss: label_smoothing is cross_entropy's option"));
+  wn.weight = ones({2}, DType::f64);
+  CHECK_THROWS_WITH(ops::cross_entropy(x, t, wn), Contains("cross_entropy: weight must be [3] (one per class), got [2]"));
+  // Gradients: weights, smoothing and ignored positions over [N, C, d] logits; probability targets too.
+  ops::CrossEntropyOptions g;
+  g.weight = tensor({0.5, 2.0, 1.0}, DType::f64);
+  g.label_smoothing = 0.1;
+  const Tensor tt = tensor({0, 2, -100, 1, 2, 2}, {2, 3}, DType::i64);  // [N = 2, d = 3]
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::cross_entropy(v[0], tt, g); },
+                  {test::transposed_layout(test::randn({2, 3, 3}, DType::f64, 30))});
+  ops::CrossEntropyOptions gn = g;
+  gn.label_smoothing = 0;
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::nll_loss(v[0], tt, gn); }, {test::randn({2, 3, 3}, DType::f64, 31)});
+  g.label_smoothing = 0.3;
+  g.reduction = ops::Reduction::sum;
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::cross_entropy(v[0], ops::softmax(v[1], 1), g); },
+                  {test::randn({4, 3}, DType::f64, 32), test::strided_layout(test::randn({4, 3}, DType::f64, 33))});
+}
+
+TEST_CASE("binary_cross_entropy (probabilities), pos_weight, smooth_l1, huber, kl_div (values from torch 1.13)",
+          "[ops][loss][grad][binary_cross_entropy]") {
+  const Tensor xb = tensor({2, -1, 0.5, -3, 0, 4}, {2, 3}, DType::f64), yb = tensor({1, 0, 0.3, 0, 1, 0.7}, {2, 3}, DType::f64);
+  ops::BCEWithLogitsOptions bo;
+  bo.pos_weight = tensor({2.0, 3.0, 0.5}, DType::f64);  // [C], broadcast over rows
+  bo.weight = tensor({1.0, 0.5}, {2, 1}, DType::f64);
+  bo.reduction = ops::Reduction::none;
+  CHECK_ALLCLOSE(ops::binary_cross_entropy_with_logits(xb, yb, bo),
+                 tensor({0.2538560220859452, 0.3132616875182228, 0.7529654365530907, 0.024293675786871027,
+                         1.0397207708399179, 0.6058987265732882}, {2, 3}, DType::f64), 1e-14, 0);
+  bo.reduction = ops::Reduction::mean;
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::binary_cross_entropy_with_logits(v[0], v[1], bo); },
+                  {test::transposed_layout(test::randn({3, 2}, DType::f64, 40)).t(), test::uniform({2, 3}, 0, 1, DType::f64, 41)});
+  bo.pos_weight = ones({4}, DType::f64);
+  CHECK_THROWS_WITH(ops::binary_cross_entropy_with_logits(xb, yb, bo),
+                    Contains("binary_cross_entropy_with_logits: pos_weight (f64 [4]) must be floating-point and broadcast"));
+
+  // Probabilities: each log clamped at -100, as torch.
+  const Tensor p = tensor({0, 1, 0.3, 0.9}, DType::f64), y = tensor({0, 1, 0.6, 0}, DType::f64);
+  CHECK_ALLCLOSE(ops::binary_cross_entropy(p, y, {}, ops::Reduction::none),
+                 tensor({0, 0, 0.8650536601710546, 2.302585092994046}, DType::f64), 1e-14, 0);
+  CHECK(ops::binary_cross_entropy(tensor({0, 1}, DType::f64), tensor({1, 0}, DType::f64), {}, ops::Reduction::none)
+            .to_vector<double>() == std::vector<double>{100, 100});
+  Tensor pr = tensor({0.0, 1.0}, DType::f64).requires_grad_();  // torch: -+1e12 (the denominator clamped at 1e-12f)
+  ops::binary_cross_entropy(pr, tensor({1, 0}, DType::f64), {}, ops::Reduction::none).backward(ones({2}, DType::f64));
+  CHECK(pr.grad().to_vector<double>() == std::vector<double>{-1 / double(1e-12f), 1 / double(1e-12f)});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::binary_cross_entropy(v[0], v[1], tensor({0.5, 2.0, 1.0}, DType::f64)); },
+                  {test::uniform({4, 3}, 0.05, 0.95, DType::f64, 42), test::transposed_layout(test::uniform({4, 3}, 0, 1, DType::f64, 43))});
+  CHECK_THROWS_WITH(ops::binary_cross_entropy(tensor({1.5}), tensor({1})), Contains("every probability must be in [0, 1]"));
+  const Tensor pb = test::uniform({100003}, 0, 1, DType::f32, 44), yt = test::uniform({100003}, 0, 1, DType::f32, 45);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor pv = pb.detach().requires_grad_(), yv = yt.detach().requires_grad_();
+    Tensor l = ops::binary_cross_entropy(pv, yv);
+    l.backward();
+    return Tensors{l, pv.grad(), yv.grad()};
+  }));
+
+  const Tensor a = tensor({0.5, -3, 1.2, 0.1}, DType::f64), b = tensor({0, 0, 0, 0.6}, DType::f64);
+  CHECK_ALLCLOSE(ops::smooth_l1_loss(a, b, ops::Reduction::none, 0.8), tensor({0.15625, 2.6, 0.8, 0.15625}, DType::f64), 1e-15, 0);
+  CHECK_ALLCLOSE(ops::huber_loss(a, b, ops::Reduction::none, 0.8), tensor({0.125, 2.08, 0.64, 0.125}, DType::f64), 1e-15, 0);
+  CHECK_ALLCLOSE(ops::smooth_l1_loss(a, b, ops::Reduction::none, 0.0), ops::abs(a - b));
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::smooth_l1_loss(v[0], v[1], ops::Reduction::mean, 0.7) +
+                                                ops::huber_loss(v[0], v[1], ops::Reduction::sum, 0.4); },
+                  {test::randn({17}, DType::f64, 46), test::strided_layout(test::randn({17}, DType::f64, 47))});
+  CHECK_THROWS_WITH(ops::huber_loss(a, b, ops::Reduction::mean, 0.0), Contains("huber_loss: delta must be finite and > 0"));
+
+  const Tensor li = tensor({-1, -2, -0.5, -0.1, -3, -2}, {2, 3}, DType::f64), lt = tensor({0, 0.5, 0.5, 0.7, 0.2, 0.1}, {2, 3}, DType::f64);
+  CHECK(ops::kl_div(li, lt, ops::KLReduction::batchmean).item() == Approx(0.31251713344835863).epsilon(1e-14));
+  CHECK_ALLCLOSE(ops::kl_div(li, lt, ops::KLReduction::none),
+                 tensor({0, 0.6534264097200273, -0.09657359027997264, -0.17967246075711268, 0.27811241751318,
+                         -0.030258509299404546}, {2, 3}, DType::f64), 1e-14, 1e-16);
+  CHECK(ops::kl_div(li, ops::log(lt + 0.1), ops::KLReduction::sum, true).item() == Approx(1.275156477345438).epsilon(1e-14));
+  CHECK(std::isnan(ops::kl_div(tensor({-1}), tensor({-0.5})).item()));  // a negative probability
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::kl_div(v[0], v[1], ops::KLReduction::batchmean) +
+                                                ops::kl_div(v[0], v[1], ops::KLReduction::mean, true); },
+                  {test::randn({3, 4}, DType::f64, 48), test::uniform({3, 4}, 0.1, 1, DType::f64, 49)});
 }
 
 TEST_CASE("binary cross-entropy with logits, mse, l1", "[ops][loss][grad][binary_cross_entropy_with_logits]") {

@@ -480,9 +480,32 @@ Tensor run_op(const Case& c) {
     o.ignore_index = c.i("ignore_index", -100);
     o.label_smoothing = c.f("label_smoothing", 0.0);
     o.reduction = reduction(c);
+    o.weight = c.opt_t("_weight");
     return ops::cross_entropy(c.t("x"), c.t("_target"), o);
   }
-  if (op == "bce_with_logits") return ops::binary_cross_entropy_with_logits(c.t("x"), c.t("target"), reduction(c));
+  if (op == "cross_entropy_prob" || op == "nll_loss") {
+    ops::CrossEntropyOptions o;
+    o.label_smoothing = c.f("label_smoothing", 0.0);
+    o.ignore_index = c.i("ignore_index", -100);
+    o.reduction = reduction(c);
+    o.weight = c.opt_t("_weight");
+    if (op == "nll_loss") return ops::nll_loss(c.t("x"), c.t("_target"), o);
+    return ops::cross_entropy(c.t("x"), c.t("target"), o);
+  }
+  if (op == "bce_with_logits")
+    return ops::binary_cross_entropy_with_logits(
+        c.t("x"), c.t("target"), ops::BCEWithLogitsOptions{c.opt_t("_weight"), c.opt_t("_pos_weight"), reduction(c)});
+  if (op == "bce") return ops::binary_cross_entropy(c.t("x"), c.t("target"), c.opt_t("_weight"), reduction(c));
+  if (op == "smooth_l1_loss") return ops::smooth_l1_loss(c.t("x"), c.t("target"), reduction(c), c.f("beta"));
+  if (op == "huber_loss") return ops::huber_loss(c.t("x"), c.t("target"), reduction(c), c.f("delta"));
+  if (op == "kl_div") {
+    const std::string r = c.s("reduction");
+    const ops::KLReduction kr = r == "batchmean" ? ops::KLReduction::batchmean
+                                : r == "sum"     ? ops::KLReduction::sum
+                                : r == "none"    ? ops::KLReduction::none
+                                                 : ops::KLReduction::mean;
+    return ops::kl_div(c.t("x"), c.t("target"), kr, c.b("log_target"));
+  }
   if (op == "mse_loss") return ops::mse_loss(c.t("x"), c.t("target"), reduction(c));
   if (op == "l1_loss") return ops::l1_loss(c.t("x"), c.t("target"), reduction(c));
   throw std::runtime_error("driver: unknown op " + op);

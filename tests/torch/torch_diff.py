@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -1215,7 +1216,7 @@ def _log_softmax():
     return OPS["softmax"][0], lambda T, P: torch.log_softmax(T["x"], dim=P["axis"])
 
 
-def ce_gen(rng, Ns=(1, 2, 5, 17), Cs=(1, 2, 3, 10, 33), extras=([], [], [3], [2, 4])):
+def ce_gen(rng, Ns=(1, 2, 5, 17), Cs=(1, 2, 3, 10, 33), extras=([], [], [3], [2, 4]), nc=0.3):
     N, C = pick(rng, Ns), pick(rng, Cs)
     if rng.random() < 0.04:  # an empty batch
         N = 0
@@ -1229,17 +1230,49 @@ def ce_gen(rng, Ns=(1, 2, 5, 17), Cs=(1, 2, 3, 10, 33), extras=([], [], [3], [2,
     scale = pick(rng, [1.0, 1.0, 20.0])
     P = {"ignore_index": ign, "label_smoothing": pick(rng, [0.0, 0.0, 0.1, 0.5, 1.0]),
          "reduction": pick(rng, ["mean", "sum", "none"])}
-    x = inp(rng, "x", [N, C] + extra, nc=0.3, gen=lambda r, s: randn(r, s, scale))
-    return P, [x, TS("_target", t.astype(np.int64), False, [], dtype=pick(rng, ["i64", "i64", "i32"]))]
+    x = inp(rng, "x", [N, C] + extra, nc=nc, gen=lambda r, s: randn(r, s, scale))
+    ts = [x, TS("_target", t.astype(np.int64), False, [], dtype=pick(rng, ["i64", "i64", "i32"]))]
+    if rng.random() < 0.4:  # class weights
+        ts.append(TS("_weight", rng.uniform(0.1, 3.0, size=[C]), False, []))
+    return P, ts
 
 
 @op("cross_entropy", weight=1.5)
 def _cross_entropy():
     def ref(T, P):
         # torch takes only i64 class indices (tapegrad i32 too)
-        return F.cross_entropy(T["x"], T["_target"].long(), ignore_index=P["ignore_index"],
+        return F.cross_entropy(T["x"], T["_target"].long(), weight=T.get("_weight"), ignore_index=P["ignore_index"],
                                label_smoothing=P["label_smoothing"], reduction=P["reduction"])
     return ce_gen, ref
+
+
+@op("cross_entropy_prob")
+def _cross_entropy_prob():
+    def gen(rng):  # probability targets: unnormalised or not, label smoothing, class weights
+        N, C = pick(rng, [1, 2, 5, 17]), pick(rng, [1, 2, 3, 10, 33])
+        shape = [N, C] + list(pick(rng, [[], [], [3], [2, 4]]))
+        P = {"label_smoothing": pick(rng, [0.0, 0.0, 0.1, 0.5, 1.0]), "reduction": pick(rng, ["mean", "sum", "none"])}
+        x = inp(rng, "x", shape, nc=0.3, gen=lambda r, s: randn(r, s, pick(rng, [1.0, 20.0])))
+        q = inp(rng, "target", shape, nc=0.3,
+                gen=pick(rng, [lambda r, s: r.uniform(0, 1, s), lambda r, s: np.exp(randn(r, s, 2.0))]))
+        ts = [x, q]
+        if rng.random() < 0.4:
+            ts.append(TS("_weight", rng.uniform(0.1, 3.0, size=[C]), False, []))
+        return P, ts
+    def ref(T, P):
+        return F.cross_entropy(T["x"], T["target"], weight=T.get("_weight"), label_smoothing=P["label_smoothing"],
+                               reduction=P["reduction"])
+    return gen, ref
+
+
+@op("nll_loss")
+def _nll_loss():
+    def gen(rng):  # contiguous inputs: torch 1.13's nll_loss2d backward refuses others
+        P, ts = ce_gen(rng, nc=0.0)
+        del P["label_smoothing"]
+        return P, ts
+    return gen, lambda T, P: F.nll_loss(T["x"], T["_target"].long(), weight=T.get("_weight"),
+                                        ignore_index=P["ignore_index"], reduction=P["reduction"])
 
 
 # f32: language-model vocabularies
@@ -1261,8 +1294,61 @@ def _bce():
         # probabilities in [0, 1], some exactly 0 or 1
         t = inp(rng, "target", shape, nc=0.3,
                 gen=lambda r, s: np.where(r.random(s) < 0.3, r.integers(0, 2, s), r.uniform(0, 1, s)).astype(float))
-        return P, [x, t]
-    return gen, lambda T, P: F.binary_cross_entropy_with_logits(T["x"], T["target"], reduction=P["reduction"])
+        ts = [x, t]
+        for name in ("_weight", "_pos_weight"):
+            if shape and rng.random() < 0.4:  # broadcast: the last dim, or the whole shape
+                ws = pick(rng, [shape[-1:], shape, [1] * len(shape)])
+                ts.append(TS(name, rng.uniform(0.1, 3.0, size=ws), False, []))
+        return P, ts
+    return gen, lambda T, P: F.binary_cross_entropy_with_logits(T["x"], T["target"], weight=T.get("_weight"),
+                                                                pos_weight=T.get("_pos_weight"), reduction=P["reduction"])
+
+
+@op("bce")
+def _bce_probs():
+    def gen(rng):
+        P, _, shape = loss_pair(rng)
+        both = lambda r, s: np.where(r.random(s) < 0.2, r.integers(0, 2, s), r.uniform(0, 1, s)).astype(float)
+        ts = [inp(rng, "x", shape, nc=0.3, gen=both), inp(rng, "target", shape, nc=0.3, gen=both)]
+        if shape and rng.random() < 0.4:
+            ts.append(TS("_weight", rng.uniform(0.1, 3.0, size=shape[-1:]), False, []))
+        return P, ts
+    return gen, lambda T, P: F.binary_cross_entropy(T["x"], T["target"], weight=T.get("_weight"), reduction=P["reduction"])
+
+
+@op("smooth_l1_loss")
+def _smooth_l1():
+    def gen(rng):
+        P, x, shape = loss_pair(rng)
+        P["beta"] = pick(rng, [1.0, 0.5, 0.0, 3.0])
+        return P, [x, inp(rng, "target", shape, nc=0.3)]
+    return gen, lambda T, P: F.smooth_l1_loss(T["x"], T["target"], reduction=P["reduction"], beta=P["beta"])
+
+
+@op("huber_loss")
+def _huber():
+    def gen(rng):
+        P, x, shape = loss_pair(rng)
+        P["delta"] = pick(rng, [1.0, 0.5, 3.0])
+        return P, [x, inp(rng, "target", shape, nc=0.3)]
+    return gen, lambda T, P: F.huber_loss(T["x"], T["target"], reduction=P["reduction"], delta=P["delta"])
+
+
+# kl_div's "mean" (over elements, as tapegrad's) is tested on purpose; torch warns about it.
+warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total loss")
+
+
+@op("kl_div")
+def _kl_div():
+    # Targets > 0 without log_target: at 0, torch's target gradient is NaN (tapegrad's drops the
+    # t log t term there, whose one-sided derivative is -inf).
+    def gen(rng):
+        shape = pick(rng, [[7], [3, 5], [2, 3, 4], [1003]])
+        P = {"reduction": pick(rng, ["mean", "sum", "none", "batchmean"]), "log_target": int(rng.random() < 0.4)}
+        x = inp(rng, "x", shape, nc=0.3, gen=lambda r, s: -np.abs(randn(r, s, 2.0)))
+        tgen = (lambda r, s: randn(r, s, 1.0)) if P["log_target"] else (lambda r, s: r.uniform(0.01, 1, s))
+        return P, [x, inp(rng, "target", shape, nc=0.3, gen=tgen)]
+    return gen, lambda T, P: F.kl_div(T["x"], T["target"], reduction=P["reduction"], log_target=bool(P["log_target"]))
 
 
 @op("mse_loss")
