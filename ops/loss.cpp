@@ -128,9 +128,9 @@ Tensor class_target_loss(const char* op, const Tensor& logp, const Tensor& targe
   return div(sum(loss), sum(wt).detach());  // 0/0 = NaN when every target is ignored, as in PyTorch
 }
 
-void check_logits(const char* op, const Tensor& logits, const CrossEntropyOptions& opt) {
-  TG_CHECK(logits.dim() >= 2, "{}: input must be [N, C, ...] (or [C] with a 0-d target), got shape {}", op, logits.shape());
-  TG_CHECK(logits.is_floating_point(), "{}: expected a floating-point input, got {} (shape {})", op, logits.dtype(),
+void check_logits(const char* op, const char* what, const Tensor& logits, const CrossEntropyOptions& opt) {
+  TG_CHECK(logits.dim() >= 2, "{}: {} must be [N, C, ...] (or [C] with a 0-d target), got shape {}", op, what, logits.shape());
+  TG_CHECK(logits.is_floating_point(), "{}: expected floating-point {}, got {} (shape {})", op, what, logits.dtype(),
            logits.shape());
   TG_CHECK(opt.label_smoothing >= 0 && opt.label_smoothing <= 1, "{}: label_smoothing must be in [0, 1], got {}", op,
            opt.label_smoothing);
@@ -145,7 +145,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
     const Tensor loss = cross_entropy(logits.unsqueeze(0), target.unsqueeze(0), opt);
     return opt.reduction == Reduction::none ? loss.squeeze(0) : loss;
   }
-  check_logits("cross_entropy", logits, opt);
+  check_logits("cross_entropy", "logits", logits, opt);
   const Tensor logp = log_softmax(logits, 1);  // [N, C, ...]
   if (!target.is_floating_point()) {
     TG_CHECK(target.dtype() == DType::i64 || target.dtype() == DType::i32,
@@ -175,7 +175,7 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntrop
     const Tensor loss = nll_loss(log_probs.unsqueeze(0), target.unsqueeze(0), opt);
     return opt.reduction == Reduction::none ? loss.squeeze(0) : loss;
   }
-  check_logits("nll_loss", log_probs, opt);
+  check_logits("nll_loss", "log-probabilities", log_probs, opt);
   TG_CHECK(opt.label_smoothing == 0, "nll_loss: label_smoothing is cross_entropy's option, got {}", opt.label_smoothing);
   TG_CHECK(target.dtype() == DType::i64 || target.dtype() == DType::i32,
            "nll_loss: target must hold integer class indices (i64 or i32), got {}", target.dtype());
