@@ -1,6 +1,8 @@
 #include "core/copy.hpp"
 
 #include <cmath>
+#include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -26,14 +28,72 @@ To convert(From v) {
   }
 }
 
+// A copy whose destination runs along one dim (d0, innermost) and whose source runs along
+// another (dj): a transpose, e.g. x.t().contiguous(). Element by element along the destination,
+// every source read is a new cache line (and, 4 KiB or more apart, a new page); in 32 x 32 tiles
+// the tile's source lines stay in L1 while the destination rows are written. Tiles of the dj dim
+// (times the other dims) run in parallel.
+template <class To, class From>
+void copy_tiled(const StridedLoop<2>& loop, int j, const std::array<char*, 2>& base) {
+  constexpr std::int64_t kTile = 32;
+  const std::int64_t n0 = loop.size(0), nj = loop.size(j);
+  const std::int64_t d0 = loop.stride(0, 0), s0 = loop.stride(0, 1), dj = loop.stride(j, 0), sj = loop.stride(j, 1);
+  std::int64_t outer = 1;
+  for (int d = 1; d < loop.ndim(); ++d)
+    if (d != j) outer *= loop.size(d);
+  const std::int64_t tiles_j = (nj + kTile - 1) / kTile;
+  const std::int64_t grain = std::max<std::int64_t>(1, kCopyGrain / (kTile * n0));
+  parallel_for(outer * tiles_j, grain, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t) {
+      std::int64_t rest = t / tiles_j;
+      const std::int64_t jb = (t % tiles_j) * kTile, je = std::min(nj, jb + kTile);
+      char* dp = base[0];
+      const char* sp = base[1];
+      for (int d = 1; d < loop.ndim(); ++d) {  // the other dims, innermost first
+        if (d == j) continue;
+        const std::int64_t i = rest % loop.size(d);
+        rest /= loop.size(d);
+        dp += i * loop.stride(d, 0);
+        sp += i * loop.stride(d, 1);
+      }
+      for (std::int64_t ib = 0; ib < n0; ib += kTile) {
+        const std::int64_t ie = std::min(n0, ib + kTile);
+        for (std::int64_t jj = jb; jj < je; ++jj) {
+          char* d = dp + jj * dj + ib * d0;
+          const char* q = sp + jj * sj + ib * s0;
+          for (std::int64_t i = ib; i < ie; ++i, d += d0, q += s0)
+            *reinterpret_cast<To*>(d) = convert<To>(*reinterpret_cast<const From*>(q));
+        }
+      }
+    }
+  });
+}
+
+// The dim (> 0) along which the source is contiguous while the destination runs along dim 0,
+// or -1 when the copy is not such a transpose (or too small to gain from tiles).
+int transposed_dim(const StridedLoop<2>& loop, std::int64_t dst_size, std::int64_t src_size) {
+  if (loop.ndim() < 2 || loop.numel() < 4096 || loop.stride(0, 0) != dst_size || loop.stride(0, 1) == src_size ||
+      loop.stride(0, 1) == 0 || loop.size(0) < 8)  // (a source expanded along dim 0 is a fill)
+    return -1;
+  for (int d = 1; d < loop.ndim(); ++d)
+    if (loop.stride(d, 1) == src_size && loop.size(d) >= 8) return d;
+  return -1;
+}
+
 }  // namespace
 
 void copy_into(const Tensor& dst, const Tensor& src) {
   TG_CHECK(dst.shape() == src.shape(), "copy: shapes {} and {} differ", dst.shape(), src.shape());
   const StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()}, {dst.element_size(), src.element_size()});
   const std::array<char*, 2> base{static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())};
+  const int transposed = transposed_dim(loop, static_cast<std::int64_t>(dst.element_size()),
+                                        static_cast<std::int64_t>(src.element_size()));
   dispatch(dst.dtype(), "copy", [&]<class To>() {
     dispatch(src.dtype(), "copy", [&]<class From>() {
+      if (transposed > 0) {
+        copy_tiled<To, From>(loop, transposed, base);
+        return;
+      }
       parallel_for(loop.numel(), kCopyGrain, [&](std::int64_t b, std::int64_t e) {
         loop.run(base, b, e, [](const std::array<char*, 2>& p, std::int64_t n, const std::array<std::int64_t, 2>& s) {
           if constexpr (std::is_same_v<To, From>) {
@@ -44,6 +104,15 @@ void copy_into(const Tensor& dst, const Tensor& src) {
           }
           char* d = p[0];
           const char* q = p[1];
+          if (s[1] == 0) {  // an expanded source: one value, converted once
+            const To v = convert<To>(*reinterpret_cast<const From*>(q));
+            if (s[0] == sizeof(To)) {
+              std::fill_n(reinterpret_cast<To*>(d), n, v);
+            } else {
+              for (std::int64_t i = 0; i < n; ++i, d += s[0]) *reinterpret_cast<To*>(d) = v;
+            }
+            return;
+          }
           for (std::int64_t i = 0; i < n; ++i, d += s[0], q += s[1])
             *reinterpret_cast<To*>(d) = convert<To>(*reinterpret_cast<const From*>(q));
         });
@@ -162,6 +231,29 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
     // Each output element is owned by one chunk of the kept index space, and its terms are added
     // in the row-major order of the reduced dims: the same sum for any thread count.
     const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(R, 1));
+    if (std::llabs(red.inner_stride(0)) < std::llabs(kept.inner_stride(0))) {
+      // The reduced dims run faster through memory (g [N, C] summed to [N, 1], the backward of a
+      // column broadcast): sum each element's terms from its own pointer, the reduced loop inside.
+      // The terms and their order are the same as below, so are the bits.
+      parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
+        kept.run({gbase}, k0, k1, [&](const std::array<char*, 1>& kp, std::int64_t kn, const std::array<std::int64_t, 1>& ks) {
+          for (std::int64_t i = 0; i < kn; ++i, ++k0) {
+            Acc a(0);
+            red.run({kp[0] + i * ks[0]}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t rn,
+                                                  const std::array<std::int64_t, 1>& rs) {
+              if (rs[0] == sizeof(T)) {
+                const T* x = reinterpret_cast<const T*>(rp[0]);
+                for (std::int64_t r = 0; r < rn; ++r) a += static_cast<Acc>(x[r]);
+              } else {
+                for (std::int64_t r = 0; r < rn; ++r) a += static_cast<Acc>(*reinterpret_cast<const T*>(rp[0] + r * rs[0]));
+              }
+            });
+            o[k0] = static_cast<T>(a);
+          }
+        });
+      });
+      return;
+    }
     parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
       std::vector<Acc> acc(static_cast<std::size_t>(k1 - k0), Acc(0));
       red.run({gbase}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t rn, const std::array<std::int64_t, 1>& rs) {

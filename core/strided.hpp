@@ -56,6 +56,9 @@ class StridedLoop {
   int ndim() const { return ndim_; }
   std::int64_t inner_size() const { return size_[0]; }
   std::int64_t inner_stride(int k) const { return stride_[0][k]; }
+  // The coalesced dims, innermost first: dim d's size and operand k's stride in bytes.
+  std::int64_t size(int d) const { return size_[d]; }
+  std::int64_t stride(int d, int k) const { return stride_[d][k]; }
 
   // Runs fn over the linear (row-major) element range [begin, end).
   template <class F>

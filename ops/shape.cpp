@@ -27,7 +27,8 @@ Tensor checked_index(const Tensor& index, std::int64_t size, const char* op, boo
   Tensor idx = index.detach().to(DType::i64).contiguous();
   if (idx.storage() == index.storage()) idx = idx.clone();
   std::int64_t* p = idx.data<std::int64_t>();
-  for (std::int64_t i = 0; i < idx.numel(); ++i) {
+  const std::int64_t n = idx.numel();
+  for (std::int64_t i = 0; i < n; ++i) {
     TG_CHECK(p[i] >= (allow_negative ? -size : 0) && p[i] < size, "{}: index {} is out of range for a dim of size {}",
              op, p[i], size);
     if (p[i] < 0) p[i] += size;

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/parallel.hpp"
+#include "core/strided.hpp"
 #include "ops/kernels/wrapping.hpp"
 
 namespace tg::kernels {
@@ -15,6 +16,20 @@ void index_select(const Tensor& x, const Tensor& index, const Tensor& out) {
   const char* src = static_cast<const char*>(x.raw_data());
   char* dst = static_cast<char*>(out.raw_data());
   const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(I, 1));
+  if (I == 1) {  // single elements (selecting along the last dim): typed loads, no division per element
+    dispatch(x.dtype(), "index_select", [&]<class T>() {
+      const T* xs = x.data<T>();
+      T* os = out.data<T>();
+      parallel_for(O, std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(M, 1)), [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t o = b; o < e; ++o) {
+          const T* row = xs + o * N;
+          T* orow = os + o * M;
+          for (std::int64_t i = 0; i < M; ++i) orow[i] = row[idx[i]];
+        }
+      });
+    });
+    return;
+  }
   parallel_for(O * M, grain, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t r = b; r < e; ++r) {
       const std::int64_t o = r / M, i = r % M;
@@ -49,24 +64,25 @@ void index_add(const Tensor& out, const Tensor& index, const Tensor& src) {
 }
 
 void gather(const Tensor& x, int axis, const Tensor& index, const Tensor& out) {
-  // out and index share a shape; x may be larger in every dim but `axis` is indexed.
+  // out and index share a shape; x may be larger in every dim but `axis` is indexed. One strided
+  // walk over out, index and x with x's `axis` stride set to 0 (so x's pointer sits at coordinate
+  // 0 of the axis), plus index * stride.
   const Shape& is = index.shape();
-  const Strides xs = x.strides();
-  const std::int64_t* idx = index.data<std::int64_t>();
-  const std::int64_t n = index.numel();
+  const Strides dense = contiguous_strides(is);
+  Strides xs = x.strides();
+  const std::int64_t step = xs[axis];
+  xs[axis] = 0;
   dispatch(x.dtype(), "gather", [&]<class T>() {
-    const T* xp = x.data<T>();
-    T* op = out.data<T>();
-    parallel_for(n, 1 << 14, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t f = b; f < e; ++f) {
-        std::int64_t rem = f, off = 0;
-        for (int d = is.size() - 1; d >= 0; --d) {
-          const std::int64_t i = rem % is[d];
-          rem /= is[d];
-          off += (d == axis ? idx[f] : i) * xs[d];
+    const StridedLoop<3> loop(is, {&dense, &dense, &xs}, {sizeof(T), sizeof(std::int64_t), sizeof(T)});
+    const std::array<char*, 3> base{static_cast<char*>(out.raw_data()), static_cast<char*>(index.raw_data()),
+                                    static_cast<char*>(x.raw_data())};
+    parallel_for(loop.numel(), 1 << 14, [&](std::int64_t b, std::int64_t e) {
+      loop.run(base, b, e, [&](const std::array<char*, 3>& p, std::int64_t n, const std::array<std::int64_t, 3>& st) {
+        for (std::int64_t i = 0; i < n; ++i) {
+          const std::int64_t k = *reinterpret_cast<const std::int64_t*>(p[1] + i * st[1]);
+          *reinterpret_cast<T*>(p[0] + i * st[0]) = reinterpret_cast<const T*>(p[2] + i * st[2])[k * step];
         }
-        op[f] = xp[off];
-      }
+      });
     });
   });
 }

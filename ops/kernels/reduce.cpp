@@ -161,6 +161,27 @@ Split split_axes(const Tensor& x, std::uint32_t mask) {
   return s;
 }
 
+// The split with the kept dims of size 1 dropped and adjacent kept dims that are contiguous with
+// each other merged (neither changes the elements or the output order): x [64, 256, 32, 32]
+// reduced over dim 1 keeps [64, 1024].
+Split merged_kept_dims(const Split& s) {
+  Split r;
+  r.red_shape = s.red_shape;
+  r.red_strides = s.red_strides;
+  for (int d = 0; d < s.kept_shape.size(); ++d) {
+    if (s.kept_shape[d] == 1) continue;
+    const int last = r.kept_shape.size() - 1;
+    if (last >= 0 && r.kept_strides[last] == s.kept_strides[d] * s.kept_shape[d]) {
+      r.kept_shape[last] *= s.kept_shape[d];
+      r.kept_strides[last] = s.kept_strides[d];
+      continue;
+    }
+    r.kept_shape.push_back(s.kept_shape[d]);
+    r.kept_strides.push_back(s.kept_strides[d]);
+  }
+  return r;
+}
+
 // Path A: each output reduces one contiguous row of length R.
 template <class T>
 void reduce_rows(ReduceOp op, const Tensor& x, const Split& s, T* out) {
@@ -198,36 +219,62 @@ void reduce_rows(ReduceOp op, const Tensor& x, const Split& s, T* out) {
   }
 }
 
-// Path B: kept elements are one contiguous run; reduce over the outer (reduced) index space,
-// vectorised across kept elements. Float sums accumulate in f64.
+// Path B: the innermost kept dim is contiguous (a run of I elements); for every index of the other
+// kept dims, reduce over the reduced index space, vectorised across up to 512 elements of the run
+// (x [A, R, I] summed over R, or x [R, K] over its rows). Each element's terms combine in the
+// row-major order of the reduced dims, whatever the chunking. Float sums accumulate in f64.
 template <class T>
 void reduce_columns(ReduceOp op, const Tensor& x, const Split& s, T* out) {
   using Acc = Wide<T>;
-  const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
+  const std::int64_t R = s.red_shape.numel();
+  Shape outer_shape = s.kept_shape, outer_strides = s.kept_strides;  // the kept dims but the run
+  const std::int64_t I = outer_shape.back();
+  outer_shape.erase(outer_shape.size() - 1);
+  outer_strides.erase(outer_strides.size() - 1);
+  const std::int64_t O = outer_shape.numel();
+  const StridedLoop<1> outer(outer_shape, {&outer_strides}, {sizeof(T)});
   const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
   char* base = static_cast<char*>(x.raw_data());
   constexpr std::int64_t kCols = 512;
-  parallel_for(K, kCols, [&](std::int64_t k0, std::int64_t k1) {
-    const std::int64_t n = k1 - k0;
-    Acc acc[kCols];
-    const Acc id = op == ReduceOp::sum ? Acc(0) : static_cast<Acc>(identity<T>(op));
-    for (std::int64_t j = 0; j < n; ++j) acc[j] = id;
-    red.run({base}, 0, R, [&](const std::array<char*, 1>& q, std::int64_t rn, const std::array<std::int64_t, 1>& st) {
-      for (std::int64_t r = 0; r < rn; ++r) {
-        const T* p = reinterpret_cast<const T*>(q[0] + r * st[0]) + k0;
-        switch (op) {
-          case ReduceOp::sum:
-            for (std::int64_t j = 0; j < n; ++j) acc[j] = wrapping_add(acc[j], static_cast<Acc>(p[j]));
-            break;
-          case ReduceOp::prod:
-            for (std::int64_t j = 0; j < n; ++j) acc[j] = wrapping_mul(acc[j], static_cast<Acc>(p[j]));
-            break;
-          default:
-            for (std::int64_t j = 0; j < n; ++j) acc[j] = static_cast<Acc>(combine(op, static_cast<T>(acc[j]), p[j]));
+  const std::int64_t chunks = (I + kCols - 1) / kCols;
+  const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(R * std::min(I, kCols), 1));
+  parallel_for(O * chunks, grain, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t o = t / chunks, k0 = (t % chunks) * kCols, n = std::min(kCols, I - k0);
+      char* obase = base;
+      outer.run({base}, o, o + 1, [&](const std::array<char*, 1>& q, std::int64_t, const std::array<std::int64_t, 1>&) {
+        obase = q[0];
+      });
+      Acc acc[kCols];
+      const Acc id = op == ReduceOp::sum ? Acc(0) : static_cast<Acc>(identity<T>(op));
+      for (std::int64_t j = 0; j < n; ++j) acc[j] = id;
+      red.run({obase}, 0, R, [&](const std::array<char*, 1>& q, std::int64_t rn, const std::array<std::int64_t, 1>& st) {
+        for (std::int64_t r = 0; r < rn; ++r) {
+          const T* p = reinterpret_cast<const T*>(q[0] + r * st[0]) + k0;
+          switch (op) {
+            case ReduceOp::sum:
+              for (std::int64_t j = 0; j < n; ++j) acc[j] = wrapping_add(acc[j], static_cast<Acc>(p[j]));
+              break;
+            case ReduceOp::prod:
+              for (std::int64_t j = 0; j < n; ++j) acc[j] = wrapping_mul(acc[j], static_cast<Acc>(p[j]));
+              break;
+            case ReduceOp::max:  // NaN wins: a NaN accumulator stays, a NaN value replaces it
+              for (std::int64_t j = 0; j < n; ++j) {
+                const Acc v = static_cast<Acc>(p[j]);
+                acc[j] = (acc[j] > v || acc[j] != acc[j]) ? acc[j] : v;
+              }
+              break;
+            case ReduceOp::min:
+              for (std::int64_t j = 0; j < n; ++j) {
+                const Acc v = static_cast<Acc>(p[j]);
+                acc[j] = (acc[j] < v || acc[j] != acc[j]) ? acc[j] : v;
+              }
+              break;
+          }
         }
-      }
-    });
-    for (std::int64_t j = 0; j < n; ++j) out[k0 + j] = static_cast<T>(acc[j]);
+      });
+      for (std::int64_t j = 0; j < n; ++j) out[o * I + k0 + j] = static_cast<T>(acc[j]);
+    }
   });
 }
 
@@ -247,8 +294,9 @@ void reduce(ReduceOp op, const Tensor& x, std::uint32_t mask, const Tensor& out)
     const StridedLoop<1> kept(s.kept_shape, {&s.kept_strides}, {sizeof(T)});
     if (R == 1 || (red.ndim() == 1 && red.inner_stride(0) == static_cast<std::int64_t>(sizeof(T)))) {
       reduce_rows<T>(op, x, s, o);
-    } else if (K > 1 && kept.ndim() == 1 && kept.inner_stride(0) == static_cast<std::int64_t>(sizeof(T))) {
-      reduce_columns<T>(op, x, s, o);
+    } else if (const Split ks = merged_kept_dims(s);
+               K > 1 && ks.kept_strides.back() == 1 && ks.kept_shape.back() >= 16) {
+      reduce_columns<T>(op, x, ks, o);
     } else {  // gather the reduced dims into contiguous rows first
       Shape perm;
       for (int d = 0; d < x.dim(); ++d)

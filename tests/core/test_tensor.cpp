@@ -82,6 +82,42 @@ TEST_CASE("clone and contiguous copy, copy_ broadcasts and converts", "[core][te
   CHECK(v.to_vector<float>() == std::vector<float>{4, 3, 2, 1});
 }
 
+TEST_CASE("copies of transposed layouts (tiled) equal an element-by-element copy", "[core][tensor]") {
+  // contiguous() and copy_ of transposes, permutations, flips and conversions, at sizes that are
+  // and are not multiples of the 32 x 32 tiles; the reference reads element by element.
+  auto reference = [](const Tensor& t) {
+    std::vector<double> v;
+    std::vector<std::int64_t> idx(static_cast<std::size_t>(t.dim()), 0);
+    for (std::int64_t n = 0; n < t.numel(); ++n) {
+      std::int64_t off = 0;
+      for (int d = 0; d < t.dim(); ++d) off += idx[static_cast<std::size_t>(d)] * t.strides()[d];
+      v.push_back(t.dtype() == DType::f64 ? t.data<double>()[off] : double(t.data<float>()[off]));
+      for (int d = t.dim() - 1; d >= 0 && ++idx[static_cast<std::size_t>(d)] == t.shape()[d]; --d) idx[static_cast<std::size_t>(d)] = 0;
+    }
+    return v;
+  };
+  Generator gen1(1), gen2(2), gen3(3), gen4(4);
+  const Tensor a = randn({97, 75}, DType::f64, gen1);  // >= 4096 elements: the tiled path
+  const Tensor b = randn({5, 40, 33}, DType::f32, gen2);
+  const Tensor views[] = {a.t(), a.t().flip({1}), b.permute({2, 1, 0}), b.permute({0, 2, 1}), b.permute({1, 2, 0}).flip({0}),
+                          b.transpose(0, 2).narrow(1, 3, 30)};
+  for (const Tensor& v : views) {
+    INFO(fmt::format("shape {} strides {}", v.shape(), v.strides()));
+    CHECK(v.contiguous().to(DType::f64).to_vector<double>() == reference(v));
+    Tensor as_f64 = empty(v.shape(), DType::f64);
+    as_f64.copy_(v);  // with a conversion
+    CHECK(as_f64.to_vector<double>() == reference(v));
+    CHECK(test::same_bits_across_threads([&] { return Tensors{v.contiguous()}; }));
+  }
+  const Tensor big = randn({300, 1000}, DType::f32, gen3);
+  CHECK(test::same_bits_across_threads([&] { return Tensors{big.t().contiguous(), big.t().to(DType::i64)}; }));
+  CHECK(big.t().contiguous().t().to_vector<float>() == big.to_vector<float>());
+  // An expanded source fills.
+  const Tensor col = randn({50, 1}, DType::f32, gen4);
+  CHECK(col.expand({50, 70}).contiguous().to(DType::f64).to_vector<double>() == reference(col.expand({50, 70})));
+  CHECK(col.t().expand({70, 50}).to(DType::f64).to_vector<double>() == reference(col.t().expand({70, 50})));
+}
+
 TEST_CASE("in-place writes bump the version and are refused where unsafe", "[core][tensor][errors]") {
   Tensor a = zeros({3});
   const auto v0 = a.version();

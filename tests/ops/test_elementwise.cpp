@@ -326,12 +326,14 @@ TEST_CASE("binary ops: 1 vs N threads give identical bits", "[ops][elementwise][
   for (const BinaryCase& c : binary_cases()) {
     INFO(c.name);
     const Tensor a = test::uniform({301, 333}, c.lo, c.hi, DType::f32, 20), b = test::uniform({333}, c.lo, c.hi, DType::f32, 21);
+    const Tensor col = test::uniform({301, 1}, c.lo, c.hi, DType::f32, 23);  // a column broadcast: its gradient sums rows
     const Tensor g = test::randn({301, 333}, DType::f32, 22);
     CHECK(test::same_bits_across_threads([&] {
-      Tensor x = a.detach().requires_grad_(), y = b.detach().requires_grad_();
+      Tensor x = a.detach().requires_grad_(), y = b.detach().requires_grad_(), z = col.detach().requires_grad_();
       Tensor out = c.op(x, y);
       out.backward(g);
-      return Tensors{out, x.grad(), y.grad()};
+      c.op(x, z).backward(g);
+      return Tensors{out, x.grad(), y.grad(), z.grad()};
     }));
   }
 }

@@ -97,6 +97,36 @@ TEST_CASE("reductions: forward matches the reference for every axis set and layo
   }
 }
 
+TEST_CASE("reductions over middle axes (kept runs of contiguous elements) match the reference", "[ops][reduce]") {
+  // Kept innermost runs of 37 and 40 x 3 (merged), and of 600 (two column chunks); reduced dims
+  // outside, inside, and on both sides of kept ones.
+  struct Case {
+    Shape shape, axes;
+  };
+  const Case cases[] = {{{3, 9, 37}, {1}}, {{4, 6, 5, 40}, {1}}, {{4, 6, 5, 40}, {0, 2}}, {{2, 7, 600}, {1}},
+                        {{5, 3, 40}, {0, 1}}};
+  for (const Case& k : cases) {
+    INFO(fmt::format("shape {} axes {}", k.shape, k.axes));
+    const Tensor x = test::uniform(k.shape, 0.5, 1.5, DType::f64, 21);
+    for (const ReduceCase& c : reduce_cases()) {
+      INFO(c.name);
+      const Tensor want = test::ref::reduce(x, k.axes, false, c.ref);
+      CHECK_ALLCLOSE(c.op(x, k.axes, false), want, 1e-12, 1e-13);
+      CHECK_ALLCLOSE(c.op(x.to(DType::f32), k.axes, false), want, 2e-5, 1e-6);
+    }
+  }
+  // NaN wins in max/min whichever side it is on; integers too.
+  Tensor withnan = test::uniform({3, 4, 20}, -1, 1, DType::f32, 22).clone();
+  withnan.narrow(0, 1, 1).narrow(1, 2, 1).narrow(2, 5, 1).fill_(NAN);
+  const Tensor mx = ops::amax(withnan, {1}), mn = ops::amin(withnan, {1});
+  CHECK(std::isnan(mx.at<float>({1, 5})));
+  CHECK(std::isnan(mn.at<float>({1, 5})));
+  CHECK(ops::sum(ops::isnan(mx)).item<std::int64_t>() == 1);
+  const Tensor xi = ops::round(test::uniform({3, 4, 20}, -50, 50, DType::f64, 23)).to(DType::i64);
+  CHECK(ops::amax(xi, {1}).to(DType::f64).to_vector<double>() == ops::amax(xi.to(DType::f64), {1}).to_vector<double>());
+  CHECK(ops::sum(xi, {1}).to(DType::f64).to_vector<double>() == ops::sum(xi.to(DType::f64), {1}).to_vector<double>());
+}
+
 TEST_CASE("reductions: gradcheck", "[ops][reduce][grad][sum][mean][prod][amax][amin][norm][stddev]") {
   for (const ReduceCase& c : reduce_cases()) {
     INFO(c.name);
@@ -300,6 +330,10 @@ TEST_CASE("reductions: 1 vs N threads give identical bits", "[ops][reduce][threa
     }));
   }
   CHECK(test::same_bits_across_threads([&] { return Tensors{ops::cumsum(big, 1), ops::argmax(big, 1)}; }));
+  const Tensor mid = test::randn({6, 300, 700}, DType::f32, 12);  // middle-axis reductions, column chunks
+  CHECK(test::same_bits_across_threads([&] {
+    return Tensors{ops::sum(mid, {1}), ops::amax(mid, {1}), ops::mean(mid, {0, 1}), ops::logsumexp(mid, {1})};
+  }));
 }
 
 TEST_CASE("reductions report bad axes", "[ops][reduce][errors]") {
