@@ -130,6 +130,16 @@ TEST_CASE("unary ops: gradcheck",
   }
 }
 
+TEST_CASE("elementwise ops on large transposed inputs (copied contiguous first) give the same bits", "[ops][elementwise]") {
+  const Tensor x = test::uniform({300, 201}, 0.2, 2, DType::f32, 30), y = test::uniform({201, 300}, 0.2, 2, DType::f32, 31);
+  const Tensor xt = x.t(), xc = xt.contiguous();  // [201, 300], transposed layout and its copy
+  CHECK(test::same_bits(ops::exp(xt), ops::exp(xc)));
+  CHECK(test::same_bits(ops::mul(xt, y), ops::mul(xc, y)));
+  CHECK(test::same_bits(ops::div(xt, xt.flip({0})), ops::div(xc, xc.flip({0}))));
+  CHECK(test::same_bits(ops::add(xt.to(DType::f64), 1.5), ops::add(xc.to(DType::f64), 1.5)));
+  CHECK(test::same_bits_across_threads([&] { return Tensors{ops::tanh(xt), ops::sub(xt, y)}; }));
+}
+
 TEST_CASE("unary ops: the f32 gradient matches the f64 one", "[ops][elementwise][grad]") {
   // The f64 gradients are tied to finite differences above; f32 kernels may use their own
   // approximations (GELU's gradient shares one exp between Phi and phi), which must stay accurate.
