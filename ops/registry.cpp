@@ -25,7 +25,7 @@ std::span<const OpInfo> differentiable_ops() {
       {"sum", "ops"}, {"mean", "ops"}, {"prod", "ops"}, {"amax", "ops"}, {"amin", "ops"}, {"max", "ops"},
       {"min", "ops"}, {"norm", "ops"}, {"stddev", "ops"}, {"cumsum", "ops"},
       // ops/shape.cpp
-      {"cat", "ops"}, {"split", "ops"}, {"unbind", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"},
+      {"cat", "ops"}, {"split", "ops"}, {"unbind", "ops"}, {"index_select", "ops"}, {"gather", "ops"}, {"scatter_add", "ops"}, {"roll", "ops"},
       // ops/loss.cpp
       {"softmax", "ops"}, {"log_softmax", "ops"}, {"binary_cross_entropy_with_logits", "ops"}, {"binary_cross_entropy", "ops"},
       // ops/linalg.cpp

@@ -392,7 +392,15 @@ Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis) {
   if (n == 0) return x;
   const std::int64_t s = ((shift % n) + n) % n;
   if (s == 0) return x;
-  return cat({x.narrow(a, n - s, s), x.narrow(a, 0, n - s)}, a);
+  // Two block copies into the output; the backward rolls the other way (one pass each way, where
+  // cat of two narrows took five).
+  Tensor out = empty(x.shape(), x.dtype());
+  {
+    NoGradGuard no_grad;
+    out.narrow(a, 0, s).copy_(x.detach().narrow(a, n - s, s));
+    out.narrow(a, s, n - s).copy_(x.detach().narrow(a, 0, n - s));
+  }
+  return record("roll", {x}, out, [a, s, n](const Tensor& g) { return Tensors{roll(g, n - s, a)}; });
 }
 
 Tensor patchify(const Tensor& x, std::int64_t p) {

@@ -141,7 +141,7 @@ TEST_CASE("bincount", "[ops][shape]") {
   CHECK_THROWS_WITH(ops::bincount(tensor({1.0}), 3), Contains("must be an integer tensor"));
 }
 
-TEST_CASE("pad, repeat, roll", "[ops][shape]") {
+TEST_CASE("pad, repeat, roll", "[ops][shape][grad][roll]") {
   const Tensor x = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
   CHECK(ops::pad(x, {1, 2}).to_vector<double>() == std::vector<double>{0, 1, 2, 3, 0, 0, 0, 4, 5, 6, 0, 0});
   CHECK(ops::pad(x, {0, 0, 1, 0}, ops::PadMode::constant, 9).to_vector<double>() ==
@@ -161,6 +161,18 @@ TEST_CASE("pad, repeat, roll", "[ops][shape]") {
   CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {1, -1, 0, 2}, ops::PadMode::constant, 0.5); }, {in});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::repeat(v[0], {2, 1, 3}); }, {in});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::roll(v[0], 3, 1); }, {in});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::roll(v[0], -7, 0); }, {test::strided_layout(test::randn({4, 3}, DType::f64, 17))});
+  // Against the definition out[i] = x[(i - shift) mod n], along a middle axis, and threads.
+  const Tensor big = test::randn({3, 1001, 7}, DType::f32, 18);
+  const Tensor rolled = ops::roll(big, 400, 1);
+  for (std::int64_t i : {0, 399, 400, 1000})
+    CHECK(test::same_bits(rolled.narrow(1, i, 1), big.narrow(1, ((i - 400) % 1001 + 1001) % 1001, 1)));
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor xr = big.detach().requires_grad_();
+    Tensor y = ops::roll(xr, -123, 1);
+    y.backward(ops::roll(big, 5, 0));
+    return Tensors{y, xr.grad()};
+  }));
   CHECK_THROWS_WITH(ops::pad(x, {3, 0}, ops::PadMode::reflect), Contains("reflect padding (3, 0) must be smaller than dim 1 of size 3"));
   CHECK_THROWS_WITH(ops::pad(x, {1}), Contains("pad: expected an even number of pad sizes"));
   CHECK_THROWS_WITH(ops::repeat(x, {2}), Contains("repeat: got 1 repeats for a 2-d tensor"));
