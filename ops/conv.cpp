@@ -68,15 +68,20 @@ void check_same_dtype(const char* op, const Tensor& x, const Tensor& t, const ch
 }
 
 // Output length of a sliding window; raises when the (padded) input is smaller than the window.
+// The number of windows along `dim`. With ceil_mode (pooling) a last partial window counts too,
+// as long as it starts inside the input or its left padding (torch's rule).
 std::int64_t window_output(const char* op, const Tensor& x, int dim, std::int64_t padding, std::int64_t dilation,
-                           std::int64_t kernel, std::int64_t stride) {
+                           std::int64_t kernel, std::int64_t stride, bool ceil_mode = false) {
   const std::int64_t size = x.shape()[dim];
   const std::int64_t padded = size + 2 * padding, span = dilation * (kernel - 1) + 1;
   TG_CHECK(padded >= span,
            "{}: input of shape {} is {} wide in dim {} ({} with padding {}), smaller than the {}kernel extent {}: the "
            "output would be empty",
            op, x.shape(), size, dim, padded, padding, dilation > 1 ? "dilated " : "", span);
-  return (padded - span) / stride + 1;
+  if (!ceil_mode) return (padded - span) / stride + 1;
+  std::int64_t n = (padded - span + stride - 1) / stride + 1;
+  if ((n - 1) * stride >= size + padding) --n;
+  return n;
 }
 
 kernels::ConvGeometry conv_geometry(const Shape& x, std::int64_t o, std::int64_t kh, std::int64_t kw, std::int64_t ho,
@@ -308,7 +313,7 @@ Tensor avg_pool_impl(const char* op, const Tensor& x, std::int64_t ho, std::int6
 
 }  // namespace
 
-Tensor max_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 padding, Size2 dilation) {
+Tensor max_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 padding, Size2 dilation, bool ceil_mode) {
   const char* op = "max_pool2d";
   const auto [b, stride] = pool_args(op, x_in, kernel, stride_in, padding);
   const Tensor& x = b.x;
@@ -317,8 +322,8 @@ Tensor max_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 paddi
     TG_CHECK(padding[d] <= ((kernel[d] - 1) * dilation[d] + 1) / 2,
              "max_pool2d: padding [{}, {}] must be at most half of the dilated kernel extent [{}, {}] (dim {})", padding[0],
              padding[1], (kernel[0] - 1) * dilation[0] + 1, (kernel[1] - 1) * dilation[1] + 1, d + 2);
-  const std::int64_t ho = window_output(op, x, 2, padding[0], dilation[0], kernel[0], stride[0]);
-  const std::int64_t wo = window_output(op, x, 3, padding[1], dilation[1], kernel[1], stride[1]);
+  const std::int64_t ho = window_output(op, x, 2, padding[0], dilation[0], kernel[0], stride[0], ceil_mode);
+  const std::int64_t wo = window_output(op, x, 3, padding[1], dilation[1], kernel[1], stride[1], ceil_mode);
   const std::int64_t N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
   TG_CHECK(H * W <= std::numeric_limits<std::int32_t>::max(), "max_pool2d: planes of {}x{} elements are too large (shape {})",
            H, W, x.shape());
@@ -341,15 +346,15 @@ Tensor max_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 paddi
   return unbatch(y, b.unbatched);
 }
 
-Tensor avg_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 padding, bool count_include_pad) {
+Tensor avg_pool2d(const Tensor& x_in, Size2 kernel, Size2 stride_in, Size2 padding, bool count_include_pad, bool ceil_mode) {
   const char* op = "avg_pool2d";
   const auto [b, stride] = pool_args(op, x_in, kernel, stride_in, padding);
   const Tensor& x = b.x;
   for (int d = 0; d < 2; ++d)
     TG_CHECK(padding[d] <= kernel[d] / 2, "avg_pool2d: padding [{}, {}] must be at most half of the kernel size [{}, {}] (dim {})",
              padding[0], padding[1], kernel[0], kernel[1], d + 2);
-  const std::int64_t ho = window_output(op, x, 2, padding[0], 1, kernel[0], stride[0]);
-  const std::int64_t wo = window_output(op, x, 3, padding[1], 1, kernel[1], stride[1]);
+  const std::int64_t ho = window_output(op, x, 2, padding[0], 1, kernel[0], stride[0], ceil_mode);
+  const std::int64_t wo = window_output(op, x, 3, padding[1], 1, kernel[1], stride[1], ceil_mode);
   auto win = std::make_shared<AvgWindows>();
   auto fill = [&](std::int64_t size, std::int64_t n, std::int64_t k, std::int64_t s, std::int64_t p,
                   std::vector<std::int64_t>& lo, std::vector<std::int64_t>& hi, std::vector<std::int64_t>& div) {

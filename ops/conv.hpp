@@ -45,12 +45,15 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bia
 
 // Max over windows (padding never wins). stride {0, 0} means stride = kernel. padding must be at
 // most half the dilated kernel. The gradient goes to the first maximum of each window (row-major).
+// ceil_mode also keeps a last partial window that starts inside the input or its left padding
+// (output size rounded up, as torch).
 Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride = {0, 0}, Size2 padding = {0, 0},
-                  Size2 dilation = {1, 1});
+                  Size2 dilation = {1, 1}, bool ceil_mode = false);
 // Mean over windows; padding (at most half the kernel) counts as zeros when count_include_pad,
 // otherwise only the input elements of a window are averaged. stride {0, 0} means stride = kernel.
+// With ceil_mode, a last partial window divides by its part inside input + padding (torch's rule).
 Tensor avg_pool2d(const Tensor& x, Size2 kernel, Size2 stride = {0, 0}, Size2 padding = {0, 0},
-                  bool count_include_pad = true);
+                  bool count_include_pad = true, bool ceil_mode = false);
 // Averages over the windows [floor(i H / Ho), ceil((i + 1) H / Ho)) (torch's adaptive pooling).
 Tensor adaptive_avg_pool2d(const Tensor& x, Size2 output_size);
 // Mean over H and W: [N, C] (or [N, C, 1, 1] with keepdim). A composite of mean().

@@ -335,18 +335,22 @@ Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode,
       out = parts.size() == 1 ? out : cat(parts, d);
       continue;
     }
-    // reflect / replicate: gather source positions with index_select (its backward sums repeats).
-    TG_CHECK(left >= 0 && right >= 0, "pad: {} padding needs non-negative pad sizes, got {} and {}",
-             mode == PadMode::reflect ? "reflect" : "replicate", left, right);
+    // reflect / replicate / circular: gather source positions with index_select (its backward sums
+    // repeats).
+    const char* name = mode == PadMode::reflect ? "reflect" : mode == PadMode::replicate ? "replicate" : "circular";
+    TG_CHECK(left >= 0 && right >= 0, "pad: {} padding needs non-negative pad sizes, got {} and {}", name, left, right);
     TG_CHECK(mode != PadMode::reflect || (left < n && right < n),
              "pad: reflect padding ({}, {}) must be smaller than dim {} of size {}", left, right, d, n);
-    TG_CHECK(n > 0, "pad: cannot pad dim {} of size 0 with {} mode", d, mode == PadMode::reflect ? "reflect" : "replicate");
+    TG_CHECK(mode != PadMode::circular || (left <= n && right <= n),
+             "pad: circular padding ({}, {}) must be at most dim {} of size {}", left, right, d, n);
+    TG_CHECK(n > 0, "pad: cannot pad dim {} of size 0 with {} mode", d, name);
     Tensor src = empty({n + left + right}, DType::i64);  // allocated first: an absurd size fails here
     std::int64_t* sp = src.data<std::int64_t>();
     for (std::int64_t i = -left; i < n + right; ++i) {
       std::int64_t j = i;
       if (mode == PadMode::reflect) j = i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i);
-      else j = std::clamp<std::int64_t>(i, 0, n - 1);
+      else if (mode == PadMode::replicate) j = std::clamp<std::int64_t>(i, 0, n - 1);
+      else j = i < 0 ? i + n : (i >= n ? i - n : i);  // circular: wraps around (|pad| <= n)
       sp[i + left] = j;
     }
     out = index_select(out, d, src);

@@ -48,9 +48,11 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
 Tensor tril(const Tensor& x, std::int64_t k = 0);
 Tensor triu(const Tensor& x, std::int64_t k = 0);
 
-enum class PadMode { constant, reflect, replicate };
+enum class PadMode { constant, reflect, replicate, circular };
 // Pads the last dims: pads = {left, right} for the last dim, then {left, right} for the one
-// before, and so on (torch.nn.functional.pad order). Negative pads crop (constant mode).
+// before, and so on (torch.nn.functional.pad order). Negative pads crop (constant mode). reflect
+// mirrors without repeating the edge (pads < size), replicate repeats the edge, circular wraps
+// around (pads <= size).
 Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode = PadMode::constant,
            double value = 0.0);
 // Tiles x: out.shape[d] = x.shape[d] * repeats[d] (extra leading repeats add dims), as torch.repeat.

@@ -535,6 +535,32 @@ std::string describe(const PoolCase& c) {
 }
 }  // namespace
 
+TEST_CASE("pooling with ceil_mode keeps the last partial window (values from torch 1.13)", "[ops][conv]") {
+  const Tensor x = arange(1, 36, 1, DType::f32).reshape({1, 1, 5, 7});
+  const Tensor m2 = ops::max_pool2d(x, {2, 2}, {0, 0}, {0, 0}, {1, 1}, true);
+  CHECK(m2.shape() == Shape{1, 1, 3, 4});
+  CHECK(m2.to_vector<float>() == std::vector<float>{9, 11, 13, 14, 23, 25, 27, 28, 30, 32, 34, 35});
+  CHECK(ops::max_pool2d(x, {3, 3}, {2, 2}, {1, 1}, {1, 1}, true).to_vector<float>() ==
+        std::vector<float>{9, 11, 13, 14, 23, 25, 27, 28, 30, 32, 34, 35});
+  CHECK(ops::avg_pool2d(x, {2, 2}, {0, 0}, {0, 0}, true, true).to_vector<float>() ==
+        std::vector<float>{5, 7, 9, 10.5, 19, 21, 23, 24.5, 29.5, 31.5, 33.5, 35});
+  CHECK_ALLCLOSE(ops::avg_pool2d(x, {3, 3}, {2, 2}, {1, 1}, true, true),
+                 tensor({2.222222328186035, 4.333333492279053, 5.666666507720947, 4.44444465637207, 10.333333015441895, 17.0,
+                         19.0, 13.666666984558105, 11.55555534362793, 18.33333396911621, 19.66666603088379, 13.777777671813965},
+                        {1, 1, 3, 4}),
+                 1e-6, 1e-6);
+  CHECK(ops::avg_pool2d(x, {3, 3}, {2, 2}, {1, 1}, false, true).to_vector<float>() ==
+        std::vector<float>{5, 6.5, 8.5, 10, 15.5, 17, 19, 20.5, 26, 27.5, 29.5, 31});
+  // Without ceil_mode the partial windows are dropped; a window may not start in the right padding.
+  CHECK(ops::max_pool2d(x, {2, 2}).shape() == Shape{1, 1, 2, 3});
+  // (5 + 2 - 2) / 2 rounds up to 3, plus 1 = 4 windows, but the 4th would start at 6 - 1 = 5: in the right padding.
+  CHECK(ops::max_pool2d(arange(0, 5, 1, DType::f32).reshape({1, 1, 1, 5}), {1, 2}, {1, 2}, {0, 1}, {1, 1}, true).shape() ==
+        Shape{1, 1, 1, 3});
+  const Tensor xd = test::randn({2, 3, 7, 9}, DType::f64, 70);
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::max_pool2d(v[0], {3, 2}, {2, 2}, {1, 0}, {1, 1}, true); }, {xd});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::avg_pool2d(v[0], {3, 3}, {2, 2}, {1, 1}, false, true); }, {xd});
+}
+
 TEST_CASE("max_pool2d: forward and gradient match the naive loops", "[ops][conv]") {
   for (const PoolCase& c : kPoolCases) {
     INFO(describe(c));

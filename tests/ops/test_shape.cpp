@@ -151,6 +151,11 @@ TEST_CASE("pad, repeat, roll", "[ops][shape][grad][roll]") {
   CHECK(ops::pad(x, {1, 1}, ops::PadMode::replicate).to_vector<double>() ==
         std::vector<double>{1, 1, 2, 3, 3, 4, 4, 5, 6, 6});
   CHECK(ops::pad(x, {-1, 0}).to_vector<double>() == std::vector<double>{2, 3, 5, 6});
+  CHECK(ops::pad(x, {2, 3}, ops::PadMode::circular).to_vector<double>() ==  // torch 1.13's values
+        std::vector<double>{2, 3, 1, 2, 3, 1, 2, 3, 5, 6, 4, 5, 6, 4, 5, 6});
+  CHECK(ops::pad(x, {0, 0, 1, 2}, ops::PadMode::circular).to_vector<double>() ==
+        std::vector<double>{4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6});
+  CHECK_THROWS_WITH(ops::pad(x, {4, 0}, ops::PadMode::circular), Contains("circular padding (4, 0) must be at most dim 1 of size 3"));
   CHECK(ops::repeat(tensor({1, 2}), {2, 2}).to_vector<float>() == std::vector<float>{1, 2, 1, 2, 1, 2, 1, 2});
   CHECK(ops::repeat(x, {1, 2}).shape() == Shape{2, 6});
   CHECK(ops::roll(arange(5), 2, 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{3, 4, 0, 1, 2});
@@ -158,6 +163,7 @@ TEST_CASE("pad, repeat, roll", "[ops][shape][grad][roll]") {
   const Tensor in = test::transposed_layout(test::randn({3, 5}, DType::f64, 15));
   CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {1, 2, 2, 1}, ops::PadMode::reflect); }, {in});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {2, 3}, ops::PadMode::replicate); }, {in});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {5, 3, 1, 2}, ops::PadMode::circular); }, {in});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::pad(v[0], {1, -1, 0, 2}, ops::PadMode::constant, 0.5); }, {in});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::repeat(v[0], {2, 1, 3}); }, {in});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::roll(v[0], 3, 1); }, {in});

@@ -367,6 +367,7 @@ std::optional<Tensors> shape_op(const Case& c) {
     const std::string m = c.s("mode");
     const auto mode = m == "reflect"     ? ops::PadMode::reflect
                       : m == "replicate" ? ops::PadMode::replicate
+                      : m == "circular"  ? ops::PadMode::circular
                                          : ops::PadMode::constant;
     return Tensors{ops::pad(c.t("x"), ints(c, "pads"), mode, c.f("value", 0.0))};
   }
@@ -419,10 +420,10 @@ Tensor run_op(const Case& c) {
   if (op == "upsample_conv2d") return ops::upsample_conv2d(c.t("x"), c.t("w"), c.opt_t("b"), c.s2("padding", {0, 0}));
   if (op == "max_pool2d")
     return ops::max_pool2d(c.t("x"), c.s2("kernel", {1, 1}), c.s2("stride", {0, 0}), c.s2("padding", {0, 0}),
-                           c.s2("dilation", {1, 1}));
+                           c.s2("dilation", {1, 1}), c.b("ceil_mode"));
   if (op == "avg_pool2d")
     return ops::avg_pool2d(c.t("x"), c.s2("kernel", {1, 1}), c.s2("stride", {0, 0}), c.s2("padding", {0, 0}),
-                           c.b("count_include_pad", true));
+                           c.b("count_include_pad", true), c.b("ceil_mode"));
   if (op == "adaptive_avg_pool2d") return ops::adaptive_avg_pool2d(c.t("x"), c.s2("output_size", {1, 1}));
   if (op == "global_avg_pool2d") return ops::global_avg_pool2d(c.t("x"), c.b("keepdim"));
   if (op == "upsample") {

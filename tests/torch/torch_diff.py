@@ -609,11 +609,12 @@ def _max_pool2d():
         # plain, ties (first maximum wins), all negative (the padding must never win)
         data = pick(rng, [randn, ties, lambda r, s: -np.abs(randn(r, s)) - 1])
         x = pool_input(rng, (pick(rng, [1, 2, 3]), H, W), pick(rng, [1, 2, None]), data)
-        return {"kernel": [kh, kw], "stride": stride, "padding": pad, "dilation": dil}, [x]
+        return {"kernel": [kh, kw], "stride": stride, "padding": pad, "dilation": dil,
+                "ceil_mode": int(rng.random() < 0.3)}, [x]
 
     def ref(T, P):
         s = P["stride"] if P["stride"] != [0, 0] else P["kernel"]
-        return F.max_pool2d(T["x"], P["kernel"], s, P["padding"], P["dilation"])
+        return F.max_pool2d(T["x"], P["kernel"], s, P["padding"], P["dilation"], ceil_mode=bool(P.get("ceil_mode", 0)))
 
     # With dilation a window can fall entirely on padding (torch only bounds padding by kernel / 2).
     # Both give -inf there; torch's backward then credits an arbitrary input element (its initial
@@ -643,11 +644,12 @@ def _avg_pool2d():
         W = max(kw - 2 * pad[1], 1) + int(rng.integers(0, 9))
         x = pool_input(rng, (pick(rng, [1, 2, 3]), H, W), pick(rng, [1, 2, None]))
         return {"kernel": [kh, kw], "stride": stride, "padding": pad,
-                "count_include_pad": int(rng.random() < 0.5)}, [x]
+                "count_include_pad": int(rng.random() < 0.5), "ceil_mode": int(rng.random() < 0.3)}, [x]
 
     def ref(T, P):
         s = P["stride"] if P["stride"] != [0, 0] else P["kernel"]
-        return F.avg_pool2d(T["x"], P["kernel"], s, P["padding"], count_include_pad=bool(P["count_include_pad"]))
+        return F.avg_pool2d(T["x"], P["kernel"], s, P["padding"], count_include_pad=bool(P["count_include_pad"]),
+                            ceil_mode=bool(P["ceil_mode"]))
     return gen, ref
 
 
@@ -1813,7 +1815,7 @@ def _triu():
 def _pad():
     def gen(rng):
         shape = rand_shape(rng, 1, 4, [1, 2, 3, 5, 8])
-        mode = pick(rng, ["constant", "constant", "reflect", "replicate"])
+        mode = pick(rng, ["constant", "constant", "reflect", "replicate", "circular"])
         k = int(rng.integers(1, min(len(shape), 3 if mode != "constant" else 4) + 1))  # padded dims
         pads = []
         for d in reversed(range(len(shape) - k, len(shape))):
@@ -1822,6 +1824,8 @@ def _pad():
                 pads += [int(rng.integers(0, n)), int(rng.integers(0, n))]
             elif mode == "replicate":
                 pads += [int(rng.integers(0, 4)), int(rng.integers(0, 4))]
+            elif mode == "circular":
+                pads += [int(rng.integers(0, n + 1)), int(rng.integers(0, n + 1))]
             else:  # negative pads crop, at most the whole dim in all
                 left = int(rng.integers(-n, 4))
                 pads += [left, int(rng.integers(-(n - max(-left, 0)), 4))]
@@ -1844,11 +1848,13 @@ def _pad():
             y = torch.full(shape, P.get("value", 0.0), dtype=x.dtype)
             y[tuple(region)] = x
             return y
-        # torch pads k dims only of (k+1)- or (k+2)-d inputs: fold the other dims into one
+        # torch pads k dims only of (k+1)- or (k+2)-d inputs (circular: (k+2)-d only): fold the
+        # other dims into one (and a channel dim of 1)
         k = len(pads) // 2
         lead = x.shape[:x.dim() - k]
-        y = F.pad(x.reshape((-1,) + tuple(x.shape[x.dim() - k:])), pads, mode=P["mode"])
-        return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+        fold = (-1, 1) if P["mode"] == "circular" else (-1,)
+        y = F.pad(x.reshape(fold + tuple(x.shape[x.dim() - k:])), pads, mode=P["mode"])
+        return y.reshape(tuple(lead) + tuple(y.shape[len(fold):]))
     return gen, ref
 
 
