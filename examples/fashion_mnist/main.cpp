@@ -7,8 +7,10 @@
 #include <fmt/core.h>
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/autograd.hpp"
@@ -36,6 +38,7 @@ struct TrainArgs {
   std::string schedule = "cosine";
   std::uint64_t seed = 0;
   bool synthetic = false, resume = false, overwrite = false;
+  std::set<std::string> given;  // the options given on the command line ("--lr", ...)
 };
 
 // Writes the labelled prediction grid and the confusion matrix of an evaluation.
@@ -88,9 +91,51 @@ double activation_bytes_per_sample(cls::Arch arch) {
   }
 }
 
-int train(const TrainArgs& a) {
-  const cls::Arch arch = cls::parse_arch(a.model);
+// For a resume: the settings not given on the command line, from the run's config.json (the
+// given ones must match it; train() checks that). --max-steps is never taken: it extends a run.
+void take_run_settings(TrainArgs& a, const std::string& out) {
+  const nlohmann::json cfg = load_run_config(out);
+  std::vector<std::string> taken;
+  auto take = [&](const char* flag, const char* key, auto& field) {
+    if (a.given.count(flag) || !cfg.contains(key)) return;
+    try {
+      field = cfg[key].get<std::decay_t<decltype(field)>>();
+    } catch (const nlohmann::json::exception&) {
+      TG_FAIL("train --resume: '{}/config.json' has a malformed \"{}\" entry {}", out, key, cfg[key].dump());
+    }
+    taken.push_back(fmt::format("{} {}", flag, cfg[key].is_string() ? cfg[key].get<std::string>() : cfg[key].dump()));
+  };
+  take("--model", "model", a.model);
+  take("--epochs", "epochs", a.epochs);
+  take("--batch", "batch", a.batch);
+  take("--lr", "lr", a.lr);
+  take("--schedule", "schedule", a.schedule);
+  take("--seed", "seed", a.seed);
+  take("--max-train", "max_train", a.max_train);
+  if (!a.given.count("--data") && !a.given.count("--synthetic") && cfg.contains("data") && cfg["data"].is_string()) {
+    const std::string source = cfg["data"].get<std::string>();
+    const std::string prefix = "fashion-mnist:";
+    if (source == "synthetic-shapes") {
+      a.synthetic = true;
+      taken.push_back("--synthetic");
+    } else if (source.rfind(prefix, 0) == 0) {
+      a.data = source.substr(prefix.size());
+      taken.push_back("--data " + a.data);
+    }
+  }
+  // The same bounds as the command line's.
+  TG_CHECK(a.epochs >= 1 && a.batch >= 1 && a.lr > 0 && std::isfinite(a.lr) && a.max_train >= 0 &&
+               (a.schedule == "cosine" || a.schedule == "constant"),
+           "train --resume: '{}/config.json' holds settings out of range (epochs {}, batch {}, lr {}, schedule '{}', "
+           "max_train {})",
+           out, a.epochs, a.batch, a.lr, a.schedule, a.max_train);
+  if (!taken.empty()) fmt::print("resuming with the run's settings: {}\n", fmt::join(taken, " "));
+}
+
+int train(TrainArgs a) {
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
+  if (a.resume && fs::exists(out + "/config.json") && fs::exists(out + "/checkpoint.safetensors")) take_run_settings(a, out);
+  const cls::Arch arch = cls::parse_arch(a.model);
   const bool start_over = examples::check_new_run_folder(out, {"checkpoint.safetensors", "model.safetensors"}, a.resume, a.overwrite);
   // The data first: a bad --data must not leave an empty run folder behind.
   const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
@@ -315,7 +360,9 @@ int main(int argc, char** argv) {
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
   tr->add_option("--max-steps", ta.max_steps, "Stop after this many steps (smoke runs; -1: no limit)")->check(examples::Integer(-1, 1'000'000'000'000));
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
-  tr->add_flag("--resume", ta.resume, "Continue from the run folder's checkpoint.safetensors (same settings; --max-steps may change)");
+  tr->add_flag("--resume", ta.resume,
+               "Continue from the run folder's checkpoint.safetensors: settings not given come from its config.json, "
+               "given ones must match (--max-steps may change)");
   tr->add_flag("--overwrite", ta.overwrite, "Start a new run in a folder that holds one (else refused)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
@@ -340,7 +387,12 @@ int main(int argc, char** argv) {
   return examples::run(
       [&] {
         if (threads > 0) set_num_threads(threads);
-        if (tr->parsed()) return train(ta);
+        if (tr->parsed()) {
+          for (const char* flag : {"--model", "--epochs", "--batch", "--lr", "--schedule", "--seed", "--data", "--synthetic",
+                                   "--max-train"})
+            if (tr->count(flag) > 0) ta.given.insert(flag);
+          return train(ta);
+        }
         if (ev->parsed()) return eval(run, data_dir, synthetic);
         return predict(run, count, first, png, data_dir, synthetic);
       },
