@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -268,9 +269,50 @@ struct TrainArgs {
                grid_nfe = 19, head_channels = 64;
   std::vector<std::int64_t> channels{32, 64, 64}, attention{2};
   std::uint64_t seed = 0;
+  std::set<std::string> given;  // the options given on the command line ("--lr", ...)
 };
 
-int train(const TrainArgs& a) {
+// For a resume: the training settings not given on the command line, from the run's config.json
+// (the given ones must match it; train() checks that). --minutes and --steps are never taken:
+// they extend a run.
+void take_training_settings(TrainArgs& a, const nlohmann::json& cfg) {
+  std::vector<std::string> taken;
+  auto take = [&](const char* flag, const char* key, auto& field) {
+    if (a.given.count(flag) || !cfg.contains(key)) return;
+    try {
+      field = cfg[key].get<std::decay_t<decltype(field)>>();
+    } catch (const nlohmann::json::exception&) {
+      TG_FAIL("train --resume: '{}/config.json' has a malformed \"{}\" entry {}", a.out, key, cfg[key].dump());
+    }
+    taken.push_back(fmt::format("{} {}", flag, cfg[key].dump()));
+  };
+  take("--batch", "batch", a.batch);
+  take("--lr", "lr", a.lr);
+  take("--lr-min-ratio", "lr_min_ratio", a.lr_min_ratio);
+  take("--warmup", "warmup", a.warmup);
+  take("--ema", "ema", a.ema);
+  take("--label-dropout", "label_dropout", a.label_dropout);
+  take("--seed", "seed", a.seed);
+  take("--max-train", "max_train", a.max_train);
+  if (!a.given.count("--data") && !a.given.count("--synthetic") && cfg.contains("data") && cfg["data"].is_string()) {
+    const std::string source = cfg["data"].get<std::string>();
+    const std::string prefix = "fashion-mnist:";
+    if (source == "synthetic-shapes") {
+      a.synthetic = true;
+      taken.push_back("--synthetic");
+    } else if (source.rfind(prefix, 0) == 0) {
+      a.data = source.substr(prefix.size());
+      taken.push_back("--data " + a.data);
+    }
+  }
+  // The same bounds as the command line's.
+  TG_CHECK(a.batch >= 1 && a.lr > 0 && std::isfinite(a.lr) && a.lr_min_ratio >= 0 && a.lr_min_ratio <= 1 && a.warmup >= 0 &&
+               a.ema >= 0 && a.ema <= 1 && a.label_dropout >= 0 && a.label_dropout <= 1 && a.max_train >= 0,
+           "train --resume: '{}/config.json' holds training settings out of range", a.out);
+  if (!taken.empty()) fmt::print("resuming with the run's training settings: {}\n", fmt::join(taken, " "));
+}
+
+int train(TrainArgs a) {
   TG_CHECK(a.steps != 0, "train: --steps 0 trains nothing; give a number of steps, or -1 for the --minutes budget");
   diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
   const bool start_over =
@@ -282,6 +324,7 @@ int train(const TrainArgs& a) {
     previous = read_run(a.out);
     mc = previous->config;
     fmt::print("resuming: model settings from {} (model flags on the command line are ignored)\n", cfg_path);
+    if (fs::exists(a.out + "/checkpoint.safetensors")) take_training_settings(a, previous->json);
   } else {
     mc.image_size = a.size;
     mc.channels = a.channels;
@@ -916,7 +959,8 @@ int main(int argc, char** argv) {
   tr->add_flag("--synthetic", ta.synthetic, "Use the built-in synthetic shapes instead of Fashion-MNIST");
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume,
-               "Continue from the run folder's checkpoint.safetensors (same settings; --minutes / --steps may change)");
+               "Continue from the run folder's checkpoint.safetensors: settings not given come from its config.json, "
+               "given ones must match (--minutes / --steps may change)");
   tr->add_flag("--overwrite", ta.overwrite, "Start a new run in a folder that holds one (else refused)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
@@ -991,6 +1035,9 @@ int main(int argc, char** argv) {
       [&] {
         if (threads > 0) set_num_threads(threads);
         if (tr->parsed()) {
+          for (const char* flag : {"--batch", "--lr", "--lr-min-ratio", "--warmup", "--ema", "--label-dropout", "--seed",
+                                   "--data", "--synthetic", "--max-train"})
+            if (tr->count(flag) > 0) ta.given.insert(flag);
           ta.channels = parse_list<std::int64_t>(channels, "--channels", /*distinct=*/false);
           ta.attention = parse_list<std::int64_t>(attention, "--attention");
           return train(ta);
