@@ -436,7 +436,7 @@ DivisionOperands division(const char* op, const Tensor& a_in, const Tensor& b_in
   auto [a, b] = broadcast_pair(a_in, b_in, op);
   TG_CHECK(a.dtype() != DType::boolean, "{}: expected numeric tensors, got bool (shapes {} and {})", op, a_in.shape(),
            b_in.shape());
-  if (!a.is_floating_point())
+  if (!a.is_floating_point() && a.numel() > 0)
     TG_CHECK(sum(eq(b_in, 0.0)).item<std::int64_t>() == 0, "{}: integer division by zero (divisor of shape {})", op,
              b_in.shape());
   Tensor out = empty(a.shape(), a.dtype());
@@ -932,9 +932,9 @@ Tensor hardswish(const Tensor& x) {
                    const B r = xsimd::select(v + B(3) < B(0), B(0), v + B(3));
                    return v * xsimd::select(r > B(6), B(6), r) / B(6);
                  },
-                 [](auto v, auto g) {  // torch's rule: 0 below -3, x / 3 + 1/2 on [-3, 3], 1 above
+                 [](auto v, auto g) {  // torch's rule: 0 below -3, x / 3 + 1/2 on [-3, 3] (and NaN), 1 above
                    using B = decltype(v);
-                   return xsimd::select(v < B(-3), B(0), xsimd::select(v <= B(3), g * (v / B(3) + B(0.5)), g));
+                   return xsimd::select(v > B(3), g, xsimd::select(v < B(-3), B(0), g * (v / B(3) + B(0.5))));
                  });
 }
 

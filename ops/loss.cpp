@@ -81,6 +81,9 @@ Tensor class_weights(const char* op, const CrossEntropyOptions& opt, std::int64_
   TG_CHECK(opt.weight.dim() == 1 && opt.weight.shape()[0] == C, "{}: weight must be [{}] (one per class), got {}", op, C,
            opt.weight.shape());
   TG_CHECK(opt.weight.is_floating_point(), "{}: weight must be floating-point, got {}", op, opt.weight.dtype());
+  // As torch: the class weights get no gradient (the weighted mean's denominator would need one).
+  TG_CHECK(!(grad_enabled() && opt.weight.requires_grad()),
+           "{}: the class weight is not differentiable, but it requires grad; pass weight.detach()", op);
   return opt.weight.to(like.dtype());
 }
 

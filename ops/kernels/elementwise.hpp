@@ -166,7 +166,7 @@ inline Tensor staged_input(const Tensor& out, const Tensor& in) {
       loop.stride(0, 1) == 0)
     return in;
   for (int d = 1; d < loop.ndim(); ++d)
-    if (loop.stride(d, 1) == es && loop.size(d) >= 8) return in.contiguous();
+    if (loop.stride(d, 1) == es && loop.size(d) >= 8) return in.detach().contiguous();  // a kernel input: nothing to record
   return in;
 }
 

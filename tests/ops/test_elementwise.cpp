@@ -266,6 +266,7 @@ TEST_CASE("floor_divide, remainder, fmod: signs, integers and special values as 
   CHECK_THROWS_WITH(ops::remainder(ai, tensor({1, 0, 1, 1, 1}, DType::i64)),
                     Contains("remainder: integer division by zero (divisor of shape [5])"));
   CHECK_THROWS_WITH(ops::floor_divide(ai, 0.0), Contains("floor_divide: integer division by zero"));
+  CHECK(ops::remainder(zeros({0}, DType::i64), 0.0).numel() == 0);  // nothing is divided: no error, as torch
   CHECK_THROWS_WITH(ops::fmod(ai.to(DType::i32), tensor({0}, DType::i32)), Contains("fmod: integer division by zero"));
   CHECK_THROWS_WITH(ops::fmod(tensor({1}, DType::boolean), tensor({1}, DType::boolean)), Contains("fmod: expected numeric tensors"));
 
@@ -321,6 +322,9 @@ TEST_CASE("new math ops: special values", "[ops][elementwise]") {
   x = tensor({-3, 3}, DType::f64).requires_grad_();
   ops::sum(ops::hardswish(x)).backward();
   CHECK(x.grad().to_vector<double>() == std::vector<double>{-0.5, 1.5});
+  x = tensor({NAN}, DType::f64).requires_grad_();
+  ops::sum(ops::hardswish(x)).backward();
+  CHECK(std::isnan(x.grad().item()));
   CHECK_THROWS_WITH(ops::hardtanh(tensor({1}), 2, 1), Contains("hardtanh: min_val 2 must not exceed max_val 1"));
 }
 

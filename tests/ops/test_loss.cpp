@@ -147,6 +147,8 @@ TEST_CASE("cross_entropy and nll_loss: class weights, probability targets (value
   CHECK_THROWS_WITH(ops::nll_loss(x, t, o), Contains("nll_loss: label_smoothing is cross_entropy's option"));
   wn.weight = ones({2}, DType::f64);
   CHECK_THROWS_WITH(ops::cross_entropy(x, t, wn), Contains("cross_entropy: weight must be [3] (one per class), got [2]"));
+  wn.weight = tensor({1, 2, 3}, DType::f64).requires_grad_();  // torch: not differentiable
+  CHECK_THROWS_WITH(ops::nll_loss(ops::log_softmax(x, 1), t, wn), Contains("nll_loss: the class weight is not differentiable"));
   // Gradients: weights, smoothing and ignored positions over [N, C, d] logits; probability targets too.
   ops::CrossEntropyOptions g;
   g.weight = tensor({0.5, 2.0, 1.0}, DType::f64);
