@@ -278,6 +278,30 @@ void reduce_columns(ReduceOp op, const Tensor& x, const Split& s, T* out) {
   });
 }
 
+// Path C: the reduced dims end in a contiguous run of at least 64 elements, with kept dims
+// between them (x [N, C, H, W] summed over N, H and W: runs of H W). Each output combines the
+// blocks of its runs, as path A does within one row, in the row-major order of the reduced dims.
+template <class T>
+void reduce_segments(ReduceOp op, const Tensor& x, const Split& s, T* out) {
+  const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
+  const StridedLoop<1> kept(s.kept_shape, {&s.kept_strides}, {sizeof(T)});
+  const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
+  char* base = static_cast<char*>(x.raw_data());
+  const std::int64_t grain = std::max<std::int64_t>(1, kRowBlock / std::max<std::int64_t>(R, 1));
+  parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
+    kept.run({base}, k0, k1, [&](const std::array<char*, 1>& q, std::int64_t n, const std::array<std::int64_t, 1>& st) {
+      for (std::int64_t i = 0; i < n; ++i, ++k0) {
+        Wide<T> acc = identity<Wide<T>>(op);
+        red.run({q[0] + i * st[0]}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t rn, const std::array<std::int64_t, 1>&) {
+          const T* p = reinterpret_cast<const T*>(rp[0]);  // a contiguous run of the innermost reduced dim
+          for (std::int64_t b = 0; b < rn; b += kRowBlock) acc = combine(op, acc, reduce_block_acc(op, p + b, std::min(kRowBlock, rn - b)));
+        });
+        out[k0] = static_cast<T>(acc);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 void reduce(ReduceOp op, const Tensor& x, std::uint32_t mask, const Tensor& out) {
@@ -297,6 +321,8 @@ void reduce(ReduceOp op, const Tensor& x, std::uint32_t mask, const Tensor& out)
     } else if (const Split ks = merged_kept_dims(s);
                K > 1 && ks.kept_strides.back() == 1 && ks.kept_shape.back() >= 16) {
       reduce_columns<T>(op, x, ks, o);
+    } else if (red.inner_stride(0) == static_cast<std::int64_t>(sizeof(T)) && red.inner_size() >= 64) {
+      reduce_segments<T>(op, x, s, o);
     } else {  // gather the reduced dims into contiguous rows first
       Shape perm;
       for (int d = 0; d < x.dim(); ++d)

@@ -103,8 +103,9 @@ TEST_CASE("reductions over middle axes (kept runs of contiguous elements) match 
   struct Case {
     Shape shape, axes;
   };
-  const Case cases[] = {{{3, 9, 37}, {1}}, {{4, 6, 5, 40}, {1}}, {{4, 6, 5, 40}, {0, 2}}, {{2, 7, 600}, {1}},
-                        {{5, 3, 40}, {0, 1}}};
+  // Then reduced dims ending in a contiguous run of 70 or 128 with kept dims between them.
+  const Case cases[] = {{{3, 9, 37}, {1}},    {{4, 6, 5, 40}, {1}}, {{4, 6, 5, 40}, {0, 2}},  {{2, 7, 600}, {1}},
+                        {{5, 3, 40}, {0, 1}}, {{6, 5, 70}, {0, 2}}, {{3, 4, 8, 16}, {0, 2, 3}}, {{2, 3, 4, 8, 16}, {1, 3, 4}}};
   for (const Case& k : cases) {
     INFO(fmt::format("shape {} axes {}", k.shape, k.axes));
     const Tensor x = test::uniform(k.shape, 0.5, 1.5, DType::f64, 21);
@@ -122,6 +123,10 @@ TEST_CASE("reductions over middle axes (kept runs of contiguous elements) match 
   CHECK(std::isnan(mx.at<float>({1, 5})));
   CHECK(std::isnan(mn.at<float>({1, 5})));
   CHECK(ops::sum(ops::isnan(mx)).item<std::int64_t>() == 1);
+  Tensor seg = test::uniform({3, 4, 80}, -1, 1, DType::f32, 24).clone();  // reduced over dims 0 and 2 (runs of 80)
+  seg.narrow(0, 2, 1).narrow(1, 1, 1).narrow(2, 70, 1).fill_(NAN);
+  CHECK(ops::sum(ops::isnan(ops::amax(seg, {0, 2}))).item<std::int64_t>() == 1);
+  CHECK(std::isnan(ops::amin(seg, {0, 2}).at<float>({1})));
   const Tensor xi = ops::round(test::uniform({3, 4, 20}, -50, 50, DType::f64, 23)).to(DType::i64);
   CHECK(ops::amax(xi, {1}).to(DType::f64).to_vector<double>() == ops::amax(xi.to(DType::f64), {1}).to_vector<double>());
   CHECK(ops::sum(xi, {1}).to(DType::f64).to_vector<double>() == ops::sum(xi.to(DType::f64), {1}).to_vector<double>());
@@ -332,7 +337,8 @@ TEST_CASE("reductions: 1 vs N threads give identical bits", "[ops][reduce][threa
   CHECK(test::same_bits_across_threads([&] { return Tensors{ops::cumsum(big, 1), ops::argmax(big, 1)}; }));
   const Tensor mid = test::randn({6, 300, 700}, DType::f32, 12);  // middle-axis reductions, column chunks
   CHECK(test::same_bits_across_threads([&] {
-    return Tensors{ops::sum(mid, {1}), ops::amax(mid, {1}), ops::mean(mid, {0, 1}), ops::logsumexp(mid, {1})};
+    return Tensors{ops::sum(mid, {1}), ops::amax(mid, {1}), ops::mean(mid, {0, 1}), ops::logsumexp(mid, {1}),
+                   ops::sum(mid, {0, 2}), ops::amin(mid, {0, 2})};
   }));
 }
 
