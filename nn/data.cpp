@@ -236,7 +236,11 @@ ImageDataset load_fashion_mnist(const std::string& folder, bool train) {
   d.images = (images.to(DType::f32) / 255.0).unsqueeze(1);  // [N, 1, 28, 28]
   d.labels = labels.to(DType::i64);
   d.class_names = fashion_mnist_classes();
-  d.source = "fashion-mnist:" + folder;
+  // The folder spelled one way ("a/b/", "a/c/../b" and "a/b" are one folder), so that a resumed run
+  // can compare it with its config.json.
+  std::filesystem::path normal = std::filesystem::path(folder).lexically_normal();
+  if (!normal.has_filename() && normal.has_parent_path() && normal != normal.root_path()) normal = normal.parent_path();
+  d.source = "fashion-mnist:" + normal.string();
   d.levels = 256;
   return d;
 }

@@ -126,6 +126,7 @@ inline const CLI::Validator Threads = Integer(0, 1024);
 // old checkpoint.
 inline bool check_new_run_folder(const std::string& out, const std::vector<std::string>& markers, bool resume,
                                  bool overwrite) {
+  TG_CHECK(!(resume && overwrite), "train: --resume continues the run in '{}' and --overwrite starts it over; give one", out);
   if (resume) return false;
   for (const std::string& m : markers) {
     if (!std::filesystem::exists(out + "/" + m)) continue;

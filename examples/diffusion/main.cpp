@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -33,6 +34,7 @@
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 #include "examples/common/cli.hpp"
+#include "examples/common/resume.hpp"
 
 using namespace tg;
 namespace fs = std::filesystem;
@@ -272,44 +274,50 @@ struct TrainArgs {
   std::set<std::string> given;  // the options given on the command line ("--lr", ...)
 };
 
-// For a resume: the training settings not given on the command line, from the run's config.json
-// (the given ones must match it; train() checks that). --minutes and --steps are never taken:
-// they extend a run.
+// For a resume: the training settings not given on the command line come from the run's
+// config.json, the given ones must match it. --steps and --minutes may grow (they extend a run),
+// and are taken from it when neither is given, so that a plain --resume finishes the run as it
+// was started.
 void take_training_settings(TrainArgs& a, const nlohmann::json& cfg) {
-  std::vector<std::string> taken;
-  auto take = [&](const char* flag, const char* key, auto& field) {
-    if (a.given.count(flag) || !cfg.contains(key)) return;
-    try {
-      field = cfg[key].get<std::decay_t<decltype(field)>>();
-    } catch (const nlohmann::json::exception&) {
-      TG_FAIL("train --resume: '{}/config.json' has a malformed \"{}\" entry {}", a.out, key, cfg[key].dump());
-    }
-    taken.push_back(fmt::format("{} {}", flag, cfg[key].dump()));
-  };
-  take("--batch", "batch", a.batch);
-  take("--lr", "lr", a.lr);
-  take("--lr-min-ratio", "lr_min_ratio", a.lr_min_ratio);
-  take("--warmup", "warmup", a.warmup);
-  take("--ema", "ema", a.ema);
-  take("--label-dropout", "label_dropout", a.label_dropout);
-  take("--seed", "seed", a.seed);
-  take("--max-train", "max_train", a.max_train);
-  if (!a.given.count("--data") && !a.given.count("--synthetic") && cfg.contains("data") && cfg["data"].is_string()) {
-    const std::string source = cfg["data"].get<std::string>();
-    const std::string prefix = "fashion-mnist:";
-    if (source == "synthetic-shapes") {
-      a.synthetic = true;
-      taken.push_back("--synthetic");
-    } else if (source.rfind(prefix, 0) == 0) {
-      a.data = source.substr(prefix.size());
-      taken.push_back("--data " + a.data);
-    }
+  examples::ResumeSettings s(cfg, a.out + "/config.json", a.given);
+  if (!a.given.count("--steps") && !a.given.count("--minutes")) {
+    s.integer("--steps", "steps", a.steps, -1, 1'000'000'000);
+    s.number("--minutes", "minutes", a.minutes, 0, std::numeric_limits<double>::max(), /*open_low=*/true);
+    TG_CHECK(a.steps != 0, "train --resume: '{}/config.json' has \"steps\": 0", a.out);
   }
-  // The same bounds as the command line's.
-  TG_CHECK(a.batch >= 1 && a.lr > 0 && std::isfinite(a.lr) && a.lr_min_ratio >= 0 && a.lr_min_ratio <= 1 && a.warmup >= 0 &&
-               a.ema >= 0 && a.ema <= 1 && a.label_dropout >= 0 && a.label_dropout <= 1 && a.max_train >= 0,
-           "train --resume: '{}/config.json' holds training settings out of range", a.out);
-  if (!taken.empty()) fmt::print("resuming with the run's training settings: {}\n", fmt::join(taken, " "));
+  s.integer("--batch", "batch", a.batch, 1, kMaxCount);
+  s.number("--lr", "lr", a.lr, 0, std::numeric_limits<double>::max(), /*open_low=*/true);
+  s.number("--lr-min-ratio", "lr_min_ratio", a.lr_min_ratio, 0, 1);
+  s.integer("--warmup", "warmup", a.warmup, 0, 1'000'000'000);
+  s.number("--ema", "ema", a.ema, 0, 1);
+  s.number("--label-dropout", "label_dropout", a.label_dropout, 0, 1);
+  s.seed("--seed", "seed", a.seed);
+  s.integer("--max-train", "max_train", a.max_train, 0, 1'000'000'000);
+  s.data(a.data, a.synthetic);
+  s.finish();
+}
+
+// For a resume: model flags given on the command line must describe the run's model.
+void check_model_flags(const TrainArgs& a, const diff::UNetConfig& mc) {
+  std::vector<std::string> differ;
+  auto check = [&](const char* flag, bool same, const std::string& run, const std::string& given) {
+    if (a.given.count(flag) && !same) differ.push_back(fmt::format("{} {} (not {})", flag, run, given));
+  };
+  check("--size", a.size == mc.image_size, std::to_string(mc.image_size), std::to_string(a.size));
+  check("--channels", a.channels == mc.channels, fmt::format("{}", fmt::join(mc.channels, ",")),
+        fmt::format("{}", fmt::join(a.channels, ",")));
+  check("--blocks", a.blocks == mc.blocks_per_level, std::to_string(mc.blocks_per_level), std::to_string(a.blocks));
+  check("--attention", a.attention == mc.attention_levels, fmt::format("{}", fmt::join(mc.attention_levels, ",")),
+        fmt::format("{}", fmt::join(a.attention, ",")));
+  check("--head-channels", a.head_channels == mc.head_channels, std::to_string(mc.head_channels),
+        std::to_string(a.head_channels));
+  check("--unconditional", a.unconditional == (mc.num_classes == 0), mc.num_classes == 0 ? "set" : "not set",
+        a.unconditional ? "set" : "not set");
+  check("--dropout", a.dropout == mc.dropout, fmt::format("{}", mc.dropout), fmt::format("{}", a.dropout));
+  TG_CHECK(differ.empty(),
+           "train --resume: the model in '{}' has {}; resume without model flags (they come from its config.json) or "
+           "train into a new --out folder",
+           a.out, fmt::join(differ, ", "));
 }
 
 int train(TrainArgs a) {
@@ -320,11 +328,16 @@ int train(TrainArgs a) {
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
   std::optional<Run> previous;  // the run being resumed, read once
+  TG_CHECK(!a.resume || fs::exists(cfg_path) || !fs::exists(a.out + "/checkpoint.safetensors"),
+           "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
+           "--out folder (or --overwrite)",
+           a.out);
   if (a.resume && fs::exists(cfg_path)) {
     previous = read_run(a.out);
     mc = previous->config;
-    fmt::print("resuming: model settings from {} (model flags on the command line are ignored)\n", cfg_path);
-    if (fs::exists(a.out + "/checkpoint.safetensors")) take_training_settings(a, previous->json);
+    check_model_flags(a, mc);
+    fmt::print("resuming: model settings from {}\n", cfg_path);
+    take_training_settings(a, previous->json);
   } else {
     mc.image_size = a.size;
     mc.channels = a.channels;
@@ -357,16 +370,12 @@ int train(TrainArgs a) {
   const std::string ckpt_path = a.out + "/checkpoint.safetensors";
   const bool resuming = a.resume && fs::exists(ckpt_path);
   if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", a.out);
-  if (resuming && previous) {  // the same training settings (--minutes / --steps may change: they extend a run)
+  if (resuming && previous) {  // the settings were taken from (or checked against) config.json; the data only now
     const nlohmann::json& cfg = previous->json;
-    const nlohmann::json now = {{"batch", a.batch}, {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup},
-                                {"ema", a.ema}, {"label_dropout", a.label_dropout}, {"seed", a.seed}, {"max_train", a.max_train},
-                                {"data", data.train.source}};
-    for (const auto& [key, value] : now.items())
-      TG_CHECK(!cfg.contains(key) || cfg[key] == value,
-               "train --resume: the run in '{}' was trained with {} = {}, not {}; resume with the same settings (or train into "
-               "a new --out folder)",
-               a.out, key, cfg[key].dump(), value.dump());
+    TG_CHECK(!cfg.contains("data") || cfg["data"] == data.train.source,
+             "train --resume: the run in '{}' was trained on {}, not {}; resume with the same data (or train into a new "
+             "--out folder)",
+             a.out, cfg["data"].dump(), data.train.source);
   }
   std::int64_t ckpt_step = 0;
   if (resuming) {  // a trial load into this model (fit() loads it again): a checkpoint of another model fails here
@@ -960,7 +969,7 @@ int main(int argc, char** argv) {
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume,
                "Continue from the run folder's checkpoint.safetensors: settings not given come from its config.json, "
-               "given ones must match (--minutes / --steps may change)");
+               "given ones must match (--minutes / --steps may grow; a longer --steps also stretches the cosine decay)");
   tr->add_flag("--overwrite", ta.overwrite, "Start a new run in a folder that holds one (else refused)");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
@@ -1036,7 +1045,8 @@ int main(int argc, char** argv) {
         if (threads > 0) set_num_threads(threads);
         if (tr->parsed()) {
           for (const char* flag : {"--batch", "--lr", "--lr-min-ratio", "--warmup", "--ema", "--label-dropout", "--seed",
-                                   "--data", "--synthetic", "--max-train"})
+                                   "--data", "--synthetic", "--max-train", "--steps", "--minutes", "--size", "--channels",
+                                   "--blocks", "--attention", "--head-channels", "--unconditional", "--dropout"})
             if (tr->count(flag) > 0) ta.given.insert(flag);
           ta.channels = parse_list<std::int64_t>(channels, "--channels", /*distinct=*/false);
           ta.attention = parse_list<std::int64_t>(attention, "--attention");

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <nlohmann/json.hpp>
 
@@ -24,6 +25,7 @@
 #include "ops/reduce.hpp"
 #include "ops/shape.hpp"
 #include "examples/common/cli.hpp"
+#include "examples/common/resume.hpp"
 
 using namespace tg;
 namespace fs = std::filesystem;
@@ -91,50 +93,29 @@ double activation_bytes_per_sample(cls::Arch arch) {
   }
 }
 
-// For a resume: the settings not given on the command line, from the run's config.json (the
-// given ones must match it; train() checks that). --max-steps is never taken: it extends a run.
+// For a resume: the settings not given on the command line come from the run's config.json, the
+// given ones must match it. --max-steps is never taken: it extends a run.
 void take_run_settings(TrainArgs& a, const std::string& out) {
   const nlohmann::json cfg = load_run_config(out);
-  std::vector<std::string> taken;
-  auto take = [&](const char* flag, const char* key, auto& field) {
-    if (a.given.count(flag) || !cfg.contains(key)) return;
-    try {
-      field = cfg[key].get<std::decay_t<decltype(field)>>();
-    } catch (const nlohmann::json::exception&) {
-      TG_FAIL("train --resume: '{}/config.json' has a malformed \"{}\" entry {}", out, key, cfg[key].dump());
-    }
-    taken.push_back(fmt::format("{} {}", flag, cfg[key].is_string() ? cfg[key].get<std::string>() : cfg[key].dump()));
-  };
-  take("--model", "model", a.model);
-  take("--epochs", "epochs", a.epochs);
-  take("--batch", "batch", a.batch);
-  take("--lr", "lr", a.lr);
-  take("--schedule", "schedule", a.schedule);
-  take("--seed", "seed", a.seed);
-  take("--max-train", "max_train", a.max_train);
-  if (!a.given.count("--data") && !a.given.count("--synthetic") && cfg.contains("data") && cfg["data"].is_string()) {
-    const std::string source = cfg["data"].get<std::string>();
-    const std::string prefix = "fashion-mnist:";
-    if (source == "synthetic-shapes") {
-      a.synthetic = true;
-      taken.push_back("--synthetic");
-    } else if (source.rfind(prefix, 0) == 0) {
-      a.data = source.substr(prefix.size());
-      taken.push_back("--data " + a.data);
-    }
-  }
-  // The same bounds as the command line's.
-  TG_CHECK(a.epochs >= 1 && a.batch >= 1 && a.lr > 0 && std::isfinite(a.lr) && a.max_train >= 0 &&
-               (a.schedule == "cosine" || a.schedule == "constant"),
-           "train --resume: '{}/config.json' holds settings out of range (epochs {}, batch {}, lr {}, schedule '{}', "
-           "max_train {})",
-           out, a.epochs, a.batch, a.lr, a.schedule, a.max_train);
-  if (!taken.empty()) fmt::print("resuming with the run's settings: {}\n", fmt::join(taken, " "));
+  examples::ResumeSettings s(cfg, out + "/config.json", a.given);
+  s.choice("--model", "model", a.model, {"mlp", "cnn", "fdmlp"});
+  s.integer("--epochs", "epochs", a.epochs, 1, 1'000'000);
+  s.integer("--batch", "batch", a.batch, 1, 1'000'000);
+  s.number("--lr", "lr", a.lr, 0, std::numeric_limits<double>::max(), /*open_low=*/true);
+  s.choice("--schedule", "schedule", a.schedule, {"cosine", "constant"});
+  s.seed("--seed", "seed", a.seed);
+  s.integer("--max-train", "max_train", a.max_train, 0, 1'000'000'000);
+  s.data(a.data, a.synthetic);
+  s.finish();
 }
 
 int train(TrainArgs a) {
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
-  if (a.resume && fs::exists(out + "/config.json") && fs::exists(out + "/checkpoint.safetensors")) take_run_settings(a, out);
+  if (a.resume && fs::exists(out + "/config.json")) take_run_settings(a, out);
+  TG_CHECK(!a.resume || fs::exists(out + "/config.json") || !fs::exists(out + "/checkpoint.safetensors"),
+           "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
+           "--out folder (or --overwrite)",
+           out);
   const cls::Arch arch = cls::parse_arch(a.model);
   const bool start_over = examples::check_new_run_folder(out, {"checkpoint.safetensors", "model.safetensors"}, a.resume, a.overwrite);
   // The data first: a bad --data must not leave an empty run folder behind.
@@ -154,20 +135,13 @@ int train(TrainArgs a) {
   const bool resuming = a.resume && fs::exists(out + "/checkpoint.safetensors");
   if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", out);
   if (resuming) {
-    if (fs::exists(out + "/config.json")) {
-      const nlohmann::json cfg = load_run_config(out);
-      const std::string trained = cfg["model"].get<std::string>();
-      TG_CHECK(trained == a.model, "train --resume: the run in '{}' trains model '{}', not '{}'", out, trained, a.model);
-      const nlohmann::json now = {{"epochs", a.epochs}, {"batch", a.batch}, {"lr", a.lr}, {"schedule", a.schedule},
-                                  {"seed", a.seed},     {"data", data.train.source}, {"max_train", a.max_train}};
-      std::vector<std::string> differ;  // all of them at once, not one per attempt
-      for (const auto& [key, value] : now.items())
-        if (cfg.contains(key) && cfg[key] != value) differ.push_back(fmt::format("{} = {} (not {})", key, cfg[key].dump(), value.dump()));
-      TG_CHECK(differ.empty(),
-               "train --resume: the run in '{}' was trained with {}; resume with the same settings (or train into a new "
-               "--out folder)",
-               out, fmt::join(differ, ", "));
-    }
+    // The settings were taken from (or checked against) config.json above; the data only now that
+    // it is loaded.
+    const nlohmann::json cfg = load_run_config(out);
+    TG_CHECK(!cfg.contains("data") || cfg["data"] == data.train.source,
+             "train --resume: the run in '{}' was trained on {}, not {}; resume with the same data (or train into a new "
+             "--out folder)",
+             out, cfg["data"].dump(), data.train.source);
     const std::string ckpt = out + "/checkpoint.safetensors";
     const nn::SafetensorsFile file = nn::load_safetensors(ckpt);  // validated whole
     for (const nn::NamedTensor& t : model.state()) {
