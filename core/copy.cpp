@@ -82,6 +82,11 @@ int transposed_dim(const StridedLoop<2>& loop, std::int64_t dst_size, std::int64
 
 }  // namespace
 
+bool reads_across(const Tensor& dst, const Tensor& src) {
+  const StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()}, {dst.element_size(), src.element_size()});
+  return transposed_dim(loop, static_cast<std::int64_t>(dst.element_size()), static_cast<std::int64_t>(src.element_size())) > 0;
+}
+
 void copy_into(const Tensor& dst, const Tensor& src) {
   TG_CHECK(dst.shape() == src.shape(), "copy: shapes {} and {} differ", dst.shape(), src.shape());
   const StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()}, {dst.element_size(), src.element_size()});

@@ -13,7 +13,11 @@
 namespace tg::detail {
 
 // dst[...] = src[...] converted to dst's dtype. Shapes must match (src may be an expanded view).
+// A transposed src (reads_across) is copied in tiles.
 void copy_into(const Tensor& dst, const Tensor& src);
+// Whether walking dst's (same-shape) layout reads src across its contiguous dim: a transpose,
+// where every read of an element-by-element walk is a new cache line.
+bool reads_across(const Tensor& dst, const Tensor& src);
 // Every element of dst = value; `op` names the caller in the error for a value dst's integer
 // dtype cannot hold.
 void fill(const Tensor& dst, double value, const char* op = "fill_");

@@ -463,32 +463,31 @@ Tensor floor_divide(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor remainder(const Tensor& a, const Tensor& b) {
-  auto d = division("remainder", a, b, [](auto p, auto q) { return remainder_of(p, q); });
+namespace {
+// a - b quotient(a, b), computed by f: the gradients are g and -g quotient(a, b).
+template <class F, class Q>
+Tensor modulo(const char* op, const Tensor& a, const Tensor& b, F f, Q quotient) {
+  auto d = division(op, a, b, f);
   if (!d.out.is_floating_point()) return d.out;
-  return record("remainder", {d.a, d.b}, d.out, [sa = SavedTensor(d.a), sb = SavedTensor(d.b)](const Tensor& g) {
+  return record(op, {d.a, d.b}, d.out, [op, quotient, sa = SavedTensor(d.a), sb = SavedTensor(d.b)](const Tensor& g) {
     Tensor gb;
     if (input_needs_grad(1))
-      dispatch_float(g.dtype(), "remainder", [&]<class T>() {
+      dispatch_float(g.dtype(), op, [&]<class T>() {
         gb = empty(g.shape(), g.dtype());
-        kernels::map_scalar<T, T, T, T>(gb, [](T gg, T p, T q) { return -gg * floor_div_of(p, q); }, g, sa.get(), sb.get());
+        kernels::map_scalar<T, T, T, T>(gb, [quotient](T gg, T p, T q) { return -gg * quotient(p, q); }, g, sa.get(), sb.get());
       });
     return Tensors{g, gb};
   });
 }
+}  // namespace
+
+Tensor remainder(const Tensor& a, const Tensor& b) {
+  return modulo("remainder", a, b, [](auto p, auto q) { return remainder_of(p, q); },
+                [](auto p, auto q) { return floor_div_of(p, q); });
+}
 
 Tensor fmod(const Tensor& a, const Tensor& b) {
-  auto d = division("fmod", a, b, [](auto p, auto q) { return fmod_of(p, q); });
-  if (!d.out.is_floating_point()) return d.out;
-  return record("fmod", {d.a, d.b}, d.out, [sa = SavedTensor(d.a), sb = SavedTensor(d.b)](const Tensor& g) {
-    Tensor gb;
-    if (input_needs_grad(1))
-      dispatch_float(g.dtype(), "fmod", [&]<class T>() {
-        gb = empty(g.shape(), g.dtype());
-        kernels::map_scalar<T, T, T, T>(gb, [](T gg, T p, T q) { return -gg * std::trunc(p / q); }, g, sa.get(), sb.get());
-      });
-    return Tensors{g, gb};
-  });
+  return modulo("fmod", a, b, [](auto p, auto q) { return fmod_of(p, q); }, [](auto p, auto q) { return std::trunc(p / q); });
 }
 
 Tensor floor_divide(const Tensor& a, double b) {

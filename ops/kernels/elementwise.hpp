@@ -19,6 +19,7 @@
 #include <numbers>
 #include <utility>
 
+#include "core/copy.hpp"
 #include "core/parallel.hpp"
 #include "core/strided.hpp"
 #include "core/tensor.hpp"
@@ -159,15 +160,8 @@ inline void run_1d(F& f, const std::array<char*, N>& p, std::int64_t n, const st
 // contiguous by the tiled copy -- several times cheaper than the gathers. The functor then sees
 // the same values in the same lanes, so the results are the same bits.
 inline Tensor staged_input(const Tensor& out, const Tensor& in) {
-  if (in.numel() < (1 << 14) || in.is_contiguous()) return in;
-  const StridedLoop<2> loop(out.shape(), {&out.strides(), &in.strides()}, {out.element_size(), in.element_size()});
-  const auto es = static_cast<std::int64_t>(in.element_size());
-  if (loop.ndim() < 2 || loop.stride(0, 0) != static_cast<std::int64_t>(out.element_size()) || loop.stride(0, 1) == es ||
-      loop.stride(0, 1) == 0)
-    return in;
-  for (int d = 1; d < loop.ndim(); ++d)
-    if (loop.stride(d, 1) == es && loop.size(d) >= 8) return in.detach().contiguous();  // a kernel input: nothing to record
-  return in;
+  if (in.numel() < (1 << 14) || in.is_contiguous() || !tg::detail::reads_across(out, in)) return in;
+  return in.detach().contiguous();  // a kernel input: nothing to record
 }
 
 template <class T, class F, class... Ins>
