@@ -97,4 +97,13 @@ class ResumeSettings {
   std::vector<std::string> taken_, differ_;
 };
 
+// The data a resumed run loaded (its source, e.g. "fashion-mnist:<folder>") must be the data
+// recorded in the run's config.json.
+inline void check_resumed_data(const nlohmann::json& cfg, const std::string& run, const std::string& source) {
+  TG_CHECK(!cfg.contains("data") || cfg["data"] == source,
+           "train --resume: the run in '{}' was trained on {}, not {}; resume with the same data (or train into a new "
+           "--out folder)",
+           run, cfg["data"].dump(), source);
+}
+
 }  // namespace tg::examples

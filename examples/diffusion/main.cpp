@@ -370,13 +370,8 @@ int train(TrainArgs a) {
   const std::string ckpt_path = a.out + "/checkpoint.safetensors";
   const bool resuming = a.resume && fs::exists(ckpt_path);
   if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", a.out);
-  if (resuming && previous) {  // the settings were taken from (or checked against) config.json; the data only now
-    const nlohmann::json& cfg = previous->json;
-    TG_CHECK(!cfg.contains("data") || cfg["data"] == data.train.source,
-             "train --resume: the run in '{}' was trained on {}, not {}; resume with the same data (or train into a new "
-             "--out folder)",
-             a.out, cfg["data"].dump(), data.train.source);
-  }
+  // The settings were taken from (or checked against) config.json; the data only now.
+  if (resuming && previous) examples::check_resumed_data(previous->json, a.out, data.train.source);
   std::int64_t ckpt_step = 0;
   if (resuming) {  // a trial load into this model (fit() loads it again): a checkpoint of another model fails here
     nn::Adam trial_opt(model.named_parameters(), {.lr = a.lr});

@@ -137,11 +137,7 @@ int train(TrainArgs a) {
   if (resuming) {
     // The settings were taken from (or checked against) config.json above; the data only now that
     // it is loaded.
-    const nlohmann::json cfg = load_run_config(out);
-    TG_CHECK(!cfg.contains("data") || cfg["data"] == data.train.source,
-             "train --resume: the run in '{}' was trained on {}, not {}; resume with the same data (or train into a new "
-             "--out folder)",
-             out, cfg["data"].dump(), data.train.source);
+    examples::check_resumed_data(load_run_config(out), out, data.train.source);
     const std::string ckpt = out + "/checkpoint.safetensors";
     const nn::SafetensorsFile file = nn::load_safetensors(ckpt);  // validated whole
     for (const nn::NamedTensor& t : model.state()) {
