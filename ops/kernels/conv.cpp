@@ -71,7 +71,7 @@
 #include "ops/kernels/conv_util.hpp"
 #include "ops/kernels/conv_winograd.hpp"
 #include "ops/kernels/gemm.hpp"
-#include "ops/kernels/simd_transpose.hpp"
+#include "core/simd_transpose.hpp"
 
 namespace tg::kernels {
 namespace {

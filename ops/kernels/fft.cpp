@@ -48,7 +48,7 @@
 #include <immintrin.h>
 
 #include "ops/kernels/simd_partial.hpp"
-#include "ops/kernels/simd_transpose.hpp"
+#include "core/simd_transpose.hpp"
 #endif
 
 #include <algorithm>

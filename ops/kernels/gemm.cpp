@@ -71,7 +71,7 @@
 #if XSIMD_WITH_AVX512F
 #include <immintrin.h>
 
-#include "ops/kernels/simd_transpose.hpp"
+#include "core/simd_transpose.hpp"
 #endif
 
 namespace tg::kernels {

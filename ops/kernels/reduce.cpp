@@ -281,24 +281,39 @@ void reduce_columns(ReduceOp op, const Tensor& x, const Split& s, T* out) {
 // Path C: the reduced dims end in a contiguous run of at least 64 elements, with kept dims
 // between them (x [N, C, H, W] summed over N, H and W: runs of H W). Each output combines the
 // blocks of its runs, as path A does within one row, in the row-major order of the reduced dims.
+// A task takes a range of outputs and walks their runs in memory order -- the first run of every
+// output in the range, then the second ... -- so that it reads x front to back. Output by output
+// it jumped 1 MiB between runs of 4 KiB, a new stream for the hardware prefetchers each time:
+// [64, 256, 32, 32] over (0, 2, 3) 3.8 -> 2.0 ms at 1 thread (PyTorch 1.13: 2.4 ms). Each output
+// still sees its runs in the same order, so the bits are unchanged.
 template <class T>
 void reduce_segments(ReduceOp op, const Tensor& x, const Split& s, T* out) {
   const std::int64_t K = s.kept_shape.numel(), R = s.red_shape.numel();
   const StridedLoop<1> kept(s.kept_shape, {&s.kept_strides}, {sizeof(T)});
   const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
   char* base = static_cast<char*>(x.raw_data());
-  const std::int64_t grain = std::max<std::int64_t>(1, kRowBlock / std::max<std::int64_t>(R, 1));
+  // Byte offsets of the runs from an output's first element, in the reduced dims' order.
+  const std::int64_t run = red.inner_size();
+  std::vector<std::int64_t> runs;
+  runs.reserve(static_cast<std::size_t>(R / run));
+  red.run({base}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t, const std::array<std::int64_t, 1>&) {
+    runs.push_back(rp[0] - base);
+  });
+  const std::int64_t grain = std::max<std::int64_t>(1, std::max(kRowBlock / R, (K + 7) / 8));
   parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
+    std::vector<const char*> first;  // each output's first element
+    first.reserve(static_cast<std::size_t>(k1 - k0));
     kept.run({base}, k0, k1, [&](const std::array<char*, 1>& q, std::int64_t n, const std::array<std::int64_t, 1>& st) {
-      for (std::int64_t i = 0; i < n; ++i, ++k0) {
-        Wide<T> acc = identity<Wide<T>>(op);
-        red.run({q[0] + i * st[0]}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t rn, const std::array<std::int64_t, 1>&) {
-          const T* p = reinterpret_cast<const T*>(rp[0]);  // a contiguous run of the innermost reduced dim
-          for (std::int64_t b = 0; b < rn; b += kRowBlock) acc = combine(op, acc, reduce_block_acc(op, p + b, std::min(kRowBlock, rn - b)));
-        });
-        out[k0] = static_cast<T>(acc);
-      }
+      for (std::int64_t i = 0; i < n; ++i) first.push_back(q[0] + i * st[0]);
     });
+    std::vector<Wide<T>> acc(first.size(), identity<Wide<T>>(op));
+    for (const std::int64_t offset : runs)
+      for (std::size_t i = 0; i < first.size(); ++i) {
+        const T* p = reinterpret_cast<const T*>(first[i] + offset);  // a contiguous run of the innermost reduced dim
+        for (std::int64_t b = 0; b < run; b += kRowBlock)
+          acc[i] = combine(op, acc[i], reduce_block_acc(op, p + b, std::min(kRowBlock, run - b)));
+      }
+    for (std::size_t i = 0; i < first.size(); ++i) out[k0 + static_cast<std::int64_t>(i)] = static_cast<T>(acc[i]);
   });
 }
 

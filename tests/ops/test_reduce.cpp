@@ -105,7 +105,8 @@ TEST_CASE("reductions over middle axes (kept runs of contiguous elements) match 
   };
   // Then reduced dims ending in a contiguous run of 70 or 128 with kept dims between them.
   const Case cases[] = {{{3, 9, 37}, {1}},    {{4, 6, 5, 40}, {1}}, {{4, 6, 5, 40}, {0, 2}},  {{2, 7, 600}, {1}},
-                        {{5, 3, 40}, {0, 1}}, {{6, 5, 70}, {0, 2}}, {{3, 4, 8, 16}, {0, 2, 3}}, {{2, 3, 4, 8, 16}, {1, 3, 4}}};
+                        {{5, 3, 40}, {0, 1}}, {{6, 5, 70}, {0, 2}}, {{3, 4, 8, 16}, {0, 2, 3}}, {{2, 3, 4, 8, 16}, {1, 3, 4}},
+                        {{5, 37, 3, 70}, {0, 2, 3}}};  // 37 outputs: several tasks, each walking its runs in memory order
   for (const Case& k : cases) {
     INFO(fmt::format("shape {} axes {}", k.shape, k.axes));
     const Tensor x = test::uniform(k.shape, 0.5, 1.5, DType::f64, 21);
@@ -116,6 +117,10 @@ TEST_CASE("reductions over middle axes (kept runs of contiguous elements) match 
       CHECK_ALLCLOSE(c.op(x.to(DType::f32), k.axes, false), want, 2e-5, 1e-6);
     }
   }
+  // The same through a view whose kept dim is not between the reduced ones in memory.
+  const Tensor base = test::uniform({37, 5, 80}, 0.5, 1.5, DType::f64, 25);
+  const Tensor view = base.narrow(2, 0, 70).permute({1, 0, 2});  // [5, 37, 70]: runs of 70, kept dim outermost
+  CHECK_ALLCLOSE(ops::sum(view, {0, 2}), test::ref::reduce(view, {0, 2}, false, reduce_cases()[0].ref), 1e-12, 1e-13);
   // NaN wins in max/min whichever side it is on; integers too.
   Tensor withnan = test::uniform({3, 4, 20}, -1, 1, DType::f32, 22).clone();
   withnan.narrow(0, 1, 1).narrow(1, 2, 1).narrow(2, 5, 1).fill_(NAN);

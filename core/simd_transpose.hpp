@@ -1,6 +1,8 @@
-// In-register transposes of AVX-512 blocks, shared by the kernels that change layouts on the fly
-// (GEMM packing, FFT lane-major loads/stores, attention's transposed scores, the convolution's
-// weight-gradient layout). Internal to ops/kernels: includes intrinsics headers.
+// In-register transposes of AVX-512 blocks, shared by the code that changes layouts on the fly:
+// transposing tensor copies (core/copy.cpp, hence this header's place in core/), GEMM packing, FFT
+// lane-major loads/stores, attention's transposed scores, the convolution's weight-gradient
+// layout. Internal (not part of the API): includes intrinsics headers. The namespace is that of
+// the other SIMD helpers in ops/kernels.
 #pragma once
 
 #if defined(__AVX512F__)
