@@ -1,8 +1,12 @@
 // Shape and indexing ops: frontends and backward rules (kernels in ops/kernels/index.cpp).
 #include "ops/shape.hpp"
 
+#include <algorithm>
+#include <vector>
+
 #include "core/autograd.hpp"
 #include "core/copy.hpp"
+#include "core/parallel.hpp"
 #include "ops/common.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/kernels/index.hpp"
@@ -22,17 +26,38 @@ Tensor checked_index(const Tensor& index, std::int64_t size, const char* op, boo
   check_defined(index, op, "index");
   TG_CHECK(index.dtype() == DType::i64 || index.dtype() == DType::i32,
            "{}: index must be an integer tensor (i64 or i32), got {} (shape {})", op, index.dtype(), index.shape());
-  // A private copy: negative entries are rewritten below, and the backward keeps the index, so it
-  // must not change when the caller later writes to theirs.
-  Tensor idx = index.detach().to(DType::i64).contiguous();
-  if (idx.storage() == index.storage()) idx = idx.clone();
-  std::int64_t* p = idx.data<std::int64_t>();
-  const std::int64_t n = idx.numel();
-  for (std::int64_t i = 0; i < n; ++i) {
-    TG_CHECK(p[i] >= (allow_negative ? -size : 0) && p[i] < size, "{}: index {} is out of range for a dim of size {}",
-             op, p[i], size);
-    if (p[i] < 0) p[i] += size;
-  }
+  // A private copy: negative entries are rewritten, and the backward keeps the index, so it must
+  // not change when the caller later writes to theirs. Copied, wrapped and range-checked in one
+  // parallel pass (chunk minima and maxima); the first bad entry is looked up only on failure.
+  const Tensor src = index.detach().contiguous();
+  Tensor idx = empty(index.shape(), DType::i64, op);
+  std::int64_t* out = idx.data<std::int64_t>();
+  const std::int64_t n = idx.numel(), lowest = allow_negative ? -size : 0;
+  constexpr std::int64_t kGrain = 1 << 16;
+  std::vector<std::int64_t> lo(static_cast<std::size_t>((n + kGrain - 1) / kGrain), 0), hi(lo.size(), 0);
+  auto scan = [&]<class I>(const I* in) {
+    parallel_for(n, kGrain, [&](std::int64_t b, std::int64_t e) {
+      std::int64_t mn = in[b], mx = in[b];
+      for (std::int64_t i = b; i < e; ++i) {
+        const std::int64_t v = in[i];
+        mn = std::min(mn, v);
+        mx = std::max(mx, v);
+        out[i] = v < 0 ? v + size : v;
+      }
+      lo[static_cast<std::size_t>(b / kGrain)] = mn;
+      hi[static_cast<std::size_t>(b / kGrain)] = mx;
+    });
+    const bool bad = (!lo.empty() && *std::min_element(lo.begin(), lo.end()) < lowest) ||
+                     (!hi.empty() && *std::max_element(hi.begin(), hi.end()) >= size);
+    if (bad)
+      for (std::int64_t i = 0; i < n; ++i)
+        TG_CHECK(in[i] >= lowest && in[i] < size, "{}: index {} is out of range for a dim of size {}", op,
+                 static_cast<std::int64_t>(in[i]), size);
+  };
+  if (src.dtype() == DType::i64)
+    scan(src.data<std::int64_t>());
+  else
+    scan(src.data<std::int32_t>());
   return idx;
 }
 

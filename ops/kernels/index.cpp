@@ -1,6 +1,7 @@
 #include "ops/kernels/index.hpp"
 
 #include <cstring>
+#include <vector>
 
 #include "core/parallel.hpp"
 #include "core/strided.hpp"
@@ -78,6 +79,13 @@ void gather(const Tensor& x, int axis, const Tensor& index, const Tensor& out) {
                                     static_cast<char*>(x.raw_data())};
     parallel_for(loop.numel(), 1 << 14, [&](std::int64_t b, std::int64_t e) {
       loop.run(base, b, e, [&](const std::array<char*, 3>& p, std::int64_t n, const std::array<std::int64_t, 3>& st) {
+        if (st[0] == sizeof(T) && st[1] == sizeof(std::int64_t) && st[2] == 0) {  // along a row of x: typed loads
+          T* o = reinterpret_cast<T*>(p[0]);
+          const std::int64_t* k = reinterpret_cast<const std::int64_t*>(p[1]);
+          const T* row = reinterpret_cast<const T*>(p[2]);
+          for (std::int64_t i = 0; i < n; ++i) o[i] = row[k[i] * step];
+          return;
+        }
         for (std::int64_t i = 0; i < n; ++i) {
           const std::int64_t k = *reinterpret_cast<const std::int64_t*>(p[1] + i * st[1]);
           *reinterpret_cast<T*>(p[0] + i * st[0]) = reinterpret_cast<const T*>(p[2] + i * st[2])[k * step];
@@ -88,32 +96,57 @@ void gather(const Tensor& x, int axis, const Tensor& index, const Tensor& out) {
 }
 
 void scatter_add(const Tensor& out, int axis, const Tensor& index, const Tensor& src) {
-  // Parallel over the positions of index with its `axis` coordinate fixed to 0; each task adds
-  // the entries along `axis` in order, so no two tasks touch one output element.
+  // A lane is a position of index with its `axis` coordinate fixed to 0; its entries along `axis`
+  // may add into the same output element, so each lane's entries are added in order, and lanes
+  // go to tasks in ranges: no two tasks touch one output element, and each element sums its
+  // contributions in the order of the indexed dim whatever the chunking or thread count.
+  // Along the last dim a task walks each lane's row; otherwise the lanes of a range lie side by
+  // side in memory, so the task takes entry j of all of them, then entry j + 1 ...: it reads src
+  // and index front to back instead of down their columns ([4096, 1024] f32 along dim 0: 80-87 ->
+  // 24-32 ms at 1 thread, PyTorch 1.13 24 ms).
   const Shape& is = index.shape();
   const Strides os = out.strides(), ss = contiguous_strides(is);
   Shape lanes = is;
   lanes[axis] = 1;
-  const std::int64_t L = lanes.numel(), len = is[axis];
+  const std::int64_t L = lanes.numel(), len = is[axis], step = ss[axis], ostep = os[axis];
+  const bool along_rows = step == 1;  // the indexed dim is index's (and src's) innermost
   const std::int64_t* idx = index.data<std::int64_t>();
+  auto offsets = [&](std::int64_t f, std::int64_t& out_off, std::int64_t& src_off) {
+    std::int64_t rem = f;
+    out_off = 0;
+    src_off = 0;
+    for (int d = lanes.size() - 1; d >= 0; --d) {
+      const std::int64_t i = rem % lanes[d];
+      rem /= lanes[d];
+      out_off += i * os[d];
+      src_off += i * ss[d];
+    }
+  };
   dispatch_numeric(out.dtype(), "scatter_add", [&]<class T>() {
     T* op = out.data<T>();
     const T* sp = src.data<T>();
-    parallel_for(L, 1 << 12, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t f = b; f < e; ++f) {
-        std::int64_t rem = f, out_off = 0, src_off = 0;
-        for (int d = lanes.size() - 1; d >= 0; --d) {
-          const std::int64_t i = rem % lanes[d];
-          rem /= lanes[d];
-          out_off += i * os[d];
-          src_off += i * ss[d];
+    const std::int64_t grain = std::max<std::int64_t>(along_rows ? 1 : 64, (1 << 14) / std::max<std::int64_t>(len, 1));
+    parallel_for(L, grain, [&](std::int64_t b, std::int64_t e) {
+      if (along_rows) {
+        for (std::int64_t f = b; f < e; ++f) {
+          std::int64_t out_off, src_off;
+          offsets(f, out_off, src_off);
+          T* orow = op + out_off;
+          for (std::int64_t j = 0; j < len; ++j) {
+            T& o = orow[idx[src_off + j] * ostep];
+            o = wrapping_add(o, sp[src_off + j]);
+          }
         }
-        for (std::int64_t j = 0; j < len; ++j) {
-          const std::int64_t s = src_off + j * ss[axis];
-          T& o = op[out_off + idx[s] * os[axis]];
+        return;
+      }
+      std::vector<std::int64_t> out_offs(static_cast<std::size_t>(e - b)), src_offs(out_offs.size());
+      for (std::int64_t f = b; f < e; ++f) offsets(f, out_offs[f - b], src_offs[f - b]);
+      for (std::int64_t j = 0; j < len; ++j)
+        for (std::size_t l = 0; l < out_offs.size(); ++l) {
+          const std::int64_t s = src_offs[l] + j * step;
+          T& o = op[out_offs[l] + idx[s] * ostep];
           o = wrapping_add(o, sp[s]);
         }
-      }
     });
   });
 }
