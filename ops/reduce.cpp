@@ -359,6 +359,17 @@ Tensor norm(const Tensor& x, double p, const Shape& axes, bool keepdim) {
   });
 }
 
+Tensor normalize(const Tensor& x, double p, std::int64_t axis, double eps) {
+  check_defined(x, "normalize", "x");
+  TG_CHECK(x.is_floating_point(), "normalize: expected a floating-point tensor, got {} (shape {})", x.dtype(), x.shape());
+  TG_CHECK(x.dim() > 0, "normalize: expected a tensor with at least one dim, got a 0-d tensor");
+  const int a = normalize_axis(axis, x.dim(), "normalize", x.shape());
+  TG_CHECK(p == 1.0 || p == 2.0 || (std::isinf(p) && p > 0), "normalize: p must be 1, 2 or infinity, got {}", p);
+  TG_CHECK(std::isfinite(eps) && eps >= 0, "normalize: eps must be finite and >= 0, got {}", eps);
+  const Tensor n = norm(x, p, {a}, /*keepdim=*/true);  // [..., 1, ...]
+  return div(x, clamp(n, eps, std::nullopt));
+}
+
 Tensor cumsum(const Tensor& x_in, std::int64_t axis) {
   check_defined(x_in, "cumsum", "x");
   const Tensor x = x_in.is_floating_point() || x_in.dtype() == DType::i64 ? x_in : x_in.to(DType::i64);

@@ -45,6 +45,10 @@ Tensor stddev(const Tensor& x, const Shape& axes = {}, double correction = 1.0, 
 // Vector norm over `axes`: p = 1, 2 or infinity. The L2 gradient at 0 is 0.
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 Tensor norm(const Tensor& x, double p = 2.0, const Shape& axes = {}, bool keepdim = false);
+// x / max(norm(x, p) along `axis`, eps), as torch.nn.functional.normalize: unit vectors along
+// `axis` (p = 1, 2 or infinity). A slice whose norm is below eps is divided by eps instead (an all-
+// zero slice stays zero, with gradient 1 / eps), so the result is finite wherever x is.
+Tensor normalize(const Tensor& x, double p = 2.0, std::int64_t axis = -1, double eps = 1e-12);
 // Inclusive cumulative sum along `axis`.
 Tensor cumsum(const Tensor& x, std::int64_t axis);
 

@@ -414,6 +414,50 @@ Tensor repeat(const Tensor& x, const Shape& repeats) {
   return x.reshape(viewed).expand(expanded).reshape(out_shape);
 }
 
+namespace {
+
+// repeat_interleave through index_select: entry i of `axis` is selected counts[i] times.
+Tensor repeat_entries(const Tensor& x, const std::vector<std::int64_t>& counts, int axis) {
+  std::int64_t total = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    TG_CHECK(counts[i] >= 0, "repeat_interleave: negative repeat count {} (entry {})", counts[i], i);
+    TG_CHECK(!__builtin_add_overflow(total, counts[i], &total) && total <= (std::int64_t{1} << 40),
+             "repeat_interleave: the repeats of x of shape {} along dim {} are too many (more than 2^40)", x.shape(), axis);
+  }
+  Tensor index = empty({total}, DType::i64, "repeat_interleave");
+  std::int64_t* p = index.data<std::int64_t>();
+  for (std::size_t i = 0; i < counts.size(); ++i) p = std::fill_n(p, counts[i], static_cast<std::int64_t>(i));
+  return index_select(x, axis, index);
+}
+
+}  // namespace
+
+Tensor repeat_interleave(const Tensor& x, std::int64_t repeats, std::int64_t axis) {
+  check_defined(x, "repeat_interleave", "x");
+  TG_CHECK(x.dim() > 0, "repeat_interleave: expected a tensor with at least one dim, got a 0-d tensor");
+  const int a = normalize_axis(axis, x.dim(), "repeat_interleave", x.shape());
+  TG_CHECK(repeats >= 0, "repeat_interleave: negative repeat count {}", repeats);
+  return repeat_entries(x, std::vector<std::int64_t>(static_cast<std::size_t>(x.shape()[a]), repeats), a);
+}
+
+Tensor repeat_interleave(const Tensor& x, const Tensor& repeats, std::int64_t axis) {
+  check_defined(x, "repeat_interleave", "x");
+  check_defined(repeats, "repeat_interleave", "repeats");
+  TG_CHECK(x.dim() > 0, "repeat_interleave: expected a tensor with at least one dim, got a 0-d tensor");
+  const int a = normalize_axis(axis, x.dim(), "repeat_interleave", x.shape());
+  TG_CHECK(repeats.dtype() == DType::i64 || repeats.dtype() == DType::i32,
+           "repeat_interleave: repeats must be an integer tensor (i64 or i32), got {} (shape {})", repeats.dtype(),
+           repeats.shape());
+  const std::int64_t n = x.shape()[a];
+  TG_CHECK(repeats.dim() <= 1 && (repeats.numel() == n || repeats.numel() == 1),
+           "repeat_interleave: repeats of shape {} must hold one count per entry of dim {} of x (shape {}: {}) or one "
+           "count",
+           repeats.shape(), a, x.shape(), n);
+  std::vector<std::int64_t> counts = repeats.to(DType::i64).contiguous().to_vector<std::int64_t>();
+  if (counts.size() == 1) counts.assign(static_cast<std::size_t>(n), counts[0]);
+  return repeat_entries(x, counts, a);
+}
+
 Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis) {
   check_defined(x, "roll", "x");
   const int a = normalize_axis(axis, x.dim(), "roll", x.shape());

@@ -57,6 +57,12 @@ Tensor pad(const Tensor& x, const std::vector<std::int64_t>& pads, PadMode mode 
            double value = 0.0);
 // Tiles x: out.shape[d] = x.shape[d] * repeats[d] (extra leading repeats add dims), as torch.repeat.
 Tensor repeat(const Tensor& x, const Shape& repeats);
+// Repeats each entry of x along `axis` `repeats` times in place (torch.repeat_interleave):
+// [a, b] -> [a, a, b, b]; out.shape[axis] = x.shape[axis] * repeats. The second form takes one
+// count per entry (a 1-D integer tensor of x.shape[axis] counts, or a single count for all). x
+// needs at least one dim. The backward sums each entry's copies, in order.
+Tensor repeat_interleave(const Tensor& x, std::int64_t repeats, std::int64_t axis);
+Tensor repeat_interleave(const Tensor& x, const Tensor& repeats, std::int64_t axis);
 // Shifts elements along `axis` by `shift` (wrapping around).
 Tensor roll(const Tensor& x, std::int64_t shift, std::int64_t axis);
 

@@ -347,6 +347,53 @@ TEST_CASE("reductions: 1 vs N threads give identical bits", "[ops][reduce][threa
   }));
 }
 
+TEST_CASE("normalize: unit vectors along an axis, eps floor, gradcheck, thread bit-equality", "[ops][reduce][grad][normalize]") {
+  // Naive: each slice along `axis` divided by max(its p-norm, eps).
+  const Tensor x = test::randn({3, 5, 4}, DType::f64, 50);
+  const std::vector<double> xv = x.to_vector<double>();
+  for (double p : {1.0, 2.0, ops::kInf}) {
+    const std::vector<double> got = ops::normalize(x, p, 1).to_vector<double>();
+    for (int i = 0; i < 3; ++i)
+      for (int k = 0; k < 4; ++k) {
+        double n = 0;
+        for (int j = 0; j < 5; ++j) {
+          const double v = std::abs(xv[(i * 5 + j) * 4 + k]);
+          n = p == 1.0 ? n + v : p == 2.0 ? n + v * v : std::max(n, v);
+        }
+        if (p == 2.0) n = std::sqrt(n);
+        for (int j = 0; j < 5; ++j) CHECK(got[(i * 5 + j) * 4 + k] == Approx(xv[(i * 5 + j) * 4 + k] / n).epsilon(1e-14));
+      }
+  }
+  // A zero slice stays zero, with gradient 1 / eps (the norm's and the clamp's gradients are 0 there).
+  Tensor z = zeros({2, 3}, DType::f64);
+  z.narrow(0, 1, 1).copy_(tensor({3, 0, 4}, {1, 3}, DType::f64));
+  z.requires_grad_();
+  const Tensor y = ops::normalize(z, 2.0, -1, 0.5);
+  CHECK(y.to_vector<double>() == std::vector<double>{0, 0, 0, 0.6, 0, 0.8});
+  y.backward(tensor({1, 2, 3, 0, 0, 0}, {2, 3}, DType::f64));
+  CHECK(z.grad().narrow(0, 0, 1).to_vector<double>() == std::vector<double>{2, 4, 6});
+  // Gradients: odd sizes, non-contiguous layouts, each p; eps above some slices' norms.
+  for (double p : {1.0, 2.0, ops::kInf}) {
+    INFO(p);
+    CHECK_GRADCHECK([p](const Tensors& v) { return ops::normalize(v[0], p, 0); },
+                    {test::transposed_layout(test::randn({7, 3}, DType::f64, 51))});
+    CHECK_GRADCHECK([p](const Tensors& v) { return ops::normalize(v[0], p, -1); }, {test::strided_layout(test::randn({5, 9}, DType::f64, 52))});
+    CHECK_GRADCHECK([p](const Tensors& v) { return ops::normalize(v[0], p, 1, 1.5); }, {test::randn({4, 3, 2}, DType::f64, 53)});
+  }
+  const Tensor big = test::randn({300, 517}, DType::f32, 54);
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor v = big.detach().requires_grad_();
+    const Tensor out = ops::normalize(v, 2.0, 0);
+    out.backward(ops::mul(big, 0.5));
+    return Tensors{out, v.grad(), ops::normalize(big, 1.0, 1)};
+  }));
+  CHECK_THROWS_WITH(ops::normalize(x, 3.0), Contains("normalize: p must be 1, 2 or infinity, got 3"));
+  CHECK_THROWS_WITH(ops::normalize(x, 2.0, 3), Contains("normalize: axis 3 is out of range"));
+  CHECK_THROWS_WITH(ops::normalize(x, 2.0, 0, -1.0), Contains("normalize: eps must be finite and >= 0"));
+  CHECK_THROWS_WITH(ops::normalize(arange(3)), Contains("normalize: expected a floating-point tensor, got i64"));
+  CHECK_THROWS_WITH(ops::normalize(scalar_tensor(1.0)), Contains("normalize: expected a tensor with at least one dim"));
+}
+
 TEST_CASE("reductions report bad axes", "[ops][reduce][errors]") {
   const Tensor x = zeros({2, 3});
   CHECK_THROWS_WITH(ops::sum(x, {2}), Contains("sum: axis 2 is out of range for a 2-d tensor of shape [2, 3]"));

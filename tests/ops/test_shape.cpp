@@ -164,6 +164,44 @@ TEST_CASE("gather and scatter_add along outer and middle dims match a naive loop
   CHECK_THROWS_WITH(ops::embedding(w, i64({0, -1})), Contains("embedding: index -1 is out of range for a dim of size 2"));
 }
 
+TEST_CASE("repeat_interleave: values, per-entry counts, gradcheck, thread bit-equality", "[ops][shape][grad][repeat_interleave]") {
+  const Tensor x = tensor({1, 2, 3, 4, 5, 6}, {2, 3}, DType::f64);
+  CHECK(ops::repeat_interleave(x, 2, 0).to_vector<double>() == std::vector<double>{1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6});
+  CHECK(ops::repeat_interleave(x, 2, -1).to_vector<double>() == std::vector<double>{1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6});
+  CHECK(ops::repeat_interleave(x, 0, 1).shape() == Shape{2, 0});
+  CHECK(ops::repeat_interleave(x, i64({0, 3, 1}), 1).to_vector<double>() == std::vector<double>{2, 2, 2, 3, 5, 5, 5, 6});
+  CHECK(ops::repeat_interleave(x, tensor({2}, DType::i32), 0).shape() == Shape{4, 3});  // one count for all
+  CHECK(ops::repeat_interleave(arange(3), 2, 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0, 1, 1, 2, 2});
+  // Naive reference on a larger non-contiguous input, per-entry counts along the middle dim.
+  const Tensor big = test::transposed_layout(test::randn({7, 40, 9}, DType::f32, 60));
+  const Tensor counts = randint(0, 4, {big.shape()[1]}, DType::i64);
+  const Tensor got = ops::repeat_interleave(big, counts, 1);
+  const std::vector<std::int64_t> cv = counts.to_vector<std::int64_t>();
+  std::vector<Tensor> pieces;
+  for (std::int64_t i = 0; i < big.shape()[1]; ++i)
+    for (std::int64_t r = 0; r < cv[static_cast<std::size_t>(i)]; ++r) pieces.push_back(big.narrow(1, i, 1));
+  CHECK(got.to_vector<float>() == ops::cat(pieces, 1).to_vector<float>());
+  // Gradients: each entry's copies summed.
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::repeat_interleave(v[0], 3, 0); },
+                  {test::transposed_layout(test::randn({5, 3}, DType::f64, 61))});
+  const Tensor c = i64({2, 0, 1, 3, 1});
+  CHECK_GRADCHECK([&](const Tensors& v) { return ops::repeat_interleave(v[0], c, -1); }, {test::strided_layout(test::randn({3, 5}, DType::f64, 62))});
+  CHECK(test::same_bits_across_threads([&] {
+    Tensor v = test::randn({200, 300}, DType::f32, 63).requires_grad_();
+    const Tensor out = ops::repeat_interleave(v, 5, 0);
+    out.backward(test::randn(out.shape(), DType::f32, 64));
+    return Tensors{out, v.grad()};
+  }));
+  CHECK_THROWS_WITH(ops::repeat_interleave(x, -1, 0), Contains("repeat_interleave: negative repeat count -1"));
+  CHECK_THROWS_WITH(ops::repeat_interleave(x, i64({1, -2, 1}), 1), Contains("negative repeat count -2 (entry 1)"));
+  CHECK_THROWS_WITH(ops::repeat_interleave(x, i64({1, 2}), 1),
+                    Contains("repeat_interleave: repeats of shape [2] must hold one count per entry of dim 1 of x (shape [2, 3]: 3)"));
+  CHECK_THROWS_WITH(ops::repeat_interleave(x, tensor({1.0, 2.0, 1.0}), 1), Contains("repeats must be an integer tensor"));
+  CHECK_THROWS_WITH(ops::repeat_interleave(x, 2, 2), Contains("repeat_interleave: axis 2 is out of range"));
+  CHECK_THROWS_WITH(ops::repeat_interleave(scalar_tensor(1.0), 2, 0), Contains("at least one dim, got a 0-d tensor"));
+  CHECK_THROWS_WITH(ops::repeat_interleave(x, std::int64_t{1} << 40, 0), Contains("too many (more than 2^40)"));
+}
+
 TEST_CASE("masked_fill, tril, triu, one_hot", "[ops][shape]") {
   const Tensor x = tensor({1, 2, 3, 4, 5, 6, 7, 8, 9}, {3, 3}, DType::f64);
   CHECK(ops::masked_fill(x, ops::gt(x, 4.0), -1).to_vector<double>() == std::vector<double>{1, 2, 3, 4, -1, -1, -1, -1, -1});

@@ -372,6 +372,11 @@ std::optional<Tensors> shape_op(const Case& c) {
     return Tensors{ops::pad(c.t("x"), ints(c, "pads"), mode, c.f("value", 0.0))};
   }
   if (op == "repeat") return Tensors{ops::repeat(c.t("x"), c.shape("repeats"))};
+  if (op == "repeat_interleave") {
+    if (c.has("repeats")) return Tensors{ops::repeat_interleave(c.t("x"), c.i("repeats"), c.i("axis"))};
+    return Tensors{ops::repeat_interleave(c.t("x"), c.t("_index"), c.i("axis"))};
+  }
+  if (op == "normalize") return Tensors{ops::normalize(c.t("x"), c.f("p"), c.i("axis"), c.f("eps"))};
   if (op == "roll") return Tensors{ops::roll(c.t("x"), c.i("shift"), c.i("axis"))};
   return std::nullopt;
 }

@@ -1565,6 +1565,16 @@ for _n, _f, _extra in (
                (lambda f: lambda T, P: f(T["x"], dims_of(T, P), bool(P["keepdim"]), P))(_f), 0.5, _n)
 
 
+@op("normalize")
+def _normalize():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 3, SHAPE_DIMS + [17, 64])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        params = {"p": pick(rng, [1.0, 2.0, 2.0, math.inf]), "axis": axis, "eps": pick(rng, [1e-12, 1e-12, 0.1, 3.0])}
+        return params, [inp(rng, "x", shape, nc=0.4)]
+    return gen, lambda T, P: F.normalize(T["x"], p=P["p"], dim=P["axis"], eps=P["eps"])
+
+
 # The gradient of std on a constant slice is 0 by convention, which holds only where the computed
 # std is exactly 0: torch's dim reductions (Welford) give 0 there; its full reductions and tapegrad
 # may leave a rounding residue of the mean, and then the O(1) gradient (x - mean) / (n std) of that
@@ -1876,6 +1886,25 @@ def _roll():
         n = shape[axis]
         return {"shift": int(rng.integers(-2 * n - 1, 2 * n + 2)), "axis": axis}, [inp(rng, "x", shape, nc=0.4)]
     return gen, lambda T, P: torch.roll(T["x"], P["shift"], P["axis"])
+
+
+@op("repeat_interleave")
+def _repeat_interleave():
+    def gen(rng):
+        shape = rand_shape(rng, 1, 3, SHAPE_DIMS + [0, 17])
+        axis = int(rng.integers(-len(shape), len(shape)))
+        n = shape[axis]
+        x = inp(rng, "x", shape, nc=0.4)
+        if rng.random() < 0.5:  # one count for every entry
+            return {"repeats": pick(rng, [0, 1, 2, 3, 5]), "axis": axis}, [x]
+        # one count per entry (sometimes a single count in a 1-element tensor)
+        counts = rng.integers(0, 4, size=n if rng.random() < 0.85 else 1)
+        return {"axis": axis}, [x, index_ts(rng, counts)]
+
+    def ref(T, P):
+        reps = P["repeats"] if "repeats" in P else T["_index"].long()
+        return torch.repeat_interleave(T["x"], reps, dim=P["axis"])
+    return gen, ref
 
 
 def reshape_target(rng, shape):
