@@ -12,7 +12,8 @@ install(TARGETS tapegrad tapegrad_core tapegrad_ops tapegrad_nn tapegrad_models
 foreach(layer core ops nn models)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/${layer} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tapegrad
           FILES_MATCHING PATTERN "*.hpp"
-          PATTERN "kernels" EXCLUDE)  # kernel headers are internal to ops/
+          PATTERN "kernels" EXCLUDE  # kernel headers are internal to ops/
+          PATTERN "simd_transpose.hpp" EXCLUDE)  # internal too (intrinsics), shared by core/ and the kernels
 endforeach()
 install(EXPORT tapegradTargets NAMESPACE tapegrad:: DESTINATION ${TAPEGRAD_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/tapegradConfig.cmake.in

@@ -34,8 +34,9 @@ To convert(From v) {
 // every source read is a new cache line (and, 4 KiB or more apart, a new page); in tiles the
 // tile's source lines stay in L1 while the destination rows are written. Tiles of the dj dim
 // (times the other dims) run in parallel. Same-type copies of 4- and 8-byte elements go through
-// registers (16 x 16 / 8 x 8 blocks of a 64 x 64 tile): [4096, 1024] f32 transposed 11 -> 2.7 ms
-// at 1 thread (PyTorch 1.13: 3.9 ms); element by element it was bound by the per-element loop.
+// registers (16 x 16 / 8 x 8 blocks of a 64 x 64 tile): [4096, 1024] f32 transposed 11 -> 1.5 ms
+// at 1 thread (PyTorch 1.13: 3.1-3.9 ms); element by element it was bound by the per-element loop.
+// dst and src must not overlap (Tensor::copy_ copies through a clone when they share storage).
 template <class To, class From>
 void copy_tiled(const StridedLoop<2>& loop, int j, const std::array<char*, 2>& base) {
 #if defined(__AVX512F__)

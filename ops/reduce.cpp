@@ -364,8 +364,10 @@ Tensor normalize(const Tensor& x, double p, std::int64_t axis, double eps) {
   TG_CHECK(x.is_floating_point(), "normalize: expected a floating-point tensor, got {} (shape {})", x.dtype(), x.shape());
   TG_CHECK(x.dim() > 0, "normalize: expected a tensor with at least one dim, got a 0-d tensor");
   const int a = normalize_axis(axis, x.dim(), "normalize", x.shape());
-  TG_CHECK(p == 1.0 || p == 2.0 || (std::isinf(p) && p > 0), "normalize: p must be 1, 2 or infinity, got {}", p);
-  TG_CHECK(std::isfinite(eps) && eps >= 0, "normalize: eps must be finite and >= 0, got {}", eps);
+  TG_CHECK(p == 1.0 || p == 2.0 || (std::isinf(p) && p > 0), "normalize: p must be 1, 2 or infinity, got {} (x {})",
+           p, x.shape());
+  TG_CHECK(std::isfinite(eps) && eps >= 0, "normalize: eps must be finite and >= 0, got {} (x {})", eps, x.shape());
+  if (x.numel() == 0) return mul(x, 1.0);  // (the infinity norm of an empty slice does not exist)
   const Tensor n = norm(x, p, {a}, /*keepdim=*/true);  // [..., 1, ...]
   return div(x, clamp(n, eps, std::nullopt));
 }

@@ -47,7 +47,8 @@ inline constexpr double kInf = std::numeric_limits<double>::infinity();
 Tensor norm(const Tensor& x, double p = 2.0, const Shape& axes = {}, bool keepdim = false);
 // x / max(norm(x, p) along `axis`, eps), as torch.nn.functional.normalize: unit vectors along
 // `axis` (p = 1, 2 or infinity). A slice whose norm is below eps is divided by eps instead (an all-
-// zero slice stays zero, with gradient 1 / eps), so the result is finite wherever x is.
+// zero slice stays zero, with gradient 1 / eps), so with eps > 0 the result is finite wherever x
+// is. An empty x gives an empty result (torch refuses p = infinity over an empty dim).
 Tensor normalize(const Tensor& x, double p = 2.0, std::int64_t axis = -1, double eps = 1e-12);
 // Inclusive cumulative sum along `axis`.
 Tensor cumsum(const Tensor& x, std::int64_t axis);

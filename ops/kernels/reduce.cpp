@@ -292,14 +292,11 @@ void reduce_segments(ReduceOp op, const Tensor& x, const Split& s, T* out) {
   const StridedLoop<1> kept(s.kept_shape, {&s.kept_strides}, {sizeof(T)});
   const StridedLoop<1> red(s.red_shape, {&s.red_strides}, {sizeof(T)});
   char* base = static_cast<char*>(x.raw_data());
-  // Byte offsets of the runs from an output's first element, in the reduced dims' order.
   const std::int64_t run = red.inner_size();
-  std::vector<std::int64_t> runs;
-  runs.reserve(static_cast<std::size_t>(R / run));
-  red.run({base}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t, const std::array<std::int64_t, 1>&) {
-    runs.push_back(rp[0] - base);
-  });
-  const std::int64_t grain = std::max<std::int64_t>(1, std::max(kRowBlock / R, (K + 7) / 8));
+  // Ranges of outputs, about 4 per thread: each output is one task's, so neither the range sizes
+  // nor the thread count change the bits.
+  const std::int64_t parts = 4 * static_cast<std::int64_t>(num_threads());
+  const std::int64_t grain = std::max<std::int64_t>(1, std::max(kRowBlock / R, (K + parts - 1) / parts));
   parallel_for(K, grain, [&](std::int64_t k0, std::int64_t k1) {
     std::vector<const char*> first;  // each output's first element
     first.reserve(static_cast<std::size_t>(k1 - k0));
@@ -307,12 +304,15 @@ void reduce_segments(ReduceOp op, const Tensor& x, const Split& s, T* out) {
       for (std::int64_t i = 0; i < n; ++i) first.push_back(q[0] + i * st[0]);
     });
     std::vector<Wide<T>> acc(first.size(), identity<Wide<T>>(op));
-    for (const std::int64_t offset : runs)
+    // The runs in the reduced dims' order; `rp` is where a run starts for the output at `base`.
+    red.run({base}, 0, R, [&](const std::array<char*, 1>& rp, std::int64_t, const std::array<std::int64_t, 1>&) {
+      const std::ptrdiff_t offset = rp[0] - base;
       for (std::size_t i = 0; i < first.size(); ++i) {
         const T* p = reinterpret_cast<const T*>(first[i] + offset);  // a contiguous run of the innermost reduced dim
         for (std::int64_t b = 0; b < run; b += kRowBlock)
           acc[i] = combine(op, acc[i], reduce_block_acc(op, p + b, std::min(kRowBlock, run - b)));
       }
+    });
     for (std::size_t i = 0; i < first.size(); ++i) out[k0 + static_cast<std::int64_t>(i)] = static_cast<T>(acc[i]);
   });
 }

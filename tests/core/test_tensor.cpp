@@ -6,6 +6,7 @@
 #include "core/autograd.hpp"
 #include "core/random.hpp"
 #include "core/tensor.hpp"
+#include "ops/shape.hpp"
 #include "tests/support/helpers.hpp"
 
 using namespace tg;
@@ -131,6 +132,16 @@ TEST_CASE("copies of transposed layouts (tiled) equal an element-by-element copy
   std::uint32_t got;
   std::memcpy(&got, &nans.t().contiguous().data<float>()[7 * 70 + 5], sizeof got);
   CHECK(got == payload);
+  // Into a destination that is not contiguous either (cat writes each piece into a slice of its
+  // result), and a square matrix copied onto its own transpose (copy_ goes through a clone).
+  const Tensor c1 = randn({97, 75}, DType::f32, gen3), c2 = randn({97, 75}, DType::f32, gen4);
+  const Tensor joined = ops::cat({c1.t(), c2.t()}, 1);  // [75, 194]
+  CHECK(joined.narrow(1, 0, 97).to(DType::f64).to_vector<double>() == reference(c1.t().to(DType::f64)));
+  CHECK(joined.narrow(1, 97, 97).to(DType::f64).to_vector<double>() == reference(c2.t().to(DType::f64)));
+  Tensor sq = randn({70, 70}, DType::f32, gen1).clone();
+  const std::vector<double> want = reference(sq.t().to(DType::f64));
+  sq.copy_(sq.t());
+  CHECK(sq.to(DType::f64).to_vector<double>() == want);
   // An expanded source fills.
   const Tensor col = randn({50, 1}, DType::f32, gen4);
   CHECK(col.expand({50, 70}).contiguous().to(DType::f64).to_vector<double>() == reference(col.expand({50, 70})));

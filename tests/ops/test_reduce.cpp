@@ -387,7 +387,8 @@ TEST_CASE("normalize: unit vectors along an axis, eps floor, gradcheck, thread b
     out.backward(ops::mul(big, 0.5));
     return Tensors{out, v.grad(), ops::normalize(big, 1.0, 1)};
   }));
-  CHECK_THROWS_WITH(ops::normalize(x, 3.0), Contains("normalize: p must be 1, 2 or infinity, got 3"));
+  for (double p : {1.0, 2.0, ops::kInf}) CHECK(ops::normalize(zeros({3, 0}), p, 1).shape() == Shape{3, 0});
+  CHECK_THROWS_WITH(ops::normalize(x, 3.0), Contains("normalize: p must be 1, 2 or infinity, got 3 (x [3, 5, 4])"));
   CHECK_THROWS_WITH(ops::normalize(x, 2.0, 3), Contains("normalize: axis 3 is out of range"));
   CHECK_THROWS_WITH(ops::normalize(x, 2.0, 0, -1.0), Contains("normalize: eps must be finite and >= 0"));
   CHECK_THROWS_WITH(ops::normalize(arange(3)), Contains("normalize: expected a floating-point tensor, got i64"));

@@ -126,7 +126,7 @@ TEST_CASE("gather and scatter_add along outer and middle dims match a naive loop
     int axis;
   };
   const Case cases[] = {{{40, 300}, {500, 300}, 0}, {{40, 300}, {70, 250}, 0}, {{4, 50, 70}, {3, 200, 66}, 1},
-                        {{6, 5, 90}, {6, 7, 90}, 1},  {{5, 9, 3}, {4, 9, 300}, 2}};
+                        {{6, 5, 90}, {6, 7, 90}, 1},  {{5, 9, 3}, {4, 9, 300}, 2}, {{40, 30, 1}, {40, 50, 1}, 1}};
   std::uint64_t seed = 30;
   for (const Case& c : cases) {
     INFO(fmt::format("x {} index {} axis {}", c.x_shape, c.index_shape, c.axis));
@@ -171,6 +171,8 @@ TEST_CASE("repeat_interleave: values, per-entry counts, gradcheck, thread bit-eq
   CHECK(ops::repeat_interleave(x, 0, 1).shape() == Shape{2, 0});
   CHECK(ops::repeat_interleave(x, i64({0, 3, 1}), 1).to_vector<double>() == std::vector<double>{2, 2, 2, 3, 5, 5, 5, 6});
   CHECK(ops::repeat_interleave(x, tensor({2}, DType::i32), 0).shape() == Shape{4, 3});  // one count for all
+  CHECK(ops::repeat_interleave(x, scalar_tensor(3, DType::i64), 1).shape() == Shape{2, 9});
+  CHECK(ops::repeat_interleave(zeros({2, 0}), i64({}), 1).shape() == Shape{2, 0});
   CHECK(ops::repeat_interleave(arange(3), 2, 0).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0, 1, 1, 2, 2});
   // Naive reference on a larger non-contiguous input, per-entry counts along the middle dim.
   const Tensor big = test::transposed_layout(test::randn({7, 40, 9}, DType::f32, 60));
