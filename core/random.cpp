@@ -220,4 +220,65 @@ Tensor randperm(std::int64_t n, Generator& gen) {
   return t;
 }
 
+Tensor multinomial(const Tensor& probs, std::int64_t num_samples, bool replacement, Generator& gen) {
+  TG_CHECK(probs.defined(), "multinomial: probs is undefined");
+  TG_CHECK(probs.is_floating_point(), "multinomial: probs must be a floating-point tensor, got {} (shape {})",
+           probs.dtype(), probs.shape());
+  TG_CHECK(probs.dim() == 1 || probs.dim() == 2, "multinomial: probs must be [N] or [B, N], got shape {}", probs.shape());
+  const std::int64_t rows = probs.dim() == 2 ? probs.shape()[0] : 1, n = probs.shape()[probs.dim() - 1];
+  TG_CHECK(n > 0, "multinomial: probs of shape {} has no categories", probs.shape());
+  TG_CHECK(num_samples > 0, "multinomial: num_samples must be positive, got {}", num_samples);
+  TG_CHECK(replacement || num_samples <= n,
+           "multinomial: cannot draw {} samples without replacement from {} categories (probs {})", num_samples, n,
+           probs.shape());
+  TG_CHECK(num_samples <= (std::int64_t{1} << 40), "multinomial: num_samples {} is too large (more than 2^40)", num_samples);
+  const std::vector<double> w = probs.to(DType::f64).contiguous().to_vector<double>();
+  Tensor out = empty(probs.dim() == 2 ? Shape{rows, num_samples} : Shape{num_samples}, DType::i64, "multinomial");
+  std::int64_t* o = out.data<std::int64_t>();
+  std::vector<double> cumulative(static_cast<std::size_t>(n));
+  std::vector<std::pair<double, std::int64_t>> keys;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const double* row = w.data() + r * n;
+    double total = 0;
+    std::int64_t positive = 0, last_positive = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      TG_CHECK(std::isfinite(row[i]) && row[i] >= 0, "multinomial: probability {} is {}; weights must be finite and >= 0",
+               probs.dim() == 2 ? fmt::format("[{}, {}]", r, i) : fmt::format("[{}]", i), row[i]);
+      total += row[i];
+      cumulative[static_cast<std::size_t>(i)] = total;
+      if (row[i] > 0) {
+        ++positive;
+        last_positive = i;
+      }
+    }
+    TG_CHECK(std::isfinite(total) && total > 0, "multinomial: the weights of row {} sum to {}; they must have a positive, finite sum",
+             r, total);
+    std::int64_t* orow = o + r * num_samples;
+    if (replacement) {
+      // Inverse CDF: the first category whose cumulative weight exceeds u (a zero weight adds
+      // nothing, so it is never the first); u rounded up to the total falls to the last positive one.
+      for (std::int64_t s = 0; s < num_samples; ++s) {
+        const double u = gen.uniform() * total;
+        const auto it = std::upper_bound(cumulative.begin(), cumulative.end(), u);
+        orow[s] = it == cumulative.end() ? last_positive : it - cumulative.begin();
+      }
+      continue;
+    }
+    TG_CHECK(positive >= num_samples,
+             "multinomial: row {} has {} positive weights, fewer than the {} samples drawn without replacement", r, positive,
+             num_samples);
+    // Sequential draws without replacement, all at once (Efraimidis-Spirakis): category i gets the
+    // key -log(u_i) / w_i, an exponential variable of rate w_i; the categories in order of
+    // increasing key are distributed as draws that each renormalise over the categories left.
+    keys.clear();
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double u = gen.uniform();  // one per category, drawn whether or not it is positive
+      if (row[i] > 0) keys.emplace_back(-std::log1p(-u) / row[i], i);
+    }
+    std::partial_sort(keys.begin(), keys.begin() + num_samples, keys.end());  // ties: the lower index first
+    for (std::int64_t s = 0; s < num_samples; ++s) orow[s] = keys[static_cast<std::size_t>(s)].second;
+  }
+  return out;
+}
+
 }  // namespace tg

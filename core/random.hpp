@@ -67,5 +67,14 @@ Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, DType dt
 Tensor bernoulli(const Shape& shape, double p, DType dtype = DType::f32, Generator& gen = default_generator());
 // A random permutation of 0..n-1 (i64).
 Tensor randperm(std::int64_t n, Generator& gen = default_generator());
+// Category indices drawn from the rows of `probs` (torch.multinomial): probs [N] or [B, N] holds
+// non-negative finite weights with a positive sum (they need not sum to 1); the result is i64
+// [num_samples] or [B, num_samples]. With replacement each draw is independent; without, the
+// indices of a row are distinct, in the order sequential draws (each renormalised over the
+// categories left) would give, and the row needs at least num_samples positive weights. A zero
+// weight is never drawn. Rows are drawn one after another from gen: the same seed gives the same
+// indices whatever the thread count.
+Tensor multinomial(const Tensor& probs, std::int64_t num_samples, bool replacement = false,
+                   Generator& gen = default_generator());
 
 }  // namespace tg

@@ -123,6 +123,65 @@ TEST_CASE("trunc_normal: the moments of the truncated normal in every regime, an
   }
 }
 
+TEST_CASE("multinomial: frequencies with and without replacement, zero weights, reproducible", "[core][random][multinomial]") {
+  // Each count within 5 binomial standard deviations of its expectation (a false failure has a
+  // probability of about 1e-6 per check; the seeds are fixed anyway).
+  auto check_count = [](std::int64_t count, std::int64_t trials, double p) {
+    const double expect = double(trials) * p, sd = std::sqrt(double(trials) * p * (1 - p));
+    INFO(fmt::format("count {} of {} trials, p = {}", count, trials, p));
+    CHECK(std::fabs(double(count) - expect) <= 5 * sd + 1e-9);
+  };
+  Generator g(21);
+  // With replacement, unnormalised weights, a zero weight.
+  const Tensor w = tensor({0.2, 0.0, 0.6, 1.2});  // p = 0.1, 0, 0.3, 0.6
+  const std::int64_t n = 200000;
+  const std::vector<std::int64_t> draws = multinomial(w, n, true, g).to_vector<std::int64_t>();
+  std::vector<std::int64_t> counts(4, 0);
+  for (std::int64_t d : draws) ++counts[static_cast<std::size_t>(d)];
+  CHECK(counts[1] == 0);
+  check_count(counts[0], n, 0.1);
+  check_count(counts[2], n, 0.3);
+  check_count(counts[3], n, 0.6);
+  // Without replacement: P(first = i, second = j) = p_i p_j / (1 - p_i), rows drawn independently.
+  const std::int64_t rows = 60000;
+  const std::vector<double> p = {0.5, 0.3, 0.2};
+  const Tensor probs = tensor({0.5, 0.3, 0.2}, DType::f64).reshape({1, 3}).expand({rows, 3});
+  const std::vector<std::int64_t> pairs = multinomial(probs, 2, false, g).to_vector<std::int64_t>();
+  std::vector<std::int64_t> pair_counts(9, 0);
+  for (std::int64_t r = 0; r < rows; ++r)
+    ++pair_counts[static_cast<std::size_t>(3 * pairs[static_cast<std::size_t>(2 * r)] + pairs[static_cast<std::size_t>(2 * r + 1)])];
+  CHECK(pair_counts[0] + pair_counts[4] + pair_counts[8] == 0);  // never the same category twice
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b)
+      if (a != b) check_count(pair_counts[3 * a + b], rows, p[a] * p[b] / (1 - p[a]));
+  // All categories without replacement: a permutation of the positive ones.
+  std::vector<std::int64_t> all = multinomial(tensor({3.0, 0.0, 1.0, 2.0, 5.0}), 4, false, g).to_vector<std::int64_t>();
+  std::sort(all.begin(), all.end());
+  CHECK(all == std::vector<std::int64_t>{0, 2, 3, 4});
+  CHECK(multinomial(tensor({0.0, 0.0, 4.0}), 3, true, g).to_vector<std::int64_t>() == std::vector<std::int64_t>{2, 2, 2});
+  // Same seed, same draws; shapes.
+  Generator a(5), b(5);
+  const Tensor big = rand({7, 300}, DType::f32, a);
+  (void)rand({7, 300}, DType::f32, b);
+  CHECK(test::same_bits(multinomial(big, 50, false, a), multinomial(big, 50, false, b)));
+  CHECK(test::same_bits(multinomial(big, 500, true, a), multinomial(big, 500, true, b)));
+  CHECK(multinomial(big, 3, false, a).shape() == Shape{7, 3});
+  CHECK(test::same_bits_across_threads([&] {
+    Generator t(9);
+    return Tensors{multinomial(big, 40, false, t), multinomial(big, 40, true, t)};
+  }));
+  // Errors.
+  CHECK_THROWS_WITH(multinomial(tensor({0.5, -0.1}), 1), Contains("multinomial: probability [1] is -0.1"));
+  CHECK_THROWS_WITH(multinomial(tensor({0.5, NAN, 1, 1}, {2, 2}), 1), Contains("multinomial: probability [0, 1] is nan"));
+  CHECK_THROWS_WITH(multinomial(zeros({2, 3}), 1), Contains("the weights of row 0 sum to 0"));
+  CHECK_THROWS_WITH(multinomial(tensor({1, 1}), 3), Contains("cannot draw 3 samples without replacement from 2 categories"));
+  CHECK_THROWS_WITH(multinomial(tensor({1, 0, 1}), 3), Contains("row 0 has 2 positive weights, fewer than the 3 samples"));
+  CHECK_THROWS_WITH(multinomial(tensor({1, 1}), 0), Contains("num_samples must be positive, got 0"));
+  CHECK_THROWS_WITH(multinomial(arange(3), 1), Contains("probs must be a floating-point tensor, got i64"));
+  CHECK_THROWS_WITH(multinomial(zeros({2, 2, 2}), 1), Contains("probs must be [N] or [B, N], got shape [2, 2, 2]"));
+  CHECK_THROWS_WITH(multinomial(zeros({2, 0}), 1), Contains("has no categories"));
+}
+
 TEST_CASE("random factories check their arguments", "[core][random][errors]") {
   CHECK_THROWS_WITH(randint(3, 3, {2}), Contains("randint: empty range [3, 3)"));
   CHECK_THROWS_WITH(bernoulli({2}, 1.5), Contains("probability must be in [0, 1]"));
