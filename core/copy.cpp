@@ -102,6 +102,25 @@ int transposed_dim(const StridedLoop<2>& loop, std::int64_t dst_size, std::int64
 
 }  // namespace
 
+void transpose_block(const void* src, std::int64_t rows, std::int64_t cols, std::int64_t ss, void* dst, std::int64_t ds,
+                     std::size_t size, bool prefetch) {
+#if defined(__AVX512F__)
+  if (size == 4) {
+    kernels::simd::transpose_matrix(static_cast<const float*>(src), rows, cols, ss, static_cast<float*>(dst), ds, prefetch);
+    return;
+  }
+  if (size == 8) {
+    kernels::simd::transpose_matrix(static_cast<const double*>(src), rows, cols, ss, static_cast<double*>(dst), ds, prefetch);
+    return;
+  }
+#endif
+  const auto* s = static_cast<const char*>(src);
+  auto* d = static_cast<char*>(dst);
+  const auto bytes = static_cast<std::int64_t>(size);
+  for (std::int64_t c = 0; c < cols; ++c)
+    for (std::int64_t r = 0; r < rows; ++r) std::memcpy(d + (c * ds + r) * bytes, s + (r * ss + c) * bytes, size);
+}
+
 bool reads_across(const Tensor& dst, const Tensor& src) {
   const StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()}, {dst.element_size(), src.element_size()});
   return transposed_dim(loop, static_cast<std::int64_t>(dst.element_size()), static_cast<std::int64_t>(src.element_size())) > 0;

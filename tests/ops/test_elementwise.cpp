@@ -130,14 +130,50 @@ TEST_CASE("unary ops: gradcheck",
   }
 }
 
-TEST_CASE("elementwise ops on large transposed inputs (copied contiguous first) give the same bits", "[ops][elementwise]") {
+TEST_CASE("elementwise ops on large transposed inputs (read in tiles) give the same bits", "[ops][elementwise]") {
+  // [201, 300] = partial 64 x 64 tiles on both edges (f32), 32 x 32 tiles for f64.
   const Tensor x = test::uniform({300, 201}, 0.2, 2, DType::f32, 30), y = test::uniform({201, 300}, 0.2, 2, DType::f32, 31);
+  const Tensor z = test::uniform({300, 201}, 0.2, 2, DType::f32, 32);
   const Tensor xt = x.t(), xc = xt.contiguous();  // [201, 300], transposed layout and its copy
+  const Tensor zt = z.t(), zc = zt.contiguous();
   CHECK(test::same_bits(ops::exp(xt), ops::exp(xc)));
   CHECK(test::same_bits(ops::mul(xt, y), ops::mul(xc, y)));
+  CHECK(test::same_bits(ops::mul(xt, zt), ops::mul(xc, zc)));  // both transposed: both read in tiles
   CHECK(test::same_bits(ops::div(xt, xt.flip({0})), ops::div(xc, xc.flip({0}))));
   CHECK(test::same_bits(ops::add(xt.to(DType::f64), 1.5), ops::add(xc.to(DType::f64), 1.5)));
-  CHECK(test::same_bits_across_threads([&] { return Tensors{ops::tanh(xt), ops::sub(xt, y)}; }));
+  CHECK(test::same_bits(ops::pow(xt.to(DType::f64), zt.to(DType::f64)), ops::pow(xc.to(DType::f64), zc.to(DType::f64))));
+  // Beside broadcast operands (a row and a column of the output) and a strided one.
+  const Tensor row = test::uniform({300}, 0.2, 2, DType::f32, 33), col = test::uniform({201, 1}, 0.2, 2, DType::f32, 34);
+  CHECK(test::same_bits(ops::add(xt, row), ops::add(xc, row)));
+  CHECK(test::same_bits(ops::sub(col, xt), ops::sub(col, xc)));
+  const Tensor wide = test::uniform({201, 600}, 0.2, 2, DType::f32, 35);
+  const Tensor ws = wide.slice(1, 0, 600, 2);  // [201, 300], column stride 2
+  CHECK(test::same_bits(ops::maximum(xt, ws), ops::maximum(xc, ws)));
+  // Integers (4- and 8-byte) and the element-by-element reference.
+  for (DType dt : {DType::i32, DType::i64}) {
+    const Tensor xi = ops::floor(ops::mul(x, 50.0)).to(dt), zi = ops::floor(ops::mul(z, 50.0)).to(dt);
+    CHECK(test::same_bits(ops::sub(xi.t(), zi.t()), ops::sub(xi.t().contiguous(), zi.t().contiguous())));
+  }
+  CHECK(test::same_bits(ops::mul(xt.to(DType::f64), zt.to(DType::f64)),
+                        test::ref::binary(xt.to(DType::f64), zt.to(DType::f64), [](double a, double b) { return a * b; })));
+  // Batches of transposed matrices ([9, 90, 40] viewed as [9, 40, 90]), odd sizes.
+  const Tensor b3 = test::uniform({9, 90, 40}, 0.2, 2, DType::f32, 36), c3 = test::uniform({9, 90, 40}, 0.2, 2, DType::f32, 37);
+  const Tensor b3t = b3.permute({0, 2, 1}), c3t = c3.permute({0, 2, 1});
+  CHECK(test::same_bits(ops::mul(b3t, c3t), ops::mul(b3t.contiguous(), c3t.contiguous())));
+  // Two inputs contiguous along different dims of the output (both copied contiguous first).
+  const Tensor e3t = test::uniform({40, 90, 9}, 0.2, 2, DType::f32, 38).permute({2, 0, 1});  // [9, 40, 90]
+  CHECK(test::same_bits(ops::add(b3t, e3t), ops::add(b3t.contiguous(), e3t.contiguous())));
+  // Gradients: the backward's products with a transposed saved input are tiled too.
+  Tensor xr = xt.detach().requires_grad_(), zr = zt.detach().requires_grad_();
+  ops::sum(ops::mul(ops::div(xr, zr), y)).backward();
+  Tensor xr2 = xc.detach().requires_grad_(), zr2 = zc.detach().requires_grad_();
+  ops::sum(ops::mul(ops::div(xr2, zr2), y)).backward();
+  CHECK(test::same_bits(xr.grad(), xr2.grad()));
+  CHECK(test::same_bits(zr.grad(), zr2.grad()));
+  CHECK(test::same_bits_across_threads([&] {
+    return Tensors{ops::tanh(xt), ops::sub(xt, y), ops::mul(xt, zt), ops::mul(b3t, c3t), ops::add(b3t, e3t),
+                   ops::add(xt.to(DType::f64), zt.to(DType::f64))};
+  }));
 }
 
 TEST_CASE("unary ops: the f32 gradient matches the f64 one", "[ops][elementwise][grad]") {
