@@ -20,8 +20,8 @@ void copy_into(const Tensor& dst, const Tensor& src);
 bool reads_across(const Tensor& dst, const Tensor& src);
 // dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols: one block of a transpose, elements of
 // `size` bytes, strides in elements. Through registers on AVX-512 for 4- and 8-byte elements
-// (compiled here, in one place: its 16 x 16 register blocks need the full unrolling of a small
-// translation unit). With `prefetch`, each source row is requested ahead of its loads.
+// (compiled once here, not in every elementwise functor's instantiation). With `prefetch`, each
+// source row is requested ahead of its loads.
 void transpose_block(const void* src, std::int64_t rows, std::int64_t cols, std::int64_t ss, void* dst, std::int64_t ds,
                      std::size_t size, bool prefetch);
 // Every element of dst = value; `op` names the caller in the error for a value dst's integer
