@@ -25,12 +25,15 @@ namespace tg::ops {
 using autograd::input_needs_grad;
 using autograd::record;
 using autograd::SavedTensor;
+using kernels::cos_of;
 using kernels::erf_of;
 using kernels::log_of;
 using kernels::sigmoid_of;
 using kernels::silu_backward_of;
 using kernels::silu_of;
+using kernels::sin_of;
 using kernels::splat;
+using kernels::tan_of;
 
 namespace detail {
 
@@ -661,13 +664,13 @@ Tensor sign(const Tensor& x) {
   }, true);
 }
 Tensor sin(const Tensor& x) {
-  return unary_x("sin", x, [](auto v) { return xsimd::sin(v); }, [](auto v, auto g) { return g * xsimd::cos(v); });
+  return unary_x("sin", x, [](auto v) { return sin_of(v); }, [](auto v, auto g) { return g * cos_of(v); });
 }
 Tensor cos(const Tensor& x) {
-  return unary_x("cos", x, [](auto v) { return xsimd::cos(v); }, [](auto v, auto g) { return -g * xsimd::sin(v); });
+  return unary_x("cos", x, [](auto v) { return cos_of(v); }, [](auto v, auto g) { return -g * sin_of(v); });
 }
 Tensor tan(const Tensor& x) {
-  return unary_y("tan", x, [](auto v) { return xsimd::tan(v); },
+  return unary_y("tan", x, [](auto v) { return tan_of(v); },
                  [](auto y, auto g) { return g * (decltype(y)(1) + y * y); });
 }
 Tensor asin(const Tensor& x) {

@@ -78,6 +78,82 @@ inline B erf_of(const B& v) {
   return xsimd::select(xsimd::abs(v) > B(saturate), xsimd::copysign(B(1), v), xsimd::erf(v));
 }
 
+// sin, cos and tan with every lane computed from its own value. xsimd 8.1 reduces the arguments
+// of a whole batch by the method its largest |x| needs (|x| <= pi/4: none; up to pi/2, 20 pi and
+// "mediumpi" (64 pi in f32, 2^18 pi in f64): Cody-Waite in growing steps; beyond, and inf and
+// NaN: a scalar rem_pio2); the methods differ in the last bit, so a lane's result depended on its
+// neighbours -- on where the rows of a layout start, not only on its value. Here every lane up to
+// mediumpi takes xsimd's most accurate Cody-Waite step (exact for |x| <= pi/4, where the quadrant
+// is 0), the rare larger, infinite or NaN lanes xsimd's scalar path, and the polynomials are
+// xsimd's own (its internal kernels, hence the version check).
+static_assert(XSIMD_VERSION_MAJOR == 8 && XSIMD_VERSION_MINOR == 1,
+              "tg::kernels::sin_of etc. use xsimd 8.1's internal trig kernels; check them against this version");
+
+namespace trig {
+
+// a = |x| reduced to xr in [-pi/4, pi/4], and its quadrant (0..3 as a float), lane by lane.
+template <class B>
+inline B reduce_quadrant(const B& a, B& xr) {
+  namespace c = xsimd::constants;
+  if (xsimd::all(a <= c::pio4<B>())) {  // the common small arguments: what the steps below give them
+    xr = a;
+    return B(0);
+  }
+  const B fn = xsimd::nearbyint(a * c::twoopi<B>());
+  B r = a - fn * c::pio2_1<B>();  // three parts of pi/2, each with its rounding error carried
+  B t = r, w = fn * c::pio2_2<B>();
+  r = t - w;
+  w = fn * c::pio2_2t<B>() - ((t - r) - w);
+  t = r;
+  w = fn * c::pio2_3<B>();
+  r = t - w;
+  w = fn * c::pio2_3t<B>() - ((t - r) - w);
+  xr = r - w;
+  B n = xsimd::kernel::detail::quadrant(fn);
+  const auto large = !(a <= c::mediumpi<B>());  // also inf and NaN
+  if (xsimd::any(large)) {  // xsimd's scalar reduction, lane by lane; the others get a large dummy
+    B xr_large;
+    const B n_large = xsimd::kernel::detail::trigo_reducer<B>::reduce(xsimd::select(large, a, B(2) * c::mediumpi<B>()), xr_large);
+    xr = xsimd::select(large, xr_large, xr);
+    n = xsimd::select(large, n_large, n);
+  }
+  return n;
+}
+
+// What sin, cos and tan share: the reduced argument, its square, and the quadrant's two bits.
+template <class B>
+struct Reduced {
+  B xr, z, swap_bit, high_bit;
+  explicit Reduced(const B& v) {
+    const B n = reduce_quadrant(xsimd::abs(v), xr);
+    z = xr * xr;
+    high_bit = xsimd::select(n >= B(2), B(1), B(0));
+    swap_bit = xsimd::fma(B(-2), high_bit, n);
+  }
+};
+
+}  // namespace trig
+
+template <class B>
+inline B sin_of(const B& v) {
+  namespace d = xsimd::kernel::detail;
+  const trig::Reduced<B> q(v);
+  const B sign = xsimd::bitofsign(v) ^ xsimd::select(q.high_bit != B(0), xsimd::constants::signmask<B>(), B(0));
+  return xsimd::select(q.swap_bit == B(0), d::sin_eval(q.z, q.xr), d::cos_eval(q.z)) ^ sign;
+}
+template <class B>
+inline B cos_of(const B& v) {
+  namespace d = xsimd::kernel::detail;
+  const trig::Reduced<B> q(v);
+  const B sign = xsimd::select((q.swap_bit ^ q.high_bit) != B(0), xsimd::constants::signmask<B>(), B(0));
+  return xsimd::select(q.swap_bit != B(0), d::sin_eval(q.z, q.xr), d::cos_eval(q.z)) ^ sign;
+}
+template <class B>
+inline B tan_of(const B& v) {
+  const trig::Reduced<B> q(v);
+  return xsimd::kernel::detail::tan_eval(q.xr, q.swap_bit == B(0)) ^ xsimd::bitofsign(v);
+}
+
 // The two f64 halves of an f32 batch.
 inline void widen(const Batch<float>& v, Batch<double>& lo, Batch<double>& hi) {
 #if XSIMD_WITH_AVX512F
@@ -193,13 +269,16 @@ void tiled_runs(const StridedLoop<N>& loop, int j, const std::array<bool, N>& ac
   std::int64_t outer = 1;
   for (int d = 1; d < loop.ndim(); ++d)
     if (d != j) outer *= loop.size(d);
-  const std::int64_t tiles_j = (nj + kTile - 1) / kTile;
-  const std::int64_t grain = std::max<std::int64_t>(1, kElementwiseGrain / (kTile * n0));
-  parallel_for(outer * tiles_j, grain, [&](std::int64_t t0, std::int64_t t1) {
-    T* scratch = reinterpret_cast<T*>(tile_scratch(static_cast<std::size_t>(N * kTile * kTile * size)));
+  // Tasks are single tiles, numbered along dim 0 first (a task range walks along the output rows).
+  const std::int64_t tiles_0 = (n0 + kTile - 1) / kTile, tiles_j = (nj + kTile - 1) / kTile;
+  const std::int64_t tile_elements = std::min(n0, kTile) * std::min(nj, kTile);
+  const std::int64_t grain = std::max<std::int64_t>(1, kElementwiseGrain / tile_elements);
+  parallel_for(outer * tiles_j * tiles_0, grain, [&](std::int64_t t0, std::int64_t t1) {
+    T* scratch = reinterpret_cast<T*>(tile_scratch(static_cast<std::size_t>((N - 1) * kTile * kTile * size)));
     for (std::int64_t t = t0; t < t1; ++t) {
-      std::int64_t rest = t / tiles_j;
-      const std::int64_t jb = (t % tiles_j) * kTile, je = std::min(nj, jb + kTile);
+      const std::int64_t ib = (t % tiles_0) * kTile, ie = std::min(n0, ib + kTile);
+      const std::int64_t jb = (t / tiles_0 % tiles_j) * kTile, je = std::min(nj, jb + kTile);
+      std::int64_t rest = t / tiles_0 / tiles_j;
       std::array<char*, N> p = base;
       for (int d = 1; d < loop.ndim(); ++d) {  // the other dims, innermost first
         if (d == j) continue;
@@ -207,23 +286,21 @@ void tiled_runs(const StridedLoop<N>& loop, int j, const std::array<bool, N>& ac
         rest /= loop.size(d);
         for (int k = 0; k < N; ++k) p[k] += i * loop.stride(d, k);
       }
-      for (std::int64_t ib = 0; ib < n0; ib += kTile) {
-        const std::int64_t ie = std::min(n0, ib + kTile);
-        std::array<std::int64_t, N> s;  // byte strides along dim 0 of what fn reads
-        for (int k = 0; k < N; ++k) {
-          s[k] = across[k] ? size : loop.stride(0, k);
-          if (!across[k]) continue;
-          // Input k's block (rows i at stride s0, contiguous columns jj) -> its buffer, row jj - jb.
-          tg::detail::transpose_block(p[k] + ib * loop.stride(0, k) + jb * size, ie - ib, je - jb, loop.stride(0, k) / size,
-                                      scratch + k * kTile * kTile, kTile, sizeof(T), /*prefetch=*/true);
-        }
-        for (std::int64_t jj = jb; jj < je; ++jj) {
-          std::array<char*, N> q;
-          for (int k = 0; k < N; ++k)
-            q[k] = across[k] ? reinterpret_cast<char*>(scratch + k * kTile * kTile + (jj - jb) * kTile)
-                             : p[k] + jj * loop.stride(j, k) + ib * loop.stride(0, k);
-          fn(q, ie - ib, s);
-        }
+      std::array<std::int64_t, N> s;  // byte strides along dim 0 of what fn reads
+      for (int k = 1; k < N; ++k) {
+        s[k] = across[k] ? size : loop.stride(0, k);
+        if (!across[k]) continue;
+        // Input k's block (rows i at stride s0, contiguous columns jj) -> its buffer, row jj - jb.
+        tg::detail::transpose_block(p[k] + ib * loop.stride(0, k) + jb * size, ie - ib, je - jb, loop.stride(0, k) / size,
+                                    scratch + (k - 1) * kTile * kTile, kTile, sizeof(T), /*prefetch=*/true);
+      }
+      s[0] = loop.stride(0, 0);
+      for (std::int64_t jj = jb; jj < je; ++jj) {
+        std::array<char*, N> q;
+        for (int k = 0; k < N; ++k)
+          q[k] = across[k] ? reinterpret_cast<char*>(scratch + (k - 1) * kTile * kTile + (jj - jb) * kTile)
+                           : p[k] + jj * loop.stride(j, k) + ib * loop.stride(0, k);
+        fn(q, ie - ib, s);
       }
     }
   });

@@ -2,12 +2,17 @@
 // odd sizes), 1-vs-N-thread bit equality, dtype rules, extreme inputs and error messages.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numbers>
+#include <utility>
+#include <vector>
 
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/loss.hpp"
 #include "ops/reduce.hpp"
 #include "tests/support/gradcheck.hpp"
 #include "tests/support/helpers.hpp"
@@ -131,7 +136,7 @@ TEST_CASE("unary ops: gradcheck",
 }
 
 TEST_CASE("elementwise ops on large transposed inputs (read in tiles) give the same bits", "[ops][elementwise]") {
-  // [201, 300] = partial 64 x 64 tiles on both edges (f32), 32 x 32 tiles for f64.
+  // [201, 300]: partial 128 x 128 tiles on both edges, rows of 300 (not a multiple of the SIMD width).
   const Tensor x = test::uniform({300, 201}, 0.2, 2, DType::f32, 30), y = test::uniform({201, 300}, 0.2, 2, DType::f32, 31);
   const Tensor z = test::uniform({300, 201}, 0.2, 2, DType::f32, 32);
   const Tensor xt = x.t(), xc = xt.contiguous();  // [201, 300], transposed layout and its copy
@@ -140,8 +145,21 @@ TEST_CASE("elementwise ops on large transposed inputs (read in tiles) give the s
   CHECK(test::same_bits(ops::mul(xt, y), ops::mul(xc, y)));
   CHECK(test::same_bits(ops::mul(xt, zt), ops::mul(xc, zc)));  // both transposed: both read in tiles
   CHECK(test::same_bits(ops::div(xt, xt.flip({0})), ops::div(xc, xc.flip({0}))));
-  CHECK(test::same_bits(ops::add(xt.to(DType::f64), 1.5), ops::add(xc.to(DType::f64), 1.5)));
-  CHECK(test::same_bits(ops::pow(xt.to(DType::f64), zt.to(DType::f64)), ops::pow(xc.to(DType::f64), zc.to(DType::f64))));
+  CHECK(test::same_bits(ops::sub(xt.flip({1}), zt), ops::sub(xc.flip({1}), zc)));  // tiled with a negative stride
+  // f64 (8-byte elements through the 8 x 8 register transposes).
+  const Tensor xdt = x.to(DType::f64).t(), zdt = z.to(DType::f64).t();
+  const Tensor xdc = xdt.contiguous(), zdc = zdt.contiguous();
+  CHECK(test::same_bits(ops::add(xdt, 1.5), ops::add(xdc, 1.5)));
+  CHECK(test::same_bits(ops::pow(xdt, zdt), ops::pow(xdc, zdc)));
+  CHECK(test::same_bits(ops::mul(xdt, zdt), test::ref::binary(xdt, zdt, [](double a, double b) { return a * b; })));
+  // Functions whose SIMD code branches on the whole batch (sin, cos, tan: the argument reduction),
+  // on values that mix the branches within a batch; and their gradients.
+  const Tensor w = ops::mul(test::uniform({300, 201}, -1, 1, DType::f32, 39),
+                            ops::pow(ops::exp(test::uniform({300, 201}, 0, 3, DType::f32, 40)), 4.0));  // |w| up to e^12
+  const Tensor wt = w.t(), wc = wt.contiguous();
+  CHECK(test::same_bits(ops::sin(wt), ops::sin(wc)));
+  CHECK(test::same_bits(ops::cos(wt), ops::cos(wc)));
+  CHECK(test::same_bits(ops::tan(wt), ops::tan(wc)));
   // Beside broadcast operands (a row and a column of the output) and a strided one.
   const Tensor row = test::uniform({300}, 0.2, 2, DType::f32, 33), col = test::uniform({201, 1}, 0.2, 2, DType::f32, 34);
   CHECK(test::same_bits(ops::add(xt, row), ops::add(xc, row)));
@@ -149,13 +167,11 @@ TEST_CASE("elementwise ops on large transposed inputs (read in tiles) give the s
   const Tensor wide = test::uniform({201, 600}, 0.2, 2, DType::f32, 35);
   const Tensor ws = wide.slice(1, 0, 600, 2);  // [201, 300], column stride 2
   CHECK(test::same_bits(ops::maximum(xt, ws), ops::maximum(xc, ws)));
-  // Integers (4- and 8-byte) and the element-by-element reference.
+  // Integers (4- and 8-byte).
   for (DType dt : {DType::i32, DType::i64}) {
     const Tensor xi = ops::floor(ops::mul(x, 50.0)).to(dt), zi = ops::floor(ops::mul(z, 50.0)).to(dt);
     CHECK(test::same_bits(ops::sub(xi.t(), zi.t()), ops::sub(xi.t().contiguous(), zi.t().contiguous())));
   }
-  CHECK(test::same_bits(ops::mul(xt.to(DType::f64), zt.to(DType::f64)),
-                        test::ref::binary(xt.to(DType::f64), zt.to(DType::f64), [](double a, double b) { return a * b; })));
   // Batches of transposed matrices ([9, 90, 40] viewed as [9, 40, 90]), odd sizes.
   const Tensor b3 = test::uniform({9, 90, 40}, 0.2, 2, DType::f32, 36), c3 = test::uniform({9, 90, 40}, 0.2, 2, DType::f32, 37);
   const Tensor b3t = b3.permute({0, 2, 1}), c3t = c3.permute({0, 2, 1});
@@ -163,17 +179,85 @@ TEST_CASE("elementwise ops on large transposed inputs (read in tiles) give the s
   // Two inputs contiguous along different dims of the output (both copied contiguous first).
   const Tensor e3t = test::uniform({40, 90, 9}, 0.2, 2, DType::f32, 38).permute({2, 0, 1});  // [9, 40, 90]
   CHECK(test::same_bits(ops::add(b3t, e3t), ops::add(b3t.contiguous(), e3t.contiguous())));
-  // Gradients: the backward's products with a transposed saved input are tiled too.
+  // Few columns and long rows: [16, 5000] from a [5000, 16] (one tile across, 40 along the rows).
+  const Tensor tall = test::uniform({5000, 16}, 0.2, 2, DType::f32, 41);
+  CHECK(test::same_bits(ops::log(tall.t()), ops::log(tall.t().contiguous())));
+  // Gradients: the backward's products with a transposed saved input are tiled too, and
+  // binary_cross_entropy's backward takes three inputs (the cotangent, p and y; p and y tiled).
   Tensor xr = xt.detach().requires_grad_(), zr = zt.detach().requires_grad_();
   ops::sum(ops::mul(ops::div(xr, zr), y)).backward();
   Tensor xr2 = xc.detach().requires_grad_(), zr2 = zc.detach().requires_grad_();
   ops::sum(ops::mul(ops::div(xr2, zr2), y)).backward();
   CHECK(test::same_bits(xr.grad(), xr2.grad()));
   CHECK(test::same_bits(zr.grad(), zr2.grad()));
+  const Tensor prob = ops::mul(x, 0.45), target = ops::mul(z, 0.5), cot = test::randn({201, 300}, DType::f32, 42);
+  auto bce_grad = [&](const Tensor& p, const Tensor& t) {
+    Tensor pr = p.detach().requires_grad_();
+    ops::binary_cross_entropy(pr, t, {}, ops::Reduction::none).backward(cot);
+    return pr.grad();
+  };
+  CHECK(test::same_bits(bce_grad(prob.t(), target.t()), bce_grad(prob.t().contiguous(), target.t().contiguous())));
+  auto trig_grads = [&](const Tensor& v) {
+    Tensor vr = v.detach().requires_grad_();
+    ops::sum(ops::add(ops::sin(vr), ops::cos(vr))).backward();
+    return vr.grad();
+  };
+  CHECK(test::same_bits(trig_grads(wt), trig_grads(wc)));
   CHECK(test::same_bits_across_threads([&] {
     return Tensors{ops::tanh(xt), ops::sub(xt, y), ops::mul(xt, zt), ops::mul(b3t, c3t), ops::add(b3t, e3t),
-                   ops::add(xt.to(DType::f64), zt.to(DType::f64))};
+                   ops::add(xdt, zdt), ops::log(tall.t()), ops::sin(wt)};
   }));
+}
+
+TEST_CASE("unary ops compute each element as if alone (whatever its neighbours in a SIMD batch)", "[ops][elementwise]") {
+  // A SIMD function may branch on its whole batch (xsimd's sin, cos and tan reduce a batch's
+  // arguments by the method its largest |x| needs); tapegrad's results, values and gradients,
+  // must not depend on which other elements share a batch, i.e. on layout or position (up to
+  // the unspecified sign of a NaN).
+  std::vector<double> values;
+  const double scales[] = {0.3, 1.2, 10, 200, 3e4, 1e7};
+  const Tensor u = test::uniform({600}, -1, 1, DType::f64, 44);
+  const Tensor pick = test::uniform({600}, 0, 6, DType::f64, 45);
+  for (std::int64_t i = 0; i < 600; ++i)
+    values.push_back(u.data<double>()[i] * scales[std::min(5, static_cast<int>(pick.data<double>()[i]))]);
+  values[5] = std::numeric_limits<double>::infinity();
+  values[40] = -std::numeric_limits<double>::infinity();
+  values[77] = std::numeric_limits<double>::quiet_NaN();
+  using Op = std::function<Tensor(const Tensor&)>;
+  const std::vector<std::pair<const char*, Op>> unary_ops{
+      {"neg", ops::neg}, {"exp", ops::exp}, {"log", ops::log}, {"log1p", ops::log1p}, {"log2", ops::log2},
+      {"log10", ops::log10}, {"expm1", ops::expm1}, {"sqrt", ops::sqrt}, {"rsqrt", ops::rsqrt},
+      {"square", ops::square}, {"reciprocal", ops::reciprocal}, {"abs", ops::abs}, {"sign", ops::sign},
+      {"sin", ops::sin}, {"cos", ops::cos}, {"tan", ops::tan}, {"asin", ops::asin}, {"acos", ops::acos},
+      {"atan", ops::atan}, {"sinh", ops::sinh}, {"cosh", ops::cosh}, {"tanh", ops::tanh}, {"erf", ops::erf},
+      {"round", ops::round}, {"floor", ops::floor}, {"ceil", ops::ceil}, {"sigmoid", ops::sigmoid},
+      {"relu", ops::relu}, {"silu", ops::silu}, {"logsigmoid", ops::logsigmoid}, {"selu", ops::selu},
+      {"mish", ops::mish}, {"relu6", ops::relu6}, {"hardsigmoid", ops::hardsigmoid}, {"hardswish", ops::hardswish},
+      {"gelu", [](const Tensor& x) { return ops::gelu(x); }},
+      {"gelu tanh", [](const Tensor& x) { return ops::gelu(x, ops::GeluApprox::tanh); }},
+      {"softplus", [](const Tensor& x) { return ops::softplus(x); }},
+      {"elu", [](const Tensor& x) { return ops::elu(x); }}};
+  for (DType dt : {DType::f32, DType::f64}) {
+    const Tensor v = from_vector(values, {600}).to(dt);
+    for (const auto& [name, op] : unary_ops) {
+      INFO(name << (dt == DType::f32 ? " f32" : " f64"));
+      auto value_and_grad = [&op = op](const Tensor& x) {
+        Tensor xr = x.detach().requires_grad_();
+        const Tensor y = op(xr);
+        ops::sum(y).backward();
+        return std::pair{y.detach(), xr.grad()};
+      };
+      const auto [all, all_grad] = value_and_grad(v);
+      int differing = 0, differing_grad = 0;
+      for (std::int64_t i = 0; i < 600; ++i) {
+        const auto [one, one_grad] = value_and_grad(v.slice(0, i, i + 1));
+        differing += test::same_bits_or_nan(all.slice(0, i, i + 1), one) ? 0 : 1;
+        differing_grad += test::same_bits_or_nan(all_grad.slice(0, i, i + 1), one_grad) ? 0 : 1;
+      }
+      CHECK(differing == 0);
+      CHECK(differing_grad == 0);
+    }
+  }
 }
 
 TEST_CASE("unary ops: the f32 gradient matches the f64 one", "[ops][elementwise][grad]") {

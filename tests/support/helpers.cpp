@@ -99,6 +99,18 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return std::memcmp(x.raw_data(), y.raw_data(), static_cast<std::size_t>(x.numel()) * x.element_size()) == 0;
 }
 
+bool same_bits_or_nan(const Tensor& a, const Tensor& b) {
+  if (same_bits(a, b)) return true;
+  if (a.shape() != b.shape() || a.dtype() != b.dtype() || !is_floating(a.dtype())) return false;
+  const Tensor x = a.detach().to(DType::f64).contiguous(), y = b.detach().to(DType::f64).contiguous();
+  const double *p = x.data<double>(), *q = y.data<double>();
+  for (std::int64_t i = 0; i < x.numel(); ++i) {
+    const bool both_nan = std::isnan(p[i]) && std::isnan(q[i]);
+    if (!both_nan && std::memcmp(p + i, q + i, sizeof(double)) != 0) return false;
+  }
+  return true;
+}
+
 bool same_bits_across_threads(const std::function<Tensors()>& f, int threads) {
   // An arena wider than the machine only adds idle slots (and a TBB warning): cap it, but keep
   // at least 2 so that chunks really run on two threads.

@@ -26,6 +26,9 @@ bool allclose(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol 
 std::string describe_mismatch(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-8);
 // Byte-identical data, shape and dtype.
 bool same_bits(const Tensor& a, const Tensor& b);
+// same_bits, except that a NaN equals any NaN: the sign and payload of a NaN are not specified
+// (x86 passes on the first operand's NaN, and a compiler may swap the operands of a * b).
+bool same_bits_or_nan(const Tensor& a, const Tensor& b);
 
 // Runs f with 1 thread and with `threads` threads; true when every output is bit-identical.
 bool same_bits_across_threads(const std::function<Tensors()>& f, int threads = 4);
