@@ -265,6 +265,8 @@ void tiled_runs(const StridedLoop<N>& loop, int j, const std::array<bool, N>& ac
   // 128 x 128 with the row prefetch measured best (64 x 64, 64 x 256, 32 x 256, 256 x 64 were
   // 5-40% slower on the products above; without the prefetch 128 x 128 was 10-25% slower).
   constexpr std::int64_t kTile = 128, size = sizeof(T);
+  // Operand 0 is the output, written in place: the scratch holds buffers for inputs 1..N-1 only.
+  TG_CHECK(!across[0], "elementwise: internal error, the output of a tiled loop cannot be read across");
   const std::int64_t n0 = loop.size(0), nj = loop.size(j);
   std::int64_t outer = 1;
   for (int d = 1; d < loop.ndim(); ++d)

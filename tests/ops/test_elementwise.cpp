@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <numbers>
 #include <utility>
@@ -226,6 +227,18 @@ TEST_CASE("unary ops compute each element as if alone (whatever its neighbours i
   values[100] = 3e-310;  // subnormal in f64 (0 in f32); log etc. rescale subnormal lanes
   values[101] = 2e-40;   // subnormal in f32
   values[102] = 0.0;
+  // A batch of small arguments only (|x| <= pi/4 in f32 and f64: sin etc. skip the reduction),
+  // with pi/4 and its neighbours, -0 and subnormals; and the bound of the Cody-Waite reduction
+  // (64 pi in f32, 2^18 pi in f64) with its neighbours.
+  const double pio4_f32 = static_cast<float>(std::numbers::pi / 4);
+  const double small[] = {0.5, -0.25, pio4_f32, std::nextafter(pio4_f32, 0.0), -std::numbers::pi / 4,
+                          std::nextafter(std::numbers::pi / 4, 0.0), -0.0, 1e-300, 4e-320, 1e-42, 1e-8, -0.7,
+                          0.125, 0.78, -0.01, 0.3};
+  for (std::size_t i = 0; i < std::size(small); ++i) values[400 + i] = small[i];
+  const double medium_f32 = static_cast<float>(64 * std::numbers::pi), medium_f64 = 262144 * std::numbers::pi;
+  const double bounds[] = {medium_f32, std::nextafter(static_cast<float>(medium_f32), 1e9f), medium_f64,
+                           std::nextafter(medium_f64, 1e9), -medium_f64};
+  for (std::size_t i = 0; i < std::size(bounds); ++i) values[450 + i] = bounds[i];
   using Op = std::function<Tensor(const Tensor&)>;
   const std::vector<std::pair<const char*, Op>> unary_ops{
       {"neg", ops::neg}, {"exp", ops::exp}, {"log", ops::log}, {"log1p", ops::log1p}, {"log2", ops::log2},
