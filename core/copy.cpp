@@ -89,15 +89,10 @@ void copy_tiled(const StridedLoop<2>& loop, int j, const std::array<char*, 2>& b
   });
 }
 
-// The dim (> 0) along which the source is contiguous while the destination runs along dim 0,
-// or -1 when the copy is not such a transpose (or too small to gain from tiles).
-int transposed_dim(const StridedLoop<2>& loop, std::int64_t dst_size, std::int64_t src_size) {
-  if (loop.ndim() < 2 || loop.numel() < 4096 || loop.stride(0, 0) != dst_size || loop.stride(0, 1) == src_size ||
-      loop.stride(0, 1) == 0 || loop.size(0) < 8)  // (a source expanded along dim 0 is a fill)
-    return -1;
-  for (int d = 1; d < loop.ndim(); ++d)
-    if (loop.stride(d, 1) == src_size && loop.size(d) >= 8) return d;
-  return -1;
+// The dim along which a copy is a transpose worth tiling (tg::transposed_dim of the source, in
+// copies of at least 4096 elements), or -1.
+int tiled_copy_dim(const StridedLoop<2>& loop, std::int64_t dst_size, std::int64_t src_size) {
+  return loop.numel() < 4096 ? -1 : transposed_dim(loop, 1, dst_size, src_size);
 }
 
 }  // namespace
@@ -123,14 +118,14 @@ void transpose_block(const void* src, std::int64_t rows, std::int64_t cols, std:
 
 bool reads_across(const Tensor& dst, const Tensor& src) {
   const StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()}, {dst.element_size(), src.element_size()});
-  return transposed_dim(loop, static_cast<std::int64_t>(dst.element_size()), static_cast<std::int64_t>(src.element_size())) > 0;
+  return tiled_copy_dim(loop, static_cast<std::int64_t>(dst.element_size()), static_cast<std::int64_t>(src.element_size())) > 0;
 }
 
 void copy_into(const Tensor& dst, const Tensor& src) {
   TG_CHECK(dst.shape() == src.shape(), "copy: shapes {} and {} differ", dst.shape(), src.shape());
   const StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()}, {dst.element_size(), src.element_size()});
   const std::array<char*, 2> base{static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())};
-  const int transposed = transposed_dim(loop, static_cast<std::int64_t>(dst.element_size()),
+  const int transposed = tiled_copy_dim(loop, static_cast<std::int64_t>(dst.element_size()),
                                         static_cast<std::int64_t>(src.element_size()));
   dispatch(dst.dtype(), "copy", [&]<class To>() {
     dispatch(src.dtype(), "copy", [&]<class From>() {

@@ -96,4 +96,17 @@ class StridedLoop {
   std::array<std::array<std::int64_t, N>, kMaxDims> stride_{};  // bytes, innermost first
 };
 
+// The dim (> 0) along which operand k is contiguous (elements of k_size bytes, at least 8 of them)
+// while operand 0 runs contiguously along dim 0 (elements of out_size bytes, at least 8): operand
+// k is a transposed view of operand 0's layout, which a walk along dim 0 reads a new cache line
+// per element. -1 when there is no such dim, or when k is contiguous or expanded along dim 0.
+template <int N>
+int transposed_dim(const StridedLoop<N>& loop, int k, std::int64_t out_size, std::int64_t k_size) {
+  if (loop.ndim() < 2 || loop.stride(0, 0) != out_size || loop.size(0) < 8) return -1;
+  if (loop.stride(0, k) == k_size || loop.stride(0, k) == 0) return -1;
+  for (int d = 1; d < loop.ndim(); ++d)
+    if (loop.stride(d, k) == k_size && loop.size(d) >= 8) return d;
+  return -1;
+}
+
 }  // namespace tg

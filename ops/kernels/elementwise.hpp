@@ -233,17 +233,6 @@ inline void run_1d(F& f, const std::array<char*, N>& p, std::int64_t n, const st
   }
 }
 
-// The dim (> 0) of `loop` along which input k is contiguous while the output runs contiguously
-// along dim 0 (input k is a transposed view of the output's layout), or -1.
-template <int N>
-int across_dim(const StridedLoop<N>& loop, int k, std::int64_t size) {
-  if (loop.ndim() < 2 || loop.stride(0, 0) != size || loop.size(0) < 8) return -1;
-  if (loop.stride(0, k) == size || loop.stride(0, k) == 0) return -1;
-  for (int d = 1; d < loop.ndim(); ++d)
-    if (loop.stride(d, k) == size && loop.size(d) >= 8) return d;
-  return -1;
-}
-
 // Per-thread scratch of at least `bytes`, 64-byte aligned, for the tiles of tiled_runs (used in
 // leaf work only: no TBB wait while it is live, so no other task reuses it meanwhile).
 inline char* tile_scratch(std::size_t bytes) {
@@ -323,7 +312,7 @@ bool map_tiled(const Tensor& out, F& f, const Ins&... ins) {
   int j = -1;
   std::array<bool, N> across{};
   for (int k = 1; k < N; ++k) {
-    const int d = across_dim(loop, k, sizeof(T));
+    const int d = transposed_dim(loop, k, sizeof(T), sizeof(T));
     if (d < 0) continue;
     if (j > 0 && d != j) return false;
     j = d;
