@@ -40,12 +40,14 @@
 // calling thread; small ones up to 2^20 are cut into row or column ranges of 6 x 64 tiles
 // (small_product_parallel).
 //
-// Edges. Partial row panels run as sums of 8/4/2/1-row kernels (with A in place, a tail that
+// Edges. Partial row panels run as sums of 8/4/3/2/1-row kernels (with A in place, a tail that
 // would need the slow 2-row kernel is merged with the panel before it: 14 + 2 = 8 + 8), a
 // partial last column panel uses masked stores (and, when at most half full, kernels one vector
 // wide: 14 x 16, half the FMAs), C with a column stride != 1 is stored element-wise -- and a
-// column-major C is handled as C^T = B^T A^T. Other targets (SSE2/AVX2 builds) use a 6 x 2-vector
-// kernel (6 x 1 for half-full last panels).
+// column-major C is handled as C^T = B^T A^T. So are products of at most 4 columns (A x), and
+// the last n mod 16 columns when at most 4, as a product of their own: their rows then fill the
+// vector lanes (see narrow_cols). Other targets (SSE2/AVX2 builds) use a 6 x 2-vector kernel
+// (6 x 1 for half-full last panels).
 #include "ops/kernels/gemm.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
@@ -382,13 +384,16 @@ void micro_kernel(int64_t kc, const T* a_ptr, int64_t as, const T* b, int64_t bs
   }
 }
 
-// Kernels are instantiated for MR rows and for 8, 4, 2, 1 rows; other heights run as sums of
+// Kernels are instantiated for MR rows and for 8, 4, 3, 2, 1 rows; other heights run as sums of
 // those (e.g. 13 = 8 + 4 + 1, and up to 2 * MR rows of an A read in place: 16 = 8 + 8). Rows
 // are independent, so the bits are the same as with one kernel of the exact height, and there
-// are a few instantiations instead of MR (compile time).
+// are a few instantiations instead of MR (compile time). A kernel of r rows and NV vectors runs
+// r * NV FMA chains, and a step of each takes the FMA latency (4 cycles): below 8 chains the
+// kernel waits on it. Hence the 3-row kernel (2 + 1 rows took twice as long per row; measured at
+// 1 thread 3 x 512 x 512 1.9x, 7 x 512 x 512 1.6x, 512 x 3 x 512 1.3x).
 template <class T, bool ROW_MAJOR, int MR = kMR, int NV = kNV>
 struct KernelSet {
-  static constexpr int kSizes[] = {8, 4, 2, 1};
+  static constexpr int kSizes[] = {8, 4, 3, 2, 1};
 
   // Full MR-row panels only (both optional, see micro_kernel): b_next, the next B panel to
   // prefetch; b_pack, where to pack this B panel as it is read.
@@ -415,6 +420,7 @@ struct KernelSet {
         switch (size) {
           case 8: micro_kernel<T, std::min(8, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
           case 4: micro_kernel<T, std::min(4, MR), NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
+          case 3: micro_kernel<T, 3, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
           case 2: micro_kernel<T, 2, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
           default: micro_kernel<T, 1, NV, ROW_MAJOR>(kc, ap, as, b, bs, part); break;
         }
@@ -466,6 +472,19 @@ constexpr double kFromMemoryBytes = 16 << 20;
 // Tiles of at most this many rows (and one row panel) with a transposed B stream B panel by
 // panel (see run_tile).
 constexpr int64_t kSkinnyRows = 8;
+
+// Products with at most narrow_cols columns (a quarter of the lanes: 4 in fp32 with AVX-512) and at
+// least kNarrowMinRows rows (A x for a vector x, heads with a few outputs) are computed as
+// C^T = B^T A^T: the kernels put C's columns into the vector lanes, where n <= 4 would leave 12 or
+// more of 16 idle; transposed, C's rows fill them. Same products, same k order, same bits.
+// Measured at 1 thread, fp32: 512 x n x 512 for n = 1..4 1.2-1.5x (A transposed, n = 1: 4.2x,
+// through vector_matrix), 2048 x 1 x 2048 1.3x, 64 x 2 x 64 TN 6x, 20 x 4 x 1000 1.9x; n = 5 and
+// up are faster as they are.
+template <class T>
+constexpr int64_t narrow_cols() {
+  return static_cast<int64_t>(Batch<T>::size) / 4;
+}
+constexpr int64_t kNarrowMinRows = 16;
 
 // The k-blocking depends on k only (never on threads or tiling): equal blocks of at most KC,
 // rounded to a multiple of 16 so packed panels stay vector aligned.
@@ -623,12 +642,13 @@ void run_tile(const Problem<T>& pr, int64_t q0, int64_t q1, int64_t i0, int64_t 
       run_half = &KernelSet<T, true, MR, 1>::run;
     }
 
-  // With A read in place, a last partial panel whose height needs the 2-row kernel (2, 3, 6, 7,
-  // 10 or 11 rows) runs together with the full panel before it as 8-row kernels (14 + 2 = 8 + 8,
+  // With A read in place, a last partial panel whose height needs the 2-row kernel (2, 6 or 10
+  // rows) runs together with the full panel before it as 8-row kernels (14 + 2 = 8 + 8,
   // 14 + 6 = 8 + 8 + 4): the 2-row kernel has 4 FMA chains, too few to cover the FMA latency,
-  // and streams 128 bytes of B from L2 per 4 FMAs (measured +1-4% on m = 128 products).
+  // and streams 128 bytes of B from L2 per 4 FMAs (measured +1-4% on m = 128 products). The
+  // 3-row kernel's 6 chains nearly do, and merging 3, 7 or 11 rows would leave a 1-row kernel.
   const int64_t tail = (i1 - i0) % MR;
-  const int64_t merge_at = pr.direct_a && (tail & 2) && i1 - i0 > MR ? i1 - tail - MR : -1;
+  const int64_t merge_at = pr.direct_a && tail % 4 == 2 && i1 - i0 > MR ? i1 - tail - MR : -1;
   // Rows of the A panel (kernel call) starting at row i.
   auto panel_rows = [&](int64_t i) {
     return i == merge_at ? MR + static_cast<int>(tail) : static_cast<int>(std::min<int64_t>(MR, pr.m - i));
@@ -948,12 +968,30 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   }
   // Column-major C: compute C^T = B^T A^T instead (same products, same k order, same bits) so
   // the micro-kernel stores contiguous vectors.
-  if (c.cs != 1 && c.rs == 1) {
+  auto transpose_problem = [&] {
     std::swap(m, n);
     const ConstMatrix<T> at{a.data, a.cs, a.rs};
     a = {b.data, b.cs, b.rs};
     b = at;
     c = {c.data, c.cs, c.rs};
+  };
+  if (c.cs != 1 && c.rs == 1) transpose_problem();
+  if (n <= narrow_cols<T>() && m >= kNarrowMinRows) transpose_problem();  // C^T is then column-major
+  // The last n mod L columns, when at most narrow_cols, likewise: as a product of their own
+  // (computed transposed), instead of a last column panel of mostly idle lanes -- in products up
+  // to kDirectMax that run on one thread. Measured at 1 thread (in-process and alternating
+  // processes): 100^3 1.07-1.2x, 97^3 1.09x, 100^3 TN 1.12x, 256 x 100 x 256 1.09x. At 2 threads
+  // the tail on its own is a serial step (100^3 0.92x, 256 x 100 x 256 0.86x), and in larger
+  // products its share is too small to pay for the copy of A it transposes (1024 x 1026 x 1024
+  // 0.96x, 257^3 1.02x, others alike).
+  const double all_madds = double(m) * double(n) * double(k);
+  const bool one_thread = !allow_threads || all_madds <= kSerialMax || usable_threads() == 1;
+  if (constexpr int64_t L = Batch<T>::size; one_thread && all_madds <= kDirectMax && n > L &&
+                                            n % L <= narrow_cols<T>() && n % L > 0 && m >= kNarrowMinRows) {
+    const int64_t body = n - n % L;
+    gemm_impl<T>(m, n - body, k, a, {b.data + body * b.cs, b.rs, b.cs}, {c.data + body * c.cs, c.rs, c.cs},
+                 accumulate, allow_threads);
+    n = body;
   }
 
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR;

@@ -85,13 +85,25 @@ void forward_row(const T* x, T* y, std::int64_t n, bool log, bool prefetch_next)
   }
 }
 
+// One row of the backward; the inputs `ahead` elements further (a later row, or 0) are prefetched
+// during the second pass, which reads this row from L1: the next row's first pass then does not
+// wait on memory (as the layer norm backward).
 template <class T, bool Stream>
-void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
+void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log, std::int64_t ahead) {
   auto add = [](const auto& a, const auto& b) { return a + b; };
+  auto prefetch = [&](std::int64_t i) {
+    if constexpr (Stream) {  // gx is not read back: only the inputs
+      __builtin_prefetch(y + ahead + i, 0, 3);
+      __builtin_prefetch(g + ahead + i, 0, 3);
+    } else {
+      prefetch_next_row(y + ahead + i, g + ahead + i, gx + ahead + i);
+    }
+  };
   if (log) {
     const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       simd::store_out<Stream>(gx + i, load_n(g + i, c, T(0)) - exp_nonpos(load_n(y + i, c, T(0))) * sg, c);
+      prefetch(i);
     });
   } else {
     const B<T> dot(row_reduce<T>(
@@ -99,6 +111,7 @@ void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log) {
         add));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       simd::store_out<Stream>(gx + i, load_n(y + i, c, T(0)) * (load_n(g + i, c, T(0)) - dot), c);
+      prefetch(i);
     });
   }
 }
@@ -129,8 +142,11 @@ void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& gx, bool l
     const bool stream = simd::stream_output(gxp, row_bytes, rows * row_bytes);
     parallel_for(rows, row_grain(n), [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t r = b; r < e; ++r) {
-        if (stream) backward_row<T, true>(yp + r * n, gp + r * n, gxp + r * n, n, log);
-        else backward_row<T, false>(yp + r * n, gp + r * n, gxp + r * n, n, log);
+        // A later row of the task (the last row re-touches its own lines): with a streamed gx,
+        // whose inputs come from memory, two rows ahead, as the layer norm backward.
+        const std::int64_t ahead = std::min<std::int64_t>(stream ? 2 : 1, e - 1 - r) * n;
+        if (stream) backward_row<T, true>(yp + r * n, gp + r * n, gxp + r * n, n, log, ahead);
+        else backward_row<T, false>(yp + r * n, gp + r * n, gxp + r * n, n, log, ahead);
       }
       if (stream) simd::stream_fence();
     });

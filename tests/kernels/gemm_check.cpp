@@ -400,6 +400,33 @@ void run_layout_invariance(int64_t m, int64_t n, int64_t k, bool accumulate) {
       }
 }
 
+// Column split invariance: each element of C is one FMA chain over k per k-block whatever path
+// computes it, so the columns [j0, j1) of a product, computed as a product of their own (other
+// paths: narrow products, column tails, other panel splits), have the bits of the whole product's.
+template <class T>
+void run_column_split(int64_t m, int64_t n, int64_t k, bool a_transposed) {
+  std::uniform_real_distribution<double> d(-1.0, 1.0);
+  std::vector<T> av(size_t(m * k)), bv(size_t(k * n)), full(size_t(m * n)), part(size_t(m * n));
+  for (auto& x : av) x = T(d(rng));
+  for (auto& x : bv) x = T(d(rng));
+  const ConstMatrix<T> a = a_transposed ? ConstMatrix<T>{av.data(), 1, m} : ConstMatrix<T>{av.data(), k, 1};
+  tg::kernels::gemm(m, n, k, a, {bv.data(), n, 1}, {full.data(), n, 1}, false);
+  const Case cs{m, n, k, a_transposed ? Layout::Transposed : Layout::RowMajor, Layout::RowMajor, Layout::RowMajor,
+                false, false, 0};
+  for (const int64_t w : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{16}, int64_t{17}, n - 4, n - 1}) {
+    if (w <= 0 || w > n) continue;
+    for (const int64_t j0 : {int64_t{0}, n - w}) {
+      tg::kernels::gemm(m, w, k, a, {bv.data() + j0, n, 1}, {part.data(), w, 1}, false);
+      for (int64_t i = 0; i < m; ++i)
+        if (std::memcmp(&part[size_t(i * w)], &full[size_t(i * n + j0)], size_t(w) * sizeof(T)) != 0)
+          fail("columns [" + std::to_string(j0) + ", " + std::to_string(j0 + w) +
+                   ") computed alone differ from the whole product's",
+               cs);
+      ++checks;
+    }
+  }
+}
+
 template <class T>
 void run_all(int random_cases) {
   const char* tname = sizeof(T) == 4 ? "f32" : "f64";
@@ -472,15 +499,30 @@ void run_all(int random_cases) {
 
   // 7. Layout invariance, small (in-place operands) and large (packed) products; 200 x 300 x 400
   // reads a row-major B in place (few rows of A), its other layouts are packed; m = 1 with a
-  // row-major B is a vector times a matrix (so is 700 x 1 x 300 with a column-major C, computed as
-  // C^T = B^T A^T), and 5 x 1000 x 900 with a transposed B streams it panel by panel (the skinny
-  // tiles).
-  const int64_t inv[][3] = {{5, 7, 3}, {14, 32, 16}, {29, 45, 67}, {64, 64, 64}, {100, 90, 70}, {131, 97, 400},
-                            {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}, {200, 300, 400},
-                            {1, 300, 500},   {1, 1024, 700}, {5, 1000, 900}, {700, 1, 300}};
+  // row-major B is a vector times a matrix (so is 700 x 1 x 300, computed as C^T = B^T A^T, when A
+  // is transposed), and 5 x 1000 x 900 with a transposed B streams it panel by panel (the skinny
+  // tiles). Products of at most a quarter of a vector of columns (fp32: 4, fp64: 2) and at least 16
+  // rows are computed as C^T = B^T A^T (700 x 1 x 300, 300 x 3 x 200, 64 x 4 x 64, 16 x 2 x 900;
+  // not 15 x 4 x 100 or 64 x 5 x 64), and so are the last n mod 16 (8) columns when as few, in
+  // products up to 2^23 multiply-adds (40 x 100 x 60, 33 x 258 x 50, 200 x 1010 x 40).
+  const int64_t inv[][3] = {{5, 7, 3},     {14, 32, 16},   {29, 45, 67},   {64, 64, 64},  {100, 90, 70},
+                            {131, 97, 400}, {200, 300, 100}, {450, 70, 800}, {66, 128, 1024}, {200, 300, 400},
+                            {1, 300, 500},  {1, 1024, 700},  {5, 1000, 900}, {700, 1, 300},  {300, 3, 200},
+                            {64, 4, 64},    {16, 2, 900},    {15, 4, 100},   {64, 5, 64},   {40, 100, 60},
+                            {33, 258, 50},  {200, 1010, 40}};
   for (auto& s : inv)
     for (bool acc : {false, true}) {
       run_layout_invariance<T>(s[0], s[1], s[2], acc);
+      ++cases;
+    }
+
+  // Columns computed alone: narrow products and column tails (100 = 96 + 4, 1010 = 1008 + 2) against
+  // the panels of the whole product, at sizes of the small, direct and packed paths.
+  const int64_t splits[][3] = {{100, 100, 100}, {64, 196, 288}, {300, 20, 200}, {40, 1010, 30}, {17, 37, 900},
+                               {700, 260, 500}};
+  for (auto& s : splits)
+    for (bool at : {false, true}) {
+      run_column_split<T>(s[0], s[1], s[2], at);
       ++cases;
     }
 
@@ -491,7 +533,8 @@ void run_all(int random_cases) {
   // row-major B packed during its first use (tiles of at most 64 row panels: 700 x 90 x 400,
   // 3000 x 40 x 300 split across threads); small products of 2^19..2^20 multiply-adds cut into
   // pieces for the threads, by rows (100^3, 128 x 64 x 72, 12 x 300 x 200, 40 x 100 x 200) or, with
-  // fewer than 12 rows, by columns (8 x 512 x 200, 11 x 200 x 384).
+  // fewer than 12 rows, by columns (8 x 512 x 200, 11 x 200 x 384); products of few columns, threaded
+  // as C^T = B^T A^T (3000 x 3 x 1000, 5000 x 1 x 700).
   for (int64_t n : {16, 32, 33, 40, 48, 64, 96, 100, 112, 127})
     for (int64_t m : {1, 6, 13, 64})
       for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::RowNegative, Layout::TransposedNegative}) {
@@ -501,7 +544,7 @@ void run_all(int random_cases) {
       }
   const int64_t paths[][3] = {{1003, 517, 1500}, {700, 90, 400}, {8, 64, 20000}, {20, 96, 9000}, {3000, 40, 300},
                               {100, 100, 100}, {128, 64, 72},   {12, 300, 200}, {40, 100, 200}, {8, 512, 200},
-                              {11, 200, 384}};
+                              {11, 200, 384},  {3000, 3, 1000}, {5000, 1, 700}};
   for (auto& s : paths)
     for (Layout la : {Layout::RowMajor, Layout::Transposed, Layout::TransposedNegative}) {
       const Layout lb = s[0] % 2 ? Layout::RowNegative : Layout::RowMajor;
