@@ -773,14 +773,18 @@ void small_product(const Problem<float>& pr) {
       bs = width;
     }
     const int64_t rows_step = width == NR ? MR : kMR;
-    for (int64_t i = 0; i < pr.m; i += rows_step) {
-      const int rows = static_cast<int>(std::min<int64_t>(rows_step, pr.m - i));
+    // On the 14-row kernels, a last tile that would need the 2-row kernel runs with the one
+    // before as 8-row kernels, as in run_tile (1 thread: 16^3 1.04x, 48^3 TN 1.05x, 44 x 32 x 100 1.06x).
+    const int64_t tail = pr.m % rows_step;
+    const int64_t merge_at = rows_step == kMR && tail % 4 == 2 && pr.m > kMR ? pr.m - tail - kMR : -1;
+    for (int64_t i = 0, rows = 0; i < pr.m; i += rows) {
+      rows = i == merge_at ? kMR + tail : std::min<int64_t>(rows_step, pr.m - i);
       const float* ap = pr.a.data + i * pr.a.rs;
       const CTile<float> tile{c.data + i * c.rs + j * c.cs, c.rs, c.cs, cols, pr.accumulate};
       switch (width) {
-        case NR / 4: KernelSet<float, A_ROW_MAJOR, kMR, 1>::run(rows, k, ap, as, bp, bs, tile); break;
-        case NR / 2: KernelSet<float, A_ROW_MAJOR>::run(rows, k, ap, as, bp, bs, tile); break;
-        default: KernelSet<float, A_ROW_MAJOR, MR, NV>::run(rows, k, ap, as, bp, bs, tile); break;
+        case NR / 4: KernelSet<float, A_ROW_MAJOR, kMR, 1>::run(static_cast<int>(rows), k, ap, as, bp, bs, tile); break;
+        case NR / 2: KernelSet<float, A_ROW_MAJOR>::run(static_cast<int>(rows), k, ap, as, bp, bs, tile); break;
+        default: KernelSet<float, A_ROW_MAJOR, MR, NV>::run(static_cast<int>(rows), k, ap, as, bp, bs, tile); break;
       }
     }
     j += cols;
