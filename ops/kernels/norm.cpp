@@ -263,6 +263,74 @@ inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
   store_n(dst, load_n(dst, count, T(0)) + v, count);
 }
 
+// dst[0..count) += a * b in the input precision, as one FMA: written out, so that the row and the
+// column backward (which must agree bit for bit) do not depend on the compiler contracting it.
+template <class T>
+inline void fma_into(T* dst, std::int64_t count, const B<T>& a, const B<T>& b) {
+  store_n(dst, xsimd::fma(a, b, load_n(dst, count, T(0))), count);
+}
+
+// x_hat = (x - mean) * rstd (layer norm) or x * rstd (RMS norm).
+template <class T, bool Center>
+inline B<T> x_hat(const B<T>& xv, const B<T>& mb, const B<T>& rb) {
+  if constexpr (Center) return (xv - mb) * rb;
+  else return xv * rb;
+}
+
+// The input gradient of a batch from the row's sums: c1 = s1 / n, c2 = s2 / n (see row_grad_sums),
+// gx = (dy w - c1 - x_hat c2) rstd, without c1 for the RMS norm. rstd is applied last, to the whole
+// bracket: dy w - c1 cancels exactly where it should (e.g. one-element rows, whose gradient is 0),
+// instead of leaving the rounding of two products.
+template <class T, bool Center, bool HasW>
+inline B<T> grad_x(const B<T>& xh, const B<T>& dy, const B<T>& wv, const B<T>& c1, const B<T>& c2, const B<T>& rb) {
+  B<T> d = dy;
+  // dy w rounded as in s1 (an FMA with 0 cannot be fused with the subtraction below).
+  if constexpr (HasW) d = xsimd::fma(dy, wv, B<T>(0));
+  if constexpr (Center) d = d - c1;
+  return xsimd::fnma(xh, c2, d) * rb;
+}
+
+// The two sums over a row that its input gradient needs, in f64: s1 = sum(g) (layer norm only) and
+// s2 = sum(g x_hat), g = dy [* w]. Padded lanes have dy = 0 and w = 0, so they add exact zeros.
+// Four vectors per step, summed in pairs in the input precision before the f64 accumulators:
+// widening each vector is what this loop would spend its time on. (A sum of 4 in f32 is off by at
+// most 2 ulp of the sum of their magnitudes, so s1/n is within ~1e-7 of mean |g|: the precision of
+// g itself.) A last pair of vectors goes through the same two accumulators.
+template <class T, bool Center, bool HasW>
+void row_grad_sums(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, double& s1, double& s2) {
+  constexpr std::int64_t W = B<T>::size;
+  const B<T> mb(mean), rb(rstd);
+  // load_n with c == W (every step but the last) is a plain load.
+  auto gw_at = [&](std::int64_t i, std::int64_t c) {
+    const B<T> g = load_n(gy + i, c, T(0));
+    if constexpr (HasW) return g * load_n(w + i, c, T(0));
+    else return g;
+  };
+  auto id = [](const D& v) { return v; };
+  D s1a(0.0), s1b(0.0), s2a(0.0), s2b(0.0);
+  auto xh_at = [&](std::int64_t i) { return x_hat<T, Center>(B<T>::load_unaligned(x + i), mb, rb); };
+  std::int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    const B<T> g0 = gw_at(i, W), g1 = gw_at(i + W, W), g2 = gw_at(i + 2 * W, W), g3 = gw_at(i + 3 * W, W);
+    if constexpr (Center) add_wide(id, (g0 + g1) + (g2 + g3), s1a, s1b);
+    add_wide(id, (g0 * xh_at(i) + g1 * xh_at(i + W)) + (g2 * xh_at(i + 2 * W) + g3 * xh_at(i + 3 * W)), s2a, s2b);
+  }
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const B<T> g0 = gw_at(i, W), g1 = gw_at(i + W, W);
+    if constexpr (Center) add_wide(id, g0 + g1, s1a, s1b);
+    add_wide(id, g0 * xh_at(i) + g1 * xh_at(i + W), s2a, s2b);
+  }
+  for (; i < n; i += W) {
+    const std::int64_t c = std::min(W, n - i);
+    const B<T> g = gw_at(i, c);
+    const B<T> xh = x_hat<T, Center>(load_n(x + i, c, T(0)), mb, rb);
+    if constexpr (Center) add_wide(id, g, s1a, s1b);
+    add_wide(id, g * xh, s2a, s2b);
+  }
+  s1 = hsum(s1a + s1b);
+  s2 = hsum(s2a + s2b);
+}
+
 // One row of the backward. pw, pb: running sums of dy * x_hat and dy over a few rows, in the input
 // precision (null when not wanted); the caller folds them into f64 partials. HasW, AccW, AccB say
 // whether w, pw, pb are there: the loops carry no per-vector branches (with them, the backward
@@ -271,59 +339,17 @@ inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
 template <class T, bool Center, bool HasW, bool AccW, bool AccB, bool Stream>
 void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std::int64_t n, T* gx, T* pw, T* pb,
                        std::int64_t ahead) {
-  constexpr std::int64_t W = B<T>::size;
   const B<T> mb(mean), rb(rstd);
-  auto xhat = [&](const B<T>& xv) {
-    if constexpr (Center) return (xv - mb) * rb;
-    else return xv * rb;
-  };
-  // load_n with c == W (every step but the last) is a plain load.
-  auto gw_at = [&](std::int64_t i, std::int64_t c) {
-    const B<T> g = load_n(gy + i, c, T(0));
-    if constexpr (HasW) return g * load_n(w + i, c, T(0));
-    else return g;
-  };
   if (gx) {
-    // Padded lanes have dy = 0 and w = 0, so they add exact zeros.
-    auto id = [](const D& v) { return v; };
-    // Four vectors per step, summed in pairs in the input precision before the f64 accumulators:
-    // widening each vector is what this loop would spend its time on. (A sum of 4 in f32 is off by
-    // at most 2 ulp of the sum of their magnitudes, so s1/n is within ~1e-7 of mean |g|: the
-    // precision of g itself.) A last pair of vectors goes through the same two accumulators.
-    D s1a(0.0), s1b(0.0), s2a(0.0), s2b(0.0);
-    auto xh_at = [&](std::int64_t i) { return xhat(B<T>::load_unaligned(x + i)); };
-    std::int64_t i = 0;
-    for (; i + 4 * W <= n; i += 4 * W) {
-      const B<T> g0 = gw_at(i, W), g1 = gw_at(i + W, W), g2 = gw_at(i + 2 * W, W), g3 = gw_at(i + 3 * W, W);
-      if constexpr (Center) add_wide(id, (g0 + g1) + (g2 + g3), s1a, s1b);
-      add_wide(id, (g0 * xh_at(i) + g1 * xh_at(i + W)) + (g2 * xh_at(i + 2 * W) + g3 * xh_at(i + 3 * W)), s2a, s2b);
-    }
-    for (; i + 2 * W <= n; i += 2 * W) {
-      const B<T> g0 = gw_at(i, W), g1 = gw_at(i + W, W);
-      if constexpr (Center) add_wide(id, g0 + g1, s1a, s1b);
-      add_wide(id, g0 * xh_at(i) + g1 * xh_at(i + W), s2a, s2b);
-    }
-    for (; i < n; i += W) {
-      const std::int64_t c = std::min(W, n - i);
-      const B<T> g = gw_at(i, c);
-      const B<T> xh = xhat(load_n(x + i, c, T(0)));
-      if constexpr (Center) add_wide(id, g, s1a, s1b);
-      add_wide(id, g * xh, s2a, s2b);
-    }
+    double s1, s2;
+    row_grad_sums<T, Center, HasW>(x, gy, w, mean, rstd, n, s1, s2);
     const double inv_n = 1.0 / static_cast<double>(n);
-    const double s1 = hsum(s1a + s1b), s2 = hsum(s2a + s2b);
-    // rstd is applied last, to the whole bracket: g - s1/n cancels exactly where it should (e.g.
-    // one-element rows, whose gradient is 0), instead of leaving the rounding of two products.
     const B<T> c1(static_cast<T>(s1 * inv_n)), c2(static_cast<T>(s2 * inv_n));
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
-      const B<T> xh = xhat(load_n(x + i, c, T(0)));
+      const B<T> xh = x_hat<T, Center>(load_n(x + i, c, T(0)), mb, rb);
       const B<T> dy = load_n(gy + i, c, T(0));
-      // dy w rounded as in s1 (an FMA with 0 cannot be fused with the subtraction below).
-      B<T> d = dy;
-      if constexpr (HasW) d = xsimd::fma(dy, load_n(w + i, c, T(0)), B<T>(0));
-      if constexpr (Center) d = d - c1;
-      store_out<Stream>(gx + i, xsimd::fnma(xh, c2, d) * rb, c);
-      if constexpr (AccW) acc_into(pw + i, c, dy * xh);
+      store_out<Stream>(gx + i, grad_x<T, Center, HasW>(xh, dy, HasW ? load_n(w + i, c, T(0)) : dy, c1, c2, rb), c);
+      if constexpr (AccW) fma_into(pw + i, c, dy, xh);
       if constexpr (AccB) acc_into(pb + i, c, dy);
       if constexpr (Stream) {  // gx is not read back: only the inputs
         __builtin_prefetch(x + ahead + i, 0, 3);
@@ -334,7 +360,7 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
   } else {
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
       const B<T> dy = load_n(gy + i, c, T(0));
-      if constexpr (AccW) acc_into(pw + i, c, dy * xhat(load_n(x + i, c, T(0))));
+      if constexpr (AccW) fma_into(pw + i, c, dy, x_hat<T, Center>(load_n(x + i, c, T(0)), mb, rb));
       if constexpr (AccB) acc_into(pb + i, c, dy);
     });
   }
@@ -380,6 +406,79 @@ void combine_partials(const double* part, std::int64_t chunks, std::int64_t n, T
   });
 }
 
+// Few long rows with weight or bias gradients (see row_backward_impl for when): the row chunks of
+// row_backward_impl would each carry f64 partials of n columns, and every row would read and write
+// its chunk's running sums of n columns, far from L1 ([64, 65536] f32: 64 chunks of 1 MiB of
+// partials per gradient, 16 ms against torch's 6). Instead, pass 1 takes each row's two sums
+// (row_grad_sums, parallel over rows); pass 2, parallel over strips of columns, walks every row of
+// its strip in order: gx, and the strip's running sums, which stay in L1. The sums follow the row
+// path's chunks, folds and order (backward_grain, kFold), so every output has its bits.
+template <class T, bool Center, bool HasW, bool Stream>
+void column_backward(const T* xp, const T* gp, const T* w, const T* mp, const T* rp, T* gx, T* gw, T* gb,
+                     std::int64_t rows, std::int64_t n, std::int64_t grain) {
+  constexpr std::int64_t kStrip = 512;  // columns per task: 2 x 512 running sums + 4 x 512 f64, 20 KiB in f32
+  std::vector<T> c1(gx ? rows : 0), c2(gx ? rows : 0);  // s1 / n, s2 / n per row
+  if (gx) {
+    const double inv_n = 1.0 / static_cast<double>(n);
+    parallel_for(rows, 1, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t r = lo; r < hi; ++r) {
+        double s1, s2;
+        row_grad_sums<T, Center, HasW>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n, s1, s2);
+        c1[static_cast<std::size_t>(r)] = static_cast<T>(s1 * inv_n);
+        c2[static_cast<std::size_t>(r)] = static_cast<T>(s2 * inv_n);
+      }
+    });
+  }
+  const std::int64_t strips = (n + kStrip - 1) / kStrip;
+  parallel_for(strips, 1, [&](std::int64_t s_lo, std::int64_t s_hi) {
+    alignas(64) T aw[kStrip], ab[kStrip];                                 // sums of the current fold
+    alignas(64) double pw[kStrip], pb[kStrip], tw[kStrip], tb[kStrip];  // of the chunk; of all rows
+    for (std::int64_t s = s_lo; s < s_hi; ++s) {
+      const std::int64_t j0 = s * kStrip, len = std::min(kStrip, n - j0);
+      std::fill(aw, aw + len, T(0)), std::fill(ab, ab + len, T(0));
+      std::fill(pw, pw + len, 0.0), std::fill(pb, pb + len, 0.0), std::fill(tw, tw + len, 0.0), std::fill(tb, tb + len, 0.0);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* x = xp + r * n + j0;
+        const T* g = gp + r * n + j0;
+        const std::int64_t ahead = r + 1 < rows ? n : 0;  // the strip of the next row is prefetched
+        const B<T> mb(Center ? mp[r] : T(0)), rb(rp[r]);
+        const B<T> c1b(gx ? c1[static_cast<std::size_t>(r)] : T(0)), c2b(gx ? c2[static_cast<std::size_t>(r)] : T(0));
+        for_each_batch<T>(len, [&](std::int64_t i, std::int64_t c) {
+          const B<T> xh = x_hat<T, Center>(load_n(x + i, c, T(0)), mb, rb);
+          const B<T> dy = load_n(g + i, c, T(0));
+          if (gx) {
+            const B<T> wv = HasW ? load_n(w + j0 + i, c, T(0)) : dy;
+            store_out<Stream>(gx + r * n + j0 + i, grad_x<T, Center, HasW>(xh, dy, wv, c1b, c2b, rb), c);
+          }
+          if (gw) fma_into(aw + i, c, dy, xh);
+          if (gb) acc_into(ab + i, c, dy);
+          __builtin_prefetch(x + ahead + i, 0, 3);
+          __builtin_prefetch(g + ahead + i, 0, 3);
+        });
+        // The row path's boundaries: a fold every kFold rows of a chunk and at its end.
+        const std::int64_t chunk_lo = r / grain * grain, chunk_hi = std::min(rows, chunk_lo + grain);
+        if ((r - chunk_lo + 1) % kFold == 0 || r + 1 == chunk_hi) {
+          for (auto [a, p] : {std::pair{gw ? aw : nullptr, pw}, std::pair{gb ? ab : nullptr, pb}}) {
+            if (!a) continue;
+            constexpr std::int64_t W = B<T>::size;
+            for (std::int64_t i = 0; i < len; i += W) add_into(p + i, std::min(W, len - i), load_n(a + i, std::min(W, len - i), T(0)));
+            std::fill(a, a + len, T(0));
+          }
+        }
+        if (r + 1 == chunk_hi) {  // as combine_partials: chunk partials added in order
+          for (std::int64_t j = 0; j < len; ++j) tw[j] += pw[j], tb[j] += pb[j];
+          std::fill(pw, pw + len, 0.0), std::fill(pb, pb + len, 0.0);
+        }
+      }
+      for (std::int64_t j = 0; j < len; ++j) {
+        if (gw) gw[j0 + j] = static_cast<T>(tw[j]);
+        if (gb) gb[j0 + j] = static_cast<T>(tb[j]);
+      }
+    }
+    if constexpr (Stream) simd::stream_fence();
+  });
+}
+
 template <class T, bool Center>
 void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, const Tensor& mean_t,
                        const Tensor& rstd_t, const Tensor& gx_t, const Tensor& gw_t, const Tensor& gb_t) {
@@ -395,6 +494,28 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
   const std::int64_t chunks = (rows + grain - 1) / grain;
   const std::int64_t row_bytes = n * static_cast<std::int64_t>(sizeof(T));
   const bool stream = gx && simd::stream_output(gx, row_bytes, rows * row_bytes);
+  // By columns: rows of at least 32768 elements in chunks of at most n / 8192 rows. Measured at 1
+  // thread, f32, layer / RMS norm: [64, 65536] 3.1x / 2.0x, [16, 262144] 2.8x / 1.9x, [2, 10^6] 1.9x
+  // / 1.1x, [128, 32768] (chunks of 2) 1.9x / 1.05x, [512, 65536] (8) 1.26x / 1.0x; with more rows
+  // per chunk the row path is faster ([1024, 32768] (16) 0.72x, [1024, 65536] (16) 0.83-0.97x), and
+  // so it is with shorter rows ([128, 16384] 0.7-0.8x).
+  const RowNormBackward path = row_norm_backward_path.load(std::memory_order_relaxed);
+  const bool by_columns = path == RowNormBackward::by_columns ||
+                          (path == RowNormBackward::automatic && n >= (std::int64_t{1} << 15) && grain * 8192 <= n);
+  if ((want_w || want_b) && by_columns) {
+    T* gw = want_w ? gw_t.data<T>() : nullptr;
+    T* gb = want_b ? gb_t.data<T>() : nullptr;
+    auto run = [&](auto has_w, auto streamed) {
+      column_backward<T, Center, has_w(), streamed()>(xp, gp, w, mp, rp, gx, gw, gb, rows, n, grain);
+    };
+    auto with_stream = [&](auto has_w) {
+      if (stream) run(has_w, std::true_type{});
+      else run(has_w, std::false_type{});
+    };
+    if (w) with_stream(std::true_type{});
+    else with_stream(std::false_type{});
+    return;
+  }
   Tensor part_w = want_w ? empty({chunks, n}, DType::f64) : Tensor();
   Tensor part_b = want_b ? empty({chunks, n}, DType::f64) : Tensor();
   double* pw_all = want_w ? part_w.data<double>() : nullptr;

@@ -9,6 +9,7 @@
 // on the shape, so every result is bit-identical for any thread count.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "core/tensor.hpp"
@@ -27,6 +28,11 @@ void row_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double 
 void row_norm_backward(const Tensor& x, const Tensor& gy, const Tensor& w, const Tensor& mean, const Tensor& rstd,
                        bool center, const Tensor& gx, const Tensor& gw, const Tensor& gb);
 // A large gx is written with non-temporal stores (simd::stream_output in simd_partial.hpp).
+// Few long rows with a weight or bias gradient take a backward that walks strips of columns
+// rather than chunks of rows (column_backward in norm.cpp); the bits are the same either way.
+// Tests force one path or the other to compare them.
+enum class RowNormBackward { automatic, by_rows, by_columns };
+inline std::atomic<RowNormBackward> row_norm_backward_path{RowNormBackward::automatic};
 
 // Group normalisation of x [N, C, S] (contiguous) with `groups` groups of C / groups channels:
 // statistics over each (sample, group) block of (C / groups) * S elements; w, b: [C] or undefined;

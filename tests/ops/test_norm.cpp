@@ -11,6 +11,7 @@
 #include "core/autograd.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/loss.hpp"
+#include "ops/kernels/norm.hpp"
 #include "ops/kernels/simd_partial.hpp"
 #include "ops/norm.hpp"
 #include "ops/reduce.hpp"
@@ -423,6 +424,67 @@ TEST_CASE("layer_norm, rms_norm, softmax: a streamed input gradient has the bits
     for (std::size_t i = 0; i < cached.size(); ++i) CHECK(test::same_bits(cached[i], streamed[i]));
     CHECK(test::same_bits_across_threads(grads));
   }
+}
+
+TEST_CASE("layer_norm, rms_norm: the backward by strips of columns has the bits of the one by chunks of rows",
+          "[ops][norm][threads]") {
+  // Few long rows take the column backward (kernels::row_norm_backward_path, automatic by default);
+  // it follows the row path's chunks and folds of the weight/bias sums, so every gradient must have
+  // the same bits. Shapes: one chunk with partial folds (37 rows), several chunks of two folds
+  // (300 x 2000: chunks of 32 rows) or of a fold and a part (100 x 3000: 21 rows), chunks of a few
+  // rows (100 x 10000: 6), ragged strips (n = 1003, 2000, 3000, 10000 over strips of 512 columns), f64; gradients of x, w and b, of w and b only (no gx),
+  // without a bias (RMS norm); ordinary and non-temporal stores of gx; 1 vs N threads.
+  auto& path = kernels::row_norm_backward_path;
+  auto& threshold = kernels::simd::stream_threshold;
+  struct Restore {
+    kernels::RowNormBackward saved_path = kernels::row_norm_backward_path.load();
+    std::int64_t saved_threshold = kernels::simd::stream_threshold.load();
+    ~Restore() {
+      kernels::row_norm_backward_path.store(saved_path);
+      kernels::simd::stream_threshold.store(saved_threshold);
+    }
+  } restore;
+  for (auto [rows, n, dtype] : {std::tuple{37, 1003, DType::f32}, {300, 2000, DType::f32}, {100, 3000, DType::f32},
+                                {100, 10000, DType::f32}, {3, 64, DType::f32}, {40, 1003, DType::f64}, {20, 512, DType::f64}}) {
+    INFO(fmt::format("[{}, {}] {}", rows, n, dtype_name(dtype)));
+    const Tensor x0 = test::randn({rows, n}, dtype, 60), gy = test::randn({rows, n}, dtype, 61) * 3.0;
+    const Tensor w0 = test::randn({n}, dtype, 62), b0 = test::randn({n}, dtype, 63);
+    auto grads = [&] {
+      Tensor x = x0.detach().requires_grad_(), w = w0.detach().requires_grad_(), b = b0.detach().requires_grad_();
+      Tensors out = autograd::grad({ops::layer_norm(x, {n}, w, b)}, {x, w, b}, {gy});
+      for (const Tensor& g : autograd::grad({ops::rms_norm(x, {n}, w)}, {x, w}, {gy})) out.push_back(g);
+      Tensor xc = x0.detach();  // no input gradient: the kernel gets no gx
+      for (const Tensor& g : autograd::grad({ops::layer_norm(xc, {n}, w, b)}, {w, b}, {gy})) out.push_back(g);
+      return out;
+    };
+    path.store(kernels::RowNormBackward::by_rows);
+    threshold.store(std::int64_t{1} << 62);
+    const Tensors by_rows = grads();
+    for (std::int64_t stream_at : {std::int64_t{1} << 62, std::int64_t{0}}) {
+      threshold.store(stream_at);
+      path.store(kernels::RowNormBackward::by_columns);
+      const Tensors by_columns = grads();
+      REQUIRE(by_rows.size() == by_columns.size());
+      for (std::size_t i = 0; i < by_rows.size(); ++i) {
+        INFO(fmt::format("gradient {}, stream threshold {}", i, stream_at));
+        CHECK(test::same_bits(by_rows[i], by_columns[i]));
+      }
+      CHECK(test::same_bits_across_threads(grads));
+    }
+  }
+  // The automatic choice takes the columns for few long rows: the same bits again.
+  path.store(kernels::RowNormBackward::automatic);
+  threshold.store(restore.saved_threshold);
+  const Tensor x0 = test::randn({4, 40000}, DType::f32, 64), gy = test::randn({4, 40000}, DType::f32, 65);
+  const Tensor w0 = test::randn({40000}, DType::f32, 66), b0 = test::randn({40000}, DType::f32, 67);
+  auto grads = [&] {
+    Tensor x = x0.detach().requires_grad_(), w = w0.detach().requires_grad_(), b = b0.detach().requires_grad_();
+    return autograd::grad({ops::layer_norm(x, {40000}, w, b)}, {x, w, b}, {gy});
+  };
+  const Tensors automatic = grads();
+  path.store(kernels::RowNormBackward::by_rows);
+  const Tensors by_rows = grads();
+  for (std::size_t i = 0; i < by_rows.size(); ++i) CHECK(test::same_bits(automatic[i], by_rows[i]));
 }
 
 TEST_CASE("norms: errors name the op, the shapes and the dim", "[ops][norm][errors]") {
