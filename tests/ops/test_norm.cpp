@@ -397,11 +397,7 @@ TEST_CASE("layer_norm, rms_norm, softmax: a streamed input gradient has the bits
   // Large input gradients are written with non-temporal stores (simd::stream_output); a threshold
   // of 0 streams every eligible one: rows a multiple of 64 bytes long (the others, e.g. n = 1003
   // or 20, take the ordinary stores whatever the threshold).
-  auto& threshold = kernels::simd::stream_threshold;
-  struct Restore {
-    std::int64_t saved = kernels::simd::stream_threshold.load();
-    ~Restore() { kernels::simd::stream_threshold.store(saved); }
-  } restore;
+  test::ScopedSetting<std::int64_t> threshold(kernels::simd::stream_threshold, kernels::simd::stream_threshold.load());
   for (auto [rows, n, dtype] : {std::tuple{37, 64, DType::f32}, {130, 1024, DType::f32}, {33, 48, DType::f32},
                                 {9, 1003, DType::f32}, {20, 16, DType::f64}, {7, 20, DType::f64}}) {
     INFO(fmt::format("[{}, {}] {}", rows, n, dtype_name(dtype)));
@@ -416,9 +412,9 @@ TEST_CASE("layer_norm, rms_norm, softmax: a streamed input gradient has the bits
       out.push_back(autograd::grad({ops::log_softmax(x, -1)}, {x}, {gy})[0]);
       return out;
     };
-    threshold.store(std::int64_t{1} << 62);
+    threshold.set(std::int64_t{1} << 62);
     const Tensors cached = grads();
-    threshold.store(0);
+    threshold.set(0);
     const Tensors streamed = grads();
     REQUIRE(cached.size() == streamed.size());
     for (std::size_t i = 0; i < cached.size(); ++i) CHECK(test::same_bits(cached[i], streamed[i]));
@@ -434,16 +430,8 @@ TEST_CASE("layer_norm, rms_norm: the backward by strips of columns has the bits 
   // (300 x 2000: chunks of 32 rows) or of a fold and a part (100 x 3000: 21 rows), chunks of a few
   // rows (100 x 10000: 6), ragged strips (n = 1003, 2000, 3000, 10000 over strips of 512 columns), f64; gradients of x, w and b, of w and b only (no gx),
   // without a bias (RMS norm); ordinary and non-temporal stores of gx; 1 vs N threads.
-  auto& path = kernels::row_norm_backward_path;
-  auto& threshold = kernels::simd::stream_threshold;
-  struct Restore {
-    kernels::RowNormBackward saved_path = kernels::row_norm_backward_path.load();
-    std::int64_t saved_threshold = kernels::simd::stream_threshold.load();
-    ~Restore() {
-      kernels::row_norm_backward_path.store(saved_path);
-      kernels::simd::stream_threshold.store(saved_threshold);
-    }
-  } restore;
+  test::ScopedSetting<kernels::RowNormBackward> path(kernels::row_norm_backward_path, kernels::RowNormBackward::automatic);
+  test::ScopedSetting<std::int64_t> threshold(kernels::simd::stream_threshold, kernels::simd::stream_threshold.load());
   for (auto [rows, n, dtype] : {std::tuple{37, 1003, DType::f32}, {300, 2000, DType::f32}, {100, 3000, DType::f32},
                                 {100, 10000, DType::f32}, {3, 64, DType::f32}, {40, 1003, DType::f64}, {20, 512, DType::f64}}) {
     INFO(fmt::format("[{}, {}] {}", rows, n, dtype_name(dtype)));
@@ -457,12 +445,12 @@ TEST_CASE("layer_norm, rms_norm: the backward by strips of columns has the bits 
       for (const Tensor& g : autograd::grad({ops::layer_norm(xc, {n}, w, b)}, {w, b}, {gy})) out.push_back(g);
       return out;
     };
-    path.store(kernels::RowNormBackward::by_rows);
-    threshold.store(std::int64_t{1} << 62);
+    path.set(kernels::RowNormBackward::by_rows);
+    threshold.set(std::int64_t{1} << 62);
     const Tensors by_rows = grads();
     for (std::int64_t stream_at : {std::int64_t{1} << 62, std::int64_t{0}}) {
-      threshold.store(stream_at);
-      path.store(kernels::RowNormBackward::by_columns);
+      threshold.set(stream_at);
+      path.set(kernels::RowNormBackward::by_columns);
       const Tensors by_columns = grads();
       REQUIRE(by_rows.size() == by_columns.size());
       for (std::size_t i = 0; i < by_rows.size(); ++i) {
@@ -473,8 +461,8 @@ TEST_CASE("layer_norm, rms_norm: the backward by strips of columns has the bits 
     }
   }
   // The automatic choice takes the columns for few long rows: the same bits again.
-  path.store(kernels::RowNormBackward::automatic);
-  threshold.store(restore.saved_threshold);
+  path.set(kernels::RowNormBackward::automatic);
+  threshold.set(threshold.saved());
   const Tensor x0 = test::randn({4, 40000}, DType::f32, 64), gy = test::randn({4, 40000}, DType::f32, 65);
   const Tensor w0 = test::randn({40000}, DType::f32, 66), b0 = test::randn({40000}, DType::f32, 67);
   auto grads = [&] {
@@ -482,7 +470,7 @@ TEST_CASE("layer_norm, rms_norm: the backward by strips of columns has the bits 
     return autograd::grad({ops::layer_norm(x, {40000}, w, b)}, {x, w, b}, {gy});
   };
   const Tensors automatic = grads();
-  path.store(kernels::RowNormBackward::by_rows);
+  path.set(kernels::RowNormBackward::by_rows);
   const Tensors by_rows = grads();
   for (std::size_t i = 0; i < by_rows.size(); ++i) CHECK(test::same_bits(automatic[i], by_rows[i]));
 }

@@ -1,6 +1,7 @@
 // Test helpers: random tensors in awkward layouts, comparisons, thread-count determinism.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -35,6 +36,22 @@ bool same_bits_across_threads(const std::function<Tensors()>& f, int threads = 4
 
 // A file's bytes ("" when it cannot be opened).
 std::string read_file(const std::string& path);
+
+// Sets a kernel tunable (an atomic threshold or path choice) for a scope, and restores it.
+template <class T>
+class ScopedSetting {
+ public:
+  ScopedSetting(std::atomic<T>& setting, T value) : setting_(setting), saved_(setting.load()) { setting_.store(value); }
+  ~ScopedSetting() { setting_.store(saved_); }
+  ScopedSetting(const ScopedSetting&) = delete;
+  ScopedSetting& operator=(const ScopedSetting&) = delete;
+  void set(T value) { setting_.store(value); }
+  T saved() const { return saved_; }
+
+ private:
+  std::atomic<T>& setting_;
+  T saved_;
+};
 
 }  // namespace tg::test
 
