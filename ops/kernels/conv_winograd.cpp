@@ -75,6 +75,14 @@ int64_t tasks_grain(int64_t items, int64_t work_per_item) {
   return std::max(conv_util::items_per_task(work_per_item), ceil_div(items, 4 * int64_t{num_threads()}));
 }
 
+// Parts into which the output channels of each image (phase layout) or group of images (dense
+// layout) are split, when there are fewer of those than threads: each part repeats the input's
+// copy and transform, so no more parts than threads to keep busy (at 1 thread, one: 4 parts had
+// made a single image's input transform half of a [1, 64, 8, 8] layer's time).
+int64_t channel_parts(int64_t items, int64_t out_blocks) {
+  return std::clamp<int64_t>(ceil_div(std::min<int64_t>(4, num_threads()), std::max<int64_t>(items, 1)), 1, out_blocks);
+}
+
 // Channels and the tile grid of a geometry for tile size M, shared by both layouts' plans.
 struct TileGrid {
   int64_t C, O, OB;  // input channels, output channels, blocks of kOutBlock output channels
@@ -373,7 +381,7 @@ bool forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
   transform_weights<T, M>(p, w, U.get());
   // Few images: split each image's output channels too (the input transform is then repeated
   // per part, which is cheap next to the products).
-  const int64_t parts = std::min<int64_t>(p.OB, g.n >= 4 ? 1 : 4);
+  const int64_t parts = channel_parts(g.n, p.OB);
   const int64_t ob_per_part = ceil_div(p.OB, parts);
   const int64_t xs = g.c * g.h * g.w, ys = g.o * g.ho * g.wo;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.tiles;
@@ -434,7 +442,9 @@ struct DensePlan : TileGrid {
   DensePlan(const ConvGeometry& g, int64_t tile, int64_t lanes)
       : TileGrid(g, tile),
         T(TH * TW),
-        G(dense_group(g, tile, lanes)),
+        // A batch smaller than a group fills only its own lanes (each lane's arithmetic is the
+        // same wherever it sits, so this changes no bit; the layout was chosen without n).
+        G(std::min(dense_group(g, tile, lanes), std::max<int64_t>(g.n, 1))),
         nv(ceil_div(G * T, lanes)),
         PH(tile * TH + 2),
         PW(tile * TW + 2) {}
@@ -501,7 +511,7 @@ bool forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
   Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
   transform_weights<T, M>(p, w, U.get());
   const int64_t groups = ceil_div(g.n, p.G);
-  const int64_t parts = std::min<int64_t>(p.OB, groups >= 4 ? 1 : 4);  // few groups: split the channels too
+  const int64_t parts = channel_parts(groups, p.OB);  // few groups: split the channels too
   const int64_t ob_per_part = ceil_div(p.OB, parts);
   const int64_t xs = g.c * g.h * g.w, plane = p.PH * p.PW;
   const int64_t work_per_task = Xi * ob_per_part * kOutBlock * p.C * p.nv * kLanes<T>;
