@@ -838,6 +838,24 @@ TEST_CASE("conv family: 1 vs N threads give identical bits", "[ops][conv][thread
   }));
 }
 
+TEST_CASE("conv2d: Winograd on one or two images gives the same bits on 1 and N threads", "[ops][conv][threads]") {
+  // With fewer images (or dense groups) than threads, each one's output channels are cut into up to
+  // 4 parts, as many as there are threads to keep busy: 1 part on 1 thread, 4 on 4. The parts
+  // compute independent channels, so the bits must not change. [1, 16, 7, 7]: tiles of the images
+  // side by side (a group holding one image); [2, 16, 14, 14] and [1, 24, 28, 28]: phase planes.
+  for (const Shape& shape : {Shape{1, 16, 7, 7}, Shape{2, 16, 14, 14}, Shape{1, 24, 28, 28}}) {
+    INFO(fmt::format("x {}", shape));
+    const Tensor x0 = test::randn(shape, DType::f32, 60), w0 = test::randn({40, shape[1], 3, 3}, DType::f32, 61);
+    const Tensor b0 = test::randn({40}, DType::f32, 62);
+    CHECK(test::same_bits_across_threads([&] {
+      Tensor x = x0.detach().requires_grad_(), w = w0.detach().requires_grad_(), b = b0.detach().requires_grad_();
+      const Tensor y = ops::conv2d(x, w, b, {{1, 1}, {1, 1}});  // [N, 40, H, W]
+      ops::sum(ops::square(y)).backward();
+      return Tensors{y, x.grad(), w.grad(), b.grad()};
+    }));
+  }
+}
+
 // ---- errors -------------------------------------------------------------------------------------------------------
 
 TEST_CASE("conv family: clear errors for bad arguments", "[ops][conv][errors]") {

@@ -428,8 +428,9 @@ TEST_CASE("layer_norm, rms_norm: the backward by strips of columns has the bits 
   // it follows the row path's chunks and folds of the weight/bias sums, so every gradient must have
   // the same bits. Shapes: one chunk with partial folds (37 rows), several chunks of two folds
   // (300 x 2000: chunks of 32 rows) or of a fold and a part (100 x 3000: 21 rows), chunks of a few
-  // rows (100 x 10000: 6), ragged strips (n = 1003, 2000, 3000, 10000 over strips of 512 columns), f64; gradients of x, w and b, of w and b only (no gx),
-  // without a bias (RMS norm); ordinary and non-temporal stores of gx; 1 vs N threads.
+  // rows (100 x 10000: 6), ragged strips (n = 1003, 2000, 3000, 10000 over strips of 512 columns),
+  // f64; gradients of x, w and b, of w and b only (no gx), without a bias (RMS norm); ordinary and
+  // non-temporal stores of gx; 1 vs N threads.
   test::ScopedSetting<kernels::RowNormBackward> path(kernels::row_norm_backward_path, kernels::RowNormBackward::automatic);
   test::ScopedSetting<std::int64_t> threshold(kernels::simd::stream_threshold, kernels::simd::stream_threshold.load());
   for (auto [rows, n, dtype] : {std::tuple{37, 1003, DType::f32}, {300, 2000, DType::f32}, {100, 3000, DType::f32},
