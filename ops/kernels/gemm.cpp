@@ -891,6 +891,12 @@ inline int64_t usable_threads() {
   return std::max<int64_t>(1, std::min<int64_t>(tbb::this_task_arena::max_concurrency(), int64_t(limit)));
 }
 
+// The threads a product of `madds` multiply-adds runs on: 1 up to kSerialMax (or when threads
+// are not allowed, inside a batch of products run one per task), else all usable ones.
+inline int64_t gemm_threads(double madds, bool allow_threads) {
+  return allow_threads && madds > kSerialMax ? usable_threads() : 1;
+}
+
 // How C is cut into tiles (tm row ranges x tn column ranges of whole panels), and whether A is
 // packed once up front (shared by all tiles) or by each tile for its own rows as it goes.
 struct TilePlan {
@@ -989,9 +995,8 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   // products its share is too small to pay for the copy of A it transposes (1024 x 1026 x 1024
   // 0.96x, 257^3 1.02x, others alike).
   const double all_madds = double(m) * double(n) * double(k);
-  const bool one_thread = !allow_threads || all_madds <= kSerialMax || usable_threads() == 1;
-  if (constexpr int64_t L = Batch<T>::size; one_thread && all_madds <= kDirectMax && n > L &&
-                                            n % L <= narrow_cols<T>() && n % L > 0 && m >= kNarrowMinRows) {
+  if (constexpr int64_t L = Batch<T>::size; all_madds <= kDirectMax && gemm_threads(all_madds, allow_threads) == 1 &&
+                                            n > L && n % L <= narrow_cols<T>() && n % L > 0 && m >= kNarrowMinRows) {
     const int64_t body = n - n % L;
     gemm_impl<T>(m, n - body, k, a, {b.data + body * b.cs, b.rs, b.cs}, {c.data + body * c.cs, c.rs, c.cs},
                  accumulate, allow_threads);
@@ -1018,7 +1023,7 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, ConstMatrix<T> a, ConstMatrix<T>
   pr.b_from_memory = double(k) * double(n) * sizeof(T) >= kFromMemoryBytes;
   const int64_t npanels = ceil_div(n, NR);
 
-  const int64_t threads = allow_threads && madds > kSerialMax ? usable_threads() : 1;
+  const int64_t threads = gemm_threads(madds, allow_threads);
   // One row of A and a row-major B: a vector times a matrix (see vector_matrix), cut into column
   // ranges for the threads; the last n mod L columns go through the general path below. Used
   // where the general path would pack B or walk down its columns with rows a multiple of 4 KiB

@@ -222,6 +222,11 @@ void normalize_row(const T* x, const T* w, const T* b, T* y, std::int64_t n, T m
 // added to the chunk's f64 partials.
 constexpr std::int64_t kFold = 16;
 
+// Whether row r ends a fold of the chunk [lo, hi): every kFold rows from lo, and at hi.
+inline bool fold_ends(std::int64_t r, std::int64_t lo, std::int64_t hi) {
+  return (r - lo + 1) % kFold == 0 || r + 1 == hi;
+}
+
 // Elements per forward chunk; backward chunks are larger (each carries f64 partials of size n).
 constexpr std::int64_t kForwardChunk = 1 << 15;
 
@@ -261,6 +266,18 @@ void row_forward_impl(const Tensor& x, const Tensor& wt, const Tensor& bt, doubl
 template <class T>
 inline void acc_into(T* dst, std::int64_t count, const B<T>& v) {
   store_n(dst, load_n(dst, count, T(0)) + v, count);
+}
+
+// p[0..count) += a[0..count) (the input-precision sums of a fold, widened into the chunk's f64
+// partials); a is zeroed for the next fold.
+template <class T>
+void fold_into(T* a, double* p, std::int64_t count) {
+  constexpr std::int64_t W = B<T>::size;
+  for (std::int64_t i = 0; i < count; i += W) {
+    const std::int64_t c = std::min(W, count - i);
+    add_into(p + i, c, load_n(a + i, c, T(0)));
+  }
+  std::fill(a, a + count, T(0));
 }
 
 // dst[0..count) += a * b in the input precision, as one FMA: written out, so that the row and the
@@ -351,11 +368,7 @@ void backward_row_impl(const T* x, const T* gy, const T* w, T mean, T rstd, std:
       store_out<Stream>(gx + i, grad_x<T, Center, HasW>(xh, dy, HasW ? load_n(w + i, c, T(0)) : dy, c1, c2, rb), c);
       if constexpr (AccW) fma_into(pw + i, c, dy, xh);
       if constexpr (AccB) acc_into(pb + i, c, dy);
-      if constexpr (Stream) {  // gx is not read back: only the inputs
-        __builtin_prefetch(x + ahead + i, 0, 3);
-        __builtin_prefetch(gy + ahead + i, 0, 3);
-      }
-      else prefetch_next_row(x + ahead + i, gy + ahead + i, gx + ahead + i);
+      simd::prefetch_row_ahead<Stream>(x + ahead + i, gy + ahead + i, gx + ahead + i);
     });
   } else {
     for_each_batch<T>(n, [&](std::int64_t i, std::int64_t c) {
@@ -436,7 +449,7 @@ void column_backward(const T* xp, const T* gp, const T* w, const T* mp, const T*
     for (std::int64_t s = s_lo; s < s_hi; ++s) {
       const std::int64_t j0 = s * kStrip, len = std::min(kStrip, n - j0);
       std::fill(aw, aw + len, T(0)), std::fill(ab, ab + len, T(0));
-      std::fill(pw, pw + len, 0.0), std::fill(pb, pb + len, 0.0), std::fill(tw, tw + len, 0.0), std::fill(tb, tb + len, 0.0);
+      for (double* q : {pw, pb, tw, tb}) std::fill(q, q + len, 0.0);
       for (std::int64_t r = 0; r < rows; ++r) {
         const T* x = xp + r * n + j0;
         const T* g = gp + r * n + j0;
@@ -452,18 +465,14 @@ void column_backward(const T* xp, const T* gp, const T* w, const T* mp, const T*
           }
           if (gw) fma_into(aw + i, c, dy, xh);
           if (gb) acc_into(ab + i, c, dy);
-          __builtin_prefetch(x + ahead + i, 0, 3);
-          __builtin_prefetch(g + ahead + i, 0, 3);
+          // The inputs only (gx's strips are written once): as with a streamed gx.
+          simd::prefetch_row_ahead<true>(x + ahead + i, g + ahead + i, nullptr);
         });
-        // The row path's boundaries: a fold every kFold rows of a chunk and at its end.
+        // The row path's boundaries: chunks of `grain` rows, folds within them.
         const std::int64_t chunk_lo = r / grain * grain, chunk_hi = std::min(rows, chunk_lo + grain);
-        if ((r - chunk_lo + 1) % kFold == 0 || r + 1 == chunk_hi) {
-          for (auto [a, p] : {std::pair{gw ? aw : nullptr, pw}, std::pair{gb ? ab : nullptr, pb}}) {
-            if (!a) continue;
-            constexpr std::int64_t W = B<T>::size;
-            for (std::int64_t i = 0; i < len; i += W) add_into(p + i, std::min(W, len - i), load_n(a + i, std::min(W, len - i), T(0)));
-            std::fill(a, a + len, T(0));
-          }
+        if (fold_ends(r, chunk_lo, chunk_hi)) {
+          if (gw) fold_into(aw, pw, len);
+          if (gb) fold_into(ab, pb, len);
         }
         if (r + 1 == chunk_hi) {  // as combine_partials: chunk partials added in order
           for (std::int64_t j = 0; j < len; ++j) tw[j] += pw[j], tb[j] += pb[j];
@@ -531,25 +540,20 @@ void row_backward_impl(const Tensor& x, const Tensor& gy, const Tensor& wt, cons
     if (pw) std::fill(pw, pw + n, 0.0);
     if (pb) std::fill(pb, pb + n, 0.0);
     for (std::int64_t r = lo; r < hi; ++r) {
-      // Each row prefetches a later one of the chunk (the last row re-touches its own lines): the
-      // next row, or with a streamed gx, whose inputs come from DRAM, the one after: more lines in
-      // flight (the two versions alternating in one process, [4096, 1024] f32: 1 thread +3-9% while
-      // other tenants left memory bandwidth, alike when they did not; 2 threads +2-4%). A cached gx
-      // keeps the next row (2 rows ahead: 7-12% slower on [2048, 1024]).
-      const std::int64_t ahead = std::min<std::int64_t>(stream ? 2 : 1, hi - 1 - r) * n;
+      // Each row prefetches a later one of the chunk (simd::rows_ahead): with a streamed gx two
+      // rows ahead (the two versions alternating in one process, [4096, 1024] f32: 1 thread +3-9%
+      // while other tenants left memory bandwidth, alike when they did not; 2 threads +2-4%). A
+      // cached gx keeps the next row (2 rows ahead: 7-12% slower on [2048, 1024]).
+      const std::int64_t ahead = simd::rows_ahead(stream, r, hi, n);
       if (stream)
         backward_row<T, Center, true>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n, gx + r * n, aw, ab,
                                       ahead);
       else
         backward_row<T, Center, false>(xp + r * n, gp + r * n, w, Center ? mp[r] : T(0), rp[r], n,
                                        gx ? gx + r * n : nullptr, aw, ab, ahead);
-      if ((r - lo + 1) % kFold == 0 || r + 1 == hi) {
-        for (auto [a, p] : {std::pair{aw, pw}, std::pair{ab, pb}}) {
-          if (!a) continue;
-          constexpr std::int64_t W = B<T>::size;
-          for (std::int64_t i = 0; i < n; i += W) add_into(p + i, std::min(W, n - i), load_n(a + i, std::min(W, n - i), T(0)));
-          std::fill(a, a + n, T(0));
-        }
+      if (fold_ends(r, lo, hi)) {
+        if (aw) fold_into(aw, pw, n);
+        if (ab) fold_into(ab, pb, n);
       }
     }
     if (stream) simd::stream_fence();

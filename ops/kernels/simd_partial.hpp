@@ -5,6 +5,7 @@
 #pragma once
 #include <xsimd/xsimd.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
@@ -79,6 +80,26 @@ inline void prefetch_next_row(const void* read, void* write) {
 inline void prefetch_next_row(const void* read1, const void* read2, void* write) {
   __builtin_prefetch(read2, 0, 3);
   prefetch_next_row(read1, write);
+}
+
+// The same in a backward row kernel with two inputs: with a streamed output (Stream: written with
+// non-temporal stores, never read back) only the inputs are requested.
+template <bool Stream>
+inline void prefetch_row_ahead(const void* read1, const void* read2, void* write) {
+  if constexpr (Stream) {
+    __builtin_prefetch(read1, 0, 3);
+    __builtin_prefetch(read2, 0, 3);
+  } else {
+    prefetch_next_row(read1, read2, write);
+  }
+}
+
+// How far ahead (in elements) such a kernel prefetches on row r of a task ending at row `end`: a
+// later row of the task (the last row re-touches its own lines) -- the next one, or, with a
+// streamed output, whose inputs come from DRAM, the one after: more lines in flight (measured on
+// the layer norm backward, see norm.cpp).
+inline int64_t rows_ahead(bool stream, int64_t r, int64_t end, int64_t n) {
+  return std::min<int64_t>(stream ? 2 : 1, end - 1 - r) * n;
 }
 
 // Kernels write an output of at least this many bytes with non-temporal stores (the FFT's outputs,

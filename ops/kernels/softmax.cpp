@@ -92,12 +92,7 @@ template <class T, bool Stream>
 void backward_row(const T* y, const T* g, T* gx, std::int64_t n, bool log, std::int64_t ahead) {
   auto add = [](const auto& a, const auto& b) { return a + b; };
   auto prefetch = [&](std::int64_t i) {
-    if constexpr (Stream) {  // gx is not read back: only the inputs
-      __builtin_prefetch(y + ahead + i, 0, 3);
-      __builtin_prefetch(g + ahead + i, 0, 3);
-    } else {
-      prefetch_next_row(y + ahead + i, g + ahead + i, gx + ahead + i);
-    }
+    simd::prefetch_row_ahead<Stream>(y + ahead + i, g + ahead + i, gx + ahead + i);
   };
   if (log) {
     const B<T> sg(row_reduce<T>(n, T(0), [&](std::int64_t i, std::int64_t c) { return load_n(g + i, c, T(0)); }, add));
@@ -142,9 +137,7 @@ void softmax_backward(const Tensor& y, const Tensor& g, const Tensor& gx, bool l
     const bool stream = simd::stream_output(gxp, row_bytes, rows * row_bytes);
     parallel_for(rows, row_grain(n), [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t r = b; r < e; ++r) {
-        // A later row of the task (the last row re-touches its own lines): with a streamed gx,
-        // whose inputs come from memory, two rows ahead, as the layer norm backward.
-        const std::int64_t ahead = std::min<std::int64_t>(stream ? 2 : 1, e - 1 - r) * n;
+        const std::int64_t ahead = simd::rows_ahead(stream, r, e, n);
         if (stream) backward_row<T, true>(yp + r * n, gp + r * n, gxp + r * n, n, log, ahead);
         else backward_row<T, false>(yp + r * n, gp + r * n, gxp + r * n, n, log, ahead);
       }
