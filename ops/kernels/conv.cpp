@@ -839,15 +839,20 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
   const int64_t nvec = lay.nvec;
   const int64_t panels = ceil_div(og, MR);
   const bool by_rows = row_tiles_fit<T>(g.wo, og);
-  std::vector<T> wpack, wt;  // implicit tiles: [gi][panel][k][MR] (zero rows past og); row tiles: [gi][k][o]
+  // The weights in the tiles' layout: row tiles [gi][k][o]; implicit tiles [gi][panel][k][MR]
+  // (zero rows past og). From the caching allocator: a fresh buffer of a big layer's size per call
+  // costs its page faults (measured 2.4 MB: ~1 ms).
+  Scratch<T> wlay(by_rows ? g.groups * K * og : g.groups * panels * K * MR);
+  T* const wt = wlay.get();
+  T* const wpack = wlay.get();
   if (by_rows) {
-    wt.resize(static_cast<size_t>(g.groups * K * og));
-    for (int64_t gi = 0; gi < g.groups; ++gi) transpose(w + gi * og * K, og, K, K, wt.data() + gi * K * og, og);
+    for (int64_t gi = 0; gi < g.groups; ++gi) transpose(w + gi * og * K, og, K, K, wt + gi * K * og, og);
   } else {
-    wpack.assign(static_cast<size_t>(g.groups * panels * K * MR), T(0));
-    for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      if (og % MR != 0) std::fill_n(wpack + (gi * panels + panels - 1) * K * MR, K * MR, T(0));
       for (int64_t o = 0; o < og; ++o)
-        for (int64_t k = 0; k < K; ++k) wpack[static_cast<size_t>(((gi * panels + o / MR) * K + k) * MR + o % MR)] = w[(gi * og + o) * K + k];
+        for (int64_t k = 0; k < K; ++k) wpack[((gi * panels + o / MR) * K + k) * MR + o % MR] = w[(gi * og + o) * K + k];
+    }
   }
   const StorePlan plan = by_rows ? StorePlan{} : make_store_plan(g.ho, g.wo, lay.row, nvec, kLanes<T>);
   parallel_for(g.n, images_per_task(g.n, g.o * P * K), [&](int64_t b, int64_t e) {
@@ -863,7 +868,7 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
           prefetch_range_for_write(yo + g.o * P, og * P * int64_t(sizeof(T)));
         }
         if (by_rows) {
-          run_row_tiles(K, lay.off.data(), xb.get(), lay.row, g.ho, g.wo, og, wt.data() + gi * K * og,
+          run_row_tiles(K, lay.off.data(), xb.get(), lay.row, g.ho, g.wo, og, wt + gi * K * og,
                         bias ? bias + gi * og : nullptr, stage.get());
           transpose(stage.get(), P, og, og, yo, P);  // [position][channel] -> [channel][position]
           continue;
@@ -874,7 +879,7 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
           const int nv = strip_vectors(v0, nvec);
           for (int64_t panel = 0; panel < panels; ++panel) {
             const int rows = static_cast<int>(std::min<int64_t>(MR, og - panel * MR));
-            const T* wpan = wpack.data() + (gi * panels + panel) * K * MR;
+            const T* wpan = wpack + (gi * panels + panel) * K * MR;
             kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](K, lay.off.data(), xb.get() + v0 * kLanes<T>, wpan,
                                                                  rows, bias ? bias + gi * og + panel * MR : nullptr,
                                                                  plan, v0, yo + panel * MR * P, P);
@@ -894,20 +899,24 @@ bool implicit_input_grad(const ConvGeometry& g) {
 
 template <class T>
 void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* gx) {
-  const int64_t cg = g.c / g.groups, og = g.o / g.groups, kh = g.kh, kw = g.kw;
-  std::vector<T> wf(static_cast<size_t>(g.c * og * kh * kw));  // [C][og][kh][kw], flipped
-  for (int64_t gi = 0; gi < g.groups; ++gi)
-    for (int64_t o = 0; o < og; ++o)
-      for (int64_t c = 0; c < cg; ++c)
-        for (int64_t p = 0; p < kh; ++p)
-          for (int64_t q = 0; q < kw; ++q)
-            wf[static_cast<size_t>((((gi * cg + c) * og + o) * kh + p) * kw + q)] =
-                w[(((gi * og + o) * cg + c) * kh + (kh - 1 - p)) * kw + (kw - 1 - q)];
+  const int64_t cg = g.c / g.groups, og = g.o / g.groups, kh = g.kh, kw = g.kw, taps = kh * kw;
   const ConvGeometry t{g.n, g.o, g.ho, g.wo, g.c, kh, kw, g.h, g.w, 1, 1,
                        (kh - 1) * g.dh - g.ph, (kw - 1) * g.dw - g.pw, g.dh, g.dw, g.groups};
-  // (Winograd declines a gy holding an inf or NaN; see winograd_forward.)
-  if (!winograd_applies(t) || !winograd_forward(t, gy, wf.data(), static_cast<const T*>(nullptr), gx))
-    forward_implicit(t, gy, wf.data(), static_cast<const T*>(nullptr), gx);
+  // Winograd reads the flipped kernel straight from w. (It declines a gy holding an inf or NaN;
+  // see winograd_forward.)
+  if (winograd_applies(t) && winograd_flipped(t, gy, w, gx)) return;
+  // wf [C][og][kh][kw]: w flipped, channel roles swapped. From the caching allocator: a fresh
+  // buffer per call cost its page faults, more than the copy (256 x 256 x 3 x 3: ~1 ms).
+  Scratch<T> wflip(g.c * og * taps);
+  T* const wf = wflip.get();
+  for (int64_t gi = 0; gi < g.groups; ++gi)
+    for (int64_t o = 0; o < og; ++o)
+      for (int64_t c = 0; c < cg; ++c) {
+        const T* src = w + ((gi * og + o) * cg + c) * taps;
+        T* dst = wf + ((gi * cg + c) * og + o) * taps;
+        for (int64_t k = 0; k < taps; ++k) dst[k] = src[taps - 1 - k];  // (p, q) -> (kh-1-p, kw-1-q)
+      }
+  forward_implicit(t, gy, wf, static_cast<const T*>(nullptr), gx);
 }
 
 // The input gradient of a strided convolution, one phase plane of gx at a time. Padded input row
@@ -933,12 +942,16 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const
     int64_t hq, wq, K = 0, nvec = 0;
     int64_t z = 0;  // offset of the phase's staging planes [cg][hq][wq]
     std::vector<int64_t> off;
-    std::vector<T> wpack;  // [gi][panel][k][MR]: w[o][c][p][q] for the phase's taps k = (o, p, q)
-    std::vector<T> wt;     // row tiles (small phase planes): [gi][k][c]
+    // The phase's weights at wl + w0 in the tiles' layout, for its taps k = (o, p, q):
+    // implicit tiles [gi][panel][k][MR] (w[o][c][p][q], zero rows past cg), or, by_rows (small
+    // phase planes), row tiles [gi][k][c].
+    bool by_rows = false;
+    int64_t w0 = 0;
     StorePlan plan;
   };
   std::vector<Phase> phases;  // phase a * sw + b: padded rows of parity a, columns of parity b
-  int64_t gb_size = og * bplane, z_size = 0, stage_size = 0;
+  std::vector<std::vector<std::array<int64_t, 3>>> phase_taps;  // (o, p, q) per phase
+  int64_t gb_size = og * bplane, z_size = 0, stage_size = 0, wl_size = 0;
   for (int64_t a = 0; a < g.sh; ++a)
     for (int64_t b = 0; b < g.sw; ++b) {
       Phase ph;
@@ -959,24 +972,38 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const
           ph.off.push_back(o * bplane + (r0 + Mh - (p * g.dh) / g.sh) * row + (s0 + Mw - (q * g.dw) / g.sw));
           gb_size = std::max(gb_size, ph.off.back() + ph.nvec * L);
         }
-        const bool by_rows = row_tiles_fit<T>(ph.wq, cg);
-        (by_rows ? ph.wt : ph.wpack).assign(static_cast<size_t>(g.groups * (by_rows ? cg : panels * MR) * ph.K), T(0));
-        if (by_rows) stage_size = std::max(stage_size, ph.hq * ph.wq * cg);
-        for (int64_t gi = 0; gi < g.groups; ++gi)
-          for (int64_t c = 0; c < cg; ++c)
-            for (int64_t k = 0; k < ph.K; ++k) {
-              const auto& [o, p, q] = taps[static_cast<size_t>(k)];
-              const T v = w[(((gi * og + o) * cg + c) * g.kh + p) * g.kw + q];
-              if (by_rows) {
-                ph.wt[static_cast<size_t>((gi * ph.K + k) * cg + c)] = v;
-              } else {
-                ph.wpack[static_cast<size_t>(((gi * panels + c / MR) * ph.K + k) * MR + c % MR)] = v;
-              }
-            }
-        if (!by_rows) ph.plan = make_store_plan(ph.hq, ph.wq, row, ph.nvec, L);
+        ph.by_rows = row_tiles_fit<T>(ph.wq, cg);
+        ph.w0 = wl_size;
+        wl_size += g.groups * (ph.by_rows ? cg : panels * MR) * ph.K;
+        if (ph.by_rows) stage_size = std::max(stage_size, ph.hq * ph.wq * cg);
+        if (!ph.by_rows) ph.plan = make_store_plan(ph.hq, ph.wq, row, ph.nvec, L);
       }
       phases.push_back(std::move(ph));
+      phase_taps.push_back(std::move(taps));
     }
+  // The weight layouts, from the caching allocator (a fresh buffer per call costs page faults).
+  // Taps outer, channels inner: w is read at a stride of kh * kw, the layouts written along rows.
+  Scratch<T> wl_buf(wl_size);
+  T* const wl = wl_buf.get();
+  for (size_t f = 0; f < phases.size(); ++f) {
+    const Phase& ph = phases[f];
+    T* const dst = wl + ph.w0;
+    for (int64_t gi = 0; gi < g.groups; ++gi) {
+      if (!ph.by_rows && cg % MR != 0) std::fill_n(dst + (gi * panels + panels - 1) * ph.K * MR, ph.K * MR, T(0));
+      for (int64_t k = 0; k < ph.K; ++k) {
+        const auto& [o, p, q] = phase_taps[f][static_cast<size_t>(k)];
+        const T* src = w + (((gi * og + o) * cg) * g.kh + p) * g.kw + q;  // channel c at src[c * kh * kw]
+        for (int64_t c = 0; c < cg; ++c) {
+          const T v = src[c * g.kh * g.kw];
+          if (ph.by_rows) {
+            dst[(gi * ph.K + k) * cg + c] = v;
+          } else {
+            dst[((gi * panels + c / MR) * ph.K + k) * MR + c % MR] = v;
+          }
+        }
+      }
+    }
+  }
   parallel_for(g.n, images_per_task(g.n, g.o * P * Kfull), [&](int64_t lo, int64_t hi) {
     Scratch<T> gb(gb_size), z(z_size), stage(stage_size);
     std::fill(gb.get(), gb.get() + gb_size, T(0));  // the padding; only gy's own positions are written
@@ -995,8 +1022,8 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const
         for (const Phase& ph : phases) {
           const int64_t zp = ph.hq * ph.wq;  // staging plane of one channel
           const T* bg = bias ? bias + gi * cg : nullptr;
-          if (!ph.wt.empty()) {
-            run_row_tiles(ph.K, ph.off.data(), gb.get(), row, ph.hq, ph.wq, cg, ph.wt.data() + gi * ph.K * cg, bg,
+          if (ph.K > 0 && ph.by_rows) {
+            run_row_tiles(ph.K, ph.off.data(), gb.get(), row, ph.hq, ph.wq, cg, wl + ph.w0 + gi * ph.K * cg, bg,
                           stage.get());
             transpose(stage.get(), zp, cg, cg, z.get() + ph.z, zp);  // [entry][channel] -> [channel][entry]
             continue;
@@ -1005,7 +1032,7 @@ void backward_input_phases(const ConvGeometry& g, const T* gy, const T* w, const
             const int nv = strip_vectors(v0, ph.nvec);
             for (int64_t panel = 0; panel < panels; ++panel) {
               const int rows = static_cast<int>(std::min<int64_t>(MR, cg - panel * MR));
-              const T* wpan = ph.wpack.data() + (gi * panels + panel) * ph.K * MR;
+              const T* wpan = wl + ph.w0 + (gi * panels + panel) * ph.K * MR;
               kImplicitTiles<T>[nv - 1][implicit_rows_index(rows)](ph.K, ph.off.data(), gb.get() + v0 * L, wpan, rows,
                                                                    bg ? bg + panel * MR : nullptr, ph.plan, v0,
                                                                    z.get() + ph.z + panel * MR * zp, zp);
@@ -1096,7 +1123,15 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
   const int64_t Kp = K + kWgradMaxTaps;      // partial rows per group: K taps + room for dummy taps
   const int64_t part_size = g.groups * Kp * ogp;
   const int64_t pblock = ceil_div(P, ceil_div(P, kWgradPositions));  // equal blocks
-  const int64_t S = reduction_groups(g.n, part_size);
+  // Partials of a big layer are kept few (a smaller budget than the other reductions'): each is
+  // written once and read back by the combine, and 7 partials of 256 x 2304 (16 MB) made that
+  // traffic a third of [8, 256, 8, 8]'s weight gradient. The work is then split across threads by
+  // blocks of taps as well (parts), which changes no bit: every tap's sums are the same FMA
+  // chains whoever computes them.
+  const int64_t S = std::min(reduction_groups(g.n, part_size), std::max<int64_t>(1, (int64_t{1} << 20) / part_size));
+  constexpr int64_t kTapBlock = 48;  // a multiple of every tile's taps (kWgradTaps), so blocks stay aligned
+  const int64_t parts = std::clamp<int64_t>(ceil_div(2 * int64_t{num_threads()}, S), 1, ceil_div(K, kTapBlock));
+  const int64_t part_taps = ceil_div(ceil_div(K, parts), kTapBlock) * kTapBlock;
   Scratch<T> part(S * part_size);
   std::vector<double> bpart(static_cast<size_t>(S * g.o), 0.0);
   std::vector<int64_t> xoff(static_cast<size_t>(P)), toff(static_cast<size_t>(Kp), 0);  // dummy taps read offset 0
@@ -1105,11 +1140,14 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
   for (int64_t c = 0; c < cg; ++c)
     for (int64_t p = 0; p < g.kh; ++p)
       for (int64_t q = 0; q < g.kw; ++q) toff[static_cast<size_t>((c * g.kh + p) * g.kw + q)] = c * plane + p * g.dh * wp + q * g.dw;
-  parallel_for(S, 1, [&](int64_t s0, int64_t s1) {
+  parallel_for(S * parts, 1, [&](int64_t t0, int64_t t1) {
     Scratch<T> xb(cg * plane), gyt(P * ogp);
     std::fill(xb.get(), xb.get() + cg * plane, T(0));
     std::fill(gyt.get(), gyt.get() + P * ogp, T(0));
-    for (int64_t s = s0; s < s1; ++s) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t s = task / parts, k_lo = task % parts * part_taps, k_hi = std::min(K, k_lo + part_taps);
+      if (k_lo >= k_hi) continue;
+      const bool bias_task = task % parts == 0;  // one part per group sums the bias gradient
       T* ps = part.get() + s * part_size;  // rows [0, K) of each group's block are initialised by the first image
       for (int64_t n = group_begin(g.n, S, s); n < group_begin(g.n, S, s + 1); ++n) {
         for (int64_t gi = 0; gi < g.groups; ++gi) {
@@ -1122,11 +1160,12 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
           // The next image, a slice per micro-tile call while this one is computed.
           conv_util::SpreadPrefetch next_gy, next_x;
           if (n + 1 < group_begin(g.n, S, s + 1)) {
-            const int64_t calls = ceil_div(P, pblock) * ceil_div(ogp, 4 * L) * ceil_div(K, kWgradTaps[std::min<int64_t>(4, ogp / L)]);
+            const int64_t calls =
+                ceil_div(P, pblock) * ceil_div(ogp, 4 * L) * ceil_div(k_hi - k_lo, kWgradTaps[std::min<int64_t>(4, ogp / L)]);
             next_gy = conv_util::SpreadPrefetch(gys + g.o * P, og * P * int64_t(sizeof(T)), calls, false);
             next_x = conv_util::SpreadPrefetch(xs + g.c * g.h * g.w, cg * g.h * g.w * int64_t(sizeof(T)), calls, false);
           }
-          if (gbias)
+          if (gbias && bias_task)
             for (int64_t o = 0; o < og; ++o) bpart[static_cast<size_t>(s * g.o + gi * og + o)] += row_sum(gys + o * P, P);
           T* pg = ps + gi * Kp * ogp;
           for (int64_t p0 = 0; p0 < P; p0 += pblock) {
@@ -1135,7 +1174,7 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
               const int nvo = static_cast<int>(std::min<int64_t>(4, (ogp - o0) / L));
               const WgradTileFn<T> fn = kWgradTiles<T>[static_cast<size_t>(nvo - 1)];
               const bool init = n == group_begin(g.n, S, s) && p0 == 0;
-              for (int64_t k0 = 0; k0 < K; k0 += kWgradTaps[nvo]) {
+              for (int64_t k0 = k_lo; k0 < k_hi; k0 += kWgradTaps[nvo]) {
                 fn(np, xoff.data() + p0, toff.data() + k0, xb.get(), gyt.get() + p0 * ogp + o0, ogp, pg + k0 * ogp + o0, ogp,
                    init);
                 next_gy.step();
@@ -1149,18 +1188,28 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
       }
     }
   });
-  // Partials added tap row by tap row in their own [tap][channel] layout (contiguous reads: the
-  // partials of a big layer do not fit in cache), in group order in f64, and transposed into
-  // gw [o][tap]. Rows are independent, so they are combined in parallel.
-  parallel_for(g.groups * K, items_per_task(S * og * 2), [&](int64_t r0, int64_t r1) {
-    std::vector<double> row(static_cast<size_t>(og));
+  // Partials added in their own [tap][channel] layout (contiguous reads: the partials of a big
+  // layer do not fit in cache), in group order in f64, and transposed into gw [o][tap] a block
+  // of kCombineTaps taps at a time, so that every channel's row of gw gets whole cache lines
+  // (tap by tap, each store would touch its own line and page: 512 x 4608 taps took 15 ms
+  // instead of ~1). Blocks are independent, so they are combined in parallel.
+  constexpr int64_t kCombineTaps = 16;
+  const int64_t tap_blocks = ceil_div(K, kCombineTaps);
+  parallel_for(g.groups * tap_blocks, items_per_task(S * og * kCombineTaps * 2), [&](int64_t r0, int64_t r1) {
+    Scratch<double> sums(kCombineTaps * og);  // [tap in block][o]
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t gi = r / K, k = r % K;
-      const T* src = part.get() + (gi * Kp + k) * ogp;
-      std::fill(row.begin(), row.end(), 0.0);
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t o = 0; o < og; ++o) row[static_cast<size_t>(o)] += static_cast<double>(src[s * part_size + o]);
-      for (int64_t o = 0; o < og; ++o) gw[(gi * og + o) * K + k] = static_cast<T>(row[static_cast<size_t>(o)]);
+      const int64_t gi = r / tap_blocks, k0 = r % tap_blocks * kCombineTaps, kn = std::min(kCombineTaps, K - k0);
+      for (int64_t t = 0; t < kn; ++t) {
+        const T* src = part.get() + (gi * Kp + k0 + t) * ogp;
+        double* row = sums.get() + t * og;
+        for (int64_t o = 0; o < og; ++o) row[o] = 0.0 + static_cast<double>(src[o]);  // as from 0: -0 sums to +0
+        for (int64_t s = 1; s < S; ++s)
+          for (int64_t o = 0; o < og; ++o) row[o] += static_cast<double>(src[s * part_size + o]);
+      }
+      for (int64_t o = 0; o < og; ++o) {
+        T* dst = gw + (gi * og + o) * K + k0;
+        for (int64_t t = 0; t < kn; ++t) dst[t] = static_cast<T>(sums.get()[t * og + o]);
+      }
     }
   });
   if (gbias) combine_partials(bpart.data(), S, g.o, gbias);

@@ -38,6 +38,7 @@
 #include <type_traits>
 
 #include "core/parallel.hpp"
+#include "core/simd_transpose.hpp"
 #include "ops/kernels/conv_util.hpp"
 
 namespace tg::kernels {
@@ -141,31 +142,68 @@ LayoutCost winograd_layout(const ConvGeometry& g, int64_t lanes) {
   return best;
 }
 
-// U[ob][xi][c][i] = (G g G^T)[xi] for output channel ob * 8 + i (zero rows past O), computed in f64
-// and rounded once.
+// How the weights g are stored: as w[o][c][3][3] (Stored::plain), or, for an input gradient
+// (the convolution of gy with the kernel flipped and the channel roles swapped), as the forward
+// convolution's weights, g(o, c, j) = w[c][o][8 - j] (Stored::flipped; no flipped copy is made).
+enum class Stored { plain, flipped };
+
+// Ub[xi][c][i] = (G g G^T)[xi] for output channel ob * 8 + i (zero rows past O): the block ob of
+// U[ob][xi][c][i]. Computed in f64 and rounded once.
 template <class T, int M>
-void transform_weights(const TileGrid& p, const T* w, T* U) {
+void transform_weight_block(const TileGrid& p, const T* w, Stored stored, int64_t ob, T* Ub) {
   constexpr int64_t B = kOutBlock;
+  constexpr int64_t kChunk = 16;  // input channels per step (k and t: 27 KiB of doubles)
   constexpr int N = Tile<M>::N;
   constexpr auto& G = Tile<M>::G;
+  // The block's 8 output channels side by side (i innermost, so the arithmetic vectorises), a
+  // chunk of input channels at a time: stage the weights (the 8 rows' runs transposed in
+  // registers), then G g, then (G g) G^T element by element of the tile, along c as Ub runs. (All 36
+  // elements of one channel at once stored to 36 lines 8 KiB apart, which share an L1 set; and
+  // assembling each vector of 8 from scalar stores right before reading it stalled on store
+  // forwarding: 256 x 256 channels took 2.2 ms instead of 0.5.)
+  const int64_t rows = std::min(B, p.O - ob * B);  // real output channels of the block
+  alignas(64) T k[kChunk][9][B];                   // k[cc][j][i] = w(ob * 8 + i, c0 + cc, tap j)
+  double t[kChunk][N][3][B];                       // G g
+  if (rows < B) std::fill(&k[0][0][0], &k[0][0][0] + kChunk * 9 * B, T(0));
+  for (int64_t c0 = 0; c0 < p.C; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, p.C - c0);
+    if (stored == Stored::flipped) {
+      for (int64_t cc = 0; cc < cn; ++cc) {
+        const T* src = w + ((c0 + cc) * p.O + ob * B) * 9;  // the block's rows, contiguous
+        for (int64_t i = 0; i < rows; ++i)
+          for (int j = 0; j < 9; ++j) k[cc][8 - j][i] = src[i * 9 + j];
+      }
+    } else {
+      const T* src = w + (ob * B * p.C + c0) * 9;  // row i: output channel ob * 8 + i, from channel c0
+#if XSIMD_WITH_AVX512F
+      simd::transpose_matrix(src, rows, cn * 9, p.C * 9, &k[0][0][0], B);
+#else
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t e = 0; e < cn * 9; ++e) (&k[0][0][0])[e * B + i] = src[i * p.C * 9 + e];
+#endif
+    }
+    for (int64_t cc = 0; cc < cn; ++cc)
+      for (int r = 0; r < N; ++r)
+        for (int j = 0; j < 3; ++j)
+          for (int64_t i = 0; i < B; ++i)
+            t[cc][r][j][i] = G[r][0] * static_cast<double>(k[cc][j][i]) + G[r][1] * static_cast<double>(k[cc][3 + j][i]) +
+                             G[r][2] * static_cast<double>(k[cc][6 + j][i]);
+    for (int r = 0; r < N; ++r)  // (G g) G^T, rounded once
+      for (int s = 0; s < N; ++s) {
+        T* u = Ub + ((r * N + s) * p.C + c0) * B;
+        for (int64_t cc = 0; cc < cn; ++cc)
+          for (int64_t i = 0; i < B; ++i)
+            u[cc * B + i] = static_cast<T>(t[cc][r][0][i] * G[s][0] + t[cc][r][1][i] * G[s][1] + t[cc][r][2][i] * G[s][2]);
+      }
+  }
+}
+
+// All of U[ob][xi][c][i].
+template <class T, int M>
+void transform_weights(const TileGrid& p, const T* w, Stored stored, T* U) {
   parallel_for(p.OB, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t ob = lo; ob < hi; ++ob)
-      for (int64_t c = 0; c < p.C; ++c) {
-        // The block's 8 output channels side by side (i innermost, so the arithmetic vectorises).
-        double k[9][B] = {};
-        for (int64_t i = 0; i < B && ob * B + i < p.O; ++i)
-          for (int j = 0; j < 9; ++j) k[j][i] = static_cast<double>(w[((ob * B + i) * p.C + c) * 9 + j]);
-        double t[N][3][B];  // G g
-        for (int r = 0; r < N; ++r)
-          for (int j = 0; j < 3; ++j)
-            for (int64_t i = 0; i < B; ++i) t[r][j][i] = G[r][0] * k[j][i] + G[r][1] * k[3 + j][i] + G[r][2] * k[6 + j][i];
-        for (int r = 0; r < N; ++r)  // (G g) G^T, rounded once
-          for (int s = 0; s < N; ++s) {
-            T* u = U + ((ob * Tile<M>::Xi + r * N + s) * p.C + c) * B;
-            for (int64_t i = 0; i < B; ++i)
-              u[i] = static_cast<T>(t[r][0][i] * G[s][0] + t[r][1][i] * G[s][1] + t[r][2][i] * G[s][2]);
-          }
-      }
+      transform_weight_block<T, M>(p, w, stored, ob, U + ob * Tile<M>::Xi * p.C * kOutBlock);
   });
 }
 
@@ -373,12 +411,12 @@ void interleave_out(const ConvGeometry& g, const Plan& p, const T* Z, int64_t o_
 }
 
 template <class T, int M>
-bool forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+bool forward(const ConvGeometry& g, const T* x, const T* w, Stored stored, const T* bias, T* y) {
   constexpr int64_t L = kLanes<T>, SV = kStripVecs * L;
   constexpr int64_t Xi = Tile<M>::Xi;
   const Plan p(g, M, L);
   Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
-  transform_weights<T, M>(p, w, U.get());
+  transform_weights<T, M>(p, w, stored, U.get());
   // Few images: split each image's output channels too (the input transform is then repeated
   // per part, which is cheap next to the products).
   const int64_t parts = channel_parts(g.n, p.OB);
@@ -505,12 +543,17 @@ inline void interleave_tile_row(const Vec<T> (&y)[M], T* rows) {
 }
 
 template <class T, int M>
-bool forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+bool forward_dense(const ConvGeometry& g, const T* x, const T* w, Stored stored, const T* bias, T* y) {
   constexpr int64_t SV = kStripVecs * kLanes<T>, Xi = Tile<M>::Xi;
   const DensePlan p(g, M, kLanes<T>);
-  Scratch<T> U(p.OB * Xi * p.C * kOutBlock);
-  transform_weights<T, M>(p, w, U.get());
   const int64_t groups = ceil_div(g.n, p.G);
+  // A single group (a batch of at most G images) uses each block of U once: the task that uses
+  // it transforms it right before its products, into a buffer that stays in cache. (The whole
+  // U, 4x the weights with F(4x4), went to memory and came back: [1, 256, 7, 7] x 256 forward
+  // 1.3 -> 0.X ms.) Same values either way.
+  const bool fused = groups == 1;
+  Scratch<T> U(fused ? 0 : p.OB * Xi * p.C * kOutBlock);
+  if (!fused) transform_weights<T, M>(p, w, stored, U.get());
   const int64_t parts = channel_parts(groups, p.OB);  // few groups: split the channels too
   const int64_t ob_per_part = ceil_div(p.OB, parts);
   const int64_t xs = g.c * g.h * g.w, plane = p.PH * p.PW;
@@ -520,6 +563,7 @@ bool forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
   parallel_for(groups * parts, tasks_grain(groups * parts, work_per_task), [&](int64_t lo, int64_t hi) {
     const int64_t p_size = p.C * p.G * plane;
     Scratch<T> P(p_size), V(Xi * p.C * SV), Mbuf(Xi * kOutBlock * SV), rows(M * M * SV);
+    Scratch<T> Ub(fused ? Xi * p.C * kOutBlock : 0);
     std::fill(P.get(), P.get() + p_size, T(0));  // the padding; the copy-in writes the rest
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t q = task / parts, part = task % parts;
@@ -551,7 +595,12 @@ bool forward_dense(const ConvGeometry& g, const T* x, const T* w, const T* bias,
                                   rows.get() + a * M * SV + (k * p.T + ty * p.TW) * M, g.wo);
       };
       for (int64_t ob = ob_lo; ob < ob_hi; ++ob) {
-        block_products<T, M>(V.get(), U.get(), p.C, ob, p.nv, Mbuf.get(), [] {});
+        if (fused) {
+          transform_weight_block<T, M>(p, w, stored, ob, Ub.get());
+          block_products<T, M>(V.get(), Ub.get(), p.C, 0, p.nv, Mbuf.get(), [] {});
+        } else {
+          block_products<T, M>(V.get(), U.get(), p.C, ob, p.nv, Mbuf.get(), [] {});
+        }
         const int64_t o0 = ob * kOutBlock;
         transform_output<T, M>(Mbuf.get(), p.nv, o0, std::min(kOutBlock, p.O - o0), bias, out, done);
       }
@@ -567,24 +616,56 @@ bool winograd_applies(const ConvGeometry& g) {
         g.ho == g.h + 2 * g.ph - 2 && g.wo == g.w + 2 * g.pw - 2 && g.c >= 8 && g.o >= 8)) {
     return false;
   }
-  // Multiply-adds per image and channel pair of the best layout, plus ~25% for the transforms,
-  // against 9 per position of the implicit GEMM (about ho rows of wo + 1).
-  const double products = winograd_layout(g, kLanes<float>).products;
-  return 1.25 * products < 9.0 * static_cast<double>(g.ho * (g.wo + 1));
+  // Cost per image and channel pair, in multiply-adds of the products, at kReferenceBatch images:
+  // the best layout's products (a dense group holding only that many images), plus ~25% for the
+  // input and output transforms, plus the weight transform shared by those images, against 9 per
+  // position of the implicit GEMM (about ho rows of wo + 1). The choice must not depend on n (an
+  // image's bits would then depend on the batch it runs in; see DESIGN.md), so it is made for a
+  // small batch: there the per-call weight transform decides, and on 7 x 7 and smaller planes
+  // Winograd cost 2-8x the implicit GEMM on one image (1 thread: [1, 256, 4, 4] x 256 1.0 ms
+  // against 0.24), while from 8 images on it is up to 2x faster where it is still chosen.
+  constexpr int64_t kReferenceBatch = 4;
+  constexpr double kWeightTransformCost = 20;  // per transformed weight (measured on 256 x 256 channels)
+  constexpr int64_t lanes = kLanes<float>;     // f32's, for both types: f32 and f64 take the same path
+  const LayoutCost best = winograd_layout(g, lanes);
+  const bool dense = best.layout == Layout::dense2 || best.layout == Layout::dense4;
+  const int64_t tile = best.layout == Layout::phases2 || best.layout == Layout::dense2 ? 2 : 4;
+  const double xi = static_cast<double>((tile + 2) * (tile + 2));
+  double products = best.products;
+  if (dense) {
+    const int64_t images = std::min(dense_group(g, tile, lanes), kReferenceBatch);
+    const int64_t group_lanes = ceil_div(images * ceil_div(g.ho, tile) * ceil_div(g.wo, tile), lanes) * lanes;
+    products = 1.15 * xi * static_cast<double>(group_lanes) / static_cast<double>(images);
+  }
+  const double winograd = 1.25 * products + kWeightTransformCost * xi / kReferenceBatch;
+  return winograd < 9.0 * static_cast<double>(g.ho * (g.wo + 1));
 }
+
+namespace {
+template <class T>
+bool run_winograd(const ConvGeometry& g, const T* x, const T* w, Stored stored, const T* bias, T* y) {
+  switch (winograd_layout(g, kLanes<T>).layout) {
+    case Layout::phases2: return forward<T, 2>(g, x, w, stored, bias, y);
+    case Layout::phases4: return forward<T, 4>(g, x, w, stored, bias, y);
+    case Layout::dense2: return forward_dense<T, 2>(g, x, w, stored, bias, y);
+    case Layout::dense4: return forward_dense<T, 4>(g, x, w, stored, bias, y);
+  }
+  return false;
+}
+}  // namespace
 
 template <class T>
 bool winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
-  switch (winograd_layout(g, kLanes<T>).layout) {
-    case Layout::phases2: return forward<T, 2>(g, x, w, bias, y);
-    case Layout::phases4: return forward<T, 4>(g, x, w, bias, y);
-    case Layout::dense2: return forward_dense<T, 2>(g, x, w, bias, y);
-    case Layout::dense4: return forward_dense<T, 4>(g, x, w, bias, y);
-  }
-  return false;
+  return run_winograd(g, x, w, Stored::plain, bias, y);
+}
+template <class T>
+bool winograd_flipped(const ConvGeometry& g, const T* x, const T* w_swapped, T* y) {
+  return run_winograd(g, x, w_swapped, Stored::flipped, static_cast<const T*>(nullptr), y);
 }
 
 template bool winograd_forward<float>(const ConvGeometry&, const float*, const float*, const float*, float*);
 template bool winograd_forward<double>(const ConvGeometry&, const double*, const double*, const double*, double*);
+template bool winograd_flipped<float>(const ConvGeometry&, const float*, const float*, float*);
+template bool winograd_flipped<double>(const ConvGeometry&, const double*, const double*, double*);
 
 }  // namespace tg::kernels

@@ -18,4 +18,11 @@ bool winograd_applies(const ConvGeometry& g);
 template <class T>
 bool winograd_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
 
+// The same with the kernel flipped and the channel roles swapped, read from w_swapped
+// [g.c][g.o][3][3]: weight (o, c, p, q) is w_swapped[c][o][2 - p][2 - q]. The input gradient of
+// a convolution with weights w_swapped is this convolution of gy (padded by 2 - p); no flipped
+// copy of the weights is made.
+template <class T>
+bool winograd_flipped(const ConvGeometry& g, const T* x, const T* w_swapped, T* y);
+
 }  // namespace tg::kernels

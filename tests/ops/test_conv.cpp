@@ -268,15 +268,19 @@ const ConvCase kConvCases[] = {
     // Winograd F(2x2, 3x3), where F(4x4)'s tiles would be mostly padding (outputs two rows high):
     // phase planes, and tiles of several images side by side.
     {{1, 8, 2, 25}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
-    {{3, 9, 2, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    {{3, 9, 2, 14}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
     // Winograd on small planes, the tiles of several images side by side (gathered, copied out by rows):
     // 7 x 7 with a partial last group, odd sizes, asymmetric padding, a single group split by
     // output channels.
     {{2, 9, 6, 7}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
     {{5, 8, 7, 7}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
-    {{4, 9, 5, 6}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
-    {{3, 8, 4, 4}, 8, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
-    {{7, 10, 3, 3}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{4, 9, 9, 10}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
+    {{3, 8, 8, 8}, 8, {3, 3}, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
+    {{7, 10, 7, 6}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    // More images than a group (12 of 7 x 7, 6 of 2 x 14): the weights are transformed once for
+    // all groups instead of block by block in each group's task.
+    {{13, 8, 7, 7}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {{7, 8, 2, 14}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},
     // Strided implicit GEMM on phase planes: the UNet's down-sampling shapes (even and odd sizes),
     // odd padding (the column phases swap), no padding, stride 3 (scalar phase split), a stride
     // along one axis only, stride with dilation, rows longer than two vectors, groups.
@@ -341,7 +345,7 @@ TEST_CASE("conv2d: gradients match the naive loops, f32 and f64, several chunks"
       {{2, 9, 19, 22}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},  // F(4x4), partial tiles, split by channels
       {{7, 16, 7, 7}, 12, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},    // Winograd, several images side by side
       {{4, 8, 2, 25}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},     // Winograd F(2x2) (two-row outputs)
-      {{5, 10, 2, 6}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},    // F(2x2), images side by side
+      {{5, 10, 2, 14}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},   // F(2x2), images side by side
       // Strided input gradients, phase plane by phase plane: down-sampling (even and odd sizes),
       // odd padding, no padding, stride 3 with an uneven kernel, phases without taps (1x1 and
       // 2x2 kernels at stride 3), stride along one axis, stride with dilation, groups.
@@ -401,8 +405,8 @@ TEST_CASE("conv2d: gradcheck", "[ops][conv][grad][conv2d]") {
       {{1, 7, 7, 7}, 3, {5, 3}, {{2, 1}, {1, 1}, {1, 1}, 1}, true},   // strided, 105 taps
       {{1, 8, 6, 7}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd forward and input grad
       {{1, 8, 11, 9}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false}, // Winograd F(4x4), partial tiles
-      {{2, 8, 2, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd F(2x2), images side by side
-      {{2, 8, 5, 5}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd, images side by side
+      {{2, 8, 2, 14}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},  // Winograd F(2x2), images side by side
+      {{2, 8, 7, 6}, 8, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd, images side by side
       {{1, 3, 7, 6}, 4, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},   // strided: phase planes
       {{1, 2, 8, 7}, 3, {2, 3}, {{3, 2}, {1, 0}, {1, 1}, 1}, false},  // stride 3 x 2, a row phase without taps
   };
@@ -853,6 +857,37 @@ TEST_CASE("conv2d: Winograd on one or two images gives the same bits on 1 and N 
       ops::sum(ops::square(y)).backward();
       return Tensors{y, x.grad(), w.grad(), b.grad()};
     }));
+  }
+}
+
+TEST_CASE("conv2d: an image's outputs and input gradient do not depend on the batch it runs in", "[ops][conv]") {
+  // The path is chosen from the geometry without the batch size, and within a path the batch only
+  // decides how images are grouped (Winograd's dense groups of 12 images of 7 x 7 or 6 of 2 x 14,
+  // its weights transformed block by block inside a single group's task or once for several
+  // groups), never the arithmetic: image i of a batch has the bits of the same image alone.
+  // Sampling loops rely on it (a sample does not depend on how many are drawn together).
+  const ConvCase cases[] = {
+      {{13, 8, 7, 7}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},     // Winograd, images side by side
+      {{7, 8, 2, 14}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},   // F(2x2), images side by side
+      {{3, 9, 14, 14}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd, phase planes (or dense)
+      {{5, 16, 4, 4}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},    // small plane: implicit GEMM, row tiles
+      {{4, 8, 11, 10}, 8, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},    // strided
+  };
+  for (const ConvCase& c : cases) {
+    INFO(describe(c));
+    const Tensor x = conv_input(c, DType::f32, 70), w = conv_weight(c, DType::f32, 71), b = conv_bias(c, DType::f32, 72);
+    Tensor xb = x.detach().requires_grad_();
+    const Tensor y = ops::conv2d(xb, w, b, c.opt);  // [n, o, ho, wo]
+    const Tensor gy = test::randn(y.shape(), DType::f32, 73);
+    y.backward(gy);
+    for (std::int64_t i : {std::int64_t{0}, c.x[0] - 1}) {
+      INFO("image " << i);
+      Tensor xi = x.narrow(0, i, 1).contiguous().requires_grad_();
+      const Tensor yi = ops::conv2d(xi, w, b, c.opt);  // [1, o, ho, wo]
+      yi.backward(gy.narrow(0, i, 1).contiguous());
+      CHECK(test::same_bits(yi, y.narrow(0, i, 1).contiguous()));
+      CHECK(test::same_bits(xi.grad(), xb.grad().narrow(0, i, 1).contiguous()));
+    }
   }
 }
 
