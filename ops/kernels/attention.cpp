@@ -62,8 +62,9 @@
 
 #include "core/parallel.hpp"
 #include "core/random.hpp"
-#include "ops/kernels/simd_math.hpp"
 #include "core/simd_transpose.hpp"
+#include "ops/kernels/scratch.hpp"
+#include "ops/kernels/simd_math.hpp"
 
 
 namespace tg::kernels {
@@ -145,9 +146,9 @@ void block_gemm(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
 
 // ---- scratch ---------------------------------------------------------------------------------------------
 // Per-thread bump allocator (tasks never wait inside TBB while they hold it).
-class Scratch {
+class ThreadArena {
  public:
-  ~Scratch() { std::free(base_); }
+  ~ThreadArena() { std::free(base_); }
   void reset(std::size_t bytes) {
     if (bytes > cap_) {
       std::free(base_);
@@ -175,8 +176,8 @@ class Scratch {
   std::size_t cap_ = 0, used_ = 0;
 };
 
-Scratch& thread_scratch() {
-  thread_local Scratch s;
+ThreadArena& thread_arena() {
+  thread_local ThreadArena s;
   return s;
 }
 
@@ -304,10 +305,10 @@ void forward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const Att
   const std::uint64_t threshold = dropout ? dropout_threshold(cfg.dropout_p) : 0;
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
-  Scratch& sc = thread_scratch();
-  sc.reset(Scratch::bytes(d * BR, sizeof(T)) + Scratch::bytes(BC * dvp, sizeof(T)) +
-           2 * Scratch::bytes(BC * BR, sizeof(T)) + Scratch::bytes(BR * dvp, sizeof(T)) +
-           3 * Scratch::bytes(BR, sizeof(T)));
+  ThreadArena& sc = thread_arena();
+  sc.reset(ThreadArena::bytes(d * BR, sizeof(T)) + ThreadArena::bytes(BC * dvp, sizeof(T)) +
+           2 * ThreadArena::bytes(BC * BR, sizeof(T)) + ThreadArena::bytes(BR * dvp, sizeof(T)) +
+           3 * ThreadArena::bytes(BR, sizeof(T)));
   T* QsT = sc.take<T>(d * BR);   // (scale * Q)^T, [d][BR]
   T* Vb = sc.take<T>(BC * dvp);  // V rows when V cannot be read in place
   T* ST = sc.take<T>(BC * BR);   // scores / probabilities, transposed: [key][query]
@@ -412,11 +413,11 @@ void backward_task(const AttentionConfig& cfg, const AttnOperand<T>& q, const At
   const std::uint64_t threshold = dropout ? dropout_threshold(cfg.dropout_p) : 0;
   const T scale = static_cast<T>(cfg.scale);
 
-  Scratch& sc = thread_scratch();
-  sc.reset(2 * Scratch::bytes(Tq * dp, sizeof(T)) + Scratch::bytes(d * Tqp, sizeof(T)) +
-           Scratch::bytes(Tq * dvp, sizeof(T)) + 2 * Scratch::bytes(dv * Tqp, sizeof(T)) +
-           2 * Scratch::bytes(Tqp, sizeof(T)) + 2 * Scratch::bytes(BC * dp, sizeof(T)) +
-           Scratch::bytes(BC * dvp, sizeof(T)) + 4 * Scratch::bytes(BC * BR, sizeof(T)));
+  ThreadArena& sc = thread_arena();
+  sc.reset(2 * ThreadArena::bytes(Tq * dp, sizeof(T)) + ThreadArena::bytes(d * Tqp, sizeof(T)) +
+           ThreadArena::bytes(Tq * dvp, sizeof(T)) + 2 * ThreadArena::bytes(dv * Tqp, sizeof(T)) +
+           2 * ThreadArena::bytes(Tqp, sizeof(T)) + 2 * ThreadArena::bytes(BC * dp, sizeof(T)) +
+           ThreadArena::bytes(BC * dvp, sizeof(T)) + 4 * ThreadArena::bytes(BC * BR, sizeof(T)));
   T* Qs = sc.take<T>(Tq * dp);    // scale * Q rows, zero-padded to dp
   T* dQ = sc.take<T>(Tq * dp);    // sum over this range's key blocks of dS K
   T* QsT = sc.take<T>(d * Tqp);   // (scale * Q)^T
@@ -540,10 +541,10 @@ void attention_backward(const AttentionConfig& cfg, AttnOperand<T> q, AttnOperan
   }
   const std::int64_t n_kb = (Tk + kBC<T> - 1) / kBC<T>;
   const std::int64_t R = key_ranges(BH, n_kb);
-  std::vector<T> partial(dq && R > 1 ? static_cast<std::size_t>(BH * R * Tq * d) : 0);
+  Scratch<T> partial(dq && R > 1 ? BH * R * Tq * d : 0);  // written whole by the tasks
   parallel_for(BH * R, 1, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t t = lo; t < hi; ++t)
-      backward_task<T>(cfg, q, k, v, out, lse, dout, dq, dk, dvv, t / R, t % R, R, partial.data());
+      backward_task<T>(cfg, q, k, v, out, lse, dout, dq, dk, dvv, t / R, t % R, R, partial.get());
   });
   if (dq && R > 1) {
     const T sc_t = static_cast<T>(cfg.scale);
@@ -551,8 +552,9 @@ void attention_backward(const AttentionConfig& cfg, AttnOperand<T> q, AttnOperan
     parallel_for(BH * per, 1 << 14, [&](std::int64_t lo, std::int64_t hi) {
       for (std::int64_t e = lo; e < hi; ++e) {
         const std::int64_t b = e / per, rem = e % per;
-        T s = partial[static_cast<std::size_t>(b * R * per + rem)];
-        for (std::int64_t r = 1; r < R; ++r) s += partial[static_cast<std::size_t>((b * R + r) * per + rem)];
+        const T* pb = partial.get() + b * R * per + rem;
+        T s = pb[0];
+        for (std::int64_t r = 1; r < R; ++r) s += pb[r * per];
         dq[e] = s * sc_t;
       }
     });

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "core/tensor.hpp"
+#include "ops/kernels/scratch.hpp"
 #include "ops/kernels/simd_partial.hpp"
 
 #if XSIMD_WITH_AVX512F
@@ -34,17 +35,7 @@ inline int64_t images_per_task(int64_t n, int64_t work_per_image) {
   return std::max(items_per_task(work_per_image), n / 32);
 }
 
-// A task-owned scratch buffer from the caching allocator (64-byte aligned, reused across calls).
-template <class T>
-class Scratch {
- public:
-  explicit Scratch(int64_t n) : t_(empty({std::max<int64_t>(n, 1)}, dtype_of<T>())), p_(t_.data<T>()) {}
-  T* get() const { return p_; }
-
- private:
-  Tensor t_;
-  T* p_;
-};
+using kernels::Scratch;
 
 using simd::load_n;
 using simd::store_n;
