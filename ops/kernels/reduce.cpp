@@ -2,6 +2,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -389,12 +390,42 @@ void arg_reduce(bool is_max, const Tensor& x, int axis, const Tensor& values, co
 }
 
 void cumsum(const Tensor& x, int axis, bool reverse, const Tensor& out) {
-  // out has x's shape; iterate over all positions except `axis`, summing sequentially along it.
+  // out has x's shape. Every position off `axis` is summed sequentially along it (in f64 for f32).
   Shape outer_shape = x.shape(), xs = x.strides(), os = out.strides();
   const std::int64_t n = x.shape()[axis], x_step = x.strides()[axis], o_step = out.strides()[axis];
   outer_shape[axis] = 1;
+  std::int64_t inner = 1;
+  for (int d = axis + 1; d < x.dim(); ++d) inner *= x.shape()[d];
   dispatch_numeric(x.dtype(), "cumsum", [&]<class T>() {
     using Acc = std::conditional_t<std::is_same_v<T, float>, double, T>;
+    if (inner > 1 && x.is_contiguous() && out.is_contiguous()) {
+      // Not along the last axis: x is [outer, n, inner]. Walking one position at a time along
+      // the axis would read a new cache line per element ([4096, 1024] along axis 0: 67 ms);
+      // instead a block of kInner positions is carried along together, rows read in order
+      // (same additions per position, so the same bits).
+      constexpr std::int64_t kInner = 256;
+      const std::int64_t outer = x.numel() / (n * inner), blocks = (inner + kInner - 1) / kInner;
+      const T* xp = static_cast<const T*>(x.raw_data());
+      T* op = static_cast<T*>(out.raw_data());
+      const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(n * kInner, 1));
+      parallel_for(outer * blocks, grain, [&](std::int64_t b, std::int64_t e) {
+        Acc acc[kInner];
+        for (std::int64_t t = b; t < e; ++t) {
+          const std::int64_t o = t / blocks, k0 = t % blocks * kInner, kn = std::min(kInner, inner - k0);
+          std::fill(acc, acc + kn, Acc(0));
+          for (std::int64_t i = 0; i < n; ++i) {
+            const std::int64_t j = reverse ? n - 1 - i : i;
+            const T* v = xp + (o * n + j) * inner + k0;
+            T* w = op + (o * n + j) * inner + k0;
+            for (std::int64_t k = 0; k < kn; ++k) {
+              acc[k] = wrapping_add(acc[k], static_cast<Acc>(v[k]));
+              w[k] = static_cast<T>(acc[k]);
+            }
+          }
+        }
+      });
+      return;
+    }
     const StridedLoop<2> loop(outer_shape, {&os, &xs}, {sizeof(T), sizeof(T)});
     const std::array<char*, 2> base{static_cast<char*>(out.raw_data()), static_cast<char*>(x.raw_data())};
     const std::int64_t grain = std::max<std::int64_t>(1, (1 << 14) / std::max<std::int64_t>(n, 1));

@@ -301,6 +301,27 @@ TEST_CASE("cumsum", "[ops][reduce][grad][cumsum]") {
     CHECK_GRADCHECK([axis](const Tensors& v) { return ops::cumsum(v[0], axis); },
                     {test::transposed_layout(test::randn({7, 17}, DType::f64, 8))});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::cumsum(v[0], 0); }, {test::randn({1003}, DType::f64, 9)});
+  // Off the last axis, a contiguous input is summed a block of positions at a time (blocks of
+  // 256, here 2 and a partial one); against the strided path (a transposed copy) and a naive loop.
+  const Tensor c = test::randn({3, 5, 601}, DType::f32, 13);
+  for (int axis : {0, 1}) {
+    INFO("axis " << axis);
+    const Tensor got = ops::cumsum(c, axis);
+    CHECK(test::same_bits(got, ops::cumsum(test::transposed_layout(c), axis)));
+    std::vector<float> want = c.to_vector<float>();
+    const std::int64_t stride = axis == 0 ? 5 * 601 : 601, n = c.shape()[axis];
+    for (std::int64_t pos = 0; pos < c.numel(); ++pos) {
+      if ((pos / stride) % n == 0) {  // first element along the axis: sum the line in f64
+        double acc = 0;
+        for (std::int64_t i = 0; i < n; ++i) {
+          acc += static_cast<double>(want[static_cast<std::size_t>(pos + i * stride)]);
+          want[static_cast<std::size_t>(pos + i * stride)] = static_cast<float>(acc);
+        }
+      }
+    }
+    CHECK(got.to_vector<float>() == want);
+  }
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::cumsum(v[0], 1); }, {test::randn({2, 4, 259}, DType::f64, 14)});
 }
 
 TEST_CASE("reductions: NaN, integer and empty inputs", "[ops][reduce]") {
@@ -339,7 +360,7 @@ TEST_CASE("reductions: 1 vs N threads give identical bits", "[ops][reduce][threa
       return Tensors{a, b, d, e, x.grad()};
     }));
   }
-  CHECK(test::same_bits_across_threads([&] { return Tensors{ops::cumsum(big, 1), ops::argmax(big, 1)}; }));
+  CHECK(test::same_bits_across_threads([&] { return Tensors{ops::cumsum(big, 1), ops::cumsum(big, 0), ops::argmax(big, 1)}; }));
   const Tensor mid = test::randn({6, 300, 700}, DType::f32, 12);  // middle-axis reductions, column chunks
   CHECK(test::same_bits_across_threads([&] {
     return Tensors{ops::sum(mid, {1}), ops::amax(mid, {1}), ops::mean(mid, {0, 1}), ops::logsumexp(mid, {1}),
