@@ -144,7 +144,7 @@ void block_gemm(std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std:
   }
 }
 
-// ---- scratch ---------------------------------------------------------------------------------------------
+// ---- per-thread arena ------------------------------------------------------------------------------------
 // Per-thread bump allocator (tasks never wait inside TBB while they hold it).
 class ThreadArena {
  public:

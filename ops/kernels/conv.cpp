@@ -841,7 +841,7 @@ void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bi
   const bool by_rows = row_tiles_fit<T>(g.wo, og);
   // The weights in the tiles' layout: row tiles [gi][k][o]; implicit tiles [gi][panel][k][MR]
   // (zero rows past og). From the caching allocator: a fresh buffer of a big layer's size per call
-  // costs its page faults (measured 2.4 MB: ~1 ms).
+  // cost its zero fill and page faults (~1 ms per 2.4 MB in a profile).
   Scratch<T> wlay(by_rows ? g.groups * K * og : g.groups * panels * K * MR);
   T* const wt = wlay.get();
   T* const wpack = wlay.get();
@@ -906,7 +906,7 @@ void backward_input_implicit(const ConvGeometry& g, const T* gy, const T* w, T* 
   // see winograd_forward.)
   if (winograd_applies(t) && winograd_flipped(t, gy, w, gx)) return;
   // wf [C][og][kh][kw]: w flipped, channel roles swapped. From the caching allocator: a fresh
-  // buffer per call cost its page faults, more than the copy (256 x 256 x 3 x 3: ~1 ms).
+  // buffer per call cost its zero fill and page faults, more than the copy.
   Scratch<T> wflip(g.c * og * taps);
   T* const wf = wflip.get();
   for (int64_t gi = 0; gi < g.groups; ++gi)
@@ -1124,8 +1124,8 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
   const int64_t part_size = g.groups * Kp * ogp;
   const int64_t pblock = ceil_div(P, ceil_div(P, kWgradPositions));  // equal blocks
   // Partials of a big layer are kept few (a smaller budget than the other reductions'): each is
-  // written once and read back by the combine, and 7 partials of 256 x 2304 (16 MB) made that
-  // traffic a third of [8, 256, 8, 8]'s weight gradient. The work is then split across threads by
+  // written once and read back by the combine (7 partials of 256 x 2304 were 16 MB; the time at
+  // 1 thread measured alike, the memory is a quarter). The work is then split across threads by
   // blocks of taps as well (parts), which changes no bit: every tap's sums are the same FMA
   // chains whoever computes them.
   const int64_t S = std::min(reduction_groups(g.n, part_size), std::max<int64_t>(1, (int64_t{1} << 20) / part_size));
@@ -1191,8 +1191,8 @@ void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* gy, T*
   // Partials added in their own [tap][channel] layout (contiguous reads: the partials of a big
   // layer do not fit in cache), in group order in f64, and transposed into gw [o][tap] a block
   // of kCombineTaps taps at a time, so that every channel's row of gw gets whole cache lines
-  // (tap by tap, each store would touch its own line and page: 512 x 4608 taps took 15 ms
-  // instead of ~1). Blocks are independent, so they are combined in parallel.
+  // (tap by tap, each store touched its own line and page: [1, 512, 7, 7] x 512 spent ~15 of its
+  // 24 ms here, 3 ms in all after). Blocks are independent, so they are combined in parallel.
   constexpr int64_t kCombineTaps = 16;
   const int64_t tap_blocks = ceil_div(K, kCombineTaps);
   parallel_for(g.groups * tap_blocks, items_per_task(S * og * kCombineTaps * 2), [&](int64_t r0, int64_t r1) {

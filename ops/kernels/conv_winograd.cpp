@@ -550,7 +550,7 @@ bool forward_dense(const ConvGeometry& g, const T* x, const T* w, Stored stored,
   // A single group (a batch of at most G images) uses each block of U once: the task that uses
   // it transforms it right before its products, into a buffer that stays in cache. (The whole
   // U, 4x the weights with F(4x4), went to memory and came back: [1, 256, 7, 7] x 256 forward
-  // 1.3 -> 0.X ms.) Same values either way.
+  // 1.27 -> 1.17 ms at 1 thread.) Same values either way.
   const bool fused = groups == 1;
   Scratch<T> U(fused ? 0 : p.OB * Xi * p.C * kOutBlock);
   if (!fused) transform_weights<T, M>(p, w, stored, U.get());
