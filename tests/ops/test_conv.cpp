@@ -870,7 +870,7 @@ TEST_CASE("conv2d: an image's outputs and input gradient do not depend on the ba
       {{13, 8, 7, 7}, 9, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},     // Winograd, images side by side
       {{7, 8, 2, 14}, 10, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, false},   // F(2x2), images side by side
       {{3, 9, 14, 14}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},   // Winograd, phase planes (or dense)
-      {{5, 16, 4, 4}, 16, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},    // small plane: implicit GEMM, row tiles
+      {{5, 16, 4, 4}, 32, {3, 3}, {{1, 1}, {1, 1}, {1, 1}, 1}, true},    // small plane: implicit GEMM (row tiles)
       {{4, 8, 11, 10}, 8, {3, 3}, {{2, 2}, {1, 1}, {1, 1}, 1}, true},    // strided
   };
   for (const ConvCase& c : cases) {
