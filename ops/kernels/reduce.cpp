@@ -398,7 +398,7 @@ void cumsum(const Tensor& x, int axis, bool reverse, const Tensor& out) {
   for (int d = axis + 1; d < x.dim(); ++d) inner *= x.shape()[d];
   dispatch_numeric(x.dtype(), "cumsum", [&]<class T>() {
     using Acc = std::conditional_t<std::is_same_v<T, float>, double, T>;
-    if (inner > 1 && x.is_contiguous() && out.is_contiguous()) {
+    if (inner > 1 && x.numel() > 0 && x.is_contiguous() && out.is_contiguous()) {
       // Not along the last axis: x is [outer, n, inner]. Walking one position at a time along
       // the axis would read a new cache line per element ([4096, 1024] along axis 0: 67 ms);
       // instead a block of kInner positions is carried along together, rows read in order

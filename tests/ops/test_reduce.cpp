@@ -322,6 +322,10 @@ TEST_CASE("cumsum", "[ops][reduce][grad][cumsum]") {
     CHECK(got.to_vector<float>() == want);
   }
   CHECK_GRADCHECK([](const Tensors& v) { return ops::cumsum(v[0], 1); }, {test::randn({2, 4, 259}, DType::f64, 14)});
+  // Empty axes and empty inner sizes: nothing to sum, the shape is kept.
+  CHECK(ops::cumsum(zeros({0, 3}), 0).shape() == Shape{0, 3});
+  CHECK(ops::cumsum(zeros({2, 0, 5}), 1).shape() == Shape{2, 0, 5});
+  CHECK(ops::cumsum(zeros({3, 0}), 0).shape() == Shape{3, 0});
 }
 
 TEST_CASE("reductions: NaN, integer and empty inputs", "[ops][reduce]") {
