@@ -120,6 +120,13 @@ int64_t dense_group(const ConvGeometry& g, int64_t tile, int64_t lanes) {
   return std::max<int64_t>(1, kStripVecs * lanes / tiles);
 }
 
+// Multiply-adds per image and channel pair of the dense layout with groups of `images` images:
+// tile lanes rounded up per group, +15% for the gathers and the copies out.
+double dense_products(const ConvGeometry& g, int64_t tile, int64_t lanes, int64_t images) {
+  const int64_t group_lanes = ceil_div(images * ceil_div(g.ho, tile) * ceil_div(g.wo, tile), lanes) * lanes;
+  return 1.15 * static_cast<double>((tile + 2) * (tile + 2) * group_lanes) / static_cast<double>(images);
+}
+
 // The layouts and tile sizes, with their multiply-adds per image and channel pair.
 enum class Layout { phases2, phases4, dense2, dense4 };
 struct LayoutCost {
@@ -130,13 +137,10 @@ LayoutCost winograd_layout(const ConvGeometry& g, int64_t lanes) {
   LayoutCost best{Layout::phases2, 16.0 * static_cast<double>(tile_lanes(g, 2, lanes))};
   const double f4 = 36.0 * static_cast<double>(tile_lanes(g, 4, lanes));
   if (f4 < best.products) best = {Layout::phases4, f4};
-  // Dense: tile lanes rounded up per group; +15% for the gathers and the copies out. A group
-  // holds at most kStripVecs vectors of tiles.
+  // Dense: a group holds at most kStripVecs vectors of tiles.
   for (const int64_t tile : {2, 4}) {
     if (ceil_div(g.ho, tile) * ceil_div(g.wo, tile) > kStripVecs * lanes) continue;
-    const int64_t G = dense_group(g, tile, lanes);
-    const int64_t group_lanes = ceil_div(G * ceil_div(g.ho, tile) * ceil_div(g.wo, tile), lanes) * lanes;
-    const double dense = 1.15 * static_cast<double>((tile + 2) * (tile + 2) * group_lanes) / static_cast<double>(G);
+    const double dense = dense_products(g, tile, lanes, dense_group(g, tile, lanes));
     if (dense < best.products) best = {tile == 2 ? Layout::dense2 : Layout::dense4, dense};
   }
   return best;
@@ -631,12 +635,8 @@ bool winograd_applies(const ConvGeometry& g) {
   const bool dense = best.layout == Layout::dense2 || best.layout == Layout::dense4;
   const int64_t tile = best.layout == Layout::phases2 || best.layout == Layout::dense2 ? 2 : 4;
   const double xi = static_cast<double>((tile + 2) * (tile + 2));
-  double products = best.products;
-  if (dense) {
-    const int64_t images = std::min(dense_group(g, tile, lanes), kReferenceBatch);
-    const int64_t group_lanes = ceil_div(images * ceil_div(g.ho, tile) * ceil_div(g.wo, tile), lanes) * lanes;
-    products = 1.15 * xi * static_cast<double>(group_lanes) / static_cast<double>(images);
-  }
+  const double products =
+      dense ? dense_products(g, tile, lanes, std::min(dense_group(g, tile, lanes), kReferenceBatch)) : best.products;
   const double winograd = 1.25 * products + kWeightTransformCost * xi / kReferenceBatch;
   return winograd < 9.0 * static_cast<double>(g.ho * (g.wo + 1));
 }
