@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 
 #include "core/autograd.hpp"
@@ -231,16 +232,41 @@ Tensor arange(double start, double stop, double step, DType dtype) {
   // As torch.arange: a step pointing away from `stop` is an error, not an empty range.
   TG_CHECK(start == stop || (stop > start) == (step > 0.0),
            "arange: step {} points away from stop: start {}, stop {} (the range would be empty)", step, start, stop);
-  const double count = std::ceil((stop - start) / step);
+  // Integer start and step for an integer dtype: exact integer arithmetic (in doubles, values past
+  // 2^53 would round: arange(2^53, 2^53 + 4) gave 2^53 twice and stop itself).
+  auto integral = [](double v) { return std::trunc(v) == v && std::fabs(v) < 0x1p63; };
+  const bool exact = !is_floating(dtype) && integral(start) && integral(step);
+  double count = std::ceil((stop - start) / step);
+  if (exact && integral(stop)) {  // ceil((stop - start) / step) without rounding
+    const __int128 span = static_cast<__int128>(stop) - static_cast<__int128>(start);
+    const __int128 st = static_cast<__int128>(step);
+    const __int128 q = span / st, r = span % st;
+    count = static_cast<double>(q + (r != 0 && (r > 0) == (st > 0) ? 1 : 0));
+  }
   TG_CHECK(count < 0x1p62, "arange: ({}, {}, {}) would have {} elements", start, stop, step, count);
   const auto n = static_cast<std::int64_t>(std::max(0.0, count));
   if (n > 0) {  // the first and the last value must fit an integer dtype
     check_scalar_fits("arange", start, dtype);
-    check_scalar_fits("arange", start + static_cast<double>(n - 1) * step, dtype);
+    if (exact) {
+      const __int128 last = static_cast<__int128>(start) + static_cast<__int128>(n - 1) * static_cast<__int128>(step);
+      TG_CHECK(last >= std::numeric_limits<std::int64_t>::min() && last <= std::numeric_limits<std::int64_t>::max(),
+               "arange: the last value of ({}, {}, {}) does not fit in {}", start, stop, step, dtype_name(dtype));
+      if (dtype != DType::i64)  // narrower: the double is exact
+        check_scalar_fits("arange", static_cast<double>(static_cast<std::int64_t>(last)), dtype);
+    } else {
+      check_scalar_fits("arange", start + static_cast<double>(n - 1) * step, dtype);
+    }
   }
   Tensor t = allocate("arange", Shape{n}, dtype);
   dispatch(dtype, "arange", [&]<class T>() {
     T* p = t.data<T>();
+    if constexpr (std::is_integral_v<T>) {
+      if (exact) {
+        const auto first = static_cast<std::int64_t>(start), by = static_cast<std::int64_t>(step);
+        for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(first + i * by);
+        return;
+      }
+    }
     for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + static_cast<double>(i) * step);
   });
   return t;
@@ -312,15 +338,19 @@ struct Printer {
   bool integral, boolean, summarize;
   int precision;
   int width = 1;
+  bool scientific = false;  // 1.0000e-08: chosen from the shown values, as torch does
 
   std::string element(std::int64_t k) const {  // k: element offset from t's first element
     if (boolean) return t.data<bool>()[k] ? "true" : "false";
     if (integral)
       return dispatch(t.dtype(), "to_string", [&]<class T>() { return fmt::format("{}", t.data<T>()[k]); });
-    const double v = dispatch(t.dtype(), "to_string", [&]<class T>() { return static_cast<double>(t.data<T>()[k]); });
+    const double v = value(k);
     if (std::isnan(v)) return "nan";
     if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-    return fmt::format("{:.{}f}", v, precision);
+    return scientific ? fmt::format("{:.{}e}", v, precision) : fmt::format("{:.{}f}", v, precision);
+  }
+  double value(std::int64_t k) const {
+    return dispatch(t.dtype(), "to_string", [&]<class T>() { return static_cast<double>(t.data<T>()[k]); });
   }
   bool shown(std::int64_t idx, std::int64_t n) const {
     return !summarize || n <= 2 * kEdgeItems || idx < kEdgeItems || idx >= n - kEdgeItems;
@@ -329,12 +359,34 @@ struct Printer {
   std::int64_t next(std::int64_t k, std::int64_t n) const {
     return shown(k + 1, n) || k + 1 >= n ? k + 1 : n - kEdgeItems;
   }
-  void measure(int d, std::int64_t base) {
+  // f(offset) for every shown element, in order.
+  template <class F>
+  void visit(int d, std::int64_t base, F&& f) const {
     const std::int64_t n = t.shape()[d], stride = t.strides()[d];
     for (std::int64_t k = 0; k < n; k = next(k, n)) {
-      if (d + 1 == t.dim()) width = std::max(width, static_cast<int>(element(base + k * stride).size()));
-      else measure(d + 1, base + k * stride);
+      if (d + 1 == t.dim()) f(base + k * stride);
+      else visit(d + 1, base + k * stride, f);
     }
+  }
+  // Fixed-point would show tiny values as 0.0000 and huge ones as long digit strings: torch's rule
+  // switches to scientific notation when the shown finite nonzero magnitudes reach 1e8, go below
+  // 1e-4 or span more than 1000x (only the first of these for integer values).
+  void choose_notation() {
+    if (integral || boolean) return;
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    bool whole = true;
+    visit(0, 0, [&](std::int64_t k) {
+      const double a = std::fabs(value(k));
+      if (a == 0 || !std::isfinite(a)) return;
+      lo = std::min(lo, a);
+      hi = std::max(hi, a);
+      whole = whole && std::trunc(a) == a;
+    });
+    if (hi == 0) return;
+    scientific = hi > 1e8 || (!whole && (lo < 1e-4 || hi / lo > 1000));
+  }
+  void measure() {
+    visit(0, 0, [&](std::int64_t k) { width = std::max(width, static_cast<int>(element(k).size())); });
   }
   void print(std::string& out, int d, std::int64_t base, int indent) const {
     const std::int64_t n = t.shape()[d], stride = t.strides()[d];
@@ -366,11 +418,14 @@ std::string Tensor::to_string(int precision) const {
   Printer p{*this, !is_floating_point(), dtype() == DType::boolean, numel() > kSummarizeThreshold, precision};
   std::string out = "tensor(";
   if (dim() == 0) {
+    const double v = is_floating_point() ? p.value(0) : 0;
+    p.scientific = v != 0 && std::isfinite(v) && (std::fabs(v) > 1e8 || std::fabs(v) < 1e-4);
     out += p.element(0);
   } else if (numel() == 0) {
     out += "[]";
   } else {
-    p.measure(0, 0);
+    p.choose_notation();
+    p.measure();
     p.print(out, 0, 0, 7);
   }
   out += fmt::format(", shape={}, dtype={}", shape(), dtype());

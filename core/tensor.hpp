@@ -105,6 +105,8 @@ class Tensor {
   // ---- copies (differentiable) ---------------------------------------------------------------------
   Tensor contiguous() const;  // this tensor if already contiguous, else a row-major copy
   Tensor clone() const;       // always a new row-major copy
+  // Floats to integers truncate toward zero; NaN and values outside the integer type's range become
+  // its lowest value (x86's and torch's result), unchecked: fill_/full refuse such values instead.
   Tensor to(DType dtype) const;
 
   // ---- autograd ------------------------------------------------------------------------------------

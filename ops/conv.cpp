@@ -74,13 +74,16 @@ std::int64_t window_output(const char* op, const Tensor& x, int dim, std::int64_
                            std::int64_t kernel, std::int64_t stride, bool ceil_mode = false) {
   const std::int64_t size = x.shape()[dim];
   const std::int64_t padded = size + 2 * padding, span = dilation * (kernel - 1) + 1;
-  TG_CHECK(padded >= span,
+  // torch's rule: floor((padded - span) / stride) + 1 windows; with ceil_mode, rounded up, less a
+  // last window that would start past the input and its left padding. So ceil_mode keeps one
+  // partial window on an input narrower than the kernel (1 wide, kernel 2: one output).
+  std::int64_t n = (padded - span + (ceil_mode ? stride - 1 : 0));
+  n = (n >= 0 ? n / stride : -((-n + stride - 1) / stride)) + 1;  // floor division
+  if (ceil_mode && n > 0 && (n - 1) * stride >= size + padding) --n;
+  TG_CHECK(n > 0,
            "{}: input of shape {} is {} wide in dim {} ({} with padding {}), smaller than the {}kernel extent {}: the "
            "output would be empty",
            op, x.shape(), size, dim, padded, padding, dilation > 1 ? "dilated " : "", span);
-  if (!ceil_mode) return (padded - span) / stride + 1;
-  std::int64_t n = (padded - span + stride - 1) / stride + 1;
-  if ((n - 1) * stride >= size + padding) --n;
   return n;
 }
 

@@ -785,6 +785,7 @@ Tensor relu(const Tensor& x) {
                  });
 }
 Tensor leaky_relu(const Tensor& x, double negative_slope) {
+  TG_CHECK(std::isfinite(negative_slope), "leaky_relu: negative_slope must be finite, got {}", negative_slope);
   return unary_x("leaky_relu", x,
                  [negative_slope](auto v) {
                    using B = decltype(v);

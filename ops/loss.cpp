@@ -315,12 +315,15 @@ Tensor kl_div(const Tensor& input, const Tensor& target, KLReduction reduction, 
            input.dtype(), input.shape());
   const Tensor t = target.to(input.dtype());
   Tensor loss;
+  // A zero target probability contributes 0 whatever the input, -inf included (0 log 0 = 0 and
+  // 0 (-inf) = 0 here; torch gives NaN for the latter), with zero gradients.
   if (log_target) {
-    loss = mul(exp(t), sub(t, input));
-  } else {  // t log t - t input, with 0 log 0 = 0 (the t log t term's gradient at t = 0 is taken as 0)
+    const Tensor p = exp(t);
+    loss = where(gt(p, 0.0), mul(p, sub(t, input)), 0.0);
+  } else {  // t log t - t input (the t log t term's gradient at t = 0 is taken as 0)
     const Tensor positive = gt(t, 0.0);
     const Tensor t_log_t = where(positive, mul(t, log(where(positive, t, 1.0))), where(eq(t, 0.0), zeros_like(t), NAN));
-    loss = sub(t_log_t, mul(t, input));
+    loss = sub(t_log_t, where(ne(t, 0.0), mul(t, input), 0.0));
   }
   switch (reduction) {
     case KLReduction::none: return loss;

@@ -52,7 +52,8 @@ Tensor smooth_l1_loss(const Tensor& input, const Tensor& target, Reduction reduc
 // |d| <= delta: 0.5 d^2, else delta (|d| - 0.5 delta); delta > 0 (torch's huber_loss).
 Tensor huber_loss(const Tensor& input, const Tensor& target, Reduction reduction = Reduction::mean, double delta = 1.0);
 // Kullback-Leibler divergence with input = log q (torch.nn.functional.kl_div): elementwise
-// target (log target - input), or e^target (target - input) with log_target; 0 where target = 0.
+// target (log target - input), or e^target (target - input) with log_target; 0 where target = 0
+// (e^target = 0), even where input = -inf (torch: NaN).
 // batchmean divides the sum by the first dim (the mathematically right KL per sample).
 enum class KLReduction { mean, sum, none, batchmean };
 Tensor kl_div(const Tensor& input, const Tensor& target, KLReduction reduction = KLReduction::mean,

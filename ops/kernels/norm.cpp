@@ -167,7 +167,8 @@ void row_stats(const T* x, std::int64_t n, double eps, double& mean, double& rst
     shifted_moments(x, n, k, s1, s2);
     const double d = s1 * inv_n;
     mean = k + d;
-    var = std::max(0.0, s2 * inv_n - d * d);
+    var = s2 * inv_n - d * d;
+    if (var < 0) var = 0;  // rounding; a NaN (an inf or NaN in the row) stays NaN, as in f64
   } else if constexpr (Center) {
     mean = wide_sum(x, n, [](auto v) { return v; }) * inv_n;
     const double m = mean;

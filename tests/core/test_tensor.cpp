@@ -25,6 +25,14 @@ TEST_CASE("factories fill shapes and dtypes", "[core][tensor]") {
   CHECK(arange(1.0, 2.0, 0.25, DType::f64).to_vector<double>() == std::vector<double>{1.0, 1.25, 1.5, 1.75});
   CHECK(arange(3.0, 0.0, -1.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{3, 2, 1});
   CHECK(arange(2.0, 2.0, -1.0).numel() == 0);
+  // Integer ranges are exact past 2^53, where doubles skip odd values.
+  CHECK(arange(0x1p53, 0x1p53 + 4).to_vector<std::int64_t>() ==
+        std::vector<std::int64_t>{9007199254740992, 9007199254740993, 9007199254740994, 9007199254740995});
+  CHECK(arange(0x1p60, 0x1p60 - 1024, -300.0).to_vector<std::int64_t>() ==
+        std::vector<std::int64_t>{1152921504606846976, 1152921504606846676, 1152921504606846376, 1152921504606846076});
+  CHECK(arange(-3.0, 4.0, 3.0, DType::i32).to_vector<std::int32_t>() == std::vector<std::int32_t>{-3, 0, 3});
+  CHECK(arange(0.0, 2.5, 1.0).to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 1, 2});
+  CHECK_THROWS_WITH(arange(0.0, 4e9, 1e9, DType::i32), Contains("arange: value 3000000000 does not fit in i32"));
   // A step pointing away from stop is an error (as torch.arange), not a silent empty range.
   CHECK_THROWS_WITH(arange(3.0, 0.0, 1.0), Contains("arange: step 1 points away from stop"));
   CHECK_THROWS_WITH(arange(-2), Contains("arange: step 1 points away from stop: start 0, stop -2"));
@@ -194,6 +202,15 @@ TEST_CASE("printing", "[core][tensor][format]") {
   CHECK(full({1}, 0.5).expand({std::int64_t{1} << 40}).to_string(1) ==
         "tensor([0.5, 0.5, 0.5, ..., 0.5, 0.5, 0.5], shape=[1099511627776], dtype=f32)");
   CHECK_THROWS_WITH(arange(3).to_string(-1), Contains("to_string: precision must be in 0..30 digits, got -1"));
+  // Scientific notation (torch's rule) when fixed-point would hide small values or spell out huge ones.
+  CHECK(tensor({1e-8}).to_string() == "tensor([1.0000e-08], shape=[1], dtype=f32)");
+  CHECK(tensor({1e-5, 2e-5, 1}).to_string(2) == "tensor([1.00e-05, 2.00e-05, 1.00e+00], shape=[3], dtype=f32)");
+  CHECK(tensor({1e200, -1}, DType::f64).to_string(1) == "tensor([1.0e+200, -1.0e+00], shape=[2], dtype=f64)");
+  CHECK(tensor({0.5, 600}).to_string(1) == "tensor([5.0e-01, 6.0e+02], shape=[2], dtype=f32)");  // spans > 1000x
+  CHECK(tensor({0, 2, 3000}).to_string(1) == "tensor([   0.0,    2.0, 3000.0], shape=[3], dtype=f32)");  // whole
+  CHECK(tensor({0, 0.5, 100, NAN, INFINITY}).to_string(1) ==
+        "tensor([  0.0,   0.5, 100.0,   nan,   inf], shape=[5], dtype=f32)");  // zeros, nan, inf ignored
+  CHECK(scalar_tensor(3e-7).to_string(2) == "tensor(3.00e-07, shape=[], dtype=f32)");
   Tensor x = ones({2}).requires_grad_();
   CHECK(x.summary() == "Tensor[2] f32 requires_grad");
   CHECK((x.reshape({1, 2})).summary() == "Tensor[1, 2] f32 grad_fn=view");

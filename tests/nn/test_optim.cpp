@@ -78,7 +78,8 @@ TEST_CASE("Adam and AdamW match hand-computed steps", "[nn][optim]") {
 }
 
 TEST_CASE("optimizers: groups, missing gradients, 1 vs N threads", "[nn][optim]") {
-  auto a = param({1.0}), b = param({1.0});
+  auto a = param({1.0});
+  nn::NamedTensor b{"q", tensor({1.0}, DType::f64).requires_grad_()};
   nn::SGD sgd({nn::ParamGroup{{a}, 1.0}, nn::ParamGroup{{b}, 0.5}}, {.lr = 1.0});
   set_grad(a.tensor, {1.0});
   sgd.step();  // b has no gradient: untouched
@@ -190,6 +191,10 @@ TEST_CASE("optimizers refuse what torch refuses, clipping propagates a NaN norm,
   CHECK_THROWS_WITH(nn::SGD(std::vector<nn::ParamGroup>{{{{"a", p}}}, {{{"b", p}}}}, {.lr = 0.1}),
                     Contains("parameter 'b' is the same tensor as 'a'"));
   CHECK_THROWS_WITH(nn::Adam({{"a", p}, {"tied", p}}, {}), Contains("parameter 'tied' is the same tensor as 'a'"));
+  // Names key the saved state: a repeated name is refused at construction, not at the first save.
+  CHECK_THROWS_WITH(nn::Adam({{"a", p}, {"a", q}}, {}), Contains("two different parameters are named 'a'"));
+  CHECK_THROWS_WITH(nn::SGD(std::vector<nn::ParamGroup>{{{{"w", p}}}, {{{"w", q}}}}, {.lr = 0.1}),
+                    Contains("two different parameters are named 'w'"));
   CHECK_THROWS_WITH(nn::SGD({{"p", p}}, {.momentum = -0.5}), Contains("SGD: momentum must be finite and >= 0"));
   CHECK_THROWS_WITH(nn::SGD({{"p", p}}, {.weight_decay = -0.5}), Contains("SGD: weight_decay must be finite and >= 0"));
   CHECK_THROWS_WITH(nn::Adam({{"p", p}}, {.weight_decay = NAN}), Contains("weight_decay must be finite and >= 0"));

@@ -560,8 +560,23 @@ TEST_CASE("pooling with ceil_mode keeps the last partial window (values from tor
   // (5 + 2 - 2) / 2 rounds up to 3, plus 1 = 4 windows, but the 4th would start at 6 - 1 = 5: in the right padding.
   CHECK(ops::max_pool2d(arange(0, 5, 1, DType::f32).reshape({1, 1, 1, 5}), {1, 2}, {1, 2}, {0, 1}, {1, 1}, true).shape() ==
         Shape{1, 1, 1, 3});
+  // An input narrower than the kernel keeps its one partial window (torch: [[5]], [[8]], [[4]]); without
+  // ceil_mode there is no window.
+  const Tensor one = tensor({5.0f}, {1, 1, 1, 1});
+  CHECK(ops::max_pool2d(one, {2, 2}, {2, 2}, {0, 0}, {1, 1}, true).to_vector<float>() == std::vector<float>{5});
+  CHECK(ops::avg_pool2d(one, {2, 2}, {2, 2}, {0, 0}, true, true).to_vector<float>() == std::vector<float>{5});
+  const Tensor x9 = arange(0, 9, 1, DType::f32).reshape({1, 1, 3, 3});
+  CHECK(ops::max_pool2d(x9, {4, 4}, {4, 4}, {0, 0}, {1, 1}, true).to_vector<float>() == std::vector<float>{8});
+  CHECK(ops::avg_pool2d(x9, {4, 4}, {4, 4}, {0, 0}, true, true).to_vector<float>() == std::vector<float>{4});
+  CHECK_THROWS_WITH(ops::max_pool2d(one, {2, 2}), Catch::Contains("smaller than the kernel extent 2"));
+  // Kernel 4, stride 1 on 1 element: the rounded-up count is still 0 windows.
+  CHECK_THROWS_WITH(ops::max_pool2d(one, {4, 4}, {1, 1}, {0, 0}, {1, 1}, true), Catch::Contains("output would be empty"));
   const Tensor xd = test::randn({2, 3, 7, 9}, DType::f64, 70);
   CHECK_GRADCHECK([](const Tensors& v) { return ops::max_pool2d(v[0], {3, 2}, {2, 2}, {1, 0}, {1, 1}, true); }, {xd});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::max_pool2d(v[0], {5, 4}, {3, 4}, {0, 0}, {1, 1}, true); },
+                  {test::randn({1, 2, 3, 2}, DType::f64, 71)});
+  CHECK_GRADCHECK([](const Tensors& v) { return ops::avg_pool2d(v[0], {5, 4}, {3, 4}, {0, 0}, true, true); },
+                  {test::randn({1, 2, 3, 2}, DType::f64, 72)});
   CHECK_GRADCHECK([](const Tensors& v) { return ops::avg_pool2d(v[0], {3, 3}, {2, 2}, {1, 1}, false, true); }, {xd});
 }
 

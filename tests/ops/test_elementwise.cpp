@@ -462,6 +462,8 @@ TEST_CASE("new math ops: special values", "[ops][elementwise]") {
   ops::sum(ops::hardswish(x)).backward();
   CHECK(std::isnan(x.grad().item()));
   CHECK_THROWS_WITH(ops::hardtanh(tensor({1}), 2, 1), Contains("hardtanh: min_val 2 must not exceed max_val 1"));
+  CHECK_THROWS_WITH(ops::leaky_relu(tensor({1}), NAN), Contains("leaky_relu: negative_slope must be finite, got nan"));
+  CHECK_THROWS_WITH(ops::elu(tensor({1}), INFINITY), Contains("elu: alpha must be finite, got inf"));
 }
 
 TEST_CASE("minimum/maximum split the gradient on ties", "[ops][elementwise]") {

@@ -218,6 +218,19 @@ TEST_CASE("binary_cross_entropy (probabilities), pos_weight, smooth_l1, huber, k
                          -0.030258509299404546}, {2, 3}, DType::f64), 1e-14, 1e-16);
   CHECK(ops::kl_div(li, ops::log(lt + 0.1), ops::KLReduction::sum, true).item() == Approx(1.275156477345438).epsilon(1e-14));
   CHECK(std::isnan(ops::kl_div(tensor({-1}), tensor({-0.5})).item()));  // a negative probability
+  // A zero target contributes 0 with zero gradient, even at input -inf (a zero q where p is zero).
+  {
+    Tensor in = tensor({-INFINITY, -1.0, -INFINITY}, DType::f64).requires_grad_();
+    const Tensor kl = ops::kl_div(in, tensor({0, 0.5, 0}, DType::f64), ops::KLReduction::none);
+    CHECK(kl.to_vector<double>() == std::vector<double>{0, 0.5 * (std::log(0.5) + 1), 0});
+    ops::sum(kl).backward();
+    CHECK(in.grad().to_vector<double>() == std::vector<double>{0, -0.5, 0});
+    Tensor lin = tensor({-INFINITY, -1.0}, DType::f64).requires_grad_();
+    const Tensor kll = ops::kl_div(lin, tensor({-INFINITY, -INFINITY}, DType::f64), ops::KLReduction::sum, true);
+    CHECK(kll.item() == 0);
+    kll.backward();
+    CHECK(lin.grad().to_vector<double>() == std::vector<double>{0, 0});
+  }
   CHECK_GRADCHECK([](const Tensors& v) { return ops::kl_div(v[0], v[1], ops::KLReduction::batchmean) +
                                                 ops::kl_div(v[0], v[1], ops::KLReduction::mean, true); },
                   {test::randn({3, 4}, DType::f64, 48), test::uniform({3, 4}, 0.1, 1, DType::f64, 49)});

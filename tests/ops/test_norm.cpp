@@ -298,6 +298,21 @@ TEST_CASE("norms over one element: zero input gradient exactly, as the math says
   }
 }
 
+TEST_CASE("norms: an inf or NaN in a row makes its layer_norm / group_norm NaN in f32 as in f64 (as torch)", "[ops][norm]") {
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dt));
+    for (double bad : {double(INFINITY), double(NAN)}) {
+      const Tensor x = tensor({1, bad, 3, 0.5, 2, 4}, {2, 3}, dt);
+      const auto y = ops::layer_norm(x, {3}).to_vector<double>();
+      for (int i = 0; i < 3; ++i) CHECK(std::isnan(y[i]));
+      for (int i = 3; i < 6; ++i) CHECK(std::isfinite(y[i]));  // the other row is untouched
+      const auto g = ops::group_norm(x.reshape({1, 6, 1}), 2).to_vector<double>();
+      for (int i = 0; i < 3; ++i) CHECK(std::isnan(g[i]));
+      for (int i = 3; i < 6; ++i) CHECK(std::isfinite(g[i]));
+    }
+  }
+}
+
 TEST_CASE("batch_norm: training and eval against the naive loops, running statistics, gradcheck", "[ops][norm][grad][batch_norm]") {
   for (const Shape& shape : {Shape{5, 3}, Shape{4, 3, 7}, Shape{2, 4, 3, 5}, Shape{3, 2, 17}, Shape{2, 1, 1, 2}}) {
     INFO("shape " << fmt::format("{}", shape));

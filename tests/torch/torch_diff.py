@@ -604,13 +604,16 @@ def _max_pool2d():
         dil = [1, 1] if rng.random() < 0.6 else [int(rng.integers(1, 4)), int(rng.integers(1, 3))]
         # torch's rule: padding <= kernel / 2 (tapegrad allows up to half the dilated extent)
         pad = [int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))]
-        H = max(dil[0] * (kh - 1) + 1 - 2 * pad[0], 1) + int(rng.integers(0, 9))
-        W = max(dil[1] * (kw - 1) + 1 - 2 * pad[1], 1) + int(rng.integers(0, 9))
+        ceil = int(rng.random() < 0.3)
+        # The smallest input with a window: the dilated extent, or with ceil_mode stride - 1 less
+        # (one partial window on an input narrower than the kernel).
+        s = stride if stride != [0, 0] else [kh, kw]
+        H = max(dil[0] * (kh - 1) + 1 - 2 * pad[0] - ceil * (s[0] - 1), 1) + int(rng.integers(0, 9))
+        W = max(dil[1] * (kw - 1) + 1 - 2 * pad[1] - ceil * (s[1] - 1), 1) + int(rng.integers(0, 9))
         # plain, ties (first maximum wins), all negative (the padding must never win)
         data = pick(rng, [randn, ties, lambda r, s: -np.abs(randn(r, s)) - 1])
         x = pool_input(rng, (pick(rng, [1, 2, 3]), H, W), pick(rng, [1, 2, None]), data)
-        return {"kernel": [kh, kw], "stride": stride, "padding": pad, "dilation": dil,
-                "ceil_mode": int(rng.random() < 0.3)}, [x]
+        return {"kernel": [kh, kw], "stride": stride, "padding": pad, "dilation": dil, "ceil_mode": ceil}, [x]
 
     def ref(T, P):
         s = P["stride"] if P["stride"] != [0, 0] else P["kernel"]
@@ -640,11 +643,13 @@ def _avg_pool2d():
         kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
         stride = [0, 0] if rng.random() < 0.3 else [int(rng.integers(1, 4)), int(rng.integers(1, 4))]
         pad = [int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))]
-        H = max(kh - 2 * pad[0], 1) + int(rng.integers(0, 9))
-        W = max(kw - 2 * pad[1], 1) + int(rng.integers(0, 9))
+        ceil = int(rng.random() < 0.3)
+        s = stride if stride != [0, 0] else [kh, kw]  # ceil_mode: inputs down to stride - 1 below the kernel
+        H = max(kh - 2 * pad[0] - ceil * (s[0] - 1), 1) + int(rng.integers(0, 9))
+        W = max(kw - 2 * pad[1] - ceil * (s[1] - 1), 1) + int(rng.integers(0, 9))
         x = pool_input(rng, (pick(rng, [1, 2, 3]), H, W), pick(rng, [1, 2, None]))
         return {"kernel": [kh, kw], "stride": stride, "padding": pad,
-                "count_include_pad": int(rng.random() < 0.5), "ceil_mode": int(rng.random() < 0.3)}, [x]
+                "count_include_pad": int(rng.random() < 0.5), "ceil_mode": ceil}, [x]
 
     def ref(T, P):
         s = P["stride"] if P["stride"] != [0, 0] else P["kernel"]
