@@ -75,6 +75,22 @@ void draw_text(std::vector<std::uint8_t>& rgb, std::int64_t w, std::int64_t h, s
 
 }  // namespace
 
+void check_writable(const std::string& path, const char* op) {
+  namespace fs = std::filesystem;
+  TG_CHECK(!path.empty(), "{}: empty output path", op);
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::error_code ec;
+  TG_CHECK(fs::is_directory(dir, ec), "{}: cannot write '{}': folder '{}' {}", op, path, dir.string(),
+           fs::exists(dir, ec) ? "is not a folder (a file of that name is in the way)" : "does not exist");
+  const fs::file_status st = fs::status(target, ec);
+  TG_CHECK(!fs::exists(st) || fs::is_regular_file(st), "{}: cannot write '{}': it exists and is not a regular file", op,
+           path);
+  // Files are written through a temporary file in the same folder, renamed over the target.
+  TG_CHECK(::access(dir.c_str(), W_OK | X_OK) == 0, "{}: cannot write '{}': folder '{}' is not writable ({})", op, path,
+           dir.string(), std::strerror(errno));
+}
+
 void save_png(const std::string& path, const Tensor& image) {
   TG_CHECK(image.dim() == 2 || image.dim() == 3, "save_png: expected [H, W] or [C, H, W], got {}", image.shape());
   const Tensor img = (image.dim() == 2 ? image.unsqueeze(0) : image).detach().to(DType::f32).contiguous();
@@ -314,6 +330,7 @@ void ProgressBar::update(std::int64_t done) { update(done, std::nullopt); }
 
 void ProgressBar::update(std::int64_t done, std::optional<double> maybe_loss) {
   done = std::clamp<std::int64_t>(done, 0, total_);
+  last_done_ = done;
   const double loss = maybe_loss.value_or(0.0);
   const bool first_non_finite = maybe_loss && !std::isfinite(loss) && non_finite_ == 0;
   if (!maybe_loss) {
@@ -358,6 +375,10 @@ void ProgressBar::draw(std::int64_t done, double, bool final) {
 void ProgressBar::finish(const std::string& message) {
   if (tty_ || last_drawn_ != total_) draw(total_, smoothed_loss_, true);
   if (!message.empty()) fmt::print(stderr, "{}\n", message);
+}
+
+void ProgressBar::stop() {
+  if (tty_ || last_drawn_ != last_done_) draw(last_done_, smoothed_loss_, true);
 }
 
 void keep_csv_rows_through(const std::string& path, std::size_t column, std::int64_t max_value) {

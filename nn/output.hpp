@@ -31,6 +31,12 @@ void save_image_grid(const std::string& path, const Tensor& images, const GridOp
 // that a program can refuse a grid it could not write before it computes the images.
 void check_image_grid(std::int64_t N, std::int64_t H, std::int64_t W, const GridOptions& options, bool captioned);
 
+// Whether a file could be written at `path` now: its folder exists and is writable, and `path` is
+// not a folder or another non-regular file. For commands that write their result after long work
+// (sampling, prediction): they check first, so that a typo in the path does not throw the work away.
+// `op` names the command in the error.
+void check_writable(const std::string& path, const char* op);
+
 // Keeps a CSV file's header and the rows whose integer in column `column` (0-based, not the last
 // column) is at most `max_value`; other rows, and a row cut off mid-write, are dropped. The file is rewritten
 // atomically; a missing file is left alone. For resumed runs: the rows logged after the checkpoint.
@@ -89,6 +95,8 @@ class ProgressBar {
   void update(std::int64_t done, double loss) { update(done, std::optional<double>(loss)); }
   void update(std::int64_t done);  // progress without a loss (sampling, evaluation)
   void finish(const std::string& message = "");
+  // Ends the bar where it stands (an interrupted run): the last line shows the last update, not 100%.
+  void stop();
 
  private:
   void update(std::int64_t done, std::optional<double> loss);
@@ -98,6 +106,7 @@ class ProgressBar {
   bool tty_;
   std::int64_t last_printed_ = -1;  // decile last printed (non-terminal output)
   std::int64_t last_drawn_ = -1;    // `done` at the last draw
+  std::int64_t last_done_ = 0;      // `done` at the last update
   std::chrono::steady_clock::time_point start_, last_draw_;
   double smoothed_loss_ = 0;      // of the finite losses
   bool has_loss_ = false;

@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <charconv>
@@ -139,10 +140,38 @@ inline bool check_new_run_folder(const std::string& out, const std::vector<std::
   return false;
 }
 
-// Removes the files of an old run that a new one would otherwise inherit (--overwrite).
-inline void remove_run_files(const std::string& out, const std::vector<std::string>& files) {
-  for (const std::string& f : files) std::filesystem::remove(out + "/" + f);
-  fmt::print("train: --overwrite: the old run in '{}' is replaced (its other files, such as evaluations, stay)\n", out);
+// --resume needs a run to resume: its config.json (a run killed before its first checkpoint starts
+// over with the recorded settings). Without one -- a mistyped --out, or a run killed before it
+// wrote anything -- resuming would silently start a new run with the default settings.
+inline void check_resumable(const std::string& out) {
+  TG_CHECK(std::filesystem::exists(out + "/config.json"),
+           "train --resume: '{}' holds no run to resume (no config.json); check --out, or train without --resume", out);
+}
+
+// Removes what an old run left that a new one would otherwise inherit (--overwrite): its state
+// files, and the files and folders made from its model (evaluations, samples), which would
+// otherwise sit next to the new model's as if they were its own. `derived` may hold names ending
+// in '*' (a prefix: "samples_*").
+inline void remove_run_files(const std::string& out, const std::vector<std::string>& files,
+                             const std::vector<std::string>& derived = {}) {
+  namespace fs = std::filesystem;
+  for (const std::string& f : files) fs::remove(out + "/" + f);
+  std::vector<std::string> removed;
+  for (const std::string& d : derived) {
+    if (!d.empty() && d.back() == '*') {
+      const std::string prefix = d.substr(0, d.size() - 1);
+      for (const auto& entry : fs::directory_iterator(out))
+        if (entry.path().filename().string().starts_with(prefix)) {
+          removed.push_back(entry.path().filename().string());
+          fs::remove_all(entry.path());
+        }
+    } else if (fs::exists(out + "/" + d)) {
+      removed.push_back(d);
+      fs::remove_all(out + "/" + d);
+    }
+  }
+  fmt::print("train: --overwrite: the old run in '{}' is replaced{}\n", out,
+             removed.empty() ? std::string() : fmt::format(" (also removed, made from its model: {})", fmt::join(removed, ", ")));
 }
 
 // Runs a command: any failure ends as "error: <what>" and status 1. When memory runs out, the

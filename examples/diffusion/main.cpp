@@ -27,6 +27,7 @@
 #include "models/classifier/train.hpp"
 #include "models/diffusion/train.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/interrupt.hpp"
 #include "nn/metrics.hpp"
 #include "nn/optim.hpp"
 #include "nn/output.hpp"
@@ -280,11 +281,40 @@ struct TrainArgs {
 // was started.
 void take_training_settings(TrainArgs& a, const nlohmann::json& cfg) {
   examples::ResumeSettings s(cfg, a.out + "/config.json", a.given);
-  if (!a.given.count("--steps") && !a.given.count("--minutes")) {
-    s.integer("--steps", "steps", a.steps, -1, 1'000'000'000);
-    s.number("--minutes", "minutes", a.minutes, 0, std::numeric_limits<double>::max(), /*open_low=*/true);
+  const bool steps_given = a.given.count("--steps") > 0, minutes_given = a.given.count("--minutes") > 0;
+  // The recorded budget first (a given one is compared with it below).
+  const std::int64_t steps = a.steps;
+  const double minutes = a.minutes;
+  {
+    const std::set<std::string> none;
+    examples::ResumeSettings recorded(cfg, a.out + "/config.json", none);
+    recorded.integer("--steps", "steps", a.steps, -1, 1'000'000'000);
+    recorded.number("--minutes", "minutes", a.minutes, 0, std::numeric_limits<double>::max(), /*open_low=*/true);
     TG_CHECK(a.steps != 0, "train --resume: '{}/config.json' has \"steps\": 0", a.out);
   }
+  // A budget may grow, in the unit the run was started with: a run of N steps keeps counting
+  // steps, a timed run keeps its clock (the learning-rate schedule follows that unit).
+  if (a.steps > 0) {
+    TG_CHECK(!minutes_given || steps_given,
+             "train --resume: the run in '{}' trains a number of steps ({}); extend it with --steps (not --minutes)", a.out,
+             a.steps);
+    if (steps_given) {
+      TG_CHECK(steps >= a.steps, "train --resume: --steps {} is below the run's {} steps; a budget may only grow", steps,
+               a.steps);
+      a.steps = steps;
+    }
+  } else {
+    TG_CHECK(!steps_given || steps == -1,
+             "train --resume: the run in '{}' has a time budget ({} minutes); extend it with --minutes (not --steps)", a.out,
+             a.minutes);
+    if (minutes_given) {
+      TG_CHECK(minutes >= a.minutes, "train --resume: --minutes {} is below the run's budget of {} minutes; a budget may only grow",
+               minutes, a.minutes);
+      a.minutes = minutes;
+    }
+  }
+  fmt::print("resuming with a budget of {}\n",
+             a.steps > 0 ? fmt::format("{} steps", a.steps) : fmt::format("{} minutes in all", a.minutes));
   s.integer("--batch", "batch", a.batch, 1, kMaxCount);
   s.number("--lr", "lr", a.lr, 0, std::numeric_limits<double>::max(), /*open_low=*/true);
   s.number("--lr-min-ratio", "lr_min_ratio", a.lr_min_ratio, 0, 1);
@@ -332,6 +362,7 @@ int train(TrainArgs a) {
            "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
            "--out folder (or --overwrite)",
            a.out);
+  if (a.resume) examples::check_resumable(a.out);
   if (a.resume && fs::exists(cfg_path)) {
     previous = read_run(a.out);
     mc = previous->config;
@@ -339,6 +370,10 @@ int train(TrainArgs a) {
     fmt::print("resuming: model settings from {}\n", cfg_path);
     take_training_settings(a, previous->json);
   } else {
+    for (std::int64_t level : a.attention)  // named by its flags here (the UNet would only name the config fields)
+      TG_CHECK(level >= 0 && level < static_cast<std::int64_t>(a.channels.size()),
+               "train: --attention level {} is outside 0..{} (--channels {} has {} levels); --attention '' for none", level,
+               static_cast<std::int64_t>(a.channels.size()) - 1, fmt::join(a.channels, ","), a.channels.size());
     mc.image_size = a.size;
     mc.channels = a.channels;
     mc.blocks_per_level = a.blocks;
@@ -369,7 +404,8 @@ int train(TrainArgs a) {
   // metrics logged after it (by a run killed between checkpoints) are dropped, not repeated.
   const std::string ckpt_path = a.out + "/checkpoint.safetensors";
   const bool resuming = a.resume && fs::exists(ckpt_path);
-  if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", a.out);
+  if (a.resume && !resuming)
+    fmt::print("train --resume: no checkpoint in '{}' yet; starting the run over with its settings\n", a.out);
   // The settings were taken from (or checked against) config.json; the data only now.
   if (resuming && previous) examples::check_resumed_data(previous->json, a.out, data.train.source);
   std::int64_t ckpt_step = 0;
@@ -382,7 +418,8 @@ int train(TrainArgs a) {
   fs::create_directories(a.out);  // only now that the settings are known to be good
   const nn::output::RunFolderLock lock(a.out);  // one writer per run folder; taken before anything is changed
   if (start_over)
-    examples::remove_run_files(a.out, {"checkpoint.safetensors", "model.safetensors", "model_ema.safetensors", "samples.png"});
+    examples::remove_run_files(a.out, {"checkpoint.safetensors", "model.safetensors", "model_ema.safetensors", "samples.png"},
+                               {"eval.csv", "sweep", "samples_*"});
   if (resuming) nn::output::keep_csv_rows_through(a.out + "/metrics.csv", /*column=*/0, ckpt_step);  // step is column 0
   {
     nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
@@ -430,7 +467,15 @@ int train(TrainArgs a) {
     metrics.row(std::vector<double>{static_cast<double>(last.step), acc / static_cast<double>(n_acc), last.lr, last.seconds});
     metrics.sync();  // before the final checkpoint, as every row
   };
-  const diff::TrainResult r = diff::fit(model, ema, images, data.train.labels, o);
+  const diff::TrainResult r = [&] {
+    const nn::StopOnSignal stop;  // Ctrl-C: the step ends, the checkpoint is written, the run can resume
+    return diff::fit(model, ema, images, data.train.labels, o);
+  }();
+  if (r.interrupted) {
+    fmt::print("train: stopped by signal {} after step {}; the checkpoint holds it: continue with `train --resume --out {}`\n",
+               nn::stop_signal(), r.steps, a.out);
+    return 128 + nn::stop_signal();
+  }
   // Loss plot from the whole metrics file (resumed runs included).
   nn::output::Series loss{"EDM loss (mean of the steps since the previous row, up to 20)", {}, {}};
   {
@@ -506,12 +551,9 @@ int sample_cmd(SampleArgs a) {
   examples::check_memory(sampling_bytes(run.config, a.count, a.batch), fmt::format("sampling {} images", a.count),
                          "--count or --batch");
   check_samples_grid(a.count, run.config.image_size, 10);  // before the work, not after it
-  diff::UNet net = load_model(a.run, run, a.raw);
-  net.set_skip_tuning(a.rho_bottom, a.rho_top);
-  const auto t0 = Clock::now();
-  const diff::Generated g = generate_with_progress(net, generate_options(a, a.seed), "sampling");
+  const diff::GenerateOptions options = generate_options(a, a.seed);
   // Settings away from their defaults are in the name, so that different runs do not overwrite each other.
-  std::string tag = fmt::format("{}_nfe{}_rho{}", a.sampler, g.nfe, rho_str(a.rho_bottom));
+  std::string tag = fmt::format("{}_nfe{}_rho{}", a.sampler, diff::expected_nfe(options.sampler), rho_str(a.rho_bottom));
   if (a.rho_top != 1) tag += fmt::format("-{}", rho_str(a.rho_top));
   if (a.guidance != 1) tag += fmt::format("_g{}", rho_str(a.guidance));
   if (a.eta != 0) tag += fmt::format("_eta{}", rho_str(a.eta));
@@ -520,6 +562,13 @@ int sample_cmd(SampleArgs a) {
   if (a.seed != 1) tag += fmt::format("_seed{}", a.seed);
   if (a.count != 80) tag += fmt::format("_n{}", a.count);
   const std::string out = a.png.empty() ? fmt::format("{}/samples_{}.png", a.run, tag) : a.png;
+  nn::output::check_writable(out, "sample");  // before the work, not after it
+  diff::UNet net = load_model(a.run, run, a.raw);
+  net.set_skip_tuning(a.rho_bottom, a.rho_top);
+  const auto t0 = Clock::now();
+  const diff::Generated g = generate_with_progress(net, options, "sampling");
+  TG_CHECK(g.nfe == diff::expected_nfe(options.sampler), "sample: {} made {} evaluations instead of {}", a.sampler, g.nfe,
+           diff::expected_nfe(options.sampler));
   save_samples(out, g, net.config.image_size, run.synthetic ? nn::data::synthetic_shape_classes() : nn::data::fashion_mnist_classes(), 10);
   fmt::print("{} samples, {} with {} NFE, rho_bottom {} rho_top {} ({} skips), guidance {}, {} weights, noise seed {}: "
              "{:.1f} s\ngrid: {}\n",
@@ -907,12 +956,13 @@ int sweep_cmd(const SweepArgs& a) {
 template <class T>
 std::vector<T> parse_list(const std::string& s, const char* what, bool distinct = true) {
   std::vector<T> v;
-  if (s == "none") return v;
-  std::stringstream ss(s);
+  if (s == "none" || s.find_first_not_of(" \t") == std::string::npos) return v;  // an empty list
+  // An empty item ("8,,16", "8,16,") is refused: a typo, not a shorter list.
+  std::stringstream ss(s + ",");
   std::string item;
   while (std::getline(ss, item, ',')) {
     const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
-    if (first == std::string::npos) continue;
+    TG_CHECK(first != std::string::npos, "{}: '{}' has an empty item", what, s);
     item = item.substr(first, last - first + 1);
     T value{};
     const auto [end, err] = std::from_chars(item.data(), item.data() + item.size(), value);
@@ -964,8 +1014,10 @@ int main(int argc, char** argv) {
   tr->add_option("--max-train", ta.max_train, "Use only the first N training images (0: all)")->check(examples::Integer(0, 1'000'000'000));
   tr->add_flag("--resume", ta.resume,
                "Continue from the run folder's checkpoint.safetensors: settings not given come from its config.json, "
-               "given ones must match (--minutes / --steps may grow; a longer --steps also stretches the cosine decay)");
-  tr->add_flag("--overwrite", ta.overwrite, "Start a new run in a folder that holds one (else refused)");
+               "given ones must match (--steps, or --minutes for a timed run, may grow; a longer --steps also stretches "
+               "the cosine decay)");
+  tr->add_flag("--overwrite", ta.overwrite,
+               "Start a new run in a folder that holds one (else refused); the old run's eval.csv, sweep/ and samples_*.png go too");
   tr->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   SampleArgs sa;

@@ -18,6 +18,7 @@
 #include "core/parallel.hpp"
 #include "models/classifier/train.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/interrupt.hpp"
 #include "nn/metrics.hpp"
 #include "nn/optim.hpp"
 #include "nn/output.hpp"
@@ -111,18 +112,21 @@ void take_run_settings(TrainArgs& a, const std::string& out) {
 
 int train(TrainArgs a) {
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
-  if (a.resume && fs::exists(out + "/config.json")) take_run_settings(a, out);
   TG_CHECK(!a.resume || fs::exists(out + "/config.json") || !fs::exists(out + "/checkpoint.safetensors"),
            "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
            "--out folder (or --overwrite)",
            out);
+  if (a.resume) {
+    examples::check_resumable(out);
+    take_run_settings(a, out);
+  }
   const cls::Arch arch = cls::parse_arch(a.model);
   const bool start_over = examples::check_new_run_folder(out, {"checkpoint.safetensors", "model.safetensors"}, a.resume, a.overwrite);
   // The data first: a bad --data must not leave an empty run folder behind.
   const cls::Data data = cls::load_data(a.data.empty() ? std::nullopt : std::optional<std::string>(a.data), a.synthetic, a.max_train);
   fs::create_directories(out);
   const nn::output::RunFolderLock lock(out);  // one writer per run folder
-  if (start_over) examples::remove_run_files(out, {"checkpoint.safetensors", "model.safetensors"});
+  if (start_over) examples::remove_run_files(out, {"checkpoint.safetensors", "model.safetensors"}, {"predictions.png"});
   fmt::print("data: {} ({} train / {} test images)\n", data.train.source, data.train.size(), data.test.size());
   const std::int64_t batch = std::min(a.batch, data.train.size());
   examples::check_memory(static_cast<double>(batch) * activation_bytes_per_sample(arch),
@@ -133,7 +137,8 @@ int train(TrainArgs a) {
   // A resumed run must be the same model with the same settings: checked before the run folder
   // is touched. (--max-steps may differ: it is how a run is continued.)
   const bool resuming = a.resume && fs::exists(out + "/checkpoint.safetensors");
-  if (a.resume && !resuming) fmt::print("train --resume: no checkpoint in '{}'; starting a new run\n", out);
+  if (a.resume && !resuming)
+    fmt::print("train --resume: no checkpoint in '{}' yet; starting the run over with its settings\n", out);
   if (resuming) {
     // The settings were taken from (or checked against) config.json above; the data only now that
     // it is loaded.
@@ -196,7 +201,15 @@ int train(TrainArgs a) {
                s.epoch, s.train_loss, s.test_loss, 100 * s.test_accuracy, s.seconds,
                1e3 * s.seconds / static_cast<double>(std::max<std::int64_t>(1, s.step - (s.epoch - 1) * ((data.train.size() + a.batch - 1) / a.batch))));
   };
-  const cls::FitResult r = cls::fit(model, data.train, data.test, fo);
+  const cls::FitResult r = [&] {
+    const nn::StopOnSignal stop;  // Ctrl-C: the step ends, the checkpoint is written, the run can resume
+    return cls::fit(model, data.train, data.test, fo);
+  }();
+  if (r.interrupted) {
+    fmt::print("train: stopped by signal {} after step {}; the checkpoint holds it: continue with `train --resume --out {}`\n",
+               nn::stop_signal(), r.steps, out);
+    return 128 + nn::stop_signal();
+  }
   nn::output::plot_svg(out + "/loss.svg", {step_loss, test_loss},
                        {.title = fmt::format("Fashion-MNIST {} ({} steps)", a.model, r.steps), .x_label = "step",
                         .y_label = "cross-entropy", .log_y = true});
@@ -279,7 +292,9 @@ int eval(const std::string& run, const std::string& data_dir, bool synthetic) {
 
 int predict(const std::string& run, std::int64_t count, std::int64_t first, const std::string& png, const std::string& data_dir,
             bool synthetic) {
+  const std::string out = png.empty() ? run + "/predictions.png" : png;
   TrainedRun trained = load_run(run);
+  nn::output::check_writable(out, "predict");  // before the work, not after it
   cls::Classifier& model = trained.model;
   nn::data::ImageDataset test = test_data(run, trained, data_dir, synthetic, "predict");
   TG_CHECK(first >= 0 && first < test.size(), "predict: --first {} is outside the {} test images", first, test.size());
@@ -293,7 +308,6 @@ int predict(const std::string& run, std::int64_t count, std::int64_t first, cons
   for (std::int64_t i = 0; i < count; ++i)
     fmt::print("test image {:5d}: predicted {:12s} true {:12s}{}\n", first + i, test.class_names[static_cast<std::size_t>(p[i])],
                test.class_names[static_cast<std::size_t>(t[i])], p[i] == t[i] ? "" : "  (wrong)");
-  const std::string out = png.empty() ? run + "/predictions.png" : png;
   nn::output::GridOptions grid{.columns = 8, .scale = 3};
   for (std::int64_t i = 0; i < count; ++i) {
     grid.captions.push_back(test.class_names[static_cast<std::size_t>(p[i])].substr(0, 12));

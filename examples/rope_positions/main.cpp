@@ -59,7 +59,13 @@ struct ExperimentArgs {
   std::int64_t dim = 64, layers = 2, heads = 4;
   double lr = 3e-3, weight_decay = 0.01, base = 1000.0, p_mark = 0.3, noise = 0.1;
   std::uint64_t seed = 0;
+  bool overwrite = false;
 };
+
+// The files an experiment writes into its folder (besides model_<variant>.safetensors).
+const std::vector<std::string> kExperimentFiles = {
+    "config.json",          "losses.csv",         "loss.svg",           "accuracy.csv",       "accuracy.md",
+    "accuracy_by_size.csv", "accuracy_by_row.csv", "accuracy_above.svg", "accuracy_left.svg"};
 
 struct Batch {
   tf::Inputs in;  // tokens [B, T], patches [B, T, 8], is_patch [B, T], positions [B, T, A]
@@ -228,13 +234,15 @@ const Split kSplits[] = {
     {"ood_tall", "OOD tall (h in 5..6, w in 2..4)", [](std::int64_t h, std::int64_t w) { return h >= 5 && w <= 4; }},
 };
 
-// Comma-separated items, trimmed of spaces; empty items are skipped.
-std::vector<std::string> split_variants(const std::string& s) {
+// Comma-separated items, trimmed of spaces; an empty item ("tv,,flat1d", a trailing comma) is an
+// error naming `what`, and so is an empty list.
+std::vector<std::string> split_variants(const std::string& s, const char* what) {
   std::vector<std::string> v;
-  std::stringstream ss(s);
+  std::stringstream ss(s + ",");
   for (std::string item; std::getline(ss, item, ',');) {
     const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
-    if (first != std::string::npos) v.push_back(item.substr(first, last - first + 1));
+    TG_CHECK(first != std::string::npos, "{}: '{}' has an empty item", what, s);
+    v.push_back(item.substr(first, last - first + 1));
   }
   return v;
 }
@@ -265,7 +273,7 @@ int experiment(const ExperimentArgs& a) {
   examples::check_memory(training_bytes(a.dim, a.layers, a.batch * 8),  // sequences of at least 8 tokens
                          fmt::format("training a {} x {} transformer on batches of {}", a.layers, a.dim, a.batch),
                          "--dim, --layers or --batch");
-  const std::vector<std::string> variants = split_variants(a.variants);
+  const std::vector<std::string> variants = split_variants(a.variants, "experiment: --variants");
   TG_CHECK(!variants.empty(), "experiment: no variants given");
   for (std::size_t i = 0; i < variants.size(); ++i) {
     const nn::PositionConfig pc = nn::parse_positions(variants[i]);
@@ -274,12 +282,19 @@ int experiment(const ExperimentArgs& a) {
              "experiment: variant {} is listed twice", variants[i]);
     tf::Transformer probe(experiment_config(a, nn::PositionBuilder(pc).axes()));  // model settings checked before the folder is touched
   }
+  // An earlier experiment's results are never replaced silently; with --overwrite, all of them go
+  // (models and tables), so that no old file sits next to the new config.json.
+  TG_CHECK(a.overwrite || !fs::exists(a.out + "/config.json"),
+           "experiment: '{}' already holds an experiment (config.json); start it over with --overwrite, or use another --out",
+           a.out);
   fs::create_directories(a.out);
   const nn::output::RunFolderLock lock(a.out);  // one writer per run folder
-  // The models of an earlier experiment in this folder do not belong to this one's config.json.
-  for (const auto& entry : fs::directory_iterator(a.out)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_regular_file() && name.starts_with("model_") && name.ends_with(".safetensors")) fs::remove(entry.path());
+  if (a.overwrite) {
+    for (const std::string& f : kExperimentFiles) fs::remove(a.out + "/" + f);
+    for (const auto& entry : fs::directory_iterator(a.out)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_regular_file() && name.starts_with("model_") && name.ends_with(".safetensors")) fs::remove(entry.path());
+    }
   }
   {
     nlohmann::json cfg = {{"task", "causal neighbour (spec techniques-A 1.8)"}, {"variants", variants},
@@ -508,7 +523,7 @@ int show(const std::string& scheme, const std::string& layout, double start) {
   nn::PositionConfig pc = nn::parse_positions(scheme);
   pc.start = start;
   nn::PositionBuilder pb(pc);
-  for (const std::string& item : split_variants(layout)) {
+  for (const std::string& item : split_variants(layout, "show: --layout")) {
     const auto colon = item.find(':');
     TG_CHECK(colon != std::string::npos, "show: layout item '{}' is not kind:size (text:3, image:2x3, image+:2x3, video:2x2x3)", item);
     const std::string kind = item.substr(0, colon), size = item.substr(colon + 1);
@@ -562,6 +577,7 @@ int main(int argc, char** argv) {
   ex->add_option("--eval", ea.eval, "Evaluation sequences per image size (sizes 2..6 x 2..6)")->check(examples::Integer(1, 100'000));
   ex->add_option("--seed", ea.seed, "Seed for initialisation and data (the same for every variant)")->check(examples::Seed);
   ex->add_option("--out", ea.out, "Run folder");
+  ex->add_flag("--overwrite", ea.overwrite, "Replace the experiment already in --out (its models and tables)");
   ex->add_option("--threads", threads, "Threads for kernels (0: all cores)")->check(examples::Threads);
 
   CompatArgs ca;

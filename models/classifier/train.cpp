@@ -11,6 +11,7 @@
 
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/interrupt.hpp"
 #include "nn/metrics.hpp"
 #include "nn/optim.hpp"
 #include "nn/output.hpp"
@@ -95,6 +96,10 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
     const double earlier_seconds = std::exchange(carried_seconds, 0.0);
     const auto start = std::chrono::steady_clock::now();
     for (std::int64_t b = step % per_epoch; b < per_epoch && step < total; ++b, ++step) {
+      if (nn::stop_requested()) {
+        result.interrupted = true;
+        break;
+      }
       const auto [images, labels] = nn::data::gather_batch(train, sampler.batch(epoch, b));  // [B, 1, 28, 28], [B]
       const Tensor logits = model(preprocess(model.config, images));                         // [B, classes]
       const Tensor loss = ops::cross_entropy(logits, labels);
@@ -113,7 +118,18 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
       if (o.progress) bar.update(b + 1, l);  // the batch's place in the epoch (also when resuming mid-epoch)
     }
     const double secs = earlier_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (o.progress) bar.finish();
+    if (o.progress) result.interrupted ? bar.stop() : bar.finish();
+    auto save = [&] {
+      if (!o.checkpoint.empty())
+        nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen, nullptr,
+                                     {{"epoch_loss_sum", fmt::format("{:.17g}", loss_sum)},
+                                      {"epoch_loss_count", std::to_string(count)},
+                                      {"epoch_seconds", fmt::format("{:.17g}", secs)}});
+    };
+    if (result.interrupted) {  // mid-epoch: the sums so far go into the checkpoint, the evaluation waits
+      save();
+      break;
+    }
     const Evaluation ev = evaluate(model, test);
     // (The epoch's last step can still have made the weights non-finite.)
     if (!std::isfinite(ev.loss))
@@ -126,11 +142,7 @@ FitResult fit(Classifier& model, const nn::data::ImageDataset& train, const nn::
     // between leaves a row past the last checkpoint, which a resumed run drops and logs again,
     // never a checkpoint whose row is missing.
     if (o.on_epoch) o.on_epoch(s);
-    if (!o.checkpoint.empty())
-      nn::save_training_checkpoint(o.checkpoint, model, opt, step, gen, nullptr,
-                                   {{"epoch_loss_sum", fmt::format("{:.17g}", loss_sum)},
-                                    {"epoch_loss_count", std::to_string(count)},
-                                    {"epoch_seconds", fmt::format("{:.17g}", secs)}});
+    save();
   }
   result.steps = step;
   return result;

@@ -43,6 +43,9 @@ struct FitOptions {
 struct FitResult {
   std::vector<EpochStats> history;
   std::int64_t steps = 0;
+  // Stopped early, after a step, by a signal (nn::stop_requested: Ctrl-C under an nn::StopOnSignal):
+  // the checkpoint then holds the state mid-epoch, without that epoch's evaluation.
+  bool interrupted = false;
 };
 
 // Trains with Adam on `train`, evaluating on `test` after every epoch.

@@ -13,6 +13,7 @@
 
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/interrupt.hpp"
 #include "nn/data.hpp"
 #include "nn/optim.hpp"
 #include "nn/output.hpp"
@@ -99,10 +100,15 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   std::deque<double> recent;
   const std::int64_t first = step;
+  bool interrupted = false;
   while (true) {
     const double secs = prior_seconds + elapsed();
     if ((o.max_steps >= 0 && step >= o.max_steps) || (budget > 0 && secs >= budget)) break;
     if (o.stop_after >= 0 && step - first >= o.stop_after) break;
+    if (nn::stop_requested()) {
+      interrupted = true;
+      break;
+    }
     const Tensor idx = sampler.batch(step / per_epoch, step % per_epoch);            // [B] i64
     const Tensor x0 = ops::index_select(images, 0, idx);                             // [B, C, S, S]
     const Tensor y = o.class_conditional ? ops::index_select(labels, 0, idx) : Tensor();  // [B]
@@ -130,7 +136,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
     if (step % o.checkpoint_every == 0) save(now);
   }
   const double total = prior_seconds + elapsed();
-  if (bar) bar->finish();
+  if (bar) interrupted ? bar->stop() : bar->finish();
   if (o.on_finish) o.on_finish();
   save(total);
   model.eval();
@@ -139,6 +145,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
   r.seconds = total;
   for (double l : recent) r.final_loss += l / static_cast<double>(recent.size());
   r.final_loss_steps = static_cast<std::int64_t>(recent.size());
+  r.interrupted = interrupted;
   return r;
 }
 

@@ -40,6 +40,8 @@ struct TrainOptions {
   double minutes = 10.0;           // wall-clock budget (<= 0: none)
   std::int64_t max_steps = -1;     // stop after this many steps (-1: no limit)
   std::int64_t stop_after = -1;    // leave after this many steps of this call, as an interruption would (-1: run on)
+  // Also left early, after a step, when nn::stop_requested() (Ctrl-C under an nn::StopOnSignal);
+  // either way the checkpoint is written and the run resumes from it.
   std::uint64_t seed = 0;          // batch order, noise levels, noise, label dropout
   EDMConfig edm;
   bool class_conditional = true;   // pass labels (the model must have num_classes > 0)
@@ -61,6 +63,7 @@ struct TrainResult {
   double seconds = 0;
   double final_loss = 0;           // mean loss of the last final_loss_steps steps
   std::int64_t final_loss_steps = 0;  // min(200, steps run by this call): 0 for a run already finished
+  bool interrupted = false;  // stopped early by a signal (nn::stop_requested); the checkpoint holds the state
 };
 
 // Trains `model` on images [N, C, S, S] in [-1, 1] (labels [N] i64) with Adam; `ema` (built on the

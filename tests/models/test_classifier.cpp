@@ -2,10 +2,12 @@
 // learns, evaluation, and the FD_clf feature extractor.
 #include <catch2/catch.hpp>
 
+#include <csignal>
 #include <filesystem>
 
 #include "models/classifier/train.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/interrupt.hpp"
 #include "nn/metrics.hpp"
 #include "tests/support/helpers.hpp"
 
@@ -74,6 +76,43 @@ TEST_CASE("fit resumes from its checkpoint exactly", "[models][classifier]") {
   CHECK(rest.history[0].train_loss == full.history[0].train_loss);
   CHECK(rest.history[1].train_loss == full.history[1].train_loss);
   CHECK(rest.history[0].seconds >= first.history.back().seconds);
+  std::filesystem::remove(ckpt);
+}
+
+TEST_CASE("fit stops cleanly on SIGINT under StopOnSignal: checkpoint mid-epoch, resumed to the same bits", "[models][classifier]") {
+  const auto train = nn::data::synthetic_shapes(512, 6), test = nn::data::synthetic_shapes(64, 7);
+  const std::string ckpt = (std::filesystem::temp_directory_path() / fmt::format("tg-fit-sig-{}.safetensors", ::getpid())).string();
+  std::filesystem::remove(ckpt);
+  Generator g1(3), g2(3);
+  cls::Classifier whole({.arch = cls::Arch::mlp}, &g1), part({.arch = cls::Arch::mlp}, &g2);
+  const auto full = cls::fit(whole, train, test, {.epochs = 2, .batch = 64, .seed = 9, .progress = false});
+  CHECK_FALSE(full.interrupted);
+  cls::FitResult first;
+  {
+    const nn::StopOnSignal stop;
+    cls::FitOptions o{.epochs = 2, .batch = 64, .seed = 9, .checkpoint = ckpt, .progress = false};
+    o.on_step = [](std::int64_t step, double) {
+      if (step == 5) std::raise(SIGINT);  // a real Ctrl-C during step 5 of 8 (the process lives on)
+    };
+    first = cls::fit(part, train, test, o);
+    CHECK(nn::stop_requested());
+    CHECK(nn::stop_signal() == SIGINT);
+  }
+  CHECK(first.interrupted);
+  CHECK(first.steps == 5);
+  CHECK(first.history.empty());  // the partial epoch is not evaluated
+  CHECK(nn::training_checkpoint_step(nn::load_safetensors(ckpt), ckpt) == 5);
+  {
+    const nn::StopOnSignal fresh_handlers;  // lowers the flag: the resumed run is not stopped at once
+    CHECK_FALSE(nn::stop_requested());
+    const auto rest = cls::fit(part, train, test, {.epochs = 2, .batch = 64, .seed = 9, .checkpoint = ckpt, .resume = true, .progress = false});
+    CHECK_FALSE(rest.interrupted);
+    REQUIRE(rest.history.size() == 2);
+    CHECK(rest.history[0].train_loss == full.history[0].train_loss);
+    CHECK(rest.history[1].train_loss == full.history[1].train_loss);
+  }
+  auto a = whole.state(), b = part.state();
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(test::same_bits(a[i].tensor, b[i].tensor));
   std::filesystem::remove(ckpt);
 }
 

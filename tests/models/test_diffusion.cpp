@@ -3,6 +3,8 @@
 // guidance, training resume, and the data mapping (spec techniques-B §1.7).
 #include <catch2/catch.hpp>
 
+#include <csignal>
+
 #include <numbers>
 
 #include <cmath>
@@ -14,6 +16,7 @@
 #include "models/diffusion/train.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/data.hpp"
+#include "nn/interrupt.hpp"
 #include "ops/conv.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
@@ -620,6 +623,30 @@ TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit, generat
   auto sa = ea.state(), sf = ef.state();
   for (std::size_t i = 0; i < sa.size(); ++i) CHECK(test::same_bits(sa[i].tensor, sf[i].tensor));
   std::filesystem::remove(ckpt);
+  {  // The same through a real SIGINT under StopOnSignal: the step ends, the checkpoint is written.
+    Generator g5(1), g6(77);
+    UNet c1(c, &g5), c2(c, &g6);
+    nn::EMA e1(c1, 0.9), e2(c2, 0.9);
+    TrainResult first;
+    {
+      const nn::StopOnSignal stop;
+      TrainOptions sig = o;
+      sig.checkpoint = ckpt;
+      sig.on_step = [](const StepStats& s) {
+        if (s.step == 2) std::raise(SIGINT);
+      };
+      first = fit(c1, e1, images, data.labels, sig);
+    }
+    CHECK(first.interrupted);
+    CHECK(first.steps == 2);
+    const nn::StopOnSignal fresh_handlers;  // lowers the flag for the resumed run
+    const TrainResult second = fit(c2, e2, images, data.labels, rest);
+    CHECK_FALSE(second.interrupted);
+    CHECK(second.steps == 4);
+    auto p2 = c2.state();
+    for (std::size_t i = 0; i < pa.size(); ++i) CHECK(test::same_bits(pa[i].tensor, p2[i].tensor));
+    std::filesystem::remove(ckpt);
+  }
   // Generation: reproducible, balanced labels, NFE reported, noise independent of the batch size.
   a.eval();
   GenerateOptions go{.sampler = sampler_for_nfe(SamplerKind::heun, 3), .count = 5, .batch = 5, .noise_seed = 4};

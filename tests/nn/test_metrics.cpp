@@ -5,12 +5,14 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
 
+#include "nn/interrupt.hpp"
 #include "nn/metrics.hpp"
 #include "nn/output.hpp"
 #include "ops/elementwise.hpp"
@@ -214,9 +216,37 @@ TEST_CASE("PNG grids, CSV, SVG plots, progress bar", "[nn][output]") {
   }
   CHECK_NOTHROW(nn::output::RunFolderLock(dir.string()));  // released with its holder
   CHECK_THROWS_WITH(nn::output::RunFolderLock((dir / "missing").string()), Contains("cannot open its lock file"));
+  // check_writable: what a later write would fail on, refused up front.
+  CHECK_NOTHROW(nn::output::check_writable((dir / "new.png").string(), "predict"));
+  CHECK_THROWS_WITH(nn::output::check_writable((dir / "missing" / "x.png").string(), "predict"),
+                    Contains("predict: cannot write '" + (dir / "missing" / "x.png").string() + "': folder '" +
+                             (dir / "missing").string() + "' does not exist"));
+  CHECK_THROWS_WITH(nn::output::check_writable(dir.string(), "sample"), Contains("it exists and is not a regular file"));
+  std::ofstream(dir / "afile") << "x";
+  CHECK_THROWS_WITH(nn::output::check_writable((dir / "afile" / "y.png").string(), "sample"),
+                    Contains("is not a folder (a file of that name is in the way)"));
   CHECK_THROWS_WITH(nn::output::save_image_grid((dir / "g.png").string(), zeros({3, 1, 4, 4}), {.captions = {"a", "b", "c"}, .caption_red = {true}}),
                     Contains("1 caption colours (caption_red) for 3 images"));
   CHECK_THROWS_WITH(nn::output::save_image_grid((dir / "g.png").string(), zeros({3, 1, 4, 4}), {.scale = std::int64_t{1} << 40}),
                     Contains("pixel grid is too large"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("StopOnSignal turns the first SIGINT / SIGTERM into a flag and restores the handlers", "[nn][output]") {
+  struct sigaction before {};
+  ::sigaction(SIGINT, nullptr, &before);
+  {
+    const nn::StopOnSignal stop;
+    CHECK_FALSE(nn::stop_requested());
+    CHECK_THROWS_WITH(nn::StopOnSignal(), Contains("only one may be alive at a time"));
+    std::raise(SIGTERM);  // would end the process without the handler
+    CHECK(nn::stop_requested());
+    CHECK(nn::stop_signal() == SIGTERM);
+  }
+  struct sigaction now {};
+  ::sigaction(SIGINT, nullptr, &now);
+  CHECK(now.sa_handler == before.sa_handler);  // the test runner's own handler is back
+  const nn::StopOnSignal again;        // a new one starts with the flag down
+  CHECK_FALSE(nn::stop_requested());
+  CHECK(nn::stop_signal() == 0);
 }
