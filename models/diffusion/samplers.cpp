@@ -269,6 +269,8 @@ std::int64_t expected_nfe(const SamplerConfig& c) {
 SamplerConfig sampler_for_nfe(SamplerKind kind, std::int64_t nfe, double eta) {
   TG_CHECK(nfe >= 1 && nfe <= kMaxSamplerSteps, "sampler: NFE must be in 1..{}, got {}", kMaxSamplerSteps, nfe);
   check_vp_steps(kind, nfe);
+  TG_CHECK(kind == SamplerKind::ddim ? eta >= 0 && eta <= 1 : eta == 0,
+           "sampler: eta {} {}", eta, kind == SamplerKind::ddim ? "must be in [0, 1]" : "applies to ddim only");
   SamplerConfig c;
   c.kind = kind;
   c.eta = kind == SamplerKind::ddpm ? 1.0 : eta;

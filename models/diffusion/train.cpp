@@ -151,6 +151,9 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
 
 Generated generate(const UNet& net, const GenerateOptions& o) {
   TG_CHECK(o.count > 0 && o.batch > 0, "generate: count ({}) and batch ({}) must be positive", o.count, o.batch);
+  // A model in training mode would sample with its dropout active: noisier images, silently.
+  TG_CHECK(!net.training() || net.config.dropout == 0,
+           "generate: the UNet is in training mode with dropout {}; call eval() before sampling", net.config.dropout);
   const std::int64_t S = net.config.image_size, C = net.config.in_channels;
   Generator noise_gen(o.noise_seed);
   const Tensor noise = randn({o.count, C, S, S}, DType::f32, noise_gen);  // [count, C, S, S]

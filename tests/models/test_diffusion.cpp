@@ -140,6 +140,9 @@ TEST_CASE("UNet: shapes, skip count, parameter names, bad input", "[models][diff
   CHECK(test::same_bits(dropped(x, cn, y), dropped(x, cn, y)));
   dropped.train();
   CHECK_FALSE(test::same_bits(dropped(x, cn, y), dropped(x, cn, y)));
+  // Sampling refuses a model left in training mode with dropout (it would sample with dropout on).
+  CHECK_THROWS_WITH(generate(dropped, {.sampler = sampler_for_nfe(SamplerKind::heun, 1), .count = 1}),
+                    Contains("generate: the UNet is in training mode with dropout 0.5; call eval() before sampling"));
   Generator g2(3);
   CHECK_THROWS_WITH(edm_loss(net, x, tensor({1}, DType::i64), {.label_dropout = 1.0}, g2), Contains("edm_loss: expected labels [2]"));
   CHECK_THROWS_WITH(unet_denoiser(net, y, NAN), Contains("guidance must be finite"));
@@ -373,14 +376,18 @@ TEST_CASE("samplers make exactly the advertised number of denoiser evaluations",
   CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::heun, 4), Contains("NFE must be odd"));
   CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::ddim, 2000), Contains("sampler: ddim with NFE 2000 takes 2000 steps of a schedule of T = 1000"));
   CHECK(sampler_for_nfe(SamplerKind::ddpm, 1000).steps == 1000);
+  CHECK(sampler_for_nfe(SamplerKind::ddim, 5, 0.5).eta == 0.5);
+  CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::ddim, 5, 1.5), Contains("sampler: eta 1.5 must be in [0, 1]"));
+  CHECK_THROWS_WITH(sampler_for_nfe(SamplerKind::heun, 5, 0.5), Contains("sampler: eta 0.5 applies to ddim only"));
   // Euler's Karras grid is not bound by the VP schedule's T steps.
   CHECK(sampler_for_nfe(SamplerKind::euler, 2000).steps == 2000);
   CHECK(sampler_for_nfe(SamplerKind::heun, 2001).steps == 1001);
   CHECK_THROWS_WITH(parse_sampler("dpm"), Contains("unknown sampler 'dpm'"));
   CHECK_THROWS_WITH(sample(g, noise, sampler_for_nfe(SamplerKind::ddpm, 3)), Contains("needs a generator"));
   Generator gen(2);
-  CHECK_THROWS_WITH(sample(g, noise, sampler_for_nfe(SamplerKind::ddim, 3, 1.5), &gen),
-                    Contains("eta must be in [0, 1], got 1.5"));
+  SamplerConfig wild = sampler_for_nfe(SamplerKind::ddim, 3);
+  wild.eta = 1.5;  // a config built by hand: sample() checks it too
+  CHECK_THROWS_WITH(sample(g, noise, wild, &gen), Contains("eta must be in [0, 1], got 1.5"));
   CHECK_THROWS_WITH(ddim_sigma(0.5, 0.9, -0.1), Contains("eta must be in [0, 1]"));
 }
 
