@@ -262,8 +262,14 @@ Tensor arange(double start, double stop, double step, DType dtype) {
     T* p = t.data<T>();
     if constexpr (std::is_integral_v<T>) {
       if (exact) {
-        const auto first = static_cast<std::int64_t>(start), by = static_cast<std::int64_t>(step);
-        for (std::int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(first + i * by);
+        // Stepped, not first + i * by: every value lies between the first and the (checked) last,
+        // while i * by alone could overflow.
+        auto v = static_cast<std::int64_t>(start);
+        const auto by = static_cast<std::int64_t>(step);
+        for (std::int64_t i = 0; i < n; ++i) {
+          p[i] = static_cast<T>(v);
+          if (i + 1 < n) v += by;
+        }
         return;
       }
     }
