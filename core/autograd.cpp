@@ -434,8 +434,10 @@ Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_
   // A leaf listed twice gets its gradient twice, in buffers of its own.
   for (const auto& [i, first] : repeated)
     if (targets.captured[first].defined()) targets.captured[i] = targets.captured[first].clone();
+  std::unordered_set<const TensorImpl*> returned;  // an intermediate listed twice shares one handle: cloned too
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     Tensor& g = targets.captured[i];
+    if (g.defined() && !returned.insert(&g.impl()).second) g = g.clone();
     if (!g.defined()) {
       TG_CHECK(allow_unused,
                "grad: input {} (shape {}) is not used to compute the outputs; pass allow_unused=true to get "

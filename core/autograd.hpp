@@ -150,7 +150,9 @@ void backward(const Tensors& roots, const Tensors& grads = {}, bool retain_graph
 // Gradients of `outputs` (seeded with `grad_outputs`, default 1 for one-element outputs) with
 // respect to `inputs` — leaves or intermediate tensors — without touching any .grad(). Only the
 // part of the graph that leads to `inputs` runs. An input the outputs do not depend on raises an
-// error unless allow_unused, in which case its gradient is zeros.
+// error unless allow_unused, in which case its gradient is zeros. The results are constants (no
+// create_graph): backward functions run without recording, so higher-order gradients (a gradient
+// of a gradient) are not available; see docs/DESIGN.md, "The tape".
 Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_outputs = {},
              bool retain_graph = false, bool allow_unused = false);
 

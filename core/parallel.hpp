@@ -37,7 +37,9 @@ void parallel_for(std::int64_t n, std::int64_t grain, FunctionRef<void(std::int6
 int num_threads();
 // Limits kernels to n threads for the whole process (n >= 1); 0 restores the default (all cores).
 void set_num_threads(int n);
-// Runs fn with kernels limited to n threads (a scoped arena; n may exceed the core count).
+// Runs fn with kernels limited to n threads (a scoped arena). n may exceed the core count: the work
+// is then split as for n threads, but TBB runs at most one thread per core and warns on stderr
+// that it ignores the request for more workers.
 void with_threads(int n, FunctionRef<void()> fn);
 
 }  // namespace tg

@@ -261,6 +261,16 @@ void EMA::copy_to(Module& model) const {
   NoGradGuard no_grad;
   auto current = model.state();
   TG_CHECK(current.size() == shadow_.size(), "EMA: the model has {} tensors, the average {}", current.size(), shadow_.size());
+  // All checked before the first copy: a mismatch (another model) leaves the model untouched
+  // instead of broadcasting or converting the average into the wrong tensors.
+  for (std::size_t i = 0; i < current.size(); ++i) {
+    const Tensor &to = current[i].tensor, &from = shadow_[i].tensor;
+    TG_CHECK(current[i].name == shadow_[i].name, "EMA copy_to: tensor {} is '{}' in the model but '{}' in the average", i,
+             current[i].name, shadow_[i].name);
+    TG_CHECK(to.shape() == from.shape() && to.dtype() == from.dtype(),
+             "EMA copy_to: '{}' is {} {} in the model but {} {} in the average", current[i].name, to.shape(), to.dtype(),
+             from.shape(), from.dtype());
+  }
   for (std::size_t i = 0; i < current.size(); ++i) current[i].tensor.copy_(shadow_[i].tensor);
 }
 

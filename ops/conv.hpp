@@ -15,8 +15,13 @@
 
 namespace tg::ops {
 
-// (height, width) pairs of sizes, strides, paddings, dilations.
-using Size2 = std::array<std::int64_t, 2>;
+// (height, width) pairs of sizes, strides, paddings, dilations. One number stands for both, as in
+// torch: `.padding = 1` is {1, 1} (as a plain std::array it would silently have been {1, 0}).
+struct Size2 : std::array<std::int64_t, 2> {
+  constexpr Size2() : std::array<std::int64_t, 2>{0, 0} {}
+  constexpr Size2(std::int64_t both) : std::array<std::int64_t, 2>{both, both} {}  // NOLINT: implicit on purpose
+  constexpr Size2(std::int64_t h, std::int64_t w) : std::array<std::int64_t, 2>{h, w} {}
+};
 
 struct Conv2dOptions {
   Size2 stride{1, 1};

@@ -210,6 +210,7 @@ TEST_CASE("autograd::grad: gradients w.r.t. chosen inputs, .grad untouched", "[c
   CHECK(twice[3].to_vector<double>() == g[1].to_vector<double>());
   CHECK(twice[4].to_vector<double>() == g[1].to_vector<double>());
   CHECK(twice[0].raw_data() != twice[2].raw_data());
+  CHECK(twice[3].raw_data() != twice[4].raw_data());  // the intermediate's too (they were one handle)
   CHECK_FALSE(w.grad().defined());
   CHECK_FALSE(x.grad().defined());
   Tensor unused = ones({1}, DType::f64).requires_grad_();

@@ -136,6 +136,12 @@ TEST_CASE("conv layers: shapes, parameter names, gradients", "[nn][layers]") {
   CHECK(up(test::randn({2, 8, 5, 5}, DType::f32)).shape() == Shape{2, 4, 10, 10});
   nn::Conv2d depthwise(4, 4, 3, {.padding = {1, 1}, .groups = 4});
   CHECK(depthwise.weight.shape() == Shape{4, 1, 3, 3});
+  // One number stands for both dims (as torch's ints), never {n, 0}.
+  nn::Conv2d same(3, 4, 3, {.stride = 1, .padding = 1});
+  CHECK(same.conv.padding == ops::Size2{1, 1});
+  CHECK(same(test::randn({1, 3, 8, 8}, DType::f32)).shape() == Shape{1, 4, 8, 8});
+  CHECK(nn::ConvTranspose2d(8, 4, 4, {.stride = 2, .padding = 1})(test::randn({1, 8, 5, 5}, DType::f32)).shape() == Shape{1, 4, 10, 10});
+  CHECK(ops::max_pool2d(test::randn({1, 2, 7, 7}), 3, 2, 1).shape() == Shape{1, 2, 4, 4});
   CHECK_THROWS_WITH(nn::Conv2d(3, 4, 3, {.groups = 2}), Contains("groups must divide"));
   // upsampled(x) is the convolution of the 2x nearest-upsampled x: fused (3x3 / pad 1, 1x1) or,
   // where the options do not allow it (stride 2, groups), the plain composition.

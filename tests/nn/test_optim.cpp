@@ -182,6 +182,20 @@ TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
   Tiny other;
   ema.copy_to(other);
   CHECK(other.w.to_vector<float>() == std::vector<float>{3, 3});
+  // Into another model: refused (names, shapes, dtypes as update checks them), the model untouched.
+  struct Wide : nn::Module {
+    Tensor w = zeros({3}).requires_grad_();
+    void visit(nn::Visitor& v) override { v.param("w", w); }
+    std::string type_name() const override { return "Wide"; }
+  } wide;
+  CHECK_THROWS_WITH(ema.copy_to(wide), Contains("EMA copy_to: 'w' is [3] f32 in the model but [2] f32 in the average"));
+  CHECK(wide.w.to_vector<float>() == std::vector<float>{0, 0, 0});
+  struct Renamed : nn::Module {
+    Tensor v = zeros({2}).requires_grad_();
+    void visit(nn::Visitor& vis) override { vis.param("v", v); }
+    std::string type_name() const override { return "Renamed"; }
+  } renamed;
+  CHECK_THROWS_WITH(ema.copy_to(renamed), Contains("tensor 0 is 'v' in the model but 'w' in the average"));
 }
 
 TEST_CASE("optimizers refuse what torch refuses, clipping propagates a NaN norm, EMA takes a given decay",
