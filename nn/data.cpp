@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numbers>
@@ -98,7 +99,7 @@ class ByteSource {
   // After the data: nothing else may follow, and every gzip member must be complete.
   void finish(std::uint64_t declared) {
     if (!gzip_) {
-      TG_CHECK(pos_ == file_.size(), "{}: '{}' has data beyond the {} bytes its header declares", op_, path_, declared);
+      TG_CHECK(pos_ == file_.size(), "{}: '{}' has data beyond the {} bytes its header declares (or is corrupt)", op_, path_, declared);
       return;
     }
     unsigned char extra;
@@ -106,7 +107,7 @@ class ByteSource {
       z_.next_out = &extra;
       z_.avail_out = 1;
       const int r = step();
-      TG_CHECK(z_.avail_out == 1, "{}: '{}' has data beyond the {} bytes its header declares", op_, path_, declared);
+      TG_CHECK(z_.avail_out == 1, "{}: '{}' has data beyond the {} bytes its header declares (or is corrupt)", op_, path_, declared);
       TG_CHECK(r != Z_BUF_ERROR, "{}: '{}' is corrupt after its data: the gzip stream is cut off (no trailer)",
                op_, path_);
     }
@@ -146,14 +147,27 @@ class ByteSource {
   std::size_t pos_ = 0, fed_ = 0;
 };
 
+// At most 200 characters of a line for an error message, with control bytes and non-ASCII shown
+// as '?': a binary file named by mistake must not spill raw bytes onto the terminal.
+std::string printable_excerpt(std::string_view line) {
+  std::string out(line.substr(0, 200));
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return out;
+}
+
+// Fashion-MNIST has 60 000 training and 10 000 test images; other sets in its format (MNIST) alike.
+constexpr std::int64_t kMaxFashionMnistImages = 100'000;
+
 }  // namespace
 
-Tensor read_idx(const std::string& path) {
+Tensor read_idx(const std::string& path, const std::function<void(const Shape&)>& check_dims) {
   std::ifstream in = open_regular_file(path, "read_idx");
   // Only an IDX file (00 00 type dims) or a gzip stream (1f 8b) is read whole into memory, and only
   // up to the largest data an IDX file may declare (checked below): not any file named by mistake.
   unsigned char head[4] = {};
   in.read(reinterpret_cast<char*>(head), 4);
+  TG_CHECK(in.gcount() > 0, "read_idx: '{}' is empty", path);
   const bool gzip = in.gcount() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
   TG_CHECK(gzip || (in.gcount() == 4 && head[0] == 0 && head[1] == 0),
            "read_idx: '{}' is neither an IDX file nor gzip-compressed (bad magic number)", path);
@@ -178,9 +192,11 @@ Tensor read_idx(const std::string& path) {
     const std::uint64_t n = (std::uint64_t{b[0]} << 24) | (std::uint64_t{b[1]} << 16) | (std::uint64_t{b[2]} << 8) | b[3];
     TG_CHECK(n > 0 && n <= 100'000'000, "read_idx: '{}' has an implausible dim {} ({})", path, d, n);
     total *= n;
-    TG_CHECK(total <= (std::uint64_t{1} << 33), "read_idx: '{}' is implausibly large", path);
     shape.push_back(static_cast<std::int64_t>(n));
+    TG_CHECK(total <= (std::uint64_t{1} << 33), "read_idx: '{}' declares dims {}..., more than 2^33 bytes of data", path,
+             shape);
   }
+  if (check_dims) check_dims(shape);  // before the data is inflated: a bad header fails at once
   // The data grows as it is read (16 MiB at a time), never ahead of what the file holds.
   std::vector<unsigned char> bytes;
   constexpr std::size_t kChunk = std::size_t{1} << 24;
@@ -221,9 +237,20 @@ const std::vector<std::string>& fashion_mnist_classes() {
 }
 
 ImageDataset load_fashion_mnist(const std::string& folder, bool train) {
-  const std::string prefix = folder + (train ? "/train" : "/t10k");
-  const Tensor images = read_idx(prefix + "-images-idx3-ubyte.gz");
-  const Tensor labels = read_idx(prefix + "-labels-idx1-ubyte.gz");
+  TG_CHECK(!folder.empty(), "load_fashion_mnist: empty folder name (\".\" for the current folder)");
+  const std::string prefix = (std::filesystem::path(folder) / (train ? "train" : "t10k")).string();
+  // The dims are checked from the headers, before any data is inflated: a small gzip file may
+  // otherwise declare (and inflate to) gigabytes.
+  const Tensor images = read_idx(prefix + "-images-idx3-ubyte.gz", [&](const Shape& dims) {
+    TG_CHECK(dims.size() == 3 && dims[0] <= kMaxFashionMnistImages && dims[1] == 28 && dims[2] == 28,
+             "load_fashion_mnist: '{}-images-idx3-ubyte.gz' declares images {}, not N 28x28 images with N <= {}", prefix,
+             dims, kMaxFashionMnistImages);
+  });
+  const Tensor labels = read_idx(prefix + "-labels-idx1-ubyte.gz", [&](const Shape& dims) {
+    TG_CHECK(dims.size() == 1 && dims[0] == images.shape()[0],
+             "load_fashion_mnist: '{}-labels-idx1-ubyte.gz' declares labels {} for {} images", prefix, dims,
+             images.shape()[0]);
+  });
   TG_CHECK(images.dim() == 3 && images.shape()[1] == 28 && images.shape()[2] == 28 && labels.dim() == 1 &&
                images.shape()[0] == labels.shape()[0],
            "load_fashion_mnist: images {} and labels {} in '{}' are not N 28x28 images with N labels", images.shape(),
@@ -300,7 +327,7 @@ ImageDataset load_digits(const std::string& path) {
       int value = -1;
       const auto [next, err] = std::from_chars(p, end, value);
       TG_CHECK(err == std::errc() && field < kFields, "load_digits: '{}' line {}: expected {} comma-separated integers (64 pixel levels and the label), got '{}'",
-               path, line, kFields, row.substr(0, 200));
+               path, line, kFields, printable_excerpt(row));
       const bool is_label = field == kFields - 1;
       TG_CHECK(value >= 0 && value <= (is_label ? 9 : 16), "load_digits: '{}' line {}: {} {} is outside 0..{}", path, line,
                is_label ? "label" : "pixel level", value, is_label ? 9 : 16);
@@ -310,7 +337,7 @@ ImageDataset load_digits(const std::string& path) {
       p = next;
       if (p == end) break;
       TG_CHECK(*p == ',', "load_digits: '{}' line {}: expected {} comma-separated integers (64 pixel levels and the label), got '{}'",
-               path, line, kFields, row.substr(0, 200));
+               path, line, kFields, printable_excerpt(row));
       ++p;
     }
     TG_CHECK(field == kFields, "load_digits: '{}' line {}: expected {} comma-separated integers (64 pixel levels and the label), got {}",
@@ -446,11 +473,11 @@ Points gaussian_mixture(std::int64_t n, std::int64_t modes, double radius, doubl
 
 Points checkerboard(std::int64_t n, std::uint64_t seed) {
   return make_points(n, seed, [&](Generator& g, std::int64_t, float* x, std::int64_t& y) {
-    // Uniform on the 8 dark cells of a 4x4 board over [-2, 2]^2.
+    // Uniform on the 8 dark cells of a 4x4 board over [-2, 2]^2; the label is the cell (0..7).
     const std::int64_t cell = g.randint(0, 8), row = cell / 2, col = 2 * (cell % 2) + (row % 2);
     x[0] = static_cast<float>(-2 + col + g.uniform());
     x[1] = static_cast<float>(-2 + row + g.uniform());
-    y = (row + col) % 2;
+    y = cell;
   });
 }
 
@@ -458,6 +485,8 @@ Points checkerboard(std::int64_t n, std::uint64_t seed) {
 BatchSampler::BatchSampler(std::int64_t n, std::int64_t batch, bool shuffle, std::uint64_t seed, bool drop_last)
     : n_(n), batch_(batch), shuffle_(shuffle), drop_last_(drop_last), seed_(seed) {
   TG_CHECK(n > 0 && batch > 0, "BatchSampler: dataset size and batch size must be positive, got {} and {}", n, batch);
+  TG_CHECK(!drop_last || batch <= n, "BatchSampler: with drop_last, a batch of {} from {} samples leaves no batch per epoch",
+           batch, n);
 }
 
 std::int64_t BatchSampler::batches_per_epoch() const { return n_ / batch_ + (!drop_last_ && n_ % batch_ != 0 ? 1 : 0); }

@@ -2,6 +2,7 @@
 // shapes), deterministic shuffling and batching, and simple transforms.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,14 +26,17 @@ struct ImageDataset {
 
 // Reads an IDX file of unsigned bytes (gzip-compressed or raw) into an i32 tensor of the file's
 // dims. Validates the magic number, the dims and the data length, and raises a clear error for
-// truncated, oversized or corrupt files.
-Tensor read_idx(const std::string& path);
+// truncated, oversized or corrupt files. check_dims, when given, sees the dims the header declares
+// before any data is read (and may throw): a loader that knows its shapes refuses a bad file at
+// once instead of after inflating it.
+Tensor read_idx(const std::string& path, const std::function<void(const Shape&)>& check_dims = {});
 
 // The folder of the Fashion-MNIST IDX files: $TAPEGRAD_FASHION_MNIST if set, else the Debian
 // package's /usr/share/datasets/fashion-mnist; nullopt if the files are not there.
 std::optional<std::string> find_fashion_mnist();
 const std::vector<std::string>& fashion_mnist_classes();
-// train = the 60 000-image training split, else the 10 000-image test split: images [N, 1, 28, 28].
+// train = the 60 000-image training split, else the 10 000-image test split: images [N, 1, 28, 28]
+// (files of that format with at most 100 000 images are read too).
 ImageDataset load_fashion_mnist(const std::string& folder, bool train);
 
 // The 8x8 handwritten digits (the UCI optdigits test set, 1797 images, as scikit-learn ships it in
@@ -65,7 +69,7 @@ struct Points {
 Points two_moons(std::int64_t n, double noise, std::uint64_t seed);
 Points two_spirals(std::int64_t n, double noise, std::uint64_t seed);
 Points gaussian_mixture(std::int64_t n, std::int64_t modes, double radius, double std, std::uint64_t seed);
-Points checkerboard(std::int64_t n, std::uint64_t seed);
+Points checkerboard(std::int64_t n, std::uint64_t seed);  // y: which of the 8 dark cells (0..7)
 
 // Deterministic mini-batches: the order of an epoch depends only on (seed, epoch), so a resumed
 // run sees exactly the batches the uninterrupted run would have.

@@ -7,8 +7,10 @@
 
 #include <zlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "nn/data.hpp"
 #include "ops/reduce.hpp"
@@ -88,9 +90,35 @@ TEST_CASE("read_idx reads gzip and raw files and rejects bad ones", "[nn][data]"
   CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("the gzip stream is cut off"));
   std::ofstream(bad, std::ios::binary) << big << "junk";
   CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("bytes of garbage after its gzip data"));
+  std::ofstream(bad, std::ios::binary).flush();  // an empty file
+  CHECK_THROWS_WITH(nn::data::read_idx(bad), Contains("' is empty"));
   fs::remove(gz);
   fs::remove(raw);
   fs::remove(bad);
+}
+
+TEST_CASE("load_fashion_mnist checks the headers' dims before inflating the data", "[nn][data]") {
+  // A small gzip file declaring 10 million images (7.8 GB) is refused from its header, at once,
+  // instead of being inflated; so are other image sizes and label counts.
+  const std::string dir = temp("fmnist");
+  fs::create_directories(dir);
+  const std::string images = dir + "/t10k-images-idx3-ubyte.gz", labels = dir + "/t10k-labels-idx1-ubyte.gz";
+  write_gz(images, idx_bytes({10'000'000, 28, 28}, std::vector<unsigned char>(1 << 20, 0)));
+  write_gz(labels, idx_bytes({2}, {1, 2}));
+  CHECK_THROWS_WITH(nn::data::load_fashion_mnist(dir, false),
+                    Contains("t10k-images-idx3-ubyte.gz' declares images [10000000, 28, 28], not N 28x28 images with N <= 100000"));
+  write_gz(images, idx_bytes({2, 28, 27}, std::vector<unsigned char>(2 * 28 * 27, 0)));
+  CHECK_THROWS_WITH(nn::data::load_fashion_mnist(dir, false), Contains("declares images [2, 28, 27]"));
+  write_gz(images, idx_bytes({2, 28, 28}, std::vector<unsigned char>(2 * 28 * 28, 7)));
+  write_gz(labels, idx_bytes({3}, {1, 2, 3}));
+  CHECK_THROWS_WITH(nn::data::load_fashion_mnist(dir, false), Contains("declares labels [3] for 2 images"));
+  write_gz(labels, idx_bytes({2}, {1, 9}));
+  const auto d = nn::data::load_fashion_mnist(dir + "/", false);
+  CHECK(d.images.shape() == Shape{2, 1, 28, 28});
+  CHECK(d.labels.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 9});
+  CHECK(d.source == "fashion-mnist:" + dir);
+  CHECK_THROWS_WITH(nn::data::load_fashion_mnist("", false), Contains("empty folder name"));
+  fs::remove_all(dir);
 }
 
 TEST_CASE("Fashion-MNIST loads with the right shapes (when installed)", "[nn][data]") {
@@ -146,6 +174,8 @@ TEST_CASE("load_digits reads gzip and plain CSV and rejects malformed lines", "[
       {"a," + ok.substr(ok.find(',') + 1) + "\n", "line 1: expected 65 comma-separated integers"},
       {ok + "\n\n" + ok + "\n", "line 2: expected 65 comma-separated integers"},
       {"", "holds no samples"},
+      // A binary file: its bytes are shown as '?' in the message, not written to the terminal.
+      {std::string("\x01\x7f\xff,x\x1b[2J") + "\n", "got '???,x?[2J'"},
   };
   for (const auto& [text, message] : cases) {
     std::ofstream(bad, std::ios::binary | std::ios::trunc) << text;
@@ -241,6 +271,17 @@ TEST_CASE("synthetic sets are deterministic and well formed", "[nn][data]") {
     CHECK(pts.x.shape() == Shape{101, 2});
     CHECK(pts.y.shape() == Shape{101});
   }
+  // The checkerboard's label is its cell: all 8 appear, and each cell is a dark square.
+  const auto board = nn::data::checkerboard(400, 2);
+  const auto cells = board.y.to_vector<std::int64_t>();
+  CHECK(std::set<std::int64_t>(cells.begin(), cells.end()).size() == 8);
+  const auto xy = board.x.to_vector<float>();
+  for (std::size_t i = 0; i < cells.size(); ++i) {  // within the dark cell (row, col), row + col even
+    const std::int64_t row = cells[i] / 2, col = 2 * (cells[i] % 2) + row % 2;
+    CHECK((row + col) % 2 == 0);
+    CHECK(std::fabs(xy[2 * i] - (-1.5 + static_cast<double>(col))) <= 0.5 + 1e-6);
+    CHECK(std::fabs(xy[2 * i + 1] - (-1.5 + static_cast<double>(row))) <= 0.5 + 1e-6);
+  }
   CHECK(test::same_bits(nn::data::two_moons(50, 0.1, 3).x, nn::data::two_moons(50, 0.1, 3).x));
 }
 
@@ -259,6 +300,7 @@ TEST_CASE("BatchSampler: deterministic epochs, full coverage, drop_last", "[nn][
   CHECK(nn::data::BatchSampler(10, 4, false, 0).batch(0, 2).to_vector<std::int64_t>() == std::vector<std::int64_t>{8, 9});
   CHECK_THROWS_WITH(s.batch(0, 3), Contains("batch 3 out of range"));
   CHECK(nn::data::BatchSampler(10, std::numeric_limits<std::int64_t>::max(), false, 0).batches_per_epoch() == 1);  // no overflow
+  CHECK_THROWS_WITH(nn::data::BatchSampler(10, 11, false, 0, true), Contains("leaves no batch per epoch"));
 }
 
 TEST_CASE("transforms", "[nn][data]") {
