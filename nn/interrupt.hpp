@@ -2,7 +2,8 @@
 // first such signal only sets a flag, which training loops poll between steps: they then write
 // their checkpoint and return (marked interrupted), so that the run resumes where it stopped. A
 // second signal ends the process at once, as without the handler. Without a StopOnSignal the flag
-// never rises and the signals keep their usual effect.
+// never rises and the signals keep their usual effect; a signal the process ignores (a shell's
+// background job ignores SIGINT) stays ignored.
 #pragma once
 
 namespace tg::nn {

@@ -246,7 +246,21 @@ TEST_CASE("StopOnSignal turns the first SIGINT / SIGTERM into a flag and restore
   struct sigaction now {};
   ::sigaction(SIGINT, nullptr, &now);
   CHECK(now.sa_handler == before.sa_handler);  // the test runner's own handler is back
-  const nn::StopOnSignal again;        // a new one starts with the flag down
-  CHECK_FALSE(nn::stop_requested());
-  CHECK(nn::stop_signal() == 0);
+  {
+    const nn::StopOnSignal again;  // a new one starts with the flag down
+    CHECK_FALSE(nn::stop_requested());
+    CHECK(nn::stop_signal() == 0);
+  }
+  // An ignored signal (a shell's background job ignores SIGINT) stays ignored.
+  struct sigaction ignore {}, saved {};
+  ignore.sa_handler = SIG_IGN;
+  ::sigaction(SIGTERM, &ignore, &saved);
+  {
+    const nn::StopOnSignal stop;
+    ::sigaction(SIGTERM, nullptr, &now);
+    CHECK(now.sa_handler == SIG_IGN);
+    std::raise(SIGTERM);
+    CHECK_FALSE(nn::stop_requested());
+  }
+  ::sigaction(SIGTERM, &saved, nullptr);
 }
