@@ -5,6 +5,7 @@
 #include <numbers>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/autograd.hpp"
 #include "ops/fused.hpp"
@@ -16,7 +17,7 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::m
   std::unordered_map<const TensorImpl*, std::string> seen;  // a tensor listed twice would be updated twice
   // The names key the optimizer state in checkpoints: a repeated name would only fail at the first
   // save, possibly hours into training.
-  std::unordered_map<std::string, int> names;
+  std::unordered_set<std::string> names;
   for (const ParamGroup& g : groups_) {
     TG_CHECK(std::isfinite(g.lr_scale) && g.lr_scale >= 0, "optimizer: a group's lr_scale must be finite and >= 0, got {}",
              g.lr_scale);
@@ -28,7 +29,7 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, double lr) : groups_(std::m
       const auto [it, fresh] = seen.emplace(&p.tensor.impl(), p.name);
       TG_CHECK(fresh, "optimizer: parameter '{}' is the same tensor as '{}'; list each tensor once (tied weights too)", p.name,
                it->second);
-      TG_CHECK(names.emplace(p.name, 0).second,
+      TG_CHECK(names.insert(p.name).second,
                "optimizer: two different parameters are named '{}'; names must be unique (they key the saved state)",
                p.name);
     }
