@@ -81,7 +81,7 @@ struct PositionConfig {
   // Position axes: 0 = the scheme's default (flat1d 1; mrope 3 = (t, h, w); the others 2 = (h, w)).
   // 3 axes order them (t, h, w), and an image is a video of one frame; flat1d takes only 1 axis.
   std::int64_t axes = 0;
-  double start = 0;  // position of the first text token (1 reproduces Su's 1-based examples)
+  double start = 0;  // position of the first text token (1 reproduces Su's 1-based examples); |start| <= 2^40
 };
 
 // "flat1d", "rope2d", "tie_v1", "tie_v1_real", "tv", "mrope" (3 axes), and the 2-axis/3-axis

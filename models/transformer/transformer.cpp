@@ -61,7 +61,8 @@ Tensor Transformer::hidden(const Inputs& in, std::vector<nn::KVCache>* caches) c
            B, T, A, in.tokens.shape(), in.positions.defined() ? in.positions.shape() : Shape{});
   TG_CHECK(caches == nullptr || caches->size() == blocks.size(), "Transformer: {} KV caches given for {} blocks",
            caches ? caches->size() : 0, blocks.size());
-  Tensor x = embed(in.tokens);  // [B, T, dim]
+  Tensor x;  // [B, T, dim]
+  if (!in.is_patch.defined()) x = embed(in.tokens);
   if (in.is_patch.defined()) {
     TG_CHECK(config.patch_dim > 0, "Transformer: is_patch was given but the model has no patch input (patch_dim 0)");
     TG_CHECK(in.is_patch.dtype() == DType::boolean &&
@@ -73,7 +74,9 @@ Tensor Transformer::hidden(const Inputs& in, std::vector<nn::KVCache>* caches) c
              in.patches.defined() ? in.patches.shape() : Shape{});
     const Tensor p = patch_in(in.patches);                                          // [B, T, dim]
     const Tensor m = in.is_patch.reshape({in.is_patch.dim() == 1 ? 1 : B, T, 1});  // [1 or B, T, 1]
-    x = ops::where(m, p, x);                                                        // [B, T, dim]
+    // The ids at patch positions are not read (placeholders such as -1 are fine): id 0 stands in.
+    const Tensor ids = ops::where(m.squeeze(2), zeros_like(in.tokens), in.tokens);  // [B, T]
+    x = ops::where(m, p, embed(ids));                                               // [B, T, dim]
   } else {
     TG_CHECK(!in.patches.defined(), "Transformer: patches were given without is_patch (which positions are patches?)");
   }
@@ -166,6 +169,15 @@ Tensor generate(const Transformer& model, const Inputs& prompt, nn::PositionBuil
   TG_CHECK(model.config.output_size() == model.config.vocab,
            "generate: the model's head has {} outputs, not a vocabulary of {} tokens", model.config.output_size(),
            model.config.vocab);
+  // Checked before the KV caches are sized by it.
+  TG_CHECK(o.max_new_tokens <= nn::PositionBuilder::kMaxTokens - T,
+           "generate: max_new_tokens must be at most {} (a sequence holds at most {} tokens; the prompt has {}), got {}",
+           nn::PositionBuilder::kMaxTokens - T, nn::PositionBuilder::kMaxTokens, T, o.max_new_tokens);
+  // In training mode, attention dropout would make the samples depend on the model's generator.
+  for (const Block& b : model.blocks)
+    TG_CHECK(!model.training() || b.attn.dropout == 0,
+             "generate: the model is in training mode with attention dropout {}; call eval() before generating",
+             b.attn.dropout);
   NoGradGuard no_grad;
   std::vector<nn::KVCache> caches = model.make_caches(T + std::max<std::int64_t>(o.max_new_tokens, 1));
   Inputs in = prompt;

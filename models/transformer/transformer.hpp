@@ -91,7 +91,7 @@ class Transformer : public nn::Module {
 // ---- generation -----------------------------------------------------------------------------------------------
 
 struct SampleOptions {
-  std::int64_t max_new_tokens = 16;
+  std::int64_t max_new_tokens = 16;  // 0 .. PositionBuilder::kMaxTokens - T (the prompt's T)
   double temperature = 0.0;  // 0: greedy (argmax); > 0: sample softmax(logits / temperature)
   std::int64_t top_k = 0;    // > 0: sample among the k most likely tokens only
   std::int64_t eos = -1;     // >= 0: a sequence that emitted eos keeps emitting it

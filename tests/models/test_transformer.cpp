@@ -174,6 +174,28 @@ TEST_CASE("transformer: generation (greedy, temperature, top-k) with KV caches",
   nn::PositionBuilder p6 = s.pb;
   CHECK_THROWS_WITH(tf::generate(m, shifted, p6, {.max_new_tokens = n}, g1),
                     Contains("generate: prompt.positions [13, 2] differ from the position builder's"));
+  // A length past the sequence limit is refused before the KV caches are sized by it.
+  nn::PositionBuilder p7 = s.pb;
+  CHECK_THROWS_WITH(tf::generate(m, s.in, p7, {.max_new_tokens = std::int64_t{1} << 40}, g1),
+                    Contains("generate: max_new_tokens must be at most 16777203"));
+  CHECK_THROWS_WITH(tf::generate(m, s.in, p7, {.max_new_tokens = std::numeric_limits<std::int64_t>::max()}, g1),
+                    Contains("max_new_tokens must be at most"));
+  CHECK(p7.size() == T);  // the builder untouched
+  // The ids at patch positions are not read: placeholders give the same logits.
+  tf::Inputs placeholders = s.in;
+  placeholders.tokens = ops::where(s.in.is_patch, full({1, T}, -1.0, DType::i64).expand({2, T}), s.in.tokens);
+  {
+    NoGradGuard no_grad;
+    CHECK(test::same_bits(m(placeholders), m(s.in)));
+  }
+  // Attention dropout in training mode would make the samples depend on the model's generator.
+  for (auto& b : m.blocks) b.attn.dropout = 0.5;
+  m.train();
+  nn::PositionBuilder p8 = s.pb;
+  CHECK_THROWS_WITH(tf::generate(m, s.in, p8, {.max_new_tokens = n}, g1),
+                    Contains("generate: the model is in training mode with attention dropout 0.5; call eval()"));
+  m.eval();
+  CHECK(tf::generate(m, s.in, p8, {.max_new_tokens = n}, g1).shape() == Shape{2, n});
 }
 
 TEST_CASE("transformer: sample_next follows softmax(logits / temperature) within the top k", "[models][transformer]") {

@@ -441,4 +441,8 @@ TEST_CASE("rope: per-sequence positions and errors", "[nn][rope]") {
   CHECK_THROWS_WITH(PositionBuilder(PositionConfig{.scheme = PositionScheme::flat1d, .axes = 2}),
                     Contains("flat1d positions have 1 axis"));
   CHECK_THROWS_WITH(tv.positions(0, 1), Contains("outside the 0 tokens"));
+  // A start so large that steps of 1 vanish in doubles (1e17 + 1 == 1e17) is refused.
+  CHECK_THROWS_WITH(PositionBuilder(PositionConfig{.scheme = PositionScheme::tv, .start = 1e17}),
+                    Contains("start must be finite and within +-2^40, got 1e+17"));
+  CHECK_NOTHROW(PositionBuilder(PositionConfig{.scheme = PositionScheme::tv, .start = -1e6}));
 }
