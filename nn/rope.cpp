@@ -141,8 +141,8 @@ PositionBuilder::PositionBuilder(const PositionConfig& c) : config_(c), next_(c.
   else
     TG_CHECK(axes_ == 2 || axes_ == 3, "PositionBuilder: {} positions have 2 axes (h, w) or 3 (t, h, w), got axes = {}",
              scheme_name(c.scheme), c.axes);
-  // Positions are doubles that step by 1 (and by halves in some layouts): past 2^40 + the token
-  // limit they would still be exact, but far past it (1e17) steps vanish and positions collapse.
+  // Positions are doubles that step by 1 (by halves in some layouts): exact up to 2^40 and well
+  // beyond, while far beyond (1e17) the steps vanish and every position collapses to one value.
   TG_CHECK(std::isfinite(c.start) && std::fabs(c.start) <= 0x1p40,
            "PositionBuilder: start must be finite and within +-2^40, got {}", c.start);
   config_.axes = axes_;

@@ -62,7 +62,6 @@ Tensor Transformer::hidden(const Inputs& in, std::vector<nn::KVCache>* caches) c
   TG_CHECK(caches == nullptr || caches->size() == blocks.size(), "Transformer: {} KV caches given for {} blocks",
            caches ? caches->size() : 0, blocks.size());
   Tensor x;  // [B, T, dim]
-  if (!in.is_patch.defined()) x = embed(in.tokens);
   if (in.is_patch.defined()) {
     TG_CHECK(config.patch_dim > 0, "Transformer: is_patch was given but the model has no patch input (patch_dim 0)");
     TG_CHECK(in.is_patch.dtype() == DType::boolean &&
@@ -79,6 +78,7 @@ Tensor Transformer::hidden(const Inputs& in, std::vector<nn::KVCache>* caches) c
     x = ops::where(m, p, embed(ids));                                               // [B, T, dim]
   } else {
     TG_CHECK(!in.patches.defined(), "Transformer: patches were given without is_patch (which positions are patches?)");
+    x = embed(in.tokens);
   }
   const nn::RotaryTables rot = rope.tables(in.positions, x.dtype());  // cos/sin [T, hd/2] or [B, 1, T, hd/2]
   for (std::size_t l = 0; l < blocks.size(); ++l) x = blocks[l](x, rot, caches ? &(*caches)[l] : nullptr);  // [B, T, dim]
