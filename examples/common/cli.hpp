@@ -142,10 +142,15 @@ inline bool check_new_run_folder(const std::string& out, const std::vector<std::
 
 // --resume needs a run to resume: its config.json (a run killed before its first checkpoint starts
 // over with the recorded settings). Without one -- a mistyped --out, or a run killed before it
-// wrote anything -- resuming would silently start a new run with the default settings.
+// wrote anything -- resuming would silently start a new run with the default settings; and a
+// checkpoint without it cannot be resumed, its settings being unknown.
 inline void check_resumable(const std::string& out) {
-  TG_CHECK(std::filesystem::exists(out + "/config.json"),
-           "train --resume: '{}' holds no run to resume (no config.json); check --out, or train without --resume", out);
+  if (std::filesystem::exists(out + "/config.json")) return;
+  TG_CHECK(!std::filesystem::exists(out + "/checkpoint.safetensors"),
+           "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
+           "--out folder (or --overwrite)",
+           out);
+  TG_FAIL("train --resume: '{}' holds no run to resume (no config.json); check --out, or train without --resume", out);
 }
 
 // Removes what an old run left that a new one would otherwise inherit (--overwrite): its state

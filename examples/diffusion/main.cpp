@@ -358,12 +358,8 @@ int train(TrainArgs a) {
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
   std::optional<Run> previous;  // the run being resumed, read once
-  TG_CHECK(!a.resume || fs::exists(cfg_path) || !fs::exists(a.out + "/checkpoint.safetensors"),
-           "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
-           "--out folder (or --overwrite)",
-           a.out);
-  if (a.resume) examples::check_resumable(a.out);
-  if (a.resume && fs::exists(cfg_path)) {
+  if (a.resume) {
+    examples::check_resumable(a.out);
     previous = read_run(a.out);
     mc = previous->config;
     check_model_flags(a, mc);
@@ -407,7 +403,7 @@ int train(TrainArgs a) {
   if (a.resume && !resuming)
     fmt::print("train --resume: no checkpoint in '{}' yet; starting the run over with its settings\n", a.out);
   // The settings were taken from (or checked against) config.json; the data only now.
-  if (resuming && previous) examples::check_resumed_data(previous->json, a.out, data.train.source);
+  if (resuming) examples::check_resumed_data(previous->json, a.out, data.train.source);
   std::int64_t ckpt_step = 0;
   if (resuming) {  // a trial load into this model (fit() loads it again): a checkpoint of another model fails here
     nn::Adam trial_opt(model.named_parameters(), {.lr = a.lr});

@@ -112,10 +112,6 @@ void take_run_settings(TrainArgs& a, const std::string& out) {
 
 int train(TrainArgs a) {
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
-  TG_CHECK(!a.resume || fs::exists(out + "/config.json") || !fs::exists(out + "/checkpoint.safetensors"),
-           "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
-           "--out folder (or --overwrite)",
-           out);
   if (a.resume) {
     examples::check_resumable(out);
     take_run_settings(a, out);

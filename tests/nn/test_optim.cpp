@@ -20,6 +20,14 @@ struct Tiny : nn::Module {
   void visit(nn::Visitor& v) override { v.param("w", w); }
   std::string type_name() const override { return "Tiny"; }
 };
+// One parameter of a given name and value: a model that differs from Tiny in either.
+struct OneParam : nn::Module {
+  OneParam(std::string n, Tensor value) : name(std::move(n)), t(value.requires_grad_()) {}
+  void visit(nn::Visitor& v) override { v.param(name, t); }
+  std::string type_name() const override { return "OneParam"; }
+  std::string name;
+  Tensor t;
+};
 
 // A parameter with a fixed gradient.
 nn::NamedTensor param(std::initializer_list<double> values, DType dtype = DType::f64) {
@@ -183,18 +191,10 @@ TEST_CASE("gradient clipping, schedules, EMA", "[nn][optim]") {
   ema.copy_to(other);
   CHECK(other.w.to_vector<float>() == std::vector<float>{3, 3});
   // Into another model: refused (names, shapes, dtypes as update checks them), the model untouched.
-  struct Wide : nn::Module {
-    Tensor w = zeros({3}).requires_grad_();
-    void visit(nn::Visitor& v) override { v.param("w", w); }
-    std::string type_name() const override { return "Wide"; }
-  } wide;
+  OneParam wide("w", zeros({3}));
   CHECK_THROWS_WITH(ema.copy_to(wide), Contains("EMA copy_to: 'w' is [3] f32 in the model but [2] f32 in the average"));
-  CHECK(wide.w.to_vector<float>() == std::vector<float>{0, 0, 0});
-  struct Renamed : nn::Module {
-    Tensor v = zeros({2}).requires_grad_();
-    void visit(nn::Visitor& vis) override { vis.param("v", v); }
-    std::string type_name() const override { return "Renamed"; }
-  } renamed;
+  CHECK(wide.t.to_vector<float>() == std::vector<float>{0, 0, 0});
+  OneParam renamed("v", zeros({2}));
   CHECK_THROWS_WITH(ema.copy_to(renamed), Contains("tensor 0 is 'v' in the model but 'w' in the average"));
 }
 
