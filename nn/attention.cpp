@@ -105,6 +105,11 @@ void MultiheadAttention::visit(Visitor& v) {
   v.module("out", out);
 }
 
+std::string MultiheadAttention::structure() const {
+  // The exact scale ({} prints the shortest text that reads back as the same double).
+  return fmt::format("heads={}, scale={}", heads, scale);
+}
+
 std::string MultiheadAttention::extra_repr() const {
   const bool default_scale = scale == 1.0 / std::sqrt(static_cast<double>(head_dim));
   return fmt::format("dim={}, heads={}{}{}", heads * head_dim, heads, cross ? ", cross" : "",

@@ -61,6 +61,7 @@ class MultiheadAttention : public Module {
   void visit(Visitor& v) override;
   std::string type_name() const override { return "MultiheadAttention"; }
   std::string extra_repr() const override;
+  std::string structure() const override;
 
   Linear qkv;  // self-attention: dim -> 3 dim
   Linear q;    // cross-attention: dim -> dim

@@ -41,6 +41,9 @@ constexpr const char* kHeaderCrcKey = "tapegrad.header_crc32";
 // new file off as one written before it existed); v1 files (without it) are still read.
 constexpr const char* kTrainingFormat = "tapegrad-training-v2";
 constexpr const char* kTrainingFormatV1 = "tapegrad-training-v1";
+// The modules' structure() (attention heads, norm groups, rotary settings: what tensor shapes do
+// not show), as a JSON object {path: "Type(settings)"}. Files without it load unchecked.
+constexpr const char* kStructureKey = "tapegrad.structure";
 
 const char* safetensors_dtype(DType t) {
   switch (t) {
@@ -425,8 +428,48 @@ SafetensorsFile load_safetensors(const std::string& path) {
   return file;
 }
 
+namespace {
+// `metadata` plus the model's structure entry.
+Metadata with_structure(Module& m, const Metadata& metadata) {
+  Metadata meta = metadata;
+  json modules = json::object();
+  for (const auto& [path, text] : m.named_structures()) modules[path] = text;
+  if (!modules.empty()) meta[kStructureKey] = modules.dump();
+  return meta;
+}
+
+// Refuses a file whose recorded structure differs from the model's: same tensor shapes, another
+// function (4 heads against 8, other rotary frequencies, another activation).
+void check_structure(const SafetensorsFile& file, Module& m, const std::string& path) {
+  const auto entry = file.metadata.find(kStructureKey);
+  if (entry == file.metadata.end()) return;
+  json saved;
+  try {
+    saved = json::parse(entry->second);
+  } catch (const json::exception& e) {
+    TG_FAIL("load: '{}' has a malformed '{}' entry: {}", path, kStructureKey, e.what());
+  }
+  TG_CHECK(saved.is_object(), "load: '{}': '{}' is not a JSON object", path, kStructureKey);
+  auto where = [](const std::string& p) { return p.empty() ? std::string("the model") : "'" + p + "'"; };
+  const auto current = m.named_structures();
+  for (const auto& [p, text] : current) {
+    const auto it = saved.find(p);
+    TG_CHECK(it != saved.end() && it->is_string() && it->get<std::string>() == text,
+             "load: '{}' was saved from a model whose {} is {}, but here it is {}: the tensors fit, the function "
+             "differs (build the model with the saved run's settings)",
+             path, where(p), it == saved.end() ? std::string("absent") : it->is_string() ? it->get<std::string>() : it->dump(),
+             text);
+  }
+  for (const auto& [p, text] : saved.items()) {
+    const bool known = std::any_of(current.begin(), current.end(), [&](const auto& c) { return c.first == p; });
+    TG_CHECK(known, "load: '{}' was saved from a model with {} = {}, which this model does not have", path, where(p),
+             text.is_string() ? text.get<std::string>() : text.dump());
+  }
+}
+}  // namespace
+
 void save_module(Module& m, const std::string& path, const Metadata& metadata) {
-  save_safetensors(path, m.state(), metadata);
+  save_safetensors(path, m.state(), with_structure(m, metadata));
 }
 
 namespace {
@@ -472,6 +515,7 @@ Metadata load_module(Module& m, const std::string& path) {
   restore(file, targets, "", path, "model");
   TG_CHECK(file.tensors.size() == targets.size(), "load: '{}' holds {} tensors but the model has {}; not in the model: {}",
            path, file.tensors.size(), targets.size(), extra_names(file, targets, ""));
+  check_structure(file, m, path);
   copy_all(file, targets, "");
   return file.metadata;
 }
@@ -494,7 +538,7 @@ void save_training_checkpoint(const std::string& path, Module& model, Optimizer&
       TG_FAIL("save: not writing '{}' at step {}: tensor '{}' holds {} (the run diverged; try a smaller learning rate). "
               "The checkpoint already there, if any, is kept",
               path, step, t.name, std::isnan(*bad) ? std::fabs(*bad) : *bad);  // "nan", not fmt's "-nan"
-  Metadata meta = metadata;
+  Metadata meta = with_structure(model, metadata);
   meta["format"] = kTrainingFormat;
   meta["step"] = std::to_string(step);
   meta["optimizer"] = optimizer.type_name();
@@ -537,6 +581,7 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
   TG_CHECK(!ema || count_prefixed(file, "ema.") == ema_t.size(),
            "load: '{}' holds {} EMA tensors but the EMA has {}; not in the EMA: {}", path, count_prefixed(file, "ema."),
            ema_t.size(), extra_names(file, ema_t, "ema."));
+  check_structure(file, model, path);
 
   // Every metadata value is parsed and checked before anything is changed: all or nothing.
   auto unsigned_integer = [&](const char* key) {

@@ -40,10 +40,14 @@ struct SafetensorsFile {
 };
 SafetensorsFile load_safetensors(const std::string& path);
 
-// A module's parameters and buffers (names as in Module::state()).
+// A module's parameters and buffers (names as in Module::state()), and the settings its modules
+// report in structure() (metadata entry "tapegrad.structure").
 void save_module(Module& m, const std::string& path, const Metadata& metadata = {});
 // Loads exactly the module's tensors: every name must be present with the same shape and dtype,
-// and no other tensor may be in the file. On any mismatch nothing is modified.
+// and no other tensor may be in the file. The structure() settings recorded in the file (attention
+// heads, norm groups, rotary settings, activations) must be the module's: with other heads the
+// tensors would fit and compute something else. Files without that record are loaded on their
+// tensors alone. On any mismatch nothing is modified.
 Metadata load_module(Module& m, const std::string& path);
 
 // Everything needed to resume training bit for bit: model, optimizer state and step, the RNG

@@ -140,11 +140,15 @@ void MLP::visit(Visitor& v) {
   v.module("fc2", fc2);
 }
 
-std::string MLP::extra_repr() const {
+namespace {
+const char* activation_name(const MLPOptions& o) {
   static constexpr const char* kNames[] = {"relu", "gelu", "gelu_tanh", "silu", "tanh"};
-  return fmt::format("{}, hidden={}", options.swiglu ? "swiglu" : kNames[static_cast<int>(options.activation)],
-                     fc1.weight.size(0));
+  return o.swiglu ? "swiglu" : kNames[static_cast<int>(o.activation)];
 }
+}  // namespace
+
+std::string MLP::extra_repr() const { return fmt::format("{}, hidden={}", activation_name(options), fc1.weight.size(0)); }
+std::string MLP::structure() const { return fmt::format("activation={}", activation_name(options)); }
 
 Dropout::Dropout(double p_, Generator* g) : p(p_), gen(g) {
   TG_CHECK(p >= 0 && p < 1, "Dropout: p must be in [0, 1), got {}", p);

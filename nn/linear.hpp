@@ -109,6 +109,7 @@ class MLP : public Module {
   void visit(Visitor& v) override;
   std::string type_name() const override { return "MLP"; }
   std::string extra_repr() const override;
+  std::string structure() const override;
 
   Linear fc1;   // dim -> hidden (the "up" projection for SwiGLU)
   Linear gate;  // dim -> hidden (SwiGLU only)

@@ -93,6 +93,16 @@ std::vector<std::pair<std::string, Module*>> Module::named_children() {
   return lister.children;
 }
 
+std::vector<std::pair<std::string, std::string>> Module::named_structures() {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::function<void(Module&, const std::string&)> walk = [&](Module& m, const std::string& path) {
+    if (const std::string s = m.structure(); !s.empty()) out.emplace_back(path, m.type_name() + "(" + s + ")");
+    for (auto& [name, child] : m.named_children()) walk(*child, join(path, name));
+  };
+  walk(*this, "");
+  return out;
+}
+
 void Module::train(bool on) {
   training_ = on;
   for (auto& [name, child] : named_children()) child->train(on);

@@ -59,6 +59,11 @@ class Module {
   // "Linear", "TransformerBlock", ...; and a short description of the configuration.
   virtual std::string type_name() const = 0;
   virtual std::string extra_repr() const { return ""; }
+  // The settings that decide what the parameters mean without showing in their shapes (attention
+  // heads, norm groups, rotary frequencies, activation), as "key=value, ...". Checkpoints record
+  // them, and loading refuses a module whose settings differ: the tensors would load and compute
+  // something else. Empty (the default) for modules whose shapes say everything.
+  virtual std::string structure() const { return ""; }
 
   // ---- traversal ------------------------------------------------------------------------------------------
   std::vector<NamedTensor> named_parameters();
@@ -69,6 +74,9 @@ class Module {
   std::int64_t num_parameters();
   // Children first-level, by name.
   std::vector<std::pair<std::string, Module*>> named_children();
+  // Every module in the tree with a structure(), by path ("" for this one), depth-first:
+  // {path, "Type(structure)"}.
+  std::vector<std::pair<std::string, std::string>> named_structures();
 
   // ---- modes ------------------------------------------------------------------------------------------------
   // Sets training mode here and in every child (dropout, label dropout, ... read it).

@@ -53,6 +53,7 @@ class GroupNorm : public Module {
   void visit(Visitor& v) override;
   std::string type_name() const override { return "GroupNorm"; }
   std::string extra_repr() const override;
+  std::string structure() const override { return "groups=" + std::to_string(groups); }
 
   Tensor weight, bias;  // [C] or undefined
   std::int64_t groups = 1;
@@ -95,6 +96,7 @@ class Norm : public Module {
   void visit(Visitor& v) override;
   std::string type_name() const override { return kind == NormKind::layer ? "LayerNorm" : "RMSNorm"; }
   std::string extra_repr() const override { return kind == NormKind::layer ? layer.extra_repr() : rms.extra_repr(); }
+  std::string structure() const override { return kind == NormKind::layer ? "kind=layer" : "kind=rms"; }
 
   NormKind kind = NormKind::layer;
   LayerNorm layer;

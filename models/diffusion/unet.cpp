@@ -130,6 +130,11 @@ void UNetBlock::visit(nn::Visitor& v) {
   }
 }
 
+std::string UNetBlock::structure() const {
+  const char* rs = options.resample == Resample::down ? "down" : options.resample == Resample::up ? "up" : "none";
+  return fmt::format("resample={}, attention_heads={}", rs, options.attention ? options.heads : 0);
+}
+
 std::string UNetBlock::extra_repr() const {
   const char* rs = options.resample == Resample::down ? ", down" : options.resample == Resample::up ? ", up" : "";
   return fmt::format("{}->{}{}{}", in_channels, out_channels, rs,

@@ -79,6 +79,7 @@ class UNetBlock : public nn::Module {
   void visit(nn::Visitor& v) override;
   std::string type_name() const override { return "UNetBlock"; }
   std::string extra_repr() const override;
+  std::string structure() const override;  // resampling and attention heads
 
   nn::GroupNorm norm0, norm1, norm2;
   nn::Conv2d conv0, conv1, shortcut;  // shortcut: 1x1, only when in != out

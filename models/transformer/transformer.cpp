@@ -106,6 +106,12 @@ void Transformer::visit(nn::Visitor& v) {
   if (!config.tied_head) v.module("head", head);
 }
 
+std::string Transformer::structure() const {
+  return fmt::format("axes={}, rope_base={}, layout={}, sections=[{}]", config.axes, config.rope.base,
+                     config.rope.layout == ops::RotaryLayout::interleaved ? "interleaved" : "half_split",
+                     fmt::join(config.rope.sections, ","));
+}
+
 std::string Transformer::extra_repr() const {
   return fmt::format("dim={}, layers={}, heads={}, axes={}, rope_base={}, {}{}", config.dim, config.layers,
                      config.heads, config.axes, config.rope.base,

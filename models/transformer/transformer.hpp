@@ -78,6 +78,7 @@ class Transformer : public nn::Module {
   void visit(nn::Visitor& v) override;
   std::string type_name() const override { return "Transformer"; }
   std::string extra_repr() const override;
+  std::string structure() const override;  // the rotary positions (heads etc. are the blocks')
 
   Config config;
   nn::Embedding embed;                   // vocab -> dim

@@ -155,6 +155,29 @@ TEST_CASE("UNet: shapes, skip count, parameter names, bad input", "[models][diff
   CHECK_THROWS_WITH(UNet(odd), Contains("noise_channels must be even, got 7 (derived from channels[0]"));
 }
 
+TEST_CASE("UNet: a checkpoint loads only into a UNet with the same heads and groups", "[models][diffusion]") {
+  Generator gen(2);
+  UNet saved(tiny_config(), &gen);
+  const std::string path =
+      (std::filesystem::temp_directory_path() / fmt::format("tg-unet-{}.safetensors", ::getpid())).string();
+  nn::save_module(saved, path);
+  UNet same(tiny_config());
+  nn::load_module(same, path);
+  const Tensor x = randn({1, 1, 8, 8}, DType::f32, gen);
+  CHECK(test::same_bits(same(x, tensor({0.2})), saved(x, tensor({0.2}))));
+  UNetConfig heads = tiny_config();
+  heads.head_channels = 4;  // 16 channels: 4 heads instead of 2, the same tensors
+  UNet more_heads(heads);
+  CHECK_THROWS_WITH(nn::load_module(more_heads, path),
+                    Contains("'enc.2' is UNetBlock(resample=none, attention_heads=2), but here it is "
+                             "UNetBlock(resample=none, attention_heads=4)"));
+  UNetConfig groups = tiny_config();
+  groups.min_group_channels = 2;  // 8 channels: 4 groups instead of 2
+  UNet more_groups(groups);
+  CHECK_THROWS_WITH(nn::load_module(more_groups, path), Contains("GroupNorm(groups=2), but here it is GroupNorm(groups=4)"));
+  std::filesystem::remove(path);
+}
+
 TEST_CASE("Skip-Tuning scales the consumed skips deepest first, in one place", "[models][diffusion]") {
   Generator gen(2);
   UNet net(tiny_config(), &gen);

@@ -6,9 +6,11 @@
 #include <limits>
 
 #include <cstring>
+#include <filesystem>
 
 #include "core/autograd.hpp"
 #include "models/transformer/transformer.hpp"
+#include "nn/checkpoint.hpp"
 #include "nn/optim.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/loss.hpp"
@@ -95,6 +97,40 @@ TEST_CASE("transformer: shapes, parameter names, tied head, errors", "[models][t
   bad.outputs = 4;
   CHECK_THROWS_WITH(tf::Transformer(bad), Contains("a tied head needs outputs == vocab"));
   CHECK_THROWS_WITH(tf::Transformer(tf::Config{.dim = 30, .heads = 4}), Contains("heads dividing dim"));
+}
+
+TEST_CASE("transformer: a checkpoint loads only into a model with the same heads and rotary settings", "[models][transformer]") {
+  Generator gen(4);
+  tf::Transformer saved(small_config(2, 5), &gen);
+  const std::string path =
+      (std::filesystem::temp_directory_path() / fmt::format("tg-tfm-{}.safetensors", ::getpid())).string();
+  nn::save_module(saved, path);
+  tf::Transformer same(small_config(2, 5));
+  nn::load_module(same, path);
+  const Sample s = multimodal("tv", 1, 5, 2);
+  CHECK(test::same_bits(same(s.in), saved(s.in)));
+  // Every variant below has the same tensors; each computes something else with them.
+  auto refused = [&](tf::Config c, const std::string& message) {
+    tf::Transformer other(c);
+    CHECK_THROWS_WITH(nn::load_module(other, path), Contains(message));
+  };
+  tf::Config heads = small_config(2, 5);
+  heads.heads = 2;
+  refused(heads, "'blocks.0.attn' is MultiheadAttention(heads=4, scale=0.35355339059327373), but here it is "
+                 "MultiheadAttention(heads=2, scale=0.25)");
+  tf::Config sections = small_config(2, 5);
+  sections.rope.sections = {2, 2};
+  refused(sections, "here it is Transformer(axes=2, rope_base=1000, layout=interleaved, sections=[2,2])");
+  tf::Config layout = small_config(2, 5);
+  layout.rope.layout = ops::RotaryLayout::half_split;
+  refused(layout, "layout=half_split");
+  tf::Config base = small_config(2, 5);
+  base.rope.base = 10000.0;
+  refused(base, "rope_base=10000");
+  tf::Config act = small_config(2, 5);
+  act.activation = nn::Activation::gelu_tanh;
+  refused(act, "'blocks.0.mlp' is MLP(activation=gelu), but here it is MLP(activation=gelu_tanh)");
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("transformer: KV-cache decoding equals full recomputation", "[models][transformer]") {

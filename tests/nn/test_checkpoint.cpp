@@ -16,7 +16,9 @@
 #include "core/autograd.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/output.hpp"
+#include "nn/attention.hpp"
 #include "nn/linear.hpp"
+#include "nn/norm.hpp"
 #include "nn/optim.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/loss.hpp"
@@ -200,6 +202,70 @@ TEST_CASE("loading rejects truncated, corrupted and mismatched files without tou
                     Contains("tensors but the model has") && Contains("not in the model: 'head.extra'"));
   CHECK(same_state(b, before));
   CHECK_THROWS_WITH(nn::save_safetensors(dir.file("nofolder/x.safetensors"), {}), Contains("does not exist"));
+}
+
+// Attention, a group norm and an MLP: settings that the tensor shapes do not show.
+struct Settings : nn::Module {
+  nn::MultiheadAttention attn;
+  nn::GroupNorm norm;
+  nn::MLP mlp;
+  Settings(std::int64_t heads, std::int64_t groups, nn::Activation act, std::optional<double> scale = {})
+      : attn(8, heads, {.scale = scale}), norm(groups, 8), mlp(8, 16, -1, {.activation = act}) {}
+  void visit(nn::Visitor& v) override {
+    v.module("attn", attn);
+    v.module("norm", norm);
+    v.module("mlp", mlp);
+  }
+  std::string type_name() const override { return "Settings"; }
+};
+
+TEST_CASE("loading refuses a model whose heads, groups or activation differ although the shapes fit", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Settings saved(4, 2, nn::Activation::gelu);
+  const std::string path = dir.file("s.safetensors");
+  nn::save_module(saved, path);
+  const auto recorded = nlohmann::json::parse(nn::load_safetensors(path).metadata.at("tapegrad.structure"));
+  CHECK(recorded.at("attn") == "MultiheadAttention(heads=4, scale=0.7071067811865475)");
+  CHECK(recorded.at("norm") == "GroupNorm(groups=2)");
+  CHECK(recorded.at("mlp") == "MLP(activation=gelu)");
+
+  Settings same(4, 2, nn::Activation::gelu);
+  nn::load_module(same, path);
+  CHECK(same_state(same, saved));
+  auto refuses = [&](Settings target, const std::string& message) {
+    Settings before = target;
+    before.clone_parameters();
+    CHECK_THROWS_WITH(nn::load_module(target, path), Contains(message) && Contains("the tensors fit, the function differs"));
+    CHECK(same_state(target, before));
+  };
+  refuses(Settings(2, 2, nn::Activation::gelu),
+          "model whose 'attn' is MultiheadAttention(heads=4, scale=0.7071067811865475), but here it is "
+          "MultiheadAttention(heads=2, scale=0.5)");
+  refuses(Settings(4, 2, nn::Activation::gelu, 1.0), "here it is MultiheadAttention(heads=4, scale=1)");
+  refuses(Settings(4, 4, nn::Activation::gelu), "whose 'norm' is GroupNorm(groups=2), but here it is GroupNorm(groups=4)");
+  refuses(Settings(4, 2, nn::Activation::relu), "whose 'mlp' is MLP(activation=gelu), but here it is MLP(activation=relu)");
+
+  // Training checkpoints carry the same record.
+  Generator run(3);
+  nn::AdamW opt(saved.named_parameters(), {.lr = 1e-3});
+  nn::save_training_checkpoint(dir.file("t.safetensors"), saved, opt, 1, run);
+  Settings other(2, 2, nn::Activation::gelu);
+  nn::AdamW opt2(other.named_parameters(), {.lr = 1e-3});
+  CHECK_THROWS_WITH(nn::load_training_checkpoint(dir.file("t.safetensors"), other, opt2, run), Contains("heads=2"));
+
+  // A file without the record (older tapegrad, other writers) loads on its tensors alone; a
+  // malformed record is an error.
+  nn::save_safetensors(dir.file("plain.safetensors"), saved.state());
+  Settings plain(2, 2, nn::Activation::relu);
+  nn::load_module(plain, dir.file("plain.safetensors"));
+  CHECK(same_state(plain, saved));
+  nn::save_safetensors(dir.file("bad.safetensors"), saved.state(), {{"tapegrad.structure", "[1, 2"}});
+  CHECK_THROWS_WITH(nn::load_module(same, dir.file("bad.safetensors")), Contains("malformed 'tapegrad.structure'"));
+  // A module that the saved model had and this one lacks (or the other way round) is named.
+  nn::save_safetensors(dir.file("extra.safetensors"), saved.state(),
+                       {{"tapegrad.structure", R"json({"attn": "MultiheadAttention(heads=4, scale=0.7071067811865475)",
+                          "norm": "GroupNorm(groups=2)", "mlp": "MLP(activation=gelu)", "pool": "Pool(k=2)"})json"}});
+  CHECK_THROWS_WITH(nn::load_module(same, dir.file("extra.safetensors")), Contains("'pool' = Pool(k=2), which this model does not have"));
 }
 
 TEST_CASE("saves are atomic: an existing file survives a failed save, no temporaries are left", "[nn][checkpoint]") {
