@@ -283,14 +283,14 @@ Tensor Tensor::diagonal() const {
 Tensor Tensor::contiguous() const { return is_contiguous() ? *this : clone(); }
 
 Tensor Tensor::clone() const {
-  Tensor out = empty(shape(), dtype());
+  Tensor out = empty(shape(), dtype(), "clone");
   detail::copy_into(out, *this);
   return autograd::record("clone", {*this}, out, [](const Tensor& g) { return Tensors{g}; });
 }
 
 Tensor Tensor::to(DType target) const {
   if (target == dtype()) return *this;
-  Tensor out = empty(shape(), target);
+  Tensor out = empty(shape(), target, "to");
   detail::copy_into(out, *this);
   const DType source = dtype();
   return autograd::record("to", {*this}, out, [source](const Tensor& g) { return Tensors{g.to(source)}; });

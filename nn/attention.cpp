@@ -69,11 +69,16 @@ Tensor MultiheadAttention::operator()(const Tensor& x, const AttentionArgs& a) c
              "MultiheadAttention: the KV cache is for inference; run decoding under NoGradGuard");
     TG_CHECK(c.length + T <= c.capacity, "MultiheadAttention: the KV cache holds {} positions; {} + {} do not fit",
              c.capacity, c.length, T);
-    if (!c.k.defined() || c.k.shape()[0] != B) {
-      TG_CHECK(c.length == 0, "MultiheadAttention: the KV cache holds {} positions of a batch of {}, not {}; reset() it first",
-               c.length, c.k.defined() ? c.k.shape()[0] : 0, B);
-      c.k = zeros({B, heads, c.capacity, head_dim}, x.dtype());
-      c.v = zeros({B, heads, c.capacity, head_dim}, x.dtype());
+    // Storage for this layer's batch, heads, head size, capacity and dtype; an empty cache is
+    // re-allocated when any differs (reset() and reused by another model, say).
+    const Shape layout{B, heads, c.capacity, head_dim};
+    if (!c.k.defined() || c.k.shape() != layout || c.k.dtype() != x.dtype()) {
+      TG_CHECK(c.length == 0,
+               "MultiheadAttention: the KV cache holds {} positions of {} {} (batch, heads, capacity, head size), not {} {}; "
+               "reset() it first",
+               c.length, c.k.defined() ? c.k.dtype() : x.dtype(), c.k.defined() ? c.k.shape() : Shape{}, x.dtype(), layout);
+      c.k = zeros(layout, x.dtype());
+      c.v = zeros(layout, x.dtype());
     }
     // This call's keys/values go into the slots after the cached ones; without append the
     // length stays, so the next call overwrites them.

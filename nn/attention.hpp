@@ -12,7 +12,8 @@
 namespace tg::nn {
 
 // Keys and values of earlier positions, for incremental decoding (inference only: use it under
-// NoGradGuard). Buffers [B, H, capacity, head_dim] are allocated on first use.
+// NoGradGuard). Buffers [B, H, capacity, head_dim] are allocated on first use, and again when the
+// cache is empty (new, or reset()) and a layer of another batch, heads, head size or dtype uses it.
 struct KVCache {
   explicit KVCache(std::int64_t capacity = 0) : capacity(capacity) {}
   void reset() { length = 0; }

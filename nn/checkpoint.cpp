@@ -218,16 +218,14 @@ bool valid_utf8(const std::string& s) {
   return true;
 }
 
-// The first NaN or infinity in a floating-point tensor, if any.
-std::optional<double> first_non_finite(const Tensor& tensor) {
-  if (tensor.dtype() != DType::f32 && tensor.dtype() != DType::f64) return std::nullopt;
-  const Tensor t = tensor.detach().contiguous();
-  const auto scan = [&]<class T>(const T* p) -> std::optional<double> {
-    for (std::int64_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(p[i])) return static_cast<double>(p[i]);
-    return std::nullopt;
-  };
-  return t.dtype() == DType::f32 ? scan(t.data<float>()) : scan(t.data<double>());
+// Refuses to write `path` when a trained tensor holds NaN or inf: a diverged run must not replace
+// the last good file, and a model saved with NaN weights could only produce NaN.
+void refuse_diverged(const std::vector<NamedTensor>& trained, const std::string& path, const std::string& when) {
+  for (const NamedTensor& t : trained)
+    if (const std::optional<double> bad = first_non_finite_value(t.tensor))
+      TG_FAIL("save: not writing '{}'{}: tensor '{}' holds {} (the run diverged; try a smaller learning rate). "
+              "The file already there, if any, is kept",
+              path, when, t.name, std::isnan(*bad) ? std::fabs(*bad) : *bad);  // "nan", not fmt's "-nan"
 }
 
 // A metadata entry of a training checkpoint.
@@ -469,6 +467,8 @@ void check_structure(const SafetensorsFile& file, Module& m, const std::string& 
 }  // namespace
 
 void save_module(Module& m, const std::string& path, const Metadata& metadata) {
+  // Buffers are not checked: one may hold infinities on purpose (an additive mask of -inf).
+  refuse_diverged(m.named_parameters(), path, "");
   save_safetensors(path, m.state(), with_structure(m, metadata));
 }
 
@@ -533,11 +533,7 @@ void save_training_checkpoint(const std::string& path, Module& model, Optimizer&
   std::vector<NamedTensor> trained;
   for (const NamedTensor& t : model.named_parameters()) trained.push_back({"model." + t.name, t.tensor});
   for (const NamedTensor& t : optimizer.state()) trained.push_back({"optim." + t.name, t.tensor});
-  for (const NamedTensor& t : trained)
-    if (const std::optional<double> bad = first_non_finite(t.tensor))
-      TG_FAIL("save: not writing '{}' at step {}: tensor '{}' holds {} (the run diverged; try a smaller learning rate). "
-              "The checkpoint already there, if any, is kept",
-              path, step, t.name, std::isnan(*bad) ? std::fabs(*bad) : *bad);  // "nan", not fmt's "-nan"
+  refuse_diverged(trained, path, fmt::format(" at step {}", step));
   Metadata meta = with_structure(model, metadata);
   meta["format"] = kTrainingFormat;
   meta["step"] = std::to_string(step);

@@ -41,7 +41,8 @@ struct SafetensorsFile {
 SafetensorsFile load_safetensors(const std::string& path);
 
 // A module's parameters and buffers (names as in Module::state()), and the settings its modules
-// report in structure() (metadata entry "tapegrad.structure").
+// report in structure() (metadata entry "tapegrad.structure"). A parameter holding NaN or inf (a
+// diverged run) is an error, and the file already at `path` is kept.
 void save_module(Module& m, const std::string& path, const Metadata& metadata = {});
 // Loads exactly the module's tensors: every name must be present with the same shape and dtype,
 // and no other tensor may be in the file. The structure() settings recorded in the file (attention

@@ -17,6 +17,10 @@ namespace tg::nn::metrics {
 
 double accuracy(const Tensor& scores, const Tensor& labels) {
   NoGradGuard no_grad;
+  // Class ids are integers: float ids would be compared as floats (0.9 is not class 1), or truncated.
+  TG_CHECK(is_integral(labels.dtype()) && (scores.dim() == 2 || is_integral(scores.dtype())),
+           "accuracy: need integer labels and either scores [N, C] or integer class ids [N], got {} {} and labels {} {}",
+           scores.dtype(), scores.shape(), labels.dtype(), labels.shape());
   const Tensor pred = scores.dim() == 2 ? ops::argmax(scores, 1) : scores;
   TG_CHECK(pred.shape() == labels.shape(), "accuracy: {} predictions for labels of shape {}", pred.shape(), labels.shape());
   TG_CHECK(labels.numel() > 0, "accuracy: no samples (labels of shape {})", labels.shape());
@@ -28,6 +32,9 @@ Tensor confusion_matrix(const Tensor& predicted, const Tensor& labels, std::int6
   TG_CHECK(predicted.shape() == labels.shape() && predicted.dim() == 1,
            "confusion_matrix: expected 1-D predictions and labels of one shape, got {} and {}", predicted.shape(),
            labels.shape());
+  // Float ids would be truncated to integers (0.9 counted as class 0).
+  TG_CHECK(is_integral(predicted.dtype()) && is_integral(labels.dtype()),
+           "confusion_matrix: need integer class ids, got predictions {} and labels {}", predicted.dtype(), labels.dtype());
   Tensor counts = zeros({classes, classes}, DType::i64);
   const auto p = predicted.to_vector<std::int64_t>(), l = labels.to_vector<std::int64_t>();
   std::int64_t* c = counts.data<std::int64_t>();

@@ -9,10 +9,10 @@
 
 namespace tg::nn::metrics {
 
-// Fraction of correct predictions: `scores` are logits [N, C] (argmax taken) or class ids [N].
-// N = 0 is an error (there is no fraction to report).
+// Fraction of correct predictions: `scores` are logits [N, C] (argmax taken) or integer class ids
+// [N]; labels are integer class ids [N]. N = 0 is an error (there is no fraction to report).
 double accuracy(const Tensor& scores, const Tensor& labels);
-// counts[true class, predicted class] over N samples (i64 [classes, classes]).
+// counts[true class, predicted class] over N samples (i64 [classes, classes]); integer ids [N].
 Tensor confusion_matrix(const Tensor& predicted, const Tensor& labels, std::int64_t classes);
 
 // Fréchet distance between Gaussians fitted to two feature sets a [N, D] and b [M, D]:

@@ -6,8 +6,10 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <fmt/format.h>
 
 #include "core/autograd.hpp"
+#include "core/copy.hpp"
 #include "ops/fused.hpp"
 
 namespace tg::nn {
@@ -229,6 +231,19 @@ double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64
 void training_diverged(std::string_view what, std::string_view quantity, double value, std::string_view where,
                        std::string_view advice) {
   TG_FAIL("{}: training diverged: the {} is {} {}; {}", what, quantity, std::isnan(value) ? std::fabs(value) : value, where, advice);
+}
+
+std::optional<double> first_non_finite_value(const Tensor& t) {
+  const std::optional<std::int64_t> i = detail::first_non_finite(t);
+  if (!i) return std::nullopt;
+  NoGradGuard no_grad;
+  return t.detach().contiguous().reshape({-1}).narrow(0, *i, 1).item();
+}
+
+void check_finite_parameters(Module& model, std::string_view what, std::string_view where, std::string_view advice) {
+  for (const NamedTensor& p : model.named_parameters())
+    if (const std::optional<double> bad = first_non_finite_value(p.tensor))
+      training_diverged(what, fmt::format("parameter '{}'", p.name), *bad, where, advice);
 }
 
 EMA::EMA(Module& model, double decay) : decay_(decay) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -116,6 +117,11 @@ double warmup_cosine_schedule(std::int64_t step, std::int64_t warmup, std::int64
 //     nn::training_diverged("fit", "loss", l, fmt::format("at step {}", s), "try a smaller learning rate");
 [[noreturn]] void training_diverged(std::string_view what, std::string_view quantity, double value, std::string_view where,
                                     std::string_view advice);
+// The first NaN or infinity of a floating-point tensor (nullopt if none, or not floating-point).
+std::optional<double> first_non_finite_value(const Tensor& t);
+// Calls training_diverged, naming the parameter, if a parameter of `model` holds NaN or inf. For
+// the end of a training loop: the loss checks before each step cannot see the last step diverge.
+void check_finite_parameters(Module& model, std::string_view what, std::string_view where, std::string_view advice);
 
 // Exponential moving average of a module's parameters and floating-point buffers (integer and
 // bool buffers are copied as they are).

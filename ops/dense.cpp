@@ -196,8 +196,8 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
     const Svd s = svd(a);
     return Rank1{s.s.to_vector<double>()[0], s.u.select(1, 0).contiguous(), s.v.select(1, 0).contiguous()};
   };
+  const int exponent = normalize_pow2(m, "rank1_svd", a.shape());  // first: a NaN is reported as rank1_svd's
   if (std::min(rows, cols) <= kRank1ExactMax) return exact();
-  const int exponent = normalize_pow2(m, "rank1_svd", a.shape());
   auto norm = [](const std::vector<double>& x) {
     double s = 0;
     for (double e : x) s += e * e;
@@ -237,13 +237,14 @@ Rank1 rank1_svd(const Tensor& a, int max_iters, double tol) {
     v = std::move(next);
     settled = moved <= tol;
   }
-  if (!settled) return exact();  // close top singular values: too slow to separate this way
+  // Close top singular values (too slow to separate this way), or a zero matrix (then svd()'s unit
+  // vectors, as for a small one).
   const double vn = norm(v);
-  if (vn == 0) return {0.0, zeros({rows}, DType::f64), zeros({cols}, DType::f64)};
+  if (!settled || vn == 0) return exact();
   for (double& x : v) x /= vn;
   std::vector<double> u = times_v(v);
   const double sigma = norm(u);
-  if (sigma == 0) return {0.0, zeros({rows}, DType::f64), from_f64(v, {cols})};
+  if (sigma == 0) return exact();
   for (double& x : u) x /= sigma;
   return {std::ldexp(sigma, exponent), from_f64(u, {rows}), from_f64(v, {cols})};
 }

@@ -30,13 +30,14 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   if (!training || p == 0) return x;
   TG_CHECK(x.is_floating_point(), "dropout: expected a floating-point tensor (f32 or f64), got {} (shape {})",
            x.dtype(), x.shape());
+  // Allocations first: a call that runs out of memory leaves the generator where it was.
+  Tensor mask = empty(x.shape(), DType::boolean, "dropout");
+  Tensor y = empty(x.shape(), x.dtype(), "dropout");
   const Tensor xc = x.detach().contiguous();
   const std::int64_t n = xc.numel();
   const std::uint64_t seed = gen.seed();
   const std::uint64_t first = gen.advance(static_cast<std::uint64_t>(n));
   const std::uint64_t threshold = kernels::dropout_threshold(p);
-  Tensor mask = empty(x.shape(), DType::boolean);
-  Tensor y = empty(x.shape(), x.dtype());
   auto* keep = reinterpret_cast<std::uint8_t*>(mask.data<bool>());
   dispatch_float(x.dtype(), "dropout", [&]<class T>() {
     const T scale = static_cast<T>(1.0 / (1.0 - p));
@@ -50,7 +51,7 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   return record("dropout", {x}, y, [sm = SavedTensor(mask), p](const Tensor& g) {
     const Tensor m = sm.get();
     const Tensor gc = g.contiguous();
-    Tensor gx = empty(gc.shape(), gc.dtype());
+    Tensor gx = empty(gc.shape(), gc.dtype(), "dropout");
     const auto* keep = reinterpret_cast<const std::uint8_t*>(m.data<bool>());
     dispatch_float(gc.dtype(), "dropout", [&]<class T>() {
       const T scale = static_cast<T>(1.0 / (1.0 - p));

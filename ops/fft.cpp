@@ -112,12 +112,12 @@ Tensor rfft_backward(const Tensor& g, std::int64_t L, std::int64_t n) {
   const std::int64_t m = n / 2 + 1;
   Shape gx_shape = leading_shape(g.shape(), 2);
   gx_shape.push_back(L);
-  Tensor gx = empty(gx_shape, g.dtype());
+  Tensor gx = empty(gx_shape, g.dtype(), "rfft");
   dispatch_float(g.dtype(), "rfft", [&]<class T>() {
     std::vector<T> w(static_cast<std::size_t>(2 * m), static_cast<T>(n) / 2);
     w[0] = w[1] = static_cast<T>(n);
     if (n % 2 == 0) w[2 * (m - 1)] = w[2 * (m - 1) + 1] = static_cast<T>(n);
-    Tensor gs = empty(g.shape(), g.dtype());
+    Tensor gs = empty(g.shape(), g.dtype(), "rfft");
     scale_bins(gs, g, vector_tensor(w, {m, 2}));
     const std::int64_t rows = gx_shape.numel() / std::max<std::int64_t>(L, 1);
     if (L == 0) return;
@@ -131,8 +131,8 @@ Tensor rfft_backward(const Tensor& g, std::int64_t L, std::int64_t n) {
 Tensor irfft_backward(const Tensor& g, std::int64_t m, std::int64_t n) {
   const std::int64_t nb = n / 2 + 1, mm = std::min(m, nb);
   const Rows gr = as_rows(g, 1);
-  Tensor spec = empty({gr.count, nb, 2}, g.dtype());
-  Tensor out = m > nb ? zeros({gr.count, m, 2}, g.dtype()) : empty({gr.count, m, 2}, g.dtype());
+  Tensor spec = empty({gr.count, nb, 2}, g.dtype(), "irfft");
+  Tensor out = m > nb ? zeros({gr.count, m, 2}, g.dtype()) : empty({gr.count, m, 2}, g.dtype(), "irfft");
   dispatch_float(g.dtype(), "irfft", [&]<class T>() {
     kernels::rfft(gr.t.data<T>(), gr.stride, spec.data<T>(), 2 * nb, gr.count, n);
     std::vector<T> w(static_cast<std::size_t>(2 * nb), static_cast<T>(2.0L / n));
@@ -155,7 +155,7 @@ Tensor irfft_backward(const Tensor& g, std::int64_t m, std::int64_t n) {
 Tensor cfft(const Tensor& x, bool inverse, double scale) {
   const std::int64_t n = x.shape()[x.dim() - 2];
   const Rows r = as_rows(x, 2);
-  Tensor out = empty(x.shape(), x.dtype());
+  Tensor out = empty(x.shape(), x.dtype(), "fft");
   dispatch_float(x.dtype(), "fft", [&]<class T>() {
     kernels::fft(r.t.data<T>(), r.stride, out.data<T>(), 2 * n, r.count, n, inverse);
     if (scale != 1.0) {
@@ -177,19 +177,19 @@ std::pair<Tensor, Tensor> broadcast_complex(const Tensor& a, const Tensor& b, co
 }
 
 Tensor complex_mul_raw(const Tensor& a, const Tensor& b, bool conj_b, double scale = 1.0) {
-  Tensor out = empty(a.shape(), a.dtype());
+  Tensor out = empty(a.shape(), a.dtype(), "complex_mul");
   kernels::complex_mul(out, pair_contiguous(a), pair_contiguous(b), conj_b, scale);
   return out;
 }
 
 Tensor complex_div_raw(const Tensor& a, const Tensor& b, bool conj_b) {
-  Tensor out = empty(a.shape(), a.dtype());
+  Tensor out = empty(a.shape(), a.dtype(), "complex_div");
   kernels::complex_div(out, pair_contiguous(a), pair_contiguous(b), conj_b);
   return out;
 }
 
 Tensor complex_conj_raw(const Tensor& a) {
-  Tensor out = empty(a.shape(), a.dtype());
+  Tensor out = empty(a.shape(), a.dtype(), "complex_conj");
   kernels::complex_conj(out, pair_contiguous(a));
   return out;
 }
@@ -212,7 +212,7 @@ Tensor rfft(const Tensor& x, std::int64_t n) {
   Shape out_shape = x.shape();
   out_shape[out_shape.size() - 1] = m;
   out_shape.push_back(2);
-  Tensor out = empty(out_shape, x.dtype());
+  Tensor out = empty(out_shape, x.dtype(), "rfft");
   const Rows r = as_rows(x, 1);
   dispatch_float(x.dtype(), "rfft", [&]<class T>() {
     kernels::rfft_padded(r.t.data<T>(), r.stride, std::min(L, n), out.data<T>(), 2 * m, r.count, n);
@@ -232,7 +232,7 @@ Tensor irfft(const Tensor& X, std::int64_t n) {
   const std::int64_t nb = n / 2 + 1;
   Shape out_shape = leading_shape(X.shape(), 2);
   out_shape.push_back(n);
-  Tensor out = empty(out_shape, X.dtype());
+  Tensor out = empty(out_shape, X.dtype(), "irfft");
   Rows r = as_rows(X, 2);
   if (m < nb && r.count > 0) {  // missing bins are zeros: pad into a full-width copy
     Tensor padded = zeros({r.count, nb, 2}, X.dtype());
@@ -289,12 +289,12 @@ Tensor complex_conj(const Tensor& a) {
 
 Tensor complex_abs(const Tensor& a) {
   check_complex(a, "complex_abs", "a");
-  Tensor out = empty(leading_shape(a.shape(), 1), a.dtype());
+  Tensor out = empty(leading_shape(a.shape(), 1), a.dtype(), "complex_abs");
   kernels::complex_abs(out, pair_contiguous(a));
-  return record("complex_abs", {a}, out, [sa = SavedTensor(a), so = SavedTensor(out)](const Tensor& g) {
+  return record("complex_abs", {a}, out, [sa = SavedTensor(a)](const Tensor& g) {
     const Tensor av = sa.get();
-    Tensor ga = empty(av.shape(), av.dtype());
-    kernels::complex_abs_backward(ga, g, pair_contiguous(av), so.get());
+    Tensor ga = empty(av.shape(), av.dtype(), "complex_abs");
+    kernels::complex_abs_backward(ga, g, pair_contiguous(av));
     return Tensors{ga};
   });
 }
@@ -362,11 +362,11 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& k_in, bool causal) {
 
   Shape y_shape = S;
   y_shape.push_back(out_len);
-  Tensor y = empty(y_shape, dt);
+  Tensor y = empty(y_shape, dt, "fft_conv");
   const bool recording = autograd::any_requires_grad({u, k});
   const bool keep_U = recording && k.requires_grad() && !fft_conv_recompute();
-  Tensor Kspec = empty({ck, nb, 2}, dt);
-  Tensor Uspec = keep_U ? empty({rows, kernels::fft_conv_saved_stride(nf, dtype_size(dt))}, dt) : Tensor();
+  Tensor Kspec = empty({ck, nb, 2}, dt, "fft_conv");
+  Tensor Uspec = keep_U ? empty({rows, kernels::fft_conv_saved_stride(nf, dtype_size(dt))}, dt, "fft_conv") : Tensor();
   const Rows ur = as_rows(u, 1), kr = as_rows(k, 1);
   dispatch_float(dt, "fft_conv", [&]<class T>() {
     if (rows == 0) return;
@@ -381,8 +381,8 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& k_in, bool causal) {
                 [geom, Kspec, Uspec, su_full, sk_shape = k.shape(), dt,
                  sv = need_u ? SavedTensor(u) : SavedTensor()](const Tensor& g) {
                   const bool want_u = input_needs_grad(0), want_k = input_needs_grad(1);
-                  Tensor gu = want_u ? empty({geom.rows, geom.L}, dt) : Tensor();
-                  Tensor gk = want_k ? empty({geom.ck, geom.Lk}, dt) : Tensor();
+                  Tensor gu = want_u ? empty({geom.rows, geom.L}, dt, "fft_conv") : Tensor();
+                  Tensor gk = want_k ? empty({geom.ck, geom.Lk}, dt, "fft_conv") : Tensor();
                   const Rows gr = as_rows(g, 1);
                   Rows ur;
                   if (want_k && !Uspec.defined()) ur = as_rows(sv.get(), 1);

@@ -49,7 +49,8 @@ Tensor complex_div(const Tensor& a, const Tensor& b);
 // conj(a).  Backward: G_a = conj(G).
 Tensor complex_conj(const Tensor& a);
 // |a| -> real tensor [...] (without the trailing 2), computed without overflow.
-// Backward: G_a = g * a / |a|, defined as 0 where a = 0.
+// Backward: G_a = g * a / |a|, 0 where a = 0, without forming 1 / |a| (which overflows for a
+// subnormal |a|); at an infinite component, the direction's limit (1 on that component).
 Tensor complex_abs(const Tensor& a);
 
 // ---- FFT convolution ----------------------------------------------------------------------------------------

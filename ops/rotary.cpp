@@ -18,7 +18,7 @@ constexpr const char* kOp = "apply_rotary";
 // y = rotation of the rows of xc (contiguous [rows, d]) by the tables (contiguous [period, d/2]).
 Tensor rotate(const Tensor& xc, const Tensor& cos, const Tensor& sin, std::int64_t period, bool interleaved,
               bool inverse) {
-  Tensor y = empty(xc.shape(), xc.dtype());
+  Tensor y = empty(xc.shape(), xc.dtype(), "apply_rotary");
   const std::int64_t d = xc.shape().back();
   const std::int64_t rows = d ? xc.numel() / d : 0;
   dispatch_float(xc.dtype(), kOp, [&]<class T>() {

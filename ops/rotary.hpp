@@ -14,9 +14,10 @@ enum class RotaryLayout { interleaved, half_split };
 
 // y = rotation of each pair of x [..., T, d] (d even) by the angle of (position t, frequency i):
 //   (a, b) -> (a cos - b sin, a sin + b cos),  cos = cos[..., t, i], sin = sin[..., t, i].
-// cos and sin have one shape, [T, d/2] (shared by every leading index of x), or any shape that
-// broadcasts to [..., T, d/2] with x's leading dims (e.g. [B, 1, T, d/2] for per-sequence
-// positions with heads in dim 1). Their dtype is converted to x's.
+// cos and sin have one shape, [T, d/2] (shared by every leading index of x), or [..., T, d/2] with
+// leading dims that are x's or 1 (e.g. [B, 1, T, d/2] for per-sequence positions with heads in dim
+// 1). T and d/2 are never broadcast: a table has a row for every position. Their dtype is
+// converted to x's.
 // Gradients flow to x only (the backward is the rotation by the negative angle). cos/sin are
 // non-differentiable inputs: passing tables that require grad (with grad mode on) raises an error
 // rather than silently dropping their gradient; detach them.

@@ -143,9 +143,20 @@ inline bool check_new_run_folder(const std::string& out, const std::vector<std::
 // --resume needs a run to resume: its config.json (a run killed before its first checkpoint starts
 // over with the recorded settings). Without one -- a mistyped --out, or a run killed before it
 // wrote anything -- resuming would silently start a new run with the default settings; and a
-// checkpoint without it cannot be resumed, its settings being unknown.
-inline void check_resumable(const std::string& out) {
-  if (std::filesystem::exists(out + "/config.json")) return;
+// checkpoint without it cannot be resumed, its settings being unknown. A run without a checkpoint
+// starts over, which is right only if it never got far: a trained model in `trained_files` (written
+// at the end) with its checkpoint gone would be overwritten by the restart.
+inline void check_resumable(const std::string& out, const std::vector<std::string>& trained_files) {
+  namespace fs = std::filesystem;
+  if (fs::exists(out + "/config.json")) {
+    if (fs::exists(out + "/checkpoint.safetensors")) return;
+    for (const std::string& f : trained_files)
+      TG_CHECK(!fs::exists(out + "/" + f),
+               "train --resume: '{}' holds a trained model ('{}') but no checkpoint.safetensors to continue from, and "
+               "starting the run over would replace it; start over with --overwrite, or train into another --out",
+               out, f);
+    return;
+  }
   TG_CHECK(!std::filesystem::exists(out + "/checkpoint.safetensors"),
            "train --resume: '{}' holds a checkpoint but no config.json, so its settings are unknown; train into a new "
            "--out folder (or --overwrite)",

@@ -325,6 +325,13 @@ void take_training_settings(TrainArgs& a, const nlohmann::json& cfg) {
   s.integer("--max-train", "max_train", a.max_train, 0, 1'000'000'000);
   s.data(a.data, a.synthetic);
   s.finish();
+  // --grid-nfe only draws samples.png: a given one replaces the recorded one (older runs have none).
+  if (!a.given.count("--grid-nfe") && cfg.contains("grid_nfe")) {
+    const nlohmann::json& v = cfg["grid_nfe"];
+    TG_CHECK(v.is_number_integer() && v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= kMaxNfe,
+             "train --resume: '{}/config.json' has \"grid_nfe\": {}, not a whole number in [1, {}]", a.out, v.dump(), kMaxNfe);
+    a.grid_nfe = v.get<std::int64_t>();
+  }
 }
 
 // For a resume: model flags given on the command line must describe the run's model.
@@ -352,14 +359,13 @@ void check_model_flags(const TrainArgs& a, const diff::UNetConfig& mc) {
 
 int train(TrainArgs a) {
   TG_CHECK(a.steps != 0, "train: --steps 0 trains nothing; give a number of steps, or -1 for the --minutes budget");
-  diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);  // a bad --grid-nfe fails now, not after training
   const bool start_over =
       examples::check_new_run_folder(a.out, {"checkpoint.safetensors", "model_ema.safetensors"}, a.resume, a.overwrite);
   const std::string cfg_path = a.out + "/config.json";
   diff::UNetConfig mc;
   std::optional<Run> previous;  // the run being resumed, read once
   if (a.resume) {
-    examples::check_resumable(a.out);
+    examples::check_resumable(a.out, {"model.safetensors", "model_ema.safetensors"});
     previous = read_run(a.out);
     mc = previous->config;
     check_model_flags(a, mc);
@@ -379,8 +385,16 @@ int train(TrainArgs a) {
     mc.dropout = a.dropout;
   }
   config_from_json(config_json(mc));  // settings this program could not read back are refused now
+  try {  // a bad --grid-nfe (given, or recorded by the resumed run) fails now, not after training
+    diff::sampler_for_nfe(diff::SamplerKind::heun, a.grid_nfe);
+  } catch (const Error& e) {
+    TG_FAIL("train: --grid-nfe {}: {}", a.grid_nfe, e.what());
+  }
   const cls::Data data = load_data(a.data, a.synthetic, a.max_train);
   fmt::print("data: {} ({} training images)\n", data.train.source, data.train.size());
+  TG_CHECK(a.batch <= data.train.size(), "train: --batch {} is larger than the {} training images{}; lower --batch{}", a.batch,
+           data.train.size(), a.max_train > 0 ? fmt::format(" (--max-train {})", a.max_train) : "",
+           a.max_train > 0 ? " or raise --max-train" : "");
   {  // the weights with their gradients, Adam's two moments and the EMA; the images at the model's
      // size (twice while they are converted); one batch's activations
     const double images = 4.0 * static_cast<double>(data.train.size() * mc.in_channels * mc.image_size * mc.image_size);
@@ -421,7 +435,7 @@ int train(TrainArgs a) {
     nlohmann::json cfg = {{"model", config_json(mc)}, {"minutes", a.minutes}, {"steps", a.steps}, {"batch", a.batch},
                           {"lr", a.lr}, {"lr_min_ratio", a.lr_min_ratio}, {"warmup", a.warmup}, {"ema", a.ema}, {"label_dropout", a.label_dropout},
                           {"seed", a.seed}, {"threads", num_threads()}, {"data", data.train.source},
-                          {"synthetic", data.synthetic}, {"max_train", a.max_train},
+                          {"synthetic", data.synthetic}, {"max_train", a.max_train}, {"grid_nfe", a.grid_nfe},
                           {"parameters", model.num_parameters()}, {"skips", model.num_skips()},
                           {"edm", {{"sigma_data", 0.5}, {"p_mean", -1.2}, {"p_std", 1.2}}}};
     nn::write_file_atomically(cfg_path, cfg.dump(2) + "\n");

@@ -113,7 +113,7 @@ void take_run_settings(TrainArgs& a, const std::string& out) {
 int train(TrainArgs a) {
   const std::string out = a.out.empty() ? "runs/fashion_mnist-" + a.model : a.out;
   if (a.resume) {
-    examples::check_resumable(out);
+    examples::check_resumable(out, {"model.safetensors"});
     take_run_settings(a, out);
   }
   const cls::Arch arch = cls::parse_arch(a.model);

@@ -210,6 +210,8 @@ VariantResult run_variant(const std::string& name, const ExperimentArgs& a) {
     res.losses.push_back(l);
     bar.update(step + 1, l);
   }
+  nn::check_finite_parameters(model, fmt::format("experiment: variant {}", name),
+                              fmt::format("after step {} (learning rate {:g})", a.steps, opt.lr()), "try a smaller --lr");
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bar.finish(fmt::format("{}: {} steps in {:.1f} s, final loss {:.4f}", name, a.steps, res.seconds, res.losses.back()));
   model.eval();
@@ -453,6 +455,8 @@ CompatRun train_reverse(const std::string& scheme, const CompatArgs& a) {
     bar.update(step + 1, l);
   }
   bar.finish();
+  nn::check_finite_parameters(model, fmt::format("compat: {} positions", scheme),
+                              fmt::format("after step {} (learning rate {:g})", a.steps, a.lr), "try a smaller --lr");
   NoGradGuard no_grad;
   Generator test(a.seed + 2);
   const auto [x, y] = batch(512, test);
@@ -528,7 +532,7 @@ int show(const std::string& scheme, const std::string& layout, double start) {
     TG_CHECK(colon != std::string::npos, "show: layout item '{}' is not kind:size (text:3, image:2x3, image+:2x3, video:2x2x3)", item);
     const std::string kind = item.substr(0, colon), size = item.substr(colon + 1);
     std::vector<std::int64_t> d;
-    std::stringstream ss(size);
+    std::stringstream ss(size + "x");  // the added 'x' ends the last number: "2x2x" then leaves an empty one
     for (std::string x; std::getline(ss, x, 'x');) d.push_back(parse_count(x, fmt::format("show: layout item '{}'", item)));
     std::int64_t tokens = 1;  // saturated past kMaxShown: no overflow
     for (std::int64_t n : d) tokens = std::min(tokens * n, kMaxShown + 1);

@@ -56,6 +56,9 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
            o.batch, o.lr, o.warmup);
   TG_CHECK(o.minutes > 0 || o.max_steps >= 0, "diffusion fit: give a time budget or a step limit");
   TG_CHECK(model.skip_scales.empty(), "diffusion fit: Skip-Tuning is a sampling option; clear it before training");
+  // Every batch is full (drop_last): a partial one would weigh its images more.
+  TG_CHECK(o.batch <= images.shape()[0], "diffusion fit: {} images do not fill one batch of {}; use a batch of at most {}",
+           images.shape()[0], o.batch, images.shape()[0]);
   nn::Adam opt(model.named_parameters(), {.lr = o.lr});
   nn::data::BatchSampler sampler(images.shape()[0], o.batch, /*shuffle=*/true, o.seed, /*drop_last=*/true);
   Generator gen(o.seed + 1);
@@ -66,8 +69,7 @@ TrainResult fit(UNet& model, nn::EMA& ema, const Tensor& images, const Tensor& l
     UNet& m;
     ~Unset() { m.set_dropout_generator(nullptr); }
   } unset{model};
-  const std::int64_t per_epoch = sampler.batches_per_epoch();
-  TG_CHECK(per_epoch > 0, "diffusion fit: {} images do not fill one batch of {}", images.shape()[0], o.batch);
+  const std::int64_t per_epoch = sampler.batches_per_epoch();  // >= 1: checked above
   std::int64_t step = 0;
   double prior_seconds = 0;
   if (o.resume && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {

@@ -546,12 +546,22 @@ void complex_abs(const Tensor& out, const Tensor& a) {
   });
 }
 
-void complex_abs_backward(const Tensor& out, const Tensor& g, const Tensor& a, const Tensor& r) {
+void complex_abs_backward(const Tensor& out, const Tensor& g, const Tensor& a) {
   dispatch_float(out.dtype(), "complex_abs", [&]<class T>() {
-    cmap<T, 1, 2, true>(out, {&a}, {&g, &r}, [](const std::array<Cx<T>, 1>& c, const std::array<V<T>, 2>& x) {
-      const V<T> zero(T(0));
-      const V<T> k = xsimd::select(x[1] == zero, zero, x[0] / x[1]);
-      return Cx<T>{c[0].re * k, c[0].im * k};
+    cmap<T, 1, 1, true>(out, {&a}, {&g}, [](const std::array<Cx<T>, 1>& c, const std::array<V<T>, 1>& x) {
+      // The direction a / |a| from a scaled by m = max(|re|, |im|), so that neither g / |a| (inf
+      // for a subnormal |a|) nor |a| itself (inf in f32 past 1.8e38) is formed. An infinite
+      // component counts as 1 (the limit of the direction), the other then as 0.
+      const V<T> zero(T(0)), one(T(1));
+      const V<T> m = xsimd::max(xsimd::abs(c[0].re), xsimd::abs(c[0].im));
+      const auto m_zero = m == zero, m_inf = xsimd::isinf(m);
+      const V<T> safe_m = xsimd::select(m_zero || m_inf, one, m);
+      const auto unit = [&](const V<T>& v) {
+        return xsimd::select(m_inf, xsimd::select(xsimd::isinf(v), xsimd::copysign(one, v), zero), v / safe_m);
+      };
+      const V<T> ure = unit(c[0].re), uim = unit(c[0].im);  // max(|ure|, |uim|) = 1
+      const V<T> k = xsimd::select(m_zero, zero, x[0] / xsimd::sqrt(xsimd::fma(ure, ure, uim * uim)));
+      return Cx<T>{ure * k, uim * k};
     });
   });
 }

@@ -23,8 +23,9 @@ void complex_div(const Tensor& out, const Tensor& a, const Tensor& b, bool conj_
 void complex_conj(const Tensor& out, const Tensor& a);
 // out (real, leading shape) = |a|, without overflow or underflow of re^2 + im^2.
 void complex_abs(const Tensor& out, const Tensor& a);
-// out (complex) = g * a / r with g, r real (r = |a|); 0 where r == 0.
-void complex_abs_backward(const Tensor& out, const Tensor& g, const Tensor& a, const Tensor& r);
+// out (complex) = g * a / |a| with g real; 0 where a == 0. Exact for subnormal |a| and for |a|
+// beyond the dtype's range; where a component is infinite, the direction is its limit (1 on it).
+void complex_abs_backward(const Tensor& out, const Tensor& g, const Tensor& a);
 
 // ---- fused FFT convolution ---------------------------------------------------------------------------
 // Rows r = 0 .. rows-1 of the signal u (each L samples, rows u + r*u_stride) are convolved with

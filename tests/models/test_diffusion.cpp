@@ -27,6 +27,7 @@
 using namespace tg;
 using namespace tg::models::diffusion;
 using Catch::Matchers::Contains;
+using Catch::Matchers::Equals;
 
 namespace {
 
@@ -700,6 +701,12 @@ TEST_CASE("training: loss is finite, EMA follows, resume is bit for bit, generat
   CHECK_THROWS_WITH(generate(a, go), Contains("are not finite (heun with 3 NFE, guidance 1, Skip-Tuning rho 1e+300"));
   a.set_skip_tuning(0.8, 1.0);
   CHECK_THROWS_WITH(fit(a, ea, images, data.labels, o), Contains("Skip-Tuning is a sampling option"));
+  a.clear_skip_tuning();
+  TrainOptions too_big = o;
+  too_big.batch = images.shape()[0] + 1;
+  CHECK_THROWS_WITH(fit(a, ea, images, data.labels, too_big),
+                    Equals(fmt::format("diffusion fit: {0} images do not fill one batch of {1}; use a batch of at most {0}",
+                                       images.shape()[0], too_big.batch)));
 }
 
 TEST_CASE("training: a step is reported before its checkpoint, and a diverged run keeps the last good one", "[models][diffusion]") {

@@ -27,6 +27,7 @@
 
 using namespace tg;
 using Catch::Matchers::Contains;
+using Catch::Matchers::Equals;
 namespace fs = std::filesystem;
 
 namespace {
@@ -523,6 +524,27 @@ TEST_CASE("a diverged state is not saved over the last training checkpoint", "[n
                     Contains("save: not writing '" + path + "' at step 2: tensor 'model.fc2.weight' holds nan") &&
                         Contains("try a smaller learning rate"));
   CHECK(read_file(path) == before);
+}
+
+TEST_CASE("a model with NaN or inf weights is not saved over the last good one", "[nn][checkpoint][errors]") {
+  TempDir dir;
+  Generator init(3);
+  Net net(&init);
+  const std::string path = dir.file("model.safetensors");
+  nn::save_module(net, path);
+  const std::string before = read_file(path);
+  {
+    NoGradGuard no_grad;
+    net.fc1.bias.narrow(0, 2, 1).fill_(-std::numeric_limits<double>::infinity());
+  }
+  CHECK_THROWS_WITH(nn::save_module(net, path),
+                    Equals("save: not writing '" + path + "': tensor 'fc1.bias' holds -inf (the run diverged; try a "
+                           "smaller learning rate). The file already there, if any, is kept"));
+  CHECK(read_file(path) == before);
+  // A buffer may hold infinities on purpose.
+  Masked masked;
+  masked.mask = full({2, 2}, -std::numeric_limits<double>::infinity());
+  CHECK_NOTHROW(nn::save_module(masked, dir.file("masked.safetensors")));
 }
 
 TEST_CASE("a buffer of infinities (an additive mask) does not stop a training checkpoint", "[nn][checkpoint]") {

@@ -347,7 +347,8 @@ TEST_CASE("eval() reaches every dropout, and a refused KV cache call leaves the 
   nn::KVCache cache(8);
   block(x.narrow(1, 0, 3), {.causal = true, .cache = &cache});  // batch 2, 3 positions
   CHECK_THROWS_WITH(block(x.narrow(0, 0, 1).narrow(1, 3, 1), {.causal = true, .cache = &cache}),
-                    Contains("the KV cache holds 3 positions of a batch of 2, not 1"));
+                    Contains("the KV cache holds 3 positions of f32 [2, 2, 8, 4] (batch, heads, capacity, head size), not "
+                             "f32 [1, 2, 8, 4]; reset() it first"));
   CHECK(cache.length == 3);
   // A mask the attention op refuses (it sees the 4 keys only after the cache has been written).
   CHECK_THROWS_WITH(block(x.narrow(1, 3, 1), {.mask = ones({7, 7}, DType::boolean), .cache = &cache}),
@@ -355,4 +356,25 @@ TEST_CASE("eval() reaches every dropout, and a refused KV cache call leaves the 
   CHECK(cache.length == 3);
   const Tensor next = block(x.narrow(1, 3, 1), {.causal = true, .cache = &cache});  // the cache still holds the batch-2 keys
   CHECK_ALLCLOSE(next, block(x.narrow(1, 0, 4), {.causal = true}).narrow(1, 3, 1), 1e-5, 1e-5);
+}
+
+TEST_CASE("a KV cache reset and reused by a layer of other heads or dtype is laid out for it", "[nn][attention]") {
+  NoGradGuard no_grad;
+  nn::MultiheadAttention narrow_heads(8, 2), wide_heads(8, 4), in_f64(8, 2, {.dtype = DType::f64});
+  for (nn::MultiheadAttention* m : {&narrow_heads, &wide_heads, &in_f64}) m->eval();
+  const Tensor x = test::randn({1, 5, 8}, DType::f32, 33);  // [B, T, dim]
+  nn::KVCache cache(8);
+  narrow_heads(x.narrow(1, 0, 2), {.causal = true, .cache = &cache});
+  CHECK_THROWS_WITH(wide_heads(x.narrow(1, 2, 1), {.causal = true, .cache = &cache}),
+                    Contains("holds 2 positions of f32 [1, 2, 8, 4] (batch, heads, capacity, head size), not f32 [1, 4, 8, 2]"));
+  // After reset() the cache serves the other layers as a fresh one would: decoding step by step
+  // equals the causal forward over the whole prefix, in the layer's own dtype.
+  for (nn::MultiheadAttention* m : {&wide_heads, &in_f64}) {
+    cache.reset();
+    const Tensor xm = x.to(m->qkv.weight.dtype());
+    Tensor last;
+    for (std::int64_t t = 0; t < 5; ++t) last = (*m)(xm.narrow(1, t, 1), {.causal = true, .cache = &cache});  // [1, 1, 8]
+    CHECK(cache.k.dtype() == xm.dtype());
+    CHECK_ALLCLOSE(last, (*m)(xm, {.causal = true}).narrow(1, 4, 1), 1e-5, 1e-5);
+  }
 }

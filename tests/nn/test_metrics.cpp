@@ -30,6 +30,18 @@ TEST_CASE("accuracy and confusion matrix", "[nn][metrics]") {
   CHECK_THROWS_WITH(nn::metrics::accuracy(zeros({0, 3}), zeros({0}, DType::i64)), Contains("accuracy: no samples"));
   const Tensor cm = nn::metrics::confusion_matrix(tensor({0, 1, 2, 2}, DType::i64), tensor({0, 2, 2, 1}, DType::i64), 3);
   CHECK(cm.to_vector<std::int64_t>() == std::vector<std::int64_t>{1, 0, 0, 0, 0, 1, 0, 1, 1});
+  // i32 ids count like i64 ones.
+  CHECK(nn::metrics::accuracy(tensor({0, 1}, DType::i32), tensor({0, 0}, DType::i32)) == 0.5);
+  CHECK(nn::metrics::confusion_matrix(tensor({1}, DType::i32), tensor({0}, DType::i64), 2).to_vector<std::int64_t>() ==
+        std::vector<std::int64_t>{0, 1, 0, 0});
+  // Float class ids are refused, not truncated (0.9 would count as class 0).
+  CHECK_THROWS_WITH(nn::metrics::confusion_matrix(tensor({0.9, 1.0}), tensor({1, 1}, DType::i64), 2),
+                    Contains("confusion_matrix: need integer class ids, got predictions f32 and labels i64"));
+  CHECK_THROWS_WITH(nn::metrics::confusion_matrix(tensor({1, 1}, DType::i64), tensor({0.9, 1.0}, DType::f64), 2),
+                    Contains("labels f64"));
+  CHECK_THROWS_WITH(nn::metrics::accuracy(tensor({0.9, 1.0}), tensor({1, 1}, DType::i64)),
+                    Contains("accuracy: need integer labels and either scores [N, C] or integer class ids [N], got f32 [2]"));
+  CHECK_THROWS_WITH(nn::metrics::accuracy(logits, tensor({0.0, 2.0, 2.0})), Contains("labels f32 [3]"));
 }
 
 TEST_CASE("Fréchet distance matches the closed form for Gaussians", "[nn][metrics]") {

@@ -246,3 +246,19 @@ TEST_CASE("training_diverged names the run, the value and where it happened", "[
   CHECK_THROWS_WITH(nn::training_diverged("fit", "loss", -inf, "at step 1", "lower --lr"), Contains("the loss is -inf at step 1"));
   CHECK_THROWS_AS(nn::training_diverged("fit", "loss", nan, "at step 1", ""), Error);
 }
+
+TEST_CASE("check_finite_parameters names the first parameter that holds NaN or inf", "[nn][optim][errors]") {
+  using Catch::Matchers::Equals;
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  OneParam fine("w", tensor({1.0, -2.0}, DType::f32));
+  CHECK_NOTHROW(nn::check_finite_parameters(fine, "fit", "after step 1", "lower --lr"));
+  OneParam bad("layer.w", tensor({1.0, nan, 3.0, -inf}).narrow(0, 1, 3));  // an offset view: nan first
+  CHECK_THROWS_WITH(nn::check_finite_parameters(bad, "experiment", "after step 5 (learning rate 1e+300)", "try a smaller --lr"),
+                    Equals("experiment: training diverged: the parameter 'layer.w' is nan after step 5 (learning rate "
+                           "1e+300); try a smaller --lr"));
+  // A transposed view: the first non-finite element in the view's order, not the storage's.
+  OneParam strided("s", tensor({1.0, 2.0, 3.0, inf, -inf, 6.0}).reshape({3, 2}).transpose(0, 1));  // [2, 3]: 1 3 -inf / 2 inf 6
+  CHECK(*nn::first_non_finite_value(strided.t) == -inf);
+  CHECK_THROWS_WITH(nn::check_finite_parameters(strided, "fit", "after step 1", "x"), Contains("the parameter 's' is -inf"));
+  CHECK(!nn::first_non_finite_value(tensor({1.0, 2.0}, DType::i64)));
+}

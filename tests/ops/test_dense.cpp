@@ -107,7 +107,19 @@ TEST_CASE("rank1_svd finds the leading singular triple", "[ops][dense]") {
   const double sign = r.u.at<double>({0}) > 0 ? 1 : -1;
   CHECK_ALLCLOSE(r.u * sign, u, 1e-8, 1e-8);
   CHECK_ALLCLOSE(r.v * sign, v, 1e-8, 1e-8);
-  CHECK(ops::dense::rank1_svd(zeros({3, 2}, DType::f64)).sigma == 0.0);
+  // A zero matrix: sigma 0 with unit vectors (any are singular vectors), small and large alike.
+  for (const Shape& shape : {Shape{3, 2}, Shape{ops::dense::kRank1ExactMax + 1, ops::dense::kRank1ExactMax + 2}}) {
+    const auto rz = ops::dense::rank1_svd(zeros(shape, DType::f64));
+    CHECK(rz.sigma == 0.0);
+    CHECK(rz.u.shape() == Shape{shape[0]});
+    CHECK(rz.v.shape() == Shape{shape[1]});
+    CHECK(ops::sum(ops::square(rz.u)).item() == Approx(1.0).epsilon(1e-15));
+    CHECK(ops::sum(ops::square(rz.v)).item() == Approx(1.0).epsilon(1e-15));
+  }
+  // A non-finite entry is reported under rank1_svd's name, small or large.
+  CHECK_THROWS_WITH(ops::dense::rank1_svd(tensor({1.0, NAN, 0.0, 1.0}, {2, 2}, DType::f64)),
+                    Contains("rank1_svd: the matrix (shape [2, 2]) has a non-finite entry nan"));
+  CHECK_THROWS_WITH(ops::dense::rank1_svd(full({70, 70}, INFINITY, DType::f64)), Contains("rank1_svd: the matrix (shape [70, 70])"));
   // Close top singular values (1 and 0.999: power iteration would need thousands of steps), wide
   // and tall, and the large-matrix path on a well separated spectrum.
   for (const Shape& shape : {Shape{3, 5}, Shape{5, 3}}) {

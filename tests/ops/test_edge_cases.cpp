@@ -10,6 +10,7 @@
 #include "core/random.hpp"
 #include "ops/conv.hpp"
 #include "ops/dense.hpp"
+#include "ops/dropout.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/fft.hpp"
 #include "ops/fused.hpp"
@@ -37,7 +38,16 @@ TEST_CASE("sizes beyond int64 or memory are rejected before allocating", "[ops][
   CHECK_THROWS_WITH(arange(0.0, 1e30), Contains("arange"));
   CHECK_THROWS_WITH(tensor({1}).expand({kBig, kBig}).numel(), Contains("more than 2^63 - 1 elements"));
   CHECK_THROWS_WITH(tensor({1}).reshape({kBig, 4, 0}), Contains("reshape"));
-  CHECK_THROWS_WITH(ops::irfft(randn({5, 2}), kBig), Contains("empty"));
+  CHECK_THROWS_WITH(ops::irfft(randn({5, 2}), kBig), Contains("irfft: shape [4611686018427387904] of f32"));
+  // Results that fit no memory (4 TB) name their op too.
+  const Tensor huge = tensor({1.0f}).expand({std::int64_t{1} << 40});          // [2^40], one element stored
+  const Tensor huge_complex = tensor({1.0f, 0.0f}).expand({std::int64_t{1} << 39, 2});  // [2^39, 2]
+  Generator gen(1);
+  const auto offset = gen.state().offset;
+  CHECK_THROWS_WITH(ops::dropout(huge, 0.5, true, gen), Contains("dropout: out of memory"));
+  CHECK(gen.state().offset == offset);  // a failed call draws nothing
+  CHECK_THROWS_WITH(ops::complex_mul(huge_complex, huge_complex), Contains("complex_mul: out of memory"));
+  CHECK_THROWS_WITH(ops::complex_abs(huge_complex.expand({2, std::int64_t{1} << 39, 2})), Contains("complex_abs: out of memory"));
   CHECK_THROWS_WITH(ops::fft_conv_length(kMax, 2), Contains("fft_conv_length"));
   CHECK(zeros({kBig, kBig, 0}).numel() == 0);
   // An op's own result names the op.

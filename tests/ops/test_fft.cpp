@@ -352,6 +352,32 @@ TEST_CASE("complex_conj / complex_abs: gradcheck, |z| has zero gradient at 0", "
   CHECK(gz[3] == Approx(-0.8).epsilon(1e-15));
 }
 
+TEST_CASE("complex_abs: the gradient a / |a| holds for subnormal, huge and infinite a", "[ops][fft][grad][complex_abs]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto grad_of = [](const Tensor& a) {  // d sum|a| / da, one complex number per row
+    Tensor x = a.clone().requires_grad_();
+    ops::sum(ops::complex_abs(x)).backward();
+    return x.grad().to_vector<double>();
+  };
+  // f64: |a| = 5e-310 (subnormal; 1 / |a| overflows), and 5e307 (|a|^2 overflows).
+  const auto g64 = grad_of(tensor({3e-310, -4e-310, 3e307, 4e307, -inf, 2.0, inf, -inf}, {4, 2}, DType::f64));
+  CHECK(g64[0] == Approx(0.6).epsilon(1e-12));
+  CHECK(g64[1] == Approx(-0.8).epsilon(1e-12));
+  CHECK(g64[2] == Approx(0.6).epsilon(1e-15));
+  CHECK(g64[3] == Approx(0.8).epsilon(1e-15));
+  CHECK(g64[4] == -1.0);  // (-inf, 2): the direction's limit is (-1, 0)
+  CHECK(g64[5] == 0.0);
+  CHECK(g64[6] == Approx(std::sqrt(0.5)).epsilon(1e-15));  // (inf, -inf): along the diagonal
+  CHECK(g64[7] == Approx(-std::sqrt(0.5)).epsilon(1e-15));
+  // f32: |a| = 4e38 is past the f32 range (forward inf), yet the direction is finite; and a subnormal.
+  const auto g32 = grad_of(tensor({2.4e38, 3.2e38, 3e-45, 0.0}, {2, 2}, DType::f32));
+  CHECK(g32[0] == Approx(0.6).epsilon(1e-6));
+  CHECK(g32[1] == Approx(0.8).epsilon(1e-6));
+  CHECK(g32[2] == 1.0);
+  CHECK(g32[3] == 0.0);
+  CHECK(std::isnan(grad_of(tensor({NAN, 1.0}, {1, 2}, DType::f64))[0]));
+}
+
 // ---- RTF-style chain (spec section 2.2/2.4): khat = irfft(rfft(b, Lf) / rfft([1, a], Lf), Lf) --------------
 
 namespace {
